@@ -1,0 +1,181 @@
+// Package netns opens the network namespaces a document names and switches
+// threads into them safely.
+//
+// A namespace switch happens only on a locked OS thread, and the thread is
+// switched back before it is unlocked; if switching back fails, the thread is
+// left locked so that the Go runtime discards it rather than reusing a thread
+// in the wrong namespace.
+package netns
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Registry resolves document namespaces to handles. The host namespace ("")
+// is HostPath when set (terwayctl --netns), else the namespace the process
+// was in when the registry was made.
+type Registry struct {
+	hostPath string
+
+	mu      sync.Mutex
+	files   map[string]netns.NsHandle
+	handles map[string]*netlink.Handle
+}
+
+// NewRegistry returns a registry. hostPath may be empty (the current
+// namespace) or a namespace path or bare name (resolved under /var/run/netns).
+func NewRegistry(hostPath string) *Registry {
+	if hostPath != "" && hostPath[0] != '/' {
+		hostPath = "/var/run/netns/" + hostPath
+	}
+	return &Registry{hostPath: hostPath, files: map[string]netns.NsHandle{}, handles: map[string]*netlink.Handle{}}
+}
+
+func (r *Registry) path(ns string) string {
+	if ns == "" {
+		return r.hostPath
+	}
+	return ns
+}
+
+// Fd returns the namespace's file descriptor, opened once and cached.
+func (r *Registry) Fd(ns string) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fdLocked(ns)
+}
+
+func (r *Registry) fdLocked(ns string) (int, error) {
+	if h, ok := r.files[ns]; ok {
+		return int(h), nil
+	}
+	var (
+		h   netns.NsHandle
+		err error
+	)
+	if p := r.path(ns); p == "" {
+		h, err = netns.Get()
+	} else {
+		h, err = netns.GetFromPath(p)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("open network namespace %q: %w", displayName(ns), err)
+	}
+	r.files[ns] = h
+	return int(h), nil
+}
+
+// Handle returns a netlink handle bound to the namespace.
+func (r *Registry) Handle(ns string) (*netlink.Handle, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h, ok := r.handles[ns]; ok {
+		return h, nil
+	}
+	fd, err := r.fdLocked(ns)
+	if err != nil {
+		return nil, err
+	}
+	h, err := netlink.NewHandleAt(netns.NsHandle(fd))
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle in namespace %q: %w", displayName(ns), err)
+	}
+	r.handles[ns] = h
+	return h, nil
+}
+
+// Exists reports whether the namespace can be opened.
+func (r *Registry) Exists(ns string) bool {
+	p := r.path(ns)
+	if p == "" {
+		return true
+	}
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// Do runs fn on a locked OS thread inside the namespace.
+func (r *Registry) Do(ns string, fn func() error) error {
+	fd, err := r.Fd(ns)
+	if err != nil {
+		return err
+	}
+	return Do(fd, fn)
+}
+
+// Forget closes and drops the cached handles of a namespace, for a pod
+// namespace that was deleted.
+func (r *Registry) Forget(ns string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h, ok := r.handles[ns]; ok {
+		h.Close()
+		delete(r.handles, ns)
+	}
+	if f, ok := r.files[ns]; ok {
+		f.Close()
+		delete(r.files, ns)
+	}
+}
+
+// Close releases every handle.
+func (r *Registry) Close() {
+	r.mu.Lock()
+	nss := make([]string, 0, len(r.files))
+	for ns := range r.files {
+		nss = append(nss, ns)
+	}
+	r.mu.Unlock()
+	for _, ns := range nss {
+		r.Forget(ns)
+	}
+}
+
+// Do runs fn on a locked OS thread switched into the namespace fd.
+func Do(fd int, fn func() error) error {
+	var (
+		wg     sync.WaitGroup
+		result error
+	)
+	wg.Add(1)
+	// A fresh goroutine keeps the caller's thread out of it; if restoring
+	// fails, the goroutine exits still locked and the runtime kills the thread.
+	go func() {
+		defer wg.Done()
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			result = fmt.Errorf("get current network namespace: %w", err)
+			runtime.UnlockOSThread()
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			result = fmt.Errorf("enter network namespace: %w", err)
+			runtime.UnlockOSThread()
+			return
+		}
+		result = fn()
+		if err := unix.Setns(int(orig), unix.CLONE_NEWNET); err != nil {
+			result = fmt.Errorf("restore network namespace: %w (thread discarded)", err)
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	wg.Wait()
+	return result
+}
+
+func displayName(ns string) string {
+	if ns == "" {
+		return "host"
+	}
+	return ns
+}
