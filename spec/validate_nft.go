@@ -121,4 +121,3 @@ func selectorsFit(selectors, types []string) bool {
 	}
 	return true
 }
-
