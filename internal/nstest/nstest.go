@@ -1,0 +1,80 @@
+// Package nstest makes throwaway network namespaces for root tests.
+//
+// Every namespace is named with a per-run unique prefix, has no link to the
+// machine's own network, and is deleted by t.Cleanup, also when the test
+// fails. Nothing here touches the namespace the test process runs in.
+package nstest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// RequireRoot skips the test unless it runs as root with ip(8) available.
+// CI runs as root, so there these tests always run.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("ip(8) not found: install iproute2 (.ci/run does)")
+	}
+}
+
+// RunID is unique per test process; namespace names start with it so that
+// parallel runs never collide and leftovers are recognisable.
+var RunID = func() string {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}()
+
+// Netns creates a named namespace "tt<run>-<name>" with lo up and returns its
+// path (/var/run/netns/NAME). It is deleted when the test ends.
+func Netns(t testing.TB, name string) string {
+	t.Helper()
+	RequireRoot(t)
+	full := "tt" + RunID + "-" + name
+	if out, err := exec.Command("ip", "netns", "add", full).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", full, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", full).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", full, err, out)
+		}
+	})
+	Run(t, full, "ip", "link", "set", "lo", "up")
+	return "/var/run/netns/" + full
+}
+
+// Name returns the bare namespace name of a path made by Netns.
+func Name(path string) string { return strings.TrimPrefix(path, "/var/run/netns/") }
+
+// Run runs a command inside the namespace (path or name) and returns its
+// combined output, failing the test on error.
+func Run(t testing.TB, ns string, args ...string) string {
+	t.Helper()
+	out, err := Exec(ns, args...)
+	if err != nil {
+		t.Fatalf("in %s: %s: %v: %s", Name(ns), strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// Exec runs a command inside the namespace and returns output and error.
+func Exec(ns string, args ...string) (string, error) {
+	full := append([]string{"netns", "exec", Name(ns)}, args...)
+	out, err := exec.Command("ip", full...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%w", err)
+	}
+	return string(out), nil
+}
