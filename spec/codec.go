@@ -16,7 +16,11 @@ func New(node, mode string) *NodeState {
 func (s *NodeState) MarshalYAML() ([]byte, error) {
 	c := s.Clone()
 	c.Canonicalize()
-	return yaml.Marshal(c)
+	data, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	return orderedYAML(data)
 }
 
 // MarshalJSONIndent returns the canonical, indented JSON form of the document.

@@ -37,6 +37,10 @@ type ENIWant struct {
 	InUse   []string `json:"inUse,omitempty"`
 	Keep    []string `json:"keep,omitempty"`
 	Release []string `json:"release,omitempty"`
-	// Add is how many more secondary IPs to assign.
+	// Add is how many more IPs to assign; for an ENI still to create it
+	// includes the ENI's own primary IP.
 	Add int `json:"add,omitempty"`
+	// Delete says the ENI holds no pod and the pool does not need it: detach
+	// and delete it (its IPs are all in Release).
+	Delete bool `json:"delete,omitempty"`
 }

@@ -46,6 +46,16 @@ func (s Sysctl) Key() string { return nsKey(s.Netns) + "/" + s.Path }
 // Key of a qdisc: namespace and device (one root qdisc per link).
 func (q Qdisc) Key() string { return nsKey(q.Netns) + "/" + q.Dev }
 
+// sortByNetns orders items of the host namespace first, then by namespace
+// path, then by the rest of the key.
+func sortByNetns[T any](items []T, key func(T) (netns, rest string)) {
+	slices.SortStableFunc(items, func(a, b T) int {
+		ans, arest := key(a)
+		bns, brest := key(b)
+		return cmp.Or(cmp.Compare(ans, bns), cmp.Compare(arest, brest))
+	})
+}
+
 func nsKey(ns string) string {
 	if ns == HostNetns {
 		return "host"
@@ -57,21 +67,21 @@ func nsKey(ns string) string {
 // equal documents print as equal bytes. Rule order inside a chain is meaning
 // and is kept.
 func (s *NodeState) Canonicalize() {
-	sortBy(s.Links, Link.Key)
-	sortBy(s.Addresses, Address.Key)
+	sortByNetns(s.Links, func(l Link) (string, string) { return l.Netns, l.Name })
+	sortByNetns(s.Addresses, func(a Address) (string, string) { return a.Netns, a.Dev + "/" + a.CIDR })
 	slices.SortStableFunc(s.Routes, func(a, b Route) int {
-		return cmp.Or(cmp.Compare(nsKey(a.Netns), nsKey(b.Netns)), cmp.Compare(a.TableID(), b.TableID()),
+		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.TableID(), b.TableID()),
 			compareValue(a.Dst, b.Dst))
 	})
 	slices.SortStableFunc(s.Rules, func(a, b Rule) int {
-		return cmp.Or(cmp.Compare(nsKey(a.Netns), nsKey(b.Netns)), cmp.Compare(a.Priority, b.Priority),
+		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Priority, b.Priority),
 			compareValue(a.From, b.From), compareValue(a.To, b.To))
 	})
 	slices.SortStableFunc(s.Neighbors, func(a, b Neighbor) int {
-		return cmp.Or(cmp.Compare(nsKey(a.Netns), nsKey(b.Netns)), cmp.Compare(a.Dev, b.Dev), compareValue(a.IP, b.IP))
+		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Dev, b.Dev), compareValue(a.IP, b.IP))
 	})
-	sortBy(s.Sysctls, Sysctl.Key)
-	sortBy(s.TC, Qdisc.Key)
+	sortByNetns(s.Sysctls, func(c Sysctl) (string, string) { return c.Netns, c.Path })
+	sortByNetns(s.TC, func(q Qdisc) (string, string) { return q.Netns, q.Dev })
 	sortBy(s.Pods, func(p Pod) string { return p.Key })
 	slices.SortStableFunc(s.Problems, func(a, b Problem) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),

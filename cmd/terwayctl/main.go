@@ -1,0 +1,40 @@
+// Command terwayctl renders, plans and applies a node's desired network
+// state, compares golden files, and runs a simulated node.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// exitError carries a specific exit code (plan uses 2 for "changes").
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func main() {
+	root := &cobra.Command{
+		Use:           "terwayctl",
+		Short:         "Render, plan and apply a node's network: the declarative Terway",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(renderCommand(), goldenCommand())
+	if err := root.Execute(); err != nil {
+		code := 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		if ee == nil || ee.err != nil && ee.err.Error() != "" {
+			fmt.Fprintln(os.Stderr, "terwayctl:", err)
+		}
+		os.Exit(code)
+	}
+}

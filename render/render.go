@@ -1,0 +1,225 @@
+// Package render computes a node's desired network state (spec.NodeState)
+// from Kubernetes objects, the agent's allocations, the attached ENIs and the
+// configuration. Render is a pure function: no I/O, no clock, no randomness;
+// the same inputs in any order give the same document byte for byte.
+//
+// Bad input never stops the node from rendering: each malformed object
+// becomes a spec.Problem naming the object, the field and the reason, and
+// only that object's part is left out (NetworkPolicy fails closed: a broken
+// peer allows nothing, and the pods the policy selects stay isolated).
+package render
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Inputs is everything a node's document depends on.
+type Inputs struct {
+	Config Config
+	// Node is this node; its name selects the local pods and its podCIDR
+	// bounds VPC-mode pod IPs.
+	Node *corev1.Node
+	// Pods are all pods the agent knows, on this node and elsewhere: local
+	// pods get a network, every pod with an IP can be a policy peer.
+	Pods        []*corev1.Pod
+	Namespaces  []*corev1.Namespace
+	Policies    []*networkingv1.NetworkPolicy
+	Allocations []spec.Allocation
+	ENIs        []spec.ENI
+}
+
+// ExclusiveENIResource is the extended resource a pod requests to get a
+// whole ENI.
+const ExclusiveENIResource = "aliyun/eni"
+
+// renderer carries one render's indexes and output.
+type renderer struct {
+	cfg    Config
+	node   string
+	state  *spec.NodeState
+	pods   []*podInfo            // every pod, sorted by key
+	byKey  map[string]*podInfo   // by namespace/name
+	nsList []*corev1.Namespace   // sorted
+	byNS   map[string][]*podInfo // pods by namespace
+	enis   map[string]*spec.ENI  // attached ENIs by name (id)
+	// ipOwners maps each local pod IP to the pod that rendered with it.
+	ipOwners map[netip.Addr]*podInfo
+}
+
+// podInfo is one pod as render sees it.
+type podInfo struct {
+	key   string
+	pod   *corev1.Pod // nil for an allocation whose pod object is gone
+	alloc *spec.Allocation
+	// ip is the pod's IPv4 address: the allocation's for local pods,
+	// status.podIP for others. Invalid when the pod has no usable IP.
+	ip    netip.Addr
+	local bool
+	// entry is the pod's index entry, set once its network rendered.
+	entry *spec.Pod
+}
+
+// Render computes the node's document. It never fails on object content; it
+// returns an error only for an unusable configuration or no node.
+func Render(in Inputs) (*spec.NodeState, error) {
+	cfg := in.Config.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if in.Node == nil || in.Node.Name == "" {
+		return nil, fmt.Errorf("render: no Node object: the node's name and podCIDR are required")
+	}
+	r := &renderer{
+		cfg:   cfg,
+		node:  in.Node.Name,
+		state: spec.New(in.Node.Name, cfg.Mode),
+		byKey: map[string]*podInfo{},
+		byNS:  map[string][]*podInfo{},
+		enis:  map[string]*spec.ENI{},
+
+		ipOwners: map[netip.Addr]*podInfo{},
+	}
+	r.indexENIs(in.ENIs)
+	r.indexPods(in.Pods, in.Allocations)
+	r.nsList = sortedCopy(in.Namespaces, func(n *corev1.Namespace) string { return n.Name })
+
+	r.hostSysctls()
+	for _, p := range r.pods {
+		if p.local {
+			r.renderPod(in.Node, p)
+		}
+	}
+	if cfg.Mode == spec.PodModeENIMultiIP {
+		r.renderSharedENIs()
+	}
+	r.renderPolicies(sortedCopy(in.Policies, func(p *networkingv1.NetworkPolicy) string { return p.Namespace + "/" + p.Name }))
+	r.renderENINeeds()
+	for _, p := range r.pods {
+		if p.entry != nil {
+			r.state.Pods = append(r.state.Pods, *p.entry)
+		}
+	}
+	r.state.Canonicalize()
+	return r.state, nil
+}
+
+func (r *renderer) problem(kind, namespace, name, field, format string, args ...any) {
+	r.state.Problems = append(r.state.Problems, spec.Problem{
+		Kind: kind, Namespace: namespace, Name: name, Field: field, Reason: fmt.Sprintf(format, args...),
+	})
+}
+
+func (r *renderer) podProblem(p *podInfo, field, format string, args ...any) {
+	ns, name := splitKey(p.key)
+	r.problem("Pod", ns, name, field, format, args...)
+}
+
+func (r *renderer) indexENIs(enis []spec.ENI) {
+	enis = sortedCopy(enis, func(e spec.ENI) string { return e.Metadata.Name })
+	deviceIndexes := map[int]string{}
+	for i := range enis {
+		e := &enis[i]
+		if r.enis[e.Metadata.Name] != nil {
+			r.problem("ENI", "", e.Metadata.Name, "metadata.name", "duplicate ENI; the first one is used")
+			continue
+		}
+		if err := validateENI(e); err != nil {
+			r.problem("ENI", "", e.Metadata.Name, err.field, "%s", err.reason)
+			continue
+		}
+		if other := deviceIndexes[e.Spec.DeviceIndex]; other != "" {
+			r.problem("ENI", "", e.Metadata.Name, "spec.deviceIndex", "device index %d is already ENI %s's", e.Spec.DeviceIndex, other)
+			continue
+		}
+		deviceIndexes[e.Spec.DeviceIndex] = e.Metadata.Name
+		r.enis[e.Metadata.Name] = e
+	}
+}
+
+// indexPods joins pod objects with allocations. Inputs are sorted first so
+// that which of two conflicting objects wins never depends on input order.
+func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
+	for _, pod := range sortedCopy(pods, func(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }) {
+		key := pod.Namespace + "/" + pod.Name
+		if r.byKey[key] != nil {
+			r.problem("Pod", pod.Namespace, pod.Name, "metadata.name", "duplicate pod object; the first one is used")
+			continue
+		}
+		p := &podInfo{key: key, pod: pod, local: pod.Spec.NodeName == r.node && !pod.Spec.HostNetwork}
+		if terminated(pod) {
+			p.local = false
+		} else if !pod.Spec.HostNetwork && pod.Status.PodIP != "" {
+			if a, err := netip.ParseAddr(pod.Status.PodIP); err == nil && a.Is4() {
+				p.ip = a
+			}
+		}
+		r.byKey[key] = p
+	}
+	sorted := slices.Clone(allocs)
+	slices.SortStableFunc(sorted, func(a, b spec.Allocation) int {
+		return cmp.Compare(a.Metadata.Namespace+"/"+a.Metadata.Name, b.Metadata.Namespace+"/"+b.Metadata.Name)
+	})
+	for i := range sorted {
+		a := &sorted[i]
+		key := a.Metadata.Namespace + "/" + a.Metadata.Name
+		p := r.byKey[key]
+		if p == nil {
+			// The pod object is gone (or not seen yet) but CNI DEL has not
+			// come: keep its network until it does.
+			p = &podInfo{key: key}
+			r.byKey[key] = p
+			r.podProblem(p, "", "pod object not found; its network is kept until CNI DEL, without NetworkPolicy")
+		} else if p.alloc != nil {
+			r.podProblem(p, "allocation", "duplicate allocation; the first one is used")
+			continue
+		} else if p.pod != nil && !p.local {
+			r.podProblem(p, "allocation", "allocation exists but the pod does not run on node %s; ignored", r.node)
+			continue
+		}
+		p.alloc = a
+		p.local = true
+		p.ip = netip.Addr{}
+		if ip, err := netip.ParseAddr(a.Spec.IP); err == nil && ip.Is4() {
+			p.ip = ip
+		}
+	}
+	for _, p := range r.byKey {
+		r.pods = append(r.pods, p)
+	}
+	slices.SortFunc(r.pods, func(a, b *podInfo) int { return cmp.Compare(a.key, b.key) })
+	for _, p := range r.pods {
+		ns, _ := splitKey(p.key)
+		r.byNS[ns] = append(r.byNS[ns], p)
+	}
+}
+
+func terminated(pod *corev1.Pod) bool {
+	return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+}
+
+func (r *renderer) hostSysctls() {
+	r.state.Sysctls = append(r.state.Sysctls, spec.Sysctl{Path: "net/ipv4/ip_forward", Value: "1"})
+}
+
+func splitKey(key string) (namespace, name string) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:]
+		}
+	}
+	return "", key
+}
+
+func sortedCopy[T any](items []T, key func(T) string) []T {
+	out := slices.Clone(items)
+	slices.SortStableFunc(out, func(a, b T) int { return cmp.Compare(key(a), key(b)) })
+	return out
+}

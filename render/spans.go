@@ -1,0 +1,166 @@
+package render
+
+import (
+	"cmp"
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"slices"
+	"strconv"
+)
+
+// span is an inclusive range of IPv4 addresses as numbers. nft interval
+// sets reject overlapping elements, so every set render emits is built from
+// merged spans: sorted, disjoint and not adjacent.
+type span struct{ lo, hi uint32 }
+
+var allAddresses = span{0, 1<<32 - 1}
+
+func addrNum(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func numAddr(n uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+}
+
+func prefixSpan(p netip.Prefix) span {
+	lo := addrNum(p.Masked().Addr())
+	return span{lo, lo | uint32(uint64(1)<<(32-p.Bits())-1)}
+}
+
+func addrSpan(a netip.Addr) span { n := addrNum(a); return span{n, n} }
+
+// String prints a span as nft accepts it: an address, a CIDR when the span
+// is exactly one prefix, otherwise a range.
+func (s span) String() string {
+	if s.lo == s.hi {
+		return numAddr(s.lo).String()
+	}
+	size := uint64(s.hi) - uint64(s.lo) + 1
+	if size&(size-1) == 0 && uint64(s.lo)%size == 0 {
+		return fmt.Sprintf("%s/%d", numAddr(s.lo), 32-bits.TrailingZeros64(size))
+	}
+	return numAddr(s.lo).String() + "-" + numAddr(s.hi).String()
+}
+
+// mergeSpans sorts and coalesces overlapping and adjacent spans.
+func mergeSpans(in []span) []span {
+	if len(in) < 2 {
+		return slices.Clone(in)
+	}
+	s := slices.Clone(in)
+	slices.SortFunc(s, func(a, b span) int { return cmp.Or(cmp.Compare(a.lo, b.lo), cmp.Compare(a.hi, b.hi)) })
+	out := s[:1]
+	for _, x := range s[1:] {
+		last := &out[len(out)-1]
+		if uint64(x.lo) <= uint64(last.hi)+1 {
+			last.hi = max(last.hi, x.hi)
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
+// subtractSpans returns a minus b; both must be merged.
+func subtractSpans(a, b []span) []span {
+	var out []span
+	for _, x := range a {
+		cur := []span{x}
+		for _, y := range b {
+			var next []span
+			for _, c := range cur {
+				if y.hi < c.lo || y.lo > c.hi {
+					next = append(next, c)
+					continue
+				}
+				if y.lo > c.lo {
+					next = append(next, span{c.lo, y.lo - 1})
+				}
+				if y.hi < c.hi {
+					next = append(next, span{y.hi + 1, c.hi})
+				}
+			}
+			cur = next
+		}
+		out = append(out, cur...)
+	}
+	return out
+}
+
+// portRange is an inclusive range of ports.
+type portRange struct{ lo, hi uint16 }
+
+var allPorts = portRange{0, 65535}
+
+func (p portRange) String() string {
+	if p.lo == p.hi {
+		return strconv.Itoa(int(p.lo))
+	}
+	return strconv.Itoa(int(p.lo)) + "-" + strconv.Itoa(int(p.hi))
+}
+
+// portAllow says: these addresses may use this protocol on these ports.
+type portAllow struct {
+	proto string
+	ports portRange
+	addrs []span
+}
+
+// rectangles turns a union of portAllows into disjoint (addresses, proto,
+// ports) elements: per protocol, the port axis is cut at every boundary, each
+// piece gets the union of the addresses allowed on it, and neighbouring
+// pieces with equal addresses are joined again.
+func rectangles(allows []portAllow) [][3]string {
+	byProto := map[string][]portAllow{}
+	for _, a := range allows {
+		if len(a.addrs) > 0 {
+			byProto[a.proto] = append(byProto[a.proto], a)
+		}
+	}
+	var out [][3]string
+	for _, proto := range sortedKeys(byProto) {
+		list := byProto[proto]
+		cuts := map[uint32]bool{}
+		for _, a := range list {
+			cuts[uint32(a.ports.lo)] = true
+			cuts[uint32(a.ports.hi)+1] = true
+		}
+		bounds := make([]uint32, 0, len(cuts))
+		for c := range cuts {
+			bounds = append(bounds, c)
+		}
+		slices.Sort(bounds)
+		type piece struct {
+			ports portRange
+			addrs []span
+		}
+		var pieces []piece
+		for i := 0; i+1 < len(bounds); i++ {
+			pr := portRange{uint16(bounds[i]), uint16(bounds[i+1] - 1)}
+			var addrs []span
+			for _, a := range list {
+				if a.ports.lo <= pr.lo && pr.hi <= a.ports.hi {
+					addrs = append(addrs, a.addrs...)
+				}
+			}
+			if len(addrs) == 0 {
+				continue
+			}
+			addrs = mergeSpans(addrs)
+			if n := len(pieces); n > 0 && uint32(pieces[n-1].ports.hi)+1 == uint32(pr.lo) && slices.Equal(pieces[n-1].addrs, addrs) {
+				pieces[n-1].ports.hi = pr.hi
+				continue
+			}
+			pieces = append(pieces, piece{pr, addrs})
+		}
+		for _, p := range pieces {
+			for _, s := range p.addrs {
+				out = append(out, [3]string{s.String(), proto, p.ports.String()})
+			}
+		}
+	}
+	return out
+}
