@@ -8,8 +8,7 @@ package load
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
-	"errors"
+		"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	yamlv3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 
 	"github.com/terway-reconciler/terway/render"
@@ -111,11 +111,7 @@ func (o *Objects) Read(name string, r io.Reader) error {
 		if len(bytes.TrimSpace(doc)) == 0 || isOnlyComments(doc) {
 			continue
 		}
-		data, err := yaml.YAMLToJSON(doc)
-		if err != nil {
-			return fmt.Errorf("%s: document %d: not YAML: %w", name, i, err)
-		}
-		if err := o.add(data); err != nil {
+		if err := o.add(doc); err != nil {
 			return fmt.Errorf("%s: document %d: %w", name, i, err)
 		}
 	}
@@ -131,19 +127,24 @@ func isOnlyComments(doc []byte) bool {
 }
 
 type typeMeta struct {
-	APIVersion string            `json:"apiVersion"`
-	Kind       string            `json:"kind"`
-	Items      []json.RawMessage `json:"items"`
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
 	Metadata   struct {
-		Namespace string `json:"namespace"`
-		Name      string `json:"name"`
-	} `json:"metadata"`
+		Namespace string `yaml:"namespace"`
+		Name      string `yaml:"name"`
+	} `yaml:"metadata"`
 }
 
-// add decodes one JSON object by its apiVersion and kind.
-func (o *Objects) add(data []byte) error {
+// add decodes one YAML object by its apiVersion and kind. The object itself
+// is decoded into its Go type (which knows that a name is a string even when
+// it reads "y"); the kind is read with a YAML 1.2 parser for the same reason.
+func (o *Objects) add(doc []byte) error {
+	var node yamlv3.Node
+	if err := yamlv3.Unmarshal(doc, &node); err != nil {
+		return fmt.Errorf("not YAML: %w", err)
+	}
 	var tm typeMeta
-	if err := json.Unmarshal(data, &tm); err != nil {
+	if err := node.Decode(&tm); err != nil {
 		return fmt.Errorf("not an object: %w", err)
 	}
 	if tm.Kind == "" || tm.APIVersion == "" {
@@ -151,23 +152,33 @@ func (o *Objects) add(data []byte) error {
 	}
 	what := tm.Kind + " " + strings.TrimPrefix(tm.Metadata.Namespace+"/"+tm.Metadata.Name, "/")
 	switch {
-	case tm.Kind == "List" || strings.HasSuffix(tm.Kind, "List") && tm.Items != nil:
-		for i, item := range tm.Items {
-			if err := o.add(item); err != nil {
+	case tm.Kind == "List" || strings.HasSuffix(tm.Kind, "List"):
+		var list struct {
+			Items []yamlv3.Node `yaml:"items"`
+		}
+		if err := node.Decode(&list); err != nil {
+			return fmt.Errorf("%s: items: %w", tm.Kind, err)
+		}
+		for i := range list.Items {
+			item, err := yamlv3.Marshal(&list.Items[i])
+			if err == nil {
+				err = o.add(item)
+			}
+			if err != nil {
 				return fmt.Errorf("%s item %d: %w", tm.Kind, i, err)
 			}
 		}
 		return nil
 	case tm.APIVersion == spec.APIVersion:
-		return o.addOwn(tm.Kind, what, data)
+		return o.addOwn(tm.Kind, what, doc)
 	case tm.APIVersion == "v1" && tm.Kind == "Node":
-		return decodeInto(data, what, &o.Nodes)
+		return decodeInto(doc, what, &o.Nodes)
 	case tm.APIVersion == "v1" && tm.Kind == "Pod":
-		return decodeInto(data, what, &o.Pods)
+		return decodeInto(doc, what, &o.Pods)
 	case tm.APIVersion == "v1" && tm.Kind == "Namespace":
-		return decodeInto(data, what, &o.Namespaces)
+		return decodeInto(doc, what, &o.Namespaces)
 	case tm.APIVersion == "networking.k8s.io/v1" && tm.Kind == "NetworkPolicy":
-		return decodeInto(data, what, &o.Policies)
+		return decodeInto(doc, what, &o.Policies)
 	}
 	o.Skipped = append(o.Skipped, tm.APIVersion+" "+what)
 	return nil
@@ -211,7 +222,7 @@ func (o *Objects) addOwn(kind, what string, data []byte) error {
 
 func decodeInto[T any](data []byte, what string, list *[]*T) error {
 	obj := new(T)
-	if err := json.Unmarshal(data, obj); err != nil {
+	if err := yaml.Unmarshal(data, obj); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	*list = append(*list, obj)
