@@ -8,7 +8,7 @@ package load
 import (
 	"bufio"
 	"bytes"
-		"errors"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,10 +16,10 @@ import (
 	"slices"
 	"strings"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	yamlv3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 
 	"github.com/terway-reconciler/terway/render"
