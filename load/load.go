@@ -147,6 +147,13 @@ func (o *Objects) add(doc []byte) error {
 	if err := node.Decode(&tm); err != nil {
 		return fmt.Errorf("not an object: %w", err)
 	}
+	// Quoting every string, keys included, keeps YAML 1.1 words (y, on, no)
+	// strings when the typed decoder, which speaks YAML 1.1, reads them.
+	quoteStrings(&node)
+	doc, err := yamlv3.Marshal(&node)
+	if err != nil {
+		return fmt.Errorf("re-encode: %w", err)
+	}
 	if tm.Kind == "" || tm.APIVersion == "" {
 		return fmt.Errorf("apiVersion and kind are required")
 	}
@@ -182,6 +189,15 @@ func (o *Objects) add(doc []byte) error {
 	}
 	o.Skipped = append(o.Skipped, tm.APIVersion+" "+what)
 	return nil
+}
+
+func quoteStrings(n *yamlv3.Node) {
+	if n.Kind == yamlv3.ScalarNode && n.ShortTag() == "!!str" {
+		n.Style = yamlv3.DoubleQuotedStyle
+	}
+	for _, c := range n.Content {
+		quoteStrings(c)
+	}
 }
 
 // addOwn decodes our own kinds strictly: an unknown field is a mistake.

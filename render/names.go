@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"strings"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -37,16 +36,15 @@ func derivedMAC(seed string) string {
 	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", h[0], h[1], h[2], h[3], h[4])
 }
 
-// policyChainName is the nft chain holding a pod's policy for one direction
-// ("in" or "eg"): a readable part (namespace_name, shortened) and 6 hex
-// digits of the hash. '_' never occurs in Kubernetes names, so the parts stay
-// unambiguous.
-func policyChainName(direction, podKey string) string {
-	readable := strings.Replace(podKey, "/", "_", 1)
-	if len(readable) > 40 {
-		readable = readable[:40]
+// groupChainName is the nft chain of a policy group for one direction ("in"
+// or "eg"): the namespace (shortened) as the readable part, and 8 hex digits
+// of the hash of the group key. '_' never occurs in Kubernetes names, so the
+// parts stay unambiguous.
+func groupChainName(direction, namespace, groupKey string) string {
+	if len(namespace) > 40 {
+		namespace = namespace[:40]
 	}
-	return direction + "_" + readable + "_" + hex.EncodeToString(podHash(podKey))[:6]
+	return direction + "_" + namespace + "_" + hex.EncodeToString(podHash(groupKey))[:8]
 }
 
 // ENILinkName is the host name of a shared ENI: eth<device index>, as ECS

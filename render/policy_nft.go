@@ -1,6 +1,7 @@
 package render
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -17,26 +18,46 @@ const (
 	mapEgressPods  = "egress-pods"
 )
 
-// podDirection accumulates what one direction of one pod allows.
+// podDirection is one direction of one target pod: the policies that
+// isolate it, in name order.
 type podDirection struct {
+	policies []*compiledPolicy
+}
+
+// policyGroup is every target pod of one direction whose allowance is the
+// same because the same policies select it and (for ingress) its named ports
+// resolve the same way. Replicas of a Deployment share one group, so they
+// share one chain and one pair of sets.
+type policyGroup struct {
+	key      string
+	ns       string
 	policies []string
-	anyPort  []span
-	ports    []portAllow
+	targets  []*podInfo
+	anyPort []span
+	ports   []portAllow
 }
 
 // renderPolicies compiles every policy and renders table inet terway.
 //
 // The table is a static skeleton with dynamic data: two base chains accept
 // established traffic, then dispatch through verdict maps keyed by pod IP to
-// the pod's own chain for each direction it is isolated in. A pod's chain has
-// three fixed rules: (address, protocol, port) in the pod's ports set, address
-// in the pod's any-port set, else drop. All policies selecting the pod are
-// merged into those two sets, so the per-packet cost is two set lookups,
-// whatever the number of policies. Pods selected by no policy of a direction
-// have no map entry for it and are not isolated in that direction.
+// the chain of the pod's policy group for each direction it is isolated in.
+// A group chain has three fixed rules: (address, protocol, port) in the
+// group's ports set, address in its any-port set, else drop. All policies
+// selecting the pods are merged into those two sets, so the per-packet cost is
+// two set lookups, whatever the number of policies. Pods selected by no policy
+// of a direction have no map entry for it and are not isolated that way.
 func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 	c := newPolicyCompiler(r)
 	dirs := map[string]map[*podInfo]*podDirection{dirIngress: {}, dirEgress: {}}
+	add := func(dir string, t *podInfo, cp *compiledPolicy) {
+		d := dirs[dir][t]
+		if d == nil {
+			d = &podDirection{}
+			dirs[dir][t] = d
+		}
+		d.policies = append(d.policies, cp)
+	}
 	for _, np := range policies {
 		cp := c.compile(np)
 		if cp == nil {
@@ -48,45 +69,101 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 				continue
 			}
 			if cp.isolatesIngress {
-				c.allow(dirs[dirIngress], t, cp.key, dirIngress, cp.ingress)
+				add(dirIngress, t, cp)
 			}
 			if cp.isolatesEgress {
-				c.allow(dirs[dirEgress], t, cp.key, dirEgress, cp.egress)
+				add(dirEgress, t, cp)
 			}
 		}
 	}
-	r.state.NFTables = r.policyTable(dirs)
+	t := r.baseTable()
+	for _, dir := range []string{dirIngress, dirEgress} {
+		for _, g := range c.groups(dir, dirs[dir]) {
+			r.groupChain(t, dir, g)
+		}
+	}
+	r.state.NFTables = t
 }
 
-// allow adds one policy's rules for one direction of target t.
-func (c *policyCompiler) allow(byPod map[*podInfo]*podDirection, t *podInfo, policy, dir string, rules []*compiledRule) {
-	d := byPod[t]
-	if d == nil {
-		d = &podDirection{}
-		byPod[t] = d
+// groups partitions the targets of one direction by what they allow, and
+// computes each group's allowance once.
+func (c *policyCompiler) groups(dir string, byPod map[*podInfo]*podDirection) []*policyGroup {
+	byKey := map[string]*policyGroup{}
+	var out []*policyGroup
+	for _, t := range c.r.pods {
+		d := byPod[t]
+		if d == nil {
+			continue
+		}
+		key := groupKey(dir, t, d.policies)
+		g := byKey[key]
+		if g == nil {
+			ns, _ := splitKey(t.key)
+			g = &policyGroup{key: key, ns: ns}
+			for _, cp := range d.policies {
+				g.policies = append(g.policies, cp.key)
+				rules := cp.ingress
+				if dir == dirEgress {
+					rules = cp.egress
+				}
+				c.allow(g, t, dir, rules)
+			}
+			byKey[key] = g
+			out = append(out, g)
+		}
+		g.targets = append(g.targets, t)
 	}
-	d.policies = append(d.policies, policy)
+	return out
+}
+
+// groupKey names what a target's allowance depends on: the policies (in name
+// order) and, for ingress, how the target resolves the named ports they use.
+func groupKey(dir string, t *podInfo, policies []*compiledPolicy) string {
+	var b strings.Builder
+	b.WriteString(dir)
+	for _, cp := range policies {
+		b.WriteString("|")
+		b.WriteString(cp.key)
+		if dir != dirIngress {
+			continue
+		}
+		for _, rule := range cp.ingress {
+			for _, port := range rule.ports {
+				if port.name == "" {
+					continue
+				}
+				n, ok := namedPort(t.pod, port.name, port.proto)
+				fmt.Fprintf(&b, ",%s/%s=%d/%t", port.name, port.proto, n, ok)
+			}
+		}
+	}
+	return b.String()
+}
+
+// allow adds one policy's rules for one direction to a group, resolving
+// ingress named ports against t, a member of the group.
+func (c *policyCompiler) allow(g *policyGroup, t *podInfo, dir string, rules []*compiledRule) {
 	for _, rule := range rules {
 		addrs := c.ruleAddresses(rule)
 		if rule.anyPort {
-			d.anyPort = append(d.anyPort, addrs...)
+			g.anyPort = append(g.anyPort, addrs...)
 			continue
 		}
 		for _, port := range rule.ports {
 			switch {
 			case port.name == "":
-				d.ports = append(d.ports, portAllow{port.proto, port.rng, addrs})
+				g.ports = append(g.ports, portAllow{port.proto, port.rng, addrs})
 			case dir == dirIngress:
 				// A named port of an ingress rule is the target's own port.
 				if n, ok := namedPort(t.pod, port.name, port.proto); ok {
-					d.ports = append(d.ports, portAllow{port.proto, portRange{n, n}, addrs})
+					g.ports = append(g.ports, portAllow{port.proto, portRange{n, n}, addrs})
 				}
 			default:
 				// A named port of an egress rule is each peer pod's port;
 				// a name no peer has allows nothing.
 				for _, peer := range c.egressNamedPortPeers(rule) {
 					if n, ok := namedPort(peer.pod, port.name, port.proto); ok {
-						d.ports = append(d.ports, portAllow{port.proto, portRange{n, n}, []span{addrSpan(c.peerIP(peer))}})
+						g.ports = append(g.ports, portAllow{port.proto, portRange{n, n}, []span{addrSpan(c.peerIP(peer))}})
 					}
 				}
 			}
@@ -134,14 +211,14 @@ func (c *policyCompiler) egressNamedPortPeers(rule *compiledRule) []*podInfo {
 	return out
 }
 
-func (r *renderer) policyTable(dirs map[string]map[*podInfo]*podDirection) *spec.NFTable {
+func (r *renderer) baseTable() *spec.NFTable {
 	established := spec.NFTRule{
 		Match:   []spec.NFTMatch{{Selectors: []string{spec.SelCtState}, Values: []string{"established", "related"}}},
 		Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept},
 	}
 	egressDispatch := spec.NFTRule{Verdict: spec.NFTVerdict{Kind: spec.VerdictVmap, Map: mapEgressPods, Selectors: []string{spec.SelIPSaddr}}}
 	ingressDispatch := spec.NFTRule{Verdict: spec.NFTVerdict{Kind: spec.VerdictVmap, Map: mapIngressPods, Selectors: []string{spec.SelIPDaddr}}}
-	t := &spec.NFTable{
+	return &spec.NFTable{
 		Family: spec.NFTFamily, Name: spec.NFTTable,
 		Chains: []spec.NFTChain{
 			{Name: chainForward, Hook: spec.HookForward, Policy: spec.VerdictAccept,
@@ -153,53 +230,41 @@ func (r *renderer) policyTable(dirs map[string]map[*podInfo]*podDirection) *spec
 		},
 		Sets: []spec.NFTSet{
 			{Name: mapIngressPods, Type: []string{spec.TypeIPv4Addr}, Verdict: true,
-				Comment: "pod IP to the chain of its ingress policy, for pods isolated for ingress"},
+				Comment: "pod IP to the chain of its ingress policy group, for pods isolated for ingress"},
 			{Name: mapEgressPods, Type: []string{spec.TypeIPv4Addr}, Verdict: true,
-				Comment: "pod IP to the chain of its egress policy, for pods isolated for egress"},
+				Comment: "pod IP to the chain of its egress policy group, for pods isolated for egress"},
 		},
 	}
-	for _, dir := range []string{dirIngress, dirEgress} {
-		for p, d := range dirs[dir] {
-			r.podPolicyChain(t, p, dir, d)
-		}
-	}
-	return t
 }
 
-// podPolicyChain adds one pod's chain and sets for one direction.
-func (r *renderer) podPolicyChain(t *spec.NFTable, p *podInfo, dir string, d *podDirection) {
-	prefix, peerSel, mapName := "in", spec.SelIPSaddr, mapIngressPods
+// groupChain adds one policy group's chain and sets, and points its pods'
+// map entries at the chain.
+func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
+	prefix, peerSel, mapName, peerWord := "in", spec.SelIPSaddr, mapIngressPods, "sources"
 	if dir == dirEgress {
-		prefix, peerSel, mapName = "eg", spec.SelIPDaddr, mapEgressPods
-		p.entry.EgressIsolated = true
-	} else {
-		p.entry.IngressIsolated = true
+		prefix, peerSel, mapName, peerWord = "eg", spec.SelIPDaddr, mapEgressPods, "destinations"
 	}
-	chain := policyChainName(prefix, p.key)
+	chain := groupChainName(prefix, g.ns, g.key)
 	portsSet, anySet := chain+"-ports", chain+"-all"
-	peerWord := "sources"
-	if dir == dirEgress {
-		peerWord = "destinations"
-	}
-	slices.Sort(d.policies)
+	policies := strings.Join(g.policies, ", ")
 	portSet := spec.NFTSet{
-		Name: portsSet, Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true, Pod: p.key,
-		Comment: dir + " of pod " + p.key + ": " + peerWord + ", protocols and ports allowed",
+		Name: portsSet, Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+		Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
 	}
-	for _, e := range rectangles(d.ports) {
-		portSet.Elements = append(portSet.Elements, spec.NFTElement{Key: []string{e[0], e[1], e[2]}})
+	for _, e := range rectangles(g.ports) {
+		portSet.Elements = append(portSet.Elements, spec.NFTElement{Key: []string{e.addrs.String(), e.proto, e.ports.String()}})
 	}
 	allSet := spec.NFTSet{
-		Name: anySet, Type: []string{spec.TypeIPv4Addr}, Interval: true, Pod: p.key,
-		Comment: dir + " of pod " + p.key + ": " + peerWord + " allowed on every port",
+		Name: anySet, Type: []string{spec.TypeIPv4Addr}, Interval: true,
+		Comment: dir + " group " + chain + ": " + peerWord + " allowed on every port",
 	}
-	for _, s := range mergeSpans(d.anyPort) {
+	for _, s := range mergeSpans(g.anyPort) {
 		allSet.Elements = append(allSet.Elements, spec.NFTElement{Key: []string{s.String()}})
 	}
 	t.Sets = append(t.Sets, portSet, allSet)
 	t.Chains = append(t.Chains, spec.NFTChain{
-		Name: chain, Pod: p.key,
-		Comment: dir + " of pod " + p.key + ", isolated by NetworkPolicy " + strings.Join(d.policies, ", "),
+		Name:    chain,
+		Comment: dir + " of pods isolated by NetworkPolicy " + policies,
 		Rules: []spec.NFTRule{
 			{Match: []spec.NFTMatch{{Selectors: []string{peerSel, spec.SelL4Proto, spec.SelTHDport}, Set: portsSet}},
 				Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
@@ -209,6 +274,13 @@ func (r *renderer) podPolicyChain(t *spec.NFTable, p *podInfo, dir string, d *po
 		},
 	})
 	m := t.Set(mapName)
-	m.Elements = append(m.Elements, spec.NFTElement{
-		Key: []string{p.entry.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}})
+	for _, p := range g.targets {
+		if dir == dirEgress {
+			p.entry.EgressChain = chain
+		} else {
+			p.entry.IngressChain = chain
+		}
+		m.Elements = append(m.Elements, spec.NFTElement{
+			Key: []string{p.entry.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}})
+	}
 }

@@ -2,11 +2,12 @@ package render
 
 import (
 	"cmp"
-	"fmt"
 	"math/bits"
 	"net/netip"
 	"slices"
 	"strconv"
+
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // span is an inclusive range of IPv4 addresses as numbers. nft interval
@@ -40,7 +41,7 @@ func (s span) String() string {
 	}
 	size := uint64(s.hi) - uint64(s.lo) + 1
 	if size&(size-1) == 0 && uint64(s.lo)%size == 0 {
-		return fmt.Sprintf("%s/%d", numAddr(s.lo), 32-bits.TrailingZeros64(size))
+		return numAddr(s.lo).String() + "/" + strconv.Itoa(32-bits.TrailingZeros64(size))
 	}
 	return numAddr(s.lo).String() + "-" + numAddr(s.hi).String()
 }
@@ -109,20 +110,28 @@ type portAllow struct {
 	addrs []span
 }
 
+// rect is one element of a ports set: addresses, protocol and ports.
+type rect struct {
+	addrs    span
+	proto    string
+	protoNum uint64
+	ports    portRange
+}
+
 // rectangles turns a union of portAllows into disjoint (addresses, proto,
 // ports) elements: per protocol, the port axis is cut at every boundary, each
 // piece gets the union of the addresses allowed on it, and neighbouring
-// pieces with equal addresses are joined again.
-func rectangles(allows []portAllow) [][3]string {
+// pieces with equal addresses are joined again. The result is in the
+// document's canonical order (address, protocol number, port).
+func rectangles(allows []portAllow) []rect {
 	byProto := map[string][]portAllow{}
 	for _, a := range allows {
 		if len(a.addrs) > 0 {
 			byProto[a.proto] = append(byProto[a.proto], a)
 		}
 	}
-	var out [][3]string
-	for _, proto := range sortedKeys(byProto) {
-		list := byProto[proto]
+	var out []rect
+	for proto, list := range byProto {
 		cuts := map[uint32]bool{}
 		for _, a := range list {
 			cuts[uint32(a.ports.lo)] = true
@@ -158,9 +167,14 @@ func rectangles(allows []portAllow) [][3]string {
 		}
 		for _, p := range pieces {
 			for _, s := range p.addrs {
-				out = append(out, [3]string{s.String(), proto, p.ports.String()})
+				out = append(out, rect{s, proto, spec.ProtoNumbers[proto], p.ports})
 			}
 		}
 	}
+	slices.SortFunc(out, func(a, b rect) int {
+		return cmp.Or(cmp.Compare(a.addrs.lo, b.addrs.lo), cmp.Compare(a.addrs.hi, b.addrs.hi),
+			cmp.Compare(a.protoNum, b.protoNum),
+			cmp.Compare(a.ports.lo, b.ports.lo), cmp.Compare(a.ports.hi, b.ports.hi))
+	})
 	return out
 }

@@ -154,10 +154,11 @@ type Pod struct {
 	Mode        string `json:"mode"`
 	ENI         string `json:"eni,omitempty"`
 	HostVeth    string `json:"hostVeth,omitempty"`
-	// IngressIsolated and EgressIsolated say whether any NetworkPolicy
-	// selects the pod for that direction.
-	IngressIsolated bool `json:"ingressIsolated,omitempty"`
-	EgressIsolated  bool `json:"egressIsolated,omitempty"`
+	// IngressChain and EgressChain name the nft chain of the pod's policy
+	// group for that direction; empty when no NetworkPolicy isolates the pod
+	// that way.
+	IngressChain string `json:"ingressChain,omitempty"`
+	EgressChain  string `json:"egressChain,omitempty"`
 }
 
 // Problem is an input that could not be rendered: the object, the field and

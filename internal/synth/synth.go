@@ -65,7 +65,7 @@ func Cluster(p Params) render.Inputs {
 		pod := &corev1.Pod{
 			TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + name),
-				Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%20), "tier": []string{"web", "api", "db"}[i%3]}},
+				Labels: map[string]string{"app": fmt.Sprintf("app-%d", (i/p.Namespaces)%20), "tier": []string{"web", "api", "db"}[(i/7)%3]}},
 			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{
 				Name: "main", Image: "app",
 				Ports: []corev1.ContainerPort{
