@@ -33,8 +33,8 @@ type policyGroup struct {
 	ns       string
 	policies []string
 	targets  []*podInfo
-	anyPort []span
-	ports   []portAllow
+	anyPort  []span
+	ports    []portAllow
 }
 
 // renderPolicies compiles every policy and renders table inet terway.

@@ -273,4 +273,3 @@ func parseIPv4(s string) (uint64, bool) {
 	}
 	return n<<8 | part, true
 }
-
