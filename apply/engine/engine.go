@@ -1,0 +1,160 @@
+// Package engine converges a node's kernel state to a NodeState: it plans
+// (observe what we own, diff each kind against the document), prints the
+// plan, and executes it item by item.
+//
+// Ordering: deletions first, in reverse dependency order (nftables, qdiscs,
+// rules, routes, neighbours, addresses, links), then creations and updates in
+// dependency order (links, sysctls, addresses, neighbours, routes, rules,
+// qdiscs, nftables). One failing item does not stop the others; its error
+// names the item. Because re-creating a link takes its addresses, routes and
+// neighbours with it, Apply plans again after executing and repeats until the
+// plan is empty (or a round limit is reached).
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Kind names, in creation order.
+var kindOrder = []string{"link", "sysctl", "address", "neighbor", "route", "rule", "qdisc", "nft"}
+
+func kindRank(kind string) int {
+	if i := slices.Index(kindOrder, kind); i >= 0 {
+		return i
+	}
+	return len(kindOrder)
+}
+
+// Plan is an ordered list of operations.
+type Plan struct {
+	Ops []op.Op
+}
+
+// Empty reports whether the plan changes nothing.
+func (p *Plan) Empty() bool { return len(p.Ops) == 0 }
+
+// Lines returns one human-readable line per operation.
+func (p *Plan) Lines() []string {
+	out := make([]string, len(p.Ops))
+	for i, o := range p.Ops {
+		out[i] = o.String()
+	}
+	return out
+}
+
+// String prints the plan, one operation per line.
+func (p *Plan) String() string {
+	if p.Empty() {
+		return ""
+	}
+	return strings.Join(p.Lines(), "\n") + "\n"
+}
+
+// Counts returns the number of operations per kind.
+func (p *Plan) Counts() map[string]int {
+	c := map[string]int{}
+	for _, o := range p.Ops {
+		c[o.Kind]++
+	}
+	return c
+}
+
+// order sorts operations: deletions (reverse kind order), then the rest
+// (kind order), keeping each kind's own order.
+func order(ops []op.Op) []op.Op {
+	out := slices.Clone(ops)
+	slices.SortStableFunc(out, func(a, b op.Op) int {
+		ad, bd := a.Action == op.Delete, b.Action == op.Delete
+		switch {
+		case ad && !bd:
+			return -1
+		case !ad && bd:
+			return 1
+		case ad:
+			return kindRank(b.Kind) - kindRank(a.Kind)
+		default:
+			return kindRank(a.Kind) - kindRank(b.Kind)
+		}
+	})
+	return out
+}
+
+// Result is the outcome of one operation.
+type Result struct {
+	Op  op.Op
+	Err error
+}
+
+// Report summarises one Apply.
+type Report struct {
+	Rounds  int
+	Results []Result
+	// Writes counts kernel write requests sent.
+	Writes   int
+	Duration time.Duration
+}
+
+// Applied and Failed count results per kind.
+func (r *Report) Applied() map[string]int { return r.count(false) }
+
+// Failed counts failed operations per kind.
+func (r *Report) Failed() map[string]int { return r.count(true) }
+
+func (r *Report) count(failed bool) map[string]int {
+	c := map[string]int{}
+	for _, res := range r.Results {
+		if (res.Err != nil) == failed {
+			c[res.Op.Kind]++
+		}
+	}
+	return c
+}
+
+// Err joins the errors of failed operations, each naming its item.
+func (r *Report) Err() error {
+	var errs []error
+	for _, res := range r.Results {
+		if res.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", res.Op.String(), res.Err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validate refuses a document apply cannot act on safely.
+func validate(desired *spec.NodeState) error {
+	if desired == nil {
+		return errors.New("no desired state")
+	}
+	if err := desired.Validate(); err != nil {
+		return fmt.Errorf("desired state is invalid: %w", err)
+	}
+	return nil
+}
+
+// execute runs the operations in order; a failure is recorded and the rest
+// go on.
+func execute(ctx context.Context, ns op.Namespaces, ops []op.Op, rep *Report) {
+	for _, o := range ops {
+		if err := ctx.Err(); err != nil {
+			rep.Results = append(rep.Results, Result{Op: o, Err: err})
+			continue
+		}
+		var err error
+		if o.Exec != nil {
+			err = o.Exec(ctx, ns)
+		}
+		if err == nil {
+			rep.Writes += o.Writes
+		}
+		rep.Results = append(rep.Results, Result{Op: o, Err: err})
+	}
+}

@@ -1,0 +1,192 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/terway-reconciler/terway/apply/addrs"
+	"github.com/terway-reconciler/terway/apply/links"
+	"github.com/terway-reconciler/terway/apply/neigh"
+	"github.com/terway-reconciler/terway/apply/nft"
+	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/apply/routes"
+	"github.com/terway-reconciler/terway/apply/rules"
+	"github.com/terway-reconciler/terway/apply/sysctl"
+	"github.com/terway-reconciler/terway/apply/tc"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Engine plans and applies documents to one node. It keeps the nftables
+// record between syncs, so an Engine should live as long as the agent.
+type Engine struct {
+	ns  op.Namespaces
+	nft *nft.Reconciler
+	// MaxRounds bounds Apply's plan-execute loop.
+	MaxRounds int
+}
+
+// New returns an engine acting through ns; ns's host namespace is the node.
+func New(ns op.Namespaces) *Engine {
+	return &Engine{ns: ns, nft: nft.New(nft.Options{}), MaxRounds: 3}
+}
+
+// PlanOptions tune one plan.
+type PlanOptions struct {
+	// Full reads the nftables table back from the kernel instead of trusting
+	// the record of the last commit (the other kinds always read the kernel).
+	Full bool
+}
+
+// Plan observes what we own and returns the operations that turn it into
+// desired. It writes nothing.
+func (e *Engine) Plan(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Plan, error) {
+	if err := validate(desired); err != nil {
+		return nil, err
+	}
+	nss := Namespaces(desired)
+	var ops []op.Op
+	kinds := []struct {
+		name string
+		plan func() ([]op.Op, error)
+	}{
+		{"link", func() ([]op.Op, error) {
+			o, err := links.Observe(e.ns, nss, desired)
+			return links.Diff(desired.Links, o), err
+		}},
+		{"sysctl", func() ([]op.Op, error) {
+			o, err := sysctl.Observe(e.ns, nss, desired)
+			return sysctl.Diff(desired.Sysctls, o), err
+		}},
+		{"address", func() ([]op.Op, error) {
+			o, err := addrs.Observe(e.ns, nss, desired)
+			return addrs.Diff(desired.Addresses, o), err
+		}},
+		{"neighbor", func() ([]op.Op, error) {
+			o, err := neigh.Observe(e.ns, nss, desired)
+			return neigh.Diff(desired.Neighbors, o), err
+		}},
+		{"route", func() ([]op.Op, error) {
+			o, err := routes.Observe(e.ns, nss, desired)
+			return routes.Diff(desired.Routes, o), err
+		}},
+		{"rule", func() ([]op.Op, error) {
+			o, err := rules.Observe(e.ns, nss, desired)
+			return rules.Diff(desired.Rules, o), err
+		}},
+		{"qdisc", func() ([]op.Op, error) {
+			o, err := tc.Observe(e.ns, nss, desired)
+			return tc.Diff(desired.TC, o), err
+		}},
+		{"nft", func() ([]op.Op, error) {
+			if opts.Full {
+				return e.nft.PlanFull(e.ns, spec.HostNetns, desired.NFTables)
+			}
+			return e.nft.Plan(e.ns, spec.HostNetns, desired.NFTables)
+		}},
+	}
+	for _, k := range kinds {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		kops, err := k.plan()
+		if err != nil {
+			return nil, fmt.Errorf("observe %ss: %w", k.name, err)
+		}
+		ops = append(ops, kops...)
+	}
+	return &Plan{Ops: order(ops)}, nil
+}
+
+// Execute runs a plan made by Plan.
+func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
+	start := time.Now()
+	rep := &Report{Rounds: 1}
+	execute(ctx, e.ns, p.Ops, rep)
+	if rep.Err() != nil {
+		// Whatever failed may have left nftables half-known: read it back
+		// next time.
+		e.nft.Invalidate(spec.HostNetns)
+	}
+	rep.Duration = time.Since(start)
+	return rep
+}
+
+// Apply plans and executes until the plan is empty, at most MaxRounds
+// times: re-creating a link removes what lived on it, which the next round
+// puts back. The report covers every round.
+func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Report, error) {
+	start := time.Now()
+	rep := &Report{}
+	for rep.Rounds < max(e.MaxRounds, 1) {
+		p, err := e.Plan(ctx, desired, opts)
+		if err != nil {
+			return rep, err
+		}
+		if p.Empty() {
+			break
+		}
+		rep.Rounds++
+		failedBefore := len(rep.failures())
+		execute(ctx, e.ns, p.Ops, rep)
+		if len(rep.failures()) > failedBefore {
+			e.nft.Invalidate(spec.HostNetns)
+			break // a failing item would fail again; the next sync retries
+		}
+		opts.Full = false
+	}
+	rep.Duration = time.Since(start)
+	return rep, nil
+}
+
+// failures lists the failed results.
+func (r *Report) failures() []Result {
+	var out []Result
+	for _, res := range r.Results {
+		if res.Err != nil {
+			out = append(out, res)
+		}
+	}
+	return out
+}
+
+// Namespaces lists the non-host network namespaces a document names.
+func Namespaces(s *spec.NodeState) []string {
+	set := map[string]bool{}
+	add := func(ns string) {
+		if ns != spec.HostNetns {
+			set[ns] = true
+		}
+	}
+	for _, l := range s.Links {
+		add(l.Netns)
+		if l.Peer != nil {
+			add(l.Peer.Netns)
+		}
+	}
+	for _, a := range s.Addresses {
+		add(a.Netns)
+	}
+	for _, r := range s.Routes {
+		add(r.Netns)
+	}
+	for _, n := range s.Neighbors {
+		add(n.Netns)
+	}
+	for _, c := range s.Sysctls {
+		add(c.Netns)
+	}
+	for _, q := range s.TC {
+		add(q.Netns)
+	}
+	for _, p := range s.Pods {
+		add(p.Netns)
+	}
+	out := make([]string, 0, len(set))
+	for ns := range set {
+		out = append(out, ns)
+	}
+	slices.Sort(out)
+	return out
+}
