@@ -1,0 +1,267 @@
+package links
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// ErrENINotAttached is returned for an eni item whose MAC no interface
+// has yet: the cloud has not attached the ENI, or the kernel has not
+// registered it. The next resync adopts it once it is there.
+var ErrENINotAttached = errors.New("no interface with this MAC in the host or the item's namespace: ENI not attached yet")
+
+// createVeth creates the pair with the peer made directly in its namespace,
+// both ends with the MACs and MTU of the item, and both ends up.
+func createVeth(ns op.Namespaces, d spec.Link) error {
+	mac, err := parseMAC(d.MAC)
+	if err != nil {
+		return fmt.Errorf("link %s: mac: %w", d.Key(), err)
+	}
+	peerMAC, err := parseMAC(d.Peer.MAC)
+	if err != nil {
+		return fmt.Errorf("link %s: peer.mac: %w", d.Key(), err)
+	}
+	ha, err := ns.Handle(d.Netns)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", d.Key(), err)
+	}
+	fd, err := ns.Fd(d.Peer.Netns)
+	if err != nil {
+		return fmt.Errorf("link %s: peer namespace: %w", d.Key(), err)
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = d.Name
+	attrs.MTU = d.MTU
+	attrs.HardwareAddr = mac
+	attrs.Flags = net.FlagUp
+	veth := &netlink.Veth{
+		LinkAttrs:        attrs,
+		PeerName:         d.Peer.Name,
+		PeerHardwareAddr: peerMAC,
+		PeerNamespace:    netlink.NsFd(fd),
+	}
+	if err := ha.LinkAdd(veth); err != nil {
+		if !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("link %s: create veth pair with peer %s in %s: %w", d.Key(), d.Peer.Name, NetnsName(d.Peer.Netns), err)
+		}
+		ok, perr := pairExists(ns, d)
+		if perr != nil {
+			return fmt.Errorf("link %s: create veth pair: %w", d.Key(), perr)
+		}
+		if !ok {
+			return fmt.Errorf("link %s: create veth pair: %s in %s or %s in %s is taken by another link: %w",
+				d.Key(), d.Name, NetnsName(d.Netns), d.Peer.Name, NetnsName(d.Peer.Netns), err)
+		}
+		return nil
+	}
+	hb, lb, err := lookup(ns, d.Peer.Netns, d.Peer.Name)
+	if err != nil {
+		return fmt.Errorf("link %s: peer after create: %w", d.Key(), err)
+	}
+	if err := hb.LinkSetUp(lb); err != nil {
+		return fmt.Errorf("link %s: set peer %s up: %w", d.Key(), d.Peer.Name, err)
+	}
+	return nil
+}
+
+// pairExists reports whether both ends of d exist and are one pair.
+func pairExists(ns op.Namespaces, d spec.Link) (bool, error) {
+	_, a, errA := lookup(ns, d.Netns, d.Name)
+	_, b, errB := lookup(ns, d.Peer.Netns, d.Peer.Name)
+	if errA != nil || errB != nil {
+		if IsNotFound(errA) || IsNotFound(errB) {
+			return false, nil
+		}
+		return false, errors.Join(errA, errB)
+	}
+	ids := nsidCache{ns: ns, ids: map[[2]string]int{}}
+	return ids.paired(d.Netns, a, d.Peer.Netns, b)
+}
+
+// updateVeth reads the pair again and fixes MAC, MTU and up on each end.
+func updateVeth(ns op.Namespaces, d spec.Link) error {
+	ha, a, err := lookup(ns, d.Netns, d.Name)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", d.Key(), err)
+	}
+	hb, b, err := lookup(ns, d.Peer.Netns, d.Peer.Name)
+	if err != nil {
+		return fmt.Errorf("link %s: peer: %w", d.Key(), err)
+	}
+	ids := nsidCache{ns: ns, ids: map[[2]string]int{}}
+	ok, err := ids.paired(d.Netns, a, d.Peer.Netns, b)
+	if err != nil {
+		return fmt.Errorf("link %s: peer: %w", d.Key(), err)
+	}
+	if !ok {
+		return fmt.Errorf("link %s: peer %s in %s is not this veth's peer any more; the next plan recreates the pair",
+			d.Key(), d.Peer.Name, NetnsName(d.Peer.Netns))
+	}
+	o := observed(d.Netns, a, spec.LinkVeth)
+	o.Peer = &spec.VethPeer{Netns: d.Peer.Netns, Name: d.Peer.Name, MAC: NormalMAC(b.Attrs().HardwareAddr.String())}
+	o.PeerUp = b.Attrs().RawFlags&upFlag != 0
+	o.PeerMTU = b.Attrs().MTU
+	for _, c := range vethChanges(d, o) {
+		h, l := ha, a
+		if c.peer {
+			h, l = hb, b
+		}
+		switch {
+		case c.mac != "":
+			hw, _ := net.ParseMAC(c.mac) // normalised by vethChanges, so it parses
+			err = h.LinkSetHardwareAddr(l, hw)
+		case c.mtu != 0:
+			err = h.LinkSetMTU(l, c.mtu)
+		case c.up:
+			err = h.LinkSetUp(l)
+		}
+		if err != nil {
+			return fmt.Errorf("link %s: %s: %w", d.Key(), c, err)
+		}
+	}
+	return nil
+}
+
+// deleteVeth deletes one end of a veth pair (which deletes both). It
+// refuses to delete anything that is not a veth.
+func deleteVeth(ns op.Namespaces, o spec.Link) error {
+	if !ns.Exists(o.Netns) {
+		return nil // the namespace and its links are gone
+	}
+	h, l, err := lookup(ns, o.Netns, o.Name)
+	if IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("link %s: %w", o.Key(), err)
+	}
+	if l.Type() != "veth" {
+		return fmt.Errorf("link %s: is a %s now, not a veth: not deleting it", o.Key(), l.Type())
+	}
+	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) && !IsNotFound(err) {
+		return fmt.Errorf("link %s: delete veth: %w", o.Key(), err)
+	}
+	return nil
+}
+
+// adoptENI finds the link with d's MAC in one of the search namespaces and
+// renames, moves, sizes and (if up) raises it to match d. The steps are
+// planned again from what the kernel has now, so a retry after a partial
+// failure continues where the last attempt stopped.
+func adoptENI(ns op.Namespaces, d spec.Link, search []string, up bool) error {
+	mac := NormalMAC(d.MAC)
+	found, l, err := findByMAC(ns, mac, search)
+	if err != nil {
+		return fmt.Errorf("link %s: find mac %s: %w", d.Key(), mac, err)
+	}
+	if l == nil {
+		if !up {
+			return nil // parking a link that is gone: nothing to do
+		}
+		return fmt.Errorf("link %s: mac %s: %w", d.Key(), mac, ErrENINotAttached)
+	}
+	o := *found
+	h, err := ns.Handle(o.Netns)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", d.Key(), err)
+	}
+	park := parkName(o.MAC, o.Name)
+	for _, s := range planENI(d, o, up) {
+		var what string
+		switch s {
+		case stepDown:
+			what, err = "set down", h.LinkSetDown(l)
+		case stepPark:
+			what, err = "rename to "+park, h.LinkSetName(l, park)
+		case stepMove:
+			what = "move to " + NetnsName(d.Netns)
+			err = moveLink(ns, h, l, d.Netns)
+			if err == nil {
+				// The link has a new index in its new namespace.
+				h, err = ns.Handle(d.Netns)
+				if err == nil {
+					if found, l, err = findByMAC(ns, mac, []string{d.Netns}); err == nil && found == nil {
+						err = fmt.Errorf("not found in %s after the move", NetnsName(d.Netns))
+					}
+				}
+			}
+		case stepRename:
+			what, err = "rename to "+d.Name, h.LinkSetName(l, d.Name)
+		case stepMTU:
+			what, err = fmt.Sprintf("set mtu %d", d.MTU), h.LinkSetMTU(l, d.MTU)
+		case stepUp:
+			what, err = "set up", h.LinkSetUp(l)
+		}
+		if err != nil {
+			return fmt.Errorf("link %s: mac %s: %s: %w", d.Key(), mac, what, err)
+		}
+	}
+	return nil
+}
+
+func moveLink(ns op.Namespaces, h *netlink.Handle, l netlink.Link, to string) error {
+	fd, err := ns.Fd(to)
+	if err != nil {
+		return err
+	}
+	return h.LinkSetNsFd(l, fd)
+}
+
+// findByMAC looks for the link with the MAC in each existing namespace of
+// search, in order. It returns nil, nil, nil when no namespace has it.
+func findByMAC(ns op.Namespaces, mac string, search []string) (*Observed, netlink.Link, error) {
+	seen := map[string]bool{}
+	for _, n := range search {
+		if seen[n] || !ns.Exists(n) {
+			continue
+		}
+		seen[n] = true
+		h, err := ns.Handle(n)
+		if err != nil {
+			return nil, nil, err
+		}
+		all, err := Dump(func() ([]netlink.Link, error) { return h.LinkList() })
+		if err != nil {
+			return nil, nil, fmt.Errorf("list links in %s: %w", NetnsName(n), err)
+		}
+		for _, l := range all {
+			if NormalMAC(l.Attrs().HardwareAddr.String()) == mac {
+				o := observed(n, l, spec.LinkENI)
+				return &o, l, nil
+			}
+		}
+	}
+	return nil, nil, nil
+}
+
+// lookup returns the namespace's handle and the link called name in it.
+func lookup(ns op.Namespaces, netns, name string) (*netlink.Handle, netlink.Link, error) {
+	h, err := ns.Handle(netns)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s in %s: %w", name, NetnsName(netns), err)
+	}
+	return h, l, nil
+}
+
+// parseMAC parses a MAC that may be empty (then the kernel picks one).
+func parseMAC(s string) (net.HardwareAddr, error) {
+	if s == "" {
+		return nil, nil
+	}
+	hw, err := net.ParseMAC(s)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a MAC address: %w", s, err)
+	}
+	return hw, nil
+}

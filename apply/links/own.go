@@ -1,0 +1,188 @@
+package links
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Ownership answers "is this link ours?" for one desired document
+// (DESIGN.md §4). The kinds that live on links (addresses, neighbours,
+// qdiscs) ask it too, so that every kind draws the same line:
+//
+//   - host namespace: veths whose name starts with spec.HostVethPrefix, the
+//     veth ends the document names there, and ENI links whose MAC a desired
+//     eni item names. A host interface is never ours by name alone: "eth1"
+//     may be the node's own NIC until the ENI with the right MAC is renamed.
+//   - pod namespaces: the links the document names there (veth ends and eni
+//     items), and ENI links by MAC. Only the CNI puts links into a pod
+//     namespace, so a name the document gives there is ours.
+type Ownership struct {
+	// eniMACs are the MACs of desired eni items, normalised.
+	eniMACs map[string]bool
+	// knownENIs adds the MACs the document's eni section lists: ENIs the
+	// node has even if no link item wants them right now. links uses them
+	// to send an ENI left in a pod namespace back to the host.
+	knownENIs map[string]bool
+	// named maps a namespace to the link names the document gives there.
+	named map[string]map[string]bool
+}
+
+// NewOwnership indexes the desired document. A nil document owns only the
+// host's tw* veths.
+func NewOwnership(desired *spec.NodeState) *Ownership {
+	o := &Ownership{eniMACs: map[string]bool{}, knownENIs: map[string]bool{}, named: map[string]map[string]bool{}}
+	if desired == nil {
+		return o
+	}
+	name := func(netns, n string) {
+		if o.named[netns] == nil {
+			o.named[netns] = map[string]bool{}
+		}
+		o.named[netns][n] = true
+	}
+	for _, l := range desired.Links {
+		switch l.Kind {
+		case spec.LinkVeth:
+			name(l.Netns, l.Name)
+			if l.Peer != nil {
+				name(l.Peer.Netns, l.Peer.Name)
+			}
+		case spec.LinkENI:
+			if m := NormalMAC(l.MAC); m != "" {
+				o.eniMACs[m] = true
+				o.knownENIs[m] = true
+			}
+			if l.Netns != spec.HostNetns {
+				name(l.Netns, l.Name)
+			}
+		}
+	}
+	if desired.ENI != nil {
+		for _, e := range desired.ENI.ENIs {
+			if m := NormalMAC(e.MAC); m != "" {
+				o.knownENIs[m] = true
+			}
+		}
+	}
+	return o
+}
+
+// IsENI reports whether the link is an ENI a desired eni item names.
+func (o *Ownership) IsENI(l netlink.Link) bool {
+	return o.eniMACs[NormalMAC(l.Attrs().HardwareAddr.String())]
+}
+
+// isKnownENI reports whether the link is an ENI the document knows of, as
+// an eni item or in the eni section.
+func (o *Ownership) isKnownENI(l netlink.Link) bool {
+	return o.knownENIs[NormalMAC(l.Attrs().HardwareAddr.String())]
+}
+
+// Named reports whether the document names a link called name in netns
+// (for the host: as a veth end).
+func (o *Ownership) Named(netns, name string) bool { return o.named[netns][name] }
+
+// Owns reports whether the link in netns is ours (see Ownership).
+func (o *Ownership) Owns(netns string, l netlink.Link) bool {
+	if o.IsENI(l) {
+		return true
+	}
+	name := l.Attrs().Name
+	if netns == spec.HostNetns {
+		return l.Type() == "veth" && (strings.HasPrefix(name, spec.HostVethPrefix) || o.Named(netns, name))
+	}
+	return o.Named(netns, name)
+}
+
+// List returns the links of netns that we own, for the kinds that live on
+// links. It only reads.
+func (o *Ownership) List(h *netlink.Handle, netns string) ([]netlink.Link, error) {
+	all, err := Dump(func() ([]netlink.Link, error) { return h.LinkList() })
+	if err != nil {
+		return nil, fmt.Errorf("list links in %s: %w", NetnsName(netns), err)
+	}
+	var out []netlink.Link
+	for _, l := range all {
+		if o.Owns(netns, l) {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+// Namespaces returns the namespaces an Observe looks at: the host first,
+// then each listed namespace once, sorted, leaving out the ones that no
+// longer exist (a pod whose sandbox is gone has nothing to observe).
+func Namespaces(ns op.Namespaces, listed []string) []string {
+	out := []string{spec.HostNetns}
+	rest := slices.Clone(listed)
+	slices.Sort(rest)
+	for _, n := range slices.Compact(rest) {
+		if n != spec.HostNetns && ns.Exists(n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// dumpTries bounds the retries of a dump the kernel marked interrupted.
+// A dump is interrupted when the table changes while it is read; a few
+// retries get a consistent view on any node that is not churning wildly.
+const dumpTries = 5
+
+// Dump runs a netlink dump and retries it while the kernel reports it
+// interrupted, so that an Observe never plans from a torn view.
+func Dump[T any](fn func() (T, error)) (T, error) {
+	var (
+		v   T
+		err error
+	)
+	for range dumpTries {
+		v, err = fn()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, fmt.Errorf("dump still interrupted after %d tries: %w", dumpTries, err)
+}
+
+// NetnsName names a namespace in messages: "host" or its path.
+func NetnsName(netns string) string {
+	if netns == spec.HostNetns {
+		return "host"
+	}
+	return netns
+}
+
+// NetnsSuffix is what a plan line ends with for an item outside the host
+// namespace: " netns PATH", as `ip -n` users read it; empty for the host.
+func NetnsSuffix(netns string) string {
+	if netns == spec.HostNetns {
+		return ""
+	}
+	return " netns " + netns
+}
+
+// NormalMAC returns the MAC in lower-case colon form, or "" when it does
+// not parse, so that MACs written differently compare equal.
+func NormalMAC(mac string) string {
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) == 0 {
+		return ""
+	}
+	return hw.String()
+}
+
+// IsNotFound reports whether a netlink error means the object is gone.
+func IsNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}
