@@ -171,6 +171,9 @@ func Namespaces(s *spec.NodeState) []string {
 	for _, r := range s.Routes {
 		add(r.Netns)
 	}
+	for _, r := range s.Rules {
+		add(r.Netns)
+	}
 	for _, n := range s.Neighbors {
 		add(n.Netns)
 	}

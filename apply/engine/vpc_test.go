@@ -1,0 +1,219 @@
+package engine_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/internal/traffic"
+	"github.com/terway-reconciler/terway/render"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// serve starts echo servers on ports 80 and 81 (TCP and UDP) and 53 (UDP)
+// at ip inside the namespace.
+func serve(t testing.TB, netnsPath, ip string) {
+	t.Helper()
+	for _, port := range []string{"80", "81"} {
+		s, err := traffic.Serve(netnsPath, ip+":"+port, "tcp", "udp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+	}
+	s, err := traffic.Serve(netnsPath, ip+":53", "udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+}
+
+func reach(t testing.TB, from, proto, addr string, want bool) {
+	t.Helper()
+	timeout := 2 * time.Second
+	if !want {
+		timeout = 600 * time.Millisecond
+	}
+	if got := traffic.Probe(from, proto, addr, timeout); got != want {
+		t.Errorf("%s probe from %s to %s: reachable=%v, want %v", proto, nstest.Name(from), addr, got, want)
+	}
+}
+
+func TestVPCFromEmptyTrafficPolicyBandwidthAndReadBack(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	pods := map[string]string{"x/a": "198.18.0.10", "x/b": "198.18.0.11", "y/a": "198.18.0.12"}
+	n.addPod("x", "a", pods["x/a"], map[string]string{"app": "a"}, nil, "")
+	n.addPod("x", "b", pods["x/b"], map[string]string{"app": "b"}, map[string]string{render.AnnotationAliyunIngress: "1m"}, "")
+	n.addPod("y", "a", pods["y/a"], map[string]string{"app": "a"}, nil, "")
+	state := n.render()
+
+	rep := n.apply(state)
+	if rep.Rounds != 1 {
+		t.Errorf("apply from empty took %d rounds, want 1", rep.Rounds)
+	}
+	n.requireEmptyPlan(state)
+	again := n.apply(state)
+	if again.Writes != 0 || len(again.Results) != 0 {
+		t.Errorf("converged apply made %d kernel writes and %d operations, want 0", again.Writes, len(again.Results))
+	}
+
+	// Real traffic: every pod reaches every other pod and the node, TCP and UDP.
+	for key, ip := range pods {
+		serve(t, n.ns[key], ip)
+	}
+	serve(t, n.host, nodeIP)
+	for from := range pods {
+		for to, ip := range pods {
+			if from == to {
+				continue
+			}
+			reach(t, n.ns[from], "tcp", ip+":80", true)
+			reach(t, n.ns[from], "udp", ip+":81", true)
+		}
+		reach(t, n.ns[from], "tcp", nodeIP+":80", true)
+	}
+
+	readBackVPC(t, n, state)
+
+	// NetworkPolicy: x/a admits only x/b, on TCP 80; its egress stays open.
+	tcp := corev1TCP()
+	port80 := intstr.FromInt32(80)
+	n.setPolicies(policy("x", "a-from-b", networkingv1.NetworkPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
+		Ingress: []networkingv1.NetworkPolicyIngressRule{{
+			From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}},
+			Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port80}},
+		}},
+	}))
+	state = n.render()
+	n.apply(state)
+	n.requireEmptyPlan(state)
+	reach(t, n.ns["x/b"], "tcp", pods["x/a"]+":80", true)
+	reach(t, n.ns["x/b"], "tcp", pods["x/a"]+":81", false)
+	reach(t, n.ns["x/b"], "udp", pods["x/a"]+":80", false)
+	reach(t, n.ns["y/a"], "tcp", pods["x/a"]+":80", false)
+	reach(t, n.ns["x/a"], "tcp", pods["y/a"]+":80", true) // egress not isolated
+	reach(t, n.ns["y/a"], "tcp", pods["x/b"]+":80", true) // x/b not selected
+
+	// Bandwidth: 1 MiB/s into x/b (TBF on its host veth); the echo back is free.
+	rate, err := traffic.Throughput(n.ns["x/a"], pods["x/b"]+":80", time.Second, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ratio := rate / (1 << 20); ratio < 0.85 || ratio > 1.15 {
+		t.Errorf("rate into x/b = %.0f B/s, %.3f of the 1 MiB/s limit (want within ±15%%)", rate, ratio)
+	} else {
+		t.Logf("rate into x/b = %.0f B/s, %.3f of the 1 MiB/s limit", rate, ratio)
+	}
+}
+
+func corev1TCP() corev1.Protocol { return corev1.ProtocolTCP }
+
+// readBackVPC compares what the independent tools print with the document.
+func readBackVPC(t *testing.T, n *node, s *spec.NodeState) {
+	t.Helper()
+	for _, p := range s.Pods {
+		var addrs []struct {
+			IfName   string `json:"ifname"`
+			Address  string `json:"address"`
+			AddrInfo []struct {
+				Local     string `json:"local"`
+				PrefixLen int    `json:"prefixlen"`
+			} `json:"addr_info"`
+		}
+		mustJSON(t, nstest.Run(t, p.Netns, "ip", "-j", "addr", "show", "dev", p.IfName), &addrs)
+		if len(addrs) != 1 || len(addrs[0].AddrInfo) == 0 || addrs[0].AddrInfo[0].Local != p.IP || addrs[0].AddrInfo[0].PrefixLen != 32 {
+			t.Errorf("pod %s: ip -j addr shows %+v, want %s/32 on %s", p.Key, addrs, p.IP, p.IfName)
+		}
+		var routes []struct {
+			Dst, Gateway, Dev, Protocol string
+			Flags                       []string
+		}
+		mustJSON(t, nstest.Run(t, p.Netns, "ip", "-j", "route", "show", "default"), &routes)
+		if len(routes) != 1 || routes[0].Gateway != spec.PodGateway || routes[0].Dev != p.IfName || !contains(routes[0].Flags, "onlink") {
+			t.Errorf("pod %s: default route %+v, want via %s dev %s onlink", p.Key, routes, spec.PodGateway, p.IfName)
+		}
+		var neigh []struct {
+			Dst    string   `json:"dst"`
+			Lladdr string   `json:"lladdr"`
+			State  []string `json:"state"`
+		}
+		mustJSON(t, nstest.Run(t, p.Netns, "ip", "-j", "neigh", "show", spec.PodGateway), &neigh)
+		if len(neigh) != 1 || neigh[0].Lladdr != render.HostVethMAC(p.Key) || !contains(neigh[0].State, "PERMANENT") {
+			t.Errorf("pod %s: neighbour %+v, want %s permanent", p.Key, neigh, render.HostVethMAC(p.Key))
+		}
+	}
+	var hostRoutes []struct{ Dst, Dev, Scope, Protocol string }
+	mustJSON(t, nstest.Run(t, n.host, "ip", "-j", "route", "show", "table", "all", "proto", "250"), &hostRoutes)
+	want := 0
+	for _, r := range s.Routes {
+		if r.Netns == spec.HostNetns {
+			want++
+		}
+	}
+	if len(hostRoutes) != want {
+		t.Errorf("host has %d routes with proto 250, the document %d: %+v", len(hostRoutes), want, hostRoutes)
+	}
+	for _, q := range s.TC {
+		var qd []struct {
+			Kind    string `json:"kind"`
+			Handle  string `json:"handle"`
+			Options struct {
+				Rate uint64 `json:"rate"`
+			} `json:"options"`
+		}
+		mustJSON(t, nstest.Run(t, nsOrHost(n, q.Netns), "tc", "-j", "qdisc", "show", "dev", q.Dev, "root"), &qd)
+		if len(qd) != 1 || qd[0].Kind != "tbf" || qd[0].Handle != "1:" || qd[0].Options.Rate*8 != q.RateBitsPerSecond {
+			t.Errorf("tc -j on %s: %+v, want tbf 1: at %d bit/s", q.Dev, qd, q.RateBitsPerSecond)
+		}
+	}
+	var ruleset struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	mustJSON(t, nstest.Run(t, n.host, "nft", "-j", "list", "table", "inet", "terway"), &ruleset)
+	chains, sets := 0, 0
+	for _, obj := range ruleset.Nftables {
+		if _, ok := obj["chain"]; ok {
+			chains++
+		}
+		if _, ok := obj["set"]; ok {
+			sets++
+		}
+		if _, ok := obj["map"]; ok {
+			sets++
+		}
+	}
+	if chains != len(s.NFTables.Chains) || sets != len(s.NFTables.Sets) {
+		t.Errorf("nft -j shows %d chains and %d sets/maps, the document %d and %d", chains, sets, len(s.NFTables.Chains), len(s.NFTables.Sets))
+	}
+}
+
+func nsOrHost(n *node, netns string) string {
+	if netns == spec.HostNetns {
+		return n.host
+	}
+	return netns
+}
+
+func mustJSON(t testing.TB, out string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("parse JSON %q: %v", strings.TrimSpace(out), err)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
