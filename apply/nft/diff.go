@@ -1,0 +1,377 @@
+package nft
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/terway-reconciler/terway/apply/op"
+)
+
+// Phases order the messages of one transaction so that every reference
+// exists when it is made and is gone before its target is deleted:
+// rules that name a set or chain are flushed and map elements that jump to
+// a chain are deleted before that set or chain is; chains are created before
+// the map elements and rules that jump to them.
+const (
+	phDropTable    = iota // delete the table (nil desired, or unobservable contents)
+	phTable               // create the table
+	phDetach              // flush chains, delete elements
+	phDeleteSets          // delete sets and maps (their elements go with them)
+	phDeleteChains        // delete chains (already flushed)
+	phCreateChains        // create chains, so that map elements may jump to them
+	phCreateSets          // create sets and maps
+	phAttach              // add elements
+	phRules               // add rules
+	numPhases
+)
+
+// plan is the outcome of a diff: plan lines, the transaction's messages by
+// phase, and what to read back after the commit.
+type plan struct {
+	netns  string
+	msgs   [numPhases][]batchMsg
+	groups [numGroups][]op.Op
+	nextID uint32
+	// verifySets and verifyChains name what the transaction wrote, with
+	// the desired content to compare after the commit.
+	verifySets   map[string]*set
+	verifyChains map[string]int
+}
+
+// Groups order the plan's lines for reading: the table, what goes away,
+// then what is written. (The transaction's order is the phases'.)
+const (
+	gTable = iota
+	gSetDel
+	gChainDel
+	gElemDel
+	gObjects // sets, maps and chains created, recreated or rewritten
+	gElemAdd
+	numGroups
+)
+
+func (p *plan) newID() uint32 { p.nextID++; return p.nextID }
+
+func (p *plan) add(group int, a op.Action, key, pod, text string) {
+	p.groups[group] = append(p.groups[group], op.Op{Kind: Kind, Action: a, Key: key, Text: text, Netns: p.netns, Pod: pod})
+}
+
+func (p *plan) ops() []op.Op {
+	var out []op.Op
+	for _, g := range p.groups {
+		out = append(out, g...)
+	}
+	return out
+}
+
+func (p *plan) messages() []batchMsg {
+	var out []batchMsg
+	for _, m := range p.msgs {
+		out = append(out, m...)
+	}
+	return out
+}
+
+// diff plans the changes that turn have (nil: no table) into want (nil:
+// no table). rec, the record of our last write (may be nil), only names the
+// pods of objects that are no longer wanted, which the kernel cannot tell.
+func diff(netns string, want, have, rec *table) (*plan, error) {
+	p := &plan{netns: netns, verifySets: map[string]*set{}, verifyChains: map[string]int{}}
+	if want == nil {
+		if have != nil {
+			p.add(gTable, op.Delete, "table", "", "table inet terway")
+			p.msgs[phDropTable] = append(p.msgs[phDropTable], delTableMsg())
+		}
+		return p, nil
+	}
+	switch {
+	case have == nil:
+		p.add(gTable, op.Create, "table", "", "table inet terway")
+		p.msgs[phTable] = append(p.msgs[phTable], newTableMsg())
+		have = emptyTable()
+	case have.opaque != "":
+		p.add(gTable, op.Update, "table", "", "table inet terway (recreate: "+have.opaque+")")
+		p.msgs[phDropTable] = append(p.msgs[phDropTable], delTableMsg())
+		p.msgs[phTable] = append(p.msgs[phTable], newTableMsg())
+		have = emptyTable()
+	case have.dormant:
+		p.add(gTable, op.Update, "table", "", "table inet terway (wake: the table is dormant, none of its rules run)")
+		p.msgs[phTable] = append(p.msgs[phTable], newTableMsg())
+	}
+	if rec == nil {
+		rec = emptyTable()
+	}
+	d := &differ{p: p, want: want, have: have, rec: rec, setAct: map[string]string{}, chainAct: map[string]string{}, bounce: map[string]string{}}
+	d.classify()
+	d.sets()
+	if err := d.chains(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+type differ struct {
+	p               *plan
+	want, have, rec *table
+	// setAct and chainAct: create, recreate, replace (chains: rules only),
+	// keep or delete, with the reason after a colon for recreations.
+	setAct, chainAct map[string]string
+	// bounce holds map elements ("map\x00key") that must be deleted and
+	// re-added because the chain they jump to is recreated.
+	bounce map[string]string
+}
+
+func act(a string) string { v, _, _ := strings.Cut(a, ":"); return v }
+
+func (d *differ) classify() {
+	for name, ws := range d.want.sets {
+		hs := d.have.sets[name]
+		switch {
+		case hs == nil:
+			d.setAct[name] = "create"
+		case !hs.sameDef(ws):
+			d.setAct[name] = "recreate:" + hs.changes(ws)
+		default:
+			d.setAct[name] = "keep"
+		}
+	}
+	for name := range d.have.sets {
+		if d.want.sets[name] == nil {
+			d.setAct[name] = "delete"
+		}
+	}
+	for name, wc := range d.want.chains {
+		hc := d.have.chains[name]
+		switch {
+		case hc == nil:
+			d.chainAct[name] = "create"
+		case !hc.sameDef(wc):
+			d.chainAct[name] = "recreate:" + hc.changes(wc)
+		case !hc.sameRules(wc):
+			d.chainAct[name] = "replace"
+		default:
+			d.chainAct[name] = "keep"
+		}
+	}
+	for name := range d.have.chains {
+		if d.want.chains[name] == nil {
+			d.chainAct[name] = "delete"
+		}
+	}
+	// Whatever goes away (deleted or recreated) must lose its references
+	// first: kept chains whose rules name it are rewritten, kept map
+	// elements that jump to it are deleted and, if still wanted, re-added.
+	gone := map[string]string{}
+	for name, a := range d.setAct {
+		if a := act(a); a == "recreate" || a == "delete" {
+			gone["set "+name] = "set " + name + " is " + a + "d"
+		}
+	}
+	for name, a := range d.chainAct {
+		if a := act(a); a == "recreate" || a == "delete" {
+			gone["chain "+name] = "chain " + name + " is " + a + "d"
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	for name, hc := range d.have.chains {
+		if d.chainAct[name] != "keep" {
+			continue
+		}
+		for _, r := range hc.rules {
+			for _, ref := range r.refs {
+				if why, ok := gone[ref]; ok {
+					d.chainAct[name] = "replace:" + why
+				}
+			}
+		}
+	}
+	for name, hs := range d.have.sets {
+		if d.setAct[name] != "keep" || !hs.verdict {
+			continue
+		}
+		for k, e := range hs.elems {
+			if e.verdict != nil && e.verdict.Chain != "" && gone["chain "+e.verdict.Chain] != "" {
+				d.bounce[name+"\x00"+k] = gone["chain "+e.verdict.Chain]
+			}
+		}
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// setPod and chainPod name the pod an object belongs to: from the desired
+// table, else from the record (observed objects carry no pod).
+func (d *differ) setPod(name string) string {
+	for _, t := range []*table{d.want, d.rec} {
+		if s := t.sets[name]; s != nil {
+			return s.pod
+		}
+	}
+	return ""
+}
+
+func (d *differ) chainPod(name string) string {
+	for _, t := range []*table{d.want, d.rec} {
+		if c := t.chains[name]; c != nil {
+			return c.pod
+		}
+	}
+	return ""
+}
+
+// elemPod: a map element belongs to the pod of the chain it jumps to.
+func (d *differ) elemPod(s *set, e *elem) string {
+	if e.verdict != nil && e.verdict.Chain != "" {
+		if pod := d.chainPod(e.verdict.Chain); pod != "" {
+			return pod
+		}
+	}
+	return d.setPod(s.name)
+}
+
+func sortedElemList(m map[string]*elem) []*elem {
+	out := make([]*elem, 0, len(m))
+	for _, e := range m {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b *elem) int { return compareKeys(a.key, b.key) })
+	return out
+}
+
+func (d *differ) sets() {
+	p := d.p
+	for _, name := range sortedKeys(d.setAct) {
+		a, reason, _ := strings.Cut(d.setAct[name], ":")
+		ws, hs := d.want.sets[name], d.have.sets[name]
+		key := "set/" + name
+		switch a {
+		case "delete":
+			p.add(gSetDel, op.Delete, key, d.setPod(name), fmt.Sprintf("nft %s %s", hs.word(), name))
+			p.msgs[phDeleteSets] = append(p.msgs[phDeleteSets], delSetMsg(hs))
+		case "create", "recreate":
+			text := fmt.Sprintf("nft %s %s (%d elements)", ws.word(), name, len(ws.elems))
+			action := op.Create
+			if a == "recreate" {
+				text = fmt.Sprintf("nft %s %s (recreate: %s; %d elements)", ws.word(), name, reason, len(ws.elems))
+				action = op.Update
+				p.msgs[phDeleteSets] = append(p.msgs[phDeleteSets], delSetMsg(hs))
+			}
+			p.add(gObjects, action, key, ws.pod, text)
+			p.msgs[phCreateSets] = append(p.msgs[phCreateSets], newSetMsg(ws, p.newID()))
+			p.msgs[phAttach] = append(p.msgs[phAttach], elemMsgs(ws, ws.name, 0, sortedElemList(ws.elems), false)...)
+			p.verifySets[name] = ws
+		case "keep":
+			d.elems(ws, hs)
+		}
+	}
+}
+
+// elems diffs the elements of a set that stays.
+func (d *differ) elems(ws, hs *set) {
+	p := d.p
+	if len(ws.elems) == len(hs.elems) && len(d.bounce) == 0 && sameElems(ws, hs) {
+		return // the common case, without sorting
+	}
+	var adds, dels []*elem
+	for _, e := range sortedElemList(ws.elems) {
+		he := hs.elems[e.text]
+		key := "element/" + ws.name + "/" + e.text
+		text := fmt.Sprintf("nft element %s { %s }", ws.name, e.String())
+		switch {
+		case he == nil:
+			p.add(gElemAdd, op.Create, key, d.elemPod(ws, e), text)
+			adds = append(adds, e)
+		case !he.same(e):
+			p.add(gElemAdd, op.Update, key, d.elemPod(ws, e), text+" (was "+he.String()+")")
+			dels, adds = append(dels, he), append(adds, e)
+		case d.bounce[ws.name+"\x00"+e.text] != "":
+			p.add(gElemAdd, op.Update, key, d.elemPod(ws, e), text+" (re-added: "+d.bounce[ws.name+"\x00"+e.text]+")")
+			dels, adds = append(dels, he), append(adds, e)
+		}
+	}
+	for _, he := range sortedElemList(hs.elems) {
+		if ws.elems[he.text] == nil {
+			p.add(gElemDel, op.Delete, "element/"+hs.name+"/"+he.text, d.elemPod(hs, he),
+				fmt.Sprintf("nft element %s { %s }", hs.name, he.String()))
+			dels = append(dels, he)
+		}
+	}
+	if len(dels) > 0 {
+		// Deletion uses the kernel's encoding of what is there (hs).
+		p.msgs[phDetach] = append(p.msgs[phDetach], elemMsgs(hs, hs.name, 0, dels, true)...)
+	}
+	if len(adds) > 0 {
+		p.msgs[phAttach] = append(p.msgs[phAttach], elemMsgs(ws, ws.name, 0, adds, false)...)
+	}
+	if len(adds)+len(dels) > 0 {
+		p.verifySets[ws.name] = ws
+	}
+}
+
+func sameElems(a, b *set) bool {
+	for k, e := range a.elems {
+		if o := b.elems[k]; o == nil || !o.same(e) {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *differ) chains() error {
+	p := d.p
+	for _, name := range sortedKeys(d.chainAct) {
+		a, reason, _ := strings.Cut(d.chainAct[name], ":")
+		wc := d.want.chains[name]
+		key := "chain/" + name
+		switch a {
+		case "keep":
+			continue
+		case "delete":
+			p.add(gChainDel, op.Delete, key, d.chainPod(name), "nft chain "+name)
+			p.msgs[phDetach] = append(p.msgs[phDetach], flushChainMsg(name))
+			p.msgs[phDeleteChains] = append(p.msgs[phDeleteChains], delChainMsg(name))
+			continue
+		case "create":
+			p.add(gObjects, op.Create, key, wc.pod, fmt.Sprintf("nft chain %s (%s)", name, nRules(len(wc.rules))))
+			p.msgs[phCreateChains] = append(p.msgs[phCreateChains], newChainMsg(wc))
+		case "recreate":
+			p.add(gObjects, op.Update, key, wc.pod, fmt.Sprintf("nft chain %s (recreate: %s; %s)", name, reason, nRules(len(wc.rules))))
+			p.msgs[phDetach] = append(p.msgs[phDetach], flushChainMsg(name))
+			p.msgs[phDeleteChains] = append(p.msgs[phDeleteChains], delChainMsg(name))
+			p.msgs[phCreateChains] = append(p.msgs[phCreateChains], newChainMsg(wc))
+		case "replace":
+			text := fmt.Sprintf("nft chain %s (%s)", name, nRules(len(wc.rules)))
+			if reason != "" {
+				text = fmt.Sprintf("nft chain %s (%s; rewritten: %s)", name, nRules(len(wc.rules)), reason)
+			}
+			p.add(gObjects, op.Update, key, wc.pod, text)
+			p.msgs[phDetach] = append(p.msgs[phDetach], flushChainMsg(name))
+		}
+		for i, r := range wc.rules {
+			ms, err := ruleMsgs(name, i, r, p.newID)
+			if err != nil {
+				return err
+			}
+			p.msgs[phRules] = append(p.msgs[phRules], ms...)
+		}
+		p.verifyChains[name] = len(wc.rules)
+	}
+	return nil
+}
+
+func nRules(n int) string {
+	if n == 1 {
+		return "1 rule"
+	}
+	return fmt.Sprintf("%d rules", n)
+}

@@ -1,0 +1,512 @@
+package nft
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// table is our table as comparable data. The desired side is the document
+// canonicalised (values parsed and printed back the way nft prints them);
+// the observed side is decoded from the kernel into the same form; the
+// record of the last write is a desired table. Diff compares them as text.
+type table struct {
+	sets   map[string]*set
+	chains map[string]*chain
+	// opaque, when set, says why the kernel table holds something we
+	// cannot observe object by object; the plan then replaces the table.
+	opaque string
+	// dormant is an observed table whose hooks are switched off
+	// (`flags dormant`): every rule is present and none runs.
+	dormant bool
+}
+
+// set is a named set or verdict map.
+type set struct {
+	name      string
+	typeNames []string
+	types     []dtype
+	interval  bool
+	verdict   bool
+	comment   string
+	pod       string
+	elems     map[string]*elem // by key text (without the verdict)
+	// foreign says why an observed set is not one we could have made
+	// (flags, types); such a set is recreated or deleted.
+	foreign string
+}
+
+// sameDef compares everything about two sets but their elements; sets
+// with different definitions cannot be converted in place, only recreated.
+func (s *set) sameDef(o *set) bool {
+	return slices.Equal(s.typeNames, o.typeNames) && s.interval == o.interval && s.verdict == o.verdict &&
+		s.comment == o.comment && s.foreign == o.foreign
+}
+
+// changes names the definition fields that differ, for the plan line.
+func (s *set) changes(o *set) string {
+	var out []string
+	if !slices.Equal(s.typeNames, o.typeNames) {
+		out = append(out, "type")
+	}
+	if s.interval != o.interval {
+		out = append(out, "flags")
+	}
+	if s.verdict != o.verdict {
+		out = append(out, "set or map")
+	}
+	if s.comment != o.comment {
+		out = append(out, "comment")
+	}
+	if s.foreign != o.foreign {
+		out = append(out, "not made by us: "+cmp.Or(s.foreign, o.foreign))
+	}
+	return changed(out)
+}
+
+func changed(fields []string) string {
+	if len(fields) == 0 {
+		return "definition changed"
+	}
+	return strings.Join(fields, ", ") + " changed"
+}
+
+func (s *set) word() string {
+	if s.verdict {
+		return "map"
+	}
+	return "set"
+}
+
+// elem is one element, parsed (key ranges) and printed (text).
+type elem struct {
+	key     []keyRange
+	text    string // canonical key text, "198.18.0.0/24 . tcp . 80"
+	verdict *spec.NFTVerdict
+}
+
+// same reports whether two elements have the same key and verdict.
+func (e *elem) same(o *elem) bool {
+	if e.text != o.text || (e.verdict == nil) != (o.verdict == nil) {
+		return false
+	}
+	return e.verdict == nil || (e.verdict.Kind == o.verdict.Kind && e.verdict.Chain == o.verdict.Chain)
+}
+
+func (e *elem) String() string {
+	if e.verdict == nil {
+		return e.text
+	}
+	return e.text + " : " + spec.FormatVerdict(*e.verdict)
+}
+
+// chain is a base or regular chain with its rules in order.
+type chain struct {
+	name     string
+	hook     string
+	priority int
+	policy   string // "" for regular chains
+	comment  string
+	pod      string
+	rules    []rule
+	foreign  string
+}
+
+// changes names the definition fields that differ, for the plan line.
+func (c *chain) changes(o *chain) string {
+	var out []string
+	if c.hook != o.hook {
+		out = append(out, "hook")
+	}
+	if c.priority != o.priority {
+		out = append(out, "priority")
+	}
+	if c.policy != o.policy {
+		out = append(out, "policy")
+	}
+	if c.comment != o.comment {
+		out = append(out, "comment")
+	}
+	if c.foreign != o.foreign {
+		out = append(out, "not made by us: "+cmp.Or(c.foreign, o.foreign))
+	}
+	return changed(out)
+}
+
+func (c *chain) sameDef(o *chain) bool {
+	return c.hook == o.hook && c.priority == o.priority && c.policy == o.policy && c.comment == o.comment && c.foreign == o.foreign
+}
+
+func (c *chain) sameRules(o *chain) bool {
+	if len(c.rules) != len(o.rules) {
+		return false
+	}
+	for i := range c.rules {
+		if c.rules[i].text != o.rules[i].text {
+			return false
+		}
+	}
+	return true
+}
+
+// rule is a canonical rule; text is spec.FormatRule of it, or for a rule
+// we could not decode a description of its expressions.
+type rule struct {
+	ir   spec.NFTRule
+	text string
+	// refs are the sets, maps and chains the rule names (ruleRefs).
+	refs []string
+}
+
+func emptyTable() *table {
+	return &table{sets: map[string]*set{}, chains: map[string]*chain{}}
+}
+
+// canonical turns the document's table into the comparable form, with
+// errors that name the set, chain, element or rule and the reason. Sets and
+// chains found in cache (by content digest) are reused; the returned cache
+// holds exactly this document's objects, for the next call.
+func canonical(t *spec.NFTable, cache canonCache) (*table, canonCache, error) {
+	if t.Family != spec.NFTFamily || t.Name != spec.NFTTable {
+		return nil, nil, fmt.Errorf("nftables: table is %s %s, only %s %s is ours", t.Family, t.Name, spec.NFTFamily, spec.NFTTable)
+	}
+	out := emptyTable()
+	next := make(canonCache, len(t.Sets)+len(t.Chains))
+	var d digester
+	for i := range t.Sets {
+		in := &t.Sets[i]
+		sum := d.set(in)
+		s, ok := cache[sum].(*set)
+		if !ok {
+			var err error
+			if s, err = canonicalSet(in); err != nil {
+				return nil, nil, err
+			}
+		}
+		if out.sets[s.name] != nil {
+			return nil, nil, fmt.Errorf("nft set %s: defined twice", s.name)
+		}
+		out.sets[s.name] = s
+		next[sum] = s
+	}
+	for i := range t.Chains {
+		in := &t.Chains[i]
+		sum := d.chain(in)
+		c, ok := cache[sum].(*chain)
+		if !ok {
+			var err error
+			if c, err = canonicalChain(in); err != nil {
+				return nil, nil, err
+			}
+		}
+		if out.chains[c.name] != nil {
+			return nil, nil, fmt.Errorf("nft chain %s: defined twice", c.name)
+		}
+		out.chains[c.name] = c
+		next[sum] = c
+	}
+	if err := out.checkRefs(); err != nil {
+		return nil, nil, err
+	}
+	return out, next, nil
+}
+
+func canonicalSet(in *spec.NFTSet) (*set, error) {
+	s := &set{name: in.Name, typeNames: slices.Clone(in.Type), interval: in.Interval, verdict: in.Verdict,
+		comment: in.Comment, pod: in.Pod, elems: make(map[string]*elem, len(in.Elements))}
+	if err := checkName(in.Name); err != nil {
+		return nil, fmt.Errorf("nft set %s: name: %w", in.Name, err)
+	}
+	if len(in.Type) == 0 || len(in.Type) > 5 {
+		return nil, fmt.Errorf("nft set %s: type: needs 1 to 5 parts, has %d", in.Name, len(in.Type))
+	}
+	for _, tn := range in.Type {
+		t, err := lookupType(tn)
+		if err != nil {
+			return nil, fmt.Errorf("nft set %s: type: %w", in.Name, err)
+		}
+		s.types = append(s.types, t)
+	}
+	if concatLen(s.types) > 64 {
+		return nil, fmt.Errorf("nft set %s: type: key of %d bytes exceeds the kernel's 64", in.Name, concatLen(s.types))
+	}
+	if err := checkComment(in.Comment); err != nil {
+		return nil, fmt.Errorf("nft set %s: comment: %w", in.Name, err)
+	}
+	for _, e := range in.Elements {
+		ce, err := canonicalElem(s, e)
+		if err != nil {
+			return nil, fmt.Errorf("nft set %s: element %q: %w", in.Name, spec.FormatElement(e), err)
+		}
+		if prev, dup := s.elems[ce.text]; dup {
+			return nil, fmt.Errorf("nft set %s: element %q: same key as %q", in.Name, spec.FormatElement(e), prev.String())
+		}
+		s.elems[ce.text] = ce
+	}
+	return s, nil
+}
+
+func canonicalElem(s *set, e spec.NFTElement) (*elem, error) {
+	rs, texts, err := canonKey(s.types, s.interval, e.Key)
+	if err != nil {
+		return nil, err
+	}
+	if s.verdict != (e.Verdict != nil) {
+		return nil, fmt.Errorf("verdict maps need a verdict on every element, plain sets none")
+	}
+	ce := &elem{key: rs, text: strings.Join(texts, " . ")}
+	if e.Verdict != nil {
+		v := *e.Verdict
+		switch v.Kind {
+		case spec.VerdictAccept, spec.VerdictDrop, spec.VerdictReturn:
+			v.Chain = ""
+		case spec.VerdictJump, spec.VerdictGoto:
+		default:
+			return nil, fmt.Errorf("verdict %q is not accept, drop, return, jump or goto", v.Kind)
+		}
+		v.Map, v.Selectors = "", nil
+		ce.verdict = &v
+	}
+	return ce, nil
+}
+
+func canonicalChain(c *spec.NFTChain) (*chain, error) {
+	if err := checkName(c.Name); err != nil {
+		return nil, fmt.Errorf("nft chain %s: name: %w", c.Name, err)
+	}
+	if err := checkComment(c.Comment); err != nil {
+		return nil, fmt.Errorf("nft chain %s: comment: %w", c.Name, err)
+	}
+	out := &chain{name: c.Name, hook: c.Hook, priority: c.Priority, comment: c.Comment, pod: c.Pod}
+	if c.Hook != "" {
+		if _, ok := hookNums[c.Hook]; !ok {
+			return nil, fmt.Errorf("nft chain %s: hook: %q is not forward, input or output", c.Name, c.Hook)
+		}
+		out.policy = cmp.Or(c.Policy, spec.VerdictAccept)
+		if out.policy != spec.VerdictAccept && out.policy != spec.VerdictDrop {
+			return nil, fmt.Errorf("nft chain %s: policy: %q is not accept or drop", c.Name, c.Policy)
+		}
+	} else if c.Policy != "" || c.Priority != 0 {
+		return nil, fmt.Errorf("nft chain %s: policy and priority need a hook", c.Name)
+	}
+	for i, r := range c.Rules {
+		cr, err := canonicalRule(r)
+		if err != nil {
+			return nil, fmt.Errorf("nft chain %s: rule %d %q: %w", c.Name, i+1, spec.FormatRule(r), err)
+		}
+		out.rules = append(out.rules, cr)
+	}
+	return out, nil
+}
+
+// canonicalRule parses every value of the rule and prints it back; sets,
+// maps and chains are resolved later (checkRefs), when all are known.
+func canonicalRule(r spec.NFTRule) (rule, error) {
+	if err := checkComment(r.Comment); err != nil {
+		return rule{}, fmt.Errorf("comment: %w", err)
+	}
+	out := spec.NFTRule{Comment: r.Comment}
+	for _, m := range r.Match {
+		types, err := selectorTypes(m.Selectors)
+		if err != nil {
+			return rule{}, err
+		}
+		cm := spec.NFTMatch{Selectors: slices.Clone(m.Selectors), Negate: m.Negate, Set: m.Set}
+		switch {
+		case m.Set != "":
+			if len(m.Values) > 0 {
+				return rule{}, fmt.Errorf("match %q has both a set and values", spec.FormatMatch(m))
+			}
+		case len(m.Values) == 0:
+			return rule{}, fmt.Errorf("match %q needs a set or values", spec.FormatMatch(m))
+		case len(m.Selectors) == 1 && m.Selectors[0] == spec.SelCtState:
+			mask, err := ctMask(splitCt(m.Values))
+			if err != nil {
+				return rule{}, fmt.Errorf("match %q: %w", spec.FormatMatch(m), err)
+			}
+			cm.Values, _ = ctNames(mask)
+		default:
+			vals, _, err := canonValues(types, m.Values)
+			if err != nil {
+				return rule{}, fmt.Errorf("match %q: %w", spec.FormatMatch(m), err)
+			}
+			cm.Values = vals
+		}
+		out.Match = append(out.Match, cm)
+	}
+	v := r.Verdict
+	switch v.Kind {
+	case spec.VerdictAccept, spec.VerdictDrop, spec.VerdictReturn:
+		out.Verdict = spec.NFTVerdict{Kind: v.Kind}
+	case spec.VerdictJump, spec.VerdictGoto:
+		out.Verdict = spec.NFTVerdict{Kind: v.Kind, Chain: v.Chain}
+	case spec.VerdictVmap:
+		if _, err := selectorTypes(v.Selectors); err != nil {
+			return rule{}, err
+		}
+		out.Verdict = spec.NFTVerdict{Kind: v.Kind, Map: v.Map, Selectors: slices.Clone(v.Selectors)}
+	default:
+		return rule{}, fmt.Errorf("verdict %q is not accept, drop, return, jump, goto or vmap", v.Kind)
+	}
+	return rule{ir: out, text: spec.FormatRule(out), refs: ruleRefs(out)}, nil
+}
+
+// splitCt accepts "established,related" as well as separate values.
+func splitCt(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		out = append(out, strings.Split(v, ",")...)
+	}
+	return out
+}
+
+// canonValues parses "any of" values of a match (each "a . b" for a
+// concatenation), sorts them and drops duplicates. It also reports whether
+// any value is a range, which needs an interval set.
+func canonValues(types []dtype, vals []string) ([]string, bool, error) {
+	type parsed struct {
+		key  []keyRange
+		text string
+	}
+	ps := make([]parsed, 0, len(vals))
+	ranged := false
+	for _, v := range vals {
+		rs, texts, err := canonKey(types, true, strings.Split(v, " . "))
+		if err != nil {
+			return nil, false, fmt.Errorf("value %q: %w", v, err)
+		}
+		for _, r := range rs {
+			ranged = ranged || !r.single()
+		}
+		ps = append(ps, parsed{rs, strings.Join(texts, " . ")})
+	}
+	slices.SortFunc(ps, func(a, b parsed) int { return compareKeys(a.key, b.key) })
+	ps = slices.CompactFunc(ps, func(a, b parsed) bool { return a.text == b.text })
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.text
+	}
+	return out, ranged, nil
+}
+
+func compareKeys(a, b []keyRange) int {
+	for i := range min(len(a), len(b)) {
+		if c := cmp.Or(bytes.Compare(a[i].lo, b[i].lo), bytes.Compare(a[i].hi, b[i].hi)); c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+func selectorTypes(sels []string) ([]dtype, error) {
+	if len(sels) == 0 {
+		return nil, fmt.Errorf("no selectors")
+	}
+	out := make([]dtype, len(sels))
+	for i, s := range sels {
+		tn, ok := spec.SelectorType[s]
+		if !ok {
+			return nil, fmt.Errorf("selector %q is not supported", s)
+		}
+		if s == spec.SelCtState && len(sels) > 1 {
+			return nil, fmt.Errorf("ct state cannot be part of a concatenation")
+		}
+		out[i], _ = lookupType(tn)
+	}
+	return out, nil
+}
+
+// checkRefs checks that every set, map and chain a rule or map element
+// names exists and fits, so that the kernel never sees a dangling name.
+func (t *table) checkRefs() error {
+	for _, c := range t.chains {
+		for i, r := range c.rules {
+			for _, m := range r.ir.Match {
+				if m.Set == "" {
+					continue
+				}
+				s := t.sets[m.Set]
+				if s == nil || s.verdict {
+					return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a set of this table", c.name, i+1, r.text, m.Set)
+				}
+				if !slices.Equal(typeNamesOf(m.Selectors), s.typeNames) {
+					return fmt.Errorf("nft chain %s: rule %d %q: selectors %v do not fit set %s of type %v", c.name, i+1, r.text, m.Selectors, s.name, s.typeNames)
+				}
+			}
+			v := r.ir.Verdict
+			switch v.Kind {
+			case spec.VerdictJump, spec.VerdictGoto:
+				if err := t.checkTarget(v.Chain); err != nil {
+					return fmt.Errorf("nft chain %s: rule %d %q: %w", c.name, i+1, r.text, err)
+				}
+			case spec.VerdictVmap:
+				m := t.sets[v.Map]
+				if m == nil || !m.verdict {
+					return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a verdict map of this table", c.name, i+1, r.text, v.Map)
+				}
+				if !slices.Equal(typeNamesOf(v.Selectors), m.typeNames) {
+					return fmt.Errorf("nft chain %s: rule %d %q: selectors %v do not fit map %s of type %v", c.name, i+1, r.text, v.Selectors, m.name, m.typeNames)
+				}
+			}
+		}
+	}
+	for _, s := range t.sets {
+		for _, e := range s.elems {
+			if e.verdict != nil && (e.verdict.Kind == spec.VerdictJump || e.verdict.Kind == spec.VerdictGoto) {
+				if err := t.checkTarget(e.verdict.Chain); err != nil {
+					return fmt.Errorf("nft map %s: element %q: %w", s.name, e.String(), err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (t *table) checkTarget(name string) error {
+	c := t.chains[name]
+	if c == nil {
+		return fmt.Errorf("chain %q does not exist in this table", name)
+	}
+	if c.hook != "" {
+		return fmt.Errorf("chain %q is a base chain; jump and goto need a regular chain", name)
+	}
+	return nil
+}
+
+func typeNamesOf(sels []string) []string {
+	out := make([]string, len(sels))
+	for i, s := range sels {
+		out[i] = spec.SelectorType[s]
+	}
+	return out
+}
+
+func checkName(n string) error {
+	if n == "" || len(n) > 255 || strings.HasPrefix(n, "__") {
+		return fmt.Errorf("%q is not a valid name (1 to 255 bytes, not starting with __)", n)
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_./-", r)) {
+			return fmt.Errorf("%q contains %q; names are letters, digits and _ . / -", n, r)
+		}
+	}
+	return nil
+}
+
+// maxComment is nft's limit (NFT_USERDATA_MAXLEN is larger, but nft
+// refuses longer comments, and we want nft to be able to reload a dump).
+const maxComment = 128
+
+func checkComment(c string) error {
+	if len(c) > maxComment {
+		return fmt.Errorf("%d bytes, nft allows %d", len(c), maxComment)
+	}
+	if strings.ContainsRune(c, 0) {
+		return fmt.Errorf("contains a NUL byte")
+	}
+	return nil
+}

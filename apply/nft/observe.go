@@ -1,0 +1,230 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// observe reads table inet terway and nothing else. Every request names our
+// table, and the kernel filters set and rule dumps by it. Chains are the
+// exception: the kernel's chain dump has no table filter (it walks every
+// table of the family), so instead of dumping we ask for each chain by name
+// (names from the rules, the maps, the desired state and our record). The
+// table's use count (chains + sets) then tells whether a chain exists that
+// none of those name; such a table is marked opaque and replaced whole.
+//
+// It returns nil when the table does not exist, and the ruleset generation
+// the snapshot belongs to (re-read until it is stable across the reads).
+func observe(c *conn, hints []string) (*table, uint32, error) {
+	for attempt := 0; ; attempt++ {
+		t, gen, err := observeOnce(c, hints)
+		if errors.Is(err, errDumpInterrupted) && attempt < 5 {
+			continue
+		}
+		return t, gen, err
+	}
+}
+
+func observeOnce(c *conn, hints []string) (*table, uint32, error) {
+	gen, err := getGen(c)
+	if err != nil {
+		return nil, 0, err
+	}
+	tm, err := c.get(unix.NFT_MSG_GETTABLE, familyInet, attrStr(unix.NFTA_TABLE_NAME, spec.NFTTable))
+	if errors.Is(err, unix.ENOENT) {
+		return nil, gen, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read table inet terway: %w", err)
+	}
+	use, flags, err := tableInfo(tm)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read table inet terway: %w", err)
+	}
+	t := emptyTable()
+	t.dormant = flags&unix.NFT_TABLE_F_DORMANT != 0
+	anon, err := observeSets(c, t)
+	if err != nil {
+		return nil, 0, err
+	}
+	rules, names, err := observeRules(c, anon)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, s := range t.sets {
+		for _, e := range s.elems {
+			if e.verdict != nil && e.verdict.Chain != "" {
+				names = append(names, e.verdict.Chain)
+			}
+		}
+	}
+	names = append(names, hints...)
+	slices.Sort(names)
+	for _, name := range slices.Compact(names) {
+		if err := observeChain(c, t, name); err != nil {
+			return nil, 0, err
+		}
+	}
+	for name, rs := range rules {
+		ch := t.chains[name]
+		if ch == nil {
+			// Rules without their chain: the table changed between reads.
+			return nil, 0, fmt.Errorf("nft chain %s: rules listed but the chain is missing: %w", name, errDumpInterrupted)
+		}
+		ch.rules = rs
+	}
+	// Whether a rule's anonymous sets count in the table's use differs
+	// between kernel versions (6.18 does not count them); accept both.
+	if known := uint32(len(t.sets) + len(t.chains)); use != known && use != known+uint32(len(anon)) {
+		t.opaque = fmt.Sprintf("the table holds %d objects, we can name %d (%d sets and maps, %d chains)",
+			use, known, len(t.sets), len(t.chains))
+	}
+	gen2, err := getGen(c)
+	if err != nil {
+		return nil, 0, err
+	}
+	if gen2 != gen {
+		return nil, 0, errDumpInterrupted
+	}
+	return t, gen, nil
+}
+
+func getGen(c *conn) (uint32, error) {
+	m, err := c.get(unix.NFT_MSG_GETGEN, unix.AF_UNSPEC, nil)
+	if err != nil {
+		return 0, fmt.Errorf("read nftables generation: %w", err)
+	}
+	as, err := parseAttrs(m.attrs)
+	if err != nil {
+		return 0, fmt.Errorf("read nftables generation: %w", err)
+	}
+	for _, a := range as {
+		if a.typ == unix.NFTA_GEN_ID {
+			return a.u32(), nil
+		}
+	}
+	return 0, fmt.Errorf("read nftables generation: no generation id in the reply")
+}
+
+// tableInfo returns the table's use count (its chains and sets) and flags.
+func tableInfo(m msg) (use, flags uint32, err error) {
+	as, err := parseAttrs(m.attrs)
+	if err != nil {
+		return 0, 0, err
+	}
+	found := false
+	for _, a := range as {
+		switch a.typ {
+		case unix.NFTA_TABLE_USE:
+			use, found = a.u32(), true
+		case unix.NFTA_TABLE_FLAGS:
+			flags = a.u32()
+		}
+	}
+	if !found {
+		return 0, 0, fmt.Errorf("no use count in the reply")
+	}
+	return use, flags, nil
+}
+
+// observeSets reads our sets and maps with their elements; the anonymous
+// sets of rules are returned separately, by kernel name.
+func observeSets(c *conn, t *table) (map[string]*set, error) {
+	ms, err := c.dump(unix.NFT_MSG_GETSET, familyInet, attrStr(unix.NFTA_SET_TABLE, spec.NFTTable))
+	if err != nil {
+		return nil, fmt.Errorf("list sets of table inet terway: %w", err)
+	}
+	anon := map[string]*set{}
+	for _, m := range ms {
+		s, isAnon, err := decodeSet(m)
+		if err != nil {
+			return nil, fmt.Errorf("decode a set of table inet terway: %w", err)
+		}
+		if err := readElems(c, s); err != nil {
+			return nil, err
+		}
+		if isAnon {
+			anon[s.name] = s
+		} else {
+			t.sets[s.name] = s
+		}
+	}
+	return anon, nil
+}
+
+// readElems replaces s.elems with the kernel's elements of set s.
+func readElems(c *conn, s *set) error {
+	a := append(attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, spec.NFTTable), attrStr(unix.NFTA_SET_ELEM_LIST_SET, s.name)...)
+	ms, err := c.dump(unix.NFT_MSG_GETSETELEM, familyInet, a)
+	if err != nil {
+		return fmt.Errorf("list elements of nft %s %s: %w", s.word(), s.name, err)
+	}
+	s.elems = map[string]*elem{}
+	if err := decodeElems(s, ms); err != nil {
+		return fmt.Errorf("decode elements of nft %s %s: %w", s.word(), s.name, err)
+	}
+	return nil
+}
+
+// observeRules reads every rule of our table in one dump (the dump lists
+// each chain's rules in order) and decompiles them. It returns the rules by
+// chain and the chain names the rules live in and jump to.
+func observeRules(c *conn, anon map[string]*set) (map[string][]rule, []string, error) {
+	ms, err := c.dump(unix.NFT_MSG_GETRULE, familyInet, attrStr(unix.NFTA_RULE_TABLE, spec.NFTTable))
+	if err != nil {
+		return nil, nil, fmt.Errorf("list rules of table inet terway: %w", err)
+	}
+	lookupAnon := func(name string) (*set, bool) { s, ok := anon[name]; return s, ok }
+	rules := map[string][]rule{}
+	var names []string
+	for _, m := range ms {
+		chainName, exprs, unknown, comment, err := decodeRule(m)
+		if err != nil {
+			return nil, nil, fmt.Errorf("decode a rule of table inet terway: %w", err)
+		}
+		if _, seen := rules[chainName]; !seen {
+			names = append(names, chainName)
+		}
+		ir, err := decompile(exprs, lookupAnon)
+		var r rule
+		if err != nil {
+			what := err.Error()
+			if len(unknown) > 0 {
+				what = "expressions " + strings.Join(unknown, ", ")
+			}
+			r = rule{text: fmt.Sprintf("<unrecognised rule %d: %s>", len(rules[chainName])+1, what)}
+		} else {
+			ir.Comment = comment
+			r = rule{ir: ir, text: spec.FormatRule(ir), refs: ruleRefs(ir)}
+			if ir.Verdict.Chain != "" {
+				names = append(names, ir.Verdict.Chain)
+			}
+		}
+		rules[chainName] = append(rules[chainName], r)
+	}
+	return rules, names, nil
+}
+
+// observeChain reads one chain's definition by name; a chain that does not
+// exist is simply absent.
+func observeChain(c *conn, t *table, name string) error {
+	m, err := c.get(unix.NFT_MSG_GETCHAIN, familyInet, chainKey(name))
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read nft chain %s: %w", name, err)
+	}
+	ch, err := decodeChain(m)
+	if err != nil {
+		return fmt.Errorf("decode nft chain %s: %w", name, err)
+	}
+	t.chains[name] = ch
+	return nil
+}

@@ -1,0 +1,399 @@
+package nft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Kind is the op.Op kind of every operation this package plans.
+const Kind = "nft"
+
+// CommitKey is the op.Op key of the last operation of a non-empty plan,
+// which stands for the transaction itself (and carries its one write).
+const CommitKey = "commit"
+
+// DefaultFullEvery is how often a full sync happens without any failure:
+// partial syncs trust the record of what we wrote and never see drift
+// (someone flushing our chain), so every Nth sync re-reads the kernel.
+const DefaultFullEvery = 10
+
+// Options configure a Reconciler. Zero values mean the defaults.
+type Options struct {
+	// FullEvery makes every Nth sync of a namespace a full one
+	// (DefaultFullEvery when 0; 1 makes every sync full).
+	FullEvery int
+	// Logger receives one line per decision (full or partial sync, commit,
+	// failure). Nil discards.
+	Logger *slog.Logger
+}
+
+// Reconciler converges table inet terway in network namespaces.
+//
+// Plan and PlanFull return the plan as []op.Op: one descriptive op per
+// changed table, set, map, element or chain, then a last op (Key CommitKey,
+// Writes 1) that names the transaction. All ops of one plan share one Exec:
+// the first call, from whichever op, sends every change of the plan to the
+// kernel as ONE nftables transaction (all or nothing) and reads back what
+// it wrote; every call returns that outcome. So the engine may print the
+// plan, then execute its ops in any order; nothing is written before the
+// first Exec. A converged namespace plans no ops at all.
+//
+// Syncs are incremental in the kube-proxy way: the Reconciler keeps, per
+// namespace, a record of what its last successful commit wrote. A partial
+// sync diffs the desired table against that record without reading the
+// kernel, so changing one pod touches only that pod's chains and elements.
+// A full sync reads our table back from the kernel and diffs against that;
+// it happens on the first sync of a namespace, after any failure (of
+// observing, committing or verifying), every FullEvery syncs, and on
+// PlanFull or after Invalidate. A partial transaction that meets a kernel
+// unlike the record (an element to delete is already gone) fails as a
+// whole, and the next, full, sync repairs.
+//
+// A Reconciler is safe for concurrent use; syncs of one namespace should
+// not overlap (a plan made before another plan of the same namespace was
+// committed is refused as stale).
+type Reconciler struct {
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	records map[string]*record
+}
+
+// record is what we believe a namespace's kernel holds.
+type record struct {
+	// written is the table our last successful commit (or full sync that
+	// found nothing to do) left in the kernel; nil means no table.
+	written *table
+	// full forces the next sync to read the kernel: set on any failure,
+	// because after one the kernel may hold anything.
+	full bool
+	// syncs counts syncs since the last full one.
+	syncs int
+	// version changes with every commit and invalidation; a plan made at
+	// an older version would diff against a stale record.
+	version uint64
+	// cache holds the canonical sets and chains of the last desired table.
+	cache canonCache
+	// commitMu serialises commits of the namespace, so that the staleness
+	// check and the commit that follows it cannot interleave with another.
+	commitMu sync.Mutex
+}
+
+// New returns a Reconciler with no records: the first sync of every
+// namespace is a full one.
+func New(opts Options) *Reconciler {
+	if opts.FullEvery <= 0 {
+		opts.FullEvery = DefaultFullEvery
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Reconciler{opts: opts, log: log.With("kind", Kind), records: map[string]*record{}}
+}
+
+// Plan plans the changes that make netns's table inet terway equal to
+// desired (nil: delete our table), as a partial or full sync (see
+// Reconciler).
+func (r *Reconciler) Plan(ns op.Namespaces, netns string, desired *spec.NFTable) ([]op.Op, error) {
+	return r.plan(ns, netns, desired, false)
+}
+
+// PlanFull plans like Plan but always reads the kernel first: for periodic
+// resyncs and for `terwayctl plan`, which must show the real drift.
+func (r *Reconciler) PlanFull(ns op.Namespaces, netns string, desired *spec.NFTable) ([]op.Op, error) {
+	return r.plan(ns, netns, desired, true)
+}
+
+// Invalidate makes the next sync of netns a full one, e.g. after something
+// outside this package may have changed the namespace's nftables.
+func (r *Reconciler) Invalidate(netns string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rec := r.records[netns]; rec != nil {
+		rec.full = true
+		rec.version++
+	}
+}
+
+// Forget drops the record of a namespace that no longer exists (a pod's
+// sandbox was deleted), so that records do not grow without bound.
+func (r *Reconciler) Forget(netns string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.records, netns)
+}
+
+// Sync plans and executes at once, for callers that need no printed plan.
+// It returns the plan's ops (none when converged).
+func (r *Reconciler) Sync(ctx context.Context, ns op.Namespaces, netns string, desired *spec.NFTable) ([]op.Op, error) {
+	ops, err := r.Plan(ns, netns, desired)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range ops {
+		if err := o.Exec(ctx, ns); err != nil {
+			return ops, err
+		}
+	}
+	return ops, nil
+}
+
+func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable, force bool) ([]op.Op, error) {
+	r.mu.Lock()
+	rec := r.records[netns]
+	if rec == nil {
+		rec = &record{full: true}
+		r.records[netns] = rec
+	}
+	full := force || rec.full || rec.syncs+1 >= r.opts.FullEvery
+	version, written, cache := rec.version, rec.written, rec.cache
+	r.mu.Unlock()
+
+	var want *table
+	if desired != nil {
+		var err error
+		if want, cache, err = canonical(desired, cache); err != nil {
+			return nil, err
+		}
+		r.mu.Lock()
+		rec.cache = cache
+		r.mu.Unlock()
+	}
+	have := written
+	var gen *uint32
+	if full {
+		c, err := dial(ns, netns)
+		if err != nil {
+			r.fail(netns)
+			return nil, err
+		}
+		have, gen, err = r.observe(c, want, have)
+		c.close()
+		if err != nil {
+			r.fail(netns)
+			return nil, fmt.Errorf("observe table inet terway in %s: %w", nsName(netns), err)
+		}
+	}
+	p, err := diff(netns, want, have, written)
+	if err != nil {
+		return nil, err
+	}
+	ops := p.ops()
+	mode := "partial"
+	if full {
+		mode = "full"
+	}
+	if len(ops) == 0 {
+		r.mu.Lock()
+		if rec.version == version {
+			r.done(rec, want, full)
+		}
+		r.mu.Unlock()
+		r.log.Debug("nftables converged", "netns", netns, "sync", mode)
+		return nil, nil
+	}
+	msgs := p.messages()
+	r.log.Info("nftables plan", "netns", netns, "sync", mode, "ops", len(ops), "messages", len(msgs))
+	// Every op of the plan runs the same transaction, once: whichever the
+	// engine executes first sends it, and all report its outcome, which is
+	// the truth for an all-or-nothing transaction.
+	var once sync.Once
+	var result error
+	exec := func(ctx context.Context, ns op.Namespaces) error {
+		once.Do(func() { result = r.commit(ctx, ns, netns, p, msgs, want, gen, version, full) })
+		return result
+	}
+	for i := range ops {
+		ops[i].Exec = exec
+	}
+	commit := op.Op{
+		Kind: Kind, Action: op.Update, Key: CommitKey, Netns: netns, Writes: 1, Exec: exec,
+		Text: fmt.Sprintf("nft commit table inet terway: %d changes in 1 transaction (%d messages, %s sync)", len(ops), len(msgs), mode),
+	}
+	return append(ops, commit), nil
+}
+
+// observe reads the kernel; hints name the chains we may have made.
+func (r *Reconciler) observe(c *conn, want, have *table) (*table, *uint32, error) {
+	var hints []string
+	for _, t := range []*table{want, have} {
+		if t != nil {
+			hints = append(hints, sortedKeys(t.chains)...)
+		}
+	}
+	t, gen, err := observe(c, hints)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, &gen, nil
+}
+
+func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string, p *plan, msgs []batchMsg,
+	want *table, gen *uint32, version uint64, full bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	rec := r.records[netns]
+	r.mu.Unlock()
+	if rec == nil {
+		return fmt.Errorf("nft table inet terway in %s: the namespace was forgotten since the plan; plan again", nsName(netns))
+	}
+	rec.commitMu.Lock()
+	defer rec.commitMu.Unlock()
+	r.mu.Lock()
+	stale := r.records[netns] != rec || rec.version != version
+	r.mu.Unlock()
+	if stale {
+		r.fail(netns)
+		return fmt.Errorf("nft table inet terway in %s: plan is stale (another sync of this namespace ran since); plan again", nsName(netns))
+	}
+	c, err := dial(ns, netns)
+	if err != nil {
+		r.fail(netns)
+		return err
+	}
+	defer c.close()
+	if err := c.commit(msgs, gen); err != nil {
+		r.fail(netns)
+		if errors.Is(err, unix.ERESTART) {
+			return fmt.Errorf("nft table inet terway in %s: nftables changed since the plan was read (%w); plan again", nsName(netns), err)
+		}
+		return fmt.Errorf("nft table inet terway in %s: %w", nsName(netns), err)
+	}
+	if err := verify(c, p); err != nil {
+		r.fail(netns)
+		return fmt.Errorf("nft table inet terway in %s: the transaction was applied but %w", nsName(netns), err)
+	}
+	r.mu.Lock()
+	r.done(rec, want, full)
+	r.mu.Unlock()
+	r.log.Info("nftables committed", "netns", netns, "messages", len(msgs))
+	return nil
+}
+
+// done records a successful sync; mu is held.
+func (r *Reconciler) done(rec *record, want *table, full bool) {
+	rec.written = want
+	rec.full = false
+	rec.version++
+	if full {
+		rec.syncs = 0
+	} else {
+		rec.syncs++
+	}
+}
+
+// fail makes the next sync of netns a full one.
+func (r *Reconciler) fail(netns string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rec := r.records[netns]; rec != nil {
+		rec.full = true
+		rec.version++
+	}
+	r.log.Warn("nftables sync failed; next sync is full", "netns", netns)
+}
+
+// verifyPerChainMax bounds per-chain rule dumps; beyond it one table-wide
+// dump counts every chain's rules.
+const verifyPerChainMax = 16
+
+// verify reads back what the transaction wrote: every set's elements (the
+// kernel has installed partial element lists silently before) and every
+// rewritten chain's rule count.
+func verify(c *conn, p *plan) error {
+	var errs []error
+	for _, name := range sortedKeys(p.verifySets) {
+		ws := p.verifySets[name]
+		got := &set{name: ws.name, types: ws.types, typeNames: ws.typeNames, interval: ws.interval, verdict: ws.verdict}
+		if err := readElems(c, got); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var missing, extra []string
+		for k, e := range ws.elems {
+			if g := got.elems[k]; g == nil || g.String() != e.String() {
+				missing = append(missing, e.String())
+			}
+		}
+		for k, g := range got.elems {
+			if ws.elems[k] == nil {
+				extra = append(extra, g.String())
+			}
+		}
+		if len(missing)+len(extra) > 0 {
+			errs = append(errs, fmt.Errorf("nft %s %s holds %d elements, want %d (missing %s; unexpected %s)",
+				ws.word(), name, len(got.elems), len(ws.elems), firstFew(missing), firstFew(extra)))
+		}
+	}
+	counts, err := ruleCounts(c, sortedKeys(p.verifyChains))
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, name := range sortedKeys(p.verifyChains) {
+		if want, got := p.verifyChains[name], counts[name]; err == nil && want != got {
+			errs = append(errs, fmt.Errorf("nft chain %s holds %d rules, want %d", name, got, want))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("reading it back found differences: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func firstFew(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	slices.Sort(l)
+	if len(l) > 3 {
+		return strings.Join(l[:3], ", ") + fmt.Sprintf(" and %d more", len(l)-3)
+	}
+	return strings.Join(l, ", ")
+}
+
+// ruleCounts counts the rules of the given chains.
+func ruleCounts(c *conn, chains []string) (map[string]int, error) {
+	counts := map[string]int{}
+	if len(chains) == 0 {
+		return counts, nil
+	}
+	filters := [][]byte{attrStr(unix.NFTA_RULE_TABLE, spec.NFTTable)}
+	if len(chains) <= verifyPerChainMax {
+		filters = filters[:0]
+		for _, ch := range chains {
+			filters = append(filters, append(attrStr(unix.NFTA_RULE_TABLE, spec.NFTTable), attrStr(unix.NFTA_RULE_CHAIN, ch)...))
+		}
+	}
+	for _, f := range filters {
+		ms, err := c.dump(unix.NFT_MSG_GETRULE, familyInet, f)
+		if err != nil {
+			return nil, fmt.Errorf("count rules: %w", err)
+		}
+		for _, m := range ms {
+			as, err := parseAttrs(m.attrs)
+			if err != nil {
+				return nil, fmt.Errorf("count rules: %w", err)
+			}
+			for _, a := range as {
+				if a.typ == unix.NFTA_RULE_CHAIN {
+					counts[a.str()]++
+				}
+			}
+		}
+	}
+	return counts, nil
+}
