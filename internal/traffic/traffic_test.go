@@ -34,7 +34,9 @@ func TestProbeAndThroughputBetweenNamespaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ratio := rate / (1 << 20); ratio < 0.8 || ratio > 1.2 {
+	// This checks the tool, not the shaper: under CPU contention TCP through
+	// a small TBF queue runs below the rate, so the band is wide.
+	if ratio := rate / (1 << 20); ratio < 0.5 || ratio > 1.2 {
 		t.Errorf("throughput through an 8 mbit/s TBF = %.0f B/s (%.2f of 1 MiB/s)", rate, ratio)
 	}
 }
