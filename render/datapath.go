@@ -80,7 +80,7 @@ func (r *renderer) renderPod(node *corev1.Node, p *podInfo) {
 	}
 	entry := spec.Pod{
 		Key: p.key, ContainerID: a.Spec.ContainerID, Netns: a.Spec.Netns, IfName: ifName,
-		IP: p.ip.String(), ENI: a.Spec.ENI, HostVeth: HostVethName(p.key), UID: a.Spec.UID,
+		IP: p.ip.String(), ENI: a.Spec.ENI, HostVeth: spec.HostVethName(p.key), UID: a.Spec.UID,
 	}
 	if p.pod != nil {
 		entry.UID = string(p.pod.UID)
@@ -136,7 +136,7 @@ func (r *renderer) renderPod(node *corev1.Node, p *podInfo) {
 // a link-local gateway resolved by a permanent neighbour, and a /32 route
 // plus permanent neighbour on the host side. No ARP crosses the pair.
 func (r *renderer) vethPod(e spec.Pod) {
-	hostMAC, podMAC := HostVethMAC(e.Key), PodVethMAC(e.Key)
+	hostMAC, podMAC := spec.HostVethMAC(e.Key), spec.PodVethMAC(e.Key)
 	s := r.state
 	s.Links = append(s.Links, spec.Link{
 		Name: e.HostVeth, Kind: spec.LinkVeth, MAC: hostMAC, MTU: r.cfg.MTU, Pod: e.Key,
@@ -157,7 +157,7 @@ func (r *renderer) vethPod(e spec.Pod) {
 func (r *renderer) exclusiveENIPod(e spec.Pod, eni *spec.ENI) {
 	const serviceIf = "veth1"
 	prefix := netip.MustParsePrefix(eni.Spec.VSwitchCIDR)
-	hostMAC, podMAC := HostVethMAC(e.Key), PodVethMAC(e.Key)
+	hostMAC, podMAC := spec.HostVethMAC(e.Key), spec.PodVethMAC(e.Key)
 	s := r.state
 	s.Links = append(s.Links,
 		spec.Link{Netns: e.Netns, Name: e.IfName, Kind: spec.LinkENI, MAC: eni.Spec.MAC, MTU: r.cfg.MTU, Pod: e.Key},

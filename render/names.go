@@ -8,32 +8,9 @@ import (
 	"github.com/terway-reconciler/terway/spec"
 )
 
-// Names are derived from the pod's namespace/name alone, so that CNI DEL
-// can find everything of a pod without any saved state, and a re-render
-// after a restart gives the same names.
-
 func podHash(key string) []byte {
 	sum := sha256.Sum256([]byte(key))
 	return sum[:]
-}
-
-// HostVethName is the host-side veth of a pod: "tw" and 11 hex digits of
-// the hash of namespace/name (13 characters, under the kernel's 15).
-func HostVethName(podKey string) string {
-	return spec.HostVethPrefix + hex.EncodeToString(podHash(podKey))[:11]
-}
-
-// HostVethMAC and PodVethMAC are locally administered unicast MACs derived
-// from the pod, so that the permanent neighbour entries on each side stay
-// right when a veth is re-created.
-func HostVethMAC(podKey string) string { return derivedMAC("host/" + podKey) }
-
-// PodVethMAC is the MAC of the pod-side end of the pod's veth.
-func PodVethMAC(podKey string) string { return derivedMAC("pod/" + podKey) }
-
-func derivedMAC(seed string) string {
-	h := podHash(seed)
-	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", h[0], h[1], h[2], h[3], h[4])
 }
 
 // groupChainName is the nft chain of a policy group for one direction ("in"

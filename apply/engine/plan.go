@@ -37,6 +37,13 @@ type PlanOptions struct {
 	// Full reads the nftables table back from the kernel instead of trusting
 	// the record of the last commit (the other kinds always read the kernel).
 	Full bool
+	// Pods, when set, scopes the plan to these pods (namespace/name): only
+	// their namespaces are observed, and only their items, node-level
+	// creations and the nftables diff are planned. This is the CNI path: a
+	// pod's ADD or DEL costs the same on a node of 10 pods as of 250. A
+	// removed pod is found by its host veth, whose name derives from its key.
+	// The periodic full resync covers everything else.
+	Pods []string
 }
 
 // Plan observes what we own and returns the operations that turn it into
@@ -45,38 +52,53 @@ func (e *Engine) Plan(ctx context.Context, desired *spec.NodeState, opts PlanOpt
 	if err := validate(desired); err != nil {
 		return nil, err
 	}
+	return e.plan(ctx, desired, opts)
+}
+
+// plan is Plan for a document already validated.
+func (e *Engine) plan(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Plan, error) {
 	nss := Namespaces(desired)
+	var scope *podScope
+	if len(opts.Pods) > 0 {
+		scope = newPodScope(desired, opts.Pods)
+		nss = scope.namespaces
+	}
+	// One snapshot of link lists serves every kind's observation.
+	snap := op.NewSnapshot(e.ns)
+	if scope != nil {
+		snap.OnlyLinks(spec.HostNetns, scope.hostLinks)
+	}
 	var ops []op.Op
 	kinds := []struct {
 		name string
 		plan func() ([]op.Op, error)
 	}{
 		{"link", func() ([]op.Op, error) {
-			o, err := links.Observe(e.ns, nss, desired)
+			o, err := links.Observe(snap, nss, desired)
 			return links.Diff(desired.Links, o), err
 		}},
 		{"sysctl", func() ([]op.Op, error) {
-			o, err := sysctl.Observe(e.ns, nss, desired)
+			o, err := sysctl.Observe(snap, nss, desired)
 			return sysctl.Diff(desired.Sysctls, o), err
 		}},
 		{"address", func() ([]op.Op, error) {
-			o, err := addrs.Observe(e.ns, nss, desired)
+			o, err := addrs.Observe(snap, nss, desired)
 			return addrs.Diff(desired.Addresses, o), err
 		}},
 		{"neighbor", func() ([]op.Op, error) {
-			o, err := neigh.Observe(e.ns, nss, desired)
+			o, err := neigh.Observe(snap, nss, desired)
 			return neigh.Diff(desired.Neighbors, o), err
 		}},
 		{"route", func() ([]op.Op, error) {
-			o, err := routes.Observe(e.ns, nss, desired)
+			o, err := routes.Observe(snap, nss, desired)
 			return routes.Diff(desired.Routes, o), err
 		}},
 		{"rule", func() ([]op.Op, error) {
-			o, err := rules.Observe(e.ns, nss, desired)
+			o, err := rules.Observe(snap, nss, desired)
 			return rules.Diff(desired.Rules, o), err
 		}},
 		{"qdisc", func() ([]op.Op, error) {
-			o, err := tc.Observe(e.ns, nss, desired)
+			o, err := tc.Observe(snap, nss, desired)
 			return tc.Diff(desired.TC, o), err
 		}},
 		{"nft", func() ([]op.Op, error) {
@@ -95,6 +117,9 @@ func (e *Engine) Plan(ctx context.Context, desired *spec.NodeState, opts PlanOpt
 			return nil, fmt.Errorf("observe %ss: %w", k.name, err)
 		}
 		ops = append(ops, kops...)
+	}
+	if scope != nil {
+		ops = scope.filter(ops)
 	}
 	return &Plan{Ops: order(ops)}, nil
 }
@@ -119,8 +144,11 @@ func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
 func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Report, error) {
 	start := time.Now()
 	rep := &Report{}
+	if err := validate(desired); err != nil {
+		return rep, err
+	}
 	for rep.Rounds < max(e.MaxRounds, 1) {
-		p, err := e.Plan(ctx, desired, opts)
+		p, err := e.plan(ctx, desired, opts)
 		if err != nil {
 			return rep, err
 		}
@@ -134,10 +162,24 @@ func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOp
 			e.nft.Invalidate(spec.HostNetns)
 			break // a failing item would fail again; the next sync retries
 		}
+		if !touchesLinks(p) {
+			// Only link changes take other items with them; without one,
+			// this round's plan was complete and a re-plan would be empty.
+			break
+		}
 		opts.Full = false
 	}
 	rep.Duration = time.Since(start)
 	return rep, nil
+}
+
+func touchesLinks(p *Plan) bool {
+	for _, o := range p.Ops {
+		if o.Kind == links.Kind {
+			return true
+		}
+	}
+	return false
 }
 
 // failures lists the failed results.

@@ -146,8 +146,8 @@ func readBackVPC(t *testing.T, n *node, s *spec.NodeState) {
 			State  []string `json:"state"`
 		}
 		mustJSON(t, nstest.Run(t, p.Netns, "ip", "-j", "neigh", "show", spec.PodGateway), &neigh)
-		if len(neigh) != 1 || neigh[0].Lladdr != render.HostVethMAC(p.Key) || !contains(neigh[0].State, "PERMANENT") {
-			t.Errorf("pod %s: neighbour %+v, want %s permanent", p.Key, neigh, render.HostVethMAC(p.Key))
+		if len(neigh) != 1 || neigh[0].Lladdr != spec.HostVethMAC(p.Key) || !contains(neigh[0].State, "PERMANENT") {
+			t.Errorf("pod %s: neighbour %+v, want %s permanent", p.Key, neigh, spec.HostVethMAC(p.Key))
 		}
 	}
 	var hostRoutes []struct{ Dst, Dev, Scope, Protocol string }

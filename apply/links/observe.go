@@ -41,11 +41,7 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 	candidates := map[string]map[string]netlink.Link{}
 	var out []Observed
 	for _, n := range nss {
-		h, err := ns.Handle(n)
-		if err != nil {
-			return nil, fmt.Errorf("observe links in %s: %w", NetnsName(n), err)
-		}
-		all, err := Dump(func() ([]netlink.Link, error) { return h.LinkList() })
+		all, err := op.LinkList(ns, n)
 		if err != nil {
 			return nil, fmt.Errorf("list links in %s: %w", NetnsName(n), err)
 		}

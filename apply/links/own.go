@@ -103,9 +103,9 @@ func (o *Ownership) Owns(netns string, l netlink.Link) bool {
 }
 
 // List returns the links of netns that we own, for the kinds that live on
-// links. It only reads.
-func (o *Ownership) List(h *netlink.Handle, netns string) ([]netlink.Link, error) {
-	all, err := Dump(func() ([]netlink.Link, error) { return h.LinkList() })
+// links. It only reads (through the plan's snapshot when ns is one).
+func (o *Ownership) List(ns op.Namespaces, netns string) ([]netlink.Link, error) {
+	all, err := op.LinkList(ns, netns)
 	if err != nil {
 		return nil, fmt.Errorf("list links in %s: %w", NetnsName(netns), err)
 	}

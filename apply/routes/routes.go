@@ -46,7 +46,7 @@ func Observe(ns op.Namespaces, namespaces []string, _ *spec.NodeState) ([]spec.R
 		if len(rs) == 0 {
 			continue
 		}
-		all, err := links.Dump(func() ([]netlink.Link, error) { return h.LinkList() })
+		all, err := op.LinkList(ns, n)
 		if err != nil {
 			return nil, fmt.Errorf("list links in %s: %w", links.NetnsName(n), err)
 		}

@@ -40,7 +40,7 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 		if err != nil {
 			return nil, fmt.Errorf("observe qdiscs in %s: %w", links.NetnsName(n), err)
 		}
-		owned, err := own.List(h, n)
+		owned, err := own.List(ns, n)
 		if err != nil {
 			return nil, err
 		}
