@@ -1,0 +1,182 @@
+package main_test
+
+// Runs the binary directly, as a runtime would but with inputs no libcni
+// would produce: junk on stdin, broken environments, signals.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type runOut struct {
+	stdout, stderr string
+	exit           int
+}
+
+// cniError is the error JSON the plugin prints.
+type cniError struct {
+	CNIVersion string `json:"cniVersion"`
+	Code       uint   `json:"code"`
+	Msg        string `json:"msg"`
+	Details    string `json:"details"`
+}
+
+// command builds the plugin process with exactly env (no inherited
+// variables, so nothing from the test's environment leaks in).
+func command(env []string, stdin []byte) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	c := exec.Command(filepath.Join(binDir, "terway"))
+	c.Env = env
+	c.Stdin = bytes.NewReader(stdin)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	return c, &out, &errb
+}
+
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("running terway: %v", err)
+	}
+	return 0
+}
+
+func run(t *testing.T, env []string, stdin []byte) runOut {
+	t.Helper()
+	c, out, errb := command(env, stdin)
+	err := c.Run()
+	return runOut{out.String(), errb.String(), exitCode(t, err)}
+}
+
+// addEnv is a complete ADD environment.
+func addEnv(cmd string) []string {
+	return []string{
+		"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=c1", "CNI_NETNS=/var/run/netns/cni-test-c1",
+		"CNI_IFNAME=eth0", "CNI_PATH=" + binDir, "CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME=p1",
+	}
+}
+
+func parseError(t *testing.T, r runOut) cniError {
+	t.Helper()
+	if r.exit != 1 {
+		t.Fatalf("exit %d, want 1; stdout %q stderr %q", r.exit, r.stdout, r.stderr)
+	}
+	var e cniError
+	if err := json.Unmarshal([]byte(r.stdout), &e); err != nil {
+		t.Fatalf("stdout is not a CNI error: %v: %q", err, r.stdout)
+	}
+	return e
+}
+
+func TestGarbageStdin(t *testing.T) {
+	huge := append([]byte(`{"cniVersion":"1.1.0","name":"n","type":"terway","pad":"`), bytes.Repeat([]byte("x"), 5<<20)...)
+	for _, tc := range []struct {
+		name  string
+		cmd   string
+		stdin []byte
+		code  uint
+		want  string
+	}{
+		{"binary junk", "ADD", []byte{0x00, 0xff, 0x13, 'G', 'I', 'F'}, 6, "not a JSON object"},
+		{"text junk", "DEL", []byte("hello world\n"), 6, "not a JSON object"},
+		{"empty", "ADD", nil, 6, "no network config"},
+		{"json array", "CHECK", []byte(`["cniVersion"]`), 6, "not a JSON object"},
+		{"truncated", "STATUS", []byte(`{"cniVersion":"1.1.0","name":`), 6, "not a JSON object"},
+		{"no cniVersion", "ADD", []byte(`{"name":"n","type":"terway"}`), 7, `"cniVersion" is missing`},
+		{"no name", "ADD", []byte(`{"cniVersion":"1.1.0","type":"terway"}`), 7, `"name" is missing`},
+		{"no type", "ADD", []byte(`{"cniVersion":"1.1.0","name":"n"}`), 7, `"type" is missing`},
+		{"too large", "ADD", huge, 7, "larger than"},
+		{"check without prevResult", "CHECK", []byte(`{"cniVersion":"1.1.0","name":"n","type":"terway"}`), 7, `"prevResult" is missing`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := parseError(t, run(t, addEnv(tc.cmd), tc.stdin))
+			if e.Code != tc.code || !strings.Contains(e.Msg, tc.want) {
+				t.Errorf("got %d %q (%s), want %d with %q", e.Code, e.Msg, e.Details, tc.code, tc.want)
+			}
+		})
+	}
+}
+
+func TestBrokenEnvironment(t *testing.T) {
+	conf := []byte(`{"cniVersion":"1.1.0","name":"n","type":"terway","socket":"/nonexistent/t.sock"}`)
+
+	e := parseError(t, run(t, []string{"CNI_COMMAND=FROB", "CNI_PATH=/x"}, conf))
+	if e.Code != 4 || !strings.Contains(e.Msg, "FROB") {
+		t.Errorf("unknown command: %+v", e)
+	}
+	e = parseError(t, run(t, []string{"CNI_COMMAND=ADD", "CNI_IFNAME=eth0", "CNI_NETNS=/n", "CNI_PATH=/x"}, conf))
+	if e.Code != 4 || !strings.Contains(e.Msg, "CNI_CONTAINERID") {
+		t.Errorf("missing CNI_CONTAINERID: %+v", e)
+	}
+	env := append(addEnv("ADD"), "CNI_ARGS=K8S_POD_NAMESPACE=default;garbage")
+	e = parseError(t, run(t, env, conf))
+	if e.Code != 4 || !strings.Contains(e.Msg, `"garbage"`) {
+		t.Errorf("mangled CNI_ARGS: %+v", e)
+	}
+	if e.CNIVersion != "1.1.0" {
+		t.Errorf("error lacks the config's cniVersion: %+v", e)
+	}
+
+	// No command: the binary says what it is and exits 0, as skel plugins do.
+	r := run(t, nil, nil)
+	if r.exit != 0 || r.stdout != "" || !strings.Contains(r.stderr, "CNI plugin terway") || !strings.Contains(r.stderr, "0.4.0, 1.0.0, 1.1.0") {
+		t.Errorf("no command: %+v", r)
+	}
+}
+
+func TestStatusPrintsNothingOnSuccess(t *testing.T) {
+	agent := &fakeAgent{}
+	sock := startAgent(t, agent)
+	conf := fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"n","type":"terway","socket":%q}`, sock)
+	r := run(t, []string{"CNI_COMMAND=STATUS", "CNI_PATH=" + binDir}, conf)
+	if r.exit != 0 || r.stdout != "" {
+		t.Errorf("STATUS: %+v", r)
+	}
+	// GC and STATUS need 1.1.0: an older config is refused by version.
+	old := fmt.Appendf(nil, `{"cniVersion":"1.0.0","name":"n","type":"terway","socket":%q}`, sock)
+	if e := parseError(t, run(t, []string{"CNI_COMMAND=STATUS", "CNI_PATH=" + binDir}, old)); e.Code != 1 {
+		t.Errorf("STATUS on 1.0.0: %+v", e)
+	}
+	if n := len(agent.Calls()); n != 1 {
+		t.Errorf("agent saw %d calls, want 1", n)
+	}
+}
+
+// TestSIGTERMEndsAWaitingCall: a runtime that stops the plugin gets a CNI
+// error, and the agent learns the caller is gone.
+func TestSIGTERMEndsAWaitingCall(t *testing.T) {
+	agent := &fakeAgent{block: true}
+	sock := startAgent(t, agent)
+	conf := fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"n","type":"terway","socket":%q}`, sock)
+	c, out, errb := command(addEnv("ADD"), conf)
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; len(agent.Calls()) == 0; i++ {
+		if i == 3000 {
+			_ = c.Process.Kill()
+			t.Fatal("the plugin never reached the agent")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := c.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exit := exitCode(t, c.Wait())
+	e := parseError(t, runOut{out.String(), errb.String(), exit})
+	if e.Code != 11 || !strings.Contains(e.Msg, sock) {
+		t.Errorf("got %+v", e)
+	}
+	waitCancelled(t, agent)
+}

@@ -1,0 +1,260 @@
+package wire
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// Client sends requests to the agent over its unix socket. It is what the
+// plugin uses; the agent's tests and tools may use it too. Safe for
+// concurrent use.
+type Client struct {
+	// SocketPath is the agent's socket (DefaultSocketPath if empty).
+	SocketPath string
+	// Timeout bounds each call, dial included; zero means only the
+	// caller's context bounds it.
+	Timeout time.Duration
+
+	once sync.Once
+	hc   *http.Client
+}
+
+// NewClient returns a client for the agent at socketPath whose calls give up
+// after timeout (zero: no bound beyond the context).
+func NewClient(socketPath string, timeout time.Duration) *Client {
+	return &Client{SocketPath: socketPath, Timeout: timeout}
+}
+
+// ErrorKind says how a call failed when the agent gave no CNI answer. The
+// plugin turns every kind into a CNI error; the kind picks the code.
+type ErrorKind int
+
+// The ways a call can fail without an answer from the agent.
+const (
+	// Unreachable: nothing accepted the connection (no socket, connection
+	// refused, permission denied). The agent is down or restarting.
+	Unreachable ErrorKind = iota + 1
+	// TimedOut: no complete answer before the deadline, or the caller's
+	// context was cancelled.
+	TimedOut
+	// Broken: the connection was accepted and then broke before a whole
+	// answer arrived (the agent crashed mid-call).
+	Broken
+	// Protocol: something answered, but not with a Response (a different
+	// server on the socket, or an incompatible agent).
+	Protocol
+)
+
+// String names the kind for messages.
+func (k ErrorKind) String() string {
+	switch k {
+	case Unreachable:
+		return "unreachable"
+	case TimedOut:
+		return "timed out"
+	case Broken:
+		return "connection broken"
+	case Protocol:
+		return "protocol error"
+	}
+	return fmt.Sprintf("ErrorKind(%d)", int(k))
+}
+
+// CallError is a failure to get an answer from the agent. A CNI error the
+// agent answered with is returned as *types.Error instead, never as this.
+type CallError struct {
+	// Socket is the path that was dialled.
+	Socket string
+	// Command is the command that was sent.
+	Command Command
+	// Kind classifies the failure.
+	Kind ErrorKind
+	// Timeout is the client's bound, for the message (zero if none).
+	Timeout time.Duration
+	// Err is the underlying cause.
+	Err error
+}
+
+// Error says what failed, naming the socket, the command and the cause.
+func (e *CallError) Error() string {
+	switch e.Kind {
+	case Unreachable:
+		return fmt.Sprintf("terway agent unreachable at %s (%s): %v", e.Socket, e.Command, e.Err)
+	case TimedOut:
+		if e.Timeout > 0 {
+			return fmt.Sprintf("terway agent at %s did not answer %s within %s: %v", e.Socket, e.Command, e.Timeout, e.Err)
+		}
+		return fmt.Sprintf("terway agent at %s did not answer %s: %v", e.Socket, e.Command, e.Err)
+	}
+	return fmt.Sprintf("terway agent at %s: %s: %s: %v", e.Socket, e.Command, e.Kind, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *CallError) Unwrap() error { return e.Err }
+
+// dialError marks a failure to connect, so Call can tell "nobody there"
+// from "went away mid-call".
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+func (c *Client) socket() string {
+	if c.SocketPath == "" {
+		return DefaultSocketPath
+	}
+	return c.SocketPath
+}
+
+func (c *Client) http() *http.Client {
+	c.once.Do(func() {
+		sock := c.socket()
+		c.hc = &http.Client{Transport: &http.Transport{
+			// Proxy stays nil: HTTP_PROXY in the runtime's environment
+			// must never reroute a unix-socket call.
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				conn, err := d.DialContext(ctx, "unix", sock)
+				if err != nil {
+					return nil, &dialError{err: err}
+				}
+				return conn, nil
+			},
+			DisableKeepAlives:      true,
+			MaxResponseHeaderBytes: 64 << 10,
+		}}
+	})
+	return c.hc
+}
+
+// Call sends req and waits for the agent's answer. It returns the ADD
+// result (in ResultVersion; nil for other commands), or a *types.Error the
+// agent answered with, or a *CallError when no answer came.
+func (c *Client) Call(ctx context.Context, req *Request) (*types100.Result, error) {
+	if !req.Command.Valid() {
+		return nil, fmt.Errorf("terway client: request command %q is not one of %v", req.Command, Commands)
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("terway client: encoding %s request: %w", req.Command, err)
+	}
+	if c.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.Timeout)
+		defer cancel()
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://terway"+req.Command.Path(), bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("terway client: building %s request: %w", req.Command, err)
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := c.http().Do(hreq)
+	if err != nil {
+		return nil, c.fail(ctx, req.Command, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxMessageBytes+1))
+	if err != nil {
+		return nil, c.fail(ctx, req.Command, fmt.Errorf("reading the answer: %w", err))
+	}
+	return c.decode(req.Command, resp.StatusCode, data)
+}
+
+// decode turns an answer's status and body into the result or error.
+func (c *Client) decode(cmd Command, status int, data []byte) (*types100.Result, error) {
+	protoErr := func(format string, args ...any) error {
+		return &CallError{Socket: c.socket(), Command: cmd, Kind: Protocol, Timeout: c.Timeout, Err: fmt.Errorf(format, args...)}
+	}
+	if len(data) > MaxMessageBytes {
+		return nil, protoErr("answer (HTTP %d) is larger than %d bytes", status, MaxMessageBytes)
+	}
+	var r Response
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, protoErr("answer (HTTP %d) is not a terway response: %w; it begins %q", status, err, snippet(data))
+	}
+	if r.Error != nil {
+		return nil, r.Error
+	}
+	if status != http.StatusOK {
+		return nil, protoErr("answer has HTTP status %d but no CNI error; it begins %q", status, snippet(data))
+	}
+	if cmd != CmdAdd {
+		return nil, nil
+	}
+	if r.Result == nil {
+		return nil, protoErr("ADD answer has neither a result nor an error")
+	}
+	res, err := toResultVersion(r.Result)
+	if err != nil {
+		return nil, protoErr("ADD result version %q: %w", r.Result.CNIVersion, err)
+	}
+	return res, nil
+}
+
+// fail classifies a transport failure.
+func (c *Client) fail(ctx context.Context, cmd Command, err error) error {
+	kind := Broken
+	var de *dialError
+	switch {
+	case ctx.Err() != nil:
+		kind = TimedOut
+	case errors.As(err, &de):
+		kind = Unreachable
+		err = de.err
+	}
+	return &CallError{Socket: c.socket(), Command: cmd, Kind: kind, Timeout: c.Timeout, Err: err}
+}
+
+// Add sends an ADD (setting req.Command on a copy) and returns the result.
+func (c *Client) Add(ctx context.Context, req *Request) (*types100.Result, error) {
+	return c.Call(ctx, withCommand(req, CmdAdd))
+}
+
+// Del sends a DEL.
+func (c *Client) Del(ctx context.Context, req *Request) error {
+	_, err := c.Call(ctx, withCommand(req, CmdDel))
+	return err
+}
+
+// Check sends a CHECK.
+func (c *Client) Check(ctx context.Context, req *Request) error {
+	_, err := c.Call(ctx, withCommand(req, CmdCheck))
+	return err
+}
+
+// GC sends a GC.
+func (c *Client) GC(ctx context.Context, req *Request) error {
+	_, err := c.Call(ctx, withCommand(req, CmdGC))
+	return err
+}
+
+// Status sends a STATUS.
+func (c *Client) Status(ctx context.Context, req *Request) error {
+	_, err := c.Call(ctx, withCommand(req, CmdStatus))
+	return err
+}
+
+func withCommand(req *Request, cmd Command) *Request {
+	r := *req
+	r.Command = cmd
+	return &r
+}
+
+// snippet is the start of a body for an error message.
+func snippet(b []byte) string {
+	const n = 80
+	if len(b) > n {
+		return string(b[:n]) + "…"
+	}
+	return string(b)
+}

@@ -1,0 +1,288 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// funcHandler is a Handler whose methods are set per test; an unset method
+// succeeds.
+type funcHandler struct {
+	add    func(context.Context, *Request) (*types100.Result, error)
+	del    func(context.Context, *Request) error
+	status func(context.Context, *Request) error
+	got    chan *Request
+}
+
+func (h *funcHandler) record(r *Request) {
+	if h.got != nil {
+		h.got <- r
+	}
+}
+
+func (h *funcHandler) Add(ctx context.Context, r *Request) (*types100.Result, error) {
+	h.record(r)
+	if h.add != nil {
+		return h.add(ctx, r)
+	}
+	return sampleResult(), nil
+}
+
+func (h *funcHandler) Del(ctx context.Context, r *Request) error {
+	h.record(r)
+	if h.del != nil {
+		return h.del(ctx, r)
+	}
+	return nil
+}
+
+func (h *funcHandler) Check(_ context.Context, r *Request) error { h.record(r); return nil }
+func (h *funcHandler) GC(_ context.Context, r *Request) error    { h.record(r); return nil }
+
+func (h *funcHandler) Status(ctx context.Context, r *Request) error {
+	h.record(r)
+	if h.status != nil {
+		return h.status(ctx, r)
+	}
+	return nil
+}
+
+// sockDir is a short temporary directory: unix socket paths must fit in
+// 108 bytes, which t.TempDir's long names can exceed.
+func sockDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "tw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(d) })
+	return d
+}
+
+// serve runs h on a fresh socket and returns its path.
+func serve(t *testing.T, h Handler) string {
+	t.Helper()
+	sock := filepath.Join(sockDir(t), "run", "agent.sock")
+	l, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: NewHTTPHandler(h, slog.New(slog.NewTextHandler(io.Discard, nil))), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return sock
+}
+
+func addRequest() *Request {
+	return &Request{
+		ContainerID: "c1", Netns: "/var/run/netns/p1", IfName: "eth0",
+		Args:    PodArgs{Namespace: "default", Name: "web-0"},
+		NetConf: NetConf{CNIVersion: "0.4.0", Name: "terway", Type: "terway"},
+	}
+}
+
+func TestClientServerAdd(t *testing.T) {
+	h := &funcHandler{got: make(chan *Request, 1)}
+	c := NewClient(serve(t, h), 10*time.Second)
+	res, err := c.Add(context.Background(), addRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CNIVersion != ResultVersion || res.IPs[0].Address.String() != "198.18.0.10/32" {
+		t.Errorf("result = %+v", res)
+	}
+	got := <-h.got
+	if got.Command != CmdAdd || got.Args.Name != "web-0" || got.CNIVersion != "0.4.0" {
+		t.Errorf("agent saw %+v", got)
+	}
+}
+
+func TestClientServerResultVersionNormalised(t *testing.T) {
+	h := &funcHandler{add: func(context.Context, *Request) (*types100.Result, error) {
+		r := sampleResult()
+		r.CNIVersion = ""
+		return r, nil
+	}}
+	res, err := NewClient(serve(t, h), 10*time.Second).Add(context.Background(), addRequest())
+	if err != nil || res.CNIVersion != ResultVersion {
+		t.Fatalf("got %+v, %v; want a %s result", res, err, ResultVersion)
+	}
+}
+
+func TestClientServerErrors(t *testing.T) {
+	cniErr := types.NewError(types.ErrTryAgainLater, "pool empty", "vswitch vsw-1 has no free IP")
+	for _, tc := range []struct {
+		name string
+		err  error
+		want *types.Error
+	}{
+		{"cni error", cniErr, cniErr},
+		{"wrapped cni error", fmt.Errorf("allocating: %w", cniErr), cniErr},
+		{"plain error", errors.New("disk full"), types.NewError(types.ErrInternal, "disk full", "")},
+		{"status not ready", types.NewError(types.ErrPluginNotAvailable, "informers not synced", ""), types.NewError(50, "informers not synced", "")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &funcHandler{
+				add:    func(context.Context, *Request) (*types100.Result, error) { return nil, tc.err },
+				status: func(context.Context, *Request) error { return tc.err },
+			}
+			c := NewClient(serve(t, h), 10*time.Second)
+			_, err := c.Add(context.Background(), addRequest())
+			var ce *types.Error
+			if !errors.As(err, &ce) || *ce != *tc.want {
+				t.Errorf("ADD error = %#v, want %#v", err, tc.want)
+			}
+			err = c.Status(context.Background(), &Request{NetConf: addRequest().NetConf})
+			if !errors.As(err, &ce) || *ce != *tc.want {
+				t.Errorf("STATUS error = %#v, want %#v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestServerRecoversPanicAndNilResult(t *testing.T) {
+	h := &funcHandler{
+		add: func(context.Context, *Request) (*types100.Result, error) { return nil, nil },
+		del: func(context.Context, *Request) error { panic("boom") },
+	}
+	c := NewClient(serve(t, h), 10*time.Second)
+	_, err := c.Add(context.Background(), addRequest())
+	var ce *types.Error
+	if !errors.As(err, &ce) || ce.Code != types.ErrInternal || !strings.Contains(ce.Msg, "returned no result") {
+		t.Errorf("nil result: %v", err)
+	}
+	err = c.Del(context.Background(), addRequest())
+	if !errors.As(err, &ce) || ce.Code != types.ErrInternal || ce.Details != "boom" {
+		t.Errorf("panic: %v", err)
+	}
+	if _, err := c.Add(context.Background(), addRequest()); err == nil || !strings.Contains(err.Error(), "no result") {
+		t.Errorf("server did not survive the panic: %v", err)
+	}
+}
+
+func TestServerRefusesBadCalls(t *testing.T) {
+	sock := serve(t, &funcHandler{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	for _, tc := range []struct {
+		method, path, body string
+		status             int
+		want               string
+	}{
+		{"GET", "/v1/cni/add", "", 400, "only POST"},
+		{"POST", "/v1/cni/version", "{}", 400, "names no command"},
+		{"POST", "/v2/x", "{}", 400, "names no command"},
+		{"POST", "/v1/cni/add", "not json", 400, "not a valid request"},
+		{"POST", "/v1/cni/del", `{"command":"ADD"}`, 400, "does not match path"},
+		{"POST", "/v1/cni/status", `{"netconf":{"cniVersion":"1.1.0","name":"n"}}`, 400, `\"type\" is missing`},
+		{"POST", "/v1/cni/status", `{"netconf":{"cniVersion":"1.1.0","name":"n","type":"t"},"futureField":1}`, 200, ""},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://terway"+tc.path, strings.NewReader(tc.body))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.want) {
+			t.Errorf("%s %s %s: HTTP %d %s; want %d with %q", tc.method, tc.path, tc.body, resp.StatusCode, body, tc.status, tc.want)
+		}
+	}
+}
+
+func TestClientUnreachable(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "absent.sock")
+	err := NewClient(sock, 5*time.Second).Status(context.Background(), &Request{NetConf: addRequest().NetConf})
+	var ce *CallError
+	if !errors.As(err, &ce) || ce.Kind != Unreachable || ce.Socket != sock || !strings.Contains(err.Error(), sock) {
+		t.Fatalf("got %v, want Unreachable naming %s", err, sock)
+	}
+	// A socket file with nobody behind it: connection refused.
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul := l.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	_ = l.Close()
+	err = NewClient(sock, 5*time.Second).Del(context.Background(), addRequest())
+	if !errors.As(err, &ce) || ce.Kind != Unreachable || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("stale socket: got %v, want Unreachable (connection refused)", err)
+	}
+}
+
+func TestClientTimeoutCancelsAgent(t *testing.T) {
+	cancelled := make(chan struct{})
+	h := &funcHandler{add: func(ctx context.Context, _ *Request) (*types100.Result, error) {
+		<-ctx.Done()
+		close(cancelled)
+		return nil, ctx.Err()
+	}}
+	_, err := NewClient(serve(t, h), 100*time.Millisecond).Add(context.Background(), addRequest())
+	var ce *CallError
+	if !errors.As(err, &ce) || ce.Kind != TimedOut || !strings.Contains(err.Error(), "within 100ms") {
+		t.Fatalf("got %v, want TimedOut within 100ms", err)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent's context was not cancelled when the plugin gave up")
+	}
+}
+
+func TestClientProtocolAndBroken(t *testing.T) {
+	dir := sockDir(t)
+	// Something that is not a terway agent on the socket.
+	other := filepath.Join(dir, "other.sock")
+	l, err := net.Listen("unix", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "404 page not found", http.StatusNotFound)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	_, err = NewClient(other, 5*time.Second).Add(context.Background(), addRequest())
+	var ce *CallError
+	if !errors.As(err, &ce) || ce.Kind != Protocol || !strings.Contains(err.Error(), "404 page not found") {
+		t.Fatalf("foreign server: got %v, want Protocol quoting the body", err)
+	}
+
+	// An agent that accepts and hangs up without answering (crash mid-call).
+	broken := filepath.Join(dir, "broken.sock")
+	bl, err := net.Listen("unix", broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bl.Close() })
+	go func() {
+		for {
+			c, err := bl.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Read(make([]byte, 512))
+			_ = c.Close()
+		}
+	}()
+	_, err = NewClient(broken, 5*time.Second).Add(context.Background(), addRequest())
+	if !errors.As(err, &ce) || ce.Kind != Broken {
+		t.Fatalf("hang-up: got %v, want Broken", err)
+	}
+}
