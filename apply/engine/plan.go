@@ -2,8 +2,10 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/terway-reconciler/terway/apply/addrs"
@@ -108,15 +110,32 @@ func (e *Engine) plan(ctx context.Context, desired *spec.NodeState, opts PlanOpt
 			return e.nft.Plan(e.ns, spec.HostNetns, desired.NFTables)
 		}},
 	}
-	for _, k := range kinds {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		kops, err := k.plan()
-		if err != nil {
-			return nil, fmt.Errorf("observe %ss: %w", k.name, err)
-		}
-		ops = append(ops, kops...)
+	// The kinds observe concurrently: each namespace has its own netlink
+	// sockets (requests on one socket are serialised by the library), so
+	// different namespaces are read in parallel. Results keep kind order.
+	results := make([][]op.Op, len(kinds))
+	errs := make([]error, len(kinds))
+	var wg sync.WaitGroup
+	for i, k := range kinds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ctx.Err(); err != nil {
+				errs[i] = err
+				return
+			}
+			results[i], errs[i] = k.plan()
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("observe %ss: %w", k.name, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	for _, r := range results {
+		ops = append(ops, r...)
 	}
 	if scope != nil {
 		ops = scope.filter(ops)

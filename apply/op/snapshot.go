@@ -16,7 +16,7 @@ import (
 type Snapshot struct {
 	Namespaces
 	mu     sync.Mutex
-	links  map[string][]netlink.Link
+	links  map[string]*linkEntry
 	exists map[string]bool
 	// only, per namespace, limits the link list to these names, looked up
 	// one by one instead of dumped: a plan scoped to a few pods then costs
@@ -26,7 +26,7 @@ type Snapshot struct {
 
 // NewSnapshot wraps ns for one plan.
 func NewSnapshot(ns Namespaces) *Snapshot {
-	return &Snapshot{Namespaces: ns, links: map[string][]netlink.Link{}, exists: map[string]bool{}}
+	return &Snapshot{Namespaces: ns, links: map[string]*linkEntry{}, exists: map[string]bool{}}
 }
 
 // OnlyLinks makes the snapshot see, in netns, only the links named (those
@@ -52,24 +52,32 @@ func (s *Snapshot) Exists(netns string) bool {
 	return e
 }
 
+// linkEntry is one namespace's link list, read once: kinds observing
+// concurrently wait for the first reader instead of dumping again, and
+// different namespaces are read in parallel.
+type linkEntry struct {
+	once  sync.Once
+	links []netlink.Link
+	err   error
+}
+
 func (s *Snapshot) linkList(netns string) ([]netlink.Link, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l, ok := s.links[netns]; ok {
-		return l, nil
+	e := s.links[netns]
+	if e == nil {
+		e = &linkEntry{}
+		s.links[netns] = e
 	}
-	var l []netlink.Link
-	var err error
-	if names, ok := s.only[netns]; ok {
-		l, err = linksByName(s.Namespaces, netns, names)
-	} else {
-		l, err = dumpLinks(s.Namespaces, netns)
-	}
-	if err != nil {
-		return nil, err
-	}
-	s.links[netns] = l
-	return l, nil
+	names, only := s.only[netns]
+	s.mu.Unlock()
+	e.once.Do(func() {
+		if only {
+			e.links, e.err = linksByName(s.Namespaces, netns, names)
+		} else {
+			e.links, e.err = dumpLinks(s.Namespaces, netns)
+		}
+	})
+	return e.links, e.err
 }
 
 // LinkList lists a namespace's links: from the snapshot when ns is one,
