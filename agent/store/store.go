@@ -1,0 +1,317 @@
+// Package store is the agent's allocation store: one record (kind
+// Allocation) per pod attachment, kept in a bbolt file and synced to disk
+// before a CNI ADD is answered, so that an agent killed at any moment finds
+// on restart exactly the attachments it has handed out — none lost, none
+// given twice. It also holds the VPC-mode address allocator (AllocateVPC),
+// which picks addresses inside the same transaction that records them.
+//
+// On-disk layout (schema version 1):
+//
+//	meta         "format"  = "terway-allocations"  marks the file as ours
+//	             "schema"  = "1"                   decimal; newer is refused
+//	             "podCIDR" = "10.244.1.0/24"       the VPC pool, once known
+//	allocations  "<containerID>/<ifName>" = JSON of spec.Allocation
+//	pods         "<namespace>/<name>"     = "<containerID>/<ifName>"
+//	ips          16-byte address (IPv4 as ::ffff:a.b.c.d) = "<containerID>/<ifName>"
+//
+// The two index buckets are written in the same transactions as the records
+// they index; Check verifies all three agree.
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Errors callers can test with errors.Is. Every returned error also names
+// the file, pod, attachment or CIDR concerned.
+var (
+	// ErrCorrupt: the file is not a readable allocation store (random bytes,
+	// truncated, inconsistent indexes, another program's bbolt file). The
+	// agent must not guess: see MoveAside.
+	ErrCorrupt = errors.New("allocation store is corrupt")
+	// ErrNewerSchema: the file was written by a newer agent whose layout
+	// this one does not know; downgrading would lose or misread records.
+	ErrNewerSchema = errors.New("allocation store has a newer schema")
+	// ErrLocked: another process (another agent) holds the store open.
+	ErrLocked = errors.New("allocation store is locked by another process")
+	// ErrExhausted: no free address is left in the pod CIDR.
+	ErrExhausted = errors.New("pod CIDR exhausted")
+	// ErrConflict: the write would give one address, pod or attachment two
+	// owners.
+	ErrConflict = errors.New("allocation conflict")
+	// ErrCIDRChanged: a request names another pod CIDR than the one the
+	// store allocates from; SetPodCIDR is the way to change it.
+	ErrCIDRChanged = errors.New("pod CIDR changed")
+	// ErrInvalid: the request itself is malformed (empty container ID,
+	// unparsable IP...).
+	ErrInvalid = errors.New("invalid allocation request")
+)
+
+// SchemaVersion is the layout this code writes and understands.
+const SchemaVersion = 1
+
+const formatName = "terway-allocations"
+
+var (
+	bucketMeta   = []byte("meta")
+	bucketAllocs = []byte("allocations")
+	bucketPods   = []byte("pods")
+	bucketIPs    = []byte("ips")
+
+	keyFormat  = []byte("format")
+	keySchema  = []byte("schema")
+	keyPodCIDR = []byte("podCIDR")
+)
+
+// DefaultLockTimeout bounds the wait for the file lock: a second agent on
+// the same state directory fails within a second with ErrLocked instead of
+// hanging, while a restarting agent whose predecessor is still exiting
+// gets a moment to take over.
+const DefaultLockTimeout = time.Second
+
+// Options tune Open. The zero value is what the agent wants.
+type Options struct {
+	// LockTimeout is how long Open waits for the file lock; zero means
+	// DefaultLockTimeout.
+	LockTimeout time.Duration
+	// ReadOnly opens an existing store for reading (terwayctl dumps) with a
+	// shared lock; every write then fails.
+	ReadOnly bool
+}
+
+// Store is an open allocation store. Its methods are safe for concurrent
+// use: bbolt runs one writer at a time and readers alongside it.
+type Store struct {
+	path      string
+	db        *bolt.DB
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens the store at path, creating it (mode 0600, its directory 0700)
+// if it does not exist. Before bbolt maps the file, its pages are checked
+// (so a truncated or scribbled file is an ErrCorrupt naming the path, never
+// a crash); then the schema and the indexes are verified with Check.
+func Open(path string, opts Options) (*Store, error) {
+	if path == "" {
+		return nil, fmt.Errorf("open allocation store: path is empty: %w", ErrInvalid)
+	}
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = DefaultLockTimeout
+	}
+	created := false
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("open allocation store %s: create directory: %w", path, err)
+		}
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			created = true
+		}
+	}
+	if !created {
+		if err := preflight(path, opts); err != nil {
+			return nil, err
+		}
+	}
+	db, err := openBolt(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{path: path, db: db}
+	if created {
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("open allocation store %s: sync directory: %w", path, err)
+		}
+	}
+	if err := s.initSchema(opts.ReadOnly); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	if err := s.Check(); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// openBolt opens the bbolt file, turning a fault or panic inside bbolt
+// into ErrCorrupt and the lock timeout into ErrLocked.
+func openBolt(path string, opts Options) (db *bolt.DB, err error) {
+	var file *os.File
+	bopts := &bolt.Options{
+		Timeout:  opts.LockTimeout,
+		ReadOnly: opts.ReadOnly,
+		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, mode)
+			file = f
+			return f, err
+		},
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if file != nil {
+				_ = file.Close() // releases the lock bbolt took
+			}
+			db, err = nil, fmt.Errorf("open allocation store %s: bbolt failed reading it (%v): %w", path, r, ErrCorrupt)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, bopts)
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("open allocation store %s: no lock after %s (another terwayd running?): %w", path, opts.LockTimeout, ErrLocked)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+		return nil, fmt.Errorf("open allocation store %s: not a valid bbolt file: %w: %w", path, ErrCorrupt, err)
+	default:
+		return nil, fmt.Errorf("open allocation store %s: %w", path, err)
+	}
+}
+
+// initSchema creates the buckets of an empty file, or verifies that the
+// file is ours and of a schema this code understands.
+func (s *Store) initSchema(readOnly bool) error {
+	var names, foreign []string
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			names = append(names, string(name))
+			switch string(name) {
+			case string(bucketMeta), string(bucketAllocs), string(bucketPods), string(bucketIPs):
+			default:
+				foreign = append(foreign, strconv.Quote(string(name)))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return s.corrupt("list buckets", err)
+	}
+	empty := len(names) == 0
+	if len(foreign) > 0 {
+		return fmt.Errorf("allocation store %s: holds buckets %v that are not ours (another program's bbolt file?): %w", s.path, foreign, ErrCorrupt)
+	}
+	if empty {
+		if readOnly {
+			return fmt.Errorf("allocation store %s: file is empty and opened read-only: %w", s.path, ErrCorrupt)
+		}
+		return s.update(func(tx *bolt.Tx) error {
+			meta, err := tx.CreateBucket(bucketMeta)
+			if err != nil {
+				return err
+			}
+			if err := meta.Put(keyFormat, []byte(formatName)); err != nil {
+				return err
+			}
+			if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
+				return err
+			}
+			for _, b := range [][]byte{bucketAllocs, bucketPods, bucketIPs} {
+				if _, err := tx.CreateBucket(b); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return s.view(func(tx *bolt.Tx) error { return s.checkSchema(tx) })
+}
+
+// checkSchema verifies the meta bucket: our format marker and a schema
+// version no newer than SchemaVersion. (Version 1 is the first; an older
+// one would be migrated here.)
+func (s *Store) checkSchema(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		return fmt.Errorf("allocation store %s: bucket %q is missing: %w", s.path, bucketMeta, ErrCorrupt)
+	}
+	if f := meta.Get(keyFormat); string(f) != formatName {
+		return fmt.Errorf("allocation store %s: meta.format is %q, want %q (another program's bbolt file?): %w", s.path, f, formatName, ErrCorrupt)
+	}
+	raw := meta.Get(keySchema)
+	v, err := strconv.Atoi(string(raw))
+	if err != nil || v < 1 {
+		return fmt.Errorf("allocation store %s: meta.schema is %q, want a version number: %w", s.path, raw, ErrCorrupt)
+	}
+	if v > SchemaVersion {
+		return fmt.Errorf("allocation store %s: schema version %d was written by a newer terwayd; this one understands up to %d (upgrade the agent, or move the file aside to start empty): %w", s.path, v, SchemaVersion, ErrNewerSchema)
+	}
+	for _, b := range [][]byte{bucketAllocs, bucketPods, bucketIPs} {
+		if tx.Bucket(b) == nil {
+			return fmt.Errorf("allocation store %s: bucket %q is missing: %w", s.path, b, ErrCorrupt)
+		}
+	}
+	return nil
+}
+
+// Path is the file the store lives in.
+func (s *Store) Path() string { return s.path }
+
+// Close releases the file and its lock. It is safe to call twice.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("close allocation store %s: %w", s.path, err)
+		}
+	})
+	return s.closeErr
+}
+
+// errNoChange rolls back a write transaction that found nothing to do,
+// sparing the commit's fsync.
+var errNoChange = errors.New("no change")
+
+// update runs fn in a write transaction, committed (and fsynced by bbolt)
+// before it returns. A panic or memory fault inside bbolt becomes an
+// ErrCorrupt error rather than a crash of the agent.
+func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer s.recoverInto(&err)
+	err = s.db.Update(fn)
+	if errors.Is(err, errNoChange) {
+		return nil
+	}
+	return err
+}
+
+// view runs fn in a read transaction, with the same guard as update.
+func (s *Store) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer s.recoverInto(&err)
+	return s.db.View(fn)
+}
+
+func (s *Store) recoverInto(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("allocation store %s: bbolt failed (%v): %w", s.path, r, ErrCorrupt)
+	}
+}
+
+func (s *Store) corrupt(what string, err error) error {
+	if errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	return fmt.Errorf("allocation store %s: %s: %w: %w", s.path, what, ErrCorrupt, err)
+}
+
+// syncDir makes a newly created file's directory entry durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

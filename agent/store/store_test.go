@@ -1,0 +1,315 @@
+package store
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// netip16 is big enough that the crash helper never exhausts it.
+var netip16 = netip.MustParsePrefix("10.0.0.0/16")
+
+func alloc(pod, cid, ip string) spec.Allocation {
+	ns, name, _ := strings.Cut(pod, "/")
+	return spec.Allocation{
+		Metadata: spec.ObjectMeta{Namespace: ns, Name: name},
+		Spec:     spec.AllocationSpec{IP: ip, ContainerID: cid, IfName: "eth0", Netns: "/proc/1/ns/net", ENI: "eni-1"},
+	}
+}
+
+func TestOpenCreatesPrivateFile(t *testing.T) {
+	path := storePath(t)
+	openAt(t, path)
+	for p, want := range map[string]os.FileMode{path: 0o600, filepath.Dir(path): 0o700 | os.ModeDir} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != want {
+			t.Errorf("%s has mode %v, want %v", p, fi.Mode(), want)
+		}
+	}
+}
+
+func TestPutGetByPodList(t *testing.T) {
+	s := openTemp(t)
+	for _, a := range []spec.Allocation{
+		alloc("kube-system/coredns", "c2", "::ffff:10.0.1.9"), // stored canonically
+		alloc("default/web", "c1", "10.0.1.5"),
+	} {
+		if err := s.Put(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, found, err := s.Get("c2", "eth0")
+	if err != nil || !found {
+		t.Fatalf("Get(c2) = %v, %v", found, err)
+	}
+	if got.APIVersion != spec.APIVersion || got.Kind != spec.KindAllocation || got.Spec.IP != "10.0.1.9" || got.Spec.ENI != "eni-1" {
+		t.Errorf("Get(c2) = %+v; want apiVersion/kind filled in and IP 10.0.1.9", got)
+	}
+	if byPod, found, err := s.ByPod("kube-system/coredns"); err != nil || !found || byPod != got {
+		t.Errorf("ByPod = %+v, %v, %v; want %+v", byPod, found, err, got)
+	}
+	if _, found, err := s.ByPod("default/nothing"); found || err != nil {
+		t.Errorf("ByPod(unknown) = %v, %v", found, err)
+	}
+	if _, found, err := s.Get("c1", "eth1"); found || err != nil {
+		t.Errorf("Get(c1/eth1) = %v, %v", found, err)
+	}
+	list := verify(t, s)
+	if keys := []string{PodKey(list[0].Metadata), PodKey(list[1].Metadata)}; !slices.Equal(keys, []string{"default/web", "kube-system/coredns"}) {
+		t.Errorf("List order = %v, want sorted by pod key", keys)
+	}
+
+	// Replacing an attachment's record moves its IP: the old one is free.
+	moved := alloc("default/web", "c1", "10.0.1.6")
+	if err := s.Put(moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(alloc("default/other", "c3", "10.0.1.5")); err != nil {
+		t.Errorf("the replaced record's IP is not free: %v", err)
+	}
+	verify(t, s)
+
+	// Conflicts: an IP or a pod already held by another attachment.
+	wantErr(t, s.Put(alloc("default/new", "c4", "10.0.1.6")), ErrConflict, "10.0.1.6", "c1/eth0")
+	wantErr(t, s.Put(alloc("default/web", "c5", "10.0.1.7")), ErrConflict, "default/web", "c1/eth0")
+
+	// Invalid records.
+	bad := alloc("default/x", "c9", "10.0.1.300")
+	wantErr(t, s.Put(bad), ErrInvalid, "default/x", "10.0.1.300")
+	bad = alloc("default/x", "c9", "10.0.1.30")
+	bad.Kind = "Pod"
+	wantErr(t, s.Put(bad), ErrInvalid, "kind")
+	wantErr(t, s.Put(alloc("x", "c9", "10.0.1.30")), ErrInvalid, "namespace")
+	verify(t, s)
+}
+
+func TestReleaseIdempotent(t *testing.T) {
+	s := openTemp(t)
+	a, _ := mustAlloc(t, s, vpcReq(cidr24, "default/a", "c1"))
+	for i, want := range []bool{true, false, false} {
+		got, found, err := s.Release("c1", "eth0")
+		if err != nil || found != want {
+			t.Fatalf("Release #%d = %v, %v; want found=%v", i, found, err, want)
+		}
+		if found && got != a {
+			t.Errorf("Release returned %+v, want %+v", got, a)
+		}
+	}
+	if _, found, _ := s.Release("never-seen", "eth0"); found {
+		t.Error("an unknown attachment was found")
+	}
+	if _, found, _ := s.ByPod("default/a"); found {
+		t.Error("the pod index still has the released pod")
+	}
+	if all := verify(t, s); len(all) != 0 {
+		t.Errorf("store not empty: %v", ipsOf(all))
+	}
+}
+
+func TestGC(t *testing.T) {
+	s := openTemp(t)
+	for i := range 6 {
+		mustAlloc(t, s, vpcReq(cidr24, podName(i), fmt.Sprintf("c%d", i)))
+	}
+	valid := []Attachment{{"c1", "eth0"}, {"c4", "eth0"}, {"c5", "eth1"}, {"gone", "eth0"}}
+	released, err := s.GC(valid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, a := range released {
+		ids = append(ids, AttachmentOf(a).String())
+	}
+	// Sorted by pod key: ns0/pod-000, ns0/pod-003, ns2/pod-002, ns2/pod-005.
+	if want := []string{"c0/eth0", "c3/eth0", "c2/eth0", "c5/eth0"}; !slices.Equal(ids, want) {
+		t.Errorf("GC released %v, want %v", ids, want)
+	}
+	if got := ipsOf(verify(t, s)); !slices.Equal(got, []string{"10.0.0.2", "10.0.0.5"}) {
+		t.Errorf("left %v, want c4's and c1's", got)
+	}
+	// Nothing left to collect: no error, nothing released.
+	if again, err := s.GC(valid); err != nil || len(again) != 0 {
+		t.Errorf("second GC = %v, %v", again, err)
+	}
+}
+
+func TestReopenKeepsEverything(t *testing.T) {
+	path := storePath(t)
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		mustAlloc(t, s, vpcReq(cidr24, podName(i), fmt.Sprintf("c%d", i)))
+	}
+	for i := 0; i < 50; i += 7 {
+		if _, _, err := s.Release(fmt.Sprintf("c%d", i), "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Put(alloc("eni/pod", "eni-c", "172.16.0.9")); err != nil {
+		t.Fatal(err)
+	}
+	before := verify(t, s)
+
+	// A copy taken while the store is open holds every committed write:
+	// bbolt fsyncs each commit, so this is what a crash would leave.
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashCopy := filepath.Join(t.TempDir(), "copy.db")
+	if err := os.WriteFile(crashCopy, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := verify(t, openAt(t, crashCopy)); !slices.Equal(got, before) {
+		t.Errorf("copy of the open file holds %d allocations, want %d", len(got), len(before))
+	}
+
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := s.List(); err == nil {
+		t.Error("List on a closed store succeeded")
+	}
+	s2 := openAt(t, path)
+	if got := verify(t, s2); !slices.Equal(got, before) {
+		t.Errorf("after reopening: %d allocations, want %d", len(got), len(before))
+	}
+	if p, ok, _ := s2.PodCIDR(); !ok || p != cidr24 {
+		t.Errorf("pod CIDR after reopening = %v, %v", p, ok)
+	}
+	// Lowest-free continues where it was: c0's address is free.
+	a, _ := mustAlloc(t, s2, vpcReq(cidr24, "default/new", "cnew"))
+	if a.Spec.IP != "10.0.0.1" {
+		t.Errorf("after reopening the next pod got %s, want 10.0.0.1", a.Spec.IP)
+	}
+}
+
+// TestCrashKeepsAcknowledged runs allocations in a child process, kills
+// it with SIGKILL in the middle, and checks that every allocation the child
+// had been answered is in the store, with its address, and nothing is
+// half-written.
+func TestCrashKeepsAcknowledged(t *testing.T) {
+	path := storePath(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "STORE_CRASH_HELPER="+path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The child prints "ok <cid> <ip>" after each allocation returned and
+	// "released <cid>" after each release returned. A release can be in
+	// flight when the child dies: such a pod may be present or not.
+	acked := map[string]string{}
+	released := map[string]bool{}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && len(acked) < 40 {
+		switch f := strings.Fields(sc.Text()); {
+		case len(f) == 3 && f[0] == "ok":
+			acked[f[1]] = f[2]
+		case len(f) == 2 && f[0] == "released":
+			released[f[1]] = true
+		}
+	}
+	_ = cmd.Process.Kill() // SIGKILL, mid-stream
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	_ = cmd.Wait()
+	if len(acked) < 40 {
+		t.Fatalf("child acknowledged only %d allocations", len(acked))
+	}
+	s := openAt(t, path)
+	all := verify(t, s)
+	got := map[string]string{}
+	for _, a := range all {
+		got[a.Spec.ContainerID] = a.Spec.IP
+	}
+	for cid, ip := range acked {
+		var i int
+		_, _ = fmt.Sscanf(cid, "c%d", &i)
+		inFlight := i%3 == 0 && !released[cid]
+		switch {
+		case released[cid] && got[cid] != "":
+			t.Errorf("released %s, but after the crash the store has it (%s)", cid, got[cid])
+		case !released[cid] && got[cid] != ip && !(inFlight && got[cid] == ""):
+			t.Errorf("acknowledged %s → %s; after the crash the store has %q", cid, ip, got[cid])
+		}
+	}
+	t.Logf("child acknowledged %d, store holds %d after SIGKILL", len(acked), len(all))
+}
+
+// TestCrashHelper is the child of TestCrashKeepsAcknowledged.
+func TestCrashHelper(t *testing.T) {
+	path := os.Getenv("STORE_CRASH_HELPER")
+	if path == "" {
+		t.Skip("runs as the child of TestCrashKeepsAcknowledged")
+	}
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ { // until killed
+		cid := fmt.Sprintf("c%d", i)
+		a, _, err := s.AllocateVPC(vpcReq(netip16, podName(i), cid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("ok %s %s\n", cid, a.Spec.IP)
+		if i%3 == 0 {
+			if _, _, err := s.Release(cid, "eth0"); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Printf("released %s\n", cid)
+		}
+	}
+}
+
+func TestLockedByAnotherOpen(t *testing.T) {
+	path := storePath(t)
+	openAt(t, path)
+	_, err := Open(path, Options{LockTimeout: 100 * time.Millisecond})
+	wantErr(t, err, ErrLocked, path, "another terwayd")
+}
+
+func TestReadOnly(t *testing.T) {
+	path := storePath(t)
+	s := openAt(t, path)
+	mustAlloc(t, s, vpcReq(cidr24, "default/a", "c1"))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if all := verify(t, r); len(all) != 1 {
+		t.Errorf("read-only store lists %d", len(all))
+	}
+	if _, _, err := r.AllocateVPC(vpcReq(cidr24, "default/b", "c2")); err == nil {
+		t.Error("a read-only store accepted a write")
+	}
+	if _, err := Open(filepath.Join(t.TempDir(), "missing.db"), Options{ReadOnly: true}); err == nil {
+		t.Error("opening a missing file read-only succeeded")
+	}
+}
