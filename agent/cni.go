@@ -1,0 +1,300 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/terway-reconciler/terway/agent/store"
+	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/cni/wire"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// CNI error codes the agent uses (the spec reserves 1-99; 11 and 50 are
+// well known, the rest are our own above 100).
+const (
+	codeTryAgainLater   = 11
+	codeNotAvailable    = 50
+	codeInvalidPod      = 101 // the pod's own inputs cannot be rendered
+	codeExhausted       = 102 // no address left
+	codeApplyFailed     = 103 // the kernel refused something
+	codeCheckDifference = 104
+)
+
+func cniErr(code uint, msg string, details string) *types.Error {
+	return &types.Error{Code: code, Msg: msg, Details: details}
+}
+
+// Add allocates an address for the attachment (persisted first), renders
+// the node and applies the pod's part at once. A retried ADD gets the same
+// address. If the pod's own inputs are invalid (a bad bandwidth annotation),
+// the allocation is rolled back and the error names the field and value.
+func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, error) {
+	if err := a.waitSynced(ctx); err != nil {
+		return nil, err
+	}
+	key := req.Args.Key()
+	a.waitForPod(ctx, key)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	snap := a.src.Snapshot()
+	if snap.Node == nil {
+		return nil, cniErr(codeTryAgainLater, "node "+a.cfg.NodeName+" not known yet", "no Node object in the inputs")
+	}
+	if a.cfg.Render.Mode != spec.PodModeVPC {
+		return nil, cniErr(codeNotAvailable, "mode "+a.cfg.Render.Mode+" is not served by this agent yet", "only vpc mode allocates addresses here")
+	}
+	cidr, err := netip.ParsePrefix(snap.Node.Spec.PodCIDR)
+	if err != nil {
+		return nil, cniErr(codeNotAvailable, "node "+snap.Node.Name+" has no usable spec.podCIDR", fmt.Sprintf("%q: %v", snap.Node.Spec.PodCIDR, err))
+	}
+	if err := a.followPodCIDR(cidr); err != nil {
+		return nil, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())
+	}
+	ns, name, _ := strings.Cut(key, "/")
+	alloc, replaced, err := a.store.AllocateVPC(store.VPCRequest{
+		PodCIDR: cidr, Pod: spec.ObjectMeta{Namespace: ns, Name: name}, UID: req.Args.UID,
+		ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns,
+	})
+	if errors.Is(err, store.ErrExhausted) {
+		return nil, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
+	}
+	if err != nil {
+		return nil, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
+	}
+	if replaced != nil {
+		a.log.Info("sandbox replaced; old attachment released", "pod", key, "old", replaced.Spec.ContainerID, "new", req.ContainerID)
+	}
+	state, err := a.renderLocked()
+	if err != nil {
+		a.rollback(req)
+		return nil, cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
+	}
+	if msg := podProblems(state, key); msg != "" {
+		a.rollback(req)
+		return nil, cniErr(codeInvalidPod, "pod "+key+": "+msg, "fix the pod's inputs; no network was set up")
+	}
+	entry := podEntry(state, key)
+	if entry == nil {
+		a.rollback(req)
+		return nil, cniErr(codeInvalidPod, "pod "+key+" did not render", problemsOf(state, key))
+	}
+	rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Pods: []string{key}})
+	if err == nil {
+		err = rep.Err()
+	}
+	a.m.observeReport(rep, 0)
+	if err != nil {
+		a.rollback(req)
+		// Take out what was made: render without the pod, apply its scope.
+		if again, rerr := a.renderLocked(); rerr == nil {
+			_, _ = a.eng.Apply(ctx, again, engine.PlanOptions{Pods: []string{key}})
+		}
+		return nil, cniErr(codeApplyFailed, "set up pod "+key, err.Error())
+	}
+	a.log.Info("pod added", "pod", key, "ip", alloc.Spec.IP, "container", req.ContainerID, "writes", rep.Writes)
+	return result(entry), nil
+}
+
+// followPodCIDR records the node's pod CIDR in the store when it changed.
+// Allocations outside a new CIDR stay held (their pods keep running) until
+// their DEL; they are logged.
+func (a *Agent) followPodCIDR(cidr netip.Prefix) error {
+	cur, ok, err := a.store.PodCIDR()
+	if err != nil || (ok && cur == cidr.Masked()) {
+		return err
+	}
+	outside, err := a.store.SetPodCIDR(cidr)
+	if err != nil {
+		return err
+	}
+	for _, o := range outside {
+		a.log.Warn("allocation outside the node's new pod CIDR; kept until its pod is deleted", "pod", o.Metadata.Namespace+"/"+o.Metadata.Name, "ip", o.Spec.IP, "podCIDR", cidr)
+	}
+	return nil
+}
+
+// podProblems returns the render problems of the pod's own inputs that
+// must fail its ADD (invalid annotations): the pod would otherwise run
+// without what it asked for.
+func podProblems(state *spec.NodeState, key string) string {
+	var msgs []string
+	for _, p := range state.Problems {
+		if p.Kind == "Pod" && p.Namespace+"/"+p.Name == key && strings.HasPrefix(p.Field, "metadata.annotations") {
+			msgs = append(msgs, p.Field+": "+p.Reason)
+		}
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func problemsOf(state *spec.NodeState, key string) string {
+	var msgs []string
+	for _, p := range state.Problems {
+		if p.Namespace+"/"+p.Name == key {
+			msgs = append(msgs, p.String())
+		}
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func podEntry(state *spec.NodeState, key string) *spec.Pod {
+	for i := range state.Pods {
+		if state.Pods[i].Key == key {
+			return &state.Pods[i]
+		}
+	}
+	return nil
+}
+
+func (a *Agent) rollback(req *wire.Request) {
+	if _, _, err := a.store.Release(req.ContainerID, req.IfName); err != nil {
+		a.log.Error("roll back allocation", "container", req.ContainerID, "err", err)
+	}
+}
+
+// result is the CNI result of a rendered pod.
+func result(p *spec.Pod) *types100.Result {
+	mac := spec.PodVethMAC(p.Key)
+	ip := net.ParseIP(p.IP).To4()
+	return &types100.Result{
+		CNIVersion: types100.ImplementedSpecVersion,
+		Interfaces: []*types100.Interface{{Name: p.IfName, Mac: mac, Sandbox: p.Netns}},
+		IPs: []*types100.IPConfig{{
+			Interface: types100.Int(0), Address: net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)},
+			Gateway: net.ParseIP(spec.PodGateway).To4(),
+		}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: net.ParseIP(spec.PodGateway).To4()}},
+	}
+}
+
+// Del releases the attachment and removes the pod's network. It is
+// idempotent and needs neither the Pod object nor the netns.
+func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	released, found, err := a.store.Release(req.ContainerID, req.IfName)
+	if err != nil {
+		return cniErr(codeTryAgainLater, "release attachment "+req.ContainerID+"/"+req.IfName, err.Error())
+	}
+	key := req.Args.Key()
+	if found {
+		key = released.Metadata.Namespace + "/" + released.Metadata.Name
+	}
+	if key == "" {
+		return nil // nothing known about it: nothing to remove
+	}
+	if !a.src.Synced() {
+		// Without the inputs no document can be rendered; the pod's kernel
+		// objects go with its netns or at the first full reconcile.
+		return nil
+	}
+	state, err := a.renderLocked()
+	if err != nil {
+		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
+	}
+	if podEntry(state, key) != nil {
+		return nil // another attachment of the pod (a newer sandbox) is live
+	}
+	rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Pods: []string{key}})
+	if err == nil {
+		err = rep.Err()
+	}
+	if err != nil {
+		return cniErr(codeTryAgainLater, "remove pod "+key, err.Error())
+	}
+	a.log.Info("pod deleted", "pod", key, "container", req.ContainerID, "released", found)
+	return nil
+}
+
+// Check compares the kernel with the pod's part of the document.
+func (a *Agent) Check(ctx context.Context, req *wire.Request) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	alloc, found, err := a.store.Get(req.ContainerID, req.IfName)
+	if err != nil {
+		return cniErr(codeTryAgainLater, "read attachment", err.Error())
+	}
+	if !found {
+		return cniErr(codeCheckDifference, "CHECK: no attachment "+req.ContainerID+"/"+req.IfName+" on this node", "")
+	}
+	key := alloc.Metadata.Namespace + "/" + alloc.Metadata.Name
+	state, err := a.renderLocked()
+	if err != nil {
+		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
+	}
+	p, err := a.eng.Plan(ctx, state, engine.PlanOptions{Pods: []string{key}, Full: true})
+	if err != nil {
+		return cniErr(codeTryAgainLater, "observe pod "+key, err.Error())
+	}
+	if !p.Empty() {
+		return cniErr(codeCheckDifference, fmt.Sprintf("CHECK: pod %s differs from its desired state in %d places", key, len(p.Ops)),
+			strings.TrimSpace(p.String()))
+	}
+	return nil
+}
+
+// GC releases every attachment the runtime no longer has.
+func (a *Agent) GC(ctx context.Context, req *wire.Request) error {
+	a.mu.Lock()
+	valid := make([]store.Attachment, 0, len(req.ValidAttachments))
+	for _, v := range req.ValidAttachments {
+		valid = append(valid, store.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
+	}
+	released, err := a.store.GC(valid)
+	a.mu.Unlock()
+	if err != nil {
+		return cniErr(codeTryAgainLater, "garbage-collect attachments", err.Error())
+	}
+	if len(released) == 0 || !a.src.Synced() {
+		return nil
+	}
+	a.log.Info("GC released attachments", "count", len(released))
+	return a.Reconcile(ctx, false)
+}
+
+// Status says whether the agent can serve ADD.
+func (a *Agent) Status(ctx context.Context, req *wire.Request) error {
+	if !a.Ready() {
+		return cniErr(codeNotAvailable, "terway agent not ready", "inputs not synced or first reconcile not done")
+	}
+	return nil
+}
+
+// waitSynced waits for the inputs' first listing, bounded by SyncTimeout.
+func (a *Agent) waitSynced(ctx context.Context) error {
+	deadline := time.Now().Add(a.cfg.SyncTimeout)
+	for !a.Ready() {
+		if time.Now().After(deadline) {
+			return cniErr(codeTryAgainLater, "terway agent not ready", "inputs not synced yet; try again later")
+		}
+		select {
+		case <-ctx.Done():
+			return cniErr(codeTryAgainLater, "terway agent not ready", ctx.Err().Error())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// waitForPod waits, bounded by PodTimeout, for the pod object to reach the
+// inputs: the kubelet may call ADD before the agent's watch delivers it.
+func (a *Agent) waitForPod(ctx context.Context, key string) {
+	deadline := time.Now().Add(a.cfg.PodTimeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if hasPod(a.src.Snapshot(), key) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	a.log.Warn("pod object not in the inputs; setting it up without (no policy, no bandwidth limit until it arrives)", "pod", key)
+}
+
+var _ wire.Handler = (*Agent)(nil)

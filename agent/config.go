@@ -1,0 +1,98 @@
+// Package agent is terwayd, the node agent: it allocates pod addresses
+// (persisted before any answer), renders the node's document from its inputs
+// and converges the kernel to it, serves the CNI plugin over a unix socket,
+// and repairs drift with a periodic full resync.
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/terway-reconciler/terway/render"
+)
+
+// Config configures an Agent. Each default is in WithDefaults, with its reason.
+type Config struct {
+	// NodeName is this node (the DaemonSet sets NODE_NAME).
+	NodeName string
+	// StateDir holds the allocation store.
+	StateDir string
+	// Socket is where the CNI plugin finds the agent.
+	Socket string
+	// Render is the rendering configuration (mode, MTU, service CIDR...).
+	Render render.Config
+	// ResyncInterval is the period of the full resync that repairs drift.
+	ResyncInterval time.Duration
+	// SyncTimeout bounds how long a CNI ADD waits for the inputs' first
+	// complete listing before answering "try again later".
+	SyncTimeout time.Duration
+	// PodTimeout bounds how long ADD waits for the Pod object to reach the
+	// cache (the kubelet can be faster than the watch).
+	PodTimeout time.Duration
+	// HealthAddr serves /healthz, /readyz and /metrics; empty disables.
+	HealthAddr string
+	Logger     *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultStateDir = "/var/lib/terway"
+	DefaultSocket   = "/var/run/terway/terway.sock"
+	// A resync every 30 s bounds how long drift (someone deleting a route)
+	// lasts, at a cost of one observation of the node.
+	DefaultResyncInterval = 30 * time.Second
+	// The kubelet gives a CNI ADD minutes; 30 s of waiting for the first
+	// listing covers an API server that is slow at agent start.
+	DefaultSyncTimeout = 30 * time.Second
+	// Watches deliver a bound pod within a second or two on a healthy
+	// cluster; beyond 10 s the pod starts without its object (no policy
+	// yet) rather than failing.
+	DefaultPodTimeout = 10 * time.Second
+	// Loopback only: health and metrics are for the kubelet's probes and a
+	// local scraper, not for the world.
+	DefaultHealthAddr = "127.0.0.1:9482"
+)
+
+// WithDefaults fills unset fields.
+func (c Config) WithDefaults() Config {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.Socket == "" {
+		c.Socket = DefaultSocket
+	}
+	if c.ResyncInterval == 0 {
+		c.ResyncInterval = DefaultResyncInterval
+	}
+	if c.SyncTimeout == 0 {
+		c.SyncTimeout = DefaultSyncTimeout
+	}
+	if c.PodTimeout == 0 {
+		c.PodTimeout = DefaultPodTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Render = c.Render.WithDefaults()
+	return c
+}
+
+// Validate reports a configuration the agent cannot run with.
+func (c Config) Validate() error {
+	switch {
+	case c.NodeName == "":
+		return fmt.Errorf("agent config: nodeName: empty (set --node-name or NODE_NAME)")
+	case !filepath.IsAbs(c.StateDir):
+		return fmt.Errorf("agent config: stateDir: %q is not an absolute path", c.StateDir)
+	case !filepath.IsAbs(c.Socket):
+		return fmt.Errorf("agent config: socket: %q is not an absolute path", c.Socket)
+	case c.ResyncInterval < time.Second:
+		return fmt.Errorf("agent config: resyncInterval: %s is below 1s", c.ResyncInterval)
+	}
+	return c.Render.Validate()
+}
+
+// StorePath is the allocation store's file.
+func (c Config) StorePath() string { return filepath.Join(c.StateDir, "allocations.db") }

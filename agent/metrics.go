@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/terway-reconciler/terway/agent/inputs"
+	"github.com/terway-reconciler/terway/apply/engine"
+)
+
+// metrics are the agent's Prometheus series, in a registry of its own so
+// that two agents in one test process do not collide.
+type metrics struct {
+	reg             *prometheus.Registry
+	reconcile       prometheus.Histogram
+	planSize        prometheus.Gauge
+	applyErrors     *prometheus.CounterVec
+	reconcileErrors prometheus.Counter
+	allocations     prometheus.Gauge
+	cniLatency      *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		reconcile: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "terway_reconcile_duration_seconds", Help: "Time of one reconcile (render, plan, apply).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		planSize: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "terway_plan_operations", Help: "Operations the last reconcile executed (0 on a converged node)."}),
+		applyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "terway_apply_errors_total", Help: "Failed kernel operations, by kind."}, []string{"kind"}),
+		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "terway_reconcile_errors_total", Help: "Reconciles that could not render."}),
+		allocations: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "terway_allocations", Help: "Pod attachments in the allocation store."}),
+		cniLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "terway_cni_request_duration_seconds", Help: "CNI request latency at the agent, by command and result.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"command", "result"}),
+	}
+	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observeReport(rep *engine.Report, d time.Duration) {
+	if rep == nil {
+		return
+	}
+	if d > 0 {
+		m.reconcile.Observe(d.Seconds())
+		m.planSize.Set(float64(len(rep.Results)))
+	}
+	for kind, n := range rep.Failed() {
+		m.applyErrors.WithLabelValues(kind).Add(float64(n))
+	}
+}
+
+// instrument times every CNI request by command (the URL's last element).
+func (m *metrics) instrument(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		result := "ok"
+		if rec.status >= 300 {
+			result = "error"
+		}
+		cmd := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+		m.cniLatency.WithLabelValues(cmd, result).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// healthMux serves /healthz (the process answers), /readyz (inputs synced
+// and first reconcile done) and /metrics.
+func (a *Agent) healthMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.Ready() {
+			http.Error(w, "not ready: inputs not synced or first reconcile not done", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{}))
+	// /plan prints what a full resync would change now, without changing
+	// it: the plan people read before anything happens.
+	mux.HandleFunc("/plan", func(w http.ResponseWriter, r *http.Request) {
+		text, n, err := a.PlanText(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("X-Terway-Plan-Operations", strconv.Itoa(n))
+		_, _ = w.Write([]byte(text))
+	})
+	return mux
+}
+
+func hasPod(s inputs.Snapshot, key string) bool {
+	for _, p := range s.Pods {
+		if p.Namespace+"/"+p.Name == key {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,100 @@
+// Command terwayd is the node agent (DaemonSet): it gives pods their
+// network, enforces NetworkPolicy and bandwidth, and repairs drift. It acts
+// on the network namespace it is started in as the node.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/terway-reconciler/terway/agent"
+	"github.com/terway-reconciler/terway/agent/inputs"
+	"github.com/terway-reconciler/terway/load"
+	"github.com/terway-reconciler/terway/render"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "terwayd:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		cfg        agent.Config
+		kubeInputs string
+		kubeconfig string
+		configPath string
+		logLevel   string
+	)
+	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	flag.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "directory of the allocation store")
+	flag.StringVar(&cfg.Socket, "socket", agent.DefaultSocket, "unix socket the CNI plugin calls")
+	flag.StringVar(&kubeInputs, "kube-inputs", "", "standalone mode: read Node, Pods, Namespaces and NetworkPolicies from YAML files in DIR and follow changes")
+	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
+	flag.StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config: mode, mtu, serviceCIDR, pool sizes)")
+	flag.DurationVar(&cfg.ResyncInterval, "resync-interval", agent.DefaultResyncInterval, "period of the full resync that repairs drift")
+	flag.StringVar(&cfg.HealthAddr, "health-addr", agent.DefaultHealthAddr, "address of /healthz, /readyz and /metrics (empty disables)")
+	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if configPath != "" {
+		c, err := load.ConfigFile(configPath)
+		if err != nil {
+			return err
+		}
+		cfg.Render = *c
+	} else {
+		cfg.Render = render.Config{}
+	}
+
+	var src inputs.Source
+	switch {
+	case kubeInputs != "":
+		files, err := inputs.NewFiles(kubeInputs, cfg.NodeName, inputs.FilesOptions{Logger: cfg.Logger})
+		if err != nil {
+			return err
+		}
+		src = files
+	default:
+		restConfig, err := inputs.BuildConfig(kubeconfig)
+		if err != nil {
+			return err
+		}
+		client, err := kubernetes.NewForConfig(restConfig)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		kube, err := inputs.NewKubernetes(client, cfg.NodeName, inputs.KubernetesOptions{Logger: cfg.Logger})
+		if err != nil {
+			return err
+		}
+		src = kube
+	}
+	a, err := agent.New(cfg, src)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err = a.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
