@@ -136,10 +136,14 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 			continue
 		}
 		first := !a.resynced.Load()
-		if err := a.Reconcile(ctx, full || first); err != nil {
+		rendered, err := a.reconcile(ctx, full || first)
+		if err != nil {
 			a.log.Warn("reconcile failed; the next resync retries", "err", err)
 		}
-		if first {
+		// Ready once a document could be rendered (the Node is known), even
+		// if some kernel items failed: one broken pod must not keep every
+		// other pod from starting.
+		if first && rendered {
 			a.resynced.Store(true)
 			a.log.Info("inputs synced; first full reconcile done")
 		}
@@ -148,23 +152,29 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 
 // Reconcile renders the whole node and applies it.
 func (a *Agent) Reconcile(ctx context.Context, full bool) error {
+	_, err := a.reconcile(ctx, full)
+	return err
+}
+
+// reconcile is Reconcile that also says whether a document was rendered.
+func (a *Agent) reconcile(ctx context.Context, full bool) (rendered bool, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	start := time.Now()
 	state, err := a.renderLocked()
 	if err != nil {
 		a.m.reconcileErrors.Inc()
-		return err
+		return false, err
 	}
 	rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Full: full})
 	a.m.observeReport(rep, time.Since(start))
 	if err != nil {
-		return err
+		return true, err
 	}
 	if len(rep.Results) > 0 {
 		a.log.Info("reconciled", "operations", len(rep.Results), "applied", rep.Applied(), "failed", rep.Failed(), "writes", rep.Writes, "duration", rep.Duration)
 	}
-	return rep.Err()
+	return true, rep.Err()
 }
 
 // renderLocked renders from the inputs' snapshot and the store.

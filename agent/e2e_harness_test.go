@@ -83,6 +83,13 @@ const nodeIP = "198.19.0.1"
 
 func newCluster(t testing.TB, resync time.Duration) *cluster {
 	t.Helper()
+	return newClusterWith(t, resync, true)
+}
+
+// newClusterWith starts the agent; without withNode the inputs hold no Node
+// object and the agent is not waited for (it cannot become ready).
+func newClusterWith(t testing.TB, resync time.Duration, withNode bool) *cluster {
+	t.Helper()
 	bin := binaries(t)
 	dir := t.TempDir()
 	c := &cluster{
@@ -91,20 +98,26 @@ func newCluster(t testing.TB, resync time.Duration) *cluster {
 	}
 	nstest.Run(t, c.node, "ip", "addr", "add", nodeIP+"/32", "dev", "lo")
 	must(t, os.MkdirAll(c.inputs, 0o755))
+	if withNode {
+		c.writeNode()
+	}
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "terway", "plugins": [{"type": "terway", "socket": %q}]}`, c.socket)
+	var err error
+	c.netconf, err = libcni.ConfListFromBytes([]byte(conf))
+	must(t, err)
+	c.cni = libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(dir, "cni-cache"), &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}})
+	c.startAgent(resync, withNode)
+	t.Cleanup(c.stopAgent)
+	return c
+}
+
+func (c *cluster) writeNode() {
 	c.writeInput("node.yaml", `apiVersion: v1
 kind: Node
 metadata: {name: node-1}
 spec: {podCIDR: 198.18.0.0/22}
 status: {addresses: [{type: InternalIP, address: `+nodeIP+`}]}
 `)
-	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "terway", "plugins": [{"type": "terway", "socket": %q}]}`, c.socket)
-	var err error
-	c.netconf, err = libcni.ConfListFromBytes([]byte(conf))
-	must(t, err)
-	c.cni = libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(dir, "cni-cache"), &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}})
-	c.startAgent(resync)
-	t.Cleanup(c.stopAgent)
-	return c
 }
 
 func must(t testing.TB, err error) {
@@ -127,7 +140,7 @@ func (c *cluster) removeInput(name string) {
 }
 
 // startAgent runs terwayd inside the node namespace and waits for /readyz.
-func (c *cluster) startAgent(resync time.Duration) {
+func (c *cluster) startAgent(resync time.Duration, waitReady bool) {
 	c.t.Helper()
 	// The agent runs in the node netns, whose loopback is its own (so the
 	// port is free); the test dials it from inside that namespace.
@@ -142,6 +155,14 @@ func (c *cluster) startAgent(resync time.Duration) {
 	c.agent.Stdout, c.agent.Stderr = c.agentLog, c.agentLog
 	c.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	must(c.t, c.agent.Start())
+	if !waitReady {
+		return
+	}
+	c.waitReady()
+}
+
+func (c *cluster) waitReady() {
+	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if code, _ := c.get("/readyz"); code == http.StatusOK {

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -8,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/internal/traffic"
@@ -194,7 +197,7 @@ spec:
 		}()
 		c.killAgent()
 		time.Sleep(500 * time.Millisecond)
-		c.startAgent(resync)
+		c.startAgent(resync, true)
 		code, plan := c.get("/plan")
 		if code != http.StatusOK || plan != "" {
 			t.Errorf("plan after restart (HTTP %d):\n%s", code, plan)
@@ -229,5 +232,34 @@ func reachable(t *testing.T, from, to *podNS, proto string, want bool) {
 	t.Helper()
 	if got := probe(from, to, proto); got != want {
 		t.Errorf("%s %s/%s -> %s/%s (%s): reachable=%v, want %v", proto, from.ns, from.name, to.ns, to.name, to.ip, got, want)
+	}
+}
+
+// TestAgentNotReadyWithoutNode: without its Node object the agent is not
+// ready: STATUS says so with CNI code 50 and ADD asks to try again later;
+// once the Node appears, both succeed.
+func TestAgentNotReadyWithoutNode(t *testing.T) {
+	nstest.RequireRoot(t)
+	c := newClusterWith(t, resync, false)
+	c.writeInput("pods.yaml", c.podYAML("x", "early", nil, nil))
+	eventually(t, 20*time.Second, "agent answers on its socket", func() bool {
+		err := c.status()
+		return err != nil && strings.Contains(err.Error(), "not ready")
+	})
+	if code, _ := c.get("/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz without a Node = %d, want 503", code)
+	}
+	err := c.status()
+	var cniErr *types.Error
+	if !errors.As(err, &cniErr) || cniErr.Code != 50 {
+		t.Errorf("STATUS without a Node: %v; want CNI error 50", err)
+	}
+	c.writeNode()
+	c.waitReady()
+	if err := c.status(); err != nil {
+		t.Errorf("STATUS once the Node exists: %v", err)
+	}
+	if _, err := c.add("x", "early"); err != nil {
+		t.Errorf("ADD once ready: %v", err)
 	}
 }
