@@ -273,3 +273,43 @@ func parseIPv4(s string) (uint64, bool) {
 	}
 	return n<<8 | part, true
 }
+
+// Namespaces lists the network namespaces other than the host that the
+// document names, sorted: the namespaces apply observes besides the node's.
+func (s *NodeState) Namespaces() []string {
+	var out []string
+	add := func(n string) {
+		if n != HostNetns {
+			out = append(out, n)
+		}
+	}
+	for _, l := range s.Links {
+		add(l.Netns)
+		if l.Peer != nil {
+			add(l.Peer.Netns)
+		}
+	}
+	for _, a := range s.Addresses {
+		add(a.Netns)
+	}
+	for _, r := range s.Routes {
+		add(r.Netns)
+	}
+	for _, r := range s.Rules {
+		add(r.Netns)
+	}
+	for _, n := range s.Neighbors {
+		add(n.Netns)
+	}
+	for _, c := range s.Sysctls {
+		add(c.Netns)
+	}
+	for _, q := range s.TC {
+		add(q.Netns)
+	}
+	for _, p := range s.Pods {
+		add(p.Netns)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -59,7 +58,7 @@ func (e *Engine) Plan(ctx context.Context, desired *spec.NodeState, opts PlanOpt
 
 // plan is Plan for a document already validated.
 func (e *Engine) plan(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Plan, error) {
-	nss := Namespaces(desired)
+	nss := desired.Namespaces()
 	var scope *podScope
 	if len(opts.Pods) > 0 {
 		scope = newPodScope(desired, opts.Pods)
@@ -209,48 +208,5 @@ func (r *Report) failures() []Result {
 			out = append(out, res)
 		}
 	}
-	return out
-}
-
-// Namespaces lists the non-host network namespaces a document names.
-func Namespaces(s *spec.NodeState) []string {
-	set := map[string]bool{}
-	add := func(ns string) {
-		if ns != spec.HostNetns {
-			set[ns] = true
-		}
-	}
-	for _, l := range s.Links {
-		add(l.Netns)
-		if l.Peer != nil {
-			add(l.Peer.Netns)
-		}
-	}
-	for _, a := range s.Addresses {
-		add(a.Netns)
-	}
-	for _, r := range s.Routes {
-		add(r.Netns)
-	}
-	for _, r := range s.Rules {
-		add(r.Netns)
-	}
-	for _, n := range s.Neighbors {
-		add(n.Netns)
-	}
-	for _, c := range s.Sysctls {
-		add(c.Netns)
-	}
-	for _, q := range s.TC {
-		add(q.Netns)
-	}
-	for _, p := range s.Pods {
-		add(p.Netns)
-	}
-	out := make([]string, 0, len(set))
-	for ns := range set {
-		out = append(out, ns)
-	}
-	slices.Sort(out)
 	return out
 }

@@ -126,45 +126,9 @@ func VPC(podNetns []string) *spec.NodeState {
 	return s
 }
 
-// Namespaces lists the pod namespaces a document names, sorted, as the
-// engine passes them to Observe.
-func Namespaces(s *spec.NodeState) []string {
-	var out []string
-	add := func(n string) {
-		if n != spec.HostNetns {
-			out = append(out, n)
-		}
-	}
-	for _, l := range s.Links {
-		add(l.Netns)
-		if l.Peer != nil {
-			add(l.Peer.Netns)
-		}
-	}
-	for _, a := range s.Addresses {
-		add(a.Netns)
-	}
-	for _, r := range s.Routes {
-		add(r.Netns)
-	}
-	for _, r := range s.Rules {
-		add(r.Netns)
-	}
-	for _, n := range s.Neighbors {
-		add(n.Netns)
-	}
-	for _, c := range s.Sysctls {
-		add(c.Netns)
-	}
-	for _, q := range s.TC {
-		add(q.Netns)
-	}
-	for _, p := range s.Pods {
-		add(p.Netns)
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
+// Namespaces lists the pod namespaces a document names, as the engine
+// passes them to Observe.
+func Namespaces(s *spec.NodeState) []string { return s.Namespaces() }
 
 // Kind bundles one kind package's functions so that a test can plan and
 // apply it generically. D is the document's item type, O what Observe
