@@ -63,6 +63,7 @@ func (e *Engine) plan(ctx context.Context, desired *spec.NodeState, opts PlanOpt
 	if len(opts.Pods) > 0 {
 		scope = newPodScope(desired, opts.Pods)
 		nss = scope.namespaces
+		desired = scope.reduce(desired)
 	}
 	// One snapshot of link lists serves every kind's observation.
 	snap := op.NewSnapshot(e.ns)
@@ -162,7 +163,13 @@ func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
 func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Report, error) {
 	start := time.Now()
 	rep := &Report{}
-	if err := validate(desired); err != nil {
+	toValidate := desired
+	if len(opts.Pods) > 0 {
+		// A scoped apply touches only the pods' items: validating those
+		// keeps the CNI path's cost independent of the number of pods.
+		toValidate = newPodScope(desired, opts.Pods).reduce(desired)
+	}
+	if err := validate(toValidate); err != nil {
 		return rep, err
 	}
 	for rep.Rounds < max(e.MaxRounds, 1) {

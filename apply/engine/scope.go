@@ -68,3 +68,32 @@ func (s *podScope) onScopedVeth(text string) bool {
 	}
 	return false
 }
+
+// reduce returns the part of the document a scoped plan works on: the
+// scoped pods' items and node-level items (no pod), and the whole nftables
+// table (its diff is incremental already). Kinds then build ownership,
+// observe and diff only that much; other pods' observed objects plan as
+// deletions, which filter drops.
+func (s *podScope) reduce(d *spec.NodeState) *spec.NodeState {
+	keep := func(pod string) bool { return pod == "" || s.pods[pod] }
+	r := &spec.NodeState{APIVersion: d.APIVersion, Kind: d.Kind, Node: d.Node, Mode: d.Mode, NFTables: d.NFTables, ENI: d.ENI}
+	r.Links = filterItems(d.Links, func(x spec.Link) bool { return keep(x.Pod) })
+	r.Addresses = filterItems(d.Addresses, func(x spec.Address) bool { return keep(x.Pod) })
+	r.Routes = filterItems(d.Routes, func(x spec.Route) bool { return keep(x.Pod) })
+	r.Rules = filterItems(d.Rules, func(x spec.Rule) bool { return keep(x.Pod) })
+	r.Neighbors = filterItems(d.Neighbors, func(x spec.Neighbor) bool { return keep(x.Pod) })
+	r.Sysctls = filterItems(d.Sysctls, func(x spec.Sysctl) bool { return keep(x.Pod) })
+	r.TC = filterItems(d.TC, func(x spec.Qdisc) bool { return keep(x.Pod) })
+	r.Pods = filterItems(d.Pods, func(x spec.Pod) bool { return s.pods[x.Key] })
+	return r
+}
+
+func filterItems[T any](items []T, keep func(T) bool) []T {
+	var out []T
+	for _, it := range items {
+		if keep(it) {
+			out = append(out, it)
+		}
+	}
+	return out
+}
