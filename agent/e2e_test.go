@@ -87,6 +87,21 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	t.Run("metrics", func(t *testing.T) {
+		code, body := c.get("/metrics")
+		if code != http.StatusOK {
+			t.Fatalf("/metrics: HTTP %d", code)
+		}
+		for _, series := range []string{
+			`terway_cni_request_duration_seconds_count{command="add",result="ok"} 20`,
+			"terway_reconcile_duration_seconds_count", "terway_plan_operations", "terway_allocations 20",
+		} {
+			if !strings.Contains(body, series) {
+				t.Errorf("/metrics lacks %q", series)
+			}
+		}
+	})
+
 	t.Run("CHECK passes, fails after tampering, and the resync repairs", func(t *testing.T) {
 		p := byKey["x/p0"]
 		for _, key := range pods {
