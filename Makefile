@@ -6,7 +6,7 @@ GOFLAGS  ?=
 # for two packages at a time.
 TESTFLAGS ?= -count=1 -timeout 25m -p 2
 
-.PHONY: all build test unit golden demo deps vet clean
+.PHONY: all build test unit golden demo bench deps vet clean
 
 all: build
 
@@ -33,6 +33,16 @@ endif
 
 demo: deps build
 	hack/demo.sh
+
+# Benchmarks, as root, one package at a time (they share two cores): CNI ADD
+# and DEL latency of terway against the reference chain ptp + host-local +
+# bandwidth (built once by hack/cni-plugins.sh into a cache outside the
+# repository), then the engine and render benchmarks.
+BENCHTIME ?= 3x
+bench: deps
+	plugins=$$(hack/cni-plugins.sh) && TERWAY_CNI_PLUGINS=$$plugins \
+	  $(GO) test -count=1 -timeout 30m -run '^$$' -bench BenchmarkCNIAddDel -benchtime 1x ./agent/
+	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime $(BENCHTIME) ./apply/engine/ ./render/
 
 deps:
 	hack/install-deps.sh
