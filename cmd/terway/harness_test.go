@@ -27,6 +27,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/terway-reconciler/terway/cni/server"
 	"github.com/terway-reconciler/terway/cni/wire"
 )
 
@@ -192,7 +193,7 @@ func startAgent(t *testing.T, a *fakeAgent) string {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv := &http.Server{Handler: wire.NewHTTPHandler(a, log), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: server.NewHTTPHandler(a, log), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return sock

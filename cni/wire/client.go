@@ -1,15 +1,16 @@
 package wire
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"sync"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -24,9 +25,6 @@ type Client struct {
 	// Timeout bounds each call, dial included; zero means only the
 	// caller's context bounds it.
 	Timeout time.Duration
-
-	once sync.Once
-	hc   *http.Client
 }
 
 // NewClient returns a client for the agent at socketPath whose calls give up
@@ -116,27 +114,6 @@ func (c *Client) socket() string {
 	return c.SocketPath
 }
 
-func (c *Client) http() *http.Client {
-	c.once.Do(func() {
-		sock := c.socket()
-		c.hc = &http.Client{Transport: &http.Transport{
-			// Proxy stays nil: HTTP_PROXY in the runtime's environment
-			// must never reroute a unix-socket call.
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				conn, err := d.DialContext(ctx, "unix", sock)
-				if err != nil {
-					return nil, &dialError{err: err}
-				}
-				return conn, nil
-			},
-			DisableKeepAlives:      true,
-			MaxResponseHeaderBytes: 64 << 10,
-		}}
-	})
-	return c.hc
-}
-
 // Call sends req and waits for the agent's answer. It returns the ADD
 // result (in ResultVersion; nil for other commands), or a *types.Error the
 // agent answered with, or a *CallError when no answer came.
@@ -153,22 +130,110 @@ func (c *Client) Call(ctx context.Context, req *Request) (*types100.Result, erro
 		ctx, cancel = context.WithTimeout(ctx, c.Timeout)
 		defer cancel()
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://terway"+req.Command.Path(), bytes.NewReader(body))
-	if err != nil {
-		return nil, fmt.Errorf("terway client: building %s request: %w", req.Command, err)
-	}
-	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := c.http().Do(hreq)
+	status, data, err := c.roundTrip(ctx, req.Command.Path(), body)
 	if err != nil {
 		return nil, c.fail(ctx, req.Command, err)
 	}
-	defer func() { _ = resp.Body.Close() }()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxMessageBytes+1))
-	if err != nil {
-		return nil, c.fail(ctx, req.Command, fmt.Errorf("reading the answer: %w", err))
-	}
-	return c.decode(req.Command, resp.StatusCode, data)
+	return c.decode(req.Command, status, data)
 }
+
+// roundTrip sends one HTTP/1.1 POST over a fresh connection to the socket
+// and reads the answer. It is written by hand rather than with net/http so
+// that the plugin binary, started once per CNI call, does not link and
+// initialise an HTTP stack with TLS and HTTP/2: that is a third of its
+// start-up time. The agent's side is an ordinary net/http server.
+func (c *Client) roundTrip(ctx context.Context, path string, body []byte) (int, []byte, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.socket())
+	if err != nil {
+		return 0, nil, &dialError{err: err}
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
+	head := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: terway\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", path, len(body))
+	if _, err := conn.Write(append([]byte(head), body...)); err != nil {
+		return 0, nil, fmt.Errorf("sending the request: %w", err)
+	}
+	r := bufio.NewReaderSize(conn, 4096)
+	status, length, err := readHead(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	var data []byte
+	if length >= 0 {
+		if length > MaxMessageBytes {
+			return status, make([]byte, MaxMessageBytes+1), nil // decode reports the size
+		}
+		data = make([]byte, length)
+		_, err = io.ReadFull(r, data)
+	} else {
+		// No Content-Length: the agent closes the connection after the body.
+		data, err = io.ReadAll(io.LimitReader(r, MaxMessageBytes+1))
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading the answer: %w", err)
+	}
+	return status, data, nil
+}
+
+// readHead reads the status line and headers, returning the status code and
+// the Content-Length (-1 when absent). A chunked body is refused: the agent
+// always sends a length.
+func readHead(r *bufio.Reader) (status, length int, err error) {
+	line, err := readLine(r)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading the answer: %w", err)
+	}
+	proto, rest, _ := strings.Cut(line, " ")
+	code, _, _ := strings.Cut(rest, " ")
+	status, convErr := strconv.Atoi(code)
+	if !strings.HasPrefix(proto, "HTTP/1.") || convErr != nil {
+		return 0, 0, protocolError{fmt.Errorf("answer does not start with an HTTP/1.x status line: %q", snippet([]byte(line)))}
+	}
+	length = -1
+	for n := 0; ; n++ {
+		if n > 100 {
+			return 0, 0, protocolError{errors.New("answer has more than 100 header lines")}
+		}
+		h, err := readLine(r)
+		if err != nil {
+			return 0, 0, fmt.Errorf("reading the answer's headers: %w", err)
+		}
+		if h == "" {
+			return status, length, nil
+		}
+		name, value, _ := strings.Cut(h, ":")
+		value = strings.TrimSpace(value)
+		switch strings.ToLower(name) {
+		case "content-length":
+			if length, err = strconv.Atoi(value); err != nil || length < 0 {
+				return 0, 0, protocolError{fmt.Errorf("bad Content-Length %q", value)}
+			}
+		case "transfer-encoding":
+			if !strings.EqualFold(value, "identity") {
+				return 0, 0, protocolError{fmt.Errorf("unsupported Transfer-Encoding %q", value)}
+			}
+		}
+	}
+}
+
+func readLine(r *bufio.Reader) (string, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(line, "\r\n"), nil
+}
+
+// protocolError marks an answer that is not HTTP as the agent speaks it.
+type protocolError struct{ err error }
+
+func (e protocolError) Error() string { return e.err.Error() }
+func (e protocolError) Unwrap() error { return e.err }
 
 // decode turns an answer's status and body into the result or error.
 func (c *Client) decode(cmd Command, status int, data []byte) (*types100.Result, error) {
@@ -185,7 +250,7 @@ func (c *Client) decode(cmd Command, status int, data []byte) (*types100.Result,
 	if r.Error != nil {
 		return nil, r.Error
 	}
-	if status != http.StatusOK {
+	if status != 200 {
 		return nil, protoErr("answer has HTTP status %d but no CNI error; it begins %q", status, snippet(data))
 	}
 	if cmd != CmdAdd {
@@ -194,7 +259,7 @@ func (c *Client) decode(cmd Command, status int, data []byte) (*types100.Result,
 	if r.Result == nil {
 		return nil, protoErr("ADD answer has neither a result nor an error")
 	}
-	res, err := toResultVersion(r.Result)
+	res, err := ToResultVersion(r.Result)
 	if err != nil {
 		return nil, protoErr("ADD result version %q: %w", r.Result.CNIVersion, err)
 	}
@@ -205,12 +270,17 @@ func (c *Client) decode(cmd Command, status int, data []byte) (*types100.Result,
 func (c *Client) fail(ctx context.Context, cmd Command, err error) error {
 	kind := Broken
 	var de *dialError
+	var pe protocolError
 	switch {
-	case ctx.Err() != nil:
+	case ctx.Err() != nil, errors.Is(err, os.ErrDeadlineExceeded):
+		// The connection's deadline is the context's; it can fire a moment
+		// before the context records its expiry.
 		kind = TimedOut
 	case errors.As(err, &de):
 		kind = Unreachable
 		err = de.err
+	case errors.As(err, &pe):
+		kind = Protocol
 	}
 	return &CallError{Socket: c.socket(), Command: cmd, Kind: kind, Timeout: c.Timeout, Err: err}
 }

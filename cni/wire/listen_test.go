@@ -101,3 +101,15 @@ func TestListenReplacesStaleSocketOnly(t *testing.T) {
 		t.Error("relative path accepted")
 	}
 }
+
+// sockDir is a short temporary directory: unix socket paths must fit in
+// 108 bytes, which t.TempDir's long names can exceed.
+func sockDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "tw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(d) })
+	return d
+}

@@ -1,57 +1,29 @@
-package wire
+// Package server serves the wire protocol to the terway CNI plugin over
+// HTTP on the agent's unix socket. It lives apart from package wire so that
+// the plugin binary, which only needs the client, does not link net/http.
+package server
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/terway-reconciler/terway/cni/wire"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 )
 
-// Handler is what the agent implements to serve the plugin. Each method gets
-// a request that has passed Request.Validate for its command.
-//
-// Errors: return a *types.Error (possibly wrapped) to choose the code, msg
-// and details the runtime sees; any other error becomes code 999 with the
-// error's text. Useful codes: 3 (container unknown: the runtime need not
-// DEL), 7 (invalid config, e.g. a bad pod annotation), 11 (try again later:
-// inputs not synced yet, IPs exhausted but being refilled), 50/51 (STATUS:
-// not ready / not ready and running pods may suffer).
-//
-// The context is cancelled when the plugin goes away (its timeout expired
-// or the runtime killed it). ADD should still finish persisting what it
-// allocated, or roll it back, because the runtime will DEL or retry with the
-// same container id; every method must be idempotent for that reason.
-type Handler interface {
-	// Add gives the attachment (ContainerID, IfName) its network and returns
-	// the result. A repeated ADD for an attachment that already exists
-	// returns the existing allocation rather than a second IP.
-	Add(ctx context.Context, req *Request) (*types100.Result, error)
-	// Del releases the attachment. It succeeds when there is nothing to
-	// release, and works without the Pod object and without Netns.
-	Del(ctx context.Context, req *Request) error
-	// Check reports an error when the attachment in req.PrevResult is not
-	// realised as the agent's document says it should be.
-	Check(ctx context.Context, req *Request) error
-	// GC releases every attachment on req.NetConf.Name that is not in
-	// req.ValidAttachments.
-	GC(ctx context.Context, req *Request) error
-	// Status returns nil when the agent can serve ADD now, or an error with
-	// code 50 or 51 saying why not.
-	Status(ctx context.Context, req *Request) error
-}
-
-// NewHTTPHandler serves Handler under PathPrefix: it decodes and validates
-// each request, calls the method for its command, and writes the Response.
-// A panic in the Handler is answered as code 999 and logged, so one bad pod
+// NewHTTPHandler serves wire.Handler under wire.PathPrefix: it decodes and validates
+// each request, calls the method for its command, and writes the wire.Response.
+// A panic in the wire.Handler is answered as code 999 and logged, so one bad pod
 // never takes the socket down. log may be nil (slog.Default).
-func NewHTTPHandler(h Handler, log *slog.Logger) http.Handler {
+func NewHTTPHandler(h wire.Handler, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -59,7 +31,7 @@ func NewHTTPHandler(h Handler, log *slog.Logger) http.Handler {
 }
 
 type httpHandler struct {
-	h   Handler
+	h   wire.Handler
 	log *slog.Logger
 }
 
@@ -78,8 +50,8 @@ func (s *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	WriteResult(w, req.Command, res)
 }
 
-// call runs the Handler method for req.Command, turning a panic into an error.
-func (s *httpHandler) call(ctx context.Context, req *Request) (res *types100.Result, err error) {
+// call runs the wire.Handler method for req.Command, turning a panic into an error.
+func (s *httpHandler) call(ctx context.Context, req *wire.Request) (res *types100.Result, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("cni handler panicked", "command", req.Command,
@@ -90,51 +62,51 @@ func (s *httpHandler) call(ctx context.Context, req *Request) (res *types100.Res
 		}
 	}()
 	switch req.Command {
-	case CmdAdd:
+	case wire.CmdAdd:
 		res, err = s.h.Add(ctx, req)
 		if err == nil && res == nil {
 			err = types.NewError(types.ErrInternal,
 				fmt.Sprintf("terway agent: ADD for container %q returned no result", req.ContainerID), "")
 		}
 		return res, err
-	case CmdDel:
+	case wire.CmdDel:
 		return nil, s.h.Del(ctx, req)
-	case CmdCheck:
+	case wire.CmdCheck:
 		return nil, s.h.Check(ctx, req)
-	case CmdGC:
+	case wire.CmdGC:
 		return nil, s.h.GC(ctx, req)
-	case CmdStatus:
+	case wire.CmdStatus:
 		return nil, s.h.Status(ctx, req)
 	}
 	return nil, types.NewError(types.ErrInternal, fmt.Sprintf("terway agent: command %q has no handler", req.Command), "")
 }
 
-// DecodeRequest reads and validates the Request of an HTTP call made by
-// Client: method POST, path PathPrefix + command, a JSON body no larger than
-// MaxMessageBytes whose command (if set) matches the path. Unknown JSON
+// DecodeRequest reads and validates the wire.Request of an HTTP call made by
+// Client: method POST, path wire.PathPrefix + command, a JSON body no larger than
+// wire.MaxMessageBytes whose command (if set) matches the path. Unknown JSON
 // fields are ignored so that a newer plugin can talk to an older agent.
 // The error is the CNI error to send back.
-func DecodeRequest(r *http.Request) (*Request, *types.Error) {
+func DecodeRequest(r *http.Request) (*wire.Request, *types.Error) {
 	if r.Method != http.MethodPost {
 		return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
 			fmt.Sprintf("terway agent: %s %s: only POST is served", r.Method, r.URL.Path), "")
 	}
-	name, ok := strings.CutPrefix(r.URL.Path, PathPrefix)
-	cmd := Command(strings.ToUpper(name))
+	name, ok := strings.CutPrefix(r.URL.Path, wire.PathPrefix)
+	cmd := wire.Command(strings.ToUpper(name))
 	if !ok || !cmd.Valid() {
 		return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
-			fmt.Sprintf("terway agent: path %q names no command; want %s followed by one of %v", r.URL.Path, PathPrefix, Commands), "")
+			fmt.Sprintf("terway agent: path %q names no command; want %s followed by one of %v", r.URL.Path, wire.PathPrefix, wire.Commands), "")
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxMessageBytes+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, wire.MaxMessageBytes+1))
 	if err != nil {
 		return nil, types.NewError(types.ErrIOFailure,
 			fmt.Sprintf("terway agent: %s: reading request body: %v", cmd, err), "")
 	}
-	if len(body) > MaxMessageBytes {
+	if len(body) > wire.MaxMessageBytes {
 		return nil, types.NewError(types.ErrDecodingFailure,
-			fmt.Sprintf("terway agent: %s: request body is larger than %d bytes", cmd, MaxMessageBytes), "")
+			fmt.Sprintf("terway agent: %s: request body is larger than %d bytes", cmd, wire.MaxMessageBytes), "")
 	}
-	req := &Request{}
+	req := &wire.Request{}
 	if err := json.Unmarshal(body, req); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure,
 			fmt.Sprintf("terway agent: %s: request body is not a valid request: %v", cmd, err), "")
@@ -152,15 +124,15 @@ func DecodeRequest(r *http.Request) (*Request, *types.Error) {
 	return req, nil
 }
 
-// WriteResult writes a successful Response: the result for ADD (normalised
-// to ResultVersion), an empty object for the other commands.
-func WriteResult(w http.ResponseWriter, cmd Command, res *types100.Result) {
-	resp := Response{}
-	if cmd == CmdAdd && res != nil {
-		r, err := toResultVersion(res)
+// WriteResult writes a successful wire.Response: the result for ADD (normalised
+// to wire.ResultVersion), an empty object for the other commands.
+func WriteResult(w http.ResponseWriter, cmd wire.Command, res *types100.Result) {
+	resp := wire.Response{}
+	if cmd == wire.CmdAdd && res != nil {
+		r, err := wire.ToResultVersion(res)
 		if err != nil {
 			WriteError(w, types.NewError(types.ErrInternal,
-				fmt.Sprintf("terway agent: ADD result cannot be expressed as CNI %s", ResultVersion), err.Error()))
+				fmt.Sprintf("terway agent: ADD result cannot be expressed as CNI %s", wire.ResultVersion), err.Error()))
 			return
 		}
 		resp.Result = r
@@ -168,11 +140,11 @@ func WriteResult(w http.ResponseWriter, cmd Command, res *types100.Result) {
 	writeJSON(w, http.StatusOK, &resp)
 }
 
-// WriteError writes err as a Response with a CNI error: a *types.Error found
+// WriteError writes err as a wire.Response with a CNI error: a *types.Error found
 // with errors.As is sent unchanged, anything else as code 999 with its text.
 func WriteError(w http.ResponseWriter, err error) {
 	ce := AsCNIError(err)
-	writeJSON(w, HTTPStatus(ce.Code), &Response{Error: ce})
+	writeJSON(w, HTTPStatus(ce.Code), &wire.Response{Error: ce})
 }
 
 // AsCNIError returns the *types.Error inside err, or wraps err's text in a
@@ -203,21 +175,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		status = http.StatusInternalServerError
-		b, _ = json.Marshal(&Response{Error: types.NewError(types.ErrInternal,
+		b, _ = json.Marshal(&wire.Response{Error: types.NewError(types.ErrInternal,
 			"terway agent: encoding the response failed", err.Error())})
 	}
+	b = append(b, '\n')
 	w.Header().Set("Content-Type", "application/json")
+	// An explicit length keeps net/http from chunking a large answer (a
+	// CHECK error that lists a long plan): the plugin's client reads
+	// length-delimited bodies only.
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
-}
-
-// toResultVersion converts a 1.0.0 or 1.1.0 result to ResultVersion; an
-// empty version is taken to be ResultVersion.
-func toResultVersion(res *types100.Result) (*types100.Result, error) {
-	if res.CNIVersion == "" {
-		c := *res
-		c.CNIVersion = ResultVersion
-		return &c, nil
-	}
-	return types100.NewResultFromResult(res)
+	_, _ = w.Write(b)
 }

@@ -1,9 +1,10 @@
-package wire
+package server
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/terway-reconciler/terway/cni/wire"
 	"io"
 	"log/slog"
 	"net"
@@ -18,22 +19,22 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 )
 
-// funcHandler is a Handler whose methods are set per test; an unset method
+// funcHandler is a wire.Handler whose methods are set per test; an unset method
 // succeeds.
 type funcHandler struct {
-	add    func(context.Context, *Request) (*types100.Result, error)
-	del    func(context.Context, *Request) error
-	status func(context.Context, *Request) error
-	got    chan *Request
+	add    func(context.Context, *wire.Request) (*types100.Result, error)
+	del    func(context.Context, *wire.Request) error
+	status func(context.Context, *wire.Request) error
+	got    chan *wire.Request
 }
 
-func (h *funcHandler) record(r *Request) {
+func (h *funcHandler) record(r *wire.Request) {
 	if h.got != nil {
 		h.got <- r
 	}
 }
 
-func (h *funcHandler) Add(ctx context.Context, r *Request) (*types100.Result, error) {
+func (h *funcHandler) Add(ctx context.Context, r *wire.Request) (*types100.Result, error) {
 	h.record(r)
 	if h.add != nil {
 		return h.add(ctx, r)
@@ -41,7 +42,7 @@ func (h *funcHandler) Add(ctx context.Context, r *Request) (*types100.Result, er
 	return sampleResult(), nil
 }
 
-func (h *funcHandler) Del(ctx context.Context, r *Request) error {
+func (h *funcHandler) Del(ctx context.Context, r *wire.Request) error {
 	h.record(r)
 	if h.del != nil {
 		return h.del(ctx, r)
@@ -49,10 +50,10 @@ func (h *funcHandler) Del(ctx context.Context, r *Request) error {
 	return nil
 }
 
-func (h *funcHandler) Check(_ context.Context, r *Request) error { h.record(r); return nil }
-func (h *funcHandler) GC(_ context.Context, r *Request) error    { h.record(r); return nil }
+func (h *funcHandler) Check(_ context.Context, r *wire.Request) error { h.record(r); return nil }
+func (h *funcHandler) GC(_ context.Context, r *wire.Request) error    { h.record(r); return nil }
 
-func (h *funcHandler) Status(ctx context.Context, r *Request) error {
+func (h *funcHandler) Status(ctx context.Context, r *wire.Request) error {
 	h.record(r)
 	if h.status != nil {
 		return h.status(ctx, r)
@@ -73,10 +74,10 @@ func sockDir(t *testing.T) string {
 }
 
 // serve runs h on a fresh socket and returns its path.
-func serve(t *testing.T, h Handler) string {
+func serve(t *testing.T, h wire.Handler) string {
 	t.Helper()
 	sock := filepath.Join(sockDir(t), "run", "agent.sock")
-	l, err := Listen(sock)
+	l, err := wire.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,39 +87,39 @@ func serve(t *testing.T, h Handler) string {
 	return sock
 }
 
-func addRequest() *Request {
-	return &Request{
+func addRequest() *wire.Request {
+	return &wire.Request{
 		ContainerID: "c1", Netns: "/var/run/netns/p1", IfName: "eth0",
-		Args:    PodArgs{Namespace: "default", Name: "web-0"},
-		NetConf: NetConf{CNIVersion: "0.4.0", Name: "terway", Type: "terway"},
+		Args:    wire.PodArgs{Namespace: "default", Name: "web-0"},
+		NetConf: wire.NetConf{CNIVersion: "0.4.0", Name: "terway", Type: "terway"},
 	}
 }
 
 func TestClientServerAdd(t *testing.T) {
-	h := &funcHandler{got: make(chan *Request, 1)}
-	c := NewClient(serve(t, h), 10*time.Second)
+	h := &funcHandler{got: make(chan *wire.Request, 1)}
+	c := wire.NewClient(serve(t, h), 10*time.Second)
 	res, err := c.Add(context.Background(), addRequest())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.CNIVersion != ResultVersion || res.IPs[0].Address.String() != "198.18.0.10/32" {
+	if res.CNIVersion != wire.ResultVersion || res.IPs[0].Address.String() != "198.18.0.10/32" {
 		t.Errorf("result = %+v", res)
 	}
 	got := <-h.got
-	if got.Command != CmdAdd || got.Args.Name != "web-0" || got.CNIVersion != "0.4.0" {
+	if got.Command != wire.CmdAdd || got.Args.Name != "web-0" || got.CNIVersion != "0.4.0" {
 		t.Errorf("agent saw %+v", got)
 	}
 }
 
 func TestClientServerResultVersionNormalised(t *testing.T) {
-	h := &funcHandler{add: func(context.Context, *Request) (*types100.Result, error) {
+	h := &funcHandler{add: func(context.Context, *wire.Request) (*types100.Result, error) {
 		r := sampleResult()
 		r.CNIVersion = ""
 		return r, nil
 	}}
-	res, err := NewClient(serve(t, h), 10*time.Second).Add(context.Background(), addRequest())
-	if err != nil || res.CNIVersion != ResultVersion {
-		t.Fatalf("got %+v, %v; want a %s result", res, err, ResultVersion)
+	res, err := wire.NewClient(serve(t, h), 10*time.Second).Add(context.Background(), addRequest())
+	if err != nil || res.CNIVersion != wire.ResultVersion {
+		t.Fatalf("got %+v, %v; want a %s result", res, err, wire.ResultVersion)
 	}
 }
 
@@ -136,16 +137,16 @@ func TestClientServerErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &funcHandler{
-				add:    func(context.Context, *Request) (*types100.Result, error) { return nil, tc.err },
-				status: func(context.Context, *Request) error { return tc.err },
+				add:    func(context.Context, *wire.Request) (*types100.Result, error) { return nil, tc.err },
+				status: func(context.Context, *wire.Request) error { return tc.err },
 			}
-			c := NewClient(serve(t, h), 10*time.Second)
+			c := wire.NewClient(serve(t, h), 10*time.Second)
 			_, err := c.Add(context.Background(), addRequest())
 			var ce *types.Error
 			if !errors.As(err, &ce) || *ce != *tc.want {
 				t.Errorf("ADD error = %#v, want %#v", err, tc.want)
 			}
-			err = c.Status(context.Background(), &Request{NetConf: addRequest().NetConf})
+			err = c.Status(context.Background(), &wire.Request{NetConf: addRequest().NetConf})
 			if !errors.As(err, &ce) || *ce != *tc.want {
 				t.Errorf("STATUS error = %#v, want %#v", err, tc.want)
 			}
@@ -155,10 +156,10 @@ func TestClientServerErrors(t *testing.T) {
 
 func TestServerRecoversPanicAndNilResult(t *testing.T) {
 	h := &funcHandler{
-		add: func(context.Context, *Request) (*types100.Result, error) { return nil, nil },
-		del: func(context.Context, *Request) error { panic("boom") },
+		add: func(context.Context, *wire.Request) (*types100.Result, error) { return nil, nil },
+		del: func(context.Context, *wire.Request) error { panic("boom") },
 	}
-	c := NewClient(serve(t, h), 10*time.Second)
+	c := wire.NewClient(serve(t, h), 10*time.Second)
 	_, err := c.Add(context.Background(), addRequest())
 	var ce *types.Error
 	if !errors.As(err, &ce) || ce.Code != types.ErrInternal || !strings.Contains(ce.Msg, "returned no result") {
@@ -207,10 +208,10 @@ func TestServerRefusesBadCalls(t *testing.T) {
 
 func TestClientUnreachable(t *testing.T) {
 	sock := filepath.Join(sockDir(t), "absent.sock")
-	err := NewClient(sock, 5*time.Second).Status(context.Background(), &Request{NetConf: addRequest().NetConf})
-	var ce *CallError
-	if !errors.As(err, &ce) || ce.Kind != Unreachable || ce.Socket != sock || !strings.Contains(err.Error(), sock) {
-		t.Fatalf("got %v, want Unreachable naming %s", err, sock)
+	err := wire.NewClient(sock, 5*time.Second).Status(context.Background(), &wire.Request{NetConf: addRequest().NetConf})
+	var ce *wire.CallError
+	if !errors.As(err, &ce) || ce.Kind != wire.Unreachable || ce.Socket != sock || !strings.Contains(err.Error(), sock) {
+		t.Fatalf("got %v, want wire.Unreachable naming %s", err, sock)
 	}
 	// A socket file with nobody behind it: connection refused.
 	l, err := net.Listen("unix", sock)
@@ -220,23 +221,23 @@ func TestClientUnreachable(t *testing.T) {
 	ul := l.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false)
 	_ = l.Close()
-	err = NewClient(sock, 5*time.Second).Del(context.Background(), addRequest())
-	if !errors.As(err, &ce) || ce.Kind != Unreachable || !strings.Contains(err.Error(), "refused") {
-		t.Fatalf("stale socket: got %v, want Unreachable (connection refused)", err)
+	err = wire.NewClient(sock, 5*time.Second).Del(context.Background(), addRequest())
+	if !errors.As(err, &ce) || ce.Kind != wire.Unreachable || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("stale socket: got %v, want wire.Unreachable (connection refused)", err)
 	}
 }
 
 func TestClientTimeoutCancelsAgent(t *testing.T) {
 	cancelled := make(chan struct{})
-	h := &funcHandler{add: func(ctx context.Context, _ *Request) (*types100.Result, error) {
+	h := &funcHandler{add: func(ctx context.Context, _ *wire.Request) (*types100.Result, error) {
 		<-ctx.Done()
 		close(cancelled)
 		return nil, ctx.Err()
 	}}
-	_, err := NewClient(serve(t, h), 100*time.Millisecond).Add(context.Background(), addRequest())
-	var ce *CallError
-	if !errors.As(err, &ce) || ce.Kind != TimedOut || !strings.Contains(err.Error(), "within 100ms") {
-		t.Fatalf("got %v, want TimedOut within 100ms", err)
+	_, err := wire.NewClient(serve(t, h), 100*time.Millisecond).Add(context.Background(), addRequest())
+	var ce *wire.CallError
+	if !errors.As(err, &ce) || ce.Kind != wire.TimedOut || !strings.Contains(err.Error(), "within 100ms") {
+		t.Fatalf("got %v, want wire.TimedOut within 100ms", err)
 	}
 	select {
 	case <-cancelled:
@@ -258,10 +259,10 @@ func TestClientProtocolAndBroken(t *testing.T) {
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	_, err = NewClient(other, 5*time.Second).Add(context.Background(), addRequest())
-	var ce *CallError
-	if !errors.As(err, &ce) || ce.Kind != Protocol || !strings.Contains(err.Error(), "404 page not found") {
-		t.Fatalf("foreign server: got %v, want Protocol quoting the body", err)
+	_, err = wire.NewClient(other, 5*time.Second).Add(context.Background(), addRequest())
+	var ce *wire.CallError
+	if !errors.As(err, &ce) || ce.Kind != wire.Protocol || !strings.Contains(err.Error(), "404 page not found") {
+		t.Fatalf("foreign server: got %v, want wire.Protocol quoting the body", err)
 	}
 
 	// An agent that accepts and hangs up without answering (crash mid-call).
@@ -281,8 +282,37 @@ func TestClientProtocolAndBroken(t *testing.T) {
 			_ = c.Close()
 		}
 	}()
-	_, err = NewClient(broken, 5*time.Second).Add(context.Background(), addRequest())
-	if !errors.As(err, &ce) || ce.Kind != Broken {
-		t.Fatalf("hang-up: got %v, want Broken", err)
+	_, err = wire.NewClient(broken, 5*time.Second).Add(context.Background(), addRequest())
+	if !errors.As(err, &ce) || ce.Kind != wire.Broken {
+		t.Fatalf("hang-up: got %v, want wire.Broken", err)
+	}
+}
+
+func sampleResult() *types100.Result {
+	return &types100.Result{
+		CNIVersion: wire.ResultVersion,
+		Interfaces: []*types100.Interface{{Name: "eth0", Mac: "02:00:00:00:00:01", Sandbox: "/var/run/netns/p1"}},
+		IPs: []*types100.IPConfig{{
+			Interface: types100.Int(0),
+			Address:   net.IPNet{IP: net.ParseIP("198.18.0.10").To4(), Mask: net.CIDRMask(32, 32)},
+			Gateway:   net.ParseIP("169.254.1.1").To4(),
+		}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: net.ParseIP("169.254.1.1").To4()}},
+	}
+}
+
+// TestLargeAnswerIsNotChunked: an error with 64 KiB of details reaches the
+// client whole (the server sends a length; the client refuses chunking).
+func TestLargeAnswerIsNotChunked(t *testing.T) {
+	details := strings.Repeat("+ route 198.18.0.10/32 dev tw0123456789a scope link table main proto terway\n", 900)
+	sock := serve(t, &funcHandler{del: func(context.Context, *wire.Request) error {
+		return types.NewError(104, "CHECK: differences", details)
+	}})
+	c := wire.NewClient(sock, 5*time.Second)
+	req := addRequest()
+	err := c.Del(context.Background(), req)
+	var ce *types.Error
+	if !errors.As(err, &ce) || ce.Details != details {
+		t.Fatalf("large answer: %v", err)
 	}
 }
