@@ -70,14 +70,14 @@ func (s *NodeState) Canonicalize() {
 	sortByNetns(s.Addresses, func(a Address) (string, string) { return a.Netns, a.Dev + "/" + a.CIDR })
 	slices.SortStableFunc(s.Routes, func(a, b Route) int {
 		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.TableID(), b.TableID()),
-			compareValue(a.Dst, b.Dst))
+			CompareValues(a.Dst, b.Dst))
 	})
 	slices.SortStableFunc(s.Rules, func(a, b Rule) int {
 		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Priority, b.Priority),
-			compareValue(a.From, b.From), compareValue(a.To, b.To))
+			CompareValues(a.From, b.From), CompareValues(a.To, b.To))
 	})
 	slices.SortStableFunc(s.Neighbors, func(a, b Neighbor) int {
-		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Dev, b.Dev), compareValue(a.IP, b.IP))
+		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Dev, b.Dev), CompareValues(a.IP, b.IP))
 	})
 	sortByNetns(s.Sysctls, func(c Sysctl) (string, string) { return c.Netns, c.Path })
 	sortByNetns(s.TC, func(q Qdisc) (string, string) { return q.Netns, q.Dev })
@@ -95,7 +95,7 @@ func (s *NodeState) Canonicalize() {
 		for i := range s.ENI.ENIs {
 			e := &s.ENI.ENIs[i]
 			for _, l := range [][]string{e.InUse, e.Keep, e.Release} {
-				slices.SortFunc(l, compareValue)
+				slices.SortFunc(l, CompareValues)
 			}
 		}
 	}
@@ -200,17 +200,18 @@ func sortElements(elems []NFTElement) {
 // 198.18.0.10.
 func CompareElements(a, b NFTElement) int {
 	for i := 0; i < len(a.Key) && i < len(b.Key); i++ {
-		if c := compareValue(a.Key[i], b.Key[i]); c != 0 {
+		if c := CompareValues(a.Key[i], b.Key[i]); c != 0 {
 			return c
 		}
 	}
 	return cmp.Compare(len(a.Key), len(b.Key))
 }
 
-// compareValue compares two values that may be addresses, CIDRs, ranges,
+// CompareValues compares two values that may be addresses, CIDRs, ranges,
 // ports or protocol names by their numeric start and end, and otherwise as
-// strings.
-func compareValue(a, b string) int {
+// strings (numbers first). It is the document's canonical order of values;
+// apply orders its plans the same way.
+func CompareValues(a, b string) int {
 	return compareValueKeys(parseValueKey(a), parseValueKey(b))
 }
 

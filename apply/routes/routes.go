@@ -124,23 +124,7 @@ func key(r spec.Route) string { return norm(r).Key() }
 // namespace by path; table id; destination by value.
 func order(a, b spec.Route) int {
 	return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.TableID(), b.TableID()),
-		compareValue(norm(a).Dst, norm(b).Dst))
-}
-
-// compareValue orders CIDRs by address and length, and them before words
-// such as "default", as spec.Canonicalize does.
-func compareValue(a, b string) int {
-	alo, ahi, aok := spec.ValueRange(a)
-	blo, bhi, bok := spec.ValueRange(b)
-	switch {
-	case aok && bok:
-		return cmp.Or(cmp.Compare(alo, blo), cmp.Compare(ahi, bhi), cmp.Compare(a, b))
-	case aok:
-		return -1
-	case bok:
-		return 1
-	}
-	return cmp.Compare(a, b)
+		spec.CompareValues(norm(a).Dst, norm(b).Dst))
 }
 
 // Diff returns deletions of our routes the document no longer has, then

@@ -88,21 +88,7 @@ func key(r spec.Rule) string { return norm(r).Key() }
 func order(a, b spec.Rule) int {
 	a, b = norm(a), norm(b)
 	return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Priority, b.Priority),
-		compareValue(a.From, b.From), compareValue(a.To, b.To), cmp.Compare(a.Table, b.Table))
-}
-
-func compareValue(a, b string) int {
-	alo, ahi, aok := spec.ValueRange(a)
-	blo, bhi, bok := spec.ValueRange(b)
-	switch {
-	case aok && bok:
-		return cmp.Or(cmp.Compare(alo, blo), cmp.Compare(ahi, bhi), cmp.Compare(a, b))
-	case aok:
-		return -1
-	case bok:
-		return 1
-	}
-	return cmp.Compare(a, b)
+		spec.CompareValues(a.From, b.From), spec.CompareValues(a.To, b.To), cmp.Compare(a.Table, b.Table))
 }
 
 // Diff returns deletions first (undesired rules of ours, and the old form
