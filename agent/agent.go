@@ -180,7 +180,11 @@ func (a *Agent) reconcile(ctx context.Context, full bool) (rendered bool, err er
 
 // renderLocked renders from the inputs' snapshot and the store.
 func (a *Agent) renderLocked() (*spec.NodeState, error) {
-	snap := a.src.Snapshot()
+	return a.renderSnapshot(a.src.Snapshot())
+}
+
+// renderSnapshot renders from a snapshot already taken and the store.
+func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
 	if snap.Node == nil {
 		return nil, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
 	}

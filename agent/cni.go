@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/terway-reconciler/terway/agent/inputs"
 	"github.com/terway-reconciler/terway/agent/store"
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/cni/wire"
@@ -73,7 +74,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	if replaced != nil {
 		a.log.Info("sandbox replaced; old attachment released", "pod", key, "old", replaced.Spec.ContainerID, "new", req.ContainerID)
 	}
-	state, err := a.renderLocked()
+	state, err := a.renderSnapshot(snap)
 	if err != nil {
 		a.rollback(req)
 		return nil, cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
@@ -289,12 +290,28 @@ func (a *Agent) waitSynced(ctx context.Context) error {
 func (a *Agent) waitForPod(ctx context.Context, key string) {
 	deadline := time.Now().Add(a.cfg.PodTimeout)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if hasPod(a.src.Snapshot(), key) {
+		if a.hasPod(key) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	a.log.Warn("pod object not in the inputs; setting it up without (no policy, no bandwidth limit until it arrives)", "pod", key)
+}
+
+// hasPod looks the pod up directly when the source can (both of ours can),
+// rather than copying a snapshot of every pod on each poll.
+func (a *Agent) hasPod(key string) bool {
+	ns, name, _ := strings.Cut(key, "/")
+	if g, ok := a.src.(inputs.PodGetter); ok {
+		_, found := g.Pod(ns, name)
+		return found
+	}
+	for _, p := range a.src.Snapshot().Pods {
+		if p.Namespace == ns && p.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 var _ wire.Handler = (*Agent)(nil)

@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/terway-reconciler/terway/agent/inputs"
 	"github.com/terway-reconciler/terway/apply/engine"
 )
 
@@ -111,13 +110,4 @@ func (a *Agent) healthMux() *http.ServeMux {
 		_, _ = w.Write([]byte(text))
 	})
 	return mux
-}
-
-func hasPod(s inputs.Snapshot, key string) bool {
-	for _, p := range s.Pods {
-		if p.Namespace+"/"+p.Name == key {
-			return true
-		}
-	}
-	return false
 }
