@@ -29,36 +29,25 @@ const Kind = "address"
 // (the kernel's link-local ones included) are not ours and not listed.
 // It only reads.
 func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]spec.Address, error) {
-	own := links.NewOwnership(desired)
 	var out []spec.Address
-	for _, n := range links.Namespaces(ns, namespaces) {
-		h, err := ns.Handle(n)
-		if err != nil {
-			return nil, fmt.Errorf("observe addresses in %s: %w", links.NetnsName(n), err)
-		}
-		owned, err := own.List(ns, n)
-		if err != nil {
-			return nil, err
-		}
-		if len(owned) == 0 {
-			continue
-		}
-		names := make(map[int]string, len(owned))
-		for _, l := range owned {
-			names[l.Attrs().Index] = l.Attrs().Name
-		}
-		// One dump per namespace, not one per link: the host has a veth per pod.
-		as, err := links.Dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
-		if err != nil {
-			return nil, fmt.Errorf("list addresses in %s: %w", links.NetnsName(n), err)
-		}
-		for _, a := range as {
-			dev, ok := names[a.LinkIndex]
-			if !ok || a.IPNet == nil || a.IP.To4() == nil {
-				continue
+	err := links.NewOwnership(desired).EachNamespace(ns, namespaces, "addresses", nil,
+		func(n string, h *netlink.Handle, names map[int]string) error {
+			// One dump per namespace, not one per link: the host has a veth per pod.
+			as, err := links.Dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
+			if err != nil {
+				return fmt.Errorf("list addresses in %s: %w", links.NetnsName(n), err)
 			}
-			out = append(out, spec.Address{Netns: n, Dev: dev, CIDR: a.IPNet.String()})
-		}
+			for _, a := range as {
+				dev, ok := names[a.LinkIndex]
+				if !ok || a.IPNet == nil || a.IP.To4() == nil {
+					continue
+				}
+				out = append(out, spec.Address{Netns: n, Dev: dev, CIDR: a.IPNet.String()})
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortStableFunc(out, order)
 	return out, nil

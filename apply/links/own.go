@@ -186,3 +186,36 @@ func IsNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf)
 }
+
+// EachNamespace visits the host and each listed namespace that still exists,
+// with its netlink handle and the names (by ifindex) of the links we own
+// there; a namespace with no such link is skipped. skip, when set, leaves out
+// some owned links (tc does not shape ENIs). It is the common walk of the
+// kinds that live on our links: addresses, neighbours, qdiscs. what names the
+// kind in errors.
+func (o *Ownership) EachNamespace(ns op.Namespaces, namespaces []string, what string,
+	skip func(netns string, l netlink.Link) bool, fn func(netns string, h *netlink.Handle, names map[int]string) error) error {
+	for _, n := range Namespaces(ns, namespaces) {
+		h, err := ns.Handle(n)
+		if err != nil {
+			return fmt.Errorf("observe %s in %s: %w", what, NetnsName(n), err)
+		}
+		owned, err := o.List(ns, n)
+		if err != nil {
+			return err
+		}
+		names := make(map[int]string, len(owned))
+		for _, l := range owned {
+			if skip == nil || !skip(n, l) {
+				names[l.Attrs().Index] = l.Attrs().Name
+			}
+		}
+		if len(names) == 0 {
+			continue
+		}
+		if err := fn(n, h, names); err != nil {
+			return err
+		}
+	}
+	return nil
+}

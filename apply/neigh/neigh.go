@@ -28,36 +28,25 @@ const Kind = "neighbor"
 // own, in the host namespace and each listed namespace that still exists.
 // It only reads.
 func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]spec.Neighbor, error) {
-	own := links.NewOwnership(desired)
 	var out []spec.Neighbor
-	for _, n := range links.Namespaces(ns, namespaces) {
-		h, err := ns.Handle(n)
-		if err != nil {
-			return nil, fmt.Errorf("observe neighbours in %s: %w", links.NetnsName(n), err)
-		}
-		owned, err := own.List(ns, n)
-		if err != nil {
-			return nil, err
-		}
-		if len(owned) == 0 {
-			continue
-		}
-		names := make(map[int]string, len(owned))
-		for _, l := range owned {
-			names[l.Attrs().Index] = l.Attrs().Name
-		}
-		// One dump per namespace, not one per link: the host has a veth per pod.
-		es, err := links.Dump(func() ([]netlink.Neigh, error) { return h.NeighList(0, netlink.FAMILY_V4) })
-		if err != nil {
-			return nil, fmt.Errorf("list neighbours in %s: %w", links.NetnsName(n), err)
-		}
-		for _, e := range es {
-			dev, ok := names[e.LinkIndex]
-			if !ok || e.State&netlink.NUD_PERMANENT == 0 || e.IP.To4() == nil {
-				continue
+	err := links.NewOwnership(desired).EachNamespace(ns, namespaces, "neighbours", nil,
+		func(n string, h *netlink.Handle, names map[int]string) error {
+			// One dump per namespace, not one per link: the host has a veth per pod.
+			es, err := links.Dump(func() ([]netlink.Neigh, error) { return h.NeighList(0, netlink.FAMILY_V4) })
+			if err != nil {
+				return fmt.Errorf("list neighbours in %s: %w", links.NetnsName(n), err)
 			}
-			out = append(out, spec.Neighbor{Netns: n, Dev: dev, IP: e.IP.String(), MAC: links.NormalMAC(e.HardwareAddr.String())})
-		}
+			for _, e := range es {
+				dev, ok := names[e.LinkIndex]
+				if !ok || e.State&netlink.NUD_PERMANENT == 0 || e.IP.To4() == nil {
+					continue
+				}
+				out = append(out, spec.Neighbor{Netns: n, Dev: dev, IP: e.IP.String(), MAC: links.NormalMAC(e.HardwareAddr.String())})
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortStableFunc(out, order)
 	return out, nil

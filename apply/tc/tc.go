@@ -34,37 +34,25 @@ var Handle = netlink.MakeHandle(1, 0)
 // only reads.
 func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]spec.Qdisc, error) {
 	own := links.NewOwnership(desired)
+	notENI := func(n string, l netlink.Link) bool { return n == spec.HostNetns && own.IsENI(l) }
 	var out []spec.Qdisc
-	for _, n := range links.Namespaces(ns, namespaces) {
-		h, err := ns.Handle(n)
-		if err != nil {
-			return nil, fmt.Errorf("observe qdiscs in %s: %w", links.NetnsName(n), err)
-		}
-		owned, err := own.List(ns, n)
-		if err != nil {
-			return nil, err
-		}
-		names := map[int]string{}
-		for _, l := range owned {
-			if n == spec.HostNetns && own.IsENI(l) {
-				continue
+	err := own.EachNamespace(ns, namespaces, "qdiscs", notENI,
+		func(n string, h *netlink.Handle, names map[int]string) error {
+			// One dump per namespace, not one per link: the host has a veth per pod.
+			qs, err := links.Dump(func() ([]netlink.Qdisc, error) { return h.QdiscList(nil) })
+			if err != nil {
+				return fmt.Errorf("list qdiscs in %s: %w", links.NetnsName(n), err)
 			}
-			names[l.Attrs().Index] = l.Attrs().Name
-		}
-		if len(names) == 0 {
-			continue
-		}
-		// One dump per namespace, not one per link: the host has a veth per pod.
-		qs, err := links.Dump(func() ([]netlink.Qdisc, error) { return h.QdiscList(nil) })
-		if err != nil {
-			return nil, fmt.Errorf("list qdiscs in %s: %w", links.NetnsName(n), err)
-		}
-		for _, q := range qs {
-			dev, ok := names[q.Attrs().LinkIndex]
-			if tbf, isTBF := q.(*netlink.Tbf); ok && isTBF && q.Attrs().Parent == netlink.HANDLE_ROOT {
-				out = append(out, fromKernel(n, dev, tbf))
+			for _, q := range qs {
+				dev, ok := names[q.Attrs().LinkIndex]
+				if tbf, isTBF := q.(*netlink.Tbf); ok && isTBF && q.Attrs().Parent == netlink.HANDLE_ROOT {
+					out = append(out, fromKernel(n, dev, tbf))
+				}
 			}
-		}
+			return nil
+		})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortStableFunc(out, order)
 	return out, nil
