@@ -25,7 +25,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(renderCommand(), goldenCommand(), planCommand(), applyCommand())
+	root.AddCommand(renderCommand(), goldenCommand(), planCommand(), applyCommand(), simCommand())
 	if err := root.Execute(); err != nil {
 		code := 1
 		var ee *exitError
