@@ -26,7 +26,7 @@ func simCommand() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVar(&name, "name", sim.DefaultName, "the sim's name (several can run side by side)")
 	cmd.AddCommand(simUp(&name), simDown(&name), simApply(&name, false), simApply(&name, true),
-		simPods(&name), simExec(&name), simProbe(&name), simMatrix(&name), simServe())
+		simPods(&name), simExec(&name), simProbe(&name), simMatrix(&name), simRate(&name), simAgent(&name), simServe())
 	return cmd
 }
 
@@ -252,6 +252,71 @@ func simMatrix(name *string) *cobra.Command {
 	cmd.Flags().DurationVar(&timeout, "timeout", 500*time.Millisecond, "per probe")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "json")
 	return cmd
+}
+
+func simRate(name *string) *cobra.Command {
+	var (
+		from, to  string
+		port      int
+		duration  time.Duration
+		tolerance float64
+	)
+	cmd := &cobra.Command{
+		Use:   "rate --from NS/POD --to NS/POD --port N",
+		Short: "Measure a TCP transfer between two pods against their bandwidth annotations",
+		Long: "Measure a TCP transfer between two pods against their bandwidth annotations.\n" +
+			"Exits 1 when a limited transfer is off its annotation by more than --tolerance.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := sim.Load(*name)
+			if err != nil {
+				return err
+			}
+			r, err := st.MeasureRate(from, to, port, duration)
+			if err != nil {
+				return err
+			}
+			if r.ExpectedBits == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s -> %s: %.2f Mbit/s (no bandwidth limit)\n", from, to, r.MeasuredBits/1e6)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s -> %s: %.2f Mbit/s measured, %.2f Mbit/s configured (%s): ratio %.3f\n",
+				from, to, r.MeasuredBits/1e6, float64(r.ExpectedBits)/1e6, r.Limit, r.Ratio())
+			if r.Ratio() < 1-tolerance || r.Ratio() > 1+tolerance {
+				return &exitError{code: 1, err: fmt.Errorf("rate off its annotation by more than %.0f%%", tolerance*100)}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&from, "from", "", "sending pod NS/POD")
+	cmd.Flags().StringVar(&to, "to", "", "receiving pod NS/POD (serves an echo on --port)")
+	cmd.Flags().IntVar(&port, "port", 0, "TCP port")
+	cmd.Flags().DurationVar(&duration, "duration", 3*time.Second, "measurement time after a 1s warm-up")
+	cmd.Flags().Float64Var(&tolerance, "tolerance", 0.15, "accepted relative error")
+	return cmd
+}
+
+func simAgent(name *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "agent PATH",
+		Short: "GET a path of the sim's agent: /applied, /plan, /readyz, /metrics",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := sim.Load(*name)
+			if err != nil {
+				return err
+			}
+			code, body, err := st.AgentGet(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(cmd.OutOrStdout(), body)
+			if code != 200 {
+				return fmt.Errorf("agent answered %d", code)
+			}
+			return nil
+		},
+	}
 }
 
 // simServe is the pod server sim starts in each pod's namespace; hidden
