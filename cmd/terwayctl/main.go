@@ -26,6 +26,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(renderCommand(), goldenCommand(), planCommand(), applyCommand(), simCommand())
+	root.AddCommand(emulatorCommand())
 	if err := root.Execute(); err != nil {
 		code := 1
 		var ee *exitError
