@@ -248,6 +248,7 @@ func (e *Emulator) assignPrivateIPAddresses(c *call) (any, *apiError) {
 		return nil, aerr
 	}
 	e.log.Debug("IPs assigned", "eni", n.id, "count", len(added))
+	e.notifyIPs(c, n)
 	resp := wireAssigned{wireBase: wireBase{RequestID: c.requestID}}
 	resp.AssignedPrivateIPAddressesSet.NetworkInterfaceID = n.id
 	resp.AssignedPrivateIPAddressesSet.PrivateIPSet.PrivateIPAddress = addrStrings(added)
@@ -281,5 +282,6 @@ func (e *Emulator) unassignPrivateIPAddresses(c *call) (any, *apiError) {
 		return nil, aerr
 	}
 	e.log.Debug("IPs unassigned", "eni", n.id, "count", len(ips))
+	e.notifyIPs(c, n)
 	return wireBase{RequestID: c.requestID}, nil
 }

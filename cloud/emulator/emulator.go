@@ -362,6 +362,29 @@ type Hook interface {
 	ENIDetached(instanceID string, eni ENIInfo) error
 }
 
+// IPHook is an optional part of a Hook: told when the IPs of a plugged ENI
+// change (assign, unassign), as the VPC learns which ENI holds which
+// address. A simulated vswitch needs it to deliver to a secondary IP.
+type IPHook interface {
+	ENIIPsChanged(instanceID string, eni ENIInfo) error
+}
+
+// notifyIPs tells an IPHook about the ENI's addresses after the call (with
+// the lock released); a failure is logged, the change stands, as in the
+// cloud.
+func (e *Emulator) notifyIPs(c *call, n *eniState) {
+	h, ok := e.hook.(IPHook)
+	if !ok || !n.plugged {
+		return
+	}
+	info, inst := e.eniInfo(n), n.instanceID
+	c.after = append(c.after, func() {
+		if err := h.ENIIPsChanged(inst, info); err != nil {
+			e.log.Warn("IP hook failed", "eni", info.ID, "instance", inst, "err", err)
+		}
+	})
+}
+
 // SetHook sets the hook (nil for none).
 func (e *Emulator) SetHook(h Hook) {
 	e.mu.Lock()

@@ -13,11 +13,15 @@ import (
 // Code is a cloud error code ("Throttling", "InternalError",
 // "ServiceUnavailable", "InvalidVSwitchId.IpNotEnough" or its short name
 // "IpNotEnough", ...); its HTTP status is the cloud's for that code unless
-// HTTPStatus is set. Times, when positive, limits how many calls the fault
-// fails or drops; then it is spent (latency stops too).
+// HTTPStatus is set. SecondCode fails another share (SecondRate) of the
+// calls, so one action can see, say, Throttling and InternalError at once.
+// Times, when positive, limits how many calls the fault fails or drops;
+// then it is spent (latency stops too).
 type Fault struct {
 	Code       string
 	Rate       float64
+	SecondCode string
+	SecondRate float64
 	Latency    time.Duration
 	DropRate   float64
 	HTTPStatus int
@@ -43,6 +47,9 @@ func (e *Emulator) SetFault(action string, f Fault) {
 	}
 	if c, ok := faultAliases[f.Code]; ok {
 		f.Code = c
+	}
+	if c, ok := faultAliases[f.SecondCode]; ok {
+		f.SecondCode = c
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -73,13 +80,21 @@ func (e *Emulator) decideFault(action string) faultDecision {
 		return faultDecision{}
 	}
 	d := faultDecision{latency: f.Latency}
+	roll := e.rng.Float64()
+	code := ""
 	switch {
-	case f.Code != "" && f.Rate > 0 && e.rng.Float64() < f.Rate:
+	case f.Code != "" && roll < f.Rate:
+		code = f.Code
+	case f.SecondCode != "" && roll >= f.Rate && roll < f.Rate+f.SecondRate:
+		code = f.SecondCode
+	}
+	switch {
+	case code != "":
 		status := f.HTTPStatus
 		if status == 0 {
-			status = statusOf(f.Code)
+			status = statusOf(code)
 		}
-		d.err = &apiError{Status: status, Code: f.Code, Message: "Injected fault: " + f.Code + " for " + action + "."}
+		d.err = &apiError{Status: status, Code: code, Message: "Injected fault: " + code + " for " + action + "."}
 	case f.DropRate > 0 && e.rng.Float64() < f.DropRate:
 		d.drop = true
 	default:

@@ -23,6 +23,9 @@ type call struct {
 	p         params
 	requestID string
 	now       time.Time
+	// after runs once the emulator's lock is released (hooks do netlink
+	// work and must not hold it).
+	after []func()
 }
 
 // actionFunc runs with the emulator's lock held and returns the response
@@ -131,9 +134,13 @@ func (e *Emulator) serveAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	c := &call{action: action, p: p, requestID: requestID, now: e.now()}
 	e.mu.Lock()
-	resp, aerr := spec.fn(e, &call{action: action, p: p, requestID: requestID, now: e.now()})
+	resp, aerr := spec.fn(e, c)
 	e.mu.Unlock()
+	for _, fn := range c.after {
+		fn()
+	}
 
 	if f.drop {
 		e.log.Info("fault: dropping the response of a completed call", "action", action, "requestId", requestID)

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/terway-reconciler/terway/cloud/emulator"
+	"github.com/terway-reconciler/terway/cloud/emulator/simlink"
 )
 
 func emulatorCommand() *cobra.Command {
@@ -25,6 +26,7 @@ func emulatorCommand() *cobra.Command {
 		faults                         []string
 		attach, detach, del            time.Duration
 		verbose                        bool
+		simNode, simVPC                string
 	)
 	cmd := &cobra.Command{
 		Use:   "emulator [--config FILE] [--listen 127.0.0.1:PORT] [--metadata-listen 127.0.0.1:PORT]",
@@ -62,6 +64,14 @@ func emulatorCommand() *cobra.Command {
 				e.SetFault(action, f)
 			}
 			e.SetAsyncDelay(attach, detach, del)
+			if simNode != "" || simVPC != "" {
+				if simNode == "" || simVPC == "" {
+					return fmt.Errorf("--sim-node and --sim-vpc: give both or neither")
+				}
+				linker := simlink.New(simNode, simVPC)
+				defer linker.Close()
+				e.SetHook(linker)
+			}
 			if err := e.Start(listen, metaListen); err != nil {
 				_ = e.Close()
 				return err
@@ -90,6 +100,9 @@ func emulatorCommand() *cobra.Command {
 	f.DurationVar(&detach, "detach-delay", emulator.DefaultDetachDelay, "how long an ENI stays Detaching")
 	f.DurationVar(&del, "delete-delay", emulator.DefaultDeleteDelay, "how long an ENI stays Deleting")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log every state change on stderr")
+	f.StringVar(&simNode, "sim-node", "", "simulated node: plug attached ENIs into this network namespace (path) as links")
+	f.StringVar(&simVPC, "sim-vpc", "", "simulated node: build the vSwitches as bridges in this network namespace (path)")
+	f.String("sim-dir", "", "the simulated node's folder (names this process for terwayctl sim down)")
 	cmd.AddCommand(emulatorDumpCommand())
 	return cmd
 }
@@ -115,10 +128,15 @@ func parseFaults(specs []string) (map[string]emulator.Fault, error) {
 			if err != nil || rate < 0 || rate > 1 {
 				return nil, fmt.Errorf("--fault %q: rate %q is not a number from 0 to 1", s, value)
 			}
-			if kind == "drop" {
+			switch {
+			case kind == "drop":
 				f.DropRate = rate
-			} else {
+			case f.Code == "" || f.Code == kind:
 				f.Code, f.Rate = kind, rate
+			case f.SecondCode == "" || f.SecondCode == kind:
+				f.SecondCode, f.SecondRate = kind, rate
+			default:
+				return nil, fmt.Errorf("--fault %q: %s already has two error codes (%s, %s)", s, action, f.Code, f.SecondCode)
 			}
 		}
 		out[action] = f

@@ -40,7 +40,10 @@ type Linker struct {
 	veths   map[string]bool // vpc-side veth ends this linker made, by name
 }
 
-var _ emulator.Hook = (*Linker)(nil)
+var (
+	_ emulator.Hook   = (*Linker)(nil)
+	_ emulator.IPHook = (*Linker)(nil)
+)
 
 // New returns a linker that plugs every instance's ENIs into nodeNetns
 // (use AddNode for more nodes) and builds the vSwitches in vpcNetns. Both
@@ -67,7 +70,9 @@ func (l *Linker) AddNode(instanceID, nodeNetns string) {
 func NodeLinkName(mac string) string { return "ens-" + macSuffix(mac) }
 
 // vpcLinkName is the vSwitch-side end of the ENI's pair.
-func vpcLinkName(mac string) string { return "eni-" + macSuffix(mac) }
+// VPCLinkName is the vpc-side end of an ENI's pair: its counters show the
+// traffic that left the node through that ENI.
+func VPCLinkName(mac string) string { return "eni-" + macSuffix(mac) }
 
 func macSuffix(mac string) string {
 	s := strings.ReplaceAll(strings.ToLower(mac), ":", "")
@@ -138,7 +143,7 @@ func (l *Linker) ENIAttached(instanceID string, eni emulator.ENIInfo) error {
 		return err
 	}
 
-	name := vpcLinkName(eni.MAC)
+	name := VPCLinkName(eni.MAC)
 	if old, err := vpc.LinkByName(name); err == nil {
 		if err := vpc.LinkDel(old); err != nil {
 			return fmt.Errorf("simlink: ENI %s: remove stale link %s: %w", eni.ID, name, err)
@@ -161,6 +166,64 @@ func (l *Linker) ENIAttached(instanceID string, eni emulator.ENIInfo) error {
 	}
 	if err := vpc.LinkSetUp(link); err != nil {
 		return fmt.Errorf("simlink: ENI %s: set %s up: %w", eni.ID, name, err)
+	}
+	return l.syncNeighbors(vpc, br, eni)
+}
+
+// ENIIPsChanged follows assign and unassign: the vpc side resolves each of
+// the ENI's addresses to its MAC, as the VPC fabric delivers a secondary IP
+// to the ENI holding it without asking the guest (no ARP reaches a node
+// for its pods' addresses).
+func (l *Linker) ENIIPsChanged(instanceID string, eni emulator.ENIInfo) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	vpc, _, err := l.handle(l.vpcPath)
+	if err != nil {
+		return fmt.Errorf("simlink: ENI %s: vpc: %w", eni.ID, err)
+	}
+	br, err := vpc.LinkByName(BridgeName(eni.VSwitchID))
+	if err != nil {
+		return fmt.Errorf("simlink: ENI %s: bridge of vSwitch %s: %w", eni.ID, eni.VSwitchID, err)
+	}
+	return l.syncNeighbors(vpc, br, eni)
+}
+
+// syncNeighbors makes the bridge's permanent neighbours for the ENI's MAC
+// exactly the ENI's addresses. Called with the lock held.
+func (l *Linker) syncNeighbors(vpc *netlink.Handle, br netlink.Link, eni emulator.ENIInfo) error {
+	mac, err := net.ParseMAC(eni.MAC)
+	if err != nil {
+		return fmt.Errorf("simlink: ENI %s: MAC %q: %w", eni.ID, eni.MAC, err)
+	}
+	want := map[string]bool{}
+	for _, ip := range append([]string{eni.PrimaryIP}, eni.SecondaryIPs...) {
+		want[ip] = true
+	}
+	have, err := vpc.NeighList(br.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("simlink: ENI %s: list neighbours of %s: %w", eni.ID, br.Attrs().Name, err)
+	}
+	for _, n := range have {
+		if n.State&netlink.NUD_PERMANENT == 0 || n.HardwareAddr.String() != mac.String() {
+			continue
+		}
+		if want[n.IP.String()] {
+			delete(want, n.IP.String())
+			continue
+		}
+		if err := vpc.NeighDel(&n); err != nil {
+			return fmt.Errorf("simlink: ENI %s: remove neighbour %s: %w", eni.ID, n.IP, err)
+		}
+	}
+	for ip := range want {
+		addr := net.ParseIP(ip)
+		if addr == nil {
+			continue
+		}
+		n := &netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: addr, HardwareAddr: mac}
+		if err := vpc.NeighSet(n); err != nil {
+			return fmt.Errorf("simlink: ENI %s: neighbour %s: %w", eni.ID, ip, err)
+		}
 	}
 	return nil
 }
@@ -207,7 +270,7 @@ func (l *Linker) ENIDetached(instanceID string, eni emulator.ENIInfo) error {
 	if err != nil {
 		return fmt.Errorf("simlink: ENI %s: vpc: %w", eni.ID, err)
 	}
-	name := vpcLinkName(eni.MAC)
+	name := VPCLinkName(eni.MAC)
 	delete(l.veths, name)
 	link, err := vpc.LinkByName(name)
 	if err != nil {
@@ -219,6 +282,10 @@ func (l *Linker) ENIDetached(instanceID string, eni emulator.ENIInfo) error {
 	}
 	if err := vpc.LinkDel(link); err != nil {
 		return fmt.Errorf("simlink: ENI %s: delete link %s: %w", eni.ID, name, err)
+	}
+	if br, err := vpc.LinkByName(BridgeName(eni.VSwitchID)); err == nil {
+		eni.PrimaryIP, eni.SecondaryIPs = "", nil // no address left: drop its neighbours
+		return l.syncNeighbors(vpc, br, eni)
 	}
 	return nil
 }

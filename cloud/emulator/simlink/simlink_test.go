@@ -72,7 +72,7 @@ func TestLinkerThroughEmulator(t *testing.T) {
 	if out := nstest.Run(t, vpc, "ip", "-o", "addr", "show", "dev", br); !strings.Contains(out, "198.18.64.1/20") {
 		t.Errorf("bridge %s: want 198.18.64.1/20, got %s", br, out)
 	}
-	if out := nstest.Run(t, vpc, "ip", "-o", "link", "show", "master", br); !strings.Contains(out, vpcLinkName(created.MacAddress)) {
+	if out := nstest.Run(t, vpc, "ip", "-o", "link", "show", "master", br); !strings.Contains(out, VPCLinkName(created.MacAddress)) {
 		t.Errorf("bridge %s ports: %s", br, out)
 	}
 
