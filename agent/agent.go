@@ -30,6 +30,10 @@ type Agent struct {
 	reg   *netns.Registry
 	eng   *engine.Engine
 	m     *metrics
+	// journal keeps the operations executed, for /applied.
+	journal journal
+	// events publishes pod problems as Kubernetes Events (events.go).
+	events *problemEvents
 
 	// mu serialises every allocate-render-apply: one writer of the kernel
 	// and the store at a time keeps a pod's ADD from racing a resync.
@@ -37,6 +41,9 @@ type Agent struct {
 	// resynced is set after the first full reconcile following the inputs'
 	// first complete listing; until then nothing is pruned.
 	resynced atomic.Bool
+	// cloudReady is set once the ENI reconciler knows our ENIs and the
+	// store's holdings (ENI modes).
+	cloudReady atomic.Bool
 }
 
 // New opens the store and prepares the agent; Run starts it. The node's
@@ -53,12 +60,13 @@ func New(cfg Config, src inputs.Source) (*Agent, error) {
 	reg := netns.NewRegistry("")
 	return &Agent{
 		cfg: cfg, log: cfg.Logger, src: src, store: st, reg: reg,
-		eng: engine.New(reg), m: newMetrics(),
+		eng: engine.New(reg), m: newMetrics(), events: newProblemEvents(cfg.Logger, cfg.NodeName, cfg.Events),
 	}, nil
 }
 
 // Close releases the store and namespace handles.
 func (a *Agent) Close() error {
+	a.events.close()
 	a.reg.Close()
 	return a.store.Close()
 }
@@ -68,6 +76,11 @@ func (a *Agent) Close() error {
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.src.Start(ctx); err != nil {
 		return fmt.Errorf("start inputs: %w", err)
+	}
+	if a.cfg.ENI != nil {
+		if err := a.startCloud(ctx); err != nil {
+			return err
+		}
 	}
 	ln, err := wire.Listen(a.cfg.Socket)
 	if err != nil {
@@ -167,7 +180,12 @@ func (a *Agent) reconcile(ctx context.Context, full bool) (rendered bool, err er
 		a.m.reconcileErrors.Inc()
 		return false, err
 	}
-	rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Full: full})
+	a.publishRendered(state)
+	reason := "resync"
+	if full {
+		reason = "full resync"
+	}
+	rep, err := a.apply(ctx, reason, state, engine.PlanOptions{Full: full})
 	a.m.observeReport(rep, time.Since(start))
 	if err != nil {
 		return true, err
@@ -195,7 +213,7 @@ func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
 	a.m.allocations.Set(float64(len(allocs)))
 	return render.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
-		Policies: snap.Policies, Allocations: allocs,
+		Policies: snap.Policies, Allocations: allocs, ENIs: a.eniInputs(),
 	})
 }
 
@@ -217,4 +235,6 @@ func (a *Agent) PlanText(ctx context.Context) (string, int, error) {
 
 // Ready reports whether the agent serves pods: inputs synced and the first
 // full reconcile done.
-func (a *Agent) Ready() bool { return a.src.Synced() && a.resynced.Load() }
+func (a *Agent) Ready() bool {
+	return a.src.Synced() && a.resynced.Load() && (a.cfg.ENI == nil || a.cloudReady.Load())
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/terway-reconciler/terway/agent/inputs"
 	"github.com/terway-reconciler/terway/agent/store"
@@ -44,35 +45,33 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	}
 	key := req.Args.Key()
 	a.waitForPod(ctx, key)
+	var cloudAlloc *spec.Allocation
+	if a.cfg.ENI != nil {
+		var cerr *types.Error
+		if cloudAlloc, cerr = a.cloudAllocate(ctx, req, key); cerr != nil {
+			return nil, cerr
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	snap := a.src.Snapshot()
 	if snap.Node == nil {
+		if cloudAlloc != nil {
+			a.cloudRelease(*cloudAlloc)
+		}
 		return nil, cniErr(codeTryAgainLater, "node "+a.cfg.NodeName+" not known yet", "no Node object in the inputs")
 	}
-	if a.cfg.Render.Mode != spec.PodModeVPC {
-		return nil, cniErr(codeNotAvailable, "mode "+a.cfg.Render.Mode+" is not served by this agent yet", "only vpc mode allocates addresses here")
-	}
-	cidr, err := netip.ParsePrefix(snap.Node.Spec.PodCIDR)
-	if err != nil {
-		return nil, cniErr(codeNotAvailable, "node "+snap.Node.Name+" has no usable spec.podCIDR", fmt.Sprintf("%q: %v", snap.Node.Spec.PodCIDR, err))
-	}
-	if err := a.followPodCIDR(cidr); err != nil {
-		return nil, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())
-	}
-	ns, name, _ := strings.Cut(key, "/")
-	alloc, replaced, err := a.store.AllocateVPC(store.VPCRequest{
-		PodCIDR: cidr, Pod: spec.ObjectMeta{Namespace: ns, Name: name}, UID: req.Args.UID,
-		ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns,
-	})
-	if errors.Is(err, store.ErrExhausted) {
-		return nil, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
-	}
-	if err != nil {
-		return nil, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
-	}
-	if replaced != nil {
-		a.log.Info("sandbox replaced; old attachment released", "pod", key, "old", replaced.Spec.ContainerID, "new", req.ContainerID)
+	var alloc spec.Allocation
+	if cloudAlloc != nil {
+		if err := a.recordCloud(*cloudAlloc); err != nil {
+			return nil, cniErr(codeTryAgainLater, "record the address of pod "+key, err.Error())
+		}
+		alloc = *cloudAlloc
+	} else {
+		var cerr *types.Error
+		if alloc, cerr = a.allocateVPC(req, key, snap.Node); cerr != nil {
+			return nil, cerr
+		}
 	}
 	state, err := a.renderSnapshot(snap)
 	if err != nil {
@@ -81,6 +80,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	}
 	if msg := podProblems(state, key); msg != "" {
 		a.rollback(req)
+		a.publishAddRefused(state, key, req.Args.UID)
 		return nil, cniErr(codeInvalidPod, "pod "+key+": "+msg, "fix the pod's inputs; no network was set up")
 	}
 	entry := podEntry(state, key)
@@ -88,7 +88,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		a.rollback(req)
 		return nil, cniErr(codeInvalidPod, "pod "+key+" did not render", problemsOf(state, key))
 	}
-	rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Pods: []string{key}})
+	rep, err := a.apply(ctx, "ADD "+key, state, engine.PlanOptions{Pods: []string{key}})
 	if err == nil {
 		err = rep.Err()
 	}
@@ -97,12 +97,38 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		a.rollback(req)
 		// Take out what was made: render without the pod, apply its scope.
 		if again, rerr := a.renderLocked(); rerr == nil {
-			_, _ = a.eng.Apply(ctx, again, engine.PlanOptions{Pods: []string{key}})
+			_, _ = a.apply(ctx, "ADD "+key+" rolled back", again, engine.PlanOptions{Pods: []string{key}})
 		}
 		return nil, cniErr(codeApplyFailed, "set up pod "+key, err.Error())
 	}
 	a.log.Info("pod added", "pod", key, "ip", alloc.Spec.IP, "container", req.ContainerID, "writes", rep.Writes)
 	return result(entry), nil
+}
+
+// allocateVPC allocates the attachment's address from the node's podCIDR.
+func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, *types.Error) {
+	cidr, err := netip.ParsePrefix(node.Spec.PodCIDR)
+	if err != nil {
+		return spec.Allocation{}, cniErr(codeNotAvailable, "node "+node.Name+" has no usable spec.podCIDR", fmt.Sprintf("%q: %v", node.Spec.PodCIDR, err))
+	}
+	if err := a.followPodCIDR(cidr); err != nil {
+		return spec.Allocation{}, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())
+	}
+	ns, name, _ := strings.Cut(key, "/")
+	alloc, replaced, err := a.store.AllocateVPC(store.VPCRequest{
+		PodCIDR: cidr, Pod: spec.ObjectMeta{Namespace: ns, Name: name}, UID: req.Args.UID,
+		ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns,
+	})
+	if errors.Is(err, store.ErrExhausted) {
+		return spec.Allocation{}, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
+	}
+	if err != nil {
+		return spec.Allocation{}, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
+	}
+	if replaced != nil {
+		a.log.Info("sandbox replaced; old attachment released", "pod", key, "old", replaced.Spec.ContainerID, "new", req.ContainerID)
+	}
+	return alloc, nil
 }
 
 // followPodCIDR records the node's pod CIDR in the store when it changed.
@@ -156,8 +182,12 @@ func podEntry(state *spec.NodeState, key string) *spec.Pod {
 }
 
 func (a *Agent) rollback(req *wire.Request) {
-	if _, _, err := a.store.Release(req.ContainerID, req.IfName); err != nil {
+	released, found, err := a.store.Release(req.ContainerID, req.IfName)
+	if err != nil {
 		a.log.Error("roll back allocation", "container", req.ContainerID, "err", err)
+	}
+	if found {
+		a.cloudRelease(released)
 	}
 }
 
@@ -192,6 +222,12 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	if key == "" {
 		return nil // nothing known about it: nothing to remove
 	}
+	if found {
+		// The cloud gets the address back once the pod's kernel objects
+		// are gone (an exclusive ENI back in the node), or now when they
+		// cannot be rendered.
+		defer a.cloudRelease(released)
+	}
 	if !a.src.Synced() {
 		// Without the inputs no document can be rendered; the pod's kernel
 		// objects go with its netns or at the first full reconcile.
@@ -204,7 +240,11 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	if podEntry(state, key) != nil {
 		return nil // another attachment of the pod (a newer sandbox) is live
 	}
-	rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Pods: []string{key}})
+	opts := engine.PlanOptions{Pods: []string{key}}
+	if found {
+		opts.Namespaces = []string{released.Spec.Netns} // an exclusive ENI comes back from there
+	}
+	rep, err := a.apply(ctx, "DEL "+key, state, opts)
 	if err == nil {
 		err = rep.Err()
 	}
@@ -250,6 +290,9 @@ func (a *Agent) GC(ctx context.Context, req *wire.Request) error {
 		valid = append(valid, store.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
 	released, err := a.store.GC(valid)
+	for _, r := range released {
+		a.cloudRelease(r)
+	}
 	a.mu.Unlock()
 	if err != nil {
 		return cniErr(codeTryAgainLater, "garbage-collect attachments", err.Error())
@@ -298,20 +341,25 @@ func (a *Agent) waitForPod(ctx context.Context, key string) {
 	a.log.Warn("pod object not in the inputs; setting it up without (no policy, no bandwidth limit until it arrives)", "pod", key)
 }
 
-// hasPod looks the pod up directly when the source can (both of ours can),
-// rather than copying a snapshot of every pod on each poll.
+// hasPod reports whether the inputs have the pod.
 func (a *Agent) hasPod(key string) bool {
+	_, found := a.lookupPod(key)
+	return found
+}
+
+// lookupPod looks the pod up directly when the source can (both of ours
+// can), rather than copying a snapshot of every pod on each poll.
+func (a *Agent) lookupPod(key string) (*corev1.Pod, bool) {
 	ns, name, _ := strings.Cut(key, "/")
 	if g, ok := a.src.(inputs.PodGetter); ok {
-		_, found := g.Pod(ns, name)
-		return found
+		return g.Pod(ns, name)
 	}
 	for _, p := range a.src.Snapshot().Pods {
 		if p.Namespace == ns && p.Name == name {
-			return true
+			return p, true
 		}
 	}
-	return false
+	return nil, false
 }
 
 var _ wire.Handler = (*Agent)(nil)

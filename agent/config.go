@@ -10,6 +10,9 @@ import (
 	"path/filepath"
 	"time"
 
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+
+	"github.com/terway-reconciler/terway/cloud/eni"
 	"github.com/terway-reconciler/terway/render"
 )
 
@@ -34,6 +37,14 @@ type Config struct {
 	// HealthAddr serves /healthz, /readyz and /metrics; empty disables.
 	HealthAddr string
 	Logger     *slog.Logger
+	// Events, when set, receives Kubernetes Events about pods whose network
+	// is not what they asked for (events.go); nil, in standalone mode,
+	// logs them only.
+	Events typedcorev1.EventsGetter
+	// ENI hands out pod addresses in the ENI modes (eni-multi-ip, and whole
+	// ENIs for pods requesting aliyun/eni); nil in VPC mode, where they come
+	// from the node's podCIDR.
+	ENI *eni.Reconciler
 }
 
 // Defaults.

@@ -22,6 +22,10 @@ type metrics struct {
 	reconcileErrors prometheus.Counter
 	allocations     prometheus.Gauge
 	cniLatency      *prometheus.HistogramVec
+	// kernelWrites makes "a converged resync writes nothing" observable
+	// from outside (terwayctl bench): plan size counts operations, not the
+	// netlink messages, sysctl writes and nft batches they send.
+	kernelWrites prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -41,8 +45,10 @@ func newMetrics() *metrics {
 		cniLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "terway_cni_request_duration_seconds", Help: "CNI request latency at the agent, by command and result.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"command", "result"}),
+		kernelWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "terway_kernel_writes_total", Help: "Kernel write requests sent by applies (resyncs and CNI requests)."}),
 	}
-	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency,
+	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency, m.kernelWrites,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -55,6 +61,7 @@ func (m *metrics) observeReport(rep *engine.Report, d time.Duration) {
 		m.reconcile.Observe(d.Seconds())
 		m.planSize.Set(float64(len(rep.Results)))
 	}
+	m.kernelWrites.Add(float64(rep.Writes))
 	for kind, n := range rep.Failed() {
 		m.applyErrors.WithLabelValues(kind).Add(float64(n))
 	}
@@ -98,6 +105,11 @@ func (a *Agent) healthMux() *http.ServeMux {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{}))
+	// /applied prints the operations executed so far: what changed on
+	// the node, and in which round.
+	mux.HandleFunc("/applied", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(a.journal.text()))
+	})
 	// /plan prints what a full resync would change now, without changing
 	// it: the plan people read before anything happens.
 	mux.HandleFunc("/plan", func(w http.ResponseWriter, r *http.Request) {

@@ -37,8 +37,9 @@ func validateENI(e *spec.ENI) *fieldError {
 	return nil
 }
 
-// wantsExclusiveENI reports whether any container requests aliyun/eni.
-func wantsExclusiveENI(pod *corev1.Pod) bool {
+// WantsExclusiveENI reports whether any container requests aliyun/eni: the
+// pod gets a whole ENI.
+func WantsExclusiveENI(pod *corev1.Pod) bool {
 	if pod == nil {
 		return false
 	}
@@ -86,7 +87,7 @@ func (r *renderer) renderPod(node *corev1.Node, p *podInfo) {
 		entry.UID = string(p.pod.UID)
 	}
 	switch {
-	case wantsExclusiveENI(p.pod):
+	case WantsExclusiveENI(p.pod):
 		entry.Mode = spec.PodModeExclusiveENI
 		eni := r.enis[a.Spec.ENI]
 		if eni == nil || !eni.Spec.Exclusive {
@@ -188,6 +189,26 @@ func (r *renderer) renderSharedENIs() {
 		r.state.Routes = append(r.state.Routes, spec.Route{
 			Table: ENITable(eni.Spec.DeviceIndex), Dst: "default", Gw: eni.Spec.Gateway, Dev: link, Onlink: true})
 		r.state.Sysctls = append(r.state.Sysctls, spec.Sysctl{Path: "net/ipv4/conf/" + link + "/rp_filter", Value: "0"})
+	}
+}
+
+// renderIdleExclusiveENIs keeps each attached exclusive ENI that no pod
+// uses in the node, down: after its pod's DEL the ENI comes back out of
+// the pod's namespace (which may be deleted next, taking a virtual NIC
+// with it) until the cloud detaches it.
+func (r *renderer) renderIdleExclusiveENIs() {
+	used := map[string]bool{}
+	for _, l := range r.state.Links {
+		if l.Kind == spec.LinkENI {
+			used[l.MAC] = true
+		}
+	}
+	for _, name := range sortedKeys(r.enis) {
+		eni := r.enis[name]
+		if !eni.Spec.Exclusive || used[eni.Spec.MAC] {
+			continue
+		}
+		r.state.Links = append(r.state.Links, spec.Link{Name: ENILinkName(eni.Spec.DeviceIndex), Kind: spec.LinkENI, MAC: eni.Spec.MAC, MTU: r.cfg.MTU})
 	}
 }
 

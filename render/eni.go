@@ -37,7 +37,7 @@ func (r *renderer) renderENINeeds() {
 		case !p.local:
 		case p.entry != nil:
 			used[p.entry.IP] = true
-		case p.alloc == nil && wantsExclusiveENI(p.pod):
+		case p.alloc == nil && WantsExclusiveENI(p.pod):
 			needs.ExclusiveWanted++
 			needs.ENIs = append(needs.ENIs, spec.ENIWant{Name: "exclusive-" + p.key, Exclusive: true, Pod: p.key, Add: 1})
 		case p.alloc == nil:

@@ -100,6 +100,7 @@ func Render(in Inputs) (*spec.NodeState, error) {
 	if cfg.Mode == spec.PodModeENIMultiIP {
 		r.renderSharedENIs()
 	}
+	r.renderIdleExclusiveENIs()
 	r.renderPolicies(sortedCopy(in.Policies, func(p *networkingv1.NetworkPolicy) string { return p.Namespace + "/" + p.Name }))
 	r.renderENINeeds()
 	for _, p := range r.pods {

@@ -49,19 +49,27 @@ func startDaemon(dir, logName string, args []string, env []string) (int, error) 
 // prints "ready" on its first stdout line (the pod servers do once they
 // listen), or fails with the process's log.
 func startReady(dir, logName string, args []string, timeout time.Duration) (int, error) {
+	pid, _, err := startFirstLine(dir, logName, args, timeout, func(l string) bool { return l == "ready" })
+	return pid, err
+}
+
+// startFirstLine starts args like startDaemon and waits for its first
+// stdout line, which accept must like (the emulator prints its endpoint and
+// credentials there).
+func startFirstLine(dir, logName string, args []string, timeout time.Duration, accept func(string) bool) (int, string, error) {
 	logs := filepath.Join(dir, "logs")
 	if err := os.MkdirAll(logs, 0o700); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	logPath := filepath.Join(logs, logName)
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer logFile.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer r.Close()
 	cmd := exec.Command(args[0], args[1:]...)
@@ -70,7 +78,7 @@ func startReady(dir, logName string, args []string, timeout time.Duration) (int,
 	err = cmd.Start()
 	w.Close()
 	if err != nil {
-		return 0, fmt.Errorf("start %s: %w", strings.Join(args, " "), err)
+		return 0, "", fmt.Errorf("start %s: %w", strings.Join(args, " "), err)
 	}
 	go func() { _ = cmd.Wait() }()
 	line := make(chan string, 1)
@@ -80,14 +88,14 @@ func startReady(dir, logName string, args []string, timeout time.Duration) (int,
 	}()
 	select {
 	case l := <-line:
-		if l == "ready" {
-			return cmd.Process.Pid, nil
+		if accept(l) {
+			return cmd.Process.Pid, l, nil
 		}
 	case <-time.After(timeout):
 	}
 	_ = cmd.Process.Kill()
 	out, _ := os.ReadFile(logPath)
-	return 0, fmt.Errorf("%s did not become ready: %s", strings.Join(args, " "), lastLines(string(out), 5))
+	return 0, "", fmt.Errorf("%s did not become ready: %s", strings.Join(args, " "), lastLines(string(out), 5))
 }
 
 func lastLines(s string, n int) string {

@@ -38,6 +38,12 @@ type Options struct {
 	Workers int
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// EmulatorArgs are extra flags for the emulator in ENI mode (faults,
+	// delays: see terwayctl emulator --help).
+	EmulatorArgs []string
+	// KeepOnFailure leaves a failed sim in place for inspection (logs in
+	// Dir/logs); `down` removes it.
+	KeepOnFailure bool
 }
 
 // Default node for a cluster folder without a Node object.
@@ -94,12 +100,12 @@ func Up(ctx context.Context, o Options) (st *State, err error) {
 		return nil, err
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && !o.KeepOnFailure {
 			_ = Down(o.Name)
 		}
 	}()
 
-	node, list, err := pickNode(objs.Nodes, list)
+	node, list, err := pickNode(objs.Nodes, list, o.Mode)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: %w", o.Cluster, err)
 	}
@@ -134,6 +140,8 @@ func Up(ctx context.Context, o Options) (st *State, err error) {
 		if err := wireVPC(nodeNS, vpcNS, st.NodeIP, node.Spec.PodCIDR); err != nil {
 			return nil, err
 		}
+	} else if err := st.startEmulator(o.EmulatorArgs); err != nil {
+		return nil, err
 	}
 	if err := st.save(); err != nil {
 		return nil, err
@@ -166,10 +174,10 @@ func (st *State) inputs() string { return filepath.Join(st.Dir, "inputs") }
 
 // pickNode finds the Node the sim plays: the only one in the folder, or a
 // default one added to the inputs.
-func pickNode(nodes []*corev1.Node, list []object) (*corev1.Node, []object, error) {
+func pickNode(nodes []*corev1.Node, list []object, mode string) (*corev1.Node, []object, error) {
 	switch len(nodes) {
 	case 1:
-		if nodes[0].Spec.PodCIDR == "" {
+		if nodes[0].Spec.PodCIDR == "" && mode == spec.PodModeVPC {
 			return nil, nil, fmt.Errorf("Node %s: spec.podCIDR: empty (VPC mode allocates from it)", nodes[0].Name)
 		}
 		return nodes[0], list, nil
@@ -206,12 +214,12 @@ func (st *State) writeConfig(cfg *render.Config, mode string) error {
 		c = *cfg
 	}
 	c.Mode = mode
+	c.APIVersion, c.Kind = "terway/v1", "Config"
 	data, err := yaml.Marshal(c)
 	if err != nil {
 		return err
 	}
-	doc := "apiVersion: terway/v1\nkind: Config\n" + string(data)
-	return os.WriteFile(filepath.Join(st.Dir, "config.yaml"), []byte(doc), 0o600)
+	return os.WriteFile(filepath.Join(st.Dir, "config.yaml"), data, 0o600)
 }
 
 func (st *State) startAgent(resync time.Duration) error {
@@ -219,6 +227,9 @@ func (st *State) startAgent(resync time.Duration) error {
 		"--node-name", st.Node, "--kube-inputs", st.inputs(), "--state-dir", filepath.Join(st.Dir, "agent"),
 		"--socket", st.socket(), "--config", filepath.Join(st.Dir, "config.yaml"),
 		"--resync-interval", resync.String(), "--health-addr", healthAddr}
+	if st.Mode != spec.PodModeVPC {
+		args = append(args, "--cloud-config", filepath.Join(st.Dir, "cloud.yaml"))
+	}
 	pid, err := startDaemon(st.Dir, "terwayd.log", args, nil)
 	if err != nil {
 		return err
@@ -230,12 +241,7 @@ func (st *State) startAgent(resync time.Duration) error {
 // AgentGet fetches a path of the agent's health endpoint (/readyz, /plan,
 // /applied, /metrics) from inside the node namespace.
 func (st *State) AgentGet(ctx context.Context, path string) (int, string, error) {
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return traffic.Dial(ctx, st.NodeNetns, network, addr)
-		},
-		DisableKeepAlives: true,
-	}}
+	client := st.nodeClient()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+healthAddr+path, nil)
 	if err != nil {
 		return 0, "", err
@@ -247,6 +253,17 @@ func (st *State) AgentGet(ctx context.Context, path string) (int, string, error)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body), err
+}
+
+// nodeClient is an HTTP client whose connections start inside the node
+// namespace: the agent and the emulator listen on the node's loopback.
+func (st *State) nodeClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return traffic.Dial(ctx, st.NodeNetns, network, addr)
+		},
+		DisableKeepAlives: true,
+	}}
 }
 
 func (st *State) waitReady(ctx context.Context, timeout time.Duration) error {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -191,7 +192,58 @@ func (e *Emulator) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(append(body, '\n'))
 	case "info":
 		writeJSON(w, e.Info())
+	case "vswitch":
+		// POST vswitch?id=ID&available=N: cap a vSwitch's free IPs (0
+		// exhausts it), as other tenants taking addresses would.
+		if r.Method != http.MethodPost {
+			http.Error(w, "POST only", http.StatusMethodNotAllowed)
+			return
+		}
+		n, err := strconv.Atoi(r.URL.Query().Get("available"))
+		id := r.URL.Query().Get("id")
+		if err != nil || n < 0 || id == "" {
+			http.Error(w, "want id=VSWITCH and available=N (N >= 0)", http.StatusBadRequest)
+			return
+		}
+		e.SetVSwitchAvailable(id, n)
+		writeJSON(w, e.Dump().VSwitches)
+	case "fault":
+		// POST fault?action=A&code=C&rate=R (drop=R, latency=D; all empty
+		// clears the action's fault).
+		if r.Method != http.MethodPost {
+			http.Error(w, "POST only", http.StatusMethodNotAllowed)
+			return
+		}
+		q := r.URL.Query()
+		var f Fault
+		var bad []string
+		num := func(key string) float64 {
+			if q.Get(key) == "" {
+				return 0
+			}
+			v, err := strconv.ParseFloat(q.Get(key), 64)
+			if err != nil || v < 0 || v > 1 {
+				bad = append(bad, key)
+			}
+			return v
+		}
+		f.Code, f.Rate = q.Get("code"), num("rate")
+		f.SecondCode, f.SecondRate = q.Get("code2"), num("rate2")
+		f.DropRate = num("drop")
+		if l := q.Get("latency"); l != "" {
+			d, err := time.ParseDuration(l)
+			if err != nil || d < 0 {
+				bad = append(bad, "latency")
+			}
+			f.Latency = d
+		}
+		if len(bad) > 0 {
+			http.Error(w, "bad "+strings.Join(bad, ", "), http.StatusBadRequest)
+			return
+		}
+		e.SetFault(q.Get("action"), f)
+		w.WriteHeader(http.StatusNoContent)
 	default:
-		http.Error(w, "unknown emulator endpoint "+r.URL.Path+" (dump, info)", http.StatusNotFound)
+		http.Error(w, "unknown emulator endpoint "+r.URL.Path+" (dump, info, vswitch, fault)", http.StatusNotFound)
 	}
 }

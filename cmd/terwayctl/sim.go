@@ -44,7 +44,7 @@ func simUp(name *string) *cobra.Command {
 	var (
 		cluster, mode, bin string
 		resync             time.Duration
-		verbose            bool
+		verbose, keep      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up --cluster DIR [--mode vpc|eni-multi-ip]",
@@ -60,7 +60,7 @@ func simUp(name *string) *cobra.Command {
 					return err
 				}
 			}
-			o := sim.Options{Cluster: cluster, Mode: mode, Name: *name, BinDir: bin, Resync: resync}
+			o := sim.Options{Cluster: cluster, Mode: mode, Name: *name, BinDir: bin, Resync: resync, KeepOnFailure: keep}
 			if verbose {
 				o.Log = cmd.ErrOrStderr()
 			}
@@ -78,6 +78,7 @@ func simUp(name *string) *cobra.Command {
 	cmd.Flags().StringVar(&bin, "bin-dir", "", "folder of terwayd, terway and terwayctl (default: terwayctl's own)")
 	cmd.Flags().DurationVar(&resync, "resync-interval", 5*time.Second, "the agent's full-resync interval")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print progress on stderr")
+	cmd.Flags().BoolVar(&keep, "keep-on-failure", false, "leave a failed sim in place for inspection (logs in its folder)")
 	return cmd
 }
 

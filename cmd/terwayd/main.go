@@ -17,8 +17,10 @@ import (
 
 	"github.com/terway-reconciler/terway/agent"
 	"github.com/terway-reconciler/terway/agent/inputs"
+	"github.com/terway-reconciler/terway/cloud/eni"
 	"github.com/terway-reconciler/terway/load"
 	"github.com/terway-reconciler/terway/render"
+	"github.com/terway-reconciler/terway/spec"
 )
 
 func main() {
@@ -34,6 +36,7 @@ func run() error {
 		kubeInputs string
 		kubeconfig string
 		configPath string
+		cloudPath  string
 		logLevel   string
 	)
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
@@ -42,6 +45,7 @@ func run() error {
 	flag.StringVar(&kubeInputs, "kube-inputs", "", "standalone mode: read Node, Pods, Namespaces and NetworkPolicies from YAML files in DIR and follow changes")
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
 	flag.StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config: mode, mtu, serviceCIDR, pool sizes)")
+	flag.StringVar(&cloudPath, "cloud-config", "", "cloud configuration file (terway/v1 CloudConfig: metadata URL, endpoints, credentials, vswitches, security group); required in eni-multi-ip mode")
 	flag.DurationVar(&cfg.ResyncInterval, "resync-interval", agent.DefaultResyncInterval, "period of the full resync that repairs drift")
 	flag.StringVar(&cfg.HealthAddr, "health-addr", agent.DefaultHealthAddr, "address of /healthz, /readyz and /metrics (empty disables)")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -84,17 +88,45 @@ func run() error {
 			return err
 		}
 		src = kube
+		cfg.Events = client.CoreV1()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := setupCloud(ctx, &cfg, cloudPath); err != nil {
+		return err
 	}
 	a, err := agent.New(cfg, src)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	err = a.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
+	return err
+}
+
+// setupCloud builds the ENI reconciler in eni-multi-ip mode: the instance
+// comes from the metadata service, the rest from the cloud configuration.
+func setupCloud(ctx context.Context, cfg *agent.Config, path string) error {
+	if cfg.Render.Mode != spec.PodModeENIMultiIP {
+		if path != "" {
+			cfg.Logger.Warn("--cloud-config ignored: the node is not in an ENI mode", "mode", cfg.Render.Mode)
+		}
+		return nil
+	}
+	if path == "" {
+		return fmt.Errorf("mode %s: --cloud-config: required (pod addresses come from the cloud)", cfg.Render.Mode)
+	}
+	cc, err := agent.LoadCloudConfig(path)
+	if err != nil {
+		return err
+	}
+	ec, err := cc.ENIConfig(ctx, cfg.Render, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	cfg.ENI, err = eni.New(ec)
 	return err
 }

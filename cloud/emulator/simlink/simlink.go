@@ -243,7 +243,12 @@ func (l *Linker) ensureBridge(vpc *netlink.Handle, eni emulator.ENIInfo) (netlin
 	if gw == nil || !cidr.Contains(gw) {
 		return nil, fmt.Errorf("simlink: vSwitch %s: gateway %q is not in %s", eni.VSwitchID, eni.GatewayIP, eni.VSwitchCIDR)
 	}
-	if err := vpc.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+	// A fixed MAC: a bridge otherwise takes its lowest port's, and every
+	// change of its address flushes its neighbours, permanent ones
+	// included: the ENIs' IPs would vanish as ENIs come and go.
+	sum := sha1.Sum([]byte(eni.VSwitchID))
+	brMAC := net.HardwareAddr{0x02, 0x42, sum[0], sum[1], sum[2], sum[3]}
+	if err := vpc.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: brMAC}}); err != nil {
 		return nil, fmt.Errorf("simlink: vSwitch %s: create bridge %s: %w", eni.VSwitchID, name, err)
 	}
 	l.bridges[name] = true

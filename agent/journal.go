@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// journal keeps the operations the agent executed, newest last, so that an
+// operator (and `make demo`) can read what was changed on the node and
+// why, after the fact: /applied prints it. It is bounded: a busy node keeps
+// its last journalSize operations.
+type journal struct {
+	mu      sync.Mutex
+	entries []journalEntry
+	dropped int
+}
+
+const journalSize = 5000
+
+type journalEntry struct {
+	at     time.Time
+	reason string // "resync", "full resync", "ADD ns/name", ...
+	text   string
+	err    error
+}
+
+func (j *journal) record(reason string, rep *engine.Report) {
+	if rep == nil || len(rep.Results) == 0 {
+		return
+	}
+	now := time.Now()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for _, r := range rep.Results {
+		j.entries = append(j.entries, journalEntry{at: now, reason: reason, text: r.Op.Text, err: r.Err})
+	}
+	if over := len(j.entries) - journalSize; over > 0 {
+		j.dropped += over
+		j.entries = append([]journalEntry(nil), j.entries[over:]...)
+	}
+}
+
+// text prints one operation a line, grouped under the round that ran it.
+func (j *journal) text() string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var b strings.Builder
+	if j.dropped > 0 {
+		fmt.Fprintf(&b, "# %d older operations not kept\n", j.dropped)
+	}
+	var last journalEntry
+	for i, e := range j.entries {
+		if i == 0 || e.at != last.at || e.reason != last.reason {
+			fmt.Fprintf(&b, "# %s %s\n", e.at.UTC().Format(time.RFC3339Nano), e.reason)
+		}
+		b.WriteString(e.text)
+		if e.err != nil {
+			fmt.Fprintf(&b, "   # FAILED: %v", e.err)
+		}
+		b.WriteByte('\n')
+		last = e
+	}
+	return b.String()
+}
+
+// apply converges the kernel toward state and records what it did.
+func (a *Agent) apply(ctx context.Context, reason string, state *spec.NodeState, opts engine.PlanOptions) (*engine.Report, error) {
+	rep, err := a.eng.Apply(ctx, state, opts)
+	a.journal.record(reason, rep)
+	return rep, err
+}
