@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,6 +46,10 @@ type PlanOptions struct {
 	// removed pod is found by its host veth, whose name derives from its key.
 	// The periodic full resync covers everything else.
 	Pods []string
+	// Namespaces are observed besides the document's: the namespace of a
+	// pod being deleted, where its exclusive ENI still is, so the plan can
+	// bring the ENI back to the node before the namespace goes.
+	Namespaces []string
 }
 
 // Plan observes what we own and returns the operations that turn it into
@@ -64,6 +69,11 @@ func (e *Engine) plan(ctx context.Context, desired *spec.NodeState, opts PlanOpt
 		scope = newPodScope(desired, opts.Pods)
 		nss = scope.namespaces
 		desired = scope.reduce(desired)
+	}
+	for _, n := range opts.Namespaces {
+		if n != "" && n != spec.HostNetns && !slices.Contains(nss, n) {
+			nss = append(nss, n)
+		}
 	}
 	// One snapshot of link lists serves every kind's observation.
 	snap := op.NewSnapshot(e.ns)
