@@ -58,9 +58,13 @@ func New(cfg Config, src inputs.Source) (*Agent, error) {
 		return nil, fmt.Errorf("open allocation store: %w", err)
 	}
 	reg := netns.NewRegistry("")
+	m := newMetrics()
+	if cfg.ENI != nil {
+		m.reg.MustRegister(newCloudCollector(cfg.ENI))
+	}
 	return &Agent{
 		cfg: cfg, log: cfg.Logger, src: src, store: st, reg: reg,
-		eng: engine.New(reg), m: newMetrics(), events: newProblemEvents(cfg.Logger, cfg.NodeName, cfg.Events),
+		eng: engine.New(reg), m: m, events: newProblemEvents(cfg.Logger, cfg.NodeName, cfg.Events),
 	}, nil
 }
 
