@@ -6,7 +6,7 @@ GOFLAGS  ?=
 # for two packages at a time.
 TESTFLAGS ?= -count=1 -timeout 25m -p 2
 
-.PHONY: all build test unit golden demo bench deps vet clean
+.PHONY: all build test unit golden demo bench deps vet clean k8s-assets
 
 all: build
 
@@ -15,7 +15,7 @@ build:
 
 # The whole suite: unit, golden and root kernel tests. Installs the Debian
 # packages the tests need when they are missing.
-test: deps vet
+test: deps vet k8s-assets
 	$(GO) test $(TESTFLAGS) ./...
 
 vet:
@@ -34,15 +34,26 @@ endif
 demo: deps build
 	hack/demo.sh
 
-# Benchmarks, as root, one package at a time (they share two cores): CNI ADD
-# and DEL latency of terway against the reference chain ptp + host-local +
-# bandwidth (built once by hack/cni-plugins.sh into a cache outside the
-# repository), then the engine and render benchmarks.
+# Benchmarks, as root, one at a time (they share two cores): first the
+# whole-system table of `terwayctl bench` (pod setup against the reference
+# chain ptp + host-local + bandwidth, built once by hack/cni-plugins.sh into
+# a cache outside the repository; convergence, resync, policy scale,
+# bandwidth accuracy and RSS on simulated nodes), which BENCHMARKS.md keeps;
+# then the go test benchmarks: CNI ADD/DEL, the engine and render.
 BENCHTIME ?= 3x
-bench: deps
+bench: deps build
+	plugins=$$(hack/cni-plugins.sh) && $(BIN)/terwayctl bench --cni-plugins $$plugins
 	plugins=$$(hack/cni-plugins.sh) && TERWAY_CNI_PLUGINS=$$plugins \
 	  $(GO) test -count=1 -timeout 30m -run '^$$' -bench BenchmarkCNIAddDel -benchtime 1x ./agent/
 	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime $(BENCHTIME) ./apply/engine/ ./render/
+
+# kube-apiserver, etcd and kubectl for the tests against a real API server
+# (internal/kubetest, e2e/), built from the Go module proxy into a cache
+# outside the repository: 11-20 min cold (more on a busy machine), instant
+# when cached. Built here so that a cold build does not count against go
+# test's timeout; the tests would build them too rather than skip.
+k8s-assets:
+	hack/k8s-assets.sh >/dev/null
 
 deps:
 	hack/install-deps.sh
