@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -105,6 +106,10 @@ func (a *Agent) healthMux() *http.ServeMux {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{}))
+	// Profiles, as Kubernetes components serve them: the health address is
+	// loopback only.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	// /applied prints the operations executed so far: what changed on
 	// the node, and in which round.
 	mux.HandleFunc("/applied", func(w http.ResponseWriter, r *http.Request) {
