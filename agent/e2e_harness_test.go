@@ -20,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/terway-reconciler/terway/internal/cnibench"
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/internal/traffic"
 )
@@ -51,9 +52,9 @@ func binaries(t testing.TB) string {
 
 func TestMain(m *testing.M) {
 	// The CNI benchmark re-executes this binary inside the node namespace
-	// to drive the plugins from there; see bench_cni_test.go.
-	if job := os.Getenv(benchDriverEnv); job != "" {
-		os.Exit(runBenchDriver(job))
+	// to drive the plugins from there; see internal/cnibench.
+	if job := os.Getenv(cnibench.DriverEnv); job != "" {
+		os.Exit(cnibench.DriverMain(job))
 	}
 	code := m.Run()
 	if binDir != "" {

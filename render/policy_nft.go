@@ -246,7 +246,6 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	}
 	chain := groupChainName(prefix, g.ns, g.key)
 	portsSet, anySet := chain+"-ports", chain+"-all"
-	policies := strings.Join(g.policies, ", ")
 	portSet := spec.NFTSet{
 		Name: portsSet, Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 		Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
@@ -264,7 +263,7 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	t.Sets = append(t.Sets, portSet, allSet)
 	t.Chains = append(t.Chains, spec.NFTChain{
 		Name:    chain,
-		Comment: dir + " of pods isolated by NetworkPolicy " + policies,
+		Comment: policiesComment(dir+" of pods isolated by NetworkPolicy ", g.policies),
 		Rules: []spec.NFTRule{
 			{Match: []spec.NFTMatch{{Selectors: []string{peerSel, spec.SelL4Proto, spec.SelTHDport}, Set: portsSet}},
 				Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
@@ -283,4 +282,37 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 		m.Elements = append(m.Elements, spec.NFTElement{
 			Key: []string{p.entry.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}})
 	}
+}
+
+// nftCommentMax is nft's limit on a comment, which apply enforces.
+const nftCommentMax = 128
+
+// policiesComment is prefix and the policies' names, cut to as many names
+// as fit in an nft comment followed by how many more: a group of a few
+// dozen policies (or one with a 253-byte name) would otherwise make a
+// comment apply refuses, and no reconcile of the node would succeed.
+func policiesComment(prefix string, names []string) string {
+	if s := prefix + strings.Join(names, ", "); len(s) <= nftCommentMax {
+		return s
+	}
+	s := prefix
+	for i, n := range names {
+		sep := ", "
+		if i == 0 {
+			sep = ""
+		}
+		// Room for this name and, after it, the count of the rest.
+		more := fmt.Sprintf(" and %d more", len(names)-i-1)
+		if len(s)+len(sep)+len(n)+len(more) > nftCommentMax {
+			if i == 0 && len(names) == 1 {
+				return prefix + "(1 policy, its name too long to show)"
+			}
+			if i == 0 {
+				return prefix + fmt.Sprintf("(%d policies)", len(names))
+			}
+			return s + fmt.Sprintf(" and %d more", len(names)-i)
+		}
+		s += sep + n
+	}
+	return s
 }

@@ -25,7 +25,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(renderCommand(), goldenCommand(), planCommand(), applyCommand(), simCommand())
+	root.AddCommand(renderCommand(), goldenCommand(), planCommand(), applyCommand(), simCommand(), benchCommand())
 	root.AddCommand(emulatorCommand())
 	if err := root.Execute(); err != nil {
 		code := 1

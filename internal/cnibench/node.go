@@ -1,0 +1,279 @@
+package cnibench
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/terway-reconciler/terway/internal/traffic"
+)
+
+// Namespaces are named "twb<pid>-<what>": the PID of the process that made
+// them, so that a later run can tell a crashed run's leftovers (PID gone)
+// from a run still going, and never removes the latter.
+const netnsPrefix = "twb"
+
+func netnsName(what string) string { return fmt.Sprintf("%s%d-%s", netnsPrefix, os.Getpid(), what) }
+
+func netnsPath(name string) string { return "/var/run/netns/" + name }
+
+func ipCmd(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// inNetns runs a command inside the named namespace and returns its output.
+func inNetns(name string, args ...string) (string, error) {
+	full := append([]string{"netns", "exec", name}, args...)
+	out, err := exec.Command("ip", full...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("in %s: %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+func addNetns(name string) error {
+	if err := ipCmd("netns", "add", name); err != nil {
+		return err
+	}
+	_, err := inNetns(name, "ip", "link", "set", "lo", "up")
+	return err
+}
+
+// sweepLeftovers removes namespaces of earlier runs whose process is gone
+// (killed before it could clean up). A namespace whose PID runs is left
+// alone, even if the PID was reused: the safe mistake.
+func sweepLeftovers() {
+	entries, _ := os.ReadDir("/var/run/netns")
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), netnsPrefix)
+		if !ok {
+			continue
+		}
+		pidText, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || err != nil || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			_ = ipCmd("netns", "del", e.Name())
+		}
+	}
+}
+
+// rootSnapshot records what the benchmark must leave alone in the namespace
+// it runs in, which is the machine's own: links, addresses, routes, rules,
+// the nftables ruleset and the forwarding sysctls.
+func rootSnapshot() (string, error) {
+	cmds := [][]string{
+		{"ip", "-o", "link"}, {"ip", "-o", "addr"},
+		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
+	}
+	if _, err := exec.LookPath("nft"); err == nil {
+		cmds = append(cmds, []string{"nft", "list", "ruleset"})
+	}
+	var sb strings.Builder
+	for _, args := range cmds {
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		fmt.Fprintf(&sb, "$ %s\n%s", strings.Join(args, " "), out)
+	}
+	for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		v, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&sb, "$ cat %s\n%s", f, v)
+	}
+	return sb.String(), nil
+}
+
+// rootUnchanged compares the machine's namespace with the snapshot taken
+// before; it returns a short fingerprint for the log, or the difference.
+func rootUnchanged(before, when string) (string, error) {
+	after, err := rootSnapshot()
+	if err != nil {
+		return "", err
+	}
+	if after != before {
+		return "", fmt.Errorf("the machine's network namespace changed %s:\nbefore:\n%s\nafter:\n%s", when, before, after)
+	}
+	sum := sha256.Sum256([]byte(after))
+	return fmt.Sprintf("machine's namespace byte-identical %s (%d bytes of link/addr/route/rule/nft/sysctl, sha256 %x)", when, len(after), sum[:8]), nil
+}
+
+// linkNames returns the sorted link names of `ip -o link` output.
+func linkNames(out string) []string {
+	var names []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// agentProc is terwayd running in the node namespace in standalone mode on
+// a folder of inputs, as the e2e harness and the sim run it.
+type agentProc struct {
+	cmd    *exec.Cmd
+	log    string
+	netns  string // path
+	health string
+	exited chan struct{} // closed once the process is reaped
+}
+
+// healthAddr is on the node namespace's loopback, which is its own.
+const healthAddr = "127.0.0.1:9482"
+
+func startAgent(ctx context.Context, binDir, nodeNS, dir, resync string) (*agentProc, error) {
+	a := &agentProc{log: filepath.Join(dir, "terwayd.log"), netns: netnsPath(nodeNS), health: healthAddr}
+	logFile, err := os.Create(a.log)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	// Info logs, as the DaemonSet runs it: debug lines would be timed too.
+	a.cmd = exec.Command("ip", "netns", "exec", nodeNS, filepath.Join(binDir, "terwayd"),
+		"--node-name", nodeName, "--kube-inputs", filepath.Join(dir, "inputs"), "--state-dir", filepath.Join(dir, "state"),
+		"--socket", socketPath(dir), "--resync-interval", resync, "--health-addr", a.health, "--log-level", "info")
+	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
+	// The agent dies with this process, also when it is killed.
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := a.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start terwayd: %w", err)
+	}
+	a.exited = make(chan struct{})
+	go func() { _ = a.cmd.Wait(); close(a.exited) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if code, _, err := a.get(ctx, "/readyz"); err == nil && code == http.StatusOK {
+			return a, nil
+		}
+		select {
+		case <-a.exited:
+			return nil, fmt.Errorf("terwayd exited: %s", a.tail())
+		case <-ctx.Done():
+			a.stop()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			a.stop()
+			return nil, fmt.Errorf("terwayd not ready within 30s: %s", a.tail())
+		}
+	}
+}
+
+func socketPath(dir string) string { return filepath.Join(dir, "run", "terway.sock") }
+
+// stop ends the agent (SIGTERM, then SIGKILL after 10s) and waits for it.
+func (a *agentProc) stop() {
+	if a == nil {
+		return
+	}
+	select {
+	case <-a.exited:
+		return
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+	case <-time.After(10 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.exited
+	}
+}
+
+func (a *agentProc) tail() string {
+	data, _ := os.ReadFile(a.log)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// get fetches a path of the agent's health endpoint from inside the node
+// namespace.
+func (a *agentProc) get(ctx context.Context, path string) (int, string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return traffic.Dial(ctx, a.netns, network, addr)
+		},
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.health+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// agentMetrics are the agent's CNI latency sums and counts and its
+// allocation gauge, from /metrics.
+type agentMetrics map[string]float64
+
+func (a *agentProc) metrics(ctx context.Context) (agentMetrics, error) {
+	code, body, err := a.get(ctx, "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("agent /metrics: status %d", code)
+	}
+	m := agentMetrics{}
+	for _, line := range strings.Split(body, "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(name, "#") {
+			continue
+		}
+		if strings.HasPrefix(name, "terway_cni_request_duration_seconds_sum{") ||
+			strings.HasPrefix(name, "terway_cni_request_duration_seconds_count{") || name == "terway_allocations" {
+			if v, err := strconv.ParseFloat(value, 64); err == nil {
+				m[name] = v
+			}
+		}
+	}
+	return m, nil
+}
+
+// mean is the agent-side mean latency of successful calls of the command
+// since before.
+func (m agentMetrics) mean(command string, before agentMetrics) time.Duration {
+	labels := `{command="` + command + `",result="ok"}`
+	sum := m["terway_cni_request_duration_seconds_sum"+labels] - before["terway_cni_request_duration_seconds_sum"+labels]
+	n := m["terway_cni_request_duration_seconds_count"+labels] - before["terway_cni_request_duration_seconds_count"+labels]
+	if n == 0 {
+		return 0
+	}
+	return time.Duration(sum / n * float64(time.Second))
+}
