@@ -143,20 +143,23 @@ func processesOf(dir string) []int {
 	return pids
 }
 
+// alive reports whether pid runs. A zombie is gone for our purposes (its
+// parent reaps it). Unlike ownedBy it does not read the command line,
+// which is briefly empty while `ip netns exec` becomes the program it runs.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+		return false
+	}
+	return true
+}
+
 // stop ends the processes (SIGTERM, then SIGKILL after grace) and waits
 // until they are gone.
 func stop(pids []int, dir string, grace time.Duration) {
-	alive := func(pid int) bool {
-		// A zombie is gone for our purposes; its parent reaps it.
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return false
-		}
-		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-			return false
-		}
-		return true
-	}
 	for _, pid := range pids {
 		if ownedBy(pid, dir) {
 			_ = syscall.Kill(pid, syscall.SIGTERM)

@@ -270,7 +270,7 @@ func (st *State) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for time.Now().Before(deadline) {
-		if !ownedBy(st.AgentPID, st.Dir) {
+		if !alive(st.AgentPID) {
 			return fmt.Errorf("terwayd exited: %s", st.agentLog())
 		}
 		code, body, err := st.AgentGet(ctx, "/readyz")
