@@ -14,6 +14,7 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/terway-reconciler/terway/apply/links"
@@ -28,21 +29,23 @@ const Kind = "address"
 // namespace and each listed namespace that still exists. IPv6 addresses
 // (the kernel's link-local ones included) are not ours and not listed.
 // It only reads.
+//
+// A namespace is read with one dump, not one per link: the host has a veth
+// per pod. Where the plan's snapshot sees only some links (a plan scoped to
+// a few pods), the kernel is asked for those links' addresses only; an
+// address's key names its link, so that view is exact.
 func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]spec.Address, error) {
 	var out []spec.Address
 	err := links.NewOwnership(desired).EachNamespace(ns, namespaces, "addresses", nil,
-		func(n string, h *netlink.Handle, names map[int]string) error {
-			// One dump per namespace, not one per link: the host has a veth per pod.
-			as, err := links.Dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
+		func(n string, _ *netlink.Handle, names map[int]string) error {
+			as, err := list(ns, n, names)
 			if err != nil {
 				return fmt.Errorf("list addresses in %s: %w", links.NetnsName(n), err)
 			}
 			for _, a := range as {
-				dev, ok := names[a.LinkIndex]
-				if !ok || a.IPNet == nil || a.IP.To4() == nil {
-					continue
+				if dev, ok := names[a.index]; ok {
+					out = append(out, spec.Address{Netns: n, Dev: dev, CIDR: a.cidr.String()})
 				}
-				out = append(out, spec.Address{Netns: n, Dev: dev, CIDR: a.IPNet.String()})
 			}
 			return nil
 		})
@@ -51,6 +54,77 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 	}
 	slices.SortStableFunc(out, order)
 	return out, nil
+}
+
+// kernelAddr is what Observe reads of one address.
+type kernelAddr struct {
+	index int
+	cidr  *net.IPNet
+}
+
+// list reads the IPv4 addresses of the namespace, or, where the snapshot
+// is limited, of the named links only (the kernel filters by link).
+func list(ns op.Namespaces, n string, names map[int]string) ([]kernelAddr, error) {
+	if !op.Limited(ns, n) {
+		return dump(ns, n, 0)
+	}
+	var out []kernelAddr
+	for index := range names {
+		as, err := dump(ns, n, index)
+		if errors.Is(err, unix.ENODEV) {
+			continue // the link, and its addresses, went away since it was listed
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, as...)
+	}
+	return out, nil
+}
+
+func dump(ns op.Namespaces, n string, index int) ([]kernelAddr, error) {
+	msgs, err := op.RouteDump(ns, n, unix.RTM_GETADDR, unix.RTM_NEWADDR,
+		&nl.IfAddrmsg{IfAddrmsg: unix.IfAddrmsg{Family: unix.AF_INET, Index: uint32(index)}})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]kernelAddr, 0, len(msgs))
+	for _, m := range msgs {
+		a, ok := parse(m)
+		if ok && (index == 0 || a.index == index) {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// parse decodes one IPv4 address message as the netlink library does: the
+// local address with the prefix length, or alone (/32) when it has a peer.
+func parse(m []byte) (kernelAddr, bool) {
+	if len(m) < unix.SizeofIfAddrmsg {
+		return kernelAddr{}, false
+	}
+	h := nl.DeserializeIfAddrmsg(m)
+	if h.Family != unix.AF_INET {
+		return kernelAddr{}, false
+	}
+	attrs := m[unix.SizeofIfAddrmsg:]
+	address, hasAddress := op.Attr(attrs, unix.IFA_ADDRESS)
+	local, hasLocal := op.Attr(attrs, unix.IFA_LOCAL)
+	var ip net.IP
+	bits := int(h.Prefixlen)
+	switch {
+	case hasLocal && (!hasAddress || !net.IP(local).Equal(address)):
+		ip, bits = local, 8*len(local) // a peer address holds the prefix
+	case hasAddress:
+		ip = address
+	default:
+		return kernelAddr{}, false
+	}
+	if len(ip) != net.IPv4len {
+		return kernelAddr{}, false
+	}
+	return kernelAddr{index: int(h.Index), cidr: &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, 8*len(ip))}}, true
 }
 
 // norm writes the CIDR canonically (the address keeps its host bits: it is

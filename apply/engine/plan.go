@@ -45,6 +45,13 @@ type PlanOptions struct {
 	// pod's ADD or DEL costs the same on a node of 10 pods as of 250. A
 	// removed pod is found by its host veth, whose name derives from its key.
 	// The periodic full resync covers everything else.
+	//
+	// In the host, the kinds read the pods' links only: the kernel filters
+	// routes, neighbours and addresses by link, and qdiscs are read only if
+	// one of those links has a TBF. Still read whole, so still growing with
+	// the node: the rules (the kernel has no filter for them), the qdiscs
+	// when a pod is shaped, and the routes when one the pods want is not on
+	// their links (a pod being added; the route might sit elsewhere).
 	Pods []string
 	// Namespaces are observed besides the document's: the namespace of a
 	// pod being deleted, where its exclusive ENI still is, so the plan can
@@ -63,12 +70,16 @@ func (e *Engine) Plan(ctx context.Context, desired *spec.NodeState, opts PlanOpt
 
 // plan is Plan for a document already validated.
 func (e *Engine) plan(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Plan, error) {
-	nss := desired.Namespaces()
+	var nss []string
 	var scope *podScope
 	if len(opts.Pods) > 0 {
 		scope = newPodScope(desired, opts.Pods)
 		nss = scope.namespaces
 		desired = scope.reduce(desired)
+	} else {
+		// Only a full plan lists every namespace: a scoped one's cost must
+		// not grow with the number of pods.
+		nss = desired.Namespaces()
 	}
 	for _, n := range opts.Namespaces {
 		if n != "" && n != spec.HostNetns && !slices.Contains(nss, n) {
@@ -114,8 +125,13 @@ func (e *Engine) plan(ctx context.Context, desired *spec.NodeState, opts PlanOpt
 			return tc.Diff(desired.TC, o), err
 		}},
 		{"nft", func() ([]op.Op, error) {
-			if opts.Full {
+			switch {
+			case opts.Full:
 				return e.nft.PlanFull(e.ns, spec.HostNetns, desired.NFTables)
+			case scope != nil:
+				// The CNI path: the periodic full read of the table is the
+				// agent's own syncs' to do.
+				return e.nft.PlanPartial(e.ns, spec.HostNetns, desired.NFTables)
 			}
 			return e.nft.Plan(e.ns, spec.HostNetns, desired.NFTables)
 		}},

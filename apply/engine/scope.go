@@ -11,7 +11,11 @@ import (
 
 // podScope restricts a plan to some pods.
 type podScope struct {
-	pods       map[string]bool
+	pods map[string]bool
+	// only is the pod when there is one (the CNI path): reduce asks about
+	// every item of the document, and a string comparison is cheaper than a
+	// map lookup.
+	only       string
 	veths      []string // host veth names of the pods, present or removed
 	namespaces []string // the pods' network namespaces still in the document
 	// hostLinks are the host links a scoped plan observes: the pods' veths
@@ -25,8 +29,11 @@ func newPodScope(desired *spec.NodeState, pods []string) *podScope {
 		s.pods[key] = true
 		s.veths = append(s.veths, spec.HostVethName(key))
 	}
+	if len(s.pods) == 1 {
+		s.only = pods[0]
+	}
 	for _, p := range desired.Pods {
-		if s.pods[p.Key] && p.Netns != spec.HostNetns {
+		if s.has(p.Key) && p.Netns != spec.HostNetns {
 			s.namespaces = append(s.namespaces, p.Netns)
 		}
 	}
@@ -49,7 +56,7 @@ func (s *podScope) filter(ops []op.Op) []op.Op {
 	var out []op.Op
 	for _, o := range ops {
 		switch {
-		case o.Kind == nft.Kind, s.pods[o.Pod]:
+		case o.Kind == nft.Kind, s.has(o.Pod):
 			out = append(out, o)
 		case o.Pod == "" && o.Action != op.Delete:
 			out = append(out, o)
@@ -58,6 +65,14 @@ func (s *podScope) filter(ops []op.Op) []op.Op {
 		}
 	}
 	return out
+}
+
+// has reports whether the pod (namespace/name) is in the scope.
+func (s *podScope) has(pod string) bool {
+	if s.only != "" {
+		return pod == s.only
+	}
+	return s.pods[pod]
 }
 
 func (s *podScope) onScopedVeth(text string) bool {
@@ -75,7 +90,7 @@ func (s *podScope) onScopedVeth(text string) bool {
 // observe and diff only that much; other pods' observed objects plan as
 // deletions, which filter drops.
 func (s *podScope) reduce(d *spec.NodeState) *spec.NodeState {
-	keep := func(pod string) bool { return pod == "" || s.pods[pod] }
+	keep := func(pod string) bool { return pod == "" || s.has(pod) }
 	r := &spec.NodeState{APIVersion: d.APIVersion, Kind: d.Kind, Node: d.Node, Mode: d.Mode, NFTables: d.NFTables, ENI: d.ENI}
 	r.Links = filterItems(d.Links, func(x spec.Link) bool { return keep(x.Pod) })
 	r.Addresses = filterItems(d.Addresses, func(x spec.Address) bool { return keep(x.Pod) })
@@ -84,7 +99,7 @@ func (s *podScope) reduce(d *spec.NodeState) *spec.NodeState {
 	r.Neighbors = filterItems(d.Neighbors, func(x spec.Neighbor) bool { return keep(x.Pod) })
 	r.Sysctls = filterItems(d.Sysctls, func(x spec.Sysctl) bool { return keep(x.Pod) })
 	r.TC = filterItems(d.TC, func(x spec.Qdisc) bool { return keep(x.Pod) })
-	r.Pods = filterItems(d.Pods, func(x spec.Pod) bool { return s.pods[x.Key] })
+	r.Pods = filterItems(d.Pods, func(x spec.Pod) bool { return s.has(x.Key) })
 	return r
 }
 

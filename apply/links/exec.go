@@ -81,8 +81,7 @@ func pairExists(ns op.Namespaces, d spec.Link) (bool, error) {
 		}
 		return false, errors.Join(errA, errB)
 	}
-	ids := nsidCache{ns: ns, ids: map[[2]string]int{}}
-	return ids.paired(d.Netns, a, d.Peer.Netns, b)
+	return paired(ns, d.Netns, a, d.Peer.Netns, b)
 }
 
 // updateVeth reads the pair again and fixes MAC, MTU and up on each end.
@@ -95,8 +94,7 @@ func updateVeth(ns op.Namespaces, d spec.Link) error {
 	if err != nil {
 		return fmt.Errorf("link %s: peer: %w", d.Key(), err)
 	}
-	ids := nsidCache{ns: ns, ids: map[[2]string]int{}}
-	ok, err := ids.paired(d.Netns, a, d.Peer.Netns, b)
+	ok, err := paired(ns, d.Netns, a, d.Peer.Netns, b)
 	if err != nil {
 		return fmt.Errorf("link %s: peer: %w", d.Key(), err)
 	}
@@ -105,7 +103,7 @@ func updateVeth(ns op.Namespaces, d spec.Link) error {
 			d.Key(), d.Peer.Name, NetnsName(d.Peer.Netns))
 	}
 	o := observed(d.Netns, a, spec.LinkVeth)
-	o.Peer = &spec.VethPeer{Netns: d.Peer.Netns, Name: d.Peer.Name, MAC: NormalMAC(b.Attrs().HardwareAddr.String())}
+	o.Peer = &spec.VethPeer{Netns: d.Peer.Netns, Name: d.Peer.Name, MAC: HardwareMAC(b.Attrs().HardwareAddr)}
 	o.PeerUp = b.Attrs().RawFlags&upFlag != 0
 	o.PeerMTU = b.Attrs().MTU
 	for _, c := range vethChanges(d, o) {
@@ -232,7 +230,7 @@ func findByMAC(ns op.Namespaces, mac string, search []string) (*Observed, netlin
 			return nil, nil, fmt.Errorf("list links in %s: %w", NetnsName(n), err)
 		}
 		for _, l := range all {
-			if NormalMAC(l.Attrs().HardwareAddr.String()) == mac {
+			if HardwareMAC(l.Attrs().HardwareAddr) == mac {
 				o := observed(n, l, spec.LinkENI)
 				return &o, l, nil
 			}

@@ -56,7 +56,14 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 		}
 	}
 
-	ids := nsidCache{ns: ns, ids: map[[2]string]int{}}
+	if desired != nil && op.Limited(ns, spec.HostNetns) {
+		more, err := unrenamedENIs(ns, own, desired, out)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, more...)
+	}
+
 	if desired != nil {
 		for _, d := range desired.Links {
 			if d.Kind != spec.LinkVeth || d.Peer == nil {
@@ -67,15 +74,15 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 			if !okA || !okB {
 				continue
 			}
-			paired, err := ids.paired(d.Netns, a, d.Peer.Netns, b)
+			isPair, err := paired(ns, d.Netns, a, d.Peer.Netns, b)
 			if err != nil {
 				return nil, fmt.Errorf("link %s: check veth peer %s in %s: %w", d.Key(), d.Peer.Name, NetnsName(d.Peer.Netns), err)
 			}
-			if !paired {
+			if !isPair {
 				continue
 			}
 			o := observed(d.Netns, a, spec.LinkVeth)
-			o.Peer = &spec.VethPeer{Netns: d.Peer.Netns, Name: d.Peer.Name, MAC: NormalMAC(b.Attrs().HardwareAddr.String())}
+			o.Peer = &spec.VethPeer{Netns: d.Peer.Netns, Name: d.Peer.Name, MAC: HardwareMAC(b.Attrs().HardwareAddr)}
 			o.PeerUp = b.Attrs().RawFlags&upFlag != 0
 			o.PeerMTU = b.Attrs().MTU
 			out = append(out, o)
@@ -104,45 +111,15 @@ const upFlag = 0x1
 func observed(netns string, l netlink.Link, kind string) Observed {
 	a := l.Attrs()
 	return Observed{
-		Link: spec.Link{Netns: netns, Name: a.Name, Kind: kind, MAC: NormalMAC(a.HardwareAddr.String()), MTU: a.MTU},
+		Link: spec.Link{Netns: netns, Name: a.Name, Kind: kind, MAC: HardwareMAC(a.HardwareAddr), MTU: a.MTU},
 		Up:   a.RawFlags&upFlag != 0,
 	}
-}
-
-// nsidCache remembers the id one namespace gives another, which is how a
-// veth end names the namespace of its peer (IFLA_LINK_NETNSID).
-type nsidCache struct {
-	ns  op.Namespaces
-	ids map[[2]string]int
-}
-
-// id returns the id namespace from gives namespace to, or -1 when it has
-// none (then no veth of from can have its peer in to). It only reads.
-func (c *nsidCache) id(from, to string) (int, error) {
-	k := [2]string{from, to}
-	if v, ok := c.ids[k]; ok {
-		return v, nil
-	}
-	h, err := c.ns.Handle(from)
-	if err != nil {
-		return 0, err
-	}
-	fd, err := c.ns.Fd(to)
-	if err != nil {
-		return 0, err
-	}
-	v, err := h.GetNetNsIdByFd(fd)
-	if err != nil {
-		return 0, fmt.Errorf("netns id of %s in %s: %w", NetnsName(to), NetnsName(from), err)
-	}
-	c.ids[k] = v
-	return v, nil
 }
 
 // paired reports whether veth a in namespace na and veth b in nb are the
 // two ends of one pair: each is the other's peer index, in the other's
 // namespace.
-func (c *nsidCache) paired(na string, a netlink.Link, nb string, b netlink.Link) (bool, error) {
+func paired(ns op.Namespaces, na string, a netlink.Link, nb string, b netlink.Link) (bool, error) {
 	if a.Type() != "veth" || b.Type() != "veth" {
 		return false, nil
 	}
@@ -153,13 +130,44 @@ func (c *nsidCache) paired(na string, a netlink.Link, nb string, b netlink.Link)
 	if na == nb {
 		return aa.NetNsID < 0 && ba.NetNsID < 0, nil
 	}
-	idB, err := c.id(na, nb)
+	idB, err := ns.NetnsID(na, nb)
 	if err != nil {
 		return false, err
 	}
-	idA, err := c.id(nb, na)
+	idA, err := ns.NetnsID(nb, na)
 	if err != nil {
 		return false, err
 	}
 	return idB >= 0 && aa.NetNsID == idB && idA >= 0 && ba.NetNsID == idA, nil
+}
+
+// unrenamedENIs finds, for a scoped plan that looked host links up by
+// name, the ENI links the document wants but the lookup missed: a freshly
+// attached ENI has the guest's name until the first plan renames it. Only
+// then is the host dumped whole.
+func unrenamedENIs(ns op.Namespaces, own *Ownership, desired *spec.NodeState, seen []Observed) ([]Observed, error) {
+	found := map[string]bool{}
+	for _, o := range seen {
+		found[o.MAC] = true
+	}
+	missing := false
+	for _, d := range desired.Links {
+		if d.Kind == spec.LinkENI && !found[NormalMAC(d.MAC)] {
+			missing = true
+		}
+	}
+	if !missing {
+		return nil, nil
+	}
+	all, err := op.FullLinkList(ns, spec.HostNetns)
+	if err != nil {
+		return nil, fmt.Errorf("list links in the host: %w", err)
+	}
+	var out []Observed
+	for _, l := range all {
+		if own.isKnownENI(l) && !found[HardwareMAC(l.Attrs().HardwareAddr)] {
+			out = append(out, observed(spec.HostNetns, l, spec.LinkENI))
+		}
+	}
+	return out, nil
 }

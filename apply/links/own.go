@@ -77,13 +77,15 @@ func NewOwnership(desired *spec.NodeState) *Ownership {
 
 // IsENI reports whether the link is an ENI a desired eni item names.
 func (o *Ownership) IsENI(l netlink.Link) bool {
-	return o.eniMACs[NormalMAC(l.Attrs().HardwareAddr.String())]
+	// Asked of every link by every kind on every plan: no MAC text when no
+	// ENI is wanted (VPC mode).
+	return len(o.eniMACs) > 0 && o.eniMACs[HardwareMAC(l.Attrs().HardwareAddr)]
 }
 
 // isKnownENI reports whether the link is an ENI the document knows of, as
 // an eni item or in the eni section.
 func (o *Ownership) isKnownENI(l netlink.Link) bool {
-	return o.knownENIs[NormalMAC(l.Attrs().HardwareAddr.String())]
+	return len(o.knownENIs) > 0 && o.knownENIs[HardwareMAC(l.Attrs().HardwareAddr)]
 }
 
 // Named reports whether the document names a link called name in netns
@@ -179,6 +181,17 @@ func NormalMAC(mac string) string {
 		return ""
 	}
 	return hw.String()
+}
+
+// HardwareMAC is NormalMAC of a link's (or neighbour's) hardware address,
+// without the round trip through text: the address forms net.ParseMAC
+// accepts print in normal form already, and the others are not MACs.
+func HardwareMAC(hw net.HardwareAddr) string {
+	switch len(hw) {
+	case 6, 8, 20:
+		return hw.String()
+	}
+	return ""
 }
 
 // IsNotFound reports whether a netlink error means the object is gone.

@@ -14,6 +14,7 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/terway-reconciler/terway/apply/links"
@@ -27,12 +28,17 @@ const Kind = "neighbor"
 // Observe returns the permanent IPv4 neighbour entries on the links we
 // own, in the host namespace and each listed namespace that still exists.
 // It only reads.
+//
+// A namespace is read with one dump, not one per link: the host has a veth
+// per pod. Where the plan's snapshot sees only some links (a plan scoped to
+// a few pods), the kernel is asked for those links' entries only, so that
+// such a plan does not read every pod's entries; an entry's key names its
+// link, so that view is exact.
 func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]spec.Neighbor, error) {
 	var out []spec.Neighbor
 	err := links.NewOwnership(desired).EachNamespace(ns, namespaces, "neighbours", nil,
-		func(n string, h *netlink.Handle, names map[int]string) error {
-			// One dump per namespace, not one per link: the host has a veth per pod.
-			es, err := links.Dump(func() ([]netlink.Neigh, error) { return h.NeighList(0, netlink.FAMILY_V4) })
+		func(n string, _ *netlink.Handle, names map[int]string) error {
+			es, err := list(ns, n, names)
 			if err != nil {
 				return fmt.Errorf("list neighbours in %s: %w", links.NetnsName(n), err)
 			}
@@ -41,7 +47,7 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 				if !ok || e.State&netlink.NUD_PERMANENT == 0 || e.IP.To4() == nil {
 					continue
 				}
-				out = append(out, spec.Neighbor{Netns: n, Dev: dev, IP: e.IP.String(), MAC: links.NormalMAC(e.HardwareAddr.String())})
+				out = append(out, spec.Neighbor{Netns: n, Dev: dev, IP: e.IP.String(), MAC: links.HardwareMAC(e.HardwareAddr)})
 			}
 			return nil
 		})
@@ -49,6 +55,48 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 		return nil, err
 	}
 	slices.SortStableFunc(out, order)
+	return out, nil
+}
+
+// list reads the IPv4 entries of the namespace, or, where the snapshot is
+// limited, of the named links only.
+func list(ns op.Namespaces, n string, names map[int]string) ([]*netlink.Neigh, error) {
+	if !op.Limited(ns, n) {
+		return dump(ns, n, 0)
+	}
+	var out []*netlink.Neigh
+	for index := range names {
+		es, err := dump(ns, n, index)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, es...)
+	}
+	return out, nil
+}
+
+// dump reads the IPv4 entries, on link index only when it is not 0. The
+// link goes in NDA_IFINDEX, which the kernel filters on; the netlink
+// library puts it in the header, where a dump ignores it.
+func dump(ns op.Namespaces, n string, index int) ([]*netlink.Neigh, error) {
+	data := []nl.NetlinkRequestData{&netlink.Ndmsg{Family: netlink.FAMILY_V4}}
+	if index != 0 {
+		data = append(data, nl.NewRtAttr(unix.NDA_IFINDEX, nl.Uint32Attr(uint32(index))))
+	}
+	msgs, err := op.RouteDump(ns, n, unix.RTM_GETNEIGH, unix.RTM_NEWNEIGH, data...)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*netlink.Neigh, 0, len(msgs))
+	for _, m := range msgs {
+		e, err := netlink.NeighDeserialize(m)
+		if err != nil {
+			return nil, err
+		}
+		if e.Family == netlink.FAMILY_V4 && (index == 0 || e.LinkIndex == index) {
+			out = append(out, e)
+		}
+	}
 	return out, nil
 }
 
@@ -63,15 +111,24 @@ func norm(n spec.Neighbor) spec.Neighbor {
 	return n
 }
 
-func key(n spec.Neighbor) string { return norm(n).Key() }
+// key is norm(n).Key() without normalising the MAC, which the key does not
+// hold: the full plan keys and sorts an entry per pod.
+func key(n spec.Neighbor) string {
+	if a, err := netip.ParseAddr(n.IP); err == nil {
+		n.IP = a.String()
+	}
+	return n.Key()
+}
 
 // order is the document's canonical order: host first, then each
-// namespace by path; device; IP by value.
+// namespace by path; device; IP by value (by text when neither parses).
 func order(a, b spec.Neighbor) int {
-	a, b = norm(a), norm(b)
-	ia, _ := netip.ParseAddr(a.IP)
-	ib, _ := netip.ParseAddr(b.IP)
-	return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Dev, b.Dev), ia.Compare(ib), cmp.Compare(a.IP, b.IP))
+	ia, errA := netip.ParseAddr(a.IP)
+	ib, errB := netip.ParseAddr(b.IP)
+	if c := cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Dev, b.Dev), ia.Compare(ib)); c != 0 || errA == nil || errB == nil {
+		return c
+	}
+	return cmp.Compare(a.IP, b.IP)
 }
 
 // Diff returns the deletions of our entries the document does not have,

@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/terway-reconciler/terway/apply/op"
 )
 
 // Registry resolves document namespaces to handles. The host namespace ("")
@@ -27,6 +29,11 @@ type Registry struct {
 	mu      sync.Mutex
 	files   map[string]netns.NsHandle
 	handles map[string]*netlink.Handle
+	conns   map[string]*op.RouteConn
+	// nsids caches the ids namespaces give each other ([from, to]). An id
+	// lasts as long as both namespaces, which the open descriptors in files
+	// keep alive; Forget drops a namespace's ids with its descriptor.
+	nsids map[[2]string]int
 }
 
 // NewRegistry returns a registry. hostPath may be empty (the current
@@ -35,7 +42,8 @@ func NewRegistry(hostPath string) *Registry {
 	if hostPath != "" && hostPath[0] != '/' {
 		hostPath = "/var/run/netns/" + hostPath
 	}
-	return &Registry{hostPath: hostPath, files: map[string]netns.NsHandle{}, handles: map[string]*netlink.Handle{}}
+	return &Registry{hostPath: hostPath, files: map[string]netns.NsHandle{}, handles: map[string]*netlink.Handle{},
+		conns: map[string]*op.RouteConn{}, nsids: map[[2]string]int{}}
 }
 
 func (r *Registry) path(ns string) string {
@@ -91,6 +99,66 @@ func (r *Registry) Handle(ns string) (*netlink.Handle, error) {
 	return h, nil
 }
 
+// RouteConn returns the namespace's op.RouteConn, opened once and cached.
+func (r *Registry) RouteConn(ns string) (*op.RouteConn, error) {
+	r.mu.Lock()
+	c, ok := r.conns[ns]
+	r.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	// Opened outside the lock: Do switches a thread into the namespace.
+	err := r.Do(ns, func() error {
+		var err error
+		c, err = op.OpenRouteConn()
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rtnetlink socket in namespace %q: %w", displayName(ns), err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if prev, ok := r.conns[ns]; ok {
+		c.Close() // another caller won the race
+		return prev, nil
+	}
+	r.conns[ns] = c
+	return c, nil
+}
+
+// NetnsID returns the id namespace from gives namespace to, or -1. Ids
+// are cached: a full plan checks every veth pair both ways, two requests a
+// pod, and an id does not change while both namespaces live.
+func (r *Registry) NetnsID(from, to string) (int, error) {
+	k := [2]string{from, to}
+	r.mu.Lock()
+	id, ok := r.nsids[k]
+	r.mu.Unlock()
+	if ok {
+		return id, nil
+	}
+	h, err := r.Handle(from)
+	if err != nil {
+		return 0, err
+	}
+	fd, err := r.Fd(to)
+	if err != nil {
+		return 0, err
+	}
+	id, err = h.GetNetNsIdByFd(fd)
+	if err != nil {
+		return 0, fmt.Errorf("netns id of %s in %s: %w", displayName(to), displayName(from), err)
+	}
+	if id >= 0 {
+		// No id yet is not cached: the kernel assigns one when a veth
+		// end first names the other namespace.
+		r.mu.Lock()
+		r.nsids[k] = id
+		r.mu.Unlock()
+	}
+	return id, nil
+}
+
 // Exists reports whether the namespace can be opened.
 func (r *Registry) Exists(ns string) bool {
 	p := r.path(ns)
@@ -118,6 +186,15 @@ func (r *Registry) Forget(ns string) {
 	if h, ok := r.handles[ns]; ok {
 		h.Close()
 		delete(r.handles, ns)
+	}
+	if c, ok := r.conns[ns]; ok {
+		c.Close()
+		delete(r.conns, ns)
+	}
+	for k := range r.nsids {
+		if k[0] == ns || k[1] == ns {
+			delete(r.nsids, k)
+		}
 	}
 	if f, ok := r.files[ns]; ok {
 		f.Close()

@@ -34,9 +34,26 @@ type plan struct {
 	groups [numGroups][]op.Op
 	nextID uint32
 	// verifySets and verifyChains name what the transaction wrote, with
-	// the desired content to compare after the commit.
+	// the desired content to compare after the commit. verifyElems does
+	// the same for a few elements of a kept set (see elemCheck).
 	verifySets   map[string]*set
 	verifyChains map[string]int
+	verifyElems  map[string]*elemCheck
+}
+
+// verifyPerElemMax bounds the elements of one kept set that are read back
+// one by one; a larger change reads the whole set back.
+const verifyPerElemMax = 16
+
+// elemCheck is what a transaction changed in a set it kept, when that is
+// not an interval set (so that a key names exactly one element): the
+// elements that must now be there as written, and those that must be gone.
+// Reading back these few instead of the whole set keeps a pod's change
+// from costing a read of every pod's element of a map.
+type elemCheck struct {
+	set     *set
+	present []*elem
+	absent  []*elem // as the kernel held them (the set's observed form)
 }
 
 // Groups order the plan's lines for reading: the table, what goes away,
@@ -77,7 +94,7 @@ func (p *plan) messages() []batchMsg {
 // no table). rec, the record of our last write (may be nil), only names the
 // pods of objects that are no longer wanted, which the kernel cannot tell.
 func diff(netns string, want, have, rec *table) (*plan, error) {
-	p := &plan{netns: netns, verifySets: map[string]*set{}, verifyChains: map[string]int{}}
+	p := &plan{netns: netns, verifySets: map[string]*set{}, verifyChains: map[string]int{}, verifyElems: map[string]*elemCheck{}}
 	if want == nil {
 		if have != nil {
 			p.add(gTable, op.Delete, "table", "", "table inet terway")
@@ -276,14 +293,48 @@ func (d *differ) sets() {
 	}
 }
 
-// elems diffs the elements of a set that stays.
+// elems diffs the elements of a set that stays. Only the elements that
+// change are sorted and printed: one pod's change touches one element of
+// a map that holds every pod's, and the others must not cost it anything.
 func (d *differ) elems(ws, hs *set) {
 	p := d.p
-	if len(ws.elems) == len(hs.elems) && len(d.bounce) == 0 && sameElems(ws, hs) {
-		return // the common case, without sorting
+	if ws == hs && len(d.bounce) == 0 {
+		// The record's own set (a partial sync of an unchanged set): the
+		// same canonical object, which nothing modifies.
+		return
 	}
+	bounce := func(e *elem) string {
+		if len(d.bounce) == 0 {
+			return ""
+		}
+		return d.bounce[ws.name+"\x00"+e.text]
+	}
+	var changed, gone []*elem
+	kept := 0 // wanted elements the set has
+	for k, e := range ws.elems {
+		he := hs.elems[k]
+		if he != nil {
+			kept++
+		}
+		if he == nil || !he.same(e) || bounce(e) != "" {
+			changed = append(changed, e)
+		}
+	}
+	if kept < len(hs.elems) {
+		for k, he := range hs.elems {
+			if ws.elems[k] == nil {
+				gone = append(gone, he)
+			}
+		}
+	}
+	if len(changed)+len(gone) == 0 {
+		return // the common case
+	}
+	byKey := func(a, b *elem) int { return compareKeys(a.key, b.key) }
+	slices.SortFunc(changed, byKey)
+	slices.SortFunc(gone, byKey)
 	var adds, dels []*elem
-	for _, e := range sortedElemList(ws.elems) {
+	for _, e := range changed {
 		he := hs.elems[e.text]
 		key := "element/" + ws.name + "/" + e.text
 		text := fmt.Sprintf("nft element %s { %s }", ws.name, e.String())
@@ -294,17 +345,15 @@ func (d *differ) elems(ws, hs *set) {
 		case !he.same(e):
 			p.add(gElemAdd, op.Update, key, d.elemPod(ws, e), text+" (was "+he.String()+")")
 			dels, adds = append(dels, he), append(adds, e)
-		case d.bounce[ws.name+"\x00"+e.text] != "":
-			p.add(gElemAdd, op.Update, key, d.elemPod(ws, e), text+" (re-added: "+d.bounce[ws.name+"\x00"+e.text]+")")
+		default:
+			p.add(gElemAdd, op.Update, key, d.elemPod(ws, e), text+" (re-added: "+bounce(e)+")")
 			dels, adds = append(dels, he), append(adds, e)
 		}
 	}
-	for _, he := range sortedElemList(hs.elems) {
-		if ws.elems[he.text] == nil {
-			p.add(gElemDel, op.Delete, "element/"+hs.name+"/"+he.text, d.elemPod(hs, he),
-				fmt.Sprintf("nft element %s { %s }", hs.name, he.String()))
-			dels = append(dels, he)
-		}
+	for _, he := range gone {
+		p.add(gElemDel, op.Delete, "element/"+hs.name+"/"+he.text, d.elemPod(hs, he),
+			fmt.Sprintf("nft element %s { %s }", hs.name, he.String()))
+		dels = append(dels, he)
 	}
 	if len(dels) > 0 {
 		// Deletion uses the kernel's encoding of what is there (hs).
@@ -313,18 +362,13 @@ func (d *differ) elems(ws, hs *set) {
 	if len(adds) > 0 {
 		p.msgs[phAttach] = append(p.msgs[phAttach], elemMsgs(ws, ws.name, 0, adds, false)...)
 	}
-	if len(adds)+len(dels) > 0 {
+	switch {
+	case len(adds)+len(dels) == 0:
+	case !ws.interval && !hs.interval && len(adds)+len(gone) <= verifyPerElemMax:
+		p.verifyElems[ws.name] = &elemCheck{set: ws, present: adds, absent: gone}
+	default:
 		p.verifySets[ws.name] = ws
 	}
-}
-
-func sameElems(a, b *set) bool {
-	for k, e := range a.elems {
-		if o := b.elems[k]; o == nil || !o.same(e) {
-			return false
-		}
-	}
-	return true
 }
 
 func (d *differ) chains() error {

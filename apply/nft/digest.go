@@ -16,8 +16,29 @@ import (
 // digest identifies the content of one set or chain of the document.
 type digest [sha256.Size]byte
 
-// canonCache maps digests to canonical *set or *chain.
-type canonCache map[digest]any
+// canonCache holds the canonical sets and chains of the last document: by
+// content digest, to reuse one that did not change, and sets by name, to
+// reuse the elements that did not change of a set that did (a pod's change
+// is one element of a map that holds every pod's). A nil cache holds
+// nothing.
+type canonCache struct {
+	byDigest   map[digest]any // *set or *chain
+	setsByName map[string]*set
+}
+
+func (c *canonCache) object(sum digest) any {
+	if c == nil {
+		return nil
+	}
+	return c.byDigest[sum]
+}
+
+func (c *canonCache) set(name string) *set {
+	if c == nil {
+		return nil
+	}
+	return c.setsByName[name]
+}
 
 type digester struct{ buf []byte }
 

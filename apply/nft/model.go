@@ -35,6 +35,9 @@ type set struct {
 	comment   string
 	pod       string
 	elems     map[string]*elem // by key text (without the verdict)
+	// bySpec holds a desired set's elements by elemIdent of their document
+	// form, for canonicalSet to reuse.
+	bySpec map[string]*elem
 	// foreign says why an observed set is not one we could have made
 	// (flags, types); such a set is recreated or deleted.
 	foreign string
@@ -170,20 +173,20 @@ func emptyTable() *table {
 // errors that name the set, chain, element or rule and the reason. Sets and
 // chains found in cache (by content digest) are reused; the returned cache
 // holds exactly this document's objects, for the next call.
-func canonical(t *spec.NFTable, cache canonCache) (*table, canonCache, error) {
+func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) {
 	if t.Family != spec.NFTFamily || t.Name != spec.NFTTable {
 		return nil, nil, fmt.Errorf("nftables: table is %s %s, only %s %s is ours", t.Family, t.Name, spec.NFTFamily, spec.NFTTable)
 	}
 	out := emptyTable()
-	next := make(canonCache, len(t.Sets)+len(t.Chains))
+	next := &canonCache{byDigest: make(map[digest]any, len(t.Sets)+len(t.Chains)), setsByName: make(map[string]*set, len(t.Sets))}
 	var d digester
 	for i := range t.Sets {
 		in := &t.Sets[i]
 		sum := d.set(in)
-		s, ok := cache[sum].(*set)
+		s, ok := cache.object(sum).(*set)
 		if !ok {
 			var err error
-			if s, err = canonicalSet(in); err != nil {
+			if s, err = canonicalSet(in, cache.set(in.Name)); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -191,12 +194,13 @@ func canonical(t *spec.NFTable, cache canonCache) (*table, canonCache, error) {
 			return nil, nil, fmt.Errorf("nft set %s: defined twice", s.name)
 		}
 		out.sets[s.name] = s
-		next[sum] = s
+		next.byDigest[sum] = s
+		next.setsByName[s.name] = s
 	}
 	for i := range t.Chains {
 		in := &t.Chains[i]
 		sum := d.chain(in)
-		c, ok := cache[sum].(*chain)
+		c, ok := cache.object(sum).(*chain)
 		if !ok {
 			var err error
 			if c, err = canonicalChain(in); err != nil {
@@ -207,7 +211,7 @@ func canonical(t *spec.NFTable, cache canonCache) (*table, canonCache, error) {
 			return nil, nil, fmt.Errorf("nft chain %s: defined twice", c.name)
 		}
 		out.chains[c.name] = c
-		next[sum] = c
+		next.byDigest[sum] = c
 	}
 	if err := out.checkRefs(); err != nil {
 		return nil, nil, err
@@ -215,9 +219,17 @@ func canonical(t *spec.NFTable, cache canonCache) (*table, canonCache, error) {
 	return out, next, nil
 }
 
-func canonicalSet(in *spec.NFTSet) (*set, error) {
+// canonicalSet canonicalises a set. prev, the canonical set of the same
+// name in the last document (may be nil), lends the elements that are
+// written the same, so that a changed set costs the parsing of its changed
+// elements only.
+func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
 	s := &set{name: in.Name, typeNames: slices.Clone(in.Type), interval: in.Interval, verdict: in.Verdict,
-		comment: in.Comment, pod: in.Pod, elems: make(map[string]*elem, len(in.Elements))}
+		comment: in.Comment, pod: in.Pod, elems: make(map[string]*elem, len(in.Elements)),
+		bySpec: make(map[string]*elem, len(in.Elements))}
+	if prev != nil && (!slices.Equal(prev.typeNames, in.Type) || prev.interval != in.Interval || prev.verdict != in.Verdict) {
+		prev = nil // elements canonicalise differently
+	}
 	if err := checkName(in.Name); err != nil {
 		return nil, fmt.Errorf("nft set %s: name: %w", in.Name, err)
 	}
@@ -238,16 +250,40 @@ func canonicalSet(in *spec.NFTSet) (*set, error) {
 		return nil, fmt.Errorf("nft set %s: comment: %w", in.Name, err)
 	}
 	for _, e := range in.Elements {
-		ce, err := canonicalElem(s, e)
-		if err != nil {
-			return nil, fmt.Errorf("nft set %s: element %q: %w", in.Name, spec.FormatElement(e), err)
+		id := elemIdent(e)
+		var ce *elem
+		if prev != nil {
+			ce = prev.bySpec[id]
 		}
-		if prev, dup := s.elems[ce.text]; dup {
-			return nil, fmt.Errorf("nft set %s: element %q: same key as %q", in.Name, spec.FormatElement(e), prev.String())
+		if ce == nil {
+			var err error
+			if ce, err = canonicalElem(s, e); err != nil {
+				return nil, fmt.Errorf("nft set %s: element %q: %w", in.Name, spec.FormatElement(e), err)
+			}
+		}
+		if other, dup := s.elems[ce.text]; dup {
+			return nil, fmt.Errorf("nft set %s: element %q: same key as %q", in.Name, spec.FormatElement(e), other.String())
 		}
 		s.elems[ce.text] = ce
+		s.bySpec[id] = ce
 	}
 	return s, nil
+}
+
+// elemIdent is what canonicalElem reads of an element, as one string.
+func elemIdent(e spec.NFTElement) string {
+	var b strings.Builder
+	for _, k := range e.Key {
+		b.WriteString(k)
+		b.WriteByte(0)
+	}
+	if v := e.Verdict; v != nil {
+		b.WriteByte(1)
+		b.WriteString(v.Kind)
+		b.WriteByte(0)
+		b.WriteString(v.Chain)
+	}
+	return b.String()
 }
 
 func canonicalElem(s *set, e spec.NFTElement) (*elem, error) {

@@ -172,6 +172,26 @@ func readElems(c *conn, s *set) error {
 	return nil
 }
 
+// getElem asks the kernel for the element of set s (not an interval set)
+// with e's key, and returns it as the kernel holds it, or nil when there is
+// none.
+func getElem(c *conn, s *set, e *elem) (*elem, error) {
+	a := append(attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, spec.NFTTable), attrStr(unix.NFTA_SET_ELEM_LIST_SET, s.name)...)
+	a = append(a, nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, nested(unix.NFTA_LIST_ELEM, wireElems(s, e, false)[0]))...)
+	m, err := c.get(unix.NFT_MSG_GETSETELEM, familyInet, a)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
+	}
+	got := &set{name: s.name, types: s.types, typeNames: s.typeNames, verdict: s.verdict, elems: map[string]*elem{}}
+	if err := decodeElems(got, []msg{m}); err != nil {
+		return nil, fmt.Errorf("decode element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
+	}
+	return got.elems[e.text], nil
+}
+
 // observeRules reads every rule of our table in one dump (the dump lists
 // each chain's rules in order) and decompiles them. It returns the rules by
 // chain and the chain names the rules live in and jump to.

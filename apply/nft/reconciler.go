@@ -54,10 +54,10 @@ type Options struct {
 // kernel, so changing one pod touches only that pod's chains and elements.
 // A full sync reads our table back from the kernel and diffs against that;
 // it happens on the first sync of a namespace, after any failure (of
-// observing, committing or verifying), every FullEvery syncs, and on
-// PlanFull or after Invalidate. A partial transaction that meets a kernel
-// unlike the record (an element to delete is already gone) fails as a
-// whole, and the next, full, sync repairs.
+// observing, committing or verifying), every FullEvery syncs (PlanPartial
+// excepted), and on PlanFull or after Invalidate. A partial transaction
+// that meets a kernel unlike the record (an element to delete is already
+// gone) fails as a whole, and the next, full, sync repairs.
 //
 // A Reconciler is safe for concurrent use; syncs of one namespace should
 // not overlap (a plan made before another plan of the same namespace was
@@ -84,7 +84,7 @@ type record struct {
 	// an older version would diff against a stale record.
 	version uint64
 	// cache holds the canonical sets and chains of the last desired table.
-	cache canonCache
+	cache *canonCache
 	// commitMu serialises commits of the namespace, so that the staleness
 	// check and the commit that follows it cannot interleave with another.
 	commitMu sync.Mutex
@@ -107,14 +107,32 @@ func New(opts Options) *Reconciler {
 // desired (nil: delete our table), as a partial or full sync (see
 // Reconciler).
 func (r *Reconciler) Plan(ns op.Namespaces, netns string, desired *spec.NFTable) ([]op.Op, error) {
-	return r.plan(ns, netns, desired, false)
+	return r.plan(ns, netns, desired, syncAuto)
 }
 
 // PlanFull plans like Plan but always reads the kernel first: for periodic
 // resyncs and for `terwayctl plan`, which must show the real drift.
 func (r *Reconciler) PlanFull(ns op.Namespaces, netns string, desired *spec.NFTable) ([]op.Op, error) {
-	return r.plan(ns, netns, desired, true)
+	return r.plan(ns, netns, desired, syncFull)
 }
+
+// PlanPartial plans like Plan but is never the periodic full sync (every
+// FullEvery): for a path whose cost must not grow with the table, a CNI ADD
+// or DEL, while the agent's own syncs keep reading the kernel for drift.
+// After a failure it is still full: then the record is not to be trusted.
+func (r *Reconciler) PlanPartial(ns op.Namespaces, netns string, desired *spec.NFTable) ([]op.Op, error) {
+	return r.plan(ns, netns, desired, syncPartial)
+}
+
+// syncMode is what a plan asks for: full or partial as the record and the
+// FullEvery count decide, always full, or full only after a failure.
+type syncMode int
+
+const (
+	syncAuto syncMode = iota
+	syncFull
+	syncPartial
+)
 
 // Invalidate makes the next sync of netns a full one, e.g. after something
 // outside this package may have changed the namespace's nftables.
@@ -150,14 +168,14 @@ func (r *Reconciler) Sync(ctx context.Context, ns op.Namespaces, netns string, d
 	return ops, nil
 }
 
-func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable, force bool) ([]op.Op, error) {
+func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable, ask syncMode) ([]op.Op, error) {
 	r.mu.Lock()
 	rec := r.records[netns]
 	if rec == nil {
 		rec = &record{full: true}
 		r.records[netns] = rec
 	}
-	full := force || rec.full || rec.syncs+1 >= r.opts.FullEvery
+	full := ask == syncFull || rec.full || (ask == syncAuto && rec.syncs+1 >= r.opts.FullEvery)
 	version, written, cache := rec.version, rec.written, rec.cache
 	r.mu.Unlock()
 
@@ -311,9 +329,10 @@ func (r *Reconciler) fail(netns string) {
 // dump counts every chain's rules.
 const verifyPerChainMax = 16
 
-// verify reads back what the transaction wrote: every set's elements (the
-// kernel has installed partial element lists silently before) and every
-// rewritten chain's rule count.
+// verify reads back what the transaction wrote: the elements of every set
+// it wrote (the kernel has installed partial element lists silently
+// before), element by element when it changed a few of a kept set
+// (elemCheck), and every rewritten chain's rule count.
 func verify(c *conn, p *plan) error {
 	var errs []error
 	for _, name := range sortedKeys(p.verifySets) {
@@ -339,6 +358,11 @@ func verify(c *conn, p *plan) error {
 				ws.word(), name, len(got.elems), len(ws.elems), firstFew(missing), firstFew(extra)))
 		}
 	}
+	for _, name := range sortedKeys(p.verifyElems) {
+		if err := verifyElems(c, p.verifyElems[name]); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	counts, err := ruleCounts(c, sortedKeys(p.verifyChains))
 	if err != nil {
 		errs = append(errs, err)
@@ -350,6 +374,35 @@ func verify(c *conn, p *plan) error {
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("reading it back found differences: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// verifyElems reads back the elements a transaction wrote to or deleted
+// from a kept set, one by one.
+func verifyElems(c *conn, ch *elemCheck) error {
+	var missing, extra []string
+	for _, e := range ch.present {
+		got, err := getElem(c, ch.set, e)
+		if err != nil {
+			return err
+		}
+		if got == nil || got.String() != e.String() {
+			missing = append(missing, e.String())
+		}
+	}
+	for _, e := range ch.absent {
+		got, err := getElem(c, ch.set, e)
+		if err != nil {
+			return err
+		}
+		if got != nil {
+			extra = append(extra, got.String())
+		}
+	}
+	if len(missing)+len(extra) > 0 {
+		return fmt.Errorf("nft %s %s does not hold what was written (missing %s; unexpected %s)",
+			ch.set.word(), ch.set.name, firstFew(missing), firstFew(extra))
 	}
 	return nil
 }

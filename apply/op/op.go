@@ -56,4 +56,12 @@ type Namespaces interface {
 	// Exists reports whether the namespace path exists, so that a pod whose
 	// sandbox is gone is not an error but simply has nothing to observe.
 	Exists(netns string) bool
+	// RouteConn returns the namespace's RouteConn, for the reads of a plan
+	// (RouteDump, RouteGet); owned by the implementation.
+	RouteConn(netns string) (*RouteConn, error)
+	// NetnsID returns the id namespace from gives namespace to, which is
+	// how a veth end names the namespace of its peer, or -1 when it gives
+	// none. Implementations may cache an id (it lasts as long as both
+	// namespaces) but never the absence of one.
+	NetnsID(from, to string) (int, error)
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // Snapshot is a Namespaces for one plan: it remembers each namespace's link
@@ -54,14 +56,17 @@ func (s *Snapshot) Exists(netns string) bool {
 
 // linkEntry is one namespace's link list, read once: kinds observing
 // concurrently wait for the first reader instead of dumping again, and
-// different namespaces are read in parallel.
+// different namespaces are read in parallel. qdiscs holds each listed
+// link's root qdisc kind (IFLA_QDISC), by index, which tells tc whether a
+// namespace has any qdisc worth dumping.
 type linkEntry struct {
-	once  sync.Once
-	links []netlink.Link
-	err   error
+	once   sync.Once
+	links  []netlink.Link
+	qdiscs map[int]string
+	err    error
 }
 
-func (s *Snapshot) linkList(netns string) ([]netlink.Link, error) {
+func (s *Snapshot) entry(netns string) *linkEntry {
 	s.mu.Lock()
 	e := s.links[netns]
 	if e == nil {
@@ -72,58 +77,116 @@ func (s *Snapshot) linkList(netns string) ([]netlink.Link, error) {
 	s.mu.Unlock()
 	e.once.Do(func() {
 		if only {
-			e.links, e.err = linksByName(s.Namespaces, netns, names)
+			e.links, e.qdiscs, e.err = linksByName(s.Namespaces, netns, names)
 		} else {
-			e.links, e.err = dumpLinks(s.Namespaces, netns)
+			e.links, e.qdiscs, e.err = dumpLinks(s.Namespaces, netns)
 		}
 	})
-	return e.links, e.err
+	return e
 }
 
 // LinkList lists a namespace's links: from the snapshot when ns is one,
 // else with a fresh dump.
 func LinkList(ns Namespaces, netns string) ([]netlink.Link, error) {
 	if s, ok := ns.(*Snapshot); ok {
-		return s.linkList(netns)
+		e := s.entry(netns)
+		return e.links, e.err
 	}
-	return dumpLinks(ns, netns)
+	links, _, err := dumpLinks(ns, netns)
+	return links, err
+}
+
+// Limited reports whether ns is a snapshot that sees only some links of
+// netns (OnlyLinks): the kinds that live on links then ask the kernel
+// about those links only, instead of dumping the namespace.
+func Limited(ns Namespaces, netns string) bool {
+	s, ok := ns.(*Snapshot)
+	if !ok {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, only := s.only[netns]
+	return only
+}
+
+// RootQdisc returns the kind of the root qdisc ("noqueue", "tbf", …) of
+// the link with this index as the snapshot listed it; ok is false when ns
+// is not a snapshot or the link was not listed.
+func RootQdisc(ns Namespaces, netns string, index int) (kind string, ok bool) {
+	s, isSnap := ns.(*Snapshot)
+	if !isSnap {
+		return "", false
+	}
+	e := s.entry(netns)
+	if e.err != nil {
+		return "", false
+	}
+	kind, ok = e.qdiscs[index]
+	return kind, ok
 }
 
 // dumpTries bounds the retries of a dump the kernel marked interrupted (the
 // table changed while it was read); a few retries get a consistent view.
 const dumpTries = 5
 
-func dumpLinks(ns Namespaces, netns string) ([]netlink.Link, error) {
-	h, err := ns.Handle(netns)
-	if err != nil {
-		return nil, err
-	}
-	var links []netlink.Link
-	for range dumpTries {
-		links, err = h.LinkList()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return links, err
-		}
-	}
-	return links, fmt.Errorf("link dump still interrupted after %d tries: %w", dumpTries, err)
+// rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS (linux/rtnetlink.h),
+// which golang.org/x/sys does not name.
+const rtextFilterSkipStats = 1 << 3
+
+// linkRequest is the header and attributes of a link get or dump. Unlike
+// the netlink library's, it asks the kernel to leave out the counters
+// (summed over every CPU, for every link, on every plan) and SR-IOV VF
+// details: nothing here reads them, and a plan reads every link of the node.
+func linkRequest(extra ...nl.NetlinkRequestData) []nl.NetlinkRequestData {
+	return append([]nl.NetlinkRequestData{nl.NewIfInfomsg(unix.AF_UNSPEC),
+		nl.NewRtAttr(unix.IFLA_EXT_MASK, nl.Uint32Attr(rtextFilterSkipStats))}, extra...)
 }
 
-func linksByName(ns Namespaces, netns string, names []string) ([]netlink.Link, error) {
-	h, err := ns.Handle(netns)
+// dumpLinks lists the namespace's links. It reads the replies itself, not
+// through the library's LinkList, to keep each link's root qdisc kind,
+// which the library's links do not carry.
+func dumpLinks(ns Namespaces, netns string) ([]netlink.Link, map[int]string, error) {
+	msgs, err := RouteDump(ns, netns, unix.RTM_GETLINK, unix.RTM_NEWLINK, linkRequest()...)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("dump links: %w", err)
 	}
-	var out []netlink.Link
+	return decodeLinks(msgs)
+}
+
+func decodeLinks(msgs [][]byte) ([]netlink.Link, map[int]string, error) {
+	links := make([]netlink.Link, 0, len(msgs))
+	qdiscs := make(map[int]string, len(msgs))
+	for _, m := range msgs {
+		if len(m) < unix.SizeofIfInfomsg {
+			return nil, nil, fmt.Errorf("link message of %d bytes is too short", len(m))
+		}
+		l, err := netlink.LinkDeserialize(nil, m)
+		if err != nil {
+			return nil, nil, err
+		}
+		links = append(links, l)
+		qdiscs[l.Attrs().Index] = AttrString(m[unix.SizeofIfInfomsg:], unix.IFLA_QDISC)
+	}
+	return links, qdiscs, nil
+}
+
+func linksByName(ns Namespaces, netns string, names []string) ([]netlink.Link, map[int]string, error) {
+	var msgs [][]byte
 	for _, name := range names {
-		l, err := h.LinkByName(name)
-		var notFound netlink.LinkNotFoundError
+		attr := nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name))
+		if len(name) >= unix.IFNAMSIZ {
+			// Too long for a name; the kernel may know it as an alternative one.
+			attr = nl.NewRtAttr(unix.IFLA_ALT_IFNAME, nl.ZeroTerminated(name))
+		}
+		m, err := RouteGet(ns, netns, unix.RTM_GETLINK, unix.RTM_NEWLINK, linkRequest(attr)...)
 		switch {
-		case errors.As(err, &notFound):
+		case errors.Is(err, unix.ENODEV):
 		case err != nil:
-			return nil, fmt.Errorf("look up link %s: %w", name, err)
+			return nil, nil, fmt.Errorf("look up link %s: %w", name, err)
 		default:
-			out = append(out, l)
+			msgs = append(msgs, m...)
 		}
 	}
-	return out, nil
+	return decodeLinks(msgs)
 }

@@ -26,64 +26,6 @@ import (
 // Kind is the Op.Kind of every route operation.
 const Kind = "route"
 
-// Observe returns the IPv4 routes with our protocol, in every table, in the
-// host namespace and in each listed namespace that still exists. Table is 0
-// for main, as in the document. It only reads.
-func Observe(ns op.Namespaces, namespaces []string, _ *spec.NodeState) ([]spec.Route, error) {
-	var out []spec.Route
-	filter := &netlink.Route{Protocol: netlink.RouteProtocol(spec.RouteProtocol), Table: unix.RT_TABLE_UNSPEC}
-	for _, n := range links.Namespaces(ns, namespaces) {
-		h, err := ns.Handle(n)
-		if err != nil {
-			return nil, fmt.Errorf("observe routes in %s: %w", links.NetnsName(n), err)
-		}
-		rs, err := links.Dump(func() ([]netlink.Route, error) {
-			return h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("list routes in %s: %w", links.NetnsName(n), err)
-		}
-		if len(rs) == 0 {
-			continue
-		}
-		all, err := op.LinkList(ns, n)
-		if err != nil {
-			return nil, fmt.Errorf("list links in %s: %w", links.NetnsName(n), err)
-		}
-		names := make(map[int]string, len(all))
-		for _, l := range all {
-			names[l.Attrs().Index] = l.Attrs().Name
-		}
-		for _, r := range rs {
-			out = append(out, fromKernel(n, r, names))
-		}
-	}
-	slices.SortStableFunc(out, order)
-	return out, nil
-}
-
-func fromKernel(netns string, r netlink.Route, names map[int]string) spec.Route {
-	out := spec.Route{Netns: netns, Dst: "default", Scope: scopeName(r.Scope), Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
-	if r.Table != unix.RT_TABLE_MAIN {
-		out.Table = r.Table
-	}
-	if r.Dst != nil {
-		if ones, _ := r.Dst.Mask.Size(); ones != 0 {
-			out.Dst = r.Dst.String()
-		}
-	}
-	if r.Gw != nil {
-		out.Gw = r.Gw.String()
-	}
-	if r.LinkIndex != 0 {
-		out.Dev = names[r.LinkIndex]
-		if out.Dev == "" {
-			out.Dev = "if" + strconv.Itoa(r.LinkIndex)
-		}
-	}
-	return out
-}
-
 func scopeName(s netlink.Scope) string {
 	switch s {
 	case netlink.SCOPE_UNIVERSE:
@@ -103,11 +45,7 @@ func scopeName(s netlink.Scope) string {
 // canonical text.
 func norm(r spec.Route) spec.Route {
 	r.Table = r.TableID()
-	if r.Dst == "0.0.0.0/0" {
-		r.Dst = "default"
-	} else if p, err := netip.ParsePrefix(r.Dst); err == nil {
-		r.Dst = p.Masked().String()
-	}
+	r.Dst = normDst(r.Dst)
 	if a, err := netip.ParseAddr(r.Gw); err == nil {
 		r.Gw = a.String()
 	}
@@ -118,13 +56,44 @@ func norm(r spec.Route) spec.Route {
 	return r
 }
 
-func key(r spec.Route) string { return norm(r).Key() }
+func normDst(dst string) string {
+	if dst == "0.0.0.0/0" {
+		return "default"
+	}
+	if p, err := netip.ParsePrefix(dst); err == nil {
+		return p.Masked().String()
+	}
+	return dst
+}
 
-// order is the document's canonical route order: host first, then each
-// namespace by path; table id; destination by value.
-func order(a, b spec.Route) int {
-	return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.TableID(), b.TableID()),
-		spec.CompareValues(norm(a).Dst, norm(b).Dst))
+// key is norm(r).Key(), normalising only what the key holds.
+func key(r spec.Route) string {
+	r.Table, r.Dst = r.TableID(), normDst(r.Dst)
+	return r.Key()
+}
+
+// orderBy is the document's canonical route order: host first, then each
+// namespace by path; table id; destination (dstA and dstB, normalised) by
+// value.
+func orderBy(a, b spec.Route, dstA, dstB string) int {
+	return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.TableID(), b.TableID()), spec.CompareValues(dstA, dstB))
+}
+
+// sortRoutes sorts in orderBy's order, normalising each destination once rather than
+// at every comparison: a full plan sorts a route per pod.
+func sortRoutes(rs []spec.Route) {
+	type item struct {
+		r   spec.Route
+		dst string
+	}
+	items := make([]item, len(rs))
+	for i, r := range rs {
+		items[i] = item{r, normDst(r.Dst)}
+	}
+	slices.SortStableFunc(items, func(a, b item) int { return orderBy(a.r, b.r, a.dst, b.dst) })
+	for i := range items {
+		rs[i] = items[i].r
+	}
 }
 
 // Diff returns deletions of our routes the document no longer has, then
@@ -135,7 +104,7 @@ func Diff(desired, observed []spec.Route) []op.Op {
 		have[key(o)] = o
 	}
 	want := slices.Clone(desired)
-	slices.SortStableFunc(want, order)
+	sortRoutes(want)
 	wanted := map[string]bool{}
 	var dels, sets []op.Op
 	for _, d := range want {

@@ -33,23 +33,71 @@ const Kind = "rule"
 func Observe(ns op.Namespaces, namespaces []string, _ *spec.NodeState) ([]spec.Rule, error) {
 	var out []spec.Rule
 	for _, n := range links.Namespaces(ns, namespaces) {
-		h, err := ns.Handle(n)
-		if err != nil {
-			return nil, fmt.Errorf("observe rules in %s: %w", links.NetnsName(n), err)
-		}
-		rs, err := links.Dump(func() ([]netlink.Rule, error) { return h.RuleListFiltered(netlink.FAMILY_V4, nil, 0) })
+		// The kernel cannot filter a rule dump (not by priority either):
+		// every rule of the namespace is read, ours kept.
+		msgs, err := op.RouteDump(ns, n, unix.RTM_GETRULE, unix.RTM_NEWRULE, &ruleHeader{family: unix.AF_INET})
 		if err != nil {
 			return nil, fmt.Errorf("list rules in %s: %w", links.NetnsName(n), err)
 		}
-		for _, r := range rs {
-			if r.Priority < spec.RulePriorityMin || r.Priority > spec.RulePriorityMax {
+		for _, m := range msgs {
+			r, ok := parse(m)
+			if !ok || r.priority < spec.RulePriorityMin || r.priority > spec.RulePriorityMax {
 				continue
 			}
-			out = append(out, spec.Rule{Netns: n, Priority: r.Priority, From: prefix(r.Src), To: prefix(r.Dst), Table: r.Table})
+			out = append(out, spec.Rule{Netns: n, Priority: r.priority, From: prefix(r.src), To: prefix(r.dst), Table: r.table})
 		}
 	}
 	slices.SortStableFunc(out, order)
 	return out, nil
+}
+
+// ruleHeader is struct fib_rule_hdr, the fixed part of a rule message; a
+// dump request carries only the family (strict checking refuses more).
+type ruleHeader struct {
+	family uint8
+}
+
+func (h *ruleHeader) Len() int { return ruleHeaderLen }
+
+func (h *ruleHeader) Serialize() []byte {
+	b := make([]byte, ruleHeaderLen)
+	b[0] = h.family
+	return b
+}
+
+// ruleHeaderLen is sizeof(struct fib_rule_hdr).
+const ruleHeaderLen = 12
+
+// kernelRule is what Observe reads of one rule.
+type kernelRule struct {
+	priority int
+	src, dst *net.IPNet
+	table    int
+}
+
+// parse decodes one IPv4 rule message as the netlink library does: the
+// table from FRA_TABLE (the header's is 8 bits), priority 0 when the
+// message has none (the kernel's rule of priority 0).
+func parse(m []byte) (kernelRule, bool) {
+	if len(m) < ruleHeaderLen || m[0] != unix.AF_INET {
+		return kernelRule{}, false
+	}
+	dstLen, srcLen := int(m[1]), int(m[2])
+	attrs := m[ruleHeaderLen:]
+	var r kernelRule
+	if v, ok := op.AttrU32(attrs, unix.FRA_PRIORITY); ok {
+		r.priority = int(v)
+	}
+	if v, ok := op.AttrU32(attrs, unix.FRA_TABLE); ok {
+		r.table = int(v)
+	}
+	if v, ok := op.Attr(attrs, unix.FRA_SRC); ok {
+		r.src = &net.IPNet{IP: v, Mask: net.CIDRMask(srcLen, 8*len(v))}
+	}
+	if v, ok := op.Attr(attrs, unix.FRA_DST); ok {
+		r.dst = &net.IPNet{IP: v, Mask: net.CIDRMask(dstLen, 8*len(v))}
+	}
+	return r, true
 }
 
 func prefix(n *net.IPNet) string {

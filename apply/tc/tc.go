@@ -38,7 +38,11 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 	var out []spec.Qdisc
 	err := own.EachNamespace(ns, namespaces, "qdiscs", notENI,
 		func(n string, h *netlink.Handle, names map[int]string) error {
-			// One dump per namespace, not one per link: the host has a veth per pod.
+			if !mayHaveTBF(ns, n, names) {
+				return nil
+			}
+			// One dump per namespace, not one per link: the host has a veth
+			// per pod, and the kernel's qdisc dump has no link filter.
 			qs, err := links.Dump(func() ([]netlink.Qdisc, error) { return h.QdiscList(nil) })
 			if err != nil {
 				return fmt.Errorf("list qdiscs in %s: %w", links.NetnsName(n), err)
@@ -56,6 +60,21 @@ func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]
 	}
 	slices.SortStableFunc(out, order)
 	return out, nil
+}
+
+// mayHaveTBF reports whether one of the links may have a root TBF. The
+// plan's snapshot knows each link's root qdisc kind from the link list
+// (IFLA_QDISC), so most namespaces, whose links have their default qdisc,
+// need no qdisc dump at all: a full plan skips one dump per pod, and a
+// scoped plan skips the host's, which lists a qdisc per pod. A link whose
+// kind is not known counts as a maybe.
+func mayHaveTBF(ns op.Namespaces, netns string, names map[int]string) bool {
+	for index := range names {
+		if kind, ok := op.RootQdisc(ns, netns, index); !ok || kind == (&netlink.Tbf{}).Type() {
+			return true
+		}
+	}
+	return false
 }
 
 // rootTBF returns the link's root qdisc if it is a TBF, else nil.

@@ -1,0 +1,84 @@
+package engine_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/render"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// TestScopedPlanMatchesFullPlan: a plan scoped to one pod reads the host
+// by that pod's links only (routes and neighbours filtered by link in the
+// kernel, qdiscs only where the link list shows a TBF). Drift around the
+// pod must still plan exactly as in a full plan, including a wanted route
+// that sits on another pod's link (an IP reused before its old route was
+// removed), which no link filter finds; drift around another pod is the
+// full plan's alone.
+func TestScopedPlanMatchesFullPlan(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	n.addPod("x", "a", "198.18.0.10", nil, nil, "")
+	n.addPod("x", "b", "198.18.0.11", nil, map[string]string{render.AnnotationAliyunIngress: "1m"}, "")
+	n.addPod("x", "c", "198.18.0.12", nil, nil, "")
+	state := n.render()
+	n.apply(state)
+	n.requireEmptyPlan(state)
+	va, vb, vc := spec.HostVethName("x/a"), spec.HostVethName("x/b"), spec.HostVethName("x/c")
+
+	// Drift around x/b: its route re-pointed at x/c's veth, a stray route
+	// and a stray permanent neighbour of ours on its veth, its TBF changed.
+	nstest.Run(t, n.host, "ip", "route", "replace", "198.18.0.11/32", "dev", vc, "scope", "link", "proto", "250")
+	nstest.Run(t, n.host, "ip", "route", "add", "198.18.7.7/32", "dev", vb, "proto", "250")
+	nstest.Run(t, n.host, "ip", "neigh", "add", "198.18.7.7", "lladdr", "02:00:00:00:07:07", "dev", vb, "nud", "permanent")
+	nstest.Run(t, n.host, "tc", "qdisc", "replace", "dev", vb, "root", "handle", "1:", "tbf", "rate", "2mbit", "burst", "32kb", "limit", "64kb")
+
+	full := withoutNFTCommit(n.plan(state).Lines())
+	for _, want := range []string{"dev " + vc + " → " + vb, "- route 198.18.7.7/32 dev " + vb, "- neighbor 198.18.7.7", "~ qdisc tbf 1: dev " + vb} {
+		if !slices.ContainsFunc(full, func(l string) bool { return strings.Contains(l, want) }) {
+			t.Errorf("full plan has no line with %q:\n%s", want, strings.Join(full, "\n"))
+		}
+	}
+	scoped := withoutNFTCommit(n.scopedPlan(state, "x/b").Lines())
+	if got, want := strings.Join(scoped, "\n"), strings.Join(full, "\n"); got != want {
+		t.Errorf("plan scoped to x/b differs from the full plan:\n--- scoped\n%s\n--- full\n%s", got, want)
+	}
+
+	// Drift around x/a: the full plan's, not x/b's.
+	nstest.Run(t, n.host, "ip", "route", "add", "198.18.8.8/32", "dev", va, "proto", "250")
+	nstest.Run(t, n.host, "ip", "neigh", "add", "198.18.8.8", "lladdr", "02:00:00:00:08:08", "dev", va, "nud", "permanent")
+	if got := withoutNFTCommit(n.scopedPlan(state, "x/b").Lines()); !slices.Equal(got, scoped) {
+		t.Errorf("drift around x/a changed the plan scoped to x/b:\n%s", strings.Join(got, "\n"))
+	}
+	if got := len(withoutNFTCommit(n.plan(state).Lines())); got != len(full)+2 {
+		t.Errorf("full plan has %d lines after drift around x/a, want %d", got, len(full)+2)
+	}
+
+	// The scoped apply repairs x/b; the full plan then has x/a's drift only.
+	if rep, err := n.eng.Apply(context.Background(), state, engine.PlanOptions{Pods: []string{"x/b"}}); err != nil || rep.Err() != nil {
+		t.Fatal(err, rep.Err())
+	}
+	for _, l := range withoutNFTCommit(n.plan(state).Lines()) {
+		if !strings.Contains(l, va) && !strings.Contains(l, "198.18.8.8") {
+			t.Errorf("after the scoped apply, the full plan still has %q", l)
+		}
+	}
+}
+
+func (n *node) scopedPlan(s *spec.NodeState, pods ...string) *engine.Plan {
+	n.t.Helper()
+	p, err := n.eng.Plan(context.Background(), s, engine.PlanOptions{Pods: pods})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return p
+}
+
+// withoutNFTCommit drops the nftables commit line, which names the sync
+// mode (a full plan reads the table back, a scoped one trusts its record).
+func withoutNFTCommit(lines []string) []string {
+	return slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, "nft commit") })
+}

@@ -1,0 +1,218 @@
+package routes
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/terway-reconciler/terway/apply/links"
+	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Observe returns the IPv4 routes with our protocol, in every table, in the
+// host namespace and in each listed namespace that still exists. Table is 0
+// for main, as in the document. It only reads.
+//
+// The kernel filters the dumps by our protocol, so another's routes are
+// never even sent. Where the plan's snapshot sees only some links of a
+// namespace (a plan scoped to a few pods), it also filters by those links;
+// since a route's key has no device, that view is complete only if it holds
+// every key the document wants there: a wanted route that is missing might
+// sit on another link (an IP reused before its old route was removed), so
+// then the whole namespace is read, as a full plan would.
+func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]spec.Route, error) {
+	var out []spec.Route
+	for _, n := range links.Namespaces(ns, namespaces) {
+		rs, err := observeNetns(ns, n, desired)
+		if err != nil {
+			return nil, fmt.Errorf("list routes in %s: %w", links.NetnsName(n), err)
+		}
+		out = append(out, rs...)
+	}
+	sortRoutes(out)
+	return out, nil
+}
+
+func observeNetns(ns op.Namespaces, n string, desired *spec.NodeState) ([]spec.Route, error) {
+	all, err := op.LinkList(ns, n)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	names := make(map[int]string, len(all))
+	for _, l := range all {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	limited := op.Limited(ns, n)
+	wanted := map[string]bool{}
+	if desired != nil {
+		for _, d := range desired.Routes {
+			if d.Netns == n {
+				wanted[key(d)] = true
+			}
+		}
+	}
+	if limited {
+		out, complete, err := observeLinks(ns, n, all, names, wanted)
+		if err != nil || complete {
+			return out, err
+		}
+	}
+	krs, err := dump(ns, n, 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]spec.Route, 0, len(krs))
+	for _, r := range krs {
+		o := fromKernel(n, r, names)
+		if _, known := names[r.oif]; limited && r.oif != 0 && !known && wanted[key(o)] {
+			// A wanted key on a link the snapshot does not list: name the
+			// link, so the update reads as a full plan's does.
+			if o.Dev, err = linkName(ns, n, r.oif); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// observeLinks reads the routes on the given links only, and reports
+// whether they hold every wanted key.
+func observeLinks(ns op.Namespaces, n string, ls []netlink.Link, names map[int]string, wanted map[string]bool) ([]spec.Route, bool, error) {
+	var out []spec.Route
+	for _, l := range ls {
+		krs, err := dump(ns, n, l.Attrs().Index)
+		if errors.Is(err, unix.ENODEV) {
+			return nil, false, nil // the link went away since it was listed
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		for _, r := range krs {
+			out = append(out, fromKernel(n, r, names))
+		}
+	}
+	seen := make(map[string]bool, len(out))
+	for _, o := range out {
+		seen[key(o)] = true
+	}
+	for k := range wanted {
+		if !seen[k] {
+			return nil, false, nil
+		}
+	}
+	return out, true, nil
+}
+
+func linkName(ns op.Namespaces, n string, index int) (string, error) {
+	h, err := ns.Handle(n)
+	if err != nil {
+		return "", err
+	}
+	l, err := h.LinkByIndex(index)
+	if links.IsNotFound(err) {
+		return "if" + strconv.Itoa(index), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up link %d: %w", index, err)
+	}
+	return l.Attrs().Name, nil
+}
+
+// kernelRoute is what Observe reads of one route.
+type kernelRoute struct {
+	table int
+	dst   *net.IPNet // nil for a default route
+	gw    net.IP
+	oif   int
+	scope netlink.Scope
+	flags int
+}
+
+// dump lists our IPv4 routes in every table, on link oif only when it is
+// not 0. The kernel filters by protocol and link (strict socket); the
+// checks here repeat them, so a kernel that ignored a filter would cost
+// time, not correctness.
+func dump(ns op.Namespaces, n string, oif int) ([]kernelRoute, error) {
+	data := []nl.NetlinkRequestData{&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET, Protocol: spec.RouteProtocol}}}
+	if oif != 0 {
+		data = append(data, nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(oif))))
+	}
+	msgs, err := op.RouteDump(ns, n, unix.RTM_GETROUTE, unix.RTM_NEWROUTE, data...)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]kernelRoute, 0, len(msgs))
+	for _, m := range msgs {
+		r, ours, err := parse(m)
+		if err != nil {
+			return nil, err
+		}
+		if ours && (oif == 0 || r.oif == oif) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// parse decodes one route message; ours is false for what Observe never
+// reports: other families and protocols, and cached clones.
+func parse(m []byte) (r kernelRoute, ours bool, err error) {
+	if len(m) < unix.SizeofRtMsg {
+		return r, false, fmt.Errorf("route message of %d bytes is too short", len(m))
+	}
+	h := nl.DeserializeRtMsg(m)
+	if h.Family != unix.AF_INET || h.Protocol != spec.RouteProtocol || h.Flags&unix.RTM_F_CLONED != 0 {
+		return r, false, nil
+	}
+	attrs, err := nl.ParseRouteAttr(m[unix.SizeofRtMsg:])
+	if err != nil {
+		return r, false, fmt.Errorf("route message: %w", err)
+	}
+	r = kernelRoute{table: int(h.Table), scope: netlink.Scope(h.Scope), flags: int(h.Flags)}
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case unix.RTA_TABLE:
+			if len(a.Value) == 4 {
+				r.table = int(nl.NativeEndian().Uint32(a.Value))
+			}
+		case unix.RTA_DST:
+			r.dst = &net.IPNet{IP: net.IP(a.Value), Mask: net.CIDRMask(int(h.Dst_len), 8*len(a.Value))}
+		case unix.RTA_GATEWAY:
+			r.gw = net.IP(a.Value)
+		case unix.RTA_OIF:
+			if len(a.Value) == 4 {
+				r.oif = int(nl.NativeEndian().Uint32(a.Value))
+			}
+		}
+	}
+	return r, true, nil
+}
+
+func fromKernel(netns string, r kernelRoute, names map[int]string) spec.Route {
+	out := spec.Route{Netns: netns, Dst: "default", Scope: scopeName(r.scope), Onlink: r.flags&int(netlink.FLAG_ONLINK) != 0}
+	if r.table != unix.RT_TABLE_MAIN {
+		out.Table = r.table
+	}
+	if r.dst != nil {
+		if ones, _ := r.dst.Mask.Size(); ones != 0 {
+			out.Dst = r.dst.String()
+		}
+	}
+	if r.gw != nil {
+		out.Gw = r.gw.String()
+	}
+	if r.oif != 0 {
+		out.Dev = names[r.oif]
+		if out.Dev == "" {
+			out.Dev = "if" + strconv.Itoa(r.oif)
+		}
+	}
+	return out
+}
