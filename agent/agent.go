@@ -30,6 +30,11 @@ type Agent struct {
 	reg   *netns.Registry
 	eng   *engine.Engine
 	m     *metrics
+	// addMu guards the queue of ADDs waiting to be set up together
+	// (add_batch.go); addLeading says one of them is taking the lock.
+	addMu      sync.Mutex
+	addQueue   []*addWaiter
+	addLeading bool
 	// journal keeps the operations executed, for /applied.
 	journal journal
 	// events publishes pod problems as Kubernetes Events (events.go).

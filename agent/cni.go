@@ -53,9 +53,9 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		}
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	snap := a.src.Snapshot()
 	if snap.Node == nil {
+		a.mu.Unlock()
 		if cloudAlloc != nil {
 			a.cloudRelease(*cloudAlloc)
 		}
@@ -64,45 +64,21 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	var alloc spec.Allocation
 	if cloudAlloc != nil {
 		if err := a.recordCloud(*cloudAlloc); err != nil {
+			a.mu.Unlock()
 			return nil, cniErr(codeTryAgainLater, "record the address of pod "+key, err.Error())
 		}
 		alloc = *cloudAlloc
 	} else {
 		var cerr *types.Error
 		if alloc, cerr = a.allocateVPC(req, key, snap.Node); cerr != nil {
+			a.mu.Unlock()
 			return nil, cerr
 		}
 	}
-	state, err := a.renderSnapshot(snap)
-	if err != nil {
-		a.rollback(req)
-		return nil, cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
-	}
-	if msg := podProblems(state, key); msg != "" {
-		a.rollback(req)
-		a.publishAddRefused(state, key, req.Args.UID)
-		return nil, cniErr(codeInvalidPod, "pod "+key+": "+msg, "fix the pod's inputs; no network was set up")
-	}
-	entry := podEntry(state, key)
-	if entry == nil {
-		a.rollback(req)
-		return nil, cniErr(codeInvalidPod, "pod "+key+" did not render", problemsOf(state, key))
-	}
-	rep, err := a.apply(ctx, "ADD "+key, state, engine.PlanOptions{Pods: []string{key}})
-	if err == nil {
-		err = rep.Err()
-	}
-	a.m.observeReport(rep, 0)
-	if err != nil {
-		a.rollback(req)
-		// Take out what was made: render without the pod, apply its scope.
-		if again, rerr := a.renderLocked(); rerr == nil {
-			_, _ = a.apply(ctx, "ADD "+key+" rolled back", again, engine.PlanOptions{Pods: []string{key}})
-		}
-		return nil, cniErr(codeApplyFailed, "set up pod "+key, err.Error())
-	}
-	a.log.Info("pod added", "pod", key, "ip", alloc.Spec.IP, "container", req.ContainerID, "writes", rep.Writes)
-	return result(entry), nil
+	a.mu.Unlock()
+	// The address is recorded; the pod's network is set up together with
+	// the other ADDs that arrive meanwhile (add_batch.go).
+	return a.setUp(ctx, req, key, alloc)
 }
 
 // allocateVPC allocates the attachment's address from the node's podCIDR.

@@ -1,0 +1,146 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/cni/wire"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// ADDs that arrive together are set up together: a runtime starting a
+// node's pods sends many at once, and each would otherwise render the
+// whole node and plan alone, one after the other, behind the agent's lock.
+// The first ADD to arrive leads: it waits for the lock while others join,
+// then renders once, applies one plan scoped to all of them, and answers
+// each with its own result. A pod whose inputs are invalid, or whose part
+// fails to apply, is refused and rolled back alone.
+
+type addWaiter struct {
+	key   string
+	req   *wire.Request
+	alloc spec.Allocation
+	done  chan addOutcome
+}
+
+type addOutcome struct {
+	res *types100.Result
+	err error
+}
+
+// setUp joins the current batch of ADDs and waits for its answer.
+func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation) (*types100.Result, error) {
+	w := &addWaiter{key: key, req: req, alloc: alloc, done: make(chan addOutcome, 1)}
+	a.addMu.Lock()
+	a.addQueue = append(a.addQueue, w)
+	lead := !a.addLeading
+	a.addLeading = true
+	a.addMu.Unlock()
+	if lead {
+		a.mu.Lock()
+		a.addMu.Lock()
+		batch := a.addQueue
+		a.addQueue, a.addLeading = nil, false
+		a.addMu.Unlock()
+		a.setUpBatch(ctx, batch)
+		a.mu.Unlock()
+	}
+	out := <-w.done // the leader answers every waiter, whatever happens
+	return out.res, out.err
+}
+
+// setUpBatch renders the node once and applies the batch's pods in one
+// scoped plan. Called with the agent's lock held.
+func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
+	answer := func(w *addWaiter, res *types100.Result, err error) { w.done <- addOutcome{res, err} }
+	state, err := a.renderLocked()
+	if err != nil {
+		for _, w := range batch {
+			a.rollback(w.req)
+			answer(w, nil, cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error()))
+		}
+		return
+	}
+	var live []*addWaiter
+	refused := false
+	for _, w := range batch {
+		if msg := podProblems(state, w.key); msg != "" {
+			a.rollback(w.req)
+			a.publishAddRefused(state, w.key, w.req.Args.UID)
+			answer(w, nil, cniErr(codeInvalidPod, "pod "+w.key+": "+msg, "fix the pod's inputs; no network was set up"))
+			refused = true
+			continue
+		}
+		if podEntry(state, w.key) == nil {
+			a.rollback(w.req)
+			answer(w, nil, cniErr(codeInvalidPod, "pod "+w.key+" did not render", problemsOf(state, w.key)))
+			refused = true
+			continue
+		}
+		live = append(live, w)
+	}
+	if len(live) == 0 {
+		return
+	}
+	if refused {
+		// The refused pods' allocations are gone: render without them so
+		// that nothing of theirs is set up.
+		if state, err = a.renderLocked(); err != nil {
+			for _, w := range live {
+				a.rollback(w.req)
+				answer(w, nil, cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error()))
+			}
+			return
+		}
+	}
+	keys := make([]string, 0, len(live))
+	for _, w := range live {
+		keys = append(keys, w.key)
+	}
+	rep, err := a.apply(ctx, "ADD "+strings.Join(keys, ", "), state, engine.PlanOptions{Pods: keys})
+	a.m.observeReport(rep, 0)
+	// A failure of a pod's own item fails that pod; any other failure (a
+	// node-level item, the nftables commit, the plan itself) fails all.
+	failed := map[string]error{}
+	var common error = err
+	if rep != nil {
+		for _, r := range rep.Results {
+			if r.Err == nil {
+				continue
+			}
+			ferr := fmt.Errorf("%s: %w", r.Op.String(), r.Err)
+			if r.Op.Pod != "" {
+				if failed[r.Op.Pod] == nil {
+					failed[r.Op.Pod] = ferr
+				}
+			} else if common == nil {
+				common = ferr
+			}
+		}
+	}
+	var undo []string
+	for _, w := range live {
+		ferr := failed[w.key]
+		if ferr == nil {
+			ferr = common
+		}
+		if ferr != nil {
+			a.rollback(w.req)
+			undo = append(undo, w.key)
+			answer(w, nil, cniErr(codeApplyFailed, "set up pod "+w.key, ferr.Error()))
+			continue
+		}
+		a.log.Info("pod added", "pod", w.key, "ip", w.alloc.Spec.IP, "container", w.req.ContainerID, "batch", len(live), "writes", rep.Writes)
+		answer(w, result(podEntry(state, w.key)), nil)
+	}
+	if len(undo) > 0 {
+		// Take out what was made: render without those pods, apply their scope.
+		if again, rerr := a.renderLocked(); rerr == nil {
+			_, _ = a.apply(ctx, "ADD "+strings.Join(undo, ", ")+" rolled back", again, engine.PlanOptions{Pods: undo})
+		}
+	}
+}
