@@ -241,30 +241,12 @@ func (st *State) startAgent(resync time.Duration) error {
 // AgentGet fetches a path of the agent's health endpoint (/readyz, /plan,
 // /applied, /metrics) from inside the node namespace.
 func (st *State) AgentGet(ctx context.Context, path string) (int, string, error) {
-	client := st.nodeClient()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+healthAddr+path, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
+	return traffic.Get(ctx, st.NodeNetns, "http://"+healthAddr+path, 10*time.Second)
 }
 
 // nodeClient is an HTTP client whose connections start inside the node
 // namespace: the agent and the emulator listen on the node's loopback.
-func (st *State) nodeClient() *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return traffic.Dial(ctx, st.NodeNetns, network, addr)
-		},
-		DisableKeepAlives: true,
-	}}
-}
+func (st *State) nodeClient() *http.Client { return traffic.HTTPClient(st.NodeNetns, 10*time.Second) }
 
 func (st *State) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)

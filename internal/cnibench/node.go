@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -219,23 +217,7 @@ func (a *agentProc) tail() string {
 // get fetches a path of the agent's health endpoint from inside the node
 // namespace.
 func (a *agentProc) get(ctx context.Context, path string) (int, string, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return traffic.Dial(ctx, a.netns, network, addr)
-		},
-		DisableKeepAlives: true,
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.health+path, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
+	return traffic.Get(ctx, a.netns, "http://"+a.health+path, 5*time.Second)
 }
 
 // agentMetrics are the agent's CNI latency sums and counts and its
