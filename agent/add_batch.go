@@ -41,6 +41,9 @@ func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc 
 	a.addLeading = true
 	a.addMu.Unlock()
 	if lead {
+		// The batch is every waiter's, not the leader's alone: the runtime
+		// giving up on the leader's ADD must not fail the others.
+		ctx = context.WithoutCancel(ctx)
 		a.mu.Lock()
 		a.addMu.Lock()
 		batch := a.addQueue

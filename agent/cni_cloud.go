@@ -120,7 +120,11 @@ func (a *Agent) recordCloud(al spec.Allocation) error {
 	if old, found, err := a.store.ByPod(key); err == nil && found && store.AttachmentOf(old) != store.AttachmentOf(al) {
 		if _, _, err := a.store.Release(old.Spec.ContainerID, ifNameOr(old.Spec.IfName)); err == nil {
 			a.log.Info("sandbox replaced; old attachment released", "pod", key, "old", old.Spec.ContainerID, "new", al.Spec.ContainerID)
-			a.cloudRelease(old)
+			// An exclusive ENI is owned by the pod, not the sandbox: the new
+			// sandbox got the same ENI back, which must stay held.
+			if old.Spec.ENI != al.Spec.ENI || old.Spec.IP != al.Spec.IP {
+				a.cloudRelease(old)
+			}
 		}
 	}
 	if have, found, err := a.store.Get(al.Spec.ContainerID, ifNameOr(al.Spec.IfName)); err == nil && found && have.Spec.IP == al.Spec.IP {
