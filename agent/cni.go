@@ -53,8 +53,8 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		}
 	}
 	a.mu.Lock()
-	snap := a.src.Snapshot()
-	if snap.Node == nil {
+	node := a.lookupNode()
+	if node == nil {
 		a.mu.Unlock()
 		if cloudAlloc != nil {
 			a.cloudRelease(*cloudAlloc)
@@ -70,7 +70,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		alloc = *cloudAlloc
 	} else {
 		var cerr *types.Error
-		if alloc, cerr = a.allocateVPC(req, key, snap.Node); cerr != nil {
+		if alloc, cerr = a.allocateVPC(req, key, node); cerr != nil {
 			a.mu.Unlock()
 			return nil, cerr
 		}
@@ -321,6 +321,15 @@ func (a *Agent) waitForPod(ctx context.Context, key string) {
 func (a *Agent) hasPod(key string) bool {
 	_, found := a.lookupPod(key)
 	return found
+}
+
+// lookupNode returns this node, directly when the source can, rather than
+// copying a snapshot of every pod on each ADD.
+func (a *Agent) lookupNode() *corev1.Node {
+	if g, ok := a.src.(inputs.NodeGetter); ok {
+		return g.Node()
+	}
+	return a.src.Snapshot().Node
 }
 
 // lookupPod looks the pod up directly when the source can (both of ours

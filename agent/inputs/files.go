@@ -177,6 +177,13 @@ func (f *Files) Snapshot() Snapshot {
 	return s
 }
 
+// Node implements NodeGetter: this node from the last read.
+func (f *Files) Node() *corev1.Node {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.snap.Node
+}
+
 // Pod returns the pod namespace/name from the last read.
 func (f *Files) Pod(namespace, name string) (*corev1.Pod, bool) {
 	f.mu.Lock()

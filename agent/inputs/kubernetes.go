@@ -204,6 +204,16 @@ func (k *Kubernetes) Snapshot() Snapshot {
 	return s
 }
 
+// Node implements NodeGetter: this node from the informer's cache.
+func (k *Kubernetes) Node() *corev1.Node {
+	obj, ok, err := k.informers[nodeInformer].inf.GetStore().GetByKey(k.nodeName)
+	if err != nil || !ok {
+		return nil
+	}
+	n, _ := obj.(*corev1.Node)
+	return n
+}
+
 // Pod returns the cached pod namespace/name.
 func (k *Kubernetes) Pod(namespace, name string) (*corev1.Pod, bool) {
 	obj, ok, err := k.informers[podInformer].inf.GetIndexer().GetByKey(namespace + "/" + name)

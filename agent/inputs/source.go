@@ -46,6 +46,14 @@ type PodGetter interface {
 	Pod(namespace, name string) (*corev1.Pod, bool)
 }
 
+// NodeGetter finds this node without building a whole Snapshot, for the
+// same reason. Both sources implement it.
+type NodeGetter interface {
+	// Node returns this node, or nil when the source does not have it.
+	// The object is shared and read-only, as in a Snapshot.
+	Node() *corev1.Node
+}
+
 // Snapshot is the source's view at one moment. Its slices are the caller's
 // own (appending or reordering never affects the source), and each list is
 // sorted by namespace/name so that equal views compare equal. The objects
