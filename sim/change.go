@@ -16,15 +16,11 @@ import (
 // already runs keeps its namespace and address: labels and annotations
 // change live, as on a real node.
 func Apply(ctx context.Context, name string, out io.Writer, paths ...string) error {
-	st, unlock, err := open(name)
+	st, list, unlock, err := open(name, paths...)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	_, list, err := readObjects(paths...)
-	if err != nil {
-		return err
-	}
 	var fresh []*corev1.Pod
 	for _, o := range list {
 		if pod, ok := o.obj.(*corev1.Pod); ok {
@@ -56,15 +52,11 @@ func Apply(ctx context.Context, name string, out io.Writer, paths ...string) err
 // a deleted local Pod is detached (CNI DEL, server ended, namespace gone).
 // Objects that do not exist are skipped.
 func Delete(ctx context.Context, name string, out io.Writer, paths ...string) error {
-	st, unlock, err := open(name)
+	st, list, unlock, err := open(name, paths...)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	_, list, err := readObjects(paths...)
-	if err != nil {
-		return err
-	}
 	var errs []error
 	for _, o := range list {
 		existed, err := removeObject(st.inputs(), o)
@@ -94,20 +86,25 @@ func Delete(ctx context.Context, name string, out io.Writer, paths ...string) er
 	return errors.Join(errs...)
 }
 
-func open(name string) (*State, func(), error) {
+// open locks the running sim and reads the objects in the files.
+func open(name string, paths ...string) (*State, []object, func(), error) {
 	if _, err := Load(name); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	_, list, err := readObjects(paths...)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	unlock, err := lock(Dir(name))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	st, err := Load(name) // again, under the lock
 	if err != nil {
 		unlock()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return st, unlock, nil
+	return st, list, unlock, nil
 }
 
 func (st *State) removePod(p *Pod) {

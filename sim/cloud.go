@@ -14,6 +14,7 @@ import (
 
 	"github.com/terway-reconciler/terway/agent"
 	"github.com/terway-reconciler/terway/cloud/emulator"
+	"github.com/terway-reconciler/terway/internal/traffic"
 )
 
 // In ENI multi-IP mode the node's addresses come from the cloud: `up`
@@ -91,21 +92,15 @@ func (st *State) EmulatorDump(ctx context.Context) (*emulator.Dump, error) {
 	if err != nil {
 		return nil, err
 	}
-	client := st.nodeClient()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+info.Endpoint+"/__emulator/dump", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
+	code, body, err := traffic.Get(ctx, st.NodeNetns, "http://"+info.Endpoint+"/__emulator/dump", 10*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("emulator dump: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("emulator dump: HTTP %d", resp.StatusCode)
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("emulator dump: HTTP %d", code)
 	}
 	var d emulator.Dump
-	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+	if err := json.Unmarshal([]byte(body), &d); err != nil {
 		return nil, fmt.Errorf("emulator dump: %w", err)
 	}
 	return &d, nil

@@ -86,13 +86,8 @@ func wireVPC(nodeNS, vpcNS, nodeIP, podCIDR string) error {
 	if err != nil {
 		return err
 	}
-	steps := [][]string{
-		{"link", "add", nodeUplink, "netns", nodeNS, "type", "veth", "peer", "name", vpcDownlink, "netns", vpcNS},
-	}
-	for _, s := range steps {
-		if err := ip(s...); err != nil {
-			return err
-		}
+	if err := ip("link", "add", nodeUplink, "netns", nodeNS, "type", "veth", "peer", "name", vpcDownlink, "netns", vpcNS); err != nil {
+		return err
 	}
 	cmds := [][]string{
 		{nodeNS, "ip", "addr", "add", nodeIP + "/24", "dev", nodeUplink},

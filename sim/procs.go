@@ -22,11 +22,7 @@ import (
 // startDaemon starts args in the background with output to logName in the
 // sim's log folder and returns its PID.
 func startDaemon(dir, logName string, args []string, env []string) (int, error) {
-	logs := filepath.Join(dir, "logs")
-	if err := os.MkdirAll(logs, 0o700); err != nil {
-		return 0, err
-	}
-	logFile, err := os.OpenFile(filepath.Join(logs, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logFile, err := openLog(dir, logName)
 	if err != nil {
 		return 0, err
 	}
@@ -45,6 +41,15 @@ func startDaemon(dir, logName string, args []string, env []string) (int, error) 
 	return pid, nil
 }
 
+// openLog opens (appending) a log file in the sim's log folder.
+func openLog(dir, logName string) (*os.File, error) {
+	logs := filepath.Join(dir, "logs")
+	if err := os.MkdirAll(logs, 0o700); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(filepath.Join(logs, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+}
+
 // startReady starts args like startDaemon but waits until the process
 // prints "ready" on its first stdout line (the pod servers do once they
 // listen), or fails with the process's log.
@@ -57,15 +62,11 @@ func startReady(dir, logName string, args []string, timeout time.Duration) (int,
 // stdout line, which accept must like (the emulator prints its endpoint and
 // credentials there).
 func startFirstLine(dir, logName string, args []string, timeout time.Duration, accept func(string) bool) (int, string, error) {
-	logs := filepath.Join(dir, "logs")
-	if err := os.MkdirAll(logs, 0o700); err != nil {
-		return 0, "", err
-	}
-	logPath := filepath.Join(logs, logName)
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logFile, err := openLog(dir, logName)
 	if err != nil {
 		return 0, "", err
 	}
+	logPath := logFile.Name()
 	defer logFile.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
