@@ -62,20 +62,43 @@ type PlanOptions struct {
 // Plan observes what we own and returns the operations that turn it into
 // desired. It writes nothing.
 func (e *Engine) Plan(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Plan, error) {
-	if err := validate(desired); err != nil {
+	w, err := prepare(desired, opts)
+	if err != nil {
 		return nil, err
 	}
-	return e.plan(ctx, desired, opts)
+	return e.plan(ctx, w, opts)
 }
 
-// plan is Plan for a document already validated.
-func (e *Engine) plan(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Plan, error) {
+// work is a validated document, reduced to the plan's scope if it has one.
+type work struct {
+	desired *spec.NodeState
+	scope   *podScope
+}
+
+// prepare validates the document, or for a scoped plan the scope's part of
+// it, whose cost does not grow with the number of pods. The nftables table
+// stays whole in a scoped plan and is not validated here: the nft
+// reconciler checks it as it canonicalises it, which costs what changed.
+func prepare(desired *spec.NodeState, opts PlanOptions) (*work, error) {
+	if desired == nil {
+		return nil, errors.New("no desired state")
+	}
+	if len(opts.Pods) == 0 {
+		return &work{desired: desired}, validate(desired)
+	}
+	scope := newPodScope(desired, opts.Pods)
+	reduced := scope.reduce(desired)
+	check := *reduced
+	check.NFTables = nil
+	return &work{desired: reduced, scope: scope}, validate(&check)
+}
+
+// plan is Plan for a prepared document.
+func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, error) {
+	desired, scope := w.desired, w.scope
 	var nss []string
-	var scope *podScope
-	if len(opts.Pods) > 0 {
-		scope = newPodScope(desired, opts.Pods)
+	if scope != nil {
 		nss = scope.namespaces
-		desired = scope.reduce(desired)
 	} else {
 		// Only a full plan lists every namespace: a scoped one's cost must
 		// not grow with the number of pods.
@@ -189,17 +212,12 @@ func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
 func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Report, error) {
 	start := time.Now()
 	rep := &Report{}
-	toValidate := desired
-	if len(opts.Pods) > 0 {
-		// A scoped apply touches only the pods' items: validating those
-		// keeps the CNI path's cost independent of the number of pods.
-		toValidate = newPodScope(desired, opts.Pods).reduce(desired)
-	}
-	if err := validate(toValidate); err != nil {
+	w, err := prepare(desired, opts)
+	if err != nil {
 		return rep, err
 	}
 	for rep.Rounds < max(e.MaxRounds, 1) {
-		p, err := e.plan(ctx, desired, opts)
+		p, err := e.plan(ctx, w, opts)
 		if err != nil {
 			return rep, err
 		}

@@ -82,3 +82,64 @@ func (n *node) scopedPlan(s *spec.NodeState, pods ...string) *engine.Plan {
 func withoutNFTCommit(lines []string) []string {
 	return slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, "nft commit") })
 }
+
+// TestScopedApplyBadInput: a scoped apply checks the scope's items and the
+// nftables table. A bad item of the scoped pod, or a bad nftables element,
+// refuses the apply with an error naming it, and nothing is written; a bad
+// item of another pod does not hold the scoped pod back.
+func TestScopedApplyBadInput(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	n.addPod("x", "a", "198.18.0.10", nil, nil, "")
+	n.addPod("x", "b", "198.18.0.11", nil, nil, "")
+	n.apply(n.render())
+
+	n.addPod("x", "c", "198.18.0.12", nil, nil, "")
+	good := n.render()
+	badRoute := func(s *spec.NodeState, pod string) *spec.NodeState {
+		s = s.Clone()
+		for i := range s.Routes {
+			if s.Routes[i].Pod == pod {
+				s.Routes[i].Dst = "198.18.0.300/32"
+				return s
+			}
+		}
+		t.Fatalf("no route of %s", pod)
+		return nil
+	}
+	scoped := engine.PlanOptions{Pods: []string{"x/c"}}
+	cases := []struct {
+		name, want string
+		doc        *spec.NodeState
+	}{
+		{"a bad route of the pod", "198.18.0.300/32", badRoute(good, "x/c")},
+		{"a map element jumping nowhere", "chain \"nowhere\" does not exist", func() *spec.NodeState {
+			s := good.Clone()
+			m := &s.NFTables.Sets[len(s.NFTables.Sets)-1]
+			m.Elements = append(m.Elements, spec.NFTElement{Key: []string{"198.18.3.3"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: "nowhere"}})
+			if !m.Verdict {
+				t.Fatalf("the last set, %s, is not a verdict map", m.Name)
+			}
+			return s
+		}()},
+	}
+	for _, c := range cases {
+		rep, err := n.eng.Apply(context.Background(), c.doc, scoped)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one naming %q", c.name, err, c.want)
+		}
+		t.Logf("%s: %v", c.name, err)
+		if rep.Writes != 0 || len(rep.Results) != 0 {
+			t.Errorf("%s: the refused apply ran %d items (%d writes)", c.name, len(rep.Results), rep.Writes)
+		}
+	}
+	if p := n.scopedPlan(good, "x/c"); p.Empty() {
+		t.Fatal("x/c was set up by a refused apply")
+	}
+
+	// Another pod's bad route is not the scoped apply's to refuse.
+	rep, err := n.eng.Apply(context.Background(), badRoute(good, "x/a"), scoped)
+	if err != nil || rep.Err() != nil {
+		t.Fatalf("apply scoped to x/c with a bad route of x/a: %v %v", err, rep.Err())
+	}
+	n.requireEmptyPlan(good)
+}

@@ -145,6 +145,8 @@ func (d *differ) classify() {
 	for name, ws := range d.want.sets {
 		hs := d.have.sets[name]
 		switch {
+		case hs == ws: // the record's own set: unchanged since the last sync
+			d.setAct[name] = "keep"
 		case hs == nil:
 			d.setAct[name] = "create"
 		case !hs.sameDef(ws):
@@ -161,6 +163,8 @@ func (d *differ) classify() {
 	for name, wc := range d.want.chains {
 		hc := d.have.chains[name]
 		switch {
+		case hc == wc:
+			d.chainAct[name] = "keep"
 		case hc == nil:
 			d.chainAct[name] = "create"
 		case !hc.sameDef(wc):
@@ -310,22 +314,21 @@ func (d *differ) elems(ws, hs *set) {
 		return d.bounce[ws.name+"\x00"+e.text]
 	}
 	var changed, gone []*elem
-	kept := 0 // wanted elements the set has
-	for k, e := range ws.elems {
-		he := hs.elems[k]
-		if he != nil {
-			kept++
+	if ws.from != 0 && ws.from == hs.id && len(d.bounce) == 0 {
+		// ws was derived from hs (the record, in a partial sync): they
+		// share every element but ws's delta, so only that is compared.
+		for _, e := range ws.added {
+			if he := hs.elems[e.text]; he == nil || !he.same(e) {
+				changed = append(changed, e)
+			}
 		}
-		if he == nil || !he.same(e) || bounce(e) != "" {
-			changed = append(changed, e)
-		}
-	}
-	if kept < len(hs.elems) {
-		for k, he := range hs.elems {
-			if ws.elems[k] == nil {
+		for _, he := range ws.removed {
+			if ws.elems[he.text] == nil {
 				gone = append(gone, he)
 			}
 		}
+	} else {
+		changed, gone = d.elemChanges(ws, hs, bounce)
 	}
 	if len(changed)+len(gone) == 0 {
 		return // the common case
@@ -369,6 +372,30 @@ func (d *differ) elems(ws, hs *set) {
 	default:
 		p.verifySets[ws.name] = ws
 	}
+}
+
+// elemChanges compares every element of ws and hs: the wanted elements
+// that hs lacks or holds otherwise (or that bounce), and hs's elements that
+// are not wanted.
+func (d *differ) elemChanges(ws, hs *set, bounce func(*elem) string) (changed, gone []*elem) {
+	kept := 0 // wanted elements the set has
+	for k, e := range ws.elems {
+		he := hs.elems[k]
+		if he != nil {
+			kept++
+		}
+		if he == nil || !he.same(e) || bounce(e) != "" {
+			changed = append(changed, e)
+		}
+	}
+	if kept < len(hs.elems) {
+		for k, he := range hs.elems {
+			if ws.elems[k] == nil {
+				gone = append(gone, he)
+			}
+		}
+	}
+	return changed, gone
 }
 
 func (d *differ) chains() error {

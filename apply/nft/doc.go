@@ -19,7 +19,7 @@
 // The pipeline, one file each:
 //
 //	model.go     the comparable form of a table, and the document canonicalised into it
-//	digest.go    reuse of canonical sets and chains whose content did not change
+//	reuse.go     reuse of the last canonical sets and chains, as far as they did not change
 //	values.go    key values per nft type: parse, print as nft prints, wire bytes
 //	compile.go   IR rule → google/nftables expressions (nft's own bytecode)
 //	encode.go    transaction messages: table, chains, sets, chunked elements

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/terway-reconciler/terway/spec"
@@ -35,9 +37,17 @@ type set struct {
 	comment   string
 	pod       string
 	elems     map[string]*elem // by key text (without the verdict)
-	// bySpec holds a desired set's elements by elemIdent of their document
-	// form, for canonicalSet to reuse.
-	bySpec map[string]*elem
+	// Desired sets only (see reuse.go): src is the document's element list
+	// the set was made from and canon its canonical elements in the same
+	// order; jumps counts the elements that jump or go to each chain.
+	src   []spec.NFTElement
+	canon []*elem
+	jumps map[string]int
+	// id numbers a desired set. A set derived from another (from, its id)
+	// differs from it by the elements removed and the elements added (or
+	// replaced); every other element is the same object in both.
+	id, from       uint64
+	removed, added []*elem
 	// foreign says why an observed set is not one we could have made
 	// (flags, types); such a set is recreated or deleted.
 	foreign string
@@ -117,6 +127,8 @@ type chain struct {
 	pod      string
 	rules    []rule
 	foreign  string
+	// src is the document chain a desired chain was made from (a copy).
+	src *spec.NFTChain
 }
 
 // changes names the definition fields that differ, for the plan line.
@@ -171,37 +183,29 @@ func emptyTable() *table {
 
 // canonical turns the document's table into the comparable form, with
 // errors that name the set, chain, element or rule and the reason. Sets and
-// chains found in cache (by content digest) are reused; the returned cache
-// holds exactly this document's objects, for the next call.
+// chains of cache (the last document's) are reused as far as their content
+// is the same (reuse.go); the returned cache holds exactly this document's
+// objects, for the next call.
 func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) {
 	if t.Family != spec.NFTFamily || t.Name != spec.NFTTable {
 		return nil, nil, fmt.Errorf("nftables: table is %s %s, only %s %s is ours", t.Family, t.Name, spec.NFTFamily, spec.NFTTable)
 	}
 	out := emptyTable()
-	next := &canonCache{byDigest: make(map[digest]any, len(t.Sets)+len(t.Chains)), setsByName: make(map[string]*set, len(t.Sets))}
-	var d digester
 	for i := range t.Sets {
 		in := &t.Sets[i]
-		sum := d.set(in)
-		s, ok := cache.object(sum).(*set)
-		if !ok {
-			var err error
-			if s, err = canonicalSet(in, cache.set(in.Name)); err != nil {
-				return nil, nil, err
-			}
+		s, err := canonicalSet(in, cache.set(in.Name))
+		if err != nil {
+			return nil, nil, err
 		}
 		if out.sets[s.name] != nil {
 			return nil, nil, fmt.Errorf("nft set %s: defined twice", s.name)
 		}
 		out.sets[s.name] = s
-		next.byDigest[sum] = s
-		next.setsByName[s.name] = s
 	}
 	for i := range t.Chains {
 		in := &t.Chains[i]
-		sum := d.chain(in)
-		c, ok := cache.object(sum).(*chain)
-		if !ok {
+		c := cache.chain(in.Name)
+		if c == nil || !sameChain(c.src, in) {
 			var err error
 			if c, err = canonicalChain(in); err != nil {
 				return nil, nil, err
@@ -211,24 +215,23 @@ func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) 
 			return nil, nil, fmt.Errorf("nft chain %s: defined twice", c.name)
 		}
 		out.chains[c.name] = c
-		next.byDigest[sum] = c
 	}
 	if err := out.checkRefs(); err != nil {
 		return nil, nil, err
 	}
-	return out, next, nil
+	return out, &canonCache{sets: out.sets, chains: out.chains}, nil
 }
 
 // canonicalSet canonicalises a set. prev, the canonical set of the same
-// name in the last document (may be nil), lends the elements that are
-// written the same, so that a changed set costs the parsing of its changed
-// elements only.
+// name in the last document (may be nil), is returned as it is if the set
+// is the same, and otherwise lends the elements of the common prefix and
+// suffix of the two element lists, so that a changed set costs the parsing
+// of its changed elements only.
 func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
-	s := &set{name: in.Name, typeNames: slices.Clone(in.Type), interval: in.Interval, verdict: in.Verdict,
-		comment: in.Comment, pod: in.Pod, elems: make(map[string]*elem, len(in.Elements)),
-		bySpec: make(map[string]*elem, len(in.Elements))}
-	if prev != nil && (!slices.Equal(prev.typeNames, in.Type) || prev.interval != in.Interval || prev.verdict != in.Verdict) {
-		prev = nil // elements canonicalise differently
+	if prev != nil && prev.sameSource(in) && len(prev.src) == len(in.Elements) {
+		if p, _ := commonEnds(prev.src, in.Elements); p == len(in.Elements) {
+			return prev, nil
+		}
 	}
 	if err := checkName(in.Name); err != nil {
 		return nil, fmt.Errorf("nft set %s: name: %w", in.Name, err)
@@ -236,6 +239,8 @@ func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
 	if len(in.Type) == 0 || len(in.Type) > 5 {
 		return nil, fmt.Errorf("nft set %s: type: needs 1 to 5 parts, has %d", in.Name, len(in.Type))
 	}
+	s := &set{name: in.Name, typeNames: slices.Clone(in.Type), interval: in.Interval, verdict: in.Verdict,
+		comment: in.Comment, pod: in.Pod, id: setIDs.Add(1), src: slices.Clone(in.Elements)}
 	for _, tn := range in.Type {
 		t, err := lookupType(tn)
 		if err != nil {
@@ -249,41 +254,58 @@ func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
 	if err := checkComment(in.Comment); err != nil {
 		return nil, fmt.Errorf("nft set %s: comment: %w", in.Name, err)
 	}
-	for _, e := range in.Elements {
-		id := elemIdent(e)
-		var ce *elem
-		if prev != nil {
-			ce = prev.bySpec[id]
+	elems := in.Elements
+	prefix, suffix := 0, 0
+	if prev != nil && slices.Equal(prev.typeNames, in.Type) && prev.interval == in.Interval && prev.verdict == in.Verdict {
+		// Same definition: the elements canonicalise as they did.
+		prefix, suffix = commonEnds(prev.src, elems)
+		s.from = prev.id
+		s.elems, s.jumps = maps.Clone(prev.elems), maps.Clone(prev.jumps)
+		s.removed = prev.canon[prefix : len(prev.canon)-suffix]
+		for _, e := range s.removed {
+			delete(s.elems, e.text)
+			s.countJump(e, -1)
 		}
-		if ce == nil {
-			var err error
-			if ce, err = canonicalElem(s, e); err != nil {
-				return nil, fmt.Errorf("nft set %s: element %q: %w", in.Name, spec.FormatElement(e), err)
-			}
+		s.canon = make([]*elem, 0, len(elems))
+		s.canon = append(s.canon, prev.canon[:prefix]...)
+	} else {
+		s.elems = make(map[string]*elem, len(elems))
+		s.jumps = map[string]int{}
+		s.canon = make([]*elem, 0, len(elems))
+	}
+	for _, e := range elems[prefix : len(elems)-suffix] {
+		ce, err := canonicalElem(s, e)
+		if err != nil {
+			return nil, fmt.Errorf("nft set %s: element %q: %w", in.Name, spec.FormatElement(e), err)
 		}
 		if other, dup := s.elems[ce.text]; dup {
+			if s.from != 0 {
+				// Name the two in document order, as from scratch.
+				return canonicalSet(in, nil)
+			}
 			return nil, fmt.Errorf("nft set %s: element %q: same key as %q", in.Name, spec.FormatElement(e), other.String())
 		}
 		s.elems[ce.text] = ce
-		s.bySpec[id] = ce
+		s.countJump(ce, 1)
+		s.canon = append(s.canon, ce)
+		s.added = append(s.added, ce)
+	}
+	if suffix > 0 {
+		s.canon = append(s.canon, prev.canon[len(prev.canon)-suffix:]...)
 	}
 	return s, nil
 }
 
-// elemIdent is what canonicalElem reads of an element, as one string.
-func elemIdent(e spec.NFTElement) string {
-	var b strings.Builder
-	for _, k := range e.Key {
-		b.WriteString(k)
-		b.WriteByte(0)
+// countJump counts an element's jump or goto (d: +1 added, -1 removed).
+func (s *set) countJump(e *elem, d int) {
+	if v := e.verdict; v != nil && (v.Kind == spec.VerdictJump || v.Kind == spec.VerdictGoto) {
+		if s.jumps == nil {
+			s.jumps = map[string]int{}
+		}
+		if s.jumps[v.Chain] += d; s.jumps[v.Chain] == 0 {
+			delete(s.jumps, v.Chain)
+		}
 	}
-	if v := e.Verdict; v != nil {
-		b.WriteByte(1)
-		b.WriteString(v.Kind)
-		b.WriteByte(0)
-		b.WriteString(v.Chain)
-	}
-	return b.String()
 }
 
 func canonicalElem(s *set, e spec.NFTElement) (*elem, error) {
@@ -317,7 +339,7 @@ func canonicalChain(c *spec.NFTChain) (*chain, error) {
 	if err := checkComment(c.Comment); err != nil {
 		return nil, fmt.Errorf("nft chain %s: comment: %w", c.Name, err)
 	}
-	out := &chain{name: c.Name, hook: c.Hook, priority: c.Priority, comment: c.Comment, pod: c.Pod}
+	out := &chain{name: c.Name, hook: c.Hook, priority: c.Priority, comment: c.Comment, pod: c.Pod, src: cloneChain(c)}
 	if c.Hook != "" {
 		if _, ok := hookNums[c.Hook]; !ok {
 			return nil, fmt.Errorf("nft chain %s: hook: %q is not forward, input or output", c.Name, c.Hook)
@@ -491,15 +513,29 @@ func (t *table) checkRefs() error {
 		}
 	}
 	for _, s := range t.sets {
-		for _, e := range s.elems {
-			if e.verdict != nil && (e.verdict.Kind == spec.VerdictJump || e.verdict.Kind == spec.VerdictGoto) {
-				if err := t.checkTarget(e.verdict.Chain); err != nil {
-					return fmt.Errorf("nft map %s: element %q: %w", s.name, e.String(), err)
-				}
+		// By target, not by element: a map of every pod's element jumps to
+		// a few chains.
+		for target := range s.jumps {
+			if err := t.checkTarget(target); err != nil {
+				return fmt.Errorf("nft map %s: %s: %w", s.name, s.elementsTo(target), err)
 			}
 		}
 	}
 	return nil
+}
+
+// elementsTo names the elements that jump or go to a chain, for an error.
+func (s *set) elementsTo(target string) string {
+	var out []string
+	for _, e := range s.canon {
+		if e.verdict != nil && e.verdict.Chain == target {
+			out = append(out, strconv.Quote(e.String()))
+		}
+	}
+	if len(out) == 1 {
+		return "element " + out[0]
+	}
+	return "elements " + firstFew(out)
 }
 
 func (t *table) checkTarget(name string) error {

@@ -1,0 +1,113 @@
+package nft
+
+import (
+	"slices"
+	"sync/atomic"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Canonicalising a document parses every address and port of every set and
+// rule; a sync that changes one pod of 250 would spend most of its time on
+// the 249 others. So the canonical sets and chains of the last document are
+// kept by name, each with the document content it was made from, and the
+// next document reuses them:
+//
+//   - a chain or set whose content is equal is reused as it is;
+//   - a set with the same definition whose elements differ reuses the
+//     elements of the longest common prefix and suffix of the two element
+//     lists (render writes elements in a stable order, so one pod's change
+//     is one element inserted, removed or replaced) and parses the middle
+//     only. The new set records that middle as its delta against the old
+//     one, so that diffing it against the old set (a partial sync's record)
+//     looks at the delta only.
+//
+// Deciding is string comparison, no parsing and no hashing. The document's
+// element lists are kept by reference (the list itself is copied): a
+// document must not be modified after it was planned, which holds for
+// render's output, a new document every time.
+
+// canonCache holds the canonical sets and chains of the last document by
+// name. A nil cache holds nothing.
+type canonCache struct {
+	sets   map[string]*set
+	chains map[string]*chain
+}
+
+func (c *canonCache) set(name string) *set {
+	if c == nil {
+		return nil
+	}
+	return c.sets[name]
+}
+
+func (c *canonCache) chain(name string) *chain {
+	if c == nil {
+		return nil
+	}
+	return c.chains[name]
+}
+
+// setIDs numbers desired sets, so that a set can name the one it was
+// derived from without keeping it (and its own ancestor) alive.
+var setIDs atomic.Uint64
+
+// sameSource compares what canonicalSet reads of a set besides its
+// elements; sets differing here are not reused.
+func (s *set) sameSource(in *spec.NFTSet) bool {
+	return s.name == in.Name && slices.Equal(s.typeNames, in.Type) && s.interval == in.Interval &&
+		s.verdict == in.Verdict && s.comment == in.Comment && s.pod == in.Pod
+}
+
+func sameElement(a, b *spec.NFTElement) bool {
+	return slices.Equal(a.Key, b.Key) && sameVerdict(a.Verdict, b.Verdict)
+}
+
+func sameVerdict(a, b *spec.NFTVerdict) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Kind == b.Kind && a.Chain == b.Chain && a.Map == b.Map && slices.Equal(a.Selectors, b.Selectors)
+}
+
+// commonEnds returns the lengths of the longest common prefix and suffix of
+// two element lists, not overlapping in either.
+func commonEnds(a, b []spec.NFTElement) (prefix, suffix int) {
+	for prefix < len(a) && prefix < len(b) && sameElement(&a[prefix], &b[prefix]) {
+		prefix++
+	}
+	for suffix < len(a)-prefix && suffix < len(b)-prefix && sameElement(&a[len(a)-1-suffix], &b[len(b)-1-suffix]) {
+		suffix++
+	}
+	return prefix, suffix
+}
+
+func sameChain(a, b *spec.NFTChain) bool {
+	return a.Name == b.Name && a.Hook == b.Hook && a.Priority == b.Priority && a.Policy == b.Policy &&
+		a.Comment == b.Comment && a.Pod == b.Pod && slices.EqualFunc(a.Rules, b.Rules, sameRule)
+}
+
+func sameRule(a, b spec.NFTRule) bool {
+	return a.Comment == b.Comment && sameVerdict(&a.Verdict, &b.Verdict) && slices.EqualFunc(a.Match, b.Match, sameMatch)
+}
+
+func sameMatch(a, b spec.NFTMatch) bool {
+	return a.Negate == b.Negate && a.Set == b.Set && slices.Equal(a.Selectors, b.Selectors) && slices.Equal(a.Values, b.Values)
+}
+
+// cloneChain copies a document chain deeply: a chain is small, and its
+// canonical form keeps it to compare the next document's with.
+func cloneChain(c *spec.NFTChain) *spec.NFTChain {
+	out := *c
+	out.Rules = make([]spec.NFTRule, len(c.Rules))
+	for i, r := range c.Rules {
+		r.Verdict.Selectors = slices.Clone(r.Verdict.Selectors)
+		r.Match = slices.Clone(r.Match)
+		for j := range r.Match {
+			r.Match[j].Selectors = slices.Clone(r.Match[j].Selectors)
+			r.Match[j].Values = slices.Clone(r.Match[j].Values)
+		}
+		out.Rules[i] = r
+	}
+	return &out
+}
