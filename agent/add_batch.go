@@ -126,6 +126,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 		}
 	}
 	var undo []string
+	undoIPs := map[string]string{} // their rules are found by address
 	for _, w := range live {
 		ferr := failed[w.key]
 		if ferr == nil {
@@ -134,6 +135,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 		if ferr != nil {
 			a.rollback(w.req)
 			undo = append(undo, w.key)
+			undoIPs[w.key] = w.alloc.Spec.IP
 			answer(w, nil, cniErr(codeApplyFailed, "set up pod "+w.key, ferr.Error()))
 			continue
 		}
@@ -143,7 +145,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	if len(undo) > 0 {
 		// Take out what was made: render without those pods, apply their scope.
 		if again, rerr := a.renderLocked(); rerr == nil {
-			_, _ = a.apply(ctx, "ADD "+strings.Join(undo, ", ")+" rolled back", again, engine.PlanOptions{Pods: undo})
+			_, _ = a.apply(ctx, "ADD "+strings.Join(undo, ", ")+" rolled back", again, engine.PlanOptions{Pods: undo, PodIPs: undoIPs})
 		}
 	}
 }

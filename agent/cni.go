@@ -218,7 +218,8 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	}
 	opts := engine.PlanOptions{Pods: []string{key}}
 	if found {
-		opts.Namespaces = []string{released.Spec.Netns} // an exclusive ENI comes back from there
+		opts.Namespaces = []string{released.Spec.Netns}        // an exclusive ENI comes back from there
+		opts.PodIPs = map[string]string{key: released.Spec.IP} // its rules are found by address
 	}
 	rep, err := a.apply(ctx, "DEL "+key, state, opts)
 	if err == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/internal/traffic"
 	"github.com/terway-reconciler/terway/sim"
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // ENI multi-IP and exclusive ENI end to end: the real terwayd and terway on
@@ -204,6 +206,14 @@ func TestENIMultiIP(t *testing.T) {
 	os.WriteFile(all, []byte(strings.Join(pods, "---\n")), 0o600)
 	if err := sim.Delete(context.Background(), st.Name, &out, all); err != nil {
 		t.Fatal(err)
+	}
+	// Each DEL took its pod's routing rules (which name its address, not
+	// a link) with it: no rule of ours is left for a next holder of the
+	// address to trip over.
+	for _, l := range strings.Split(nstest.Run(t, st.NodeNetns, "ip", "rule", "show"), "\n") {
+		if prio, _, _ := strings.Cut(l, ":"); prio == strconv.Itoa(spec.RulePriorityToPod) || prio == strconv.Itoa(spec.RulePriorityFromPod) {
+			t.Errorf("after every pod's DEL, a pod rule is left: %s", l)
+		}
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {

@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/internal/traffic"
 	"github.com/terway-reconciler/terway/render"
@@ -232,4 +234,63 @@ func TestForeignStateSurvives(t *testing.T) {
 	if out := nstest.Run(t, host, "ip", "route", "show", "table", "all", "proto", "250"); strings.Count(out, "\n") != 2 {
 		t.Errorf("routes left with proto 250 (want only the two ENI tables' defaults):\n%s", out)
 	}
+}
+
+// TestScopedPlansFindPodRules: an ENI-mode pod's rules name its address,
+// not a link, so a plan scoped to the pod finds them by address: a DEL
+// removes them (the address given by the caller, as the document no longer
+// has the pod), and an ADD replaces a stale rule of the pod's address that
+// would send the pod's traffic out of another ENI.
+func TestScopedPlansFindPodRules(t *testing.T) {
+	n := newENINode(t)
+	const ip = "198.18.64.11"
+	n.addPod("x", "a", ip, nil, nil, "eni-1")
+	n.addPod("x", "b", "198.18.64.12", nil, nil, "eni-1")
+	n.apply(n.render())
+	rulesOf := func(addr string) []string {
+		var out []string
+		for _, l := range strings.Split(nstest.Run(t, n.host, "ip", "rule", "show"), "\n") {
+			if strings.Contains(l, " "+addr+" ") || strings.HasSuffix(l, " "+addr) {
+				out = append(out, strings.Join(strings.Fields(l), " "))
+			}
+		}
+		return out
+	}
+	if got := rulesOf(ip); len(got) != 2 {
+		t.Fatalf("x/a has rules %q, want two (to it, from it)", got)
+	}
+
+	// DEL of x/a with its address (as the agent knows it from its store).
+	n.removePod("x/a")
+	state := n.render()
+	del := engine.PlanOptions{Pods: []string{"x/a"}, PodIPs: map[string]string{"x/a": ip}}
+	p, err := n.eng.Plan(context.Background(), state, del)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := withoutNFTCommit(p.Lines()), withoutNFTCommit(n.plan(state).Lines()); !slices.Equal(got, want) {
+		t.Errorf("plan scoped to the deleted x/a differs from the full plan:\n--- scoped\n%s\n--- full\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if rep, err := n.eng.Apply(context.Background(), state, del); err != nil || rep.Err() != nil {
+		t.Fatal(err, rep.Err())
+	}
+	if got := rulesOf(ip); len(got) != 0 {
+		t.Errorf("after the scoped DEL of x/a, rules of its address remain: %q", got)
+	}
+	n.requireEmptyPlan(state)
+
+	// A stale rule that sends the address to another ENI's table (left by
+	// an earlier holder of the address; the full plan would find it too):
+	// the scoped ADD of the pod that now holds the address replaces it.
+	nstest.Run(t, n.host, "ip", "rule", "add", "priority", strconv.Itoa(spec.RulePriorityFromPod), "from", ip, "lookup", "1002")
+	n.addPod("x", "d", ip, nil, nil, "eni-1")
+	state = n.render()
+	if rep, err := n.eng.Apply(context.Background(), state, engine.PlanOptions{Pods: []string{"x/d"}}); err != nil || rep.Err() != nil {
+		t.Fatal(err, rep.Err())
+	}
+	got := rulesOf(ip)
+	if len(got) != 2 || slices.ContainsFunc(got, func(l string) bool { return strings.HasSuffix(l, "lookup 1002") }) {
+		t.Errorf("after the scoped ADD of x/d, the rules of %s are %q; want two, none to eni-2's table 1002", ip, got)
+	}
+	n.requireEmptyPlan(state)
 }

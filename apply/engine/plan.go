@@ -43,8 +43,9 @@ type PlanOptions struct {
 	// their namespaces are observed, and only their items, node-level
 	// creations and the nftables diff are planned. This is the CNI path: a
 	// pod's ADD or DEL costs the same on a node of 10 pods as of 250. A
-	// removed pod is found by its host veth, whose name derives from its key.
-	// The periodic full resync covers everything else.
+	// removed pod is found by its host veth, whose name derives from its key,
+	// and its rules by its address (PodIPs). The periodic full resync covers
+	// everything else.
 	//
 	// In the host, the kinds read the pods' links only: the kernel filters
 	// routes, neighbours and addresses by link, and qdiscs are read only if
@@ -53,6 +54,11 @@ type PlanOptions struct {
 	// when a pod is shaped, and the routes when one the pods want is not on
 	// their links (a pod being added; the route might sit elsewhere).
 	Pods []string
+	// PodIPs are the addresses of scoped pods that the document no longer
+	// has (a DEL's pod), by pod key. A pod's rules name its address, not a
+	// link, so a scoped plan finds them by address: the document gives it
+	// for the pods it has, PodIPs for the others.
+	PodIPs map[string]string
 	// Namespaces are observed besides the document's: the namespace of a
 	// pod being deleted, where its exclusive ENI still is, so the plan can
 	// bring the ENI back to the node before the namespace goes.
@@ -86,7 +92,7 @@ func prepare(desired *spec.NodeState, opts PlanOptions) (*work, error) {
 	if len(opts.Pods) == 0 {
 		return &work{desired: desired}, validate(desired)
 	}
-	scope := newPodScope(desired, opts.Pods)
+	scope := newPodScope(desired, opts)
 	reduced := scope.reduce(desired)
 	check := *reduced
 	check.NFTables = nil
@@ -141,6 +147,9 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 		}},
 		{"rule", func() ([]op.Op, error) {
 			o, err := rules.Observe(snap, nss, desired)
+			if scope != nil {
+				scope.claimRules(o)
+			}
 			return rules.Diff(desired.Rules, o), err
 		}},
 		{"qdisc", func() ([]op.Op, error) {

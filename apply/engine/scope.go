@@ -21,21 +21,33 @@ type podScope struct {
 	// hostLinks are the host links a scoped plan observes: the pods' veths
 	// and the node's ENI links (by their names in the document).
 	hostLinks []string
+	// byAddr names the scoped pod of each address (as a /32 prefix): from
+	// the document, and from PlanOptions.PodIPs for pods it no longer has.
+	byAddr map[string]string
 }
 
-func newPodScope(desired *spec.NodeState, pods []string) *podScope {
-	s := &podScope{pods: map[string]bool{}}
-	for _, key := range pods {
+func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
+	s := &podScope{pods: map[string]bool{}, byAddr: map[string]string{}}
+	for _, key := range opts.Pods {
 		s.pods[key] = true
 		s.veths = append(s.veths, spec.HostVethName(key))
 	}
 	if len(s.pods) == 1 {
-		s.only = pods[0]
+		s.only = opts.Pods[0]
+	}
+	for key, ip := range opts.PodIPs {
+		if s.has(key) && ip != "" {
+			s.byAddr[ip+"/32"] = key
+		}
 	}
 	for _, p := range desired.Pods {
-		if s.has(p.Key) && p.Netns != spec.HostNetns {
+		if !s.has(p.Key) {
+			continue
+		}
+		if p.Netns != spec.HostNetns {
 			s.namespaces = append(s.namespaces, p.Netns)
 		}
+		s.byAddr[p.IP+"/32"] = p.Key
 	}
 	slices.Sort(s.namespaces)
 	s.hostLinks = slices.Clone(s.veths)
@@ -65,6 +77,23 @@ func (s *podScope) filter(ops []op.Op) []op.Op {
 		}
 	}
 	return out
+}
+
+// claimRules gives the observed host rules that name a scoped pod's
+// address to that pod: rules name no link, so this is how a scoped plan
+// knows a stale rule (of a deleted pod, or of an address that moved to
+// another ENI) for the scope's to delete.
+func (s *podScope) claimRules(observed []spec.Rule) {
+	for i, r := range observed {
+		if r.Netns != spec.HostNetns {
+			continue
+		}
+		for _, sel := range []string{r.From, r.To} {
+			if key, ok := s.byAddr[sel]; ok && sel != "" {
+				observed[i].Pod = key
+			}
+		}
+	}
 }
 
 // has reports whether the pod (namespace/name) is in the scope.

@@ -190,9 +190,9 @@ func Describe(r spec.Rule) string {
 }
 
 func ruleOp(a op.Action, r spec.Rule) op.Op {
-	o := op.Op{Kind: Kind, Action: a, Key: r.Key(), Netns: r.Netns, Text: Describe(r), Writes: 1}
+	// An observed rule names a pod only if the caller claimed it for one.
+	o := op.Op{Kind: Kind, Action: a, Key: r.Key(), Netns: r.Netns, Text: Describe(r), Writes: 1, Pod: r.Pod}
 	if a == op.Create {
-		o.Pod = r.Pod
 		o.Exec = func(_ context.Context, ns op.Namespaces) error { return add(ns, r) }
 	} else {
 		o.Exec = func(_ context.Context, ns op.Namespaces) error { return del(ns, r) }
