@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -18,7 +19,10 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 
-func main() {
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run runs terwayctl with args and returns its exit code.
+func run(args []string, stdout, stderr io.Writer) int {
 	root := &cobra.Command{
 		Use:           "terwayctl",
 		Short:         "Render, plan and apply a node's network: the declarative Terway",
@@ -27,15 +31,20 @@ func main() {
 	}
 	root.AddCommand(renderCommand(), goldenCommand(), planCommand(), applyCommand(), simCommand(), benchCommand())
 	root.AddCommand(emulatorCommand())
-	if err := root.Execute(); err != nil {
-		code := 1
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		}
-		if ee == nil || ee.err != nil && ee.err.Error() != "" {
-			fmt.Fprintln(os.Stderr, "terwayctl:", err)
-		}
-		os.Exit(code)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if err == nil {
+		return 0
 	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	if ee == nil || ee.err != nil && ee.err.Error() != "" {
+		fmt.Fprintln(stderr, "terwayctl:", err)
+	}
+	return code
 }

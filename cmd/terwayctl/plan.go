@@ -53,12 +53,12 @@ func planCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Print(p.String())
+			fmt.Fprint(cmd.OutOrStdout(), p.String())
 			if p.Empty() {
-				fmt.Fprintln(os.Stderr, "no changes")
+				fmt.Fprintln(cmd.ErrOrStderr(), "no changes")
 				return nil
 			}
-			fmt.Fprintf(os.Stderr, "%d changes: %s\n", len(p.Ops), formatCounts(p.Counts()))
+			fmt.Fprintf(cmd.ErrOrStderr(), "%d changes: %s\n", len(p.Ops), formatCounts(p.Counts()))
 			return &exitError{code: 2, err: fmt.Errorf("")}
 		},
 	}
@@ -91,10 +91,10 @@ func applyCommand() *cobra.Command {
 					if r.Err != nil {
 						status = "FAILED: " + r.Err.Error()
 					}
-					fmt.Printf("%s  [%s]\n", r.Op.String(), status)
+					fmt.Fprintf(cmd.OutOrStdout(), "%s  [%s]\n", r.Op.String(), status)
 				}
 			}
-			fmt.Printf("applied: %s; failed: %s; rounds %d, kernel writes %d, %s\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "applied: %s; failed: %s; rounds %d, kernel writes %d, %s\n",
 				formatCounts(rep.Applied()), formatCounts(rep.Failed()), rep.Rounds, rep.Writes, rep.Duration.Round(1e5))
 			if err := rep.Err(); err != nil {
 				return err
