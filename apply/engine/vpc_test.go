@@ -1,7 +1,12 @@
 package engine_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/internal/traffic"
 	"github.com/terway-reconciler/terway/render"
@@ -216,4 +222,93 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestPodNetnsByProcPath: a runtime may name a pod's namespace by a
+// process's /proc/PID/ns/net instead of a bind mount (dockershim-style
+// runtimes do). The engine sets the pod up, observes it converged, carries
+// traffic and removes it the same way.
+func TestPodNetnsByProcPath(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	named := n.addPod("x", "a", "198.18.0.10", nil, nil, "")
+	n.addPod("x", "b", "198.18.0.11", nil, nil, "")
+	// A process that holds the pod's namespace, as a sandbox's pause does.
+	holder := exec.Command("ip", "netns", "exec", nstest.Name(named), "sleep", "600")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = holder.Process.Kill()
+		_ = holder.Wait()
+	})
+	procPath := fmt.Sprintf("/proc/%d/ns/net", holder.Process.Pid)
+	// Until ip has switched, the process is in this test's namespace, which
+	// the registry refuses as a pod's; wait for the switch.
+	for deadline := time.Now().Add(5 * time.Second); !sameFile(procPath, named); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not enter %s", procPath, named)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := range n.in.Allocations {
+		if n.in.Allocations[i].Metadata.Name == "a" {
+			n.in.Allocations[i].Spec.Netns = procPath
+		}
+	}
+	state := n.render()
+	if p := state.Pods[slices.IndexFunc(state.Pods, func(p spec.Pod) bool { return p.Key == "x/a" })]; p.Netns != procPath {
+		t.Fatalf("x/a's namespace in the document is %q, want %q", p.Netns, procPath)
+	}
+	n.apply(state)
+	n.requireEmptyPlan(state)
+	if out := nstest.Run(t, named, "ip", "-o", "addr", "show", "dev", "eth0"); !strings.Contains(out, "198.18.0.10/32") {
+		t.Fatalf("x/a's eth0, seen through its named path:\n%s", out)
+	}
+	serve(t, named, "198.18.0.10")
+	serve(t, n.ns["x/b"], "198.18.0.11")
+	reach(t, n.ns["x/b"], "tcp", "198.18.0.10:80", true)
+	reach(t, named, "udp", "198.18.0.11:81", true)
+
+	n.removePod("x/a")
+	state = n.render()
+	if rep, err := n.eng.Apply(context.Background(), state, engine.PlanOptions{Pods: []string{"x/a"}}); err != nil || rep.Err() != nil {
+		t.Fatal(err, rep.Err())
+	}
+	if out, err := nstest.Exec(n.host, "ip", "link", "show", "dev", spec.HostVethName("x/a")); err == nil {
+		t.Errorf("x/a's host veth is still there after its removal:\n%s", out)
+	}
+	n.requireEmptyPlan(state)
+}
+
+func sameFile(a, b string) bool {
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
+}
+
+// TestNodeNamespaceAsPodNamespaceIsRefused: a document that puts a pod in
+// the node's own namespace (a runtime's bug, a hostNetwork sandbox sent to
+// the CNI) is refused with an error naming the namespace, and nothing is
+// written: the node's links stay as they are.
+func TestNodeNamespaceAsPodNamespaceIsRefused(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	n.addPod("x", "a", "198.18.0.10", nil, nil, "")
+	n.in.Allocations[0].Spec.Netns = n.host
+	state := n.render()
+	before := nstest.Run(t, n.host, "ip", "-o", "link", "show")
+	for _, opts := range []engine.PlanOptions{{Full: true}, {Pods: []string{"x/a"}}} {
+		rep, err := n.eng.Apply(context.Background(), state, opts)
+		if err == nil {
+			err = rep.Err()
+		}
+		if err == nil || !strings.Contains(err.Error(), n.host+"\" is the node's own namespace") {
+			t.Errorf("apply %+v with x/a in the node's namespace: %v, want a refusal naming %s", opts, err, n.host)
+		}
+		if rep != nil && rep.Writes != 0 {
+			t.Errorf("apply %+v wrote %d times", opts, rep.Writes)
+		}
+	}
+	if after := nstest.Run(t, n.host, "ip", "-o", "link", "show"); after != before {
+		t.Errorf("the node's links changed:\n--- before\n%s--- after\n%s", before, after)
+	}
 }

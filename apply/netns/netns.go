@@ -76,9 +76,51 @@ func (r *Registry) fdLocked(ns string) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("open network namespace %q: %w", displayName(ns), err)
 	}
+	if ns != "" {
+		if err := r.checkPodNamespace(ns, h); err != nil {
+			h.Close()
+			return -1, err
+		}
+	}
 	r.files[ns] = h
 	return int(h), nil
 }
+
+// checkPodNamespace refuses a pod namespace that is in fact the node's
+// namespace or this process's own: a runtime's bug, a hostNetwork sandbox
+// sent to the CNI, or a /proc/PID/ns/net read before the process entered
+// its namespace. Acting there as in a pod's would take the node's own
+// links for the pod's (its eth0 for a stale one, to be moved out of the
+// way) and cut the node off. mu is held.
+func (r *Registry) checkPodNamespace(ns string, h netns.NsHandle) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h), &st); err != nil {
+		return fmt.Errorf("network namespace %q: %w", displayName(ns), err)
+	}
+	hostFd, err := r.fdLocked("")
+	if err != nil {
+		return err
+	}
+	var host unix.Stat_t
+	if err := unix.Fstat(hostFd, &host); err != nil {
+		return fmt.Errorf("network namespace of the node: %w", err)
+	}
+	switch {
+	case st.Dev == host.Dev && st.Ino == host.Ino:
+		return fmt.Errorf("network namespace %q is the node's own namespace, not a pod's: refusing to act in it", displayName(ns))
+	case st.Dev == ownNamespace.Dev && st.Ino == ownNamespace.Ino:
+		return fmt.Errorf("network namespace %q is this process's own namespace, not a pod's: refusing to act in it", displayName(ns))
+	}
+	return nil
+}
+
+// ownNamespace identifies the namespace the process started in, read
+// before any thread could switch.
+var ownNamespace = func() unix.Stat_t {
+	var st unix.Stat_t
+	_ = unix.Stat("/proc/self/ns/net", &st)
+	return st
+}()
 
 // Handle returns a netlink handle bound to the namespace.
 func (r *Registry) Handle(ns string) (*netlink.Handle, error) {
