@@ -263,6 +263,14 @@ func TestScopedPlansFindPodRules(t *testing.T) {
 	// DEL of x/a with its address (as the agent knows it from its store).
 	n.removePod("x/a")
 	state := n.render()
+	// An address the caller remembers wrongly (x/b holds it) claims
+	// nothing of x/b's.
+	wrong := engine.PlanOptions{Pods: []string{"x/a"}, PodIPs: map[string]string{"x/a": "198.18.64.12"}}
+	if p, err := n.eng.Plan(context.Background(), state, wrong); err != nil {
+		t.Fatal(err)
+	} else if strings.Contains(p.String(), "198.18.64.12") {
+		t.Errorf("a DEL of x/a given x/b's address plans changes to x/b's objects:\n%s", p)
+	}
 	del := engine.PlanOptions{Pods: []string{"x/a"}, PodIPs: map[string]string{"x/a": ip}}
 	p, err := n.eng.Plan(context.Background(), state, del)
 	if err != nil {

@@ -42,6 +42,9 @@ func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 	}
 	for _, p := range desired.Pods {
 		if !s.has(p.Key) {
+			// Another pod holds the address now: its rules are not the
+			// scope's, whatever the caller remembers.
+			delete(s.byAddr, p.IP+"/32")
 			continue
 		}
 		if p.Netns != spec.HostNetns {
