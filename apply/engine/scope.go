@@ -21,8 +21,8 @@ type podScope struct {
 	// hostLinks are the host links a scoped plan observes: the pods' veths
 	// and the node's ENI links (by their names in the document).
 	hostLinks []string
-	// byAddr names the scoped pod of each address (as a /32 prefix): from
-	// the document, and from PlanOptions.PodIPs for pods it no longer has.
+	// byAddr names the scoped pod of each address: from the document, and
+	// from PlanOptions.PodIPs for pods it no longer has.
 	byAddr map[string]string
 }
 
@@ -37,20 +37,23 @@ func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 	}
 	for key, ip := range opts.PodIPs {
 		if s.has(key) && ip != "" {
-			s.byAddr[ip+"/32"] = key
+			s.byAddr[ip] = key
+		}
+	}
+	for _, p := range desired.Pods {
+		if s.has(p.Key) {
+			if p.Netns != spec.HostNetns {
+				s.namespaces = append(s.namespaces, p.Netns)
+			}
+			s.byAddr[p.IP] = p.Key
 		}
 	}
 	for _, p := range desired.Pods {
 		if !s.has(p.Key) {
-			// Another pod holds the address now: its rules are not the
+			// Another pod holds the address: its rules are not the
 			// scope's, whatever the caller remembers.
-			delete(s.byAddr, p.IP+"/32")
-			continue
+			delete(s.byAddr, p.IP)
 		}
-		if p.Netns != spec.HostNetns {
-			s.namespaces = append(s.namespaces, p.Netns)
-		}
-		s.byAddr[p.IP+"/32"] = p.Key
 	}
 	slices.Sort(s.namespaces)
 	s.hostLinks = slices.Clone(s.veths)
@@ -92,8 +95,10 @@ func (s *podScope) claimRules(observed []spec.Rule) {
 			continue
 		}
 		for _, sel := range []string{r.From, r.To} {
-			if key, ok := s.byAddr[sel]; ok && sel != "" {
-				observed[i].Pod = key
+			if ip, host := strings.CutSuffix(sel, "/32"); host {
+				if key, ok := s.byAddr[ip]; ok {
+					observed[i].Pod = key
+				}
 			}
 		}
 	}

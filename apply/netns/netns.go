@@ -8,6 +8,7 @@
 package netns
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -107,12 +108,15 @@ func (r *Registry) checkPodNamespace(ns string, h netns.NsHandle) error {
 	}
 	switch {
 	case st.Dev == host.Dev && st.Ino == host.Ino:
-		return fmt.Errorf("network namespace %q is the node's own namespace, not a pod's: refusing to act in it", displayName(ns))
+		return fmt.Errorf("network namespace %q is the node's own namespace, %w", displayName(ns), ErrNotPodNamespace)
 	case st.Dev == ownNamespace.Dev && st.Ino == ownNamespace.Ino:
-		return fmt.Errorf("network namespace %q is this process's own namespace, not a pod's: refusing to act in it", displayName(ns))
+		return fmt.Errorf("network namespace %q is this process's own namespace, %w", displayName(ns), ErrNotPodNamespace)
 	}
 	return nil
 }
+
+// ErrNotPodNamespace is why a pod namespace is refused.
+var ErrNotPodNamespace = errors.New("not a pod's: refusing to act in it")
 
 // ownNamespace identifies the namespace the process started in, read
 // before any thread could switch.
@@ -201,14 +205,20 @@ func (r *Registry) NetnsID(from, to string) (int, error) {
 	return id, nil
 }
 
-// Exists reports whether the namespace can be opened.
+// Exists reports whether the namespace can be opened. A namespace refused
+// as a pod's (ErrNotPodNamespace) does not exist for a plan: it is not
+// observed, so its pod's items plan as creations that fail alone, naming
+// the refusal, and the rest of the node converges.
 func (r *Registry) Exists(ns string) bool {
 	p := r.path(ns)
 	if p == "" {
 		return true
 	}
-	_, err := os.Stat(p)
-	return err == nil
+	if _, err := os.Stat(p); err != nil {
+		return false
+	}
+	_, err := r.Fd(ns)
+	return !errors.Is(err, ErrNotPodNamespace)
 }
 
 // Do runs fn on a locked OS thread inside the namespace.

@@ -16,7 +16,7 @@ func TestRefusesHostAsPodNamespace(t *testing.T) {
 	pod := nstest.Netns(t, "reg-pod")
 	reg := netns.NewRegistry(node)
 	t.Cleanup(reg.Close)
-	if _, err := reg.Fd(pod); err != nil {
+	if _, err := reg.Fd(pod); err != nil || !reg.Exists(pod) {
 		t.Fatalf("a pod's namespace: %v", err)
 	}
 	for _, tc := range []struct{ path, want string }{
@@ -31,6 +31,9 @@ func TestRefusesHostAsPodNamespace(t *testing.T) {
 			return nil
 		})
 		_, errConn := reg.RouteConn(tc.path)
+		if reg.Exists(tc.path) {
+			t.Errorf("%s exists for a plan; a refused namespace must not be observed", tc.path)
+		}
 		for i, err := range []error{errFd, errHandle, errDo, errConn} {
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
 				t.Errorf("%s, way %d: %v, want an error naming it and saying it %s", tc.path, i, err, tc.want)

@@ -64,6 +64,15 @@ func TestCanonicalErrors(t *testing.T) {
 			t.Sets[0].Interval = true
 			t.Sets[0].Elements = []spec.NFTElement{{Key: []string{"198.18.0.1"}}, {Key: []string{"198.18.0.1/32"}}}
 		}, []string{"nft set s", "same key"}},
+		{"name starting with a digit", func(t *spec.NFTable) { t.Sets[0].Name = "1s" },
+			[]string{"nft set 1s", "does not start with a letter"}},
+		{"map element jumping nowhere among others", func(t *spec.NFTable) {
+			t.Sets[0].Verdict = true
+			t.Sets[0].Elements = []spec.NFTElement{
+				{Key: []string{"198.18.0.1"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictAccept}},
+				{Key: []string{"198.18.0.2"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump}},
+			}
+		}, []string{"nft map s", `element "198.18.0.2 : jump "`, `chain "" does not exist`}},
 		{"unknown set", func(t *spec.NFTable) {
 			t.Chains[0].Rules = []spec.NFTRule{{Match: []spec.NFTMatch{{Selectors: []string{spec.SelIPSaddr}, Set: "nope"}},
 				Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept}}}

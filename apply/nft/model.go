@@ -528,7 +528,7 @@ func (t *table) checkRefs() error {
 func (s *set) elementsTo(target string) string {
 	var out []string
 	for _, e := range s.canon {
-		if e.verdict != nil && e.verdict.Chain == target {
+		if v := e.verdict; v != nil && (v.Kind == spec.VerdictJump || v.Kind == spec.VerdictGoto) && v.Chain == target {
 			out = append(out, strconv.Quote(e.String()))
 		}
 	}
@@ -560,6 +560,9 @@ func typeNamesOf(sels []string) []string {
 func checkName(n string) error {
 	if n == "" || len(n) > 255 || strings.HasPrefix(n, "__") {
 		return fmt.Errorf("%q is not a valid name (1 to 255 bytes, not starting with __)", n)
+	}
+	if c := n[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_') {
+		return fmt.Errorf("%q does not start with a letter or _", n)
 	}
 	for _, r := range n {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_./-", r)) {
