@@ -19,10 +19,11 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() { os.Exit(run(os.Stdin, os.Stdout, os.Stderr, os.Args[1:]...)) }
 
-// run runs terwayctl with args and returns its exit code.
-func run(args []string, stdout, stderr io.Writer) int {
+// run runs terwayctl with args and the given streams and returns its exit
+// code.
+func run(stdin io.Reader, stdout, stderr io.Writer, args ...string) int {
 	root := &cobra.Command{
 		Use:           "terwayctl",
 		Short:         "Render, plan and apply a node's network: the declarative Terway",
@@ -32,6 +33,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.AddCommand(renderCommand(), goldenCommand(), planCommand(), applyCommand(), simCommand(), benchCommand())
 	root.AddCommand(emulatorCommand())
 	root.SetArgs(args)
+	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.Execute()

@@ -16,11 +16,11 @@ import (
 )
 
 // readState reads a NodeState document from a file or "-" (stdin).
-func readState(path string) (*spec.NodeState, error) {
+func readState(path string, stdin io.Reader) (*spec.NodeState, error) {
 	var data []byte
 	var err error
 	if path == "-" {
-		data, err = io.ReadAll(os.Stdin)
+		data, err = io.ReadAll(stdin)
 	} else {
 		data, err = os.ReadFile(path)
 	}
@@ -43,7 +43,7 @@ func planCommand() *cobra.Command {
 			"or NAME with --netns) and in the pod namespaces the document names, and prints one line per\n" +
 			"change: + create, - delete, ~ update. Reads only.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			state, err := readState(statePath)
+			state, err := readState(statePath, cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
@@ -75,7 +75,7 @@ func applyCommand() *cobra.Command {
 		Use:   "apply --state FILE [--netns NAME]",
 		Short: "Converge the node's kernel state to the document and print counts per kind",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			state, err := readState(statePath)
+			state, err := readState(statePath, cmd.InOrStdin())
 			if err != nil {
 				return err
 			}

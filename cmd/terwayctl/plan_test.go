@@ -18,7 +18,7 @@ import (
 // output.
 func terwayctl(args ...string) (code int, stdout, stderr string) {
 	var out, errOut strings.Builder
-	code = run(args, &out, &errOut)
+	code = run(strings.NewReader(""), &out, &errOut, args...)
 	return code, out.String(), errOut.String()
 }
 
@@ -64,6 +64,12 @@ func TestPlanApplyCommands(t *testing.T) {
 	nstest.Run(t, node, "ip", "link", "show", "dev", veth)
 	if code, out, errOut = terwayctl("plan", "--state", doc, "--netns", node); code != 0 || out != "" || !strings.Contains(errOut, "no changes") {
 		t.Fatalf("plan on a converged node: exit %d, want 0 and nothing:\n%s%s", code, out, errOut)
+	}
+
+	// The document from standard input, as in `terwayctl render … | terwayctl plan --state -`.
+	var out2, err2 strings.Builder
+	if code := run(strings.NewReader(string(data)), &out2, &err2, "plan", "--state", "-", "--netns", node); code != 0 {
+		t.Fatalf("plan --state - on a converged node: exit %d:\n%s%s", code, out2.String(), err2.String())
 	}
 
 	nstest.Run(t, node, "ip", "route", "del", "198.18.0.10/32", "dev", veth)
