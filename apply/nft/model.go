@@ -256,22 +256,21 @@ func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
 	}
 	elems := in.Elements
 	prefix, suffix := 0, 0
+	s.canon = make([]*elem, 0, len(elems))
 	if prev != nil && slices.Equal(prev.typeNames, in.Type) && prev.interval == in.Interval && prev.verdict == in.Verdict {
 		// Same definition: the elements canonicalise as they did.
 		prefix, suffix = commonEnds(prev.src, elems)
 		s.from = prev.id
 		s.elems, s.jumps = maps.Clone(prev.elems), maps.Clone(prev.jumps)
-		s.removed = prev.canon[prefix : len(prev.canon)-suffix]
+		s.removed = slices.Clip(prev.canon[prefix : len(prev.canon)-suffix]) // prev's, read only
 		for _, e := range s.removed {
 			delete(s.elems, e.text)
 			s.countJump(e, -1)
 		}
-		s.canon = make([]*elem, 0, len(elems))
 		s.canon = append(s.canon, prev.canon[:prefix]...)
 	} else {
 		s.elems = make(map[string]*elem, len(elems))
 		s.jumps = map[string]int{}
-		s.canon = make([]*elem, 0, len(elems))
 	}
 	for _, e := range elems[prefix : len(elems)-suffix] {
 		ce, err := canonicalElem(s, e)
