@@ -109,11 +109,11 @@ func TestDerivedSetsMatchScratch(t *testing.T) {
 			}
 		}
 		if prev != nil {
-			fast, err := diff("x", got, prev, prev)
+			fast, err := diff("x", got, prev, prev, DefaultReplaceCost)
 			if err != nil {
 				t.Fatal(err)
 			}
-			slow, err := diff("x", want, prev, prev)
+			slow, err := diff("x", want, prev, prev, DefaultReplaceCost)
 			if err != nil {
 				t.Fatal(err)
 			}

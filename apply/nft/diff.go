@@ -93,7 +93,10 @@ func (p *plan) messages() []batchMsg {
 // diff plans the changes that turn have (nil: no table) into want (nil:
 // no table). rec, the record of our last write (may be nil), only names the
 // pods of objects that are no longer wanted, which the kernel cannot tell.
-func diff(netns string, want, have, rec *table) (*plan, error) {
+//
+// replaceCost is the threshold of replaceSet: how many element additions
+// one element deletion of an interval set costs (< 0: never replace).
+func diff(netns string, want, have, rec *table, replaceCost int) (*plan, error) {
 	p := &plan{netns: netns, verifySets: map[string]*set{}, verifyChains: map[string]int{}, verifyElems: map[string]*elemCheck{}}
 	if want == nil {
 		if have != nil {
@@ -119,7 +122,8 @@ func diff(netns string, want, have, rec *table) (*plan, error) {
 	if rec == nil {
 		rec = emptyTable()
 	}
-	d := &differ{p: p, want: want, have: have, rec: rec, setAct: map[string]string{}, chainAct: map[string]string{}, bounce: map[string]string{}}
+	d := &differ{p: p, want: want, have: have, rec: rec, setAct: map[string]string{}, chainAct: map[string]string{},
+		bounce: map[string]string{}, replaceCost: replaceCost, deltas: map[string]*elemDelta{}}
 	d.classify()
 	d.sets()
 	if err := d.chains(); err != nil {
@@ -137,6 +141,10 @@ type differ struct {
 	// bounce holds map elements ("map\x00key") that must be deleted and
 	// re-added because the chain they jump to is recreated.
 	bounce map[string]string
+	// replaceCost and deltas serve replaceSet: the element changes of kept
+	// interval sets, computed once to decide and reused to plan.
+	replaceCost int
+	deltas      map[string]*elemDelta
 }
 
 func act(a string) string { v, _, _ := strings.Cut(a, ":"); return v }
@@ -151,6 +159,8 @@ func (d *differ) classify() {
 			d.setAct[name] = "create"
 		case !hs.sameDef(ws):
 			d.setAct[name] = "recreate:" + hs.changes(ws)
+		case d.replaceSet(ws, hs):
+			d.setAct[name] = "recreate:" + d.deltas[name].reason(ws)
 		default:
 			d.setAct[name] = "keep"
 		}
@@ -314,20 +324,12 @@ func (d *differ) elems(ws, hs *set) {
 		return d.bounce[ws.name+"\x00"+e.text]
 	}
 	var changed, gone []*elem
-	if ws.from != 0 && ws.from == hs.id && len(d.bounce) == 0 {
-		// ws was derived from hs (the record, in a partial sync): they
-		// share every element but ws's delta, so only that is compared.
-		for _, e := range ws.added {
-			if he := hs.elems[e.text]; he == nil || !he.same(e) {
-				changed = append(changed, e)
-			}
-		}
-		for _, he := range ws.removed {
-			if ws.elems[he.text] == nil {
-				gone = append(gone, he)
-			}
-		}
-	} else {
+	switch dl := d.deltas[ws.name]; {
+	case dl != nil && len(d.bounce) == 0: // computed by replaceSet
+		changed, gone = dl.changed, dl.gone
+	case ws.from != 0 && ws.from == hs.id && len(d.bounce) == 0:
+		changed, gone = derivedChanges(ws, hs)
+	default:
 		changed, gone = d.elemChanges(ws, hs, bounce)
 	}
 	if len(changed)+len(gone) == 0 {
@@ -372,6 +374,22 @@ func (d *differ) elems(ws, hs *set) {
 	default:
 		p.verifySets[ws.name] = ws
 	}
+}
+
+// derivedChanges compares the delta of ws, derived from hs (the record,
+// in a partial sync): they share every element but that delta.
+func derivedChanges(ws, hs *set) (changed, gone []*elem) {
+	for _, e := range ws.added {
+		if he := hs.elems[e.text]; he == nil || !he.same(e) {
+			changed = append(changed, e)
+		}
+	}
+	for _, he := range ws.removed {
+		if ws.elems[he.text] == nil {
+			gone = append(gone, he)
+		}
+	}
+	return changed, gone
 }
 
 // elemChanges compares every element of ws and hs: the wanted elements

@@ -32,6 +32,12 @@ type Options struct {
 	// FullEvery makes every Nth sync of a namespace a full one
 	// (DefaultFullEvery when 0; 1 makes every sync full).
 	FullEvery int
+	// ReplaceCost is how many element additions one element deletion of
+	// an interval set is counted as when deciding to recreate the set
+	// rather than delete elements one by one (see replace.go):
+	// DefaultReplaceCost when 0; negative never recreates (benchmarks
+	// measure the element-by-element way with it).
+	ReplaceCost int
 	// Logger receives one line per decision (full or partial sync, commit,
 	// failure). Nil discards.
 	Logger *slog.Logger
@@ -68,6 +74,9 @@ type Reconciler struct {
 
 	mu      sync.Mutex
 	records map[string]*record
+	// inject, for tests, rewrites a transaction before it is sent (to
+	// make the kernel refuse a message in its middle).
+	inject func([]batchMsg) []batchMsg
 }
 
 // record is what we believe a namespace's kernel holds.
@@ -95,6 +104,9 @@ type record struct {
 func New(opts Options) *Reconciler {
 	if opts.FullEvery <= 0 {
 		opts.FullEvery = DefaultFullEvery
+	}
+	if opts.ReplaceCost == 0 {
+		opts.ReplaceCost = DefaultReplaceCost
 	}
 	log := opts.Logger
 	if log == nil {
@@ -204,7 +216,7 @@ func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable,
 			return nil, fmt.Errorf("observe table inet terway in %s: %w", nsName(netns), err)
 		}
 	}
-	p, err := diff(netns, want, have, written)
+	p, err := diff(netns, want, have, written, r.opts.ReplaceCost)
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +296,9 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 		return err
 	}
 	defer c.close()
+	if r.inject != nil {
+		msgs = r.inject(msgs)
+	}
 	if err := c.commit(msgs, gen); err != nil {
 		r.fail(netns)
 		if errors.Is(err, unix.ERESTART) {

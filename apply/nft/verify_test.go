@@ -28,7 +28,7 @@ func TestVerifyElemsReadsBackTouchedElements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := diff(e.ns, want, have, have)
+	p, err := diff(e.ns, want, have, have, DefaultReplaceCost)
 	if err != nil {
 		t.Fatal(err)
 	}
