@@ -52,3 +52,80 @@ func BenchmarkOnePodChange(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLargeSetChange is defect 5: a fresh fill of a table with a
+// 50,000-element concatenated interval set (a new Reconciler, so nothing
+// is cached: canonicalise, one transaction, read-back) against the change
+// of that set to 42,000 elements on a node that holds it (a partial sync,
+// as the agent's next sync is). The change must cost at most twice the
+// fresh fill. Run (in one command, so the two are comparable):
+//
+//	go test -run XXX -bench LargeSetChange -benchtime 5x ./apply/nft/
+func BenchmarkLargeSetChange(b *testing.B) {
+	before, after := bigSetDoc(50000, nil), bigSetDoc(50000, shrink)
+	e := newEnv(b, "blarge")
+	b.Run("fresh-50000", func(b *testing.B) {
+		e.t = b
+		for b.Loop() {
+			b.StopTimer()
+			e.nft("add", "table", "inet", "terway") // so that delete finds one
+			e.nft("delete", "table", "inet", "terway")
+			e.r = New(Options{})
+			b.StartTimer()
+			e.apply(before)
+		}
+	})
+	b.Run("change-50000-42000", func(b *testing.B) {
+		e.t = b
+		for b.Loop() {
+			b.StopTimer()
+			e.r = New(Options{})
+			e.apply(before)
+			b.StartTimer()
+			if ops := e.apply(after); len(ops) != 3 {
+				b.Fatalf("the change plans %d ops, want the set, its chain and the commit", len(ops))
+			}
+		}
+	})
+}
+
+// BenchmarkLargeSetChangeWays measures both ways of a large change: the
+// set recreated in the transaction (the default) and its elements deleted
+// one by one (ReplaceCost -1), at 10,000 -> 8,400 elements, where the
+// element-by-element way still ends within a minute (at 50,000 it took
+// 3 min 23 s); next to a fresh fill of the same document.
+//
+//	go test -run XXX -bench LargeSetChangeWays -benchtime 1x ./apply/nft/
+func BenchmarkLargeSetChangeWays(b *testing.B) {
+	before, after := bigSetDoc(10000, nil), bigSetDoc(10000, shrink)
+	e := newEnv(b, "bways")
+	b.Run("fresh-10000", func(b *testing.B) {
+		e.t = b
+		for b.Loop() {
+			b.StopTimer()
+			e.nft("add", "table", "inet", "terway") // so that delete finds one
+			e.nft("delete", "table", "inet", "terway")
+			e.r = New(Options{})
+			b.StartTimer()
+			e.apply(before)
+		}
+	})
+	for _, c := range []struct {
+		name string
+		cost int
+		ops  int
+	}{{"recreate", DefaultReplaceCost, 3}, {"element-by-element", -1, 1601}} {
+		b.Run(c.name+"-10000-8400", func(b *testing.B) {
+			e.t = b
+			for b.Loop() {
+				b.StopTimer()
+				e.r = New(Options{ReplaceCost: c.cost})
+				e.apply(before)
+				b.StartTimer()
+				if ops := e.apply(after); len(ops) != c.ops {
+					b.Fatalf("the change plans %d ops, want %d", len(ops), c.ops)
+				}
+			}
+		})
+	}
+}
