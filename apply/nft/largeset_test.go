@@ -213,7 +213,7 @@ func TestReplaceThreshold(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			before, err := canonicalNoCache(bigSetDoc(c.n, nil))
+			before, cache, err := canonical(bigSetDoc(c.n, nil), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -226,6 +226,22 @@ func TestReplaceThreshold(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := lines(p.ops())
+			// A partial sync's set is derived from the record's and compared
+			// through its delta; it must decide the same.
+			derived, _, err := canonical(bigSetDoc(c.n, c.keep), cache)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if derived.sets["big"].from != before.sets["big"].id {
+				t.Fatalf("the set was not derived from the record's")
+			}
+			pd, err := diff("x", derived, before, before, c.cost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a, b := planText(pd.ops()), strings.Join(got, "\n"); a != b {
+				t.Errorf("plan through the delta differs:\n%s\nelement by element:\n%s", firstLines(lines(pd.ops()), 4), firstLines(got, 4))
+			}
 			recreated := len(got) > 0 && strings.HasPrefix(got[0], "~ nft set big (recreate: ")
 			if recreated != c.recreate {
 				t.Errorf("recreate = %t, want %t; plan:\n%s", recreated, c.recreate, firstLines(got, 4))
