@@ -27,6 +27,7 @@
 //	decompile.go expressions → IR rule, recognising only what we write
 //	observe.go   read our table (and only ours) from the kernel
 //	diff.go      have vs want → plan lines and phase-ordered messages
+//	replace.go   when a large interval set is recreated instead of edited
 //	reconciler.go records, partial/full syncs, commit, read-back
 //	wire.go      the NETLINK_NETFILTER socket: dumps, gets, the batch
 //
