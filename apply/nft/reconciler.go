@@ -65,12 +65,9 @@ type Options struct {
 // that meets a kernel unlike the record (an element to delete is already
 // gone) fails as a whole, and the next, full, sync repairs.
 //
-// A Reconciler is safe for concurrent use. Commits of one namespace are
-// serialised; a plan made before another plan of the same namespace was
-// committed is diffed again, at its commit, against the record that commit
-// left (the document of the last commit wins, as with any two documents
-// applied one after the other). After a failure or Invalidate in between,
-// such a plan is refused instead: then the record is not to be trusted.
+// A Reconciler is safe for concurrent use; syncs of one namespace should
+// not overlap (a plan made before another plan of the same namespace was
+// committed is refused as stale).
 type Reconciler struct {
 	opts Options
 	log  *slog.Logger
@@ -288,31 +285,10 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 	defer rec.commitMu.Unlock()
 	r.mu.Lock()
 	stale := r.records[netns] != rec || rec.version != version
-	trusted, written := r.records[netns] == rec && !rec.full, rec.written
 	r.mu.Unlock()
-	if stale && !trusted {
-		r.fail(netns)
-		return fmt.Errorf("nft table inet terway in %s: plan is stale (the namespace's nftables were invalidated or failed since); plan again", nsName(netns))
-	}
 	if stale {
-		// Another sync of the namespace committed since this plan was made
-		// (a CNI ADD while a large change was planned, or the reverse). The
-		// record is what that commit wrote, and commitMu keeps it so until
-		// this commit ends: diff against it again, as a partial sync would,
-		// rather than fail and make the next sync a full one.
-		var err error
-		if p, err = diff(netns, want, written, written, r.opts.ReplaceCost); err != nil {
-			r.fail(netns)
-			return err
-		}
-		msgs, gen, full = p.messages(), nil, false
-		r.log.Info("nftables plan re-diffed against the record of a later commit", "netns", netns, "messages", len(msgs))
-		if len(msgs) == 0 {
-			r.mu.Lock()
-			r.done(rec, want, full)
-			r.mu.Unlock()
-			return nil
-		}
+		r.fail(netns)
+		return fmt.Errorf("nft table inet terway in %s: plan is stale (another sync of this namespace ran since); plan again", nsName(netns))
 	}
 	c, err := dial(ns, netns)
 	if err != nil {
