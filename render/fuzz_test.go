@@ -11,6 +11,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -118,10 +119,13 @@ func renderYAML(t *testing.T, in Inputs) []byte {
 	return append(doc, spec.PrintNFT(state.NFTables)...)
 }
 
-// FuzzPolicyCompile compiles a JSON list of NetworkPolicies against a small
-// fixed cluster (two namespaces, local and remote pods, named ports).
-// Properties: no panic; a valid document that round-trips; the same bytes
-// twice and with the policies in reverse order.
+// FuzzPolicyCompile compiles NetworkPolicies against a small fixed
+// cluster (two namespaces, local and remote pods, named ports): a JSON list
+// of policies as the fuzzer mutates it (often no longer JSON), plus one
+// policy built from typed fields, so that every input reaches the compiler
+// (selector, ipBlock and except, port, endPort, port name, protocol,
+// directions). Properties: no panic; a valid document that round-trips;
+// the same bytes twice and with the policies in reverse order.
 func FuzzPolicyCompile(f *testing.F) {
 	for _, s := range []string{
 		`[{"metadata":{"namespace":"x","name":"deny"},"spec":{"podSelector":{}}}]`,
@@ -132,21 +136,17 @@ func FuzzPolicyCompile(f *testing.F) {
 		`[{"metadata":{"namespace":"x","name":"bad"},"spec":{"podSelector":{"matchExpressions":[{"key":"a","operator":"Bogus"}]},"ingress":[{"from":[{"ipBlock":{"cidr":"300.0.0.0/8"}}],"ports":[{"port":0},{"port":70000},{"port":5,"endPort":4}]}]}}]`,
 		`[{"metadata":{"namespace":"x","name":"v6"},"spec":{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"::/0","except":["fd00::/8"]}},{"ipBlock":{"cidr":"0.0.0.0/0","except":["10.0.0.1/32","0.0.0.0/0"]}}]}]}}]`,
 	} {
-		f.Add([]byte(s))
+		f.Add([]byte(s), "app", "web", "198.18.0.0/16", "198.18.0.10/32", int32(80), int32(0), "", "TCP", uint8(3))
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Add([]byte(`[]`), "tier", "1", "0.0.0.0/0", "198.18.0.0/15", int32(1), int32(65535), "dns", "UDP", uint8(15))
+	f.Add([]byte(`[]`), "", "", "198.18.0.11/32", "198.18.0.11/32", int32(0), int32(-1), "http", "SCTP", uint8(255))
+	f.Add([]byte(`[]`), "app", "", "198.18.0.5/24", "198.18.1.0/24", int32(65536), int32(70000), "no-such", "ICMP", uint8(6))
+	f.Fuzz(func(t *testing.T, data []byte, key, value, cidr, except string, port, endPort int32, portName, proto string, flags uint8) {
 		var pols []*networkingv1.NetworkPolicy
-		if err := json.Unmarshal(data, &pols); err != nil {
-			return
+		if json.Unmarshal(data, &pols) != nil || len(pols) > 16 || slices.Contains(pols, nil) {
+			pols = nil // an object the informer could never hand over
 		}
-		if len(pols) > 16 {
-			return
-		}
-		for _, p := range pols {
-			if p == nil {
-				return // not an object the informer could hand over
-			}
-		}
+		pols = append(pols, typedPolicy(key, value, cidr, except, port, endPort, portName, proto, flags))
 		in := policyWorld()
 		in.Policies = pols
 		first := renderYAML(t, in)
@@ -159,6 +159,54 @@ func FuzzPolicyCompile(f *testing.F) {
 			t.Fatalf("render depends on the policies' order:\n%s\n---\n%s", first, reversed)
 		}
 	})
+}
+
+// typedPolicy builds one policy of namespace x from fuzzed fields; flags'
+// bits choose the directions, the peers and which port fields are set.
+func typedPolicy(key, value, cidr, except string, port, endPort int32, portName, proto string, flags uint8) *networkingv1.NetworkPolicy {
+	sel := metav1.LabelSelector{MatchLabels: map[string]string{key: value}}
+	if flags&0x40 != 0 {
+		sel = metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: key, Operator: metav1.LabelSelectorOperator(portName), Values: []string{value}}}}
+	}
+	peers := []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: []string{except}}}}
+	if flags&0x04 != 0 {
+		peers = append(peers, networkingv1.NetworkPolicyPeer{PodSelector: &sel})
+	}
+	if flags&0x08 != 0 {
+		peers = append(peers, networkingv1.NetworkPolicyPeer{NamespaceSelector: &sel, PodSelector: &metav1.LabelSelector{}})
+	}
+	p := networkingv1.NetworkPolicyPort{}
+	if proto != "" {
+		pr := corev1.Protocol(proto)
+		p.Protocol = &pr
+	}
+	switch {
+	case flags&0x10 != 0:
+		v := intstr.FromString(portName)
+		p.Port = &v
+	case flags&0x20 != 0:
+		v := intstr.FromInt32(port)
+		p.Port = &v
+		p.EndPort = &endPort
+	default:
+		v := intstr.FromInt32(port)
+		p.Port = &v
+	}
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "typed"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: sel}}
+	if flags&0x01 != 0 {
+		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: peers, Ports: []networkingv1.NetworkPolicyPort{p}}}
+		np.Spec.PolicyTypes = append(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
+	}
+	if flags&0x02 != 0 {
+		np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{To: peers, Ports: []networkingv1.NetworkPolicyPort{p}}}
+		np.Spec.PolicyTypes = append(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
+	}
+	if flags&0x80 != 0 {
+		np.Spec.PolicyTypes = nil // implied by the rules present
+	}
+	return np
 }
 
 // policyWorld is the fixed cluster FuzzPolicyCompile compiles against.

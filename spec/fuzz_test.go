@@ -2,9 +2,11 @@ package spec
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -112,4 +114,41 @@ func reverseSections(s *NodeState) {
 			}
 		}
 	}
+}
+
+// FuzzNodePodCIDR: no panic; the same answer twice; an accepted pod CIDR is
+// IPv4, a network (no host bits), /16 to /32, and reads back from its own
+// text; a refusal names spec.podCIDR or spec.podCIDRs.
+func FuzzNodePodCIDR(f *testing.F) {
+	for _, s := range [][2]string{
+		{"198.18.0.0/24", ""}, {"300.1.0.0/24", ""}, {"10.0.0.0/33", ""}, {"10.0.0.5/0", ""}, {"fd00::/64", ""},
+		{"", "198.18.0.0/24,fd00::/64"}, {"", "fd00::/64,198.18.1.0/24"}, {"198.18.0.0/24", "198.18.1.0/24"},
+		{"::ffff:10.0.0.0/120", ""}, {"10.0.0.0/024", ""}, {"1.2.3.4/32", "1.2.3.4/32,,"}, {"fe80::1%eth0/64", ""},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, podCIDR, list string) {
+		var podCIDRs []string
+		if list != "" {
+			podCIDRs = strings.Split(list, ",")
+		}
+		p, err := NodePodCIDR(podCIDR, podCIDRs)
+		p2, err2 := NodePodCIDR(podCIDR, podCIDRs)
+		if p != p2 || (err == nil) != (err2 == nil) || (err != nil && err.Error() != err2.Error()) {
+			t.Fatalf("NodePodCIDR(%q, %q) twice: %v, %v then %v, %v", podCIDR, podCIDRs, p, err, p2, err2)
+		}
+		if err != nil {
+			var fe *FieldError
+			if !errors.As(err, &fe) || !strings.HasPrefix(fe.Field, "spec.podCIDR") || fe.Reason == "" || p.IsValid() {
+				t.Fatalf("NodePodCIDR(%q, %q) = %v, %v; want only a FieldError naming the field", podCIDR, podCIDRs, p, err)
+			}
+			return
+		}
+		if !p.Addr().Is4() || p != p.Masked() || p.Bits() < MinPodCIDRBits || p.Bits() > MaxPodCIDRBits {
+			t.Fatalf("NodePodCIDR(%q, %q) accepted %v", podCIDR, podCIDRs, p)
+		}
+		if back, err := NodePodCIDR(p.String(), nil); err != nil || back != p {
+			t.Fatalf("NodePodCIDR(%q, %q) = %v, which reads back as %v, %v", podCIDR, podCIDRs, p, back, err)
+		}
+	})
 }
