@@ -3,7 +3,9 @@ package wire
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -255,8 +257,9 @@ func (r *Request) validUTF8() *types.Error {
 			return envErr(r.Command, f.field, f.env, fmt.Sprintf("%q is not valid UTF-8", f.value))
 		}
 	}
-	for k, v := range r.Args.Other {
-		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+	// In key order, so that the same request always names the same pair.
+	for _, k := range slices.Sorted(maps.Keys(r.Args.Other)) {
+		if v := r.Args.Other[k]; !utf8.ValidString(k) || !utf8.ValidString(v) {
 			return envErr(r.Command, "args", "CNI_ARGS", fmt.Sprintf("%q=%q is not valid UTF-8", k, v))
 		}
 	}
