@@ -6,7 +6,7 @@ GOFLAGS  ?=
 # for two packages at a time.
 TESTFLAGS ?= -count=1 -timeout 25m -p 2
 
-.PHONY: all build test unit golden demo bench deps vet clean k8s-assets
+.PHONY: all build test unit golden demo bench deps vet clean k8s-assets fuzz
 
 all: build
 
@@ -17,6 +17,32 @@ build:
 # packages the tests need when they are missing.
 test: deps vet k8s-assets
 	$(GO) test $(TESTFLAGS) ./...
+	$(MAKE) fuzz
+
+# Each fuzz target for FUZZTIME (go test -fuzz takes one package and one
+# target at a time). `go test` above already ran every target over its seeds
+# and testdata/fuzz corpus; this looks for new inputs: 8 targets x 10s, plus
+# their instrumented builds (cached after the first run). New coverage is
+# not minimised (FUZZMINIMIZE=1x): in a 10 s run minimising would take most
+# of the time. A failure writes the input to <pkg>/testdata/fuzz/<target>/:
+# fix the bug and commit the file, which every `go test` then replays.
+FUZZTIME ?= 10s
+FUZZMINIMIZE ?= 1x
+FUZZ_TARGETS := \
+	./render/:FuzzBandwidth \
+	./render/:FuzzPolicyCompile \
+	./spec/:FuzzParse \
+	./cni/plugin/:FuzzBuildRequest \
+	./cni/wire/:FuzzParseCNIArgs \
+	./cni/wire/:FuzzReadAnswer \
+	./cloud/emulator/:FuzzServeAPI \
+	./spec/:FuzzNodePodCIDR
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) $$pkg; \
+	done
 
 vet:
 	$(GO) vet ./...

@@ -83,9 +83,16 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 
 // allocateVPC allocates the attachment's address from the node's podCIDR.
 func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, *types.Error) {
-	cidr, err := netip.ParsePrefix(node.Spec.PodCIDR)
+	// The same check as render's, so the refusal reads like the Node's
+	// problem: "Node n1: spec.podCIDR: ...".
+	cidr, err := spec.NodePodCIDR(node.Spec.PodCIDR, node.Spec.PodCIDRs)
 	if err != nil {
-		return spec.Allocation{}, cniErr(codeNotAvailable, "node "+node.Name+" has no usable spec.podCIDR", fmt.Sprintf("%q: %v", node.Spec.PodCIDR, err))
+		p := spec.Problem{Kind: "Node", Name: node.Name, Reason: err.Error()}
+		var fe *spec.FieldError
+		if errors.As(err, &fe) {
+			p.Field, p.Reason = fe.Field, fe.Reason
+		}
+		return spec.Allocation{}, cniErr(codeNotAvailable, "node "+node.Name+" has no usable pod CIDR", p.String())
 	}
 	if err := a.followPodCIDR(cidr); err != nil {
 		return spec.Allocation{}, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())

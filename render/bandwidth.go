@@ -33,10 +33,41 @@ const (
 
 var aliyunRate = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)([kKmMgG]?)$`)
 
+// Bounds on a rate's spelling, checked before any arithmetic: render runs
+// under the agent's lock on every resync, and a Kubernetes quantity such as
+// 1e1000000000 makes the resource package compute a billion-digit number
+// (it hung render for minutes). No sane rate needs more than 64 characters
+// or a decimal exponent beyond ±30 (1e30 bit/s is far past the maximum).
+const (
+	maxRateLen      = 64
+	maxRateExponent = 30
+)
+
+// quantityExponent matches a quantity in exponent form, capturing the
+// exponent ("1e9", "2.5E+12"; "1E" alone is the exa suffix).
+var quantityExponent = regexp.MustCompile(`^[+-]?[0-9.]*[eE]([+-]?[0-9]+)$`)
+
+// rateSpelling refuses a value too long or with an exponent out of range.
+func rateSpelling(value, v string) error {
+	if len(v) > maxRateLen {
+		return fmt.Errorf("%.20q… is not a rate: longer than %d characters", value, maxRateLen)
+	}
+	if m := quantityExponent.FindStringSubmatch(v); m != nil {
+		if exp, err := strconv.Atoi(m[1]); err != nil || exp < -maxRateExponent || exp > maxRateExponent {
+			return fmt.Errorf("%q is not a rate: exponent %s is outside ±%d (rates are 1 kbit/s to 1 Pbit/s)", value, m[1], maxRateExponent)
+		}
+	}
+	return nil
+}
+
 // ParseAliyunBandwidth parses a Terway bandwidth value (bytes per second,
 // suffix k/m/g as binary multiples) and returns bits per second.
 func ParseAliyunBandwidth(value string) (uint64, error) {
-	m := aliyunRate.FindStringSubmatch(strings.TrimSpace(value))
+	v := strings.TrimSpace(value)
+	if err := rateSpelling(value, v); err != nil {
+		return 0, err
+	}
+	m := aliyunRate.FindStringSubmatch(v)
 	if m == nil {
 		return 0, fmt.Errorf("%q is not a rate: want a positive number of bytes per second with an optional k, m or g suffix (binary multiples), e.g. 512k or 10m", value)
 	}
@@ -52,7 +83,11 @@ func ParseAliyunBandwidth(value string) (uint64, error) {
 // ParseKubeBandwidth parses a Kubernetes bandwidth quantity in bits per
 // second.
 func ParseKubeBandwidth(value string) (uint64, error) {
-	q, err := resource.ParseQuantity(strings.TrimSpace(value))
+	v := strings.TrimSpace(value)
+	if err := rateSpelling(value, v); err != nil {
+		return 0, err
+	}
+	q, err := resource.ParseQuantity(v)
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a Kubernetes quantity (bits per second, e.g. 10M): %w", value, err)
 	}

@@ -40,6 +40,18 @@ func TestParseAliyunBandwidth(t *testing.T) {
 	}
 }
 
+// TestLongRateIsRefusedByLength: a value of any length is refused before
+// arithmetic, and the error quotes only its start.
+func TestLongRateIsRefusedByLength(t *testing.T) {
+	long := "1" + strings.Repeat("0", 10000) + "k"
+	for name, parse := range map[string]func(string) (uint64, error){"aliyun": ParseAliyunBandwidth, "kube": ParseKubeBandwidth} {
+		_, err := parse(long)
+		if err == nil || !strings.Contains(err.Error(), "longer than 64 characters") || len(err.Error()) > 200 {
+			t.Errorf("%s: %d-character value: error %.300v; want a short one saying it is too long", name, len(long), err)
+		}
+	}
+}
+
 func TestParseKubeBandwidth(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
@@ -57,6 +69,15 @@ func TestParseKubeBandwidth(t *testing.T) {
 		{"2P", 0, "above the maximum"},
 		{"10x", 0, "is not a Kubernetes quantity"},
 		{"", 0, "is not a Kubernetes quantity"},
+		{"1e15", 1_000_000_000_000_000, ""},
+		{"1e-30", 0, "below the minimum"},
+		// An exponent is bounded before the resource package expands it:
+		// 1e1000000000 made it compute a billion-digit number and hung
+		// render (the fuzz corpus keeps that value).
+		{"1e31", 0, "exponent 31 is outside ±30"},
+		{"1e1000000000", 0, "exponent 1000000000 is outside ±30"},
+		{"1e-1000000", 0, "exponent -1000000 is outside ±30"},
+		{strings.Repeat("1", 65), 0, "longer than 64 characters"},
 	} {
 		got, err := ParseKubeBandwidth(tc.in)
 		if tc.err != "" {

@@ -54,7 +54,7 @@ func WantsExclusiveENI(pod *corev1.Pod) bool {
 }
 
 // renderPod validates a local pod's allocation and renders its network.
-func (r *renderer) renderPod(node *corev1.Node, p *podInfo) {
+func (r *renderer) renderPod(p *podInfo) {
 	a := p.alloc
 	if a == nil {
 		r.podProblem(p, "allocation", "no allocation: the CNI has not set this pod up yet")
@@ -118,13 +118,12 @@ func (r *renderer) renderPod(node *corev1.Node, p *podInfo) {
 	default:
 		entry.Mode = spec.PodModeVPC
 		entry.ENI = ""
-		cidr, err := netip.ParsePrefix(node.Spec.PodCIDR)
-		if err != nil || !cidr.Addr().Is4() {
-			r.podProblem(p, "", "node %s has no IPv4 spec.podCIDR (%q), so VPC mode has no pod addresses", node.Name, node.Spec.PodCIDR)
+		if !r.podCIDR.IsValid() {
+			r.podProblem(p, "", "node %s has no usable pod CIDR (see the Node's problem), so VPC mode has no pod addresses", r.node)
 			return
 		}
-		if !cidr.Contains(p.ip) {
-			r.podProblem(p, "allocation.spec.ip", "%s is outside the node's podCIDR %s", entry.IP, cidr)
+		if !r.podCIDR.Contains(p.ip) {
+			r.podProblem(p, "allocation.spec.ip", "%s is outside the node's podCIDR %s", entry.IP, r.podCIDR)
 			return
 		}
 		r.vethPod(entry)

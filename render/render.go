@@ -11,6 +11,7 @@ package render
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -52,6 +53,9 @@ type renderer struct {
 	enis   map[string]*spec.ENI  // attached ENIs by name (id)
 	// ipOwners maps each local pod IP to the pod that rendered with it.
 	ipOwners map[netip.Addr]*podInfo
+	// podCIDR is the node's valid IPv4 pod CIDR in VPC mode; invalid when
+	// the Node's is unusable (a Node problem says why) or in ENI mode.
+	podCIDR netip.Prefix
 }
 
 // podInfo is one pod as render sees it.
@@ -87,6 +91,9 @@ func Render(in Inputs) (*spec.NodeState, error) {
 
 		ipOwners: map[netip.Addr]*podInfo{},
 	}
+	if cfg.Mode == spec.PodModeVPC {
+		r.nodePodCIDR(in.Node)
+	}
 	r.indexENIs(in.ENIs)
 	r.indexPods(in.Pods, in.Allocations)
 	r.nsList = sortedCopy(in.Namespaces, func(n *corev1.Namespace) string { return n.Name })
@@ -94,7 +101,7 @@ func Render(in Inputs) (*spec.NodeState, error) {
 	r.hostSysctls()
 	for _, p := range r.pods {
 		if p.local {
-			r.renderPod(in.Node, p)
+			r.renderPod(p)
 		}
 	}
 	if cfg.Mode == spec.PodModeENIMultiIP {
@@ -121,6 +128,19 @@ func (r *renderer) problem(kind, namespace, name, field, format string, args ...
 func (r *renderer) podProblem(p *podInfo, field, format string, args ...any) {
 	ns, name := splitKey(p.key)
 	r.problem("Pod", ns, name, field, format, args...)
+}
+
+// nodePodCIDR validates the Node's pod CIDR up front, so that a bad one is
+// a problem of the Node from the first render, not only once a pod needs an
+// address. ENI mode does not use it and leaves it unchecked.
+func (r *renderer) nodePodCIDR(node *corev1.Node) {
+	cidr, err := spec.NodePodCIDR(node.Spec.PodCIDR, node.Spec.PodCIDRs)
+	var fe *spec.FieldError
+	if errors.As(err, &fe) {
+		r.problem("Node", "", node.Name, fe.Field, "%s", fe.Reason)
+		return
+	}
+	r.podCIDR = cidr
 }
 
 func (r *renderer) indexENIs(enis []spec.ENI) {

@@ -177,6 +177,16 @@ func parsePrevResult(confVersion string, raw json.RawMessage) (*types100.Result,
 	if err != nil {
 		return nil, fmt.Errorf("converting from %s to %s: %w", pc.PrevResult.Version(), wire.ResultVersion, err)
 	}
+	// The agent decodes it from JSON again. One that does not survive that
+	// (an IP without an address encodes as "<nil>") is broken here, where
+	// DEL goes on without it, not there, where it failed the whole call.
+	data, err := json.Marshal(res)
+	if err == nil {
+		err = json.Unmarshal(data, new(types100.Result))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("not a usable result: %w", err)
+	}
 	return res, nil
 }
 

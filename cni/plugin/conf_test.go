@@ -1,14 +1,19 @@
 package plugin
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/terway-reconciler/terway/cni/server"
 	"github.com/terway-reconciler/terway/cni/wire"
 )
 
@@ -66,6 +71,7 @@ func TestParseConf(t *testing.T) {
 		{"check prev ok", wire.CmdCheck, `{` + base + `,"prevResult":` + prev040 + `}`, 0, ""},
 		{"check prev broken", wire.CmdCheck, `{` + base + `,"prevResult":{"ips":[{"address":"nope"}]}}`, 6, `"prevResult"`},
 		{"del prev broken is ignored", wire.CmdDel, `{` + base + `,"prevResult":{"ips":[{"address":"nope"}]}}`, 0, ""},
+		{"check prev without address", wire.CmdCheck, `{` + base + `,"prevResult":{"cniVersion":"1.1.0","ips":[{"gateway":"169.254.1.1"}]}}`, 6, `"prevResult"`},
 		{"gc list", wire.CmdGC, `{"cniVersion":"1.1.0","name":"n","type":"terway","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}`, 0, ""},
 		{"gc legacy key", wire.CmdGC, `{"cniVersion":"1.1.0","name":"n","type":"terway","cni.dev/attachments":[]}`, 0, ""},
 		{"gc null list", wire.CmdGC, `{"cniVersion":"1.1.0","name":"n","type":"terway","cni.dev/valid-attachments":null}`, 0, ""},
@@ -101,6 +107,28 @@ func TestParseConfConvertsPrevResult(t *testing.T) {
 	}
 	if c.PrevResult == nil || c.PrevResult.CNIVersion != wire.ResultVersion || c.PrevResult.IPs[0].Address.String() != "198.18.0.7/32" {
 		t.Fatalf("prevResult = %+v", c.PrevResult)
+	}
+}
+
+// TestDelWithAddresslessPrevResultReachesTheAgent: a prevResult IP without
+// an address converted fine but encoded as "<nil>", so the agent refused the
+// whole DEL as undecodable and the runtime retried it forever (found by
+// FuzzBuildRequest). DEL now goes without the broken prevResult.
+func TestDelWithAddresslessPrevResultReachesTheAgent(t *testing.T) {
+	stdin := `{"cniVersion":"1.1.0","name":"n","type":"terway","prevResult":{"cniVersion":"1.1.0","ips":[{"gateway":"169.254.1.1"}]}}`
+	_, req, err := buildRequest(wire.CmdDel, &skel.CmdArgs{ContainerID: "c1", Netns: "/var/run/netns/p", IfName: "eth0", StdinData: []byte(stdin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.PrevResult != nil {
+		t.Errorf("DEL kept the broken prevResult %+v", req.PrevResult)
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, e := server.DecodeRequest(httptest.NewRequest("POST", wire.CmdDel.Path(), bytes.NewReader(body))); e != nil {
+		t.Fatalf("the agent refuses the DEL: %v\n%s", e, body)
 	}
 }
 

@@ -158,7 +158,13 @@ func (c *Client) roundTrip(ctx context.Context, path string, body []byte) (int, 
 	if _, err := conn.Write(append([]byte(head), body...)); err != nil {
 		return 0, nil, fmt.Errorf("sending the request: %w", err)
 	}
-	r := bufio.NewReaderSize(conn, 4096)
+	return readAnswer(bufio.NewReaderSize(conn, 4096))
+}
+
+// readAnswer reads the agent's HTTP answer: status line, headers, and a
+// body bounded by MaxMessageBytes (a larger one comes back oversized for
+// decode to report).
+func readAnswer(r *bufio.Reader) (int, []byte, error) {
 	status, length, err := readHead(r)
 	if err != nil {
 		return 0, nil, err

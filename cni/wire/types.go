@@ -3,9 +3,12 @@ package wire
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -205,6 +208,9 @@ func (r *Request) Validate() *types.Error {
 		r.CNIVersion = r.NetConf.CNIVersion
 	}
 	cmd := r.Command
+	if e := r.validUTF8(); e != nil {
+		return e
+	}
 	needsAttachment := cmd == CmdAdd || cmd == CmdDel || cmd == CmdCheck
 	if needsAttachment {
 		if r.ContainerID == "" {
@@ -232,6 +238,30 @@ func (r *Request) Validate() *types.Error {
 	}
 	if cmd == CmdGC && r.ValidAttachments == nil {
 		return confErr("cni.dev/valid-attachments", "is missing; GC needs the runtime's list of valid attachments")
+	}
+	return nil
+}
+
+// validUTF8 refuses environment values that are not valid UTF-8. JSON
+// carries only UTF-8: encoding/json would replace each bad byte with U+FFFD,
+// and the agent would act on another namespace path, interface name (three
+// bytes longer per bad byte, past the kernel's 15) or pod than the runtime
+// gave.
+func (r *Request) validUTF8() *types.Error {
+	for _, f := range []struct{ field, env, value string }{
+		{"containerID", "CNI_CONTAINERID", r.ContainerID}, {"netns", "CNI_NETNS", r.Netns}, {"ifName", "CNI_IFNAME", r.IfName},
+		{"args", "CNI_ARGS", r.Args.Namespace}, {"args", "CNI_ARGS", r.Args.Name},
+		{"args", "CNI_ARGS", r.Args.UID}, {"args", "CNI_ARGS", r.Args.InfraContainerID},
+	} {
+		if !utf8.ValidString(f.value) {
+			return envErr(r.Command, f.field, f.env, fmt.Sprintf("%q is not valid UTF-8", f.value))
+		}
+	}
+	// In key order, so that the same request always names the same pair.
+	for _, k := range slices.Sorted(maps.Keys(r.Args.Other)) {
+		if v := r.Args.Other[k]; !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return envErr(r.Command, "args", "CNI_ARGS", fmt.Sprintf("%q=%q is not valid UTF-8", k, v))
+		}
 	}
 	return nil
 }

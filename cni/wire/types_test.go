@@ -187,6 +187,12 @@ func TestValidate(t *testing.T) {
 		{"add long ifname", Request{Command: CmdAdd, ContainerID: "c1", Netns: "/n", IfName: "a-very-long-ifname", Args: pod, NetConf: conf}, 4, "CNI_IFNAME"},
 		{"add no netns", Request{Command: CmdAdd, ContainerID: "c1", IfName: "eth0", Args: pod, NetConf: conf}, 4, "CNI_NETNS"},
 		{"add no pod", Request{Command: CmdAdd, ContainerID: "c1", Netns: "/n", IfName: "eth0", NetConf: conf}, 4, "K8S_POD_NAME"},
+		// JSON would turn each bad byte into U+FFFD: the agent would open
+		// another path or name another interface (found by FuzzBuildRequest).
+		{"ifname not utf-8", Request{Command: CmdAdd, ContainerID: "c1", Netns: "/n", IfName: "en\x90th0", Args: pod, NetConf: conf}, 4, "CNI_IFNAME"},
+		{"netns not utf-8", Request{Command: CmdDel, ContainerID: "c1", Netns: "/var/run/netns/\xff", IfName: "eth0", NetConf: conf}, 4, "CNI_NETNS"},
+		{"pod name not utf-8", Request{Command: CmdAdd, ContainerID: "c1", Netns: "/n", IfName: "eth0", Args: PodArgs{Namespace: "default", Name: "p\xc3"}, NetConf: conf}, 4, "CNI_ARGS"},
+		{"other arg not utf-8", Request{Command: CmdAdd, ContainerID: "c1", Netns: "/n", IfName: "eth0", Args: PodArgs{Namespace: "default", Name: "p", Other: map[string]string{"X": "\xfe"}}, NetConf: conf}, 4, "CNI_ARGS"},
 		{"check no prev", Request{Command: CmdCheck, ContainerID: "c1", Netns: "/n", IfName: "eth0", NetConf: conf}, 7, "prevResult"},
 		{"no version", Request{Command: CmdStatus, NetConf: NetConf{Name: "n", Type: "t"}}, 7, `"cniVersion"`},
 		{"no name", Request{Command: CmdStatus, NetConf: NetConf{CNIVersion: "1.1.0", Type: "t"}}, 7, `"name"`},
