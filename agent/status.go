@@ -109,6 +109,15 @@ func keyOf(o op.Op) itemKey {
 	return itemKey{o.Kind, o.Key}
 }
 
+// podOf is the pod an item belongs to: the table holds every pod's
+// policy, so it is a node-level item whatever op of it failed first.
+func podOf(o op.Op) string {
+	if o.Kind == nft.Kind {
+		return ""
+	}
+	return o.Pod
+}
+
 func nsSuffix(netns string) string {
 	if netns == spec.HostNetns {
 		return ""
@@ -169,7 +178,7 @@ func (s *statusTracker) record(rep *engine.Report) (conflicted bool) {
 		case r.Err != nil:
 			if !failed[k] { // an nft transaction's ops all carry its error
 				failed[k] = true
-				s.fail(k, r.Op.Pod, r.Op.String(), r.Err)
+				s.fail(k, podOf(r.Op), r.Op.String(), r.Err)
 			}
 		case !failed[k]:
 			s.ok(k)
@@ -282,8 +291,14 @@ func (s *statusTracker) enforcing() (bool, []string) {
 // maxReasons bounds the errors /readyz prints.
 const maxReasons = 5
 
+// line is the item in one line: an nftables error lists every message of
+// the refused transaction, one a line; the first says enough here.
 func (it ItemStatus) line() string {
-	return fmt.Sprintf("%s %s: %s (%d attempts since %s)", it.Kind, it.Key, it.Error, it.Attempts, it.Since.UTC().Format(time.RFC3339))
+	msg, rest, more := strings.Cut(it.Error, "\n")
+	if more {
+		msg += fmt.Sprintf(" (and %d more lines: GET /status)", strings.Count(rest, "\n")+1)
+	}
+	return fmt.Sprintf("%s %s: %s (%d attempts since %s)", it.Kind, it.Key, msg, it.Attempts, it.Since.UTC().Format(time.RFC3339))
 }
 
 // snapshot is the tracker's part of Status.
