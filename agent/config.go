@@ -44,7 +44,7 @@ type Config struct {
 	// profiles show memory contents and cost CPU, and the address is open
 	// to every local user and hostNetwork pod.
 	EnablePprof bool
-	Logger     *slog.Logger
+	Logger      *slog.Logger
 	// Events, when set, receives Kubernetes Events about pods whose network
 	// is not what they asked for (events.go); nil, in standalone mode,
 	// logs them only.
