@@ -59,6 +59,9 @@ type Agent struct {
 	// plans serves /plan (endpoints.go).
 	plans *planView
 	clock clock.Clock
+	// planning, when set, is called by a resync after its render, before
+	// it observes the node without the lock (tests hold it there).
+	planning func()
 	// resynced is set after the first full reconcile following the inputs'
 	// first complete listing; until then nothing is pruned.
 	resynced atomic.Bool
@@ -70,6 +73,12 @@ type Agent struct {
 // New opens the store and prepares the agent; Run starts it. The node's
 // network namespace is the one the process runs in.
 func New(cfg Config, src inputs.Source) (*Agent, error) {
+	return newAgent(cfg, src, "")
+}
+
+// newAgent is New acting on the namespace hostNetns as the node (empty:
+// the process's own); tests run an agent in a test namespace with it.
+func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -78,7 +87,7 @@ func New(cfg Config, src inputs.Source) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open allocation store: %w", err)
 	}
-	reg := netns.NewRegistry("")
+	reg := netns.NewRegistry(hostNetns)
 	m := newMetrics()
 	if cfg.ENI != nil {
 		m.reg.MustRegister(newCloudCollector(cfg.ENI))

@@ -145,6 +145,9 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 		if round == 0 {
 			a.publishRendered(state)
 		}
+		if a.planning != nil {
+			a.planning()
+		}
 		kernel, err := a.eng.Plan(ctx, state, engine.PlanOptions{Full: full, Kinds: kernelKinds})
 		if err != nil {
 			a.writes.stop()
