@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -134,5 +135,12 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 	}
 	if code, raw := c.get("/status"); code != http.StatusOK || strings.Contains(raw, `"kind": "nft"`) {
 		t.Errorf("/status after recovery still lists the nft item:\n%s", raw)
+	}
+	// Standalone, the Node's Events go to the log: one loss, one recovery.
+	data, err := os.ReadFile(c.agentLog.Name())
+	must(t, err)
+	logText := string(data)
+	if n, m := strings.Count(logText, `"reason":"`+agent.ReasonEnforcementLost+`"`), strings.Count(logText, `"reason":"`+agent.ReasonEnforcementRestored+`"`); n != 1 || m != 1 {
+		t.Errorf("node events in the log: %d %s, %d %s; want one each", n, agent.ReasonEnforcementLost, m, agent.ReasonEnforcementRestored)
 	}
 }
