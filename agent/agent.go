@@ -184,7 +184,8 @@ func (a *Agent) followInputs(ctx context.Context) {
 
 // Reconcile asks for a sync of the whole node and waits until one that
 // started after the request has ended; the sync's failures are in
-// Status. It needs Run to be running.
+// Status. It needs Run to be running. full is ignored: the runner makes a
+// sync full (nftables read back) every ResyncInterval.
 func (a *Agent) Reconcile(ctx context.Context, full bool) error {
 	return a.runner.RunAndWait(ctx)
 }
