@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/terway-reconciler/terway/agent/inputs"
 	"github.com/terway-reconciler/terway/agent/store"
 	"github.com/terway-reconciler/terway/apply/engine"
@@ -40,9 +42,26 @@ type Agent struct {
 	// events publishes pod problems as Kubernetes Events (events.go).
 	events *problemEvents
 
-	// mu serialises every allocate-render-apply: one writer of the kernel
-	// and the store at a time keeps a pod's ADD from racing a resync.
+	// mu serialises the writers of the kernel and the store: a CNI
+	// request's allocate-render-apply, and a resync's nftables plan and
+	// execution (its long observation of the node runs without it; see
+	// resync.go).
 	mu sync.Mutex
+	// writes notes the pods CNI requests write while a resync plans
+	// without mu.
+	writes writeTracker
+	// runner runs the resyncs (runner.go); status keeps every failing
+	// item (status.go); health remembers whether the node was enforcing
+	// its document at the last look, for the Node's Events.
+	runner *runner
+	status *statusTracker
+	health healthState
+	// plans serves /plan (endpoints.go).
+	plans *planView
+	clock clock.Clock
+	// planning, when set, is called by a resync after its render, before
+	// it observes the node without the lock (tests hold it there).
+	planning func()
 	// resynced is set after the first full reconcile following the inputs'
 	// first complete listing; until then nothing is pruned.
 	resynced atomic.Bool
@@ -54,6 +73,12 @@ type Agent struct {
 // New opens the store and prepares the agent; Run starts it. The node's
 // network namespace is the one the process runs in.
 func New(cfg Config, src inputs.Source) (*Agent, error) {
+	return newAgent(cfg, src, "")
+}
+
+// newAgent is New acting on the namespace hostNetns as the node (empty:
+// the process's own); tests run an agent in a test namespace with it.
+func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -62,15 +87,24 @@ func New(cfg Config, src inputs.Source) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open allocation store: %w", err)
 	}
-	reg := netns.NewRegistry("")
+	reg := netns.NewRegistry(hostNetns)
 	m := newMetrics()
 	if cfg.ENI != nil {
 		m.reg.MustRegister(newCloudCollector(cfg.ENI))
 	}
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, log: cfg.Logger, src: src, store: st, reg: reg,
 		eng: engine.New(reg), m: m, events: newProblemEvents(cfg.Logger, cfg.NodeName, cfg.Events),
-	}, nil
+		clock: clock.RealClock{}, status: newStatusTracker(clock.RealClock{}),
+	}
+	a.runner = newRunner(a.sync, src.Synced, cfg.MinSyncInterval, cfg.ResyncInterval, a.clock)
+	// /plan has an engine of its own: its full plans read nftables back
+	// into their own record, never into the one the agent's commits are
+	// checked against.
+	a.plans = newPlanView(a.clock, planMinInterval, func(ctx context.Context) (string, int, error) {
+		return a.planText(ctx, engine.New(reg))
+	})
+	return a, nil
 }
 
 // Close releases the store and namespace handles.
@@ -110,7 +144,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent started", "node", a.cfg.NodeName, "mode", a.cfg.Render.Mode, "socket", a.cfg.Socket, "health", a.cfg.HealthAddr)
 	loopDone := make(chan struct{})
-	go func() { defer close(loopDone); a.resyncLoop(ctx) }()
+	go func() { defer close(loopDone); a.runner.loop(ctx) }()
+	go a.followInputs(ctx)
 
 	var runErr error
 	select {
@@ -134,78 +169,30 @@ func serve(s *http.Server, ln net.Listener, what string) error {
 	return nil
 }
 
-// resyncLoop reconciles the whole node on every input change and every
-// ResyncInterval, but never before the inputs are synced.
-func (a *Agent) resyncLoop(ctx context.Context) {
-	ticker := time.NewTicker(a.cfg.ResyncInterval)
-	defer ticker.Stop()
-	poll := time.NewTicker(100 * time.Millisecond) // until the first sync
-	defer poll.Stop()
+// followInputs asks the runner for a sync on every input change; the
+// runner coalesces bursts of them.
+func (a *Agent) followInputs(ctx context.Context) {
 	for {
-		full := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.src.Changed():
-		case <-ticker.C:
-			full = true // re-read nftables too: catch drift
-		case <-poll.C:
-			if a.resynced.Load() {
-				poll.Stop()
-				continue
-			}
-		}
-		if !a.src.Synced() {
-			continue
-		}
-		first := !a.resynced.Load()
-		rendered, err := a.reconcile(ctx, full || first)
-		if err != nil {
-			a.log.Warn("reconcile failed; the next resync retries", "err", err)
-		}
-		// Ready once a document could be rendered (the Node is known), even
-		// if some kernel items failed: one broken pod must not keep every
-		// other pod from starting.
-		if first && rendered {
-			a.resynced.Store(true)
-			a.log.Info("inputs synced; first full reconcile done")
+			a.runner.Run()
 		}
 	}
 }
 
-// Reconcile renders the whole node and applies it.
+// Reconcile asks for a sync of the whole node and waits until one that
+// started after the request has ended; the sync's failures are in
+// Status. It needs Run to be running. full is ignored: the runner makes a
+// sync full (nftables read back) every ResyncInterval.
 func (a *Agent) Reconcile(ctx context.Context, full bool) error {
-	_, err := a.reconcile(ctx, full)
-	return err
+	return a.runner.RunAndWait(ctx)
 }
 
-// reconcile is Reconcile that also says whether a document was rendered.
-func (a *Agent) reconcile(ctx context.Context, full bool) (rendered bool, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	start := time.Now()
-	state, err := a.renderLocked()
-	if err != nil {
-		a.m.reconcileErrors.Inc()
-		return false, err
-	}
-	a.publishRendered(state)
-	reason := "resync"
-	if full {
-		reason = "full resync"
-	}
-	rep, err := a.apply(ctx, reason, state, engine.PlanOptions{Full: full})
-	a.m.observeReport(rep, time.Since(start))
-	if err != nil {
-		return true, err
-	}
-	if len(rep.Results) > 0 {
-		a.log.Info("reconciled", "operations", len(rep.Results), "applied", rep.Applied(), "failed", rep.Failed(), "writes", rep.Writes, "duration", rep.Duration)
-	}
-	return true, rep.Err()
-}
-
-// renderLocked renders from the inputs' snapshot and the store.
+// renderLocked renders from the inputs' snapshot and the store. Despite
+// its name it needs no lock: the snapshot is a copy and the store is read
+// in one transaction.
 func (a *Agent) renderLocked() (*spec.NodeState, error) {
 	return a.renderSnapshot(a.src.Snapshot())
 }
@@ -226,16 +213,21 @@ func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
 	})
 }
 
-// PlanText renders the node and returns the full plan, one operation per
-// line, and the number of operations. It changes nothing.
+// PlanText returns the full plan of the node, one operation per line, and
+// the number of operations. It changes nothing and takes no lock: it is
+// /plan's, served at most once per planMinInterval (endpoints.go).
 func (a *Agent) PlanText(ctx context.Context) (string, int, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	r := a.plans.get(ctx)
+	return r.text, r.n, r.err
+}
+
+// planText renders and plans the whole node with eng.
+func (a *Agent) planText(ctx context.Context, eng *engine.Engine) (string, int, error) {
 	state, err := a.renderLocked()
 	if err != nil {
 		return "", 0, err
 	}
-	p, err := a.eng.Plan(ctx, state, engine.PlanOptions{Full: true})
+	p, err := eng.Plan(ctx, state, engine.PlanOptions{Full: true})
 	if err != nil {
 		return "", 0, err
 	}
@@ -243,7 +235,8 @@ func (a *Agent) PlanText(ctx context.Context) (string, int, error) {
 }
 
 // Ready reports whether the agent serves pods: inputs synced and the first
-// full reconcile done.
+// full reconcile done. CNI STATUS and ADD wait for it. Readiness of the
+// node (/readyz) asks more: that the node enforces its document (Health).
 func (a *Agent) Ready() bool {
 	return a.src.Synced() && a.resynced.Load() && (a.cfg.ENI == nil || a.cloudReady.Load())
 }

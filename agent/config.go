@@ -34,9 +34,17 @@ type Config struct {
 	// PodTimeout bounds how long ADD waits for the Pod object to reach the
 	// cache (the kubelet can be faster than the watch).
 	PodTimeout time.Duration
-	// HealthAddr serves /healthz, /readyz and /metrics; empty disables.
+	// MinSyncInterval is the least time between the end of one sync and
+	// the start of the next: changes that arrive meanwhile are coalesced.
+	MinSyncInterval time.Duration
+	// HealthAddr serves /healthz, /readyz, /status, /metrics, /plan and
+	// /applied; empty disables.
 	HealthAddr string
-	Logger     *slog.Logger
+	// EnablePprof also serves /debug/pprof on HealthAddr. Off by default:
+	// profiles show memory contents and cost CPU, and the address is open
+	// to every local user and hostNetwork pod.
+	EnablePprof bool
+	Logger      *slog.Logger
 	// Events, when set, receives Kubernetes Events about pods whose network
 	// is not what they asked for (events.go); nil, in standalone mode,
 	// logs them only.
@@ -77,6 +85,9 @@ func (c Config) WithDefaults() Config {
 	if c.ResyncInterval == 0 {
 		c.ResyncInterval = DefaultResyncInterval
 	}
+	if c.MinSyncInterval == 0 {
+		c.MinSyncInterval = DefaultMinSyncInterval
+	}
 	if c.SyncTimeout == 0 {
 		c.SyncTimeout = DefaultSyncTimeout
 	}
@@ -101,6 +112,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("agent config: socket: %q is not an absolute path", c.Socket)
 	case c.ResyncInterval < time.Second:
 		return fmt.Errorf("agent config: resyncInterval: %s is below 1s", c.ResyncInterval)
+	case c.MinSyncInterval < 0 || c.MinSyncInterval > c.ResyncInterval:
+		return fmt.Errorf("agent config: minSyncInterval: %s is not between 0 and resyncInterval (%s)", c.MinSyncInterval, c.ResyncInterval)
 	}
 	return c.Render.Validate()
 }

@@ -203,3 +203,65 @@ func describe(p spec.Problem) string {
 	}
 	return p.Field + ": " + p.Reason
 }
+
+// Node Event reasons: the node stopped or started again enforcing its
+// document (policy, routes, sysctls) for every pod.
+const (
+	// ReasonEnforcementLost: a node-level item keeps failing (the nftables
+	// table that holds every pod's policy cannot be written, for example);
+	// the message names the first failures.
+	ReasonEnforcementLost = "NetworkEnforcementLost"
+	// ReasonEnforcementRestored: every node-level item is realised again.
+	ReasonEnforcementRestored = "NetworkEnforcementRestored"
+)
+
+// nodeEvent logs and records an Event on this node. uid is the Node
+// object's (the kubelet uses the node name when it has none).
+func (e *problemEvents) nodeEvent(uid types.UID, eventType, reason, message string) {
+	log := e.log.Warn
+	if eventType == corev1.EventTypeNormal {
+		log = e.log.Info
+	}
+	log("node event", "node", e.node, "reason", reason, "message", message, "event", e.recorder != nil)
+	if e.recorder == nil {
+		return
+	}
+	if uid == "" {
+		uid = types.UID(e.node)
+	}
+	e.recorder.Event(&corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: e.node, UID: uid},
+		eventType, reason, message)
+}
+
+// healthState is what the Node was last told about enforcement.
+type healthState struct {
+	mu        sync.Mutex
+	announced bool // an EnforcementLost is outstanding
+}
+
+// healthChanged publishes an Event on the Node when enforcement is lost
+// (a node-level item fails) and when it is restored. It is called after
+// every sync and every CNI write, so a loss is announced by the sync that
+// sees it.
+func (a *Agent) healthChanged() {
+	enforcing, reasons := a.status.enforcing()
+	a.health.mu.Lock()
+	defer a.health.mu.Unlock()
+	switch {
+	case !enforcing && !a.health.announced:
+		a.health.announced = true
+		a.events.nodeEvent(a.nodeUID(), corev1.EventTypeWarning, ReasonEnforcementLost,
+			"the node does not realise its network document; pods' policy or routes may be missing: "+strings.Join(reasons, "; "))
+	case enforcing && a.health.announced:
+		a.health.announced = false
+		a.events.nodeEvent(a.nodeUID(), corev1.EventTypeNormal, ReasonEnforcementRestored,
+			"every node-level item of the network document is realised again")
+	}
+}
+
+func (a *Agent) nodeUID() types.UID {
+	if n := a.lookupNode(); n != nil {
+		return n.UID
+	}
+	return ""
+}

@@ -69,9 +69,16 @@ func (j *journal) text() string {
 	return b.String()
 }
 
-// apply converges the kernel toward state and records what it did.
+// apply converges the kernel toward state and records what it did. It is
+// the CNI path's (called with the agent's lock held): the pods it writes
+// are noted for a resync planning meanwhile (resync.go), and its results
+// update the items' status, so that an ADD that writes the nftables table
+// again clears a failure a resync saw.
 func (a *Agent) apply(ctx context.Context, reason string, state *spec.NodeState, opts engine.PlanOptions) (*engine.Report, error) {
 	rep, err := a.eng.Apply(ctx, state, opts)
 	a.journal.record(reason, rep)
+	a.writes.note(state, opts)
+	a.status.record(rep)
+	a.healthChanged()
 	return rep, err
 }

@@ -2,13 +2,10 @@ package agent
 
 import (
 	"net/http"
-	"net/http/pprof"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/terway-reconciler/terway/apply/engine"
 )
@@ -91,40 +88,4 @@ type statusRecorder struct {
 func (s *statusRecorder) WriteHeader(code int) {
 	s.status = code
 	s.ResponseWriter.WriteHeader(code)
-}
-
-// healthMux serves /healthz (the process answers), /readyz (inputs synced
-// and first reconcile done) and /metrics.
-func (a *Agent) healthMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.Ready() {
-			http.Error(w, "not ready: inputs not synced or first reconcile not done", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{}))
-	// Profiles, as Kubernetes components serve them: the health address is
-	// loopback only.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	// /applied prints the operations executed so far: what changed on
-	// the node, and in which round.
-	mux.HandleFunc("/applied", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte(a.journal.text()))
-	})
-	// /plan prints what a full resync would change now, without changing
-	// it: the plan people read before anything happens.
-	mux.HandleFunc("/plan", func(w http.ResponseWriter, r *http.Request) {
-		text, n, err := a.PlanText(r.Context())
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		w.Header().Set("X-Terway-Plan-Operations", strconv.Itoa(n))
-		_, _ = w.Write([]byte(text))
-	})
-	return mux
 }

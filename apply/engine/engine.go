@@ -26,6 +26,10 @@ import (
 // Kind names, in creation order.
 var kindOrder = []string{"link", "sysctl", "address", "neighbor", "route", "rule", "qdisc", "nft"}
 
+// Kinds returns every kind the engine plans, in creation order (for
+// PlanOptions.Kinds).
+func Kinds() []string { return slices.Clone(kindOrder) }
+
 func kindRank(kind string) int {
 	if i := slices.Index(kindOrder, kind); i >= 0 {
 		return i

@@ -63,6 +63,13 @@ type PlanOptions struct {
 	// pod being deleted, where its exclusive ENI still is, so the plan can
 	// bring the ENI back to the node before the namespace goes.
 	Namespaces []string
+	// Kinds, when set, plans only these kinds (links.Kind, nft.Kind, ...);
+	// the others are neither observed nor diffed. The agent's resync plans
+	// the kernel kinds without its lock and the nftables kind under it:
+	// nftables plans are made against the record of the last commit, so
+	// two of them must not interleave with a commit between (see
+	// nft.Reconciler), while the other kinds' plans are plain reads.
+	Kinds []string
 }
 
 // Plan observes what we own and returns the operations that turn it into
@@ -175,6 +182,9 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 	errs := make([]error, len(kinds))
 	var wg sync.WaitGroup
 	for i, k := range kinds {
+		if len(opts.Kinds) > 0 && !slices.Contains(opts.Kinds, k.name) {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

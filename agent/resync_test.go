@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/terway-reconciler/terway/agent/inputs"
+	"github.com/terway-reconciler/terway/cni/wire"
+	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// podSource is an inputs.Source with a fixed Node and pods, always synced.
+type podSource struct {
+	node *corev1.Node
+	mu   sync.Mutex
+	pods map[string]*corev1.Pod
+}
+
+func (s *podSource) Start(context.Context) error { return nil }
+func (s *podSource) Synced() bool                { return true }
+func (s *podSource) Changed() <-chan struct{}    { return nil }
+func (s *podSource) Node() *corev1.Node          { return s.node }
+func (s *podSource) Snapshot() inputs.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap := inputs.Snapshot{Node: s.node}
+	for _, p := range s.pods {
+		snap.Pods = append(snap.Pods, p)
+	}
+	return snap
+}
+func (s *podSource) Pod(ns, name string) (*corev1.Pod, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pods[ns+"/"+name]
+	return p, ok
+}
+
+// TestResyncPlansWithoutLockAndLosesNoADD: a resync holds the agent's
+// lock only to execute. While it is between its render and its
+// observation of the node, a CNI ADD completes (it does not wait for the
+// resync), and the resync, which rendered the node without that pod but
+// then observes its veth and route, must not delete them: it leaves the
+// pod to the next run, which sees it rendered and changes nothing.
+func TestResyncPlansWithoutLockAndLosesNoADD(t *testing.T) {
+	nstest.RequireRoot(t)
+	node := nstest.Netns(t, "node")
+	podNetns := nstest.Netns(t, "pod")
+	dir := t.TempDir()
+	src := &podSource{
+		node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "n1"}, Spec: corev1.NodeSpec{PodCIDR: "198.18.4.0/24"},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.19.4.1"}}}},
+		pods: map[string]*corev1.Pod{},
+	}
+	a, err := newAgent(Config{NodeName: "node-1", StateDir: dir, Socket: filepath.Join(dir, "terway.sock"),
+		PodTimeout: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, src, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	ctx := context.Background()
+	if out := a.sync(ctx, true); out.Again || !a.Ready() {
+		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
+	}
+
+	// The resync renders (no pod yet), then stops before observing.
+	rendered, resume := make(chan struct{}), make(chan struct{})
+	a.planning = func() { close(rendered); <-resume }
+	done := make(chan runOutcome)
+	go func() { done <- a.sync(ctx, false) }()
+	<-rendered
+	a.planning = nil
+
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", UID: "uid-a"}, Spec: corev1.PodSpec{NodeName: "node-1"}}
+	src.mu.Lock()
+	src.pods["x/a"] = pod
+	src.mu.Unlock()
+	res, err := a.Add(ctx, &wire.Request{Command: wire.CmdAdd, ContainerID: "ctr-a", Netns: podNetns, IfName: "eth0",
+		Args: wire.PodArgs{Namespace: "x", Name: "a", UID: "uid-a"}})
+	if err != nil {
+		t.Fatalf("ADD while a resync is planning: %v", err)
+	}
+	select {
+	case <-done:
+		t.Fatal("the resync ended before it was let go; the test shows nothing")
+	default:
+	}
+	ip := res.IPs[0].Address.IP.String()
+	veth := spec.HostVethName("x/a")
+
+	close(resume)
+	out := <-done
+	if !out.Again {
+		t.Error("the resync that dropped the ADD's pod did not ask to run again")
+	}
+	links := nstest.Run(t, node, "ip", "-o", "link")
+	routes := nstest.Run(t, node, "ip", "route", "show", ip)
+	if !strings.Contains(links, veth) || !strings.Contains(routes, veth) {
+		t.Fatalf("the resync removed the pod the ADD set up meanwhile:\nlinks:\n%s\nroute to %s:\n%s\napplied:\n%s", links, ip, routes, a.journal.text())
+	}
+	// Neither round of that resync may have touched the pod: a deletion
+	// put back by a later round is a broken pod meanwhile.
+	section := ""
+	for _, line := range strings.Split(a.journal.text(), "\n") {
+		if strings.HasPrefix(line, "# ") {
+			section = line
+			continue
+		}
+		if strings.HasSuffix(section, "resync") && strings.Contains(line, veth) {
+			t.Errorf("the resync changed the ADD's pod: %q in %q\n%s", line, section, a.journal.text())
+			break
+		}
+	}
+	if out := a.sync(ctx, true); out.Again {
+		t.Errorf("the next sync asked again: %+v", out)
+	}
+	text, n, err := a.planText(ctx, a.eng)
+	if err != nil || n != 0 {
+		t.Errorf("plan after the next sync (%v): %d operations\n%s", err, n, text)
+	}
+	if st := a.NodeStatus(); !st.Ready || len(st.Failing) != 0 {
+		t.Errorf("status: %+v", st)
+	}
+}
