@@ -86,6 +86,9 @@ func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (s
 	// The same check as render's, so the refusal reads like the Node's
 	// problem: "Node n1: spec.podCIDR: ...".
 	cidr, err := spec.NodePodCIDR(node.Spec.PodCIDR, node.Spec.PodCIDRs)
+	if fe := (*spec.FieldError)(nil); errors.As(err, &fe) && fe.Usable {
+		err = nil // reported by render as the Node's problem; the network serves
+	}
 	if err != nil {
 		p := spec.Problem{Kind: "Node", Name: node.Name, Reason: err.Error()}
 		var fe *spec.FieldError

@@ -124,3 +124,36 @@ func TestPodCIDRUncheckedInENIMode(t *testing.T) {
 		}
 	}
 }
+
+// TestHostBitsPodCIDRKeepsPods: a pod CIDR with host bits set (the API
+// server accepts 198.18.0.5/24) is the Node's problem, but its network
+// serves: the VPC pod renders as under 198.18.0.0/24, nothing is lost.
+func TestHostBitsPodCIDRKeepsPods(t *testing.T) {
+	in := func(cidr string) Inputs {
+		return Inputs{
+			Node:       nodeWithPodCIDR(cidr),
+			Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
+			Pods: []*corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "v", UID: "uid-v"},
+				Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}}},
+			Allocations: []spec.Allocation{{Metadata: spec.ObjectMeta{Namespace: "x", Name: "v"},
+				Spec: spec.AllocationSpec{IP: "198.18.0.10", Netns: "/var/run/netns/v", ContainerID: "cv"}}},
+		}
+	}
+	got, err := Render(in("198.18.0.5/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Problems) != 1 || got.Problems[0].Kind != "Node" || !strings.Contains(got.Problems[0].Reason, "host bits set") {
+		t.Errorf("problems %v: want the Node's host-bits problem alone", got.Problems)
+	}
+	want, err := Render(in("198.18.0.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Problems = nil
+	gotYAML, _ := got.MarshalYAML()
+	wantYAML, _ := want.MarshalYAML()
+	if len(want.Pods) != 1 || string(gotYAML) != string(wantYAML) {
+		t.Errorf("with host bits the document is\n%s\nwant the one of the network\n%s", gotYAML, wantYAML)
+	}
+}

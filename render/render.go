@@ -138,7 +138,9 @@ func (r *renderer) nodePodCIDR(node *corev1.Node) {
 	var fe *spec.FieldError
 	if errors.As(err, &fe) {
 		r.problem("Node", "", node.Name, fe.Field, "%s", fe.Reason)
-		return
+		if !fe.Usable {
+			return
+		}
 	}
 	r.podCIDR = cidr
 }

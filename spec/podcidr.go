@@ -23,6 +23,10 @@ const (
 type FieldError struct {
 	Field  string
 	Reason string
+	// Usable says the value still serves as it is meant (a pod CIDR with
+	// host bits set names its network): the caller reports it and goes on
+	// with the value returned beside the error.
+	Usable bool
 }
 
 // Error formats the error as "field: reason".
@@ -35,28 +39,29 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 // say the same thing. The error is a *FieldError naming the field and the
 // value: a malformed CIDR, an IPv6-only node (pod addresses are IPv4 only),
 // host bits set, or a prefix outside /16–/32.
+//
+// Host bits alone (10.0.0.5/24, which the API server accepts) are reported
+// with Usable set and the masked network returned: a node that ran its pods
+// from that network before keeps them.
 func NodePodCIDR(podCIDR string, podCIDRs []string) (netip.Prefix, error) {
 	if len(podCIDRs) == 0 {
 		if podCIDR == "" {
-			return netip.Prefix{}, &FieldError{"spec.podCIDR", "not set: VPC mode allocates pod addresses from it"}
+			return netip.Prefix{}, &FieldError{Field: "spec.podCIDR", Reason: "not set: VPC mode allocates pod addresses from it"}
 		}
 		p, err := parsePodCIDR(podCIDR)
 		if err != nil {
-			return netip.Prefix{}, &FieldError{"spec.podCIDR", err.Error()}
+			return netip.Prefix{}, &FieldError{Field: "spec.podCIDR", Reason: err.Error()}
 		}
 		if !p.Addr().Is4() {
-			return netip.Prefix{}, &FieldError{"spec.podCIDR", fmt.Sprintf("%q is IPv6: VPC mode gives pods IPv4 addresses only", podCIDR)}
+			return netip.Prefix{}, &FieldError{Field: "spec.podCIDR", Reason: fmt.Sprintf("%q is IPv6: VPC mode gives pods IPv4 addresses only", podCIDR)}
 		}
-		if err := checkPodCIDR("spec.podCIDR", podCIDR, p); err != nil {
-			return netip.Prefix{}, err
-		}
-		return p, nil
+		return checkPodCIDR("spec.podCIDR", podCIDR, p)
 	}
 	if podCIDR != "" && podCIDR != podCIDRs[0] {
-		return netip.Prefix{}, &FieldError{"spec.podCIDR", fmt.Sprintf("%q differs from spec.podCIDRs[0] %q; Kubernetes keeps them equal", podCIDR, podCIDRs[0])}
+		return netip.Prefix{}, &FieldError{Field: "spec.podCIDR", Reason: fmt.Sprintf("%q differs from spec.podCIDRs[0] %q; Kubernetes keeps them equal", podCIDR, podCIDRs[0])}
 	}
 	if len(podCIDRs) > 2 {
-		return netip.Prefix{}, &FieldError{"spec.podCIDRs", fmt.Sprintf("has %d CIDRs; a node has at most one per address family", len(podCIDRs))}
+		return netip.Prefix{}, &FieldError{Field: "spec.podCIDRs", Reason: fmt.Sprintf("has %d CIDRs; a node has at most one per address family", len(podCIDRs))}
 	}
 	v4 := -1
 	var prefixes [2]netip.Prefix
@@ -64,10 +69,10 @@ func NodePodCIDR(podCIDR string, podCIDRs []string) (netip.Prefix, error) {
 		field := fmt.Sprintf("spec.podCIDRs[%d]", i)
 		p, err := parsePodCIDR(s)
 		if err != nil {
-			return netip.Prefix{}, &FieldError{field, err.Error()}
+			return netip.Prefix{}, &FieldError{Field: field, Reason: err.Error()}
 		}
 		if i == 1 && p.Addr().Is4() == prefixes[0].Addr().Is4() {
-			return netip.Prefix{}, &FieldError{field, fmt.Sprintf("%q is of the same address family as spec.podCIDRs[0] %q; a node has at most one per family", s, podCIDRs[0])}
+			return netip.Prefix{}, &FieldError{Field: field, Reason: fmt.Sprintf("%q is of the same address family as spec.podCIDRs[0] %q; a node has at most one per family", s, podCIDRs[0])}
 		}
 		prefixes[i] = p
 		if p.Addr().Is4() {
@@ -75,14 +80,11 @@ func NodePodCIDR(podCIDR string, podCIDRs []string) (netip.Prefix, error) {
 		}
 	}
 	if v4 < 0 {
-		return netip.Prefix{}, &FieldError{"spec.podCIDRs", fmt.Sprintf("%q has no IPv4 CIDR: VPC mode gives pods IPv4 addresses only", podCIDRs)}
+		return netip.Prefix{}, &FieldError{Field: "spec.podCIDRs", Reason: fmt.Sprintf("%q has no IPv4 CIDR: VPC mode gives pods IPv4 addresses only", podCIDRs)}
 	}
 	// An IPv6 CIDR next to the IPv4 one (a dual-stack cluster) is not an
 	// error: pods get their IPv4 address and no IPv6 one.
-	if err := checkPodCIDR(fmt.Sprintf("spec.podCIDRs[%d]", v4), podCIDRs[v4], prefixes[v4]); err != nil {
-		return netip.Prefix{}, err
-	}
-	return prefixes[v4], nil
+	return checkPodCIDR(fmt.Sprintf("spec.podCIDRs[%d]", v4), podCIDRs[v4], prefixes[v4])
 }
 
 // parsePodCIDR parses one CIDR, saying which part is wrong. An IPv4-mapped
@@ -110,18 +112,22 @@ func parsePodCIDR(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// checkPodCIDR reports host bits and a prefix length out of bounds, both at
-// once when both apply (10.0.0.5/0), so one edit fixes the field.
-func checkPodCIDR(field, s string, p netip.Prefix) error {
+// checkPodCIDR returns the network to allocate from. It reports host bits
+// and a prefix length out of bounds, both at once when both apply
+// (10.0.0.5/0), so one edit fixes the field; host bits alone leave the
+// masked network usable.
+func checkPodCIDR(field, s string, p netip.Prefix) (netip.Prefix, error) {
 	var reasons []string
-	if m := p.Masked(); m != p {
-		reasons = append(reasons, fmt.Sprintf("%q has host bits set (its network is %s): a pod CIDR names a network", s, m))
+	hostBits := p.Masked() != p
+	if hostBits {
+		reasons = append(reasons, fmt.Sprintf("%q has host bits set (its network is %s): a pod CIDR names a network", s, p.Masked()))
 	}
 	if p.Bits() < MinPodCIDRBits || p.Bits() > MaxPodCIDRBits {
 		reasons = append(reasons, fmt.Sprintf("%q is a /%d: a node's pod CIDR must be /%d to /%d (a shorter one is more addresses than a node can use)", s, p.Bits(), MinPodCIDRBits, MaxPodCIDRBits))
+		return netip.Prefix{}, &FieldError{Field: field, Reason: strings.Join(reasons, "; ")}
 	}
-	if reasons == nil {
-		return nil
+	if hostBits {
+		return p.Masked(), &FieldError{Field: field, Reason: reasons[0] + "; its network is used", Usable: true}
 	}
-	return &FieldError{field, strings.Join(reasons, "; ")}
+	return p, nil
 }

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -41,7 +42,6 @@ func TestNodePodCIDRRejects(t *testing.T) {
 		{"300.1.0.0/24", nil, "spec.podCIDR", []string{`"300.1.0.0/24" is not a CIDR`, `"300.1.0.0" is not an IP address`, "value >255"}},
 		{"10.0.0.0/33", nil, "spec.podCIDR", []string{`"10.0.0.0/33" is not a CIDR`, "prefix length", "0 to 32"}},
 		{"10.0.0.5/0", nil, "spec.podCIDR", []string{"host bits set", "0.0.0.0/0", "is a /0", "/16 to /32"}},
-		{"10.0.0.5/24", nil, "spec.podCIDR", []string{`"10.0.0.5/24" has host bits set`, "10.0.0.0/24"}},
 		{"10.0.0.0/8", nil, "spec.podCIDR", []string{`"10.0.0.0/8" is a /8`}},
 		{"0.0.0.0/0", nil, "spec.podCIDR", []string{"is a /0"}},
 		{"10.0.0.0", nil, "spec.podCIDR", []string{"no /prefix-length"}},
@@ -63,8 +63,8 @@ func TestNodePodCIDRRejects(t *testing.T) {
 			t.Errorf("NodePodCIDR(%q, %q) = %v, %v; want a FieldError", tc.podCIDR, tc.podCIDRs, got, err)
 			continue
 		}
-		if got.IsValid() {
-			t.Errorf("NodePodCIDR(%q, %q) returned %v with its error", tc.podCIDR, tc.podCIDRs, got)
+		if got.IsValid() || fe.Usable {
+			t.Errorf("NodePodCIDR(%q, %q) returned %v (usable %v) with its error", tc.podCIDR, tc.podCIDRs, got, fe.Usable)
 		}
 		if fe.Field != tc.field {
 			t.Errorf("NodePodCIDR(%q, %q): field %q, want %q (%v)", tc.podCIDR, tc.podCIDRs, fe.Field, tc.field, err)
@@ -73,6 +73,29 @@ func TestNodePodCIDRRejects(t *testing.T) {
 			if !strings.Contains(fe.Reason, want) {
 				t.Errorf("NodePodCIDR(%q, %q): reason %q does not say %q", tc.podCIDR, tc.podCIDRs, fe.Reason, want)
 			}
+		}
+	}
+}
+
+// TestNodePodCIDRHostBitsServe: a pod CIDR with host bits set, which the API
+// server accepts, is reported but its network serves, so a node that ran
+// pods from it keeps them.
+func TestNodePodCIDRHostBitsServe(t *testing.T) {
+	for _, tc := range []struct {
+		podCIDR  string
+		podCIDRs []string
+		field    string
+	}{
+		{"10.0.0.5/24", nil, "spec.podCIDR"},
+		{"10.0.0.5/24", []string{"10.0.0.5/24", "fd00::/64"}, "spec.podCIDRs[0]"},
+	} {
+		got, err := NodePodCIDR(tc.podCIDR, tc.podCIDRs)
+		var fe *FieldError
+		if !errors.As(err, &fe) || !fe.Usable || fe.Field != tc.field || !strings.Contains(fe.Reason, `"10.0.0.5/24" has host bits set (its network is 10.0.0.0/24)`) {
+			t.Errorf("NodePodCIDR(%q, %q) error %#v; want a usable FieldError of %s naming the network", tc.podCIDR, tc.podCIDRs, err, tc.field)
+		}
+		if got != netip.MustParsePrefix("10.0.0.0/24") {
+			t.Errorf("NodePodCIDR(%q, %q) = %v, want the masked 10.0.0.0/24", tc.podCIDR, tc.podCIDRs, got)
 		}
 	}
 }
