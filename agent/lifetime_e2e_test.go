@@ -233,4 +233,3 @@ func TestSecondSandboxIntoPodNamespace(t *testing.T) {
 	must(t, c.check(a))
 	must(t, c.check(cpod))
 }
-
