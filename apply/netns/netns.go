@@ -32,13 +32,16 @@ import (
 // and the id the node's namespace gives it, last as long as the registry
 // holds a descriptor or a socket in it. So every handle has a lifetime:
 //
-//   - it is keyed by the path and by the identity (device and inode) of the
-//     namespace the path named when it was opened, and every use checks
-//     the path again: a path that names another namespace now (a runtime
-//     re-created a sandbox at the same path) or none drops the old handles,
-//     so nothing is ever done in a dead namespace;
-//   - Forget drops a namespace's handles (a pod's DEL, GC, a refused ADD)
-//     and Retain every namespace but the ones named (a full plan);
+//   - handles are keyed by the namespace's identity (device and inode);
+//     a document's name for a namespace (its path) is bound to the
+//     identity it named at its last use, and every use checks the path
+//     again: a path that names another namespace now (a runtime re-created
+//     a sandbox at the same path) or none is unbound from the old one, so
+//     nothing is ever done in a dead namespace. Two paths of one namespace
+//     share its handles;
+//   - a namespace's handles are closed when no path is bound to it any
+//     more: Forget unbinds a path (a pod's DEL, GC, a refused ADD), Retain
+//     every path but the ones named (a full plan);
 //   - a refused path (not a network namespace, the node's own) holds
 //     nothing.
 //
@@ -48,24 +51,29 @@ import (
 type Registry struct {
 	hostPath string
 
-	mu   sync.Mutex
-	open map[string]*entry
+	mu sync.Mutex
+	// bound maps each path in use ("" for the host) to the identity of the
+	// namespace it named when last checked; open holds the namespaces.
+	bound map[string]identity
+	open  map[identity]*entry
 	// nsids caches the ids namespaces give each other ([from, to]). An id
 	// lasts as long as both namespaces, which the entries keep alive; a
-	// dropped entry takes its ids with it.
-	nsids map[[2]string]int
+	// closed entry takes its ids with it.
+	nsids map[[2]identity]int
 	// holders counts Hold calls not yet released; retired are entries
 	// dropped meanwhile, closed when holders is back to 0.
 	holders int
 	retired []*entry
 }
 
-// entry is what the registry holds for one namespace path.
+// entry is what the registry holds for one namespace.
 type entry struct {
 	fd     netns.NsHandle
 	id     identity
 	handle *netlink.Handle
 	conn   *op.RouteConn
+	// paths are the paths bound to it; the entry closes with the last.
+	paths map[string]bool
 }
 
 // identity is a namespace's device and inode: two paths name the same
@@ -88,7 +96,7 @@ func NewRegistry(hostPath string) *Registry {
 	if hostPath != "" && hostPath[0] != '/' {
 		hostPath = "/var/run/netns/" + hostPath
 	}
-	return &Registry{hostPath: hostPath, open: map[string]*entry{}, nsids: map[[2]string]int{}}
+	return &Registry{hostPath: hostPath, bound: map[string]identity{}, open: map[identity]*entry{}, nsids: map[[2]identity]int{}}
 }
 
 func (r *Registry) path(ns string) string {
@@ -134,16 +142,15 @@ func (r *Registry) Fd(ns string) (int, error) {
 }
 
 // entryLocked returns the namespace's entry after checking that its path
-// still names the namespace the entry was opened from; a stale entry is
-// dropped and the path opened again. mu is held.
+// still names the namespace it was bound to; a path that names another
+// namespace now is bound to that one (opened if needed). mu is held.
 func (r *Registry) entryLocked(ns string) (*entry, error) {
 	p := r.path(ns)
-	e, ok := r.open[ns]
-	if p == "" {
+	if id, ok := r.bound[ns]; ok && p == "" {
 		// The process's own namespace, which cannot change under it.
-		if ok {
-			return e, nil
-		}
+		return r.open[id], nil
+	}
+	if p == "" {
 		h, err := netns.Get()
 		if err != nil {
 			return nil, fmt.Errorf("open network namespace %q: %w", displayName(ns), err)
@@ -152,16 +159,24 @@ func (r *Registry) entryLocked(ns string) (*entry, error) {
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(p, &st); err != nil {
-		if ok {
-			r.dropLocked(ns) // the namespace is gone: so are its handles
-		}
+		r.unbindLocked(ns) // the namespace is gone: so are its handles
 		return nil, fmt.Errorf("open network namespace %q: %w", displayName(ns), &os.PathError{Op: "stat", Path: p, Err: err})
 	}
-	if ok {
-		if e.id == (identity{uint64(st.Dev), st.Ino}) {
-			return e, nil
+	id := identity{uint64(st.Dev), st.Ino}
+	if old, ok := r.bound[ns]; ok {
+		if old == id {
+			return r.open[id], nil
 		}
-		r.dropLocked(ns) // the path names another namespace now
+		r.unbindLocked(ns) // the path names another namespace now
+	}
+	if e, ok := r.open[id]; ok {
+		// Already open under another path: a namespace, checked when it
+		// was opened; only the refusals of a pod's apply again.
+		if err := r.refuseLocked(ns, id); err != nil {
+			return nil, err
+		}
+		r.bindLocked(ns, e)
+		return e, nil
 	}
 	h, err := netns.GetFromPath(p)
 	if err != nil {
@@ -170,49 +185,60 @@ func (r *Registry) entryLocked(ns string) (*entry, error) {
 	return r.keepLocked(ns, h)
 }
 
-// keepLocked checks a freshly opened namespace and records it; a refused
-// one is closed at once. mu is held.
+// keepLocked checks a freshly opened namespace and binds the path to it;
+// a refused one is closed at once. mu is held.
 func (r *Registry) keepLocked(ns string, h netns.NsHandle) (*entry, error) {
-	id, err := r.checkNamespace(ns, h)
-	if err != nil {
-		h.Close()
-		return nil, err
-	}
-	e := &entry{fd: h, id: id}
-	r.open[ns] = e
-	return e, nil
-}
-
-// checkNamespace returns the identity of an opened namespace after making
-// sure it is a network namespace and, for a pod's, refusing the node's
-// namespace or this process's own: a runtime's bug, a hostNetwork sandbox
-// sent to the CNI, or a /proc/PID/ns/net read before the process entered
-// its namespace. Acting there as in a pod's would take the node's own
-// links for the pod's (its eth0 for a stale one, to be moved out of the
-// way) and cut the node off. mu is held.
-func (r *Registry) checkNamespace(ns string, h netns.NsHandle) (identity, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(h), &st); err != nil {
-		return identity{}, fmt.Errorf("network namespace %q: %w", displayName(ns), err)
+		h.Close()
+		return nil, fmt.Errorf("network namespace %q: %w", displayName(ns), err)
 	}
 	id := identity{uint64(st.Dev), st.Ino}
 	if typ, err := unix.IoctlRetInt(int(h), nsGetNSType); err != nil || typ != unix.CLONE_NEWNET {
-		return identity{}, fmt.Errorf("%q is not a network namespace, %w", displayName(ns), ErrNotPodNamespace)
+		h.Close()
+		return nil, fmt.Errorf("%q is not a network namespace, %w", displayName(ns), ErrNotPodNamespace)
 	}
+	if err := r.refuseLocked(ns, id); err != nil {
+		h.Close()
+		return nil, err
+	}
+	e, ok := r.open[id]
+	if ok {
+		h.Close() // the path changed since its stat, to a namespace open already
+	} else {
+		e = &entry{fd: h, id: id, paths: map[string]bool{}}
+		r.open[id] = e
+	}
+	r.bindLocked(ns, e)
+	return e, nil
+}
+
+// refuseLocked refuses, as a pod's namespace, the node's namespace or
+// this process's own: a runtime's bug, a hostNetwork sandbox sent to the
+// CNI, or a /proc/PID/ns/net read before the process entered its
+// namespace. Acting there as in a pod's would take the node's own links
+// for the pod's (its eth0 for a stale one, to be moved out of the way) and
+// cut the node off. mu is held.
+func (r *Registry) refuseLocked(ns string, id identity) error {
 	if ns == "" {
-		return id, nil
+		return nil
 	}
 	host, err := r.entryLocked("")
 	if err != nil {
-		return identity{}, err
+		return err
 	}
 	switch {
 	case id == host.id:
-		return identity{}, fmt.Errorf("network namespace %q is the node's own namespace, %w", displayName(ns), ErrNotPodNamespace)
-	case st.Dev == ownNamespace.Dev && st.Ino == ownNamespace.Ino:
-		return identity{}, fmt.Errorf("network namespace %q is this process's own namespace, %w", displayName(ns), ErrNotPodNamespace)
+		return fmt.Errorf("network namespace %q is the node's own namespace, %w", displayName(ns), ErrNotPodNamespace)
+	case id == identity{uint64(ownNamespace.Dev), ownNamespace.Ino}:
+		return fmt.Errorf("network namespace %q is this process's own namespace, %w", displayName(ns), ErrNotPodNamespace)
 	}
-	return id, nil
+	return nil
+}
+
+func (r *Registry) bindLocked(ns string, e *entry) {
+	r.bound[ns] = e.id
+	e.paths[ns] = true
 }
 
 // nsGetNSType is NS_GET_NSTYPE (linux/nsfs.h: _IO(0xb7, 0x3)), which
@@ -220,16 +246,23 @@ func (r *Registry) checkNamespace(ns string, h netns.NsHandle) (identity, error)
 // namespace descriptor and fails on any other file.
 const nsGetNSType = 0xb703
 
-// dropLocked forgets a namespace's entry and the ids cached with it; its
-// handles are closed now, or when the last holder releases. mu is held.
-func (r *Registry) dropLocked(ns string) {
-	e, ok := r.open[ns]
+// unbindLocked forgets what a path named; a namespace no path names any
+// more is closed, with the ids cached for it: now, or when the last holder
+// releases. mu is held.
+func (r *Registry) unbindLocked(ns string) {
+	id, ok := r.bound[ns]
 	if !ok {
 		return
 	}
-	delete(r.open, ns)
+	delete(r.bound, ns)
+	e := r.open[id]
+	delete(e.paths, ns)
+	if len(e.paths) > 0 {
+		return
+	}
+	delete(r.open, id)
 	for k := range r.nsids {
-		if k[0] == ns || k[1] == ns {
+		if k[0] == id || k[1] == id {
 			delete(r.nsids, k)
 		}
 	}
@@ -308,7 +341,7 @@ func (r *Registry) NetnsID(from, to string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	k := [2]string{from, to}
+	k := [2]identity{ef.id, et.id}
 	if id, ok := r.nsids[k]; ok {
 		return id, nil
 	}
@@ -360,7 +393,7 @@ func (r *Registry) Forget(ns string) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.dropLocked(ns)
+	r.unbindLocked(ns)
 }
 
 // Retain drops the handles of every pod namespace not in keep: after a
@@ -372,9 +405,9 @@ func (r *Registry) Retain(keep []string) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for ns := range r.open {
+	for ns := range r.bound {
 		if ns != "" && !want[ns] {
-			r.dropLocked(ns)
+			r.unbindLocked(ns)
 		}
 	}
 }
@@ -384,8 +417,8 @@ func (r *Registry) Retain(keep []string) {
 func (r *Registry) Held() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]string, 0, len(r.open))
-	for ns := range r.open {
+	out := make([]string, 0, len(r.bound))
+	for ns := range r.bound {
 		if ns != "" {
 			out = append(out, ns)
 		}
@@ -399,10 +432,11 @@ func (r *Registry) Held() []string {
 func (r *Registry) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for ns, e := range r.open {
+	for id, e := range r.open {
 		e.close()
-		delete(r.open, ns)
+		delete(r.open, id)
 	}
+	clear(r.bound)
 	clear(r.nsids)
 	for _, e := range r.retired {
 		e.close()

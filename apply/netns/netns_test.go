@@ -3,6 +3,7 @@ package netns_test
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -188,5 +189,43 @@ func TestRecreatedNamespaceIsReopened(t *testing.T) {
 	reg.Forget(pod)
 	if got := openFds(t); got != before {
 		t.Errorf("open descriptors %d → %d: the dead namespace's handles stayed open", before, got)
+	}
+}
+
+// TestTwoPathsShareANamespace: handles are the namespace's, not the
+// path's: two paths of one namespace share them, and they close when the
+// last path is forgotten.
+func TestTwoPathsShareANamespace(t *testing.T) {
+	node := nstest.Netns(t, "reg-node")
+	pod := nstest.Netns(t, "reg-pod")
+	link := filepath.Join(t.TempDir(), "pod-netns")
+	if err := os.Symlink(pod, link); err != nil {
+		t.Fatal(err)
+	}
+	reg := netns.NewRegistry(node)
+	t.Cleanup(reg.Close)
+	if _, err := reg.Handle(""); err != nil {
+		t.Fatal(err)
+	}
+	before := openFds(t)
+	h1, err := reg.Handle(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := openFds(t)
+	h2, err := reg.Handle(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h1 != h2 || openFds(t) != opened {
+		t.Errorf("a second path of the namespace opened it again (%d → %d descriptors)", opened, openFds(t))
+	}
+	reg.Forget(pod)
+	if got := openFds(t); got != opened {
+		t.Errorf("Forget of one path closed the namespace another path still names (%d → %d)", opened, got)
+	}
+	reg.Forget(link)
+	if got := openFds(t); got != before {
+		t.Errorf("open descriptors %d → %d after both paths were forgotten", before, got)
 	}
 }
