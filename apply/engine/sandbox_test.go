@@ -94,3 +94,43 @@ func TestSecondSandboxLeavesPodUntouched(t *testing.T) {
 	}
 	n.requireEmptyPlan(state)
 }
+
+// TestLinkFailureStopsThePod: a plan made while the pod's namespace was
+// empty, executed after someone else's eth0 appeared there (another
+// sandbox racing the ADD): the pod's veth creation fails, and none of the
+// pod's later operations (its address, gateway neighbour and default
+// route, which name eth0) is attempted on the link that holds the name.
+func TestLinkFailureStopsThePod(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	netns := n.addPod("x", "a", "198.18.0.10", nil, nil, "")
+	state := n.render()
+	p, err := n.eng.Plan(context.Background(), state, engine.PlanOptions{Pods: []string{"x/a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nstest.Run(t, netns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0")
+	nstest.Run(t, netns, "ip", "link", "set", "eth0", "up")
+	before := podNetnsDump(t, netns)
+	rep := n.eng.Execute(context.Background(), p)
+	if rep.Err() == nil {
+		t.Fatal("the pod's plan succeeded although its eth0 name was taken")
+	}
+	var linkFailed, skipped int
+	for _, r := range rep.Results {
+		switch {
+		case r.Op.Pod != "x/a" || r.Err == nil:
+		case r.Op.Kind == "link":
+			linkFailed++
+		case strings.Contains(r.Err.Error(), "not attempted"):
+			skipped++
+		default:
+			t.Errorf("%s was attempted after the pod's link failed: %v", r.Op, r.Err)
+		}
+	}
+	if linkFailed != 1 || skipped == 0 {
+		t.Errorf("link failures %d, skipped operations %d; want 1 and some", linkFailed, skipped)
+	}
+	if after := podNetnsDump(t, netns); after != before {
+		t.Fatalf("the failed ADD changed the other eth0's namespace:\n--- before\n%s--- after\n%s", before, after)
+	}
+}
