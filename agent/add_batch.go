@@ -147,5 +147,10 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 		if again, rerr := a.renderLocked(); rerr == nil {
 			_, _ = a.apply(ctx, "ADD "+strings.Join(undo, ", ")+" rolled back", again, engine.PlanOptions{Pods: undo, PodIPs: undoIPs})
 		}
+		for _, w := range live {
+			if failed[w.key] != nil || common != nil {
+				a.reg.Forget(w.req.Netns) // opened again if the undo needed it
+			}
+		}
 	}
 }

@@ -175,6 +175,7 @@ func (a *Agent) rollback(req *wire.Request) {
 	if found {
 		a.cloudRelease(released)
 	}
+	a.reg.Forget(req.Netns) // a refused ADD holds nothing of its namespace
 }
 
 // result is the CNI result of a rendered pod.
@@ -200,6 +201,13 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	released, found, err := a.store.Release(req.ContainerID, req.IfName)
 	if err != nil {
 		return cniErr(codeTryAgainLater, "release attachment "+req.ContainerID+"/"+req.IfName, err.Error())
+	}
+	// Whatever the agent opened in the pod's namespace goes with the pod:
+	// an open descriptor or socket keeps a deleted namespace alive, and
+	// the node's id for it, until the agent exits.
+	defer a.reg.Forget(req.Netns)
+	if found && released.Spec.Netns != req.Netns {
+		defer a.reg.Forget(released.Spec.Netns)
 	}
 	key := req.Args.Key()
 	if found {
@@ -279,6 +287,7 @@ func (a *Agent) GC(ctx context.Context, req *wire.Request) error {
 	released, err := a.store.GC(valid)
 	for _, r := range released {
 		a.cloudRelease(r)
+		a.reg.Forget(r.Spec.Netns) // as a DEL does
 	}
 	a.mu.Unlock()
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/terway-reconciler/terway/apply/links"
 	"github.com/terway-reconciler/terway/apply/op"
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -146,15 +147,30 @@ func validate(desired *spec.NodeState) error {
 
 // execute runs the operations in order; a failure is recorded and the rest
 // go on.
+//
+// A pod whose link could not be created or fixed gets none of its later
+// operations: they would land on whatever link holds the name (another
+// sandbox's eth0 that appeared since the plan) or fail anyway.
 func execute(ctx context.Context, ns op.Namespaces, ops []op.Op, rep *Report) {
+	var linkFailed map[string]error
 	for _, o := range ops {
 		if err := ctx.Err(); err != nil {
 			rep.Results = append(rep.Results, Result{Op: o, Err: err})
 			continue
 		}
+		if lerr := linkFailed[o.Pod]; lerr != nil && o.Action != op.Delete {
+			rep.Results = append(rep.Results, Result{Op: o, Err: fmt.Errorf("not attempted: the pod's link failed: %w", lerr)})
+			continue
+		}
 		var err error
 		if o.Exec != nil {
 			err = o.Exec(ctx, ns)
+		}
+		if err != nil && o.Kind == links.Kind && o.Pod != "" && o.Action != op.Delete {
+			if linkFailed == nil {
+				linkFailed = map[string]error{}
+			}
+			linkFailed[o.Pod] = err
 		}
 		if err == nil {
 			rep.Writes += o.Writes

@@ -75,6 +75,7 @@ type PlanOptions struct {
 // Plan observes what we own and returns the operations that turn it into
 // desired. It writes nothing.
 func (e *Engine) Plan(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Plan, error) {
+	defer e.hold()()
 	w, err := prepare(desired, opts)
 	if err != nil {
 		return nil, err
@@ -127,7 +128,18 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 	if scope != nil {
 		snap.OnlyLinks(spec.HostNetns, scope.hostLinks)
 	}
+	// A pod whose pod-side interface name is held by a link that is not
+	// its pair (another sandbox's eth0) gets nothing written: its items
+	// leave the document of this plan, and one failing operation says why.
+	taken, err := links.FindTaken(snap, nss, desired)
+	if err != nil {
+		return nil, fmt.Errorf("observe links: %w", err)
+	}
 	var ops []op.Op
+	if len(taken) > 0 {
+		desired = withoutPods(desired, taken)
+		ops = append(ops, refusedOps(taken)...)
+	}
 	kinds := []struct {
 		name string
 		plan func() ([]op.Op, error)
@@ -207,12 +219,17 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 	}
 	if scope != nil {
 		ops = scope.filter(ops)
+	} else if l, ok := e.ns.(lifetimes); ok {
+		// A full plan names every namespace the node still has pods in:
+		// the handles of any other are a deleted pod's, kept alive by us.
+		l.Retain(nss)
 	}
 	return &Plan{Ops: order(ops)}, nil
 }
 
 // Execute runs a plan made by Plan.
 func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
+	defer e.hold()()
 	start := time.Now()
 	rep := &Report{Rounds: 1}
 	execute(ctx, e.ns, p.Ops, rep)
@@ -229,6 +246,7 @@ func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
 // times: re-creating a link removes what lived on it, which the next round
 // puts back. The report covers every round.
 func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOptions) (*Report, error) {
+	defer e.hold()()
 	start := time.Now()
 	rep := &Report{}
 	w, err := prepare(desired, opts)

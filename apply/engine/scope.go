@@ -24,6 +24,11 @@ type podScope struct {
 	// byAddr names the scoped pod of each address: from the document, and
 	// from PlanOptions.PodIPs for pods it no longer has.
 	byAddr map[string]string
+	// others are the namespaces of the document's pods outside the scope:
+	// a scoped plan writes nothing there but its own pods' items, even
+	// when a scoped pod names the same namespace (a second sandbox's ADD
+	// into a namespace that holds a pod must not move that pod's ENI out).
+	others map[string]bool
 }
 
 func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
@@ -53,6 +58,12 @@ func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 			// Another pod holds the address: its rules are not the
 			// scope's, whatever the caller remembers.
 			delete(s.byAddr, p.IP)
+			if p.Netns != spec.HostNetns {
+				if s.others == nil {
+					s.others = map[string]bool{}
+				}
+				s.others[p.Netns] = true
+			}
 		}
 	}
 	slices.Sort(s.namespaces)
@@ -76,6 +87,8 @@ func (s *podScope) filter(ops []op.Op) []op.Op {
 		switch {
 		case o.Kind == nft.Kind, s.has(o.Pod):
 			out = append(out, o)
+		case s.others[o.Netns]:
+			// Another pod's namespace: nothing there is the scope's.
 		case o.Pod == "" && o.Action != op.Delete:
 			out = append(out, o)
 		case o.Pod == "" && s.onScopedVeth(o.Text):

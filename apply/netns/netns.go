@@ -10,8 +10,10 @@ package netns
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -24,17 +26,68 @@ import (
 // Registry resolves document namespaces to handles. The host namespace ("")
 // is HostPath when set (terwayctl --netns), else the namespace the process
 // was in when the registry was made.
+//
+// What it holds per namespace (a descriptor, netlink sockets, namespace
+// ids) keeps that namespace alive in the kernel: a deleted pod's namespace,
+// and the id the node's namespace gives it, last as long as the registry
+// holds a descriptor or a socket in it. So every handle has a lifetime:
+//
+//   - handles are keyed by the namespace's identity (device and inode);
+//     a document's name for a namespace (its path) is bound to the
+//     identity it named at its last use, and every use checks the path
+//     again: a path that names another namespace now (a runtime re-created
+//     a sandbox at the same path) or none is unbound from the old one, so
+//     nothing is ever done in a dead namespace. Two paths of one namespace
+//     share its handles;
+//   - a namespace's handles are closed when no path is bound to it any
+//     more: Forget unbinds a path (a pod's DEL, GC, a refused ADD), Retain
+//     every path but the ones named (a full plan);
+//   - a refused path (not a network namespace, the node's own) holds
+//     nothing.
+//
+// Handles dropped while a plan may still be using them (between Hold and
+// its release) are closed when the last holder releases, never under it:
+// a closed descriptor number can be reused at once by another open.
 type Registry struct {
 	hostPath string
 
-	mu      sync.Mutex
-	files   map[string]netns.NsHandle
-	handles map[string]*netlink.Handle
-	conns   map[string]*op.RouteConn
+	mu sync.Mutex
+	// bound maps each path in use ("" for the host) to the identity of the
+	// namespace it named when last checked; open holds the namespaces.
+	bound map[string]identity
+	open  map[identity]*entry
 	// nsids caches the ids namespaces give each other ([from, to]). An id
-	// lasts as long as both namespaces, which the open descriptors in files
-	// keep alive; Forget drops a namespace's ids with its descriptor.
-	nsids map[[2]string]int
+	// lasts as long as both namespaces, which the entries keep alive; a
+	// closed entry takes its ids with it.
+	nsids map[[2]identity]int
+	// holders counts Hold calls not yet released; retired are entries
+	// dropped meanwhile, closed when holders is back to 0.
+	holders int
+	retired []*entry
+}
+
+// entry is what the registry holds for one namespace.
+type entry struct {
+	fd     netns.NsHandle
+	id     identity
+	handle *netlink.Handle
+	conn   *op.RouteConn
+	// paths are the paths bound to it; the entry closes with the last.
+	paths map[string]bool
+}
+
+// identity is a namespace's device and inode: two paths name the same
+// namespace exactly when these are equal.
+type identity struct{ dev, ino uint64 }
+
+func (e *entry) close() {
+	if e.handle != nil {
+		e.handle.Close()
+	}
+	if e.conn != nil {
+		e.conn.Close()
+	}
+	e.fd.Close()
 }
 
 // NewRegistry returns a registry. hostPath may be empty (the current
@@ -43,8 +96,7 @@ func NewRegistry(hostPath string) *Registry {
 	if hostPath != "" && hostPath[0] != '/' {
 		hostPath = "/var/run/netns/" + hostPath
 	}
-	return &Registry{hostPath: hostPath, files: map[string]netns.NsHandle{}, handles: map[string]*netlink.Handle{},
-		conns: map[string]*op.RouteConn{}, nsids: map[[2]string]int{}}
+	return &Registry{hostPath: hostPath, bound: map[string]identity{}, open: map[identity]*entry{}, nsids: map[[2]identity]int{}}
 }
 
 func (r *Registry) path(ns string) string {
@@ -54,65 +106,171 @@ func (r *Registry) path(ns string) string {
 	return ns
 }
 
-// Fd returns the namespace's file descriptor, opened once and cached.
+// Hold keeps every handle the registry has handed out open until the
+// returned release is called, even if its namespace is dropped meanwhile
+// (a plan observes with handles fetched earlier). Calls nest.
+func (r *Registry) Hold() (release func()) {
+	r.mu.Lock()
+	r.holders++
+	r.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.holders--
+			if r.holders == 0 {
+				for _, e := range r.retired {
+					e.close()
+				}
+				r.retired = nil
+			}
+		})
+	}
+}
+
+// Fd returns the namespace's file descriptor, opened once per namespace
+// and valid until the namespace is dropped (see Registry).
 func (r *Registry) Fd(ns string) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.fdLocked(ns)
-}
-
-func (r *Registry) fdLocked(ns string) (int, error) {
-	if h, ok := r.files[ns]; ok {
-		return int(h), nil
-	}
-	var (
-		h   netns.NsHandle
-		err error
-	)
-	if p := r.path(ns); p == "" {
-		h, err = netns.Get()
-	} else {
-		h, err = netns.GetFromPath(p)
-	}
+	e, err := r.entryLocked(ns)
 	if err != nil {
-		return -1, fmt.Errorf("open network namespace %q: %w", displayName(ns), err)
+		return -1, err
 	}
-	if ns != "" {
-		if err := r.checkPodNamespace(ns, h); err != nil {
-			h.Close()
-			return -1, err
-		}
-	}
-	r.files[ns] = h
-	return int(h), nil
+	return int(e.fd), nil
 }
 
-// checkPodNamespace refuses a pod namespace that is in fact the node's
-// namespace or this process's own: a runtime's bug, a hostNetwork sandbox
-// sent to the CNI, or a /proc/PID/ns/net read before the process entered
-// its namespace. Acting there as in a pod's would take the node's own
-// links for the pod's (its eth0 for a stale one, to be moved out of the
-// way) and cut the node off. mu is held.
-func (r *Registry) checkPodNamespace(ns string, h netns.NsHandle) error {
+// entryLocked returns the namespace's entry after checking that its path
+// still names the namespace it was bound to; a path that names another
+// namespace now is bound to that one (opened if needed). mu is held.
+func (r *Registry) entryLocked(ns string) (*entry, error) {
+	p := r.path(ns)
+	if id, ok := r.bound[ns]; ok && p == "" {
+		// The process's own namespace, which cannot change under it.
+		return r.open[id], nil
+	}
+	if p == "" {
+		h, err := netns.Get()
+		if err != nil {
+			return nil, fmt.Errorf("open network namespace %q: %w", displayName(ns), err)
+		}
+		return r.keepLocked(ns, h)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		r.unbindLocked(ns) // the namespace is gone: so are its handles
+		return nil, fmt.Errorf("open network namespace %q: %w", displayName(ns), &os.PathError{Op: "stat", Path: p, Err: err})
+	}
+	id := identity{uint64(st.Dev), st.Ino}
+	if old, ok := r.bound[ns]; ok {
+		if old == id {
+			return r.open[id], nil
+		}
+		r.unbindLocked(ns) // the path names another namespace now
+	}
+	if e, ok := r.open[id]; ok {
+		// Already open under another path: a namespace, checked when it
+		// was opened; only the refusals of a pod's apply again.
+		if err := r.refuseLocked(ns, id); err != nil {
+			return nil, err
+		}
+		r.bindLocked(ns, e)
+		return e, nil
+	}
+	h, err := netns.GetFromPath(p)
+	if err != nil {
+		return nil, fmt.Errorf("open network namespace %q: %w", displayName(ns), err)
+	}
+	return r.keepLocked(ns, h)
+}
+
+// keepLocked checks a freshly opened namespace and binds the path to it;
+// a refused one is closed at once. mu is held.
+func (r *Registry) keepLocked(ns string, h netns.NsHandle) (*entry, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(h), &st); err != nil {
-		return fmt.Errorf("network namespace %q: %w", displayName(ns), err)
+		h.Close()
+		return nil, fmt.Errorf("network namespace %q: %w", displayName(ns), err)
 	}
-	hostFd, err := r.fdLocked("")
+	id := identity{uint64(st.Dev), st.Ino}
+	if typ, err := unix.IoctlRetInt(int(h), nsGetNSType); err != nil || typ != unix.CLONE_NEWNET {
+		h.Close()
+		return nil, fmt.Errorf("%q is not a network namespace, %w", displayName(ns), ErrNotPodNamespace)
+	}
+	if err := r.refuseLocked(ns, id); err != nil {
+		h.Close()
+		return nil, err
+	}
+	e, ok := r.open[id]
+	if ok {
+		h.Close() // the path changed since its stat, to a namespace open already
+	} else {
+		e = &entry{fd: h, id: id, paths: map[string]bool{}}
+		r.open[id] = e
+	}
+	r.bindLocked(ns, e)
+	return e, nil
+}
+
+// refuseLocked refuses, as a pod's namespace, the node's namespace or
+// this process's own: a runtime's bug, a hostNetwork sandbox sent to the
+// CNI, or a /proc/PID/ns/net read before the process entered its
+// namespace. Acting there as in a pod's would take the node's own links
+// for the pod's (its eth0 for a stale one, to be moved out of the way) and
+// cut the node off. mu is held.
+func (r *Registry) refuseLocked(ns string, id identity) error {
+	if ns == "" {
+		return nil
+	}
+	host, err := r.entryLocked("")
 	if err != nil {
 		return err
 	}
-	var host unix.Stat_t
-	if err := unix.Fstat(hostFd, &host); err != nil {
-		return fmt.Errorf("network namespace of the node: %w", err)
-	}
 	switch {
-	case st.Dev == host.Dev && st.Ino == host.Ino:
+	case id == host.id:
 		return fmt.Errorf("network namespace %q is the node's own namespace, %w", displayName(ns), ErrNotPodNamespace)
-	case st.Dev == ownNamespace.Dev && st.Ino == ownNamespace.Ino:
+	case id == identity{uint64(ownNamespace.Dev), ownNamespace.Ino}:
 		return fmt.Errorf("network namespace %q is this process's own namespace, %w", displayName(ns), ErrNotPodNamespace)
 	}
 	return nil
+}
+
+func (r *Registry) bindLocked(ns string, e *entry) {
+	r.bound[ns] = e.id
+	e.paths[ns] = true
+}
+
+// nsGetNSType is NS_GET_NSTYPE (linux/nsfs.h: _IO(0xb7, 0x3)), which
+// x/sys/unix does not define: it returns the CLONE_NEW* type of a
+// namespace descriptor and fails on any other file.
+const nsGetNSType = 0xb703
+
+// unbindLocked forgets what a path named; a namespace no path names any
+// more is closed, with the ids cached for it: now, or when the last holder
+// releases. mu is held.
+func (r *Registry) unbindLocked(ns string) {
+	id, ok := r.bound[ns]
+	if !ok {
+		return
+	}
+	delete(r.bound, ns)
+	e := r.open[id]
+	delete(e.paths, ns)
+	if len(e.paths) > 0 {
+		return
+	}
+	delete(r.open, id)
+	for k := range r.nsids {
+		if k[0] == id || k[1] == id {
+			delete(r.nsids, k)
+		}
+	}
+	if r.holders > 0 {
+		r.retired = append(r.retired, e)
+		return
+	}
+	e.close()
 }
 
 // ErrNotPodNamespace is why a pod namespace is refused.
@@ -130,77 +288,76 @@ var ownNamespace = func() unix.Stat_t {
 func (r *Registry) Handle(ns string) (*netlink.Handle, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h, ok := r.handles[ns]; ok {
-		return h, nil
-	}
-	fd, err := r.fdLocked(ns)
+	e, err := r.entryLocked(ns)
 	if err != nil {
 		return nil, err
 	}
-	h, err := netlink.NewHandleAt(netns.NsHandle(fd))
-	if err != nil {
-		return nil, fmt.Errorf("netlink handle in namespace %q: %w", displayName(ns), err)
+	if e.handle == nil {
+		h, err := netlink.NewHandleAt(e.fd)
+		if err != nil {
+			return nil, fmt.Errorf("netlink handle in namespace %q: %w", displayName(ns), err)
+		}
+		e.handle = h
 	}
-	r.handles[ns] = h
-	return h, nil
+	return e.handle, nil
 }
 
-// RouteConn returns the namespace's op.RouteConn, opened once and cached.
+// RouteConn returns the namespace's op.RouteConn, opened once per
+// namespace.
 func (r *Registry) RouteConn(ns string) (*op.RouteConn, error) {
 	r.mu.Lock()
-	c, ok := r.conns[ns]
-	r.mu.Unlock()
-	if ok {
-		return c, nil
-	}
-	// Opened outside the lock: Do switches a thread into the namespace.
-	err := r.Do(ns, func() error {
-		var err error
-		c, err = op.OpenRouteConn()
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("rtnetlink socket in namespace %q: %w", displayName(ns), err)
-	}
-	r.mu.Lock()
 	defer r.mu.Unlock()
-	if prev, ok := r.conns[ns]; ok {
-		c.Close() // another caller won the race
-		return prev, nil
+	e, err := r.entryLocked(ns)
+	if err != nil {
+		return nil, err
 	}
-	r.conns[ns] = c
-	return c, nil
+	if e.conn == nil {
+		// Under the lock: the entry's descriptor stays open meanwhile, and
+		// opening a socket in a namespace takes microseconds.
+		err := Do(int(e.fd), func() error {
+			var err error
+			e.conn, err = op.OpenRouteConn()
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("rtnetlink socket in namespace %q: %w", displayName(ns), err)
+		}
+	}
+	return e.conn, nil
 }
 
 // NetnsID returns the id namespace from gives namespace to, or -1. Ids
 // are cached: a full plan checks every veth pair both ways, two requests a
-// pod, and an id does not change while both namespaces live.
+// pod, and an id does not change while both namespaces live (both paths
+// are checked first, so a re-created namespace never gets the old id).
 func (r *Registry) NetnsID(from, to string) (int, error) {
-	k := [2]string{from, to}
 	r.mu.Lock()
-	id, ok := r.nsids[k]
-	r.mu.Unlock()
-	if ok {
+	defer r.mu.Unlock()
+	ef, err := r.entryLocked(from)
+	if err != nil {
+		return 0, err
+	}
+	et, err := r.entryLocked(to)
+	if err != nil {
+		return 0, err
+	}
+	k := [2]identity{ef.id, et.id}
+	if id, ok := r.nsids[k]; ok {
 		return id, nil
 	}
-	h, err := r.Handle(from)
-	if err != nil {
-		return 0, err
+	if ef.handle == nil {
+		if ef.handle, err = netlink.NewHandleAt(ef.fd); err != nil {
+			return 0, fmt.Errorf("netlink handle in namespace %q: %w", displayName(from), err)
+		}
 	}
-	fd, err := r.Fd(to)
-	if err != nil {
-		return 0, err
-	}
-	id, err = h.GetNetNsIdByFd(fd)
+	id, err := ef.handle.GetNetNsIdByFd(int(et.fd))
 	if err != nil {
 		return 0, fmt.Errorf("netns id of %s in %s: %w", displayName(to), displayName(from), err)
 	}
 	if id >= 0 {
 		// No id yet is not cached: the kernel assigns one when a veth
 		// end first names the other namespace.
-		r.mu.Lock()
 		r.nsids[k] = id
-		r.mu.Unlock()
 	}
 	return id, nil
 }
@@ -210,19 +367,17 @@ func (r *Registry) NetnsID(from, to string) (int, error) {
 // observed, so its pod's items plan as creations that fail alone, naming
 // the refusal, and the rest of the node converges.
 func (r *Registry) Exists(ns string) bool {
-	p := r.path(ns)
-	if p == "" {
+	if r.path(ns) == "" {
 		return true
 	}
-	if _, err := os.Stat(p); err != nil {
-		return false
-	}
 	_, err := r.Fd(ns)
-	return !errors.Is(err, ErrNotPodNamespace)
+	return err == nil || !(errors.Is(err, ErrNotPodNamespace) || errors.Is(err, fs.ErrNotExist))
 }
 
 // Do runs fn on a locked OS thread inside the namespace.
 func (r *Registry) Do(ns string, fn func() error) error {
+	release := r.Hold() // the descriptor stays open while fn runs
+	defer release()
 	fd, err := r.Fd(ns)
 	if err != nil {
 		return err
@@ -230,41 +385,63 @@ func (r *Registry) Do(ns string, fn func() error) error {
 	return Do(fd, fn)
 }
 
-// Forget closes and drops the cached handles of a namespace, for a pod
-// namespace that was deleted.
+// Forget drops the handles of a namespace: its pod was deleted, or its ADD
+// refused. A later use opens the path again.
 func (r *Registry) Forget(ns string) {
+	if ns == "" {
+		return // the node's namespace lives as long as the registry
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h, ok := r.handles[ns]; ok {
-		h.Close()
-		delete(r.handles, ns)
+	r.unbindLocked(ns)
+}
+
+// Retain drops the handles of every pod namespace not in keep: after a
+// full plan, those are namespaces no pod of the document has any more.
+func (r *Registry) Retain(keep []string) {
+	want := make(map[string]bool, len(keep))
+	for _, k := range keep {
+		want[k] = true
 	}
-	if c, ok := r.conns[ns]; ok {
-		c.Close()
-		delete(r.conns, ns)
-	}
-	for k := range r.nsids {
-		if k[0] == ns || k[1] == ns {
-			delete(r.nsids, k)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for ns := range r.bound {
+		if ns != "" && !want[ns] {
+			r.unbindLocked(ns)
 		}
-	}
-	if f, ok := r.files[ns]; ok {
-		f.Close()
-		delete(r.files, ns)
 	}
 }
 
-// Close releases every handle.
+// Held returns the pod namespace paths the registry holds handles of,
+// sorted, for tests and for status.
+func (r *Registry) Held() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.bound))
+	for ns := range r.bound {
+		if ns != "" {
+			out = append(out, ns)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Close releases every handle, the host's too, also the ones a holder
+// still has: the registry is done.
 func (r *Registry) Close() {
 	r.mu.Lock()
-	nss := make([]string, 0, len(r.files))
-	for ns := range r.files {
-		nss = append(nss, ns)
+	defer r.mu.Unlock()
+	for id, e := range r.open {
+		e.close()
+		delete(r.open, id)
 	}
-	r.mu.Unlock()
-	for _, ns := range nss {
-		r.Forget(ns)
+	clear(r.bound)
+	clear(r.nsids)
+	for _, e := range r.retired {
+		e.close()
 	}
+	r.retired = nil
 }
 
 // Do runs fn on a locked OS thread switched into the namespace fd.

@@ -24,11 +24,61 @@ type Snapshot struct {
 	// one by one instead of dumped: a plan scoped to a few pods then costs
 	// the same whatever the number of other pods.
 	only map[string][]string
+	// handles, conns, fds and nsids are what each namespace resolved to
+	// for this plan. A registry checks on every call that a path still
+	// names the namespace it opened (a stat of the path), and a plan asks
+	// thousands of times on a full node; once per namespace per plan is
+	// enough for observing, and execution asks the registry itself.
+	handles map[string]*netlink.Handle
+	conns   map[string]*RouteConn
+	fds     map[string]int
+	nsids   map[[2]string]int
 }
 
 // NewSnapshot wraps ns for one plan.
 func NewSnapshot(ns Namespaces) *Snapshot {
-	return &Snapshot{Namespaces: ns, links: map[string]*linkEntry{}, exists: map[string]bool{}}
+	return &Snapshot{Namespaces: ns, links: map[string]*linkEntry{}, exists: map[string]bool{},
+		handles: map[string]*netlink.Handle{}, conns: map[string]*RouteConn{}, fds: map[string]int{}, nsids: map[[2]string]int{}}
+}
+
+// remember returns the value cached under k, or resolves and caches it;
+// resolve runs outside the snapshot's lock (it takes the registry's).
+func remember[K comparable, V any](s *Snapshot, m map[K]V, k K, resolve func() (V, error)) (V, error) {
+	s.mu.Lock()
+	v, ok := m[k]
+	s.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	v, err := resolve()
+	if err != nil {
+		return v, err
+	}
+	s.mu.Lock()
+	m[k] = v
+	s.mu.Unlock()
+	return v, nil
+}
+
+// Handle is the namespace's handle, resolved once per plan.
+func (s *Snapshot) Handle(netns string) (*netlink.Handle, error) {
+	return remember(s, s.handles, netns, func() (*netlink.Handle, error) { return s.Namespaces.Handle(netns) })
+}
+
+// RouteConn is the namespace's RouteConn, resolved once per plan.
+func (s *Snapshot) RouteConn(netns string) (*RouteConn, error) {
+	return remember(s, s.conns, netns, func() (*RouteConn, error) { return s.Namespaces.RouteConn(netns) })
+}
+
+// Fd is the namespace's descriptor, resolved once per plan.
+func (s *Snapshot) Fd(netns string) (int, error) {
+	return remember(s, s.fds, netns, func() (int, error) { return s.Namespaces.Fd(netns) })
+}
+
+// NetnsID is the id from gives to, read once per plan (also when there is
+// none: the plan is one view of the kernel).
+func (s *Snapshot) NetnsID(from, to string) (int, error) {
+	return remember(s, s.nsids, [2]string{from, to}, func() (int, error) { return s.Namespaces.NetnsID(from, to) })
 }
 
 // OnlyLinks makes the snapshot see, in netns, only the links named (those

@@ -1,0 +1,63 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/terway-reconciler/terway/apply/links"
+	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// lifetimes is what a namespace registry offers to bound the lives of the
+// handles it caches (netns.Registry does): a plan holds them while it
+// observes and executes, and a full plan drops those of namespaces no pod
+// has any more.
+type lifetimes interface {
+	Hold() (release func())
+	Retain(keep []string)
+}
+
+// hold keeps the registry's handles open until the returned func runs.
+func (e *Engine) hold() func() {
+	if l, ok := e.ns.(lifetimes); ok {
+		return l.Hold()
+	}
+	return func() {}
+}
+
+// withoutPods returns a copy of the document without any item of the taken
+// pods: nothing of theirs is observed as wanted, so nothing is written for
+// them. The caller's document is not changed.
+func withoutPods(d *spec.NodeState, taken []links.Taken) *spec.NodeState {
+	drop := map[string]bool{}
+	for _, t := range taken {
+		drop[t.Pod] = true
+	}
+	keep := func(pod string) bool { return !drop[pod] }
+	r := *d
+	r.Links = filterItems(d.Links, func(x spec.Link) bool { return keep(x.Pod) })
+	r.Addresses = filterItems(d.Addresses, func(x spec.Address) bool { return keep(x.Pod) })
+	r.Routes = filterItems(d.Routes, func(x spec.Route) bool { return keep(x.Pod) })
+	r.Rules = filterItems(d.Rules, func(x spec.Rule) bool { return keep(x.Pod) })
+	r.Neighbors = filterItems(d.Neighbors, func(x spec.Neighbor) bool { return keep(x.Pod) })
+	r.Sysctls = filterItems(d.Sysctls, func(x spec.Sysctl) bool { return keep(x.Pod) })
+	r.TC = filterItems(d.TC, func(x spec.Qdisc) bool { return keep(x.Pod) })
+	return &r
+}
+
+// refusedOps is one failing operation per taken pod, in place of the
+// pod's link: the plan says what it will not do and why, and executing it
+// fails the pod alone.
+func refusedOps(taken []links.Taken) []op.Op {
+	out := make([]op.Op, 0, len(taken))
+	for _, t := range taken {
+		err := fmt.Errorf("link %s: %s", t.Link.Key(), t.Reason)
+		out = append(out, op.Op{
+			Kind: links.Kind, Action: op.Create, Key: t.Link.Key(), Netns: t.Link.Peer.Netns, Pod: t.Pod,
+			Text: "link veth " + t.Link.Name + " peer " + t.Link.Peer.Name + links.NetnsSuffix(t.Link.Peer.Netns) + ": refused, the name is another sandbox's",
+			Exec: func(context.Context, op.Namespaces) error { return err },
+		})
+	}
+	return out
+}

@@ -1,0 +1,136 @@
+package engine_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// podNetnsDump is what a pod sees of its network: addresses, neighbours,
+// routes and links, as ip(8) prints them. IPv4 addresses only: the
+// kernel's own IPv6 link-local address changes state (tentative) by itself.
+func podNetnsDump(t *testing.T, netns string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{{"ip", "-d", "-4", "addr"}, {"ip", "neigh"}, {"ip", "route"}, {"ip", "-d", "link"}} {
+		b.WriteString("$ " + strings.Join(args, " ") + "\n" + nstest.Run(t, netns, args...))
+	}
+	return b.String()
+}
+
+// TestSecondSandboxLeavesPodUntouched: a document that puts a second pod
+// (another sandbox) into a namespace whose eth0 is another pod's, as a
+// second ADD with another container id does, fails that pod alone and
+// leaves the first pod's namespace byte-identical: no address, neighbour,
+// route or link of the second pod lands on the first pod's eth0, in the
+// ADD's scoped plan, in a full resync while both are in the document, or
+// in the rollback.
+func TestSecondSandboxLeavesPodUntouched(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	shared := n.addPod("x", "a", "198.18.0.10", nil, nil, "")
+	n.addPod("x", "c", "198.18.0.12", nil, nil, "")
+	n.apply(n.render())
+	before := podNetnsDump(t, shared)
+
+	// x/b arrives with x/a's namespace.
+	n.in.Pods = append(n.in.Pods, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "b", UID: "uid-b"},
+		Spec:       corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c"}}},
+	})
+	n.in.Allocations = append(n.in.Allocations, spec.Allocation{
+		Metadata: spec.ObjectMeta{Namespace: "x", Name: "b"},
+		Spec:     spec.AllocationSpec{IP: "198.18.0.11", Netns: shared, ContainerID: "ctr-b"},
+	})
+	state := n.render()
+	p, err := n.eng.Plan(context.Background(), state, engine.PlanOptions{Pods: []string{"x/b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range p.Ops {
+		if o.Pod == "x/b" && o.Netns == shared && !strings.Contains(o.Text, "refused") {
+			t.Errorf("the scoped plan writes x/b's item into x/a's namespace: %s", o)
+		}
+	}
+	for name, opts := range map[string]engine.PlanOptions{
+		"scoped ADD":  {Pods: []string{"x/b"}},
+		"full resync": {Full: true},
+	} {
+		rep, err := n.eng.Apply(context.Background(), state, opts)
+		if err != nil {
+			// The whole document names two pods' routes and neighbours
+			// in one namespace: it is refused before anything is written.
+			if !opts.Full || !strings.Contains(err.Error(), "duplicate key") {
+				t.Fatalf("%s: %v", name, err)
+			}
+		} else if err := rep.Err(); err == nil || !strings.Contains(err.Error(), "another sandbox") || !strings.Contains(err.Error(), "x/b") {
+			t.Errorf("%s: %v, want x/b refused as another sandbox's", name, err)
+		}
+		for _, r := range rep.Results {
+			if r.Err != nil && r.Op.Pod != "x/b" {
+				t.Errorf("%s: %s failed: %v", name, r.Op, r.Err)
+			}
+		}
+		if after := podNetnsDump(t, shared); after != before {
+			t.Fatalf("%s changed x/a's namespace:\n--- before\n%s--- after\n%s", name, before, after)
+		}
+	}
+
+	// The rollback: x/b leaves the document, its scope is applied.
+	n.removePod("x/b")
+	state = n.render()
+	rep, err := n.eng.Apply(context.Background(), state, engine.PlanOptions{Pods: []string{"x/b"}, PodIPs: map[string]string{"x/b": "198.18.0.11"}})
+	if err != nil || rep.Err() != nil {
+		t.Fatalf("rollback: %v %v", err, rep.Err())
+	}
+	if after := podNetnsDump(t, shared); after != before {
+		t.Fatalf("the rollback changed x/a's namespace:\n--- before\n%s--- after\n%s", before, after)
+	}
+	n.requireEmptyPlan(state)
+}
+
+// TestLinkFailureStopsThePod: a plan made while the pod's namespace was
+// empty, executed after someone else's eth0 appeared there (another
+// sandbox racing the ADD): the pod's veth creation fails, and none of the
+// pod's later operations (its address, gateway neighbour and default
+// route, which name eth0) is attempted on the link that holds the name.
+func TestLinkFailureStopsThePod(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	netns := n.addPod("x", "a", "198.18.0.10", nil, nil, "")
+	state := n.render()
+	p, err := n.eng.Plan(context.Background(), state, engine.PlanOptions{Pods: []string{"x/a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nstest.Run(t, netns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0")
+	nstest.Run(t, netns, "ip", "link", "set", "eth0", "up")
+	before := podNetnsDump(t, netns)
+	rep := n.eng.Execute(context.Background(), p)
+	if rep.Err() == nil {
+		t.Fatal("the pod's plan succeeded although its eth0 name was taken")
+	}
+	var linkFailed, skipped int
+	for _, r := range rep.Results {
+		switch {
+		case r.Op.Pod != "x/a" || r.Err == nil:
+		case r.Op.Kind == "link":
+			linkFailed++
+		case strings.Contains(r.Err.Error(), "not attempted"):
+			skipped++
+		default:
+			t.Errorf("%s was attempted after the pod's link failed: %v", r.Op, r.Err)
+		}
+	}
+	if linkFailed != 1 || skipped == 0 {
+		t.Errorf("link failures %d, skipped operations %d; want 1 and some", linkFailed, skipped)
+	}
+	if after := podNetnsDump(t, netns); after != before {
+		t.Fatalf("the failed ADD changed the other eth0's namespace:\n--- before\n%s--- after\n%s", before, after)
+	}
+}
