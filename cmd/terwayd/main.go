@@ -24,6 +24,12 @@ import (
 )
 
 func main() {
+	run := run
+	// `terwayd install-cni ...` is the init container; without a
+	// subcommand terwayd is the agent.
+	if len(os.Args) > 1 && os.Args[1] == "install-cni" {
+		run = func() error { return runInstallCNI(os.Args[2:]) }
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "terwayd:", err)
 		os.Exit(1)
