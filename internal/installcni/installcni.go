@@ -84,23 +84,22 @@ func Install(o Options) (Result, error) {
 	}
 	var r Result
 	r.PluginPath = filepath.Join(o.BinDir, filepath.Base(o.Plugin))
-	r.PluginWritten, err = installFile(o.Plugin, r.PluginPath, 0, o.Logger)
+	r.PluginWritten, err = installPlugin(o.Plugin, r.PluginPath, o.Logger)
 	if err != nil {
 		return r, fmt.Errorf("install-cni: plugin: %w", err)
 	}
 	r.ConflistPath = filepath.Join(o.ConfDir, o.ConflistName)
-	// The conflist is readable by all, as the runtime's own are.
-	r.ConflistWritten, err = installFile(o.Conflist, r.ConflistPath, 0o644, o.Logger)
+	// The bytes checked above are the ones written (a ConfigMap mount can
+	// change under us); readable by all, as the runtime's own conflists.
+	r.ConflistWritten, err = installFile(o.Conflist, bytes.NewReader(conf), int64(len(conf)), r.ConflistPath, 0o644, o.Logger)
 	if err != nil {
 		return r, fmt.Errorf("install-cni: conflist: %w", err)
 	}
 	return r, nil
 }
 
-// installFile makes dst a copy of src with the given mode (0: src's
-// permission bits), atomically, unless it already is one. It reports
-// whether dst was written.
-func installFile(src, dst string, mode fs.FileMode, log *slog.Logger) (bool, error) {
+// installPlugin installs the binary src as dst with src's mode.
+func installPlugin(src, dst string, log *slog.Logger) (bool, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return false, fmt.Errorf("source: %w", err)
@@ -113,16 +112,20 @@ func installFile(src, dst string, mode fs.FileMode, log *slog.Logger) (bool, err
 	if !st.Mode().IsRegular() {
 		return false, fmt.Errorf("source %s: not a regular file (%s)", src, st.Mode().Type())
 	}
-	if mode == 0 {
-		mode = st.Mode().Perm()
-	}
+	return installFile(src, in, st.Size(), dst, st.Mode().Perm(), log)
+}
+
+// installFile makes dst hold in's size bytes (src names them for errors
+// and logs) with the given mode, atomically, unless it already does. It
+// reports whether dst was written.
+func installFile(src string, in io.ReadSeeker, size int64, dst string, mode fs.FileMode, log *slog.Logger) (bool, error) {
 	dir, name := filepath.Split(dst)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return false, fmt.Errorf("target folder: %w", err)
 	}
 	removeLeftovers(dir, name, log)
 
-	same, err := sameFile(in, st.Size(), dst, mode)
+	same, err := sameFile(in, size, dst, mode)
 	if err != nil {
 		return false, err
 	}
@@ -171,7 +174,7 @@ func installFile(src, dst string, mode fs.FileMode, log *slog.Logger) (bool, err
 
 // sameFile reports whether dst has src's content (read from in) and mode.
 // A missing dst is not the same; a truncated one differs in size.
-func sameFile(in *os.File, size int64, dst string, mode fs.FileMode) (bool, error) {
+func sameFile(in io.Reader, size int64, dst string, mode fs.FileMode) (bool, error) {
 	st, err := os.Lstat(dst)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
