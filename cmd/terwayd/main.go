@@ -52,7 +52,7 @@ func run() error {
 	flag.StringVar(&kubeInputs, "kube-inputs", "", "standalone mode: read Node, Pods, Namespaces and NetworkPolicies from YAML files in DIR and follow changes")
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
 	flag.StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config: mode, mtu, serviceCIDR, pool sizes)")
-	flag.StringVar(&cloudPath, "cloud-config", "", "cloud configuration file (terway/v1 CloudConfig: metadata URL, endpoints, credentials, vswitches, security group); required in eni-multi-ip mode")
+	flag.StringVar(&cloudPath, "cloud-config", "", "cloud configuration file (terway/v1 CloudConfig: metadata URL, endpoints, credentials, vswitches, security group); in eni-multi-ip mode this or --eni-conf is required")
 	flag.StringVar(&eniConf, "eni-conf", "", "Terway's eni_conf (ConfigMap eni-config, key eni_conf) as cloud configuration; --cloud-config and --config win where they set the same field")
 	flag.DurationVar(&cfg.ResyncInterval, "resync-interval", agent.DefaultResyncInterval, "period of the full resync that repairs drift")
 	flag.DurationVar(&cfg.MinSyncInterval, "min-sync-interval", agent.DefaultMinSyncInterval, "least time between two syncs; changes meanwhile are coalesced")
