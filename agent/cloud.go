@@ -41,9 +41,13 @@ type CloudConfig struct {
 	RAMRole         string `json:"ramRole,omitempty"`
 	// VSwitchIDs are tried in order for new ENIs (default: the primary
 	// ENI's vswitch).
-	VSwitchIDs      []string          `json:"vswitchIDs,omitempty"`
-	SecurityGroupID string            `json:"securityGroupID"`
-	Tags            map[string]string `json:"tags,omitempty"`
+	VSwitchIDs []string `json:"vswitchIDs,omitempty"`
+	// ZoneVSwitchIDs lists vswitches per zone, for a configuration shared
+	// by nodes in several zones (Terway's eni_conf vswitches): when
+	// VSwitchIDs is empty, the instance's zone's list is used.
+	ZoneVSwitchIDs  map[string][]string `json:"zoneVSwitchIDs,omitempty"`
+	SecurityGroupID string              `json:"securityGroupID"`
+	Tags            map[string]string   `json:"tags,omitempty"`
 }
 
 // DefaultMetadata is the instance metadata service of every ECS instance.
@@ -84,6 +88,12 @@ func (c *CloudConfig) ENIConfig(ctx context.Context, rc render.Config, log *slog
 		return eni.Config{}, fmt.Errorf("cloud: %w", err)
 	}
 	vsw := c.VSwitchIDs
+	if len(vsw) == 0 {
+		vsw = c.ZoneVSwitchIDs[in.ZoneID]
+		if len(vsw) == 0 && len(c.ZoneVSwitchIDs) > 0 {
+			log.Warn("cloud config: no vswitch listed for this zone; new ENIs use the primary ENI's vswitch", "zone", in.ZoneID, "vswitch", in.VSwitchID)
+		}
+	}
 	if len(vsw) == 0 {
 		vsw = []string{in.VSwitchID}
 	}

@@ -24,6 +24,12 @@ import (
 )
 
 func main() {
+	run := run
+	// `terwayd install-cni ...` is the init container; without a
+	// subcommand terwayd is the agent.
+	if len(os.Args) > 1 && os.Args[1] == "install-cni" {
+		run = func() error { return runInstallCNI(os.Args[2:]) }
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "terwayd:", err)
 		os.Exit(1)
@@ -37,6 +43,7 @@ func run() error {
 		kubeconfig string
 		configPath string
 		cloudPath  string
+		eniConf    string
 		logLevel   string
 	)
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
@@ -45,7 +52,8 @@ func run() error {
 	flag.StringVar(&kubeInputs, "kube-inputs", "", "standalone mode: read Node, Pods, Namespaces and NetworkPolicies from YAML files in DIR and follow changes")
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
 	flag.StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config: mode, mtu, serviceCIDR, pool sizes)")
-	flag.StringVar(&cloudPath, "cloud-config", "", "cloud configuration file (terway/v1 CloudConfig: metadata URL, endpoints, credentials, vswitches, security group); required in eni-multi-ip mode")
+	flag.StringVar(&cloudPath, "cloud-config", "", "cloud configuration file (terway/v1 CloudConfig: metadata URL, endpoints, credentials, vswitches, security group); in eni-multi-ip mode this or --eni-conf is required")
+	flag.StringVar(&eniConf, "eni-conf", "", "Terway's eni_conf (ConfigMap eni-config, key eni_conf) as cloud configuration; --cloud-config and --config win where they set the same field")
 	flag.DurationVar(&cfg.ResyncInterval, "resync-interval", agent.DefaultResyncInterval, "period of the full resync that repairs drift")
 	flag.DurationVar(&cfg.MinSyncInterval, "min-sync-interval", agent.DefaultMinSyncInterval, "least time between two syncs; changes meanwhile are coalesced")
 	flag.StringVar(&cfg.HealthAddr, "health-addr", agent.DefaultHealthAddr, "address of /healthz, /readyz, /status, /metrics, /plan and /applied (empty disables)")
@@ -94,7 +102,7 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := setupCloud(ctx, &cfg, cloudPath); err != nil {
+	if err := setupCloud(ctx, &cfg, cloudPath, eniConf); err != nil {
 		return err
 	}
 	a, err := agent.New(cfg, src)
@@ -110,21 +118,23 @@ func run() error {
 }
 
 // setupCloud builds the ENI reconciler in eni-multi-ip mode: the instance
-// comes from the metadata service, the rest from the cloud configuration.
-func setupCloud(ctx context.Context, cfg *agent.Config, path string) error {
+// comes from the metadata service, the rest from the cloud configuration
+// (ours, Terway's eni_conf, or both).
+func setupCloud(ctx context.Context, cfg *agent.Config, path, eniConf string) error {
 	if cfg.Render.Mode != spec.PodModeENIMultiIP {
-		if path != "" {
-			cfg.Logger.Warn("--cloud-config ignored: the node is not in an ENI mode", "mode", cfg.Render.Mode)
+		if path != "" || eniConf != "" {
+			cfg.Logger.Warn("--cloud-config and --eni-conf ignored: the node is not in an ENI mode", "mode", cfg.Render.Mode)
 		}
 		return nil
 	}
-	if path == "" {
-		return fmt.Errorf("mode %s: --cloud-config: required (pod addresses come from the cloud)", cfg.Render.Mode)
-	}
-	cc, err := agent.LoadCloudConfig(path)
+	cc, rc, err := agent.LoadCloudSources(path, eniConf, cfg.Render, cfg.Logger)
 	if err != nil {
 		return err
 	}
+	if cc == nil {
+		return fmt.Errorf("mode %s: --cloud-config or --eni-conf: required (pod addresses come from the cloud)", cfg.Render.Mode)
+	}
+	cfg.Render = rc
 	ec, err := cc.ENIConfig(ctx, cfg.Render, cfg.Logger)
 	if err != nil {
 		return err
