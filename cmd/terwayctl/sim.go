@@ -26,7 +26,7 @@ func simCommand() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVar(&name, "name", sim.DefaultName, "the sim's name (several can run side by side)")
 	cmd.AddCommand(simUp(&name), simDown(&name), simApply(&name, false), simApply(&name, true),
-		simPods(&name), simExec(&name), simProbe(&name), simMatrix(&name), simRate(&name), simAgent(&name), simServe())
+		simPods(&name), simExec(&name), simProbe(&name), simMatrix(&name), simRate(&name), simAgent(&name), simServe(), simSupervise())
 	return cmd
 }
 
@@ -348,6 +348,33 @@ func simServe() *cobra.Command {
 	cmd.Flags().StringVar(&ip, "ip", "", "the pod's address")
 	cmd.Flags().StringVar(&tcp, "tcp", "", "TCP ports, comma separated")
 	cmd.Flags().StringVar(&udp, "udp", "", "UDP ports, comma separated")
+	return cmd
+}
+
+// simSupervise runs the sim's agent and restarts it when it dies, as the
+// kubelet restarts a DaemonSet's container; `sim up` starts it and `sim
+// down` ends it first. Hidden: people never run it themselves.
+func simSupervise() *cobra.Command {
+	var (
+		dir                 string
+		backoff, backoffMax time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:    "supervise --dir DIR -- AGENT-COMMAND...",
+		Hidden: true,
+		Args:   cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dir == "" {
+				return fmt.Errorf("--dir: required")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return sim.Supervise(ctx, dir, args, sim.SuperviseOptions{Backoff: backoff, BackoffMax: backoffMax, Log: cmd.ErrOrStderr()})
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "the sim's folder")
+	cmd.Flags().DurationVar(&backoff, "backoff", sim.DefaultRestartBackoff, "delay before the first restart; doubles on each crash")
+	cmd.Flags().DurationVar(&backoffMax, "backoff-max", sim.DefaultRestartBackoffMax, "the delay's ceiling; it resets once the agent ran this long")
 	return cmd
 }
 
