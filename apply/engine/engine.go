@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/internal/chaos"
 	"github.com/terway-reconciler/terway/spec"
 )
 
@@ -143,7 +144,10 @@ func validate(desired *spec.NodeState) error {
 // execute runs the operations in order; a failure is recorded and the rest
 // go on.
 func execute(ctx context.Context, ns op.Namespaces, ops []op.Op, rep *Report) {
-	for _, o := range ops {
+	for i, o := range ops {
+		if i > 0 && i == len(ops)/2 {
+			chaos.Point(chaos.ApplyMidway)
+		}
 		if err := ctx.Err(); err != nil {
 			rep.Results = append(rep.Results, Result{Op: o, Err: err})
 			continue
