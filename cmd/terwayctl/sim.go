@@ -44,6 +44,7 @@ func simUp(name *string) *cobra.Command {
 	var (
 		cluster, mode, bin string
 		resync             time.Duration
+		backoff, backoffMx time.Duration
 		verbose, keep      bool
 	)
 	cmd := &cobra.Command{
@@ -60,7 +61,8 @@ func simUp(name *string) *cobra.Command {
 					return err
 				}
 			}
-			o := sim.Options{Cluster: cluster, Mode: mode, Name: *name, BinDir: bin, Resync: resync, KeepOnFailure: keep}
+			o := sim.Options{Cluster: cluster, Mode: mode, Name: *name, BinDir: bin, Resync: resync, KeepOnFailure: keep,
+				RestartBackoff: backoff, RestartBackoffMax: backoffMx}
 			if verbose {
 				o.Log = cmd.ErrOrStderr()
 			}
@@ -77,6 +79,8 @@ func simUp(name *string) *cobra.Command {
 	cmd.Flags().StringVar(&mode, "mode", "vpc", "vpc or eni-multi-ip")
 	cmd.Flags().StringVar(&bin, "bin-dir", "", "folder of terwayd, terway and terwayctl (default: terwayctl's own)")
 	cmd.Flags().DurationVar(&resync, "resync-interval", 5*time.Second, "the agent's full-resync interval")
+	cmd.Flags().DurationVar(&backoff, "restart-backoff", sim.DefaultRestartBackoff, "delay before the agent is restarted after it dies; doubles on each crash")
+	cmd.Flags().DurationVar(&backoffMx, "restart-backoff-max", sim.DefaultRestartBackoffMax, "the restart delay's ceiling")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print progress on stderr")
 	cmd.Flags().BoolVar(&keep, "keep-on-failure", false, "leave a failed sim in place for inspection (logs in its folder)")
 	return cmd
