@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,9 +35,15 @@ const (
 	chaosMaxPool = 3
 	chaosLow     = 2  // churn shrinks down to this many pods
 	chaosHigh    = 16 // and grows up to this many (past one ENI's IPs)
+	chaosENIHigh = 26 // or this many while an ENI point is armed
 )
 
-const randomTime = "random-time"
+// Kills not at a named point: at a random time during churn, and at a
+// random time while the agent starts after a kill.
+const (
+	randomTime = "random-time"
+	startup    = "random-time-while-starting"
+)
 
 func TestChaosKills(t *testing.T) {
 	if testing.Short() {
@@ -96,8 +103,11 @@ func TestChaosKills(t *testing.T) {
 	start := time.Now()
 	for k := 0; k < kills; k++ {
 		point := randomTime
-		if k%2 == 0 {
+		switch {
+		case k%2 == 0:
 			point = chaos.Points[rng.IntN(len(chaos.Points))]
+		case k%6 == 1:
+			point = startup
 		}
 		agent, err := st.Agent()
 		if err != nil {
@@ -108,14 +118,26 @@ func TestChaosKills(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		c.eniPoint.Store(strings.HasPrefix(point, "eni-"))
 		stopChurn := make(chan struct{})
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); c.run(stopChurn) }()
-		if point == randomTime {
+		switch {
+		case point == randomTime:
 			time.Sleep(time.Duration(rng.IntN(2000)) * time.Millisecond)
 			kill(t, agent.PID)
-		} else if !waitDead(agent.PID, 20*time.Second) {
+		case point == startup:
+			// A crash loop: the agent restarted after a first kill dies
+			// again while it starts (reading the cloud, first resync).
+			kill(t, agent.PID)
+			perPoint[randomTime]++
+			k++
+			again := waitNewAgent(t, st, agent.PID, 30*time.Second)
+			time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+			agent = again
+			kill(t, agent.PID)
+		case !waitDead(agent.PID, 20*time.Second):
 			// Not reached in time (an ENI point needs the pool to grow):
 			// disarm and kill at a random time instead.
 			if os.Remove(killFile) == nil {
@@ -142,12 +164,14 @@ func TestChaosKills(t *testing.T) {
 		t.Fatalf("after deleting every pod:\n%s", strings.Join(problems, "\n"))
 	}
 	var lines []string
+	total := 0
 	for p, n := range perPoint {
 		lines = append(lines, fmt.Sprintf("%s=%d", p, n))
+		total += n
 	}
 	sort.Strings(lines)
 	t.Logf("chaos: %d kills in %s (%s; named points not reached in time: %v); pods churned: %d added, %d deleted, %d ADDs failed by a kill; leaks 0, duplicate IPs 0",
-		kills, time.Since(start).Round(time.Second), strings.Join(lines, " "), notReached, c.added, c.deleted, c.addFailed)
+		total, time.Since(start).Round(time.Second), strings.Join(lines, " "), notReached, c.added, c.deleted, c.addFailed)
 }
 
 func envInt(t *testing.T, name string, def int) int {
@@ -160,6 +184,19 @@ func envInt(t *testing.T, name string, def int) int {
 		t.Fatalf("%s=%q: want a number", name, v)
 	}
 	return n
+}
+
+// waitNewAgent waits until the supervisor runs an agent other than old,
+// ready or not.
+func waitNewAgent(t *testing.T, st *sim.State, old int, timeout time.Duration) sim.AgentProcess {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if p, err := st.Agent(); err == nil && p.PID != old {
+			return p
+		}
+	}
+	t.Fatalf("agent pid %d not restarted within %s", old, timeout)
+	return sim.AgentProcess{}
 }
 
 // waitDead waits until pid has exited (a zombie counts as exited).
@@ -185,6 +222,9 @@ type churner struct {
 	// delete, as a kubelet retries or the pod is deleted.
 	failed                    []string
 	added, deleted, addFailed int
+	// eniPoint says an ENI point is armed: grow further, so that the
+	// pool needs another ENI.
+	eniPoint atomic.Bool
 }
 
 func (c *churner) reload() {
@@ -210,10 +250,14 @@ func (c *churner) run(stop <-chan struct{}) {
 func (c *churner) round() {
 	c.reload()
 	n := len(c.st.Pods)
+	high := chaosHigh
+	if c.eniPoint.Load() {
+		high = chaosENIHigh // past the ENIs there are: the pool grows
+	}
 	switch {
 	case n <= chaosLow:
 		c.growing = true
-	case n >= chaosHigh:
+	case n >= high:
 		c.growing = false
 	}
 	if c.growing {
@@ -243,6 +287,13 @@ func (c *churner) add(n int) {
 	}
 	err := c.apply(strings.Join(docs, "---\n"), false)
 	c.reload()
+	seen := map[string]string{}
+	for _, p := range c.st.Pods {
+		if other, dup := seen[p.IP]; dup {
+			c.t.Errorf("churn: pods %s and %s run with the same IP %s", other, p.Key(), p.IP)
+		}
+		seen[p.IP] = p.Key()
+	}
 	for _, name := range names {
 		if c.st.Pod("app/"+name) != nil {
 			c.added++
