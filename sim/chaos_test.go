@@ -110,7 +110,7 @@ func TestChaosKills(t *testing.T) {
 		t.Fatalf("after up:\n%s", strings.Join(problems, "\n"))
 	}
 
-	c := &churner{t: t, st: st, rng: rand.New(rand.NewPCG(uint64(seed), 0xc4a05))}
+	c := &churner{t: t, st: st, rng: rand.New(rand.NewPCG(uint64(seed), 0xc4a05)), exclusiveEvery: envInt(t, "TERWAY_CHAOS_EXCLUSIVE_EVERY", 7)}
 	perPoint := map[string]int{}
 	notReached := map[string]int{}
 	start := time.Now()
@@ -245,6 +245,8 @@ type churner struct {
 	failed              []string
 	added, deleted      int
 	addKilled, addOther int // failed ADDs
+	// exclusiveEvery > 0 makes every so many pods ask for a whole ENI.
+	exclusiveEvery int
 	// eniPoint says an ENI point is armed: grow further, so that the
 	// pool needs another ENI.
 	eniPoint atomic.Bool
@@ -305,7 +307,11 @@ func (c *churner) add(n int) {
 		if c.next%3 == 0 { // a third shaped: qdiscs churn too
 			ann = ", annotations: {kubernetes.io/egress-bandwidth: 10M, kubernetes.io/ingress-bandwidth: 20M}"
 		}
-		docs = append(docs, fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata: {namespace: app, name: %s, labels: {app: web}%s}\nspec:\n  containers: [{name: c, image: i}]\n", name, ann))
+		limits := ""
+		if c.exclusiveEvery > 0 && c.next%c.exclusiveEvery == 0 {
+			limits = ", resources: {limits: {aliyun/eni: \"1\"}}" // a whole ENI
+		}
+		docs = append(docs, fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata: {namespace: app, name: %s, labels: {app: web}%s}\nspec:\n  containers: [{name: c, image: i%s}]\n", name, ann, limits))
 		names = append(names, name)
 	}
 	err := c.apply(strings.Join(docs, "---\n"), false)

@@ -114,3 +114,59 @@ func kill(t *testing.T, pid int) {
 	}
 	t.Fatalf("pid %d still alive 2s after SIGKILL", pid)
 }
+
+// An exclusive-ENI pod deleted while the agent is down: its object is gone
+// when the agent starts again, its DEL comes after. The ENI must still go
+// back to the cloud (the restarted agent used to hold it under the
+// attachment's key, and the DEL's release by the pod's key was refused).
+func TestExclusiveENIDeletedWhileAgentDown(t *testing.T) {
+	nstest.RequireRoot(t)
+	dir := t.TempDir()
+	cluster := "apiVersion: v1\nkind: Node\nmetadata: {name: eni-node}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\n" +
+		"apiVersion: v1\nkind: Pod\nmetadata: {namespace: app, name: own}\nspec:\n  containers: [{name: c, image: i, resources: {limits: {aliyun/eni: \"1\"}}}]\n"
+	if err := os.WriteFile(filepath.Join(dir, "cluster.yaml"), []byte(cluster), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	name := simName(t, "exdel")
+	t.Cleanup(func() {
+		if err := sim.Down(name); err != nil {
+			t.Errorf("sim down: %v", err)
+		}
+	})
+	ctx := context.Background()
+	st, err := sim.Up(ctx, sim.Options{Cluster: dir, Name: name, BinDir: binaries(t), Mode: "eni-multi-ip",
+		Resync: 2 * time.Second, RestartBackoff: 2 * time.Second, RestartBackoffMax: 4 * time.Second})
+	if err != nil {
+		t.Fatalf("sim up: %v", err)
+	}
+	own := st.Pod("app/own")
+	var eniID string
+	for _, e := range ours(dump(t, st)) {
+		if e.PrimaryIP == own.IP {
+			eniID = e.ID
+		}
+	}
+	if eniID == "" {
+		t.Fatalf("pod app/own (%s) has no exclusive ENI", own.IP)
+	}
+	agent, err := st.Agent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill(t, agent.PID)
+	applyYAML(t, st, "apiVersion: v1\nkind: Pod\nmetadata: {namespace: app, name: own}\n", true)
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		gone := true
+		for _, e := range dump(t, st).ENIs {
+			gone = gone && e.ID != eniID
+		}
+		if gone {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exclusive ENI %s of pod app/own still exists 45s after its DEL across an agent restart", eniID)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
