@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/terway-reconciler/terway/agent/store"
+	"github.com/terway-reconciler/terway/cloud/eni"
 	"github.com/terway-reconciler/terway/sim"
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -53,8 +54,9 @@ func leaks(st *sim.State) []string {
 		veths[spec.HostVethName(p.Key())] = p.IP
 	}
 
-	// The cloud: every pod IP on an InUse ENI of ours, no IP twice, idle
-	// IPs within the pool's bound, no ENI of ours idle but one.
+	// The cloud: every pod IP on an InUse ENI of ours, no IP twice, an
+	// exclusive ENI only with its pod, and the shared ENIs' idle IPs (their
+	// primaries count: they serve pods too) within the pool's bound.
 	d, err := st.EmulatorDump(context.Background())
 	if err != nil {
 		return append(out, "emulator dump: "+err.Error())
@@ -66,28 +68,23 @@ func leaks(st *sim.State) []string {
 		}
 	}
 	onENI := map[string]string{}
-	idle, emptyENIs := 0, 0
+	idle := 0
 	for _, e := range ours(d) {
 		if e.Status != "InUse" || e.InstanceID == "" {
 			add("ENI %s of ours is %s (instance %q): neither in use nor gone", e.ID, e.Status, e.InstanceID)
 		}
-		used := 0
+		exclusive := e.Tags[eni.TagExclusive] == "true"
+		if exclusive && pods[e.PrimaryIP] == nil {
+			add("exclusive ENI %s (%s) belongs to no running pod: leaked", e.ID, e.PrimaryIP)
+		}
 		for _, ip := range append([]string{e.PrimaryIP}, e.IPs...) {
 			if other, dup := onENI[ip]; dup {
 				add("IP %s on ENIs %s and %s", ip, other, e.ID)
 			}
 			onENI[ip] = e.ID
-			if pods[ip] != nil {
-				used++
-			}
-		}
-		for _, ip := range e.IPs {
-			if pods[ip] == nil {
+			if pods[ip] == nil && !exclusive {
 				idle++
 			}
-		}
-		if used == 0 {
-			emptyENIs++
 		}
 	}
 	for ip, p := range pods {
@@ -96,10 +93,7 @@ func leaks(st *sim.State) []string {
 		}
 	}
 	if idle > chaosMaxPool {
-		add("%d secondary IPs held by no pod (pool max %d): leaked", idle, chaosMaxPool)
-	}
-	if emptyENIs > 1 {
-		add("%d ENIs of ours hold no pod (one may stay for the pool): leaked", emptyENIs)
+		add("%d IPs of shared ENIs held by no pod (pool max %d): leaked", idle, chaosMaxPool)
 	}
 
 	// The store: one allocation per running pod, with its address.
