@@ -17,6 +17,7 @@ import (
 	"github.com/terway-reconciler/terway/agent/store"
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/cni/wire"
+	"github.com/terway-reconciler/terway/internal/chaos"
 	"github.com/terway-reconciler/terway/spec"
 )
 
@@ -76,6 +77,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		}
 	}
 	a.mu.Unlock()
+	chaos.Point(chaos.AddAfterStore)
 	// The address is recorded; the pod's network is set up together with
 	// the other ADDs that arrive meanwhile (add_batch.go).
 	return a.setUp(ctx, req, key, alloc)
@@ -212,6 +214,7 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	key := req.Args.Key()
 	if found {
 		key = released.Metadata.Namespace + "/" + released.Metadata.Name
+		chaos.Point(chaos.DelAfterRelease)
 	}
 	if key == "" {
 		return nil // nothing known about it: nothing to remove

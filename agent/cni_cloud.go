@@ -51,7 +51,9 @@ func (a *Agent) startCloud(ctx context.Context) error {
 		if al.Spec.ENI == "" {
 			continue
 		}
-		holdings = append(holdings, eni.Holding{Owner: cloudOwner(al, a.isExclusiveENI(al.Spec.ENI, al)), IP: al.Spec.IP, ENI: al.Spec.ENI})
+		// Whether the ENI is exclusive is the cloud's to say (its tag):
+		// the pod object may be gone already, its DEL still to come.
+		holdings = append(holdings, eni.Holding{Owner: cloudOwner(al, false), ExclusiveOwner: cloudOwner(al, true), IP: al.Spec.IP, ENI: al.Spec.ENI})
 	}
 	if err := a.cfg.ENI.Start(ctx, holdings); err != nil {
 		return fmt.Errorf("ENI reconciler: %w", err)

@@ -66,6 +66,11 @@ func (st *State) attach(ctx context.Context, obj *corev1.Pod) (*Pod, error) {
 	}
 	res, err := cfg.AddNetworkList(ctx, list, runtimeConf(p))
 	if err != nil {
+		// A runtime tears a failed sandbox down with DEL: the ADD may have
+		// got as far as allocating (an agent killed mid-ADD).
+		if derr := st.del(ctx, p); derr != nil {
+			err = errors.Join(err, derr)
+		}
 		_ = delNetns(ns)
 		return nil, fmt.Errorf("pod %s: CNI ADD: %w", p.Key(), err)
 	}
@@ -74,7 +79,7 @@ func (st *State) attach(ctx context.Context, obj *corev1.Pod) (*Pod, error) {
 		err = errors.New("the result has no IP")
 	}
 	if err != nil {
-		_ = cfg.DelNetworkList(ctx, list, runtimeConf(p))
+		_ = st.del(ctx, p)
 		_ = delNetns(ns)
 		return nil, fmt.Errorf("pod %s: CNI ADD result: %w", p.Key(), err)
 	}
@@ -89,7 +94,7 @@ func (st *State) attach(ctx context.Context, obj *corev1.Pod) (*Pod, error) {
 		}
 		pid, err := startReady(st.Dir, "pod-"+p.Namespace+"-"+p.Name+".log", args, 10*time.Second)
 		if err != nil {
-			_ = cfg.DelNetworkList(ctx, list, runtimeConf(p))
+			_ = st.del(ctx, p)
 			_ = delNetns(ns)
 			return nil, fmt.Errorf("pod %s: server: %w", p.Key(), err)
 		}
@@ -98,17 +103,47 @@ func (st *State) attach(ctx context.Context, obj *corev1.Pod) (*Pod, error) {
 	return p, nil
 }
 
-// detach runs CNI DEL, ends the pod's server and removes its namespace.
+// detach runs CNI DEL (retried, as a kubelet does), ends the pod's server
+// and removes its namespace.
 func (st *State) detach(ctx context.Context, p *Pod) error {
 	stop([]int{p.ServerPID}, st.Dir, 2*time.Second)
+	if err := st.del(ctx, p); err != nil {
+		return err
+	}
+	return delNetns(filepath.Base(p.Netns))
+}
+
+// DEL retry bounds: a kubelet retries a pod's teardown on every sync of
+// the pod, with back-off, until it succeeds; the sim retries for
+// DelRetryFor, which covers an agent restart (the supervisor's back-off and
+// the agent's start), then gives up with the last error.
+var (
+	DelRetryFor     = 60 * time.Second
+	delRetryBackoff = 100 * time.Millisecond
+	delRetryMax     = 2 * time.Second
+)
+
+// del runs CNI DEL until it succeeds, DelRetryFor passes or ctx ends.
+func (st *State) del(ctx context.Context, p *Pod) error {
 	cfg, list, err := st.cni()
 	if err != nil {
 		return err
 	}
-	if err := cfg.DelNetworkList(ctx, list, runtimeConf(p)); err != nil {
-		return fmt.Errorf("pod %s: CNI DEL: %w", p.Key(), err)
+	start, delay := time.Now(), delRetryBackoff
+	for attempt := 1; ; attempt++ {
+		err := cfg.DelNetworkList(ctx, list, runtimeConf(p))
+		if err == nil {
+			return nil
+		}
+		if time.Since(start)+delay > DelRetryFor || ctx.Err() != nil {
+			return fmt.Errorf("pod %s: CNI DEL failed %d times over %s, giving up: %w", p.Key(), attempt, time.Since(start).Round(time.Millisecond), err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, delRetryMax)
 	}
-	return delNetns(filepath.Base(p.Netns))
 }
 
 // attachAll attaches the pods with a few workers, as a kubelet starting a

@@ -35,7 +35,11 @@ type State struct {
 	VPCNetns  string `json:"vpcNetns"`
 	Dir       string `json:"dir"`
 	BinDir    string `json:"binDir"`
-	AgentPID  int    `json:"agentPID"`
+	// AgentPID is the agent's first process; the supervisor restarts it
+	// when it dies: Agent() reads the one running now.
+	AgentPID int `json:"agentPID"`
+	// SupervisorPID is the process that restarts the agent.
+	SupervisorPID int `json:"supervisorPID"`
 	// EmulatorPID is the cloud emulator's process in ENI mode.
 	EmulatorPID int    `json:"emulatorPID,omitempty"`
 	Pods        []*Pod `json:"pods"`

@@ -44,6 +44,12 @@ type Options struct {
 	// KeepOnFailure leaves a failed sim in place for inspection (logs in
 	// Dir/logs); `down` removes it.
 	KeepOnFailure bool
+	// RestartBackoff and RestartBackoffMax bound the delay before the
+	// supervisor restarts a dead agent (defaults DefaultRestartBackoff and
+	// DefaultRestartBackoffMax).
+	RestartBackoff, RestartBackoffMax time.Duration
+	// AgentEnv is added to the agent's environment (NAME=VALUE).
+	AgentEnv []string
 }
 
 // Default node for a cluster folder without a Node object.
@@ -148,13 +154,13 @@ func Up(ctx context.Context, o Options) (st *State, err error) {
 	}
 
 	start := time.Now()
-	if err := st.startAgent(o.Resync); err != nil {
+	if err := st.startAgent(o); err != nil {
 		return nil, err
 	}
 	if err := st.save(); err != nil {
 		return nil, err
 	}
-	if err := st.waitReady(ctx, 30*time.Second); err != nil {
+	if err := st.waitReady(ctx, 30*time.Second, true); err != nil {
 		return nil, err
 	}
 	logf("agent ready in %s", time.Since(start).Round(time.Millisecond))
@@ -222,20 +228,39 @@ func (st *State) writeConfig(cfg *render.Config, mode string) error {
 	return os.WriteFile(filepath.Join(st.Dir, "config.yaml"), data, 0o600)
 }
 
-func (st *State) startAgent(resync time.Duration) error {
+// startAgent starts the supervisor, which starts the agent and restarts
+// it whenever it dies, and waits for the agent's first PID.
+func (st *State) startAgent(o Options) error {
 	args := []string{"ip", "netns", "exec", filepath.Base(st.NodeNetns), filepath.Join(st.BinDir, "terwayd"),
 		"--node-name", st.Node, "--kube-inputs", st.inputs(), "--state-dir", filepath.Join(st.Dir, "agent"),
 		"--socket", st.socket(), "--config", filepath.Join(st.Dir, "config.yaml"),
-		"--resync-interval", resync.String(), "--health-addr", healthAddr}
+		"--resync-interval", o.Resync.String(), "--health-addr", healthAddr}
 	if st.Mode != spec.PodModeVPC {
 		args = append(args, "--cloud-config", filepath.Join(st.Dir, "cloud.yaml"))
 	}
-	pid, err := startDaemon(st.Dir, "terwayd.log", args, nil)
+	sup := []string{st.ctl(), "sim", "supervise", "--dir", st.Dir}
+	if o.RestartBackoff > 0 {
+		sup = append(sup, "--backoff", o.RestartBackoff.String())
+	}
+	if o.RestartBackoffMax > 0 {
+		sup = append(sup, "--backoff-max", o.RestartBackoffMax.String())
+	}
+	pid, err := startDaemon(st.Dir, "supervisor.log", append(append(sup, "--"), args...), o.AgentEnv)
 	if err != nil {
 		return err
 	}
-	st.AgentPID = pid
-	return nil
+	st.SupervisorPID = pid
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if p, err := st.Agent(); err == nil {
+			st.AgentPID = p.PID
+			return nil
+		}
+		if !alive(pid) || time.Now().After(deadline) {
+			data, _ := os.ReadFile(filepath.Join(st.Dir, "logs", "supervisor.log"))
+			return fmt.Errorf("the supervisor did not start terwayd: %s", lastLines(string(data), 5))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // AgentGet fetches a path of the agent's health endpoint (/readyz, /plan,
@@ -248,11 +273,13 @@ func (st *State) AgentGet(ctx context.Context, path string) (int, string, error)
 // namespace: the agent and the emulator listen on the node's loopback.
 func (st *State) nodeClient() *http.Client { return traffic.HTTPClient(st.NodeNetns, 10*time.Second) }
 
-func (st *State) waitReady(ctx context.Context, timeout time.Duration) error {
+func (st *State) waitReady(ctx context.Context, timeout time.Duration, failOnExit bool) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for time.Now().Before(deadline) {
-		if !alive(st.AgentPID) {
+		// During up, a crash is a failure to report, not one to wait out
+		// through the supervisor's restarts.
+		if p, err := st.Agent(); failOnExit && (err != nil || p.Restarts > 0 || !alive(p.PID)) {
 			return fmt.Errorf("terwayd exited: %s", st.agentLog())
 		}
 		code, body, err := st.AgentGet(ctx, "/readyz")
@@ -284,8 +311,10 @@ func Down(name string) error {
 		return err
 	}
 	dir := Dir(name)
-	// Processes first: a process inside a namespace keeps it alive after
-	// ip netns del.
+	// The supervisor first, or it restarts the agent stopped next; then
+	// every other process, since a process inside a namespace keeps it
+	// alive after ip netns del.
+	stop(supervisorsOf(dir), dir, 8*time.Second)
 	stop(processesOf(dir), dir, 5*time.Second)
 	var errs []error
 	for _, ns := range netnsWithPrefix(netnsPrefix(name)) {

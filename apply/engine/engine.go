@@ -21,6 +21,7 @@ import (
 
 	"github.com/terway-reconciler/terway/apply/links"
 	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/internal/chaos"
 	"github.com/terway-reconciler/terway/spec"
 )
 
@@ -153,7 +154,10 @@ func validate(desired *spec.NodeState) error {
 // sandbox's eth0 that appeared since the plan) or fail anyway.
 func execute(ctx context.Context, ns op.Namespaces, ops []op.Op, rep *Report) {
 	var linkFailed map[string]error
-	for _, o := range ops {
+	for i, o := range ops {
+		if i > 0 && i == len(ops)/2 {
+			chaos.Point(chaos.ApplyMidway)
+		}
 		if err := ctx.Err(); err != nil {
 			rep.Results = append(rep.Results, Result{Op: o, Err: err})
 			continue

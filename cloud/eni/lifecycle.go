@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/terway-reconciler/terway/cloud/metadata"
+	"github.com/terway-reconciler/terway/internal/chaos"
 )
 
 // The operations on one ENI. Each is called with opMu held, makes its API
@@ -49,6 +50,7 @@ func (r *Reconciler) createENI(ctx context.Context, ips int, exclusive bool, res
 		created = c
 		break
 	}
+	chaos.Point(chaos.ENIAfterCreate)
 	e := newENIEntry(created, exclusive, r.now())
 	e.reservedFor = reservedFor
 	r.mu.Lock()
@@ -79,6 +81,7 @@ func (r *Reconciler) attachENI(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("attach ENI %s to instance %s: %w", id, r.cfg.InstanceID, err)
 	}
+	chaos.Point(chaos.ENIAttach)
 	return r.makeReady(ctx, id, true, true)
 }
 
@@ -309,6 +312,7 @@ func (r *Reconciler) assignIPs(ctx context.Context, id string, n int) error {
 			}
 			return fmt.Errorf("assign %d IPs to ENI %s: %w", batch, id, err)
 		}
+		chaos.Point(chaos.ENIAfterAssign)
 		now := r.now()
 		r.mu.Lock()
 		if e := r.enis[id]; e != nil {

@@ -222,3 +222,41 @@ func TestRestartKeepsExclusiveENI(t *testing.T) {
 		t.Fatalf("restart made %d writes", w)
 	}
 }
+
+// A restarted agent whose pod object is already gone cannot tell an
+// exclusive ENI from a shared IP: it offers both owners, and the ENI's tag
+// decides. The exclusive ENI is then released by its pod's key, the shared
+// IP by its attachment, and the ENI goes back to the cloud (before, the
+// ENI stayed held by the attachment key and its pod's DEL could not
+// release it: a leaked ENI).
+func TestRestartExclusiveOwnerFromTag(t *testing.T) {
+	e := startEmulator(t, nil)
+	cfg := e.config(0, 0)
+	r1 := start(t, cfg, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	excl, err := r1.AllocateENI(ctx, "ns/db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, err := r1.AllocateIP(ctx, "cid-web/eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := start(t, cfg, []eni.Holding{
+		{Owner: "cid-db/eth0", ExclusiveOwner: "ns/db", IP: excl.IP, ENI: excl.ENI},
+		{Owner: "cid-web/eth0", ExclusiveOwner: "ns/web", IP: shared.IP, ENI: shared.ENI},
+	})
+	if err := r2.ReleaseENI("ns/db", excl.ENI); err != nil {
+		t.Fatalf("release the exclusive ENI by its pod after a restart: %v", err)
+	}
+	if err := r2.ReleaseIP("cid-web/eth0", shared.IP); err != nil {
+		t.Fatalf("release the shared IP by its attachment after a restart: %v", err)
+	}
+	if err := r2.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := settled(t, e).ENI(excl.ENI); ok {
+		t.Fatalf("exclusive ENI %s still exists after its release", excl.ENI)
+	}
+}

@@ -60,6 +60,10 @@ type Holding struct {
 	Owner string
 	IP    string
 	ENI   string
+	// ExclusiveOwner, when set, is the owner instead of Owner if the ENI
+	// turns out to be exclusive (its tag says so): a restarted agent cannot
+	// always tell from its inputs (the pod object may already be gone).
+	ExclusiveOwner string
 }
 
 // New checks the configuration and prepares the SDK clients; nothing is
@@ -164,10 +168,14 @@ func (r *Reconciler) restoreLocked(holdings []Holding) {
 			r.problem("holding/"+h.Owner, fmt.Sprintf("holding of %s: IP %s (ENI %q) is on no ENI of ours", h.Owner, h.IP, h.ENI))
 			continue
 		}
+		owner := h.Owner
+		if e.exclusive && h.ExclusiveOwner != "" {
+			owner = h.ExclusiveOwner
+		}
 		st := e.ips[h.IP]
-		st.state, st.owner = ipHeld, h.Owner
+		st.state, st.owner = ipHeld, owner
 		if e.exclusive {
-			e.owner = h.Owner
+			e.owner = owner
 		}
 	}
 }

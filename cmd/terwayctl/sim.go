@@ -26,7 +26,7 @@ func simCommand() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVar(&name, "name", sim.DefaultName, "the sim's name (several can run side by side)")
 	cmd.AddCommand(simUp(&name), simDown(&name), simApply(&name, false), simApply(&name, true),
-		simPods(&name), simExec(&name), simProbe(&name), simMatrix(&name), simRate(&name), simAgent(&name), simServe())
+		simPods(&name), simExec(&name), simProbe(&name), simMatrix(&name), simRate(&name), simAgent(&name), simServe(), simSupervise())
 	return cmd
 }
 
@@ -44,6 +44,7 @@ func simUp(name *string) *cobra.Command {
 	var (
 		cluster, mode, bin string
 		resync             time.Duration
+		backoff, backoffMx time.Duration
 		verbose, keep      bool
 	)
 	cmd := &cobra.Command{
@@ -60,7 +61,8 @@ func simUp(name *string) *cobra.Command {
 					return err
 				}
 			}
-			o := sim.Options{Cluster: cluster, Mode: mode, Name: *name, BinDir: bin, Resync: resync, KeepOnFailure: keep}
+			o := sim.Options{Cluster: cluster, Mode: mode, Name: *name, BinDir: bin, Resync: resync, KeepOnFailure: keep,
+				RestartBackoff: backoff, RestartBackoffMax: backoffMx}
 			if verbose {
 				o.Log = cmd.ErrOrStderr()
 			}
@@ -77,6 +79,8 @@ func simUp(name *string) *cobra.Command {
 	cmd.Flags().StringVar(&mode, "mode", "vpc", "vpc or eni-multi-ip")
 	cmd.Flags().StringVar(&bin, "bin-dir", "", "folder of terwayd, terway and terwayctl (default: terwayctl's own)")
 	cmd.Flags().DurationVar(&resync, "resync-interval", 5*time.Second, "the agent's full-resync interval")
+	cmd.Flags().DurationVar(&backoff, "restart-backoff", sim.DefaultRestartBackoff, "delay before the agent is restarted after it dies; doubles on each crash")
+	cmd.Flags().DurationVar(&backoffMx, "restart-backoff-max", sim.DefaultRestartBackoffMax, "the restart delay's ceiling")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print progress on stderr")
 	cmd.Flags().BoolVar(&keep, "keep-on-failure", false, "leave a failed sim in place for inspection (logs in its folder)")
 	return cmd
@@ -348,6 +352,33 @@ func simServe() *cobra.Command {
 	cmd.Flags().StringVar(&ip, "ip", "", "the pod's address")
 	cmd.Flags().StringVar(&tcp, "tcp", "", "TCP ports, comma separated")
 	cmd.Flags().StringVar(&udp, "udp", "", "UDP ports, comma separated")
+	return cmd
+}
+
+// simSupervise runs the sim's agent and restarts it when it dies, as the
+// kubelet restarts a DaemonSet's container; `sim up` starts it and `sim
+// down` ends it first. Hidden: people never run it themselves.
+func simSupervise() *cobra.Command {
+	var (
+		dir                 string
+		backoff, backoffMax time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:    "supervise --dir DIR -- AGENT-COMMAND...",
+		Hidden: true,
+		Args:   cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dir == "" {
+				return fmt.Errorf("--dir: required")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return sim.Supervise(ctx, dir, args, sim.SuperviseOptions{Backoff: backoff, BackoffMax: backoffMax, Log: cmd.ErrOrStderr()})
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "the sim's folder")
+	cmd.Flags().DurationVar(&backoff, "backoff", sim.DefaultRestartBackoff, "delay before the first restart; doubles on each crash")
+	cmd.Flags().DurationVar(&backoffMax, "backoff-max", sim.DefaultRestartBackoffMax, "the delay's ceiling; it resets once the agent ran this long")
 	return cmd
 }
 
