@@ -60,7 +60,7 @@ func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc 
 // scoped plan. Called with the agent's lock held.
 func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	answer := func(w *addWaiter, res *types100.Result, err error) { w.done <- addOutcome{res, err} }
-	state, err := a.renderLocked()
+	state, err := a.renderNode()
 	if err != nil {
 		for _, w := range batch {
 			a.rollback(w.req)
@@ -92,7 +92,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	if refused {
 		// The refused pods' allocations are gone: render without them so
 		// that nothing of theirs is set up.
-		if state, err = a.renderLocked(); err != nil {
+		if state, err = a.renderNode(); err != nil {
 			for _, w := range live {
 				a.rollback(w.req)
 				answer(w, nil, cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error()))
@@ -144,7 +144,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	}
 	if len(undo) > 0 {
 		// Take out what was made: render without those pods, apply their scope.
-		if again, rerr := a.renderLocked(); rerr == nil {
+		if again, rerr := a.renderNode(); rerr == nil {
 			_, _ = a.apply(ctx, "ADD "+strings.Join(undo, ", ")+" rolled back", again, engine.PlanOptions{Pods: undo, PodIPs: undoIPs})
 		}
 		for _, w := range live {

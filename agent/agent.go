@@ -190,10 +190,9 @@ func (a *Agent) Reconcile(ctx context.Context, full bool) error {
 	return a.runner.RunAndWait(ctx)
 }
 
-// renderLocked renders from the inputs' snapshot and the store. Despite
-// its name it needs no lock: the snapshot is a copy and the store is read
-// in one transaction.
-func (a *Agent) renderLocked() (*spec.NodeState, error) {
+// renderNode renders from the inputs' snapshot and the store. It needs no
+// lock: the snapshot is a copy and the store is read in one transaction.
+func (a *Agent) renderNode() (*spec.NodeState, error) {
 	return a.renderSnapshot(a.src.Snapshot())
 }
 
@@ -223,7 +222,7 @@ func (a *Agent) PlanText(ctx context.Context) (string, int, error) {
 
 // planText renders and plans the whole node with eng.
 func (a *Agent) planText(ctx context.Context, eng *engine.Engine) (string, int, error) {
-	state, err := a.renderLocked()
+	state, err := a.renderNode()
 	if err != nil {
 		return "", 0, err
 	}

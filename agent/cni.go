@@ -230,7 +230,7 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 		// objects go with its netns or at the first full reconcile.
 		return nil
 	}
-	state, err := a.renderLocked()
+	state, err := a.renderNode()
 	if err != nil {
 		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
 	}
@@ -265,7 +265,7 @@ func (a *Agent) Check(ctx context.Context, req *wire.Request) error {
 		return cniErr(codeCheckDifference, "CHECK: no attachment "+req.ContainerID+"/"+req.IfName+" on this node", "")
 	}
 	key := alloc.Metadata.Namespace + "/" + alloc.Metadata.Name
-	state, err := a.renderLocked()
+	state, err := a.renderNode()
 	if err != nil {
 		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
 	}

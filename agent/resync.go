@@ -132,7 +132,7 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 	again, rendered := false, false
 	for round := 0; round < maxSyncRounds; round++ {
 		a.writes.start()
-		state, err := a.renderLocked() // no lock needed: a snapshot and a store read
+		state, err := a.renderNode() // no lock needed: a snapshot and a store read
 		if err != nil {
 			a.writes.stop()
 			a.m.reconcileErrors.Inc()
@@ -212,7 +212,7 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 		nstate := state
 		if written != nil {
 			var err error
-			if nstate, err = a.renderLocked(); err != nil {
+			if nstate, err = a.renderNode(); err != nil {
 				kept[nftKey] = true // the render's status comes with the next sync
 				nstate = nil
 			}
