@@ -216,8 +216,8 @@ func TestSecondSandboxIntoPodNamespace(t *testing.T) {
 	if after := podNetnsDump(t, a.netns); after != before {
 		t.Fatalf("the refused ADD changed x/a's namespace:\n--- before\n%s--- after\n%s", before, after)
 	}
-	if err == nil || !strings.Contains(err.Error(), "another sandbox") {
-		t.Fatalf("second ADD into x/a's namespace: %v, want a refusal naming another sandbox", err)
+	if err == nil || !strings.Contains(err.Error(), "already holds pod x/a's eth0") {
+		t.Fatalf("second ADD into x/a's namespace: %v, want a refusal naming x/a's eth0", err)
 	}
 	// The refused pod's address is free again; whoever gets it next must
 	// own it alone, and x/a keeps its network.

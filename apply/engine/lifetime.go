@@ -3,6 +3,9 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/terway-reconciler/terway/apply/links"
 	"github.com/terway-reconciler/terway/apply/op"
@@ -60,4 +63,43 @@ func refusedOps(taken []links.Taken) []op.Op {
 		})
 	}
 	return out
+}
+
+// keepAliasedItems drops the deletions planned in a pod namespace that the
+// document also names by another path (/proc/PID/ns/net beside
+// /var/run/netns/NAME: a second sandbox recorded into a pod's namespace).
+// Each path observes the other pod's items as its own stale ones, and
+// there is no telling whose they are; the second pod's creations are
+// refused as another sandbox's (FindTaken), and nothing is removed from
+// that namespace until one of the paths leaves the document.
+func keepAliasedItems(ns op.Namespaces, nss []string, ops []op.Op) []op.Op {
+	type identity struct{ dev, ino uint64 }
+	byID := map[identity][]string{}
+	for _, n := range nss {
+		if n == spec.HostNetns || !ns.Exists(n) {
+			continue
+		}
+		fd, err := ns.Fd(n)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) != nil {
+			continue
+		}
+		id := identity{uint64(st.Dev), st.Ino}
+		byID[id] = append(byID[id], n)
+	}
+	aliased := map[string]bool{}
+	for _, paths := range byID {
+		if len(paths) > 1 {
+			for _, p := range paths {
+				aliased[p] = true
+			}
+		}
+	}
+	if len(aliased) == 0 {
+		return ops
+	}
+	return slices.DeleteFunc(ops, func(o op.Op) bool { return o.Action == op.Delete && aliased[o.Netns] })
 }

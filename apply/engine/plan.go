@@ -217,6 +217,7 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 	for _, r := range results {
 		ops = append(ops, r...)
 	}
+	ops = keepAliasedItems(snap, nss, ops)
 	if scope != nil {
 		ops = scope.filter(ops)
 	} else if l, ok := e.ns.(lifetimes); ok {
