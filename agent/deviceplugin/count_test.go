@@ -12,6 +12,7 @@ import (
 	"github.com/terway-reconciler/terway/cloud/emulator"
 	"github.com/terway-reconciler/terway/cloud/eni"
 	"github.com/terway-reconciler/terway/cloud/metadata"
+	"github.com/terway-reconciler/terway/internal/devicemanager"
 )
 
 // startReconciler runs the emulator with one instance of type typ and
@@ -32,7 +33,7 @@ func startReconciler(t *testing.T, typ string) *eni.Reconciler {
 	t.Cleanup(func() { _ = e.Close() })
 	info := e.Info()
 	md := metadata.New(info.Metadata)
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), devicemanager.Wait)
 	defer cancel()
 	self, err := md.Instance(ctx)
 	if err != nil {
@@ -78,11 +79,11 @@ func TestListAndWatchCountsPerInstanceType(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			dir := shortDir(t)
-			k := startKubelet(t, dir)
+			dir := devicemanager.ShortDir(t)
+			k := devicemanager.Start(t, dir)
 			runPlugin(t, dir, n)
-			k.registration(t)
-			k.listOf(t, "the instance type's count", count(c.want, pluginapi.Healthy))
+			k.Registration(t)
+			k.ListOf(t, "the instance type's count", devicemanager.Count(c.want, pluginapi.Healthy))
 		})
 	}
 }

@@ -10,21 +10,22 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/terway-reconciler/terway/agent/deviceplugin"
+	"github.com/terway-reconciler/terway/internal/devicemanager"
 )
 
 func TestRegistration(t *testing.T) {
-	dir := shortDir(t)
-	k := startKubelet(t, dir)
+	dir := devicemanager.ShortDir(t)
+	k := devicemanager.Start(t, dir)
 	runPlugin(t, dir, 3)
 
-	req := k.registration(t)
+	req := k.Registration(t)
 	if req.Version != "v1beta1" || req.Endpoint != deviceplugin.DefaultSocketName || req.ResourceName != "aliyun/eni" {
 		t.Errorf("register request: version %q endpoint %q resource %q; want v1beta1, %s, aliyun/eni", req.Version, req.Endpoint, req.ResourceName, deviceplugin.DefaultSocketName)
 	}
 	if req.Options == nil || req.Options.PreStartRequired || req.Options.GetPreferredAllocationAvailable {
 		t.Errorf("register options: %v; want present, no pre-start, no preferred allocation", req.Options)
 	}
-	l := k.listOf(t, "3 healthy devices", count(3, pluginapi.Healthy))
+	l := k.ListOf(t, "3 healthy devices", devicemanager.Count(3, pluginapi.Healthy))
 	seen := map[string]bool{}
 	for _, d := range l {
 		if seen[d.ID] || d.ID == "" {
@@ -37,43 +38,41 @@ func TestRegistration(t *testing.T) {
 // The plugin starts before the kubelet (a node boot): it keeps trying and
 // registers once kubelet.sock appears.
 func TestRegistersWhenKubeletComesLater(t *testing.T) {
-	dir := shortDir(t)
+	dir := devicemanager.ShortDir(t)
 	p := runPlugin(t, dir, 1)
 	time.Sleep(500 * time.Millisecond) // a few failed checks
 	if p.Registrations() != 0 {
 		t.Fatalf("registered %d times with no kubelet", p.Registrations())
 	}
-	k := startKubelet(t, dir)
-	k.registration(t)
-	k.listOf(t, "1 device", count(1, pluginapi.Healthy))
+	k := devicemanager.Start(t, dir)
+	k.Registration(t)
+	k.ListOf(t, "1 device", devicemanager.Count(1, pluginapi.Healthy))
 }
 
 func TestListAndWatchFollowsChanges(t *testing.T) {
-	dir := shortDir(t)
-	k := startKubelet(t, dir)
+	dir := devicemanager.ShortDir(t)
+	k := devicemanager.Start(t, dir)
 	p := runPlugin(t, dir, 2)
-	k.registration(t)
-	k.listOf(t, "2 devices", count(2, pluginapi.Healthy))
+	k.Registration(t)
+	k.ListOf(t, "2 devices", devicemanager.Count(2, pluginapi.Healthy))
 
 	p.Set(5, true)
-	k.listOf(t, "5 devices", count(5, pluginapi.Healthy))
+	k.ListOf(t, "5 devices", devicemanager.Count(5, pluginapi.Healthy))
 	p.Set(5, false)
-	k.listOf(t, "5 unhealthy devices", count(5, pluginapi.Unhealthy))
+	k.ListOf(t, "5 unhealthy devices", devicemanager.Count(5, pluginapi.Unhealthy))
 	p.Set(0, true)
-	k.listOf(t, "no device", count(0, pluginapi.Healthy))
+	k.ListOf(t, "no device", devicemanager.Count(0, pluginapi.Healthy))
 }
 
 func TestAllocate(t *testing.T) {
-	dir := shortDir(t)
-	k := startKubelet(t, dir)
+	dir := devicemanager.ShortDir(t)
+	k := devicemanager.Start(t, dir)
 	runPlugin(t, dir, 4)
-	k.registration(t)
-	k.listOf(t, "4 devices", count(4, pluginapi.Healthy))
+	k.Registration(t)
+	k.ListOf(t, "4 devices", devicemanager.Count(4, pluginapi.Healthy))
 
-	k.mu.Lock()
-	c := k.client
-	k.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	c := k.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), devicemanager.Wait)
 	defer cancel()
 	resp, err := c.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
 		{DevicesIds: []string{"eni-1"}},
@@ -108,15 +107,15 @@ func TestAllocate(t *testing.T) {
 // A kubelet restart removes every socket in the folder (ours too) and
 // re-creates kubelet.sock: the plugin serves again and registers again.
 func TestKubeletRestart(t *testing.T) {
-	dir := shortDir(t)
-	k := startKubelet(t, dir)
+	dir := devicemanager.ShortDir(t)
+	k := devicemanager.Start(t, dir)
 	p := runPlugin(t, dir, 2)
-	k.registration(t)
-	k.listOf(t, "2 devices", count(2, pluginapi.Healthy))
+	k.Registration(t)
+	k.ListOf(t, "2 devices", devicemanager.Count(2, pluginapi.Healthy))
 	registrations(t, p, 1)
 
 	for round := range 2 {
-		k.stop()
+		k.Stop()
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			t.Fatal(err)
@@ -126,13 +125,13 @@ func TestKubeletRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		k = startKubelet(t, dir)
-		req := k.registration(t)
+		k = devicemanager.Start(t, dir)
+		req := k.Registration(t)
 		if req.ResourceName != "aliyun/eni" || req.Endpoint != deviceplugin.DefaultSocketName {
 			t.Errorf("round %d: re-registration %v", round, req)
 		}
 		// The kubelet dialled our endpoint again: the socket was re-served.
-		k.listOf(t, "2 devices after the restart", count(2, pluginapi.Healthy))
+		k.ListOf(t, "2 devices after the restart", devicemanager.Count(2, pluginapi.Healthy))
 		registrations(t, p, round+2)
 	}
 }
@@ -141,7 +140,7 @@ func TestKubeletRestart(t *testing.T) {
 // it counts more: one kubelet start is one registration.
 func registrations(t *testing.T, p *deviceplugin.Plugin, n int) {
 	t.Helper()
-	deadline := time.Now().Add(wait)
+	deadline := time.Now().Add(devicemanager.Wait)
 	for p.Registrations() < n && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -153,8 +152,8 @@ func registrations(t *testing.T, p *deviceplugin.Plugin, n int) {
 
 // On exit the plugin removes its socket and leaves the kubelet's alone.
 func TestRunRemovesItsSocket(t *testing.T) {
-	dir := shortDir(t)
-	startKubelet(t, dir)
+	dir := devicemanager.ShortDir(t)
+	devicemanager.Start(t, dir)
 	p := deviceplugin.New(deviceplugin.Config{Dir: dir, Logger: quiet()})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -192,18 +191,18 @@ func TestExclusiveSlots(t *testing.T) {
 // A kubelet that comes back without removing our socket still has a new
 // kubelet.sock, and knows nothing of us: the plugin registers again.
 func TestKubeletSocketRecreated(t *testing.T) {
-	dir := shortDir(t)
-	k := startKubelet(t, dir)
+	dir := devicemanager.ShortDir(t)
+	k := devicemanager.Start(t, dir)
 	p := runPlugin(t, dir, 2)
-	k.registration(t)
+	k.Registration(t)
 	registrations(t, p, 1)
 
-	k.stop() // closing its listener removes kubelet.sock
+	k.Stop() // closing its listener removes kubelet.sock
 	if _, err := os.Stat(p.SocketPath()); err != nil {
 		t.Fatalf("our socket: %v", err)
 	}
-	k = startKubelet(t, dir)
-	k.registration(t)
-	k.listOf(t, "2 devices after the restart", count(2, pluginapi.Healthy))
+	k = devicemanager.Start(t, dir)
+	k.Registration(t)
+	k.ListOf(t, "2 devices after the restart", devicemanager.Count(2, pluginapi.Healthy))
 	registrations(t, p, 2)
 }
