@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aliyun/alibaba-cloud-sdk-go/services/ecs"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/terway-reconciler/terway/agent/deviceplugin"
@@ -15,10 +16,17 @@ import (
 	"github.com/terway-reconciler/terway/internal/devicemanager"
 )
 
+// cloud is an emulated cloud with one instance.
+type cloud struct {
+	info emulator.Info
+	self metadata.Instance
+	sg   string
+}
+
 // startReconciler runs the emulator with one instance of type typ and
 // starts an ENI reconciler for it, as the agent does: the limits come from
 // DescribeInstanceTypes through the real SDK.
-func startReconciler(t *testing.T, typ string) *eni.Reconciler {
+func startReconciler(t *testing.T, typ string) (*eni.Reconciler, *cloud) {
 	t.Helper()
 	w := emulator.DefaultWorld()
 	w.Instances[0].InstanceType = typ
@@ -56,7 +64,40 @@ func startReconciler(t *testing.T, typ string) *eni.Reconciler {
 	if err := r.Start(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	return r
+	return r, &cloud{info: info, self: self, sg: w.SecurityGroupID}
+}
+
+// attachForeign attaches an ENI that is not ours to the instance, as
+// another tool would, and waits until the reconciler counts it.
+func (c *cloud) attachForeign(t *testing.T, r *eni.Reconciler) {
+	t.Helper()
+	client, err := ecs.NewClientWithAccessKey(c.info.RegionID, c.info.AccessKeyID, c.info.AccessKeySecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.Domain = c.info.Endpoint
+	create := ecs.CreateCreateNetworkInterfaceRequest()
+	create.VSwitchId, create.SecurityGroupId = c.self.VSwitchID, c.sg
+	created, err := client.CreateNetworkInterface(create)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attach := ecs.CreateAttachNetworkInterfaceRequest()
+	attach.NetworkInterfaceId, attach.InstanceId = created.NetworkInterfaceId, c.self.ID
+	if _, err := client.AttachNetworkInterface(attach); err != nil {
+		t.Fatal(err)
+	}
+	want := r.Status().ForeignENIs + 1
+	deadline := time.Now().Add(devicemanager.Wait)
+	for r.Status().ForeignENIs < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reconciler counts %d foreign ENIs, want %d", r.Status().ForeignENIs, want)
+		}
+		if err := r.Resync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Each instance type advertises its own ENI quota, less the primary ENI and
@@ -74,7 +115,7 @@ func TestListAndWatchCountsPerInstanceType(t *testing.T) {
 		{"ecs.g6.large", 1, 0}, // EniQuantity 2: nothing left for exclusive pods
 	} {
 		t.Run(fmt.Sprintf("%s/reserved=%d", c.typ, c.reserved), func(t *testing.T) {
-			r := startReconciler(t, c.typ)
+			r, _ := startReconciler(t, c.typ)
 			n, err := deviceplugin.ENISlots(r, c.reserved)
 			if err != nil {
 				t.Fatal(err)
@@ -86,4 +127,26 @@ func TestListAndWatchCountsPerInstanceType(t *testing.T) {
 			k.ListOf(t, "the instance type's count", devicemanager.Count(c.want, pluginapi.Healthy))
 		})
 	}
+}
+
+// An ENI attached by someone else takes a slot: the count drops and the
+// kubelet gets the shorter list.
+func TestForeignENITakesASlot(t *testing.T) {
+	r, c := startReconciler(t, "ecs.g6.4xlarge") // EniQuantity 8
+	n, err := deviceplugin.ENISlots(r, 1)
+	if err != nil || n != 6 {
+		t.Fatalf("ENISlots = %d, %v; want 6", n, err)
+	}
+	dir := devicemanager.ShortDir(t)
+	k := devicemanager.Start(t, dir)
+	p := runPlugin(t, dir, n)
+	k.Registration(t)
+	k.ListOf(t, "6 devices", devicemanager.Count(6, pluginapi.Healthy))
+
+	c.attachForeign(t, r)
+	if n, err = deviceplugin.ENISlots(r, 1); err != nil || n != 5 {
+		t.Fatalf("ENISlots with a foreign ENI = %d, %v; want 5", n, err)
+	}
+	p.Set(n, true)
+	k.ListOf(t, "5 devices", devicemanager.Count(5, pluginapi.Healthy))
 }

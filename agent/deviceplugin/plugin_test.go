@@ -172,37 +172,17 @@ func TestRunRemovesItsSocket(t *testing.T) {
 }
 
 func TestExclusiveSlots(t *testing.T) {
-	for _, c := range []struct{ max, reserved, want int }{
-		{4, 0, 3}, {4, 1, 2}, {8, 2, 5}, {2, 1, 0}, {2, 5, 0}, {1, 0, 0},
+	for _, c := range []struct{ max, foreign, reserved, want int }{
+		{4, 0, 0, 3}, {4, 0, 1, 2}, {8, 0, 2, 5}, {8, 1, 2, 4}, {2, 0, 1, 0}, {2, 0, 5, 0}, {3, 4, 0, 0}, {1, 0, 0, 0},
 	} {
-		got, err := deviceplugin.ExclusiveSlots(c.max, c.reserved)
+		got, err := deviceplugin.ExclusiveSlots(c.max, c.foreign, c.reserved)
 		if err != nil || got != c.want {
-			t.Errorf("ExclusiveSlots(%d, %d) = %d, %v; want %d", c.max, c.reserved, got, err, c.want)
+			t.Errorf("ExclusiveSlots(%d, %d, %d) = %d, %v; want %d", c.max, c.foreign, c.reserved, got, err, c.want)
 		}
 	}
-	if _, err := deviceplugin.ExclusiveSlots(0, 0); err == nil {
-		t.Error("ExclusiveSlots(0, 0): no error for an unknown quota")
+	for _, bad := range [][3]int{{0, 0, 0}, {4, -1, 0}, {4, 0, -1}} {
+		if _, err := deviceplugin.ExclusiveSlots(bad[0], bad[1], bad[2]); err == nil {
+			t.Errorf("ExclusiveSlots%v: no error", bad)
+		}
 	}
-	if _, err := deviceplugin.ExclusiveSlots(4, -1); err == nil {
-		t.Error("ExclusiveSlots(4, -1): no error for a negative reservation")
-	}
-}
-
-// A kubelet that comes back without removing our socket still has a new
-// kubelet.sock, and knows nothing of us: the plugin registers again.
-func TestKubeletSocketRecreated(t *testing.T) {
-	dir := devicemanager.ShortDir(t)
-	k := devicemanager.Start(t, dir)
-	p := runPlugin(t, dir, 2)
-	k.Registration(t)
-	registrations(t, p, 1)
-
-	k.Stop() // closing its listener removes kubelet.sock
-	if _, err := os.Stat(p.SocketPath()); err != nil {
-		t.Fatalf("our socket: %v", err)
-	}
-	k = devicemanager.Start(t, dir)
-	k.Registration(t)
-	k.ListOf(t, "2 devices after the restart", devicemanager.Count(2, pluginapi.Healthy))
-	registrations(t, p, 2)
 }
