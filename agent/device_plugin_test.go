@@ -49,7 +49,7 @@ func TestAgentServesDevicePlugin(t *testing.T) {
 // the folder alone.
 func TestAgentDevicePluginAutoOff(t *testing.T) {
 	dir := devicemanager.ShortDir(t)
-	c := newClusterArgs(t, time.Minute, true, "--device-plugin-dir", dir)
+	c := newClusterArgs(t, time.Minute, true, "--device-plugin", "auto", "--device-plugin-dir", dir)
 	entries, err := os.ReadDir(dir)
 	must(t, err)
 	if len(entries) != 0 {

@@ -170,7 +170,10 @@ func (c *cluster) startAgent(resync time.Duration, waitReady bool) {
 	}
 	args := []string{"netns", "exec", nstest.Name(c.node), filepath.Join(binaries(c.t), "terwayd"),
 		"--node-name", "node-1", "--kube-inputs", c.inputs, "--state-dir", c.state, "--socket", c.socket,
-		"--resync-interval", resync.String(), "--health-addr", c.health, "--log-level", level}
+		"--resync-interval", resync.String(), "--health-addr", c.health, "--log-level", level,
+		// Off unless a test says otherwise (a later flag wins): the test's
+		// node is not the machine's kubelet's.
+		"--device-plugin", "off"}
 	c.agent = exec.Command("ip", append(args, c.extraArgs...)...)
 	c.agent.Stdout, c.agent.Stderr = c.agentLog, c.agentLog
 	c.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
