@@ -142,6 +142,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		health = &http.Server{Handler: a.healthMux(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errs <- serve(health, hl, "health endpoint "+a.cfg.HealthAddr) }()
 	}
+	// The device plugin stops, and removes its socket, before Run returns.
+	pluginCtx, stopPlugin := context.WithCancel(ctx)
+	defer stopPlugin()
+	pluginDone := make(chan struct{})
+	if a.cfg.DevicePluginDir != "" {
+		go func() { defer close(pluginDone); a.runDevicePlugin(pluginCtx) }()
+	} else {
+		close(pluginDone)
+	}
 	a.log.Info("agent started", "node", a.cfg.NodeName, "mode", a.cfg.Render.Mode, "socket", a.cfg.Socket, "health", a.cfg.HealthAddr)
 	loopDone := make(chan struct{})
 	go func() { defer close(loopDone); a.runner.loop(ctx) }()
@@ -158,7 +167,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if health != nil {
 		_ = health.Shutdown(shutdown)
 	}
+	stopPlugin()
 	<-loopDone
+	<-pluginDone
 	return runErr
 }
 

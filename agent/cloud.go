@@ -48,6 +48,12 @@ type CloudConfig struct {
 	ZoneVSwitchIDs  map[string][]string `json:"zoneVSwitchIDs,omitempty"`
 	SecurityGroupID string              `json:"securityGroupID"`
 	Tags            map[string]string   `json:"tags,omitempty"`
+	// ReservedENIsForMultiIP is how many secondary ENIs the node keeps for
+	// multi-IP pods; the others (the instance type's quota less the
+	// primary ENI and these) are advertised as aliyun/eni for pods that
+	// take a whole ENI. Default 0: every secondary ENI slot is offered to
+	// exclusive pods.
+	ReservedENIsForMultiIP int `json:"reservedENIsForMultiIP,omitempty"`
 }
 
 // DefaultMetadata is the instance metadata service of every ECS instance.
@@ -69,6 +75,9 @@ func LoadCloudConfig(path string) (*CloudConfig, error) {
 	}
 	if c.SecurityGroupID == "" {
 		return nil, fmt.Errorf("cloud config %s: securityGroupID: empty (every ENI needs one)", path)
+	}
+	if c.ReservedENIsForMultiIP < 0 {
+		return nil, fmt.Errorf("cloud config %s: reservedENIsForMultiIP: %d is negative", path, c.ReservedENIsForMultiIP)
 	}
 	return &c, nil
 }

@@ -25,10 +25,15 @@ func TestLoadCloudConfig(t *testing.T) {
 	if err != nil || len(c.VSwitchIDs) != 2 || c.SecurityGroupID != "sg-1" {
 		t.Fatalf("good config: %+v, %v", c, err)
 	}
+	reserved := write("reserved.yaml", "apiVersion: terway/v1\nkind: CloudConfig\nsecurityGroupID: sg-1\nreservedENIsForMultiIP: 2\n")
+	if c, err := agent.LoadCloudConfig(reserved); err != nil || c.ReservedENIsForMultiIP != 2 {
+		t.Fatalf("reservedENIsForMultiIP: %+v, %v", c, err)
+	}
 	for _, bad := range []struct{ body, want string }{
 		{"apiVersion: terway/v1\nkind: CloudConfig\nsecurityGroup: sg-1\n", "securityGroup"},          // a typo is an error, naming the field
 		{"apiVersion: terway/v1\nkind: CloudConfig\nvswitchIDs: [vsw-a]\n", "securityGroupID: empty"}, // required
 		{"apiVersion: terway/v1\nkind: Config\nsecurityGroupID: sg-1\n", "kind"},
+		{"apiVersion: terway/v1\nkind: CloudConfig\nsecurityGroupID: sg-1\nreservedENIsForMultiIP: -1\n", "reservedENIsForMultiIP: -1 is negative"},
 	} {
 		_, err := agent.LoadCloudConfig(write("bad.yaml", bad.body))
 		if err == nil || !strings.Contains(err.Error(), bad.want) {

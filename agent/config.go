@@ -53,6 +53,15 @@ type Config struct {
 	// ENIs for pods requesting aliyun/eni); nil in VPC mode, where they come
 	// from the node's podCIDR.
 	ENI *eni.Reconciler
+	// DevicePluginDir is the kubelet's device-plugins folder, where the
+	// agent serves the aliyun/eni device plugin (device_plugin.go); empty:
+	// no device plugin (standalone runs and tests without a kubelet).
+	DevicePluginDir string
+	// ReservedENIsForMultiIP is how many of the instance's secondary ENIs
+	// the node keeps for multi-IP pods (CloudConfig
+	// reservedENIsForMultiIP): the device plugin advertises the others as
+	// aliyun/eni.
+	ReservedENIsForMultiIP int
 }
 
 // Defaults.
@@ -112,6 +121,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("agent config: socket: %q is not an absolute path", c.Socket)
 	case c.ResyncInterval < time.Second:
 		return fmt.Errorf("agent config: resyncInterval: %s is below 1s", c.ResyncInterval)
+	case c.DevicePluginDir != "" && !filepath.IsAbs(c.DevicePluginDir):
+		return fmt.Errorf("agent config: devicePluginDir: %q is not an absolute path", c.DevicePluginDir)
+	case c.ReservedENIsForMultiIP < 0:
+		return fmt.Errorf("agent config: reservedENIsForMultiIP: %d is negative", c.ReservedENIsForMultiIP)
 	case c.MinSyncInterval < 0 || c.MinSyncInterval > c.ResyncInterval:
 		return fmt.Errorf("agent config: minSyncInterval: %s is not between 0 and resyncInterval (%s)", c.MinSyncInterval, c.ResyncInterval)
 	}

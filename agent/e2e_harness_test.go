@@ -77,8 +77,10 @@ type cluster struct {
 	agent    *exec.Cmd
 	agentLog *os.File
 	logLevel string // terwayd's --log-level; debug when empty
-	pods     map[string]*podNS
-	mu       sync.Mutex
+	// extraArgs are more terwayd flags.
+	extraArgs []string
+	pods      map[string]*podNS
+	mu        sync.Mutex
 }
 
 type podNS struct {
@@ -97,11 +99,17 @@ func newCluster(t testing.TB, resync time.Duration) *cluster {
 // object and the agent is not waited for (it cannot become ready).
 func newClusterWith(t testing.TB, resync time.Duration, withNode bool) *cluster {
 	t.Helper()
+	return newClusterArgs(t, resync, withNode)
+}
+
+// newClusterArgs is newClusterWith with more terwayd flags.
+func newClusterArgs(t testing.TB, resync time.Duration, withNode bool, extraArgs ...string) *cluster {
+	t.Helper()
 	bin := binaries(t)
 	dir := t.TempDir()
 	c := &cluster{
 		t: t, node: nstest.Netns(t, "node"), inputs: filepath.Join(dir, "inputs"), state: filepath.Join(dir, "state"),
-		socket: filepath.Join(dir, "run", "terway.sock"), pods: map[string]*podNS{},
+		socket: filepath.Join(dir, "run", "terway.sock"), pods: map[string]*podNS{}, extraArgs: extraArgs,
 	}
 	nstest.Run(t, c.node, "ip", "addr", "add", nodeIP+"/32", "dev", "lo")
 	must(t, os.MkdirAll(c.inputs, 0o755))
@@ -160,9 +168,13 @@ func (c *cluster) startAgent(resync time.Duration, waitReady bool) {
 	if level == "" {
 		level = "debug"
 	}
-	c.agent = exec.Command("ip", "netns", "exec", nstest.Name(c.node), filepath.Join(binaries(c.t), "terwayd"),
+	args := []string{"netns", "exec", nstest.Name(c.node), filepath.Join(binaries(c.t), "terwayd"),
 		"--node-name", "node-1", "--kube-inputs", c.inputs, "--state-dir", c.state, "--socket", c.socket,
-		"--resync-interval", resync.String(), "--health-addr", c.health, "--log-level", level)
+		"--resync-interval", resync.String(), "--health-addr", c.health, "--log-level", level,
+		// Off unless a test says otherwise (a later flag wins): the test's
+		// node is not the machine's kubelet's.
+		"--device-plugin", "off"}
+	c.agent = exec.Command("ip", append(args, c.extraArgs...)...)
 	c.agent.Stdout, c.agent.Stderr = c.agentLog, c.agentLog
 	c.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	must(c.t, c.agent.Start())

@@ -145,7 +145,8 @@ func (e *env) startAgent() time.Duration {
 	// `ip netns exec` execs terwayd in place: the PID is terwayd's.
 	e.agent = exec.Command("ip", "netns", "exec", nstest.Name(e.node), filepath.Join(binaries(e.t), "terwayd"),
 		"--kubeconfig", e.saConfig, "--config", e.config, "--state-dir", e.state, "--socket", e.socket,
-		"--resync-interval", e.resync.String(), "--health-addr", healthAddr, "--log-level", "debug")
+		"--resync-interval", e.resync.String(), "--health-addr", healthAddr, "--log-level", "debug",
+		"--device-plugin", "off") // the test's node is not the machine's kubelet's
 	e.agent.Env = append(os.Environ(), "NODE_NAME="+nodeName)
 	e.agent.Stdout, e.agent.Stderr = logFile, logFile
 	e.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -234,7 +234,10 @@ func (st *State) startAgent(o Options) error {
 	args := []string{"ip", "netns", "exec", filepath.Base(st.NodeNetns), filepath.Join(st.BinDir, "terwayd"),
 		"--node-name", st.Node, "--kube-inputs", st.inputs(), "--state-dir", filepath.Join(st.Dir, "agent"),
 		"--socket", st.socket(), "--config", filepath.Join(st.Dir, "config.yaml"),
-		"--resync-interval", o.Resync.String(), "--health-addr", healthAddr}
+		"--resync-interval", o.Resync.String(), "--health-addr", healthAddr,
+		// A simulated node never advertises devices to a kubelet the
+		// machine may have.
+		"--device-plugin", "off"}
 	if st.Mode != spec.PodModeVPC {
 		args = append(args, "--cloud-config", filepath.Join(st.Dir, "cloud.yaml"))
 	}

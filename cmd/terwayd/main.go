@@ -11,11 +11,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/terway-reconciler/terway/agent"
+	"github.com/terway-reconciler/terway/agent/deviceplugin"
 	"github.com/terway-reconciler/terway/agent/inputs"
 	"github.com/terway-reconciler/terway/cloud/eni"
 	"github.com/terway-reconciler/terway/load"
@@ -45,6 +47,8 @@ func run() error {
 		cloudPath  string
 		eniConf    string
 		logLevel   string
+		dpMode     string
+		dpDir      string
 	)
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	flag.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "directory of the allocation store")
@@ -58,6 +62,8 @@ func run() error {
 	flag.DurationVar(&cfg.MinSyncInterval, "min-sync-interval", agent.DefaultMinSyncInterval, "least time between two syncs; changes meanwhile are coalesced")
 	flag.StringVar(&cfg.HealthAddr, "health-addr", agent.DefaultHealthAddr, "address of /healthz, /readyz, /status, /metrics, /plan and /applied (empty disables)")
 	flag.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "also serve /debug/pprof on the health address")
+	flag.StringVar(&dpMode, "device-plugin", "auto", "serve the aliyun/eni kubelet device plugin: auto (when --device-plugin-dir holds kubelet.sock at start), on or off")
+	flag.StringVar(&dpDir, "device-plugin-dir", deviceplugin.DefaultDir, "the kubelet's device-plugins folder")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -74,6 +80,11 @@ func run() error {
 		cfg.Render = *c
 	} else {
 		cfg.Render = render.Config{}
+	}
+
+	var err error
+	if cfg.DevicePluginDir, err = devicePluginDir(dpMode, dpDir, cfg.Logger); err != nil {
+		return err
 	}
 
 	var src inputs.Source
@@ -135,10 +146,33 @@ func setupCloud(ctx context.Context, cfg *agent.Config, path, eniConf string) er
 		return fmt.Errorf("mode %s: --cloud-config or --eni-conf: required (pod addresses come from the cloud)", cfg.Render.Mode)
 	}
 	cfg.Render = rc
+	cfg.ReservedENIsForMultiIP = cc.ReservedENIsForMultiIP
 	ec, err := cc.ENIConfig(ctx, cfg.Render, cfg.Logger)
 	if err != nil {
 		return err
 	}
 	cfg.ENI, err = eni.New(ec)
 	return err
+}
+
+// devicePluginDir resolves --device-plugin: the folder to serve the device
+// plugin in, or "" for none. auto serves only where a kubelet is (its
+// socket is there at start), so runs without a kubelet (standalone, tests)
+// never write into a folder no one reads; on serves and waits for the
+// kubelet.
+func devicePluginDir(mode, dir string, log *slog.Logger) (string, error) {
+	switch mode {
+	case "off":
+		return "", nil
+	case "on":
+		return dir, nil
+	case "auto":
+		sock := filepath.Join(dir, deviceplugin.KubeletSocketName)
+		if _, err := os.Stat(sock); err != nil {
+			log.Info("device plugin off: no kubelet socket (--device-plugin=on to wait for one)", "socket", sock)
+			return "", nil
+		}
+		return dir, nil
+	}
+	return "", fmt.Errorf("--device-plugin: %q is not auto, on or off", mode)
 }

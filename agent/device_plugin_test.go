@@ -1,0 +1,61 @@
+package agent_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/terway-reconciler/terway/agent/deviceplugin"
+	"github.com/terway-reconciler/terway/internal/devicemanager"
+)
+
+// terwayd serves the aliyun/eni device plugin to the kubelet: it registers,
+// advertises none in VPC mode (no cloud access, so no ENI to give), and
+// registers again after a kubelet restart.
+func TestAgentServesDevicePlugin(t *testing.T) {
+	dir := devicemanager.ShortDir(t)
+	k := devicemanager.Start(t, dir)
+	c := newClusterArgs(t, time.Minute, true, "--device-plugin", "auto", "--device-plugin-dir", dir)
+
+	req := k.Registration(t)
+	if req.ResourceName != deviceplugin.ResourceName || req.Version != pluginapi.Version || req.Endpoint != deviceplugin.DefaultSocketName {
+		t.Errorf("register request %v", req)
+	}
+	k.ListOf(t, "no device in VPC mode", devicemanager.Count(0, pluginapi.Healthy))
+
+	// The kubelet restarts: every socket in the folder goes, its own
+	// comes back.
+	k.Stop()
+	entries, err := os.ReadDir(dir)
+	must(t, err)
+	for _, e := range entries {
+		must(t, os.Remove(filepath.Join(dir, e.Name())))
+	}
+	k = devicemanager.Start(t, dir)
+	k.Registration(t)
+	k.ListOf(t, "the list again after the restart", devicemanager.Count(0, pluginapi.Healthy))
+
+	c.stopAgent()
+	if _, err := os.Stat(filepath.Join(dir, deviceplugin.DefaultSocketName)); !os.IsNotExist(err) {
+		t.Errorf("the plugin's socket outlives terwayd: %v", err)
+	}
+}
+
+// Without a kubelet socket (standalone, tests) --device-plugin=auto leaves
+// the folder alone.
+func TestAgentDevicePluginAutoOff(t *testing.T) {
+	dir := devicemanager.ShortDir(t)
+	c := newClusterArgs(t, time.Minute, true, "--device-plugin", "auto", "--device-plugin-dir", dir)
+	entries, err := os.ReadDir(dir)
+	must(t, err)
+	if len(entries) != 0 {
+		t.Errorf("terwayd wrote %v into a device-plugins folder with no kubelet", entries)
+	}
+	if !strings.Contains(c.log(), "device plugin off") {
+		t.Errorf("no log line saying the device plugin is off; log:\n%s", c.log())
+	}
+}
