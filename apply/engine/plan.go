@@ -161,8 +161,12 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 			case opts.Full:
 				return e.nft.PlanFull(e.ns, spec.HostNetns, desired.NFTables)
 			case scope != nil:
-				// The CNI path: the periodic full read of the table is the
+				// The CNI path: the periodic full read of the table, and
+				// the document's changes to other pods' objects, are the
 				// agent's own syncs' to do.
+				if sc, ok := scope.nftScope(); ok {
+					return e.nft.PlanScoped(e.ns, spec.HostNetns, desired.NFTables, sc)
+				}
 				return e.nft.PlanPartial(e.ns, spec.HostNetns, desired.NFTables)
 			}
 			return e.nft.Plan(e.ns, spec.HostNetns, desired.NFTables)

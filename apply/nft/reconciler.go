@@ -181,6 +181,11 @@ func (r *Reconciler) Sync(ctx context.Context, ns op.Namespaces, netns string, d
 }
 
 func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable, ask syncMode) ([]op.Op, error) {
+	return r.planWith(ns, netns, desired, ask, nil)
+}
+
+// planWith plans; a scope (PlanScoped) limits a partial sync to its pods.
+func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTable, ask syncMode, sc *Scope) ([]op.Op, error) {
 	r.mu.Lock()
 	rec := r.records[netns]
 	if rec == nil {
@@ -192,7 +197,13 @@ func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable,
 	r.mu.Unlock()
 
 	var want *table
-	if desired != nil {
+	switch {
+	case desired != nil && sc != nil && !full && written != nil:
+		var err error
+		if want, err = scopedTable(desired, written, sc, cache); err != nil {
+			return nil, err
+		}
+	case desired != nil:
 		var err error
 		if want, cache, err = canonical(desired, cache); err != nil {
 			return nil, err
