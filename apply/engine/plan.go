@@ -210,7 +210,7 @@ func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
 	start := time.Now()
 	rep := &Report{Rounds: 1}
 	execute(ctx, e.ns, p.Ops, rep)
-	if rep.Err() != nil {
+	if rep.Err() != nil && !rep.onlyStale() {
 		// Whatever failed may have left nftables half-known: read it back
 		// next time.
 		e.nft.Invalidate(spec.HostNetns)
@@ -241,7 +241,16 @@ func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOp
 		failedBefore := len(rep.failures())
 		execute(ctx, e.ns, p.Ops, rep)
 		if len(rep.failures()) > failedBefore {
-			e.nft.Invalidate(spec.HostNetns)
+			if rep.onlyStale() && rep.Rounds < max(e.MaxRounds, 1) {
+				// Another commit changed some of the plan's nftables
+				// objects since it was made; nothing was written, and a
+				// new plan starts from that commit's record.
+				rep.Results = slices.DeleteFunc(rep.Results, func(r Result) bool { return r.Err != nil })
+				continue
+			}
+			if !rep.onlyStale() {
+				e.nft.Invalidate(spec.HostNetns)
+			}
 			break // a failing item would fail again; the next sync retries
 		}
 		if !touchesLinks(p) {
@@ -262,6 +271,17 @@ func touchesLinks(p *Plan) bool {
 		}
 	}
 	return false
+}
+
+// onlyStale reports whether every failure is an nftables plan refused as
+// stale (nft.ErrStale): nothing was written, the record stays trusted.
+func (r *Report) onlyStale() bool {
+	for _, res := range r.Results {
+		if res.Err != nil && !errors.Is(res.Err, nft.ErrStale) {
+			return false
+		}
+	}
+	return true
 }
 
 // failures lists the failed results.

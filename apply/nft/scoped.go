@@ -3,6 +3,7 @@ package nft
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 
 	"github.com/terway-reconciler/terway/apply/op"
@@ -46,8 +47,9 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 	return r.planWith(ns, netns, desired, syncPartial, &sc)
 }
 
-// scopedTable is the record with the scoped pods' part of desired.
-func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache) (*table, error) {
+// scopedTable is the record with the scoped pods' part of desired. index
+// gives a record set's elements by address (see addrIndex).
+func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex) (*table, error) {
 	pods := map[string]bool{}
 	for _, p := range sc.Pods {
 		if p != "" {
@@ -97,7 +99,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		case pods[hs.pod] || !hs.sameSource(in):
 			// The set changed owner or definition: the unscoped sync's.
 		default:
-			s, err := scopedElems(in, hs, sc.Addrs, podChains)
+			s, err := scopedElems(in, hs, sc.Addrs, podChains, index)
 			if err != nil {
 				return nil, err
 			}
@@ -113,16 +115,24 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 // scopedElems returns hs with the scoped pods' elements of in: hs itself
 // when they are the same, else a set derived from hs by that delta (so
 // that diffing it against hs looks at the delta only).
-func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]bool) (*set, error) {
+func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]bool, index func(*set) addrIndex) (*set, error) {
+	var fields []int // the key's address fields
+	for i, tn := range hs.typeNames {
+		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
+			fields = append(fields, i)
+		}
+	}
+	jumps := hs.verdict && len(podChains) > 0
+	if len(fields) == 0 && !jumps {
+		return hs, nil
+	}
 	mine := func(key []string, v *spec.NFTVerdict) bool {
 		if v != nil && podChains[v.Chain] {
 			return true
 		}
-		for _, k := range key {
-			for _, a := range addrs {
-				if k == a || k == a+"/32" {
-					return true
-				}
+		for _, i := range fields {
+			if i < len(key) && slices.ContainsFunc(addrs, func(a string) bool { return isAddr(key[i], a) }) {
+				return true
 			}
 		}
 		return false
@@ -150,10 +160,29 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 			}
 		}
 	}
-	if len(addrs) > 0 || len(podChains) > 0 {
-		for text, he := range hs.elems {
-			if wanted[text] == nil && elemIsPods(he, addrs, podChains) {
-				removed = append(removed, he)
+	drop := func(he *elem) {
+		if wanted[he.text] == nil && !slices.Contains(removed, he) {
+			removed = append(removed, he)
+		}
+	}
+	if len(hs.elems) < indexMinElems {
+		for _, he := range hs.elems {
+			if elemIsPods(he, fields, addrs, podChains) {
+				drop(he)
+			}
+		}
+	} else {
+		idx := index(hs)
+		for _, a := range addrs {
+			for _, he := range idx[a] {
+				drop(he)
+			}
+		}
+		if jumps {
+			for _, he := range hs.elems {
+				if he.verdict != nil && podChains[he.verdict.Chain] {
+					drop(he)
+				}
 			}
 		}
 	}
@@ -177,20 +206,70 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 }
 
 // elemIsPods reports whether a canonical element jumps to a scoped pod's
-// chain or has one of its addresses as a key field.
-func elemIsPods(e *elem, addrs []string, podChains map[string]bool) bool {
+// chain or has one of its addresses as a key field (of those in fields).
+func elemIsPods(e *elem, fields []int, addrs []string, podChains map[string]bool) bool {
 	if e.verdict != nil && podChains[e.verdict.Chain] {
 		return true
 	}
-	for _, a := range addrs {
-		t := e.text
-		for t != "" {
-			f, rest, _ := strings.Cut(t, " . ")
-			if f == a || f == a+"/32" {
-				return true
-			}
-			t = rest
+	for i, f := range keyFields(e.text) {
+		if slices.Contains(fields, i) && slices.Contains(addrs, hostAddr(f)) {
+			return true
 		}
 	}
 	return false
+}
+
+// typeIPv6Addr is nft's IPv6 address type.
+const typeIPv6Addr = "ipv6_addr"
+
+// indexMinElems is the size from which a set's elements are found by
+// address through an index rather than by a scan.
+const indexMinElems = 256
+
+// addrIndex gives a set's elements by each single address in their key's
+// address fields (not prefixes or ranges: those are not a pod's).
+type addrIndex map[string][]*elem
+
+func newAddrIndex(s *set) addrIndex {
+	var fields []int
+	for i, tn := range s.typeNames {
+		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
+			fields = append(fields, i)
+		}
+	}
+	idx := addrIndex{}
+	for _, e := range s.elems {
+		for i, f := range keyFields(e.text) {
+			if slices.Contains(fields, i) {
+				if a := hostAddr(f); !strings.ContainsAny(a, "/-") {
+					idx[a] = append(idx[a], e)
+				}
+			}
+		}
+	}
+	return idx
+}
+
+// keyFields splits a canonical key text into its fields.
+func keyFields(text string) []string { return strings.Split(text, " . ") }
+
+// isAddr reports whether field f is address a (hostAddr(f) == a without
+// allocating: the document's element lists are long).
+func isAddr(f, a string) bool {
+	if len(f) < len(a) || f[:len(a)] != a {
+		return false
+	}
+	return len(f) == len(a) || f[len(a):] == "/32" || f[len(a):] == "/128"
+}
+
+// hostAddr is an address field without a host prefix length ("/32",
+// "/128"), as a pod's address is written.
+func hostAddr(f string) string {
+	if a, ok := strings.CutSuffix(f, "/32"); ok {
+		return a
+	}
+	if a, ok := strings.CutSuffix(f, "/128"); ok {
+		return a
+	}
+	return f
 }
