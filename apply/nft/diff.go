@@ -178,6 +178,11 @@ func (d *differ) classify() {
 				d.p.staged[name] = &stagedSet{ws: ws, hs: hs}
 				d.setAct[name] += "; filled in steps"
 			}
+		case d.stageChange(ws, hs):
+			dl := d.deltas[name]
+			d.setAct[name] = fmt.Sprintf("recreate:%d elements change, too many for one short transaction; filled in steps",
+				len(dl.changed)+len(dl.gone))
+			d.p.staged[name] = &stagedSet{ws: ws, hs: hs}
 		default:
 			d.setAct[name] = "keep"
 		}

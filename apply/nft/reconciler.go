@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -110,6 +111,12 @@ type record struct {
 	locked map[string]bool
 	// stageMu lets one staged plan of the namespace fill at a time.
 	stageMu sync.Mutex
+	// waiting counts commits waiting for or holding commitMu: a staged
+	// fill lets them go before its next chunk.
+	waiting atomic.Int32
+	// commits counts commits of the namespace through commitLocked: a
+	// staged fill that sees it move shares the CPU with them.
+	commits atomic.Uint64
 	// indexes hold large record sets' elements by address, for scoped
 	// plans (scoped.go), each for the set object it was built from; mu
 	// guards.
@@ -411,6 +418,8 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 // what it wrote and records it, all under the namespace's commitMu.
 func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, netns string, p *plan, msgs []batchMsg,
 	want *table, gen *uint32, version uint64, full bool) error {
+	rec.waiting.Add(1)
+	defer rec.waiting.Add(-1)
 	rec.commitMu.Lock()
 	defer rec.commitMu.Unlock()
 	keys, all := p.touchKeys()
@@ -437,6 +446,7 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 		}
 		return fmt.Errorf("nft table inet terway in %s: %w", nsName(netns), err)
 	}
+	rec.commits.Add(1)
 	if err := verify(c, p); err != nil {
 		r.fail(netns)
 		return fmt.Errorf("nft table inet terway in %s: the transaction was applied but %w", nsName(netns), err)
@@ -453,12 +463,15 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 // objects, and none of its objects is being renamed. mu is held.
 func (rec *record) stale(version uint64, keys map[string]bool, all bool) string {
 	if n := rec.version - version; n > 0 {
-		if all || n > uint64(len(rec.log)) || rec.written == nil {
-			return "another sync of this namespace ran since"
+		switch {
+		case all || rec.written == nil:
+			return "another sync of this namespace ran since, and this plan rewrites the table"
+		case n > uint64(len(rec.log)):
+			return fmt.Sprintf("%d syncs of this namespace ran since, more than the %d remembered", n, len(rec.log))
 		}
 		for _, e := range rec.log[len(rec.log)-int(n):] {
 			if e.all {
-				return "another sync of this namespace ran since"
+				return "the record was invalidated since (a failure, or Invalidate)"
 			}
 			for k := range keys {
 				if e.keys[k] {

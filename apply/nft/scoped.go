@@ -131,8 +131,13 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 			return true
 		}
 		for _, i := range fields {
-			if i < len(key) && slices.ContainsFunc(addrs, func(a string) bool { return isAddr(key[i], a) }) {
-				return true
+			if i >= len(key) {
+				continue
+			}
+			for _, a := range addrs {
+				if isAddr(key[i], a) {
+					return true
+				}
 			}
 		}
 		return false

@@ -64,6 +64,28 @@ func TestStagedChangeInSteps(t *testing.T) {
 	}
 }
 
+// TestLargeAdditionIsStaged: adding thousands of elements to a large
+// interval set (the reverse change, no deletion) is staged too: in one
+// transaction it would hold the commit mutex as long as a fill.
+func TestLargeAdditionIsStaged(t *testing.T) {
+	small, large := bigSetDoc(15000, shrink), bigSetDoc(15000, nil) // 12,600 and 15,000
+	fresh := newEnv(t, "staddfr")
+	fresh.apply(large)
+	want := fresh.nft("list", "table", "inet", "terway")
+
+	e := newEnv(t, "stadd2")
+	e.apply(small)
+	ops := e.plan(large, false)
+	if got := lines(ops); len(got) != 2 || !strings.Contains(got[0], "2400 elements change, too many for one short transaction; filled in steps") {
+		t.Fatalf("plan of 2,400 additions:\n%s", firstLines(got, 5))
+	}
+	e.run(ops)
+	sameTable(t, "after the staged additions", e.nft("list", "table", "inet", "terway"), want)
+	if ops := e.plan(large, true); len(ops) != 0 {
+		t.Errorf("full plan after the staged additions not empty:\n%s", firstLines(lines(ops), 5))
+	}
+}
+
 // TestStagedChangeFailures: a failure between two chunks of the first fill
 // leaves the old set in force and no staging set; one in the second fill
 // (after the plan's transaction) leaves the new content in force under the
