@@ -21,16 +21,16 @@ import (
 // transaction, in short transactions, under a name no rule uses, where it
 // has no effect on packets:
 //
-//  1. fill: create set "__stage_<name>" (stagePrefix) and add its elements in
-//     chunks of about stageChunkTime of kernel time each; read it back.
+//  1. fill: create set "__stage_<name>" (stagePrefix) and add its
+//     elements in chunks of about stageChunkTime each; read it back.
 //  2. hop: the plan's transaction, with every rule that names the set
-//     naming "__stage_<name>" instead, and the old set deleted. Packets see the
-//     whole plan at once, as before; only the set's name is not yet the
-//     document's. The record is the document from here on.
+//     naming "__stage_<name>" instead, and the old set deleted. Packets
+//     see the whole plan at once, as before; only the set's name is not
+//     yet the document's. The record is the document from here on.
 //  3. fill again, under the document's name (no rule names it yet).
 //  4. hop back: one small transaction rewrites those chains with the
-//     document's rules and deletes "__stage_<name>". Nothing changes for packets
-//     (the two sets hold the same elements).
+//     document's rules and deletes "__stage_<name>". Nothing changes for
+//     packets (the two sets hold the same elements).
 //
 // Every transaction is short, so other syncs commit in between; the kernel
 // fill is paid twice, and still well under an element-by-element edit.
