@@ -44,6 +44,8 @@ type plan struct {
 	staged map[string]*stagedSet
 	// counts says the sync counts towards the periodic full one (done).
 	counts bool
+	// locks are record keys the commit locks as it records (stage.go).
+	locks map[string]bool
 }
 
 // verifyPerElemMax bounds the elements of one kept set that are read back

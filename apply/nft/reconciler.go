@@ -457,6 +457,9 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 	}
 	r.mu.Lock()
 	r.committed(rec, want, full, p.counts, version, keys, all)
+	for k := range p.locks {
+		rec.locked[k] = true
+	}
 	r.mu.Unlock()
 	r.log.Info("nftables committed", "netns", netns, "messages", len(msgs))
 	return nil

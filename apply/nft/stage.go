@@ -351,6 +351,17 @@ func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, net
 			built[name] = newAddrIndex(st.ws)
 		}
 	}
+	// The set and the chains that name it are locked from the hop's
+	// commit (under commitMu, so no commit comes between) to the hop back.
+	locks := p.stagedLocks()
+	p.locks = locks
+	defer func() {
+		r.mu.Lock()
+		for k := range locks {
+			delete(rec.locked, k)
+		}
+		r.mu.Unlock()
+	}()
 	if err := r.commitLocked(ctx, c, rec, netns, p, msgs, want, gen, version, full); err != nil {
 		cleanup()
 		return err
@@ -367,19 +378,6 @@ func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, net
 	r.warmIndexes(rec)
 	// Finish the renaming; a failure from here leaves the document's
 	// content in force.
-	locks := p.stagedLocks()
-	r.mu.Lock()
-	for k := range locks {
-		rec.locked[k] = true
-	}
-	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		for k := range locks {
-			delete(rec.locked, k)
-		}
-		r.mu.Unlock()
-	}()
 	for _, name := range sortedKeys(p.staged) {
 		if _, err := r.fill(context.WithoutCancel(ctx), c, rec, p.staged[name].ws, sorted[name], name); err != nil {
 			r.fail(netns)
