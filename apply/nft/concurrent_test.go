@@ -116,3 +116,25 @@ func TestScopedAddDuringStagedChange(t *testing.T) {
 	fresh.apply(withPod)
 	sameTable(t, "after the ADD and the change", e.nft("list", "table", "inet", "terway"), fresh.nft("list", "table", "inet", "terway"))
 }
+
+// TestConvergedSyncsDoNotMakePlansStale: syncs that find nothing to do,
+// however many, do not make an older plan of other objects stale.
+func TestConvergedSyncsDoNotMakePlansStale(t *testing.T) {
+	ps := pods(3)
+	e := newEnv(t, "converged")
+	doc := testDoc(ps, nil)
+	e.apply(doc)
+	next := testDoc(ps, map[int]int{0: 1})
+	ops := e.plan(next, false)
+	for range maxLog + 10 {
+		if got := e.plan(doc, false); len(got) != 0 {
+			t.Fatalf("converged plan not empty:\n%s", planText(got))
+		}
+	}
+	if err := execAll(e, ops); err != nil {
+		t.Fatalf("a plan after %d converged syncs: %v", maxLog+10, err)
+	}
+	if ops := e.plan(next, true); len(ops) != 0 {
+		t.Errorf("full plan not empty:\n%s", planText(ops))
+	}
+}

@@ -256,10 +256,7 @@ func (r *Reconciler) Invalidate(netns string) {
 func (rec *record) invalidate() {
 	rec.full = true
 	rec.version++
-	rec.log = append(rec.log, logEntry{all: true})
-	if len(rec.log) > maxLog {
-		rec.log = slices.Delete(rec.log, 0, len(rec.log)-maxLog)
-	}
+	rec.logged(logEntry{all: true})
 }
 
 // Forget drops the record of a namespace that no longer exists (a pod's
@@ -349,6 +346,8 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	if len(ops) == 0 {
 		r.mu.Lock()
 		if rec.version == version {
+			// Nothing changed: the version stays, and no plan made
+			// before is stale for it.
 			r.done(rec, want, full, ask != syncPartial)
 		}
 		r.mu.Unlock()
@@ -517,7 +516,14 @@ func (r *Reconciler) committed(rec *record, want *table, full, counts bool, vers
 		want = merged
 	}
 	r.done(rec, want, full, counts)
-	rec.log = append(rec.log, logEntry{keys: keys, all: all})
+	rec.version++
+	rec.logged(logEntry{keys: keys, all: all})
+}
+
+// logged appends the entry of the version just made; mu is held. Every
+// version has one, so that stale can tell what changed since any plan.
+func (rec *record) logged(e logEntry) {
+	rec.log = append(rec.log, e)
 	if len(rec.log) > maxLog {
 		rec.log = slices.Delete(rec.log, 0, len(rec.log)-maxLog)
 	}
@@ -548,7 +554,6 @@ func (p *plan) touchKeys() (map[string]bool, bool) {
 func (r *Reconciler) done(rec *record, want *table, full, counts bool) {
 	rec.written = want
 	rec.full = false
-	rec.version++
 	switch {
 	case full:
 		rec.syncs = 0
