@@ -180,8 +180,12 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 			case opts.Full:
 				return e.nft.PlanFull(e.ns, spec.HostNetns, desired.NFTables)
 			case scope != nil:
-				// The CNI path: the periodic full read of the table is the
+				// The CNI path: the periodic full read of the table, and
+				// the document's changes to other pods' objects, are the
 				// agent's own syncs' to do.
+				if sc, ok := scope.nftScope(); ok {
+					return e.nft.PlanScoped(e.ns, spec.HostNetns, desired.NFTables, sc)
+				}
 				return e.nft.PlanPartial(e.ns, spec.HostNetns, desired.NFTables)
 			}
 			return e.nft.Plan(e.ns, spec.HostNetns, desired.NFTables)
@@ -234,7 +238,7 @@ func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
 	start := time.Now()
 	rep := &Report{Rounds: 1}
 	execute(ctx, e.ns, p.Ops, rep)
-	if rep.Err() != nil {
+	if rep.Err() != nil && !rep.onlyStale() {
 		// Whatever failed may have left nftables half-known: read it back
 		// next time.
 		e.nft.Invalidate(spec.HostNetns)
@@ -266,7 +270,16 @@ func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOp
 		failedBefore := len(rep.failures())
 		execute(ctx, e.ns, p.Ops, rep)
 		if len(rep.failures()) > failedBefore {
-			e.nft.Invalidate(spec.HostNetns)
+			if rep.onlyStale() && rep.Rounds < max(e.MaxRounds, 1) {
+				// Another commit changed some of the plan's nftables
+				// objects since it was made; nothing was written, and a
+				// new plan starts from that commit's record.
+				rep.Results = slices.DeleteFunc(rep.Results, func(r Result) bool { return r.Err != nil })
+				continue
+			}
+			if !rep.onlyStale() {
+				e.nft.Invalidate(spec.HostNetns)
+			}
 			break // a failing item would fail again; the next sync retries
 		}
 		if !touchesLinks(p) {
@@ -287,6 +300,17 @@ func touchesLinks(p *Plan) bool {
 		}
 	}
 	return false
+}
+
+// onlyStale reports whether every failure is an nftables plan refused as
+// stale (nft.ErrStale): nothing was written, the record stays trusted.
+func (r *Report) onlyStale() bool {
+	for _, res := range r.Results {
+		if res.Err != nil && !errors.Is(res.Err, nft.ErrStale) {
+			return false
+		}
+	}
+	return true
 }
 
 // failures lists the failed results.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"maps"
 	"slices"
 	"strings"
 
@@ -79,8 +80,9 @@ func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 // filter keeps the operations of the scoped pods: their own items (by Pod),
 // deletions of what lives on their host veths, node-level creations and
 // updates (cheap, and converged on a healthy node), and every nftables
-// operation (that diff is incremental already). Items of other pods whose
-// namespaces were not observed would otherwise plan as creations.
+// operation (nft.Reconciler.PlanScoped limits that diff to the pods).
+// Items of other pods whose namespaces were not observed would otherwise
+// plan as creations.
 func (s *podScope) filter(ops []op.Op) []op.Op {
 	var out []op.Op
 	for _, o := range ops {
@@ -117,6 +119,21 @@ func (s *podScope) claimRules(observed []spec.Rule) {
 	}
 }
 
+// nftScope names the scoped pods and their addresses for a scoped
+// nftables plan (nft.Reconciler.PlanScoped). It is false when a pod's
+// address is unknown (a DEL without PodIPs): only the whole table's diff
+// then finds the pod's elements in other pods' sets and maps.
+func (s *podScope) nftScope() (nft.Scope, bool) {
+	sc := nft.Scope{Pods: slices.Sorted(maps.Keys(s.pods))}
+	known := map[string]bool{}
+	for ip, key := range s.byAddr {
+		sc.Addrs = append(sc.Addrs, ip)
+		known[key] = true
+	}
+	slices.Sort(sc.Addrs)
+	return sc, len(known) == len(s.pods)
+}
+
 // has reports whether the pod (namespace/name) is in the scope.
 func (s *podScope) has(pod string) bool {
 	if s.only != "" {
@@ -136,9 +153,9 @@ func (s *podScope) onScopedVeth(text string) bool {
 
 // reduce returns the part of the document a scoped plan works on: the
 // scoped pods' items and node-level items (no pod), and the whole nftables
-// table (its diff is incremental already). Kinds then build ownership,
-// observe and diff only that much; other pods' observed objects plan as
-// deletions, which filter drops.
+// table (nft.Reconciler.PlanScoped takes the pods' part of it). Kinds then
+// build ownership, observe and diff only that much; other pods' observed
+// objects plan as deletions, which filter drops.
 func (s *podScope) reduce(d *spec.NodeState) *spec.NodeState {
 	keep := func(pod string) bool { return pod == "" || s.has(pod) }
 	r := &spec.NodeState{APIVersion: d.APIVersion, Kind: d.Kind, Node: d.Node, Mode: d.Mode, NFTables: d.NFTables, ENI: d.ENI}

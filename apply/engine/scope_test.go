@@ -112,13 +112,16 @@ func TestScopedApplyBadInput(t *testing.T) {
 		doc        *spec.NodeState
 	}{
 		{"a bad route of the pod", "198.18.0.300/32", badRoute(good, "x/c")},
-		{"a map element jumping nowhere", "chain \"nowhere\" does not exist", func() *spec.NodeState {
+		// The pod's own element: a scoped plan writes only the pod's
+		// elements of shared maps, so another pod's is the full sync's.
+		{"a map element of the pod jumping nowhere", "chain \"nowhere\" does not exist", func() *spec.NodeState {
 			s := good.Clone()
 			m := &s.NFTables.Sets[len(s.NFTables.Sets)-1]
-			m.Elements = append(m.Elements, spec.NFTElement{Key: []string{"198.18.3.3"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: "nowhere"}})
 			if !m.Verdict {
 				t.Fatalf("the last set, %s, is not a verdict map", m.Name)
 			}
+			m.Elements = slices.DeleteFunc(m.Elements, func(e spec.NFTElement) bool { return e.Key[0] == "198.18.0.12" })
+			m.Elements = append(m.Elements, spec.NFTElement{Key: []string{"198.18.0.12"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: "nowhere"}})
 			return s
 		}()},
 	}

@@ -75,18 +75,25 @@ func BenchmarkLargeSetChange(b *testing.B) {
 			e.apply(before)
 		}
 	})
-	b.Run("change-50000-42000", func(b *testing.B) {
-		e.t = b
-		for b.Loop() {
-			b.StopTimer()
-			e.r = New(Options{})
-			e.apply(before)
-			b.StartTimer()
-			if ops := e.apply(after); len(ops) != 3 {
-				b.Fatalf("the change plans %d ops, want the set, its chain and the commit", len(ops))
+	// Staged (the default: filled in short transactions outside the
+	// plan's, twice) and in the plan's one transaction (StageMin < 0).
+	for _, c := range []struct {
+		name  string
+		stage int
+	}{{"change-50000-42000", 0}, {"change-50000-42000-one-transaction", -1}} {
+		b.Run(c.name, func(b *testing.B) {
+			e.t = b
+			for b.Loop() {
+				b.StopTimer()
+				e.r = New(Options{StageMin: c.stage})
+				e.apply(before)
+				b.StartTimer()
+				if ops := e.apply(after); len(ops) != 3 {
+					b.Fatalf("the change plans %d ops, want the set, its chain and the commit", len(ops))
+				}
 			}
-		}
-	})
+		})
+	}
 }
 
 // BenchmarkLargeSetChangeWays measures both ways of a large change: the

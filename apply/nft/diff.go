@@ -39,6 +39,13 @@ type plan struct {
 	verifySets   map[string]*set
 	verifyChains map[string]int
 	verifyElems  map[string]*elemCheck
+	// staged are the recreated sets filled outside the transaction, by
+	// name (stage.go).
+	staged map[string]*stagedSet
+	// counts says the sync counts towards the periodic full one (done).
+	counts bool
+	// locks are record keys the commit locks as it records (stage.go).
+	locks map[string]bool
 }
 
 // verifyPerElemMax bounds the elements of one kept set that are read back
@@ -96,8 +103,12 @@ func (p *plan) messages() []batchMsg {
 //
 // replaceCost is the threshold of replaceSet: how many element additions
 // one element deletion of an interval set costs (< 0: never replace).
-func diff(netns string, want, have, rec *table, replaceCost int) (*plan, error) {
-	p := &plan{netns: netns, verifySets: map[string]*set{}, verifyChains: map[string]int{}, verifyElems: map[string]*elemCheck{}}
+//
+// stageMin is the size from which a recreated set is filled outside the
+// transaction (stage.go; <= 0: never).
+func diff(netns string, want, have, rec *table, replaceCost, stageMin int) (*plan, error) {
+	p := &plan{netns: netns, verifySets: map[string]*set{}, verifyChains: map[string]int{}, verifyElems: map[string]*elemCheck{},
+		staged: map[string]*stagedSet{}}
 	if want == nil {
 		if have != nil {
 			p.add(gTable, op.Delete, "table", "", "table inet terway")
@@ -123,7 +134,7 @@ func diff(netns string, want, have, rec *table, replaceCost int) (*plan, error) 
 		rec = emptyTable()
 	}
 	d := &differ{p: p, want: want, have: have, rec: rec, setAct: map[string]string{}, chainAct: map[string]string{},
-		bounce: map[string]string{}, replaceCost: replaceCost, deltas: map[string]*elemDelta{}}
+		bounce: map[string]string{}, replaceCost: replaceCost, deltas: map[string]*elemDelta{}, stageMin: stageMin}
 	d.classify()
 	d.sets()
 	if err := d.chains(); err != nil {
@@ -145,6 +156,7 @@ type differ struct {
 	// interval sets, computed once to decide and reused to plan.
 	replaceCost int
 	deltas      map[string]*elemDelta
+	stageMin    int
 }
 
 func act(a string) string { v, _, _ := strings.Cut(a, ":"); return v }
@@ -161,6 +173,18 @@ func (d *differ) classify() {
 			d.setAct[name] = "recreate:" + hs.changes(ws)
 		case d.replaceSet(ws, hs):
 			d.setAct[name] = "recreate:" + d.deltas[name].reason(ws)
+			// A set of the staging name left by a failed or interrupted
+			// staging (its rules may name it): this plan deletes it in
+			// its one transaction instead.
+			if canStage(ws, d.stageMin) && d.have.sets[stageName(name)] == nil {
+				d.p.staged[name] = &stagedSet{ws: ws, hs: hs}
+				d.setAct[name] += "; filled in steps"
+			}
+		case d.stageChange(ws, hs):
+			dl := d.deltas[name]
+			d.setAct[name] = fmt.Sprintf("recreate:%d elements change, too many for one short transaction; filled in steps",
+				len(dl.changed)+len(dl.gone))
+			d.p.staged[name] = &stagedSet{ws: ws, hs: hs}
 		default:
 			d.setAct[name] = "keep"
 		}
@@ -206,6 +230,19 @@ func (d *differ) classify() {
 	}
 	if len(gone) == 0 {
 		return
+	}
+	for name, wc := range d.want.chains {
+		for _, r := range wc.rules {
+			for _, ref := range r.refs {
+				if st := d.p.staged[strings.TrimPrefix(ref, "set ")]; st != nil && strings.HasPrefix(ref, "set ") &&
+					!slices.Contains(st.chains, name) {
+					st.chains = append(st.chains, name)
+				}
+			}
+		}
+	}
+	for _, st := range d.p.staged {
+		slices.Sort(st.chains)
 	}
 	for name, hc := range d.have.chains {
 		if d.chainAct[name] != "keep" {
@@ -298,6 +335,11 @@ func (d *differ) sets() {
 				p.msgs[phDeleteSets] = append(p.msgs[phDeleteSets], delSetMsg(hs))
 			}
 			p.add(gObjects, action, key, ws.pod, text)
+			if p.staged[name] != nil {
+				// Filled and read back before the transaction (stage.go),
+				// which only deletes the old set.
+				continue
+			}
 			p.msgs[phCreateSets] = append(p.msgs[phCreateSets], newSetMsg(ws, p.newID()))
 			p.msgs[phAttach] = append(p.msgs[phAttach], elemMsgs(ws, ws.name, 0, sortedElemList(ws.elems), false)...)
 			p.verifySets[name] = ws
@@ -447,7 +489,7 @@ func (d *differ) chains() error {
 			p.msgs[phDetach] = append(p.msgs[phDetach], flushChainMsg(name))
 		}
 		for i, r := range wc.rules {
-			ms, err := ruleMsgs(name, i, r, p.newID)
+			ms, err := ruleMsgs(name, i, p.stagedRule(r), p.newID)
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,8 @@
 // Package nft converges the one nftables table this project owns, table inet
 // terway (spec.NFTable), in a network namespace: observe the table, diff it
-// against the document, print the plan, apply it in ONE atomic transaction.
+// against the document, print the plan, apply it in ONE atomic transaction
+// (a large recreated set is filled beforehand, in short transactions, under
+// a name no rule uses: stage.go).
 //
 // The API is Reconciler: Plan / PlanFull return []op.Op (one line per
 // changed table, set, map, element or chain, and a last op standing for the
@@ -28,7 +30,10 @@
 //	observe.go   read our table (and only ours) from the kernel
 //	diff.go      have vs want → plan lines and phase-ordered messages
 //	replace.go   when a large interval set is recreated instead of edited
-//	reconciler.go records, partial/full syncs, commit, read-back
+//	stage.go     a large recreated set filled outside the transaction, in short ones
+//	scoped.go    a CNI plan's part of the table: its pods' objects and elements
+//	reconciler.go records, partial/full syncs, staleness, commit
+//	verify.go    reading back what a transaction wrote
 //	wire.go      the NETLINK_NETFILTER socket: dumps, gets, the batch
 //
 // Expressions are google/nftables expr values and use its marshalling; the

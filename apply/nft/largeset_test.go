@@ -61,7 +61,7 @@ func TestLargeSetChangeReplacesTheSet(t *testing.T) {
 	// The set is recreated and the chain that names it rewritten; no
 	// element is deleted one by one.
 	wantLines := []string{
-		"~ nft set big (recreate: 8000 elements go, a new set of 42000 costs less than deleting them one by one; 42000 elements)",
+		"~ nft set big (recreate: 8000 elements go, a new set of 42000 costs less than deleting them one by one; filled in steps; 42000 elements)",
 		"~ nft chain big-peers (1 rule; rewritten: set big is recreated)",
 	}
 	if !slices.Equal(got, wantLines) {
@@ -221,7 +221,7 @@ func TestReplaceThreshold(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := diff("x", after, before, before, c.cost)
+			p, err := diff("x", after, before, before, c.cost, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -235,7 +235,7 @@ func TestReplaceThreshold(t *testing.T) {
 			if derived.sets["big"].from != before.sets["big"].id {
 				t.Fatalf("the set was not derived from the record's")
 			}
-			pd, err := diff("x", derived, before, before, c.cost)
+			pd, err := diff("x", derived, before, before, c.cost, 0)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -147,6 +147,10 @@ func observeSets(c *conn, t *table) (map[string]*set, error) {
 			return nil, fmt.Errorf("decode a set of table inet terway: %w", err)
 		}
 		if err := readElems(c, s); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				// Deleted since the set list was read.
+				return nil, fmt.Errorf("%w: %w", errDumpInterrupted, err)
+			}
 			return nil, err
 		}
 		if isAnon {

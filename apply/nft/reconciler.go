@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -38,6 +40,10 @@ type Options struct {
 	// DefaultReplaceCost when 0; negative never recreates (benchmarks
 	// measure the element-by-element way with it).
 	ReplaceCost int
+	// StageMin is the size from which a recreated set is filled outside
+	// the plan's transaction, in short ones (stage.go): stageMinElems when
+	// 0; negative never (one transaction, as benchmarks compare).
+	StageMin int
 	// Logger receives one line per decision (full or partial sync, commit,
 	// failure). Nil discards.
 	Logger *slog.Logger
@@ -65,9 +71,13 @@ type Options struct {
 // that meets a kernel unlike the record (an element to delete is already
 // gone) fails as a whole, and the next, full, sync repairs.
 //
-// A Reconciler is safe for concurrent use; syncs of one namespace should
-// not overlap (a plan made before another plan of the same namespace was
-// committed is refused as stale).
+// A Reconciler is safe for concurrent use. Plans of one namespace may
+// overlap: a plan made before another commit of the namespace is refused
+// as stale (ErrStale, nothing written) if that commit changed one of its
+// objects, or since a failure; otherwise it commits on top, and the record
+// keeps both. A large recreated set is filled outside the transaction
+// (stage.go), so that no transaction of the namespace is long. PlanScoped
+// limits a plan to some pods' objects (scoped.go).
 type Reconciler struct {
 	opts Options
 	log  *slog.Logger
@@ -97,7 +107,89 @@ type record struct {
 	// commitMu serialises commits of the namespace, so that the staleness
 	// check and the commit that follows it cannot interleave with another.
 	commitMu sync.Mutex
+	// log names what each of the last commits (by version) changed, so
+	// that a plan made before a commit that changed none of its objects
+	// is not stale (see stale).
+	log []logEntry
+	// locked are objects a staged plan is renaming (stage.go); mu guards.
+	locked map[string]bool
+	// stageMu lets one staged plan of the namespace fill at a time.
+	stageMu sync.Mutex
+	// waiting counts commits waiting for or holding commitMu: a staged
+	// fill lets them go before its next chunk.
+	waiting atomic.Int32
+	// commits counts commits of the namespace through commitLocked: a
+	// staged fill that sees it move shares the CPU with them.
+	commits atomic.Uint64
+	// indexes hold large record sets' elements by address, for scoped
+	// plans (scoped.go), each for the set object it was built from; mu
+	// guards.
+	indexes map[string]indexed
 }
+
+// indexed is an addrIndex of one set object.
+type indexed struct {
+	of  *set
+	idx addrIndex
+}
+
+// warmIndexes builds the address indexes of rec's large sets that are not
+// built yet: after a commit, by the committing sync, so that the next
+// scoped plan (a CNI ADD) finds them ready.
+func (r *Reconciler) warmIndexes(rec *record) {
+	r.mu.Lock()
+	var sets []*set
+	if rec.written != nil {
+		for name, s := range rec.written.sets {
+			if x, ok := rec.indexes[name]; len(s.elems) >= indexMinElems && (!ok || x.of != s) {
+				sets = append(sets, s)
+			}
+		}
+	}
+	r.mu.Unlock()
+	index := r.indexer(rec)
+	for _, s := range sets {
+		index(s)
+	}
+}
+
+// indexer returns the addrIndex of a record set of rec, built once per set
+// object (record sets are never modified).
+func (r *Reconciler) indexer(rec *record) func(*set) addrIndex {
+	return func(s *set) addrIndex {
+		r.mu.Lock()
+		x, ok := rec.indexes[s.name]
+		r.mu.Unlock()
+		if ok && x.of == s {
+			return x.idx
+		}
+		idx := newAddrIndex(s)
+		r.mu.Lock()
+		if rec.indexes == nil {
+			rec.indexes = map[string]indexed{}
+		}
+		rec.indexes[s.name] = indexed{of: s, idx: idx}
+		r.mu.Unlock()
+		return idx
+	}
+}
+
+// logEntry is what one commit or invalidation changed: objects by key
+// ("set NAME", "chain NAME"), or everything.
+type logEntry struct {
+	keys map[string]bool
+	all  bool
+}
+
+// maxLog bounds a record's log; a plan older than that is stale. A staged
+// change's fill takes seconds, and CNI ADDs and DELs commit meanwhile (25
+// a second in the benchmark): the log must outlast the fill.
+const maxLog = 1024
+
+// ErrStale is wrapped by the error of a plan refused because another
+// commit of its namespace changed some of the same objects since it was
+// made. Nothing was written; planning again is the remedy.
+var ErrStale = errors.New("plan is stale")
 
 // New returns a Reconciler with no records: the first sync of every
 // namespace is a full one.
@@ -107,6 +199,9 @@ func New(opts Options) *Reconciler {
 	}
 	if opts.ReplaceCost == 0 {
 		opts.ReplaceCost = DefaultReplaceCost
+	}
+	if opts.StageMin == 0 {
+		opts.StageMin = stageMinElems
 	}
 	log := opts.Logger
 	if log == nil {
@@ -152,9 +247,16 @@ func (r *Reconciler) Invalidate(netns string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if rec := r.records[netns]; rec != nil {
-		rec.full = true
-		rec.version++
+		rec.invalidate()
 	}
+}
+
+// invalidate makes the next sync full and every plan made so far stale;
+// mu is held.
+func (rec *record) invalidate() {
+	rec.full = true
+	rec.version++
+	rec.logged(logEntry{all: true})
 }
 
 // Forget drops the record of a namespace that no longer exists (a pod's
@@ -181,10 +283,15 @@ func (r *Reconciler) Sync(ctx context.Context, ns op.Namespaces, netns string, d
 }
 
 func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable, ask syncMode) ([]op.Op, error) {
+	return r.planWith(ns, netns, desired, ask, nil)
+}
+
+// planWith plans; a scope (PlanScoped) limits a partial sync to its pods.
+func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTable, ask syncMode, sc *Scope) ([]op.Op, error) {
 	r.mu.Lock()
 	rec := r.records[netns]
 	if rec == nil {
-		rec = &record{full: true}
+		rec = &record{full: true, locked: map[string]bool{}}
 		r.records[netns] = rec
 	}
 	full := ask == syncFull || rec.full || (ask == syncAuto && rec.syncs+1 >= r.opts.FullEvery)
@@ -192,7 +299,13 @@ func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable,
 	r.mu.Unlock()
 
 	var want *table
-	if desired != nil {
+	switch {
+	case desired != nil && sc != nil && !full && written != nil:
+		var err error
+		if want, err = scopedTable(desired, written, sc, cache, r.indexer(rec)); err != nil {
+			return nil, err
+		}
+	case desired != nil:
 		var err error
 		if want, cache, err = canonical(desired, cache); err != nil {
 			return nil, err
@@ -212,14 +325,19 @@ func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable,
 		have, gen, err = r.observe(c, want, have)
 		c.close()
 		if err != nil {
-			r.fail(netns)
+			if !errors.Is(err, errDumpInterrupted) {
+				// A snapshot that other commits kept interrupting says
+				// nothing against the record; anything else might.
+				r.fail(netns)
+			}
 			return nil, fmt.Errorf("observe table inet terway in %s: %w", nsName(netns), err)
 		}
 	}
-	p, err := diff(netns, want, have, written, r.opts.ReplaceCost)
+	p, err := diff(netns, want, have, written, r.opts.ReplaceCost, r.opts.StageMin)
 	if err != nil {
 		return nil, err
 	}
+	p.counts = ask != syncPartial
 	ops := p.ops()
 	mode := "partial"
 	if full {
@@ -228,7 +346,9 @@ func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable,
 	if len(ops) == 0 {
 		r.mu.Lock()
 		if rec.version == version {
-			r.done(rec, want, full)
+			// Nothing changed: the version stays, and no plan made
+			// before is stale for it.
+			r.done(rec, want, full, ask != syncPartial)
 		}
 		r.mu.Unlock()
 		r.log.Debug("nftables converged", "netns", netns, "sync", mode)
@@ -281,21 +401,44 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 	if rec == nil {
 		return fmt.Errorf("nft table inet terway in %s: the namespace was forgotten since the plan; plan again", nsName(netns))
 	}
-	rec.commitMu.Lock()
-	defer rec.commitMu.Unlock()
-	r.mu.Lock()
-	stale := r.records[netns] != rec || rec.version != version
-	r.mu.Unlock()
-	if stale {
-		r.fail(netns)
-		return fmt.Errorf("nft table inet terway in %s: plan is stale (another sync of this namespace ran since); plan again", nsName(netns))
-	}
 	c, err := dial(ns, netns)
 	if err != nil {
 		r.fail(netns)
 		return err
 	}
 	defer c.close()
+	if len(p.staged) > 0 {
+		return r.commitStaged(ctx, c, rec, netns, p, msgs, want, gen, version, full)
+	}
+	if err := r.commitLocked(ctx, c, rec, netns, p, msgs, want, gen, version, full); err != nil {
+		return err
+	}
+	r.warmIndexes(rec)
+	return nil
+}
+
+// commitLocked refuses a stale plan, else sends its transaction, reads back
+// what it wrote and records it, all under the namespace's commitMu.
+func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, netns string, p *plan, msgs []batchMsg,
+	want *table, gen *uint32, version uint64, full bool) error {
+	rec.waiting.Add(1)
+	defer rec.waiting.Add(-1)
+	rec.commitMu.Lock()
+	defer rec.commitMu.Unlock()
+	keys, all := p.touchKeys()
+	r.mu.Lock()
+	why := ""
+	if r.records[netns] != rec {
+		why = "the namespace was forgotten since"
+	} else {
+		why = rec.stale(version, keys, all)
+	}
+	r.mu.Unlock()
+	if why != "" {
+		// Nothing was written: the record stays right, and the next
+		// plan may be partial.
+		return fmt.Errorf("nft table inet terway in %s: %w (%s); plan again", nsName(netns), ErrStale, why)
+	}
 	if r.inject != nil {
 		msgs = r.inject(msgs)
 	}
@@ -306,25 +449,115 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 		}
 		return fmt.Errorf("nft table inet terway in %s: %w", nsName(netns), err)
 	}
+	rec.commits.Add(1)
 	if err := verify(c, p); err != nil {
 		r.fail(netns)
 		return fmt.Errorf("nft table inet terway in %s: the transaction was applied but %w", nsName(netns), err)
 	}
 	r.mu.Lock()
-	r.done(rec, want, full)
+	r.committed(rec, want, full, p.counts, version, keys, all)
+	for k := range p.locks {
+		rec.locked[k] = true
+	}
 	r.mu.Unlock()
 	r.log.Info("nftables committed", "netns", netns, "messages", len(msgs))
 	return nil
 }
 
-// done records a successful sync; mu is held.
-func (r *Reconciler) done(rec *record, want *table, full bool) {
+// stale says why a plan made at version that changes keys (or all) may
+// not be committed now, or "" if it may: every commit since changed other
+// objects, and none of its objects is being renamed. mu is held.
+func (rec *record) stale(version uint64, keys map[string]bool, all bool) string {
+	if n := rec.version - version; n > 0 {
+		switch {
+		case all || rec.written == nil:
+			return "another sync of this namespace ran since, and this plan rewrites the table"
+		case n > uint64(len(rec.log)):
+			return fmt.Sprintf("%d syncs of this namespace ran since, more than the %d remembered", n, len(rec.log))
+		}
+		for _, e := range rec.log[len(rec.log)-int(n):] {
+			if e.all {
+				return "the record was invalidated since (a failure, or Invalidate)"
+			}
+			for k := range keys {
+				if e.keys[k] {
+					return "another sync of this namespace changed " + k + " since"
+				}
+			}
+		}
+	}
+	for k := range keys {
+		if rec.locked[k] {
+			return k + " is being filled under a staging name"
+		}
+	}
+	return ""
+}
+
+// committed records a successful commit of a plan made at version that
+// changed keys (or all); mu is held. When other commits came between,
+// the record keeps their objects and takes the plan's.
+func (r *Reconciler) committed(rec *record, want *table, full, counts bool, version uint64, keys map[string]bool, all bool) {
+	if rec.version != version && !all && rec.written != nil && want != nil {
+		merged := &table{sets: maps.Clone(rec.written.sets), chains: maps.Clone(rec.written.chains)}
+		for k := range keys {
+			kind, name, _ := strings.Cut(k, " ")
+			switch {
+			case kind == "set" && want.sets[name] != nil:
+				merged.sets[name] = want.sets[name]
+			case kind == "set":
+				delete(merged.sets, name)
+			case want.chains[name] != nil:
+				merged.chains[name] = want.chains[name]
+			default:
+				delete(merged.chains, name)
+			}
+		}
+		want = merged
+	}
+	r.done(rec, want, full, counts)
+	rec.version++
+	rec.logged(logEntry{keys: keys, all: all})
+}
+
+// logged appends the entry of the version just made; mu is held. Every
+// version has one, so that stale can tell what changed since any plan.
+func (rec *record) logged(e logEntry) {
+	rec.log = append(rec.log, e)
+	if len(rec.log) > maxLog {
+		rec.log = slices.Delete(rec.log, 0, len(rec.log)-maxLog)
+	}
+}
+
+// touchKeys names the objects the plan changes ("set NAME" for a set or
+// any of its elements, "chain NAME"), or all for the table itself.
+func (p *plan) touchKeys() (map[string]bool, bool) {
+	keys := map[string]bool{}
+	for _, o := range p.ops() {
+		kind, rest, _ := strings.Cut(o.Key, "/")
+		switch kind {
+		case "set", "chain":
+			keys[kind+" "+rest] = true
+		case "element":
+			name, _, _ := strings.Cut(rest, "/")
+			keys["set "+name] = true
+		default:
+			return keys, true
+		}
+	}
+	return keys, false
+}
+
+// done records a successful sync; mu is held. Only syncs that may be the
+// periodic full one count towards it (counts): the CNI path's partial
+// syncs, many more, would otherwise make the agent's every sync full.
+func (r *Reconciler) done(rec *record, want *table, full, counts bool) {
 	rec.written = want
 	rec.full = false
-	rec.version++
-	if full {
+	switch {
+	case full:
 		rec.syncs = 0
-	} else {
+	case counts:
 		rec.syncs++
 	}
 }
@@ -334,134 +567,7 @@ func (r *Reconciler) fail(netns string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if rec := r.records[netns]; rec != nil {
-		rec.full = true
-		rec.version++
+		rec.invalidate()
 	}
 	r.log.Warn("nftables sync failed; next sync is full", "netns", netns)
-}
-
-// verifyPerChainMax bounds per-chain rule dumps; beyond it one table-wide
-// dump counts every chain's rules.
-const verifyPerChainMax = 16
-
-// verify reads back what the transaction wrote: the elements of every set
-// it wrote (the kernel has installed partial element lists silently
-// before), element by element when it changed a few of a kept set
-// (elemCheck), and every rewritten chain's rule count.
-func verify(c *conn, p *plan) error {
-	var errs []error
-	for _, name := range sortedKeys(p.verifySets) {
-		ws := p.verifySets[name]
-		got := &set{name: ws.name, types: ws.types, typeNames: ws.typeNames, interval: ws.interval, verdict: ws.verdict}
-		if err := readElems(c, got); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		var missing, extra []string
-		for k, e := range ws.elems {
-			if g := got.elems[k]; g == nil || g.String() != e.String() {
-				missing = append(missing, e.String())
-			}
-		}
-		for k, g := range got.elems {
-			if ws.elems[k] == nil {
-				extra = append(extra, g.String())
-			}
-		}
-		if len(missing)+len(extra) > 0 {
-			errs = append(errs, fmt.Errorf("nft %s %s holds %d elements, want %d (missing %s; unexpected %s)",
-				ws.word(), name, len(got.elems), len(ws.elems), firstFew(missing), firstFew(extra)))
-		}
-	}
-	for _, name := range sortedKeys(p.verifyElems) {
-		if err := verifyElems(c, p.verifyElems[name]); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	counts, err := ruleCounts(c, sortedKeys(p.verifyChains))
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, name := range sortedKeys(p.verifyChains) {
-		if want, got := p.verifyChains[name], counts[name]; err == nil && want != got {
-			errs = append(errs, fmt.Errorf("nft chain %s holds %d rules, want %d", name, got, want))
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("reading it back found differences: %w", errors.Join(errs...))
-	}
-	return nil
-}
-
-// verifyElems reads back the elements a transaction wrote to or deleted
-// from a kept set, one by one.
-func verifyElems(c *conn, ch *elemCheck) error {
-	var missing, extra []string
-	for _, e := range ch.present {
-		got, err := getElem(c, ch.set, e)
-		if err != nil {
-			return err
-		}
-		if got == nil || got.String() != e.String() {
-			missing = append(missing, e.String())
-		}
-	}
-	for _, e := range ch.absent {
-		got, err := getElem(c, ch.set, e)
-		if err != nil {
-			return err
-		}
-		if got != nil {
-			extra = append(extra, got.String())
-		}
-	}
-	if len(missing)+len(extra) > 0 {
-		return fmt.Errorf("nft %s %s does not hold what was written (missing %s; unexpected %s)",
-			ch.set.word(), ch.set.name, firstFew(missing), firstFew(extra))
-	}
-	return nil
-}
-
-func firstFew(l []string) string {
-	if len(l) == 0 {
-		return "none"
-	}
-	slices.Sort(l)
-	if len(l) > 3 {
-		return strings.Join(l[:3], ", ") + fmt.Sprintf(" and %d more", len(l)-3)
-	}
-	return strings.Join(l, ", ")
-}
-
-// ruleCounts counts the rules of the given chains.
-func ruleCounts(c *conn, chains []string) (map[string]int, error) {
-	counts := map[string]int{}
-	if len(chains) == 0 {
-		return counts, nil
-	}
-	filters := [][]byte{attrStr(unix.NFTA_RULE_TABLE, spec.NFTTable)}
-	if len(chains) <= verifyPerChainMax {
-		filters = filters[:0]
-		for _, ch := range chains {
-			filters = append(filters, append(attrStr(unix.NFTA_RULE_TABLE, spec.NFTTable), attrStr(unix.NFTA_RULE_CHAIN, ch)...))
-		}
-	}
-	for _, f := range filters {
-		ms, err := c.dump(unix.NFT_MSG_GETRULE, familyInet, f)
-		if err != nil {
-			return nil, fmt.Errorf("count rules: %w", err)
-		}
-		for _, m := range ms {
-			as, err := parseAttrs(m.attrs)
-			if err != nil {
-				return nil, fmt.Errorf("count rules: %w", err)
-			}
-			for _, a := range as {
-				if a.typ == unix.NFTA_RULE_CHAIN {
-					counts[a.str()]++
-				}
-			}
-		}
-	}
-	return counts, nil
 }

@@ -28,7 +28,7 @@ func TestVerifyElemsReadsBackTouchedElements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := diff(e.ns, want, have, have, DefaultReplaceCost)
+	p, err := diff(e.ns, want, have, have, DefaultReplaceCost, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,280 @@
+package nft
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Scoped plans: the CNI path changes its pods' objects only.
+//
+// A CNI ADD or DEL renders the whole document, and that document may hold
+// more than the pod's change: a large policy edit that the agent's own sync
+// has not applied yet. Diffing the whole table would make the ADD carry
+// that edit (a 50,000-element set change is seconds of kernel time). So a
+// scoped plan starts from the record of what was written and takes from
+// the document only what belongs to the scoped pods:
+//
+//   - their own sets and chains (Pod), created, rewritten or deleted;
+//   - sets and chains the record lacks (a group chain or peer set the pod
+//     is the first to need), whole;
+//   - in the other sets and maps, the elements that name a scoped pod: a
+//     map element that jumps to one of its chains, or an element whose key
+//     has its address as a field. A DEL so drops the pod's address from
+//     every peer set at once, and an ADD puts it in.
+//
+// Everything else stays as the record has it, and the next unscoped sync
+// applies the rest. When the record cannot be trusted (first sync, after a
+// failure) the scoped plan is the whole table's, as before.
+
+// Scope names the pods a scoped plan (Reconciler.PlanScoped) is about.
+type Scope struct {
+	// Pods are the pods' keys (namespace/name), as in sets' and chains'
+	// Pod field.
+	Pods []string
+	// Addrs are the pods' addresses, present or removed: elements whose
+	// key has one of them as a field are the pods' elements.
+	Addrs []string
+}
+
+// PlanScoped plans like PlanPartial, limited to the objects of sc's pods
+// (see above); the record then holds what was written, not desired.
+func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NFTable, sc Scope) ([]op.Op, error) {
+	return r.planWith(ns, netns, desired, syncPartial, &sc)
+}
+
+// scopedTable is the record with the scoped pods' part of desired. index
+// gives a record set's elements by address (see addrIndex).
+func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex) (*table, error) {
+	pods := map[string]bool{}
+	for _, p := range sc.Pods {
+		if p != "" {
+			pods[p] = true
+		}
+	}
+	out := &table{sets: maps.Clone(written.sets), chains: maps.Clone(written.chains)}
+	podChains := map[string]bool{}
+	for name, c := range written.chains {
+		if pods[c.pod] {
+			podChains[name] = true
+			delete(out.chains, name)
+		}
+	}
+	for i := range desired.Chains {
+		in := &desired.Chains[i]
+		if !pods[in.Pod] && written.chains[in.Name] != nil {
+			continue
+		}
+		c := cache.chain(in.Name)
+		if c == nil || !sameChain(c.src, in) {
+			var err error
+			if c, err = canonicalChain(in); err != nil {
+				return nil, err
+			}
+		}
+		out.chains[c.name] = c
+		if pods[in.Pod] {
+			podChains[in.Name] = true
+		}
+	}
+	for name, s := range written.sets {
+		if pods[s.pod] {
+			delete(out.sets, name)
+		}
+	}
+	for i := range desired.Sets {
+		in := &desired.Sets[i]
+		hs := written.sets[in.Name]
+		switch {
+		case pods[in.Pod] || hs == nil:
+			s, err := canonicalSet(in, cache.set(in.Name))
+			if err != nil {
+				return nil, err
+			}
+			out.sets[s.name] = s
+		case pods[hs.pod] || !hs.sameSource(in):
+			// The set changed owner or definition: the unscoped sync's.
+		default:
+			s, err := scopedElems(in, hs, sc.Addrs, podChains, index)
+			if err != nil {
+				return nil, err
+			}
+			out.sets[s.name] = s
+		}
+	}
+	if err := out.checkRefs(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// scopedElems returns hs with the scoped pods' elements of in: hs itself
+// when they are the same, else a set derived from hs by that delta (so
+// that diffing it against hs looks at the delta only).
+func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]bool, index func(*set) addrIndex) (*set, error) {
+	var fields []int // the key's address fields
+	for i, tn := range hs.typeNames {
+		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
+			fields = append(fields, i)
+		}
+	}
+	jumps := hs.verdict && len(podChains) > 0
+	if len(fields) == 0 && !jumps {
+		return hs, nil
+	}
+	mine := func(key []string, v *spec.NFTVerdict) bool {
+		if v != nil && podChains[v.Chain] {
+			return true
+		}
+		for _, i := range fields {
+			if i >= len(key) {
+				continue
+			}
+			for _, a := range addrs {
+				if isAddr(key[i], a) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	wanted := map[string]*elem{}
+	for _, e := range in.Elements {
+		if !mine(e.Key, e.Verdict) {
+			continue
+		}
+		ce, err := canonicalElem(hs, e)
+		if err != nil {
+			return nil, fmt.Errorf("nft set %s: element %q: %w", in.Name, spec.FormatElement(e), err)
+		}
+		if other := wanted[ce.text]; other != nil {
+			return nil, fmt.Errorf("nft set %s: element %q: same key as %q", in.Name, spec.FormatElement(e), other.String())
+		}
+		wanted[ce.text] = ce
+	}
+	var added, removed []*elem
+	for text, e := range wanted {
+		if he := hs.elems[text]; he == nil || !he.same(e) {
+			added = append(added, e)
+			if he != nil {
+				removed = append(removed, he)
+			}
+		}
+	}
+	drop := func(he *elem) {
+		if wanted[he.text] == nil && !slices.Contains(removed, he) {
+			removed = append(removed, he)
+		}
+	}
+	if len(hs.elems) < indexMinElems {
+		for _, he := range hs.elems {
+			if elemIsPods(he, fields, addrs, podChains) {
+				drop(he)
+			}
+		}
+	} else {
+		idx := index(hs)
+		for _, a := range addrs {
+			for _, he := range idx[a] {
+				drop(he)
+			}
+		}
+		if jumps {
+			for _, he := range hs.elems {
+				if he.verdict != nil && podChains[he.verdict.Chain] {
+					drop(he)
+				}
+			}
+		}
+	}
+	if len(added)+len(removed) == 0 {
+		return hs, nil
+	}
+	s := *hs
+	s.id, s.from = setIDs.Add(1), hs.id
+	s.src, s.canon = nil, nil
+	s.elems, s.jumps = maps.Clone(hs.elems), maps.Clone(hs.jumps)
+	for _, he := range removed {
+		delete(s.elems, he.text)
+		s.countJump(he, -1)
+	}
+	for _, e := range added {
+		s.elems[e.text] = e
+		s.countJump(e, 1)
+	}
+	s.added, s.removed = added, removed
+	return &s, nil
+}
+
+// elemIsPods reports whether a canonical element jumps to a scoped pod's
+// chain or has one of its addresses as a key field (of those in fields).
+func elemIsPods(e *elem, fields []int, addrs []string, podChains map[string]bool) bool {
+	if e.verdict != nil && podChains[e.verdict.Chain] {
+		return true
+	}
+	for i, f := range keyFields(e.text) {
+		if slices.Contains(fields, i) && slices.Contains(addrs, hostAddr(f)) {
+			return true
+		}
+	}
+	return false
+}
+
+// typeIPv6Addr is nft's IPv6 address type.
+const typeIPv6Addr = "ipv6_addr"
+
+// indexMinElems is the size from which a set's elements are found by
+// address through an index rather than by a scan.
+const indexMinElems = 256
+
+// addrIndex gives a set's elements by each single address in their key's
+// address fields (not prefixes or ranges: those are not a pod's).
+type addrIndex map[string][]*elem
+
+func newAddrIndex(s *set) addrIndex {
+	var fields []int
+	for i, tn := range s.typeNames {
+		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
+			fields = append(fields, i)
+		}
+	}
+	idx := addrIndex{}
+	for _, e := range s.elems {
+		for i, f := range keyFields(e.text) {
+			if slices.Contains(fields, i) {
+				if a := hostAddr(f); !strings.ContainsAny(a, "/-") {
+					idx[a] = append(idx[a], e)
+				}
+			}
+		}
+	}
+	return idx
+}
+
+// keyFields splits a canonical key text into its fields.
+func keyFields(text string) []string { return strings.Split(text, " . ") }
+
+// isAddr reports whether field f is address a (hostAddr(f) == a without
+// allocating: the document's element lists are long).
+func isAddr(f, a string) bool {
+	if len(f) < len(a) || f[:len(a)] != a {
+		return false
+	}
+	return len(f) == len(a) || f[len(a):] == "/32" || f[len(a):] == "/128"
+}
+
+// hostAddr is an address field without a host prefix length ("/32",
+// "/128"), as a pod's address is written.
+func hostAddr(f string) string {
+	if a, ok := strings.CutSuffix(f, "/32"); ok {
+		return a
+	}
+	if a, ok := strings.CutSuffix(f, "/128"); ok {
+		return a
+	}
+	return f
+}

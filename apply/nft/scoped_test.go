@@ -1,0 +1,108 @@
+package nft
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// scopedDoc is testDoc of ps with a large concatenated interval set "big"
+// (bigSetDoc's, n elements that keep admits, from 198.19.0.0 so that no
+// pod's address is among them) and a shared peer set "peers" that holds
+// every pod's address, as a policy's pod selector renders it.
+func scopedDoc(ps []testPod, n int, keep func(int) bool) *spec.NFTable {
+	t := testDoc(ps, nil)
+	big := spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+		Comment: "a large policy peer set"}
+	for i := range n {
+		if keep == nil || keep(i) {
+			ip := ipString(198<<24 | 19<<16 + uint64(i))
+			big.Elements = append(big.Elements, spec.NFTElement{Key: []string{ip, "tcp", fmt.Sprintf("%d-%d", 1000+i%100, 2000+i%100)}})
+		}
+	}
+	peers := spec.NFTSet{Name: "peers", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "pods of app=web"}
+	for _, p := range ps {
+		peers.Elements = append(peers.Elements, spec.NFTElement{Key: []string{p.ip}})
+	}
+	t.Sets = append(t.Sets, big, peers)
+	t.Chains = append(t.Chains, spec.NFTChain{Name: "big-peers", Comment: "admits the big set and the web pods", Rules: []spec.NFTRule{
+		{Match: []spec.NFTMatch{{Selectors: []string{spec.SelIPSaddr, spec.SelL4Proto, spec.SelTHDport}, Set: "big"}},
+			Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept}},
+		{Match: []spec.NFTMatch{{Selectors: []string{spec.SelIPSaddr}, Set: "peers"}},
+			Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept}},
+	}})
+	t.Canonicalize()
+	return t
+}
+
+// TestScopedPlanLeavesPendingChange: a pod's ADD whose document already
+// holds a large change of another set (not yet applied by the agent's
+// sync) writes the pod's chains, sets, dispatch elements and its address
+// in the shared peer set, and nothing of the large change. Its DEL drops
+// the address from the peer set at once. The next unscoped sync applies
+// the large change, and the table is then what a fresh fill gives.
+func TestScopedPlanLeavesPendingChange(t *testing.T) {
+	ps := pods(4)
+	three, all := ps[:3], ps
+	before := scopedDoc(three, 3000, nil)
+	e := newEnv(t, "scoped")
+	e.apply(before)
+
+	added := ps[3]
+	sc := Scope{Pods: []string{added.key}, Addrs: []string{added.ip}}
+	scoped := func(doc *spec.NFTable) []string {
+		t.Helper()
+		ops, err := e.r.PlanScoped(e.reg, e.ns, doc, sc)
+		if err != nil {
+			t.Fatalf("scoped plan: %v", err)
+		}
+		e.run(ops)
+		return lines(ops)
+	}
+	for _, l := range scoped(scopedDoc(all, 3000, shrink)) {
+		if strings.Contains(l, " big") || !strings.Contains(l, added.hash) && !strings.Contains(l, added.ip) {
+			t.Errorf("the ADD's plan has %q, not its pod's", l)
+		}
+	}
+	if n := strings.Count(e.nft("list", "set", "inet", "terway", "big"), "tcp"); n != 3000 {
+		t.Errorf("after the ADD, set big has %d elements, want the 3000 of before", n)
+	}
+	for _, what := range [][]string{
+		{"list", "chain", "inet", "terway", added.in()},
+		{"list", "set", "inet", "terway", added.out() + "-all"},
+	} {
+		e.nft(what...) // fails the test if missing
+	}
+	for _, m := range []string{"ingress-dispatch", "egress-dispatch"} {
+		if got := e.nft("list", "map", "inet", "terway", m); !strings.Contains(got, added.ip) {
+			t.Errorf("after the ADD, map %s lacks %s:\n%s", m, added.ip, got)
+		}
+	}
+	if got := e.nft("list", "set", "inet", "terway", "peers"); !strings.Contains(got, added.ip) {
+		t.Errorf("after the ADD, set peers lacks %s:\n%s", added.ip, got)
+	}
+
+	// The DEL: the document no longer has the pod, still the pending change.
+	delLines := scoped(scopedDoc(three, 3000, shrink))
+	if !slices.ContainsFunc(delLines, func(l string) bool { return strings.Contains(l, "element peers { "+added.ip+" }") }) {
+		t.Errorf("the DEL's plan does not drop %s from peers:\n%s", added.ip, strings.Join(delLines, "\n"))
+	}
+	if got := e.nft("list", "set", "inet", "terway", "peers"); strings.Contains(got, added.ip) {
+		t.Errorf("after the DEL, set peers still holds %s:\n%s", added.ip, got)
+	}
+	if n := strings.Count(e.nft("list", "set", "inet", "terway", "big"), "tcp"); n != 3000 {
+		t.Errorf("after the DEL, set big has %d elements, want 3000", n)
+	}
+
+	final := scopedDoc(three, 3000, shrink)
+	e.apply(final)
+	fresh := newEnv(t, "scopedfresh")
+	fresh.apply(final)
+	sameTable(t, "after the agent's sync", e.nft("list", "table", "inet", "terway"), fresh.nft("list", "table", "inet", "terway"))
+	if ops := e.plan(final, true); len(ops) != 0 {
+		t.Errorf("full plan after the sync not empty:\n%s", firstLines(lines(ops), 5))
+	}
+}
