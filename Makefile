@@ -6,7 +6,7 @@ GOFLAGS  ?=
 # for two packages at a time.
 TESTFLAGS ?= -count=1 -timeout 25m -p 2
 
-.PHONY: all build test unit golden demo bench deps vet clean k8s-assets fuzz
+.PHONY: all build test unit golden demo bench deps vet clean k8s-assets fuzz image manifests
 
 all: build
 
@@ -83,6 +83,29 @@ k8s-assets:
 
 deps:
 	hack/install-deps.sh
+
+# The agent's image, built here without a daemon or a registry
+# (hack/mkimage): static terwayd, terway and terwayctl plus the CA bundle,
+# no shell, one archive that `ctr -n k8s.io images import`, `docker load`
+# and `skopeo copy docker-archive:...` all read. Every timestamp in it is
+# the commit's time, so two builds of one commit give the same digest.
+#   make image IMAGE=registry.example.com/terway-reconciler:v1
+#   make manifests IMAGE=registry.example.com/terway-reconciler:v1
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGE ?= terway-reconciler:$(VERSION)
+IMAGE_ARCHIVE ?= $(BIN)/terway-reconciler.tar
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+image: deps
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./hack/mkimage -name '$(IMAGE)' -o $(IMAGE_ARCHIVE) \
+	  -bin-dir $(BIN)/image -version '$(VERSION)' -revision '$(REVISION)'
+
+# Sets IMAGE as the image of every container in the manifests (the only
+# `image:` lines they have).
+MANIFESTS ?= manifests/terway.yml manifests/terway-multiip.yml
+manifests:
+	@case '$(IMAGE)' in *[!A-Za-z0-9._:/@-]*|'') echo "IMAGE '$(IMAGE)': not an image name" >&2; exit 1;; esac
+	sed -i -E 's#^([[:space:]]+image:[[:space:]]*).*$$#\1$(IMAGE)#' $(MANIFESTS)
 
 clean:
 	rm -rf $(BIN)
