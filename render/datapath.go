@@ -74,18 +74,11 @@ func (r *renderer) renderPod(p *podInfo) {
 		p.ip = netip.Addr{}
 		return
 	}
+	r.ipOwners[p.ip] = p
 	ifName := a.Spec.IfName
 	if ifName == "" {
 		ifName = "eth0"
 	}
-	if other := r.ifOwners[[2]string{a.Spec.Netns, ifName}]; other != nil {
-		// As with addresses, the first pod in key order keeps it.
-		r.podProblem(p, "allocation.spec.netns", "network namespace %s already holds pod %s's %s", a.Spec.Netns, other.key, ifName)
-		p.ip = netip.Addr{}
-		return
-	}
-	r.ipOwners[p.ip] = p
-	r.ifOwners[[2]string{a.Spec.Netns, ifName}] = p
 	entry := spec.Pod{
 		Key: p.key, ContainerID: a.Spec.ContainerID, Netns: a.Spec.Netns, IfName: ifName,
 		IP: p.ip.String(), ENI: a.Spec.ENI, HostVeth: spec.HostVethName(p.key), UID: a.Spec.UID,

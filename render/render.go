@@ -53,11 +53,6 @@ type renderer struct {
 	enis   map[string]*spec.ENI  // attached ENIs by name (id)
 	// ipOwners maps each local pod IP to the pod that rendered with it.
 	ipOwners map[netip.Addr]*podInfo
-	// ifOwners maps each pod interface (netns path, name) to the pod that
-	// rendered with it: a second sandbox's attachment recorded into a
-	// namespace that holds another pod's interface (an agent killed before
-	// rolling it back) must not make the whole document invalid.
-	ifOwners map[[2]string]*podInfo
 	// podCIDR is the node's valid IPv4 pod CIDR in VPC mode; invalid when
 	// the Node's is unusable (a Node problem says why) or in ENI mode.
 	podCIDR netip.Prefix
@@ -95,7 +90,6 @@ func Render(in Inputs) (*spec.NodeState, error) {
 		enis:  map[string]*spec.ENI{},
 
 		ipOwners: map[netip.Addr]*podInfo{},
-		ifOwners: map[[2]string]*podInfo{},
 	}
 	if cfg.Mode == spec.PodModeVPC {
 		r.nodePodCIDR(in.Node)
