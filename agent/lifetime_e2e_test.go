@@ -199,22 +199,6 @@ func TestReAddIntoRecreatedNamespace(t *testing.T) {
 	must(t, c.del(p))
 }
 
-// podNetnsDump is what a pod sees of its network, as ip(8) prints it
-// (IPv4 addresses only: the kernel's IPv6 link-local address changes state
-// by itself).
-func podNetnsDump(t testing.TB, netns string) string {
-	t.Helper()
-	var b strings.Builder
-	for _, args := range [][]string{{"ip", "-d", "-4", "addr"}, {"ip", "neigh"}, {"ip", "route"}, {"ip", "-d", "link"}} {
-		out := nstest.Run(t, netns, args...)
-		// ip(8) says so on a peer whose namespace the kernel is still
-		// tearing down (another test's pod): not this namespace's state.
-		out = strings.ReplaceAll(out, "Error: Peer netns reference is invalid.\n", "")
-		b.WriteString("$ " + strings.Join(args, " ") + "\n" + out)
-	}
-	return b.String()
-}
-
 // TestSecondSandboxIntoPodNamespace is defect 3 of issue 12: a second ADD
 // (another container id) into a namespace that holds another pod's eth0
 // was refused ("file exists"), but that eth0 had gained the refused pod's
@@ -230,11 +214,11 @@ func TestSecondSandboxIntoPodNamespace(t *testing.T) {
 	c.writeInput("pods.yaml", c.podYAML("x", "a", nil, nil)+"---\n"+c.podYAML("x", "b", nil, nil)+"---\n"+c.podYAML("x", "c", nil, nil))
 	a, err := c.add("x", "a")
 	must(t, err)
-	before := podNetnsDump(t, a.netns)
+	before := nstest.PodDump(t, a.netns)
 
 	b := &podNS{ns: "x", name: "b", netns: a.netns, containerID: "ctr-second-sandbox"}
 	_, err = c.cni.AddNetworkList(context.Background(), c.netconf, c.rt(b))
-	if after := podNetnsDump(t, a.netns); after != before {
+	if after := nstest.PodDump(t, a.netns); after != before {
 		t.Fatalf("the refused ADD changed x/a's namespace:\n--- before\n%s--- after\n%s", before, after)
 	}
 	if err == nil || !strings.Contains(err.Error(), "another sandbox") {
@@ -248,7 +232,7 @@ func TestSecondSandboxIntoPodNamespace(t *testing.T) {
 	serveAll(t, cpod)
 	reachable(t, cpod, a, "tcp", true)
 	reachable(t, a, cpod, "tcp", true)
-	if after := podNetnsDump(t, a.netns); after != before {
+	if after := nstest.PodDump(t, a.netns); after != before {
 		t.Fatalf("x/a's namespace changed:\n--- before\n%s--- after\n%s", before, after)
 	}
 	must(t, c.check(a))

@@ -15,22 +15,6 @@ import (
 	"github.com/terway-reconciler/terway/spec"
 )
 
-// podNetnsDump is what a pod sees of its network: addresses, neighbours,
-// routes and links, as ip(8) prints them. IPv4 addresses only: the
-// kernel's own IPv6 link-local address changes state (tentative) by itself.
-func podNetnsDump(t *testing.T, netns string) string {
-	t.Helper()
-	var b strings.Builder
-	for _, args := range [][]string{{"ip", "-d", "-4", "addr"}, {"ip", "neigh"}, {"ip", "route"}, {"ip", "-d", "link"}} {
-		out := nstest.Run(t, netns, args...)
-		// ip(8) says so on a peer whose namespace the kernel is still
-		// tearing down (another test's pod): not this namespace's state.
-		out = strings.ReplaceAll(out, "Error: Peer netns reference is invalid.\n", "")
-		b.WriteString("$ " + strings.Join(args, " ") + "\n" + out)
-	}
-	return b.String()
-}
-
 // TestSecondSandboxLeavesPodUntouched: a document that puts a second pod
 // (another sandbox) into a namespace whose eth0 is another pod's, as a
 // second ADD with another container id does, fails that pod alone and
@@ -47,7 +31,7 @@ func TestSecondSandboxLeavesPodUntouched(t *testing.T) {
 	shared := n.addPod("x", "a", "198.18.0.10", nil, nil, "")
 	n.addPod("x", "c", "198.18.0.12", nil, nil, "")
 	n.apply(n.render())
-	before := podNetnsDump(t, shared)
+	before := nstest.PodDump(t, shared)
 
 	// x/b arrives with x/a's namespace, under another path.
 	alias := shared + "-alias"
@@ -92,7 +76,7 @@ func TestSecondSandboxLeavesPodUntouched(t *testing.T) {
 				t.Errorf("%s: %s failed: %v", name, r.Op, r.Err)
 			}
 		}
-		if after := podNetnsDump(t, shared); after != before {
+		if after := nstest.PodDump(t, shared); after != before {
 			t.Fatalf("%s changed x/a's namespace:\n--- before\n%s--- after\n%s", name, before, after)
 		}
 	}
@@ -104,7 +88,7 @@ func TestSecondSandboxLeavesPodUntouched(t *testing.T) {
 	if err != nil || rep.Err() != nil {
 		t.Fatalf("rollback: %v %v", err, rep.Err())
 	}
-	if after := podNetnsDump(t, shared); after != before {
+	if after := nstest.PodDump(t, shared); after != before {
 		t.Fatalf("the rollback changed x/a's namespace:\n--- before\n%s--- after\n%s", before, after)
 	}
 	n.requireEmptyPlan(state)
@@ -125,7 +109,7 @@ func TestLinkFailureStopsThePod(t *testing.T) {
 	}
 	nstest.Run(t, netns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0")
 	nstest.Run(t, netns, "ip", "link", "set", "eth0", "up")
-	before := podNetnsDump(t, netns)
+	before := nstest.PodDump(t, netns)
 	rep := n.eng.Execute(context.Background(), p)
 	if rep.Err() == nil {
 		t.Fatal("the pod's plan succeeded although its eth0 name was taken")
@@ -145,7 +129,7 @@ func TestLinkFailureStopsThePod(t *testing.T) {
 	if linkFailed != 1 || skipped == 0 {
 		t.Errorf("link failures %d, skipped operations %d; want 1 and some", linkFailed, skipped)
 	}
-	if after := podNetnsDump(t, netns); after != before {
+	if after := nstest.PodDump(t, netns); after != before {
 		t.Fatalf("the failed ADD changed the other eth0's namespace:\n--- before\n%s--- after\n%s", before, after)
 	}
 }

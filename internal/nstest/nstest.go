@@ -78,3 +78,20 @@ func Exec(ns string, args ...string) (string, error) {
 	}
 	return string(out), nil
 }
+
+// PodDump is what a pod sees of its network, as ip(8) prints it: IPv4
+// addresses (the kernel changes an IPv6 link-local address's state by
+// itself), neighbours, routes and links. Tests compare two dumps to show a
+// namespace was left byte-identical.
+func PodDump(t testing.TB, ns string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{{"ip", "-d", "-4", "addr"}, {"ip", "neigh"}, {"ip", "route"}, {"ip", "-d", "link"}} {
+		out := Run(t, ns, args...)
+		// ip(8) says so on a peer whose namespace the kernel is still
+		// tearing down (another test's pod): not this namespace's state.
+		out = strings.ReplaceAll(out, "Error: Peer netns reference is invalid.\n", "")
+		b.WriteString("$ " + strings.Join(args, " ") + "\n" + out)
+	}
+	return b.String()
+}
