@@ -176,6 +176,11 @@ func (a *Agent) rollback(req *wire.Request) {
 	}
 	if found {
 		a.cloudRelease(released)
+		// A resync that rendered before this release must not set the
+		// pod up again while its address goes to another pod.
+		key := released.Metadata.Namespace + "/" + released.Metadata.Name
+		a.writes.note(nil, engine.PlanOptions{Pods: []string{key}, PodIPs: map[string]string{key: released.Spec.IP},
+			Namespaces: []string{released.Spec.Netns}})
 	}
 	a.reg.Forget(req.Netns) // a refused ADD holds nothing of its namespace
 }

@@ -60,8 +60,9 @@ func (w *writeTracker) start() {
 }
 
 // note records a scoped write: called by the writer under the agent's
-// lock, after its apply, so that a write that overlaps a resync's plan is
-// always seen by the resync's step 2.
+// lock, after its apply (or its rollback's release, with no state), so
+// that a write that overlaps a resync's plan is always seen by the
+// resync's step 2.
 func (w *writeTracker) note(state *spec.NodeState, opts engine.PlanOptions) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -73,6 +74,9 @@ func (w *writeTracker) note(state *spec.NodeState, opts engine.PlanOptions) {
 		w.veths = append(w.veths, spec.HostVethName(key))
 		if ip := opts.PodIPs[key]; ip != "" {
 			w.ips = append(w.ips, ip+"/32")
+		}
+		if state == nil {
+			continue
 		}
 		if p := podEntry(state, key); p != nil {
 			w.ips = append(w.ips, p.IP+"/32")

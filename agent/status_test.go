@@ -114,6 +114,9 @@ func TestWriteTrackerTouches(t *testing.T) {
 	state := &spec.NodeState{Pods: []spec.Pod{{Key: "x/a", IP: "198.18.0.5", Netns: "/var/run/netns/a"}}}
 	w.note(state, engine.PlanOptions{Pods: []string{"x/a"}})
 	w.note(&spec.NodeState{}, engine.PlanOptions{Pods: []string{"x/gone"}, PodIPs: map[string]string{"x/gone": "198.18.0.7"}})
+	// A rollback's release notes its pod with no document.
+	w.note(nil, engine.PlanOptions{Pods: []string{"x/refused"}, PodIPs: map[string]string{"x/refused": "198.18.0.9"},
+		Namespaces: []string{"/var/run/netns/r"}})
 	got := w.stop()
 	if got == nil {
 		t.Fatal("writes while tracking not reported")
@@ -132,6 +135,9 @@ func TestWriteTrackerTouches(t *testing.T) {
 		{op.Op{Kind: "link", Pod: "x/b", Text: "veth"}, false},
 		{op.Op{Kind: "sysctl", Text: "sysctl net.ipv4.ip_forward"}, false},
 		{op.Op{Kind: "nft", Pod: "x/a", Text: "chain in_x"}, false},
+		{op.Op{Kind: "link", Pod: "x/refused", Text: "veth"}, true},
+		{op.Op{Kind: "route", Action: op.Create, Key: "host/table 254/198.18.0.9/32"}, true},
+		{op.Op{Kind: "neighbor", Netns: "/var/run/netns/r", Text: "neighbour in r"}, true},
 	}
 	for _, c := range cases {
 		if got.touches(c.o) != c.want {
