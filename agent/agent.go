@@ -107,8 +107,13 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 	return a, nil
 }
 
-// Close releases the store and namespace handles.
+// Close releases the store and namespace handles. It waits for a CNI
+// request still applying (Run may return while one runs, when its server's
+// shutdown times out); later ones find the registry closed and act on
+// nothing.
 func (a *Agent) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.events.close()
 	a.reg.Close()
 	return a.store.Close()

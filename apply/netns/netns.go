@@ -64,6 +64,10 @@ type Registry struct {
 	// dropped meanwhile, closed when holders is back to 0.
 	holders int
 	retired []*entry
+	// closed is set by Close: no handle is handed out after it (a closed
+	// netlink handle would fall back to the calling thread's namespace,
+	// the node's).
+	closed bool
 }
 
 // entry is what the registry holds for one namespace.
@@ -145,6 +149,9 @@ func (r *Registry) Fd(ns string) (int, error) {
 // still names the namespace it was bound to; a path that names another
 // namespace now is bound to that one (opened if needed). mu is held.
 func (r *Registry) entryLocked(ns string) (*entry, error) {
+	if r.closed {
+		return nil, fmt.Errorf("network namespace %q: %w", displayName(ns), ErrClosed)
+	}
 	p := r.path(ns)
 	if id, ok := r.bound[ns]; ok && p == "" {
 		// The process's own namespace, which cannot change under it.
@@ -427,22 +434,32 @@ func (r *Registry) Held() []string {
 	return out
 }
 
-// Close releases every handle, the host's too, also the ones a holder
-// still has: the registry is done.
+// Close releases every handle, the host's too (those a holder still uses
+// when it releases them), and hands out none after: the registry is done.
 func (r *Registry) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	for id, e := range r.open {
-		e.close()
 		delete(r.open, id)
+		if r.holders > 0 {
+			r.retired = append(r.retired, e) // closed with the last holder
+			continue
+		}
+		e.close()
 	}
 	clear(r.bound)
 	clear(r.nsids)
-	for _, e := range r.retired {
-		e.close()
+	if r.holders == 0 {
+		for _, e := range r.retired {
+			e.close()
+		}
+		r.retired = nil
 	}
-	r.retired = nil
 }
+
+// ErrClosed is why a closed registry hands out nothing.
+var ErrClosed = errors.New("the namespace registry is closed")
 
 // Do runs fn on a locked OS thread switched into the namespace fd.
 func Do(fd int, fn func() error) error {

@@ -1,11 +1,14 @@
 package netns_test
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/terway-reconciler/terway/apply/netns"
 	"github.com/terway-reconciler/terway/internal/nstest"
@@ -227,5 +230,38 @@ func TestTwoPathsShareANamespace(t *testing.T) {
 	reg.Forget(link)
 	if got := openFds(t); got != before {
 		t.Errorf("open descriptors %d → %d after both paths were forgotten", before, got)
+	}
+}
+
+// TestCloseUnderAHolder: Close while a plan holds handles closes them only
+// when the plan releases (a closed netlink handle falls back to the
+// calling thread's namespace, the node's), and hands out nothing after.
+func TestCloseUnderAHolder(t *testing.T) {
+	node := nstest.Netns(t, "reg-node")
+	pod := nstest.Netns(t, "reg-pod")
+	reg := netns.NewRegistry(node)
+	release := reg.Hold()
+	fd, err := reg.Fd(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before unix.Stat_t
+	if err := unix.Fstat(fd, &before); err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	var during unix.Stat_t
+	if err := unix.Fstat(fd, &during); err != nil || during.Ino != before.Ino {
+		t.Fatalf("the held descriptor was closed under its holder: %v", err)
+	}
+	if _, err := reg.Fd(pod); !errors.Is(err, netns.ErrClosed) {
+		t.Errorf("Fd after Close: %v, want ErrClosed", err)
+	}
+	if _, err := reg.Handle(pod); !errors.Is(err, netns.ErrClosed) {
+		t.Errorf("Handle after Close: %v, want ErrClosed", err)
+	}
+	release()
+	if err := unix.Fstat(fd, &during); err == nil && during.Ino == before.Ino {
+		t.Errorf("descriptor %d still open after the last holder released", fd)
 	}
 }
