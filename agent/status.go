@@ -135,9 +135,10 @@ func backoff(n int) time.Duration {
 }
 
 // conflict reports an error that says another writer changed nftables
-// between our read and our commit: not the item's fault, it is simply
-// planned again.
-func conflict(err error) bool { return errors.Is(err, unix.ERESTART) }
+// between our read and our commit (the kernel's generation moved, or our
+// own reconciler refused a plan a later commit made stale): not the
+// item's fault, nothing was written, it is simply planned again.
+func conflict(err error) bool { return errors.Is(err, unix.ERESTART) || errors.Is(err, nft.ErrStale) }
 
 // fail records a failed attempt at an item.
 func (s *statusTracker) fail(k itemKey, pod, text string, err error) {

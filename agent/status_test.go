@@ -22,6 +22,7 @@ import (
 
 	"github.com/terway-reconciler/terway/agent/inputs"
 	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/apply/nft"
 	"github.com/terway-reconciler/terway/apply/op"
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -86,6 +87,13 @@ func TestStatusTrackerItems(t *testing.T) {
 	}
 	if it := s.failing()[0]; it.Attempts != 3 {
 		t.Errorf("a conflict counted as an attempt: %+v", it)
+	}
+	// Nor is a plan our reconciler refused as stale (nothing written).
+	if !s.record(&engine.Report{Results: []engine.Result{failed(nftB, fmt.Errorf("table: %w; plan again", nft.ErrStale))}}) {
+		t.Error("a stale refusal was not reported as a conflict")
+	}
+	if it := s.failing()[0]; it.Attempts != 3 {
+		t.Errorf("a stale refusal counted as an attempt: %+v", it)
 	}
 	// A whole-node sync that plans neither: the route is kept (in
 	// backoff), the nft table realised.
