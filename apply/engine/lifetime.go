@@ -37,16 +37,8 @@ func withoutPods(d *spec.NodeState, taken []links.Taken) *spec.NodeState {
 	for _, t := range taken {
 		drop[t.Pod] = true
 	}
-	keep := func(pod string) bool { return !drop[pod] }
 	r := *d
-	r.Links = filterItems(d.Links, func(x spec.Link) bool { return keep(x.Pod) })
-	r.Addresses = filterItems(d.Addresses, func(x spec.Address) bool { return keep(x.Pod) })
-	r.Routes = filterItems(d.Routes, func(x spec.Route) bool { return keep(x.Pod) })
-	r.Rules = filterItems(d.Rules, func(x spec.Rule) bool { return keep(x.Pod) })
-	r.Neighbors = filterItems(d.Neighbors, func(x spec.Neighbor) bool { return keep(x.Pod) })
-	r.Sysctls = filterItems(d.Sysctls, func(x spec.Sysctl) bool { return keep(x.Pod) })
-	r.TC = filterItems(d.TC, func(x spec.Qdisc) bool { return keep(x.Pod) })
-	return &r
+	return withItemsOf(&r, d, func(pod string) bool { return !drop[pod] })
 }
 
 // refusedOps is one failing operation per taken pod, in place of the

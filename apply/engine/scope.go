@@ -157,8 +157,15 @@ func (s *podScope) onScopedVeth(text string) bool {
 // build ownership, observe and diff only that much; other pods' observed
 // objects plan as deletions, which filter drops.
 func (s *podScope) reduce(d *spec.NodeState) *spec.NodeState {
-	keep := func(pod string) bool { return pod == "" || s.has(pod) }
-	r := &spec.NodeState{APIVersion: d.APIVersion, Kind: d.Kind, Node: d.Node, Mode: d.Mode, NFTables: d.NFTables, ENI: d.ENI}
+	r := withItemsOf(&spec.NodeState{APIVersion: d.APIVersion, Kind: d.Kind, Node: d.Node, Mode: d.Mode, NFTables: d.NFTables, ENI: d.ENI},
+		d, func(pod string) bool { return pod == "" || s.has(pod) })
+	r.Pods = filterItems(d.Pods, func(x spec.Pod) bool { return s.has(x.Key) })
+	return r
+}
+
+// withItemsOf sets r's kernel item sections to d's items whose pod keep
+// accepts (node-level items have pod ""), and returns r.
+func withItemsOf(r, d *spec.NodeState, keep func(pod string) bool) *spec.NodeState {
 	r.Links = filterItems(d.Links, func(x spec.Link) bool { return keep(x.Pod) })
 	r.Addresses = filterItems(d.Addresses, func(x spec.Address) bool { return keep(x.Pod) })
 	r.Routes = filterItems(d.Routes, func(x spec.Route) bool { return keep(x.Pod) })
@@ -166,7 +173,6 @@ func (s *podScope) reduce(d *spec.NodeState) *spec.NodeState {
 	r.Neighbors = filterItems(d.Neighbors, func(x spec.Neighbor) bool { return keep(x.Pod) })
 	r.Sysctls = filterItems(d.Sysctls, func(x spec.Sysctl) bool { return keep(x.Pod) })
 	r.TC = filterItems(d.TC, func(x spec.Qdisc) bool { return keep(x.Pod) })
-	r.Pods = filterItems(d.Pods, func(x spec.Pod) bool { return s.has(x.Key) })
 	return r
 }
 

@@ -30,20 +30,8 @@ func verify(c *conn, p *plan) error {
 			errs = append(errs, err)
 			continue
 		}
-		var missing, extra []string
-		for k, e := range ws.elems {
-			if g := got.elems[k]; g == nil || g.String() != e.String() {
-				missing = append(missing, e.String())
-			}
-		}
-		for k, g := range got.elems {
-			if ws.elems[k] == nil {
-				extra = append(extra, g.String())
-			}
-		}
-		if len(missing)+len(extra) > 0 {
-			errs = append(errs, fmt.Errorf("nft %s %s holds %d elements, want %d (missing %s; unexpected %s)",
-				ws.word(), name, len(got.elems), len(ws.elems), firstFew(missing), firstFew(extra)))
+		if err := sameElems(got, ws); err != nil {
+			errs = append(errs, fmt.Errorf("nft %s %s %w", ws.word(), name, err))
 		}
 	}
 	for _, name := range sortedKeys(p.verifyElems) {
