@@ -50,6 +50,12 @@ type Agent struct {
 	// writes notes the pods CNI requests write while a resync plans
 	// without mu.
 	writes writeTracker
+	// nftStale counts the resyncs in a row whose nftables commit, made
+	// without mu, was refused as stale (resync.go).
+	nftStale atomic.Int32
+	// nftAlwaysLocked makes every resync commit nftables under mu, as
+	// before (the baseline of a benchmark).
+	nftAlwaysLocked bool
 	// runner runs the resyncs (runner.go); status keeps every failing
 	// item (status.go); health remembers whether the node was enforcing
 	// its document at the last look, for the Node's Events.
@@ -62,6 +68,9 @@ type Agent struct {
 	// planning, when set, is called by a resync after its render, before
 	// it observes the node without the lock (tests hold it there).
 	planning func()
+	// committing, when set, is called by a resync just before it executes
+	// a non-empty nftables plan (tests hold it there).
+	committing func()
 	// resynced is set after the first full reconcile following the inputs'
 	// first complete listing; until then nothing is pruned.
 	resynced atomic.Bool

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -190,13 +191,27 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 }
 
 // execute is step 2: under the lock, drop what concurrent CNI requests
-// made stale, plan nftables, execute. It returns the report, the items it
-// left alone on purpose, and whether it cut the plan short.
+// made stale, plan nftables and execute the kernel kinds; then execute the
+// nftables plan without the lock (see nftOutsideLock). It returns the
+// report, the items it left alone on purpose, and whether it cut the plan
+// short.
 func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engine.Plan, full bool) (*engine.Report, map[itemKey]bool, bool) {
 	now := a.clock.Now()
 	kept := map[itemKey]bool{}
+	if !a.nftUnderLock() {
+		// Canonicalise the document's sets before taking the lock: a
+		// 42,000-element set takes a CPU second, which the plan under the
+		// lock then finds done (the document is equal, or re-rendered
+		// equal but for the pods written meanwhile).
+		a.eng.PrepareNFT(state)
+	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			a.mu.Unlock()
+		}
+	}()
 	written := a.writes.stop()
 	ops := make([]op.Op, 0, len(kernel.Ops))
 	for _, o := range kernel.Ops {
@@ -209,6 +224,7 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 			ops = append(ops, o)
 		}
 	}
+	var nftOps []op.Op
 	nftKey := itemKey{nft.Kind, nftItemKey}
 	if !full && a.status.waiting(nftKey, "", now) {
 		kept[nftKey] = true
@@ -227,7 +243,7 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 				a.status.fail(nftKey, "", "observe", err)
 				kept[nftKey] = true
 			} else {
-				ops = append(ops, p.Ops...)
+				nftOps = p.Ops
 			}
 		}
 	}
@@ -235,9 +251,58 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 	if full {
 		reason = "full resync"
 	}
+	if a.nftUnderLock() {
+		if a.committing != nil && len(nftOps) > 0 {
+			a.committing()
+		}
+		rep := a.eng.Execute(ctx, &engine.Plan{Ops: append(ops, nftOps...)})
+		a.noteNFTOutcome(rep)
+		a.journal.record(reason, rep)
+		return rep, kept, written != nil
+	}
 	rep := a.eng.Execute(ctx, &engine.Plan{Ops: ops})
+	a.mu.Unlock()
+	locked = false
+	if len(nftOps) > 0 {
+		if a.committing != nil {
+			a.committing()
+		}
+		nrep := a.eng.Execute(ctx, &engine.Plan{Ops: nftOps})
+		a.noteNFTOutcome(nrep)
+		rep.Results = append(rep.Results, nrep.Results...)
+		rep.Writes += nrep.Writes
+		rep.Duration += nrep.Duration
+	}
 	a.journal.record(reason, rep)
 	return rep, kept, written != nil
+}
+
+// The nftables plan of a resync is made under the agent's lock, from a
+// document that holds every CNI write made before it, and committed
+// without the lock: a large policy change's staged fill takes seconds, and
+// CNI ADDs and DELs go on meanwhile. That is safe because the reconciler
+// refuses a commit (nft.ErrStale, nothing written) whose objects another
+// commit changed since its plan, and a commit that waits for a staged
+// set's lock waits there rather than failing; a full plan's generation
+// check counts our own commits (apply/nft). The cost is that a resync
+// whose objects the CNI path keeps changing is refused again and again: so
+// after nftStaleMax refusals in a row the next resync commits under the
+// lock, as before, and always gets through.
+const nftStaleMax = 2
+
+// nftUnderLock says the next resync commits nftables under the lock.
+func (a *Agent) nftUnderLock() bool { return a.nftAlwaysLocked || a.nftStale.Load() >= nftStaleMax }
+
+// noteNFTOutcome counts the resync's nftables commits refused as stale in
+// a row.
+func (a *Agent) noteNFTOutcome(rep *engine.Report) {
+	for _, r := range rep.Results {
+		if r.Op.Kind == nft.Kind && r.Err != nil && errors.Is(r.Err, nft.ErrStale) {
+			a.nftStale.Add(1)
+			return
+		}
+	}
+	a.nftStale.Store(0)
 }
 
 func touchesLinks(rep *engine.Report) bool {

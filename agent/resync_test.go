@@ -2,16 +2,20 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/terway-reconciler/terway/agent/inputs"
 	"github.com/terway-reconciler/terway/cni/wire"
@@ -21,9 +25,10 @@ import (
 
 // podSource is an inputs.Source with a fixed Node and pods, always synced.
 type podSource struct {
-	node *corev1.Node
-	mu   sync.Mutex
-	pods map[string]*corev1.Pod
+	node     *corev1.Node
+	mu       sync.Mutex
+	pods     map[string]*corev1.Pod
+	policies []*networkingv1.NetworkPolicy
 }
 
 func (s *podSource) Start(context.Context) error { return nil }
@@ -33,7 +38,7 @@ func (s *podSource) Node() *corev1.Node          { return s.node }
 func (s *podSource) Snapshot() inputs.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	snap := inputs.Snapshot{Node: s.node}
+	snap := inputs.Snapshot{Node: s.node, Policies: slices.Clone(s.policies)}
 	for _, p := range s.pods {
 		snap.Pods = append(snap.Pods, p)
 	}
@@ -130,5 +135,107 @@ func TestResyncPlansWithoutLockAndLosesNoADD(t *testing.T) {
 	}
 	if st := a.NodeStatus(); !st.Ready || len(st.Failing) != 0 {
 		t.Errorf("status: %+v", st)
+	}
+}
+
+// TestResyncCommitsNFTWithoutLock: a resync commits its nftables plan
+// without the agent's lock (a large policy change's staged fill takes
+// seconds): a CNI ADD completes while that commit is held. The ADD's own
+// commit changed objects the resync's plan changes too, so the resync's is
+// refused as stale and asks to run again; the next run converges, with both
+// pods isolated by the new policy.
+func TestResyncCommitsNFTWithoutLock(t *testing.T) {
+	nstest.RequireRoot(t)
+	node := nstest.Netns(t, "node")
+	dir := t.TempDir()
+	src := &podSource{
+		node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "n1"}, Spec: corev1.NodeSpec{PodCIDR: "198.18.5.0/24"},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.19.5.1"}}}},
+		pods: map[string]*corev1.Pod{},
+	}
+	a, err := newAgent(Config{NodeName: "node-1", StateDir: dir, Socket: filepath.Join(dir, "terway.sock"),
+		PodTimeout: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, src, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	ctx := context.Background()
+	add := func(name, netns string) (string, error) {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name)}, Spec: corev1.PodSpec{NodeName: "node-1"}}
+		src.mu.Lock()
+		src.pods["x/"+name] = pod
+		src.mu.Unlock()
+		res, err := a.Add(ctx, &wire.Request{Command: wire.CmdAdd, ContainerID: "ctr-" + name, Netns: netns, IfName: "eth0",
+			Args: wire.PodArgs{Namespace: "x", Name: name, UID: "uid-" + name}})
+		if err != nil {
+			return "", fmt.Errorf("ADD x/%s: %w", name, err)
+		}
+		return res.IPs[0].Address.IP.String(), nil
+	}
+	if out := a.sync(ctx, true); out.Again || !a.Ready() {
+		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
+	}
+	ipA, err := add("a", nstest.Netns(t, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A policy isolating every pod of x for ingress; the resync stops just
+	// before committing it.
+	src.mu.Lock()
+	src.policies = []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "deny", UID: "p1"},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}}
+	src.mu.Unlock()
+	reached, resume := make(chan struct{}), make(chan struct{})
+	a.committing = func() { close(reached); <-resume }
+	done := make(chan runOutcome)
+	go func() { done <- a.sync(ctx, false) }()
+	select {
+	case <-reached:
+	case out := <-done:
+		t.Fatalf("the resync planned no nftables change for the new policy: %+v", out)
+	}
+	a.committing = nil
+
+	netnsB := nstest.Netns(t, "b")
+	type result struct {
+		ip  string
+		err error
+	}
+	added := make(chan result, 1)
+	go func() { ip, err := add("b", netnsB); added <- result{ip, err} }()
+	var ipB string
+	select {
+	case r := <-added:
+		if r.err != nil {
+			close(resume)
+			t.Fatal(r.err)
+		}
+		ipB = r.ip
+	case <-time.After(30 * time.Second):
+		close(resume)
+		t.Fatal("a CNI ADD waited for the resync's nftables commit")
+	}
+	close(resume)
+	if out := <-done; !out.Again {
+		t.Error("the resync whose nftables plan the ADD made stale did not ask to run again")
+	}
+	for i := 0; i < 3; i++ {
+		if out := a.sync(ctx, false); !out.Again {
+			break
+		}
+	}
+	if out := a.sync(ctx, true); out.Again {
+		t.Errorf("a full sync after the next ones asked again: %+v", out)
+	}
+	dispatch := nstest.Run(t, node, "nft", "list", "map", "inet", "terway", "ingress-pods")
+	for _, ip := range []string{ipA, ipB} {
+		if !strings.Contains(dispatch, ip+" : jump") {
+			t.Errorf("pod %s is not isolated by the new policy:\n%s", ip, dispatch)
+		}
+	}
+	text, n, err := a.planText(ctx, a.eng)
+	if err != nil || n != 0 {
+		t.Errorf("plan after the syncs (%v): %d operations\n%s", err, n, text)
 	}
 }

@@ -71,6 +71,16 @@ func (h *runnerHarness) blocked() time.Time {
 	h.t.Helper()
 	select {
 	case due := <-h.waits:
+		// A burst of requests may wake the loop more than once (each
+		// wake-up reports its due time again): take the last, so that no
+		// stale report is read by a later call.
+		for settled := false; !settled; {
+			select {
+			case due = <-h.waits:
+			case <-time.After(20 * time.Millisecond):
+				settled = true
+			}
+		}
 		// The timer is made right after the hook; Step must not come first.
 		for h.clk.Waiters() == 0 {
 			time.Sleep(time.Millisecond)

@@ -232,6 +232,14 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 	return &Plan{Ops: order(ops)}, nil
 }
 
+// PrepareNFT does the CPU work of planning desired's nftables ahead (see
+// nft.Reconciler.Prepare), for a caller about to plan under a lock.
+func (e *Engine) PrepareNFT(desired *spec.NodeState) {
+	if desired != nil {
+		e.nft.Prepare(spec.HostNetns, desired.NFTables)
+	}
+}
+
 // Execute runs a plan made by Plan.
 func (e *Engine) Execute(ctx context.Context, p *Plan) *Report {
 	defer e.hold()()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -121,6 +122,14 @@ type record struct {
 	// commits counts commits of the namespace through commitLocked: a
 	// staged fill that sees it move shares the CPU with them.
 	commits atomic.Uint64
+	// txns counts every transaction of ours the kernel accepted in the
+	// namespace (commits, staged fills, hops back), each under commitMu.
+	// A full plan notes it with the generation it observed, so that its
+	// commit, which the kernel refuses if the generation moved, expects
+	// the generation moved by our own transactions since: a CNI ADD that
+	// commits between a resync's read-back and its commit is not someone
+	// else changing our table.
+	txns atomic.Uint64
 	// indexes hold large record sets' elements by address, for scoped
 	// plans (scoped.go), each for the set object it was built from; mu
 	// guards.
@@ -215,6 +224,29 @@ func New(opts Options) *Reconciler {
 // Reconciler).
 func (r *Reconciler) Plan(ns op.Namespaces, netns string, desired *spec.NFTable) ([]op.Op, error) {
 	return r.plan(ns, netns, desired, syncAuto)
+}
+
+// Prepare canonicalises desired's sets and chains into netns's cache
+// without planning, so that a plan of an equal document soon after (or one
+// that differs in a few elements) does little of that work: a caller that
+// must plan under a lock of its own prepares before taking it.
+func (r *Reconciler) Prepare(netns string, desired *spec.NFTable) {
+	if desired == nil {
+		return
+	}
+	r.mu.Lock()
+	rec := r.records[netns]
+	if rec == nil {
+		rec = &record{full: true, locked: map[string]bool{}}
+		r.records[netns] = rec
+	}
+	cache := rec.cache
+	r.mu.Unlock()
+	if _, cache, err := canonical(desired, cache); err == nil {
+		r.mu.Lock()
+		rec.cache = cache
+		r.mu.Unlock()
+	}
 }
 
 // PlanFull plans like Plan but always reads the kernel first: for periodic
@@ -315,14 +347,14 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		r.mu.Unlock()
 	}
 	have := written
-	var gen *uint32
+	var gen *genAt
 	if full {
 		c, err := dial(ns, netns)
 		if err != nil {
 			r.fail(netns)
 			return nil, err
 		}
-		have, gen, err = r.observe(c, want, have)
+		have, gen, err = r.observe(c, rec, want, have)
 		c.close()
 		if err != nil {
 			if !errors.Is(err, errDumpInterrupted) {
@@ -375,23 +407,66 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	return append(ops, commit), nil
 }
 
-// observe reads the kernel; hints name the chains we may have made.
-func (r *Reconciler) observe(c *conn, want, have *table) (*table, *uint32, error) {
+// genAt is the ruleset generation a full plan observed, with the count of
+// our own transactions (record.txns) that the generation includes.
+type genAt struct {
+	gen  uint32
+	txns uint64
+}
+
+// expected is the generation a commit expects now: the observed one moved
+// on by each of our own transactions since. commitMu is held.
+func (g *genAt) expected(rec *record) *uint32 {
+	if g == nil {
+		return nil
+	}
+	e := g.gen + uint32(rec.txns.Load()-g.txns)
+	return &e
+}
+
+// observe reads the kernel; hints name the chains we may have made. It
+// returns the snapshot with the generation it belongs to, and the count
+// of our transactions at that generation: read together under commitMu,
+// and the snapshot taken at that same generation, or read again.
+func (r *Reconciler) observe(c *conn, rec *record, want, have *table) (*table, *genAt, error) {
 	var hints []string
 	for _, t := range []*table{want, have} {
 		if t != nil {
 			hints = append(hints, sortedKeys(t.chains)...)
 		}
 	}
-	t, gen, err := observe(c, hints)
-	if err != nil {
-		return nil, nil, err
+	for attempt := 0; ; attempt++ {
+		rec.commitMu.Lock()
+		txns := rec.txns.Load()
+		g0, err := getGen(c)
+		rec.commitMu.Unlock()
+		if err != nil {
+			return nil, nil, err
+		}
+		t, gen, err := observe(c, hints)
+		if err != nil {
+			return nil, nil, err
+		}
+		if gen == g0 {
+			return t, &genAt{gen: gen, txns: txns}, nil
+		}
+		if attempt == 4 {
+			return nil, nil, errDumpInterrupted
+		}
 	}
-	return t, &gen, nil
+}
+
+// send commits one transaction of ours (commitMu is held) and counts it.
+func (rec *record) send(c *conn, msgs []batchMsg, gen *genAt) error {
+	if err := c.commit(msgs, gen.expected(rec)); err != nil {
+		return err
+	}
+	rec.txns.Add(1)
+	return nil
 }
 
 func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string, p *plan, msgs []batchMsg,
-	want *table, gen *uint32, version uint64, full bool) error {
+	want *table, gen *genAt, version uint64, full bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -420,20 +495,33 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 // commitLocked refuses a stale plan, else sends its transaction, reads back
 // what it wrote and records it, all under the namespace's commitMu.
 func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, netns string, p *plan, msgs []batchMsg,
-	want *table, gen *uint32, version uint64, full bool) error {
+	want *table, gen *genAt, version uint64, full bool) error {
 	rec.waiting.Add(1)
 	defer rec.waiting.Add(-1)
 	rec.commitMu.Lock()
 	defer rec.commitMu.Unlock()
 	keys, all := p.touchKeys()
 	r.mu.Lock()
-	why := ""
+	why, locked := "", false
 	if r.records[netns] != rec {
 		why = "the namespace was forgotten since"
 	} else {
-		why = rec.stale(version, keys, all)
+		why, locked = rec.stale(version, keys, all)
 	}
 	r.mu.Unlock()
+	if locked {
+		// A staged plan is filling one of our objects under its staging
+		// name: planning again now would be refused again. Wait for it to
+		// name them back (seconds at most), letting other commits go.
+		rec.commitMu.Unlock()
+		rec.waiting.Add(-1) // a fill must not yield to a commit that waits for it
+		werr := r.waitUnlocked(ctx, rec, keys)
+		rec.waiting.Add(1)
+		rec.commitMu.Lock()
+		if werr != nil {
+			return fmt.Errorf("nft table inet terway in %s: %w (%s)", nsName(netns), werr, why)
+		}
+	}
 	if why != "" {
 		// Nothing was written: the record stays right, and the next
 		// plan may be partial.
@@ -442,7 +530,7 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 	if r.inject != nil {
 		msgs = r.inject(msgs)
 	}
-	if err := c.commit(msgs, gen); err != nil {
+	if err := rec.send(c, msgs, gen); err != nil {
 		r.fail(netns)
 		if errors.Is(err, unix.ERESTART) {
 			return fmt.Errorf("nft table inet terway in %s: nftables changed since the plan was read (%w); plan again", nsName(netns), err)
@@ -464,10 +552,50 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 	return nil
 }
 
+// waitUnlocked waits until none of keys is locked by a staged plan.
+func (r *Reconciler) waitUnlocked(ctx context.Context, rec *record, keys map[string]bool) error {
+	for {
+		r.mu.Lock()
+		locked := false
+		for k := range keys {
+			locked = locked || rec.locked[k]
+		}
+		r.mu.Unlock()
+		if !locked {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(stageLockPoll):
+		}
+	}
+}
+
+// stageLockPoll is how often a commit refused by a staged plan's lock
+// looks whether the lock is gone: a few times per fill chunk.
+const stageLockPoll = 5 * time.Millisecond
+
 // stale says why a plan made at version that changes keys (or all) may
 // not be committed now, or "" if it may: every commit since changed other
-// objects, and none of its objects is being renamed. mu is held.
-func (rec *record) stale(version uint64, keys map[string]bool, all bool) string {
+// objects, and none of its objects is being renamed. mu is held. locked
+// says the reason is (also) a staged plan's lock on one of its objects.
+func (rec *record) stale(version uint64, keys map[string]bool, all bool) (string, bool) {
+	why := rec.staleSince(version, keys, all)
+	for k := range keys {
+		if rec.locked[k] {
+			if why == "" {
+				why = k + " is being filled under a staging name"
+			}
+			return why, true
+		}
+	}
+	return why, false
+}
+
+// staleSince says why a plan made at version may not be committed because
+// of the commits since, or "" if it may.
+func (rec *record) staleSince(version uint64, keys map[string]bool, all bool) string {
 	if n := rec.version - version; n > 0 {
 		switch {
 		case all || rec.written == nil:
@@ -484,11 +612,6 @@ func (rec *record) stale(version uint64, keys map[string]bool, all bool) string 
 					return "another sync of this namespace changed " + k + " since"
 				}
 			}
-		}
-	}
-	for k := range keys {
-		if rec.locked[k] {
-			return k + " is being filled under a staging name"
 		}
 	}
 	return ""

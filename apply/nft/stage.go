@@ -147,10 +147,10 @@ func (r *Reconciler) fill(ctx context.Context, c *conn, rec *record, ws *set, el
 	def := *ws
 	def.name = name
 	create := []batchMsg{newSetMsg(&def, 1)}
-	err := c.commit(create, nil)
+	err := rec.sendLocked(c, create)
 	if err != nil {
 		// A leftover of an earlier attempt: replace it.
-		err = c.commit(append([]batchMsg{delSetMsg(&def)}, create...), nil)
+		err = rec.sendLocked(c, append([]batchMsg{delSetMsg(&def)}, create...))
 	}
 	if err != nil {
 		return txns, fmt.Errorf("create staging %s %s: %w", ws.word(), name, err)
@@ -171,14 +171,17 @@ func (r *Reconciler) fill(ctx context.Context, c *conn, rec *record, ws *set, el
 		if r.inject != nil {
 			msgs = r.inject(msgs)
 		}
+		rec.commitMu.Lock()
 		start := time.Now()
-		if err := c.commit(msgs, nil); err != nil {
+		err := rec.send(c, msgs, nil)
+		took := max(time.Since(start), time.Microsecond)
+		rec.commitMu.Unlock()
+		if err != nil {
 			return txns, fmt.Errorf("fill staging %s %s: %w", ws.word(), name, err)
 		}
 		txns++
 		elems = elems[n:]
 		// Aim the next chunk at stageChunkTime.
-		took := max(time.Since(start), time.Microsecond)
 		target := stageChunkTimeQuiet
 		if now := rec.commits.Load(); now != seen {
 			// Other syncs (CNI ADDs) commit meanwhile: shorter steps, and
@@ -217,6 +220,14 @@ func (r *Reconciler) fill(ctx context.Context, c *conn, rec *record, ws *set, el
 		return txns, fmt.Errorf("staging %s %s: %w", ws.word(), name, err)
 	}
 	return txns, nil
+}
+
+// sendLocked sends a transaction of a staged fill under commitMu, so that
+// it is counted where full plans look (record.txns).
+func (rec *record) sendLocked(c *conn, msgs []batchMsg) error {
+	rec.commitMu.Lock()
+	defer rec.commitMu.Unlock()
+	return rec.send(c, msgs, nil)
 }
 
 // countElems counts the elements the kernel lists for set s.
@@ -307,12 +318,12 @@ func (p *plan) stagedLocks() map[string]bool {
 
 // commitStaged runs a plan with staged sets (see above).
 func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, netns string, p *plan, msgs []batchMsg,
-	want *table, gen *uint32, version uint64, full bool) error {
+	want *table, gen *genAt, version uint64, full bool) error {
 	rec.stageMu.Lock()
 	defer rec.stageMu.Unlock()
 	keys, all := p.touchKeys()
 	r.mu.Lock()
-	why := rec.stale(version, keys, all)
+	why, _ := rec.stale(version, keys, all)
 	r.mu.Unlock()
 	if why != "" {
 		// Refused before filling; commitLocked checks again after.
@@ -323,7 +334,7 @@ func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, net
 		for _, name := range sortedKeys(p.staged) {
 			def := *p.staged[name].ws
 			def.name = stageName(name)
-			_ = c.commit([]batchMsg{delSetMsg(&def)}, nil) // best effort: a full sync removes it
+			_ = rec.sendLocked(c, []batchMsg{delSetMsg(&def)}) // best effort: a full sync removes it
 		}
 	}
 	sorted := map[string][]*elem{} // sorted once for both fills
@@ -337,12 +348,8 @@ func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, net
 			return fmt.Errorf("nft table inet terway in %s: %w", nsName(netns), err)
 		}
 	}
-	if gen != nil {
-		// Our own fill transactions moved the generation on; anyone
-		// else's still makes the kernel refuse the hop.
-		g := *gen + uint32(txns)
-		gen = &g
-	}
+	// Our own fill transactions moved the generation on (record.txns
+	// counts them); anyone else's still makes the kernel refuse the hop.
 	// The address indexes of the new sets are built before the hop, so
 	// that no CNI ADD's plan builds them after it.
 	built := map[string]addrIndex{}
@@ -391,7 +398,7 @@ func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, net
 	}
 	rec.commitMu.Lock()
 	defer rec.commitMu.Unlock()
-	if err := c.commit(back, nil); err != nil {
+	if err := rec.send(c, back, nil); err != nil {
 		r.fail(netns)
 		return fmt.Errorf("nft table inet terway in %s: the plan was applied, but naming its staged sets back failed: %w", nsName(netns), err)
 	}

@@ -1,0 +1,184 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/terway-reconciler/terway/cni/wire"
+	"github.com/terway-reconciler/terway/internal/nstest"
+)
+
+// largePolicy admits peers (spread /32s of 198.19.0.0/16, none adjacent,
+// so that render merges none) on 100 ports (none adjacent) into the pods
+// of app=p0: peers × 100 elements in the group's set.
+func largePolicy(peers int) *networkingv1.NetworkPolicy {
+	rule := networkingv1.NetworkPolicyIngressRule{}
+	for i := range peers {
+		rule.From = append(rule.From, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+			CIDR: fmt.Sprintf("198.19.%d.%d/32", i/100, 2*(i%100)+1)}})
+	}
+	tcp := corev1.ProtocolTCP
+	for i := range 100 {
+		port := intstr.FromInt32(int32(1000 + 2*i))
+		rule.Ports = append(rule.Ports, networkingv1.NetworkPolicyPort{Protocol: &tcp, Port: &port})
+	}
+	return &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "large", UID: "large"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "p0"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress:     []networkingv1.NetworkPolicyIngressRule{rule},
+		}}
+}
+
+// BenchmarkAgentAddDuringLargePolicyChange measures CNI ADDs through the
+// agent (Agent.Add: allocate, render, scoped apply) on a node of 20 pods
+// with a policy of 50,000 set elements: idle, then while the agent's
+// resyncs keep applying that policy changed to 42,000 elements and back.
+// Each ADD is followed by the pod's DEL, untimed. "unlocked" is the
+// agent as it runs, committing a resync's nftables plan without its
+// lock; "locked" (the baseline, in the same run) commits it under the
+// lock, as before, so that ADDs wait for the whole staged change. Each
+// reports the ADDs' p50 and p99 idle and during the changes, and the
+// p99 ratio. Run:
+//
+//	go test -run '^$' -bench AgentAddDuringLargePolicyChange -benchtime 1x ./agent/
+func BenchmarkAgentAddDuringLargePolicyChange(b *testing.B) {
+	for _, mode := range []string{"unlocked", "locked"} {
+		b.Run("commit="+mode, func(b *testing.B) {
+			for b.Loop() {
+				largeChange(b, mode == "locked")
+			}
+		})
+	}
+}
+
+func largeChange(b *testing.B, locked bool) {
+	nstest.RequireRoot(b)
+	const adds = 100
+	node := nstest.Netns(b, "node")
+	dir := b.TempDir()
+	src := &podSource{
+		node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "n1"}, Spec: corev1.NodeSpec{PodCIDR: "198.18.6.0/24"},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.19.255.1"}}}},
+		pods:     map[string]*corev1.Pod{},
+		policies: []*networkingv1.NetworkPolicy{largePolicy(500)},
+	}
+	a, err := newAgent(Config{NodeName: "node-1", StateDir: dir, Socket: filepath.Join(dir, "terway.sock"),
+		PodTimeout: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, src, node)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = a.Close() })
+	a.nftAlwaysLocked = locked
+	ctx := context.Background()
+	setPod := func(name string, present bool) {
+		src.mu.Lock()
+		defer src.mu.Unlock()
+		if !present {
+			delete(src.pods, "x/"+name)
+			return
+		}
+		src.pods["x/"+name] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name),
+			Labels: map[string]string{"app": name}}, Spec: corev1.PodSpec{NodeName: "node-1"}}
+	}
+	req := func(cmd wire.Command, name, netns string) *wire.Request {
+		return &wire.Request{Command: cmd, ContainerID: "ctr-" + name, Netns: netns, IfName: "eth0",
+			Args: wire.PodArgs{Namespace: "x", Name: name, UID: "uid-" + name}}
+	}
+	for i := range 20 {
+		name := fmt.Sprintf("p%d", i)
+		setPod(name, true)
+		if _, err := a.Add(ctx, req(wire.CmdAdd, name, nstest.Netns(b, name))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if out := a.sync(ctx, true); out.Again {
+		b.Fatalf("first sync: %+v", out)
+	}
+	newNetns := nstest.Netns(b, "new")
+	var failed atomic.Int64
+	cycle := func() time.Duration {
+		setPod("new", true)
+		start := time.Now()
+		_, err := a.Add(ctx, req(wire.CmdAdd, "new", newNetns))
+		d := time.Since(start)
+		if err != nil {
+			failed.Add(1)
+			b.Logf("ADD: %v", err)
+		}
+		if err := a.Del(ctx, req(wire.CmdDel, "new", newNetns)); err != nil {
+			b.Logf("DEL: %v", err)
+		}
+		setPod("new", false)
+		return d
+	}
+	run := func(atLeast int, more func() bool) []time.Duration {
+		var ds []time.Duration
+		for len(ds) < atLeast || more() {
+			ds = append(ds, cycle())
+		}
+		slices.Sort(ds)
+		return ds
+	}
+	cycle() // warm
+	idle := run(adds, func() bool { return false })
+	idleFailed := failed.Swap(0)
+
+	stop := make(chan struct{})
+	var changes atomic.Int64
+	var changeTime atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		peers := 500
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			peers = 920 - peers // 500 <-> 420
+			src.mu.Lock()
+			src.policies = []*networkingv1.NetworkPolicy{largePolicy(peers)}
+			src.mu.Unlock()
+			start := time.Now()
+			for out := a.sync(ctx, false); out.Again; out = a.sync(ctx, false) {
+			}
+			changeTime.Add(int64(time.Since(start)))
+			changes.Add(1)
+		}
+	}()
+	busy := run(adds, func() bool { return changes.Load() < 3 })
+	close(stop)
+	wg.Wait()
+	busyFailed := failed.Load()
+
+	b.Logf("slowest ADDs idle %v, during changes %v", idle[len(idle)-5:], busy[len(busy)-5:])
+	q := func(ds []time.Duration, p float64) float64 {
+		return float64(ds[int(p*float64(len(ds)-1))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(q(idle, 0.5), "idle-p50-ms")
+	b.ReportMetric(q(idle, 0.99), "idle-p99-ms")
+	b.ReportMetric(q(busy, 0.5), "change-p50-ms")
+	b.ReportMetric(q(busy, 0.99), "change-p99-ms")
+	b.ReportMetric(q(busy, 0.99)/q(idle, 0.99), "p99-ratio")
+	b.ReportMetric(float64(idleFailed+busyFailed), "add-failures")
+	b.ReportMetric(float64(len(busy)), "change-adds")
+	b.ReportMetric(float64(changes.Load()), "changes")
+	b.ReportMetric(float64(changeTime.Load())/float64(max(changes.Load(), 1))/float64(time.Millisecond), "change-ms")
+}
