@@ -214,6 +214,7 @@ func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
 			p.ip = ip
 		}
 	}
+	r.oneAttachmentPerInterface()
 	for _, p := range r.byKey {
 		r.pods = append(r.pods, p)
 	}
@@ -221,6 +222,54 @@ func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
 	for _, p := range r.pods {
 		ns, _ := splitKey(p.key)
 		r.byNS[ns] = append(r.byNS[ns], p)
+	}
+}
+
+// oneAttachmentPerInterface keeps, of the allocations that name one
+// network namespace and interface (a second sandbox given a namespace
+// path already in use, recorded before the engine refused it), the first
+// recorded (lowest Seq; then the attachment key, for records from before
+// Seq): its pod keeps its network. The others are left out of the
+// document with a problem each, so that neither one pod's interface
+// written twice nor a document that fails validation breaks every pod.
+func (r *renderer) oneAttachmentPerInterface() {
+	owner := map[string]*podInfo{}
+	keys := make([]string, 0, len(r.byKey))
+	for k := range r.byKey {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	first := func(a, b *spec.Allocation) bool {
+		if a.Spec.Seq != b.Spec.Seq {
+			return a.Spec.Seq < b.Spec.Seq
+		}
+		return a.Spec.ContainerID+"/"+a.Spec.IfName < b.Spec.ContainerID+"/"+b.Spec.IfName
+	}
+	var losers []*podInfo
+	for _, k := range keys {
+		p := r.byKey[k]
+		if p.alloc == nil || p.alloc.Spec.Netns == "" {
+			continue
+		}
+		ifName := p.alloc.Spec.IfName
+		if ifName == "" {
+			ifName = "eth0"
+		}
+		slot := p.alloc.Spec.Netns + " " + ifName
+		o := owner[slot]
+		switch {
+		case o == nil:
+			owner[slot] = p
+			continue
+		case first(p.alloc, o.alloc):
+			owner[slot], p, o = p, o, p
+		}
+		losers = append(losers, p)
+		r.podProblem(p, "allocation", "interface %s of network namespace %s is pod %s's (recorded first); this pod's attachment %s/%s is not set up until one of them is deleted",
+			ifName, p.alloc.Spec.Netns, o.key, p.alloc.Spec.ContainerID, p.alloc.Spec.IfName)
+	}
+	for _, p := range losers {
+		p.alloc, p.local, p.ip = nil, false, netip.Addr{}
 	}
 }
 

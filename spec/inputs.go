@@ -26,6 +26,11 @@ type AllocationSpec struct {
 	UID string `json:"uid,omitempty"`
 	// ENI is the ENI the IP belongs to, in ENI modes.
 	ENI string `json:"eni,omitempty"`
+	// Seq is the store's order of recording (0: unknown, an older record).
+	// Of two attachments that name one network namespace and interface,
+	// the first recorded keeps them: the pod already running is not broken
+	// by a sandbox that came second.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // ENI describes one ENI attached to the node (kind ENI), as the cloud

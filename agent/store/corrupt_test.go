@@ -33,7 +33,7 @@ func validStore(t *testing.T) string {
 			if err != nil {
 				return err
 			}
-			if err := tn.put(a, ip); err != nil {
+			if err := tn.put(&a, ip); err != nil {
 				return err
 			}
 		}

@@ -146,8 +146,8 @@ func (t *txn) byPod(podKey string) (spec.Allocation, bool, error) {
 // put writes a normalized record and its index entries, first removing the
 // index entries of the record it replaces (same attachment). It refuses an
 // address or a pod already held by another attachment.
-func (t *txn) put(a spec.Allocation, ip netip.Addr) error {
-	id := AttachmentOf(a)
+func (t *txn) put(a *spec.Allocation, ip netip.Addr) error {
+	id := AttachmentOf(*a)
 	k := id.key()
 	pod := PodKey(a.Metadata)
 	if owner := t.ips.Get(ipKey(ip)); owner != nil && !bytes.Equal(owner, k) {
@@ -164,6 +164,9 @@ func (t *txn) put(a spec.Allocation, ip netip.Addr) error {
 		if err := t.unindex(old, k); err != nil {
 			return err
 		}
+		a.Spec.Seq = old.Spec.Seq // the attachment's place in the order stays
+	} else if a.Spec.Seq, err = t.allocs.NextSequence(); err != nil {
+		return fmt.Errorf("pod %s: number allocation %s: %w", pod, id, err)
 	}
 	v, err := json.Marshal(a)
 	if err != nil {
@@ -300,7 +303,7 @@ func (s *Store) Put(a spec.Allocation) error {
 		if err != nil {
 			return err
 		}
-		return t.put(a, ip)
+		return t.put(&a, ip)
 	})
 }
 

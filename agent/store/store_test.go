@@ -313,3 +313,49 @@ func TestReadOnly(t *testing.T) {
 		t.Error("opening a missing file read-only succeeded")
 	}
 }
+
+// TestRecordOrder: each new attachment gets the next number of the store's
+// order (render keeps the first recorded of two attachments that name one
+// namespace); rewriting a record keeps its number, and the order survives
+// a release and a reopen.
+func TestRecordOrder(t *testing.T) {
+	path := storePath(t)
+	s := openAt(t, path)
+	seq := func(cid string) uint64 {
+		t.Helper()
+		a, found, err := s.Get(cid, "eth0")
+		if err != nil || !found {
+			t.Fatalf("Get(%s) = %v, %v", cid, found, err)
+		}
+		return a.Spec.Seq
+	}
+	for _, a := range []spec.Allocation{alloc("x/a", "c1", "10.0.0.1"), alloc("x/b", "c2", "10.0.0.2")} {
+		if err := s.Put(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, second := seq("c1"), seq("c2")
+	if first == 0 || second <= first {
+		t.Fatalf("order of two new records: %d, %d; want increasing from 1", first, second)
+	}
+	if err := s.Put(alloc("x/a", "c1", "10.0.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	if got := seq("c1"); got != first {
+		t.Errorf("a rewritten record moved from %d to %d in the order", first, got)
+	}
+	if _, _, err := s.Release("c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openAt(t, path)
+	if err := s.Put(alloc("x/a", "c3", "10.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := seq("c3"); got <= second {
+		t.Errorf("a record after a release and a reopen is number %d, not after %d", got, second)
+	}
+	verify(t, s)
+}

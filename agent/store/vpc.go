@@ -138,7 +138,7 @@ func (s *Store) AllocateVPC(req VPCRequest) (alloc spec.Allocation, replaced *sp
 				IfName: req.IfName, UID: req.UID,
 			},
 		}
-		return t.put(alloc, ip)
+		return t.put(&alloc, ip)
 	})
 	if err != nil {
 		return fail(err)

@@ -18,7 +18,7 @@ func TestAllocateVPCLowestFreeAndRetry(t *testing.T) {
 	want := spec.Allocation{
 		APIVersion: "terway/v1", Kind: "Allocation",
 		Metadata: spec.ObjectMeta{Namespace: "default", Name: "a"},
-		Spec:     spec.AllocationSpec{IP: "10.0.0.1", Netns: "/var/run/netns/c1", ContainerID: "c1", IfName: "eth0", UID: "uid-a"},
+		Spec:     spec.AllocationSpec{IP: "10.0.0.1", Netns: "/var/run/netns/c1", ContainerID: "c1", IfName: "eth0", UID: "uid-a", Seq: 1},
 	}
 	if a1 != want {
 		t.Errorf("allocation = %+v, want %+v", a1, want)
