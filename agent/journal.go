@@ -72,13 +72,17 @@ func (j *journal) text() string {
 // apply converges the kernel toward state and records what it did. It is
 // the CNI path's (called with the agent's lock held): the pods it writes
 // are noted for a resync planning meanwhile (resync.go), and its results
-// update the items' status, so that an ADD that writes the nftables table
-// again clears a failure a resync saw.
+// update the items' status. An ADD that writes the nftables table again
+// does not clear a failure a resync saw (its commit wrote one pod's part
+// of the table: /readyz would flap), but makes a sync check it now rather
+// than after its backoff.
 func (a *Agent) apply(ctx context.Context, reason string, state *spec.NodeState, opts engine.PlanOptions) (*engine.Report, error) {
 	rep, err := a.eng.Apply(ctx, state, opts)
 	a.journal.record(reason, rep)
 	a.writes.note(state, opts)
-	a.status.record(rep)
+	if a.status.recordScoped(rep) && a.runner != nil {
+		a.runner.Run()
+	}
 	a.healthChanged()
 	return rep, err
 }

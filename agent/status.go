@@ -167,6 +167,37 @@ func (s *statusTracker) ok(k itemKey) {
 // the others are realised. It returns whether a conflict cut the report
 // short (the caller plans again).
 func (s *statusTracker) record(rep *engine.Report) (conflicted bool) {
+	return s.recordOf(rep, false)
+}
+
+// recordScoped takes the report of a CNI request's plan, scoped to its
+// pods. Its failures count like a sync's; its successes realise the pods'
+// own items only. The table inet terway item is the node's: a scoped
+// commit that wrote one pod's elements says nothing of the rest of the
+// table, and clearing a sync's failure there would turn /readyz green
+// until the next sync fails again (a flapping node).
+//
+// A node-level item that was failing and that such a commit wrote is due
+// for a retry at once (recheck): writes work again, maybe the table too,
+// and a sync, not the backoff, should say so.
+func (s *statusTracker) recordScoped(rep *engine.Report) (recheck bool) {
+	s.recordOf(rep, true)
+	if rep == nil {
+		return false
+	}
+	now := s.clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range rep.Results {
+		if it := s.items[keyOf(r.Op)]; r.Err == nil && podOf(r.Op) == "" && it != nil && it.NextRetry.After(now) {
+			it.NextRetry = now
+			recheck = true
+		}
+	}
+	return recheck
+}
+
+func (s *statusTracker) recordOf(rep *engine.Report, scoped bool) (conflicted bool) {
 	if rep == nil {
 		return false
 	}
@@ -181,6 +212,8 @@ func (s *statusTracker) record(rep *engine.Report) (conflicted bool) {
 				failed[k] = true
 				s.fail(k, podOf(r.Op), r.Op.String(), r.Err)
 			}
+		case scoped && podOf(r.Op) == "":
+			// a node-level item: left to the syncs
 		case !failed[k]:
 			s.ok(k)
 		}

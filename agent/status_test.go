@@ -354,3 +354,45 @@ func TestPlanViewLockFreeAndShared(t *testing.T) {
 		t.Errorf("%d computations (want 2), %d of them with the agent's lock free (want 1, the second)", computations, lockFree)
 	}
 }
+
+// TestScopedCommitDoesNotClearTheTable: a CNI request's scoped commit that
+// writes the nftables table does not clear the table's failure a sync saw
+// (its pod's elements say nothing of the rest of the table: /readyz would
+// turn green until the next sync failed again), but makes it due for a
+// retry now. Its pod's own items are realised as ever; a sync's success
+// clears the table.
+func TestScopedCommitDoesNotClearTheTable(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1000, 0))
+	s := newStatusTracker(clk)
+	nftCommit := op.Op{Kind: "nft", Action: op.Update, Key: "commit", Text: "nft commit"}
+	route := op.Op{Kind: "route", Action: op.Create, Key: "host/table 254/198.18.0.9/32", Text: "route 198.18.0.9/32 dev tw1", Pod: "x/a"}
+	s.record(&engine.Report{Results: []engine.Result{failed(nftCommit, fmt.Errorf("observe: %w", unix.EPERM)), failed(route, errors.New("no such device"))}})
+	s.record(&engine.Report{Results: []engine.Result{failed(nftCommit, fmt.Errorf("observe: %w", unix.EPERM))}})
+	if ok, _ := s.enforcing(); ok {
+		t.Fatal("enforcing after the table failed")
+	}
+	if !s.waiting(keyOf(nftCommit), "", clk.Now()) {
+		t.Fatal("the table is not in backoff after two failures")
+	}
+	if !s.recordScoped(&engine.Report{Results: []engine.Result{{Op: nftCommit}, {Op: route}}}) {
+		t.Error("a scoped commit of the failing table did not ask for a recheck")
+	}
+	if ok, why := s.enforcing(); ok {
+		t.Errorf("a scoped commit cleared the table's failure (enforcing, %v)", why)
+	}
+	for _, it := range s.failing() {
+		if it.Pod == "x/a" {
+			t.Errorf("the scoped commit's own pod item is still failing: %+v", it)
+		}
+	}
+	if s.waiting(keyOf(nftCommit), "", clk.Now()) {
+		t.Error("the table is still in backoff after a scoped commit wrote it")
+	}
+	if s.recordScoped(&engine.Report{Results: []engine.Result{{Op: nftCommit}}}) {
+		t.Error("a second scoped commit asked for a recheck again")
+	}
+	s.record(&engine.Report{Results: []engine.Result{{Op: nftCommit}}})
+	if ok, why := s.enforcing(); !ok {
+		t.Errorf("a sync's success did not clear the table: %v", why)
+	}
+}
