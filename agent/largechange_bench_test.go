@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -48,7 +49,8 @@ func largePolicy(peers int) *networkingv1.NetworkPolicy {
 // agent (Agent.Add: allocate, render, scoped apply) on a node of 20 pods
 // with a policy of 50,000 set elements: idle, then while the agent's
 // resyncs keep applying that policy changed to 42,000 elements and back.
-// Each ADD is followed by the pod's DEL, untimed. "unlocked" is the
+// Each ADD is followed by the pod's DEL, untimed; the busy phase has at
+// least as many ADDs as the idle one and two whole changes. "unlocked" is the
 // agent as it runs, committing a resync's nftables plan without its
 // lock; "locked" (the baseline, in the same run) commits it under the
 // lock, as before, so that ADDs wait for the whole staged change. Each
@@ -66,9 +68,12 @@ func BenchmarkAgentAddDuringLargePolicyChange(b *testing.B) {
 	}
 }
 
+var largeChangeAdds = flag.Int("largechange.adds", 40, "BenchmarkAgentAddDuringLargePolicyChange: ADDs per phase")
+
 func largeChange(b *testing.B, locked bool) {
 	nstest.RequireRoot(b)
-	const adds = 100
+	adds := *largeChangeAdds
+	began := time.Now()
 	node := nstest.Netns(b, "node")
 	dir := b.TempDir()
 	src := &podSource{
@@ -99,6 +104,9 @@ func largeChange(b *testing.B, locked bool) {
 		return &wire.Request{Command: cmd, ContainerID: "ctr-" + name, Netns: netns, IfName: "eth0",
 			Args: wire.PodArgs{Namespace: "x", Name: name, UID: "uid-" + name}}
 	}
+	if out := a.sync(ctx, true); !a.Ready() {
+		b.Fatalf("first sync: %+v", out)
+	}
 	for i := range 20 {
 		name := fmt.Sprintf("p%d", i)
 		setPod(name, true)
@@ -107,7 +115,7 @@ func largeChange(b *testing.B, locked bool) {
 		}
 	}
 	if out := a.sync(ctx, true); out.Again {
-		b.Fatalf("first sync: %+v", out)
+		b.Fatalf("sync after the pods: %+v", out)
 	}
 	newNetns := nstest.Netns(b, "new")
 	var failed atomic.Int64
@@ -134,8 +142,11 @@ func largeChange(b *testing.B, locked bool) {
 		slices.Sort(ds)
 		return ds
 	}
+	b.Logf("set up in %s", time.Since(began).Round(time.Millisecond))
 	cycle() // warm
+	began = time.Now()
 	idle := run(adds, func() bool { return false })
+	b.Logf("%d idle ADDs in %s", len(idle), time.Since(began).Round(time.Millisecond))
 	idleFailed := failed.Swap(0)
 
 	stop := make(chan struct{})
@@ -163,9 +174,11 @@ func largeChange(b *testing.B, locked bool) {
 			changes.Add(1)
 		}
 	}()
-	busy := run(adds, func() bool { return changes.Load() < 3 })
+	began = time.Now()
+	busy := run(adds, func() bool { return changes.Load() < 2 })
 	close(stop)
 	wg.Wait()
+	b.Logf("%d ADDs during %d changes in %s", len(busy), changes.Load(), time.Since(began).Round(time.Millisecond))
 	busyFailed := failed.Load()
 
 	b.Logf("slowest ADDs idle %v, during changes %v", idle[len(idle)-5:], busy[len(busy)-5:])
