@@ -26,7 +26,7 @@ func TestLoadCloudConfig(t *testing.T) {
 		t.Fatalf("good config: %+v, %v", c, err)
 	}
 	reserved := write("reserved.yaml", "apiVersion: terway/v1\nkind: CloudConfig\nsecurityGroupID: sg-1\nreservedENIsForMultiIP: 2\n")
-	if c, err := agent.LoadCloudConfig(reserved); err != nil || c.ReservedENIsForMultiIP != 2 {
+	if c, err := agent.LoadCloudConfig(reserved); err != nil || c.ReservedENIsForMultiIP == nil || *c.ReservedENIsForMultiIP != 2 {
 		t.Fatalf("reservedENIsForMultiIP: %+v, %v", c, err)
 	}
 	for _, bad := range []struct{ body, want string }{

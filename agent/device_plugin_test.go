@@ -14,7 +14,8 @@ import (
 )
 
 // terwayd serves the aliyun/eni device plugin to the kubelet: it registers,
-// advertises none in VPC mode (no cloud access, so no ENI to give), and
+// advertises none in VPC mode without cloud configuration (no cloud
+// access, so no ENI to give) and says why in its log, and
 // registers again after a kubelet restart.
 func TestAgentServesDevicePlugin(t *testing.T) {
 	dir := devicemanager.ShortDir(t)
@@ -40,6 +41,10 @@ func TestAgentServesDevicePlugin(t *testing.T) {
 	k.ListOf(t, "the list again after the restart", devicemanager.Count(0, pluginapi.Healthy))
 
 	c.stopAgent()
+	// Why none, said once though the count is refreshed every few seconds.
+	if n := strings.Count(c.log(), "advertising 0 aliyun/eni: VPC mode without cloud configuration"); n != 1 {
+		t.Errorf("the log says %d times why no aliyun/eni is advertised, want once; log:\n%s", n, c.log())
+	}
 	if _, err := os.Stat(filepath.Join(dir, deviceplugin.DefaultSocketName)); !os.IsNotExist(err) {
 		t.Errorf("the plugin's socket outlives terwayd: %v", err)
 	}

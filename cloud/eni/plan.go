@@ -214,7 +214,7 @@ func planRefill(p *plan, v poolView, shared []*sharedPlan, free, idle, want int)
 		switch {
 		case skipped || (free > 0 && !v.CanCreate):
 			p.Reason, p.Why = shortVSwitches, "the vswitches of the ENIs with room, or every configured vswitch, are exhausted"
-		case v.ReservedShared != nil:
+		case v.ReservedShared != nil && *v.ReservedShared < v.Limits.MaxENIs-1:
 			p.Reason = shortLimits
 			p.Why = fmt.Sprintf("multi-IP pods may use %d ENIs (reservedENIsForMultiIP %d, less ENIs attached by others) x %d IPs, and every one is full; the other slots are for exclusive ENIs (aliyun/eni)",
 				SplitSlots(v.Limits.MaxENIs, v.Foreign, v.ReservedShared).Shared, *v.ReservedShared, v.Limits.IPsPerENI)

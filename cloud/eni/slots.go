@@ -1,6 +1,13 @@
 package eni
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
+
+// AllSlots, as Config.ReservedShared, keeps every secondary ENI slot for
+// shared ENIs: no exclusive ENI is made.
+const AllSlots = math.MaxInt32
 
 // Slots is how the instance type's secondary ENI slots (its ENI quota less
 // the primary ENI) are divided between shared ENIs, whose secondary IPs
