@@ -64,3 +64,25 @@ func TestAgentDevicePluginAutoOff(t *testing.T) {
 		t.Errorf("no log line saying the device plugin is off; log:\n%s", c.log())
 	}
 }
+
+// A pod requesting aliyun/eni on a VPC node without cloud configuration
+// (the kubelet would not place it there: the node advertises 0) is refused
+// at its ADD with an error naming the pod, the resource and the reason,
+// instead of getting a podCIDR address it did not ask for; a plain pod
+// next to it is served.
+func TestAgentRefusesExclusivePodWithoutCloud(t *testing.T) {
+	c := newCluster(t, time.Minute)
+	c.writeInput("pod_app_x.yaml", strings.Replace(c.podYAML("app", "x", nil, nil),
+		"containers: [{name: c, image: i,", `containers: [{name: c, image: i, resources: {limits: {aliyun/eni: "1"}},`, 1))
+	c.writeInput("pod_app_plain.yaml", c.podYAML("app", "plain", nil, nil))
+	_, err := c.add("app", "x")
+	for _, want := range []string{"app/x", "aliyun/eni", "no cloud access"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("ADD of app/x (aliyun/eni, no cloud): %v, want an error saying %q", err, want)
+		}
+	}
+	t.Logf("ADD of app/x: %v", err)
+	if _, err := c.add("app", "plain"); err != nil {
+		t.Fatalf("ADD of app/plain beside it: %v", err)
+	}
+}
