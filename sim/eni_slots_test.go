@@ -109,6 +109,36 @@ spec:
 		t.Fatal("the vpc cannot reach the exclusive-ENI pod")
 	}
 
+	// terwayd killed and restarted: the ENI stays the pod's (the store's
+	// holding is restored before anything is released), nothing to redo.
+	agent, err := st.Agent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill(t, agent.PID)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := st.WaitAgentRestarted(ctx, agent.PID, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, plan, err := st.AgentGet(ctx, "/plan")
+		if err == nil && code == 200 && strings.TrimSpace(plan) == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after the restart, /plan: %d %v\n%s", code, err, plan)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if e, ok := dump(t, st).ENI(x.ID); !ok || e.Status != "InUse" {
+		t.Fatalf("after the restart, ENI %s is %+v (found %v), want InUse", x.ID, e, ok)
+	}
+	if out := nstest.Run(t, own.Netns, "ip", "-o", "link", "show", "dev", "eth0"); !strings.Contains(out, x.MAC) {
+		t.Fatalf("after the restart, app/own's eth0 is not ENI %s: %s", x.MAC, out)
+	}
+
 	// DEL moves the ENI back to the node, and the cloud gets it back:
 	// detached and deleted, nothing of ours left.
 	var log strings.Builder
@@ -117,7 +147,7 @@ spec:
 	if err := sim.Delete(context.Background(), st.Name, &log, f); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		d = dump(t, st)
 		if len(ours(d)) == 0 && len(instanceENIs(d)) == 1 {
