@@ -77,6 +77,9 @@ type Agent struct {
 	// cloudReady is set once the ENI reconciler knows our ENIs and the
 	// store's holdings (ENI modes).
 	cloudReady atomic.Bool
+	// noCloudOnce says once why a node without cloud access advertises
+	// no aliyun/eni (the count is refreshed every few seconds).
+	noCloudOnce sync.Once
 }
 
 // New opens the store and prepares the agent; Run starts it. The node's

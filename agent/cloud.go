@@ -16,6 +16,7 @@ import (
 	"github.com/terway-reconciler/terway/cloud/eni"
 	"github.com/terway-reconciler/terway/cloud/metadata"
 	"github.com/terway-reconciler/terway/render"
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // CloudConfig is the cloud part of terwayd's configuration (a terway/v1
@@ -50,10 +51,13 @@ type CloudConfig struct {
 	Tags            map[string]string   `json:"tags,omitempty"`
 	// ReservedENIsForMultiIP is how many secondary ENIs the node keeps for
 	// multi-IP pods; the others (the instance type's quota less the
-	// primary ENI and these) are advertised as aliyun/eni for pods that
-	// take a whole ENI. Default 0: every secondary ENI slot is offered to
-	// exclusive pods.
-	ReservedENIsForMultiIP int `json:"reservedENIsForMultiIP,omitempty"`
+	// primary ENI, ENIs attached by others and these) are advertised as
+	// aliyun/eni for pods that take a whole ENI, and the ENI pool keeps
+	// the two apart: multi-IP pods never use more ENIs than these, and
+	// exclusive pods never take them. Unset: in eni-multi-ip mode every
+	// secondary ENI is kept for multi-IP pods (aliyun/eni advertises 0),
+	// in VPC mode none (VPC pods take their addresses from the podCIDR).
+	ReservedENIsForMultiIP *int `json:"reservedENIsForMultiIP,omitempty"`
 }
 
 // DefaultMetadata is the instance metadata service of every ECS instance.
@@ -76,16 +80,18 @@ func LoadCloudConfig(path string) (*CloudConfig, error) {
 	if c.SecurityGroupID == "" {
 		return nil, fmt.Errorf("cloud config %s: securityGroupID: empty (every ENI needs one)", path)
 	}
-	if c.ReservedENIsForMultiIP < 0 {
-		return nil, fmt.Errorf("cloud config %s: reservedENIsForMultiIP: %d is negative", path, c.ReservedENIsForMultiIP)
+	if c.ReservedENIsForMultiIP != nil && *c.ReservedENIsForMultiIP < 0 {
+		return nil, fmt.Errorf("cloud config %s: reservedENIsForMultiIP: %d is negative", path, *c.ReservedENIsForMultiIP)
 	}
 	return &c, nil
 }
 
 // ENIConfig discovers the instance through the metadata service and builds
 // the ENI reconciler's configuration: pool sizes from the render config,
+// the split of ENI slots between multi-IP and exclusive pods for the mode,
 // and a WaitLink that waits for the ENI's link in the namespace the agent
-// runs in (the node).
+// runs in (the node). In VPC mode the reconciler serves exclusive ENIs
+// only: no warm pool, and no ENI kept for multi-IP pods unless configured.
 func (c *CloudConfig) ENIConfig(ctx context.Context, rc render.Config, log *slog.Logger) (eni.Config, error) {
 	base := c.Metadata
 	if base == "" {
@@ -113,15 +119,35 @@ func (c *CloudConfig) ENIConfig(ctx context.Context, rc render.Config, log *slog
 		limits = eni.Limits{MaxENIs: rc.MaxENIs, IPsPerENI: rc.IPsPerENI}
 	}
 	rc = rc.WithDefaults()
+	minIdle, maxIdle := rc.MinPoolSize, rc.MaxPoolSize
+	if rc.Mode != spec.PodModeENIMultiIP {
+		minIdle, maxIdle = 0, 0
+	}
 	cfg := eni.Config{
 		RegionID: in.RegionID, ECSEndpoint: c.ECSEndpoint, VPCEndpoint: c.VPCEndpoint,
 		Credentials: eni.Credentials{AccessKeyID: c.AccessKeyID, AccessKeySecret: eni.Secret(c.AccessKeySecret), RAMRole: c.RAMRole},
 		InstanceID:  in.ID, InstanceType: in.Type, ZoneID: in.ZoneID, PrimaryENIID: in.PrimaryENIID,
 		VSwitchIDs: vsw, SecurityGroupID: c.SecurityGroupID, Tags: c.Tags,
-		MinIdle: rc.MinPoolSize, MaxIdle: rc.MaxPoolSize, Limits: limits,
+		MinIdle: minIdle, MaxIdle: maxIdle, Limits: limits, ReservedShared: c.reservedShared(rc.Mode, log),
 		Metadata: md, WaitLink: waitLinkByMAC, Logger: log,
 	}
 	return cfg, nil
+}
+
+// reservedShared is the ENI pool's reservation for shared ENIs: the
+// configured reservedENIsForMultiIP, else every slot in eni-multi-ip mode
+// (its pods must not lose their ENIs to pods nobody promised them to) and
+// none in VPC mode (no pod there takes a shared IP).
+func (c *CloudConfig) reservedShared(mode string, log *slog.Logger) *int {
+	n := 0
+	switch {
+	case c.ReservedENIsForMultiIP != nil:
+		n = *c.ReservedENIsForMultiIP
+	case mode == spec.PodModeENIMultiIP:
+		n = eni.AllSlots
+		log.Info("cloud config: reservedENIsForMultiIP unset: every secondary ENI is kept for multi-IP pods, aliyun/eni advertises 0; set it to offer ENIs to pods that take a whole one")
+	}
+	return &n
 }
 
 // waitLinkByMAC returns once a link with the MAC exists in the agent's

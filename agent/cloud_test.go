@@ -1,14 +1,20 @@
 package agent_test
 
 import (
+	"bytes"
+	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/terway-reconciler/terway/agent"
+	"github.com/terway-reconciler/terway/cloud/eni"
+	"github.com/terway-reconciler/terway/render"
 )
 
 func TestLoadCloudConfig(t *testing.T) {
@@ -26,7 +32,7 @@ func TestLoadCloudConfig(t *testing.T) {
 		t.Fatalf("good config: %+v, %v", c, err)
 	}
 	reserved := write("reserved.yaml", "apiVersion: terway/v1\nkind: CloudConfig\nsecurityGroupID: sg-1\nreservedENIsForMultiIP: 2\n")
-	if c, err := agent.LoadCloudConfig(reserved); err != nil || c.ReservedENIsForMultiIP != 2 {
+	if c, err := agent.LoadCloudConfig(reserved); err != nil || c.ReservedENIsForMultiIP == nil || *c.ReservedENIsForMultiIP != 2 {
 		t.Fatalf("reservedENIsForMultiIP: %+v, %v", c, err)
 	}
 	for _, bad := range []struct{ body, want string }{
@@ -70,4 +76,56 @@ func TestMultiIPManifestConfigs(t *testing.T) {
 		return
 	}
 	t.Fatal("no ConfigMap in terway-multiip.yml")
+}
+
+// The ENI reconciler's reservation and pool per mode: in VPC mode (here
+// from Terway's eni_conf alone) it serves exclusive ENIs only, with no warm
+// pool and nothing kept for multi-IP pods unless configured; in
+// eni-multi-ip mode an unset reservedENIsForMultiIP keeps every secondary
+// ENI for multi-IP pods, said in the log.
+func TestENIConfigReservationPerMode(t *testing.T) {
+	md := metadataURL(t)
+	eniConf := writeFile(t, "eni_conf", `{"access_key": "ak", "access_secret": "ak", "security_group": "sg-1", "vswitches": {"cn-hangzhou-h": ["vsw-a"]}, "min_pool_size": 2, "max_pool_size": 5}`)
+	for _, c := range []struct {
+		name, mode, cloud string
+		want              int
+		minIdle, maxIdle  int
+		log               string
+	}{
+		{name: "vpc, eni_conf only", mode: "vpc", want: 0},
+		{name: "vpc, 1 reserved", mode: "vpc", cloud: "reservedENIsForMultiIP: 1\n", want: 1},
+		{name: "eni-multi-ip, unset", mode: "eni-multi-ip", want: eni.AllSlots, minIdle: 2, maxIdle: 5, log: "reservedENIsForMultiIP unset: every secondary ENI is kept for multi-IP pods"},
+		{name: "eni-multi-ip, 1 reserved", mode: "eni-multi-ip", cloud: "reservedENIsForMultiIP: 1\n", want: 1, minIdle: 2, maxIdle: 5},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cloud := ""
+			if c.cloud != "" {
+				cloud = writeFile(t, "cloud.yaml", "apiVersion: terway/v1\nkind: CloudConfig\nsecurityGroupID: sg-1\n"+c.cloud)
+			}
+			var logs bytes.Buffer
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			cc, rc, err := agent.LoadCloudSources(cloud, eniConf, render.Config{Mode: c.mode}, log)
+			if err != nil || cc == nil {
+				t.Fatalf("LoadCloudSources: %+v, %v", cc, err)
+			}
+			cc.Metadata = md
+			ec, err := cc.ENIConfig(context.Background(), rc, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ec.ReservedShared == nil || *ec.ReservedShared != c.want || ec.MinIdle != c.minIdle || ec.MaxIdle != c.maxIdle {
+				t.Errorf("reservedShared %v, pool %d-%d; want %d, pool %d-%d", ptrString(ec.ReservedShared), ec.MinIdle, ec.MaxIdle, c.want, c.minIdle, c.maxIdle)
+			}
+			if c.log != "" && strings.Count(logs.String(), c.log) != 1 {
+				t.Errorf("the log does not say once %q:\n%s", c.log, logs.String())
+			}
+		})
+	}
+}
+
+func ptrString(p *int) string {
+	if p == nil {
+		return "nil"
+	}
+	return strconv.Itoa(*p)
 }

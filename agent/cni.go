@@ -47,7 +47,11 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	key := req.Args.Key()
 	a.waitForPod(ctx, key)
 	var cloudAlloc *spec.Allocation
-	if a.cfg.ENI != nil {
+	if a.cfg.ENI == nil {
+		if cerr := a.refuseExclusiveWithoutCloud(key); cerr != nil {
+			return nil, cerr
+		}
+	} else if a.fromCloud(key) {
 		var cerr *types.Error
 		if cloudAlloc, cerr = a.cloudAllocate(ctx, req, key); cerr != nil {
 			return nil, cerr

@@ -15,9 +15,10 @@ import (
 	"github.com/terway-reconciler/terway/spec"
 )
 
-// In the ENI modes the cloud hands out pod addresses: a secondary IP of a
-// shared ENI (eni-multi-ip), or a whole ENI for a pod that requests
-// aliyun/eni (exclusive). The ENI reconciler owns the cloud side; the
+// In eni-multi-ip mode the cloud hands out pod addresses: a secondary IP
+// of a shared ENI, or a whole ENI for a pod that requests aliyun/eni
+// (exclusive). In VPC mode with cloud configuration it hands out only the
+// whole ENIs; other pods keep their podCIDR addresses. The ENI reconciler owns the cloud side; the
 // allocation store records which attachment holds which IP on which ENI,
 // and on restart the reconciler gets those holdings back before it may
 // release anything.
@@ -76,6 +77,30 @@ func (a *Agent) isExclusiveENI(eniID string, al spec.Allocation) bool {
 	return ok && render.WantsExclusiveENI(pod)
 }
 
+// fromCloud reports whether the pod's address comes from the cloud: every
+// pod's in eni-multi-ip mode; in VPC mode only a pod that takes a whole
+// ENI (aliyun/eni), the others keep their podCIDR addresses.
+func (a *Agent) fromCloud(key string) bool {
+	if a.cfg.Render.Mode == spec.PodModeENIMultiIP {
+		return true
+	}
+	pod, _ := a.lookupPod(key)
+	return render.WantsExclusiveENI(pod)
+}
+
+// refuseExclusiveWithoutCloud refuses the ADD of a pod requesting
+// aliyun/eni on a node without cloud access (VPC mode without cloud
+// configuration): no ENI can be made for it, and a podCIDR address would
+// not be what it asked for. The kubelet does not place such a pod here
+// (the node advertises 0); this is the answer when something else does.
+func (a *Agent) refuseExclusiveWithoutCloud(key string) *types.Error {
+	if pod, _ := a.lookupPod(key); !render.WantsExclusiveENI(pod) {
+		return nil
+	}
+	return cniErr(codeNotAvailable, "pod "+key+" requests "+render.ExclusiveENIResource,
+		"node "+a.cfg.NodeName+" has no cloud access (VPC mode without --cloud-config or --eni-conf), so it has no ENI to give and advertises 0 "+render.ExclusiveENIResource)
+}
+
 // cloudAllocate gets the attachment's address from the cloud. It runs
 // before the agent's lock: growing the pool can take seconds (create,
 // attach, wait for the link), and other pods' ADDs and the resync must not
@@ -96,7 +121,9 @@ func (a *Agent) cloudAllocate(ctx context.Context, req *wire.Request, key string
 	}
 	pod, _ := a.lookupPod(key)
 	var err error
+	what := "address"
 	if render.WantsExclusiveENI(pod) {
+		what = "ENI (" + render.ExclusiveENIResource + ")"
 		var e eni.ENIAllocation
 		e, err = a.cfg.ENI.AllocateENI(ctx, cloudOwner(al, true))
 		al.Spec.IP, al.Spec.ENI = e.IP, e.ENI
@@ -107,9 +134,9 @@ func (a *Agent) cloudAllocate(ctx context.Context, req *wire.Request, key string
 	}
 	switch {
 	case errors.Is(err, eni.ErrVSwitchExhausted), errors.Is(err, eni.ErrNoCapacity):
-		return nil, cniErr(codeExhausted, "no address for pod "+key, err.Error())
+		return nil, cniErr(codeExhausted, "no "+what+" for pod "+key, err.Error())
 	case err != nil:
-		return nil, cniErr(codeTryAgainLater, "get an address for pod "+key+" from the cloud", err.Error())
+		return nil, cniErr(codeTryAgainLater, "get an "+what+" for pod "+key+" from the cloud", err.Error())
 	}
 	return &al, nil
 }

@@ -49,19 +49,17 @@ type Config struct {
 	// is not what they asked for (events.go); nil, in standalone mode,
 	// logs them only.
 	Events typedcorev1.EventsGetter
-	// ENI hands out pod addresses in the ENI modes (eni-multi-ip, and whole
-	// ENIs for pods requesting aliyun/eni); nil in VPC mode, where they come
-	// from the node's podCIDR.
+	// ENI hands out cloud addresses: in eni-multi-ip mode every pod's (a
+	// secondary IP, or a whole ENI for a pod requesting aliyun/eni); in
+	// VPC mode, when cloud configuration is given, only the whole ENIs of
+	// pods requesting aliyun/eni. Nil in VPC mode without cloud access:
+	// every address comes from the node's podCIDR. Its ReservedShared is
+	// the reservedENIsForMultiIP the device plugin's count honours.
 	ENI *eni.Reconciler
 	// DevicePluginDir is the kubelet's device-plugins folder, where the
 	// agent serves the aliyun/eni device plugin (device_plugin.go); empty:
 	// no device plugin (standalone runs and tests without a kubelet).
 	DevicePluginDir string
-	// ReservedENIsForMultiIP is how many of the instance's secondary ENIs
-	// the node keeps for multi-IP pods (CloudConfig
-	// reservedENIsForMultiIP): the device plugin advertises the others as
-	// aliyun/eni.
-	ReservedENIsForMultiIP int
 }
 
 // Defaults.
@@ -123,8 +121,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("agent config: resyncInterval: %s is below 1s", c.ResyncInterval)
 	case c.DevicePluginDir != "" && !filepath.IsAbs(c.DevicePluginDir):
 		return fmt.Errorf("agent config: devicePluginDir: %q is not an absolute path", c.DevicePluginDir)
-	case c.ReservedENIsForMultiIP < 0:
-		return fmt.Errorf("agent config: reservedENIsForMultiIP: %d is negative", c.ReservedENIsForMultiIP)
 	case c.MinSyncInterval < 0 || c.MinSyncInterval > c.ResyncInterval:
 		return fmt.Errorf("agent config: minSyncInterval: %s is not between 0 and resyncInterval (%s)", c.MinSyncInterval, c.ResyncInterval)
 	}

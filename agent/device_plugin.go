@@ -48,15 +48,20 @@ func (a *Agent) refreshDevicePlugin(dp *deviceplugin.Plugin) {
 	dp.Set(n, a.Ready())
 }
 
-// exclusiveSlots is the number of aliyun/eni devices: in the ENI modes the
-// instance type's ENI quota less the primary ENI and the ENIs kept for
-// multi-IP pods. In VPC mode the agent has no cloud access (no ENI
-// reconciler), so it cannot hand out an ENI and advertises none: the
-// resource still shows on the node, as 0, and a pod asking for it waits
-// with "Insufficient aliyun/eni" instead of failing at its CNI ADD.
+// exclusiveSlots is the number of aliyun/eni devices: with an ENI
+// reconciler, the instance type's ENI quota less the primary ENI, the ENIs
+// attached by others and the ENIs kept for multi-IP pods, which is the
+// bound the reconciler's pool honours (eni.SplitSlots). In VPC mode
+// without cloud configuration the agent cannot hand out an ENI and
+// advertises none, saying why once: the resource still shows on the node,
+// as 0, and a pod asking for it waits with "Insufficient aliyun/eni"
+// instead of failing at its CNI ADD.
 func (a *Agent) exclusiveSlots() (int, error) {
 	if a.cfg.ENI == nil {
+		a.noCloudOnce.Do(func() {
+			a.log.Info("device plugin: advertising 0 aliyun/eni: VPC mode without cloud configuration (--cloud-config or --eni-conf), so no ENI can be created for a pod")
+		})
 		return 0, nil
 	}
-	return deviceplugin.ENISlots(a.cfg.ENI, a.cfg.ReservedENIsForMultiIP)
+	return deviceplugin.ENISlots(a.cfg.ENI)
 }

@@ -14,7 +14,8 @@ import (
 )
 
 // terwayd serves the aliyun/eni device plugin to the kubelet: it registers,
-// advertises none in VPC mode (no cloud access, so no ENI to give), and
+// advertises none in VPC mode without cloud configuration (no cloud
+// access, so no ENI to give) and says why in its log, and
 // registers again after a kubelet restart.
 func TestAgentServesDevicePlugin(t *testing.T) {
 	dir := devicemanager.ShortDir(t)
@@ -40,6 +41,10 @@ func TestAgentServesDevicePlugin(t *testing.T) {
 	k.ListOf(t, "the list again after the restart", devicemanager.Count(0, pluginapi.Healthy))
 
 	c.stopAgent()
+	// Why none, said once though the count is refreshed every few seconds.
+	if n := strings.Count(c.log(), "advertising 0 aliyun/eni: VPC mode without cloud configuration"); n != 1 {
+		t.Errorf("the log says %d times why no aliyun/eni is advertised, want once; log:\n%s", n, c.log())
+	}
 	if _, err := os.Stat(filepath.Join(dir, deviceplugin.DefaultSocketName)); !os.IsNotExist(err) {
 		t.Errorf("the plugin's socket outlives terwayd: %v", err)
 	}
@@ -57,5 +62,27 @@ func TestAgentDevicePluginAutoOff(t *testing.T) {
 	}
 	if !strings.Contains(c.log(), "device plugin off") {
 		t.Errorf("no log line saying the device plugin is off; log:\n%s", c.log())
+	}
+}
+
+// A pod requesting aliyun/eni on a VPC node without cloud configuration
+// (the kubelet would not place it there: the node advertises 0) is refused
+// at its ADD with an error naming the pod, the resource and the reason,
+// instead of getting a podCIDR address it did not ask for; a plain pod
+// next to it is served.
+func TestAgentRefusesExclusivePodWithoutCloud(t *testing.T) {
+	c := newCluster(t, time.Minute)
+	c.writeInput("pod_app_x.yaml", strings.Replace(c.podYAML("app", "x", nil, nil),
+		"containers: [{name: c, image: i,", `containers: [{name: c, image: i, resources: {limits: {aliyun/eni: "1"}},`, 1))
+	c.writeInput("pod_app_plain.yaml", c.podYAML("app", "plain", nil, nil))
+	_, err := c.add("app", "x")
+	for _, want := range []string{"app/x", "aliyun/eni", "no cloud access"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("ADD of app/x (aliyun/eni, no cloud): %v, want an error saying %q", err, want)
+		}
+	}
+	t.Logf("ADD of app/x: %v", err)
+	if _, err := c.add("app", "plain"); err != nil {
+		t.Fatalf("ADD of app/plain beside it: %v", err)
 	}
 }

@@ -79,7 +79,10 @@ func TestChaosKills(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	st, err := sim.Up(ctx, sim.Options{Cluster: dir, Name: name, BinDir: binaries(t), Mode: "eni-multi-ip",
+	// Of the 3 secondary ENIs, 2 are kept for multi-IP pods, 1 serves the
+	// pods that take a whole ENI.
+	reserved := 2
+	st, err := sim.Up(ctx, sim.Options{Cluster: dir, Name: name, BinDir: binaries(t), Mode: "eni-multi-ip", ReservedENIsForMultiIP: &reserved,
 		Resync: 2 * time.Second, RestartBackoff: 100 * time.Millisecond, RestartBackoffMax: time.Second,
 		AgentEnv: []string{chaos.EnvKillFile + "=" + killFile},
 		EmulatorArgs: []string{"--fault", "*=Throttling:" + faultRate("THROTTLING", "0.1"), "--fault", "*=InternalError:" + faultRate("5XX", "0.03"),

@@ -17,7 +17,8 @@ import (
 	"github.com/terway-reconciler/terway/internal/traffic"
 )
 
-// In ENI multi-IP mode the node's addresses come from the cloud: `up`
+// In ENI multi-IP mode the node's addresses come from the cloud (in VPC
+// mode with Options.Cloud, those of pods requesting aliyun/eni): `up`
 // starts the ECS/VPC emulator (the real SDK talks to it over HTTP), which
 // plugs every ENI it attaches into the node namespace as a link whose
 // other end sits on a bridge in the vpc namespace (the vswitch, with its
@@ -34,8 +35,9 @@ type Emulator struct {
 func (st *State) emulatorInfoFile() string { return filepath.Join(st.Dir, "emulator.json") }
 
 // startEmulator starts the emulator with the default world and writes the
-// agent's cloud configuration for it.
-func (st *State) startEmulator(extraArgs []string) error {
+// agent's cloud configuration for it, with reserved as its
+// reservedENIsForMultiIP when set.
+func (st *State) startEmulator(extraArgs []string, reserved *int) error {
 	args := append([]string{"ip", "netns", "exec", filepath.Base(st.NodeNetns), st.ctl(), "emulator",
 		"--listen", "127.0.0.1:0", "--metadata-listen", "127.0.0.1:0",
 		"--sim-node", st.NodeNetns, "--sim-vpc", st.VPCNetns, "--sim-dir", st.Dir}, extraArgs...)
@@ -63,7 +65,7 @@ func (st *State) startEmulator(extraArgs []string) error {
 		APIVersion: "terway/v1", Kind: "CloudConfig", Metadata: info.Metadata,
 		ECSEndpoint: info.Endpoint, VPCEndpoint: info.Endpoint,
 		AccessKeyID: info.AccessKeyID, AccessKeySecret: info.AccessKeySecret,
-		VSwitchIDs: vswitches, SecurityGroupID: w.SecurityGroupID,
+		VSwitchIDs: vswitches, SecurityGroupID: w.SecurityGroupID, ReservedENIsForMultiIP: reserved,
 	}
 	out, err := yaml.Marshal(cc)
 	if err != nil {

@@ -40,6 +40,13 @@ func eniCluster(n, maxPool int) string {
 
 func upENI(t *testing.T, short, yaml string, emulatorArgs ...string) *sim.State {
 	t.Helper()
+	return upCloud(t, short, yaml, sim.Options{Mode: "eni-multi-ip", EmulatorArgs: emulatorArgs})
+}
+
+// upCloud starts a sim with the emulator (o sets the mode and the cloud
+// options) and removes it when the test ends.
+func upCloud(t *testing.T, short, yaml string, o sim.Options) *sim.State {
+	t.Helper()
 	nstest.RequireRoot(t)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "cluster.yaml"), []byte(yaml), 0o600); err != nil {
@@ -58,10 +65,10 @@ func upENI(t *testing.T, short, yaml string, emulatorArgs ...string) *sim.State 
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	st, err := sim.Up(ctx, sim.Options{Cluster: dir, Name: name, BinDir: binaries(t), Mode: "eni-multi-ip",
-		Resync: 2 * time.Second, EmulatorArgs: emulatorArgs, KeepOnFailure: true})
+	o.Cluster, o.Name, o.BinDir, o.Resync, o.KeepOnFailure = dir, name, binaries(t), 2*time.Second, true
+	st, err := sim.Up(ctx, o)
 	if err != nil {
-		t.Fatalf("sim up (eni-multi-ip): %v", err)
+		t.Fatalf("sim up (%s): %v", o.Mode, err)
 	}
 	return st
 }
@@ -240,7 +247,10 @@ func TestENIMultiIP(t *testing.T) {
 }
 
 func TestExclusiveENI(t *testing.T) {
-	st := upENI(t, "excl", `apiVersion: v1
+	// Of the 3 secondary ENIs of ecs.emu.xlarge, 2 are kept for multi-IP
+	// pods and 1 is for exclusive pods.
+	two := 2
+	st := upCloud(t, "excl", `apiVersion: v1
 kind: Node
 metadata: {name: eni-node}
 ---
@@ -259,7 +269,7 @@ kind: Pod
 metadata: {namespace: app, name: shared}
 spec:
   containers: [{name: c, image: i, ports: [{containerPort: 80}]}]
-`)
+`, sim.Options{Mode: "eni-multi-ip", ReservedENIsForMultiIP: &two})
 	d := dump(t, st)
 	own := st.Pod("app/own")
 	var eni emulator.DumpENI

@@ -50,6 +50,18 @@ type Options struct {
 	RestartBackoff, RestartBackoffMax time.Duration
 	// AgentEnv is added to the agent's environment (NAME=VALUE).
 	AgentEnv []string
+	// Cloud, in VPC mode, also starts the emulator and gives the agent
+	// its cloud configuration: pods requesting aliyun/eni get a whole ENI,
+	// the others keep their podCIDR addresses. ENI mode always has both.
+	Cloud bool
+	// ReservedENIsForMultiIP, when set, goes into the agent's cloud
+	// configuration (the ENIs kept for multi-IP pods).
+	ReservedENIsForMultiIP *int
+	// DevicePluginDir, when set, is where the agent serves the aliyun/eni
+	// device plugin (--device-plugin on); a test's kubelet stand-in
+	// listens there. Empty: --device-plugin off, so a simulated node
+	// never registers with a kubelet the machine may have.
+	DevicePluginDir string
 }
 
 // Default node for a cluster folder without a Node object.
@@ -146,8 +158,11 @@ func Up(ctx context.Context, o Options) (st *State, err error) {
 		if err := wireVPC(nodeNS, vpcNS, st.NodeIP, node.Spec.PodCIDR); err != nil {
 			return nil, err
 		}
-	} else if err := st.startEmulator(o.EmulatorArgs); err != nil {
-		return nil, err
+	}
+	if o.Mode != spec.PodModeVPC || o.Cloud {
+		if err := st.startEmulator(o.EmulatorArgs, o.ReservedENIsForMultiIP); err != nil {
+			return nil, err
+		}
 	}
 	if err := st.save(); err != nil {
 		return nil, err
@@ -234,11 +249,15 @@ func (st *State) startAgent(o Options) error {
 	args := []string{"ip", "netns", "exec", filepath.Base(st.NodeNetns), filepath.Join(st.BinDir, "terwayd"),
 		"--node-name", st.Node, "--kube-inputs", st.inputs(), "--state-dir", filepath.Join(st.Dir, "agent"),
 		"--socket", st.socket(), "--config", filepath.Join(st.Dir, "config.yaml"),
-		"--resync-interval", o.Resync.String(), "--health-addr", healthAddr,
+		"--resync-interval", o.Resync.String(), "--health-addr", healthAddr}
+	if o.DevicePluginDir != "" {
+		args = append(args, "--device-plugin", "on", "--device-plugin-dir", o.DevicePluginDir)
+	} else {
 		// A simulated node never advertises devices to a kubelet the
 		// machine may have.
-		"--device-plugin", "off"}
-	if st.Mode != spec.PodModeVPC {
+		args = append(args, "--device-plugin", "off")
+	}
+	if st.Mode != spec.PodModeVPC || o.Cloud {
 		args = append(args, "--cloud-config", filepath.Join(st.Dir, "cloud.yaml"))
 	}
 	sup := []string{st.ctl(), "sim", "supervise", "--dir", st.Dir}

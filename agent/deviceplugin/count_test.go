@@ -25,8 +25,9 @@ type cloud struct {
 
 // startReconciler runs the emulator with one instance of type typ and
 // starts an ENI reconciler for it, as the agent does: the limits come from
-// DescribeInstanceTypes through the real SDK.
-func startReconciler(t *testing.T, typ string) (*eni.Reconciler, *cloud) {
+// DescribeInstanceTypes through the real SDK. reserved is the number of
+// ENIs kept for multi-IP pods (reservedENIsForMultiIP).
+func startReconciler(t *testing.T, typ string, reserved int) (*eni.Reconciler, *cloud) {
 	t.Helper()
 	w := emulator.DefaultWorld()
 	w.Instances[0].InstanceType = typ
@@ -56,7 +57,7 @@ func startReconciler(t *testing.T, typ string) (*eni.Reconciler, *cloud) {
 		InstanceID:  self.ID, InstanceType: self.Type, ZoneID: self.ZoneID, PrimaryENIID: self.PrimaryENIID,
 		VSwitchIDs: []string{self.VSwitchID}, SecurityGroupID: w.SecurityGroupID, Metadata: md,
 		WaitLink: func(context.Context, string) error { return nil },
-		Logger:   quiet(), CallTimeout: 3 * time.Second,
+		Logger:   quiet(), CallTimeout: 3 * time.Second, ReservedShared: &reserved,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -115,8 +116,8 @@ func TestListAndWatchCountsPerInstanceType(t *testing.T) {
 		{"ecs.g6.large", 1, 0}, // EniQuantity 2: nothing left for exclusive pods
 	} {
 		t.Run(fmt.Sprintf("%s/reserved=%d", c.typ, c.reserved), func(t *testing.T) {
-			r, _ := startReconciler(t, c.typ)
-			n, err := deviceplugin.ENISlots(r, c.reserved)
+			r, _ := startReconciler(t, c.typ, c.reserved)
+			n, err := deviceplugin.ENISlots(r)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -132,8 +133,8 @@ func TestListAndWatchCountsPerInstanceType(t *testing.T) {
 // An ENI attached by someone else takes a slot: the count drops and the
 // kubelet gets the shorter list.
 func TestForeignENITakesASlot(t *testing.T) {
-	r, c := startReconciler(t, "ecs.g6.4xlarge") // EniQuantity 8
-	n, err := deviceplugin.ENISlots(r, 1)
+	r, c := startReconciler(t, "ecs.g6.4xlarge", 1) // EniQuantity 8
+	n, err := deviceplugin.ENISlots(r)
 	if err != nil || n != 6 {
 		t.Fatalf("ENISlots = %d, %v; want 6", n, err)
 	}
@@ -144,7 +145,7 @@ func TestForeignENITakesASlot(t *testing.T) {
 	k.ListOf(t, "6 devices", devicemanager.Count(6, pluginapi.Healthy))
 
 	c.attachForeign(t, r)
-	if n, err = deviceplugin.ENISlots(r, 1); err != nil || n != 5 {
+	if n, err = deviceplugin.ENISlots(r); err != nil || n != 5 {
 		t.Fatalf("ENISlots with a foreign ENI = %d, %v; want 5", n, err)
 	}
 	p.Set(n, true)

@@ -51,6 +51,12 @@ type Config struct {
 	Tags map[string]string
 	// Limits overrides DescribeInstanceTypes when both fields are set.
 	Limits Limits
+	// ReservedShared, when set, is how many secondary ENI slots are kept
+	// for shared ENIs (the agent's reservedENIsForMultiIP): shared ENIs
+	// never number more, and exclusive ENIs never take those slots
+	// (SplitSlots). 0 serves exclusive ENIs only (VPC mode). Nil: no
+	// reservation, both kinds take free slots first come.
+	ReservedShared *int
 	// Metadata reads the gateway and vswitch CIDR of attached ENIs and, for
 	// RAM role credentials, the role's STS credentials. Required.
 	Metadata *metadata.Client
@@ -252,6 +258,8 @@ func (c Config) Validate() error {
 	case c.Credentials.AccessKeyID == "" && c.Credentials.AccessKeySecret != "",
 		c.Credentials.AccessKeyID != "" && c.Credentials.AccessKeySecret == "":
 		return fmt.Errorf("eni config: credentials: accessKeyID and accessKeySecret go together")
+	case c.ReservedShared != nil && *c.ReservedShared < 0:
+		return fmt.Errorf("eni config: reservedShared: %d is negative", *c.ReservedShared)
 	case c.AssignBatch < 1 || c.UnassignBatch < 1 || c.IPsAtCreate < 1:
 		return fmt.Errorf("eni config: assignBatch (%d), unassignBatch (%d), ipsAtCreate (%d): must be at least 1", c.AssignBatch, c.UnassignBatch, c.IPsAtCreate)
 	}

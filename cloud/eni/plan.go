@@ -25,6 +25,9 @@ type poolView struct {
 	CanCreate bool
 	// Blocked are the exhausted vswitches: no IP is asked of them.
 	Blocked map[string]bool
+	// ReservedShared, when set, divides the slots between shared and
+	// exclusive ENIs (SplitSlots).
+	ReservedShared *int
 }
 
 // eniView is one of our ENIs as the planner sees it.
@@ -75,11 +78,12 @@ func refillTarget(minIdle, maxIdle int) int {
 //
 //   - Exclusive ENIs with an owner, or reserved for a waiting caller, stay;
 //     the others are deleted. Waiting callers without an ENI get a new one
-//     while the instance type has slots.
+//     while the instance type has slots for exclusive ENIs (SplitSlots:
+//     never one kept for shared ENIs).
 //   - Idle shared IPs below MinIdle+Pending are refilled to
 //     refillTarget+Pending: first on ENIs with room (the busiest first, so
-//     that the least used can empty), then on new ENIs while slots last.
-//     Exhausted vswitches are skipped.
+//     that the least used can empty), then on new ENIs while slots for
+//     shared ENIs last. Exhausted vswitches are skipped.
 //   - Idle IPs above MaxIdle are released from the least used ENIs first:
 //     an ENI holding nothing is deleted whole when all its IPs are excess,
 //     otherwise its idle secondaries are unassigned (its primary IP goes
@@ -94,8 +98,15 @@ func planPool(v poolView) plan {
 		waiting[o] = true
 	}
 	var shared []*sharedPlan
+	usedExclusive, usedShared := 0, 0
 	for _, e := range v.ENIs {
 		used++
+		// A deleting ENI holds its slot until it is gone.
+		if e.Exclusive {
+			usedExclusive++
+		} else {
+			usedShared++
+		}
 		w := spec.ENIWant{ID: e.ID, Name: e.ID, MAC: e.MAC, Exclusive: e.Exclusive}
 		switch {
 		case e.Deleting:
@@ -114,18 +125,21 @@ func planPool(v poolView) plan {
 		needs.ENIs = append(needs.ENIs, w)
 	}
 	free := v.Limits.MaxENIs - 1 - used
+	slots := SplitSlots(v.Limits.MaxENIs, v.Foreign, v.ReservedShared)
+	freeExclusive := min(free, slots.Exclusive-usedExclusive)
 	for _, o := range sortedKeys(waiting) {
-		if free < 1 || !v.CanCreate {
+		if freeExclusive < 1 || !v.CanCreate {
 			p.ExclusiveShort = append(p.ExclusiveShort, o)
 			continue
 		}
 		needs.ENIs = append(needs.ENIs, spec.ENIWant{Name: "exclusive-" + o, Exclusive: true, Pod: o, Add: 1})
 		needs.ExclusiveWanted++
 		free--
+		freeExclusive--
 	}
 	if len(p.ExclusiveShort) > 0 {
-		p.Reason, p.Why = shortLimits, fmt.Sprintf("the instance type allows %d ENIs and all secondary slots are taken", v.Limits.MaxENIs)
-		if free > 0 && !v.CanCreate {
+		p.Reason, p.Why = shortLimits, slots.exclusiveWhy(v.Limits.MaxENIs, v.Foreign, usedExclusive+needs.ExclusiveWanted)
+		if freeExclusive > 0 && !v.CanCreate {
 			p.Reason, p.Why = shortVSwitches, "every configured vswitch is exhausted"
 		}
 	}
@@ -140,7 +154,7 @@ func planPool(v poolView) plan {
 	want := v.MinIdle + v.Pending
 	switch {
 	case idle < want:
-		planRefill(&p, v, shared, free, idle, want)
+		planRefill(&p, v, shared, min(free, slots.Shared-usedShared), idle, want)
 	case idle > v.MaxIdle+v.Pending:
 		planRelease(shared, idle-v.MaxIdle-v.Pending)
 	}
@@ -200,6 +214,10 @@ func planRefill(p *plan, v poolView, shared []*sharedPlan, free, idle, want int)
 		switch {
 		case skipped || (free > 0 && !v.CanCreate):
 			p.Reason, p.Why = shortVSwitches, "the vswitches of the ENIs with room, or every configured vswitch, are exhausted"
+		case v.ReservedShared != nil && *v.ReservedShared < v.Limits.MaxENIs-1:
+			p.Reason = shortLimits
+			p.Why = fmt.Sprintf("multi-IP pods may use %d ENIs (reservedENIsForMultiIP %d, less ENIs attached by others) x %d IPs, and every one is full; the other slots are for exclusive ENIs (aliyun/eni)",
+				SplitSlots(v.Limits.MaxENIs, v.Foreign, v.ReservedShared).Shared, *v.ReservedShared, v.Limits.IPsPerENI)
 		default:
 			p.Reason = shortLimits
 			p.Why = fmt.Sprintf("the instance type allows %d ENIs x %d IPs; with the primary ENI, %d ENIs of others and %d exclusive ENIs, every shared ENI is full and no slot is left",

@@ -25,6 +25,8 @@ func shared(id string, net, held, idle int) eniView {
 		Held: all[:held], Idle: all[held:], Ready: true}
 }
 
+func ptr(n int) *int { return &n }
+
 // summary prints a plan compactly: one token per ENI want, then short.
 func summary(p plan) string {
 	var parts []string
@@ -148,6 +150,40 @@ func TestPlanPool(t *testing.T) {
 			want: "eni-01; exclusive short ns/b",
 		},
 		{
+			name: "one ENI kept for multi-IP pods: thirty callers get one ENI, the rest is short",
+			view: poolView{Limits: limits, Pending: 30, CanCreate: true, ReservedShared: ptr(1)},
+			want: "new-1+10; short 20 (1)",
+		},
+		{
+			name: "the reserved shared ENI is full: no new shared ENI in the exclusive slots",
+			view: poolView{Limits: limits, Pending: 1, CanCreate: true, ReservedShared: ptr(1), ENIs: []eniView{
+				shared("eni-01", 1, 10, 0)}},
+			want: "eni-01; short 1 (1)",
+		},
+		{
+			name: "exclusive callers take only the unreserved slots: 4 ENIs, 1 reserved, 2 exclusive",
+			view: poolView{Limits: limits, CanCreate: true, ReservedShared: ptr(1), PendingExclusive: []string{"ns/a", "ns/b", "ns/c"}},
+			want: "exclusive-ns/a(x ns/a)+1; exclusive-ns/b(x ns/b)+1; exclusive short ns/c",
+		},
+		{
+			name: "an empty reserved slot is not given to an exclusive caller",
+			view: poolView{Limits: limits, CanCreate: true, ReservedShared: ptr(1), PendingExclusive: []string{"ns/c"}, ENIs: []eniView{
+				{ID: "eni-x1", Exclusive: true, Owner: "ns/a", Primary: "198.18.9.1", Held: []string{"198.18.9.1"}, Ready: true},
+				{ID: "eni-x2", Exclusive: true, Owner: "ns/b", Primary: "198.18.9.2", Held: []string{"198.18.9.2"}, Ready: true},
+			}},
+			want: "eni-x1(x ns/a); eni-x2(x ns/b); exclusive short ns/c",
+		},
+		{
+			name: "VPC mode (nothing reserved): every secondary slot for exclusive ENIs, none shared",
+			view: poolView{Limits: limits, CanCreate: true, ReservedShared: ptr(0), Pending: 1, PendingExclusive: []string{"ns/a", "ns/b", "ns/c"}},
+			want: "exclusive-ns/a(x ns/a)+1; exclusive-ns/b(x ns/b)+1; exclusive-ns/c(x ns/c)+1; short 1 (1)",
+		},
+		{
+			name: "a foreign ENI is charged to the exclusive side, as the device plugin counts it",
+			view: poolView{Limits: limits, Foreign: 1, CanCreate: true, ReservedShared: ptr(1), Pending: 10, PendingExclusive: []string{"ns/a", "ns/b"}},
+			want: "exclusive-ns/a(x ns/a)+1; new-1+10; exclusive short ns/b",
+		},
+		{
 			name: "an ENI being deleted is asked to go again",
 			view: poolView{Limits: limits, CanCreate: true, ENIs: []eniView{{ID: "eni-09", Deleting: true}}},
 			want: "eni-09 delete",
@@ -231,6 +267,30 @@ func TestRefillTarget(t *testing.T) {
 	for _, c := range []struct{ min, max, want int }{{0, 0, 0}, {0, 10, 5}, {2, 8, 5}, {5, 5, 5}, {3, 4, 4}} {
 		if got := refillTarget(c.min, c.max); got != c.want {
 			t.Errorf("refillTarget(%d, %d) = %d, want %d", c.min, c.max, got, c.want)
+		}
+	}
+}
+
+// SplitSlots is the one formula of the device plugin's count and the
+// pool's bounds: exclusive slots are the quota less the primary, foreign
+// ENIs and the reservation; shared ones the reservation, clamped.
+func TestSplitSlots(t *testing.T) {
+	for _, c := range []struct {
+		max, foreign int
+		reserved     *int
+		want         Slots
+	}{
+		{4, 0, nil, Slots{Shared: 3, Exclusive: 3}},
+		{4, 1, nil, Slots{Shared: 2, Exclusive: 2}},
+		{4, 0, ptr(0), Slots{Shared: 0, Exclusive: 3, Split: true}},
+		{4, 0, ptr(1), Slots{Shared: 1, Exclusive: 2, Split: true, Reserved: 1}},
+		{4, 1, ptr(1), Slots{Shared: 1, Exclusive: 1, Split: true, Reserved: 1}},
+		{4, 3, ptr(1), Slots{Shared: 0, Exclusive: 0, Split: true, Reserved: 1}},
+		{4, 0, ptr(9), Slots{Shared: 3, Exclusive: 0, Split: true, Reserved: 3}},
+		{1, 0, ptr(1), Slots{Split: true}},
+	} {
+		if got := SplitSlots(c.max, c.foreign, c.reserved); got != c.want {
+			t.Errorf("SplitSlots(%d, %d, %v) = %+v, want %+v", c.max, c.foreign, c.reserved, got, c.want)
 		}
 	}
 }

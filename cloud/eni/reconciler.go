@@ -126,7 +126,9 @@ func (r *Reconciler) Start(ctx context.Context, holdings []Holding) error {
 	r.restoreLocked(holdings)
 	r.started = true
 	r.mu.Unlock()
-	r.log.Info("ENI reconciler started", "maxENIs", limits.MaxENIs, "ipsPerENI", limits.IPsPerENI, "holdings", len(holdings))
+	slots := r.Status().Slots
+	r.log.Info("ENI reconciler started", "maxENIs", limits.MaxENIs, "ipsPerENI", limits.IPsPerENI, "holdings", len(holdings),
+		"slotsSplit", slots.Split, "sharedSlots", slots.Shared, "exclusiveSlots", slots.Exclusive)
 	r.Kick()
 	return nil
 }
@@ -354,7 +356,7 @@ func (r *Reconciler) viewLocked() poolView {
 	now := r.now()
 	v := poolView{
 		Limits: r.limits, MinIdle: r.cfg.MinIdle, MaxIdle: r.cfg.MaxIdle, Foreign: r.foreign,
-		Pending: r.pending, Blocked: map[string]bool{},
+		Pending: r.pending, Blocked: map[string]bool{}, ReservedShared: r.cfg.ReservedShared,
 	}
 	for _, b := range r.blocks.active(now) {
 		v.Blocked[b.ID] = true
@@ -441,9 +443,13 @@ type Status struct {
 	// ForeignENIs counts attached ENIs that are neither the primary nor
 	// ours: they take slots of the instance type all the same.
 	ForeignENIs int
-	HeldIPs     int
-	IdleIPs     int
-	LastResync  time.Time
+	// Slots divides the secondary ENI slots between shared and exclusive
+	// ENIs as the pool does (SplitSlots); Slots.Exclusive is the count of
+	// aliyun/eni devices to advertise.
+	Slots      Slots
+	HeldIPs    int
+	IdleIPs    int
+	LastResync time.Time
 	// LastError is the last pool pass's error, empty when it succeeded.
 	LastError string
 	Blocked   []BlockedVSwitch
@@ -459,6 +465,7 @@ func (r *Reconciler) Status() Status {
 	s := Status{
 		Started: r.started, Limits: r.limits, ENIs: len(r.enis), ForeignENIs: r.foreign, LastResync: r.lastResync,
 		LastError: r.lastErr, Blocked: r.blocks.active(r.now()),
+		Slots: SplitSlots(r.limits.MaxENIs, r.foreign, r.cfg.ReservedShared),
 	}
 	for _, e := range r.enis {
 		held, idle, _ := e.counts()

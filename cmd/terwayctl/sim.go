@@ -46,9 +46,11 @@ func simUp(name *string) *cobra.Command {
 		resync             time.Duration
 		backoff, backoffMx time.Duration
 		verbose, keep      bool
+		cloud              bool
+		reserved           int
 	)
 	cmd := &cobra.Command{
-		Use:   "up --cluster DIR [--mode vpc|eni-multi-ip]",
+		Use:   "up --cluster DIR [--mode vpc|eni-multi-ip] [--cloud] [--reserved-enis-for-multi-ip N]",
 		Short: "Start a simulated node running DIR's pods; returns when all are ready",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -62,7 +64,10 @@ func simUp(name *string) *cobra.Command {
 				}
 			}
 			o := sim.Options{Cluster: cluster, Mode: mode, Name: *name, BinDir: bin, Resync: resync, KeepOnFailure: keep,
-				RestartBackoff: backoff, RestartBackoffMax: backoffMx}
+				RestartBackoff: backoff, RestartBackoffMax: backoffMx, Cloud: cloud}
+			if cmd.Flags().Changed("reserved-enis-for-multi-ip") {
+				o.ReservedENIsForMultiIP = &reserved
+			}
 			if verbose {
 				o.Log = cmd.ErrOrStderr()
 			}
@@ -82,6 +87,8 @@ func simUp(name *string) *cobra.Command {
 	cmd.Flags().DurationVar(&backoff, "restart-backoff", sim.DefaultRestartBackoff, "delay before the agent is restarted after it dies; doubles on each crash")
 	cmd.Flags().DurationVar(&backoffMx, "restart-backoff-max", sim.DefaultRestartBackoffMax, "the restart delay's ceiling")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print progress on stderr")
+	cmd.Flags().BoolVar(&cloud, "cloud", false, "vpc mode: also start the cloud emulator, so that pods requesting aliyun/eni get a whole ENI")
+	cmd.Flags().IntVar(&reserved, "reserved-enis-for-multi-ip", 0, "the cloud config's reservedENIsForMultiIP (unset: every secondary ENI for multi-IP pods in eni-multi-ip mode, none in vpc mode)")
 	cmd.Flags().BoolVar(&keep, "keep-on-failure", false, "leave a failed sim in place for inspection (logs in its folder)")
 	return cmd
 }

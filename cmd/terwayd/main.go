@@ -56,7 +56,7 @@ func run() error {
 	flag.StringVar(&kubeInputs, "kube-inputs", "", "standalone mode: read Node, Pods, Namespaces and NetworkPolicies from YAML files in DIR and follow changes")
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
 	flag.StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config: mode, mtu, serviceCIDR, pool sizes)")
-	flag.StringVar(&cloudPath, "cloud-config", "", "cloud configuration file (terway/v1 CloudConfig: metadata URL, endpoints, credentials, vswitches, security group); in eni-multi-ip mode this or --eni-conf is required")
+	flag.StringVar(&cloudPath, "cloud-config", "", "cloud configuration file (terway/v1 CloudConfig: metadata URL, endpoints, credentials, vswitches, security group); in eni-multi-ip mode this or --eni-conf is required; in vpc mode either one enables whole ENIs for pods requesting aliyun/eni")
 	flag.StringVar(&eniConf, "eni-conf", "", "Terway's eni_conf (ConfigMap eni-config, key eni_conf) as cloud configuration; --cloud-config and --config win where they set the same field")
 	flag.DurationVar(&cfg.ResyncInterval, "resync-interval", agent.DefaultResyncInterval, "period of the full resync that repairs drift")
 	flag.DurationVar(&cfg.MinSyncInterval, "min-sync-interval", agent.DefaultMinSyncInterval, "least time between two syncs; changes meanwhile are coalesced")
@@ -128,28 +128,29 @@ func run() error {
 	return err
 }
 
-// setupCloud builds the ENI reconciler in eni-multi-ip mode: the instance
-// comes from the metadata service, the rest from the cloud configuration
-// (ours, Terway's eni_conf, or both).
+// setupCloud builds the ENI reconciler: in eni-multi-ip mode (required
+// there) for every pod, in VPC mode, when cloud configuration is given, for
+// the pods that take a whole ENI (aliyun/eni). The instance comes from the
+// metadata service, the rest from the cloud configuration (ours, Terway's
+// eni_conf, or both).
 func setupCloud(ctx context.Context, cfg *agent.Config, path, eniConf string) error {
-	if cfg.Render.Mode != spec.PodModeENIMultiIP {
-		if path != "" || eniConf != "" {
-			cfg.Logger.Warn("--cloud-config and --eni-conf ignored: the node is not in an ENI mode", "mode", cfg.Render.Mode)
-		}
-		return nil
-	}
 	cc, rc, err := agent.LoadCloudSources(path, eniConf, cfg.Render, cfg.Logger)
 	if err != nil {
 		return err
 	}
 	if cc == nil {
-		return fmt.Errorf("mode %s: --cloud-config or --eni-conf: required (pod addresses come from the cloud)", cfg.Render.Mode)
+		if cfg.Render.Mode == spec.PodModeENIMultiIP {
+			return fmt.Errorf("mode %s: --cloud-config or --eni-conf: required (pod addresses come from the cloud)", cfg.Render.Mode)
+		}
+		return nil
 	}
 	cfg.Render = rc
-	cfg.ReservedENIsForMultiIP = cc.ReservedENIsForMultiIP
 	ec, err := cc.ENIConfig(ctx, cfg.Render, cfg.Logger)
 	if err != nil {
 		return err
+	}
+	if cfg.Render.Mode != spec.PodModeENIMultiIP {
+		cfg.Logger.Info("VPC mode with cloud configuration: pods requesting aliyun/eni get a whole ENI; the others keep their podCIDR addresses")
 	}
 	cfg.ENI, err = eni.New(ec)
 	return err
