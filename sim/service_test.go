@@ -83,6 +83,7 @@ const (
 	svcClusterCIDR = "198.18.0.0/16"
 	clusterIPA     = "198.19.128.1" // Service of x/a (hairpin)
 	clusterIPB     = "198.19.128.2" // Service of x/b
+	clusterIPH     = "198.19.128.3" // Service of the hostNetwork pod x/h
 	svcPort        = 8080
 	// NodePorts of x/b's Service: externalTrafficPolicy Cluster and Local.
 	nodePortCluster = 30080
@@ -92,7 +93,9 @@ const (
 )
 
 // kubeProxyRules is what kube-proxy's nftables mode writes for a Service
-// of x/a and one of x/b (TCP and UDP 8080 to 80), with NodePorts to x/b.
+// of x/a and one of x/b (TCP and UDP 8080 to 80), with NodePorts to x/b,
+// and a Service of the hostNetwork pod x/h (TCP 8080 to the node's address,
+// port hostPort), as the kubernetes Service is to an API server.
 // The table is the test's own ("kube-proxy-sim"); the node namespace is
 // the sim's and goes away with it. Priorities are numbers: kube-proxy
 // says dstnat-10 (-110), dstnat (-100) and srcnat (100), names this nft
@@ -117,7 +120,8 @@ func kubeProxyRules(a, b string) string {
 	map service-ips {
 		type ipv4_addr . inet_proto . inet_service : verdict
 		elements = { %[1]s . tcp . %[3]d : goto service-a, %[1]s . udp . %[3]d : goto service-a,
-			%[2]s . tcp . %[3]d : goto service-b, %[2]s . udp . %[3]d : goto service-b }
+			%[2]s . tcp . %[3]d : goto service-b, %[2]s . udp . %[3]d : goto service-b,
+			%[11]s . tcp . %[3]d : goto service-h }
 	}
 	map service-nodeports {
 		type inet_proto . inet_service : verdict
@@ -167,9 +171,14 @@ func kubeProxyRules(a, b string) string {
 		fib saddr type local goto service-b
 		goto endpoint-b
 	}
-%[7]s%[8]s%[9]s%[10]s}
+%[7]s%[8]s%[9]s%[10]s%[12]s	chain endpoint-h {
+		ip saddr %[13]s jump mark-for-masquerade
+		meta l4proto tcp dnat to %[13]s:%[14]d
+	}
+}
 `, clusterIPA, clusterIPB, svcPort, nodePortCluster, nodePortLocal, svcClusterCIDR,
-		service("a", clusterIPA), service("b", clusterIPB), endpoint("a", a), endpoint("b", b))
+		service("a", clusterIPA), service("b", clusterIPB), endpoint("a", a), endpoint("b", b),
+		clusterIPH, service("h", clusterIPH), svcNodeIP, hostPort)
 }
 
 // installKubeProxy loads the rules into the sim's node namespace.
@@ -228,6 +237,8 @@ func svcFlows(st *sim.State) map[string]flow {
 		{"node->svcB", st.NodeNetns, "tcp", hp(clusterIPB, svcPort)},
 		{"a->h", pod("x/a"), "tcp", hp(svcNodeIP, hostPort)},
 		{"c->h", pod("y/c"), "tcp", hp(svcNodeIP, hostPort)},
+		{"a->svcH", pod("x/a"), "tcp", hp(clusterIPH, svcPort)},
+		{"c->svcH", pod("y/c"), "tcp", hp(clusterIPH, svcPort)},
 	}
 	out := map[string]flow{}
 	for _, f := range fl {
@@ -412,23 +423,25 @@ func TestPolicyServicesAndNode(t *testing.T) {
 			what:     "node: deny all in x, x/h included",
 			policies: policy("x", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress, Egress]"),
 			want: map[string]bool{"node->a": true, "node->b": true, "node->b/udp": true, "node->svcB": true,
-				"c->h": true, "a->h": false, "a->b": false, "c->b": false, "ext->nodeport/local": false},
+				"c->h": true, "c->svcH": true, "a->h": false, "a->svcH": false, "a->b": false, "c->b": false, "ext->nodeport/local": false},
 		},
 		{
 			// A podSelector peer never matches a hostNetwork pod: traffic
 			// to x/h is traffic to the node's address, so x/a allowed to
-			// send only to x/h reaches neither x/h nor x/b.
+			// send only to x/h reaches neither x/h nor x/b. Through x/h's
+			// Service it is the same: DNAT to the node's address, judged
+			// in our input chain.
 			what: "hostNetwork: x/a may send only to pod x/h",
 			policies: policy("x", "a-to-h", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"+
 				"  egress: [{to: [{podSelector: {matchLabels: {pod: h}}}]}]"),
-			want: map[string]bool{"a->h": false, "a->b": false, "c->h": true},
+			want: map[string]bool{"a->h": false, "a->svcH": false, "a->b": false, "c->h": true, "c->svcH": true},
 		},
 		{
 			// ... and an ipBlock of the node's address is how to allow it.
 			what: "hostNetwork: x/a may send only to the node's address",
 			policies: policy("x", "a-to-node", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"+
 				"  egress: [{to: [{ipBlock: {cidr: "+svcNodeIP+"/32}}]}]"),
-			want: map[string]bool{"a->h": true, "a->b": false},
+			want: map[string]bool{"a->h": true, "a->svcH": true, "a->b": false},
 		},
 		{
 			// A podSelector peer matching the hostNetwork pod admits
