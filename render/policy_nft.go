@@ -16,6 +16,7 @@ const (
 	chainInput     = "input"
 	mapIngressPods = "ingress-pods"
 	mapEgressPods  = "egress-pods"
+	setHairpin     = "hairpin"
 )
 
 // podDirection is one direction of one target pod: the policies that
@@ -82,7 +83,30 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 			r.groupChain(t, dir, g)
 		}
 	}
+	r.hairpinElements(t)
 	r.state.NFTables = t
+}
+
+// hairpinElements lets each isolated pod reach itself through a Service.
+//
+// kube-proxy DNATs a pod's connection to its own Service back to the pod
+// (nat prerouting, before us) and masquerades it to the node only at
+// postrouting (after us), so our forward chain sees a packet from the pod's
+// own address, arriving from its host veth and leaving by it again. The
+// NetworkPolicy API lets a pod always reach itself (upstream's e2e probes
+// through Services and expects the diagonal reachable under deny-all), so
+// such a packet is accepted before either policy is looked at. The key is
+// the arrival interface with the destination, not the source address: a
+// packet from another pod that forges this pod's address arrives on another
+// interface and is judged as usual.
+func (r *renderer) hairpinElements(t *spec.NFTable) {
+	s := t.Set(setHairpin)
+	for _, p := range r.pods {
+		if p.entry == nil || p.entry.IngressChain == "" && p.entry.EgressChain == "" {
+			continue // not isolated: nothing to exempt
+		}
+		s.Elements = append(s.Elements, spec.NFTElement{Key: []string{p.entry.HostVeth, p.entry.IP}})
+	}
 }
 
 // groups partitions the targets of one direction by what they allow, and
@@ -211,9 +235,25 @@ func (c *policyCompiler) egressNamedPortPeers(rule *compiledRule) []*podInfo {
 	return out
 }
 
+// baseTable is the static skeleton. Its base chains are filter chains at
+// priority filter (0) in the forward and input hooks. kube-proxy's
+// nftables mode shares the node's namespace (table ip kube-proxy): its
+// filter-prerouting/-input/-forward/-output chains run at dstnat-10 (-110),
+// its DNAT (nat-prerouting, nat-output) at dstnat (-100) and its masquerade
+// (nat-postrouting) at srcnat (100). So a packet to a Service reaches our
+// forward chain already DNATed to the backend pod, with its source not yet
+// masqueraded: policy is judged on the backend pod and on the client's own
+// address (for a NodePort, the external client's, also under
+// externalTrafficPolicy Cluster). Traffic the node sends (kubelet probes,
+// hostNetwork pods) goes through output, not forward, so it is never judged;
+// only its replies come back, as established.
 func (r *renderer) baseTable() *spec.NFTable {
 	established := spec.NFTRule{
 		Match:   []spec.NFTMatch{{Selectors: []string{spec.SelCtState}, Values: []string{"established", "related"}}},
+		Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept},
+	}
+	hairpin := spec.NFTRule{
+		Match:   []spec.NFTMatch{{Selectors: []string{spec.SelIIFName, spec.SelIPDaddr}, Set: setHairpin}},
 		Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept},
 	}
 	egressDispatch := spec.NFTRule{Verdict: spec.NFTVerdict{Kind: spec.VerdictVmap, Map: mapEgressPods, Selectors: []string{spec.SelIPSaddr}}}
@@ -223,7 +263,7 @@ func (r *renderer) baseTable() *spec.NFTable {
 		Chains: []spec.NFTChain{
 			{Name: chainForward, Hook: spec.HookForward, Policy: spec.VerdictAccept,
 				Comment: "NetworkPolicy for traffic through the node: replies first, then the source pod's egress and the destination pod's ingress",
-				Rules:   []spec.NFTRule{established, egressDispatch, ingressDispatch}},
+				Rules:   []spec.NFTRule{established, hairpin, egressDispatch, ingressDispatch}},
 			{Name: chainInput, Hook: spec.HookInput, Policy: spec.VerdictAccept,
 				Comment: "NetworkPolicy egress of pods towards the node itself",
 				Rules:   []spec.NFTRule{established, egressDispatch}},
@@ -233,6 +273,8 @@ func (r *renderer) baseTable() *spec.NFTable {
 				Comment: "pod IP to the chain of its ingress policy group, for pods isolated for ingress"},
 			{Name: mapEgressPods, Type: []string{spec.TypeIPv4Addr}, Verdict: true,
 				Comment: "pod IP to the chain of its egress policy group, for pods isolated for egress"},
+			{Name: setHairpin, Type: []string{spec.TypeIfName, spec.TypeIPv4Addr},
+				Comment: "isolated pods' host veth and IP: a pod reaching itself through a Service is always allowed"},
 		},
 	}
 }

@@ -126,5 +126,9 @@ func podPorts(p *corev1.Pod) (tcp, udp []int) {
 }
 
 // The simulated pods are the Pods bound to the sim's node; Pods of other
-// nodes stay in the inputs as policy peers only.
-func isLocal(p *corev1.Pod, node string) bool { return p.Spec.NodeName == node }
+// nodes stay in the inputs as policy peers only. A hostNetwork pod is a
+// process of the node: a kubelet runs no CNI for it, so it stays an input
+// too (it has the node's address).
+func isLocal(p *corev1.Pod, node string) bool {
+	return p.Spec.NodeName == node && !p.Spec.HostNetwork
+}

@@ -24,6 +24,10 @@ func withExtras(t *spec.NFTable, target string) *spec.NFTable {
 			Elements: []spec.NFTElement{{Key: []string{"eth0"}}, {Key: []string{"tw1a2b3c"}}}},
 		spec.NFTSet{Name: "pairs", Type: []string{spec.TypeIPv4Addr, spec.TypeService},
 			Elements: []spec.NFTElement{{Key: []string{"198.18.3.1", "443"}}}},
+		// An interface name first in a concatenation (render's hairpin
+		// set): 16 bytes, so the address lands four registers on.
+		spec.NFTSet{Name: "if-addrs", Type: []string{spec.TypeIfName, spec.TypeIPv4Addr},
+			Elements: []spec.NFTElement{{Key: []string{"tw1a2b3c", "198.18.3.1"}}, {Key: []string{"tw4d5e6f", "198.18.3.2"}}}},
 		spec.NFTSet{Name: "node-ports", Type: []string{spec.TypeService}, Verdict: true,
 			Elements: []spec.NFTElement{
 				{Key: []string{"22"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictAccept}},
@@ -40,6 +44,7 @@ func withExtras(t *spec.NFTable, target string) *spec.NFTable {
 		{Match: []spec.NFTMatch{m("ct state", false, "", "new")}, Verdict: v(spec.VerdictAccept)},
 		{Match: []spec.NFTMatch{m("meta oifname", false, "ifs")}, Verdict: v(spec.VerdictDrop)},
 		{Match: []spec.NFTMatch{m("ip saddr . th dport", false, "pairs")}, Verdict: v(spec.VerdictAccept)},
+		{Match: []spec.NFTMatch{m("meta iifname . ip daddr", false, "if-addrs")}, Verdict: v(spec.VerdictAccept)},
 		{Match: []spec.NFTMatch{m("ip saddr", true, "plain")}, Verdict: v(spec.VerdictReturn)},
 		{Match: []spec.NFTMatch{m("th dport", false, "", "1000-2000", "3000")}, Verdict: v(spec.VerdictReturn)},
 		{Match: []spec.NFTMatch{m("ip saddr", false, "", "198.18.5.0/24", "198.18.7.1")}, Verdict: v(spec.VerdictAccept)},

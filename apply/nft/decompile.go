@@ -132,8 +132,8 @@ func readLoads(ex []expr.Any) ([]string, int) {
 		}
 		sels = append(sels, sel)
 		n++
-		if b, ok := at[*expr.Byteorder](ex, n); ok && sel == spec.SelL4Proto && b.SourceRegister == regFor(w) &&
-			b.DestRegister == regFor(w) && b.Len == 1 && b.Op == expr.ByteorderHton {
+		if b, ok := at[*expr.Byteorder](ex, n); ok && sel == spec.SelL4Proto && sameReg(b.SourceRegister, regFor(w)) &&
+			sameReg(b.DestRegister, regFor(w)) && b.Len == 1 && b.Op == expr.ByteorderHton {
 			n++
 		}
 		t, _ := lookupType(spec.SelectorType[sel])
@@ -151,11 +151,28 @@ func at[T any](ex []expr.Any, i int) (T, bool) {
 	return v, ok
 }
 
+// sameReg tells whether two register numbers name the same register. The
+// kernel keeps registers as 32-bit slots and dumps one that starts a
+// 128-bit register by that register's number: the 32-bit register 4 words
+// on (NFT_REG32_04, where a concatenation's part after an interface name
+// goes) reads back as NFT_REG_2.
+func sameReg(a, b uint32) bool { return slot32(a) == slot32(b) }
+
+func slot32(r uint32) uint32 {
+	if r >= unix.NFT_REG_1 && r <= unix.NFT_REG_4 {
+		return (r - unix.NFT_REG_1) * 4
+	}
+	if r >= unix.NFT_REG32_00 {
+		return r - unix.NFT_REG32_00
+	}
+	return ^uint32(0) - r // the verdict register, or no register at all
+}
+
 // loadSelector names the selector an expression loads into reg, or "".
 func loadSelector(e expr.Any, reg uint32) string {
 	switch x := e.(type) {
 	case *expr.Payload:
-		if x.OperationType != expr.PayloadLoad || x.DestRegister != reg || x.CsumType != 0 {
+		if x.OperationType != expr.PayloadLoad || !sameReg(x.DestRegister, reg) || x.CsumType != 0 {
 			return ""
 		}
 		switch {
@@ -167,7 +184,7 @@ func loadSelector(e expr.Any, reg uint32) string {
 			return spec.SelTHDport
 		}
 	case *expr.Meta:
-		if x.SourceRegister || x.Register != reg {
+		if x.SourceRegister || !sameReg(x.Register, reg) {
 			return ""
 		}
 		switch x.Key {
@@ -179,7 +196,7 @@ func loadSelector(e expr.Any, reg uint32) string {
 			return spec.SelOIFName
 		}
 	case *expr.Ct:
-		if !x.SourceRegister && x.Register == reg && x.Key == expr.CtKeySTATE && x.Direction == 0 {
+		if !x.SourceRegister && sameReg(x.Register, reg) && x.Key == expr.CtKeySTATE && x.Direction == 0 {
 			return spec.SelCtState
 		}
 	}
