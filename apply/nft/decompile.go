@@ -23,6 +23,16 @@ func decompile(ex []expr.Any, anon func(name string) (*set, bool)) (spec.NFTRule
 		if ex[i] == nil {
 			return r, fmt.Errorf("expression %d is not one we write", i+1)
 		}
+		if _, ok := ex[i].(*expr.Counter); ok {
+			// Only right before the verdict, where compileRule puts it; its
+			// values are the kernel's and not compared.
+			if _, last := at[*expr.Verdict](ex, i+1); !last || i+1 != len(ex)-1 || r.Counter {
+				return r, fmt.Errorf("counter is not right before the verdict")
+			}
+			r.Counter = true
+			i++
+			continue
+		}
 		if v, ok := ex[i].(*expr.Verdict); ok {
 			if i != len(ex)-1 {
 				return r, fmt.Errorf("verdict before the end of the rule")
@@ -132,8 +142,8 @@ func readLoads(ex []expr.Any) ([]string, int) {
 		}
 		sels = append(sels, sel)
 		n++
-		if b, ok := at[*expr.Byteorder](ex, n); ok && sel == spec.SelL4Proto && b.SourceRegister == regFor(w) &&
-			b.DestRegister == regFor(w) && b.Len == 1 && b.Op == expr.ByteorderHton {
+		if b, ok := at[*expr.Byteorder](ex, n); ok && sel == spec.SelL4Proto && sameReg(b.SourceRegister, regFor(w)) &&
+			sameReg(b.DestRegister, regFor(w)) && b.Len == 1 && b.Op == expr.ByteorderHton {
 			n++
 		}
 		t, _ := lookupType(spec.SelectorType[sel])
@@ -151,11 +161,25 @@ func at[T any](ex []expr.Any, i int) (T, bool) {
 	return v, ok
 }
 
+// sameReg compares a dumped register with the one regFor chose: the kernel
+// dumps a 32-bit register that starts a 128-bit one by the 128-bit name
+// (NFT_REG32_04 comes back as NFT_REG_2), which a key whose first part is
+// 16 bytes (an interface name) meets.
+func sameReg(got, want uint32) bool {
+	if got == want {
+		return true
+	}
+	if want >= unix.NFT_REG32_00 && (want-unix.NFT_REG32_00)%4 == 0 {
+		return got == unix.NFT_REG_1+(want-unix.NFT_REG32_00)/4
+	}
+	return false
+}
+
 // loadSelector names the selector an expression loads into reg, or "".
 func loadSelector(e expr.Any, reg uint32) string {
 	switch x := e.(type) {
 	case *expr.Payload:
-		if x.OperationType != expr.PayloadLoad || x.DestRegister != reg || x.CsumType != 0 {
+		if x.OperationType != expr.PayloadLoad || !sameReg(x.DestRegister, reg) || x.CsumType != 0 {
 			return ""
 		}
 		switch {
@@ -167,7 +191,7 @@ func loadSelector(e expr.Any, reg uint32) string {
 			return spec.SelTHDport
 		}
 	case *expr.Meta:
-		if x.SourceRegister || x.Register != reg {
+		if x.SourceRegister || !sameReg(x.Register, reg) {
 			return ""
 		}
 		switch x.Key {
@@ -179,7 +203,7 @@ func loadSelector(e expr.Any, reg uint32) string {
 			return spec.SelOIFName
 		}
 	case *expr.Ct:
-		if !x.SourceRegister && x.Register == reg && x.Key == expr.CtKeySTATE && x.Direction == 0 {
+		if !x.SourceRegister && sameReg(x.Register, reg) && x.Key == expr.CtKeySTATE && x.Direction == 0 {
 			return spec.SelCtState
 		}
 	}
@@ -204,6 +228,12 @@ func cmpMatch(sels []string, types []dtype, c *expr.Cmp) (spec.NFTMatch, error) 
 			return m, fmt.Errorf("exact ct state comparison is not one we write")
 		}
 		m.Values = names
+		return m, nil
+	}
+	if len(types) == 1 && types[0].name == spec.TypeIfName && len(c.Data) > 0 && len(c.Data) < types[0].size &&
+		!bytes.Contains(c.Data, []byte{0}) {
+		// A prefix comparison: nft's iifname "tw*".
+		m.Values = []string{string(c.Data) + "*"}
 		return m, nil
 	}
 	parts, err := splitKey(types, c.Data)
