@@ -60,20 +60,34 @@ const ChainAntispoof = chainAntispoof
 // a pod's ADD or DEL adds or removes its one element (the key holds its
 // address, so scoped plans carry it: apply/nft/scoped.go).
 func (r *renderer) renderSourceValidation(t *spec.NFTable) {
-	set := spec.NFTSet{
-		Name: setPodSources, Type: []string{spec.TypeIfName, spec.TypeIPv4Addr},
-		Comment: "host veth of each pod and the one source address it may send from",
-	}
+	var pairs []SourcePair
 	for _, p := range r.pods {
 		if p.entry == nil || p.entry.HostVeth == "" || !p.local {
 			continue
 		}
-		set.Elements = append(set.Elements, spec.NFTElement{Key: []string{p.entry.HostVeth, p.entry.IP}})
+		pairs = append(pairs, SourcePair{HostVeth: p.entry.HostVeth, IP: p.entry.IP})
+	}
+	set, chain := SourceValidation(pairs)
+	t.Sets = append(t.Sets, set)
+	t.Chains = append(t.Chains, chain)
+}
+
+// SourcePair is a pod's host veth and the address the pod may send from.
+type SourcePair struct{ HostVeth, IP string }
+
+// SourceValidation is the anti-spoofing set and chain for these pairs (see
+// renderSourceValidation). terwayctl bench measures it against its absence.
+func SourceValidation(pairs []SourcePair) (spec.NFTSet, spec.NFTChain) {
+	set := spec.NFTSet{
+		Name: setPodSources, Type: []string{spec.TypeIfName, spec.TypeIPv4Addr},
+		Comment: "host veth of each pod and the one source address it may send from",
+	}
+	for _, p := range pairs {
+		set.Elements = append(set.Elements, spec.NFTElement{Key: []string{p.HostVeth, p.IP}})
 	}
 	podLinks := spec.NFTMatch{Selectors: []string{spec.SelIIFName}, Values: []string{spec.HostVethPrefix + "*"}}
 	source := []string{spec.SelIIFName, spec.SelIPSaddr}
-	t.Sets = append(t.Sets, set)
-	t.Chains = append(t.Chains, spec.NFTChain{
+	chain := spec.NFTChain{
 		Name: chainAntispoof, Hook: spec.HookPrerouting, Priority: PriorityAntispoof, Policy: spec.VerdictAccept,
 		Comment: "source validation: a pod veth carries only its pod's address, checked before conntrack and policy",
 		Rules: []spec.NFTRule{
@@ -84,5 +98,6 @@ func (r *renderer) renderSourceValidation(t *spec.NFTable) {
 			{Match: []spec.NFTMatch{podLinks}, Counter: true,
 				Verdict: spec.NFTVerdict{Kind: spec.VerdictDrop}, Comment: CommentNotIPv4},
 		},
-	})
+	}
+	return set, chain
 }

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -104,5 +105,44 @@ func TestAntispoofTraffic(t *testing.T) {
 	}
 	if ops := e.plan(on, true); len(lines(ops)) != 0 {
 		t.Errorf("a converged table with counters plans %d ops:\n%s", len(lines(ops)), planText(ops))
+	}
+}
+
+// TestAntispoofScoped: a pod's scoped ADD puts exactly its (veth, address)
+// element in pod-sources, even when the document holds another pending
+// change of the set; its DEL removes exactly that element.
+func TestAntispoofScoped(t *testing.T) {
+	e := newEnv(t, "spscoped")
+	base := [][2]string{{"tw0000000001", "198.18.240.1"}, {"tw0000000002", "198.18.240.2"}}
+	e.apply(antispoofDoc(true, base...))
+	added := [2]string{"tw0000000003", "198.18.240.3"}
+	// Pending: pod 2 left, which only the agent's sync is to apply.
+	pending := [][2]string{base[0]}
+	sc := Scope{Pods: []string{"app/p3"}, Addrs: []string{added[1]}}
+	scoped := func(doc *spec.NFTable) []string {
+		t.Helper()
+		ops, err := e.r.PlanScoped(e.reg, e.ns, doc, sc)
+		if err != nil {
+			t.Fatalf("scoped plan: %v", err)
+		}
+		e.run(ops)
+		return lines(ops)
+	}
+	want := `+ nft element pod-sources { "tw0000000003" . 198.18.240.3 }`
+	if got := scoped(antispoofDoc(true, append(pending, added)...)); len(got) != 1 || !strings.Contains(got[0], "tw0000000003") {
+		t.Errorf("the ADD's plan = %q, want only its element (%s)", got, want)
+	}
+	set := e.nft("list", "set", "inet", "terway", "pod-sources")
+	for _, ip := range []string{"198.18.240.1", "198.18.240.2", "198.18.240.3"} {
+		if !strings.Contains(set, ip) {
+			t.Errorf("after the ADD, pod-sources lacks %s:\n%s", ip, set)
+		}
+	}
+	if got := scoped(antispoofDoc(true, pending...)); len(got) != 1 || !strings.Contains(got[0], "tw0000000003") || !strings.HasPrefix(got[0], "-") {
+		t.Errorf("the DEL's plan = %q, want only the removal of its element", got)
+	}
+	set = e.nft("list", "set", "inet", "terway", "pod-sources")
+	if strings.Contains(set, "198.18.240.3") || !strings.Contains(set, "198.18.240.2") {
+		t.Errorf("after the DEL, pod-sources should hold pod 2 (pending) and not pod 3:\n%s", set)
 	}
 }
