@@ -58,8 +58,8 @@ func benchAntispoof(ctx context.Context, o benchOptions) ([]benchRow, error) {
 		return nil, err
 	}
 	// Two pods wired as the datapath wires them: /32 on eth0, default via
-	// the link-local gateway resolved by a permanent neighbour, /32 route on
-	// the host veth.
+	// the link-local gateway resolved by a permanent neighbour, /32 route
+	// and permanent neighbour on the host veth.
 	type pod struct{ path, host, ip string }
 	var pods []pod
 	for i, name := range []string{"a", "b"} {
@@ -68,12 +68,14 @@ func benchAntispoof(ctx context.Context, o benchOptions) ([]benchRow, error) {
 			return nil, err
 		}
 		p := pod{path: path, host: "twbsv" + name, ip: fmt.Sprintf("198.18.230.%d", i+2)}
-		mac := fmt.Sprintf("02:00:c6:12:e6:%02x", i+2)
+		mac, podMAC := fmt.Sprintf("02:00:c6:12:e6:%02x", i+2), fmt.Sprintf("02:00:c6:12:e7:%02x", i+2)
 		podNs, nodeNs := prefix+name, prefix+"node"
 		for _, args := range [][]string{
 			{nodeNs, "ip", "link", "add", p.host, "type", "veth", "peer", "name", "eth0", "netns", podNs},
 			{nodeNs, "ip", "link", "set", p.host, "address", mac, "up"},
 			{nodeNs, "ip", "route", "add", p.ip + "/32", "dev", p.host, "scope", "link"},
+			{nodeNs, "ip", "neigh", "add", p.ip, "lladdr", podMAC, "dev", p.host, "nud", "permanent"},
+			{podNs, "ip", "link", "set", "eth0", "address", podMAC},
 			{podNs, "ip", "addr", "add", p.ip + "/32", "dev", "eth0"},
 			{podNs, "ip", "link", "set", "eth0", "up"},
 			{podNs, "ip", "neigh", "add", spec.PodGateway, "lladdr", mac, "dev", "eth0", "nud", "permanent"},
