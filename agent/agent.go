@@ -101,6 +101,7 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 	}
 	reg := netns.NewRegistry(hostNetns)
 	m := newMetrics()
+	m.reg.MustRegister(newAntispoofCollector(reg, cfg.Logger))
 	if cfg.ENI != nil {
 		m.reg.MustRegister(newCloudCollector(cfg.ENI))
 	}

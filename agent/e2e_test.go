@@ -95,6 +95,8 @@ func TestAgentEndToEnd(t *testing.T) {
 		for _, series := range []string{
 			`terway_cni_request_duration_seconds_count{command="add",result="ok"} 20`,
 			"terway_reconcile_duration_seconds_count", "terway_plan_operations", "terway_allocations 20",
+			// Read from the kernel's rule counters: 20 well-behaved pods, nothing spoofed.
+			"terway_pod_spoofed_packets_total 0",
 		} {
 			if !strings.Contains(body, series) {
 				t.Errorf("/metrics lacks %q", series)

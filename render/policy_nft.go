@@ -78,6 +78,7 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 		}
 	}
 	t := r.baseTable()
+	r.renderSourceValidation(t)
 	for _, dir := range []string{dirIngress, dirEgress} {
 		for _, g := range c.groups(dir, dirs[dir]) {
 			r.groupChain(t, dir, g)

@@ -64,6 +64,9 @@ const (
 	HookForward = "forward"
 	HookInput   = "input"
 	HookOutput  = "output"
+	// HookPrerouting sees every packet that enters the namespace, before
+	// routing decides between input and forward.
+	HookPrerouting = "prerouting"
 )
 
 // NFTChain is a chain; with Hook set it is a filter base chain at Priority.
@@ -79,14 +82,20 @@ type NFTChain struct {
 
 // NFTRule is a conjunction of matches and one verdict.
 type NFTRule struct {
-	Match   []NFTMatch `json:"match,omitempty"`
+	Match []NFTMatch `json:"match,omitempty"`
+	// Counter counts the packets and bytes that reach the verdict (an
+	// anonymous "counter" statement); its values are the kernel's, read by
+	// the agent for metrics, never part of the document or of a diff.
+	Counter bool       `json:"counter,omitempty"`
 	Verdict NFTVerdict `json:"verdict"`
 	Comment string     `json:"comment,omitempty"`
 }
 
 // NFTMatch compares one selector, or a concatenation of selectors, with a
 // named set (Set) or with literal values (Values: one value, or several
-// meaning "any of"; for ct state, the state names).
+// meaning "any of"; for ct state, the state names). A single value of an
+// interface-name selector may end in "*": a prefix match, as nft's
+// iifname "tw*".
 type NFTMatch struct {
 	Selectors []string `json:"selectors"`
 	Negate    bool     `json:"negate,omitempty"`

@@ -98,6 +98,9 @@ func FormatRule(r NFTRule) string {
 	for _, m := range r.Match {
 		parts = append(parts, FormatMatch(m))
 	}
+	if r.Counter {
+		parts = append(parts, "counter")
+	}
 	parts = append(parts, FormatVerdict(r.Verdict))
 	if r.Comment != "" {
 		parts = append(parts, "comment "+quote(r.Comment))

@@ -2,7 +2,7 @@ package spec
 
 import "strconv"
 
-var validHooks = map[string]bool{HookForward: true, HookInput: true, HookOutput: true}
+var validHooks = map[string]bool{HookForward: true, HookInput: true, HookOutput: true, HookPrerouting: true}
 
 func (v *validator) nft(t *NFTable) {
 	if t.Family != NFTFamily || t.Name != NFTTable {
@@ -71,7 +71,7 @@ func (v *validator) nft(t *NFTable) {
 			v.add(item, "name", "%q is not a valid nft name", c.Name)
 		}
 		if c.Hook != "" && !validHooks[c.Hook] {
-			v.add(item, "hook", "%q is not forward, input or output", c.Hook)
+			v.add(item, "hook", "%q is not prerouting, forward, input or output", c.Hook)
 		}
 		if c.Policy != "" && c.Policy != VerdictAccept && c.Policy != VerdictDrop {
 			v.add(item, "policy", "%q is not accept or drop", c.Policy)

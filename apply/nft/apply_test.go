@@ -10,7 +10,8 @@ import (
 )
 
 // withExtras adds a chain and sets that use the rest of the vocabulary:
-// anonymous sets, single values, negation, interface names, goto, a plain
+// anonymous sets, single values, negation, interface names and prefixes,
+// counters, goto, a plain
 // and a concatenated hash set, a verdict map with plain verdicts.
 func withExtras(t *spec.NFTable, target string) *spec.NFTable {
 	m := func(sel string, neg bool, set string, vals ...string) spec.NFTMatch {
@@ -40,6 +41,8 @@ func withExtras(t *spec.NFTable, target string) *spec.NFTable {
 		{Match: []spec.NFTMatch{m("ip daddr", true, "", "198.18.0.1"), m("meta l4proto", false, "", "tcp"), m("th dport", false, "", "8080")},
 			Verdict: v(spec.VerdictDrop), Comment: "single values"},
 		{Match: []spec.NFTMatch{m("meta iifname", false, "", "eth0")}, Verdict: spec.NFTVerdict{Kind: spec.VerdictGoto, Chain: target}},
+		{Match: []spec.NFTMatch{m("meta iifname", true, "", "tw*"), m("meta oifname", false, "", "tw*")}, Counter: true,
+			Verdict: v(spec.VerdictDrop), Comment: "interface prefixes and a counter"},
 		{Match: []spec.NFTMatch{m("ct state", true, "", "invalid")}, Verdict: v(spec.VerdictAccept)},
 		{Match: []spec.NFTMatch{m("ct state", false, "", "new")}, Verdict: v(spec.VerdictAccept)},
 		{Match: []spec.NFTMatch{m("meta oifname", false, "ifs")}, Verdict: v(spec.VerdictDrop)},

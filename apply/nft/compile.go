@@ -109,6 +109,15 @@ func compileRule(r spec.NFTRule, newID func() uint32) (compiledRule, error) {
 			if err != nil {
 				return out, err
 			}
+			if prefix, ok := ifnamePrefix(types, vals); ok {
+				// nft's iifname "tw*": compare only the prefix's bytes.
+				op := expr.CmpOpEq
+				if m.Negate {
+					op = expr.CmpOpNeq
+				}
+				out.exprs = append(out.exprs, &expr.Cmp{Op: op, Register: unix.NFT_REG_1, Data: []byte(prefix)})
+				continue
+			}
 			if len(vals) == 1 && !ranged && len(types) == 1 {
 				rs, _, _ := canonKey(types, false, []string{vals[0]})
 				op := expr.CmpOpEq
@@ -126,6 +135,9 @@ func compileRule(r spec.NFTRule, newID func() uint32) (compiledRule, error) {
 			out.anon = append(out.anon, a)
 			out.exprs = append(out.exprs, &expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: anonPrefix + "%d", SetID: a.id, Invert: m.Negate})
 		}
+	}
+	if r.Counter {
+		out.exprs = append(out.exprs, &expr.Counter{})
 	}
 	switch v := r.Verdict; v.Kind {
 	case spec.VerdictVmap:
@@ -147,6 +159,16 @@ func compileRule(r spec.NFTRule, newID func() uint32) (compiledRule, error) {
 	}
 	out.ud = udString(nil, udComment, r.Comment)
 	return out, nil
+}
+
+// ifnamePrefix reports whether vals is one interface-name wildcard ("tw*")
+// and returns its prefix. Wildcards are single values only: in a set, "*"
+// would be a literal character of the name.
+func ifnamePrefix(types []dtype, vals []string) (string, bool) {
+	if len(types) != 1 || types[0].name != spec.TypeIfName || len(vals) != 1 || !strings.HasSuffix(vals[0], "*") {
+		return "", false
+	}
+	return strings.TrimSuffix(vals[0], "*"), true
 }
 
 // ctMatch is nft's bitmask test: "ct state a,b" is (state & mask) != 0;

@@ -18,9 +18,10 @@ import (
 // unrecognised rule), differs from the desired state, and gets replaced.
 
 var hookNames = map[uint32]string{
-	unix.NF_INET_LOCAL_IN:  spec.HookInput,
-	unix.NF_INET_FORWARD:   spec.HookForward,
-	unix.NF_INET_LOCAL_OUT: spec.HookOutput,
+	unix.NF_INET_LOCAL_IN:    spec.HookInput,
+	unix.NF_INET_FORWARD:     spec.HookForward,
+	unix.NF_INET_LOCAL_OUT:   spec.HookOutput,
+	unix.NF_INET_PRE_ROUTING: spec.HookPrerouting,
 }
 
 func decodeChain(m msg) (*chain, error) {
@@ -388,6 +389,8 @@ func decodeExpr(b []byte) (expr.Any, string, error) {
 		e = &expr.Ct{}
 	case "byteorder":
 		e = &expr.Byteorder{}
+	case "counter":
+		e = &expr.Counter{}
 	case "immediate":
 		imm := &expr.Immediate{}
 		if err := expr.Unmarshal(familyInet, data, imm); err != nil {

@@ -23,6 +23,16 @@ func decompile(ex []expr.Any, anon func(name string) (*set, bool)) (spec.NFTRule
 		if ex[i] == nil {
 			return r, fmt.Errorf("expression %d is not one we write", i+1)
 		}
+		if _, ok := ex[i].(*expr.Counter); ok {
+			// Only right before the verdict, where compileRule puts it; its
+			// values are the kernel's and not compared.
+			if _, last := at[*expr.Verdict](ex, i+1); !last || i+1 != len(ex)-1 || r.Counter {
+				return r, fmt.Errorf("counter is not right before the verdict")
+			}
+			r.Counter = true
+			i++
+			continue
+		}
 		if v, ok := ex[i].(*expr.Verdict); ok {
 			if i != len(ex)-1 {
 				return r, fmt.Errorf("verdict before the end of the rule")
@@ -221,6 +231,12 @@ func cmpMatch(sels []string, types []dtype, c *expr.Cmp) (spec.NFTMatch, error) 
 			return m, fmt.Errorf("exact ct state comparison is not one we write")
 		}
 		m.Values = names
+		return m, nil
+	}
+	if len(types) == 1 && types[0].name == spec.TypeIfName && len(c.Data) > 0 && len(c.Data) < types[0].size &&
+		!bytes.Contains(c.Data, []byte{0}) {
+		// A prefix comparison: nft's iifname "tw*".
+		m.Values = []string{string(c.Data) + "*"}
 		return m, nil
 	}
 	parts, err := splitKey(types, c.Data)

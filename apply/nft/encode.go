@@ -14,9 +14,10 @@ import (
 // field names the object, so a refused message is reported by name.
 
 var hookNums = map[string]uint32{
-	spec.HookInput:   unix.NF_INET_LOCAL_IN,
-	spec.HookForward: unix.NF_INET_FORWARD,
-	spec.HookOutput:  unix.NF_INET_LOCAL_OUT,
+	spec.HookInput:      unix.NF_INET_LOCAL_IN,
+	spec.HookForward:    unix.NF_INET_FORWARD,
+	spec.HookOutput:     unix.NF_INET_LOCAL_OUT,
+	spec.HookPrerouting: unix.NF_INET_PRE_ROUTING,
 }
 
 const (

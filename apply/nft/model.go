@@ -341,7 +341,7 @@ func canonicalChain(c *spec.NFTChain) (*chain, error) {
 	out := &chain{name: c.Name, hook: c.Hook, priority: c.Priority, comment: c.Comment, pod: c.Pod, src: cloneChain(c)}
 	if c.Hook != "" {
 		if _, ok := hookNums[c.Hook]; !ok {
-			return nil, fmt.Errorf("nft chain %s: hook: %q is not forward, input or output", c.Name, c.Hook)
+			return nil, fmt.Errorf("nft chain %s: hook: %q is not prerouting, forward, input or output", c.Name, c.Hook)
 		}
 		out.policy = cmp.Or(c.Policy, spec.VerdictAccept)
 		if out.policy != spec.VerdictAccept && out.policy != spec.VerdictDrop {
@@ -366,7 +366,7 @@ func canonicalRule(r spec.NFTRule) (rule, error) {
 	if err := checkComment(r.Comment); err != nil {
 		return rule{}, fmt.Errorf("comment: %w", err)
 	}
-	out := spec.NFTRule{Comment: r.Comment}
+	out := spec.NFTRule{Comment: r.Comment, Counter: r.Counter}
 	for _, m := range r.Match {
 		types, err := selectorTypes(m.Selectors)
 		if err != nil {
@@ -387,6 +387,9 @@ func canonicalRule(r spec.NFTRule) (rule, error) {
 			}
 			cm.Values, _ = ctNames(mask)
 		default:
+			if err := checkWildcards(types, m.Values); err != nil {
+				return rule{}, fmt.Errorf("match %q: %w", spec.FormatMatch(m), err)
+			}
 			vals, _, err := canonValues(types, m.Values)
 			if err != nil {
 				return rule{}, fmt.Errorf("match %q: %w", spec.FormatMatch(m), err)
@@ -410,6 +413,30 @@ func canonicalRule(r spec.NFTRule) (rule, error) {
 		return rule{}, fmt.Errorf("verdict %q is not accept, drop, return, jump, goto or vmap", v.Kind)
 	}
 	return rule{ir: out, text: spec.FormatRule(out), refs: ruleRefs(out)}, nil
+}
+
+// checkWildcards refuses an interface-name wildcard ("tw*") anywhere but
+// as the one value of a single-selector match, the only place compileRule
+// turns it into a prefix comparison; elsewhere the "*" would silently be a
+// character of the name.
+func checkWildcards(types []dtype, vals []string) error {
+	if _, ok := ifnamePrefix(types, vals); ok {
+		if vals[0] == "*" {
+			return fmt.Errorf("wildcard %q has no prefix", vals[0])
+		}
+		return nil
+	}
+	for i, t := range types {
+		if t.name != spec.TypeIfName {
+			continue
+		}
+		for _, v := range vals {
+			if parts := strings.Split(v, " . "); i < len(parts) && strings.Contains(parts[i], "*") {
+				return fmt.Errorf("interface wildcard %q: only as the one value of a single interface match", v)
+			}
+		}
+	}
+	return nil
 }
 
 // splitCt accepts "established,related" as well as separate values.

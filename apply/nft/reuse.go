@@ -88,7 +88,7 @@ func sameChain(a, b *spec.NFTChain) bool {
 }
 
 func sameRule(a, b spec.NFTRule) bool {
-	return a.Comment == b.Comment && sameVerdict(&a.Verdict, &b.Verdict) && slices.EqualFunc(a.Match, b.Match, sameMatch)
+	return a.Comment == b.Comment && a.Counter == b.Counter && sameVerdict(&a.Verdict, &b.Verdict) && slices.EqualFunc(a.Match, b.Match, sameMatch)
 }
 
 func sameMatch(a, b spec.NFTMatch) bool {

@@ -33,6 +33,8 @@ type benchOptions struct {
 const (
 	sectionCNI = "cni" // pod setup against the reference chain
 	sectionSim = "sim" // convergence, resync, policy, bandwidth, RSS on sims
+	// sectionAntispoof is the cost of source validation per connection.
+	sectionAntispoof = "antispoof"
 )
 
 func benchCommand() *cobra.Command {
@@ -46,7 +48,8 @@ pod setup (CNI ADD/DEL p50 and p99, 1 and 8 workers) against the reference chain
 ptp + host-local + bandwidth; time to converge N pods against 10; a converged full
 resync (time, kernel writes) at N pods against 10; TCP connections per second
 between two pods with 1,000 NetworkPolicies against 0; bandwidth measured against
-configured; the agent's RSS at N pods against 10.
+configured; the agent's RSS at N pods against 10; TCP connections per second
+between two pods with source validation on against off.
 
 Runs as root. Everything runs in network namespaces it makes (sims named
 bench<pid>-*, namespaces twb<pid>-*), which it removes when it ends, also on
@@ -83,7 +86,7 @@ error or interrupt. BENCHMARKS.md holds the latest table.`,
 		"folder with the reference plugins ptp, host-local, bandwidth (default $TERWAY_CNI_PLUGINS, else hack/cni-plugins.sh when run from the repository)")
 	cmd.Flags().StringVar(&o.binDir, "bin-dir", "", "folder of terwayd, terway and terwayctl (default: terwayctl's own)")
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "table or json")
-	cmd.Flags().StringSliceVar(&o.only, "only", nil, "run only these sections: cni, sim")
+	cmd.Flags().StringSliceVar(&o.only, "only", nil, "run only these sections: cni, sim, antispoof")
 	cmd.Flags().DurationVar(&o.resync, "resync-interval", time.Second, "the sims' agent resync interval (the resync figures average a few)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print progress on stderr")
 	cmd.AddCommand(benchDriver())
@@ -119,8 +122,8 @@ func runBench(ctx context.Context, o benchOptions) (*benchReport, error) {
 		return nil, fmt.Errorf("-o %q: want table or json", o.output)
 	}
 	for _, s := range o.only {
-		if s != sectionCNI && s != sectionSim {
-			return nil, fmt.Errorf("--only %q: want %s or %s", s, sectionCNI, sectionSim)
+		if s != sectionCNI && s != sectionSim && s != sectionAntispoof {
+			return nil, fmt.Errorf("--only %q: want %s, %s or %s", s, sectionCNI, sectionSim, sectionAntispoof)
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -157,6 +160,13 @@ func runBench(ctx context.Context, o benchOptions) (*benchReport, error) {
 		rep.Rows = append(rep.Rows, rows...)
 		if err != nil {
 			fail("sims", err)
+		}
+	}
+	if run(sectionAntispoof) && ctx.Err() == nil {
+		rows, err := benchAntispoof(ctx, o)
+		rep.Rows = append(rep.Rows, rows...)
+		if err != nil {
+			fail("source validation", err)
 		}
 	}
 	if err := ctx.Err(); err != nil {
