@@ -155,7 +155,6 @@ func (r *renderer) vethPod(e spec.Pod) {
 // a second veth pair ("veth1") that carries Service CIDR traffic to the host,
 // where kube-proxy translates it.
 func (r *renderer) exclusiveENIPod(e spec.Pod, eni *spec.ENI) {
-	const serviceIf = "veth1"
 	prefix := netip.MustParsePrefix(eni.Spec.VSwitchCIDR)
 	hostMAC, podMAC := spec.HostVethMAC(e.Key), spec.PodVethMAC(e.Key)
 	s := r.state
