@@ -459,6 +459,12 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 	for k := range p.locks {
 		rec.locked[k] = true
 	}
+	if want == nil && netns != spec.HostNetns && r.records[netns] == rec {
+		// A pod's namespace whose table we removed (its pod's DEL) is
+		// about to go: keep no record of it, so that records do not grow
+		// with pod churn. Should it be used again, its next sync is full.
+		delete(r.records, netns)
+	}
 	r.mu.Unlock()
 	r.log.Info("nftables committed", "netns", netns, "messages", len(msgs))
 	return nil
