@@ -146,8 +146,13 @@ func Up(ctx context.Context, o Options) (st *State, err error) {
 		if err := wireVPC(nodeNS, vpcNS, st.NodeIP, node.Spec.PodCIDR); err != nil {
 			return nil, err
 		}
-	} else if err := st.startEmulator(o.EmulatorArgs); err != nil {
-		return nil, err
+	} else {
+		if err := vswitchARP(vpcNS); err != nil {
+			return nil, err
+		}
+		if err := st.startEmulator(o.EmulatorArgs); err != nil {
+			return nil, err
+		}
 	}
 	if err := st.save(); err != nil {
 		return nil, err
