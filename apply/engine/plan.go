@@ -180,7 +180,7 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 			if err != nil {
 				return nil, err
 			}
-			return append(host, e.planPodTables(desired, opts)...), nil
+			return append(host, e.planPodTables(desired, opts, scope == nil)...), nil
 		}},
 	}
 	// The kinds observe concurrently: each namespace has its own netlink

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/terway-reconciler/terway/apply/links"
 	"github.com/terway-reconciler/terway/apply/nft"
@@ -21,7 +22,10 @@ import (
 // table went with it) and its record is dropped. The namespaces of deleted
 // pods (PlanOptions.Namespaces) that the document gives no table lose ours:
 // a DEL leaves nothing of ours in a namespace that outlives it.
-func (e *Engine) planPodTables(desired *spec.NodeState, opts PlanOptions) []op.Op {
+//
+// A plan of the whole node (whole) also drops the records of namespaces
+// it wants no table in: pods gone without a DEL.
+func (e *Engine) planPodTables(desired *spec.NodeState, opts PlanOptions, whole bool) []op.Op {
 	var out []op.Op
 	wanted := map[string]bool{}
 	for i := range desired.PodNFTables {
@@ -43,7 +47,19 @@ func (e *Engine) planPodTables(desired *spec.NodeState, opts PlanOptions) []op.O
 			continue
 		}
 		ops, err := e.nft.PlanFull(e.ns, n, nil)
+		if err == nil && len(ops) == 0 {
+			// No table there (a veth pod's namespace): keep no record
+			// of it. A commit that removes one drops its record itself.
+			e.nft.Forget(n)
+		}
 		out = append(out, podTableOps("", n, ops, err)...)
+	}
+	if whole {
+		keep := slices.Clone(opts.Namespaces)
+		for n := range wanted {
+			keep = append(keep, n)
+		}
+		e.nft.Retain(keep)
 	}
 	return out
 }
