@@ -109,10 +109,11 @@ func keyOf(o op.Op) itemKey {
 	return itemKey{o.Kind, o.Key}
 }
 
-// podOf is the pod an item belongs to: the table holds every pod's
-// policy, so it is a node-level item whatever op of it failed first.
+// podOf is the pod an item belongs to: the node's table holds every pod's
+// policy, so it is a node-level item whatever op of it failed first; a
+// table inside a pod's namespace (an exclusive-ENI pod's) is that pod's.
 func podOf(o op.Op) string {
-	if o.Kind == nft.Kind {
+	if o.Kind == nft.Kind && o.Netns == spec.HostNetns {
 		return ""
 	}
 	return o.Pod

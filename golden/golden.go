@@ -83,7 +83,7 @@ func Outputs(in render.Inputs) (map[string][]byte, error) {
 	}
 	return map[string][]byte{
 		NodeStateFile: doc,
-		RulesetFile:   []byte(spec.PrintNFT(state.NFTables)),
+		RulesetFile:   []byte(spec.PrintRuleset(state)),
 	}, nil
 }
 

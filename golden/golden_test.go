@@ -3,7 +3,9 @@ package golden
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -135,10 +137,25 @@ func TestRulesetsPassNftCheck(t *testing.T) {
 		t.Fatal("nft not found: install the nftables package (.ci/run does)")
 	}
 	ns := nstest.Netns(t, "nftcheck")
+	tmp := t.TempDir()
 	for _, dir := range cases(t) {
-		path, _ := filepath.Abs(filepath.Join(dir, RulesetFile))
-		if out, err := nstest.Exec(ns, "nft", "-c", "-f", path); err != nil {
-			t.Errorf("%s: nft -c rejects the ruleset: %v\n%s", dir, err, strings.TrimSpace(out))
+		data, err := os.ReadFile(filepath.Join(dir, RulesetFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The node's table, then each pod's, each in its own namespace in
+		// truth: checked one by one, or nft would merge them into one.
+		for i, part := range strings.Split(string(data), "\n# pod ") {
+			if i > 0 {
+				part = "# pod " + part
+			}
+			path := filepath.Join(tmp, fmt.Sprintf("%s-%d.nft", filepath.Base(dir), i))
+			if err := os.WriteFile(path, []byte(part), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := nstest.Exec(ns, "nft", "-c", "-f", path); err != nil {
+				t.Errorf("%s: nft -c rejects table %d of the ruleset: %v\n%s", dir, i, err, strings.TrimSpace(out))
+			}
 		}
 	}
 }

@@ -155,7 +155,6 @@ func (r *renderer) vethPod(e spec.Pod) {
 // a second veth pair ("veth1") that carries Service CIDR traffic to the host,
 // where kube-proxy translates it.
 func (r *renderer) exclusiveENIPod(e spec.Pod, eni *spec.ENI) {
-	const serviceIf = "veth1"
 	prefix := netip.MustParsePrefix(eni.Spec.VSwitchCIDR)
 	hostMAC, podMAC := spec.HostVethMAC(e.Key), spec.PodVethMAC(e.Key)
 	s := r.state
@@ -169,6 +168,13 @@ func (r *renderer) exclusiveENIPod(e spec.Pod, eni *spec.ENI) {
 		spec.Route{Netns: e.Netns, Dst: "default", Gw: eni.Spec.Gateway, Dev: e.IfName, Pod: e.Key},
 		spec.Route{Netns: e.Netns, Dst: r.cfg.ServiceCIDR, Gw: spec.PodGateway, Dev: serviceIf, Onlink: true, Pod: e.Key},
 		spec.Route{Dst: e.IP + "/32", Dev: e.HostVeth, Scope: spec.ScopeLink, Pod: e.Key})
+	// The node reaches the pod by veth1 (kubelet probes); the replies go
+	// back the same way rather than into the VPC, which may not route to
+	// the node's address, and stay on the path the pod's own table leaves
+	// to the node's (policy_pod.go).
+	for _, ip := range r.nodeIPs {
+		s.Routes = append(s.Routes, spec.Route{Netns: e.Netns, Dst: ip.String() + "/32", Gw: spec.PodGateway, Dev: serviceIf, Onlink: true, Pod: e.Key})
+	}
 	s.Neighbors = append(s.Neighbors,
 		spec.Neighbor{Netns: e.Netns, Dev: serviceIf, IP: spec.PodGateway, MAC: hostMAC, Pod: e.Key},
 		spec.Neighbor{Dev: e.HostVeth, IP: e.IP, MAC: podMAC, Pod: e.Key})

@@ -48,6 +48,9 @@ type policyGroup struct {
 // selecting the pods are merged into those two sets, so the per-packet cost is
 // two set lookups, whatever the number of policies. Pods selected by no policy
 // of a direction have no map entry for it and are not isolated that way.
+//
+// Exclusive-ENI pods are in the node's maps too (their veth1 crosses the
+// node) and get a table of their own for their ENI (renderPodTables).
 func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 	c := newPolicyCompiler(r)
 	dirs := map[string]map[*podInfo]*podDirection{dirIngress: {}, dirEgress: {}}
@@ -65,10 +68,6 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 			continue
 		}
 		for _, t := range cp.targets {
-			if t.entry.Mode == spec.PodModeExclusiveENI {
-				r.podProblem(t, "", "NetworkPolicy %s selects this exclusive-ENI pod, but policy is not enforced for exclusive-ENI pods yet (their traffic does not cross the host)", cp.key)
-				continue
-			}
 			if cp.isolatesIngress {
 				add(dirIngress, t, cp)
 			}
@@ -86,6 +85,7 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 	}
 	r.hairpinElements(t)
 	r.state.NFTables = t
+	r.renderPodTables(t)
 }
 
 // hairpinElements lets each isolated pod reach itself through a Service.

@@ -53,6 +53,9 @@ type renderer struct {
 	enis   map[string]*spec.ENI  // attached ENIs by name (id)
 	// ipOwners maps each local pod IP to the pod that rendered with it.
 	ipOwners map[netip.Addr]*podInfo
+	// nodeIPs are the Node's IPv4 InternalIPs, sorted: exclusive-ENI pods
+	// reach them by their veth1 (nodeRoutes).
+	nodeIPs []netip.Addr
 	// podCIDR is the node's valid IPv4 pod CIDR in VPC mode; invalid when
 	// the Node's is unusable (a Node problem says why) or in ENI mode.
 	podCIDR netip.Prefix
@@ -94,6 +97,7 @@ func Render(in Inputs) (*spec.NodeState, error) {
 	if cfg.Mode == spec.PodModeVPC {
 		r.nodePodCIDR(in.Node)
 	}
+	r.nodeIPs = nodeInternalIPs(in.Node)
 	r.indexENIs(in.ENIs)
 	r.indexPods(in.Pods, in.Allocations)
 	r.nsList = sortedCopy(in.Namespaces, func(n *corev1.Namespace) string { return n.Name })
@@ -271,6 +275,19 @@ func (r *renderer) oneAttachmentPerInterface() {
 	for _, p := range losers {
 		p.alloc, p.local, p.ip = nil, false, netip.Addr{}
 	}
+}
+
+// nodeInternalIPs lists the Node's IPv4 InternalIPs, sorted and unique;
+// anything else in status.addresses is not the node's to route to.
+func nodeInternalIPs(node *corev1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range node.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); a.Type == corev1.NodeInternalIP && err == nil && ip.Is4() {
+			out = append(out, ip)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 func terminated(pod *corev1.Pod) bool {

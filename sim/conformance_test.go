@@ -227,10 +227,18 @@ func TestNetworkPolicyConformance(t *testing.T) {
 	for _, p := range st.Pods {
 		ip[p.Key()] = p.IP
 	}
+	runCases(t, st, pods, conformanceCases(ip))
+}
+
+// runCases checks the baseline, then runs each case from it and back to
+// it; a case that fails stops the run, as later ones would start from a
+// wrong baseline.
+func runCases(t *testing.T, st *sim.State, pods []string, cases []policyCase) {
+	t.Helper()
 	baseline := expect{"all": allReachable}.grids(t, pods)
 	waitFor(t, st, baseline, "baseline")
 
-	for _, c := range conformanceCases(ip) {
+	for _, c := range cases {
 		ok := t.Run(c.name, func(t *testing.T) {
 			previous := baseline
 			var applied []string

@@ -106,6 +106,20 @@ func wireVPC(nodeNS, vpcNS, nodeIP, podCIDR string) error {
 	return nil
 }
 
+// vswitchARP makes every vSwitch bridge the emulator will create in the
+// vpc namespace answer ARP for any address with its own MAC and route the
+// packet, as an Alibaba Cloud vSwitch does: an exclusive ENI in a pod sees
+// its vSwitch's addresses on-link, and the ENI IPs of pods behind the node's
+// shared ENIs answer no ARP of their own. Without it, a pod owning an ENI
+// could not reach the node's other pods of its subnet.
+func vswitchARP(vpcNS string) error {
+	return inNetns(vpcNS, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+		"net.ipv4.conf.default.proxy_arp=1", "net.ipv4.conf.default.proxy_arp_pvlan=1",
+		// Routing back out of the bridge it came from is the point: no
+		// redirect that would send the pod to ARP the address again.
+		"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0")
+}
+
 func hostInSlash24(ip string, host int) (string, error) {
 	parts := strings.Split(ip, ".")
 	if len(parts) != 4 {

@@ -158,6 +158,8 @@ func Up(ctx context.Context, o Options) (st *State, err error) {
 		if err := wireVPC(nodeNS, vpcNS, st.NodeIP, node.Spec.PodCIDR); err != nil {
 			return nil, err
 		}
+	} else if err := vswitchARP(vpcNS); err != nil {
+		return nil, err
 	}
 	if o.Mode != spec.PodModeVPC || o.Cloud {
 		if err := st.startEmulator(o.EmulatorArgs, o.ReservedENIsForMultiIP); err != nil {

@@ -45,6 +45,9 @@ func (s Sysctl) Key() string { return nsKey(s.Netns) + "/" + s.Path }
 // Key of a qdisc: namespace and device (one root qdisc per link).
 func (q Qdisc) Key() string { return nsKey(q.Netns) + "/" + q.Dev }
 
+// Key identifies a pod's table: one per pod.
+func (t PodNFTable) Key() string { return t.Pod }
+
 // sortByNetns orders items of the host namespace first, then by namespace
 // path, then by the rest of the key.
 func sortByNetns[T any](items []T, key func(T) (netns, rest string)) {
@@ -89,6 +92,10 @@ func (s *NodeState) Canonicalize() {
 	s.Problems = slices.Compact(s.Problems)
 	if s.NFTables != nil {
 		s.NFTables.Canonicalize()
+	}
+	sortBy(s.PodNFTables, PodNFTable.Key)
+	for i := range s.PodNFTables {
+		s.PodNFTables[i].Table.Canonicalize()
 	}
 	if s.ENI != nil {
 		sortBy(s.ENI.ENIs, func(e ENIWant) string { return e.Name })
@@ -310,6 +317,9 @@ func (s *NodeState) Namespaces() []string {
 	}
 	for _, p := range s.Pods {
 		add(p.Netns)
+	}
+	for _, t := range s.PodNFTables {
+		add(t.Netns)
 	}
 	slices.Sort(out)
 	return slices.Compact(out)

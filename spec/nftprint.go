@@ -24,6 +24,20 @@ func PrintNFT(t *NFTable) string {
 	return b.String()
 }
 
+// PrintRuleset renders the node's table and then each pod's table, each
+// pod's under a comment naming the pod and its namespace: what `nft -f`
+// loads in each namespace, for golden files and `render -o nft`.
+func PrintRuleset(s *NodeState) string {
+	var b strings.Builder
+	b.WriteString(PrintNFT(s.NFTables))
+	for i := range s.PodNFTables {
+		t := &s.PodNFTables[i]
+		fmt.Fprintf(&b, "\n# pod %s, in its network namespace %s\n", t.Pod, t.Netns)
+		b.WriteString(PrintNFT(&t.Table))
+	}
+	return b.String()
+}
+
 func printSet(b *strings.Builder, s *NFTSet) {
 	word := "set"
 	typ := strings.Join(s.Type, " . ")

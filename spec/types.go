@@ -16,9 +16,12 @@ type NodeState struct {
 	Neighbors []Neighbor `json:"neighbors,omitempty"`
 	Sysctls   []Sysctl   `json:"sysctls,omitempty"`
 	NFTables  *NFTable   `json:"nftables,omitempty"`
-	TC        []Qdisc    `json:"tc,omitempty"`
-	ENI       *ENINeeds  `json:"eni,omitempty"`
-	Pods      []Pod      `json:"pods,omitempty"`
+	// PodNFTables are tables inet terway inside pods' own namespaces, one
+	// per pod whose traffic does not cross the node (an exclusive ENI).
+	PodNFTables []PodNFTable `json:"podNftables,omitempty"`
+	TC          []Qdisc      `json:"tc,omitempty"`
+	ENI         *ENINeeds    `json:"eni,omitempty"`
+	Pods        []Pod        `json:"pods,omitempty"`
 	// Problems lists inputs that could not be rendered. The objects named
 	// here contributed nothing (or, for policy, fail closed); every other
 	// object rendered normally.
@@ -133,6 +136,19 @@ type Qdisc struct {
 	// "ingress" (into the pod) or "egress" (out of the pod).
 	Direction string `json:"direction,omitempty"`
 	Pod       string `json:"pod,omitempty"`
+}
+
+// PodNFTable is table inet terway inside one pod's network namespace, the
+// NetworkPolicy of a pod whose traffic never crosses the node's forward
+// chain: an exclusive-ENI pod's eth0 leads straight into the VPC. It is
+// rendered from the same policy groups as the node's table, with input and
+// output base chains, and converged like the node's table, in the pod's
+// namespace.
+type PodNFTable struct {
+	// Pod is the key (namespace/name) of the pod the table belongs to.
+	Pod   string  `json:"pod"`
+	Netns string  `json:"netns"`
+	Table NFTable `json:"table"`
 }
 
 // Pod modes.

@@ -63,7 +63,18 @@ func (s *NodeState) Validate() error {
 		}
 	}
 	if s.NFTables != nil {
-		v.nft(s.NFTables)
+		v.nft("nftables", s.NFTables)
+	}
+	v.unique("podNftables", keysOf(s.PodNFTables, PodNFTable.Key))
+	v.unique("podNftables.netns", keysOf(s.PodNFTables, func(t PodNFTable) string { return t.Netns }))
+	for i := range s.PodNFTables {
+		t := &s.PodNFTables[i]
+		item := "podNftables[" + t.Key() + "]"
+		v.nonEmpty(item+".pod", t.Pod)
+		if t.Netns == HostNetns {
+			v.add(item, "netns", "a pod's table must name the pod's namespace, not the node's")
+		}
+		v.nft(item+".table", &t.Table)
 	}
 	v.unique("pods", keysOf(s.Pods, func(p Pod) string { return p.Key }))
 	for _, p := range s.Pods {

@@ -4,14 +4,14 @@ import "strconv"
 
 var validHooks = map[string]bool{HookForward: true, HookInput: true, HookOutput: true, HookPrerouting: true}
 
-func (v *validator) nft(t *NFTable) {
+func (v *validator) nft(where string, t *NFTable) {
 	if t.Family != NFTFamily || t.Name != NFTTable {
-		v.add("nftables", "name", "table is %s %s, want %s %s", t.Family, t.Name, NFTFamily, NFTTable)
+		v.add(where, "name", "table is %s %s, want %s %s", t.Family, t.Name, NFTFamily, NFTTable)
 	}
 	sets := make(map[string]*NFTSet, len(t.Sets))
 	for i := range t.Sets {
 		s := &t.Sets[i]
-		item := "nftables.sets[" + s.Name + "]"
+		item := where + ".sets[" + s.Name + "]"
 		if !nftName.MatchString(s.Name) {
 			v.add(item, "name", "%q is not a valid nft name", s.Name)
 		}
@@ -36,7 +36,7 @@ func (v *validator) nft(t *NFTable) {
 	chains := make(map[string]bool, len(t.Chains))
 	for _, c := range t.Chains {
 		if chains[c.Name] {
-			v.add("nftables.chains["+c.Name+"]", "", "duplicate chain name")
+			v.add(where+".chains["+c.Name+"]", "", "duplicate chain name")
 		}
 		chains[c.Name] = true
 	}
@@ -61,12 +61,12 @@ func (v *validator) nft(t *NFTable) {
 	for _, s := range t.Sets {
 		for _, e := range s.Elements {
 			if e.Verdict != nil {
-				checkVerdict("nftables.sets["+s.Name+"]", *e.Verdict)
+				checkVerdict(where+".sets["+s.Name+"]", *e.Verdict)
 			}
 		}
 	}
 	for _, c := range t.Chains {
-		item := "nftables.chains[" + c.Name + "]"
+		item := where + ".chains[" + c.Name + "]"
 		if !nftName.MatchString(c.Name) {
 			v.add(item, "name", "%q is not a valid nft name", c.Name)
 		}

@@ -21,6 +21,11 @@ func validDoc() *NodeState {
 			{Name: "forward", Hook: HookForward, Rules: []NFTRule{{Verdict: NFTVerdict{Kind: VerdictVmap, Map: "m", Selectors: []string{SelIPSaddr}}}}},
 			{Name: "c", Rules: []NFTRule{{Verdict: NFTVerdict{Kind: VerdictDrop}}}},
 		}}
+	s.PodNFTables = []PodNFTable{{Pod: "x/e", Netns: "/var/run/netns/e", Table: NFTable{Family: NFTFamily, Name: NFTTable,
+		Chains: []NFTChain{
+			{Name: "input", Hook: HookInput, Rules: []NFTRule{{Verdict: NFTVerdict{Kind: VerdictJump, Chain: "c"}}}},
+			{Name: "c", Rules: []NFTRule{{Verdict: NFTVerdict{Kind: VerdictDrop}}}},
+		}}}}
 	return s
 }
 
@@ -56,6 +61,14 @@ func TestValidateNamesItemAndField(t *testing.T) {
 			s.NFTables.Chains[1].Rules[0].Match = []NFTMatch{{Selectors: []string{"ip ttl"}, Values: []string{"1"}}}
 		}, "nftables.chains[c].rules[0].match: unknown selector \"ip ttl\""},
 		{"wrong mode", func(s *NodeState) { s.Mode = "bridge" }, "mode: is \"bridge\""},
+		{"pod table in the node's namespace", func(s *NodeState) { s.PodNFTables[0].Netns = HostNetns },
+			"podNftables[x/e].netns: a pod's table must name the pod's namespace"},
+		{"pod table jumping nowhere", func(s *NodeState) { s.PodNFTables[0].Table.Chains[0].Rules[0].Verdict.Chain = "nope" },
+			"podNftables[x/e].table.chains[input].rules[0].verdict: jump to unknown chain \"nope\""},
+		{"two tables in one pod namespace", func(s *NodeState) {
+			s.PodNFTables = append(s.PodNFTables, s.PodNFTables[0])
+			s.PodNFTables[1].Pod = "x/f"
+		}, "podNftables.netns[/var/run/netns/e]: duplicate key"},
 	} {
 		s := validDoc()
 		tc.break_(s)

@@ -176,19 +176,11 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 			return tc.Diff(desired.TC, o), err
 		}},
 		{"nft", func() ([]op.Op, error) {
-			switch {
-			case opts.Full:
-				return e.nft.PlanFull(e.ns, spec.HostNetns, desired.NFTables)
-			case scope != nil:
-				// The CNI path: the periodic full read of the table, and
-				// the document's changes to other pods' objects, are the
-				// agent's own syncs' to do.
-				if sc, ok := scope.nftScope(); ok {
-					return e.nft.PlanScoped(e.ns, spec.HostNetns, desired.NFTables, sc)
-				}
-				return e.nft.PlanPartial(e.ns, spec.HostNetns, desired.NFTables)
+			host, err := e.planHostTable(desired, scope, opts)
+			if err != nil {
+				return nil, err
 			}
-			return e.nft.Plan(e.ns, spec.HostNetns, desired.NFTables)
+			return append(host, e.planPodTables(desired, opts, scope == nil)...), nil
 		}},
 	}
 	// The kinds observe concurrently: each namespace has its own netlink
@@ -330,4 +322,22 @@ func (r *Report) failures() []Result {
 		}
 	}
 	return out
+}
+
+// planHostTable plans the node's table inet terway: in full, partially
+// against the record, or for a scoped plan only the scope's part of it.
+func (e *Engine) planHostTable(desired *spec.NodeState, scope *podScope, opts PlanOptions) ([]op.Op, error) {
+	switch {
+	case opts.Full:
+		return e.nft.PlanFull(e.ns, spec.HostNetns, desired.NFTables)
+	case scope != nil:
+		// The CNI path: the periodic full read of the table, and
+		// the document's changes to other pods' objects, are the
+		// agent's own syncs' to do.
+		if sc, ok := scope.nftScope(); ok {
+			return e.nft.PlanScoped(e.ns, spec.HostNetns, desired.NFTables, sc)
+		}
+		return e.nft.PlanPartial(e.ns, spec.HostNetns, desired.NFTables)
+	}
+	return e.nft.Plan(e.ns, spec.HostNetns, desired.NFTables)
 }

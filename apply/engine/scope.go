@@ -173,6 +173,7 @@ func withItemsOf(r, d *spec.NodeState, keep func(pod string) bool) *spec.NodeSta
 	r.Neighbors = filterItems(d.Neighbors, func(x spec.Neighbor) bool { return keep(x.Pod) })
 	r.Sysctls = filterItems(d.Sysctls, func(x spec.Sysctl) bool { return keep(x.Pod) })
 	r.TC = filterItems(d.TC, func(x spec.Qdisc) bool { return keep(x.Pod) })
+	r.PodNFTables = filterItems(d.PodNFTables, func(x spec.PodNFTable) bool { return keep(x.Pod) })
 	return r
 }
 

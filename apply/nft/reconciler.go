@@ -299,6 +299,20 @@ func (r *Reconciler) Forget(netns string) {
 	delete(r.records, netns)
 }
 
+// Retain drops the records of every pod namespace (any but the host's) not
+// in keep: a full plan of the node names every namespace a table is wanted
+// in, and the others' pods are gone, without a DEL that removed their
+// table (which drops the record itself).
+func (r *Reconciler) Retain(keep []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for netns := range r.records {
+		if netns != spec.HostNetns && !slices.Contains(keep, netns) {
+			delete(r.records, netns)
+		}
+	}
+}
+
 // Sync plans and executes at once, for callers that need no printed plan.
 // It returns the plan's ops (none when converged).
 func (r *Reconciler) Sync(ctx context.Context, ns op.Namespaces, netns string, desired *spec.NFTable) ([]op.Op, error) {
@@ -546,6 +560,12 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 	r.committed(rec, want, full, p.counts, version, keys, all)
 	for k := range p.locks {
 		rec.locked[k] = true
+	}
+	if want == nil && netns != spec.HostNetns && r.records[netns] == rec {
+		// A pod's namespace whose table we removed (its pod's DEL) is
+		// about to go: keep no record of it, so that records do not grow
+		// with pod churn. Should it be used again, its next sync is full.
+		delete(r.records, netns)
 	}
 	r.mu.Unlock()
 	r.log.Info("nftables committed", "netns", netns, "messages", len(msgs))

@@ -41,7 +41,7 @@ func renderCommand() *cobra.Command {
 			case "json":
 				out, err = state.MarshalJSONIndent()
 			case "nft":
-				out = []byte(spec.PrintNFT(state.NFTables))
+				out = []byte(spec.PrintRuleset(state))
 			default:
 				return fmt.Errorf("render: -o %q: want yaml, json or nft", output)
 			}
