@@ -276,3 +276,9 @@ func containerPort(pod *corev1.Pod, name, proto string) (uint16, bool) {
 	}
 	return 0, false
 }
+
+// selects tells whether the policy's podSelector selects the pod.
+func selects(np *networkingv1.NetworkPolicy, pod *corev1.Pod) bool {
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	return err == nil && sel.Matches(labels.Set(pod.Labels))
+}
