@@ -31,7 +31,7 @@ func run(stdin io.Reader, stdout, stderr io.Writer, args ...string) int {
 		SilenceErrors: true,
 	}
 	root.AddCommand(renderCommand(), goldenCommand(), planCommand(), applyCommand(), simCommand(), benchCommand())
-	root.AddCommand(emulatorCommand(), statusCommand())
+	root.AddCommand(emulatorCommand(), statusCommand(), explainCommand(), matrixCommand(), whatIfCommand())
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)

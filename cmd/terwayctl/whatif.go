@@ -1,0 +1,152 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/terway-reconciler/terway/explain"
+	"github.com/terway-reconciler/terway/load"
+	"github.com/terway-reconciler/terway/render"
+)
+
+func whatIfCommand() *cobra.Command {
+	var (
+		files, applyFiles, deleteFiles []string
+		configPath, node               string
+	)
+	cmd := &cobra.Command{
+		Use:   "what-if -f INPUTS... --apply FILE... [--delete FILE...]",
+		Short: "What a change of policies, pods or labels would do to reachability, before it is made",
+		Long: "Renders the inputs, and again with the --apply objects added or replacing\n" +
+			"the ones of the same kind, namespace and name, and the --delete objects\n" +
+			"removed. Prints every pod pair, protocol and port whose verdict flips, grouped\n" +
+			"by the changed policy that causes it, then the nftables changes between the two\n" +
+			"documents. It changes nothing.",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(files) == 0 || len(applyFiles)+len(deleteFiles) == 0 {
+				return fmt.Errorf("what-if: give -f INPUTS and --apply or --delete")
+			}
+			base, err := load.Paths(files...)
+			if err != nil {
+				return err
+			}
+			before, err := modelOf(base, configPath, node)
+			if err != nil {
+				return err
+			}
+			var changed []string
+			next := *base
+			if len(applyFiles) > 0 {
+				add, err := load.Paths(applyFiles...)
+				if err != nil {
+					return err
+				}
+				next.Pods = upsert(next.Pods, add.Pods, podKey)
+				next.Namespaces = upsert(next.Namespaces, add.Namespaces, nsKey)
+				next.Policies = upsert(next.Policies, add.Policies, policyKey)
+				for _, p := range add.Policies {
+					changed = append(changed, policyKey(p))
+				}
+			}
+			if len(deleteFiles) > 0 {
+				del, err := load.Paths(deleteFiles...)
+				if err != nil {
+					return err
+				}
+				next.Pods = remove(next.Pods, del.Pods, podKey)
+				next.Namespaces = remove(next.Namespaces, del.Namespaces, nsKey)
+				next.Policies = remove(next.Policies, del.Policies, policyKey)
+				for _, p := range del.Policies {
+					changed = append(changed, policyKey(p))
+				}
+			}
+			after, err := modelOf(&next, configPath, node)
+			if err != nil {
+				return err
+			}
+			flips, err := explain.Flips(before, after, changed)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if len(flips) == 0 {
+				fmt.Fprintln(out, "reachability: no change")
+			}
+			causes := make([]string, 0, len(flips))
+			for c := range flips {
+				causes = append(causes, c)
+			}
+			slices.Sort(causes)
+			for _, c := range causes {
+				fmt.Fprintf(out, "%s:\n", c)
+				for _, f := range flips[c] {
+					fmt.Fprintln(out, "  "+f.String())
+				}
+			}
+			fmt.Fprintln(out, "nftables changes (table inet terway):")
+			changes := explain.TableChanges(before.Doc.NFTables, after.Doc.NFTables)
+			if len(changes) == 0 {
+				fmt.Fprintln(out, "  none")
+			}
+			for _, c := range changes {
+				fmt.Fprintln(out, "  "+c)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or folder of the current inputs (repeatable)")
+	cmd.Flags().StringArrayVar(&applyFiles, "apply", nil, "file or folder of objects to add or replace (repeatable)")
+	cmd.Flags().StringArrayVar(&deleteFiles, "delete", nil, "file or folder of objects to delete (repeatable)")
+	cmd.Flags().StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config)")
+	cmd.Flags().StringVar(&node, "node", "", "node to render for, when the inputs hold several Nodes")
+	return cmd
+}
+
+func modelOf(objs *load.Objects, configPath, node string) (*explain.Model, error) {
+	var cfg *render.Config
+	if configPath != "" {
+		var err error
+		if cfg, err = load.ConfigFile(configPath); err != nil {
+			return nil, err
+		}
+	}
+	in, err := objs.Inputs(node, cfg)
+	if err != nil {
+		return nil, err
+	}
+	state, err := render.Render(in)
+	if err != nil {
+		return nil, err
+	}
+	return explain.New(in, state)
+}
+
+func podKey(p *corev1.Pod) string                    { return p.Namespace + "/" + p.Name }
+func nsKey(n *corev1.Namespace) string               { return n.Name }
+func policyKey(p *networkingv1.NetworkPolicy) string { return p.Namespace + "/" + p.Name }
+
+// upsert returns list with each of add replacing the item of the same key,
+// or appended.
+func upsert[T any](list, add []*T, key func(*T) string) []*T {
+	out := slices.Clone(list)
+	for _, a := range add {
+		i := slices.IndexFunc(out, func(x *T) bool { return key(x) == key(a) })
+		if i >= 0 {
+			out[i] = a
+		} else {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// remove returns list without the items whose key one of del has.
+func remove[T any](list, del []*T, key func(*T) string) []*T {
+	return slices.DeleteFunc(slices.Clone(list), func(x *T) bool {
+		return slices.ContainsFunc(del, func(d *T) bool { return key(d) == key(x) })
+	})
+}
