@@ -6,7 +6,8 @@ GOFLAGS  ?=
 # for two packages at a time.
 TESTFLAGS ?= -count=1 -timeout 25m -p 2
 
-.PHONY: all build test unit golden demo bench deps vet clean k8s-assets fuzz image manifests
+.PHONY: all build test unit golden demo bench deps vet clean k8s-assets fuzz image manifests \
+	node-assets node-up node-down e2e-upstream
 
 all: build
 
@@ -80,6 +81,12 @@ bench: deps build
 # test's timeout; the tests would build them too rather than skip.
 k8s-assets:
 	hack/k8s-assets.sh >/dev/null
+
+# A real node's binaries (kubelet, kcm, scheduler, kube-proxy, agnhost,
+# e2e.test, containerd, runc, crictl), cached by version outside the
+# repository; cold about 25 minutes, warm nothing.
+node-assets: k8s-assets
+	hack/node-assets.sh >/dev/null
 
 deps:
 	hack/install-deps.sh
