@@ -114,5 +114,18 @@ manifests:
 	@case '$(IMAGE)' in *[!A-Za-z0-9._:/@-]*|'') echo "IMAGE '$(IMAGE)': not an image name" >&2; exit 1;; esac
 	sed -i -E 's#^([[:space:]]+image:[[:space:]]*).*$$#\1$(IMAGE)#' $(MANIFESTS)
 
+# A real single-node cluster (internal/realnode) inside a network and a
+# private mount namespace of its own, our agent on it as the DaemonSet of
+# manifests/terway.yml with IMAGE; node-down removes every process, mount,
+# cgroup and namespace it made.
+NODE ?= realnode
+node-up: node-assets image
+	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
+	$(BIN)/realnode up -name $(NODE) -image '$(IMAGE)' -image-archive $(IMAGE_ARCHIVE)
+
+node-down:
+	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
+	$(BIN)/realnode down -name $(NODE)
+
 clean:
 	rm -rf $(BIN)
