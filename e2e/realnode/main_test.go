@@ -10,6 +10,8 @@
 // unless TERWAY_REALNODE_BUILD=0, which makes them skip saying so.
 // TERWAY_REALNODE_IMAGE and TERWAY_REALNODE_IMAGE_ARCHIVE name an agent
 // image `make image` built; without them the tests build one.
+// TERWAY_REALNODE_NAME runs the tests on a node `make node-up` started
+// (NODE=name) instead, and leaves it up.
 package realnode
 
 import (
@@ -42,6 +44,11 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) (int, error) {
 	if os.Geteuid() != 0 {
 		skipReason = "the real node needs root"
+		return m.Run(), nil
+	}
+	if name := os.Getenv("TERWAY_REALNODE_NAME"); name != "" {
+		node = &realnode.Config{Name: name}
+		node.Defaults()
 		return m.Run(), nil
 	}
 	root, err := repoRoot()

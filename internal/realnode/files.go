@@ -103,6 +103,9 @@ state = "/run/containerd"
     bin_dirs = ["/opt/cni/bin"]
     conf_dir = "/etc/cni/net.d"
     max_conf_num = 1
+    # lo is brought up by containerd itself: the node has no loopback CNI
+    # binary, only what the DaemonSet installs.
+    use_internal_loopback = true
 `, filepath.Join(c.Dir(), "containerd"), PauseImage, c.binaries()["runc"])
 }
 
@@ -172,6 +175,7 @@ func (c *Config) mountScript(hierarchies []cgroupMount) string {
 	b.WriteString("mount --bind /run/netns /run/netns && mount --make-shared /run/netns\n")
 	fmt.Fprintf(&b, "mount -t overlay realnode-etc -o lowerdir=/etc,upperdir=%s/etc-upper,workdir=%s/etc-work /etc\n", dir, dir)
 	b.WriteString("mkdir -p /etc/cni/net.d\n")
+	b.WriteString("printf 'runtime-endpoint: unix:///run/containerd/containerd.sock\\nimage-endpoint: unix:///run/containerd/containerd.sock\\n' >/etc/crictl.yaml\n")
 	b.WriteString("mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup\n")
 	for _, h := range hierarchies {
 		fmt.Fprintf(&b, "mkdir -p /sys/fs/cgroup/%s && mount -t %s -o %s cgroup /sys/fs/cgroup/%s\n", h.dir, h.fstype, h.options, h.dir)
