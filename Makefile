@@ -127,5 +127,15 @@ node-down:
 	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
 	$(BIN)/realnode down -name $(NODE)
 
+# Kubernetes' own [sig-network] Netpol specs (TCP and UDP; SCTP connectivity needs a
+# kernel module this machine lacks) on the real node, with e2e.test
+# v1.37.2; the junit report and log go to $(E2E_REPORT). See CONFORMANCE.md.
+E2E_FOCUS ?= \[sig-network\] Netpol
+E2E_SKIP ?= \[Feature:SCTPConnectivity\]
+E2E_REPORT ?= $(BIN)/e2e-upstream
+e2e-upstream: node-up
+	$(BIN)/realnode e2e -name $(NODE) -focus '$(E2E_FOCUS)' -skip '$(E2E_SKIP)' -report-dir $(E2E_REPORT); \
+	  rc=$$?; $(BIN)/realnode down -name $(NODE); exit $$rc
+
 clean:
 	rm -rf $(BIN)

@@ -37,7 +37,7 @@ func main() {
 	archive := fs.String("image-archive", "bin/terway-reconciler.tar", "the agent's image archive")
 	manifest := fs.String("manifest", "manifests/terway.yml", "the manifest to apply")
 	focus := fs.String("focus", `\[sig-network\] Netpol`, "e2e: the specs to run (ginkgo focus)")
-	skip := fs.String("skip", "SCTP", "e2e: the specs to leave out (ginkgo skip)")
+	skip := fs.String("skip", `\[Feature:SCTPConnectivity\]`, "e2e: the specs to leave out (ginkgo skip)")
 	report := fs.String("report-dir", "bin/e2e-upstream", "e2e: where e2e.test writes its junit report and log")
 	_ = fs.Parse(os.Args[2:])
 	c.Defaults()

@@ -30,6 +30,11 @@ type E2EResult struct {
 // API server and the Services are only reachable there) with the images
 // imported before, so nothing is pulled.
 func RunE2E(ctx context.Context, c *Config, o E2EOptions) (*E2EResult, error) {
+	dir, err := filepath.Abs(o.ReportDir)
+	if err != nil {
+		return nil, err
+	}
+	o.ReportDir = dir
 	if err := os.MkdirAll(o.ReportDir, 0o755); err != nil {
 		return nil, err
 	}

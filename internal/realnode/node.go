@@ -105,10 +105,6 @@ func Up(ctx context.Context, c *Config) error {
 	// Images are in place before the kubelet starts: nothing is pulled.
 	for _, img := range c.Images {
 		t0 := time.Now()
-		// nsenter -m starts in the holder's working directory.
-		if img, err = filepath.Abs(img); err != nil {
-			return err
-		}
 		if out, err := c.execIn(ctx, bins["ctr"], "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", img); err != nil {
 			return fmt.Errorf("realnode: ctr images import %s: %w: %s", img, err, out)
 		}
@@ -164,6 +160,10 @@ func (c *Config) startHolder() (int, error) {
 	return 0, fmt.Errorf("realnode: the namespace holder (pid %d) did not enter its namespaces", pid)
 }
 
+// HolderPID is the process holding the node's namespaces:
+// /proc/PID/ns/net is the node's network namespace.
+func (c *Config) HolderPID() (int, error) { return c.holderPID() }
+
 func (c *Config) holderPID() (int, error) {
 	b, err := os.ReadFile(filepath.Join(c.Dir(), "pids", "holder"))
 	if err != nil {
@@ -179,7 +179,13 @@ func (c *Config) enter() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []string{"nsenter", "-t", strconv.Itoa(pid), "-m", "-n", "--", "env", "PATH=" + c.path(),
+	// nsenter -m would start in the holder's working directory: keep the
+	// caller's, so that relative paths mean what they say.
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	return []string{"nsenter", "-t", strconv.Itoa(pid), "-m", "-n", "--wd=" + wd, "--", "env", "PATH=" + c.path(),
 		"KUBECONFIG=" + c.Kubeconfig(), "CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock",
 		"CONTAINERD_ADDRESS=/run/containerd/containerd.sock"}, nil
 }
