@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,7 @@ func run(m *testing.M) (int, error) {
 	if name := os.Getenv("TERWAY_REALNODE_NAME"); name != "" {
 		node = &realnode.Config{Name: name}
 		node.Defaults()
+		defer cleanupImage()
 		return m.Run(), nil
 	}
 	root, err := repoRoot()
@@ -70,19 +72,10 @@ func run(m *testing.M) (int, error) {
 			return 1, fmt.Errorf("hack/node-assets.sh: %w", err)
 		}
 	}
-	image, archive := os.Getenv("TERWAY_REALNODE_IMAGE"), os.Getenv("TERWAY_REALNODE_IMAGE_ARCHIVE")
-	if image == "" || archive == "" {
-		tmp, err := os.MkdirTemp("", "realnode-image-")
-		if err != nil {
-			return 1, err
-		}
-		defer os.RemoveAll(tmp)
-		image, archive = "terway-reconciler:realnode-test", filepath.Join(tmp, "image.tar")
-		cmd := exec.Command("go", "run", "./hack/mkimage", "-name", image, "-o", archive)
-		cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return 1, fmt.Errorf("building the agent's image: %w", err)
-		}
+	defer cleanupImage()
+	image, archive, err := agentImage()
+	if err != nil {
+		return 1, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -131,5 +124,44 @@ func repoRoot() (string, error) {
 			return "", fmt.Errorf("no go.mod above %s", dir)
 		}
 		dir = parent
+	}
+}
+
+var (
+	imageOnce               sync.Once
+	imageName, imageArchive string
+	imageTmp                string
+	imageErr                error
+)
+
+// agentImage is the agent's image: the one named by TERWAY_REALNODE_IMAGE
+// and TERWAY_REALNODE_IMAGE_ARCHIVE, else one built here by hack/mkimage.
+func agentImage() (name, archive string, err error) {
+	imageOnce.Do(func() {
+		imageName, imageArchive = os.Getenv("TERWAY_REALNODE_IMAGE"), os.Getenv("TERWAY_REALNODE_IMAGE_ARCHIVE")
+		if imageName != "" && imageArchive != "" {
+			return
+		}
+		root, err := repoRoot()
+		if err != nil {
+			imageErr = err
+			return
+		}
+		if imageTmp, imageErr = os.MkdirTemp("", "realnode-image-"); imageErr != nil {
+			return
+		}
+		imageName, imageArchive = "terway-reconciler:realnode-test", filepath.Join(imageTmp, "image.tar")
+		cmd := exec.Command("go", "run", "./hack/mkimage", "-name", imageName, "-o", imageArchive)
+		cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			imageErr = fmt.Errorf("building the agent's image: %w", err)
+		}
+	})
+	return imageName, imageArchive, imageErr
+}
+
+func cleanupImage() {
+	if imageTmp != "" {
+		os.RemoveAll(imageTmp)
 	}
 }
