@@ -127,10 +127,11 @@ node-down:
 	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
 	$(BIN)/realnode down -name $(NODE)
 
-# Kubernetes' own [sig-network] Netpol specs (TCP and UDP; SCTP connectivity needs a
+# Kubernetes' own [sig-network] Netpol and Networking Granular Checks: Pods
+# specs (TCP and UDP; SCTP connectivity needs a
 # kernel module this machine lacks) on the real node, with e2e.test
 # v1.37.2; the junit report and log go to $(E2E_REPORT). See CONFORMANCE.md.
-E2E_FOCUS ?= \[sig-network\] Netpol
+E2E_FOCUS ?= \[sig-network\] (Netpol|Networking Granular Checks: Pods)
 E2E_SKIP ?= \[Feature:SCTPConnectivity\]
 E2E_REPORT ?= $(BIN)/e2e-upstream
 e2e-upstream: node-up

@@ -41,6 +41,19 @@ complete() {
 }
 
 mkdir -p "$root"
+# The agnhost image carries a shell, grep, curl and nc for the e2e specs that
+# exec them (internal/realnode/images.go): Debian's curl and netcat-openbsd
+# beside the base system's dash and grep.
+if ! command -v curl >/dev/null || [ ! -x /usr/bin/nc.openbsd ]; then
+	if [ "$(id -u)" -eq 0 ]; then
+		echo "node-assets: installing curl netcat-openbsd" >&2
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl netcat-openbsd >/dev/null
+	else
+		echo "node-assets: need curl and netcat-openbsd (apt) for the agnhost image" >&2
+	fi
+fi
+
 # The control plane first: its script has its own cache check and lock.
 K8S_ASSETS_CACHE=$root/k8s K8S_VERSION=$k8s_version "$here/k8s-assets.sh" >/dev/null
 if complete; then

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/terway-reconciler/terway/internal/ociimage"
@@ -43,11 +44,17 @@ func BuildImages(ctx context.Context, c *Config, repoRoot string) ([]string, err
 		return nil, err
 	}
 	// agnhost: the e2e suite runs it as the entrypoint with a subcommand
-	// (netexec, porter, connect ...), and execs /agnhost in running pods.
-	agnhost := filepath.Join(dir, "agnhost-2.66.1.tar")
+	// (netexec, porter, connect ...), and execs /agnhost in running pods;
+	// some specs exec `/bin/sh -c 'curl ... | grep ...'` and `nc -u` in it,
+	// as upstream's Alpine-based image allows.
+	agnhost := filepath.Join(dir, "agnhost-2.66.1-sh-curl-nc.tar")
+	files := []ociimage.File{{Path: "/agnhost", Mode: 0o755, Src: c.K8sBin("agnhost")}}
+	tools, err := toolFiles()
+	if err != nil {
+		return nil, err
+	}
 	if err := writeImage(agnhost, ociimage.Image{
-		Name: AgnhostImage, Entrypoint: []string{"/agnhost"},
-		Files: []ociimage.File{{Path: "/agnhost", Mode: 0o755, Src: c.K8sBin("agnhost")}},
+		Name: AgnhostImage, Entrypoint: []string{"/agnhost"}, Files: append(files, tools...),
 	}); err != nil {
 		return nil, err
 	}
@@ -85,4 +92,48 @@ func writeImage(path string, img ociimage.Image) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// toolFiles are the shell tools the e2e specs exec in agnhost pods, from
+// this machine's Debian packages (dash as sh, grep, cat, curl and
+// netcat-openbsd's nc), each with the shared libraries ldd finds for it at
+// its own path. Not busybox: its shell runs its own nc applet, which has no
+// -u, whatever PATH says.
+func toolFiles() ([]ociimage.File, error) {
+	var files []ociimage.File
+	seen := map[string]bool{}
+	for _, tool := range []struct{ path, src string }{{"/bin/sh", "/usr/bin/dash"}, {"/bin/grep", "/usr/bin/grep"},
+		{"/bin/cat", "/usr/bin/cat"}, {"/usr/bin/curl", "/usr/bin/curl"}, {"/usr/bin/nc", "/usr/bin/nc.openbsd"}} {
+		src, err := filepath.EvalSymlinks(tool.src)
+		if err != nil {
+			return nil, fmt.Errorf("realnode: %s missing (Debian dash, grep, coreutils, curl, netcat-openbsd; hack/node-assets.sh installs curl and nc): %w", tool.src, err)
+		}
+		files = append(files, ociimage.File{Path: tool.path, Mode: 0o755, Src: src})
+		out, err := exec.Command("ldd", src).Output()
+		if err != nil {
+			return nil, fmt.Errorf("realnode: ldd %s: %w", src, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			var lib string
+			switch {
+			case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+				lib = f[2]
+			case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+				lib = f[0]
+			default:
+				continue
+			}
+			if seen[lib] {
+				continue
+			}
+			seen[lib] = true
+			real, err := filepath.EvalSymlinks(lib)
+			if err != nil {
+				return nil, err
+			}
+			files = append(files, ociimage.File{Path: lib, Mode: 0o755, Src: real})
+		}
+	}
+	return files, nil
 }
