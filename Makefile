@@ -16,7 +16,7 @@ build:
 
 # The whole suite: unit, golden and root kernel tests. Installs the Debian
 # packages the tests need when they are missing.
-test: deps vet k8s-assets
+test: deps vet k8s-assets node-assets
 	$(GO) test $(TESTFLAGS) ./...
 	$(MAKE) fuzz
 
