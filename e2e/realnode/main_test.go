@@ -84,9 +84,16 @@ func run(m *testing.M) (int, error) {
 		return 1, err
 	}
 	c.Images = append(imgs, archive)
+	var code int
 	defer func() {
 		if err := realnode.Down(c); err != nil {
 			fmt.Fprintln(os.Stderr, "realnode: down:", err)
+		}
+		// The node's logs are kept only when something failed.
+		if code == 0 {
+			os.RemoveAll(c.Dir() + ".logs")
+		} else {
+			fmt.Fprintf(os.Stderr, "realnode: the node's logs are in %s.logs\n", c.Dir())
 		}
 	}()
 	t0 := time.Now()
@@ -98,7 +105,8 @@ func run(m *testing.M) (int, error) {
 	}
 	fmt.Fprintf(os.Stderr, "realnode: node %s Ready with the agent's DaemonSet in %s\n", c.Name, time.Since(t0).Round(time.Second))
 	node = c
-	return m.Run(), nil
+	code = m.Run()
+	return code, nil
 }
 
 // need returns the node, or skips the test with the reason there is none.
