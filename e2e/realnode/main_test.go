@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func run(m *testing.M) (int, error) {
+func run(m *testing.M) (code int, err error) {
 	if os.Geteuid() != 0 {
 		skipReason = "the real node needs root"
 		return m.Run(), nil
@@ -84,13 +84,12 @@ func run(m *testing.M) (int, error) {
 		return 1, err
 	}
 	c.Images = append(imgs, archive)
-	var code int
 	defer func() {
 		if err := realnode.Down(c); err != nil {
 			fmt.Fprintln(os.Stderr, "realnode: down:", err)
 		}
 		// The node's logs are kept only when something failed.
-		if code == 0 {
+		if code == 0 && err == nil {
 			os.RemoveAll(c.Dir() + ".logs")
 		} else {
 			fmt.Fprintf(os.Stderr, "realnode: the node's logs are in %s.logs\n", c.Dir())
@@ -105,8 +104,7 @@ func run(m *testing.M) (int, error) {
 	}
 	fmt.Fprintf(os.Stderr, "realnode: node %s Ready with the agent's DaemonSet in %s\n", c.Name, time.Since(t0).Round(time.Second))
 	node = c
-	code = m.Run()
-	return code, nil
+	return m.Run(), nil
 }
 
 // need returns the node, or skips the test with the reason there is none.
