@@ -6,7 +6,8 @@ GOFLAGS  ?=
 # for two packages at a time.
 TESTFLAGS ?= -count=1 -timeout 25m -p 2
 
-.PHONY: all build test unit golden demo bench deps vet clean k8s-assets fuzz image manifests
+.PHONY: all build test unit golden demo bench deps vet clean k8s-assets fuzz image manifests \
+	node-assets node-up node-down e2e-upstream
 
 all: build
 
@@ -15,7 +16,7 @@ build:
 
 # The whole suite: unit, golden and root kernel tests. Installs the Debian
 # packages the tests need when they are missing.
-test: deps vet k8s-assets
+test: deps vet k8s-assets node-assets
 	$(GO) test $(TESTFLAGS) ./...
 	$(MAKE) fuzz
 
@@ -81,6 +82,12 @@ bench: deps build
 k8s-assets:
 	hack/k8s-assets.sh >/dev/null
 
+# A real node's binaries (kubelet, kcm, scheduler, kube-proxy, agnhost,
+# e2e.test, containerd, runc, crictl), cached by version outside the
+# repository; cold about 25 minutes, warm nothing.
+node-assets: k8s-assets
+	hack/node-assets.sh >/dev/null
+
 deps:
 	hack/install-deps.sh
 
@@ -106,6 +113,30 @@ MANIFESTS ?= manifests/terway.yml manifests/terway-multiip.yml
 manifests:
 	@case '$(IMAGE)' in *[!A-Za-z0-9._:/@-]*|'') echo "IMAGE '$(IMAGE)': not an image name" >&2; exit 1;; esac
 	sed -i -E 's#^([[:space:]]+image:[[:space:]]*).*$$#\1$(IMAGE)#' $(MANIFESTS)
+
+# A real single-node cluster (internal/realnode) inside a network and a
+# private mount namespace of its own, our agent on it as the DaemonSet of
+# manifests/terway.yml with IMAGE; node-down removes every process, mount,
+# cgroup and namespace it made.
+NODE ?= realnode
+node-up: node-assets image
+	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
+	$(BIN)/realnode up -name $(NODE) -image '$(IMAGE)' -image-archive $(IMAGE_ARCHIVE)
+
+node-down:
+	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
+	$(BIN)/realnode down -name $(NODE)
+
+# Kubernetes' own [sig-network] Netpol and Networking Granular Checks: Pods
+# specs (TCP and UDP; SCTP connectivity needs a
+# kernel module this machine lacks) on the real node, with e2e.test
+# v1.37.2; the junit report and log go to $(E2E_REPORT). See CONFORMANCE.md.
+E2E_FOCUS ?= \[sig-network\] (Netpol|Networking Granular Checks: Pods)
+E2E_SKIP ?= \[Feature:SCTPConnectivity\]
+E2E_REPORT ?= $(BIN)/e2e-upstream
+e2e-upstream: node-up
+	$(BIN)/realnode e2e -name $(NODE) -focus '$(E2E_FOCUS)' -skip '$(E2E_SKIP)' -report-dir $(E2E_REPORT); \
+	  rc=$$?; $(BIN)/realnode down -name $(NODE); exit $$rc
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,123 @@
+package realnode
+
+import (
+	"context"
+	"encoding/xml"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// E2EOptions select the upstream specs e2e.test runs against the node.
+type E2EOptions struct {
+	Focus, Skip string
+	// ReportDir receives e2e.test's junit report and log.
+	ReportDir string
+	Timeout   time.Duration
+}
+
+// E2EResult counts the specs e2e.test ran.
+type E2EResult struct {
+	Passed, Failed []string
+	Wall           time.Duration
+	Log            string
+}
+
+// RunE2E runs Kubernetes' own e2e.test inside the node's namespaces (the
+// API server and the Services are only reachable there) with the images
+// imported before, so nothing is pulled.
+func RunE2E(ctx context.Context, c *Config, o E2EOptions) (*E2EResult, error) {
+	dir, err := filepath.Abs(o.ReportDir)
+	if err != nil {
+		return nil, err
+	}
+	o.ReportDir = dir
+	if err := os.MkdirAll(o.ReportDir, 0o755); err != nil {
+		return nil, err
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 60 * time.Minute
+	}
+	logPath := filepath.Join(o.ReportDir, "e2e.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	args := []string{c.K8sBin("e2e.test"), "--kubeconfig=" + c.Kubeconfig(), "--provider=local",
+		"--kubectl-path=" + c.K8sBin("kubectl"), "--ginkgo.focus=" + o.Focus, "--ginkgo.v", "--ginkgo.no-color",
+		"--ginkgo.timeout=" + o.Timeout.String(), "--report-dir=" + o.ReportDir, "--e2e-output-dir=" + o.ReportDir,
+		"--dump-logs-on-failure=false", "--node-schedulable-timeout=2m", "--system-pods-startup-timeout=2m"}
+	if o.Skip != "" {
+		args = append(args, "--ginkgo.skip="+o.Skip)
+	}
+	cmd, err := c.Command(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	t0 := time.Now()
+	runErr := cmd.Run()
+	res := &E2EResult{Wall: time.Since(t0), Log: logPath}
+	if err := res.readJUnit(filepath.Join(o.ReportDir, "junit_01.xml")); err != nil {
+		return res, fmt.Errorf("realnode: e2e.test (%v) left no report: %w; see %s", runErr, err, logPath)
+	}
+	return res, nil
+}
+
+type junitSuites struct {
+	Suites []struct {
+		Cases []struct {
+			Name    string    `xml:"name,attr"`
+			Skipped *struct{} `xml:"skipped"`
+			Failure *struct{} `xml:"failure"`
+			Error   *struct{} `xml:"error"`
+		} `xml:"testcase"`
+	} `xml:"testsuite"`
+}
+
+// readJUnit counts the specs that ran; the ones focus or skip left out are
+// in the report as skipped and are not counted.
+func (r *E2EResult) readJUnit(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var s junitSuites
+	if err := xml.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	for _, suite := range s.Suites {
+		for _, tc := range suite.Cases {
+			switch {
+			case tc.Skipped != nil, strings.HasPrefix(tc.Name, "[") && strings.Contains(tc.Name, "Suite]"):
+				// Specs left out by focus or skip, and the suite's setup.
+			case tc.Failure != nil || tc.Error != nil:
+				r.Failed = append(r.Failed, tc.Name)
+			default:
+				r.Passed = append(r.Passed, tc.Name)
+			}
+		}
+	}
+	sort.Strings(r.Passed)
+	sort.Strings(r.Failed)
+	return nil
+}
+
+// Summary is one line: counts and wall time.
+func (r *E2EResult) Summary() string {
+	return fmt.Sprintf("%d passed, %d failed in %s", len(r.Passed), len(r.Failed), r.Wall.Round(time.Second))
+}
+
+// String lists the failed specs after the summary.
+func (r *E2EResult) String() string {
+	var b strings.Builder
+	b.WriteString(r.Summary())
+	for _, f := range r.Failed {
+		b.WriteString("\n  FAILED " + f)
+	}
+	return b.String()
+}

@@ -1,0 +1,75 @@
+package realnode
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// The manifest applied to the node differs from the project's only in the
+// image lines and the agent's serviceCIDR.
+func TestAgentManifestChangesOnlyImageAndServiceCIDR(t *testing.T) {
+	c := &Config{Name: "x"}
+	c.Defaults()
+	orig, err := readLines("../../manifests/terway.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.AgentManifest("../../manifests/terway.yml", "example.com/terway:t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Split(m, "\n")
+	if len(got) != len(orig) {
+		t.Fatalf("line count %d, want %d", len(got), len(orig))
+	}
+	images, cidrs := 0, 0
+	for i := range got {
+		if got[i] == orig[i] {
+			continue
+		}
+		switch strings.TrimSpace(got[i]) {
+		case "image: example.com/terway:t1":
+			images++
+		case "serviceCIDR: " + c.ServiceCIDR.String():
+			cidrs++
+		default:
+			t.Errorf("line %d changed: %q -> %q", i+1, orig[i], got[i])
+		}
+	}
+	if images != 2 || cidrs != 1 {
+		t.Errorf("changed %d image lines and %d serviceCIDR lines, want 2 and 1", images, cidrs)
+	}
+}
+
+func TestValidateName(t *testing.T) {
+	for name, ok := range map[string]bool{"realnode": true, "rnt123": true, "a-b": true, "": false,
+		"../x": false, "Upper": false, "toolongname-toolongname": false, "a b": false} {
+		c := &Config{Name: name}
+		if err := c.Validate(); (err == nil) != ok {
+			t.Errorf("Validate(%q) = %v, want ok=%v", name, err, ok)
+		}
+	}
+}
+
+// Every host-wide sysctl the kubelet writes is covered by a private file in
+// the node's mount namespace.
+func TestMountScriptCoversKubeletSysctls(t *testing.T) {
+	c := &Config{Name: "x"}
+	c.Defaults()
+	s := c.mountScript(nil)
+	for _, k := range []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+		"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"} {
+		if !strings.Contains(s, " /proc/sys/"+k+"\n") {
+			t.Errorf("mount script leaves /proc/sys/%s to the kubelet", k)
+		}
+	}
+}
+
+func readLines(p string) ([]string, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(string(b), "\n"), nil
+}
