@@ -298,7 +298,9 @@ func (e *env) reachable(from, to kubelet.Sandbox, proto string, want bool) {
 
 // nftRuleset is the agent's nftables table in the node namespace.
 func (e *env) nftRuleset() string {
-	out, err := nstest.Exec(e.node, "nft", "list", "table", "inet", "terway")
+	// Stateless (-s): the anti-spoofing rules' counters move with every
+	// packet, and only a change of the table's content counts here.
+	out, err := nstest.Exec(e.node, "nft", "-s", "list", "table", "inet", "terway")
 	if err != nil {
 		return "error: " + err.Error() + ": " + out
 	}

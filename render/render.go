@@ -269,7 +269,7 @@ func (r *renderer) oneAttachmentPerInterface() {
 			owner[slot], p, o = p, o, p
 		}
 		losers = append(losers, p)
-		r.podProblem(p, "allocation", "interface %s of network namespace %s is pod %s's (recorded first); this pod's attachment %s/%s is not set up until one of them is deleted",
+		r.podProblem(p, "allocation", "interface %s of network namespace %s already belongs to another sandbox, pod %s's (recorded first); this pod's attachment %s/%s is not set up until one of them is deleted",
 			ifName, p.alloc.Spec.Netns, o.key, p.alloc.Spec.ContainerID, p.alloc.Spec.IfName)
 	}
 	for _, p := range losers {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/sim"
 )
 
 // exclusivePods own an exclusive ENI each in TestExclusiveENIConformance:
@@ -38,7 +39,8 @@ func xyzENICluster() string {
 // judged by table inet terway in their own namespace. Then the table of
 // x/a is tampered with, and the agent's next resync repairs it.
 func TestExclusiveENIConformance(t *testing.T) {
-	st := upENI(t, "exconf", xyzENICluster())
+	one := 1 // one shared ENI holds the seven others; two slots for x/a and y/b
+	st := upCloud(t, "exconf", xyzENICluster(), sim.Options{Mode: "eni-multi-ip", ReservedENIsForMultiIP: &one})
 	var pods []string
 	ip := map[string]string{}
 	for _, p := range st.Pods {

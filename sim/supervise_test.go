@@ -134,7 +134,8 @@ func TestExclusiveENIDeletedWhileAgentDown(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	st, err := sim.Up(ctx, sim.Options{Cluster: dir, Name: name, BinDir: binaries(t), Mode: "eni-multi-ip",
+	reserved := 2 // the rest of the instance's ENIs for app/own
+	st, err := sim.Up(ctx, sim.Options{Cluster: dir, Name: name, BinDir: binaries(t), Mode: "eni-multi-ip", ReservedENIsForMultiIP: &reserved,
 		Resync: 2 * time.Second, RestartBackoff: 2 * time.Second, RestartBackoffMax: 4 * time.Second})
 	if err != nil {
 		t.Fatalf("sim up: %v", err)

@@ -116,9 +116,14 @@ func TestScopedApplyBadInput(t *testing.T) {
 		// elements of shared maps, so another pod's is the full sync's.
 		{"a map element of the pod jumping nowhere", "chain \"nowhere\" does not exist", func() *spec.NodeState {
 			s := good.Clone()
-			m := &s.NFTables.Sets[len(s.NFTables.Sets)-1]
-			if !m.Verdict {
-				t.Fatalf("the last set, %s, is not a verdict map", m.Name)
+			var m *spec.NFTSet
+			for i := len(s.NFTables.Sets) - 1; i >= 0 && m == nil; i-- {
+				if s.NFTables.Sets[i].Verdict {
+					m = &s.NFTables.Sets[i]
+				}
+			}
+			if m == nil {
+				t.Fatal("the document has no verdict map")
 			}
 			m.Elements = slices.DeleteFunc(m.Elements, func(e spec.NFTElement) bool { return e.Key[0] == "198.18.0.12" })
 			m.Elements = append(m.Elements, spec.NFTElement{Key: []string{"198.18.0.12"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: "nowhere"}})
