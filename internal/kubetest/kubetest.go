@@ -29,6 +29,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/terway-reconciler/terway/internal/kubepki"
 )
 
 // ControlPlane is one etcd and one kube-apiserver.
@@ -36,7 +38,7 @@ type ControlPlane struct {
 	t      testing.TB
 	dir    string
 	assets string
-	pki    *pki
+	pki    *kubepki.PKI
 
 	etcdURL string
 	apiPort int
@@ -56,7 +58,7 @@ func Start(t testing.TB) *ControlPlane {
 	t.Helper()
 	c := &ControlPlane{t: t, dir: t.TempDir(), assets: Assets(t)}
 	var err error
-	if c.pki, err = newPKI(c.dir); err != nil {
+	if c.pki, err = kubepki.New(c.dir, []net.IP{net.IPv4(10, 96, 0, 1)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Stop)
@@ -80,7 +82,7 @@ func Start(t testing.TB) *ControlPlane {
 	}
 	c.AdminKubeconfig = filepath.Join(c.dir, "admin.kubeconfig")
 	if err := c.writeKubeconfig(c.AdminKubeconfig, "kubetest-admin", &clientcmdapi.AuthInfo{
-		ClientCertificateData: c.pki.adminCert, ClientKeyData: c.pki.adminKey,
+		ClientCertificateData: c.pki.AdminCert, ClientKeyData: c.pki.AdminKey,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -99,14 +101,14 @@ func (c *ControlPlane) URL() string { return "https://127.0.0.1:" + strconv.Itoa
 func (c *ControlPlane) Port() int { return c.apiPort }
 
 // CAFile is the CA certificate that verifies the API server.
-func (c *ControlPlane) CAFile() string { return c.pki.caFile }
+func (c *ControlPlane) CAFile() string { return c.pki.CAFile }
 
 // AdminConfig returns a fresh REST config for the admin identity.
 func (c *ControlPlane) AdminConfig() *rest.Config {
 	return &rest.Config{
 		Host: c.URL(),
 		TLSClientConfig: rest.TLSClientConfig{
-			CAData: c.pki.caPEM, CertData: c.pki.adminCert, KeyData: c.pki.adminKey,
+			CAData: c.pki.CAPEM, CertData: c.pki.AdminCert, KeyData: c.pki.AdminKey,
 		},
 		QPS: 200, Burst: 400, // tests create objects in bursts; the default 5 QPS would dominate timings
 	}
@@ -156,10 +158,10 @@ func (c *ControlPlane) StartAPIServer() error {
 		// reconciler publishes it as the kubernetes Service's endpoint.
 		"--advertise-address", "127.0.0.1", "--endpoint-reconciler-type", "none",
 		"--cert-dir", filepath.Join(c.dir, "apiserver-certs"),
-		"--tls-cert-file", c.pki.servingCert, "--tls-private-key-file", c.pki.servingKey,
-		"--client-ca-file", c.pki.caFile,
+		"--tls-cert-file", c.pki.ServingCert, "--tls-private-key-file", c.pki.ServingKey,
+		"--client-ca-file", c.pki.CAFile,
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file", c.pki.saPublic, "--service-account-signing-key-file", c.pki.saPrivate,
+		"--service-account-key-file", c.pki.SAPublic, "--service-account-signing-key-file", c.pki.SAPrivate,
 		"--service-cluster-ip-range", "10.96.0.0/12",
 		"--authorization-mode", "RBAC",
 		// No controller-manager creates default ServiceAccounts, so the
@@ -237,7 +239,7 @@ func (c *ControlPlane) KubectlStdin(ctx context.Context, stdin string, args ...s
 // writeKubeconfig writes a kubeconfig for this API server and one identity.
 func (c *ControlPlane) writeKubeconfig(path, user string, auth *clientcmdapi.AuthInfo) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: c.URL(), CertificateAuthorityData: c.pki.caPEM}
+	cfg.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: c.URL(), CertificateAuthorityData: c.pki.CAPEM}
 	cfg.AuthInfos[user] = auth
 	cfg.Contexts["kubetest"] = &clientcmdapi.Context{Cluster: "kubetest", AuthInfo: user}
 	cfg.CurrentContext = "kubetest"
@@ -249,12 +251,12 @@ func (c *ControlPlane) writeKubeconfig(path, user string, auth *clientcmdapi.Aut
 
 // httpClient speaks to the API server as the admin, for /readyz.
 func (c *ControlPlane) httpClient() (*http.Client, error) {
-	cert, err := tls.X509KeyPair(c.pki.adminCert, c.pki.adminKey)
+	cert, err := tls.X509KeyPair(c.pki.AdminCert, c.pki.AdminKey)
 	if err != nil {
 		return nil, err
 	}
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(c.pki.caPEM)
+	pool.AppendCertsFromPEM(c.pki.CAPEM)
 	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		Proxy:           nil, // never via a proxy from the environment
 		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}},

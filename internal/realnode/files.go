@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/terway-reconciler/terway/internal/kubepki"
 )
 
 // Static tokens of the node's two clients. They only exist inside the
@@ -40,7 +42,7 @@ func (c *Config) writeFiles() error {
 	}
 	pki := filepath.Join(dir, "pki")
 	sans := []net.IP{net.IP(c.serviceIP(1).AsSlice()), net.IP(c.NodeIP.AsSlice())}
-	if err := writePKI(pki, sans); err != nil {
+	if _, err := kubepki.New(pki, sans); err != nil {
 		return err
 	}
 	files := map[string]string{
