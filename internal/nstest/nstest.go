@@ -8,10 +8,15 @@ package nstest
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -37,11 +42,58 @@ var RunID = func() string {
 	return hex.EncodeToString(b)
 }()
 
+// runsDir holds one file per test process that made namespaces, named by
+// its RunID and holding its PID. t.Cleanup does not run when a test binary
+// is killed (a -timeout panic, SIGKILL): the next run deletes the
+// namespaces of runs whose process is gone.
+const runsDir = "/run/terway-nstest"
+
+var sweepOnce sync.Once
+
+// sweepDeadRuns records this run and deletes the namespaces of earlier runs
+// whose process no longer exists. Only names "tt<run>-..." of a run with a
+// record are touched; a run whose PID is alive (or reused) is left alone.
+func sweepDeadRuns() {
+	if err := os.MkdirAll(runsDir, 0o700); err != nil {
+		return
+	}
+	_ = os.WriteFile(filepath.Join(runsDir, RunID), []byte(strconv.Itoa(os.Getpid())), 0o600)
+	entries, err := os.ReadDir(runsDir)
+	if err != nil {
+		return
+	}
+	var dead []string
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(runsDir, e.Name()))
+		pid, perr := strconv.Atoi(strings.TrimSpace(string(data)))
+		if e.Name() == RunID || err != nil || perr != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			dead = append(dead, e.Name())
+		}
+	}
+	if len(dead) == 0 {
+		return
+	}
+	names, _ := os.ReadDir("/var/run/netns")
+	for _, run := range dead {
+		for _, n := range names {
+			if strings.HasPrefix(n.Name(), "tt"+run+"-") {
+				_ = exec.Command("ip", "netns", "del", n.Name()).Run()
+			}
+		}
+		_ = os.Remove(filepath.Join(runsDir, run))
+	}
+}
+
 // Netns creates a named namespace "tt<run>-<name>" with lo up and returns its
-// path (/var/run/netns/NAME). It is deleted when the test ends.
+// path (/var/run/netns/NAME). It is deleted when the test ends, or by the
+// next run if this one is killed first.
 func Netns(t testing.TB, name string) string {
 	t.Helper()
 	RequireRoot(t)
+	sweepOnce.Do(sweepDeadRuns)
 	full := "tt" + RunID + "-" + name
 	if out, err := exec.Command("ip", "netns", "add", full).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", full, err, out)
