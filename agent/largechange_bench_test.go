@@ -4,9 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -74,20 +71,8 @@ func largeChange(b *testing.B, locked bool) {
 	nstest.RequireRoot(b)
 	adds := *largeChangeAdds
 	began := time.Now()
-	node := nstest.Netns(b, "node")
-	dir := b.TempDir()
-	src := &podSource{
-		node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "n1"}, Spec: corev1.NodeSpec{PodCIDR: "198.18.6.0/24"},
-			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.19.255.1"}}}},
-		pods:     map[string]*corev1.Pod{},
-		policies: []*networkingv1.NetworkPolicy{largePolicy(500)},
-	}
-	a, err := newAgent(Config{NodeName: "node-1", StateDir: dir, Socket: filepath.Join(dir, "terway.sock"),
-		PodTimeout: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, src, node)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = a.Close() })
+	a, src, _ := podSourceAgent(b, "198.18.6.0/24", "198.19.255.1")
+	src.policies = []*networkingv1.NetworkPolicy{largePolicy(500)}
 	a.nftAlwaysLocked = locked
 	ctx := context.Background()
 	setPod := func(name string, present bool) {

@@ -51,20 +51,16 @@ func (s *podSource) Pod(ns, name string) (*corev1.Pod, bool) {
 	return p, ok
 }
 
-// TestResyncPlansWithoutLockAndLosesNoADD: a resync holds the agent's
-// lock only to execute. While it is between its render and its
-// observation of the node, a CNI ADD completes (it does not wait for the
-// resync), and the resync, which rendered the node without that pod but
-// then observes its veth and route, must not delete them: it leaves the
-// pod to the next run, which sees it rendered and changes nothing.
-func TestResyncPlansWithoutLockAndLosesNoADD(t *testing.T) {
-	nstest.RequireRoot(t)
+// podSourceAgent starts an agent (not its runner: tests call sync) on a
+// node namespace of its own, with a podSource of the Node node-1 whose pod
+// CIDR is podCIDR and whose InternalIP is nodeIP.
+func podSourceAgent(t testing.TB, podCIDR, nodeIP string) (*Agent, *podSource, string) {
+	t.Helper()
 	node := nstest.Netns(t, "node")
-	podNetns := nstest.Netns(t, "pod")
 	dir := t.TempDir()
 	src := &podSource{
-		node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "n1"}, Spec: corev1.NodeSpec{PodCIDR: "198.18.4.0/24"},
-			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.19.4.1"}}}},
+		node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "n1"}, Spec: corev1.NodeSpec{PodCIDR: podCIDR},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeIP}}}},
 		pods: map[string]*corev1.Pod{},
 	}
 	a, err := newAgent(Config{NodeName: "node-1", StateDir: dir, Socket: filepath.Join(dir, "terway.sock"),
@@ -73,6 +69,19 @@ func TestResyncPlansWithoutLockAndLosesNoADD(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = a.Close() })
+	return a, src, node
+}
+
+// TestResyncPlansWithoutLockAndLosesNoADD: a resync holds the agent's
+// lock only to execute. While it is between its render and its
+// observation of the node, a CNI ADD completes (it does not wait for the
+// resync), and the resync, which rendered the node without that pod but
+// then observes its veth and route, must not delete them: it leaves the
+// pod to the next run, which sees it rendered and changes nothing.
+func TestResyncPlansWithoutLockAndLosesNoADD(t *testing.T) {
+	nstest.RequireRoot(t)
+	a, src, node := podSourceAgent(t, "198.18.4.0/24", "198.19.4.1")
+	podNetns := nstest.Netns(t, "pod")
 	ctx := context.Background()
 	if out := a.sync(ctx, true); out.Again || !a.Ready() {
 		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
@@ -146,19 +155,7 @@ func TestResyncPlansWithoutLockAndLosesNoADD(t *testing.T) {
 // pods isolated by the new policy.
 func TestResyncCommitsNFTWithoutLock(t *testing.T) {
 	nstest.RequireRoot(t)
-	node := nstest.Netns(t, "node")
-	dir := t.TempDir()
-	src := &podSource{
-		node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "n1"}, Spec: corev1.NodeSpec{PodCIDR: "198.18.5.0/24"},
-			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.19.5.1"}}}},
-		pods: map[string]*corev1.Pod{},
-	}
-	a, err := newAgent(Config{NodeName: "node-1", StateDir: dir, Socket: filepath.Join(dir, "terway.sock"),
-		PodTimeout: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, src, node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
+	a, src, node := podSourceAgent(t, "198.18.5.0/24", "198.19.5.1")
 	ctx := context.Background()
 	add := func(name, netns string) (string, error) {
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name)}, Spec: corev1.PodSpec{NodeName: "node-1"}}
