@@ -168,7 +168,8 @@ func (s *statusTracker) ok(k itemKey) {
 // the others are realised. It returns whether a conflict cut the report
 // short (the caller plans again).
 func (s *statusTracker) record(rep *engine.Report) (conflicted bool) {
-	return s.recordOf(rep, false)
+	conflicted, _ = s.recordOf(rep, false)
+	return conflicted
 }
 
 // recordScoped takes the report of a CNI request's plan, scoped to its
@@ -182,25 +183,13 @@ func (s *statusTracker) record(rep *engine.Report) (conflicted bool) {
 // for a retry at once (recheck): writes work again, maybe the table too,
 // and a sync, not the backoff, should say so.
 func (s *statusTracker) recordScoped(rep *engine.Report) (recheck bool) {
-	s.recordOf(rep, true)
-	if rep == nil {
-		return false
-	}
-	now := s.clock.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, r := range rep.Results {
-		if it := s.items[keyOf(r.Op)]; r.Err == nil && podOf(r.Op) == "" && it != nil && it.NextRetry.After(now) {
-			it.NextRetry = now
-			recheck = true
-		}
-	}
+	_, recheck = s.recordOf(rep, true)
 	return recheck
 }
 
-func (s *statusTracker) recordOf(rep *engine.Report, scoped bool) (conflicted bool) {
+func (s *statusTracker) recordOf(rep *engine.Report, scoped bool) (conflicted, recheck bool) {
 	if rep == nil {
-		return false
+		return false, false
 	}
 	failed := map[itemKey]bool{}
 	for _, r := range rep.Results {
@@ -214,12 +203,26 @@ func (s *statusTracker) recordOf(rep *engine.Report, scoped bool) (conflicted bo
 				s.fail(k, podOf(r.Op), r.Op.String(), r.Err)
 			}
 		case scoped && podOf(r.Op) == "":
-			// a node-level item: left to the syncs
+			// A node-level item: left to the syncs, retried now.
+			recheck = s.retryNow(k) || recheck
 		case !failed[k]:
 			s.ok(k)
 		}
 	}
-	return conflicted
+	return conflicted, recheck
+}
+
+// retryNow makes a failing item due for a retry now; it reports whether
+// the item was waiting for a later one.
+func (s *statusTracker) retryNow(k itemKey) bool {
+	now := s.clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if it := s.items[k]; it != nil && it.NextRetry.After(now) {
+		it.NextRetry = now
+		return true
+	}
+	return false
 }
 
 // settle ends a sync that planned the whole node: every kernel item it
