@@ -198,7 +198,8 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engine.Plan, full bool) (*engine.Report, map[itemKey]bool, bool) {
 	now := a.clock.Now()
 	kept := map[itemKey]bool{}
-	if !a.nftUnderLock() {
+	underLock := a.nftUnderLock()
+	if !underLock {
 		// Canonicalise the document's sets before taking the lock: a
 		// 42,000-element set takes a CPU second, which the plan under the
 		// lock then finds done (the document is equal, or re-rendered
@@ -251,18 +252,11 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 	if full {
 		reason = "full resync"
 	}
-	if a.nftUnderLock() {
-		if a.committing != nil && len(nftOps) > 0 {
-			a.committing()
-		}
-		rep := a.eng.Execute(ctx, &engine.Plan{Ops: append(ops, nftOps...)})
-		a.noteNFTOutcome(rep)
-		a.journal.record(reason, rep)
-		return rep, kept, written != nil
-	}
 	rep := a.eng.Execute(ctx, &engine.Plan{Ops: ops})
-	a.mu.Unlock()
-	locked = false
+	if !underLock {
+		a.mu.Unlock()
+		locked = false
+	}
 	if len(nftOps) > 0 {
 		if a.committing != nil {
 			a.committing()
