@@ -85,6 +85,7 @@ func SourceValidation(pairs []SourcePair) (spec.NFTSet, spec.NFTChain) {
 	for _, p := range pairs {
 		set.Elements = append(set.Elements, spec.NFTElement{Key: []string{p.HostVeth, p.IP}})
 	}
+	spec.SortElements(set.Elements)
 	podLinks := spec.NFTMatch{Selectors: []string{spec.SelIIFName}, Values: []string{spec.HostVethPrefix + "*"}}
 	source := []string{spec.SelIIFName, spec.SelIPSaddr}
 	chain := spec.NFTChain{

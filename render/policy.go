@@ -3,6 +3,7 @@ package render
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -10,6 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // direction names used in fields, chain names and comments.
@@ -18,25 +21,42 @@ const (
 	dirEgress  = "egress"
 )
 
-// compiledPolicy is one NetworkPolicy with its selectors parsed and its
-// rules resolved to pods and address spans.
-type compiledPolicy struct {
-	key     string
-	targets []*podInfo // local pods with a network that the policy selects
-	ingress []*compiledRule
-	egress  []*compiledRule
+// parsedPolicy is one NetworkPolicy with its selectors and ports parsed: a
+// function of the policy object alone, kept by the Cache while the object
+// is the same.
+type parsedPolicy struct {
+	key, ns string
+	np      *networkingv1.NetworkPolicy
+	podSel  labels.Selector
+	ingress []*parsedRule
+	egress  []*parsedRule
 	// isolates tells which directions the policy isolates its targets in.
 	isolatesIngress, isolatesEgress bool
+	// problems are reported on every render; ruleProblems (its peers and
+	// ports) only while the policy selects a pod here, as peers are only
+	// resolved then.
+	problems, ruleProblems []spec.Problem
+	// everyPod is set when a named port of an egress rule is resolved
+	// against every pod an ipBlock (or no peer) covers: then any pod's
+	// change may change the policy.
+	everyPod bool
 }
 
-// compiledRule is one ingress or egress rule. A rule whose peers were all
-// invalid has anyPeer false and nothing in pods or blocks: it allows nothing.
-type compiledRule struct {
+// parsedRule is one ingress or egress rule. A rule whose peers were all
+// invalid has anyPeer false and no peers: it allows nothing.
+type parsedRule struct {
 	anyPeer bool
-	pods    []*podInfo
-	blocks  []span
+	peers   []parsedPeer
+	blocks  []span // the ipBlock peers' spans, merged
 	anyPort bool
 	ports   []policyPort
+}
+
+// parsedPeer is one valid pod or namespace selector peer.
+type parsedPeer struct {
+	podSel labels.Selector // labels.Everything() when absent
+	// nsSel selects the peer's namespaces; nil means the policy's own.
+	nsSel labels.Selector
 }
 
 // policyPort is a validated port entry: a protocol and either a numeric
@@ -48,107 +68,86 @@ type policyPort struct {
 	rng   portRange
 }
 
-// policyCompiler resolves policies against the render's pods and namespaces.
-type policyCompiler struct {
-	r        *renderer
-	nsLabels map[string]labels.Set
-	nsNames  []string // every namespace known, sorted
-}
-
-func newPolicyCompiler(r *renderer) *policyCompiler {
-	c := &policyCompiler{r: r, nsLabels: map[string]labels.Set{}}
-	for _, ns := range r.nsList {
-		set := labels.Set{}
-		for k, v := range ns.Labels {
-			set[k] = v
-		}
-		// The API server sets this label on every namespace; objects read
-		// from files may lack it.
-		set[corev1.LabelMetadataName] = ns.Name
-		c.nsLabels[ns.Name] = set
+// parsePolicy parses one policy. Its podSel is nil when the policy cannot
+// select anything (an invalid podSelector); a problem then says so.
+func parsePolicy(np *networkingv1.NetworkPolicy) *parsedPolicy {
+	pp := &parsedPolicy{key: np.Namespace + "/" + np.Name, ns: np.Namespace, np: np}
+	always := func(field, format string, args ...any) {
+		pp.problems = append(pp.problems, spec.Problem{Kind: "NetworkPolicy", Namespace: np.Namespace, Name: np.Name,
+			Field: field, Reason: fmt.Sprintf(format, args...)})
 	}
-	for ns := range r.byNS {
-		if _, ok := c.nsLabels[ns]; !ok {
-			c.nsLabels[ns] = labels.Set{corev1.LabelMetadataName: ns}
-		}
-	}
-	c.nsNames = sortedKeys(c.nsLabels)
-	return c
-}
-
-// compile parses one policy. It returns nil when the policy cannot select
-// anything (an invalid podSelector), after recording the problem.
-func (c *policyCompiler) compile(np *networkingv1.NetworkPolicy) *compiledPolicy {
-	prob := func(field, format string, args ...any) {
-		c.r.problem("NetworkPolicy", np.Namespace, np.Name, field, format, args...)
+	ruleProb := func(field, format string, args ...any) {
+		pp.ruleProblems = append(pp.ruleProblems, spec.Problem{Kind: "NetworkPolicy", Namespace: np.Namespace, Name: np.Name,
+			Field: field, Reason: fmt.Sprintf(format, args...)})
 	}
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
-		prob("spec.podSelector", "%v; the policy is ignored", err)
-		return nil
+		always("spec.podSelector", "%v; the policy is ignored", err)
+		return pp
 	}
-	cp := &compiledPolicy{key: np.Namespace + "/" + np.Name}
-	for _, p := range c.r.byNS[np.Namespace] {
-		if p.entry != nil && p.pod != nil && sel.Matches(labels.Set(p.pod.Labels)) {
-			cp.targets = append(cp.targets, p)
-		}
-	}
+	pp.podSel = sel
 	if len(np.Spec.PolicyTypes) == 0 {
 		// The API server's default: ingress always, egress when rules exist.
-		cp.isolatesIngress = true
-		cp.isolatesEgress = len(np.Spec.Egress) > 0
+		pp.isolatesIngress = true
+		pp.isolatesEgress = len(np.Spec.Egress) > 0
 	}
 	for i, t := range np.Spec.PolicyTypes {
 		switch t {
 		case networkingv1.PolicyTypeIngress:
-			cp.isolatesIngress = true
+			pp.isolatesIngress = true
 		case networkingv1.PolicyTypeEgress:
-			cp.isolatesEgress = true
+			pp.isolatesEgress = true
 		default:
-			prob(fmt.Sprintf("spec.policyTypes[%d]", i), "%q is not Ingress or Egress; ignored", t)
+			always(fmt.Sprintf("spec.policyTypes[%d]", i), "%q is not Ingress or Egress; ignored", t)
 		}
 	}
-	if len(cp.targets) == 0 {
-		return cp // selects no pod here: no need to resolve peers
-	}
-	if cp.isolatesIngress {
+	if pp.isolatesIngress {
 		for i, rule := range np.Spec.Ingress {
-			cp.ingress = append(cp.ingress, c.rule(np, fmt.Sprintf("spec.ingress[%d]", i), "from", rule.From, rule.Ports, prob))
+			pp.ingress = append(pp.ingress, parseRule(np, fmt.Sprintf("spec.ingress[%d]", i), "from", rule.From, rule.Ports, ruleProb))
 		}
 	}
-	if cp.isolatesEgress {
+	if pp.isolatesEgress {
 		for i, rule := range np.Spec.Egress {
-			cp.egress = append(cp.egress, c.rule(np, fmt.Sprintf("spec.egress[%d]", i), "to", rule.To, rule.Ports, prob))
+			r := parseRule(np, fmt.Sprintf("spec.egress[%d]", i), "to", rule.To, rule.Ports, ruleProb)
+			pp.egress = append(pp.egress, r)
+			if r.anyPeer || len(r.blocks) > 0 {
+				for _, port := range r.ports {
+					pp.everyPod = pp.everyPod || port.name != ""
+				}
+			}
 		}
 	}
-	return cp
+	return pp
 }
 
 type problemFunc func(field, format string, args ...any)
 
-func (c *policyCompiler) rule(np *networkingv1.NetworkPolicy, field, peersField string, peers []networkingv1.NetworkPolicyPeer,
-	ports []networkingv1.NetworkPolicyPort, prob problemFunc) *compiledRule {
-	cr := &compiledRule{anyPeer: len(peers) == 0, anyPort: len(ports) == 0}
+func parseRule(np *networkingv1.NetworkPolicy, field, peersField string, peers []networkingv1.NetworkPolicyPeer,
+	ports []networkingv1.NetworkPolicyPort, prob problemFunc) *parsedRule {
+	pr := &parsedRule{anyPeer: len(peers) == 0, anyPort: len(ports) == 0}
 	for i, peer := range peers {
 		pf := fmt.Sprintf("%s.%s[%d]", field, peersField, i)
-		pods, blocks, ok := c.peer(np, pf, peer, prob)
-		if ok {
-			cr.pods = append(cr.pods, pods...)
-			cr.blocks = append(cr.blocks, blocks...)
+		sel, blocks, ok := parsePeer(pf, peer, prob)
+		switch {
+		case !ok:
+		case sel != nil:
+			pr.peers = append(pr.peers, *sel)
+		default:
+			pr.blocks = append(pr.blocks, blocks...)
 		}
 	}
-	cr.blocks = mergeSpans(cr.blocks)
+	pr.blocks = mergeSpans(pr.blocks)
 	for i, port := range ports {
 		if pp, ok := parsePolicyPort(fmt.Sprintf("%s.ports[%d]", field, i), port, prob); ok {
-			cr.ports = append(cr.ports, pp)
+			pr.ports = append(pr.ports, pp)
 		}
 	}
-	return cr
+	return pr
 }
 
-// peer resolves one peer to pods and address spans. ok is false for an
-// invalid peer, which then allows nothing.
-func (c *policyCompiler) peer(np *networkingv1.NetworkPolicy, field string, peer networkingv1.NetworkPolicyPeer, prob problemFunc) (pods []*podInfo, blocks []span, ok bool) {
+// parsePeer parses one peer: a selector peer, or an ipBlock's spans. ok is
+// false for an invalid peer, which then allows nothing.
+func parsePeer(field string, peer networkingv1.NetworkPolicyPeer, prob problemFunc) (sel *parsedPeer, blocks []span, ok bool) {
 	if peer.IPBlock != nil {
 		if peer.PodSelector != nil || peer.NamespaceSelector != nil {
 			prob(field, "ipBlock cannot be combined with podSelector or namespaceSelector; this peer allows nothing")
@@ -165,37 +164,193 @@ func (c *policyCompiler) peer(np *networkingv1.NetworkPolicy, field string, peer
 		prob(field, "a peer needs podSelector, namespaceSelector or ipBlock; this peer allows nothing")
 		return nil, nil, false
 	}
-	podSel := labels.Everything()
+	out := &parsedPeer{podSel: labels.Everything()}
 	if peer.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
 		if err != nil {
 			prob(field+".podSelector", "%v; this peer allows nothing", err)
 			return nil, nil, false
 		}
-		podSel = s
+		out.podSel = s
 	}
-	namespaces := []string{np.Namespace}
 	if peer.NamespaceSelector != nil {
-		nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+		s, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
 		if err != nil {
 			prob(field+".namespaceSelector", "%v; this peer allows nothing", err)
 			return nil, nil, false
 		}
+		out.nsSel = s
+	}
+	return out, nil, true
+}
+
+// covers tells whether the peer looks for pods in namespace ns.
+func (p *parsedPeer) covers(pp *parsedPolicy, ns string, nsLabels map[string]labels.Set) bool {
+	if p.nsSel == nil {
+		return ns == pp.ns
+	}
+	set, known := nsLabels[ns]
+	return known && p.nsSel.Matches(set)
+}
+
+// resolution is a parsed policy resolved against the render's pods: what
+// the Cache keeps until a pod or namespace it depends on changes. It holds
+// keys and addresses, not the render's pod objects, so that it outlives
+// the render that made it.
+type resolution struct {
+	// targets are the keys of the local pods with a network that the
+	// policy selects, in key order.
+	targets []string
+	ingress []resolvedRule
+	egress  []resolvedRule
+}
+
+// resolvedRule is a rule's peers as addresses.
+type resolvedRule struct {
+	rule *parsedRule
+	// addrs are the peers' addresses merged: every address for a rule
+	// with no peer.
+	addrs []span
+	// egressNamed are the rule's named ports resolved against each peer
+	// pod of an egress rule: a name is each peer's own port.
+	egressNamed []portAllow
+}
+
+// sameRules tells whether two resolutions allow the same, whatever their
+// targets: groups made from them render the same sets.
+func (a *resolution) sameRules(b *resolution) bool {
+	same := func(x, y []resolvedRule) bool {
+		return slices.EqualFunc(x, y, func(p, q resolvedRule) bool {
+			return p.rule == q.rule && slices.Equal(p.addrs, q.addrs) && slices.EqualFunc(p.egressNamed, q.egressNamed, portAllow.equal)
+		})
+	}
+	return same(a.ingress, b.ingress) && same(a.egress, b.egress)
+}
+
+// policyCompiler resolves parsed policies against the render's pods and
+// namespaces.
+type policyCompiler struct {
+	r        *renderer
+	nsLabels map[string]labels.Set
+	nsNames  []string // every namespace known, sorted
+}
+
+func newPolicyCompiler(r *renderer) *policyCompiler {
+	c := &policyCompiler{r: r, nsLabels: namespaceLabels(r)}
+	c.nsNames = sortedKeys(c.nsLabels)
+	return c
+}
+
+// namespaceLabels are the labels selectors see on each namespace known,
+// from its object or, for a namespace only pods name, its name alone.
+func namespaceLabels(r *renderer) map[string]labels.Set {
+	out := map[string]labels.Set{}
+	for _, ns := range r.nsList {
+		set := labels.Set{}
+		for k, v := range ns.Labels {
+			set[k] = v
+		}
+		// The API server sets this label on every namespace; objects read
+		// from files may lack it.
+		set[corev1.LabelMetadataName] = ns.Name
+		out[ns.Name] = set
+	}
+	for ns := range r.byNS {
+		if _, ok := out[ns]; !ok {
+			out[ns] = labels.Set{corev1.LabelMetadataName: ns}
+		}
+	}
+	return out
+}
+
+// resolve finds a policy's targets and, when it has any, its rules' peers.
+func (c *policyCompiler) resolve(pp *parsedPolicy) *resolution {
+	res := &resolution{}
+	for _, p := range c.r.byNS[pp.ns] {
+		if c.isTarget(pp, p) {
+			res.targets = append(res.targets, p.key)
+		}
+	}
+	if len(res.targets) == 0 {
+		return res // selects no pod here: no need to resolve peers
+	}
+	for _, rule := range pp.ingress {
+		res.ingress = append(res.ingress, c.resolveRule(pp, rule, false))
+	}
+	for _, rule := range pp.egress {
+		res.egress = append(res.egress, c.resolveRule(pp, rule, true))
+	}
+	return res
+}
+
+// isTarget tells whether the policy selects p as one of its pods here.
+func (c *policyCompiler) isTarget(pp *parsedPolicy, p *podInfo) bool {
+	return p.entry != nil && p.pod != nil && pp.podSel.Matches(labels.Set(p.pod.Labels))
+}
+
+func (c *policyCompiler) resolveRule(pp *parsedPolicy, rule *parsedRule, egress bool) resolvedRule {
+	rr := resolvedRule{rule: rule}
+	var pods []*podInfo
+	for i := range rule.peers {
+		pods = append(pods, c.peerPods(pp, &rule.peers[i])...)
+	}
+	if rule.anyPeer {
+		rr.addrs = []span{allAddresses}
+	} else {
+		addrs := slices.Clone(rule.blocks)
+		for _, p := range pods {
+			addrs = append(addrs, addrSpan(c.peerIP(p)))
+		}
+		rr.addrs = mergeSpans(addrs)
+	}
+	if !egress || rule.anyPort {
+		return rr
+	}
+	var peers []*podInfo
+	for _, port := range rule.ports {
+		if port.name == "" {
+			continue
+		}
+		if peers == nil {
+			peers = c.egressNamedPortPeers(rule, pods)
+		}
+		// A named port of an egress rule is each peer pod's port; a name
+		// no peer has allows nothing.
+		for _, peer := range peers {
+			if n, ok := namedPort(peer.pod, port.name, port.proto); ok {
+				rr.egressNamed = append(rr.egressNamed, portAllow{port.proto, portRange{n, n}, []span{addrSpan(c.peerIP(peer))}})
+			}
+		}
+	}
+	return rr
+}
+
+// peerPods are the pods a selector peer selects.
+func (c *policyCompiler) peerPods(pp *parsedPolicy, peer *parsedPeer) []*podInfo {
+	var pods []*podInfo
+	namespaces := []string{pp.ns}
+	if peer.nsSel != nil {
 		namespaces = namespaces[:0]
 		for _, ns := range c.nsNames {
-			if nsSel.Matches(c.nsLabels[ns]) {
+			if peer.nsSel.Matches(c.nsLabels[ns]) {
 				namespaces = append(namespaces, ns)
 			}
 		}
 	}
 	for _, ns := range namespaces {
 		for _, p := range c.r.byNS[ns] {
-			if p.pod != nil && c.peerIP(p).IsValid() && podSel.Matches(labels.Set(p.pod.Labels)) {
+			if c.isPeer(peer, p) {
 				pods = append(pods, p)
 			}
 		}
 	}
-	return pods, nil, true
+	return pods
+}
+
+// isPeer tells whether a selector peer selects p, a pod of a namespace the
+// peer covers.
+func (c *policyCompiler) isPeer(peer *parsedPeer, p *podInfo) bool {
+	return p.pod != nil && c.peerIP(p).IsValid() && peer.podSel.Matches(labels.Set(p.pod.Labels))
 }
 
 // peerIP is the address a pod has as a policy peer: local pods only once

@@ -22,7 +22,7 @@ const (
 // podDirection is one direction of one target pod: the policies that
 // isolate it, in name order.
 type podDirection struct {
-	policies []*compiledPolicy
+	policies []*policyEntry
 }
 
 // policyGroup is every target pod of one direction whose allowance is the
@@ -32,13 +32,11 @@ type podDirection struct {
 type policyGroup struct {
 	key      string
 	ns       string
-	policies []string
+	policies []*policyEntry
 	targets  []*podInfo
-	anyPort  []span
-	ports    []portAllow
 }
 
-// renderPolicies compiles every policy and renders table inet terway.
+// renderPolicies resolves every policy and renders table inet terway.
 //
 // The table is a static skeleton with dynamic data: two base chains accept
 // established traffic, then dispatch through verdict maps keyed by pod IP to
@@ -49,30 +47,38 @@ type policyGroup struct {
 // two set lookups, whatever the number of policies. Pods selected by no policy
 // of a direction have no map entry for it and are not isolated that way.
 //
+// Policies are resolved, and groups' chains and sets rendered, through the
+// Cache (cache.go): a part whose inputs did not change since the last
+// render is reused as it was.
+//
 // Exclusive-ENI pods are in the node's maps too (their veth1 crosses the
 // node) and get a table of their own for their ENI (renderPodTables).
 func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 	c := newPolicyCompiler(r)
+	entries := r.cache.policies(c, policies)
 	dirs := map[string]map[*podInfo]*podDirection{dirIngress: {}, dirEgress: {}}
-	add := func(dir string, t *podInfo, cp *compiledPolicy) {
+	add := func(dir string, t *podInfo, pe *policyEntry) {
 		d := dirs[dir][t]
 		if d == nil {
 			d = &podDirection{}
 			dirs[dir][t] = d
 		}
-		d.policies = append(d.policies, cp)
+		d.policies = append(d.policies, pe)
 	}
-	for _, np := range policies {
-		cp := c.compile(np)
-		if cp == nil {
+	for _, pe := range entries {
+		pp := pe.parsed
+		r.state.Problems = append(r.state.Problems, pp.problems...)
+		if pp.podSel == nil || len(pe.res.targets) == 0 {
 			continue
 		}
-		for _, t := range cp.targets {
-			if cp.isolatesIngress {
-				add(dirIngress, t, cp)
+		r.state.Problems = append(r.state.Problems, pp.ruleProblems...)
+		for _, key := range pe.res.targets {
+			t := r.byKey[key]
+			if pp.isolatesIngress {
+				add(dirIngress, t, pe)
 			}
-			if cp.isolatesEgress {
-				add(dirEgress, t, cp)
+			if pp.isolatesEgress {
+				add(dirEgress, t, pe)
 			}
 		}
 	}
@@ -83,7 +89,11 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 			r.groupChain(t, dir, g)
 		}
 	}
+	r.cache.endGroups()
 	r.hairpinElements(t)
+	for _, name := range []string{mapIngressPods, mapEgressPods, setHairpin} {
+		spec.SortElements(t.Set(name).Elements)
+	}
 	r.state.NFTables = t
 	r.renderPodTables(t)
 }
@@ -110,8 +120,7 @@ func (r *renderer) hairpinElements(t *spec.NFTable) {
 	}
 }
 
-// groups partitions the targets of one direction by what they allow, and
-// computes each group's allowance once.
+// groups partitions the targets of one direction by what they allow.
 func (c *policyCompiler) groups(dir string, byPod map[*podInfo]*podDirection) []*policyGroup {
 	byKey := map[string]*policyGroup{}
 	var out []*policyGroup
@@ -124,15 +133,7 @@ func (c *policyCompiler) groups(dir string, byPod map[*podInfo]*podDirection) []
 		g := byKey[key]
 		if g == nil {
 			ns, _ := splitKey(t.key)
-			g = &policyGroup{key: key, ns: ns}
-			for _, cp := range d.policies {
-				g.policies = append(g.policies, cp.key)
-				rules := cp.ingress
-				if dir == dirEgress {
-					rules = cp.egress
-				}
-				c.allow(g, t, dir, rules)
-			}
+			g = &policyGroup{key: key, ns: ns, policies: d.policies}
 			byKey[key] = g
 			out = append(out, g)
 		}
@@ -143,16 +144,16 @@ func (c *policyCompiler) groups(dir string, byPod map[*podInfo]*podDirection) []
 
 // groupKey names what a target's allowance depends on: the policies (in name
 // order) and, for ingress, how the target resolves the named ports they use.
-func groupKey(dir string, t *podInfo, policies []*compiledPolicy) string {
+func groupKey(dir string, t *podInfo, policies []*policyEntry) string {
 	var b strings.Builder
 	b.WriteString(dir)
-	for _, cp := range policies {
+	for _, pe := range policies {
 		b.WriteString("|")
-		b.WriteString(cp.key)
+		b.WriteString(pe.parsed.key)
 		if dir != dirIngress {
 			continue
 		}
-		for _, rule := range cp.ingress {
+		for _, rule := range pe.parsed.ingress {
 			for _, port := range rule.ports {
 				if port.name == "" {
 					continue
@@ -165,54 +166,41 @@ func groupKey(dir string, t *podInfo, policies []*compiledPolicy) string {
 	return b.String()
 }
 
-// allow adds one policy's rules for one direction to a group, resolving
-// ingress named ports against t, a member of the group.
-func (c *policyCompiler) allow(g *policyGroup, t *podInfo, dir string, rules []*compiledRule) {
-	for _, rule := range rules {
-		addrs := c.ruleAddresses(rule)
-		if rule.anyPort {
-			g.anyPort = append(g.anyPort, addrs...)
+// groupAllowance is what a group allows, before it becomes set elements.
+type groupAllowance struct {
+	anyPort []span
+	ports   []portAllow
+}
+
+// allow adds one policy's resolved rules for one direction to a group's
+// allowance, resolving ingress named ports against t, a member of the
+// group (the group key holds how every member resolves them).
+func (g *groupAllowance) allow(t *podInfo, dir string, rules []resolvedRule) {
+	for _, rr := range rules {
+		if rr.rule.anyPort {
+			g.anyPort = append(g.anyPort, rr.addrs...)
 			continue
 		}
-		for _, port := range rule.ports {
+		for _, port := range rr.rule.ports {
 			switch {
 			case port.name == "":
-				g.ports = append(g.ports, portAllow{port.proto, port.rng, addrs})
+				g.ports = append(g.ports, portAllow{port.proto, port.rng, rr.addrs})
 			case dir == dirIngress:
 				// A named port of an ingress rule is the target's own port.
 				if n, ok := namedPort(t.pod, port.name, port.proto); ok {
-					g.ports = append(g.ports, portAllow{port.proto, portRange{n, n}, addrs})
-				}
-			default:
-				// A named port of an egress rule is each peer pod's port;
-				// a name no peer has allows nothing.
-				for _, peer := range c.egressNamedPortPeers(rule) {
-					if n, ok := namedPort(peer.pod, port.name, port.proto); ok {
-						g.ports = append(g.ports, portAllow{port.proto, portRange{n, n}, []span{addrSpan(c.peerIP(peer))}})
-					}
+					g.ports = append(g.ports, portAllow{port.proto, portRange{n, n}, rr.addrs})
 				}
 			}
 		}
+		g.ports = append(g.ports, rr.egressNamed...)
 	}
-}
-
-// ruleAddresses is the merged address set of a rule's peers.
-func (c *policyCompiler) ruleAddresses(rule *compiledRule) []span {
-	if rule.anyPeer {
-		return []span{allAddresses}
-	}
-	addrs := slices.Clone(rule.blocks)
-	for _, p := range rule.pods {
-		addrs = append(addrs, addrSpan(c.peerIP(p)))
-	}
-	return mergeSpans(addrs)
 }
 
 // egressNamedPortPeers lists the pods a named egress port is resolved
 // against: the selected pods, and the pods whose address an ipBlock (or no
 // peer at all, meaning everywhere) covers.
-func (c *policyCompiler) egressNamedPortPeers(rule *compiledRule) []*podInfo {
-	out := slices.Clone(rule.pods)
+func (c *policyCompiler) egressNamedPortPeers(rule *parsedRule, selected []*podInfo) []*podInfo {
+	out := slices.Clone(selected)
 	blocks := rule.blocks
 	if rule.anyPeer {
 		blocks = []span{allAddresses}
@@ -281,32 +269,74 @@ func (r *renderer) baseTable() *spec.NFTable {
 }
 
 // groupChain adds one policy group's chain and sets, and points its pods'
-// map entries at the chain.
+// map entries at the chain. The chain and sets come from the Cache while
+// the group's policies allow the same as when they were made.
 func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
-	prefix, peerSel, mapName, peerWord := "in", spec.SelIPSaddr, mapIngressPods, "sources"
+	mapName := mapIngressPods
 	if dir == dirEgress {
-		prefix, peerSel, mapName, peerWord = "eg", spec.SelIPDaddr, mapEgressPods, "destinations"
+		mapName = mapEgressPods
+	}
+	out := r.cache.group(g, func() *groupOutput { return renderGroup(dir, g) })
+	t.Sets = append(t.Sets, out.ports, out.all)
+	t.Chains = append(t.Chains, out.chain)
+	m := t.Set(mapName)
+	for _, p := range g.targets {
+		if dir == dirEgress {
+			p.entry.EgressChain = out.chain.Name
+		} else {
+			p.entry.IngressChain = out.chain.Name
+		}
+		m.Elements = append(m.Elements, spec.NFTElement{
+			Key: []string{p.entry.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: out.chain.Name}})
+	}
+}
+
+// groupOutput is a group's rendered chain and its two sets, elements sorted.
+type groupOutput struct {
+	chain      spec.NFTChain
+	ports, all spec.NFTSet
+}
+
+// renderGroup renders a group's chain and sets from its policies'
+// resolved rules.
+func renderGroup(dir string, g *policyGroup) *groupOutput {
+	prefix, peerSel, peerWord := "in", spec.SelIPSaddr, "sources"
+	if dir == dirEgress {
+		prefix, peerSel, peerWord = "eg", spec.SelIPDaddr, "destinations"
+	}
+	var allow groupAllowance
+	names := make([]string, 0, len(g.policies))
+	for _, pe := range g.policies {
+		names = append(names, pe.parsed.key)
+		rules := pe.res.ingress
+		if dir == dirEgress {
+			rules = pe.res.egress
+		}
+		allow.allow(g.targets[0], dir, rules)
 	}
 	chain := groupChainName(prefix, g.ns, g.key)
 	portsSet, anySet := chain+"-ports", chain+"-all"
-	portSet := spec.NFTSet{
-		Name: portsSet, Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
-		Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
+	out := &groupOutput{
+		ports: spec.NFTSet{
+			Name: portsSet, Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
+		},
+		all: spec.NFTSet{
+			Name: anySet, Type: []string{spec.TypeIPv4Addr}, Interval: true,
+			Comment: dir + " group " + chain + ": " + peerWord + " allowed on every port",
+		},
 	}
-	for _, e := range rectangles(g.ports) {
-		portSet.Elements = append(portSet.Elements, spec.NFTElement{Key: []string{e.addrs.String(), e.proto, e.ports.String()}})
+	for _, e := range rectangles(allow.ports) {
+		out.ports.Elements = append(out.ports.Elements, spec.NFTElement{Key: []string{e.addrs.String(), e.proto, e.ports.String()}})
 	}
-	allSet := spec.NFTSet{
-		Name: anySet, Type: []string{spec.TypeIPv4Addr}, Interval: true,
-		Comment: dir + " group " + chain + ": " + peerWord + " allowed on every port",
+	for _, s := range mergeSpans(allow.anyPort) {
+		out.all.Elements = append(out.all.Elements, spec.NFTElement{Key: []string{s.String()}})
 	}
-	for _, s := range mergeSpans(g.anyPort) {
-		allSet.Elements = append(allSet.Elements, spec.NFTElement{Key: []string{s.String()}})
-	}
-	t.Sets = append(t.Sets, portSet, allSet)
-	t.Chains = append(t.Chains, spec.NFTChain{
+	// rectangles and mergeSpans emit their elements in the document's
+	// canonical order already: no sort (TestCacheMatchesRender checks it).
+	out.chain = spec.NFTChain{
 		Name:    chain,
-		Comment: policiesComment(dir+" of pods isolated by NetworkPolicy ", g.policies),
+		Comment: policiesComment(dir+" of pods isolated by NetworkPolicy ", names),
 		Rules: []spec.NFTRule{
 			{Match: []spec.NFTMatch{{Selectors: []string{peerSel, spec.SelL4Proto, spec.SelTHDport}, Set: portsSet}},
 				Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
@@ -314,17 +344,8 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 				Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
 			{Verdict: spec.NFTVerdict{Kind: spec.VerdictDrop}},
 		},
-	})
-	m := t.Set(mapName)
-	for _, p := range g.targets {
-		if dir == dirEgress {
-			p.entry.EgressChain = chain
-		} else {
-			p.entry.IngressChain = chain
-		}
-		m.Elements = append(m.Elements, spec.NFTElement{
-			Key: []string{p.entry.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}})
 	}
+	return out
 }
 
 // nftCommentMax is nft's limit on a comment, which apply enforces.

@@ -44,6 +44,7 @@ const ExclusiveENIResource = "aliyun/eni"
 // renderer carries one render's indexes and output.
 type renderer struct {
 	cfg    Config
+	cache  *Cache
 	node   string
 	state  *spec.NodeState
 	pods   []*podInfo            // every pod, sorted by key
@@ -75,8 +76,14 @@ type podInfo struct {
 }
 
 // Render computes the node's document. It never fails on object content; it
-// returns an error only for an unusable configuration or no node.
+// returns an error only for an unusable configuration or no node. A Cache
+// renders the same document reusing the parts of its last render.
 func Render(in Inputs) (*spec.NodeState, error) {
+	return render(in, NewCache())
+}
+
+// render renders with the cache k, which the caller holds.
+func render(in Inputs, k *Cache) (*spec.NodeState, error) {
 	cfg := in.Config.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -86,6 +93,7 @@ func Render(in Inputs) (*spec.NodeState, error) {
 	}
 	r := &renderer{
 		cfg:   cfg,
+		cache: k,
 		node:  in.Node.Name,
 		state: spec.New(in.Node.Name, cfg.Mode),
 		byKey: map[string]*podInfo{},
@@ -119,7 +127,8 @@ func Render(in Inputs) (*spec.NodeState, error) {
 			r.state.Pods = append(r.state.Pods, *p.entry)
 		}
 	}
-	r.state.Canonicalize()
+	// Every set was built sorted: canonical order for the rest.
+	r.state.CanonicalizeOrder()
 	return r.state, nil
 }
 
@@ -307,8 +316,24 @@ func splitKey(key string) (namespace, name string) {
 	return "", key
 }
 
+// sortedCopy sorts a copy of items by key, computing each key once (keys
+// are joined strings; inputs usually arrive sorted already).
 func sortedCopy[T any](items []T, key func(T) string) []T {
-	out := slices.Clone(items)
-	slices.SortStableFunc(out, func(a, b T) int { return cmp.Compare(key(a), key(b)) })
+	type keyed struct {
+		key  string
+		item T
+	}
+	ks := make([]keyed, len(items))
+	for i, it := range items {
+		ks[i] = keyed{key(it), it}
+	}
+	byKey := func(a, b keyed) int { return cmp.Compare(a.key, b.key) }
+	if !slices.IsSortedFunc(ks, byKey) {
+		slices.SortStableFunc(ks, byKey)
+	}
+	out := make([]T, len(ks))
+	for i, k := range ks {
+		out[i] = k.item
+	}
 	return out
 }

@@ -39,11 +39,18 @@ func (s span) String() string {
 	if s.lo == s.hi {
 		return numAddr(s.lo).String()
 	}
+	// One buffer, one string: a large group's sets print thousands.
+	b := make([]byte, 0, len("255.255.255.255-255.255.255.255"))
+	b = numAddr(s.lo).AppendTo(b)
 	size := uint64(s.hi) - uint64(s.lo) + 1
 	if size&(size-1) == 0 && uint64(s.lo)%size == 0 {
-		return numAddr(s.lo).String() + "/" + strconv.Itoa(32-bits.TrailingZeros64(size))
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(32-bits.TrailingZeros64(size)), 10)
+	} else {
+		b = append(b, '-')
+		b = numAddr(s.hi).AppendTo(b)
 	}
-	return numAddr(s.lo).String() + "-" + numAddr(s.hi).String()
+	return string(b)
 }
 
 // mergeSpans sorts and coalesces overlapping and adjacent spans.
@@ -110,6 +117,10 @@ type portAllow struct {
 	addrs []span
 }
 
+func (a portAllow) equal(b portAllow) bool {
+	return a.proto == b.proto && a.ports == b.ports && slices.Equal(a.addrs, b.addrs)
+}
+
 // rect is one element of a ports set: addresses, protocol and ports.
 type rect struct {
 	addrs    span
@@ -171,10 +182,23 @@ func rectangles(allows []portAllow) []rect {
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b rect) int {
-		return cmp.Or(cmp.Compare(a.addrs.lo, b.addrs.lo), cmp.Compare(a.addrs.hi, b.addrs.hi),
-			cmp.Compare(a.protoNum, b.protoNum),
-			cmp.Compare(a.ports.lo, b.ports.lo), cmp.Compare(a.ports.hi, b.ports.hi))
+	// Two packed integers per element make the comparison cheap: this sort
+	// is most of the cost of rendering a large group.
+	type sortKey struct{ addrs, rest uint64 }
+	keyOf := func(r rect) sortKey {
+		return sortKey{uint64(r.addrs.lo)<<32 | uint64(r.addrs.hi), r.protoNum<<32 | uint64(r.ports.lo)<<16 | uint64(r.ports.hi)}
+	}
+	keys := make([]sortKey, len(out))
+	order := make([]int, len(out))
+	for i, r := range out {
+		keys[i], order[i] = keyOf(r), i
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		return cmp.Or(cmp.Compare(keys[a].addrs, keys[b].addrs), cmp.Compare(keys[a].rest, keys[b].rest))
 	})
-	return out
+	sorted := make([]rect, len(out))
+	for i, idx := range order {
+		sorted[i] = out[idx]
+	}
+	return sorted
 }

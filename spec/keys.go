@@ -69,19 +69,48 @@ func nsKey(ns string) string {
 // equal documents print as equal bytes. Rule order inside a chain is meaning
 // and is kept.
 func (s *NodeState) Canonicalize() {
+	s.canonicalize(true)
+}
+
+// CanonicalizeOrder is Canonicalize for a producer whose sets' elements are
+// already sorted (SortElements): it orders every section, sets and chains,
+// but leaves the elements of sets as they are. Sorting a large set again is
+// most of the cost of canonicalising a document, and render builds every
+// set sorted once, reusing unchanged ones from render to render.
+func (s *NodeState) CanonicalizeOrder() {
+	s.canonicalize(false)
+}
+
+func (s *NodeState) canonicalize(elements bool) {
 	sortByNetns(s.Links, func(l Link) (string, string) { return l.Netns, l.Name })
 	sortByNetns(s.Addresses, func(a Address) (string, string) { return a.Netns, a.Dev + "/" + a.CIDR })
-	slices.SortStableFunc(s.Routes, func(a, b Route) int {
-		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.TableID(), b.TableID()),
-			CompareValues(a.Dst, b.Dst))
-	})
-	slices.SortStableFunc(s.Rules, func(a, b Rule) int {
-		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Priority, b.Priority),
-			CompareValues(a.From, b.From), CompareValues(a.To, b.To))
-	})
-	slices.SortStableFunc(s.Neighbors, func(a, b Neighbor) int {
-		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Dev, b.Dev), CompareValues(a.IP, b.IP))
-	})
+	type routeKey struct {
+		netns string
+		table int
+		dst   valueKey
+	}
+	sortDecorated(s.Routes, func(r Route) routeKey { return routeKey{r.Netns, r.TableID(), parseValueKey(r.Dst)} },
+		func(a, b routeKey) int {
+			return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.table, b.table), compareValueKeys(a.dst, b.dst))
+		})
+	type ruleKey struct {
+		netns    string
+		priority int
+		from, to valueKey
+	}
+	sortDecorated(s.Rules, func(r Rule) ruleKey { return ruleKey{r.Netns, r.Priority, parseValueKey(r.From), parseValueKey(r.To)} },
+		func(a, b ruleKey) int {
+			return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.priority, b.priority),
+				compareValueKeys(a.from, b.from), compareValueKeys(a.to, b.to))
+		})
+	type neighborKey struct {
+		netns, dev string
+		ip         valueKey
+	}
+	sortDecorated(s.Neighbors, func(n Neighbor) neighborKey { return neighborKey{n.Netns, n.Dev, parseValueKey(n.IP)} },
+		func(a, b neighborKey) int {
+			return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.dev, b.dev), compareValueKeys(a.ip, b.ip))
+		})
 	sortByNetns(s.Sysctls, func(c Sysctl) (string, string) { return c.Netns, c.Path })
 	sortByNetns(s.TC, func(q Qdisc) (string, string) { return q.Netns, q.Dev })
 	sortBy(s.Pods, func(p Pod) string { return p.Key })
@@ -91,11 +120,11 @@ func (s *NodeState) Canonicalize() {
 	})
 	s.Problems = slices.Compact(s.Problems)
 	if s.NFTables != nil {
-		s.NFTables.Canonicalize()
+		s.NFTables.canonicalize(elements)
 	}
 	sortBy(s.PodNFTables, PodNFTable.Key)
 	for i := range s.PodNFTables {
-		s.PodNFTables[i].Table.Canonicalize()
+		s.PodNFTables[i].Table.canonicalize(elements)
 	}
 	if s.ENI != nil {
 		sortBy(s.ENI.ENIs, func(e ENIWant) string { return e.Name })
@@ -111,9 +140,15 @@ func (s *NodeState) Canonicalize() {
 // Canonicalize sorts sets by name, elements by value, and chains with base
 // chains first, then by name.
 func (t *NFTable) Canonicalize() {
+	t.canonicalize(true)
+}
+
+func (t *NFTable) canonicalize(elements bool) {
 	sortBy(t.Sets, func(s NFTSet) string { return s.Name })
 	for i := range t.Sets {
-		sortElements(t.Sets[i].Elements)
+		if elements {
+			SortElements(t.Sets[i].Elements)
+		}
 	}
 	slices.SortStableFunc(t.Chains, func(a, b NFTChain) int {
 		if (a.Hook == "") != (b.Hook == "") {
@@ -124,6 +159,32 @@ func (t *NFTable) Canonicalize() {
 		}
 		return cmp.Compare(a.Name, b.Name)
 	})
+}
+
+// sortDecorated sorts items stably by a key computed once per item (keys
+// that parse values would otherwise be parsed on every comparison), and
+// writes nothing when they are in order already.
+func sortDecorated[T, K any](items []T, key func(T) K, compare func(a, b K) int) {
+	if len(items) < 2 {
+		return
+	}
+	keys := make([]K, len(items))
+	for i, it := range items {
+		keys[i] = key(it)
+	}
+	if slices.IsSortedFunc(keys, compare) {
+		return
+	}
+	order := make([]int, len(items))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return compare(keys[a], keys[b]) })
+	sorted := make([]T, len(items))
+	for i, idx := range order {
+		sorted[i] = items[idx]
+	}
+	copy(items, sorted)
 }
 
 func sortBy[T any](items []T, key func(T) string) {
@@ -154,11 +215,11 @@ func compareValueKeys(a, b valueKey) int {
 	return cmp.Compare(a.text, b.text)
 }
 
-// sortElements sorts elements as CompareElements does, parsing each value
+// SortElements sorts elements as CompareElements does, parsing each value
 // once into a flat buffer rather than on every comparison (sets reach
 // 100,000 elements), and not at all moving elements that are already in
-// order, as render emits them.
-func sortElements(elems []NFTElement) {
+// order: it writes nothing then, so a shared sorted set may be passed.
+func SortElements(elems []NFTElement) {
 	if len(elems) < 2 {
 		return
 	}

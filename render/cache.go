@@ -1,0 +1,344 @@
+package render
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Cache renders like Render, but keeps the expensive parts of its last
+// render and reuses each one whose inputs did not change:
+//
+//   - each policy parsed (selectors, ports, problems), while the policy
+//     object is the same;
+//   - each policy resolved against the pods (its targets, its rules' peer
+//     addresses and egress named ports), until a pod or namespace it may
+//     depend on changes;
+//   - each policy group's chain and sets (elements built and sorted once),
+//     while its policies' rules resolve to the same addresses.
+//
+// A change finds what it touches through indexes rather than by looking at
+// every policy: policies by their namespace (their targets and same
+// namespace peers), policies by the namespaces their namespaceSelector
+// peers cover, and the few policies whose egress named ports are resolved
+// against every pod. A changed pod (labels, address, whether its network
+// rendered) marks only the policies whose selectors match it before or
+// after, in those lists.
+//
+// Per-pod datapath items, the verdict maps and the source validation set
+// are rebuilt on every render: they cost little per pod.
+//
+// The document is the same, byte for byte, as Render's for the same inputs
+// (TestCacheMatchesRender checks it after every one of a long random
+// sequence of changes). Inputs are read-only, as in Render: an object that
+// changes is a new object (informers and the file source replace, never
+// modify), which is how the cache tells a changed object. Documents
+// returned share their unchanged sets' elements and chains with each
+// other and with the cache: callers must not modify them.
+//
+// A Cache is safe for concurrent use; renders run one at a time.
+type Cache struct {
+	mu sync.Mutex
+
+	primed bool
+	cfg    Config
+	// nsLabels are the labels selectors saw on each namespace last time.
+	nsLabels map[string]labels.Set
+	// entries are the policies of the last render, by namespace/name.
+	entries map[string]*policyEntry
+	// views are what each pod looked like to policy at the last render.
+	views map[string]podView
+
+	// The indexes: which policies a change of a pod of a namespace may
+	// touch. Rebuilt when the policies or the namespaces change.
+	indexStale bool
+	byNS       map[string][]*policyEntry // policies of the namespace
+	peerNS     map[string][]*policyEntry // policies with a namespaceSelector peer covering it
+	everyPod   []*policyEntry            // policies that depend on every pod
+
+	groups   map[string]*groupEntry // by group key
+	used     map[string]bool        // group keys of the render under way
+	versions uint64                 // the last version handed out
+
+	stats CacheStats
+}
+
+// CacheStats counts what the last render recomputed and what it reused.
+type CacheStats struct {
+	Policies         int // policies in the render
+	PoliciesParsed   int // parsed again: new or changed objects
+	PoliciesResolved int // resolved again against the pods
+	Groups           int // policy groups in the render
+	GroupsRendered   int // groups whose chain and sets were built again
+}
+
+// policyEntry is one policy in the cache.
+type policyEntry struct {
+	parsed *parsedPolicy
+	res    *resolution // nil: not resolved yet
+	// dirty is set when a change may have changed res.
+	dirty bool
+	// version changes whenever res's rules change: groups made with
+	// another version are rendered again.
+	version uint64
+	// nsPeers tells whether a peer has a namespaceSelector.
+	nsPeers bool
+}
+
+// podView is what policies see of a pod: its object (labels, ports), its
+// address as a peer, and whether it is a target (local, network rendered).
+type podView struct {
+	pod    *corev1.Pod
+	peerIP netip.Addr
+	target bool
+}
+
+// groupEntry is a rendered group and the versions of its policies then.
+type groupEntry struct {
+	versions []uint64
+	out      *groupOutput
+}
+
+// NewCache returns an empty cache.
+func NewCache() *Cache { return &Cache{} }
+
+// Render renders the node's document from in, as Render does.
+func (k *Cache) Render(in Inputs) (*spec.NodeState, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return render(in, k)
+}
+
+// Stats returns the counts of the last render.
+func (k *Cache) Stats() CacheStats {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.stats
+}
+
+// reset forgets everything: for the first render and a new configuration.
+func (k *Cache) reset(cfg Config) {
+	k.primed, k.cfg, k.nsLabels, k.views = true, cfg, nil, nil
+	k.entries, k.groups, k.indexStale = map[string]*policyEntry{}, map[string]*groupEntry{}, true
+}
+
+func (k *Cache) nextVersion() uint64 {
+	k.versions++
+	return k.versions
+}
+
+// policies brings every policy of this render up to date and returns
+// their entries in the order given (name order), resolved.
+func (k *Cache) policies(c *policyCompiler, nps []*networkingv1.NetworkPolicy) []*policyEntry {
+	r := c.r
+	if !k.primed || k.cfg != r.cfg {
+		k.reset(r.cfg)
+	}
+	k.stats = CacheStats{Policies: len(nps)}
+	out := make([]*policyEntry, 0, len(nps))
+	seen := make(map[string]bool, len(nps))
+	for _, np := range nps {
+		key := np.Namespace + "/" + np.Name
+		if seen[key] {
+			// A second object of one name (files may hold both): it
+			// renders as Render always did, but is never kept.
+			k.stats.PoliciesParsed++
+			out = append(out, newEntry(np))
+			continue
+		}
+		seen[key] = true
+		e := k.entries[key]
+		if e == nil || e.parsed.np != np {
+			k.stats.PoliciesParsed++
+			e = newEntry(np)
+			k.entries[key] = e
+			k.indexStale = true
+		}
+		out = append(out, e)
+	}
+	for key := range k.entries {
+		if !seen[key] {
+			delete(k.entries, key)
+			k.indexStale = true
+		}
+	}
+	if !maps.EqualFunc(k.nsLabels, c.nsLabels, labels.Equals) {
+		// Rare: a namespace's labels changed, or one came or went. Only
+		// namespaceSelector peers read them.
+		for _, e := range k.entries {
+			e.dirty = e.dirty || e.nsPeers
+		}
+		k.nsLabels = c.nsLabels
+		k.indexStale = true
+	}
+	if k.indexStale {
+		k.rebuildIndex()
+	}
+	k.comparePods(c)
+	for _, e := range out {
+		if e.res != nil && !e.dirty {
+			continue
+		}
+		k.stats.PoliciesResolved++
+		res := &resolution{}
+		if e.parsed.podSel != nil {
+			res = c.resolve(e.parsed)
+		}
+		if e.res == nil || !res.sameRules(e.res) {
+			e.version = k.nextVersion()
+		}
+		e.res, e.dirty = res, false
+	}
+	k.used = map[string]bool{}
+	return out
+}
+
+func newEntry(np *networkingv1.NetworkPolicy) *policyEntry {
+	e := &policyEntry{parsed: parsePolicy(np)}
+	for _, rule := range slices.Concat(e.parsed.ingress, e.parsed.egress) {
+		for _, peer := range rule.peers {
+			e.nsPeers = e.nsPeers || peer.nsSel != nil
+		}
+	}
+	return e
+}
+
+// rebuildIndex indexes the entries by the namespaces whose pods they
+// select.
+func (k *Cache) rebuildIndex() {
+	k.byNS, k.peerNS, k.everyPod = map[string][]*policyEntry{}, map[string][]*policyEntry{}, nil
+	for _, e := range k.entries {
+		pp := e.parsed
+		if pp.podSel == nil {
+			continue // selects nothing whatever the pods
+		}
+		k.byNS[pp.ns] = append(k.byNS[pp.ns], e)
+		if pp.everyPod {
+			k.everyPod = append(k.everyPod, e)
+		}
+		if !e.nsPeers {
+			continue
+		}
+		for ns, set := range k.nsLabels {
+			if coversNamespace(pp, ns, set) {
+				k.peerNS[ns] = append(k.peerNS[ns], e)
+			}
+		}
+	}
+	k.indexStale = false
+}
+
+// coversNamespace tells whether a namespaceSelector peer of the policy
+// looks for pods in namespace ns.
+func coversNamespace(pp *parsedPolicy, ns string, set labels.Set) bool {
+	for _, rule := range slices.Concat(pp.ingress, pp.egress) {
+		for _, peer := range rule.peers {
+			if peer.nsSel != nil && peer.nsSel.Matches(set) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// comparePods compares every pod's view with the last render's and marks
+// the policies a changed pod may touch.
+func (k *Cache) comparePods(c *policyCompiler) {
+	views := make(map[string]podView, len(k.views))
+	for _, p := range c.r.pods {
+		if p.pod != nil {
+			views[p.key] = podView{pod: p.pod, peerIP: c.peerIP(p), target: p.entry != nil}
+		}
+	}
+	for key, v := range views {
+		if old, ok := k.views[key]; !ok || old != v {
+			k.podChanged(key, old, v)
+		}
+	}
+	for key, old := range k.views {
+		if _, ok := views[key]; !ok {
+			k.podChanged(key, old, podView{})
+		}
+	}
+	k.views = views
+}
+
+// podChanged marks the policies that select the pod, before or after its
+// change, as targets or as peers.
+func (k *Cache) podChanged(key string, before, after podView) {
+	ns, _ := splitKey(key)
+	check := func(e *policyEntry) {
+		if e.dirty || e.res == nil {
+			return
+		}
+		for _, v := range []podView{before, after} {
+			if v.pod != nil && k.mayTouch(e.parsed, ns, v) {
+				e.dirty = true
+				return
+			}
+		}
+	}
+	for _, list := range [][]*policyEntry{k.byNS[ns], k.peerNS[ns], k.everyPod} {
+		for _, e := range list {
+			check(e)
+		}
+	}
+}
+
+// mayTouch tells whether the policy selects the pod seen as v, of
+// namespace ns, as a target or as a peer; or depends on every pod.
+func (k *Cache) mayTouch(pp *parsedPolicy, ns string, v podView) bool {
+	if pp.everyPod {
+		return true
+	}
+	set := labels.Set(v.pod.Labels)
+	if v.target && pp.ns == ns && pp.podSel.Matches(set) {
+		return true
+	}
+	if !v.peerIP.IsValid() {
+		return false
+	}
+	for _, rule := range slices.Concat(pp.ingress, pp.egress) {
+		for i := range rule.peers {
+			peer := &rule.peers[i]
+			if peer.covers(pp, ns, k.nsLabels) && peer.podSel.Matches(set) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// group returns the group's chain and sets: the cached ones when its
+// policies resolve as when they were made, else newly rendered ones.
+func (k *Cache) group(g *policyGroup, render func() *groupOutput) *groupOutput {
+	k.stats.Groups++
+	versions := make([]uint64, len(g.policies))
+	for i, pe := range g.policies {
+		versions[i] = pe.version
+	}
+	k.used[g.key] = true
+	if e := k.groups[g.key]; e != nil && slices.Equal(e.versions, versions) {
+		return e.out
+	}
+	k.stats.GroupsRendered++
+	out := render()
+	k.groups[g.key] = &groupEntry{versions: versions, out: out}
+	return out
+}
+
+// endGroups forgets the groups this render did not use.
+func (k *Cache) endGroups() {
+	for key := range k.groups {
+		if !k.used[key] {
+			delete(k.groups, key)
+		}
+	}
+}

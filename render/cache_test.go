@@ -1,0 +1,317 @@
+package render
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// churn is a cluster that a random sequence of changes walks through. Every
+// change replaces objects, never modifies one, as informers do.
+type churn struct {
+	rng  *rand.Rand
+	in   Inputs
+	nss  []string
+	next int // for new names and addresses
+}
+
+func newChurn(seed uint64) *churn {
+	c := &churn{rng: rand.New(rand.NewPCG(seed, 0xcac4e))}
+	c.in = Inputs{Node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{PodCIDR: "198.18.0.0/24"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.19.255.1"}}}}}
+	c.nss = []string{"x", "y", "z"}
+	for _, ns := range c.nss {
+		c.in.Namespaces = append(c.in.Namespaces, c.namespace(ns))
+	}
+	for range 16 {
+		c.addPod()
+	}
+	for i := range 8 {
+		c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, i, c.nss))
+	}
+	return c
+}
+
+func (c *churn) pick(n int) int { return c.rng.IntN(n) }
+
+func (c *churn) namespace(name string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
+		Labels: map[string]string{"team": []string{"a", "b"}[c.pick(2)]}}}
+}
+
+// addPod adds a pod here (half of them with an allocation, as after ADD)
+// or on another node, with an address of its own or, now and then, one
+// another pod has.
+func (c *churn) addPod() {
+	c.next++
+	i := c.next
+	ns := c.nss[c.pick(len(c.nss))]
+	local := c.pick(2) == 0
+	ip := fmt.Sprintf("198.18.%d.%d", map[bool]int{true: 0, false: 1}[local], 2+i%250)
+	if c.pick(20) == 0 && len(c.in.Pods) > 0 {
+		ip = c.in.Pods[c.pick(len(c.in.Pods))].Status.PodIP // a clash
+	}
+	node := "n2"
+	if local {
+		node = "n1"
+	}
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("p%d", i), UID: types.UID(fmt.Sprint("u", i)), Labels: c.podLabels()},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Ports: c.ports()}}},
+		Status:     corev1.PodStatus{PodIP: ip},
+	}
+	c.in.Pods = append(c.in.Pods, p)
+	if local && c.pick(3) > 0 {
+		c.allocate(p)
+	}
+}
+
+func (c *churn) podLabels() map[string]string {
+	return map[string]string{"app": []string{"web", "db", "api"}[c.pick(3)], "tier": []string{"1", "2"}[c.pick(2)]}
+}
+
+func (c *churn) ports() []corev1.ContainerPort {
+	return []corev1.ContainerPort{
+		{Name: "http", ContainerPort: int32([]int{80, 8080, 8000}[c.pick(3)])},
+		{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP},
+	}
+}
+
+func (c *churn) allocate(p *corev1.Pod) {
+	c.in.Allocations = append(c.in.Allocations, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
+		Spec: spec.AllocationSpec{IP: p.Status.PodIP, Netns: "/var/run/netns/" + p.Name, ContainerID: "c" + p.Name, Seq: uint64(c.next)}})
+}
+
+// replacePod swaps pod i for a changed copy.
+func (c *churn) replacePod(i int, change func(*corev1.Pod)) {
+	p := c.in.Pods[i].DeepCopy()
+	change(p)
+	c.in.Pods = slices.Clone(c.in.Pods)
+	c.in.Pods[i] = p
+}
+
+// step makes one random change and says which.
+func (c *churn) step() string {
+	in := &c.in
+	switch n := c.pick(100); {
+	case n < 12 && len(in.Pods) < 50:
+		c.addPod()
+		return "add pod"
+	case n < 20 && len(in.Pods) > 0:
+		i := c.pick(len(in.Pods))
+		in.Pods = slices.Delete(slices.Clone(in.Pods), i, i+1)
+		return "delete pod"
+	case n < 34 && len(in.Pods) > 0:
+		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.Labels = c.podLabels() })
+		return "relabel pod"
+	case n < 38 && len(in.Pods) > 0:
+		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.Spec.Containers[0].Ports = c.ports() })
+		return "change container ports"
+	case n < 42 && len(in.Pods) > 0:
+		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) {
+			p.Status.PodIP = []string{"", fmt.Sprintf("198.18.1.%d", 2+c.pick(250)), "not-an-ip"}[c.pick(3)]
+		})
+		return "change pod IP"
+	case n < 44 && len(in.Pods) > 0:
+		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })
+		return "pod ends"
+	case n < 47 && len(in.Pods) > 0:
+		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) {
+			p.Annotations = map[string]string{AnnotationKubeIngress: []string{"10M", "1G", "fast"}[c.pick(3)]}
+		})
+		return "bandwidth annotation"
+	case n < 57 && len(in.Pods) > 0:
+		p := in.Pods[c.pick(len(in.Pods))]
+		in.Allocations = slices.Clone(in.Allocations)
+		c.allocate(p) // ADD (of a pod elsewhere: refused; a second: a duplicate)
+		return "allocation added"
+	case n < 65 && len(in.Allocations) > 0:
+		i := c.pick(len(in.Allocations))
+		in.Allocations = slices.Delete(slices.Clone(in.Allocations), i, i+1)
+		return "allocation removed"
+	case n < 75 && len(in.Policies) < 30:
+		c.next++
+		in.Policies = append(slices.Clone(in.Policies), randomPolicy(c.rng, c.next, c.nss))
+		return "add policy"
+	case n < 85 && len(in.Policies) > 0:
+		i := c.pick(len(in.Policies))
+		np := randomPolicy(c.rng, 0, c.nss)
+		np.Namespace, np.Name = in.Policies[i].Namespace, in.Policies[i].Name
+		if c.pick(10) == 0 {
+			np.Spec.PodSelector.MatchLabels = map[string]string{"bad key!": "x"}
+		}
+		in.Policies = slices.Clone(in.Policies)
+		in.Policies[i] = np
+		return "edit policy"
+	case n < 91 && len(in.Policies) > 0:
+		i := c.pick(len(in.Policies))
+		in.Policies = slices.Delete(slices.Clone(in.Policies), i, i+1)
+		return "delete policy"
+	case n < 95:
+		i := c.pick(len(in.Namespaces) + 1)
+		in.Namespaces = slices.Clone(in.Namespaces)
+		switch {
+		case i == len(in.Namespaces):
+			ns := fmt.Sprintf("n%d", c.next)
+			c.next++
+			c.nss = append(c.nss, ns)
+			in.Namespaces = append(in.Namespaces, c.namespace(ns))
+			return "add namespace"
+		case c.pick(4) == 0:
+			in.Namespaces = slices.Delete(in.Namespaces, i, i+1)
+			return "delete namespace object"
+		default:
+			in.Namespaces[i] = c.namespace(in.Namespaces[i].Name)
+			return "relabel namespace"
+		}
+	case n < 97:
+		if len(in.Policies) > 0 {
+			in.Policies = append(slices.Clone(in.Policies), in.Policies[c.pick(len(in.Policies))])
+			return "policy listed twice"
+		}
+		return "nothing"
+	case n < 98:
+		node := in.Node.DeepCopy()
+		node.Spec.PodCIDR = []string{"198.18.0.0/24", "198.18.0.0/25", "300.1.0.0/24"}[c.pick(3)]
+		in.Node = node
+		return "node podCIDR"
+	case n < 99:
+		in.Config.MTU = []int{0, 1500, 9000}[c.pick(3)]
+		return "config"
+	default:
+		return "nothing"
+	}
+}
+
+// TestCacheMatchesRender walks random clusters through 10,000 random
+// changes in all (pods, labels, addresses, allocations, policies,
+// namespaces, the node, the configuration) and compares, after every one,
+// the cached render with a render from scratch, byte for byte. Each
+// document is also checked to be canonical: the sets render builds sorted
+// need no sort.
+func TestCacheMatchesRender(t *testing.T) {
+	steps, walks := 2500, 4
+	if testing.Short() {
+		steps = 250
+	}
+	total, reused, groups := 0, 0, 0
+	for walk := range walks {
+		c := newChurn(uint64(walk + 1))
+		k := NewCache()
+		var history []string
+		for step := range steps {
+			what := c.step()
+			history = append(history, what)
+			got, err := k.Render(c.in)
+			want, werr := Render(c.in)
+			if (err == nil) != (werr == nil) {
+				t.Fatalf("walk %d step %d (%s): cache error %v, render error %v", walk, step, what, err, werr)
+			}
+			total++
+			if err != nil {
+				continue
+			}
+			st := k.Stats()
+			reused += st.Groups - st.GroupsRendered
+			groups += st.Groups
+			gotJSON, wantJSON := mustJSON(t, got), mustJSON(t, want)
+			if string(gotJSON) != string(wantJSON) {
+				t.Fatalf("walk %d step %d (%s): the cached render differs from a render from scratch\nlast changes: %v\ncached:\n%s\nfrom scratch:\n%s",
+					walk, step, what, history[max(0, len(history)-5):], gotJSON, wantJSON)
+			}
+			if step%8 == 0 {
+				canon := want.Clone()
+				canon.Canonicalize()
+				if string(mustJSON(t, canon)) != string(wantJSON) {
+					t.Fatalf("walk %d step %d (%s): render's document is not canonical", walk, step, what)
+				}
+			}
+		}
+	}
+	t.Logf("%d renders compared, 0 differences; %d of %d groups reused", total, reused, groups)
+	if reused == 0 {
+		t.Error("the cache never reused a group: the comparison proves nothing about reuse")
+	}
+}
+
+func mustJSON(t *testing.T, s *spec.NodeState) []byte {
+	t.Helper()
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestCacheTouchesOnlyWhatChanged checks the indexes: a change recomputes
+// the policies and groups it can affect, not the others.
+func TestCacheTouchesOnlyWhatChanged(t *testing.T) {
+	c := newChurn(42)
+	for i := range 40 {
+		c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, 100+i, c.nss))
+	}
+	k := NewCache()
+	if _, err := k.Render(c.in); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Render(c.in); err != nil {
+		t.Fatal(err)
+	}
+	if st := k.Stats(); st.PoliciesParsed != 0 || st.PoliciesResolved != 0 || st.GroupsRendered != 0 {
+		t.Fatalf("nothing changed, yet %+v", st)
+	}
+	// A policy edit: that policy alone is parsed and resolved.
+	i := slices.IndexFunc(c.in.Policies, func(np *networkingv1.NetworkPolicy) bool { return np.Name == "np100" })
+	edited := c.in.Policies[i].DeepCopy()
+	edited.Spec.Ingress = nil
+	c.in.Policies = slices.Clone(c.in.Policies)
+	c.in.Policies[i] = edited
+	if _, err := k.Render(c.in); err != nil {
+		t.Fatal(err)
+	}
+	if st := k.Stats(); st.PoliciesParsed != 1 || st.PoliciesResolved != 1 {
+		t.Fatalf("one policy edited: %+v", st)
+	}
+	// A pod in a namespace no policy looks at, with labels none selects.
+	c.nss = append(c.nss, "quiet")
+	c.in.Namespaces = append(slices.Clone(c.in.Namespaces), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "quiet", Labels: map[string]string{"team": "none"}}})
+	if _, err := k.Render(c.in); err != nil {
+		t.Fatal(err)
+	}
+	c.in.Pods = append(slices.Clone(c.in.Pods), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "quiet", Name: "alone", Labels: map[string]string{"other": "x"}},
+		Spec: corev1.PodSpec{NodeName: "n2"}, Status: corev1.PodStatus{PodIP: "198.18.1.250"}})
+	if _, err := k.Render(c.in); err != nil {
+		t.Fatal(err)
+	}
+	st := k.Stats()
+	// Only policies with a peer that selects it (through an empty or
+	// negative selector) or that depend on every pod may be resolved again.
+	wide := 0
+	for _, np := range c.in.Policies {
+		pp := parsePolicy(np)
+		for _, rule := range slices.Concat(pp.ingress, pp.egress) {
+			for _, peer := range rule.peers {
+				if peer.nsSel != nil && peer.nsSel.Matches(labels.Set{"team": "none", corev1.LabelMetadataName: "quiet"}) &&
+					peer.podSel.Matches(labels.Set{"other": "x"}) {
+					wide++
+				}
+			}
+		}
+		if pp.everyPod {
+			wide++
+		}
+	}
+	if st.PoliciesResolved > wide {
+		t.Fatalf("a pod no selector can match made %d policies resolve again (at most %d select every pod): %+v", st.PoliciesResolved, wide, st)
+	}
+}
