@@ -34,6 +34,10 @@ type Agent struct {
 	m     *metrics
 	// addMu guards the queue of ADDs waiting to be set up together
 	// (add_batch.go); addLeading says one of them is taking the lock.
+	// renders keeps the parts of the last render that later ones reuse:
+	// an ADD renders the node, and its cost must not grow with the
+	// cluster's policies.
+	renders    *render.Cache
 	addMu      sync.Mutex
 	addQueue   []*addWaiter
 	addLeading bool
@@ -109,6 +113,7 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 		cfg: cfg, log: cfg.Logger, src: src, store: st, reg: reg,
 		eng: engine.New(reg), m: m, events: newProblemEvents(cfg.Logger, cfg.NodeName, cfg.Events),
 		clock: clock.RealClock{}, status: newStatusTracker(clock.RealClock{}),
+		renders: render.NewCache(),
 	}
 	a.runner = newRunner(a.sync, src.Synced, cfg.MinSyncInterval, cfg.ResyncInterval, a.clock)
 	// /plan has an engine of its own: its full plans read nftables back
@@ -235,7 +240,7 @@ func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
 		return nil, err
 	}
 	a.m.allocations.Set(float64(len(allocs)))
-	return render.Render(render.Inputs{
+	return a.renders.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
 		Policies: snap.Policies, Allocations: allocs, ENIs: a.eniInputs(),
 	})
