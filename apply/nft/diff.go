@@ -52,9 +52,9 @@ type plan struct {
 // one by one; a larger change reads the whole set back.
 const verifyPerElemMax = 16
 
-// elemCheck is what a transaction changed in a set it kept, when that is
-// not an interval set (so that a key names exactly one element): the
-// elements that must now be there as written, and those that must be gone.
+// elemCheck is what a transaction changed in a set it kept: the elements
+// that must now be there as written, and those that must be gone (getElem
+// reads an interval back whole, so a key names exactly one element).
 // Reading back these few instead of the whole set keeps a pod's change
 // from costing a read of every pod's element of a map.
 type elemCheck struct {
@@ -411,7 +411,10 @@ func (d *differ) elems(ws, hs *set) {
 	}
 	switch {
 	case len(adds)+len(dels) == 0:
-	case !ws.interval && !hs.interval && len(adds)+len(gone) <= verifyPerElemMax:
+	case ws.interval == hs.interval && len(adds)+len(gone) <= verifyPerElemMax:
+		// A few elements of a kept set: read back those, not the set (a
+		// pod's ADD adds its address to every group set it is a peer in;
+		// reading each whole set back would cost the node's size).
 		p.verifyElems[ws.name] = &elemCheck{set: ws, present: adds, absent: gone}
 	default:
 		p.verifySets[ws.name] = ws

@@ -176,21 +176,67 @@ func readElems(c *conn, s *set) error {
 	return nil
 }
 
-// getElem asks the kernel for the element of set s (not an interval set)
-// with e's key, and returns it as the kernel holds it, or nil when there is
-// none.
+// getElem asks the kernel for the element of set s with e's key, and
+// returns it as the kernel holds it, or nil when the answers show no
+// element exactly e. A get of an interval finds the one holding the key,
+// or a neighbour, which then differs from e; an answer that differs is
+// not proof of absence (verifyElems reads the set back then).
+//
+// A one-field interval set keeps an interval as two kernel elements, its
+// start and, flagged, the key after its end. The start is asked for by its
+// key, the end as the first end after the start (the kernel answers an
+// end query with the end at or after the key): an interval split in two,
+// or one ending elsewhere, then pairs into something other than e. No end
+// after the start means an interval open to the top. A concatenation
+// keeps an interval as one element with its end. An interval open to the
+// top is never confirmed this way (nil: verifyElems reads the set back).
 func getElem(c *conn, s *set, e *elem) (*elem, error) {
-	a := append(attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, spec.NFTTable), attrStr(unix.NFTA_SET_ELEM_LIST_SET, s.name)...)
-	a = append(a, nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, nested(unix.NFTA_LIST_ELEM, wireElems(s, e, false)[0]))...)
-	m, err := c.get(unix.NFT_MSG_GETSETELEM, familyInet, a)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
+	query := func(w []byte) (*msg, error) {
+		a := append(attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, spec.NFTTable), attrStr(unix.NFTA_SET_ELEM_LIST_SET, s.name)...)
+		a = append(a, nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, nested(unix.NFTA_LIST_ELEM, w))...)
+		m, err := c.get(unix.NFT_MSG_GETSETELEM, familyInet, a)
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
+		}
+		return &m, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
+	wires := wireElems(s, e, false)
+	if s.interval && len(s.types) == 1 {
+		if _, closed := next(e.key[0].hi); !closed {
+			// Open to the top: no end query can tell it from one that
+			// ends somewhere (the kernel answers some with no element).
+			return nil, nil
+		}
+		wires = wires[:1] // the start; the end is asked for below
 	}
-	got := &set{name: s.name, types: s.types, typeNames: s.typeNames, verdict: s.verdict, elems: map[string]*elem{}}
-	if err := decodeElems(got, []msg{m}); err != nil {
+	var ms []msg
+	for _, w := range wires {
+		m, err := query(w)
+		if m == nil || err != nil {
+			return nil, err
+		}
+		ms = append(ms, *m)
+	}
+	if s.interval && len(s.types) == 1 {
+		if after, ok := next(e.key[0].lo); ok {
+			m, err := query(append(attrU32(unix.NFTA_SET_ELEM_FLAGS, unix.NFT_SET_ELEM_INTERVAL_END),
+				nested(unix.NFTA_SET_ELEM_KEY, attr(unix.NFTA_DATA_VALUE, after))...))
+			if errors.Is(err, unix.EPROTO) {
+				m, err = nil, nil // acked with no element: no end found
+			}
+			if err != nil {
+				return nil, err
+			}
+			if m != nil {
+				ms = append(ms, *m)
+			}
+		}
+	}
+	got := &set{name: s.name, types: s.types, typeNames: s.typeNames, interval: s.interval, verdict: s.verdict, elems: map[string]*elem{}}
+	if err := decodeElems(got, ms); err != nil {
 		return nil, fmt.Errorf("decode element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
 	}
 	return got.elems[e.text], nil

@@ -74,3 +74,108 @@ func TestVerifyElemsReadsBackTouchedElements(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyElemsOfIntervalSets: a few intervals changed in kept interval
+// sets, one field (two kernel elements per interval) and a concatenation
+// (one element with its end), are read back one by one, and the read-back
+// catches an interval missing, one the kernel holds wider, and one still
+// there after its deletion.
+func TestVerifyElemsOfIntervalSets(t *testing.T) {
+	e := newEnv(t, "verifyintervals")
+	doc := func(addrs []string, concat [][]string) *spec.NFTable {
+		t := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable,
+			Sets: []spec.NFTSet{
+				{Name: "addrs", Type: []string{spec.TypeIPv4Addr}, Interval: true},
+				{Name: "ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true},
+			}}
+		for _, a := range addrs {
+			t.Sets[0].Elements = append(t.Sets[0].Elements, spec.NFTElement{Key: []string{a}})
+		}
+		for _, k := range concat {
+			t.Sets[1].Elements = append(t.Sets[1].Elements, spec.NFTElement{Key: k})
+		}
+		t.Canonicalize()
+		return t
+	}
+	before := doc([]string{"198.18.0.1", "198.18.0.4-198.18.0.6", "198.18.1.0/24", "198.18.200.0-255.255.255.255"},
+		[][]string{{"198.18.0.1", "tcp", "80"}, {"198.18.0.4-198.18.0.6", "udp", "53-54"}})
+	after := doc([]string{"198.18.0.1", "198.18.0.8", "198.18.1.0/24", "198.18.200.0-255.255.255.255"},
+		[][]string{{"198.18.0.1", "tcp", "80"}, {"198.18.0.9", "tcp", "8080-8090"}})
+	e.apply(before)
+	want, _, err := canonical(after, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have, _, err := canonical(before, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := diff(e.ns, want, have, have, DefaultReplaceCost, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.verifySets) != 0 || p.verifyElems["addrs"] == nil || p.verifyElems["ports"] == nil {
+		t.Fatalf("a few intervals changed: verifySets %v, verifyElems %v; want both sets element by element", sortedKeys(p.verifySets), sortedKeys(p.verifyElems))
+	}
+	e.apply(after) // commits, and so verifies, through the same path
+
+	c, err := dial(e.reg, e.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	elemOf := func(set, text string) *elem {
+		for _, x := range want.sets[set].elems {
+			if x.text == text {
+				return x
+			}
+		}
+		t.Fatalf("no element %s in %s", text, set)
+		return nil
+	}
+	dumps := verifyDumps.Load()
+	for set, texts := range map[string][]string{
+		"addrs": {"198.18.0.1", "198.18.0.8", "198.18.1.0/24"},
+		"ports": {"198.18.0.1 . tcp . 80", "198.18.0.9 . tcp . 8080-8090"},
+	} {
+		var present []*elem
+		for _, text := range texts {
+			present = append(present, elemOf(set, text))
+		}
+		if err := verifyElems(c, &elemCheck{set: want.sets[set], present: present}); err != nil {
+			t.Errorf("verify of what the kernel holds in %s: %v", set, err)
+		}
+	}
+	if n := verifyDumps.Load() - dumps; n != 0 {
+		t.Errorf("closed intervals the kernel holds were confirmed by %d dumps of their set, want element by element", n)
+	}
+	// One open to the top is confirmed by the set's dump.
+	if err := verifyElems(c, &elemCheck{set: want.sets["addrs"], present: []*elem{elemOf("addrs", "198.18.200.0-255.255.255.255")}}); err != nil {
+		t.Errorf("verify of an interval open to the top: %v", err)
+	}
+
+	// Behind the plan's back: one interval deleted, one widened, and a
+	// deleted one put back.
+	e.nft("delete", "element", "inet", "terway", "addrs", "{ 198.18.0.8 }")
+	e.nft("delete", "element", "inet", "terway", "ports", "{ 198.18.0.9 . tcp . 8080-8090 }")
+	e.nft("add", "element", "inet", "terway", "ports", "{ 198.18.0.9 . tcp . 8080-8099 }")
+	e.nft("add", "element", "inet", "terway", "addrs", "{ 198.18.0.4-198.18.0.6 }")
+	gone := func(set, text string) *elem {
+		for _, x := range have.sets[set].elems {
+			if x.text == text {
+				return x
+			}
+		}
+		t.Fatalf("no element %s in %s before", text, set)
+		return nil
+	}
+	err = verifyElems(c, &elemCheck{set: want.sets["addrs"], present: []*elem{elemOf("addrs", "198.18.0.8"), elemOf("addrs", "198.18.1.0/24")},
+		absent: []*elem{gone("addrs", "198.18.0.4-198.18.0.6")}})
+	if err == nil || !strings.Contains(err.Error(), "missing 198.18.0.8") || !strings.Contains(err.Error(), "unexpected 198.18.0.4-198.18.0.6") {
+		t.Errorf("addrs: verify said %v; want 198.18.0.8 missing and 198.18.0.4-198.18.0.6 unexpected", err)
+	}
+	err = verifyElems(c, &elemCheck{set: want.sets["ports"], present: []*elem{elemOf("ports", "198.18.0.9 . tcp . 8080-8090")}})
+	if err == nil || !strings.Contains(err.Error(), "missing 198.18.0.9 . tcp . 8080-8090") {
+		t.Errorf("ports: verify said %v; want the interval held wider reported missing", err)
+	}
+}

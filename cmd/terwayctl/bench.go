@@ -49,7 +49,10 @@ ptp + host-local + bandwidth; time to converge N pods against 10; a converged fu
 resync (time, kernel writes) at N pods against 10; TCP connections per second
 between two pods with 1,000 NetworkPolicies against 0; bandwidth measured against
 configured; the agent's RSS at N pods against 10; TCP connections per second
-between two pods with source validation on against off.
+between two pods with source validation on against off; CNI ADD and DEL on a
+node with N pods and 1,000 policies against 10 pods and none, and the render of
+a 5,000-pod, 2,000-policy cluster from scratch and through the render cache;
+one policy edit enforced among 1,000 policies against among none.
 
 Runs as root. Everything runs in network namespaces it makes (sims named
 bench<pid>-*, namespaces twb<pid>-*), which it removes when it ends, also on
@@ -86,7 +89,7 @@ error or interrupt. BENCHMARKS.md holds the latest table.`,
 		"folder with the reference plugins ptp, host-local, bandwidth (default $TERWAY_CNI_PLUGINS, else hack/cni-plugins.sh when run from the repository)")
 	cmd.Flags().StringVar(&o.binDir, "bin-dir", "", "folder of terwayd, terway and terwayctl (default: terwayctl's own)")
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "table or json")
-	cmd.Flags().StringSliceVar(&o.only, "only", nil, "run only these sections: cni, sim, antispoof")
+	cmd.Flags().StringSliceVar(&o.only, "only", nil, "run only these sections: cni, scale, sim, antispoof")
 	cmd.Flags().DurationVar(&o.resync, "resync-interval", time.Second, "the sims' agent resync interval (the resync figures average a few)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print progress on stderr")
 	cmd.AddCommand(benchDriver())
@@ -122,8 +125,8 @@ func runBench(ctx context.Context, o benchOptions) (*benchReport, error) {
 		return nil, fmt.Errorf("-o %q: want table or json", o.output)
 	}
 	for _, s := range o.only {
-		if s != sectionCNI && s != sectionSim && s != sectionAntispoof {
-			return nil, fmt.Errorf("--only %q: want %s, %s or %s", s, sectionCNI, sectionSim, sectionAntispoof)
+		if s != sectionCNI && s != sectionSim && s != sectionAntispoof && s != sectionScale {
+			return nil, fmt.Errorf("--only %q: want %s, %s, %s or %s", s, sectionCNI, sectionSim, sectionAntispoof, sectionScale)
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -153,6 +156,13 @@ func runBench(ctx context.Context, o benchOptions) (*benchReport, error) {
 		rep.Rows = append(rep.Rows, rows...)
 		if err != nil {
 			fail("pod setup", err)
+		}
+	}
+	if run(sectionScale) && ctx.Err() == nil {
+		rows, err := benchScale(ctx, o)
+		rep.Rows = append(rep.Rows, rows...)
+		if err != nil {
+			fail("pod setup at scale", err)
 		}
 	}
 	if run(sectionSim) && ctx.Err() == nil {

@@ -35,6 +35,9 @@ const (
 	// policy to take effect; it is the resolution of the enforce figures.
 	probeTimeout = 100 * time.Millisecond
 	waitTimeout  = 2 * time.Minute
+	// editToggles is how many times each way one policy is edited for the
+	// policy edit figures.
+	editToggles = 3
 )
 
 // bandwidthPods are the bandwidth targets: one per annotation family and
@@ -54,14 +57,17 @@ type simFigures struct {
 	rates              map[string][2]float64 // pod -> measured, configured bits/s
 	conn0, connN       float64               // connections per second
 	enforce1, enforceN float64               // ms
-	resyncMsN, writesN float64               // with the policies
+	// edit0 and editN: one policy edited, enforced, among 0 and among
+	// the policies (ms, median of editToggles edits).
+	edit0, editN       float64
+	resyncMsN, writesN float64 // with the policies
 	rssMiBN            float64
 }
 
 func newSimFigures(pods int) *simFigures {
 	n := math.NaN()
 	return &simFigures{pods: pods, converge: n, resyncMs: n, writes: n, rssMiB: n, rates: map[string][2]float64{},
-		conn0: n, connN: n, enforce1: n, enforceN: n, resyncMsN: n, writesN: n, rssMiBN: n}
+		conn0: n, connN: n, enforce1: n, enforceN: n, edit0: n, editN: n, resyncMsN: n, writesN: n, rssMiBN: n}
 }
 
 // benchSims runs the baseline sim (bandwidth) and then the large one
@@ -285,7 +291,8 @@ func measurePolicies(ctx context.Context, o benchOptions, st *sim.State, f *simF
 	}
 	defer os.RemoveAll(dir)
 	deny, many, allow := filepath.Join(dir, "deny.yaml"), filepath.Join(dir, "many.yaml"), filepath.Join(dir, "allow.yaml")
-	if err := writePolicies(deny, many, allow, o.policies); err != nil {
+	moved := filepath.Join(dir, "moved.yaml")
+	if err := writePolicies(deny, many, allow, moved, o.policies); err != nil {
 		return err
 	}
 
@@ -298,6 +305,24 @@ func measurePolicies(ctx context.Context, o benchOptions, st *sim.State, f *simF
 		return fmt.Errorf("deny-all: %w", err)
 	}
 	f.enforce1 = ms(seen.Sub(start))
+	// One policy edited among none other (the deny-all aside): the allow
+	// policy moved off the port and back. It ends moved off, which isolates
+	// the server as the deny-all alone does, for the next figure.
+	if err := sim.Apply(ctx, st.Name, io.Discard, allow); err != nil {
+		return err
+	}
+	if _, err := waitReach(ctx, st, cliPod, true); err != nil {
+		return fmt.Errorf("allow: %w", err)
+	}
+	if f.edit0, err = measureEdits(ctx, st, allow, moved); err != nil {
+		return fmt.Errorf("edit among 0 policies: %w", err)
+	}
+	if err := sim.Apply(ctx, st.Name, io.Discard, moved); err != nil {
+		return err
+	}
+	if _, err := waitReach(ctx, st, cliPod, false); err != nil {
+		return fmt.Errorf("allow moved off the port: %w", err)
+	}
 	start = time.Now()
 	if err := sim.Apply(ctx, st.Name, io.Discard, many); err != nil {
 		return err
@@ -310,6 +335,10 @@ func measurePolicies(ctx context.Context, o benchOptions, st *sim.State, f *simF
 	}
 	f.enforceN = ms(seen.Sub(start))
 	fmt.Fprintf(o.log, "bench: enforced 1 policy in %.0f ms, %d in %.0f ms\n", f.enforce1, o.policies, f.enforceN)
+	if f.editN, err = measureEdits(ctx, st, allow, moved); err != nil {
+		return fmt.Errorf("edit among %d policies: %w", o.policies, err)
+	}
+	fmt.Fprintf(o.log, "bench: one policy edit enforced in %.0f ms among 0 policies, %.0f ms among %d\n", f.edit0, f.editN, o.policies)
 	// The policies must still isolate the server, or the figure below
 	// would measure an open path.
 	if ok, err := st.Probe(otherPod, srvPod, benchPort, "tcp", 2*probeTimeout); err != nil || ok {
@@ -331,9 +360,34 @@ func measurePolicies(ctx context.Context, o benchOptions, st *sim.State, f *simF
 	return nil
 }
 
+// measureEdits edits the allow policy (reachable) to the moved one and
+// back editToggles times each way, and returns the median time from an
+// edit to the first probe that sees it in force. It ends as it began.
+func measureEdits(ctx context.Context, st *sim.State, allow, moved string) (float64, error) {
+	var times []float64
+	for range editToggles {
+		for _, e := range []struct {
+			file  string
+			reach bool
+		}{{moved, false}, {allow, true}} {
+			start := time.Now()
+			if err := sim.Apply(ctx, st.Name, io.Discard, e.file); err != nil {
+				return 0, err
+			}
+			seen, err := waitReach(ctx, st, cliPod, e.reach)
+			if err != nil {
+				return 0, err
+			}
+			times = append(times, ms(seen.Sub(start)))
+		}
+	}
+	return median(times), nil
+}
+
 // writePolicies writes the deny-all, n-2 distinct policies and the one
-// allowing the client, all selecting the server: n policies in all.
-func writePolicies(deny, many, allow string, n int) error {
+// allowing the client, all selecting the server: n policies in all; and
+// moved, the allow policy edited to allow another port.
+func writePolicies(deny, many, allow, moved string, n int) error {
 	head := func(name string) string {
 		return fmt.Sprintf("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: %s, name: %s}\n"+
 			"spec:\n  podSelector: {matchLabels: {app: srv}}\n  policyTypes: [Ingress]\n", benchNS, name)
@@ -352,8 +406,14 @@ func writePolicies(deny, many, allow string, n int) error {
 	if err := os.WriteFile(many, []byte(strings.Join(docs, "---\n")), 0o600); err != nil {
 		return err
 	}
-	return os.WriteFile(allow, []byte(head("allow-cli")+fmt.Sprintf(
-		"  ingress: [{from: [{podSelector: {matchLabels: {app: cli}}}], ports: [{protocol: TCP, port: %d}]}]\n", benchPort)), 0o600)
+	allowPort := func(port int) []byte {
+		return []byte(head("allow-cli") + fmt.Sprintf(
+			"  ingress: [{from: [{podSelector: {matchLabels: {app: cli}}}], ports: [{protocol: TCP, port: %d}]}]\n", port))
+	}
+	if err := os.WriteFile(moved, allowPort(benchPort+1), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(allow, allowPort(benchPort), 0o600)
 }
 
 // waitReach probes from the pod to the server until reachability is want
@@ -444,6 +504,7 @@ func simRows(base, large *simFigures, policies int) []benchRow {
 	add("  kernel writes per resync", "", large.writesN, large.writes, withPolicies)
 	add(fmt.Sprintf("TCP connections/s between 2 pods, %d policies", policies), "/s", large.connN, large.conn0, "0 policies")
 	add(fmt.Sprintf("time to enforce %d policies", policies), "ms", large.enforceN, large.enforce1, "1 policy (deny-all)")
+	add(fmt.Sprintf("time to enforce 1 policy edit, %d policies", policies), "ms", large.editN, large.edit0, "0 policies")
 	for _, b := range bandwidthPods {
 		if r, ok := base.rates[b.name]; ok {
 			add(fmt.Sprintf("bandwidth, ingress %s (%s)", b.label, b.value), "Mbit/s", r[0]/1e6, r[1]/1e6, "configured")

@@ -22,6 +22,13 @@ type benchRow struct {
 	Against string `json:"against"`
 	// Ratio is Terway / Baseline; absent when the baseline is 0.
 	Ratio *float64 `json:"ratio,omitempty"`
+	// Absolute rows have no baseline (Baseline is 0, Ratio absent).
+	Absolute bool `json:"absolute,omitempty"`
+}
+
+// absoluteRow is a figure the issue asks for on its own.
+func absoluteRow(figure, unit string, terway float64) benchRow {
+	return benchRow{Figure: figure, Unit: unit, Terway: terway, Against: "-", Absolute: true}
 }
 
 func newRow(figure, unit string, terway, baseline float64, against string) benchRow {
@@ -120,8 +127,12 @@ type benchReport struct {
 func (r *benchReport) table() string {
 	cells := [][]string{{"FIGURE", "TERWAY", "BASELINE", "RATIO", "BASELINE IS"}}
 	for _, row := range r.Rows {
+		baseline := formatValue(row.Baseline, row.Unit)
+		if row.Absolute {
+			baseline = "-"
+		}
 		cells = append(cells, []string{row.Figure, formatValue(row.Terway, row.Unit),
-			formatValue(row.Baseline, row.Unit), formatRatio(row.Ratio), row.Against})
+			baseline, formatRatio(row.Ratio), row.Against})
 	}
 	width := make([]int, len(cells[0]))
 	for _, line := range cells {

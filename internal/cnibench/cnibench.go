@@ -35,6 +35,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
+	"sigs.k8s.io/yaml"
+
+	"github.com/terway-reconciler/terway/internal/synth"
 	"github.com/terway-reconciler/terway/render"
 )
 
@@ -43,6 +46,13 @@ const (
 	ChainTerway = "terway"
 	ChainRef    = "ref" // ptp + host-local + bandwidth
 )
+
+// CPUProfileEnv, when set to a path, makes the agent serve pprof and each
+// terway round write a CPU profile of the agent's first profileSeconds to
+// path.<round>: for finding where an ADD's time goes.
+const CPUProfileEnv = "TERWAY_BENCH_CPUPROFILE"
+
+const profileSeconds = 8
 
 // Chains lists them in the order the comparison runs them.
 var Chains = []string{ChainTerway, ChainRef}
@@ -84,6 +94,29 @@ type Options struct {
 	WorkDir string
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
+	// Resident pods are set up through CNI before the rounds, untimed,
+	// and stay: the node the timed pods join already holds them.
+	Resident int
+	// Policies puts that many NetworkPolicies (internal/synth's shapes:
+	// selectors over app and tier labels, namespaces by label, ipBlocks,
+	// named ports, egress) in the inputs, over synthNamespaces namespaces
+	// with synthRemote pods on other nodes as peers; the resident and
+	// timed pods then spread over those namespaces with synth's labels.
+	Policies int
+}
+
+// With policies, the cluster around the node (Options.Policies).
+const (
+	synthNamespaces = 20
+	synthRemote     = 250
+)
+
+// benchPod is one pod of the inputs: where its sandbox is and who it is.
+type benchPod struct {
+	ns, name string
+	labels   map[string]string
+	shaped   bool
+	netns    string // path
 }
 
 // Bench is a node namespace running terwayd with the benchmark's pods in
@@ -94,7 +127,9 @@ type Bench struct {
 	rootNS    uint64
 	ownDir    bool
 	nodeNS    string
-	podNS     []string // paths
+	podNS     []string // the timed pods' namespaces (paths)
+	timed     []benchPod
+	resident  []benchPod
 	agent     *agentProc
 	nodeLinks []string
 	refData   string
@@ -155,6 +190,7 @@ func Setup(ctx context.Context, o Options) (b *Bench, err error) {
 		}
 	}()
 
+	b.planPods()
 	b.nodeNS = netnsName("node")
 	if err := addNetns(b.nodeNS); err != nil {
 		return b, err
@@ -169,15 +205,27 @@ func Setup(ctx context.Context, o Options) (b *Bench, err error) {
 	if b.agent, err = startAgent(ctx, o.BinDir, b.nodeNS, b.o.WorkDir, agentResync); err != nil {
 		return b, err
 	}
-	o.Logf("cnibench: terwayd ready in %s with %d pods in its inputs", time.Since(start).Round(time.Millisecond), o.Pods)
+	o.Logf("cnibench: terwayd ready in %s with %d pods (%d resident) and %d policies in its inputs",
+		time.Since(start).Round(time.Millisecond), o.Pods+o.Resident, o.Resident, o.Policies)
 	// The pods' namespaces are made once, untimed, and reused: DEL leaves
 	// them as ADD found them.
-	for i := range o.Pods {
+	for i := range b.timed {
 		name := netnsName("p" + strconv.Itoa(i))
 		if err := addNetns(name); err != nil {
 			return b, err
 		}
+		b.timed[i].netns = netnsPath(name)
 		b.podNS = append(b.podNS, netnsPath(name))
+	}
+	for i := range b.resident {
+		name := netnsName("r" + strconv.Itoa(i))
+		if err := addNetns(name); err != nil {
+			return b, err
+		}
+		b.resident[i].netns = netnsPath(name)
+	}
+	if err := b.setUpResident(ctx); err != nil {
+		return b, err
 	}
 	links, err := inNetns(b.nodeNS, "ip", "-o", "link")
 	if err != nil {
@@ -186,6 +234,33 @@ func Setup(ctx context.Context, o Options) (b *Bench, err error) {
 	b.nodeLinks = linkNames(links)
 	b.refData = filepath.Join(b.o.WorkDir, "ref-ipam")
 	return b, nil
+}
+
+// planPods names the timed pods (b<i>) and the resident ones (r<i>): in
+// namespace x with app=bench, or with policies spread over synth's
+// namespaces with its labels, so that the policies select them as targets
+// and as peers. Every shapedEvery-th timed pod is shaped.
+func (b *Bench) planPods() {
+	pod := func(prefix string, i int) benchPod {
+		if b.o.Policies == 0 {
+			return benchPod{ns: "x", name: prefix + strconv.Itoa(i), labels: map[string]string{"app": "bench"}}
+		}
+		// Offset so that resident and timed pods do not all share labels.
+		n := i
+		if prefix == "r" {
+			n += b.o.Pods
+		}
+		return benchPod{ns: fmt.Sprintf("ns-%d", n%synthNamespaces), name: prefix + strconv.Itoa(i), labels: synth.PodLabels(n, synthNamespaces)}
+	}
+	b.timed, b.resident = nil, nil
+	for i := range b.o.Pods {
+		p := pod("b", i)
+		p.shaped = i%shapedEvery == 0
+		b.timed = append(b.timed, p)
+	}
+	for i := range b.o.Resident {
+		b.resident = append(b.resident, pod("r", i))
+	}
 }
 
 func (b *Bench) writeInputs() error {
@@ -198,20 +273,88 @@ func (b *Bench) writeInputs() error {
 			"status: {addresses: [{type: InternalIP, address: " + nodeIP + "}]}\n",
 		"apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n",
 	}
-	for i := range b.o.Pods {
+	if b.o.Policies > 0 {
+		// synth's namespaces, its pods on other nodes and its policies.
+		world := synth.Cluster(synth.Params{RemotePods: synthRemote, Policies: b.o.Policies, Namespaces: synthNamespaces, Seed: 1})
+		var objs []any
+		for _, ns := range world.Namespaces {
+			objs = append(objs, ns)
+		}
+		for _, p := range world.Pods {
+			objs = append(objs, p)
+		}
+		for _, np := range world.Policies {
+			objs = append(objs, np)
+		}
+		for _, o := range objs {
+			y, err := yaml.Marshal(o)
+			if err != nil {
+				return err
+			}
+			docs = append(docs, string(y))
+		}
+	}
+	for _, p := range slices.Concat(b.timed, b.resident) {
 		ann := ""
-		if i%shapedEvery == 0 {
+		if p.shaped {
 			ann = fmt.Sprintf("kubernetes.io/ingress-bandwidth: %q, kubernetes.io/egress-bandwidth: %q", shapedRate, shapedRate)
+		}
+		labels, err := json.Marshal(p.labels)
+		if err != nil {
+			return err
 		}
 		docs = append(docs, fmt.Sprintf(`apiVersion: v1
 kind: Pod
-metadata: {namespace: x, name: b%d, uid: uid-x-b%d, labels: {app: bench}, annotations: {%s}}
+metadata: {namespace: %s, name: %s, uid: uid-%s-%s, labels: %s, annotations: {%s}}
 spec:
   nodeName: %s
-  containers: [{name: c, image: i}]
-`, i, i, ann, nodeName))
+  containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}, {name: metrics, containerPort: 9090}]}]
+`, p.ns, p.name, p.ns, p.name, labels, ann, nodeName))
 	}
 	return os.WriteFile(filepath.Join(dir, "bench.yaml"), []byte(strings.Join(docs, "---\n")), 0o644)
+}
+
+// setUpResident ADDs the resident pods through the driver, untimed, and
+// leaves them set up.
+func (b *Bench) setUpResident(ctx context.Context) error {
+	if len(b.resident) == 0 {
+		return nil
+	}
+	start := time.Now()
+	dir := filepath.Join(b.o.WorkDir, "resident")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	j := &job{
+		NodeNetns: netnsPath(b.nodeNS), Forbidden: b.rootNS, CacheDir: filepath.Join(dir, "cni-cache"),
+		Concurrency: 4, Out: filepath.Join(dir, "result.json"), AddOnly: true,
+		PluginDirs: []string{b.o.BinDir}, Conflist: terwayConflist(b.o.WorkDir),
+	}
+	for _, p := range b.resident {
+		j.Pods = append(j.Pods, runtimeConf(p, containerID("resident/"+p.name)))
+	}
+	res, stderr, err := b.runDriver(ctx, j, dir)
+	if err != nil {
+		return err
+	}
+	if len(res.Errors) > 0 {
+		return fmt.Errorf("resident pods: %s\n%s", strings.Join(res.Errors, "; "), stderr)
+	}
+	b.o.Logf("cnibench: %d resident pods set up in %s", len(b.resident), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func terwayConflist(workDir string) string {
+	return fmt.Sprintf(`{"cniVersion":"1.1.0","name":"terway","plugins":[{"type":"terway","socket":%q}]}`, socketPath(workDir))
+}
+
+// runtimeConf is the runtime's side of a CNI call for the pod.
+func runtimeConf(p benchPod, id string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: id, NetNS: p.netns, IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.ns}, {"K8S_POD_NAME", p.name},
+			{"K8S_POD_UID", "uid-" + p.ns + "-" + p.name}, {"K8S_POD_INFRA_CONTAINER_ID", id}},
+	}
 }
 
 // Close stops the agent, removes every namespace and the work folder, and
@@ -222,12 +365,15 @@ func (b *Bench) Close() error {
 	}
 	var errs []error
 	b.agent.stop()
-	for _, p := range b.podNS {
-		if err := ipCmd("netns", "del", filepath.Base(p)); err != nil {
+	for _, p := range slices.Concat(b.timed, b.resident) {
+		if p.netns == "" {
+			continue
+		}
+		if err := ipCmd("netns", "del", filepath.Base(p.netns)); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	b.podNS = nil
+	b.podNS, b.timed, b.resident = nil, nil, nil
 	if b.nodeNS != "" {
 		if err := ipCmd("netns", "del", b.nodeNS); err != nil {
 			errs = append(errs, err)
@@ -309,7 +455,7 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 	switch chain {
 	case ChainTerway:
 		j.PluginDirs = []string{b.o.BinDir}
-		j.Conflist = fmt.Sprintf(`{"cniVersion":"1.1.0","name":"terway","plugins":[{"type":"terway","socket":%q}]}`, socketPath(b.o.WorkDir))
+		j.Conflist = terwayConflist(b.o.WorkDir)
 	case ChainRef:
 		j.PluginDirs = []string{b.o.RefPlugins}
 		j.Conflist = fmt.Sprintf(`{"cniVersion":"1.0.0","name":"ref","plugins":[`+
@@ -326,26 +472,25 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 	}
 	bw := map[string]any{"ingressRate": rate, "ingressBurst": math.MaxUint32, "egressRate": rate, "egressBurst": math.MaxUint32}
 	rt := func(i int, label string) *libcni.RuntimeConf {
-		name := fmt.Sprintf("b%d", i)
-		id := containerID(fmt.Sprintf("%s/%d/%s", chain, b.round, label))
-		r := &libcni.RuntimeConf{
-			ContainerID: id, NetNS: b.podNS[i], IfName: "eth0",
-			Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "x"}, {"K8S_POD_NAME", name},
-				{"K8S_POD_UID", "uid-x-" + name}, {"K8S_POD_INFRA_CONTAINER_ID", id}},
-		}
-		if shaped && i%shapedEvery == 0 {
+		p := b.timed[i]
+		r := runtimeConf(p, containerID(fmt.Sprintf("%s/%d/%s", chain, b.round, label)))
+		if shaped && p.shaped {
 			r.CapabilityArgs = map[string]any{"bandwidth": bw}
 		}
 		return r
 	}
 	j.Warmup = rt(0, "warmup")
-	for i := range b.podNS {
+	for i := range b.timed {
 		j.Pods = append(j.Pods, rt(i, strconv.Itoa(i)))
 	}
 
 	before, err := b.agent.metrics(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if path := os.Getenv(CPUProfileEnv); path != "" && chain == ChainTerway {
+		profiled := b.agent.profile(ctx, path+"."+strconv.Itoa(b.round), b.o.Logf)
+		defer func() { <-profiled }()
 	}
 	res, stderr, err := b.runDriver(ctx, j, dir)
 	if err != nil {
@@ -390,7 +535,7 @@ func (b *Bench) runDriver(ctx context.Context, j *job, dir string) (*result, str
 	if err := json.Unmarshal(out, res); err != nil {
 		return nil, stderr.String(), err
 	}
-	if len(res.Add) != len(j.Pods) || len(res.Del) != len(j.Pods) {
+	if len(res.Add) != len(j.Pods) || !j.AddOnly && len(res.Del) != len(j.Pods) {
 		return nil, stderr.String(), fmt.Errorf("driver measured %d ADDs and %d DELs for %d pods", len(res.Add), len(res.Del), len(j.Pods))
 	}
 	return res, stderr.String(), nil
@@ -434,8 +579,8 @@ func (b *Bench) check(r *Round, res *result, agent agentMetrics) error {
 		if len(leases) != 0 {
 			errs = append(errs, fmt.Errorf("ref: host-local still holds %d leases after DEL", len(leases)))
 		}
-	} else if n := agent["terway_allocations"]; n != 0 {
-		errs = append(errs, fmt.Errorf("terway: %v allocations left after DEL", n))
+	} else if n := agent["terway_allocations"]; n != float64(len(b.resident)) {
+		errs = append(errs, fmt.Errorf("terway: %v allocations after DEL, want the %d resident pods'", n, len(b.resident)))
 	}
 	return errors.Join(errs...)
 }

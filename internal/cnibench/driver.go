@@ -33,6 +33,8 @@ type job struct {
 	Warmup      *libcni.RuntimeConf // ADDed and DELed before the timed calls
 	Pods        []*libcni.RuntimeConf
 	Out         string // where the driver writes its result
+	// AddOnly leaves the pods set up: no DEL phase (resident pods).
+	AddOnly bool
 }
 
 // result is what the driver measured, per pod in job order.
@@ -108,19 +110,24 @@ func drive(jobPath string) error {
 
 	// The warm-up pays the first exec of each plugin (page cache, the
 	// agent's first connection) outside the timed calls.
-	if _, err := add(j.Warmup); err != nil {
-		return fmt.Errorf("warm-up ADD: %w", err)
-	}
-	if _, err := del(j.Warmup); err != nil {
-		return fmt.Errorf("warm-up DEL: %w", err)
+	if j.Warmup != nil {
+		if _, err := add(j.Warmup); err != nil {
+			return fmt.Errorf("warm-up ADD: %w", err)
+		}
+		if _, err := del(j.Warmup); err != nil {
+			return fmt.Errorf("warm-up DEL: %w", err)
+		}
 	}
 	res := &result{}
-	var addErrs, delErrs []error
+	var addErrs []error
 	res.Add, res.IPs, addErrs, res.AddWall = drivePhase(j.Concurrency, j.Pods, add)
 	links, _ := exec.Command("ip", "-o", "link").CombinedOutput()
 	qdiscs, _ := exec.Command("tc", "qdisc", "show").CombinedOutput()
 	res.LinksAfterAdd, res.QdiscsAfterAdd = string(links), string(qdiscs)
-	res.Del, _, delErrs, res.DelWall = drivePhase(j.Concurrency, j.Pods, del)
+	delErrs := make([]error, len(j.Pods))
+	if !j.AddOnly {
+		res.Del, _, delErrs, res.DelWall = drivePhase(j.Concurrency, j.Pods, del)
+	}
 	for i := range j.Pods {
 		if addErrs[i] != nil {
 			res.Errors = append(res.Errors, fmt.Sprintf("ADD %s: %v", j.Pods[i].ContainerID[:12], addErrs[i]))

@@ -156,6 +156,9 @@ func startAgent(ctx context.Context, binDir, nodeNS, dir, resync string) (*agent
 	a.cmd = exec.Command("ip", "netns", "exec", nodeNS, filepath.Join(binDir, "terwayd"),
 		"--node-name", nodeName, "--kube-inputs", filepath.Join(dir, "inputs"), "--state-dir", filepath.Join(dir, "state"),
 		"--socket", socketPath(dir), "--resync-interval", resync, "--health-addr", a.health, "--log-level", "info")
+	if os.Getenv(CPUProfileEnv) != "" {
+		a.cmd.Args = append(a.cmd.Args, "--enable-pprof")
+	}
 	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
 	// The agent dies with this process, also when it is killed.
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -218,6 +221,29 @@ func (a *agentProc) tail() string {
 // namespace.
 func (a *agentProc) get(ctx context.Context, path string) (int, string, error) {
 	return traffic.Get(ctx, a.netns, "http://"+a.health+path, 5*time.Second)
+}
+
+// profile fetches a CPU profile of the agent in the background into path;
+// the channel closes when it is written (or failed, which is logged).
+func (a *agentProc) profile(ctx context.Context, path string, logf func(string, ...any)) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", a.health, profileSeconds)
+		code, body, err := traffic.Get(ctx, a.netns, url, 2*profileSeconds*time.Second)
+		if err == nil && code != http.StatusOK {
+			err = fmt.Errorf("HTTP %d", code)
+		}
+		if err == nil {
+			err = os.WriteFile(path, []byte(body), 0o600)
+		}
+		if err != nil {
+			logf("cnibench: CPU profile: %v", err)
+			return
+		}
+		logf("cnibench: CPU profile of the agent in %s", path)
+	}()
+	return done
 }
 
 // agentMetrics are the agent's CNI latency sums and counts and its

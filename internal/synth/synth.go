@@ -65,7 +65,7 @@ func Cluster(p Params) render.Inputs {
 		pod := &corev1.Pod{
 			TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + name),
-				Labels: map[string]string{"app": fmt.Sprintf("app-%d", (i/p.Namespaces)%20), "tier": []string{"web", "api", "db"}[(i/7)%3]}},
+				Labels: PodLabels(i, p.Namespaces)},
 			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{
 				Name: "main", Image: "app",
 				Ports: []corev1.ContainerPort{
@@ -92,6 +92,12 @@ func Cluster(p Params) render.Inputs {
 		in.Policies = append(in.Policies, policy(rng, i, p.Namespaces))
 	}
 	return in
+}
+
+// PodLabels are the labels of the i-th synthetic pod, whose namespace is
+// ns-<i mod namespaces>: the policies' selectors are written against them.
+func PodLabels(i, namespaces int) map[string]string {
+	return map[string]string{"app": fmt.Sprintf("app-%d", (i/namespaces)%20), "tier": []string{"web", "api", "db"}[(i/7)%3]}
 }
 
 func policy(rng *rand.Rand, i, namespaces int) *networkingv1.NetworkPolicy {
