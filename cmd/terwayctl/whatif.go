@@ -10,31 +10,30 @@ import (
 
 	"github.com/terway-reconciler/terway/explain"
 	"github.com/terway-reconciler/terway/load"
-	"github.com/terway-reconciler/terway/render"
 )
 
 func whatIfCommand() *cobra.Command {
 	var (
-		files, applyFiles, deleteFiles []string
-		configPath, node               string
+		in                      inputFlags
+		applyFiles, deleteFiles []string
 	)
 	cmd := &cobra.Command{
-		Use:   "what-if -f INPUTS... --apply FILE... [--delete FILE...]",
+		Use:   "what-if (-f INPUTS... | --agent ADDR) --apply FILE... [--delete FILE...]",
 		Short: "What a change of policies, pods or labels would do to reachability, before it is made",
-		Long: "Renders the inputs, and again with the --apply objects added or replacing\n" +
+		Long: "Renders the inputs (files, or a running agent's live inputs with --agent), and again with the --apply objects added or replacing\n" +
 			"the ones of the same kind, namespace and name, and the --delete objects\n" +
 			"removed. Prints every pod pair, protocol and port whose verdict flips, grouped\n" +
 			"by the changed policy that causes it, then the nftables changes between the two\n" +
 			"documents. It changes nothing.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(files) == 0 || len(applyFiles)+len(deleteFiles) == 0 {
-				return fmt.Errorf("what-if: give -f INPUTS and --apply or --delete")
+			if !in.given() || len(applyFiles)+len(deleteFiles) == 0 {
+				return fmt.Errorf("what-if: give -f INPUTS (or --agent ADDR) and --apply or --delete")
 			}
-			base, err := load.Paths(files...)
+			base, err := in.objects(cmd.Context())
 			if err != nil {
 				return err
 			}
-			before, err := modelOf(base, configPath, node)
+			before, err := in.model(base)
 			if err != nil {
 				return err
 			}
@@ -64,7 +63,7 @@ func whatIfCommand() *cobra.Command {
 					changed = append(changed, policyKey(p))
 				}
 			}
-			after, err := modelOf(&next, configPath, node)
+			after, err := in.model(&next)
 			if err != nil {
 				return err
 			}
@@ -98,31 +97,10 @@ func whatIfCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or folder of the current inputs (repeatable)")
+	in.register(cmd, "the current inputs")
 	cmd.Flags().StringArrayVar(&applyFiles, "apply", nil, "file or folder of objects to add or replace (repeatable)")
 	cmd.Flags().StringArrayVar(&deleteFiles, "delete", nil, "file or folder of objects to delete (repeatable)")
-	cmd.Flags().StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config)")
-	cmd.Flags().StringVar(&node, "node", "", "node to render for, when the inputs hold several Nodes")
 	return cmd
-}
-
-func modelOf(objs *load.Objects, configPath, node string) (*explain.Model, error) {
-	var cfg *render.Config
-	if configPath != "" {
-		var err error
-		if cfg, err = load.ConfigFile(configPath); err != nil {
-			return nil, err
-		}
-	}
-	in, err := objs.Inputs(node, cfg)
-	if err != nil {
-		return nil, err
-	}
-	state, err := render.Render(in)
-	if err != nil {
-		return nil, err
-	}
-	return explain.New(in, state)
 }
 
 func podKey(p *corev1.Pod) string                    { return p.Namespace + "/" + p.Name }
