@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
@@ -11,12 +13,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/utils/clock"
+
+	"github.com/terway-reconciler/terway/load"
 )
 
 // healthMux serves the health address: /healthz (the process answers),
 // /readyz (serving and enforcing), /status (every failing item, JSON),
-// /metrics, /applied, /plan, and /debug/pprof when enabled. None of them
-// takes the agent's lock: polling them never delays a CNI request.
+// /metrics, /applied, /plan, /inputs, and /debug/pprof when enabled. None
+// of them takes the agent's lock: polling them never delays a CNI request.
 func (a *Agent) healthMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -66,7 +70,58 @@ func (a *Agent) healthMux() *http.ServeMux {
 		w.Header().Set("X-Terway-Plan-Time", res.at.UTC().Format(time.RFC3339Nano))
 		_, _ = w.Write([]byte(res.text))
 	})
+	mux.HandleFunc(load.AgentInputsPath, a.serveInputs)
 	return mux
+}
+
+// serveInputs serves the inputs the agent renders from — its render
+// configuration, the inputs source's snapshot (Node, Namespaces, Pods,
+// NetworkPolicies) and the store's allocations and the cloud's ENIs — as
+// one YAML stream that load.Objects.Read reads (terwayctl explain, matrix
+// and what-if --agent). Rendering what it serves gives the document the
+// agent's next sync renders, barring changes meanwhile.
+//
+// It is read-only (GET and HEAD; anything else is refused) and takes no
+// lock of the agent's: the snapshot is a copy and the store is read in one
+// read transaction, as a resync's render does. It shows what /plan shows
+// and the pods' labels and the policies besides, to whoever reaches the
+// health address (the loopback by default).
+func (a *Agent) serveInputs(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "read only: GET", http.StatusMethodNotAllowed)
+		return
+	}
+	if !a.src.Synced() {
+		// A partial listing would explain a node that does not exist.
+		http.Error(w, "inputs not synced yet", http.StatusServiceUnavailable)
+		return
+	}
+	snap := a.src.Snapshot()
+	allocs, err := a.store.List()
+	if err != nil {
+		http.Error(w, "allocation store: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	cfg := a.cfg.Render
+	objs := &load.Objects{Config: &cfg, Namespaces: snap.Namespaces, Pods: snap.Pods, Policies: snap.Policies,
+		Allocations: allocs, ENIs: a.eniInputs()}
+	if snap.Node != nil {
+		objs.Nodes = append(objs.Nodes, snap.Node)
+	}
+	var buf bytes.Buffer
+	// The source's problems go first, as comments: the objects are valid
+	// without them, and a reader should know what the agent lacks.
+	for _, e := range snap.Errors {
+		fmt.Fprintf(&buf, "# input problem: %s\n", strings.ReplaceAll(e.Error(), "\n", " "))
+	}
+	if err := objs.Encode(&buf); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Header().Set("X-Terway-Input-Problems", strconv.Itoa(len(snap.Errors)))
+	_, _ = w.Write(buf.Bytes())
 }
 
 // NodeStatus is the agent's state: readiness with its reasons and every

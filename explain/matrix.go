@@ -11,8 +11,8 @@ import (
 
 // PortKey is one protocol and port of a reachability matrix.
 type PortKey struct {
-	Protocol string // tcp, udp or sctp
-	Port     uint16
+	Protocol string `json:"protocol"` // tcp, udp or sctp
+	Port     uint16 `json:"port"`
 }
 
 // Matrix is the reachability of every local pod from every local pod on

@@ -32,6 +32,9 @@ type Direction struct {
 	// Refused says for each candidate rule why it does not.
 	Admitted []string `json:"admitted,omitempty"`
 	Refused  []string `json:"refused,omitempty"`
+	// AdmittedBy names the policies of Admitted, once each, sorted: what
+	// what-if compares to say which policy a flip is due to.
+	AdmittedBy []string `json:"admittedBy,omitempty"`
 }
 
 // direction reads one direction from the trace and explains it from the
@@ -71,6 +74,7 @@ func (m *Model) direction(dir, mapName string, self, peer Endpoint, proto string
 		m.rules(d, np, name, dir, peer, proto, port, dst)
 	}
 	slices.Sort(d.Policies)
+	slices.Sort(d.AdmittedBy)
 	return d
 }
 
@@ -114,6 +118,9 @@ func (m *Model) rules(d *Direction, np *networkingv1.NetworkPolicy, name, dir st
 		switch {
 		case peerOK && portOK:
 			d.Admitted = append(d.Admitted, fmt.Sprintf("%s: %s; %s", where, peerWhy, portWhy))
+			if !slices.Contains(d.AdmittedBy, name) {
+				d.AdmittedBy = append(d.AdmittedBy, name)
+			}
 		case !peerOK:
 			d.Refused = append(d.Refused, fmt.Sprintf("%s: %s", where, peerWhy))
 		default:

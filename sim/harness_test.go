@@ -73,6 +73,14 @@ func up(t testing.TB, short, yaml string) *sim.State {
 	if err := os.WriteFile(filepath.Join(dir, "cluster.yaml"), []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return upPath(t, short, dir)
+}
+
+// upPath starts a sim on a folder or file of YAML and removes it when the
+// test ends.
+func upPath(t testing.TB, short, cluster string) *sim.State {
+	t.Helper()
+	nstest.RequireRoot(t)
 	name := simName(t, short)
 	t.Cleanup(func() {
 		if err := sim.Down(name); err != nil {
@@ -81,7 +89,7 @@ func up(t testing.TB, short, yaml string) *sim.State {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	st, err := sim.Up(ctx, sim.Options{Cluster: dir, Name: name, BinDir: binaries(t), Resync: 2 * time.Second})
+	st, err := sim.Up(ctx, sim.Options{Cluster: cluster, Name: name, BinDir: binaries(t), Resync: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("sim up: %v", err)
 	}

@@ -3,36 +3,30 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
-
-	"github.com/terway-reconciler/terway/explain"
-	"github.com/terway-reconciler/terway/load"
-	"github.com/terway-reconciler/terway/render"
 )
 
 func explainCommand() *cobra.Command {
 	var (
-		files            []string
-		configPath, node string
-		from, to, proto  string
-		output           string
-		port             int
+		in              inputFlags
+		from, to, proto string
+		output          string
+		port            int
 	)
 	cmd := &cobra.Command{
-		Use:   "explain -f PATH... --from NS/POD|IP|node --to NS/POD|IP|node --port N [--protocol tcp|udp|sctp] [-o text|json]",
+		Use:   "explain (-f PATH... | --agent ADDR) --from NS/POD|IP|node --to NS/POD|IP|node --port N [--protocol tcp|udp|sctp] [-o text|json]",
 		Short: "Say whether a connection is allowed, and why, from the rendered document",
-		Long: "Renders the inputs (as render does), then walks the document's nftables table\n" +
+		Long: "Renders the inputs (as render does, or a running agent's with --agent), then walks the document's nftables table\n" +
 			"the way the kernel does for the connection's first packet. The first line is\n" +
 			"allowed or denied; then which policies isolate each end, the rule, peer and\n" +
 			"port that admitted the connection or why each candidate rule did not, and the\n" +
 			"chains, sets and elements that carry the decision. Exit 0 for either verdict,\n" +
 			"1 on bad input.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(files) == 0 || from == "" || to == "" {
-				return fmt.Errorf("explain: give -f PATH, --from and --to")
+			if !in.given() || from == "" || to == "" {
+				return fmt.Errorf("explain: give -f PATH (or --agent ADDR), --from and --to")
 			}
 			if port < 1 || port > 65535 {
 				return fmt.Errorf("explain: --port %d: want 1-65535", port)
@@ -44,7 +38,7 @@ func explainCommand() *cobra.Command {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("explain: -o %q: want text or json", output)
 			}
-			m, err := loadModel(files, configPath, node)
+			m, err := in.load(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -73,44 +67,11 @@ func explainCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or folder of YAML/JSON inputs (repeatable)")
-	cmd.Flags().StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config)")
-	cmd.Flags().StringVar(&node, "node", "", "node to render for, when the inputs hold several Nodes")
+	in.register(cmd, "YAML/JSON inputs")
 	cmd.Flags().StringVar(&from, "from", "", "source: NAMESPACE/POD, an IPv4 address, or node")
 	cmd.Flags().StringVar(&to, "to", "", "destination: NAMESPACE/POD, an IPv4 address, or node")
 	cmd.Flags().IntVar(&port, "port", 0, "destination port")
 	cmd.Flags().StringVar(&proto, "protocol", "tcp", "tcp, udp or sctp")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	return cmd
-}
-
-// loadInputs loads render inputs from files and folders, as render does.
-func loadInputs(files []string, configPath, node string) (render.Inputs, error) {
-	objs, err := load.Paths(files...)
-	if err != nil {
-		return render.Inputs{}, err
-	}
-	var cfg *render.Config
-	if configPath != "" {
-		if cfg, err = load.ConfigFile(configPath); err != nil {
-			return render.Inputs{}, err
-		}
-	}
-	return objs.Inputs(node, cfg)
-}
-
-// loadModel renders the inputs and prepares explain's model of the result.
-func loadModel(files []string, configPath, node string) (*explain.Model, error) {
-	in, err := loadInputs(files, configPath, node)
-	if err != nil {
-		return nil, err
-	}
-	state, err := render.Render(in)
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range state.Problems {
-		fmt.Fprintln(os.Stderr, "problem:", p.String())
-	}
-	return explain.New(in, state)
 }

@@ -12,23 +12,22 @@ import (
 
 func matrixCommand() *cobra.Command {
 	var (
-		files            []string
-		configPath, node string
-		ports            []int
-		proto            string
+		in    inputFlags
+		ports []int
+		proto string
 	)
 	cmd := &cobra.Command{
-		Use:   "matrix -f PATH... [--port N...] [--protocol tcp|udp|sctp]",
+		Use:   "matrix (-f PATH... | --agent ADDR) [--port N...] [--protocol tcp|udp|sctp]",
 		Short: "The offline reachability matrix of the node's pods, from the rendered document",
 		Long: "Renders the inputs and prints, per port, which pod reaches which, printed like\n" +
 			"`terwayctl sim matrix`. Every cell comes from explain's evaluator, which walks\n" +
 			"the document's nftables table. Without --port, the ports are every pod's\n" +
 			"container ports and the numeric ports the policies name.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(files) == 0 {
-				return fmt.Errorf("matrix: give at least one -f PATH")
+			if !in.given() {
+				return fmt.Errorf("matrix: give at least one -f PATH, or --agent ADDR")
 			}
-			m, err := loadModel(files, configPath, node)
+			m, err := in.load(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -55,9 +54,7 @@ func matrixCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or folder of YAML/JSON inputs (repeatable)")
-	cmd.Flags().StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config)")
-	cmd.Flags().StringVar(&node, "node", "", "node to render for, when the inputs hold several Nodes")
+	in.register(cmd, "YAML/JSON inputs")
 	cmd.Flags().IntSliceVar(&ports, "port", nil, "ports to show (default: every pod's container ports and the policies' ports)")
 	cmd.Flags().StringVar(&proto, "protocol", "tcp", "protocol of --port: tcp, udp or sctp")
 	return cmd

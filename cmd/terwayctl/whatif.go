@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -8,37 +9,41 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 
+	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/explain"
 	"github.com/terway-reconciler/terway/load"
-	"github.com/terway-reconciler/terway/render"
 )
 
 func whatIfCommand() *cobra.Command {
 	var (
-		files, applyFiles, deleteFiles []string
-		configPath, node               string
+		in                      inputFlags
+		applyFiles, deleteFiles []string
+		output                  string
 	)
 	cmd := &cobra.Command{
-		Use:   "what-if -f INPUTS... --apply FILE... [--delete FILE...]",
+		Use:   "what-if (-f INPUTS... | --agent ADDR) --apply FILE... [--delete FILE...]",
 		Short: "What a change of policies, pods or labels would do to reachability, before it is made",
-		Long: "Renders the inputs, and again with the --apply objects added or replacing\n" +
+		Long: "Renders the inputs (files, or a running agent's live inputs with --agent), and again with the --apply objects added or replacing\n" +
 			"the ones of the same kind, namespace and name, and the --delete objects\n" +
 			"removed. Prints every pod pair, protocol and port whose verdict flips, grouped\n" +
-			"by the changed policy that causes it, then the nftables changes between the two\n" +
-			"documents. It changes nothing.",
+			"by the policies that cause it (from explain's reports before and after), then the kernel plan the change would\n" +
+			"cause: the engine's plan of the new document against the current one, as\n" +
+			"`terwayctl plan` prints it (planned offline: no kernel is read). It changes nothing.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(files) == 0 || len(applyFiles)+len(deleteFiles) == 0 {
-				return fmt.Errorf("what-if: give -f INPUTS and --apply or --delete")
+			if output != "text" && output != "json" {
+				return fmt.Errorf("what-if: -o %q: want text or json", output)
 			}
-			base, err := load.Paths(files...)
+			if !in.given() || len(applyFiles)+len(deleteFiles) == 0 {
+				return fmt.Errorf("what-if: give -f INPUTS (or --agent ADDR) and --apply or --delete")
+			}
+			base, err := in.objects(cmd.Context())
 			if err != nil {
 				return err
 			}
-			before, err := modelOf(base, configPath, node)
+			before, err := in.model(base)
 			if err != nil {
 				return err
 			}
-			var changed []string
 			next := *base
 			if len(applyFiles) > 0 {
 				add, err := load.Paths(applyFiles...)
@@ -48,9 +53,6 @@ func whatIfCommand() *cobra.Command {
 				next.Pods = upsert(next.Pods, add.Pods, podKey)
 				next.Namespaces = upsert(next.Namespaces, add.Namespaces, nsKey)
 				next.Policies = upsert(next.Policies, add.Policies, policyKey)
-				for _, p := range add.Policies {
-					changed = append(changed, policyKey(p))
-				}
 			}
 			if len(deleteFiles) > 0 {
 				del, err := load.Paths(deleteFiles...)
@@ -60,69 +62,69 @@ func whatIfCommand() *cobra.Command {
 				next.Pods = remove(next.Pods, del.Pods, podKey)
 				next.Namespaces = remove(next.Namespaces, del.Namespaces, nsKey)
 				next.Policies = remove(next.Policies, del.Policies, policyKey)
-				for _, p := range del.Policies {
-					changed = append(changed, policyKey(p))
-				}
 			}
-			after, err := modelOf(&next, configPath, node)
+			after, err := in.model(&next)
 			if err != nil {
 				return err
 			}
-			flips, err := explain.Flips(before, after, changed)
+			flips, err := explain.Flips(before, after)
 			if err != nil {
 				return err
+			}
+			// The engine's own plan, as `terwayctl plan` prints it, of the
+			// new document on a node that realised the current one.
+			plan, err := engine.PlanOffline(before.Doc, after.Doc)
+			if err != nil {
+				return fmt.Errorf("what-if: kernel plan: %w", err)
 			}
 			out := cmd.OutOrStdout()
+			if output == "json" {
+				b, err := json.MarshalIndent(struct {
+					Flips []explain.Flip `json:"flips"`
+					Plan  []string       `json:"plan"`
+				}{Flips: flips, Plan: plan.Lines()}, "", "  ")
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintln(out, string(b))
+				return err
+			}
 			if len(flips) == 0 {
 				fmt.Fprintln(out, "reachability: no change")
 			}
-			causes := make([]string, 0, len(flips))
-			for c := range flips {
+			groups := map[string][]explain.Flip{}
+			for _, f := range flips {
+				groups[f.Cause()] = append(groups[f.Cause()], f)
+			}
+			causes := make([]string, 0, len(groups))
+			for c := range groups {
 				causes = append(causes, c)
 			}
 			slices.Sort(causes)
 			for _, c := range causes {
 				fmt.Fprintf(out, "%s:\n", c)
-				for _, f := range flips[c] {
+				for _, f := range groups[c] {
 					fmt.Fprintln(out, "  "+f.String())
 				}
 			}
-			fmt.Fprintln(out, "nftables changes (table inet terway):")
-			changes := explain.TableChanges(before.Doc.NFTables, after.Doc.NFTables)
-			if len(changes) == 0 {
+			fmt.Fprintln(out, "kernel plan (the engine's, against a node that realised the current inputs; nothing is applied):")
+			if plan.Empty() {
 				fmt.Fprintln(out, "  none")
 			}
-			for _, c := range changes {
-				fmt.Fprintln(out, "  "+c)
+			for _, l := range plan.Lines() {
+				fmt.Fprintln(out, "  "+l)
+			}
+			if !plan.Empty() {
+				fmt.Fprintf(out, "%d changes: %s\n", len(plan.Ops), formatCounts(plan.Counts()))
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or folder of the current inputs (repeatable)")
+	in.register(cmd, "the current inputs")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	cmd.Flags().StringArrayVar(&applyFiles, "apply", nil, "file or folder of objects to add or replace (repeatable)")
 	cmd.Flags().StringArrayVar(&deleteFiles, "delete", nil, "file or folder of objects to delete (repeatable)")
-	cmd.Flags().StringVar(&configPath, "config", "", "agent configuration file (terway/v1 Config)")
-	cmd.Flags().StringVar(&node, "node", "", "node to render for, when the inputs hold several Nodes")
 	return cmd
-}
-
-func modelOf(objs *load.Objects, configPath, node string) (*explain.Model, error) {
-	var cfg *render.Config
-	if configPath != "" {
-		var err error
-		if cfg, err = load.ConfigFile(configPath); err != nil {
-			return nil, err
-		}
-	}
-	in, err := objs.Inputs(node, cfg)
-	if err != nil {
-		return nil, err
-	}
-	state, err := render.Render(in)
-	if err != nil {
-		return nil, err
-	}
-	return explain.New(in, state)
 }
 
 func podKey(p *corev1.Pod) string                    { return p.Namespace + "/" + p.Name }
