@@ -72,6 +72,12 @@ func run(m *testing.M) (code int, err error) {
 			return 1, fmt.Errorf("hack/node-assets.sh: %w", err)
 		}
 	}
+	// One node at a time on this machine (e2e/realnode/eni brings its own).
+	release, err := realnode.Exclusive(c.StateDir)
+	if err != nil {
+		return 1, err
+	}
+	defer release()
 	defer cleanupImage()
 	image, archive, err := agentImage()
 	if err != nil {

@@ -61,6 +61,11 @@ func Up(ctx context.Context, c *Config) error {
 		return fmt.Errorf("realnode: mounts in the node's namespace: %w: %s", err, out)
 	}
 	slog.Info("realnode: namespaces ready", "node", c.Name, "holder", holder)
+	if c.Emulator != "" {
+		if err := c.startEmulator(ctx); err != nil {
+			return err
+		}
+	}
 
 	pki := filepath.Join(c.Dir(), "pki")
 	bins := c.binaries()
@@ -297,7 +302,7 @@ func (c *Config) waitFor(ctx context.Context, what string, bound time.Duration, 
 }
 
 // Down ends every process of the node (by its cgroup), removes its cgroups,
-// its network namespace and its folder (the logs are kept beside it, in
+// its network namespaces (the node's and its vpc) and its folder (the logs are kept beside it, in
 // <name>.logs). It is idempotent and works after a crash at any point.
 func Down(c *Config) error {
 	c.Defaults()
@@ -311,9 +316,13 @@ func Down(c *Config) error {
 	if err := c.removeCgroups(); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := os.Stat(filepath.Join("/run/netns", c.Netns())); err == nil {
-		if out, err := exec.Command("ip", "netns", "del", c.Netns()).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("realnode: ip netns del %s: %w: %s", c.Netns(), err, out))
+	// The vpc namespace exists only when the node had a cloud; it goes
+	// whatever the configuration says now (a crash may have left it).
+	for _, ns := range []string{c.Netns(), c.VPCNetns()} {
+		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("realnode: ip netns del %s: %w: %s", ns, err, out))
+			}
 		}
 	}
 	dir := c.Dir()
