@@ -153,7 +153,7 @@ func TestENIMultiIP(t *testing.T) {
 	ns := rntest.Namespace(t)
 	pods := []string{"a", "b"}
 	for _, p := range pods {
-		rntest.Kubectl(t, rntest.AgnhostPod(ns, p, nil, nil, "netexec", "--http-port=8080"), "apply", "-f", "-")
+		rntest.Kubectl(t, rntest.AgnhostPod(ns, p, rntest.Pod{}, "netexec", "--http-port=8080"), "apply", "-f", "-")
 	}
 	rntest.WaitReady(t, ns, pods...)
 	d := dump(t)
@@ -251,9 +251,9 @@ func TestExclusiveENI(t *testing.T) {
 	})
 
 	ns := rntest.Namespace(t)
-	rntest.Kubectl(t, rntest.AgnhostPod(ns, "x", nil, map[string]string{"aliyun/eni": "1"}, "netexec", "--http-port=8080"), "apply", "-f", "-")
+	rntest.Kubectl(t, rntest.AgnhostPod(ns, "x", rntest.Pod{Limits: map[string]string{"aliyun/eni": "1"}}, "netexec", "--http-port=8080"), "apply", "-f", "-")
 	// A multi-IP pod beside it, to reach over the vSwitch.
-	rntest.Kubectl(t, rntest.AgnhostPod(ns, "s", nil, nil, "netexec", "--http-port=8080"), "apply", "-f", "-")
+	rntest.Kubectl(t, rntest.AgnhostPod(ns, "s", rntest.Pod{}, "netexec", "--http-port=8080"), "apply", "-f", "-")
 	rntest.WaitReady(t, ns, "x", "s")
 	ip, sip := rntest.PodIP(t, ns, "x"), rntest.PodIP(t, ns, "s")
 	var eni emulator.DumpENI

@@ -61,17 +61,24 @@ func Namespace(t *testing.T) string {
 	return ns
 }
 
-// AgnhostPod is a pod running agnhost with the given arguments; limits,
-// when given, are the container's resource limits (aliyun/eni: "1").
-func AgnhostPod(ns, name string, labels, limits map[string]string, args ...string) string {
+// Pod says what an agnhost pod carries besides its arguments.
+type Pod struct {
+	Labels, Annotations map[string]string
+	// Limits are the container's resource limits (aliyun/eni: "1").
+	Limits map[string]string
+}
+
+// AgnhostPod is a pod running agnhost with the given arguments.
+func AgnhostPod(ns, name string, p Pod, args ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: %s\n", name, ns)
-	writeMap(&b, "  ", "labels", labels)
+	writeMap(&b, "  ", "labels", p.Labels)
+	writeMap(&b, "  ", "annotations", p.Annotations)
 	fmt.Fprintf(&b, "spec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: %s\n    imagePullPolicy: Never\n    args: [%s]\n",
 		realnode.AgnhostImage, quoteAll(args))
-	if len(limits) > 0 {
+	if len(p.Limits) > 0 {
 		b.WriteString("    resources:\n")
-		writeMap(&b, "      ", "limits", limits)
+		writeMap(&b, "      ", "limits", p.Limits)
 	}
 	return b.String()
 }

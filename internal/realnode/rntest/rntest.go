@@ -9,6 +9,9 @@
 // TERWAY_REALNODE_BUILD=0, which makes every test skip saying so.
 // TERWAY_REALNODE_IMAGE and TERWAY_REALNODE_IMAGE_ARCHIVE name an agent
 // image `make image` built; without them one is built.
+// TERWAY_REALNODE_NAME runs the tests on a node `make node-up` started
+// (NODE=name, with NODE_MODE for the package's manifest) instead, and
+// leaves it up.
 package rntest
 
 import (
@@ -18,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,6 +44,12 @@ type Options struct {
 var (
 	node       *realnode.Config
 	skipReason string
+	// tmp holds what Main builds (the image, terwayctl); removed at the end.
+	tmp string
+
+	imageOnce               sync.Once
+	imageName, imageArchive string
+	imageErr                error
 )
 
 // Main brings up the node, runs the package's tests and removes the node;
@@ -57,6 +67,15 @@ func Main(m *testing.M, o Options) int {
 func run(m *testing.M, o Options) (code int, err error) {
 	if os.Geteuid() != 0 {
 		skipReason = "the real node needs root"
+		return m.Run(), nil
+	}
+	if tmp, err = os.MkdirTemp("", "realnode-test-"); err != nil {
+		return 1, err
+	}
+	defer os.RemoveAll(tmp)
+	if name := os.Getenv("TERWAY_REALNODE_NAME"); name != "" {
+		node = &realnode.Config{Name: name}
+		node.Defaults()
 		return m.Run(), nil
 	}
 	root, err := RepoRoot()
@@ -84,12 +103,7 @@ func run(m *testing.M, o Options) (code int, err error) {
 		return 1, err
 	}
 	defer release()
-	tmp, err := os.MkdirTemp("", "realnode-test-")
-	if err != nil {
-		return 1, err
-	}
-	defer os.RemoveAll(tmp)
-	image, archive, err := agentImage(root, tmp)
+	image, archive, err := AgentImage()
 	if err != nil {
 		return 1, err
 	}
@@ -150,20 +164,28 @@ func run(m *testing.M, o Options) (code int, err error) {
 	return m.Run(), nil
 }
 
-// agentImage is the agent's image: the one TERWAY_REALNODE_IMAGE and
-// TERWAY_REALNODE_IMAGE_ARCHIVE name, else one hack/mkimage builds in tmp.
-func agentImage(root, tmp string) (name, archive string, err error) {
-	name, archive = os.Getenv("TERWAY_REALNODE_IMAGE"), os.Getenv("TERWAY_REALNODE_IMAGE_ARCHIVE")
-	if name != "" && archive != "" {
-		return name, archive, nil
-	}
-	name, archive = "terway-reconciler:realnode-test", filepath.Join(tmp, "image.tar")
-	cmd := exec.Command("go", "run", "./hack/mkimage", "-name", name, "-o", archive)
-	cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return "", "", fmt.Errorf("building the agent's image: %w", err)
-	}
-	return name, archive, nil
+// AgentImage is the agent's image, by name and archive: the one
+// TERWAY_REALNODE_IMAGE and TERWAY_REALNODE_IMAGE_ARCHIVE name, else one
+// hack/mkimage builds (once) for the package's run. Valid while Main runs.
+func AgentImage() (name, archive string, err error) {
+	imageOnce.Do(func() {
+		imageName, imageArchive = os.Getenv("TERWAY_REALNODE_IMAGE"), os.Getenv("TERWAY_REALNODE_IMAGE_ARCHIVE")
+		if imageName != "" && imageArchive != "" {
+			return
+		}
+		root, err := RepoRoot()
+		if err != nil {
+			imageErr = err
+			return
+		}
+		imageName, imageArchive = "terway-reconciler:realnode-test", filepath.Join(tmp, "image.tar")
+		cmd := exec.Command("go", "run", "./hack/mkimage", "-name", imageName, "-o", imageArchive)
+		cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			imageErr = fmt.Errorf("building the agent's image: %w", err)
+		}
+	})
+	return imageName, imageArchive, imageErr
 }
 
 // Need returns the node, or skips the test with the reason there is none.
