@@ -224,31 +224,8 @@ func vswitchAvailable(d *emulator.Dump) int {
 // reaches a multi-IP pod over the vSwitch and back, and gives the ENI
 // back when deleted.
 func TestExclusiveENI(t *testing.T) {
-	c := rntest.Need(t)
-	w := realnode.World()
-	want := -1
-	for _, it := range w.InstanceTypes {
-		if it.ID == w.Instances[0].InstanceType {
-			want = it.ENIQuantity - 1 - reservedENIs
-		}
-	}
-	if want < 1 {
-		t.Fatalf("instance type %s offers %d exclusive ENIs; the test needs one", w.Instances[0].InstanceType, want)
-	}
-	rntest.Eventually(t, 60*time.Second, fmt.Sprintf("node allocatable aliyun/eni = %d", want), func() error {
-		out, err := c.Kubectl(context.Background(), "", "get", "node", c.Name, "-o", "jsonpath={.status.allocatable}")
-		if err != nil {
-			return err
-		}
-		var alloc map[string]string
-		if err := json.Unmarshal([]byte(out), &alloc); err != nil {
-			return fmt.Errorf("allocatable %q: %w", out, err)
-		}
-		if got := alloc["aliyun/eni"]; got != strconv.Itoa(want) {
-			return fmt.Errorf("allocatable aliyun/eni = %q (allocatable %v)", got, alloc)
-		}
-		return nil
-	})
+	want := exclusiveSlots(t)
+	waitAllocatable(t, want)
 
 	ns := rntest.Namespace(t)
 	rntest.Kubectl(t, rntest.AgnhostPod(ns, "x", rntest.Pod{Limits: map[string]string{"aliyun/eni": "1"}}, "netexec", "--http-port=8080"), "apply", "-f", "-")
@@ -256,22 +233,7 @@ func TestExclusiveENI(t *testing.T) {
 	rntest.Kubectl(t, rntest.AgnhostPod(ns, "s", rntest.Pod{}, "netexec", "--http-port=8080"), "apply", "-f", "-")
 	rntest.WaitReady(t, ns, "x", "s")
 	ip, sip := rntest.PodIP(t, ns, "x"), rntest.PodIP(t, ns, "s")
-	var eni emulator.DumpENI
-	for _, e := range attached(dump(t)) {
-		if e.PrimaryIP == ip {
-			eni = e
-		}
-	}
-	if eni.ID == "" {
-		t.Fatalf("pod x's IP %s is the primary IP of no ENI attached to %s: %+v", ip, instanceID(), attached(dump(t)))
-	}
-	if eni.Status != "InUse" || len(eni.IPs) != 0 {
-		t.Errorf("pod x's ENI %s: status %s, secondary IPs %v; want InUse with none", eni.ID, eni.Status, eni.IPs)
-	}
-	links := rntest.InPod(t, ns, "x", "ip", "-o", "link", "show")
-	if got := linkWithMAC(links, eni.MAC); got != "eth0" {
-		t.Errorf("pod x: the link with ENI %s's MAC %s is %q, want eth0:\n%s", eni.ID, eni.MAC, got, links)
-	}
+	eni := exclusiveENI(t, ns, "x")
 	if l := nodeLinkByMAC(t, eni.MAC); l != "" {
 		t.Errorf("ENI %s's link %s is still in the node; it belongs to pod x", eni.ID, l)
 	}
@@ -299,4 +261,66 @@ func TestExclusiveENI(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// exclusiveSlots is how many aliyun/eni the node advertises: the instance
+// type's ENIs less the primary and those kept for multi-IP pods.
+func exclusiveSlots(t *testing.T) int {
+	t.Helper()
+	w := realnode.World()
+	want := -1
+	for _, it := range w.InstanceTypes {
+		if it.ID == w.Instances[0].InstanceType {
+			want = it.ENIQuantity - 1 - reservedENIs
+		}
+	}
+	if want < 1 {
+		t.Fatalf("instance type %s offers %d exclusive ENIs; the test needs one", w.Instances[0].InstanceType, want)
+	}
+	return want
+}
+
+// waitAllocatable waits until the Node's allocatable aliyun/eni is want.
+func waitAllocatable(t *testing.T, want int) {
+	t.Helper()
+	c := rntest.Need(t)
+	rntest.Eventually(t, 60*time.Second, fmt.Sprintf("node allocatable aliyun/eni = %d", want), func() error {
+		out, err := c.Kubectl(context.Background(), "", "get", "node", c.Name, "-o", "jsonpath={.status.allocatable}")
+		if err != nil {
+			return err
+		}
+		var alloc map[string]string
+		if err := json.Unmarshal([]byte(out), &alloc); err != nil {
+			return fmt.Errorf("allocatable %q: %w", out, err)
+		}
+		if got := alloc["aliyun/eni"]; got != strconv.Itoa(want) {
+			return fmt.Errorf("allocatable aliyun/eni = %q (allocatable %v)", got, alloc)
+		}
+		return nil
+	})
+}
+
+// exclusiveENI is the ENI a Ready pod took whole: attached, InUse, its
+// primary IP the pod's, no secondary IP, and its link, found by its MAC,
+// the pod's eth0.
+func exclusiveENI(t *testing.T, ns, pod string) emulator.DumpENI {
+	t.Helper()
+	ip := rntest.PodIP(t, ns, pod)
+	var eni emulator.DumpENI
+	for _, e := range attached(dump(t)) {
+		if e.PrimaryIP == ip {
+			eni = e
+		}
+	}
+	if eni.ID == "" {
+		t.Fatalf("pod %s's IP %s is the primary IP of no ENI attached to %s: %+v", pod, ip, instanceID(), attached(dump(t)))
+	}
+	if eni.Status != "InUse" || len(eni.IPs) != 0 {
+		t.Errorf("pod %s's ENI %s: status %s, secondary IPs %v; want InUse with none", pod, eni.ID, eni.Status, eni.IPs)
+	}
+	links := rntest.InPod(t, ns, pod, "ip", "-o", "link", "show")
+	if got := linkWithMAC(links, eni.MAC); got != "eth0" {
+		t.Errorf("pod %s: the link with ENI %s's MAC %s is %q, want eth0:\n%s", pod, eni.ID, eni.MAC, got, links)
+	}
+	return eni
 }

@@ -71,7 +71,8 @@ type Pod struct {
 // AgnhostPod is a pod running agnhost with the given arguments.
 func AgnhostPod(ns, name string, p Pod, args ...string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: %s\n", name, ns)
+	// Quoted: a name such as y or on is a boolean to YAML.
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: %q\n  namespace: %q\n", name, ns)
 	writeMap(&b, "  ", "labels", p.Labels)
 	writeMap(&b, "  ", "annotations", p.Annotations)
 	fmt.Fprintf(&b, "spec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: %s\n    imagePullPolicy: Never\n    args: [%s]\n",
