@@ -142,19 +142,20 @@ func checkNodeSide(t *testing.T, ip string, e emulator.DumpENI) {
 	}
 }
 
-// TestENIMultiIP: pods' IPs are IPs of ENIs the agent created
-// and attached through the emulator's API, each pod has the /32 shape and
-// its traffic leaves through its ENI's link (which the emulator plugged
-// into the node with the ENI's MAC), the pods reach each other, and
-// deleting them returns their IPs to the pool and, above its maximum, to
-// the vSwitch.
+// TestENIMultiIP: pods' IPs are IPs of ENIs the agent created and attached
+// through the emulator's API, each pod has the /32 shape and its traffic
+// leaves through its ENI's link (which the emulator plugged into the node
+// with the ENI's MAC), the pods reach each other, directly and through a
+// Service, and deleting them returns their IPs to the pool and, above its
+// maximum, to the vSwitch.
 func TestENIMultiIP(t *testing.T) {
 	rntest.Need(t)
 	ns := rntest.Namespace(t)
 	pods := []string{"a", "b"}
 	for _, p := range pods {
-		rntest.Kubectl(t, rntest.AgnhostPod(ns, p, rntest.Pod{}, "netexec", "--http-port=8080"), "apply", "-f", "-")
+		rntest.Kubectl(t, rntest.AgnhostPod(ns, p, rntest.Pod{Labels: map[string]string{"app": p}}, "netexec", "--http-port=8080"), "apply", "-f", "-")
 	}
+	rntest.Kubectl(t, fmt.Sprintf("apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: %q}\nspec:\n  selector: {app: b}\n  ports: [{port: 80, targetPort: 8080}]\n", ns), "apply", "-f", "-")
 	rntest.WaitReady(t, ns, pods...)
 	d := dump(t)
 	ips := map[string]string{}
@@ -180,6 +181,10 @@ func TestENIMultiIP(t *testing.T) {
 	}
 	rntest.Eventually(t, 30*time.Second, "a -> b", func() error { return rntest.Connect(t, ns, "a", ips["b"]+":8080") })
 	rntest.Eventually(t, 30*time.Second, "b -> a", func() error { return rntest.Connect(t, ns, "b", ips["a"]+":8080") })
+	// Through kube-proxy: a's packets to the ClusterIP are DNATed to b's
+	// ENI IP before the node's rules route them.
+	vip := strings.TrimSpace(rntest.Kubectl(t, "", "-n", ns, "get", "service", "b", "-o", "jsonpath={.spec.clusterIP}"))
+	rntest.Eventually(t, 60*time.Second, "a -> Service b "+vip+":80", func() error { return rntest.Connect(t, ns, "a", vip+":80") })
 
 	// DEL: both pods' IPs go back to the pool, which keeps at most maxPool
 	// idle; the rest are unassigned (the vSwitch has them back).
@@ -221,8 +226,8 @@ func vswitchAvailable(d *emulator.Dump) int {
 // device plugin (the instance type's ENIs less the primary and the one kept
 // for multi-IP pods); a pod that requests one is scheduled, gets a whole
 // ENI as its eth0 (the ENI's MAC, its primary IP, the vSwitch's gateway),
-// reaches a multi-IP pod over the vSwitch and back, and gives the ENI
-// back when deleted.
+// reaches a multi-IP pod over the vSwitch and back and a Service through
+// kube-proxy, and gives the ENI back when deleted.
 func TestExclusiveENI(t *testing.T) {
 	want := exclusiveSlots(t)
 	waitAllocatable(t, want)
@@ -230,7 +235,8 @@ func TestExclusiveENI(t *testing.T) {
 	ns := rntest.Namespace(t)
 	rntest.Kubectl(t, rntest.AgnhostPod(ns, "x", rntest.Pod{Limits: map[string]string{"aliyun/eni": "1"}}, "netexec", "--http-port=8080"), "apply", "-f", "-")
 	// A multi-IP pod beside it, to reach over the vSwitch.
-	rntest.Kubectl(t, rntest.AgnhostPod(ns, "s", rntest.Pod{}, "netexec", "--http-port=8080"), "apply", "-f", "-")
+	rntest.Kubectl(t, rntest.AgnhostPod(ns, "s", rntest.Pod{Labels: map[string]string{"app": "s"}}, "netexec", "--http-port=8080"), "apply", "-f", "-")
+	rntest.Kubectl(t, fmt.Sprintf("apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: %q}\nspec:\n  selector: {app: s}\n  ports: [{port: 80, targetPort: 8080}]\n", ns), "apply", "-f", "-")
 	rntest.WaitReady(t, ns, "x", "s")
 	ip, sip := rntest.PodIP(t, ns, "x"), rntest.PodIP(t, ns, "s")
 	eni := exclusiveENI(t, ns, "x")
@@ -251,6 +257,10 @@ func TestExclusiveENI(t *testing.T) {
 	// to the ENI holding s's IP, and back.
 	rntest.Eventually(t, 30*time.Second, "x -> s", func() error { return rntest.Connect(t, ns, "x", sip+":8080") })
 	rntest.Eventually(t, 30*time.Second, "s -> x", func() error { return rntest.Connect(t, ns, "s", ip+":8080") })
+	// Service traffic goes the other way: over the pod's second veth to the
+	// node, where kube-proxy's rules send it to s.
+	vip := strings.TrimSpace(rntest.Kubectl(t, "", "-n", ns, "get", "service", "s", "-o", "jsonpath={.spec.clusterIP}"))
+	rntest.Eventually(t, 60*time.Second, "x -> Service s "+vip+":80", func() error { return rntest.Connect(t, ns, "x", vip+":80") })
 
 	rntest.Kubectl(t, "", "-n", ns, "delete", "pod", "x", "--wait=true", "--timeout=60s")
 	rntest.Eventually(t, 60*time.Second, "pod x's ENI "+eni.ID+" detached and deleted", func() error {
