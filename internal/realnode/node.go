@@ -306,6 +306,9 @@ func (c *Config) spawn(name string, args ...string) (int, error) {
 		return 0, err
 	}
 	defer logf.Close()
+	if err := closeInheritedOnExec(); err != nil {
+		return 0, err
+	}
 	script := `echo $$ > "$0" && exec "$@"`
 	cmd := exec.Command("sh", append([]string{"-c", script, c.daemonsProcs()}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -2,7 +2,9 @@ package realnode
 
 import (
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -126,5 +128,32 @@ func TestAgentManifestCloud(t *testing.T) {
 	// A manifest without the cloud.yaml lines is refused, not half-edited.
 	if _, err := c.cloudEdits("kind: ConfigMap\n"); err == nil {
 		t.Error("cloudEdits of a manifest without cloud.yaml: no error")
+	}
+}
+
+// A descriptor the process inherited (not close-on-exec, as flock(1)
+// passes its lock) does not reach the node's daemons.
+func TestInheritedFilesNotPassedOn(t *testing.T) {
+	path := t.TempDir() + "/lock"
+	fd, err := syscall.Open(path, syscall.O_CREAT|syscall.O_RDWR, 0o600) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	inherits := func() bool {
+		out, err := exec.Command("ls", "-l", "/proc/self/fd").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ls /proc/self/fd: %v: %s", err, out)
+		}
+		return strings.Contains(string(out), path)
+	}
+	if !inherits() {
+		t.Fatal("a child does not see the descriptor even before: the test proves nothing")
+	}
+	if err := closeInheritedOnExec(); err != nil {
+		t.Fatal(err)
+	}
+	if inherits() {
+		t.Error("a child still inherits the descriptor")
 	}
 }
