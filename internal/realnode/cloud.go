@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,7 +88,7 @@ func (c *Config) startEmulator(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(c.Dir(), "emulator.json"), data, 0o600); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "realnode: emulator (pid %d) at %s, metadata %s, instance %s\n", pid, info.Endpoint, info.Metadata, info.InstanceID)
+	slog.Info("realnode: emulator ready", "pid", pid, "endpoint", info.Endpoint, "metadata", info.Metadata, "instance", info.InstanceID)
 	return nil
 }
 

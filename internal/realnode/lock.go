@@ -15,7 +15,9 @@ import (
 // lock is a flock: it goes with the process, also when it is killed.
 func Exclusive(stateDir string) (release func(), err error) {
 	if stateDir == "" {
-		stateDir = (&Config{}).stateDirDefault()
+		var c Config
+		c.Defaults()
+		stateDir = c.StateDir
 	}
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return nil, err
@@ -30,9 +32,4 @@ func Exclusive(stateDir string) (release func(), err error) {
 		return nil, fmt.Errorf("realnode: lock %s: %w", path, err)
 	}
 	return func() { f.Close() }, nil
-}
-
-func (c *Config) stateDirDefault() string {
-	c.Defaults()
-	return c.StateDir
 }
