@@ -117,11 +117,21 @@ manifests:
 # A real single-node cluster (internal/realnode) inside a network and a
 # private mount namespace of its own, our agent on it as the DaemonSet of
 # manifests/terway.yml with IMAGE; node-down removes every process, mount,
-# cgroup and namespace it made.
+# cgroup and namespace it made. NODE_MODE=eni-multi-ip applies
+# manifests/terway-multiip.yml instead, with the cloud emulator running
+# inside the node (its ENIs appear there as links) and the manifest's
+# cloud.yaml pointed at it.
 NODE ?= realnode
+NODE_MODE ?= vpc
+ifeq ($(NODE_MODE),eni-multi-ip)
+NODE_UP_FLAGS := -manifest manifests/terway-multiip.yml -emulator $(BIN)/terwayctl
+else
+NODE_UP_FLAGS := -manifest manifests/terway.yml
+endif
 node-up: node-assets image
 	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
-	$(BIN)/realnode up -name $(NODE) -image '$(IMAGE)' -image-archive $(IMAGE_ARCHIVE)
+	$(GO) build $(GOFLAGS) -o $(BIN)/terwayctl ./cmd/terwayctl
+	$(BIN)/realnode up -name $(NODE) -image '$(IMAGE)' -image-archive $(IMAGE_ARCHIVE) $(NODE_UP_FLAGS)
 
 node-down:
 	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode

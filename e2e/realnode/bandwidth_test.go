@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/terway-reconciler/terway/internal/realnode/rntest"
 	"github.com/terway-reconciler/terway/internal/traffic"
 )
 
@@ -14,13 +15,13 @@ import (
 // process holds it, checked to be neither the machine's nor the node's.
 func podNetns(t *testing.T, ns, pod string) string {
 	t.Helper()
-	p := fmt.Sprintf("/proc/%d/ns/net", sandboxPID(t, ns, pod))
+	p := fmt.Sprintf("/proc/%d/ns/net", rntest.SandboxPID(t, ns, pod))
 	got, err := os.Readlink(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	host, _ := os.Readlink("/proc/self/ns/net")
-	holder, err := need(t).HolderPID()
+	holder, err := rntest.Need(t).HolderPID()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,8 +37,8 @@ func podNetns(t *testing.T, ns, pod string) string {
 // shaped pod; the client reads the echo, so the rate is that of the slower
 // direction: into the pod for an ingress limit, out of it for egress.
 func TestBandwidthAnnotations(t *testing.T) {
-	need(t)
-	ns := namespace(t)
+	rntest.Need(t)
+	ns := rntest.Namespace(t)
 	cases := []struct {
 		pod, key, value string
 		bytesPerSec     float64
@@ -50,18 +51,18 @@ func TestBandwidthAnnotations(t *testing.T) {
 		{"aliyun-egress", "k8s.aliyun.com/egress-bandwidth", "1m", 1 << 20},
 	}
 	pods := []string{"client", "unshaped"}
-	kubectl(t, agnhostPod(ns, "client", nil, nil, "pause"), "apply", "-f", "-")
-	kubectl(t, agnhostPod(ns, "unshaped", nil, nil, "pause"), "apply", "-f", "-")
+	rntest.Kubectl(t, rntest.AgnhostPod(ns, "client", rntest.Pod{}, "pause"), "apply", "-f", "-")
+	rntest.Kubectl(t, rntest.AgnhostPod(ns, "unshaped", rntest.Pod{}, "pause"), "apply", "-f", "-")
 	for _, c := range cases {
-		kubectl(t, agnhostPod(ns, c.pod, nil, map[string]string{c.key: c.value}, "pause"), "apply", "-f", "-")
+		rntest.Kubectl(t, rntest.AgnhostPod(ns, c.pod, rntest.Pod{Annotations: map[string]string{c.key: c.value}}, "pause"), "apply", "-f", "-")
 		pods = append(pods, c.pod)
 	}
-	waitReady(t, ns, pods...)
+	rntest.WaitReady(t, ns, pods...)
 	client := podNetns(t, ns, "client")
 
 	measure := func(pod string) float64 {
 		t.Helper()
-		ip := strings.TrimSpace(kubectl(t, "", "-n", ns, "get", "pod", pod, "-o", "jsonpath={.status.podIP}"))
+		ip := strings.TrimSpace(rntest.Kubectl(t, "", "-n", ns, "get", "pod", pod, "-o", "jsonpath={.status.podIP}"))
 		srv, err := traffic.Serve(podNetns(t, ns, pod), ip+":9000", "tcp")
 		if err != nil {
 			t.Fatalf("echo server in %s: %v", pod, err)

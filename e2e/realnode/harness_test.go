@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/terway-reconciler/terway/internal/realnode"
+	"github.com/terway-reconciler/terway/internal/realnode/rntest"
 )
 
 // hostView is what the machine's own network namespace and host-wide
@@ -37,8 +38,10 @@ func hostView(t *testing.T) string {
 // leftovers lists what a node of that name left on the machine.
 func leftovers(c *realnode.Config) []string {
 	var left []string
-	if _, err := os.Stat(filepath.Join("/run/netns", c.Netns())); err == nil {
-		left = append(left, "netns "+c.Netns())
+	for _, ns := range []string{c.Netns(), c.VPCNetns()} {
+		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			left = append(left, "netns "+ns)
+		}
 	}
 	cg, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", c.Name))
 	for _, d := range cg {
@@ -55,12 +58,12 @@ func leftovers(c *realnode.Config) []string {
 // Ready node with the agent, and `down` leaves nothing of it, with the
 // machine's own network and sysctls as they were.
 func TestRerunAfterCrash(t *testing.T) {
-	need(t)
-	image, archive, err := agentImage()
+	rntest.Need(t)
+	image, archive, err := rntest.AgentImage()
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := repoRoot()
+	root, err := rntest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

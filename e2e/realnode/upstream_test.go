@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/terway-reconciler/terway/internal/realnode"
+	"github.com/terway-reconciler/terway/internal/realnode/rntest"
 )
 
 // upstreamSample is five of Kubernetes' own NetworkPolicy e2e specs, run by
@@ -25,7 +26,7 @@ var upstreamSample = []string{
 // real node: each spec probes real traffic between agnhost pods and must
 // pass.
 func TestUpstreamNetpolSample(t *testing.T) {
-	c := need(t)
+	c := rntest.Need(t)
 	var alt []string
 	for _, s := range upstreamSample {
 		alt = append(alt, regexpQuote(s))

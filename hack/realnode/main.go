@@ -2,13 +2,16 @@
 // (internal/realnode): `make node-up` / `make node-down`.
 //
 //	realnode up   -image NAME -image-archive bin/terway-reconciler.tar
+//	realnode up   ... -manifest manifests/terway-multiip.yml -emulator bin/terwayctl   (ENI multi-IP mode)
 //	realnode down
 //	realnode exec -- kubectl get pods -A     (any command inside the node)
 //	realnode e2e  -focus REGEXP -skip REGEXP  (Kubernetes' e2e.test against the node)
 //
 // up builds the pause and agnhost images into the asset cache, starts the
 // node, imports the images, applies manifests/terway.yml with the image set
-// and waits for the node Ready and the DaemonSet rolled out.
+// and waits for the node Ready and the DaemonSet rolled out. With -emulator
+// the node has a cloud: the ECS/VPC emulator runs in its network namespace
+// and plugs the ENIs it attaches into the node as links.
 package main
 
 import (
@@ -36,6 +39,7 @@ func main() {
 	image := fs.String("image", "", "the agent's image name (as `make image IMAGE=...` built it)")
 	archive := fs.String("image-archive", "bin/terway-reconciler.tar", "the agent's image archive")
 	manifest := fs.String("manifest", "manifests/terway.yml", "the manifest to apply")
+	fs.StringVar(&c.Emulator, "emulator", "", "up: a terwayctl binary; run its cloud emulator inside the node and point the manifest's cloud.yaml at it (manifests/terway-multiip.yml)")
 	focus := fs.String("focus", `\[sig-network\] Netpol`, "e2e: the specs to run (ginkgo focus)")
 	skip := fs.String("skip", `\[Feature:SCTPConnectivity\]`, "e2e: the specs to leave out (ginkgo skip)")
 	report := fs.String("report-dir", "bin/e2e-upstream", "e2e: where e2e.test writes its junit report and log")

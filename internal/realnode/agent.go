@@ -17,7 +17,9 @@ var (
 
 // AgentManifest is the project's manifest as applied to the node: the
 // image set (what `make manifests IMAGE=...` does to the file) and the
-// agent's serviceCIDR set to the node's Service range. Nothing else changes.
+// agent's serviceCIDR set to the node's Service range; on a node with a
+// cloud (Emulator), also the cloud configuration's vSwitch, security group,
+// endpoints and metadata URL (cloudEdits). Nothing else changes.
 func (c *Config) AgentManifest(manifestPath, image string) (string, error) {
 	b, err := os.ReadFile(manifestPath)
 	if err != nil {
@@ -29,6 +31,9 @@ func (c *Config) AgentManifest(manifestPath, image string) (string, error) {
 	}
 	s = imageLine.ReplaceAllString(s, "${1}"+image)
 	s = serviceCIDRLine.ReplaceAllString(s, "${1}"+c.ServiceCIDR.String())
+	if c.Emulator != "" {
+		return c.cloudEdits(s)
+	}
 	return s, nil
 }
 
@@ -41,6 +46,13 @@ func ApplyAgent(ctx context.Context, c *Config, manifestPath, image string) erro
 	if err != nil {
 		return err
 	}
+	return ApplyAgentManifest(ctx, c, m)
+}
+
+// ApplyAgentManifest is ApplyAgent for a manifest already made
+// (AgentManifest, then a test's own edits).
+func ApplyAgentManifest(ctx context.Context, c *Config, m string) error {
+	var err error
 	// The DaemonSet's pods need kube-system's default objects the
 	// controller manager makes; apply retries until the API takes it.
 	t0 := time.Now()

@@ -53,6 +53,10 @@ type Config struct {
 	// Images are image archives imported into containerd before the
 	// kubelet starts (the pause and agnhost ones are added by Up).
 	Images []string
+	// Emulator, when set, is a terwayctl binary: the node then has a cloud,
+	// the project's emulator run inside its network namespace (cloud.go),
+	// for the agent in ENI multi-IP mode or with exclusive ENIs.
+	Emulator string
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,19}$`)

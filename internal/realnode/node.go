@@ -61,6 +61,11 @@ func Up(ctx context.Context, c *Config) error {
 		return fmt.Errorf("realnode: mounts in the node's namespace: %w: %s", err, out)
 	}
 	slog.Info("realnode: namespaces ready", "node", c.Name, "holder", holder)
+	if c.Emulator != "" {
+		if err := c.startEmulator(ctx); err != nil {
+			return err
+		}
+	}
 
 	pki := filepath.Join(c.Dir(), "pki")
 	bins := c.binaries()
@@ -110,15 +115,67 @@ func Up(ctx context.Context, c *Config) error {
 		}
 		slog.Info("realnode: image imported", "archive", img, "took", time.Since(t0).Round(time.Millisecond))
 	}
-	if err := c.start("kubelet", bins["kubelet"], "--config="+filepath.Join(c.Dir(), "kubelet.yaml"),
-		"--kubeconfig="+filepath.Join(c.Dir(), "kubelet.kubeconfig"), "--hostname-override="+c.Name,
-		"--node-ip="+c.NodeIP.String(), "-v=2"); err != nil {
+	if err := c.startKubelet(); err != nil {
 		return err
 	}
 	if err := c.start("kube-proxy", bins["kube-proxy"], "--config="+filepath.Join(c.Dir(), "kube-proxy.yaml")); err != nil {
 		return err
 	}
 	return c.waitFor(ctx, "node registered", 120*time.Second, "kubectl", "get", "node", c.Name)
+}
+
+func (c *Config) startKubelet() error {
+	return c.start("kubelet", c.binaries()["kubelet"], "--config="+filepath.Join(c.Dir(), "kubelet.yaml"),
+		"--kubeconfig="+filepath.Join(c.Dir(), "kubelet.kubeconfig"), "--hostname-override="+c.Name,
+		"--node-ip="+c.NodeIP.String(), "-v=2")
+}
+
+// RestartKubelet stops the node's kubelet (SIGTERM, by its PID) and starts
+// it again with the same flags, as an upgrade or a crash does: it removes
+// and re-creates its device-plugin socket, and every device plugin must
+// register again. Returns once the node is Ready again.
+func RestartKubelet(ctx context.Context, c *Config) error {
+	b, err := os.ReadFile(filepath.Join(c.Dir(), "pids", "kubelet"))
+	if err != nil {
+		return fmt.Errorf("realnode: node %s has no kubelet: %w", c.Name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("realnode: kubelet pid file %q", b)
+	}
+	// The pid file names the kubelet itself: sh, nsenter and env exec in
+	// place. Check before signalling, in case the PID was reused.
+	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); filepath.Base(exe) != "kubelet" {
+		return fmt.Errorf("realnode: pid %d is %q, not the kubelet", pid, exe)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("realnode: stop kubelet %d: %w", pid, err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); alive(pid); {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("realnode: kubelet %d still runs 30s after SIGTERM", pid)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := c.startKubelet(); err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "node Ready after the kubelet's restart", 2*time.Minute,
+		"kubectl", "wait", "--for=condition=Ready", "node/"+c.Name, "--timeout=5s")
+}
+
+// alive says whether the process runs (a zombie no longer does).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
 }
 
 // makeNetns creates the node's network namespace with its link and route.
@@ -249,6 +306,9 @@ func (c *Config) spawn(name string, args ...string) (int, error) {
 		return 0, err
 	}
 	defer logf.Close()
+	if err := closeInheritedOnExec(); err != nil {
+		return 0, err
+	}
 	script := `echo $$ > "$0" && exec "$@"`
 	cmd := exec.Command("sh", append([]string{"-c", script, c.daemonsProcs()}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -297,7 +357,7 @@ func (c *Config) waitFor(ctx context.Context, what string, bound time.Duration, 
 }
 
 // Down ends every process of the node (by its cgroup), removes its cgroups,
-// its network namespace and its folder (the logs are kept beside it, in
+// its network namespaces (the node's and its vpc) and its folder (the logs are kept beside it, in
 // <name>.logs). It is idempotent and works after a crash at any point.
 func Down(c *Config) error {
 	c.Defaults()
@@ -311,9 +371,13 @@ func Down(c *Config) error {
 	if err := c.removeCgroups(); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := os.Stat(filepath.Join("/run/netns", c.Netns())); err == nil {
-		if out, err := exec.Command("ip", "netns", "del", c.Netns()).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("realnode: ip netns del %s: %w: %s", c.Netns(), err, out))
+	// The vpc namespace exists only when the node had a cloud; it goes
+	// whatever the configuration says now (a crash may have left it).
+	for _, ns := range []string{c.Netns(), c.VPCNetns()} {
+		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("realnode: ip netns del %s: %w: %s", ns, err, out))
+			}
 		}
 	}
 	dir := c.Dir()
