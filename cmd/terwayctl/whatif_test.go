@@ -48,3 +48,29 @@ func TestWhatIfCommand(t *testing.T) {
 		t.Errorf("-o yaml: exit %d, want 1", code)
 	}
 }
+
+// TestWhatIfWithoutAllocations: the command on the demo's cluster
+// folder alone, which holds no allocations: the node's pods are placed as
+// the CNI would set them up (and a note says so), and the flips are those
+// of the same command with the demo's allocations.
+func TestWhatIfWithoutAllocations(t *testing.T) {
+	flips := func(args ...string) (string, string) {
+		var out, errb bytes.Buffer
+		if code := run(strings.NewReader(""), &out, &errb, args...); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errb.String())
+		}
+		text := out.String()
+		return text[:strings.Index(text, "kernel plan")], errb.String()
+	}
+	placed, note := flips("what-if", "-f", "../../examples/cluster", "--apply", "../../examples/policy.yaml")
+	recorded, _ := flips("what-if", "-f", "../../examples/cluster", "-f", "../../examples/allocations.yaml", "--apply", "../../examples/policy.yaml")
+	if placed != recorded {
+		t.Errorf("flips with pods placed:\n%s\nwith the demo's allocations:\n%s", placed, recorded)
+	}
+	if n := strings.Count(placed, "\n  "); n != 20 {
+		t.Errorf("%d flips, want the demo's 20:\n%s", n, placed)
+	}
+	if !strings.Contains(note, "5 pods of node demo-node placed") {
+		t.Errorf("no note on placed pods: %q", note)
+	}
+}
