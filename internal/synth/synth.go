@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/terway-reconciler/terway/render"
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -149,4 +151,34 @@ func policy(rng *rand.Rand, i, namespaces int) *networkingv1.NetworkPolicy {
 		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
 	}
 	return np
+}
+
+// Documents returns the inputs' objects as YAML documents: the Node when
+// node is set, then the namespaces, pods, policies and allocations.
+func Documents(in render.Inputs, node bool) ([][]byte, error) {
+	var objs []any
+	if node {
+		objs = append(objs, in.Node)
+	}
+	for _, o := range in.Namespaces {
+		objs = append(objs, o)
+	}
+	for _, o := range in.Pods {
+		objs = append(objs, o)
+	}
+	for _, o := range in.Policies {
+		objs = append(objs, o)
+	}
+	for _, o := range in.Allocations {
+		objs = append(objs, o)
+	}
+	docs := make([][]byte, 0, len(objs))
+	for _, o := range objs {
+		data, err := yaml.Marshal(o)
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, data)
+	}
+	return docs, nil
 }
