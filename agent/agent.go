@@ -75,6 +75,10 @@ type Agent struct {
 	// committing, when set, is called by a resync just before it executes
 	// a non-empty nftables plan (tests hold it there).
 	committing func()
+	// committed, when set, is called by a resync with the report of its
+	// nftables plan once executed (a benchmark times a policy change to
+	// the commit that enforces it).
+	committed func(*engine.Report)
 	// resynced is set after the first full reconcile following the inputs'
 	// first complete listing; until then nothing is pruned.
 	resynced atomic.Bool

@@ -263,6 +263,9 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 		}
 		nrep := a.eng.Execute(ctx, &engine.Plan{Ops: nftOps})
 		a.noteNFTOutcome(nrep)
+		if a.committed != nil {
+			a.committed(nrep)
+		}
 		rep.Results = append(rep.Results, nrep.Results...)
 		rep.Writes += nrep.Writes
 		rep.Duration += nrep.Duration
