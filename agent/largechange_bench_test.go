@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -140,12 +141,41 @@ func largeChange(b *testing.B, locked bool) {
 		slices.Sort(ds)
 		return ds
 	}
+	// phases sums the ADD phase histograms (metrics.addPhases) so far.
+	phases := func() map[string][2]float64 {
+		out := map[string][2]float64{}
+		mfs, err := a.m.reg.Gather()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "terway_cni_add_phase_seconds" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				out[m.GetLabel()[0].GetValue()] = [2]float64{m.GetHistogram().GetSampleSum(), float64(m.GetHistogram().GetSampleCount())}
+			}
+		}
+		return out
+	}
+	phaseMeans := func(from, to map[string][2]float64) string {
+		var parts []string
+		for _, ph := range []string{"lock", "render", "apply"} {
+			n := to[ph][1] - from[ph][1]
+			if n > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.2f ms", ph, 1000*(to[ph][0]-from[ph][0])/n))
+			}
+		}
+		return strings.Join(parts, ", ")
+	}
 	b.Logf("set up in %s", time.Since(began).Round(time.Millisecond))
 	cycle() // warm
 	began = time.Now()
+	atIdle := phases()
 	idle := run(adds, func() bool { return false })
+	atBusy := phases()
 	b.Logf("%d idle ADDs in %s", len(idle), time.Since(began).Round(time.Millisecond))
-	progress("%d idle ADDs, p50 %v", len(idle), idle[len(idle)/2])
+	progress("%d idle ADDs, p50 %v; mean phases: %s", len(idle), idle[len(idle)/2], phaseMeans(atIdle, atBusy))
 	idleFailed := failed.Swap(0)
 
 	// A change counts from the policy's edit to the first resync whose
@@ -155,6 +185,11 @@ func largeChange(b *testing.B, locked bool) {
 	// ADDs and DELs meanwhile, see Agent.sync), but the change is in force.
 	enforced := make(chan struct{}, 1)
 	a.committed = func(rep *engine.Report) {
+		for _, r := range rep.Results {
+			if r.Err != nil {
+				progress("resync's nftables commit refused: %v; op %s", r.Err, r.Op.String())
+			}
+		}
 		if rep.Err() == nil {
 			select {
 			case enforced <- struct{}{}:
@@ -207,6 +242,7 @@ func largeChange(b *testing.B, locked bool) {
 	wg.Wait()
 	b.Logf("%d ADDs during %d changes in %s", len(busy), changes.Load(), time.Since(began).Round(time.Millisecond))
 	busyFailed := failed.Load()
+	progress("%d ADDs during %d changes, p50 %v; mean phases: %s", len(busy), changes.Load(), busy[len(busy)/2], phaseMeans(atBusy, phases()))
 
 	b.Logf("slowest ADDs idle %v, during changes %v", idle[len(idle)-5:], busy[len(busy)-5:])
 	q := func(ds []time.Duration, p float64) float64 {
