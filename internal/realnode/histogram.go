@@ -42,9 +42,13 @@ type Histogram struct {
 	Sum     float64
 }
 
+// ErrNoHistogram is ParseHistogram's error for a name the text lacks. The
+// kubelet's histograms are vectors, exported from their first observation
+// on: before any pod started the SLI is absent, which means zero.
+var ErrNoHistogram = errors.New("metrics: no such histogram")
+
 // ParseHistogram reads histogram name from a Prometheus text exposition
-// (what /metrics serves). A name that is absent is an error: the caller
-// asked for a metric the target does not export.
+// (what /metrics serves). A name that is absent is ErrNoHistogram.
 func ParseHistogram(text, name string) (*Histogram, error) {
 	byBound := map[float64]float64{}
 	h := &Histogram{Name: name}
@@ -84,7 +88,7 @@ func ParseHistogram(text, name string) (*Histogram, error) {
 		return nil, err
 	}
 	if !found {
-		return nil, fmt.Errorf("metrics: no histogram %s", name)
+		return nil, fmt.Errorf("%w: %s", ErrNoHistogram, name)
 	}
 	for ub, n := range byBound {
 		h.Buckets = append(h.Buckets, Bucket{UpperBound: ub, Count: n})

@@ -2,6 +2,7 @@ package realnode
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"strings"
@@ -80,6 +81,12 @@ func TestHistogramSubOfTwoScrapes(t *testing.T) {
 			t.Errorf("q%g = %g (%v), want %g", q, got, err, want)
 		}
 	}
+	// Before the node's first pod the kubelet exports no SLI at all
+	// (scrapePodStart reads that as an empty histogram): all of after.
+	empty := &Histogram{Name: PodStartSLIMetric, Buckets: []Bucket{{UpperBound: math.Inf(1)}}}
+	if d, err := after.Sub(empty); err != nil || d.Count != 6 || bucketCount(t, d, 3) != 3 {
+		t.Errorf("after - empty: %+v (%v), want after", d, err)
+	}
 	// A kubelet restart between the scrapes resets its counters.
 	if _, err := before.Sub(after); err == nil || !strings.Contains(err.Error(), "restarted") {
 		t.Errorf("before - after: %v, want a restart error", err)
@@ -123,7 +130,7 @@ func TestHistogramQuantile(t *testing.T) {
 
 func TestParseHistogramErrors(t *testing.T) {
 	for _, tc := range []struct{ name, text, want string }{
-		{"absent", "other_metric 1\n", "no histogram " + PodStartSLIMetric},
+		{"absent", "other_metric 1\n", "no such histogram: " + PodStartSLIMetric},
 		{"no le", PodStartSLIMetric + "_bucket{x=\"1\"} 3\n", "without an le label"},
 		{"bad le", PodStartSLIMetric + "_bucket{le=\"one\"} 3\n", `le="one"`},
 		{"bad value", PodStartSLIMetric + "_count three\n", "value of " + PodStartSLIMetric + "_count"},
@@ -133,6 +140,9 @@ func TestParseHistogramErrors(t *testing.T) {
 		_, err := ParseHistogram(tc.text, PodStartSLIMetric)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+		if absent := errors.Is(err, ErrNoHistogram); absent != (tc.name == "absent") {
+			t.Errorf("%s: errors.Is(ErrNoHistogram) = %v", tc.name, absent)
 		}
 	}
 }

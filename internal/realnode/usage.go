@@ -2,7 +2,9 @@ package realnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -236,7 +238,12 @@ func (s *sampler) scrapePodStart(ctx context.Context, when string) (*Histogram, 
 			return nil, err
 		}
 	}
-	return ParseHistogram(text, PodStartSLIMetric)
+	h, err := ParseHistogram(text, PodStartSLIMetric)
+	if errors.Is(err, ErrNoHistogram) {
+		// No pod has started on the node yet: an empty histogram.
+		return &Histogram{Name: PodStartSLIMetric, Buckets: []Bucket{{UpperBound: math.Inf(1)}}}, nil
+	}
+	return h, err
 }
 
 // daemonPID is the PID of one of the node's daemons, checked against its
