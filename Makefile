@@ -129,6 +129,12 @@ NODE_UP_FLAGS := -manifest manifests/terway-multiip.yml -emulator $(BIN)/terwayc
 else
 NODE_UP_FLAGS := -manifest manifests/terway.yml
 endif
+# CNI=ptp: the reference ptp + host-local + bandwidth chain (hack/cni-plugins.sh)
+# instead of our DaemonSet, the baseline of CONFORMANCE.md's pod start figures.
+CNI ?= terway
+ifeq ($(CNI),ptp)
+NODE_UP_FLAGS += -cni ptp -cni-plugins "$$(hack/cni-plugins.sh)"
+endif
 node-up: node-assets image
 	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
 	$(GO) build $(GOFLAGS) -o $(BIN)/terwayctl ./cmd/terwayctl
