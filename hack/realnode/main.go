@@ -3,7 +3,8 @@
 //
 //	realnode up   -image NAME -image-archive bin/terway-reconciler.tar
 //	realnode up   ... -manifest manifests/terway-multiip.yml -emulator bin/terwayctl   (ENI multi-IP mode)
-//	realnode down
+//	realnode up   ... -nodes 2   (a second node, NAME-2, joins; both behind the vpc namespace rc-NAME)
+//	realnode down                  (removes the workers and the vpc namespace too)
 //	realnode exec -- kubectl get pods -A     (any command inside the node)
 //	realnode e2e  -focus REGEXP -skip REGEXP  (Kubernetes' e2e.test against the node)
 //
@@ -40,6 +41,7 @@ func main() {
 	archive := fs.String("image-archive", "bin/terway-reconciler.tar", "the agent's image archive")
 	manifest := fs.String("manifest", "manifests/terway.yml", "the manifest to apply")
 	fs.StringVar(&c.Emulator, "emulator", "", "up: a terwayctl binary; run its cloud emulator inside the node and point the manifest's cloud.yaml at it (manifests/terway-multiip.yml)")
+	fs.IntVar(&c.Nodes, "nodes", 1, "up: how many nodes (the first runs the control plane; the others, NAME-2 ..., join it through a vpc namespace rc-NAME)")
 	focus := fs.String("focus", `\[sig-network\] Netpol`, "e2e: the specs to run (ginkgo focus)")
 	skip := fs.String("skip", `\[Feature:SCTPConnectivity\]`, "e2e: the specs to leave out (ginkgo skip)")
 	report := fs.String("report-dir", "bin/e2e-upstream", "e2e: where e2e.test writes its junit report and log")
