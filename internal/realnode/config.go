@@ -101,7 +101,8 @@ func (c *Config) Validate() error {
 	if !nameRE.MatchString(c.Name) {
 		return fmt.Errorf("realnode: name %q: want lower-case letters, digits and '-', at most 20", c.Name)
 	}
-	if c.Nodes < 1 || c.Nodes > maxNodes {
+	// 0 is the default, one node (Defaults sets it).
+	if c.Nodes < 0 || c.Nodes > maxNodes {
 		return fmt.Errorf("realnode: node %s: nodes %d: want 1 to %d", c.Name, c.Nodes, maxNodes)
 	}
 	if c.Nodes > 1 {
