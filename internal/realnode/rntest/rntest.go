@@ -142,6 +142,9 @@ func run(m *testing.M, o Options) (code int, err error) {
 		}
 		if code == 0 && err == nil {
 			os.RemoveAll(c.Dir() + ".logs")
+			for _, w := range c.Workers() {
+				os.RemoveAll(w.Dir() + ".logs")
+			}
 		} else {
 			fmt.Fprintf(os.Stderr, "realnode: the node's logs are in %s.logs\n", c.Dir())
 		}
