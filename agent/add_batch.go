@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
@@ -44,7 +45,9 @@ func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc 
 		// The batch is every waiter's, not the leader's alone: the runtime
 		// giving up on the leader's ADD must not fail the others.
 		ctx = context.WithoutCancel(ctx)
+		asked := time.Now()
 		a.mu.Lock()
+		a.m.addPhases.WithLabelValues("lock").Observe(time.Since(asked).Seconds())
 		a.addMu.Lock()
 		batch := a.addQueue
 		a.addQueue, a.addLeading = nil, false
@@ -59,8 +62,15 @@ func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc 
 // setUpBatch renders the node once and applies the batch's pods in one
 // scoped plan. Called with the agent's lock held.
 func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
+	defer func() {
+		for _, w := range batch {
+			a.pending.done(w.alloc)
+		}
+	}()
 	answer := func(w *addWaiter, res *types100.Result, err error) { w.done <- addOutcome{res, err} }
+	began := time.Now()
 	state, err := a.renderNode()
+	a.m.addPhases.WithLabelValues("render").Observe(time.Since(began).Seconds())
 	if err != nil {
 		for _, w := range batch {
 			a.rollback(w.req)
@@ -104,7 +114,9 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	for _, w := range live {
 		keys = append(keys, w.key)
 	}
+	began = time.Now()
 	rep, err := a.apply(ctx, "ADD "+strings.Join(keys, ", "), state, engine.PlanOptions{Pods: keys})
+	a.m.addPhases.WithLabelValues("apply").Observe(time.Since(began).Seconds())
 	a.m.observeReport(rep, 0)
 	// A failure of a pod's own item fails that pod; any other failure (a
 	// node-level item, the nftables commit, the plan itself) fails all.

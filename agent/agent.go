@@ -54,6 +54,9 @@ type Agent struct {
 	// writes notes the pods CNI requests write while a resync plans
 	// without mu.
 	writes writeTracker
+	// pending holds the ADDs between their allocation and the end of
+	// their set-up (resync.go: a resync leaves them to their ADD).
+	pending pendingAdds
 	// nftStale counts the resyncs in a row whose nftables commit, made
 	// without mu, was refused as stale (resync.go).
 	nftStale atomic.Int32
@@ -75,6 +78,13 @@ type Agent struct {
 	// committing, when set, is called by a resync just before it executes
 	// a non-empty nftables plan (tests hold it there).
 	committing func()
+	// allocated, when set, is called by an ADD between its allocation and
+	// its set-up (tests hold it there).
+	allocated func()
+	// committed, when set, is called by a resync with the report of its
+	// nftables plan once executed (a benchmark times a policy change to
+	// the commit that enforces it).
+	committed func(*engine.Report)
 	// resynced is set after the first full reconcile following the inputs'
 	// first complete listing; until then nothing is pruned.
 	resynced atomic.Bool
@@ -232,6 +242,18 @@ func (a *Agent) renderNode() (*spec.NodeState, error) {
 
 // renderSnapshot renders from a snapshot already taken and the store.
 func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
+	return a.renderWithout(snap, nil)
+}
+
+// renderSettled renders the node without the ADDs pending (pending.go):
+// a resync's document, which leaves them to their ADDs.
+func (a *Agent) renderSettled(pending map[string]spec.Allocation) (*spec.NodeState, error) {
+	return a.renderWithout(a.src.Snapshot(), pending)
+}
+
+// renderWithout renders from snap and the store's allocations less
+// pending.
+func (a *Agent) renderWithout(snap inputs.Snapshot, pending map[string]spec.Allocation) (*spec.NodeState, error) {
 	if snap.Node == nil {
 		return nil, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
 	}
@@ -240,6 +262,7 @@ func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
 		return nil, err
 	}
 	a.m.allocations.Set(float64(len(allocs)))
+	allocs = without(allocs, pending)
 	return a.renders.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
 		Policies: snap.Policies, Allocations: allocs, ENIs: a.eniInputs(),

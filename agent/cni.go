@@ -80,8 +80,12 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 			return nil, cerr
 		}
 	}
+	a.pending.add(alloc)
 	a.mu.Unlock()
 	chaos.Point(chaos.AddAfterStore)
+	if a.allocated != nil {
+		a.allocated()
+	}
 	// The address is recorded; the pod's network is set up together with
 	// the other ADDs that arrive meanwhile (add_batch.go).
 	return a.setUp(ctx, req, key, alloc)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/cni/wire"
 	"github.com/terway-reconciler/terway/internal/nstest"
 )
@@ -65,14 +68,22 @@ func BenchmarkAgentAddDuringLargePolicyChange(b *testing.B) {
 	}
 }
 
-var largeChangeAdds = flag.Int("largechange.adds", 40, "BenchmarkAgentAddDuringLargePolicyChange: ADDs per phase")
+var (
+	largeChangeAdds  = flag.Int("largechange.adds", 40, "BenchmarkAgentAddDuringLargePolicyChange: ADDs per phase")
+	largeChangePeers = flag.Int("largechange.peers", 500, "BenchmarkAgentAddDuringLargePolicyChange: the policy's peers (x100 ports: set elements); the change takes 16% of them away")
+)
 
 func largeChange(b *testing.B, locked bool) {
 	nstest.RequireRoot(b)
 	adds := *largeChangeAdds
 	began := time.Now()
+	// Progress goes to stderr as it happens: a benchmark's own log is
+	// printed only when it ends, and a phase here can take minutes.
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "largechange %s: "+format+"\n", append([]any{time.Since(began).Round(time.Millisecond)}, args...)...)
+	}
 	a, src, _ := podSourceAgent(b, "198.18.6.0/24", "198.19.255.1")
-	src.policies = []*networkingv1.NetworkPolicy{largePolicy(500)}
+	src.policies = []*networkingv1.NetworkPolicy{largePolicy(*largeChangePeers)}
 	a.nftAlwaysLocked = locked
 	ctx := context.Background()
 	setPod := func(name string, present bool) {
@@ -89,9 +100,11 @@ func largeChange(b *testing.B, locked bool) {
 		return &wire.Request{Command: cmd, ContainerID: "ctr-" + name, Netns: netns, IfName: "eth0",
 			Args: wire.PodArgs{Namespace: "x", Name: name, UID: "uid-" + name}}
 	}
+	progress("agent made (locked commit: %v)", locked)
 	if out := a.sync(ctx, true); !a.Ready() {
 		b.Fatalf("first sync: %+v", out)
 	}
+	progress("first sync done (the large policy selects no pod yet)")
 	for i := range 20 {
 		name := fmt.Sprintf("p%d", i)
 		setPod(name, true)
@@ -102,6 +115,7 @@ func largeChange(b *testing.B, locked bool) {
 	if out := a.sync(ctx, true); out.Again {
 		b.Fatalf("sync after the pods: %+v", out)
 	}
+	progress("20 pods added and synced")
 	newNetns := nstest.Netns(b, "new")
 	var failed atomic.Int64
 	cycle := func() time.Duration {
@@ -127,13 +141,62 @@ func largeChange(b *testing.B, locked bool) {
 		slices.Sort(ds)
 		return ds
 	}
+	// phases sums the ADD phase histograms (metrics.addPhases) so far.
+	phases := func() map[string][2]float64 {
+		out := map[string][2]float64{}
+		mfs, err := a.m.reg.Gather()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "terway_cni_add_phase_seconds" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				out[m.GetLabel()[0].GetValue()] = [2]float64{m.GetHistogram().GetSampleSum(), float64(m.GetHistogram().GetSampleCount())}
+			}
+		}
+		return out
+	}
+	phaseMeans := func(from, to map[string][2]float64) string {
+		var parts []string
+		for _, ph := range []string{"lock", "render", "apply"} {
+			n := to[ph][1] - from[ph][1]
+			if n > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.2f ms", ph, 1000*(to[ph][0]-from[ph][0])/n))
+			}
+		}
+		return strings.Join(parts, ", ")
+	}
 	b.Logf("set up in %s", time.Since(began).Round(time.Millisecond))
 	cycle() // warm
 	began = time.Now()
+	atIdle := phases()
 	idle := run(adds, func() bool { return false })
+	atBusy := phases()
 	b.Logf("%d idle ADDs in %s", len(idle), time.Since(began).Round(time.Millisecond))
+	progress("%d idle ADDs, p50 %v; mean phases: %s", len(idle), idle[len(idle)/2], phaseMeans(atIdle, atBusy))
 	idleFailed := failed.Swap(0)
 
+	// A change counts from the policy's edit to the first resync whose
+	// nftables commit succeeds: the plan is made from a document rendered
+	// after the edit, so that commit enforces it. Resyncs go on after that
+	// while the CNI keeps writing (each one's render is cut short by the
+	// ADDs and DELs meanwhile, see Agent.sync), but the change is in force.
+	enforced := make(chan struct{}, 1)
+	a.committed = func(rep *engine.Report) {
+		for _, r := range rep.Results {
+			if r.Err != nil {
+				progress("resync's nftables commit refused: %v; op %s", r.Err, r.Op.String())
+			}
+		}
+		if rep.Err() == nil {
+			select {
+			case enforced <- struct{}{}:
+			default:
+			}
+		}
+	}
 	stop := make(chan struct{})
 	var changes atomic.Int64
 	var changeTime atomic.Int64
@@ -141,22 +204,36 @@ func largeChange(b *testing.B, locked bool) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		peers := 500
+		full, cut := *largeChangePeers, *largeChangePeers*84/100
+		peers := full
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			peers = 920 - peers // 500 <-> 420
+			peers = full + cut - peers // 500 <-> 420 by default
+			select {
+			case <-enforced: // a resync's commit before this edit
+			default:
+			}
 			src.mu.Lock()
 			src.policies = []*networkingv1.NetworkPolicy{largePolicy(peers)}
 			src.mu.Unlock()
 			start := time.Now()
-			for out := a.sync(ctx, false); out.Again; out = a.sync(ctx, false) {
+			syncs := 0
+			for done := false; !done; {
+				a.sync(ctx, false)
+				syncs++
+				select {
+				case <-enforced:
+					done = true
+				default:
+				}
 			}
 			changeTime.Add(int64(time.Since(start)))
 			changes.Add(1)
+			progress("change to %d peers enforced in %s (%d resyncs)", peers, time.Since(start).Round(time.Millisecond), syncs)
 		}
 	}()
 	began = time.Now()
@@ -165,6 +242,7 @@ func largeChange(b *testing.B, locked bool) {
 	wg.Wait()
 	b.Logf("%d ADDs during %d changes in %s", len(busy), changes.Load(), time.Since(began).Round(time.Millisecond))
 	busyFailed := failed.Load()
+	progress("%d ADDs during %d changes, p50 %v; mean phases: %s", len(busy), changes.Load(), busy[len(busy)/2], phaseMeans(atBusy, phases()))
 
 	b.Logf("slowest ADDs idle %v, during changes %v", idle[len(idle)-5:], busy[len(busy)-5:])
 	q := func(ds []time.Duration, p float64) float64 {

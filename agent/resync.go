@@ -137,7 +137,9 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 	again, rendered := false, false
 	for round := 0; round < maxSyncRounds; round++ {
 		a.writes.start()
-		state, err := a.renderNode() // no lock needed: a snapshot and a store read
+		// No lock needed: a snapshot and a store read. The pods whose ADD
+		// is under way are their ADD's (pending.go).
+		state, err := a.renderSettled(a.pending.snapshot())
 		if err != nil {
 			a.writes.stop()
 			a.m.reconcileErrors.Inc()
@@ -213,7 +215,10 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 			a.mu.Unlock()
 		}
 	}()
-	written := a.writes.stop()
+	// The pods written since the render, and those whose ADD has
+	// allocated but not set up yet, are left to their CNI requests.
+	pending := a.pending.snapshot()
+	written := a.writes.stop().merge(pendingWrites(pending))
 	ops := make([]op.Op, 0, len(kernel.Ops))
 	for _, o := range kernel.Ops {
 		switch {
@@ -233,7 +238,7 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 		nstate := state
 		if written != nil {
 			var err error
-			if nstate, err = a.renderNode(); err != nil {
+			if nstate, err = a.renderSettled(pending); err != nil {
 				kept[nftKey] = true // the render's status comes with the next sync
 				nstate = nil
 			}
@@ -263,6 +268,9 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 		}
 		nrep := a.eng.Execute(ctx, &engine.Plan{Ops: nftOps})
 		a.noteNFTOutcome(nrep)
+		if a.committed != nil {
+			a.committed(nrep)
+		}
 		rep.Results = append(rep.Results, nrep.Results...)
 		rep.Writes += nrep.Writes
 		rep.Duration += nrep.Duration

@@ -236,3 +236,76 @@ func TestResyncCommitsNFTWithoutLock(t *testing.T) {
 		t.Errorf("plan after the syncs (%v): %d operations\n%s", err, n, text)
 	}
 }
+
+// TestResyncLeavesPendingAddToIt: a resync that runs between an ADD's
+// allocation and its set-up (Add lets the agent's lock go in between)
+// writes nothing of that pod: not its veth, not its address in the node's
+// shared sets. Before, it rendered the pod from the store and wrote its
+// part, and the ADD's commit of the same elements then made whichever
+// came second stale: a large policy change's commit lost every time.
+func TestResyncLeavesPendingAddToIt(t *testing.T) {
+	nstest.RequireRoot(t)
+	a, src, node := podSourceAgent(t, "198.18.7.0/24", "198.19.7.1")
+	podNetns := nstest.Netns(t, "pod")
+	ctx := context.Background()
+	if out := a.sync(ctx, true); out.Again || !a.Ready() {
+		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
+	}
+	src.mu.Lock()
+	src.pods["x/a"] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", UID: "uid-a"}, Spec: corev1.PodSpec{NodeName: "node-1"}}
+	src.mu.Unlock()
+
+	held, resume := make(chan struct{}), make(chan struct{})
+	a.allocated = func() { close(held); <-resume }
+	type added struct {
+		ip  string
+		err error
+	}
+	done := make(chan added)
+	go func() {
+		res, err := a.Add(ctx, &wire.Request{Command: wire.CmdAdd, ContainerID: "ctr-a", Netns: podNetns, IfName: "eth0",
+			Args: wire.PodArgs{Namespace: "x", Name: "a", UID: "uid-a"}})
+		if err != nil {
+			done <- added{err: err}
+			return
+		}
+		done <- added{ip: res.IPs[0].Address.IP.String()}
+	}()
+	<-held
+	a.allocated = nil
+	allocs, err := a.store.List()
+	if err != nil || len(allocs) != 1 {
+		t.Fatalf("the held ADD's allocation: %v, %d allocations", err, len(allocs))
+	}
+	ip, veth := allocs[0].Spec.IP, spec.HostVethName("x/a")
+
+	out := a.sync(ctx, false)
+	if !out.Again {
+		t.Error("the resync that left a pending ADD's pod alone did not ask to run again")
+	}
+	for _, line := range strings.Split(a.journal.text(), "\n") {
+		if strings.Contains(line, veth) || strings.Contains(line, " "+ip+" ") || strings.Contains(line, ip+"/") || strings.HasSuffix(line, " "+ip) {
+			t.Errorf("the resync wrote part of the pod whose ADD was under way: %q\n%s", line, a.journal.text())
+			break
+		}
+	}
+	if links := nstest.Run(t, node, "ip", "-o", "link"); strings.Contains(links, veth) {
+		t.Errorf("the resync made the pending pod's veth %s", veth)
+	}
+
+	close(resume)
+	res := <-done
+	if res.err != nil || res.ip != ip {
+		t.Fatalf("the ADD after the resync: ip %q (allocated %s), %v", res.ip, ip, res.err)
+	}
+	if out := a.sync(ctx, true); out.Again {
+		t.Errorf("the next sync asked again: %+v", out)
+	}
+	text, n, err := a.planText(ctx, a.eng)
+	if err != nil || n != 0 {
+		t.Errorf("plan after the next sync (%v): %d operations\n%s", err, n, text)
+	}
+	if links := nstest.Run(t, node, "ip", "-o", "link"); !strings.Contains(links, veth) {
+		t.Errorf("the pod's veth %s is missing after its ADD", veth)
+	}
+}

@@ -167,7 +167,15 @@ func (r *Reconciler) indexer(rec *record) func(*set) addrIndex {
 		if ok && x.of == s {
 			return x.idx
 		}
-		idx := newAddrIndex(s)
+		r.mu.Lock()
+		prev, ok := rec.indexes[s.name]
+		r.mu.Unlock()
+		var idx addrIndex
+		if ok && s.from != 0 && prev.of.id == s.from && len(s.added)+len(s.removed) < len(s.elems)/4 {
+			idx = prev.idx.derive(s)
+		} else {
+			idx = newAddrIndex(s)
+		}
 		r.mu.Lock()
 		if rec.indexes == nil {
 			rec.indexes = map[string]indexed{}

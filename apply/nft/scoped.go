@@ -236,23 +236,76 @@ const indexMinElems = 256
 type addrIndex map[string][]*elem
 
 func newAddrIndex(s *set) addrIndex {
+	fields := addrFields(s)
+	idx := make(addrIndex, len(s.elems))
+	for _, e := range s.elems {
+		idx.put(e, fields)
+	}
+	return idx
+}
+
+// derive returns the index of s, a set derived from the one x indexes by
+// s.added and s.removed, without reading s's other elements: the CNI path
+// changes a few elements of large sets on every ADD and DEL. x is left as
+// it is (it may still be read): the entries s's change touches are copied.
+func (x addrIndex) derive(s *set) addrIndex {
+	fields := addrFields(s)
+	idx := maps.Clone(x)
+	copied := map[string]bool{}
+	own := func(a string) {
+		if !copied[a] {
+			copied[a] = true
+			idx[a] = slices.Clone(idx[a])
+		}
+	}
+	for _, he := range s.removed {
+		eachAddr(he.text, fields, func(a string) {
+			own(a)
+			idx[a] = slices.DeleteFunc(idx[a], func(e *elem) bool { return e == he })
+			if len(idx[a]) == 0 {
+				delete(idx, a)
+			}
+		})
+	}
+	for _, e := range s.added {
+		eachAddr(e.text, fields, func(a string) {
+			own(a)
+			idx[a] = append(idx[a], e)
+		})
+	}
+	return idx
+}
+
+// put adds e under each single address of its key's address fields.
+func (x addrIndex) put(e *elem, fields []int) {
+	eachAddr(e.text, fields, func(a string) { x[a] = append(x[a], e) })
+}
+
+// addrFields are the positions of a set's key fields that hold addresses.
+func addrFields(s *set) []int {
 	var fields []int
 	for i, tn := range s.typeNames {
 		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
 			fields = append(fields, i)
 		}
 	}
-	idx := addrIndex{}
-	for _, e := range s.elems {
-		for i, f := range keyFields(e.text) {
-			if slices.Contains(fields, i) {
-				if a := hostAddr(f); !strings.ContainsAny(a, "/-") {
-					idx[a] = append(idx[a], e)
-				}
+	return fields
+}
+
+// eachAddr calls f with each single address (not a prefix or a range:
+// those are not a pod's) among the address fields of a canonical key text,
+// without splitting it into a slice: indexes read every element of large
+// sets.
+func eachAddr(text string, fields []int, f func(string)) {
+	for i := 0; text != ""; i++ {
+		field, rest, _ := strings.Cut(text, " . ")
+		if slices.Contains(fields, i) {
+			if a := hostAddr(field); !strings.ContainsAny(a, "/-") {
+				f(a)
 			}
 		}
+		text = rest
 	}
-	return idx
 }
 
 // keyFields splits a canonical key text into its fields.

@@ -43,6 +43,16 @@ func TestUpstreamNetpolSample(t *testing.T) {
 	if len(res.Failed) > 0 || len(res.Passed) < len(upstreamSample) {
 		t.Fatalf("upstream Netpol sample: %s (want all %d of the sample passed); log %s", res, len(upstreamSample), res.Log)
 	}
+	// The run's usage report: the agent was sampled in its pod, and the
+	// kubelet counted the sample's pods (each spec starts at least one).
+	u := res.Usage
+	t.Logf("usage:\n%s", u)
+	if u == nil || u.Agent == nil || u.Agent.RSSMaxBytes <= 0 || u.Agent.CPUSeconds <= 0 || len(u.Problems) > 0 {
+		t.Errorf("agent usage not measured: %+v", u)
+	}
+	if u != nil && (u.PodStart == nil || u.PodStart.Count < float64(len(upstreamSample)) || u.PodStart.P50 <= 0) {
+		t.Errorf("pod start SLI not measured: %+v", u.PodStart)
+	}
 }
 
 // regexpQuote escapes what a ginkgo focus regexp would read as syntax.

@@ -4,6 +4,7 @@
 //	realnode up   -image NAME -image-archive bin/terway-reconciler.tar
 //	realnode up   ... -manifest manifests/terway-multiip.yml -emulator bin/terwayctl   (ENI multi-IP mode)
 //	realnode up   ... -nodes 2   (a second node, NAME-2, joins; both behind the vpc namespace rc-NAME)
+//	realnode up   -cni ptp -cni-plugins DIR  (the reference ptp chain instead of our DaemonSet)
 //	realnode down                  (removes the workers and the vpc namespace too)
 //	realnode exec -- kubectl get pods -A     (any command inside the node)
 //	realnode e2e  -focus REGEXP -skip REGEXP  (Kubernetes' e2e.test against the node)
@@ -42,6 +43,8 @@ func main() {
 	manifest := fs.String("manifest", "manifests/terway.yml", "the manifest to apply")
 	fs.StringVar(&c.Emulator, "emulator", "", "up: a terwayctl binary; run its cloud emulator inside the node and point the manifest's cloud.yaml at it (manifests/terway-multiip.yml)")
 	fs.IntVar(&c.Nodes, "nodes", 1, "up: how many nodes (the first runs the control plane; the others, NAME-2 ..., join it through a vpc namespace rc-NAME)")
+	cni := fs.String("cni", "terway", "up: terway (our DaemonSet) or ptp (the reference ptp + host-local + bandwidth chain, the baseline of CONFORMANCE.md's figures)")
+	cniPlugins := fs.String("cni-plugins", "", "up -cni ptp: the folder of the reference plugins (hack/cni-plugins.sh prints it)")
 	focus := fs.String("focus", `\[sig-network\] Netpol`, "e2e: the specs to run (ginkgo focus)")
 	skip := fs.String("skip", `\[Feature:SCTPConnectivity\]`, "e2e: the specs to leave out (ginkgo skip)")
 	report := fs.String("report-dir", "bin/e2e-upstream", "e2e: where e2e.test writes its junit report and log")
@@ -54,7 +57,19 @@ func main() {
 	t0 := time.Now()
 	switch os.Args[1] {
 	case "up":
-		err = up(ctx, &c, *image, *archive, *manifest)
+		switch *cni {
+		case "terway":
+			err = up(ctx, &c, *image, *archive, *manifest)
+		case "ptp":
+			if c.Nodes > 1 {
+				// InstallPTP configures the first node only.
+				err = fmt.Errorf("-cni ptp: one node only, not -nodes %d", c.Nodes)
+				break
+			}
+			err = upPTP(ctx, &c, *cniPlugins)
+		default:
+			err = fmt.Errorf("-cni %q: want terway or ptp", *cni)
+		}
 	case "down":
 		err = realnode.Down(&c)
 	case "e2e":
@@ -108,7 +123,26 @@ func up(ctx context.Context, c *realnode.Config, image, archive, manifest string
 	return realnode.ApplyAgent(ctx, c, manifest, image)
 }
 
+// upPTP starts the node with the reference chain: no agent image, no
+// DaemonSet.
+func upPTP(ctx context.Context, c *realnode.Config, plugins string) error {
+	if plugins == "" {
+		return fmt.Errorf("-cni-plugins: the reference plugins' folder is required with -cni ptp (hack/cni-plugins.sh)")
+	}
+	root, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	if c.Images, err = realnode.BuildImages(ctx, c, root); err != nil {
+		return err
+	}
+	if err := realnode.Up(ctx, c); err != nil {
+		return err
+	}
+	return realnode.InstallPTP(ctx, c, plugins)
+}
+
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: realnode up|down|exec|e2e [-name NAME] [-image NAME -image-archive FILE -manifest FILE] [-- command...]")
+	fmt.Fprintln(os.Stderr, "usage: realnode up|down|exec|e2e [-name NAME] [-image NAME -image-archive FILE -manifest FILE | -cni ptp -cni-plugins DIR] [-- command...]")
 	os.Exit(2)
 }

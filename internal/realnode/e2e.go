@@ -2,6 +2,7 @@ package realnode
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"os"
@@ -24,7 +25,13 @@ type E2EResult struct {
 	Passed, Failed []string
 	Wall           time.Duration
 	Log            string
+	// Usage is what the agent and the runtime spent during the run and
+	// the kubelet's pod start latency; also in <ReportDir>/usage.json.
+	Usage *RunUsage
 }
+
+// UsageFile is the name of the usage report RunE2E writes in ReportDir.
+const UsageFile = "usage.json"
 
 // RunE2E runs Kubernetes' own e2e.test inside the node's namespaces (the
 // API server and the Services are only reachable there) with the images
@@ -59,9 +66,21 @@ func RunE2E(ctx context.Context, c *Config, o E2EOptions) (*E2EResult, error) {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
+	sctx, stopSampling := context.WithCancel(ctx)
+	smp, sampled := startSampling(sctx, c, o.ReportDir)
 	t0 := time.Now()
 	runErr := cmd.Run()
 	res := &E2EResult{Wall: time.Since(t0), Log: logPath}
+	stopSampling()
+	<-sampled
+	res.Usage = smp.finish(ctx)
+	b, err := json.MarshalIndent(res.Usage, "", "  ")
+	if err == nil {
+		err = os.WriteFile(filepath.Join(o.ReportDir, UsageFile), append(b, '\n'), 0o644)
+	}
+	if err != nil {
+		return res, fmt.Errorf("realnode: usage report: %w", err)
+	}
 	if err := res.readJUnit(filepath.Join(o.ReportDir, "junit_01.xml")); err != nil {
 		return res, fmt.Errorf("realnode: e2e.test (%v) left no report: %w; see %s", runErr, err, logPath)
 	}
@@ -118,6 +137,9 @@ func (r *E2EResult) String() string {
 	b.WriteString(r.Summary())
 	for _, f := range r.Failed {
 		b.WriteString("\n  FAILED " + f)
+	}
+	if r.Usage != nil {
+		b.WriteString("\n" + r.Usage.String())
 	}
 	return b.String()
 }

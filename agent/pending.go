@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"sync"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// pendingAdds are the CNI ADDs whose address is allocated (in the store)
+// but whose set-up has not ended: Add allocates under the agent's lock,
+// lets it go, and takes it again to set the pod up with the batch.
+//
+// A resync that took the lock in between would render such a pod from
+// the store and write its part itself: its veth, and its elements in the
+// node's shared sets (pod-sources, the peer sets). The ADD then writes the
+// same elements, and whichever nftables commit comes second is refused as
+// stale. A large policy change's commit, which takes seconds outside the
+// lock, lost that race every time while ADDs kept coming, and after
+// nftStaleMax refusals committed under the lock, where every ADD waited
+// for it. So a resync renders without the pending pods and keeps away
+// from their items, as from the pods written during its plan: each is its
+// ADD's to write.
+type pendingAdds struct {
+	mu sync.Mutex
+	by map[string]spec.Allocation // by attachmentID
+}
+
+func attachmentID(a spec.Allocation) string { return a.Spec.ContainerID + "/" + a.Spec.IfName }
+
+func (p *pendingAdds) add(a spec.Allocation) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.by == nil {
+		p.by = map[string]spec.Allocation{}
+	}
+	p.by[attachmentID(a)] = a
+}
+
+func (p *pendingAdds) done(a spec.Allocation) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.by, attachmentID(a))
+}
+
+// snapshot returns the pending allocations (nil when none).
+func (p *pendingAdds) snapshot() map[string]spec.Allocation {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.by) == 0 {
+		return nil
+	}
+	out := make(map[string]spec.Allocation, len(p.by))
+	for k, v := range p.by {
+		out[k] = v
+	}
+	return out
+}
+
+// without returns allocs less the pending ones (allocs itself when none
+// is pending).
+func without(allocs []spec.Allocation, pending map[string]spec.Allocation) []spec.Allocation {
+	if len(pending) == 0 {
+		return allocs
+	}
+	out := make([]spec.Allocation, 0, len(allocs))
+	for _, a := range allocs {
+		if _, ok := pending[attachmentID(a)]; !ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// pendingWrites is what the pending ADDs will write, as a writeTracker:
+// their pods, host veths, addresses and namespaces.
+func pendingWrites(pending map[string]spec.Allocation) *writeTracker {
+	if len(pending) == 0 {
+		return nil
+	}
+	w := &writeTracker{pods: map[string]bool{}, netns: map[string]bool{}}
+	for _, a := range pending {
+		key := a.Metadata.Namespace + "/" + a.Metadata.Name
+		w.pods[key] = true
+		w.veths = append(w.veths, spec.HostVethName(key))
+		if a.Spec.IP != "" {
+			w.ips = append(w.ips, a.Spec.IP+"/32")
+		}
+		if a.Spec.Netns != "" {
+			w.netns[a.Spec.Netns] = true
+		}
+	}
+	return w
+}
+
+// merge returns the union of two trackers' writes (either may be nil).
+func (w *writeTracker) merge(o *writeTracker) *writeTracker {
+	switch {
+	case w == nil:
+		return o
+	case o == nil:
+		return w
+	}
+	out := &writeTracker{pods: map[string]bool{}, netns: map[string]bool{}}
+	for _, t := range []*writeTracker{w, o} {
+		for k := range t.pods {
+			out.pods[k] = true
+		}
+		for k := range t.netns {
+			out.netns[k] = true
+		}
+		out.veths = append(out.veths, t.veths...)
+		out.ips = append(out.ips, t.ips...)
+	}
+	return out
+}
