@@ -122,7 +122,11 @@ manifests:
 # manifests/terway-multiip.yml instead, with the cloud emulator running
 # inside the node (its ENIs appear there as links) and the manifest's
 # cloud.yaml pointed at it.
+# NODES=2 adds a second node (NODE-2, its own namespaces, containerd,
+# kubelet and kube-proxy) joined to the first's API server; a vpc namespace
+# rc-NODE routes each node's podCIDR to it. node-down removes every node.
 NODE ?= realnode
+NODES ?= 1
 NODE_MODE ?= vpc
 ifeq ($(NODE_MODE),eni-multi-ip)
 NODE_UP_FLAGS := -manifest manifests/terway-multiip.yml -emulator $(BIN)/terwayctl
@@ -138,7 +142,7 @@ endif
 node-up: node-assets image
 	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode
 	$(GO) build $(GOFLAGS) -o $(BIN)/terwayctl ./cmd/terwayctl
-	$(BIN)/realnode up -name $(NODE) -image '$(IMAGE)' -image-archive $(IMAGE_ARCHIVE) $(NODE_UP_FLAGS)
+	$(BIN)/realnode up -name $(NODE) -image '$(IMAGE)' -image-archive $(IMAGE_ARCHIVE) -nodes $(NODES) $(NODE_UP_FLAGS)
 
 node-down:
 	$(GO) build $(GOFLAGS) -o $(BIN)/realnode ./hack/realnode

@@ -3,8 +3,9 @@
 //
 //	realnode up   -image NAME -image-archive bin/terway-reconciler.tar
 //	realnode up   ... -manifest manifests/terway-multiip.yml -emulator bin/terwayctl   (ENI multi-IP mode)
+//	realnode up   ... -nodes 2   (a second node, NAME-2, joins; both behind the vpc namespace rc-NAME)
 //	realnode up   -cni ptp -cni-plugins DIR  (the reference ptp chain instead of our DaemonSet)
-//	realnode down
+//	realnode down                  (removes the workers and the vpc namespace too)
 //	realnode exec -- kubectl get pods -A     (any command inside the node)
 //	realnode e2e  -focus REGEXP -skip REGEXP  (Kubernetes' e2e.test against the node)
 //
@@ -41,6 +42,7 @@ func main() {
 	archive := fs.String("image-archive", "bin/terway-reconciler.tar", "the agent's image archive")
 	manifest := fs.String("manifest", "manifests/terway.yml", "the manifest to apply")
 	fs.StringVar(&c.Emulator, "emulator", "", "up: a terwayctl binary; run its cloud emulator inside the node and point the manifest's cloud.yaml at it (manifests/terway-multiip.yml)")
+	fs.IntVar(&c.Nodes, "nodes", 1, "up: how many nodes (the first runs the control plane; the others, NAME-2 ..., join it through a vpc namespace rc-NAME)")
 	cni := fs.String("cni", "terway", "up: terway (our DaemonSet) or ptp (the reference ptp + host-local + bandwidth chain, the baseline of CONFORMANCE.md's figures)")
 	cniPlugins := fs.String("cni-plugins", "", "up -cni ptp: the folder of the reference plugins (hack/cni-plugins.sh prints it)")
 	focus := fs.String("focus", `\[sig-network\] Netpol`, "e2e: the specs to run (ginkgo focus)")
@@ -59,6 +61,11 @@ func main() {
 		case "terway":
 			err = up(ctx, &c, *image, *archive, *manifest)
 		case "ptp":
+			if c.Nodes > 1 {
+				// InstallPTP configures the first node only.
+				err = fmt.Errorf("-cni ptp: one node only, not -nodes %d", c.Nodes)
+				break
+			}
 			err = upPTP(ctx, &c, *cniPlugins)
 		default:
 			err = fmt.Errorf("-cni %q: want terway or ptp", *cni)

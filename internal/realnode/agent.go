@@ -66,7 +66,8 @@ func ApplyAgentManifest(ctx context.Context, c *Config, m string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.waitFor(ctx, "node Ready", 3*time.Minute, "kubectl", "wait", "--for=condition=Ready", "node/"+c.Name, "--timeout=5s"); err != nil {
+	// Every node of the cluster (a worker's too), not only this one.
+	if err := c.waitFor(ctx, "nodes Ready", 3*time.Minute, "kubectl", "wait", "--for=condition=Ready", "node", "--all", "--timeout=5s"); err != nil {
 		return err
 	}
 	if _, err := c.Kubectl(ctx, "", "-n", "kube-system", "rollout", "status", "daemonset/terway", "--timeout=3m"); err != nil {

@@ -57,6 +57,16 @@ type Config struct {
 	// the project's emulator run inside its network namespace (cloud.go),
 	// for the agent in ENI multi-IP mode or with exclusive ENIs.
 	Emulator string
+	// Nodes is how many nodes the cluster has (default 1). This node runs
+	// the control plane and a kubelet; with more, Workers are nodes of
+	// their own that join its API server, and every node's link leads into
+	// the cluster's vpc namespace (cluster.go).
+	Nodes int
+
+	// control is the node whose API server a worker joins (nil on that
+	// node itself); index is the worker's number (2, 3 ...).
+	control *Config
+	index   int
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,19}$`)
@@ -81,12 +91,33 @@ func (c *Config) Defaults() {
 	if !c.ServiceCIDR.IsValid() {
 		c.ServiceCIDR = netip.MustParsePrefix("198.19.0.0/16")
 	}
+	if c.Nodes == 0 {
+		c.Nodes = 1
+	}
 }
 
 // Validate checks the name, which becomes a path, a netns and a cgroup.
 func (c *Config) Validate() error {
 	if !nameRE.MatchString(c.Name) {
 		return fmt.Errorf("realnode: name %q: want lower-case letters, digits and '-', at most 20", c.Name)
+	}
+	// 0 is the default, one node (Defaults sets it).
+	if c.Nodes < 0 || c.Nodes > maxNodes {
+		return fmt.Errorf("realnode: node %s: nodes %d: want 1 to %d", c.Name, c.Nodes, maxNodes)
+	}
+	if c.Nodes > 1 {
+		if c.Emulator != "" {
+			return fmt.Errorf("realnode: node %s: nodes %d: the cloud emulator serves one node only (-emulator wants nodes 1)", c.Name, c.Nodes)
+		}
+		if w := c.workerName(c.Nodes); !nameRE.MatchString(w) {
+			return fmt.Errorf("realnode: node %s: nodes %d: the worker name %q is too long (at most 20): shorten the name", c.Name, c.Nodes, w)
+		}
+		if !c.NodeIP.Is4() {
+			return fmt.Errorf("realnode: node %s: node IP %s: a cluster's nodes want IPv4", c.Name, c.NodeIP)
+		}
+		if h := int(c.NodeIP.As4()[3]); h == 0 || h+c.Nodes-1 >= gatewayHost {
+			return fmt.Errorf("realnode: node %s: node IP %s: the %d nodes' addresses must stay below .%d of its /24", c.Name, c.NodeIP, c.Nodes, gatewayHost)
+		}
 	}
 	return nil
 }

@@ -13,9 +13,12 @@ import (
 // Static tokens of the node's two clients. They only exist inside the
 // node's namespace, for the node's lifetime.
 const (
-	adminToken = "realnode-admin-token"
-	nodeToken  = "realnode-node-token"
+	adminToken      = "realnode-admin-token"
+	nodeTokenPrefix = "realnode-node-token"
 )
+
+// nodeToken is the token of this node's kubelet.
+func (c *Config) nodeToken() string { return nodeTokenPrefix + "-" + c.Name }
 
 // kubeletSysctls are the host-wide sysctls the kubelet sets at start
 // (container_manager_linux.go, setupKernelTunables) with the values it
@@ -41,18 +44,30 @@ func (c *Config) writeFiles() error {
 		}
 	}
 	pki := filepath.Join(dir, "pki")
-	sans := []net.IP{net.IP(c.serviceIP(1).AsSlice()), net.IP(c.NodeIP.AsSlice())}
-	if _, err := kubepki.New(pki, sans); err != nil {
-		return err
-	}
 	files := map[string]string{
-		"pki/tokens.csv": fmt.Sprintf("%s,admin,admin,system:masters\n%s,system:node:%s,node-%s,system:nodes\n",
-			adminToken, nodeToken, c.Name, c.Name),
 		"admin.kubeconfig":   c.kubeconfig(adminToken),
-		"kubelet.kubeconfig": c.kubeconfig(nodeToken),
+		"kubelet.kubeconfig": c.kubeconfig(c.nodeToken()),
 		"containerd.toml":    c.containerdConfig(),
 		"kubelet.yaml":       c.kubeletConfig(),
 		"kube-proxy.yaml":    c.kubeProxyConfig(),
+	}
+	if c.control != nil {
+		// A worker trusts its control plane's CA and has no PKI of its own.
+		if err := copyFile(filepath.Join(c.control.Dir(), "pki", "ca.crt"), filepath.Join(pki, "ca.crt"), 0o644); err != nil {
+			return fmt.Errorf("realnode: node %s: the control plane's CA: %w", c.Name, err)
+		}
+	} else {
+		sans := []net.IP{net.IP(c.serviceIP(1).AsSlice()), net.IP(c.NodeIP.AsSlice())}
+		if _, err := kubepki.New(pki, sans); err != nil {
+			return err
+		}
+		// Each node's kubelet has its own identity, system:node:<name>,
+		// which the NodeRestriction admission limits to its own objects.
+		tokens := fmt.Sprintf("%s,admin,admin,system:masters\n", adminToken)
+		for _, n := range append([]*Config{c}, c.Workers()...) {
+			tokens += fmt.Sprintf("%s,system:node:%s,node-%s,system:nodes\n", n.nodeToken(), n.Name, n.Name)
+		}
+		files["pki/tokens.csv"] = tokens
 	}
 	for k, v := range kubeletSysctls {
 		files["sysctl/"+strings.ReplaceAll(k, "/", "_")] = v + "\n"
@@ -65,6 +80,7 @@ func (c *Config) writeFiles() error {
 	return nil
 }
 
+// kubeconfig is a client's, for the control plane's API server.
 func (c *Config) kubeconfig(token string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Config
@@ -72,7 +88,7 @@ clusters: [{name: realnode, cluster: {server: "https://%s:6443", certificate-aut
 users: [{name: u, user: {token: %s}}]
 contexts: [{name: realnode, context: {cluster: realnode, user: u}}]
 current-context: realnode
-`, c.NodeIP, filepath.Join(c.Dir(), "pki", "ca.crt"), token)
+`, c.apiServer().NodeIP, filepath.Join(c.Dir(), "pki", "ca.crt"), token)
 }
 
 // containerdConfig: the CNI folders are the standard ones the DaemonSet's

@@ -48,6 +48,11 @@ func Up(ctx context.Context, c *Config) error {
 	if err := c.makeCgroups(hs); err != nil {
 		return err
 	}
+	if c.Nodes > 1 {
+		if err := c.makeVPC(ctx); err != nil {
+			return err
+		}
+	}
 	if err := c.makeNetns(ctx); err != nil {
 		return err
 	}
@@ -101,19 +106,37 @@ func Up(ctx context.Context, c *Config) error {
 		"--leader-elect=false", "--bind-address=127.0.0.1", "--profiling=false"); err != nil {
 		return err
 	}
+	if err := c.startNode(ctx); err != nil {
+		return err
+	}
+	for _, w := range c.Workers() {
+		if err := w.upWorker(ctx, hs); err != nil {
+			return err
+		}
+	}
+	if c.Nodes > 1 {
+		return c.routePodCIDRs(ctx)
+	}
+	return nil
+}
+
+// startNode starts what makes the node a node: containerd, with the images
+// imported before the kubelet starts (nothing is pulled), the kubelet and
+// kube-proxy; it returns once the node has registered.
+func (c *Config) startNode(ctx context.Context) error {
+	bins := c.binaries()
 	if err := c.start("containerd", bins["containerd"], "--config", filepath.Join(c.Dir(), "containerd.toml")); err != nil {
 		return err
 	}
 	if err := c.waitFor(ctx, "containerd", 60*time.Second, bins["ctr"], "version"); err != nil {
 		return err
 	}
-	// Images are in place before the kubelet starts: nothing is pulled.
 	for _, img := range c.Images {
 		t0 := time.Now()
 		if out, err := c.execIn(ctx, bins["ctr"], "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", img); err != nil {
 			return fmt.Errorf("realnode: ctr images import %s: %w: %s", img, err, out)
 		}
-		slog.Info("realnode: image imported", "archive", img, "took", time.Since(t0).Round(time.Millisecond))
+		slog.Info("realnode: image imported", "node", c.Name, "archive", img, "took", time.Since(t0).Round(time.Millisecond))
 	}
 	if err := c.startKubelet(); err != nil {
 		return err
@@ -121,7 +144,7 @@ func Up(ctx context.Context, c *Config) error {
 	if err := c.start("kube-proxy", bins["kube-proxy"], "--config="+filepath.Join(c.Dir(), "kube-proxy.yaml")); err != nil {
 		return err
 	}
-	return c.waitFor(ctx, "node registered", 120*time.Second, "kubectl", "get", "node", c.Name)
+	return c.waitFor(ctx, "node "+c.Name+" registered", 120*time.Second, "kubectl", "get", "node", c.Name)
 }
 
 func (c *Config) startKubelet() error {
@@ -178,24 +201,24 @@ func alive(pid int) bool {
 	return true
 }
 
-// makeNetns creates the node's network namespace with its link and route.
+// makeNetns creates the node's network namespace with its link and route:
+// alone, a veth with both ends inside; in a cluster, a veth into the vpc
+// namespace (cluster.go).
 func (c *Config) makeNetns(ctx context.Context) error {
 	ns := c.Netns()
 	steps := [][]string{
-		{"netns", "add", ns},
-		{"-n", ns, "link", "set", "lo", "up"},
-		{"-n", ns, "link", "add", nodeLink, "type", "veth", "peer", "name", peerLink},
-		{"-n", ns, "link", "set", peerLink, "up"},
-		{"-n", ns, "addr", "add", c.NodeIP.String() + "/24", "dev", nodeLink},
-		{"-n", ns, "link", "set", nodeLink, "up"},
-		{"-n", ns, "route", "add", "default", "dev", nodeLink},
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
 	}
-	for _, s := range steps {
-		if out, err := exec.CommandContext(ctx, "ip", s...).CombinedOutput(); err != nil {
-			return fmt.Errorf("realnode: ip %s: %w: %s", strings.Join(s, " "), err, out)
-		}
+	if c.inCluster() {
+		return run(ctx, append(steps, c.clusterLinkSteps()...))
 	}
-	return nil
+	return run(ctx, append(steps,
+		[]string{"ip", "-n", ns, "link", "add", nodeLink, "type", "veth", "peer", "name", peerLink},
+		[]string{"ip", "-n", ns, "link", "set", peerLink, "up"},
+		[]string{"ip", "-n", ns, "addr", "add", c.NodeIP.String() + "/24", "dev", nodeLink},
+		[]string{"ip", "-n", ns, "link", "set", nodeLink, "up"},
+		[]string{"ip", "-n", ns, "route", "add", "default", "dev", nodeLink}))
 }
 
 // startHolder starts the process that owns the node's private mount
@@ -356,8 +379,9 @@ func (c *Config) waitFor(ctx context.Context, what string, bound time.Duration, 
 	return fmt.Errorf("realnode: %s not ready after %s: %v: %s", what, bound, err, bytes.TrimSpace(out))
 }
 
-// Down ends every process of the node (by its cgroup), removes its cgroups,
-// its network namespaces (the node's and its vpc) and its folder (the logs are kept beside it, in
+// Down ends every process of the node (by its cgroup), and of its
+// cluster's workers, removes their cgroups, their network namespaces (the
+// nodes', the cloud's vpc and the cluster's vpc) and their folders (the logs are kept beside it, in
 // <name>.logs). It is idempotent and works after a crash at any point.
 func Down(c *Config) error {
 	c.Defaults()
@@ -365,15 +389,31 @@ func Down(c *Config) error {
 		return err
 	}
 	var errs []error
+	// A cluster's workers go first (they follow a fixed naming, so a crash
+	// that lost the node count leaves none behind), the vpc namespace last.
+	if c.control == nil {
+		for i := 2; i <= maxNodes; i++ {
+			if w := c.worker(i); w.Validate() == nil {
+				if err := Down(w); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
 	if err := c.killAll(30 * time.Second); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.removeCgroups(); err != nil {
 		errs = append(errs, err)
 	}
-	// The vpc namespace exists only when the node had a cloud; it goes
-	// whatever the configuration says now (a crash may have left it).
-	for _, ns := range []string{c.Netns(), c.VPCNetns()} {
+	// The vpc namespaces exist only when the node had a cloud or was the
+	// first of a cluster; they go whatever the configuration says now (a
+	// crash may have left them).
+	nss := []string{c.Netns(), c.VPCNetns()}
+	if c.control == nil {
+		nss = append(nss, c.ClusterNetns())
+	}
+	for _, ns := range nss {
 		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
 			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
 				errs = append(errs, fmt.Errorf("realnode: ip netns del %s: %w: %s", ns, err, out))

@@ -66,6 +66,8 @@ type Pod struct {
 	Labels, Annotations map[string]string
 	// Limits are the container's resource limits (aliyun/eni: "1").
 	Limits map[string]string
+	// NodeName pins the pod to a node (spec.nodeName, no scheduling).
+	NodeName string
 }
 
 // AgnhostPod is a pod running agnhost with the given arguments.
@@ -75,7 +77,11 @@ func AgnhostPod(ns, name string, p Pod, args ...string) string {
 	fmt.Fprintf(&b, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: %q\n  namespace: %q\n", name, ns)
 	writeMap(&b, "  ", "labels", p.Labels)
 	writeMap(&b, "  ", "annotations", p.Annotations)
-	fmt.Fprintf(&b, "spec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: %s\n    imagePullPolicy: Never\n    args: [%s]\n",
+	b.WriteString("spec:\n")
+	if p.NodeName != "" {
+		fmt.Fprintf(&b, "  nodeName: %q\n", p.NodeName)
+	}
+	fmt.Fprintf(&b, "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: %s\n    imagePullPolicy: Never\n    args: [%s]\n",
 		realnode.AgnhostImage, quoteAll(args))
 	if len(p.Limits) > 0 {
 		b.WriteString("    resources:\n")

@@ -36,6 +36,9 @@ type Options struct {
 	Manifest string
 	// Cloud runs the ECS/VPC emulator inside the node (ENI modes).
 	Cloud bool
+	// Nodes is the cluster's node count (default 1): the others join the
+	// first (realnode.Config.Workers).
+	Nodes int
 	// Edit, when set, changes the manifest after the harness's own edits
 	// (image, serviceCIDR, cloud endpoints): a test's configuration.
 	Edit func(manifest string) (string, error)
@@ -74,7 +77,7 @@ func run(m *testing.M, o Options) (code int, err error) {
 	}
 	defer os.RemoveAll(tmp)
 	if name := os.Getenv("TERWAY_REALNODE_NAME"); name != "" {
-		node = &realnode.Config{Name: name}
+		node = &realnode.Config{Name: name, Nodes: o.Nodes}
 		node.Defaults()
 		return m.Run(), nil
 	}
@@ -82,7 +85,7 @@ func run(m *testing.M, o Options) (code int, err error) {
 	if err != nil {
 		return 1, err
 	}
-	c := &realnode.Config{Name: fmt.Sprintf("%s%d", o.Prefix, os.Getpid()%100000)}
+	c := &realnode.Config{Name: fmt.Sprintf("%s%d", o.Prefix, os.Getpid()%100000), Nodes: o.Nodes}
 	c.Defaults()
 	if missing := c.MissingAssets(); len(missing) > 0 {
 		if os.Getenv("TERWAY_REALNODE_BUILD") == "0" {
@@ -139,6 +142,9 @@ func run(m *testing.M, o Options) (code int, err error) {
 		}
 		if code == 0 && err == nil {
 			os.RemoveAll(c.Dir() + ".logs")
+			for _, w := range c.Workers() {
+				os.RemoveAll(w.Dir() + ".logs")
+			}
 		} else {
 			fmt.Fprintf(os.Stderr, "realnode: the node's logs are in %s.logs\n", c.Dir())
 		}
