@@ -167,12 +167,11 @@ func (r *Reconciler) indexer(rec *record) func(*set) addrIndex {
 		if ok && x.of == s {
 			return x.idx
 		}
-		r.mu.Lock()
-		prev, ok := rec.indexes[s.name]
-		r.mu.Unlock()
+		// x, when there, indexes the set s replaced in the record: derive
+		// from it when s is that set with a small change.
 		var idx addrIndex
-		if ok && s.from != 0 && prev.of.id == s.from && len(s.added)+len(s.removed) < len(s.elems)/4 {
-			idx = prev.idx.derive(s)
+		if ok && s.from != 0 && x.of.id == s.from && len(s.added)+len(s.removed) < len(s.elems)/4 {
+			idx = x.idx.derive(s)
 		} else {
 			idx = newAddrIndex(s)
 		}

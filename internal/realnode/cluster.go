@@ -124,17 +124,9 @@ func (c *Config) upWorker(ctx context.Context, hs []cgroupMount) error {
 	if err := c.makeCgroups(hs); err != nil {
 		return err
 	}
-	if err := c.makeNetns(ctx); err != nil {
+	if err := c.makeNamespaces(ctx, hs); err != nil {
 		return err
 	}
-	holder, err := c.startHolder()
-	if err != nil {
-		return err
-	}
-	if out, err := c.execIn(ctx, "sh", "-c", c.mountScript(hs)); err != nil {
-		return fmt.Errorf("realnode: mounts in node %s's namespace: %w: %s", c.Name, err, out)
-	}
-	slog.Info("realnode: namespaces ready", "node", c.Name, "holder", holder)
 	if err := c.startNode(ctx); err != nil {
 		return err
 	}

@@ -53,19 +53,9 @@ func Up(ctx context.Context, c *Config) error {
 			return err
 		}
 	}
-	if err := c.makeNetns(ctx); err != nil {
+	if err := c.makeNamespaces(ctx, hs); err != nil {
 		return err
 	}
-	// The holder keeps the private mount namespace alive; every daemon
-	// enters it (and the network namespace) through nsenter.
-	holder, err := c.startHolder()
-	if err != nil {
-		return err
-	}
-	if out, err := c.execIn(ctx, "sh", "-c", c.mountScript(hs)); err != nil {
-		return fmt.Errorf("realnode: mounts in the node's namespace: %w: %s", err, out)
-	}
-	slog.Info("realnode: namespaces ready", "node", c.Name, "holder", holder)
 	if c.Emulator != "" {
 		if err := c.startEmulator(ctx); err != nil {
 			return err
@@ -145,6 +135,25 @@ func (c *Config) startNode(ctx context.Context) error {
 		return err
 	}
 	return c.waitFor(ctx, "node "+c.Name+" registered", 120*time.Second, "kubectl", "get", "node", c.Name)
+}
+
+// makeNamespaces makes the node's network namespace and its private mount
+// namespace, held by the holder process, with the node's mounts inside.
+func (c *Config) makeNamespaces(ctx context.Context, hs []cgroupMount) error {
+	if err := c.makeNetns(ctx); err != nil {
+		return err
+	}
+	// The holder keeps the private mount namespace alive; every daemon
+	// enters it (and the network namespace) through nsenter.
+	holder, err := c.startHolder()
+	if err != nil {
+		return err
+	}
+	if out, err := c.execIn(ctx, "sh", "-c", c.mountScript(hs)); err != nil {
+		return fmt.Errorf("realnode: mounts in node %s's namespace: %w: %s", c.Name, err, out)
+	}
+	slog.Info("realnode: namespaces ready", "node", c.Name, "holder", holder)
+	return nil
 }
 
 func (c *Config) startKubelet() error {
