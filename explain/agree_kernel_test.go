@@ -29,22 +29,46 @@ import (
 // with explain's verdict for the same connection. Every probe of a set
 // runs at once, so a set costs one wait, not one per dropped packet.
 func TestAgreementWithKernelTraffic(t *testing.T) {
-	nstest.RequireRoot(t)
-	if _, err := os.Stat("/usr/sbin/nft"); err != nil {
-		t.Skip("nft(8) not available")
-	}
 	sets := 200
 	if testing.Short() {
 		sets = 20
 	}
+	agreeWithKernel(t, sets, rand.New(rand.NewPCG(16, 2026)))
+}
+
+// TestAgreementWithKernelTrafficSplit is the same with every policy group
+// in render's split form (an address set and a protocol . port set per
+// port profile), which render otherwise keeps for large groups.
+func TestAgreementWithKernelTrafficSplit(t *testing.T) {
+	defer render.SplitEveryGroupForTest()()
+	sets := 60
+	if testing.Short() {
+		sets = 10
+	}
+	if split := agreeWithKernel(t, sets, rand.New(rand.NewPCG(18, 2026))); split < sets {
+		t.Errorf("%d split groups in %d policy sets: the split form is not exercised", split, sets)
+	}
+}
+
+// agreeWithKernel runs the comparison for sets random policy sets and
+// returns how many groups were in the split form.
+func agreeWithKernel(t *testing.T, sets int, rng *rand.Rand) (splitGroups int) {
+	nstest.RequireRoot(t)
+	if _, err := os.Stat("/usr/sbin/nft"); err != nil {
+		t.Skip("nft(8) not available")
+	}
 	node, pods := topology(t)
-	rng := rand.New(rand.NewPCG(16, 2026))
 	comparisons, disagreements, denied := 0, 0, 0
 	for set := range sets {
 		in := genCluster(rng)
 		doc, err := render.Render(in)
 		if err != nil {
 			t.Fatal(err)
+		}
+		for _, s := range doc.NFTables.Sets {
+			if strings.HasSuffix(s.Name, "-a1") {
+				splitGroups++
+			}
 		}
 		loadTable(t, node, doc.NFTables)
 		flushConntrack(t, node)
@@ -79,13 +103,14 @@ func TestAgreementWithKernelTraffic(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d policy sets, %d comparisons (%d denied by the kernel), %d disagreements", sets, comparisons, denied, disagreements)
+	t.Logf("%d policy sets (%d groups in the split form), %d comparisons (%d denied by the kernel), %d disagreements", sets, splitGroups, comparisons, denied, disagreements)
 	if denied == 0 || denied == comparisons {
 		t.Errorf("the generator gave %d denials in %d probes: it does not exercise both verdicts", denied, comparisons)
 	}
 	if comparisons != sets*len(genPods)*(len(genPods)-1)*len(genPorts)*2 {
 		t.Errorf("made %d comparisons, want every pair, port and protocol of every set", comparisons)
 	}
+	return splitGroups
 }
 
 // topology makes the node namespace and one namespace per generated pod,

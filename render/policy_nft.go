@@ -3,6 +3,7 @@ package render
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -277,7 +278,7 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 		mapName = mapEgressPods
 	}
 	out := r.cache.group(g, func() *groupOutput { return renderGroup(dir, g) })
-	t.Sets = append(t.Sets, out.ports, out.all)
+	t.Sets = append(t.Sets, out.sets...)
 	t.Chains = append(t.Chains, out.chain)
 	m := t.Set(mapName)
 	for _, p := range g.targets {
@@ -291,14 +292,21 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	}
 }
 
-// groupOutput is a group's rendered chain and its two sets, elements sorted.
+// groupOutput is a group's rendered chain and its sets, elements sorted.
 type groupOutput struct {
-	chain      spec.NFTChain
-	ports, all spec.NFTSet
+	chain spec.NFTChain
+	sets  []spec.NFTSet
 }
 
 // renderGroup renders a group's chain and sets from its policies'
 // resolved rules.
+//
+// The chain returns (allows) when the peer is in the group's any-port set
+// or the (peer, protocol, port) triple is allowed, and drops otherwise. The
+// triples are one concatenated interval set (CHAIN-ports) or, for a group
+// whose allowance is a few port lists each shared by many peers, one rule
+// per list with an address set (CHAIN-aN) and a (protocol, port) set
+// (CHAIN-pN): see profiles.go.
 func renderGroup(dir string, g *policyGroup) *groupOutput {
 	prefix, peerSel, peerWord := "in", spec.SelIPSaddr, "sources"
 	if dir == dirEgress {
@@ -315,37 +323,72 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 		allow.allow(g.targets[0], dir, rules)
 	}
 	chain := groupChainName(prefix, g.ns, g.key)
-	portsSet, anySet := chain+"-ports", chain+"-all"
-	out := &groupOutput{
-		ports: spec.NFTSet{
-			Name: portsSet, Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
-			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
-		},
-		all: spec.NFTSet{
-			Name: anySet, Type: []string{spec.TypeIPv4Addr}, Interval: true,
-			Comment: dir + " group " + chain + ": " + peerWord + " allowed on every port",
-		},
-	}
-	for _, e := range rectangles(allow.ports) {
-		out.ports.Elements = append(out.ports.Elements, spec.NFTElement{Key: []string{e.addrs.String(), e.proto, e.ports.String()}})
-	}
-	for _, s := range mergeSpans(allow.anyPort) {
-		out.all.Elements = append(out.all.Elements, spec.NFTElement{Key: []string{s.String()}})
-	}
-	// rectangles and mergeSpans emit their elements in the document's
-	// canonical order already: no sort (TestCacheMatchesRender checks it).
-	out.chain = spec.NFTChain{
+	out := &groupOutput{chain: spec.NFTChain{
 		Name:    chain,
 		Comment: policiesComment(dir+" of pods isolated by NetworkPolicy ", names),
-		Rules: []spec.NFTRule{
-			{Match: []spec.NFTMatch{{Selectors: []string{peerSel, spec.SelL4Proto, spec.SelTHDport}, Set: portsSet}},
-				Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
-			{Match: []spec.NFTMatch{{Selectors: []string{peerSel}, Set: anySet}},
-				Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
-			{Verdict: spec.NFTVerdict{Kind: spec.VerdictDrop}},
-		},
+	}}
+	rects := rectangles(allow.ports)
+	if profiles := splitProfiles(rects); profiles != nil {
+		for i, p := range profiles {
+			addrSet, portSet := chain+"-a"+strconv.Itoa(i+1), chain+"-p"+strconv.Itoa(i+1)
+			a := spec.NFTSet{Name: addrSet, Type: []string{spec.TypeIPv4Addr}, Interval: true,
+				Comment: fmt.Sprintf("%s group %s: %s allowed the ports of %s", dir, chain, peerWord, portSet)}
+			for _, s := range p.addrs {
+				a.Elements = append(a.Elements, spec.NFTElement{Key: []string{s.String()}})
+			}
+			ps := spec.NFTSet{Name: portSet, Type: []string{spec.TypeProto, spec.TypeService}, Interval: true,
+				Comment: fmt.Sprintf("%s group %s: protocols and ports allowed to the %s in %s", dir, chain, peerWord, addrSet)}
+			for _, e := range p.ports {
+				ps.Elements = append(ps.Elements, spec.NFTElement{Key: []string{protoName(e), e.ports().String()}})
+			}
+			out.sets = append(out.sets, a, ps)
+			out.chain.Rules = append(out.chain.Rules, spec.NFTRule{
+				Match: []spec.NFTMatch{
+					{Selectors: []string{peerSel}, Set: addrSet},
+					{Selectors: []string{spec.SelL4Proto, spec.SelTHDport}, Set: portSet},
+				},
+				Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}})
+		}
+	} else {
+		ports := spec.NFTSet{
+			Name: chain + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
+		}
+		for _, e := range rects {
+			ports.Elements = append(ports.Elements, spec.NFTElement{Key: []string{e.addrs.String(), e.proto, e.ports.String()}})
+		}
+		out.sets = append(out.sets, ports)
+		out.chain.Rules = append(out.chain.Rules, spec.NFTRule{
+			Match:   []spec.NFTMatch{{Selectors: []string{peerSel, spec.SelL4Proto, spec.SelTHDport}, Set: ports.Name}},
+			Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}})
 	}
+	all := spec.NFTSet{
+		Name: chain + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true,
+		Comment: dir + " group " + chain + ": " + peerWord + " allowed on every port",
+	}
+	for _, s := range mergeSpans(allow.anyPort) {
+		all.Elements = append(all.Elements, spec.NFTElement{Key: []string{s.String()}})
+	}
+	// rectangles, splitProfiles and mergeSpans emit their elements in the
+	// document's canonical order already: no sort (TestCacheMatchesRender
+	// checks it).
+	out.sets = append(out.sets, all)
+	out.chain.Rules = append(out.chain.Rules,
+		spec.NFTRule{Match: []spec.NFTMatch{{Selectors: []string{peerSel}, Set: all.Name}},
+			Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
+		spec.NFTRule{Verdict: spec.NFTVerdict{Kind: spec.VerdictDrop}})
 	return out
+}
+
+// protoName is the name the document prints for a profile entry's protocol.
+func protoName(e protoPorts) string {
+	n := uint64(e >> 32)
+	for name, num := range spec.ProtoNumbers {
+		if num == n {
+			return name
+		}
+	}
+	return strconv.FormatUint(n, 10)
 }
 
 // nftCommentMax is nft's limit on a comment, which apply enforces.

@@ -1,0 +1,165 @@
+package render
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// A group whose policies admit many peers on many ports that are not
+// adjacent has a ports set that is their product: 500 peers on 100 ports
+// are 50,000 (address, protocol, port) elements, and an edit that takes 80
+// peers away deletes 8,000 of them. Such a group is rendered in the split
+// form instead: for each distinct list of (protocol, ports) that some
+// addresses are allowed (a port profile), one rule matching the profile's
+// addresses in one set and the protocol and port in another. The same 500
+// peers on 100 ports are then 500 + 100 elements, and the edit deletes 80.
+//
+// The split form is used only where it is much smaller, and only for few
+// profiles, because each profile is a rule every packet of the group may
+// walk: a group with many different allowances keeps the one concatenated
+// set, whose lookup cost does not grow with them.
+var (
+	// splitMinElements is the size of a ports set below which the group
+	// keeps the one set: small groups look as they always have.
+	splitMinElements = 1024
+	// splitMaxProfiles bounds the rules a packet of a split group walks.
+	splitMaxProfiles = 8
+	// splitShrink is how many times fewer elements the split form must
+	// have.
+	splitShrink = 4
+)
+
+// SplitEveryGroupForTest makes render choose the split form for every group
+// of at most 8 port profiles, whatever its size and gain, until restore is
+// called. Tests of the datapath use it to put the split form through the
+// kernel and explain with small inputs. Not safe while another goroutine
+// renders.
+func SplitEveryGroupForTest() (restore func()) {
+	minElements, shrink := splitMinElements, splitShrink
+	splitMinElements, splitShrink = 1, 0
+	return func() { splitMinElements, splitShrink = minElements, shrink }
+}
+
+// protoPorts is one (protocol, port range) of a profile, packed as
+// protocol number << 32 | lo << 16 | hi, which sorts as the document's
+// canonical order of a (protocol, service) element.
+type protoPorts uint64
+
+func packProtoPorts(r rect) protoPorts {
+	return protoPorts(r.protoNum<<32 | uint64(r.ports.lo)<<16 | uint64(r.ports.hi))
+}
+
+func (p protoPorts) ports() portRange { return portRange{uint16(p >> 16), uint16(p)} }
+
+// portProfile is the addresses allowed exactly these (protocol, ports).
+type portProfile struct {
+	ports []protoPorts
+	addrs []span
+}
+
+// splitProfiles returns the port profiles of rects (disjoint, as
+// rectangles makes them) when the split form is chosen for them, else nil.
+// Profiles are in the order of their lowest address; each one's addresses
+// are merged spans and its ports are in canonical order.
+func splitProfiles(rects []rect) []portProfile {
+	if len(rects) < splitMinElements {
+		return nil
+	}
+	// A sweep along the address axis: at each boundary the active
+	// (protocol, ports) entries change, and between boundaries the
+	// addresses share one profile. Entries are never active twice at once
+	// because rects are disjoint.
+	type event struct {
+		at    uint64
+		entry protoPorts
+		start bool
+	}
+	events := make([]event, 0, 2*len(rects))
+	for _, r := range rects {
+		e := packProtoPorts(r)
+		events = append(events, event{uint64(r.addrs.lo), e, true}, event{uint64(r.addrs.hi) + 1, e, false})
+	}
+	slices.SortFunc(events, func(a, b event) int { return cmp.Compare(a.at, b.at) })
+	var (
+		active   []protoPorts // sorted
+		profiles []portProfile
+		byKey    = map[string]int{}
+		key      strings.Builder
+		cur      = -1 // profile of the addresses from lo on, -1 for none
+		lo       uint64
+	)
+	closeSpan := func(end uint64) {
+		if cur < 0 || end <= lo {
+			return
+		}
+		p := &profiles[cur]
+		s := span{uint32(lo), uint32(end - 1)}
+		if n := len(p.addrs); n > 0 && uint64(p.addrs[n-1].hi)+1 == lo {
+			p.addrs[n-1].hi = s.hi
+			return
+		}
+		p.addrs = append(p.addrs, s)
+	}
+	for i := 0; i < len(events); {
+		at := events[i].at
+		for ; i < len(events) && events[i].at == at; i++ {
+			e := events[i]
+			j, found := slices.BinarySearch(active, e.entry)
+			switch {
+			case e.start && !found:
+				active = slices.Insert(active, j, e.entry)
+			case !e.start && found:
+				active = slices.Delete(active, j, j+1)
+			}
+		}
+		closeSpan(at)
+		lo = at
+		if len(active) == 0 {
+			cur = -1
+			continue
+		}
+		key.Reset()
+		for _, e := range active {
+			key.WriteString(strconv.FormatUint(uint64(e), 36))
+			key.WriteByte(',')
+		}
+		k, ok := byKey[key.String()]
+		if !ok {
+			if len(profiles) == splitMaxProfiles {
+				return nil
+			}
+			k = len(profiles)
+			byKey[key.String()] = k
+			profiles = append(profiles, portProfile{ports: mergeProtoPorts(active)})
+		}
+		cur = k
+	}
+	size := 0
+	for _, p := range profiles {
+		size += len(p.addrs) + len(p.ports)
+	}
+	if size*splitShrink > len(rects) {
+		return nil
+	}
+	return profiles
+}
+
+// mergeProtoPorts copies a sorted list of entries, joining adjacent port
+// ranges of one protocol (rectangles keeps them apart where their
+// addresses differ, which within one profile they do not).
+func mergeProtoPorts(in []protoPorts) []protoPorts {
+	out := make([]protoPorts, 0, len(in))
+	for _, e := range in {
+		if n := len(out); n > 0 {
+			last := out[n-1]
+			if last>>32 == e>>32 && uint32(last.ports().hi)+1 == uint32(e.ports().lo) {
+				out[n-1] = last&^0xffff | protoPorts(e.ports().hi)
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
