@@ -57,6 +57,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 			return nil, cerr
 		}
 	}
+	asked := time.Now()
 	a.mu.Lock()
 	node := a.lookupNode()
 	if node == nil {
@@ -82,6 +83,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	}
 	a.pending.add(alloc)
 	a.mu.Unlock()
+	a.m.addPhases.WithLabelValues("allocate").Observe(time.Since(asked).Seconds())
 	chaos.Point(chaos.AddAfterStore)
 	if a.allocated != nil {
 		a.allocated()

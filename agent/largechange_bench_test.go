@@ -21,19 +21,24 @@ import (
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/cni/wire"
 	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/render"
 )
 
-// largePolicy admits peers (spread /32s of 198.19.0.0/16, none adjacent,
-// so that render merges none) on 100 ports (none adjacent) into the pods
-// of app=p0: peers × 100 elements in the group's set.
-func largePolicy(peers int) *networkingv1.NetworkPolicy {
+// largePolicy admits peers (spread /32s from 198.18.16.1 on, none adjacent,
+// so that render merges none) on ports ports (none adjacent) into the pods
+// of app=p0: peers × ports (address, protocol, port) triples. Render keeps
+// them in one concatenated set when ports is 1 (50,000 peers: 50,000
+// elements) and splits them when there are many ports (500 peers on 100
+// ports: 500 addresses and 100 ports, render/profiles.go).
+func largePolicy(peers, ports int) *networkingv1.NetworkPolicy {
 	rule := networkingv1.NetworkPolicyIngressRule{}
 	for i := range peers {
+		n := 198<<24 | 18<<16 | 16<<8 + 2*i + 1 // below 198.19.160.0 for 50,000 peers
 		rule.From = append(rule.From, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
-			CIDR: fmt.Sprintf("198.19.%d.%d/32", i/100, 2*(i%100)+1)}})
+			CIDR: fmt.Sprintf("%d.%d.%d.%d/32", n>>24, n>>16&255, n>>8&255, n&255)}})
 	}
 	tcp := corev1.ProtocolTCP
-	for i := range 100 {
+	for i := range ports {
 		port := intstr.FromInt32(int32(1000 + 2*i))
 		rule.Ports = append(rule.Ports, networkingv1.NetworkPolicyPort{Protocol: &tcp, Port: &port})
 	}
@@ -70,7 +75,10 @@ func BenchmarkAgentAddDuringLargePolicyChange(b *testing.B) {
 
 var (
 	largeChangeAdds  = flag.Int("largechange.adds", 40, "BenchmarkAgentAddDuringLargePolicyChange: ADDs per phase")
-	largeChangePeers = flag.Int("largechange.peers", 500, "BenchmarkAgentAddDuringLargePolicyChange: the policy's peers (x100 ports: set elements); the change takes 16% of them away")
+	largeChangePeers = flag.Int("largechange.peers", 500, "BenchmarkAgentAddDuringLargePolicyChange: the policy's peers; the change takes 16% of them away")
+	largeChangePorts = flag.Int("largechange.ports", 100, "BenchmarkAgentAddDuringLargePolicyChange: the policy's ports (peers x ports triples; 50,000 peers on 1 port stay one 50,000-element set)")
+	largeChangeGap   = flag.Duration("largechange.gap", DefaultMinSyncInterval, "BenchmarkAgentAddDuringLargePolicyChange: the pause after a change is enforced before the next edit (the runner spaces syncs by the same); 0 runs changes back to back")
+	largeChangeSplit = flag.Bool("largechange.split", false, "BenchmarkAgentAddDuringLargePolicyChange: render every group in the split form (render.SplitEveryGroupForTest)")
 )
 
 func largeChange(b *testing.B, locked bool) {
@@ -82,8 +90,11 @@ func largeChange(b *testing.B, locked bool) {
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "largechange %s: "+format+"\n", append([]any{time.Since(began).Round(time.Millisecond)}, args...)...)
 	}
+	if *largeChangeSplit {
+		defer render.SplitEveryGroupForTest()()
+	}
 	a, src, _ := podSourceAgent(b, "198.18.6.0/24", "198.19.255.1")
-	src.policies = []*networkingv1.NetworkPolicy{largePolicy(*largeChangePeers)}
+	src.policies = []*networkingv1.NetworkPolicy{largePolicy(*largeChangePeers, *largeChangePorts)}
 	a.nftAlwaysLocked = locked
 	ctx := context.Background()
 	setPod := func(name string, present bool) {
@@ -118,11 +129,11 @@ func largeChange(b *testing.B, locked bool) {
 	progress("20 pods added and synced")
 	newNetns := nstest.Netns(b, "new")
 	var failed atomic.Int64
-	cycle := func() time.Duration {
+	cycle := func() (start, end time.Time) {
 		setPod("new", true)
-		start := time.Now()
+		start = time.Now()
 		_, err := a.Add(ctx, req(wire.CmdAdd, "new", newNetns))
-		d := time.Since(start)
+		end = time.Now()
 		if err != nil {
 			failed.Add(1)
 			b.Logf("ADD: %v", err)
@@ -131,18 +142,33 @@ func largeChange(b *testing.B, locked bool) {
 			b.Logf("DEL: %v", err)
 		}
 		setPod("new", false)
-		return d
+		return start, end
 	}
-	run := func(atLeast int, more func() bool) []time.Duration {
+	// run cycles until it has atLeast ADDs that count and more says
+	// enough; counts says whether an ADD from start to end counts. It
+	// returns the counted ADDs' times, sorted, and their phase means.
+	var phases func() map[string][2]float64
+	var phaseMeans func(from, to map[string][2]float64) string
+	run := func(atLeast int, more func() bool, counts func(start, end time.Time) bool) ([]time.Duration, string) {
 		var ds []time.Duration
+		sum, none := map[string][2]float64{}, map[string][2]float64{}
 		for len(ds) < atLeast || more() {
-			ds = append(ds, cycle())
+			before := phases()
+			start, end := cycle()
+			if !counts(start, end) {
+				continue
+			}
+			ds = append(ds, end.Sub(start))
+			for ph, v := range phases() {
+				sum[ph] = [2]float64{sum[ph][0] + v[0] - before[ph][0], sum[ph][1] + v[1] - before[ph][1]}
+			}
 		}
 		slices.Sort(ds)
-		return ds
+		return ds, phaseMeans(none, sum)
 	}
+	always := func(time.Time, time.Time) bool { return true }
 	// phases sums the ADD phase histograms (metrics.addPhases) so far.
-	phases := func() map[string][2]float64 {
+	phases = func() map[string][2]float64 {
 		out := map[string][2]float64{}
 		mfs, err := a.m.reg.Gather()
 		if err != nil {
@@ -158,9 +184,9 @@ func largeChange(b *testing.B, locked bool) {
 		}
 		return out
 	}
-	phaseMeans := func(from, to map[string][2]float64) string {
+	phaseMeans = func(from, to map[string][2]float64) string {
 		var parts []string
-		for _, ph := range []string{"lock", "render", "apply"} {
+		for _, ph := range []string{"allocate", "lock", "render", "apply"} {
 			n := to[ph][1] - from[ph][1]
 			if n > 0 {
 				parts = append(parts, fmt.Sprintf("%s %.2f ms", ph, 1000*(to[ph][0]-from[ph][0])/n))
@@ -171,11 +197,9 @@ func largeChange(b *testing.B, locked bool) {
 	b.Logf("set up in %s", time.Since(began).Round(time.Millisecond))
 	cycle() // warm
 	began = time.Now()
-	atIdle := phases()
-	idle := run(adds, func() bool { return false })
-	atBusy := phases()
+	idle, idlePhases := run(adds, func() bool { return false }, always)
 	b.Logf("%d idle ADDs in %s", len(idle), time.Since(began).Round(time.Millisecond))
-	progress("%d idle ADDs, p50 %v; mean phases: %s", len(idle), idle[len(idle)/2], phaseMeans(atIdle, atBusy))
+	progress("%d idle ADDs, p50 %v; mean phases: %s", len(idle), idle[len(idle)/2], idlePhases)
 	idleFailed := failed.Swap(0)
 
 	// A change counts from the policy's edit to the first resync whose
@@ -200,6 +224,24 @@ func largeChange(b *testing.B, locked bool) {
 	stop := make(chan struct{})
 	var changes atomic.Int64
 	var changeTime atomic.Int64
+	// An ADD is during a change when it overlaps one: the changes' windows
+	// from the edit to its enforcement, and the start of the one in flight.
+	var windowMu sync.Mutex
+	var windows [][2]time.Time
+	var inFlight time.Time
+	during := func(start, end time.Time) bool {
+		windowMu.Lock()
+		defer windowMu.Unlock()
+		if !inFlight.IsZero() && inFlight.Before(end) {
+			return true
+		}
+		for i := len(windows) - 1; i >= 0; i-- {
+			if w := windows[i]; w[0].Before(end) && w[1].After(start) {
+				return true
+			}
+		}
+		return false
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -217,10 +259,13 @@ func largeChange(b *testing.B, locked bool) {
 			case <-enforced: // a resync's commit before this edit
 			default:
 			}
-			src.mu.Lock()
-			src.policies = []*networkingv1.NetworkPolicy{largePolicy(peers)}
-			src.mu.Unlock()
 			start := time.Now()
+			windowMu.Lock()
+			inFlight = start
+			windowMu.Unlock()
+			src.mu.Lock()
+			src.policies = []*networkingv1.NetworkPolicy{largePolicy(peers, *largeChangePorts)}
+			src.mu.Unlock()
 			syncs := 0
 			for done := false; !done; {
 				a.sync(ctx, false)
@@ -231,18 +276,27 @@ func largeChange(b *testing.B, locked bool) {
 				default:
 				}
 			}
-			changeTime.Add(int64(time.Since(start)))
+			end := time.Now()
+			windowMu.Lock()
+			windows, inFlight = append(windows, [2]time.Time{start, end}), time.Time{}
+			windowMu.Unlock()
+			changeTime.Add(int64(end.Sub(start)))
 			changes.Add(1)
-			progress("change to %d peers enforced in %s (%d resyncs)", peers, time.Since(start).Round(time.Millisecond), syncs)
+			progress("change to %d peers enforced in %s (%d resyncs)", peers, end.Sub(start).Round(time.Millisecond), syncs)
+			select {
+			case <-stop:
+				return
+			case <-time.After(*largeChangeGap):
+			}
 		}
 	}()
 	began = time.Now()
-	busy := run(adds, func() bool { return changes.Load() < 2 })
+	busy, busyPhases := run(adds, func() bool { return changes.Load() < 2 }, during)
 	close(stop)
 	wg.Wait()
 	b.Logf("%d ADDs during %d changes in %s", len(busy), changes.Load(), time.Since(began).Round(time.Millisecond))
 	busyFailed := failed.Load()
-	progress("%d ADDs during %d changes, p50 %v; mean phases: %s", len(busy), changes.Load(), busy[len(busy)/2], phaseMeans(atBusy, phases()))
+	progress("%d ADDs during %d changes, p50 %v; mean phases: %s", len(busy), changes.Load(), busy[len(busy)/2], busyPhases)
 
 	b.Logf("slowest ADDs idle %v, during changes %v", idle[len(idle)-5:], busy[len(busy)-5:])
 	q := func(ds []time.Duration, p float64) float64 {

@@ -24,9 +24,10 @@ type metrics struct {
 	// from outside (terwayctl bench): plan size counts operations, not the
 	// netlink messages, sysctl writes and nft batches they send.
 	kernelWrites prometheus.Counter
-	// addPhases splits a CNI ADD's time at the agent: waiting for the
-	// agent's lock (behind another ADD batch, a DEL or a resync's plan),
-	// rendering the node, and applying the batch's scoped plan. An
+	// addPhases splits a CNI ADD's time at the agent: allocating its
+	// address (the agent's lock, then the store's write), waiting for the
+	// agent's lock again (behind another ADD batch, a DEL or a resync's
+	// plan), rendering the node, and applying the batch's scoped plan. An
 	// operator whose pods start slowly sees which one grew.
 	addPhases *prometheus.HistogramVec
 }

@@ -244,7 +244,7 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 			}
 		}
 		if nstate != nil {
-			p, err := a.eng.Plan(ctx, nstate, engine.PlanOptions{Full: full, Kinds: []string{nft.Kind}})
+			p, err := a.eng.Plan(ctx, nstate, engine.PlanOptions{Full: full, Kinds: []string{nft.Kind}, TakenFrom: kernel})
 			if err != nil {
 				a.status.fail(nftKey, "", "observe", err)
 				kept[nftKey] = true

@@ -327,8 +327,8 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 		Name:    chain,
 		Comment: policiesComment(dir+" of pods isolated by NetworkPolicy ", names),
 	}}
-	rects := rectangles(allow.ports)
-	if profiles := splitProfiles(rects); profiles != nil {
+	pieces := portPieces(allow.ports)
+	if profiles := splitProfiles(pieces); profiles != nil {
 		for i, p := range profiles {
 			addrSet, portSet := chain+"-a"+strconv.Itoa(i+1), chain+"-p"+strconv.Itoa(i+1)
 			a := spec.NFTSet{Name: addrSet, Type: []string{spec.TypeIPv4Addr}, Interval: true,
@@ -354,7 +354,7 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 			Name: chain + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
 		}
-		for _, e := range rects {
+		for _, e := range piecesRects(pieces) {
 			ports.Elements = append(ports.Elements, spec.NFTElement{Key: []string{e.addrs.String(), e.proto, e.ports.String()}})
 		}
 		out.sets = append(out.sets, ports)

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"slices"
 	"strconv"
-	"strings"
 )
 
 // A group whose policies admit many peers on many ports that are not
@@ -47,8 +46,8 @@ func SplitEveryGroupForTest() (restore func()) {
 // canonical order of a (protocol, service) element.
 type protoPorts uint64
 
-func packProtoPorts(r rect) protoPorts {
-	return protoPorts(r.protoNum<<32 | uint64(r.ports.lo)<<16 | uint64(r.ports.hi))
+func packProtoPorts(protoNum uint64, r portRange) protoPorts {
+	return protoPorts(protoNum<<32 | uint64(r.lo)<<16 | uint64(r.hi))
 }
 
 func (p protoPorts) ports() portRange { return portRange{uint16(p >> 16), uint16(p)} }
@@ -59,34 +58,66 @@ type portProfile struct {
 	addrs []span
 }
 
-// splitProfiles returns the port profiles of rects (disjoint, as
-// rectangles makes them) when the split form is chosen for them, else nil.
-// Profiles are in the order of their lowest address; each one's addresses
-// are merged spans and its ports are in canonical order.
-func splitProfiles(rects []rect) []portProfile {
-	if len(rects) < splitMinElements {
+// splitProfiles returns the port profiles of pieces (as portPieces makes
+// them) when the split form is chosen for them, else nil. Profiles are in
+// the order of their lowest address; each one's addresses are merged spans
+// and its ports are in canonical order.
+//
+// It never makes the concatenated set's elements: 500 peers on 100 ports
+// are 100 pieces with one address list, one class below, and the sweep
+// walks its 500 spans once, not 50,000 rectangles.
+func splitProfiles(pieces []portPiece) []portProfile {
+	product := 0
+	for _, p := range pieces {
+		product += len(p.addrs)
+	}
+	if product < splitMinElements || len(pieces) == 0 {
 		return nil
 	}
-	// A sweep along the address axis: at each boundary the active
-	// (protocol, ports) entries change, and between boundaries the
-	// addresses share one profile. Entries are never active twice at once
-	// because rects are disjoint.
+	// Pieces with the same addresses form one class, with all their ports.
+	type class struct {
+		addrs []span
+		ports []protoPorts
+	}
+	var classes []class
+	byHash := map[uint64][]int{}
+	for _, p := range pieces {
+		h := hashSpans(p.addrs)
+		c := -1
+		for _, i := range byHash[h] {
+			if slices.Equal(classes[i].addrs, p.addrs) {
+				c = i
+				break
+			}
+		}
+		if c < 0 {
+			c = len(classes)
+			classes = append(classes, class{addrs: p.addrs})
+			byHash[h] = append(byHash[h], c)
+		}
+		classes[c].ports = append(classes[c].ports, packProtoPorts(p.protoNum, p.ports))
+	}
+	// A sweep along the address axis: at each boundary the active classes
+	// change, and between boundaries the addresses share one profile, the
+	// union of the active classes' ports. A class is never active twice at
+	// once because its spans are merged.
 	type event struct {
 		at    uint64
-		entry protoPorts
+		class int
 		start bool
 	}
-	events := make([]event, 0, 2*len(rects))
-	for _, r := range rects {
-		e := packProtoPorts(r)
-		events = append(events, event{uint64(r.addrs.lo), e, true}, event{uint64(r.addrs.hi) + 1, e, false})
+	var events []event
+	for i, c := range classes {
+		for _, s := range c.addrs {
+			events = append(events, event{uint64(s.lo), i, true}, event{uint64(s.hi) + 1, i, false})
+		}
 	}
 	slices.SortFunc(events, func(a, b event) int { return cmp.Compare(a.at, b.at) })
 	var (
-		active   []protoPorts // sorted
+		active   []int // sorted class indexes
 		profiles []portProfile
 		byKey    = map[string]int{}
-		key      strings.Builder
+		key      []byte
 		cur      = -1 // profile of the addresses from lo on, -1 for none
 		lo       uint64
 	)
@@ -106,10 +137,10 @@ func splitProfiles(rects []rect) []portProfile {
 		at := events[i].at
 		for ; i < len(events) && events[i].at == at; i++ {
 			e := events[i]
-			j, found := slices.BinarySearch(active, e.entry)
+			j, found := slices.BinarySearch(active, e.class)
 			switch {
 			case e.start && !found:
-				active = slices.Insert(active, j, e.entry)
+				active = slices.Insert(active, j, e.class)
 			case !e.start && found:
 				active = slices.Delete(active, j, j+1)
 			}
@@ -120,19 +151,24 @@ func splitProfiles(rects []rect) []portProfile {
 			cur = -1
 			continue
 		}
-		key.Reset()
-		for _, e := range active {
-			key.WriteString(strconv.FormatUint(uint64(e), 36))
-			key.WriteByte(',')
+		key = key[:0]
+		for _, c := range active {
+			key = strconv.AppendInt(key, int64(c), 36)
+			key = append(key, ',')
 		}
-		k, ok := byKey[key.String()]
+		k, ok := byKey[string(key)]
 		if !ok {
 			if len(profiles) == splitMaxProfiles {
 				return nil
 			}
+			var ports []protoPorts
+			for _, c := range active {
+				ports = append(ports, classes[c].ports...)
+			}
+			slices.Sort(ports)
 			k = len(profiles)
-			byKey[key.String()] = k
-			profiles = append(profiles, portProfile{ports: mergeProtoPorts(active)})
+			byKey[string(key)] = k
+			profiles = append(profiles, portProfile{ports: mergeProtoPorts(ports)})
 		}
 		cur = k
 	}
@@ -140,10 +176,20 @@ func splitProfiles(rects []rect) []portProfile {
 	for _, p := range profiles {
 		size += len(p.addrs) + len(p.ports)
 	}
-	if size*splitShrink > len(rects) {
+	if size*splitShrink > product {
 		return nil
 	}
 	return profiles
+}
+
+// hashSpans is an FNV-1a hash of a span list, to find equal lists fast.
+func hashSpans(spans []span) uint64 {
+	h := uint64(14695981039346656037)
+	for _, s := range spans {
+		h = (h ^ uint64(s.lo)) * 1099511628211
+		h = (h ^ uint64(s.hi)) * 1099511628211
+	}
+	return h
 }
 
 // mergeProtoPorts copies a sorted list of entries, joining adjacent port

@@ -28,8 +28,9 @@ func TestSplitProfilesMatchRectangles(t *testing.T) {
 			a.addrs = mergeSpans(a.addrs)
 			allows = append(allows, a)
 		}
-		rects := rectangles(allows)
-		profiles := splitProfiles(rects)
+		pieces := portPieces(allows)
+		rects := piecesRects(pieces)
+		profiles := splitProfiles(pieces)
 		if profiles == nil {
 			continue
 		}
@@ -113,22 +114,22 @@ func TestSplitChosenOnlyWhereItPays(t *testing.T) {
 		}
 		return out
 	}
-	rects := rectangles(product(500, 100))
-	if len(rects) != 50000 {
+	pieces := portPieces(product(500, 100))
+	if rects := piecesRects(pieces); len(rects) != 50000 {
 		t.Fatalf("%d rectangles, want 50,000", len(rects))
 	}
-	profiles := splitProfiles(rects)
+	profiles := splitProfiles(pieces)
 	if len(profiles) != 1 || len(profiles[0].addrs) != 500 || len(profiles[0].ports) != 100 {
 		t.Fatalf("500 x 100: want one profile of 500 addresses and 100 ports, got %d profiles", len(profiles))
 	}
-	if p := splitProfiles(rectangles(product(5, 100))); p != nil {
+	if p := splitProfiles(portPieces(product(5, 100))); p != nil {
 		t.Errorf("5 x 100 (500 elements) was split")
 	}
 	var each []portAllow
 	for i := range 2000 {
 		each = append(each, portAllow{"tcp", portRange{uint16(i), uint16(i)}, []span{{uint32(2 * i), uint32(2 * i)}}})
 	}
-	if p := splitProfiles(rectangles(each)); p != nil {
+	if p := splitProfiles(portPieces(each)); p != nil {
 		t.Errorf("2,000 peers on a port each was split into %d profiles", len(p))
 	}
 }
@@ -142,8 +143,7 @@ func BenchmarkSplitProfiles(b *testing.B) {
 	for p := range 100 {
 		allows = append(allows, portAllow{"tcp", portRange{uint16(1000 + 2*p), uint16(1000 + 2*p)}, addrs})
 	}
-	rects := rectangles(allows)
 	for b.Loop() {
-		splitProfiles(rects)
+		splitProfiles(portPieces(allows))
 	}
 }

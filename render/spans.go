@@ -129,19 +129,27 @@ type rect struct {
 	ports    portRange
 }
 
-// rectangles turns a union of portAllows into disjoint (addresses, proto,
-// ports) elements: per protocol, the port axis is cut at every boundary, each
-// piece gets the union of the addresses allowed on it, and neighbouring
-// pieces with equal addresses are joined again. The result is in the
-// document's canonical order (address, protocol number, port).
-func rectangles(allows []portAllow) []rect {
+// portPiece is one protocol's port range with the addresses allowed on
+// all of it: the port axis cut at every boundary of the allowances.
+type portPiece struct {
+	proto    string
+	protoNum uint64
+	ports    portRange
+	addrs    []span // merged
+}
+
+// portPieces cuts each protocol's port axis at every boundary of allows;
+// each piece gets the union of the addresses allowed on it, and
+// neighbouring pieces with equal addresses are joined again. Pieces are
+// disjoint.
+func portPieces(allows []portAllow) []portPiece {
 	byProto := map[string][]portAllow{}
 	for _, a := range allows {
 		if len(a.addrs) > 0 {
 			byProto[a.proto] = append(byProto[a.proto], a)
 		}
 	}
-	var out []rect
+	var pieces []portPiece
 	for proto, list := range byProto {
 		cuts := map[uint32]bool{}
 		for _, a := range list {
@@ -153,11 +161,7 @@ func rectangles(allows []portAllow) []rect {
 			bounds = append(bounds, c)
 		}
 		slices.Sort(bounds)
-		type piece struct {
-			ports portRange
-			addrs []span
-		}
-		var pieces []piece
+		first := len(pieces)
 		for i := 0; i+1 < len(bounds); i++ {
 			pr := portRange{uint16(bounds[i]), uint16(bounds[i+1] - 1)}
 			var addrs []span
@@ -170,16 +174,27 @@ func rectangles(allows []portAllow) []rect {
 				continue
 			}
 			addrs = mergeSpans(addrs)
-			if n := len(pieces); n > 0 && uint32(pieces[n-1].ports.hi)+1 == uint32(pr.lo) && slices.Equal(pieces[n-1].addrs, addrs) {
+			if n := len(pieces); n > first && uint32(pieces[n-1].ports.hi)+1 == uint32(pr.lo) && slices.Equal(pieces[n-1].addrs, addrs) {
 				pieces[n-1].ports.hi = pr.hi
 				continue
 			}
-			pieces = append(pieces, piece{pr, addrs})
+			pieces = append(pieces, portPiece{proto, spec.ProtoNumbers[proto], pr, addrs})
 		}
-		for _, p := range pieces {
-			for _, s := range p.addrs {
-				out = append(out, rect{s, proto, spec.ProtoNumbers[proto], p.ports})
-			}
+	}
+	return pieces
+}
+
+// rectangles turns a union of portAllows into disjoint (addresses, proto,
+// ports) elements: every address span of every port piece. The result is
+// in the document's canonical order (address, protocol number, port).
+func rectangles(allows []portAllow) []rect { return piecesRects(portPieces(allows)) }
+
+// piecesRects is rectangles from the pieces portPieces made.
+func piecesRects(pieces []portPiece) []rect {
+	var out []rect
+	for _, p := range pieces {
+		for _, s := range p.addrs {
+			out = append(out, rect{s, p.proto, p.protoNum, p.ports})
 		}
 	}
 	// Two packed integers per element make the comparison cheap: this sort

@@ -42,6 +42,9 @@ func kindRank(kind string) int {
 // Plan is an ordered list of operations.
 type Plan struct {
 	Ops []op.Op
+	// taken are the pods whose interface name another sandbox holds, as
+	// this plan observed them (PlanOptions.TakenFrom).
+	taken []links.Taken
 }
 
 // Empty reports whether the plan changes nothing.

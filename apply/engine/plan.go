@@ -70,6 +70,14 @@ type PlanOptions struct {
 	// two of them must not interleave with a commit between (see
 	// nft.Reconciler), while the other kinds' plans are plain reads.
 	Kinds []string
+	// TakenFrom, when set, is an earlier plan of the same sync whose
+	// observation of other sandboxes' interfaces (links.FindTaken) this
+	// plan uses instead of reading every pod namespace's links again. The
+	// agent's resync plans nftables under its lock right after planning the
+	// kernel kinds without it: reading 250 namespaces' links there would
+	// hold the lock, and the kernel's rtnl lock a CNI ADD needs, for
+	// nothing new.
+	TakenFrom *Plan
 }
 
 // Plan observes what we own and returns the operations that turn it into
@@ -131,8 +139,11 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 	// A pod whose pod-side interface name is held by a link that is not
 	// its pair (another sandbox's eth0) gets nothing written: its items
 	// leave the document of this plan, and one failing operation says why.
-	taken, err := links.FindTaken(snap, nss, desired)
-	if err != nil {
+	var taken []links.Taken
+	var err error
+	if opts.TakenFrom != nil {
+		taken = opts.TakenFrom.taken
+	} else if taken, err = links.FindTaken(snap, nss, desired); err != nil {
 		return nil, fmt.Errorf("observe links: %w", err)
 	}
 	var ops []op.Op
@@ -221,7 +232,7 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 		// the handles of any other are a deleted pod's, kept alive by us.
 		l.Retain(nss)
 	}
-	return &Plan{Ops: order(ops)}, nil
+	return &Plan{Ops: order(ops), taken: taken}, nil
 }
 
 // PrepareNFT does the CPU work of planning desired's nftables ahead (see

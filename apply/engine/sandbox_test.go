@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/apply/nft"
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -61,6 +63,7 @@ func TestSecondSandboxLeavesPodUntouched(t *testing.T) {
 			t.Errorf("the scoped plan writes x/b's item into x/a's namespace: %s", o)
 		}
 	}
+	checkTakenFrom(t, n, state)
 	for name, opts := range map[string]engine.PlanOptions{
 		"scoped ADD":  {Pods: []string{"x/b"}},
 		"full resync": {Full: true},
@@ -131,5 +134,34 @@ func TestLinkFailureStopsThePod(t *testing.T) {
 	}
 	if after := nstest.PodDump(t, netns); after != before {
 		t.Fatalf("the failed ADD changed the other eth0's namespace:\n--- before\n%s--- after\n%s", before, after)
+	}
+}
+
+// checkTakenFrom: the agent's resync plans nftables with the taken pods its
+// kernel plan found (PlanOptions.TakenFrom): that plan equals one that
+// reads the links itself, and it does use the list it is given.
+func checkTakenFrom(t *testing.T, n *node, state *spec.NodeState) {
+	t.Helper()
+	ctx := context.Background()
+	nftOnly := func(from *engine.Plan) []string {
+		p, err := n.eng.Plan(ctx, state, engine.PlanOptions{Kinds: []string{nft.Kind}, TakenFrom: from})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Lines()
+	}
+	kernel, err := n.eng.Plan(ctx, state, engine.PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, reused := nftOnly(nil), nftOnly(kernel)
+	if !slices.Equal(own, reused) {
+		t.Errorf("the nftables plan with the kernel plan's taken pods:\n%s\nwant, as it reads them itself:\n%s", strings.Join(reused, "\n"), strings.Join(own, "\n"))
+	}
+	if !slices.ContainsFunc(own, func(l string) bool { return strings.Contains(l, "refused, the name is another sandbox") }) {
+		t.Errorf("the nftables plan does not refuse x/b:\n%s", strings.Join(own, "\n"))
+	}
+	if none := nftOnly(&engine.Plan{}); slices.Equal(none, own) {
+		t.Errorf("the nftables plan given a plan that found nothing taken is the same as its own: TakenFrom is not used")
 	}
 }
