@@ -126,7 +126,9 @@ func parseRule(np *networkingv1.NetworkPolicy, field, peersField string, peers [
 	ports []networkingv1.NetworkPolicyPort, prob problemFunc) *parsedRule {
 	pr := &parsedRule{anyPeer: len(peers) == 0, anyPort: len(ports) == 0}
 	for i, peer := range peers {
-		pf := fmt.Sprintf("%s.%s[%d]", field, peersField, i)
+		// The field is named only in a problem: a policy of 50,000
+		// ipBlocks would otherwise format 50,000 names for nothing.
+		pf := func() string { return fmt.Sprintf("%s.%s[%d]", field, peersField, i) }
 		sel, blocks, ok := parsePeer(pf, peer, prob)
 		switch {
 		case !ok:
@@ -147,28 +149,28 @@ func parseRule(np *networkingv1.NetworkPolicy, field, peersField string, peers [
 
 // parsePeer parses one peer: a selector peer, or an ipBlock's spans. ok is
 // false for an invalid peer, which then allows nothing.
-func parsePeer(field string, peer networkingv1.NetworkPolicyPeer, prob problemFunc) (sel *parsedPeer, blocks []span, ok bool) {
+func parsePeer(fieldOf func() string, peer networkingv1.NetworkPolicyPeer, prob problemFunc) (sel *parsedPeer, blocks []span, ok bool) {
 	if peer.IPBlock != nil {
 		if peer.PodSelector != nil || peer.NamespaceSelector != nil {
-			prob(field, "ipBlock cannot be combined with podSelector or namespaceSelector; this peer allows nothing")
+			prob(fieldOf(), "ipBlock cannot be combined with podSelector or namespaceSelector; this peer allows nothing")
 			return nil, nil, false
 		}
 		spans, err := ipBlockSpans(peer.IPBlock)
 		if err != nil {
-			prob(field+".ipBlock"+err.field, "%s; this peer allows nothing", err.reason)
+			prob(fieldOf()+".ipBlock"+err.field, "%s; this peer allows nothing", err.reason)
 			return nil, nil, false
 		}
 		return nil, spans, true
 	}
 	if peer.PodSelector == nil && peer.NamespaceSelector == nil {
-		prob(field, "a peer needs podSelector, namespaceSelector or ipBlock; this peer allows nothing")
+		prob(fieldOf(), "a peer needs podSelector, namespaceSelector or ipBlock; this peer allows nothing")
 		return nil, nil, false
 	}
 	out := &parsedPeer{podSel: labels.Everything()}
 	if peer.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
 		if err != nil {
-			prob(field+".podSelector", "%v; this peer allows nothing", err)
+			prob(fieldOf()+".podSelector", "%v; this peer allows nothing", err)
 			return nil, nil, false
 		}
 		out.podSel = s
@@ -176,7 +178,7 @@ func parsePeer(field string, peer networkingv1.NetworkPolicyPeer, prob problemFu
 	if peer.NamespaceSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
 		if err != nil {
-			prob(field+".namespaceSelector", "%v; this peer allows nothing", err)
+			prob(fieldOf()+".namespaceSelector", "%v; this peer allows nothing", err)
 			return nil, nil, false
 		}
 		out.nsSel = s

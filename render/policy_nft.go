@@ -354,8 +354,15 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 			Name: chain + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
 		}
-		for _, e := range piecesRects(pieces) {
-			ports.Elements = append(ports.Elements, spec.NFTElement{Key: []string{e.addrs.String(), e.proto, e.ports.String()}})
+		rects := piecesRects(pieces)
+		if len(rects) > 0 {
+			ports.Elements = make([]spec.NFTElement, len(rects))
+		}
+		keys := make([]string, 3*len(rects)) // one allocation for every key
+		for i, e := range rects {
+			key := keys[3*i : 3*i+3 : 3*i+3]
+			key[0], key[1], key[2] = e.addrs.String(), e.proto, e.portsText
+			ports.Elements[i] = spec.NFTElement{Key: key}
 		}
 		out.sets = append(out.sets, ports)
 		out.chain.Rules = append(out.chain.Rules, spec.NFTRule{

@@ -97,6 +97,19 @@ func splitProfiles(pieces []portPiece) []portProfile {
 		}
 		classes[c].ports = append(classes[c].ports, packProtoPorts(p.protoNum, p.ports))
 	}
+	if len(classes) == 1 {
+		// Every piece allows the same addresses: one profile, no sweep. A
+		// policy of 50,000 peers on one port is one such class, and is
+		// refused here at the cost of a count.
+		c := classes[0]
+		ports := slices.Clone(c.ports)
+		slices.Sort(ports)
+		ports = mergeProtoPorts(ports)
+		if (len(c.addrs)+len(ports))*splitShrink > product {
+			return nil
+		}
+		return []portProfile{{ports: ports, addrs: c.addrs}}
+	}
 	// A sweep along the address axis: at each boundary the active classes
 	// change, and between boundaries the addresses share one profile, the
 	// union of the active classes' ports. A class is never active twice at

@@ -127,6 +127,9 @@ type rect struct {
 	proto    string
 	protoNum uint64
 	ports    portRange
+	// portsText is ports printed, once per piece: the piece's thousands
+	// of elements share it.
+	portsText string
 }
 
 // portPiece is one protocol's port range with the addresses allowed on
@@ -191,11 +194,19 @@ func rectangles(allows []portAllow) []rect { return piecesRects(portPieces(allow
 
 // piecesRects is rectangles from the pieces portPieces made.
 func piecesRects(pieces []portPiece) []rect {
-	var out []rect
+	n := 0
 	for _, p := range pieces {
+		n += len(p.addrs)
+	}
+	out := make([]rect, 0, n)
+	for _, p := range pieces {
+		text := p.ports.String()
 		for _, s := range p.addrs {
-			out = append(out, rect{s, p.proto, p.protoNum, p.ports})
+			out = append(out, rect{s, p.proto, p.protoNum, p.ports, text})
 		}
+	}
+	if len(pieces) == 1 {
+		return out // one piece's merged spans are in order already
 	}
 	// Two packed integers per element make the comparison cheap: this sort
 	// is most of the cost of rendering a large group.
