@@ -152,6 +152,11 @@ func largeChange(b *testing.B, locked bool) {
 	run := func(atLeast int, more func() bool, counts func(start, end time.Time) bool) ([]time.Duration, string) {
 		var ds []time.Duration
 		sum, none := map[string][2]float64{}, map[string][2]float64{}
+		type slow struct {
+			d      time.Duration
+			phases string
+		}
+		var slowest []slow
 		for len(ds) < atLeast || more() {
 			before := phases()
 			start, end := cycle()
@@ -159,9 +164,16 @@ func largeChange(b *testing.B, locked bool) {
 				continue
 			}
 			ds = append(ds, end.Sub(start))
-			for ph, v := range phases() {
+			after := phases()
+			for ph, v := range after {
 				sum[ph] = [2]float64{sum[ph][0] + v[0] - before[ph][0], sum[ph][1] + v[1] - before[ph][1]}
 			}
+			slowest = append(slowest, slow{end.Sub(start), phaseMeans(before, after)})
+			slices.SortFunc(slowest, func(a, b slow) int { return int(b.d - a.d) })
+			slowest = slowest[:min(len(slowest), 3)]
+		}
+		for _, s := range slowest {
+			progress("a slowest ADD: %v (%s)", s.d.Round(10*time.Microsecond), s.phases)
 		}
 		slices.Sort(ds)
 		return ds, phaseMeans(none, sum)
