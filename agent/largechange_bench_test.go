@@ -145,11 +145,36 @@ func largeChange(b *testing.B, locked bool) {
 		setPod("new", false)
 		return start, end
 	}
+	// phases sums the ADD phase histograms (metrics.addPhases) so far.
+	phases := func() map[string][2]float64 {
+		out := map[string][2]float64{}
+		mfs, err := a.m.reg.Gather()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "terway_cni_add_phase_seconds" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				out[m.GetLabel()[0].GetValue()] = [2]float64{m.GetHistogram().GetSampleSum(), float64(m.GetHistogram().GetSampleCount())}
+			}
+		}
+		return out
+	}
+	phaseMeans := func(from, to map[string][2]float64) string {
+		var parts []string
+		for _, ph := range []string{"allocate", "lock", "render", "apply"} {
+			n := to[ph][1] - from[ph][1]
+			if n > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.2f ms", ph, 1000*(to[ph][0]-from[ph][0])/n))
+			}
+		}
+		return strings.Join(parts, ", ")
+	}
 	// run cycles until it has atLeast ADDs that count and more says
 	// enough; counts says whether an ADD from start to end counts. It
 	// returns the counted ADDs' times, sorted, and their phase means.
-	var phases func() map[string][2]float64
-	var phaseMeans func(from, to map[string][2]float64) string
 	run := func(atLeast int, more func() bool, counts func(start, end time.Time) bool) ([]time.Duration, string) {
 		var ds []time.Duration
 		sum, none := map[string][2]float64{}, map[string][2]float64{}
@@ -180,33 +205,6 @@ func largeChange(b *testing.B, locked bool) {
 		return ds, phaseMeans(none, sum)
 	}
 	always := func(time.Time, time.Time) bool { return true }
-	// phases sums the ADD phase histograms (metrics.addPhases) so far.
-	phases = func() map[string][2]float64 {
-		out := map[string][2]float64{}
-		mfs, err := a.m.reg.Gather()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != "terway_cni_add_phase_seconds" {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				out[m.GetLabel()[0].GetValue()] = [2]float64{m.GetHistogram().GetSampleSum(), float64(m.GetHistogram().GetSampleCount())}
-			}
-		}
-		return out
-	}
-	phaseMeans = func(from, to map[string][2]float64) string {
-		var parts []string
-		for _, ph := range []string{"allocate", "lock", "render", "apply"} {
-			n := to[ph][1] - from[ph][1]
-			if n > 0 {
-				parts = append(parts, fmt.Sprintf("%s %.2f ms", ph, 1000*(to[ph][0]-from[ph][0])/n))
-			}
-		}
-		return strings.Join(parts, ", ")
-	}
 	b.Logf("set up in %s", time.Since(began).Round(time.Millisecond))
 	cycle() // warm
 	began = time.Now()

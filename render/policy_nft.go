@@ -354,7 +354,7 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 			Name: chain + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
 		}
-		rects := piecesRects(pieces)
+		rects := rectangles(pieces)
 		if len(rects) > 0 {
 			ports.Elements = make([]spec.NFTElement, len(rects))
 		}

@@ -102,9 +102,7 @@ func splitProfiles(pieces []portPiece) []portProfile {
 		// policy of 50,000 peers on one port is one such class, and is
 		// refused here at the cost of a count.
 		c := classes[0]
-		ports := slices.Clone(c.ports)
-		slices.Sort(ports)
-		ports = mergeProtoPorts(ports)
+		ports := unionPorts(c.ports)
 		if (len(c.addrs)+len(ports))*splitShrink > product {
 			return nil
 		}
@@ -174,14 +172,13 @@ func splitProfiles(pieces []portPiece) []portProfile {
 			if len(profiles) == splitMaxProfiles {
 				return nil
 			}
-			var ports []protoPorts
-			for _, c := range active {
-				ports = append(ports, classes[c].ports...)
+			lists := make([][]protoPorts, len(active))
+			for i, c := range active {
+				lists[i] = classes[c].ports
 			}
-			slices.Sort(ports)
 			k = len(profiles)
 			byKey[string(key)] = k
-			profiles = append(profiles, portProfile{ports: mergeProtoPorts(ports)})
+			profiles = append(profiles, portProfile{ports: unionPorts(lists...)})
 		}
 		cur = k
 	}
@@ -203,6 +200,13 @@ func hashSpans(spans []span) uint64 {
 		h = (h ^ uint64(s.hi)) * 1099511628211
 	}
 	return h
+}
+
+// unionPorts is the entries of lists, sorted and merged: a profile's ports.
+func unionPorts(lists ...[]protoPorts) []protoPorts {
+	ports := slices.Concat(lists...)
+	slices.Sort(ports)
+	return mergeProtoPorts(ports)
 }
 
 // mergeProtoPorts copies a sorted list of entries, joining adjacent port

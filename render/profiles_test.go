@@ -29,7 +29,7 @@ func TestSplitProfilesMatchRectangles(t *testing.T) {
 			allows = append(allows, a)
 		}
 		pieces := portPieces(allows)
-		rects := piecesRects(pieces)
+		rects := rectangles(pieces)
 		profiles := splitProfiles(pieces)
 		if profiles == nil {
 			continue
@@ -115,7 +115,7 @@ func TestSplitChosenOnlyWhereItPays(t *testing.T) {
 		return out
 	}
 	pieces := portPieces(product(500, 100))
-	if rects := piecesRects(pieces); len(rects) != 50000 {
+	if rects := rectangles(pieces); len(rects) != 50000 {
 		t.Fatalf("%d rectangles, want 50,000", len(rects))
 	}
 	profiles := splitProfiles(pieces)

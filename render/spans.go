@@ -187,13 +187,11 @@ func portPieces(allows []portAllow) []portPiece {
 	return pieces
 }
 
-// rectangles turns a union of portAllows into disjoint (addresses, proto,
-// ports) elements: every address span of every port piece. The result is
-// in the document's canonical order (address, protocol number, port).
-func rectangles(allows []portAllow) []rect { return piecesRects(portPieces(allows)) }
-
-// piecesRects is rectangles from the pieces portPieces made.
-func piecesRects(pieces []portPiece) []rect {
+// rectangles turns port pieces (portPieces of a union of portAllows) into
+// disjoint (addresses, proto, ports) elements: every address span of every
+// piece. The result is in the document's canonical order (address,
+// protocol number, port).
+func rectangles(pieces []portPiece) []rect {
 	n := 0
 	for _, p := range pieces {
 		n += len(p.addrs)

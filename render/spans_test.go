@@ -56,7 +56,7 @@ func TestRectanglesAreDisjointAndExact(t *testing.T) {
 			}
 			allows = append(allows, portAllow{protos[rng.IntN(3)], portRange{lo, lo + uint16(rng.IntN(6))}, mergeSpans(addrs)})
 		}
-		rects := rectangles(allows)
+		rects := rectangles(portPieces(allows))
 		for _, proto := range protos {
 			for port := uint16(0); port < 30; port++ {
 				for addr := uint32(0); addr < 40; addr++ {
