@@ -106,3 +106,88 @@ func sameIndex(x, y addrIndex) bool {
 	}
 	return true
 }
+
+// TestScopedElemsIndexMatchesScan: a scoped plan that finds its pods'
+// desired elements through the desired set's address index takes the same
+// elements as one that scans the whole list, over random large sets whose
+// keys hold two address fields, host prefixes, ranges and prefixes, and
+// random scopes of present, absent and removed addresses.
+func TestScopedElemsIndexMatchesScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	addr := func() string { return fmt.Sprintf("198.18.%d.%d", rng.IntN(3), rng.IntN(60)) }
+	field := func() string {
+		switch rng.IntN(8) {
+		case 0:
+			return fmt.Sprintf("198.18.%d.%d/30", rng.IntN(3), 4*rng.IntN(15))
+		case 1:
+			return fmt.Sprintf("198.18.1.%d-198.18.1.%d", 10+rng.IntN(5), 20+rng.IntN(5))
+		case 2:
+			return addr() + "/32"
+		}
+		return addr()
+	}
+	typ := []string{spec.TypeIPv4Addr, spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}
+	list := func(n int) []spec.NFTElement {
+		seen := map[string]bool{}
+		var out []spec.NFTElement
+		for len(out) < n {
+			e := spec.NFTElement{Key: []string{field(), field(), "tcp", fmt.Sprint(1000 + rng.IntN(50))}}
+			if k := spec.FormatElement(e); !seen[k] {
+				seen[k] = true
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	indexed := 0
+	for round := range 40 {
+		doc := spec.NFTSet{Name: "peers", Type: typ, Interval: true, Comment: "two address fields"}
+		doc.Elements = list(wantIndexMinElems + rng.IntN(600))
+		written := doc
+		written.Elements = list(wantIndexMinElems + rng.IntN(600))
+		hs, err := canonicalSet(&written, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var addrs []string
+		for range 1 + rng.IntN(4) {
+			addrs = append(addrs, addr())
+		}
+		idx := func(s *set) addrIndex { return newAddrIndex(s) }
+		byIndex := func(in *spec.NFTSet, fields []int) wantIndex {
+			x := wantIndex(nil)
+			if len(in.Elements) >= wantIndexMinElems {
+				indexed++
+				x = newWantIndex(in.Elements, fields)
+			}
+			return x
+		}
+		scan := func(*spec.NFTSet, []int) wantIndex { return nil }
+		a, err := scopedElems(&doc, hs, addrs, nil, idx, byIndex)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		b, err := scopedElems(&doc, hs, addrs, nil, idx, scan)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if !slices.Equal(elemTexts(a), elemTexts(b)) {
+			t.Fatalf("round %d (addresses %v): through the index %d elements, by a scan %d", round, addrs, len(a.elems), len(b.elems))
+		}
+		if len(b.added)+len(b.removed) == 0 {
+			t.Fatalf("round %d: the scope changed nothing: the round tests nothing", round)
+		}
+	}
+	if indexed != 40 {
+		t.Fatalf("the index was used in %d rounds of 40", indexed)
+	}
+}
+
+func elemTexts(s *set) []string {
+	var out []string
+	for text, e := range s.elems {
+		out = append(out, text+" "+e.String())
+	}
+	slices.Sort(out)
+	return out
+}

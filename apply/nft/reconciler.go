@@ -129,6 +129,20 @@ type record struct {
 	// plans (scoped.go), each for the set object it was built from; mu
 	// guards.
 	indexes map[string]indexed
+	// wantIndexes hold large desired sets' elements by address, for
+	// scoped plans, each for the element list it was built from; mu
+	// guards. Render hands out a group's unchanged sets with the same
+	// element list every time, so only the sets an input change rendered
+	// again are indexed again.
+	wantIndexes map[string]wantIndexed
+}
+
+// wantIndexed is a wantIndex of one desired element list, named by its
+// first element's address and its length.
+type wantIndexed struct {
+	first *spec.NFTElement
+	n     int
+	idx   wantIndex
 }
 
 // indexed is an addrIndex of one set object.
@@ -154,6 +168,50 @@ func (r *Reconciler) warmIndexes(rec *record) {
 	index := r.indexer(rec)
 	for _, s := range sets {
 		index(s)
+	}
+}
+
+// wantIndexer returns the wantIndex of a desired set of rec, built once
+// per element list; nil for a set small enough to scan.
+func (r *Reconciler) wantIndexer(rec *record) func(*spec.NFTSet, []int) wantIndex {
+	return func(in *spec.NFTSet, fields []int) wantIndex {
+		if len(in.Elements) < wantIndexMinElems {
+			return nil
+		}
+		first := &in.Elements[0]
+		r.mu.Lock()
+		x, ok := rec.wantIndexes[in.Name]
+		r.mu.Unlock()
+		if ok && x.first == first && x.n == len(in.Elements) {
+			return x.idx
+		}
+		idx := newWantIndex(in.Elements, fields)
+		r.mu.Lock()
+		if rec.wantIndexes == nil {
+			rec.wantIndexes = map[string]wantIndexed{}
+		}
+		rec.wantIndexes[in.Name] = wantIndexed{first: first, n: len(in.Elements), idx: idx}
+		r.mu.Unlock()
+		return idx
+	}
+}
+
+// pruneWantIndexes forgets the desired indexes of sets desired no longer
+// has, once they are many: groups come and go with policy edits.
+func (r *Reconciler) pruneWantIndexes(rec *record, desired *spec.NFTable) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(rec.wantIndexes) <= len(desired.Sets)+64 {
+		return
+	}
+	names := make(map[string]bool, len(desired.Sets))
+	for i := range desired.Sets {
+		names[desired.Sets[i].Name] = true
+	}
+	for name := range rec.wantIndexes {
+		if !names[name] {
+			delete(rec.wantIndexes, name)
+		}
 	}
 }
 
@@ -353,9 +411,10 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	switch {
 	case desired != nil && sc != nil && !full && written != nil:
 		var err error
-		if want, err = scopedTable(desired, written, sc, cache, r.indexer(rec)); err != nil {
+		if want, err = scopedTable(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec)); err != nil {
 			return nil, err
 		}
+		r.pruneWantIndexes(rec, desired)
 	case desired != nil:
 		var err error
 		if want, cache, err = canonical(desired, cache); err != nil {

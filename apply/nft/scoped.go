@@ -48,8 +48,10 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 }
 
 // scopedTable is the record with the scoped pods' part of desired. index
-// gives a record set's elements by address (see addrIndex).
-func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex) (*table, error) {
+// gives a record set's elements by address (see addrIndex), wantIndex a
+// desired set's (see wantIndex).
+func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
+	wantIndex func(*spec.NFTSet, []int) wantIndex) (*table, error) {
 	pods := map[string]bool{}
 	for _, p := range sc.Pods {
 		if p != "" {
@@ -99,7 +101,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		case pods[hs.pod] || !hs.sameSource(in):
 			// The set changed owner or definition: the unscoped sync's.
 		default:
-			s, err := scopedElems(in, hs, sc.Addrs, podChains, index)
+			s, err := scopedElems(in, hs, sc.Addrs, podChains, index, wantIndex)
 			if err != nil {
 				return nil, err
 			}
@@ -115,13 +117,9 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 // scopedElems returns hs with the scoped pods' elements of in: hs itself
 // when they are the same, else a set derived from hs by that delta (so
 // that diffing it against hs looks at the delta only).
-func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]bool, index func(*set) addrIndex) (*set, error) {
-	var fields []int // the key's address fields
-	for i, tn := range hs.typeNames {
-		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
-			fields = append(fields, i)
-		}
-	}
+func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]bool, index func(*set) addrIndex,
+	wantIndex func(*spec.NFTSet, []int) wantIndex) (*set, error) {
+	fields := addrFields(hs) // the key's address fields
 	jumps := hs.verdict && len(podChains) > 0
 	if len(fields) == 0 && !jumps {
 		return hs, nil
@@ -142,8 +140,15 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 		}
 		return false
 	}
+	// The desired elements to look at: those of the pods' addresses
+	// through the index of a large set (a verdict map's jumps to the pods'
+	// chains are not indexed: those maps are scanned), else every one.
+	candidates := in.Elements
+	if idx := wantIndex(in, fields); idx != nil && !jumps {
+		candidates = idx.lookup(in.Elements, addrs)
+	}
 	wanted := map[string]*elem{}
-	for _, e := range in.Elements {
+	for _, e := range candidates {
 		if !mine(e.Key, e.Verdict) {
 			continue
 		}
@@ -212,24 +217,70 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 
 // elemIsPods reports whether a canonical element jumps to a scoped pod's
 // chain or has one of its addresses as a key field (of those in fields).
+// It does not allocate: every small set of the record is scanned.
 func elemIsPods(e *elem, fields []int, addrs []string, podChains map[string]bool) bool {
 	if e.verdict != nil && podChains[e.verdict.Chain] {
 		return true
 	}
-	for i, f := range keyFields(e.text) {
-		if slices.Contains(fields, i) && slices.Contains(addrs, hostAddr(f)) {
-			return true
+	found := false
+	eachField(e.text, fields, func(f string) {
+		found = found || slices.Contains(addrs, hostAddr(f))
+	})
+	return found
+}
+
+// wantIndex gives a desired set's elements (their positions in its list)
+// by each single address in their key's address fields: a scoped plan
+// looks at its pods' elements only, not at the tens of thousands of a
+// node's other group elements.
+type wantIndex map[string][]int32
+
+func newWantIndex(elems []spec.NFTElement, fields []int) wantIndex {
+	idx := wantIndex{}
+	for i := range elems {
+		key := elems[i].Key
+		for _, f := range fields {
+			if f >= len(key) {
+				continue
+			}
+			if a := hostAddr(key[f]); !strings.ContainsAny(a, "/-") {
+				idx[a] = append(idx[a], int32(i))
+			}
 		}
 	}
-	return false
+	return idx
+}
+
+// lookup returns the elements that have one of addrs as an address
+// field, each once, in the list's order.
+func (x wantIndex) lookup(elems []spec.NFTElement, addrs []string) []spec.NFTElement {
+	var at []int32
+	for _, a := range addrs {
+		at = append(at, x[a]...)
+	}
+	slices.Sort(at)
+	at = slices.Compact(at)
+	out := make([]spec.NFTElement, len(at))
+	for i, j := range at {
+		out[i] = elems[j]
+	}
+	return out
 }
 
 // typeIPv6Addr is nft's IPv6 address type.
 const typeIPv6Addr = "ipv6_addr"
 
-// indexMinElems is the size from which a set's elements are found by
-// address through an index rather than by a scan.
-const indexMinElems = 256
+// indexMinElems is the size from which a record set's elements are found
+// by address through an index (derived from the last one on every commit)
+// rather than by a scan: a node with many policies has hundreds of sets of
+// tens of elements, and a scan of them all was most of a CNI ADD's plan.
+const indexMinElems = 16
+
+// wantIndexMinElems is the size from which a desired set's elements are
+// found by address through an index rather than by a scan. A desired
+// list that changed is indexed anew, at a cost above a scan's: only long
+// lists gain.
+const wantIndexMinElems = 256
 
 // addrIndex gives a set's elements by each single address in their key's
 // address fields (not prefixes or ranges: those are not a pod's).
@@ -297,19 +348,24 @@ func addrFields(s *set) []int {
 // without splitting it into a slice: indexes read every element of large
 // sets.
 func eachAddr(text string, fields []int, f func(string)) {
+	eachField(text, fields, func(field string) {
+		if a := hostAddr(field); !strings.ContainsAny(a, "/-") {
+			f(a)
+		}
+	})
+}
+
+// eachField calls f with each field of a canonical key text whose position
+// is in fields, without splitting the text into a slice.
+func eachField(text string, fields []int, f func(string)) {
 	for i := 0; text != ""; i++ {
 		field, rest, _ := strings.Cut(text, " . ")
 		if slices.Contains(fields, i) {
-			if a := hostAddr(field); !strings.ContainsAny(a, "/-") {
-				f(a)
-			}
+			f(field)
 		}
 		text = rest
 	}
 }
-
-// keyFields splits a canonical key text into its fields.
-func keyFields(text string) []string { return strings.Split(text, " . ") }
 
 // isAddr reports whether field f is address a (hostAddr(f) == a without
 // allocating: the document's element lists are long).
