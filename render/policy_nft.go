@@ -169,7 +169,7 @@ func groupKey(dir string, t *podInfo, policies []*policyEntry) string {
 
 // groupAllowance is what a group allows, before it becomes set elements.
 type groupAllowance struct {
-	anyPort []span
+	anyPort [][]span // each rule's merged addresses
 	ports   []portAllow
 }
 
@@ -179,7 +179,7 @@ type groupAllowance struct {
 func (g *groupAllowance) allow(t *podInfo, dir string, rules []resolvedRule) {
 	for _, rr := range rules {
 		if rr.rule.anyPort {
-			g.anyPort = append(g.anyPort, rr.addrs...)
+			g.anyPort = append(g.anyPort, rr.addrs)
 			continue
 		}
 		for _, port := range rr.rule.ports {
@@ -373,10 +373,10 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 		Name: chain + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true,
 		Comment: dir + " group " + chain + ": " + peerWord + " allowed on every port",
 	}
-	for _, s := range mergeSpans(allow.anyPort) {
+	for _, s := range unionSpans(allow.anyPort) {
 		all.Elements = append(all.Elements, spec.NFTElement{Key: []string{s.String()}})
 	}
-	// rectangles, splitProfiles and mergeSpans emit their elements in the
+	// rectangles, splitProfiles and unionSpans emit their elements in the
 	// document's canonical order already: no sort (TestCacheMatchesRender
 	// checks it).
 	out.sets = append(out.sets, all)

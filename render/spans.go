@@ -72,6 +72,61 @@ func mergeSpans(in []span) []span {
 	return out
 }
 
+// unionSpans returns the union of span lists, merged. Lists sorted by
+// their start (a rule's merged addresses) are merged pairwise in linear
+// passes, not sorted again: a group of a few rules over thousands of pods
+// rendered most of its time in that sort.
+func unionSpans(lists [][]span) []span {
+	n := 0
+	for _, l := range lists {
+		n += len(l)
+		if !slices.IsSortedFunc(l, func(a, b span) int { return cmp.Compare(a.lo, b.lo) }) {
+			return mergeSpans(slices.Concat(lists...))
+		}
+	}
+	switch {
+	case n == 0:
+		return nil
+	case len(lists) == 1:
+		return mergeSpans(lists[0]) // coalesces a list sorted but not merged
+	}
+	for len(lists) > 1 {
+		next := make([][]span, 0, (len(lists)+1)/2)
+		for i := 0; i+1 < len(lists); i += 2 {
+			next = append(next, unionSorted(lists[i], lists[i+1]))
+		}
+		if len(lists)%2 == 1 {
+			next = append(next, lists[len(lists)-1])
+		}
+		lists = next
+	}
+	return lists[0]
+}
+
+// unionSorted merges two span lists sorted by their start into one merged
+// list.
+func unionSorted(a, b []span) []span {
+	out := make([]span, 0, len(a)+len(b))
+	push := func(x span) {
+		if n := len(out); n > 0 && uint64(x.lo) <= uint64(out[n-1].hi)+1 {
+			out[n-1].hi = max(out[n-1].hi, x.hi)
+			return
+		}
+		out = append(out, x)
+	}
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		if j == len(b) || i < len(a) && a[i].lo <= b[j].lo {
+			push(a[i])
+			i++
+		} else {
+			push(b[j])
+			j++
+		}
+	}
+	return out
+}
+
 // subtractSpans returns a minus b; both must be merged.
 func subtractSpans(a, b []span) []span {
 	var out []span
@@ -167,16 +222,16 @@ func portPieces(allows []portAllow) []portPiece {
 		first := len(pieces)
 		for i := 0; i+1 < len(bounds); i++ {
 			pr := portRange{uint16(bounds[i]), uint16(bounds[i+1] - 1)}
-			var addrs []span
+			var lists [][]span
 			for _, a := range list {
 				if a.ports.lo <= pr.lo && pr.hi <= a.ports.hi {
-					addrs = append(addrs, a.addrs...)
+					lists = append(lists, a.addrs)
 				}
 			}
+			addrs := unionSpans(lists)
 			if len(addrs) == 0 {
 				continue
 			}
-			addrs = mergeSpans(addrs)
 			if n := len(pieces); n > first && uint32(pieces[n-1].ports.hi)+1 == uint32(pr.lo) && slices.Equal(pieces[n-1].addrs, addrs) {
 				pieces[n-1].ports.hi = pr.hi
 				continue
@@ -197,32 +252,67 @@ func rectangles(pieces []portPiece) []rect {
 		n += len(p.addrs)
 	}
 	out := make([]rect, 0, n)
-	for _, p := range pieces {
-		text := p.ports.String()
-		for _, s := range p.addrs {
-			out = append(out, rect{s, p.proto, p.protoNum, p.ports, text})
-		}
+	texts := make([]string, len(pieces))
+	for i, p := range pieces {
+		texts[i] = p.ports.String()
 	}
 	if len(pieces) == 1 {
+		for _, s := range pieces[0].addrs {
+			out = append(out, rect{s, pieces[0].proto, pieces[0].protoNum, pieces[0].ports, texts[0]})
+		}
 		return out // one piece's merged spans are in order already
 	}
-	// Two packed integers per element make the comparison cheap: this sort
-	// is most of the cost of rendering a large group.
+	// Each piece's spans are in order: a k-way merge of the pieces, by a
+	// heap of their next spans, puts the rectangles in order without
+	// sorting them all (that sort was most of the cost of rendering a
+	// large group). Two packed integers per key keep the comparison cheap.
 	type sortKey struct{ addrs, rest uint64 }
-	keyOf := func(r rect) sortKey {
-		return sortKey{uint64(r.addrs.lo)<<32 | uint64(r.addrs.hi), r.protoNum<<32 | uint64(r.ports.lo)<<16 | uint64(r.ports.hi)}
+	keyOf := func(p, i int) sortKey {
+		pc := &pieces[p]
+		s := pc.addrs[i]
+		return sortKey{uint64(s.lo)<<32 | uint64(s.hi), pc.protoNum<<32 | uint64(pc.ports.lo)<<16 | uint64(pc.ports.hi)}
 	}
-	keys := make([]sortKey, len(out))
-	order := make([]int, len(out))
-	for i, r := range out {
-		keys[i], order[i] = keyOf(r), i
+	less := func(a, b sortKey) bool { return a.addrs < b.addrs || a.addrs == b.addrs && a.rest < b.rest }
+	type head struct {
+		key       sortKey
+		piece, at int
 	}
-	slices.SortFunc(order, func(a, b int) int {
-		return cmp.Or(cmp.Compare(keys[a].addrs, keys[b].addrs), cmp.Compare(keys[a].rest, keys[b].rest))
-	})
-	sorted := make([]rect, len(out))
-	for i, idx := range order {
-		sorted[i] = out[idx]
+	heap := make([]head, 0, len(pieces))
+	down := func(i int) {
+		for {
+			l, small := 2*i+1, i
+			if l < len(heap) && less(heap[l].key, heap[small].key) {
+				small = l
+			}
+			if r := l + 1; r < len(heap) && less(heap[r].key, heap[small].key) {
+				small = r
+			}
+			if small == i {
+				return
+			}
+			heap[i], heap[small] = heap[small], heap[i]
+			i = small
+		}
 	}
-	return sorted
+	for p := range pieces {
+		if len(pieces[p].addrs) > 0 {
+			heap = append(heap, head{keyOf(p, 0), p, 0})
+		}
+	}
+	for i := len(heap)/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	for len(heap) > 0 {
+		h := &heap[0]
+		pc := &pieces[h.piece]
+		out = append(out, rect{pc.addrs[h.at], pc.proto, pc.protoNum, pc.ports, texts[h.piece]})
+		if h.at++; h.at < len(pc.addrs) {
+			h.key = keyOf(h.piece, h.at)
+		} else {
+			heap[0] = heap[len(heap)-1]
+			heap = heap[:len(heap)-1]
+		}
+		down(0)
+	}
+	return out
 }

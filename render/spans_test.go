@@ -1,6 +1,7 @@
 package render
 
 import (
+	"cmp"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -57,6 +58,14 @@ func TestRectanglesAreDisjointAndExact(t *testing.T) {
 			allows = append(allows, portAllow{protos[rng.IntN(3)], portRange{lo, lo + uint16(rng.IntN(6))}, mergeSpans(addrs)})
 		}
 		rects := rectangles(portPieces(allows))
+		// The document's canonical order: address span, protocol number,
+		// ports (the k-way merge of the pieces must give it).
+		if !slices.IsSortedFunc(rects, func(a, b rect) int {
+			return cmp.Or(cmp.Compare(a.addrs.lo, b.addrs.lo), cmp.Compare(a.addrs.hi, b.addrs.hi),
+				cmp.Compare(a.protoNum, b.protoNum), cmp.Compare(a.ports.lo, b.ports.lo), cmp.Compare(a.ports.hi, b.ports.hi))
+		}) {
+			t.Fatalf("iteration %d: rectangles out of order: %v", iter, rects)
+		}
 		for _, proto := range protos {
 			for port := uint16(0); port < 30; port++ {
 				for addr := uint32(0); addr < 40; addr++ {
@@ -88,4 +97,45 @@ func containsAddr(spans []span, a uint32) bool {
 		}
 	}
 	return false
+}
+
+// TestUnionSpansIsMerge: the union of span lists by pairwise merges is
+// what sorting and merging their concatenation gives, for merged lists,
+// lists sorted but overlapping, and unsorted lists (which take the sort).
+func TestUnionSpansIsMerge(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 8))
+	kinds := map[string]int{}
+	for iter := range 2000 {
+		var lists [][]span
+		for range rng.IntN(7) {
+			var l []span
+			for range rng.IntN(8) {
+				a := uint32(rng.IntN(60))
+				if rng.IntN(40) == 0 {
+					a = 1<<32 - 1 - uint32(rng.IntN(3)) // the top of the space
+				}
+				l = append(l, span{a, a + min(uint32(rng.IntN(4)), 1<<32-1-a)})
+			}
+			switch rng.IntN(4) {
+			case 0:
+				kinds["unsorted"]++
+			case 1:
+				slices.SortFunc(l, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
+				kinds["sorted"]++
+			default:
+				l = mergeSpans(l)
+				kinds["merged"]++
+			}
+			lists = append(lists, l)
+		}
+		want := mergeSpans(slices.Concat(lists...))
+		if got := unionSpans(lists); !slices.Equal(got, want) && len(got)+len(want) > 0 {
+			t.Fatalf("iteration %d: union of %v\n= %v, want %v", iter, lists, got, want)
+		}
+	}
+	for _, k := range []string{"unsorted", "sorted", "merged"} {
+		if kinds[k] < 100 {
+			t.Fatalf("only %d %s lists: the test did not exercise them", kinds[k], k)
+		}
+	}
 }
