@@ -46,11 +46,16 @@ type Agent struct {
 	// events publishes pod problems as Kubernetes Events (events.go).
 	events *problemEvents
 
-	// mu serialises the writers of the kernel and the store: a CNI
-	// request's allocate-render-apply, and a resync's nftables plan and
-	// execution (its long observation of the node runs without it; see
-	// resync.go).
+	// mu serialises the writers of the kernel and the releases of the
+	// store: a CNI request's render-apply, a DEL's release, and a
+	// resync's nftables plan and execution (its long observation of the
+	// node runs without it; see resync.go).
 	mu sync.Mutex
+	// allocMu makes an ADD's allocation and its entry in pending one step
+	// for whoever lists the store and the pending ADDs together
+	// (settledAllocations). An allocation takes allocMu, not mu: it must
+	// not wait for the set-up of the ADDs before it, nor for a resync.
+	allocMu sync.Mutex
 	// writes notes the pods CNI requests write while a resync plans
 	// without mu.
 	writes writeTracker
@@ -242,27 +247,47 @@ func (a *Agent) renderNode() (*spec.NodeState, error) {
 
 // renderSnapshot renders from a snapshot already taken and the store.
 func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
-	return a.renderWithout(snap, nil)
-}
-
-// renderSettled renders the node without the ADDs pending (pending.go):
-// a resync's document, which leaves them to their ADDs.
-func (a *Agent) renderSettled(pending map[string]spec.Allocation) (*spec.NodeState, error) {
-	return a.renderWithout(a.src.Snapshot(), pending)
-}
-
-// renderWithout renders from snap and the store's allocations less
-// pending.
-func (a *Agent) renderWithout(snap inputs.Snapshot, pending map[string]spec.Allocation) (*spec.NodeState, error) {
-	if snap.Node == nil {
-		return nil, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
-	}
 	allocs, err := a.store.List()
 	if err != nil {
 		return nil, err
 	}
 	a.m.allocations.Set(float64(len(allocs)))
-	allocs = without(allocs, pending)
+	return a.renderAllocations(snap, allocs)
+}
+
+// renderSettled renders the node without the ADDs pending (pending.go):
+// a resync's or a DEL's document, which leaves them to their ADDs. It
+// returns the pending allocations it left out.
+func (a *Agent) renderSettled() (*spec.NodeState, map[string]spec.Allocation, error) {
+	snap := a.src.Snapshot()
+	allocs, pending, err := a.settledAllocations()
+	if err != nil {
+		return nil, nil, err
+	}
+	state, err := a.renderAllocations(snap, allocs)
+	return state, pending, err
+}
+
+// settledAllocations lists the store's allocations less those of the
+// pending ADDs, and those, at one instant: an allocation made meanwhile is
+// either in neither or in both (allocMu).
+func (a *Agent) settledAllocations() ([]spec.Allocation, map[string]spec.Allocation, error) {
+	a.allocMu.Lock()
+	defer a.allocMu.Unlock()
+	allocs, err := a.store.List()
+	if err != nil {
+		return nil, nil, err
+	}
+	a.m.allocations.Set(float64(len(allocs)))
+	pending := a.pending.snapshot()
+	return without(allocs, pending), pending, nil
+}
+
+// renderAllocations renders from snap and allocs.
+func (a *Agent) renderAllocations(snap inputs.Snapshot, allocs []spec.Allocation) (*spec.NodeState, error) {
+	if snap.Node == nil {
+		return nil, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
+	}
 	return a.renders.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
 		Policies: snap.Policies, Allocations: allocs, ENIs: a.eniInputs(),

@@ -57,11 +57,13 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 			return nil, cerr
 		}
 	}
+	// The allocation does not take the agent's lock (mu): it would wait
+	// for the set-up of every ADD before it, a DEL or a resync's plan.
 	asked := time.Now()
-	a.mu.Lock()
+	a.allocMu.Lock()
 	node := a.lookupNode()
 	if node == nil {
-		a.mu.Unlock()
+		a.allocMu.Unlock()
 		if cloudAlloc != nil {
 			a.cloudRelease(*cloudAlloc)
 		}
@@ -70,19 +72,19 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	var alloc spec.Allocation
 	if cloudAlloc != nil {
 		if err := a.recordCloud(*cloudAlloc); err != nil {
-			a.mu.Unlock()
+			a.allocMu.Unlock()
 			return nil, cniErr(codeTryAgainLater, "record the address of pod "+key, err.Error())
 		}
 		alloc = *cloudAlloc
 	} else {
 		var cerr *types.Error
 		if alloc, cerr = a.allocateVPC(req, key, node); cerr != nil {
-			a.mu.Unlock()
+			a.allocMu.Unlock()
 			return nil, cerr
 		}
 	}
 	a.pending.add(alloc)
-	a.mu.Unlock()
+	a.allocMu.Unlock()
 	a.m.addPhases.WithLabelValues("allocate").Observe(time.Since(asked).Seconds())
 	chaos.Point(chaos.AddAfterStore)
 	if a.allocated != nil {
@@ -245,7 +247,10 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 		// objects go with its netns or at the first full reconcile.
 		return nil
 	}
-	state, err := a.renderNode()
+	// Without the pending ADDs: they allocate without the lock, and one
+	// may have been given the address released above. Its pod's items are
+	// its ADD's to write, after this DEL.
+	state, _, err := a.renderSettled()
 	if err != nil {
 		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
 	}

@@ -332,7 +332,7 @@ func largeChange(b *testing.B, locked bool) {
 // document: an nftables plan, made under the agent's lock as a resync
 // makes it, is empty.
 func nftConverged(ctx context.Context, a *Agent) bool {
-	st, err := a.renderSettled(a.pending.snapshot())
+	st, _, err := a.renderSettled()
 	if err != nil {
 		return false
 	}

@@ -7,8 +7,9 @@ import (
 )
 
 // pendingAdds are the CNI ADDs whose address is allocated (in the store)
-// but whose set-up has not ended: Add allocates under the agent's lock,
-// lets it go, and takes it again to set the pod up with the batch.
+// but whose set-up has not ended: Add allocates without the agent's lock
+// (under allocMu, with its entry here in the same step) and takes the lock
+// to set the pod up with the batch.
 //
 // A resync that took the lock in between would render such a pod from
 // the store and write its part itself: its veth, and its elements in the

@@ -139,7 +139,7 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 		a.writes.start()
 		// No lock needed: a snapshot and a store read. The pods whose ADD
 		// is under way are their ADD's (pending.go).
-		state, err := a.renderSettled(a.pending.snapshot())
+		state, _, err := a.renderSettled()
 		if err != nil {
 			a.writes.stop()
 			a.m.reconcileErrors.Inc()
@@ -216,8 +216,14 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 		}
 	}()
 	// The pods written since the render, and those whose ADD has
-	// allocated but not set up yet, are left to their CNI requests.
-	pending := a.pending.snapshot()
+	// allocated but not set up yet, are left to their CNI requests. ADDs
+	// allocate without the lock: the nftables plan below renders from the
+	// allocations listed with these pending ones, so that one allocated
+	// later is in neither.
+	allocs, pending, listErr := a.settledAllocations()
+	if listErr != nil {
+		pending = a.pending.snapshot()
+	}
 	written := a.writes.stop().merge(pendingWrites(pending))
 	ops := make([]op.Op, 0, len(kernel.Ops))
 	for _, o := range kernel.Ops {
@@ -237,8 +243,11 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 	} else {
 		nstate := state
 		if written != nil {
-			var err error
-			if nstate, err = a.renderSettled(pending); err != nil {
+			err := listErr
+			if err == nil {
+				nstate, err = a.renderAllocations(a.src.Snapshot(), allocs)
+			}
+			if err != nil {
 				kept[nftKey] = true // the render's status comes with the next sync
 				nstate = nil
 			}

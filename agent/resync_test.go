@@ -251,26 +251,9 @@ func TestResyncLeavesPendingAddToIt(t *testing.T) {
 	if out := a.sync(ctx, true); out.Again || !a.Ready() {
 		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
 	}
-	src.mu.Lock()
-	src.pods["x/a"] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", UID: "uid-a"}, Spec: corev1.PodSpec{NodeName: "node-1"}}
-	src.mu.Unlock()
-
 	held, resume := make(chan struct{}), make(chan struct{})
 	a.allocated = func() { close(held); <-resume }
-	type added struct {
-		ip  string
-		err error
-	}
-	done := make(chan added)
-	go func() {
-		res, err := a.Add(ctx, &wire.Request{Command: wire.CmdAdd, ContainerID: "ctr-a", Netns: podNetns, IfName: "eth0",
-			Args: wire.PodArgs{Namespace: "x", Name: "a", UID: "uid-a"}})
-		if err != nil {
-			done <- added{err: err}
-			return
-		}
-		done <- added{ip: res.IPs[0].Address.IP.String()}
-	}()
+	done := addPodA(ctx, a, src, podNetns)
 	<-held
 	a.allocated = nil
 	allocs, err := a.store.List()
@@ -308,4 +291,80 @@ func TestResyncLeavesPendingAddToIt(t *testing.T) {
 	if links := nstest.Run(t, node, "ip", "-o", "link"); !strings.Contains(links, veth) {
 		t.Errorf("the pod's veth %s is missing after its ADD", veth)
 	}
+}
+
+// TestAllocationDoesNotWaitForTheLock: an ADD allocates its address while
+// the agent's lock is held (by the set-up of the ADDs before it, a DEL or
+// a resync's plan) and sets the pod up once the lock is free. Before, the
+// allocation took the lock: with 8 ADDs at once each waited for the whole
+// set-up of the batch before it (23 ms of a 47 ms ADD at the agent).
+func TestAllocationDoesNotWaitForTheLock(t *testing.T) {
+	nstest.RequireRoot(t)
+	a, src, _ := podSourceAgent(t, "198.18.7.0/24", "198.19.7.1")
+	podNetns := nstest.Netns(t, "pod")
+	ctx := context.Background()
+	if out := a.sync(ctx, true); out.Again || !a.Ready() {
+		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
+	}
+	allocated := make(chan struct{})
+	a.allocated = func() { close(allocated) }
+	a.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			a.mu.Unlock()
+		}
+	}()
+	done := addPodA(ctx, a, src, podNetns)
+	select {
+	case <-allocated:
+	case r := <-done:
+		t.Fatalf("the ADD ended while the lock was held, without allocating: %+v", r)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the ADD's allocation waited for the agent's lock")
+	}
+	allocs, err := a.store.List()
+	if err != nil || len(allocs) != 1 {
+		t.Fatalf("the ADD's allocation: %v, %d allocations", err, len(allocs))
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("the ADD answered while the lock was held: %+v", r)
+	case <-time.After(100 * time.Millisecond):
+	}
+	a.mu.Unlock()
+	locked = false
+	res := <-done
+	if res.err != nil || res.ip != allocs[0].Spec.IP {
+		t.Fatalf("the ADD once the lock was free: ip %q (allocated %s), %v", res.ip, allocs[0].Spec.IP, res.err)
+	}
+	text, n, err := a.planText(ctx, a.eng)
+	if err != nil || n != 0 {
+		t.Errorf("plan after the ADD (%v): %d operations\n%s", err, n, text)
+	}
+}
+
+// added is the outcome of addPodA's ADD.
+type added struct {
+	ip  string
+	err error
+}
+
+// addPodA puts pod x/a in src and sends its CNI ADD (into podNetns) in the
+// background; the channel gets the outcome.
+func addPodA(ctx context.Context, a *Agent, src *podSource, podNetns string) <-chan added {
+	src.mu.Lock()
+	src.pods["x/a"] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", UID: "uid-a"}, Spec: corev1.PodSpec{NodeName: "node-1"}}
+	src.mu.Unlock()
+	done := make(chan added, 1)
+	go func() {
+		res, err := a.Add(ctx, &wire.Request{Command: wire.CmdAdd, ContainerID: "ctr-a", Netns: podNetns, IfName: "eth0",
+			Args: wire.PodArgs{Namespace: "x", Name: "a", UID: "uid-a"}})
+		if err != nil {
+			done <- added{err: err}
+			return
+		}
+		done <- added{ip: res.IPs[0].Address.IP.String()}
+	}()
+	return done
 }
