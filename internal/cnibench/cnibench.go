@@ -368,6 +368,7 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 	}
 	if chain == ChainTerway {
 		r.AgentAdd, r.AgentDel = after.mean("add", before), after.mean("del", before)
+		b.o.Logf("cnibench: %d resident pods, %d workers: the agent's ADD phases (means): %s", len(b.resident), conc, after.addPhases(before))
 	}
 	return r, b.check(r, res, after)
 }

@@ -265,7 +265,8 @@ func (a *agentProc) metrics(ctx context.Context) (agentMetrics, error) {
 			continue
 		}
 		if strings.HasPrefix(name, "terway_cni_request_duration_seconds_sum{") ||
-			strings.HasPrefix(name, "terway_cni_request_duration_seconds_count{") || name == "terway_allocations" {
+			strings.HasPrefix(name, "terway_cni_request_duration_seconds_count{") || name == "terway_allocations" ||
+			strings.HasPrefix(name, "terway_cni_add_phase_seconds_sum{") || strings.HasPrefix(name, "terway_cni_add_phase_seconds_count{") {
 			if v, err := strconv.ParseFloat(value, 64); err == nil {
 				m[name] = v
 			}
@@ -284,4 +285,19 @@ func (m agentMetrics) mean(command string, before agentMetrics) time.Duration {
 		return 0
 	}
 	return time.Duration(sum / n * float64(time.Second))
+}
+
+// addPhases is the agent's mean time of each phase of an ADD since before
+// (terway_cni_add_phase_seconds), as "lock 1ms, render 9ms, ...".
+func (m agentMetrics) addPhases(before agentMetrics) string {
+	var out []string
+	for _, phase := range []string{"allocate", "lock", "render", "apply"} {
+		labels := `{phase="` + phase + `"}`
+		sum := m["terway_cni_add_phase_seconds_sum"+labels] - before["terway_cni_add_phase_seconds_sum"+labels]
+		n := m["terway_cni_add_phase_seconds_count"+labels] - before["terway_cni_add_phase_seconds_count"+labels]
+		if n > 0 {
+			out = append(out, fmt.Sprintf("%s %v", phase, time.Duration(sum/n*float64(time.Second)).Round(10*time.Microsecond)))
+		}
+	}
+	return strings.Join(out, ", ")
 }
