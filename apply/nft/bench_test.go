@@ -5,6 +5,7 @@ import (
 	"math"
 	"testing"
 
+	"github.com/terway-reconciler/terway/apply/op"
 	"github.com/terway-reconciler/terway/spec"
 )
 
@@ -82,15 +83,8 @@ func BenchmarkLargeSetChange(b *testing.B) {
 		stage int
 	}{{"change-50000-42000", 0}, {"change-50000-42000-one-transaction", -1}} {
 		b.Run(c.name, func(b *testing.B) {
-			e.t = b
-			for b.Loop() {
-				b.StopTimer()
-				e.r = New(Options{StageMin: c.stage})
-				e.apply(before)
-				b.StartTimer()
-				if ops := e.apply(after); len(ops) != 3 {
-					b.Fatalf("the change plans %d ops, want the set, its chain and the commit", len(ops))
-				}
+			if ops := e.timeChange(b, Options{StageMin: c.stage}, before, after); len(ops) != 3 {
+				b.Fatalf("the change plans %d ops, want the set, its chain and the commit", len(ops))
 			}
 		})
 	}
@@ -123,16 +117,76 @@ func BenchmarkLargeSetChangeWays(b *testing.B) {
 		ops  int
 	}{{"recreate", DefaultReplaceCost, 3}, {"element-by-element", -1, 1601}} {
 		b.Run(c.name+"-10000-8400", func(b *testing.B) {
-			e.t = b
-			for b.Loop() {
-				b.StopTimer()
-				e.r = New(Options{ReplaceCost: c.cost})
-				e.apply(before)
-				b.StartTimer()
-				if ops := e.apply(after); len(ops) != c.ops {
-					b.Fatalf("the change plans %d ops, want %d", len(ops), c.ops)
-				}
+			if ops := e.timeChange(b, Options{ReplaceCost: c.cost}, before, after); len(ops) != c.ops {
+				b.Fatalf("the change plans %d ops, want %d", len(ops), c.ops)
 			}
 		})
 	}
+}
+
+// BenchmarkIntervalSetDeleteWays measures both ways of deleting some
+// elements of a kept interval set: element by element (ReplaceCost -1) and
+// by recreating the set (a ReplaceCost so high that any deletion
+// recreates), for a
+// concatenated set (the kernel's pipapo backend, a group's ports set) and
+// a one-field set (rbtree, a group's any-port set), at sizes from one
+// pod's group (a few hundred) to 10,000. It shows how a delete's cost
+// grows with the set, which DefaultReplaceCost is taken from.
+//
+//	go test -run XXX -bench IntervalSetDeleteWays -benchtime 10x ./apply/nft/
+func BenchmarkIntervalSetDeleteWays(b *testing.B) {
+	e := newEnv(b, "bdelways")
+	for _, kind := range []string{"concat", "single"} {
+		for _, c := range []struct{ n, gone int }{{350, 2}, {3000, 15}, {3000, 100}, {10000, 40}, {10000, 250}, {10000, 2000}, {50000, 8000}} {
+			step := c.n / c.gone
+			keep := func(i int) bool { return i%step != step/2 || i/step >= c.gone }
+			before, after := bigSetDoc(c.n, nil), bigSetDoc(c.n, keep)
+			if kind == "single" {
+				before, after = addrSetDoc(c.n, nil), addrSetDoc(c.n, keep)
+			}
+			for _, way := range []struct {
+				name string
+				cost int
+			}{{"edit", -1}, {"recreate", 1 << 30}} {
+				b.Run(fmt.Sprintf("%s/%d-of-%d/%s", kind, c.gone, c.n, way.name), func(b *testing.B) {
+					e.timeChange(b, Options{ReplaceCost: way.cost}, before, after)
+				})
+			}
+		}
+	}
+}
+
+// addrSetDoc is bigSetDoc with a one-field interval set of n addresses
+// (every other one, so that none are adjacent).
+func addrSetDoc(n int, keep func(i int) bool) *spec.NFTable {
+	t := testDoc(pods(3), nil)
+	big := spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "a large policy peer set"}
+	for i := range n {
+		if keep == nil || keep(i) {
+			big.Elements = append(big.Elements, spec.NFTElement{Key: []string{ipString(198<<24 | 18<<16 + 2*uint64(i))}})
+		}
+	}
+	t.Sets = append(t.Sets, big)
+	t.Chains = append(t.Chains, spec.NFTChain{Name: "big-peers", Comment: "admits the big set", Rules: []spec.NFTRule{{
+		Match:   []spec.NFTMatch{{Selectors: []string{spec.SelIPSaddr}, Set: "big"}},
+		Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept},
+	}}})
+	t.Canonicalize()
+	return t
+}
+
+// timeChange times, b.N times, the apply of after to a table that a new
+// reconciler of opts filled with before (untimed), and returns the last
+// change's operations.
+func (e *env) timeChange(b *testing.B, opts Options, before, after *spec.NFTable) []op.Op {
+	e.t = b
+	var ops []op.Op
+	for b.Loop() {
+		b.StopTimer()
+		e.r = New(opts)
+		e.apply(before)
+		b.StartTimer()
+		ops = e.apply(after)
+	}
+	return ops
 }

@@ -205,19 +205,35 @@ func TestReplaceThreshold(t *testing.T) {
 		recreate bool
 	}{
 		{"one of 3000 goes", 3000, func(i int) bool { return i != 1500 }, DefaultReplaceCost, false},
-		{"10 of 3000 go", 3000, func(i int) bool { return i%300 != 7 }, DefaultReplaceCost, false},
+		// A pod's DEL from a group set of a namespace's pods: 2 deletions
+		// cost less than a new set of 358 (the ratio rule recreated it).
+		{"2 of 358 go", 358, func(i int) bool { return i != 100 && i != 200 }, DefaultReplaceCost, false},
+		{"7 of 3000 go", 3000, func(i int) bool { return i%300 != 7 || i >= 2100 }, DefaultReplaceCost, false},
+		{"8 of 3000 go", 3000, func(i int) bool { return i%300 != 7 || i >= 2400 }, DefaultReplaceCost, true},
+		{"10 of 3000 go", 3000, func(i int) bool { return i%300 != 7 }, DefaultReplaceCost, true},
 		{"15 of 3000 go", 3000, func(i int) bool { return i%200 != 7 }, DefaultReplaceCost, true},
+		// 40 deletions of 10,000 took 1 s, a new set 0.17 s (the ratio
+		// rule edited it: 40 × 200 < 10,000).
+		{"40 of 10000 go", 10000, func(i int) bool { return i%250 != 7 }, DefaultReplaceCost, true},
 		{"480 of 3000 go", 3000, shrink, DefaultReplaceCost, true},
 		{"480 of 3000 go, replacing off", 3000, shrink, -1, false},
 		{"small set, most go", 200, func(i int) bool { return i < 10 }, DefaultReplaceCost, false},
+		// One-field sets: deleting is cheap until most of the set goes.
+		{"one field: 2 of 358 go", -358, func(i int) bool { return i != 100 && i != 200 }, DefaultReplaceCost, false},
+		{"one field: 480 of 3000 go", -3000, shrink, DefaultReplaceCost, false},
+		{"one field: 1000 of 3000 go", -3000, func(i int) bool { return i%3 != 0 }, DefaultReplaceCost, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			before, cache, err := canonical(bigSetDoc(c.n, nil), nil)
+			doc := bigSetDoc
+			if c.n < 0 { // a one-field set
+				c.n, doc = -c.n, addrSetDoc
+			}
+			before, cache, err := canonical(doc(c.n, nil), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			after, err := canonicalNoCache(bigSetDoc(c.n, c.keep))
+			after, err := canonicalNoCache(doc(c.n, c.keep))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -228,7 +244,7 @@ func TestReplaceThreshold(t *testing.T) {
 			got := lines(p.ops())
 			// A partial sync's set is derived from the record's and compared
 			// through its delta; it must decide the same.
-			derived, _, err := canonical(bigSetDoc(c.n, c.keep), cache)
+			derived, _, err := canonical(doc(c.n, c.keep), cache)
 			if err != nil {
 				t.Fatal(err)
 			}

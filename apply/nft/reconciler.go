@@ -31,10 +31,11 @@ type Options struct {
 	// (DefaultFullEvery when 0; 1 makes every sync full).
 	FullEvery int
 	// ReplaceCost is how many element additions one element deletion of
-	// an interval set is counted as when deciding to recreate the set
-	// rather than delete elements one by one (see replace.go):
-	// DefaultReplaceCost when 0; negative never recreates (benchmarks
-	// measure the element-by-element way with it).
+	// a one-field interval set is counted as when deciding to recreate the
+	// set rather than delete elements one by one; a concatenated set's
+	// count of deletions is scaled by DefaultReplaceCost/ReplaceCost (see
+	// replace.go). DefaultReplaceCost when 0; negative never recreates
+	// (benchmarks measure the element-by-element way with it).
 	ReplaceCost int
 	// StageMin is the size from which a recreated set is filled outside
 	// the plan's transaction, in short ones (stage.go): stageMinElems when

@@ -21,26 +21,52 @@ import "fmt"
 // (the existing "recreate" path). The transaction is atomic, so no packet
 // sees a half-updated set or a chain without its rules.
 //
-// The threshold compares the two costs: replace when
+// The threshold compares the two costs, measured through this package (one
+// transaction, read back) on Linux 6.18 (BenchmarkIntervalSetDeleteWays).
+// For a one-field (rbtree) set, replace when
 //
 //	deletions × replaceCost ≥ wanted elements
 //
-// with replaceCost the measured ratio of a delete's cost to an add's,
-// taken low (DefaultReplaceCost) so that replacing wins clearly when it is
-// chosen: replacing also rewrites the referencing chains, and its plan is
-// coarser (one line for the set instead of one per element). Sets smaller
-// than replaceMinElems are always edited: there every way is cheap and the
-// plan stays element by element (a pod's change reads as that pod's).
-// Hash sets and maps delete in constant time and are never replaced.
+// with replaceCost the ratio of a delete's cost to an add's: 8,000 of
+// 50,000 deleted cost 0.25 s, 31 µs each, where a new set of the 42,000
+// left costs 0.73 s, 17 µs an element; DefaultReplaceCost is 2. (An
+// earlier measure with nft(8), a delete 1 ms, an add 4 µs, had set it to
+// 200: one-field sets of a few hundred elements were recreated for two
+// deletions, at three times the cost of deleting them.) Replacing also
+// rewrites the referencing chains, and its plan is coarser (one line for
+// the set instead of one per element).
+//
+// A concatenated (pipapo) set's delete costs in proportion to the set: 2.6
+// µs per element of the set per delete, on Linux 6.18 from 350 to 10,000
+// elements, against 14 to 17 µs per element to fill the set anew
+// (BenchmarkIntervalSetDeleteWays). Both grow with the set, so a count of
+// deletions decides: about 5 make the two ways cost the same, and the set
+// is recreated from concatReplaceDeletes. The ratio above, measured at
+// 50,000 elements only, made a pod's DEL recreate every group set of a few
+// hundred elements it was in for its 2 deletions (2 × 200 ≥ 358: 21 sets,
+// 7,267 elements filled and read back, where deleting took a third of the
+// time), and made 40 deletions of a 10,000-element set take 1 s where a
+// new set takes 0.17 s. (With another ReplaceCost the count is scaled by
+// DefaultReplaceCost/ReplaceCost.)
+//
+// Sets smaller than replaceMinElems are always edited: there every way is
+// cheap and the plan stays element by element (a pod's change reads as
+// that pod's). Hash sets and maps delete in constant time and are never
+// replaced.
 
-// DefaultReplaceCost is Options.ReplaceCost's default: an interval set's
-// element deletion counted as this many element additions (measured 250
-// for rbtree and 300 to 1,000 for pipapo sets; see BENCHMARKS.md).
-const DefaultReplaceCost = 200
+// DefaultReplaceCost is Options.ReplaceCost's default: a one-field
+// interval set's element deletion counted as this many element additions
+// (measured 1.8; see above).
+const DefaultReplaceCost = 2
 
 // replaceMinElems is the set size below which a set is always edited
 // element by element.
 const replaceMinElems = 256
+
+// concatReplaceDeletes is the number of deletions from which a
+// concatenated interval set is recreated (with the default ReplaceCost; a
+// higher ReplaceCost lowers it in proportion).
+const concatReplaceDeletes = 8
 
 // elemDelta is the element change of a kept set: the wanted elements the
 // set lacks or holds otherwise, and the set's elements that are not wanted.
@@ -69,7 +95,15 @@ func (d *differ) replaceSet(ws, hs *set) bool {
 		}
 	}
 	d.deltas[ws.name] = &dl
-	return dl.deletes > 0 && dl.deletes*d.replaceCost >= len(ws.elems)
+	if dl.deletes == 0 {
+		return false
+	}
+	if len(ws.typeNames) > 1 {
+		// pipapo: a delete's cost grows with the set as a refill's does,
+		// so a count of deletions decides, whatever the set's size.
+		return dl.deletes >= max(1, concatReplaceDeletes*DefaultReplaceCost/d.replaceCost)
+	}
+	return dl.deletes*d.replaceCost >= len(ws.elems)
 }
 
 // reason is the plan's explanation of a replacement.
