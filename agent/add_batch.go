@@ -69,7 +69,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	}()
 	answer := func(w *addWaiter, res *types100.Result, err error) { w.done <- addOutcome{res, err} }
 	began := time.Now()
-	state, err := a.renderNode()
+	state, err := a.renderBatch(batch)
 	a.m.addPhases.WithLabelValues("render").Observe(time.Since(began).Seconds())
 	if err != nil {
 		for _, w := range batch {
@@ -102,7 +102,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	if refused {
 		// The refused pods' allocations are gone: render without them so
 		// that nothing of theirs is set up.
-		if state, err = a.renderNode(); err != nil {
+		if state, err = a.renderBatch(batch); err != nil {
 			for _, w := range live {
 				a.rollback(w.req)
 				answer(w, nil, cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error()))
@@ -156,7 +156,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	}
 	if len(undo) > 0 {
 		// Take out what was made: render without those pods, apply their scope.
-		if again, rerr := a.renderNode(); rerr == nil {
+		if again, rerr := a.renderBatch(batch); rerr == nil {
 			_, _ = a.apply(ctx, "ADD "+strings.Join(undo, ", ")+" rolled back", again, engine.PlanOptions{Pods: undo, PodIPs: undoIPs})
 		}
 		for _, w := range live {

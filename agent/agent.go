@@ -270,8 +270,9 @@ func (a *Agent) renderSettled() (*spec.NodeState, map[string]spec.Allocation, er
 
 // settledAllocations lists the store's allocations less those of the
 // pending ADDs, and those, at one instant: an allocation made meanwhile is
-// either in neither or in both (allocMu).
-func (a *Agent) settledAllocations() ([]spec.Allocation, map[string]spec.Allocation, error) {
+// either in neither or in both (allocMu). The pending ADDs named in keep
+// (by attachmentID) are kept in the list and left out of the pending.
+func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[string]spec.Allocation, error) {
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
 	allocs, err := a.store.List()
@@ -280,7 +281,27 @@ func (a *Agent) settledAllocations() ([]spec.Allocation, map[string]spec.Allocat
 	}
 	a.m.allocations.Set(float64(len(allocs)))
 	pending := a.pending.snapshot()
+	for _, id := range keep {
+		delete(pending, id)
+	}
 	return without(allocs, pending), pending, nil
+}
+
+// renderBatch renders the node with the batch's ADDs and without the other
+// pending ones: those allocate while the batch holds the lock, and one may
+// be given the address of a pod the batch rolls back, which the batch's
+// undo must still find as that pod's.
+func (a *Agent) renderBatch(batch []*addWaiter) (*spec.NodeState, error) {
+	snap := a.src.Snapshot()
+	ids := make([]string, 0, len(batch))
+	for _, w := range batch {
+		ids = append(ids, attachmentID(w.alloc))
+	}
+	allocs, _, err := a.settledAllocations(ids...)
+	if err != nil {
+		return nil, err
+	}
+	return a.renderAllocations(snap, allocs)
 }
 
 // renderAllocations renders from snap and allocs.

@@ -250,12 +250,15 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	// Without the pending ADDs: they allocate without the lock, and one
 	// may have been given the address released above. Its pod's items are
 	// its ADD's to write, after this DEL.
-	state, _, err := a.renderSettled()
+	state, pending, err := a.renderSettled()
 	if err != nil {
 		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
 	}
-	if podEntry(state, key) != nil {
-		return nil // another attachment of the pod (a newer sandbox) is live
+	if podEntry(state, key) != nil || pendingPod(pending, key) {
+		// Another attachment of the pod (a newer sandbox) is live, or its
+		// ADD is under way (a retried ADD of a live one, say): its items
+		// stay.
+		return nil
 	}
 	opts := engine.PlanOptions{Pods: []string{key}}
 	if found {

@@ -57,6 +57,16 @@ func (p *pendingAdds) snapshot() map[string]spec.Allocation {
 	return out
 }
 
+// pendingPod reports whether one of the pending allocations is pod key's.
+func pendingPod(pending map[string]spec.Allocation, key string) bool {
+	for _, a := range pending {
+		if a.Metadata.Namespace+"/"+a.Metadata.Name == key {
+			return true
+		}
+	}
+	return false
+}
+
 // without returns allocs less the pending ones (allocs itself when none
 // is pending).
 func without(allocs []spec.Allocation, pending map[string]spec.Allocation) []spec.Allocation {

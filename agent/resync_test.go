@@ -299,13 +299,8 @@ func TestResyncLeavesPendingAddToIt(t *testing.T) {
 // allocation took the lock: with 8 ADDs at once each waited for the whole
 // set-up of the batch before it (23 ms of a 47 ms ADD at the agent).
 func TestAllocationDoesNotWaitForTheLock(t *testing.T) {
-	nstest.RequireRoot(t)
-	a, src, _ := podSourceAgent(t, "198.18.7.0/24", "198.19.7.1")
-	podNetns := nstest.Netns(t, "pod")
+	a, src, _, podNetns := syncedPodAgent(t)
 	ctx := context.Background()
-	if out := a.sync(ctx, true); out.Again || !a.Ready() {
-		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
-	}
 	allocated := make(chan struct{})
 	a.allocated = func() { close(allocated) }
 	a.mu.Lock()
@@ -367,4 +362,61 @@ func addPodA(ctx context.Context, a *Agent, src *podSource, podNetns string) <-c
 		done <- added{ip: res.IPs[0].Address.IP.String()}
 	}()
 	return done
+}
+
+// TestDelLeavesPodWhoseAddIsPending: the DEL of a sandbox the agent no
+// longer records (an old one, or a repeated DEL) leaves the pod alone while
+// an ADD of the pod is under way: here a retried ADD of its live sandbox,
+// which gets the same address and waits for the agent's lock. DEL renders
+// without the pending ADDs (one may hold an address it just released), so
+// it must ask them: before, it found no attachment of the pod and deleted
+// the live pod's veth and its elements in the node's sets.
+func TestDelLeavesPodWhoseAddIsPending(t *testing.T) {
+	a, src, node, podNetns := syncedPodAgent(t)
+	ctx := context.Background()
+	first := <-addPodA(ctx, a, src, podNetns)
+	if first.err != nil {
+		t.Fatal(first.err)
+	}
+	veth := spec.HostVethName("x/a")
+
+	held, resume := make(chan struct{}), make(chan struct{})
+	a.allocated = func() { close(held); <-resume }
+	retried := addPodA(ctx, a, src, podNetns)
+	<-held
+	a.allocated = nil
+	err := a.Del(ctx, &wire.Request{Command: wire.CmdDel, ContainerID: "ctr-old", Netns: "/proc/self/ns/net-gone", IfName: "eth0",
+		Args: wire.PodArgs{Namespace: "x", Name: "a", UID: "uid-a"}})
+	links := nstest.Run(t, node, "ip", "-o", "link")
+	sources := nstest.Run(t, node, "nft", "list", "set", "inet", "terway", "pod-sources")
+	close(resume)
+	if err != nil {
+		t.Fatalf("DEL of the old sandbox: %v", err)
+	}
+	if !strings.Contains(links, veth) {
+		t.Errorf("the DEL of an old sandbox deleted the live pod's veth %s while its retried ADD was pending", veth)
+	}
+	if !strings.Contains(sources, first.ip) {
+		t.Errorf("the DEL of an old sandbox took the live pod's %s out of pod-sources:\n%s", first.ip, sources)
+	}
+	if r := <-retried; r.err != nil || r.ip != first.ip {
+		t.Fatalf("the retried ADD: ip %q (first %s), %v", r.ip, first.ip, r.err)
+	}
+	text, n, err := a.planText(ctx, a.eng)
+	if err != nil || n != 0 {
+		t.Errorf("plan after the retried ADD (%v): %d operations\n%s", err, n, text)
+	}
+}
+
+// syncedPodAgent is podSourceAgent (pod CIDR 198.18.7.0/24) after its first
+// full sync, with a pod namespace for addPodA.
+func syncedPodAgent(t *testing.T) (*Agent, *podSource, string, string) {
+	t.Helper()
+	nstest.RequireRoot(t)
+	a, src, node := podSourceAgent(t, "198.18.7.0/24", "198.19.7.1")
+	podNetns := nstest.Netns(t, "pod")
+	if out := a.sync(context.Background(), true); out.Again || !a.Ready() {
+		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
+	}
+	return a, src, node, podNetns
 }
