@@ -25,10 +25,10 @@ type metrics struct {
 	// netlink messages, sysctl writes and nft batches they send.
 	kernelWrites prometheus.Counter
 	// addPhases splits a CNI ADD's time at the agent: allocating its
-	// address (the agent's lock, then the store's write), waiting for the
-	// agent's lock again (behind another ADD batch, a DEL or a resync's
-	// plan), rendering the node, and applying the batch's scoped plan. An
-	// operator whose pods start slowly sees which one grew.
+	// address (allocMu, then the store's write), waiting for the agent's
+	// lock (behind another ADD batch, a DEL or a resync's plan), rendering
+	// the node, and applying the batch's scoped plan. An operator whose
+	// pods start slowly sees which one grew.
 	addPhases *prometheus.HistogramVec
 }
 
@@ -53,7 +53,7 @@ func newMetrics() *metrics {
 			Name: "terway_kernel_writes_total", Help: "Kernel write requests sent by applies (resyncs and CNI requests)."}),
 	}
 	m.addPhases = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "terway_cni_add_phase_seconds", Help: "Time of each phase of a CNI ADD at the agent: lock (waiting for the agent's lock), render, apply.",
+		Name: "terway_cni_add_phase_seconds", Help: "Time of each phase of a CNI ADD at the agent: allocate (its address, recorded), lock (waiting for the agent's lock), render, apply.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"phase"})
 	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency, m.kernelWrites, m.addPhases,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
