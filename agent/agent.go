@@ -247,20 +247,29 @@ func (a *Agent) renderNode() (*spec.NodeState, error) {
 
 // renderSnapshot renders from a snapshot already taken and the store.
 func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
-	allocs, err := a.store.List()
+	allocs, err := a.listAllocations()
 	if err != nil {
 		return nil, err
 	}
-	a.m.allocations.Set(float64(len(allocs)))
 	return a.renderAllocations(snap, allocs)
+}
+
+// listAllocations lists the store's allocations and counts them.
+func (a *Agent) listAllocations() ([]spec.Allocation, error) {
+	allocs, err := a.store.List()
+	if err == nil {
+		a.m.allocations.Set(float64(len(allocs)))
+	}
+	return allocs, err
 }
 
 // renderSettled renders the node without the ADDs pending (pending.go):
 // a resync's or a DEL's document, which leaves them to their ADDs. It
-// returns the pending allocations it left out.
-func (a *Agent) renderSettled() (*spec.NodeState, map[string]spec.Allocation, error) {
+// returns the pending allocations it left out. The pending ADDs named in
+// keep (by attachmentID) are rendered.
+func (a *Agent) renderSettled(keep ...string) (*spec.NodeState, map[string]spec.Allocation, error) {
 	snap := a.src.Snapshot()
-	allocs, pending, err := a.settledAllocations()
+	allocs, pending, err := a.settledAllocations(keep...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -275,11 +284,10 @@ func (a *Agent) renderSettled() (*spec.NodeState, map[string]spec.Allocation, er
 func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[string]spec.Allocation, error) {
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
-	allocs, err := a.store.List()
+	allocs, err := a.listAllocations()
 	if err != nil {
 		return nil, nil, err
 	}
-	a.m.allocations.Set(float64(len(allocs)))
 	pending := a.pending.snapshot()
 	for _, id := range keep {
 		delete(pending, id)
@@ -292,16 +300,12 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 // be given the address of a pod the batch rolls back, which the batch's
 // undo must still find as that pod's.
 func (a *Agent) renderBatch(batch []*addWaiter) (*spec.NodeState, error) {
-	snap := a.src.Snapshot()
 	ids := make([]string, 0, len(batch))
 	for _, w := range batch {
 		ids = append(ids, attachmentID(w.alloc))
 	}
-	allocs, _, err := a.settledAllocations(ids...)
-	if err != nil {
-		return nil, err
-	}
-	return a.renderAllocations(snap, allocs)
+	state, _, err := a.renderSettled(ids...)
+	return state, err
 }
 
 // renderAllocations renders from snap and allocs.

@@ -62,14 +62,19 @@ func mergeSpans(in []span) []span {
 	slices.SortFunc(s, func(a, b span) int { return cmp.Or(cmp.Compare(a.lo, b.lo), cmp.Compare(a.hi, b.hi)) })
 	out := s[:1]
 	for _, x := range s[1:] {
-		last := &out[len(out)-1]
-		if uint64(x.lo) <= uint64(last.hi)+1 {
-			last.hi = max(last.hi, x.hi)
-			continue
-		}
-		out = append(out, x)
+		out = pushSpan(out, x)
 	}
 	return out
+}
+
+// pushSpan appends x, which starts at or after the last span's start, to
+// a merged list, joining it to the last span where they overlap or touch.
+func pushSpan(out []span, x span) []span {
+	if n := len(out); n > 0 && uint64(x.lo) <= uint64(out[n-1].hi)+1 {
+		out[n-1].hi = max(out[n-1].hi, x.hi)
+		return out
+	}
+	return append(out, x)
 }
 
 // unionSpans returns the union of span lists, merged. Lists sorted by
@@ -107,20 +112,13 @@ func unionSpans(lists [][]span) []span {
 // list.
 func unionSorted(a, b []span) []span {
 	out := make([]span, 0, len(a)+len(b))
-	push := func(x span) {
-		if n := len(out); n > 0 && uint64(x.lo) <= uint64(out[n-1].hi)+1 {
-			out[n-1].hi = max(out[n-1].hi, x.hi)
-			return
-		}
-		out = append(out, x)
-	}
 	i, j := 0, 0
 	for i < len(a) || j < len(b) {
 		if j == len(b) || i < len(a) && a[i].lo <= b[j].lo {
-			push(a[i])
+			out = pushSpan(out, a[i])
 			i++
 		} else {
-			push(b[j])
+			out = pushSpan(out, b[j])
 			j++
 		}
 	}

@@ -144,8 +144,10 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 	// through the index of a large set (a verdict map's jumps to the pods'
 	// chains are not indexed: those maps are scanned), else every one.
 	candidates := in.Elements
-	if idx := wantIndex(in, fields); idx != nil && !jumps {
-		candidates = idx.lookup(in.Elements, addrs)
+	if !jumps {
+		if idx := wantIndex(in, fields); idx != nil {
+			candidates = idx.lookup(in.Elements, addrs)
+		}
 	}
 	wanted := map[string]*elem{}
 	for _, e := range candidates {
@@ -243,7 +245,7 @@ func newWantIndex(elems []spec.NFTElement, fields []int) wantIndex {
 			if f >= len(key) {
 				continue
 			}
-			if a := hostAddr(key[f]); !strings.ContainsAny(a, "/-") {
+			if a, ok := singleAddr(key[f]); ok {
 				idx[a] = append(idx[a], int32(i))
 			}
 		}
@@ -349,10 +351,17 @@ func addrFields(s *set) []int {
 // sets.
 func eachAddr(text string, fields []int, f func(string)) {
 	eachField(text, fields, func(field string) {
-		if a := hostAddr(field); !strings.ContainsAny(a, "/-") {
+		if a, ok := singleAddr(field); ok {
 			f(a)
 		}
 	})
+}
+
+// singleAddr is an address field as a pod's address is written, when it
+// is one address (not a prefix or a range: those are not a pod's).
+func singleAddr(field string) (string, bool) {
+	a := hostAddr(field)
+	return a, !strings.ContainsAny(a, "/-")
 }
 
 // eachField calls f with each field of a canonical key text whose position
