@@ -16,6 +16,7 @@ import (
 	"github.com/terway-reconciler/terway/agent/inputs"
 	"github.com/terway-reconciler/terway/agent/store"
 	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/cni/server"
 	"github.com/terway-reconciler/terway/cni/wire"
 	"github.com/terway-reconciler/terway/internal/chaos"
 	"github.com/terway-reconciler/terway/spec"
@@ -393,4 +394,4 @@ func (a *Agent) lookupPod(key string) (*corev1.Pod, bool) {
 	return nil, false
 }
 
-var _ wire.Handler = (*Agent)(nil)
+var _ server.Handler = (*Agent)(nil)

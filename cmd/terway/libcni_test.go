@@ -15,6 +15,7 @@ import (
 	types040 "github.com/containernetworking/cni/pkg/types/040"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/terway-reconciler/terway/cni/server"
 	"github.com/terway-reconciler/terway/cni/wire"
 )
 
@@ -79,9 +80,9 @@ func TestLifecycle(t *testing.T) {
 				t.Fatalf("CHECK: %v", err)
 			}
 			check := agent.Calls()[1]
-			if check.Command != wire.CmdCheck || check.PrevResult == nil || check.PrevResult.CNIVersion != wire.ResultVersion ||
-				check.PrevResult.IPs[0].Address.String() != "198.18.0.1/32" {
-				t.Errorf("agent saw CHECK %+v with prevResult %+v", check, check.PrevResult)
+			if prev, err := server.PrevResult(check); check.Command != wire.CmdCheck || err != nil || prev == nil ||
+				prev.CNIVersion != wire.ResultVersion || prev.IPs[0].Address.String() != "198.18.0.1/32" {
+				t.Errorf("agent saw CHECK %+v with prevResult %s (%v)", check, check.PrevResult, err)
 			}
 
 			valid := []types.GCAttachment{{ContainerID: "c1", IfName: "eth0"}}
@@ -104,14 +105,14 @@ func TestLifecycle(t *testing.T) {
 			}
 			calls := agent.Calls()
 			if v == "1.1.0" {
-				if gc := calls[2]; !reflect.DeepEqual(gc.ValidAttachments, valid) || gc.NetConf.Name != "terway" {
+				if gc := calls[2]; !reflect.DeepEqual(gc.ValidAttachments, attachments(valid)) || gc.NetConf.Name != "terway" {
 					t.Errorf("agent saw GC %+v", gc)
 				}
 			}
 			del := calls[len(calls)-1]
-			if del.ContainerID != "c1" || del.IfName != "eth0" || del.Args.Name != "pod-c1" ||
-				del.PrevResult == nil || del.PrevResult.IPs[0].Address.String() != "198.18.0.1/32" {
-				t.Errorf("agent saw DEL %+v with prevResult %+v", del, del.PrevResult)
+			if prev, err := server.PrevResult(del); del.ContainerID != "c1" || del.IfName != "eth0" || del.Args.Name != "pod-c1" ||
+				err != nil || prev == nil || prev.IPs[0].Address.String() != "198.18.0.1/32" {
+				t.Errorf("agent saw DEL %+v with prevResult %s (%v)", del, del.PrevResult, err)
 			}
 		})
 	}
@@ -133,7 +134,7 @@ func TestGCReleasesStaleAttachments(t *testing.T) {
 	}
 	calls := agent.Calls()
 	if len(calls) != 4 || calls[2].Command != wire.CmdDel || calls[2].ContainerID != "stale" ||
-		calls[3].Command != wire.CmdGC || !reflect.DeepEqual(calls[3].ValidAttachments, valid) {
+		calls[3].Command != wire.CmdGC || !reflect.DeepEqual(calls[3].ValidAttachments, attachments(valid)) {
 		t.Fatalf("agent saw %v", agent.Commands())
 	}
 
@@ -355,4 +356,13 @@ func TestVersionInfo(t *testing.T) {
 	if got := info.SupportedVersions(); !reflect.DeepEqual(got, versions) {
 		t.Errorf("supported versions %v, want %v", got, versions)
 	}
+}
+
+// attachments is the runtime's GC list as the agent receives it.
+func attachments(l []types.GCAttachment) []wire.Attachment {
+	out := []wire.Attachment{}
+	for _, a := range l {
+		out = append(out, wire.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	return out
 }

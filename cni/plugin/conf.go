@@ -7,10 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/types"
-	types100 "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
-
 	"github.com/terway-reconciler/terway/cni/wire"
 )
 
@@ -43,11 +39,12 @@ const maxStdin = wire.MaxMessageBytes
 type Conf struct {
 	// NetConf is what travels to the agent.
 	NetConf wire.NetConf
-	// PrevResult is the config's prevResult converted to 1.1.0, if any.
-	PrevResult *types100.Result
+	// PrevResult is the config's prevResult as written (CHECK and DEL
+	// only); the agent converts it to 1.1.0.
+	PrevResult json.RawMessage
 	// ValidAttachments is "cni.dev/valid-attachments" (GC only); never nil
 	// after a successful GC parse.
-	ValidAttachments []types.GCAttachment
+	ValidAttachments []wire.Attachment
 }
 
 // Timeout is the bound on one call to the agent for cmd.
@@ -73,25 +70,25 @@ type rawConf struct {
 // sees it: not JSON, or not an object → code 6; cniVersion or name missing
 // or not strings → code 7 naming the field. (The library alone would call
 // a config without cniVersion "incompatible version 0.1.0".)
-func CheckStdin(data []byte) *types.Error {
+func CheckStdin(data []byte) *wire.Error {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return types.NewError(types.ErrDecodingFailure, "terway: no network config on stdin", "stdin is empty")
+		return wire.NewError(wire.ErrDecodingFailure, "terway: no network config on stdin", "stdin is empty")
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(data, &obj); err != nil {
-		return types.NewError(types.ErrDecodingFailure,
+		return wire.NewError(wire.ErrDecodingFailure,
 			fmt.Sprintf("terway: network config on stdin is not a JSON object: %v", err),
 			fmt.Sprintf("stdin begins %q", begin(data)))
 	}
 	for _, field := range []string{"cniVersion", "name"} {
 		raw, ok := obj[field]
 		if !ok || string(raw) == "null" {
-			return types.NewError(types.ErrInvalidNetworkConfig,
+			return wire.NewError(wire.ErrInvalidNetworkConfig,
 				fmt.Sprintf("terway network config: field %q is missing", field), "")
 		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return types.NewError(types.ErrInvalidNetworkConfig,
+			return wire.NewError(wire.ErrInvalidNetworkConfig,
 				fmt.Sprintf("terway network config: field %q is not a string: %s", field, begin(raw)), "")
 		}
 	}
@@ -101,28 +98,29 @@ func CheckStdin(data []byte) *types.Error {
 // ParseConf reads the network config for cmd and validates it: bad JSON →
 // code 6; a missing or invalid field → code 7 naming it.
 //
-// prevResult is converted to 1.1.0. A broken prevResult fails CHECK (which
-// depends on it) but not DEL, which must do its best without it. GC needs
+// prevResult travels as written: the agent converts it to 1.1.0, failing
+// CHECK (which depends on it) on a broken one and going on without it for
+// DEL. Here CHECK only needs it to be a JSON object. GC needs
 // "cni.dev/valid-attachments"; a null list means the runtime has none.
-func ParseConf(cmd wire.Command, data []byte) (*Conf, *types.Error) {
+func ParseConf(cmd wire.Command, data []byte) (*Conf, *wire.Error) {
 	if e := CheckStdin(data); e != nil {
 		return nil, e
 	}
 	var raw rawConf
 	if err := json.Unmarshal(data, &raw); err != nil {
-		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("terway network config: %v", fieldErr(err)), "")
+		return nil, wire.NewError(wire.ErrDecodingFailure, fmt.Sprintf("terway network config: %v", fieldErr(err)), "")
 	}
 	if len(raw.Timeout) > 0 {
 		// Decoded alone first: a Duration's own error cannot name its field.
 		var d wire.Duration
 		if err := json.Unmarshal(raw.Timeout, &d); err != nil {
-			return nil, types.NewError(types.ErrInvalidNetworkConfig,
+			return nil, wire.NewError(wire.ErrInvalidNetworkConfig,
 				fmt.Sprintf("terway network config: field \"timeout\": %v", err), "")
 		}
 	}
 	c := &Conf{}
 	if err := json.Unmarshal(data, &c.NetConf); err != nil {
-		return nil, types.NewError(types.ErrDecodingFailure,
+		return nil, wire.NewError(wire.ErrDecodingFailure,
 			fmt.Sprintf("terway network config: %v", fieldErr(err)), "")
 	}
 	c.NetConf.Raw = json.RawMessage(bytes.Clone(data))
@@ -130,12 +128,14 @@ func ParseConf(cmd wire.Command, data []byte) (*Conf, *types.Error) {
 		return nil, e
 	}
 	if len(raw.PrevResult) > 0 && string(raw.PrevResult) != "null" && (cmd == wire.CmdCheck || cmd == wire.CmdDel) {
-		prev, err := parsePrevResult(c.NetConf.CNIVersion, raw.PrevResult)
-		if err != nil && cmd == wire.CmdCheck {
-			return nil, types.NewError(types.ErrDecodingFailure,
-				fmt.Sprintf("terway network config: field \"prevResult\": %v", err), "")
+		var obj map[string]json.RawMessage
+		switch err := json.Unmarshal(raw.PrevResult, &obj); {
+		case err == nil:
+			c.PrevResult = bytes.Clone(raw.PrevResult)
+		case cmd == wire.CmdCheck:
+			return nil, wire.NewError(wire.ErrDecodingFailure,
+				fmt.Sprintf("terway network config: field \"prevResult\" is not a JSON object: %v", err), "")
 		}
-		c.PrevResult = prev // nil for a broken one on DEL
 	}
 	if cmd == wire.CmdGC {
 		list, key := raw.ValidAttachments, "cni.dev/valid-attachments"
@@ -143,51 +143,24 @@ func ParseConf(cmd wire.Command, data []byte) (*Conf, *types.Error) {
 			list, key = raw.LegacyAttachments, "cni.dev/attachments"
 		}
 		if list == nil {
-			return nil, types.NewError(types.ErrInvalidNetworkConfig,
+			return nil, wire.NewError(wire.ErrInvalidNetworkConfig,
 				"terway network config: field \"cni.dev/valid-attachments\" is missing; refusing to GC without the runtime's list of valid attachments", "")
 		}
-		c.ValidAttachments = []types.GCAttachment{}
+		c.ValidAttachments = []wire.Attachment{}
 		if string(list) != "null" {
 			if err := json.Unmarshal(list, &c.ValidAttachments); err != nil {
-				return nil, types.NewError(types.ErrDecodingFailure,
+				return nil, wire.NewError(wire.ErrDecodingFailure,
 					fmt.Sprintf("terway network config: field %q: %v", key, err), "")
 			}
 		}
 		for i, a := range c.ValidAttachments {
 			if a.ContainerID == "" || a.IfName == "" {
-				return nil, types.NewError(types.ErrInvalidNetworkConfig,
+				return nil, wire.NewError(wire.ErrInvalidNetworkConfig,
 					fmt.Sprintf("terway network config: field %q item %d has an empty containerID or ifname", key, i), "")
 			}
 		}
 	}
 	return c, nil
-}
-
-// parsePrevResult decodes a prevResult written in the config's version and
-// converts it to 1.1.0.
-func parsePrevResult(confVersion string, raw json.RawMessage) (*types100.Result, error) {
-	pc := &types.PluginConf{CNIVersion: confVersion}
-	if err := json.Unmarshal(raw, &pc.RawPrevResult); err != nil {
-		return nil, fmt.Errorf("not a JSON object: %w", err)
-	}
-	if err := version.ParsePrevResult(pc); err != nil {
-		return nil, err
-	}
-	res, err := types100.NewResultFromResult(pc.PrevResult)
-	if err != nil {
-		return nil, fmt.Errorf("converting from %s to %s: %w", pc.PrevResult.Version(), wire.ResultVersion, err)
-	}
-	// The agent decodes it from JSON again. One that does not survive that
-	// (an IP without an address encodes as "<nil>") is broken here, where
-	// DEL goes on without it, not there, where it failed the whole call.
-	data, err := json.Marshal(res)
-	if err == nil {
-		err = json.Unmarshal(data, new(types100.Result))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("not a usable result: %w", err)
-	}
-	return res, nil
 }
 
 // fieldErr names the field of a JSON type error ("field "timeout": ...").

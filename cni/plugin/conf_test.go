@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
-
 	"github.com/terway-reconciler/terway/cni/server"
 	"github.com/terway-reconciler/terway/cni/wire"
 )
@@ -69,9 +66,11 @@ func TestParseConf(t *testing.T) {
 		{"timeout negative", wire.CmdAdd, `{` + base + `,"timeout":"-1s"}`, 7, `"timeout"`},
 		{"capabilities wrong", wire.CmdAdd, `{` + base + `,"capabilities":[1]}`, 6, `field "capabilities"`},
 		{"check prev ok", wire.CmdCheck, `{` + base + `,"prevResult":` + prev040 + `}`, 0, ""},
-		{"check prev broken", wire.CmdCheck, `{` + base + `,"prevResult":{"ips":[{"address":"nope"}]}}`, 6, `"prevResult"`},
-		{"del prev broken is ignored", wire.CmdDel, `{` + base + `,"prevResult":{"ips":[{"address":"nope"}]}}`, 0, ""},
-		{"check prev without address", wire.CmdCheck, `{` + base + `,"prevResult":{"cniVersion":"1.1.0","ips":[{"gateway":"169.254.1.1"}]}}`, 6, `"prevResult"`},
+		{"check prev not an object", wire.CmdCheck, `{` + base + `,"prevResult":[1]}`, 6, `"prevResult"`},
+		{"del prev not an object is ignored", wire.CmdDel, `{` + base + `,"prevResult":"x"}`, 0, ""},
+		// Whether a prevResult is a usable result is the agent's to say
+		// (cni/server converts it).
+		{"check prev broken", wire.CmdCheck, `{` + base + `,"prevResult":{"ips":[{"address":"nope"}]}}`, 0, ""},
 		{"gc list", wire.CmdGC, `{"cniVersion":"1.1.0","name":"n","type":"terway","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}`, 0, ""},
 		{"gc legacy key", wire.CmdGC, `{"cniVersion":"1.1.0","name":"n","type":"terway","cni.dev/attachments":[]}`, 0, ""},
 		{"gc null list", wire.CmdGC, `{"cniVersion":"1.1.0","name":"n","type":"terway","cni.dev/valid-attachments":null}`, 0, ""},
@@ -100,13 +99,25 @@ func TestParseConf(t *testing.T) {
 	}
 }
 
-func TestParseConfConvertsPrevResult(t *testing.T) {
-	c, e := ParseConf(wire.CmdCheck, []byte(`{"cniVersion":"0.4.0","name":"n","type":"terway","prevResult":`+prev040+`}`))
+// TestCheckPrevResultReachesTheAgentConverted: the plugin sends the
+// prevResult as written in 0.4.0; the agent's decoder hands it on in 1.1.0.
+func TestCheckPrevResultReachesTheAgentConverted(t *testing.T) {
+	stdin := `{"cniVersion":"0.4.0","name":"n","type":"terway","prevResult":` + prev040 + `}`
+	_, req, err := buildRequest(wire.CmdCheck, &Args{ContainerID: "c1", Netns: "/var/run/netns/p", IfName: "eth0", StdinData: []byte(stdin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(req.PrevResult) != prev040 {
+		t.Errorf("prevResult sent as %s, want it as written", req.PrevResult)
+	}
+	body, _ := json.Marshal(req)
+	got, e := server.DecodeRequest(httptest.NewRequest("POST", wire.CmdCheck.Path(), bytes.NewReader(body)))
 	if e != nil {
 		t.Fatal(e)
 	}
-	if c.PrevResult == nil || c.PrevResult.CNIVersion != wire.ResultVersion || c.PrevResult.IPs[0].Address.String() != "198.18.0.7/32" {
-		t.Fatalf("prevResult = %+v", c.PrevResult)
+	res, err := server.PrevResult(got)
+	if err != nil || res.CNIVersion != wire.ResultVersion || res.IPs[0].Address.String() != "198.18.0.7/32" {
+		t.Fatalf("the agent sees prevResult %+v, %v", res, err)
 	}
 }
 
@@ -116,19 +127,20 @@ func TestParseConfConvertsPrevResult(t *testing.T) {
 // FuzzBuildRequest). DEL now goes without the broken prevResult.
 func TestDelWithAddresslessPrevResultReachesTheAgent(t *testing.T) {
 	stdin := `{"cniVersion":"1.1.0","name":"n","type":"terway","prevResult":{"cniVersion":"1.1.0","ips":[{"gateway":"169.254.1.1"}]}}`
-	_, req, err := buildRequest(wire.CmdDel, &skel.CmdArgs{ContainerID: "c1", Netns: "/var/run/netns/p", IfName: "eth0", StdinData: []byte(stdin)})
+	_, req, err := buildRequest(wire.CmdDel, &Args{ContainerID: "c1", Netns: "/var/run/netns/p", IfName: "eth0", StdinData: []byte(stdin)})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if req.PrevResult != nil {
-		t.Errorf("DEL kept the broken prevResult %+v", req.PrevResult)
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, e := server.DecodeRequest(httptest.NewRequest("POST", wire.CmdDel.Path(), bytes.NewReader(body))); e != nil {
+	got, e := server.DecodeRequest(httptest.NewRequest("POST", wire.CmdDel.Path(), bytes.NewReader(body)))
+	if e != nil {
 		t.Fatalf("the agent refuses the DEL: %v\n%s", e, body)
+	}
+	if got.PrevResult != nil {
+		t.Errorf("the agent's handler sees the broken prevResult %s", got.PrevResult)
 	}
 }
 
@@ -146,7 +158,7 @@ func TestTimeouts(t *testing.T) {
 }
 
 func TestCNIError(t *testing.T) {
-	agentErr := types.NewError(7, "bad annotation", "k8s.aliyun.com/ingress-bandwidth=fast")
+	agentErr := wire.NewError(7, "bad annotation", "k8s.aliyun.com/ingress-bandwidth=fast")
 	unreachable := &wire.CallError{Socket: "/s.sock", Command: wire.CmdAdd, Kind: wire.Unreachable, Err: errors.New("connect: no such file or directory")}
 	for _, tc := range []struct {
 		name string

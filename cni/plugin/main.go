@@ -7,11 +7,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
-
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/terway-reconciler/terway/cni/wire"
 )
@@ -22,66 +20,130 @@ import (
 func Main() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	return run(ctx, os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+}
 
-	confVersion := ""
-	if wire.Command(os.Getenv("CNI_COMMAND")).Valid() {
-		data, e := readStdin(os.Stdin)
-		if e == nil {
-			e = CheckStdin(data)
-		}
-		if e != nil {
-			printError(os.Stdout, e, "")
-			return 1
-		}
-		var v struct {
-			CNIVersion string `json:"cniVersion"`
-		}
-		_ = json.Unmarshal(data, &v) // CheckStdin proved it decodes
-		confVersion = v.CNIVersion
-		if err := refeedStdin(data); err != nil {
-			printError(os.Stdout, types.NewError(types.ErrIOFailure, "terway: passing stdin on failed", err.Error()), confVersion)
-			return 1
-		}
+// run is Main with its environment, streams and context given.
+func run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	cmd := getenv("CNI_COMMAND")
+	switch cmd {
+	case "":
+		// Run by hand: say what this is, as the CNI library's plugins do.
+		fmt.Fprintln(stderr, About)
+		fmt.Fprintf(stderr, "CNI protocol versions supported: %s\n", strings.Join(SupportedVersions, ", "))
+		return 0
+	case "VERSION":
+		b, _ := json.Marshal(struct {
+			CNIVersion        string   `json:"cniVersion"`
+			SupportedVersions []string `json:"supportedVersions"`
+		}{wire.ResultVersion, SupportedVersions})
+		_, _ = stdout.Write(append(b, '\n'))
+		return 0
 	}
-	p := &Plugin{Stdout: os.Stdout, Context: ctx}
-	if e := skel.PluginMainFuncsWithError(p.Funcs(), version.PluginSupports(SupportedVersions...), About); e != nil {
-		printError(os.Stdout, e, confVersion)
+	command := wire.Command(cmd)
+	data, e := readStdin(stdin)
+	if e == nil && command.Valid() {
+		e = CheckStdin(data)
+	}
+	var v struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	_ = json.Unmarshal(data, &v) // for the error's version, when it decodes
+	if e == nil {
+		e = checkInvocation(command, getenv, v.CNIVersion)
+	}
+	if e != nil {
+		printError(stdout, e, v.CNIVersion)
+		return 1
+	}
+	args := &Args{
+		ContainerID: getenv("CNI_CONTAINERID"), Netns: getenv("CNI_NETNS"), IfName: getenv("CNI_IFNAME"),
+		Args: getenv("CNI_ARGS"), Path: getenv("CNI_PATH"), NetnsOverride: getenv("CNI_NETNS_OVERRIDE"),
+		StdinData: data,
+	}
+	p := &Plugin{Stdout: stdout, Context: ctx}
+	if err := p.Run(command, args); err != nil {
+		printError(stdout, CNIError(command, err), v.CNIVersion)
 		return 1
 	}
 	return 0
 }
 
+// requiredEnv are the variables each command needs, as the CNI spec lists
+// them.
+var requiredEnv = map[wire.Command][]string{
+	wire.CmdAdd:    {"CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"},
+	wire.CmdCheck:  {"CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"},
+	wire.CmdDel:    {"CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"},
+	wire.CmdGC:     {"CNI_PATH"},
+	wire.CmdStatus: {"CNI_PATH"},
+}
+
+// minVersion is the oldest config version that defines each command.
+var minVersion = map[wire.Command]string{wire.CmdCheck: "0.4.0", wire.CmdGC: "1.1.0", wire.CmdStatus: "1.1.0"}
+
+// checkInvocation refuses an unknown command (code 4), a missing variable
+// the command needs (4), and a config version the plugin does not speak or
+// that does not define the command (1).
+func checkInvocation(cmd wire.Command, getenv func(string) string, confVersion string) *wire.Error {
+	if !cmd.Valid() {
+		return wire.NewError(wire.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("terway: command (CNI_COMMAND) %q is not one of %v or VERSION", string(cmd), wire.Commands), "")
+	}
+	var missing []string
+	for _, name := range requiredEnv[cmd] {
+		if getenv(name) == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return wire.NewError(wire.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("terway %s: required environment variables %s are missing", cmd, strings.Join(missing, ", ")), "")
+	}
+	supported := false
+	for _, s := range SupportedVersions {
+		supported = supported || s == confVersion
+	}
+	if !supported {
+		return wire.NewError(wire.ErrIncompatibleCNIVersion, "incompatible CNI versions",
+			fmt.Sprintf("terway: the config's cniVersion is %q; this plugin speaks %s", confVersion, strings.Join(SupportedVersions, ", ")))
+	}
+	if least := minVersion[cmd]; least != "" && versionLess(confVersion, least) {
+		return wire.NewError(wire.ErrIncompatibleCNIVersion,
+			fmt.Sprintf("terway %s: config version %s does not allow %s, which needs %s or later", cmd, confVersion, cmd, least), "")
+	}
+	return nil
+}
+
+// versionLess compares two "major.minor.patch" versions.
+func versionLess(a, b string) bool {
+	pa, pb := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(pa) && i < len(pb); i++ {
+		x, _ := strconv.Atoi(pa[i])
+		y, _ := strconv.Atoi(pb[i])
+		if x != y {
+			return x < y
+		}
+	}
+	return len(pa) < len(pb)
+}
+
 // readStdin reads the network config, bounded by maxStdin.
-func readStdin(r io.Reader) ([]byte, *types.Error) {
+func readStdin(r io.Reader) ([]byte, *wire.Error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxStdin+1))
 	if err != nil {
-		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("terway: reading the network config from stdin: %v", err), "")
+		return nil, wire.NewError(wire.ErrIOFailure, fmt.Sprintf("terway: reading the network config from stdin: %v", err), "")
 	}
 	if len(data) > maxStdin {
-		return nil, types.NewError(types.ErrInvalidNetworkConfig,
+		return nil, wire.NewError(wire.ErrInvalidNetworkConfig,
 			fmt.Sprintf("terway: network config on stdin is larger than %d bytes", maxStdin), "")
 	}
 	return data, nil
 }
 
-// refeedStdin makes os.Stdin yield data again: the CNI library reads the
-// config from os.Stdin itself, after CheckStdin has looked at it.
-func refeedStdin(data []byte) error {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return fmt.Errorf("creating a pipe for stdin: %w", err)
-	}
-	go func() {
-		_, _ = w.Write(data)
-		_ = w.Close()
-	}()
-	os.Stdin = r
-	return nil
-}
-
 // printError writes a CNI error the way the spec shows it, with the
 // config's cniVersion when known.
-func printError(w io.Writer, e *types.Error, cniVersion string) {
+func printError(w io.Writer, e *wire.Error, cniVersion string) {
 	out := struct {
 		CNIVersion string `json:"cniVersion,omitempty"`
 		Code       uint   `json:"code"`

@@ -2,23 +2,29 @@
 // executes for ADD, DEL, CHECK, GC and STATUS. It is deliberately thin. It
 // parses the runtime's environment and network config, sends one request to
 // the agent over its unix socket (package wire), and prints the agent's
-// answer as a CNI result in the spec version the runtime asked for, or as a
-// CNI error. It never touches the network, keeps no state and leaves nothing
-// behind: everything it could half-do is the agent's job to do whole.
+// answer: the CNI result, which the agent has put in the spec version the
+// runtime asked for, or a CNI error. It never touches the network, keeps no
+// state and leaves nothing behind: everything it could half-do is the
+// agent's job to do whole.
+//
+// It does not link the CNI library: the runtime starts it for every pod's
+// ADD and DEL, and the library's packages (their initialisation, and the
+// pages of a larger binary) were a fifth of its run time. What it needs of
+// the spec (the environment, version negotiation, the error form) is here
+// and in package wire; converting results between versions is the agent's.
 package plugin
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
-	"github.com/containernetworking/cni/pkg/ns"
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
-	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 
 	"github.com/terway-reconciler/terway/cni/wire"
 )
@@ -26,6 +32,20 @@ import (
 // About is printed on stderr when the binary runs without CNI_COMMAND.
 const About = "CNI plugin terway: forwards ADD, DEL, CHECK, GC and STATUS to the terway agent " +
 	"(default socket " + wire.DefaultSocketPath + ")"
+
+// Args is one invocation's environment and network config.
+type Args struct {
+	ContainerID string // CNI_CONTAINERID
+	Netns       string // CNI_NETNS
+	IfName      string // CNI_IFNAME
+	Args        string // CNI_ARGS
+	Path        string // CNI_PATH
+	// NetnsOverride is CNI_NETNS_OVERRIDE: "1" or "true" allow an ADD into
+	// the plugin's own namespace.
+	NetnsOverride string
+	// StdinData is the network config.
+	StdinData []byte
+}
 
 // Plugin serves one invocation. Its fields exist so tests can run the
 // commands in-process.
@@ -37,28 +57,25 @@ type Plugin struct {
 	Context context.Context
 }
 
-// Funcs are the skel callbacks for the five commands, each protected so
-// that a bug in the plugin is a CNI error, never a panic on the runtime.
-func (p *Plugin) Funcs() skel.CNIFuncs {
-	return skel.CNIFuncs{
-		Add:    guard(wire.CmdAdd, p.add),
-		Del:    guard(wire.CmdDel, p.forward(wire.CmdDel)),
-		Check:  guard(wire.CmdCheck, p.forward(wire.CmdCheck)),
-		GC:     guard(wire.CmdGC, p.forward(wire.CmdGC)),
-		Status: guard(wire.CmdStatus, p.forward(wire.CmdStatus)),
+// Run serves cmd, which must be one of wire.Commands, and returns the CNI
+// error to print, or nil. A bug in the plugin is a CNI error too, never a
+// panic on the runtime.
+func (p *Plugin) Run(cmd wire.Command, args *Args) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = wire.NewError(wire.ErrInternal,
+				fmt.Sprintf("terway %s: internal error in the plugin", cmd), fmt.Sprint(r))
+		}
+	}()
+	if cmd == wire.CmdAdd {
+		return p.add(args)
 	}
-}
-
-func guard(cmd wire.Command, f func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
-	return func(args *skel.CmdArgs) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				err = types.NewError(types.ErrInternal,
-					fmt.Sprintf("terway %s: internal error in the plugin", cmd), fmt.Sprint(r))
-			}
-		}()
-		return f(args)
+	conf, req, err := buildRequest(cmd, args)
+	if err != nil {
+		return err
 	}
+	_, err = p.call(conf, req)
+	return err
 }
 
 func (p *Plugin) ctx() context.Context {
@@ -69,7 +86,7 @@ func (p *Plugin) ctx() context.Context {
 }
 
 // add forwards ADD and prints the result in the config's version.
-func (p *Plugin) add(args *skel.CmdArgs) error {
+func (p *Plugin) add(args *Args) error {
 	conf, req, err := buildRequest(wire.CmdAdd, args)
 	if err != nil {
 		return err
@@ -81,37 +98,50 @@ func (p *Plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	out, err := res.GetAsVersion(conf.NetConf.CNIVersion)
-	if err != nil {
-		return types.NewError(types.ErrInternal,
-			fmt.Sprintf("terway ADD: the agent's result for container %q cannot be expressed as CNI %s", args.ContainerID, conf.NetConf.CNIVersion),
-			err.Error())
+	out, e := printable(res, conf.NetConf.CNIVersion, args.ContainerID)
+	if e != nil {
+		return e
 	}
 	w := p.Stdout
 	if w == nil {
 		w = os.Stdout
 	}
-	if err := out.PrintTo(w); err != nil {
-		return types.NewError(types.ErrIOFailure, "terway ADD: writing the result to stdout failed", err.Error())
+	if _, err := w.Write(out); err != nil {
+		return wire.NewError(wire.ErrIOFailure, "terway ADD: writing the result to stdout failed", err.Error())
 	}
 	return nil
 }
 
-// forward returns the callback of a command whose success prints nothing.
-func (p *Plugin) forward(cmd wire.Command) func(*skel.CmdArgs) error {
-	return func(args *skel.CmdArgs) error {
-		conf, req, err := buildRequest(cmd, args)
-		if err != nil {
-			return err
+// printable is the ADD result to print: the agent's Output, indented as
+// CNI plugins print results.
+func printable(res *wire.Response, version, containerID string) ([]byte, *wire.Error) {
+	out := res.Output
+	if len(out) == 0 {
+		// An agent older than this plugin sends the result in
+		// wire.ResultVersion only; 1.0.0 has the same form.
+		if version != wire.ResultVersion && version != "1.0.0" {
+			return nil, wire.NewError(wire.ErrInternal,
+				fmt.Sprintf("terway ADD: the agent's result for container %q is in CNI %s only, and this plugin cannot convert it to %s", containerID, wire.ResultVersion, version),
+				"the agent is older than the plugin; upgrade terwayd")
 		}
-		_, err = p.call(conf, req)
-		return err
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(res.Result, &m); err != nil {
+			return nil, wire.NewError(wire.ErrInternal, "terway ADD: the agent's result is not a JSON object", err.Error())
+		}
+		m["cniVersion"], _ = json.Marshal(version)
+		out, _ = json.Marshal(m)
 	}
+	var b bytes.Buffer
+	if err := json.Indent(&b, out, "", "    "); err != nil {
+		return nil, wire.NewError(wire.ErrInternal,
+			fmt.Sprintf("terway ADD: the agent's result for container %q is not JSON", containerID), err.Error())
+	}
+	return b.Bytes(), nil
 }
 
 // call sends req to the agent named by conf and maps every failure to a CNI
 // error.
-func (p *Plugin) call(conf *Conf, req *wire.Request) (*types100.Result, error) {
+func (p *Plugin) call(conf *Conf, req *wire.Request) (*wire.Response, error) {
 	client := wire.NewClient(conf.NetConf.SocketPath(), conf.Timeout(req.Command))
 	res, err := client.Call(p.ctx(), req)
 	if err != nil {
@@ -121,7 +151,7 @@ func (p *Plugin) call(conf *Conf, req *wire.Request) (*types100.Result, error) {
 }
 
 // buildRequest parses the invocation into the request for the agent.
-func buildRequest(cmd wire.Command, args *skel.CmdArgs) (*Conf, *wire.Request, error) {
+func buildRequest(cmd wire.Command, args *Args) (*Conf, *wire.Request, error) {
 	conf, e := ParseConf(cmd, args.StdinData)
 	if e != nil {
 		return nil, nil, e
@@ -147,17 +177,20 @@ func buildRequest(cmd wire.Command, args *skel.CmdArgs) (*Conf, *wire.Request, e
 
 // checkNotOwnNetns refuses an ADD whose CNI_NETNS is the namespace the
 // plugin runs in (the host's): the agent would wire the node itself as a
-// pod. The CNI library checks this too, but only after ADD has run.
-func checkNotOwnNetns(args *skel.CmdArgs) *types.Error {
+// pod. A path that cannot be read is left for the agent to refuse.
+func checkNotOwnNetns(args *Args) *wire.Error {
 	if o := strings.ToLower(args.NetnsOverride); o == "1" || o == "true" {
 		return nil
 	}
-	own, e := ns.CheckNetNS(args.Netns)
-	if e != nil {
-		return e
+	var pod, own unix.Stat_t
+	if unix.Stat(args.Netns, &pod) != nil {
+		return nil
 	}
-	if own {
-		return types.NewError(types.ErrInvalidNetNS,
+	if err := unix.Stat("/proc/self/ns/net", &own); err != nil {
+		return wire.NewError(wire.ErrInvalidNetNS, "terway ADD: reading the plugin's own network namespace failed", err.Error())
+	}
+	if pod.Dev == own.Dev && pod.Ino == own.Ino {
+		return wire.NewError(wire.ErrInvalidNetNS,
 			fmt.Sprintf("terway ADD: CNI_NETNS %q is the plugin's own network namespace, not a pod's", args.Netns), "")
 	}
 	return nil
@@ -169,18 +202,18 @@ func checkNotOwnNetns(args *skel.CmdArgs) *types.Error {
 // "try again later", since all commands are idempotent and the runtime
 // retries; for STATUS it is 50, "plugin not available", which the spec
 // defines for exactly that. An answer that is not a terway response is 999.
-func CNIError(cmd wire.Command, err error) *types.Error {
-	var ce *types.Error
+func CNIError(cmd wire.Command, err error) *wire.Error {
+	var ce *wire.Error
 	if errors.As(err, &ce) {
 		return ce
 	}
 	var call *wire.CallError
 	if !errors.As(err, &call) {
-		return types.NewError(types.ErrInternal, fmt.Sprintf("terway %s: %v", cmd, err), "")
+		return wire.NewError(wire.ErrInternal, fmt.Sprintf("terway %s: %v", cmd, err), "")
 	}
-	code := types.ErrTryAgainLater
+	code := wire.ErrTryAgainLater
 	if cmd == wire.CmdStatus {
-		code = types.ErrPluginNotAvailable
+		code = wire.ErrPluginNotAvailable
 	}
 	var hint string
 	switch call.Kind {
@@ -191,8 +224,8 @@ func CNIError(cmd wire.Command, err error) *types.Error {
 	case wire.Broken:
 		hint = "the agent closed the connection without answering; it may have restarted"
 	case wire.Protocol:
-		code = types.ErrInternal
+		code = wire.ErrInternal
 		hint = "something other than a compatible terway agent answered on the socket"
 	}
-	return types.NewError(code, call.Error(), hint)
+	return wire.NewError(code, call.Error(), hint)
 }

@@ -1,6 +1,7 @@
 // Package server serves the wire protocol to the terway CNI plugin over
 // HTTP on the agent's unix socket. It lives apart from package wire so that
-// the plugin binary, which only needs the client, does not link net/http.
+// the plugin binary, which only needs the client, links neither net/http
+// nor the CNI library: the conversions between CNI versions happen here.
 package server
 
 import (
@@ -8,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/terway-reconciler/terway/cni/wire"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,13 +17,49 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/terway-reconciler/terway/cni/wire"
 )
 
-// NewHTTPHandler serves wire.Handler under wire.PathPrefix: it decodes and validates
+// Handler is what the agent implements to serve the plugin. Each method gets
+// a request that has passed wire.Request.Validate for its command.
+//
+// Errors: return a *types.Error or *wire.Error (possibly wrapped) to choose the code, msg
+// and details the runtime sees; any other error becomes code 999 with the
+// error's text. Useful codes: 3 (container unknown: the runtime need not
+// DEL), 7 (invalid config, e.g. a bad pod annotation), 11 (try again later:
+// inputs not synced yet, IPs exhausted but being refilled), 50/51 (STATUS:
+// not ready / not ready and running pods may suffer).
+//
+// The context is cancelled when the plugin goes away (its timeout expired
+// or the runtime killed it). ADD should still finish persisting what it
+// allocated, or roll it back, because the runtime will DEL or retry with the
+// same container id; every method must be idempotent for that reason.
+type Handler interface {
+	// Add gives the attachment (ContainerID, IfName) its network and returns
+	// the result. A repeated ADD for an attachment that already exists
+	// returns the existing allocation rather than a second IP.
+	Add(ctx context.Context, req *wire.Request) (*types100.Result, error)
+	// Del releases the attachment. It succeeds when there is nothing to
+	// release, and works without the Pod object and without Netns.
+	Del(ctx context.Context, req *wire.Request) error
+	// Check reports an error when the attachment in req.PrevResult is not
+	// realised as the agent's document says it should be.
+	Check(ctx context.Context, req *wire.Request) error
+	// GC releases every attachment on req.NetConf.Name that is not in
+	// req.ValidAttachments.
+	GC(ctx context.Context, req *wire.Request) error
+	// Status returns nil when the agent can serve ADD now, or an error with
+	// code 50 or 51 saying why not.
+	Status(ctx context.Context, req *wire.Request) error
+}
+
+// NewHTTPHandler serves Handler under wire.PathPrefix: it decodes and validates
 // each request, calls the method for its command, and writes the wire.Response.
-// A panic in the wire.Handler is answered as code 999 and logged, so one bad pod
+// A panic in the Handler is answered as code 999 and logged, so one bad pod
 // never takes the socket down. log may be nil (slog.Default).
-func NewHTTPHandler(h wire.Handler, log *slog.Logger) http.Handler {
+func NewHTTPHandler(h Handler, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -31,7 +67,7 @@ func NewHTTPHandler(h wire.Handler, log *slog.Logger) http.Handler {
 }
 
 type httpHandler struct {
-	h   wire.Handler
+	h   Handler
 	log *slog.Logger
 }
 
@@ -47,10 +83,10 @@ func (s *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
-	WriteResult(w, req.Command, res)
+	WriteResult(w, req, res)
 }
 
-// call runs the wire.Handler method for req.Command, turning a panic into an error.
+// call runs the Handler method for req.Command, turning a panic into an error.
 func (s *httpHandler) call(ctx context.Context, req *wire.Request) (res *types100.Result, err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -119,42 +155,159 @@ func DecodeRequest(r *http.Request) (*wire.Request, *types.Error) {
 			fmt.Sprintf("terway agent: request command %q does not match path %q", req.Command, r.URL.Path), "")
 	}
 	if e := req.Validate(); e != nil {
+		return nil, fromWire(e)
+	}
+	if e := normalisePrevResult(req); e != nil {
 		return nil, e
 	}
 	return req, nil
 }
 
-// WriteResult writes a successful wire.Response: the result for ADD (normalised
-// to wire.ResultVersion), an empty object for the other commands.
-func WriteResult(w http.ResponseWriter, cmd wire.Command, res *types100.Result) {
+// normalisePrevResult converts req.PrevResult, as the runtime wrote it in
+// the config's version, to wire.ResultVersion. A broken one fails CHECK,
+// which depends on it, and is dropped for DEL, which must do its best
+// without it; other commands carry none.
+func normalisePrevResult(req *wire.Request) *types.Error {
+	if len(req.PrevResult) == 0 || string(req.PrevResult) == "null" {
+		req.PrevResult = nil
+		return nil
+	}
+	if req.Command != wire.CmdCheck && req.Command != wire.CmdDel {
+		req.PrevResult = nil
+		return nil
+	}
+	res, err := ParsePrevResult(req.CNIVersion, req.PrevResult)
+	if err == nil {
+		req.PrevResult, err = json.Marshal(res)
+	}
+	switch {
+	case err == nil:
+	case req.Command == wire.CmdCheck:
+		return types.NewError(types.ErrDecodingFailure,
+			fmt.Sprintf("terway network config: field \"prevResult\": %v", err), "")
+	default:
+		req.PrevResult = nil
+	}
+	return nil
+}
+
+// ParsePrevResult decodes a prevResult written in the version its own
+// "cniVersion" names (confVersion when it names none) and converts it to
+// wire.ResultVersion.
+func ParsePrevResult(confVersion string, raw json.RawMessage) (*types100.Result, error) {
+	var own struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if err := json.Unmarshal(raw, &own); err != nil {
+		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	pc := &types.PluginConf{CNIVersion: confVersion, RawPrevResult: map[string]any{}}
+	if own.CNIVersion != "" {
+		pc.CNIVersion = own.CNIVersion
+	}
+	if err := json.Unmarshal(raw, &pc.RawPrevResult); err != nil {
+		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if err := version.ParsePrevResult(pc); err != nil {
+		return nil, err
+	}
+	res, err := types100.NewResultFromResult(pc.PrevResult)
+	if err != nil {
+		return nil, fmt.Errorf("converting from %s to %s: %w", pc.PrevResult.Version(), wire.ResultVersion, err)
+	}
+	// A result that does not survive JSON (an IP without an address
+	// encodes as "<nil>") is broken here, not in the handler.
+	data, err := json.Marshal(res)
+	if err == nil {
+		err = json.Unmarshal(data, new(types100.Result))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("not a usable result: %w", err)
+	}
+	return res, nil
+}
+
+// PrevResult returns the request's prevResult, which DecodeRequest has
+// converted to wire.ResultVersion, or nil.
+func PrevResult(req *wire.Request) (*types100.Result, error) {
+	if len(req.PrevResult) == 0 {
+		return nil, nil
+	}
+	res := &types100.Result{}
+	if err := json.Unmarshal(req.PrevResult, res); err != nil {
+		return nil, fmt.Errorf("prevResult: %w", err)
+	}
+	return res, nil
+}
+
+// WriteResult writes a successful wire.Response: for ADD the result in
+// wire.ResultVersion and in the request's version, an empty object for the
+// other commands.
+func WriteResult(w http.ResponseWriter, req *wire.Request, res *types100.Result) {
 	resp := wire.Response{}
-	if cmd == wire.CmdAdd && res != nil {
-		r, err := wire.ToResultVersion(res)
-		if err != nil {
+	if req.Command == wire.CmdAdd && res != nil {
+		var err error
+		if resp.Result, resp.Output, err = encodeResult(res, req.CNIVersion); err != nil {
 			WriteError(w, types.NewError(types.ErrInternal,
-				fmt.Sprintf("terway agent: ADD result cannot be expressed as CNI %s", wire.ResultVersion), err.Error()))
+				fmt.Sprintf("terway agent: the ADD result for container %q cannot be expressed as CNI %s", req.ContainerID, req.CNIVersion),
+				err.Error()))
 			return
 		}
-		resp.Result = r
 	}
 	writeJSON(w, http.StatusOK, &resp)
 }
 
-// WriteError writes err as a wire.Response with a CNI error: a *types.Error found
-// with errors.As is sent unchanged, anything else as code 999 with its text.
-func WriteError(w http.ResponseWriter, err error) {
-	ce := AsCNIError(err)
-	writeJSON(w, HTTPStatus(ce.Code), &wire.Response{Error: ce})
+// encodeResult encodes res in wire.ResultVersion and in version.
+func encodeResult(res *types100.Result, version string) (result, output json.RawMessage, err error) {
+	r := res
+	if r.CNIVersion == "" {
+		c := *res
+		c.CNIVersion = wire.ResultVersion
+		r = &c
+	}
+	if r, err = types100.NewResultFromResult(r); err != nil {
+		return nil, nil, err
+	}
+	if result, err = json.Marshal(r); err != nil {
+		return nil, nil, err
+	}
+	if version == "" || version == wire.ResultVersion {
+		return result, result, nil
+	}
+	out, err := r.GetAsVersion(version)
+	if err != nil {
+		return nil, nil, err
+	}
+	output, err = json.Marshal(out)
+	return result, output, err
 }
 
-// AsCNIError returns the *types.Error inside err, or wraps err's text in a
-// code 999 error, so that every failure reaches the runtime with a code.
+// WriteError writes err as a wire.Response with a CNI error: a *types.Error
+// or *wire.Error found with errors.As is sent unchanged, anything else as
+// code 999 with its text.
+func WriteError(w http.ResponseWriter, err error) {
+	ce := AsCNIError(err)
+	writeJSON(w, HTTPStatus(ce.Code), &wire.Response{Error: &wire.Error{Code: ce.Code, Msg: ce.Msg, Details: ce.Details}})
+}
+
+// AsCNIError returns the *types.Error or *wire.Error inside err, or wraps
+// err's text in a code 999 error, so that every failure reaches the
+// runtime with a code.
 func AsCNIError(err error) *types.Error {
 	var ce *types.Error
 	if errors.As(err, &ce) {
 		return ce
 	}
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return fromWire(we)
+	}
 	return types.NewError(types.ErrInternal, err.Error(), "")
+}
+
+// fromWire is the CNI library's form of a wire error.
+func fromWire(e *wire.Error) *types.Error {
+	return types.NewError(e.Code, e.Msg, e.Details)
 }
 
 // HTTPStatus is the HTTP status that mirrors a CNI error code.
@@ -175,7 +328,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		status = http.StatusInternalServerError
-		b, _ = json.Marshal(&wire.Response{Error: types.NewError(types.ErrInternal,
+		b, _ = json.Marshal(&wire.Response{Error: wire.NewError(wire.ErrInternal,
 			"terway agent: encoding the response failed", err.Error())})
 	}
 	b = append(b, '\n')

@@ -1,14 +1,16 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/terway-reconciler/terway/cni/wire"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,9 +19,11 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/terway-reconciler/terway/cni/wire"
 )
 
-// funcHandler is a wire.Handler whose methods are set per test; an unset method
+// funcHandler is a Handler whose methods are set per test; an unset method
 // succeeds.
 type funcHandler struct {
 	add    func(context.Context, *wire.Request) (*types100.Result, error)
@@ -74,7 +78,7 @@ func sockDir(t *testing.T) string {
 }
 
 // serve runs h on a fresh socket and returns its path.
-func serve(t *testing.T, h wire.Handler) string {
+func serve(t *testing.T, h Handler) string {
 	t.Helper()
 	sock := filepath.Join(sockDir(t), "run", "agent.sock")
 	l, err := wire.Listen(sock)
@@ -95,15 +99,38 @@ func addRequest() *wire.Request {
 	}
 }
 
+// decodeResult decodes an answer's Result.
+func decodeResult(t *testing.T, resp *wire.Response) *types100.Result {
+	t.Helper()
+	res := &types100.Result{}
+	if err := json.Unmarshal(resp.Result, res); err != nil {
+		t.Fatalf("result %s: %v", resp.Result, err)
+	}
+	return res
+}
+
 func TestClientServerAdd(t *testing.T) {
 	h := &funcHandler{got: make(chan *wire.Request, 1)}
 	c := wire.NewClient(serve(t, h), 10*time.Second)
-	res, err := c.Add(context.Background(), addRequest())
+	resp, err := c.Add(context.Background(), addRequest())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.CNIVersion != wire.ResultVersion || res.IPs[0].Address.String() != "198.18.0.10/32" {
+	if res := decodeResult(t, resp); res.CNIVersion != wire.ResultVersion || res.IPs[0].Address.String() != "198.18.0.10/32" {
 		t.Errorf("result = %+v", res)
+	}
+	// The output is in the request's version (0.4.0), which names each
+	// IP's version.
+	var out struct {
+		CNIVersion string `json:"cniVersion"`
+		IPs        []struct {
+			Version string `json:"version"`
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal(resp.Output, &out); err != nil || out.CNIVersion != "0.4.0" || len(out.IPs) != 1 ||
+		out.IPs[0].Version != "4" || out.IPs[0].Address != "198.18.0.10/32" {
+		t.Errorf("output = %s (%v), want the result in 0.4.0", resp.Output, err)
 	}
 	got := <-h.got
 	if got.Command != wire.CmdAdd || got.Args.Name != "web-0" || got.CNIVersion != "0.4.0" {
@@ -117,9 +144,12 @@ func TestClientServerResultVersionNormalised(t *testing.T) {
 		r.CNIVersion = ""
 		return r, nil
 	}}
-	res, err := wire.NewClient(serve(t, h), 10*time.Second).Add(context.Background(), addRequest())
-	if err != nil || res.CNIVersion != wire.ResultVersion {
-		t.Fatalf("got %+v, %v; want a %s result", res, err, wire.ResultVersion)
+	resp, err := wire.NewClient(serve(t, h), 10*time.Second).Add(context.Background(), addRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := decodeResult(t, resp); res.CNIVersion != wire.ResultVersion {
+		t.Fatalf("got %+v; want a %s result", res, wire.ResultVersion)
 	}
 }
 
@@ -141,14 +171,15 @@ func TestClientServerErrors(t *testing.T) {
 				status: func(context.Context, *wire.Request) error { return tc.err },
 			}
 			c := wire.NewClient(serve(t, h), 10*time.Second)
+			want := wire.Error{Code: tc.want.Code, Msg: tc.want.Msg, Details: tc.want.Details}
 			_, err := c.Add(context.Background(), addRequest())
-			var ce *types.Error
-			if !errors.As(err, &ce) || *ce != *tc.want {
-				t.Errorf("ADD error = %#v, want %#v", err, tc.want)
+			var ce *wire.Error
+			if !errors.As(err, &ce) || *ce != want {
+				t.Errorf("ADD error = %#v, want %#v", err, want)
 			}
 			err = c.Status(context.Background(), &wire.Request{NetConf: addRequest().NetConf})
-			if !errors.As(err, &ce) || *ce != *tc.want {
-				t.Errorf("STATUS error = %#v, want %#v", err, tc.want)
+			if !errors.As(err, &ce) || *ce != want {
+				t.Errorf("STATUS error = %#v, want %#v", err, want)
 			}
 		})
 	}
@@ -161,12 +192,12 @@ func TestServerRecoversPanicAndNilResult(t *testing.T) {
 	}
 	c := wire.NewClient(serve(t, h), 10*time.Second)
 	_, err := c.Add(context.Background(), addRequest())
-	var ce *types.Error
-	if !errors.As(err, &ce) || ce.Code != types.ErrInternal || !strings.Contains(ce.Msg, "returned no result") {
+	var ce *wire.Error
+	if !errors.As(err, &ce) || ce.Code != wire.ErrInternal || !strings.Contains(ce.Msg, "returned no result") {
 		t.Errorf("nil result: %v", err)
 	}
 	err = c.Del(context.Background(), addRequest())
-	if !errors.As(err, &ce) || ce.Code != types.ErrInternal || ce.Details != "boom" {
+	if !errors.As(err, &ce) || ce.Code != wire.ErrInternal || ce.Details != "boom" {
 		t.Errorf("panic: %v", err)
 	}
 	if _, err := c.Add(context.Background(), addRequest()); err == nil || !strings.Contains(err.Error(), "no result") {
@@ -311,8 +342,58 @@ func TestLargeAnswerIsNotChunked(t *testing.T) {
 	c := wire.NewClient(sock, 5*time.Second)
 	req := addRequest()
 	err := c.Del(context.Background(), req)
-	var ce *types.Error
+	var ce *wire.Error
 	if !errors.As(err, &ce) || ce.Details != details {
 		t.Fatalf("large answer: %v", err)
+	}
+}
+
+const prev040 = `{"cniVersion":"0.4.0","interfaces":[{"name":"eth0","sandbox":"/n"}],` +
+	`"ips":[{"version":"4","address":"198.18.0.7/32","gateway":"169.254.1.1","interface":0}]}`
+
+// TestDecodeRequestNormalisesPrevResult: the plugin sends the prevResult as
+// the runtime wrote it; the handler sees it in wire.ResultVersion, or not
+// at all for a DEL whose prevResult is unusable.
+func TestDecodeRequestNormalisesPrevResult(t *testing.T) {
+	decode := func(cmd wire.Command, version, prev string) (*wire.Request, *types.Error) {
+		req := addRequest()
+		req.Command, req.CNIVersion, req.NetConf.CNIVersion = cmd, version, version
+		req.PrevResult = json.RawMessage(prev)
+		body, err := json.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return DecodeRequest(httptest.NewRequest("POST", cmd.Path(), bytes.NewReader(body)))
+	}
+	req, e := decode(wire.CmdCheck, "0.4.0", prev040)
+	if e != nil {
+		t.Fatal(e)
+	}
+	res, err := PrevResult(req)
+	if err != nil || res.CNIVersion != wire.ResultVersion || res.IPs[0].Address.String() != "198.18.0.7/32" {
+		t.Fatalf("prevResult = %+v, %v", res, err)
+	}
+	for _, tc := range []struct {
+		name, prev string
+		cmd        wire.Command
+		code       uint // 0: accepted without a prevResult
+	}{
+		{"check broken", `{"ips":[{"address":"nope"}]}`, wire.CmdCheck, 6},
+		// An IP without an address converts but encodes as "<nil>"; DEL
+		// goes on without it (found by FuzzBuildRequest).
+		{"check without address", `{"cniVersion":"1.1.0","ips":[{"gateway":"169.254.1.1"}]}`, wire.CmdCheck, 6},
+		{"del broken", `{"ips":[{"address":"nope"}]}`, wire.CmdDel, 0},
+		{"del without address", `{"cniVersion":"1.1.0","ips":[{"gateway":"169.254.1.1"}]}`, wire.CmdDel, 0},
+		{"del of another version", `{"cniVersion":"0.3.1","ips":[{"version":"4","address":"198.18.0.7/32"}]}`, wire.CmdDel, 0},
+	} {
+		req, e := decode(tc.cmd, "1.1.0", tc.prev)
+		switch {
+		case tc.code != 0 && (e == nil || e.Code != tc.code || !strings.Contains(e.Msg, "prevResult")):
+			t.Errorf("%s: got %v, want code %d naming prevResult", tc.name, e, tc.code)
+		case tc.code == 0 && e != nil:
+			t.Errorf("%s: refused: %v", tc.name, e)
+		case tc.code == 0 && tc.name != "del of another version" && req.PrevResult != nil:
+			t.Errorf("%s: the handler sees the broken prevResult %s", tc.name, req.PrevResult)
+		}
 	}
 }

@@ -3,8 +3,6 @@ package wire
 import (
 	"fmt"
 	"strings"
-
-	"github.com/containernetworking/cni/pkg/types"
 )
 
 // The CNI_ARGS keys PodArgs names.
@@ -21,7 +19,7 @@ const (
 // keys over time and the plugin must not break when they do. A pair without
 // "=" or with an empty key is an error (code 4) naming the pair, because a
 // mangled CNI_ARGS could silently drop the pod's name.
-func ParseCNIArgs(s string) (PodArgs, *types.Error) {
+func ParseCNIArgs(s string) (PodArgs, *Error) {
 	var a PodArgs
 	if strings.TrimSpace(s) == "" {
 		return a, nil
@@ -32,7 +30,7 @@ func ParseCNIArgs(s string) (PodArgs, *types.Error) {
 		}
 		k, v, ok := strings.Cut(pair, "=")
 		if !ok || k == "" {
-			return PodArgs{}, types.NewError(types.ErrInvalidEnvironmentVariables,
+			return PodArgs{}, NewError(ErrInvalidEnvironmentVariables,
 				fmt.Sprintf("terway: CNI_ARGS pair %d %q is not KEY=VALUE", i+1, pair), "CNI_ARGS="+s)
 		}
 		switch k {

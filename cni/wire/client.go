@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	types100 "github.com/containernetworking/cni/pkg/types/100"
 )
 
 // Client sends requests to the agent over its unix socket. It is what the
@@ -69,7 +67,7 @@ func (k ErrorKind) String() string {
 }
 
 // CallError is a failure to get an answer from the agent. A CNI error the
-// agent answered with is returned as *types.Error instead, never as this.
+// agent answered with is returned as *Error instead, never as this.
 type CallError struct {
 	// Socket is the path that was dialled.
 	Socket string
@@ -114,10 +112,11 @@ func (c *Client) socket() string {
 	return c.SocketPath
 }
 
-// Call sends req and waits for the agent's answer. It returns the ADD
-// result (in ResultVersion; nil for other commands), or a *types.Error the
-// agent answered with, or a *CallError when no answer came.
-func (c *Client) Call(ctx context.Context, req *Request) (*types100.Result, error) {
+// Call sends req and waits for the agent's answer. It returns the answer
+// of a success (for ADD, with its Result and, from an agent as new as this
+// package, its Output), or the *Error the agent answered with, or a
+// *CallError when no answer came.
+func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 	if !req.Command.Valid() {
 		return nil, fmt.Errorf("terway client: request command %q is not one of %v", req.Command, Commands)
 	}
@@ -241,8 +240,8 @@ type protocolError struct{ err error }
 func (e protocolError) Error() string { return e.err.Error() }
 func (e protocolError) Unwrap() error { return e.err }
 
-// decode turns an answer's status and body into the result or error.
-func (c *Client) decode(cmd Command, status int, data []byte) (*types100.Result, error) {
+// decode turns an answer's status and body into the response or error.
+func (c *Client) decode(cmd Command, status int, data []byte) (*Response, error) {
 	protoErr := func(format string, args ...any) error {
 		return &CallError{Socket: c.socket(), Command: cmd, Kind: Protocol, Timeout: c.Timeout, Err: fmt.Errorf(format, args...)}
 	}
@@ -260,16 +259,18 @@ func (c *Client) decode(cmd Command, status int, data []byte) (*types100.Result,
 		return nil, protoErr("answer has HTTP status %d but no CNI error; it begins %q", status, snippet(data))
 	}
 	if cmd != CmdAdd {
-		return nil, nil
+		return &Response{}, nil
 	}
-	if r.Result == nil {
+	if !hasValue(r.Result) {
 		return nil, protoErr("ADD answer has neither a result nor an error")
 	}
-	res, err := ToResultVersion(r.Result)
-	if err != nil {
-		return nil, protoErr("ADD result version %q: %w", r.Result.CNIVersion, err)
+	var v struct {
+		CNIVersion string `json:"cniVersion"`
 	}
-	return res, nil
+	if err := json.Unmarshal(r.Result, &v); err != nil || v.CNIVersion == "" {
+		return nil, protoErr("ADD answer's result is not a CNI result: it begins %q", snippet(r.Result))
+	}
+	return &r, nil
 }
 
 // fail classifies a transport failure.
@@ -291,8 +292,8 @@ func (c *Client) fail(ctx context.Context, cmd Command, err error) error {
 	return &CallError{Socket: c.socket(), Command: cmd, Kind: kind, Timeout: c.Timeout, Err: err}
 }
 
-// Add sends an ADD (setting req.Command on a copy) and returns the result.
-func (c *Client) Add(ctx context.Context, req *Request) (*types100.Result, error) {
+// Add sends an ADD (setting req.Command on a copy) and returns the answer.
+func (c *Client) Add(ctx context.Context, req *Request) (*Response, error) {
 	return c.Call(ctx, withCommand(req, CmdAdd))
 }
 

@@ -38,8 +38,14 @@
 // 404 unknown container, 503 try later / not available, 500 anything else);
 // the client trusts the body, not the status.
 //
-// Results always travel as CNI 1.1.0 (types100.Result); the plugin converts
-// to the spec version the runtime asked for. Requests carry the prevResult
-// of CHECK and DEL converted to 1.1.0 as well, so the agent deals with one
-// result type only.
+// # Versions
+//
+// The agent does every conversion between CNI spec versions, so that the
+// plugin, started once per call, needs neither the CNI library nor its
+// start-up cost (this package does not import it). An ADD answer carries
+// the result twice: Result in CNI 1.1.0 (ResultVersion) and Output in the
+// version of the request, which the plugin prints. A request carries the
+// prevResult of CHECK and DEL as the runtime wrote it; the agent's decoder
+// (cni/server) converts it to 1.1.0 before a handler sees it, so handlers
+// deal with one result type only.
 package wire

@@ -9,10 +9,6 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-
-	"github.com/containernetworking/cni/pkg/types"
-	types100 "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/utils"
 )
 
 // DefaultSocketPath is where the agent listens and the plugin dials unless
@@ -23,8 +19,9 @@ const DefaultSocketPath = "/var/run/terway/terway.sock"
 // the agent, because whoever can send ADD can take IPs and wire namespaces.
 const SocketDirMode = 0o700
 
-// ResultVersion is the CNI spec version of every result on the wire.
-const ResultVersion = types100.ImplementedSpecVersion
+// ResultVersion is the CNI spec version of Response.Result and of
+// Request.PrevResult as the agent's handler sees it.
+const ResultVersion = "1.1.0"
 
 // PathPrefix is the URL path under which the commands are served; the
 // command's lower-case name follows it ("/v1/cni/add").
@@ -87,16 +84,25 @@ type Request struct {
 	// NetConf is the network config from stdin: its well-known fields
 	// parsed, and the whole document verbatim in NetConf.Raw.
 	NetConf NetConf `json:"netconf"`
-	// PrevResult is the result of the attachment's last ADD, converted to
-	// ResultVersion. Always set for CHECK; set for DEL when the runtime
-	// cached it (spec 0.4.0 and later); empty otherwise.
-	PrevResult *types100.Result `json:"prevResult,omitempty"`
+	// PrevResult is the result of the attachment's last ADD: as the
+	// runtime wrote it (in CNIVersion) when the plugin sends it, converted
+	// to ResultVersion by the agent's decoder before a handler sees it
+	// (cni/server). Always set for CHECK; set for DEL when the runtime
+	// cached it (spec 0.4.0 and later) and it is usable; empty otherwise.
+	PrevResult json.RawMessage `json:"prevResult,omitempty"`
 	// ValidAttachments is the netconf's "cni.dev/valid-attachments" for GC:
 	// every (containerID, ifname) the runtime still uses. The agent
 	// releases whatever it holds that is not listed. Never nil for GC (an
 	// empty list means the runtime has no attachment on this network, and
 	// travels as [], while a nil list is omitted and refused).
-	ValidAttachments []types.GCAttachment `json:"validAttachments,omitzero"`
+	ValidAttachments []Attachment `json:"validAttachments,omitzero"`
+}
+
+// Attachment names one attachment of a network: a sandbox's container id
+// and the interface inside it (the spec's GC list entry).
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifname"`
 }
 
 // PodArgs are the Kubernetes keys of CNI_ARGS that kubelet's runtimes
@@ -163,7 +169,7 @@ func (n NetConf) SocketPath() string {
 
 // Validate checks the fields every command needs. Its errors are CNI errors
 // with code 7 (invalid network config) naming the field.
-func (n NetConf) Validate() *types.Error {
+func (n NetConf) Validate() *Error {
 	switch {
 	case n.CNIVersion == "":
 		return confErr("cniVersion", "is missing")
@@ -176,19 +182,19 @@ func (n NetConf) Validate() *types.Error {
 	case n.Timeout < 0:
 		return confErr("timeout", fmt.Sprintf("%s is negative", time.Duration(n.Timeout)))
 	}
-	if e := utils.ValidateNetworkName(n.Name); e != nil {
-		return confErr("name", fmt.Sprintf("%q: %s", n.Name, strings.TrimSuffix(e.Msg, ":")))
+	if why := checkName(n.Name); why != "" {
+		return confErr("name", fmt.Sprintf("%q %s", n.Name, why))
 	}
 	return nil
 }
 
-func confErr(field, reason string) *types.Error {
-	return types.NewError(types.ErrInvalidNetworkConfig,
+func confErr(field, reason string) *Error {
+	return NewError(ErrInvalidNetworkConfig,
 		fmt.Sprintf("terway network config: field %q %s", field, reason), "")
 }
 
-func envErr(cmd Command, field, env, reason string) *types.Error {
-	return types.NewError(types.ErrInvalidEnvironmentVariables,
+func envErr(cmd Command, field, env, reason string) *Error {
+	return NewError(ErrInvalidEnvironmentVariables,
 		fmt.Sprintf("terway %s: %s (%s) %s", cmd, field, env, reason), "")
 }
 
@@ -196,9 +202,9 @@ func envErr(cmd Command, field, env, reason string) *types.Error {
 // sides reject a malformed call before acting on it, and fills CNIVersion
 // from the netconf when it is empty. Errors are CNI errors naming the field:
 // code 4 for the runtime's environment, 7 for the config.
-func (r *Request) Validate() *types.Error {
+func (r *Request) Validate() *Error {
 	if !r.Command.Valid() {
-		return types.NewError(types.ErrInvalidEnvironmentVariables,
+		return NewError(ErrInvalidEnvironmentVariables,
 			fmt.Sprintf("terway: command (CNI_COMMAND) %q is not one of %v", r.Command, Commands), "")
 	}
 	if e := r.NetConf.Validate(); e != nil {
@@ -216,14 +222,14 @@ func (r *Request) Validate() *types.Error {
 		if r.ContainerID == "" {
 			return envErr(cmd, "containerID", "CNI_CONTAINERID", "is empty")
 		}
-		if e := utils.ValidateContainerID(r.ContainerID); e != nil {
-			return envErr(cmd, "containerID", "CNI_CONTAINERID", fmt.Sprintf("%q: %s", r.ContainerID, e.Msg))
+		if why := checkName(r.ContainerID); why != "" {
+			return envErr(cmd, "containerID", "CNI_CONTAINERID", fmt.Sprintf("%q %s", r.ContainerID, why))
 		}
 		if r.IfName == "" {
 			return envErr(cmd, "ifName", "CNI_IFNAME", "is empty")
 		}
-		if e := utils.ValidateInterfaceName(r.IfName); e != nil {
-			return envErr(cmd, "ifName", "CNI_IFNAME", fmt.Sprintf("%q: %s", r.IfName, e.Msg))
+		if why := checkIfName(r.IfName); why != "" {
+			return envErr(cmd, "ifName", "CNI_IFNAME", fmt.Sprintf("%q %s", r.IfName, why))
 		}
 	}
 	if (cmd == CmdAdd || cmd == CmdCheck) && r.Netns == "" {
@@ -233,7 +239,7 @@ func (r *Request) Validate() *types.Error {
 		return envErr(cmd, "args", "CNI_ARGS",
 			"does not name the pod: K8S_POD_NAMESPACE and K8S_POD_NAME are required")
 	}
-	if cmd == CmdCheck && r.PrevResult == nil {
+	if cmd == CmdCheck && !hasValue(r.PrevResult) {
 		return confErr("prevResult", "is missing; CHECK needs the result of the last ADD")
 	}
 	if cmd == CmdGC && r.ValidAttachments == nil {
@@ -247,7 +253,7 @@ func (r *Request) Validate() *types.Error {
 // and the agent would act on another namespace path, interface name (three
 // bytes longer per bad byte, past the kernel's 15) or pod than the runtime
 // gave.
-func (r *Request) validUTF8() *types.Error {
+func (r *Request) validUTF8() *Error {
 	for _, f := range []struct{ field, env, value string }{
 		{"containerID", "CNI_CONTAINERID", r.ContainerID}, {"netns", "CNI_NETNS", r.Netns}, {"ifName", "CNI_IFNAME", r.IfName},
 		{"args", "CNI_ARGS", r.Args.Namespace}, {"args", "CNI_ARGS", r.Args.Name},
@@ -266,16 +272,25 @@ func (r *Request) validUTF8() *types.Error {
 	return nil
 }
 
-// Response is the body of every answer: exactly one of Result (successful
-// ADD) or Error is set, or neither for any other success.
+// hasValue reports whether a raw JSON field was given and is not null.
+func hasValue(raw json.RawMessage) bool {
+	return len(raw) > 0 && string(raw) != "null"
+}
+
+// Response is the body of every answer: Result and Output (successful ADD)
+// or Error, or none of them for any other success.
 type Response struct {
 	// Result is the ADD result in ResultVersion: the pod's interfaces,
 	// IPs, routes and DNS.
-	Result *types100.Result `json:"result,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+	// Output is the same result in the request's CNIVersion, as the plugin
+	// prints it (compact: the plugin indents it). The agent converts, so
+	// that the plugin needs no CNI library.
+	Output json.RawMessage `json:"output,omitempty"`
 	// Error is the CNI error to hand to the runtime unchanged: code (see
 	// the CNI spec; 11 asks the runtime to retry later, 50/51 answer a
 	// STATUS that is not ready), msg, and details.
-	Error *types.Error `json:"error,omitempty"`
+	Error *Error `json:"error,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration

@@ -2,29 +2,16 @@ package wire
 
 import (
 	"encoding/json"
-	"net"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/containernetworking/cni/pkg/types"
-	types100 "github.com/containernetworking/cni/pkg/types/100"
 )
 
-func sampleResult() *types100.Result {
-	return &types100.Result{
-		CNIVersion: ResultVersion,
-		Interfaces: []*types100.Interface{{Name: "eth0", Mac: "02:00:00:00:00:01", Sandbox: "/var/run/netns/p1"}},
-		IPs: []*types100.IPConfig{{
-			Interface: types100.Int(0),
-			Address:   net.IPNet{IP: net.ParseIP("198.18.0.10").To4(), Mask: net.CIDRMask(32, 32)},
-			Gateway:   net.ParseIP("169.254.1.1").To4(),
-		}},
-		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: net.ParseIP("169.254.1.1").To4()}},
-		DNS:    types.DNS{Nameservers: []string{"198.18.255.10"}, Search: []string{"svc.cluster.local"}},
-	}
-}
+// sampleResult is a CNI 1.1.0 result as the agent encodes one.
+const sampleResult = `{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","mac":"02:00:00:00:00:01","sandbox":"/var/run/netns/p1"}],` +
+	`"ips":[{"interface":0,"address":"198.18.0.10/32","gateway":"169.254.1.1"}],` +
+	`"routes":[{"dst":"0.0.0.0/0","gw":"169.254.1.1"}],"dns":{"nameservers":["198.18.255.10"],"search":["svc.cluster.local"]}}`
 
 func sampleRequest() *Request {
 	return &Request{
@@ -40,7 +27,7 @@ func sampleRequest() *Request {
 			Capabilities: map[string]bool{"bandwidth": true},
 			Raw:          json.RawMessage(`{"cniVersion":"1.1.0","name":"terway","type":"terway"}`),
 		},
-		PrevResult: sampleResult(),
+		PrevResult: json.RawMessage(sampleResult),
 	}
 }
 
@@ -73,7 +60,7 @@ func TestRequestJSONRoundTrip(t *testing.T) {
 }
 
 func TestGCEmptyAttachmentListSurvivesTheWire(t *testing.T) {
-	in := &Request{Command: CmdGC, NetConf: NetConf{CNIVersion: "1.1.0", Name: "n", Type: "terway"}, ValidAttachments: []types.GCAttachment{}}
+	in := &Request{Command: CmdGC, NetConf: NetConf{CNIVersion: "1.1.0", Name: "n", Type: "terway"}, ValidAttachments: []Attachment{}}
 	b, _ := json.Marshal(in)
 	if !strings.Contains(string(b), `"validAttachments":[]`) {
 		t.Fatalf("empty list not sent as []: %s", b)
@@ -95,7 +82,7 @@ func TestGCEmptyAttachmentListSurvivesTheWire(t *testing.T) {
 }
 
 func TestResponseJSON(t *testing.T) {
-	b, _ := json.Marshal(&Response{Error: types.NewError(11, "busy", "later")})
+	b, _ := json.Marshal(&Response{Error: NewError(11, "busy", "later")})
 	if got, want := string(b), `{"error":{"code":11,"msg":"busy","details":"later"}}`; got != want {
 		t.Errorf("error response = %s, want %s", got, want)
 	}
@@ -103,15 +90,13 @@ func TestResponseJSON(t *testing.T) {
 	if string(b) != `{}` {
 		t.Errorf("empty response = %s, want {}", b)
 	}
-	b, _ = json.Marshal(&Response{Result: sampleResult()})
+	b, _ = json.Marshal(&Response{Result: json.RawMessage(sampleResult), Output: json.RawMessage(sampleResult)})
 	var r Response
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := json.Marshal(r.Result)
-	want, _ := json.Marshal(sampleResult())
-	if string(got) != string(want) {
-		t.Errorf("result changed on the wire:\n%s\n%s", got, want)
+	if string(r.Result) != sampleResult || string(r.Output) != sampleResult {
+		t.Errorf("result changed on the wire:\n%s\n%s\n%s", r.Result, r.Output, sampleResult)
 	}
 }
 
@@ -162,7 +147,7 @@ func TestParseCNIArgs(t *testing.T) {
 	}
 	for _, bad := range []string{"K8S_POD_NAME", "=x", "A=1;junk;B=2"} {
 		_, e := ParseCNIArgs(bad)
-		if e == nil || e.Code != types.ErrInvalidEnvironmentVariables || !strings.Contains(e.Msg, "CNI_ARGS pair") {
+		if e == nil || e.Code != ErrInvalidEnvironmentVariables || !strings.Contains(e.Msg, "CNI_ARGS pair") {
 			t.Errorf("%q: got %v, want code 4 naming the pair", bad, e)
 		}
 	}
