@@ -37,3 +37,17 @@ func BenchmarkAllocateRetry(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkList is what every render of the agent reads: the allocations
+// of a node with 250 pods.
+func BenchmarkList(b *testing.B) {
+	s := openTemp(b)
+	for i := range 250 {
+		mustAlloc(b, s, vpcReq(netip16, podName(i), fmt.Sprintf("c%d", i)))
+	}
+	for b.Loop() {
+		if _, err := s.List(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -113,11 +113,43 @@ func (s *Store) txn(tx *bolt.Tx) (*txn, error) {
 }
 
 func (t *txn) decode(k, v []byte) (spec.Allocation, error) {
+	s := t.s
+	s.decodedMu.Lock()
+	d, ok := s.decoded[string(k)]
+	s.decodedMu.Unlock()
+	if ok && d.raw == string(v) {
+		return d.alloc, nil // a value: the caller's copy is its own
+	}
 	var a spec.Allocation
 	if err := json.Unmarshal(v, &a); err != nil {
-		return a, fmt.Errorf("allocation store %s: record %q: %w: %w", t.s.path, k, ErrCorrupt, err)
+		return a, fmt.Errorf("allocation store %s: record %q: %w: %w", s.path, k, ErrCorrupt, err)
 	}
+	s.decodedMu.Lock()
+	if s.decoded == nil {
+		s.decoded = map[string]decodedRecord{}
+	}
+	s.decoded[string(k)] = decodedRecord{raw: string(v), alloc: a}
+	s.decodedMu.Unlock()
 	return a, nil
+}
+
+func (s *Store) decodedCount() int {
+	s.decodedMu.Lock()
+	defer s.decodedMu.Unlock()
+	return len(s.decoded)
+}
+
+// forgetDecoded drops the decoded records whose keys are not in keep. List
+// calls it once they are more than twice the records: deleted records'
+// entries go, at a cost spread over many lists.
+func (s *Store) forgetDecoded(keep map[string]bool) {
+	s.decodedMu.Lock()
+	defer s.decodedMu.Unlock()
+	for k := range s.decoded {
+		if !keep[k] {
+			delete(s.decoded, k)
+		}
+	}
 }
 
 // get reads the record of an attachment key.
@@ -246,30 +278,70 @@ func (s *Store) ByPod(podKey string) (spec.Allocation, bool, error) {
 // render, and what it rebuilds from after a restart.
 func (s *Store) List() ([]spec.Allocation, error) {
 	var out []spec.Allocation
+	var keep map[string]bool // set when the decoded records need pruning
 	err := s.view(func(tx *bolt.Tx) error {
 		t, err := s.txn(tx)
 		if err != nil {
 			return err
 		}
-		out = make([]spec.Allocation, 0, t.allocs.Stats().KeyN)
+		n := t.allocs.Stats().KeyN
+		out = make([]spec.Allocation, 0, n)
+		if s.decodedCount() > 2*n+16 {
+			keep = make(map[string]bool, n)
+		}
 		return t.allocs.ForEach(func(k, v []byte) error {
 			a, err := t.decode(k, v)
 			out = append(out, a)
+			if keep != nil {
+				keep[string(k)] = true
+			}
 			return err
 		})
 	})
 	if err != nil {
 		return nil, err
 	}
+	if keep != nil {
+		s.forgetDecoded(keep)
+	}
 	sortAllocs(out)
 	return out, nil
 }
 
+// sortAllocs orders allocations by pod, then attachment, comparing the
+// fields rather than joined keys (List sorts on every render).
 func sortAllocs(as []spec.Allocation) {
 	slices.SortFunc(as, func(a, b spec.Allocation) int {
-		return cmp.Or(strings.Compare(PodKey(a.Metadata), PodKey(b.Metadata)),
-			strings.Compare(AttachmentOf(a).String(), AttachmentOf(b).String()))
+		return cmp.Or(comparePodKeys(a.Metadata, b.Metadata),
+			compareAttachments(AttachmentOf(a), AttachmentOf(b)))
 	})
+}
+
+// comparePodKeys compares "namespace/name" keys without joining them.
+func comparePodKeys(a, b spec.ObjectMeta) int {
+	return compareJoined(a.Namespace, a.Name, b.Namespace, b.Name)
+}
+
+// compareAttachments compares attachments as their String forms do.
+func compareAttachments(a, b Attachment) int {
+	return compareJoined(a.ContainerID, a.IfName, b.ContainerID, b.IfName)
+}
+
+// compareJoined compares x1+"/"+x2 with y1+"/"+y2 without building them.
+func compareJoined(x1, x2, y1, y2 string) int {
+	if x1 == y1 {
+		return strings.Compare(x2, y2)
+	}
+	n := min(len(x1), len(y1))
+	if c := strings.Compare(x1[:n], y1[:n]); c != 0 {
+		return c
+	}
+	// One first part is a prefix of the other: the shorter one's "/"
+	// meets the longer one's next byte.
+	if len(x1) < len(y1) {
+		return cmp.Compare(byte('/'), y1[n])
+	}
+	return cmp.Compare(x1[n], byte('/'))
 }
 
 // Count returns the number of allocations (for metrics).
