@@ -32,8 +32,11 @@ import (
 // rendered) marks only the policies whose selectors match it before or
 // after, in those lists.
 //
-// Per-pod datapath items, the verdict maps and the source validation set
-// are rebuilt on every render: they cost little per pod.
+//   - each local pod's datapath (fragments.go), while its object, its
+//     allocation, its ENI and the node's configuration are the same.
+//
+// The verdict maps and the source validation set are rebuilt on every
+// render: they cost little per pod.
 //
 // The document is the same, byte for byte, as Render's for the same inputs
 // (TestCacheMatchesRender checks it after every one of a long random
@@ -66,6 +69,12 @@ type Cache struct {
 	groups   map[string]*groupEntry // by group key
 	used     map[string]bool        // group keys of the render under way
 	versions uint64                 // the last version handed out
+
+	// fragments are local pods' datapaths by pod key (fragments.go), made
+	// in fragmentEnv; usedFragments are the keys of the render under way.
+	fragments     map[string]*podFragment
+	fragmentEnv   fragmentEnv
+	usedFragments map[string]bool
 
 	stats CacheStats
 }

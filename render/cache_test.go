@@ -135,10 +135,23 @@ func (c *churn) step() string {
 		in.Allocations = slices.Clone(in.Allocations)
 		c.allocate(p) // ADD (of a pod elsewhere: refused; a second: a duplicate)
 		return "allocation added"
-	case n < 65 && len(in.Allocations) > 0:
+	case n < 61 && len(in.Allocations) > 0:
 		i := c.pick(len(in.Allocations))
 		in.Allocations = slices.Delete(slices.Clone(in.Allocations), i, i+1)
 		return "allocation removed"
+	case n < 65 && len(in.Allocations) > 0:
+		// The pod's sandbox is made again: same pod object, the same or
+		// another address, a new container and namespace.
+		i := c.pick(len(in.Allocations))
+		in.Allocations = slices.Clone(in.Allocations)
+		c.next++
+		a := &in.Allocations[i]
+		a.Spec.ContainerID = fmt.Sprintf("c%d", c.next)
+		a.Spec.Netns = fmt.Sprintf("/var/run/netns/sandbox-%d", c.next)
+		if c.pick(2) == 0 {
+			a.Spec.IP = fmt.Sprintf("198.18.1.%d", 2+c.pick(250))
+		}
+		return "sandbox replaced"
 	case n < 75 && len(in.Policies) < 30:
 		c.next++
 		in.Policies = append(slices.Clone(in.Policies), randomPolicy(c.rng, c.next, c.nss))

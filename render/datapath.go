@@ -75,6 +75,13 @@ func (r *renderer) renderPod(p *podInfo) {
 		return
 	}
 	r.ipOwners[p.ip] = p
+	r.podDatapath(p)
+}
+
+// renderPodDatapath renders the datapath of a pod whose allocation renderPod
+// has checked and whose address it has claimed: what podDatapath keeps.
+func (r *renderer) renderPodDatapath(p *podInfo) {
+	a := p.alloc
 	ifName := a.Spec.IfName
 	if ifName == "" {
 		ifName = "eth0"

@@ -111,10 +111,16 @@ func render(in Inputs, k *Cache) (*spec.NodeState, error) {
 	r.nsList = sortedCopy(in.Namespaces, func(n *corev1.Namespace) string { return n.Name })
 
 	r.hostSysctls()
+	if k != nil {
+		k.beginFragments(fragmentEnv{cfg: cfg, node: r.node, podCIDR: r.podCIDR, nodeIPs: r.nodeIPs})
+	}
 	for _, p := range r.pods {
 		if p.local {
 			r.renderPod(p)
 		}
+	}
+	if k != nil {
+		k.endFragments()
 	}
 	if cfg.Mode == spec.PodModeENIMultiIP {
 		r.renderSharedENIs()
