@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -75,6 +76,14 @@ func (p *Plugin) Run(cmd wire.Command, args *Args) (err error) {
 		return err
 	}
 	_, err = p.call(conf, req)
+	var ce *wire.Error
+	if cmd == wire.CmdDel && req.PrevResult != nil && errors.As(err, &ce) && ce.Code == wire.ErrDecodingFailure {
+		// An agent older than this plugin decodes the prevResult itself
+		// and refuses the whole DEL when it cannot; a DEL must do its best
+		// without it, as the runtime would retry it forever.
+		req.PrevResult = nil
+		_, err = p.call(conf, req)
+	}
 	return err
 }
 
@@ -118,18 +127,13 @@ func printable(res *wire.Response, version, containerID string) ([]byte, *wire.E
 	out := res.Output
 	if len(out) == 0 {
 		// An agent older than this plugin sends the result in
-		// wire.ResultVersion only; 1.0.0 has the same form.
-		if version != wire.ResultVersion && version != "1.0.0" {
+		// wire.ResultVersion only, and has already set the pod up.
+		var err error
+		if out, err = fromResultVersion(res.Result, version); err != nil {
 			return nil, wire.NewError(wire.ErrInternal,
-				fmt.Sprintf("terway ADD: the agent's result for container %q is in CNI %s only, and this plugin cannot convert it to %s", containerID, wire.ResultVersion, version),
-				"the agent is older than the plugin; upgrade terwayd")
+				fmt.Sprintf("terway ADD: the agent's result for container %q cannot be expressed as CNI %s", containerID, version),
+				err.Error()+"; the agent is older than the plugin: upgrade terwayd")
 		}
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(res.Result, &m); err != nil {
-			return nil, wire.NewError(wire.ErrInternal, "terway ADD: the agent's result is not a JSON object", err.Error())
-		}
-		m["cniVersion"], _ = json.Marshal(version)
-		out, _ = json.Marshal(m)
 	}
 	var b bytes.Buffer
 	if err := json.Indent(&b, out, "", "    "); err != nil {
@@ -137,6 +141,62 @@ func printable(res *wire.Response, version, containerID string) ([]byte, *wire.E
 			fmt.Sprintf("terway ADD: the agent's result for container %q is not JSON", containerID), err.Error())
 	}
 	return b.Bytes(), nil
+}
+
+// fromResultVersion converts a result from wire.ResultVersion to version,
+// for an agent that sends no Output, as the agent's converter (the CNI
+// library's) does: 1.0.0 is the same form relabelled; 0.4.0 names each
+// IP's version and knows an interface by name, MAC and sandbox only.
+func fromResultVersion(result json.RawMessage, version string) (json.RawMessage, error) {
+	var r map[string]json.RawMessage
+	if err := json.Unmarshal(result, &r); err != nil {
+		return nil, fmt.Errorf("the result is not a JSON object: %w", err)
+	}
+	var ifaces, ips []map[string]json.RawMessage
+	for _, f := range []struct {
+		key  string
+		list *[]map[string]json.RawMessage
+	}{{"interfaces", &ifaces}, {"ips", &ips}} {
+		if raw, ok := r[f.key]; ok && string(raw) != "null" {
+			if err := json.Unmarshal(raw, f.list); err != nil {
+				return nil, fmt.Errorf("%s: %w", f.key, err)
+			}
+		}
+	}
+	keep := func(list []map[string]json.RawMessage, fields ...string) {
+		for _, m := range list {
+			for k := range m {
+				if !slices.Contains(fields, k) {
+					delete(m, k)
+				}
+			}
+		}
+	}
+	switch version {
+	case wire.ResultVersion, "1.0.0":
+	case "0.4.0":
+		keep(ifaces, "name", "mac", "sandbox")
+		for _, ip := range ips {
+			var addr string
+			if err := json.Unmarshal(ip["address"], &addr); err != nil {
+				return nil, fmt.Errorf("ips: address: %w", err)
+			}
+			ipVersion := `"4"`
+			if strings.Contains(addr, ":") {
+				ipVersion = `"6"`
+			}
+			ip["version"] = json.RawMessage(ipVersion)
+		}
+	default:
+		return nil, fmt.Errorf("version %s is not one this plugin speaks", version)
+	}
+	r["cniVersion"], _ = json.Marshal(version)
+	for key, list := range map[string][]map[string]json.RawMessage{"interfaces": ifaces, "ips": ips} {
+		if list != nil {
+			r[key], _ = json.Marshal(list)
+		}
+	}
+	return json.Marshal(r)
 }
 
 // call sends req to the agent named by conf and maps every failure to a CNI

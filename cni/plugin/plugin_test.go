@@ -3,9 +3,18 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/terway-reconciler/terway/cni/wire"
 )
@@ -116,13 +125,81 @@ func TestPrintable(t *testing.T) {
 	if e != nil || !strings.Contains(string(out), "\n    \"ips\": [") || !strings.Contains(string(out), `"version": "4"`) {
 		t.Errorf("output: %s, %v", out, e)
 	}
-	// An older agent sends no output: 1.0.0 is the same form, relabelled;
-	// 0.4.0 is not.
+	// An older agent sends no output: the plugin converts.
 	out, e = printable(&wire.Response{Result: result}, "1.0.0", "c1")
 	if e != nil || !strings.Contains(string(out), `"cniVersion": "1.0.0"`) {
 		t.Errorf("relabelled: %s, %v", out, e)
 	}
-	if _, e := printable(&wire.Response{Result: result}, "0.4.0", "c1"); e == nil || !strings.Contains(e.Details, "upgrade terwayd") {
-		t.Errorf("0.4.0 from an older agent: %v", e)
+	if _, e := printable(&wire.Response{Result: result}, "0.3.1", "c1"); e == nil || !strings.Contains(e.Details, "upgrade terwayd") {
+		t.Errorf("0.3.1 from an older agent: %v", e)
+	}
+}
+
+// TestFromResultVersionIsTheLibrarys: the plugin's conversion for an older
+// agent gives what the agent's (the CNI library's) gives.
+func TestFromResultVersionIsTheLibrarys(t *testing.T) {
+	result := `{"cniVersion":"1.1.0",` +
+		`"interfaces":[{"name":"eth0","mac":"02:00:00:00:00:01","mtu":1500,"sandbox":"/var/run/netns/p","socketPath":"/s","pciID":"0000:00:01.0"},{"name":"veth1"}],` +
+		`"ips":[{"interface":0,"address":"198.18.0.7/32","gateway":"169.254.1.1"},{"address":"fd00::7/128"}],` +
+		`"routes":[{"dst":"0.0.0.0/0","gw":"169.254.1.1","mtu":1400,"advmss":1360,"priority":5,"table":100,"scope":0}],` +
+		`"dns":{"nameservers":["198.18.255.10"],"search":["svc.cluster.local"]}}`
+	for _, version := range SupportedVersions {
+		var lib types100.Result
+		if err := json.Unmarshal([]byte(result), &lib); err != nil {
+			t.Fatal(err)
+		}
+		conv, err := lib.GetAsVersion(version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(conv)
+		got, err := fromResultVersion([]byte(result), version)
+		if err != nil {
+			t.Fatalf("%s: %v", version, err)
+		}
+		var g, w any
+		_ = json.Unmarshal(got, &g)
+		_ = json.Unmarshal(want, &w)
+		if !reflect.DeepEqual(g, w) {
+			t.Errorf("%s:\n got %s\nwant %s", version, got, want)
+		}
+	}
+}
+
+// TestDelWithoutPrevResultForAnOlderAgent: an agent older than the plugin
+// decodes the prevResult itself and refuses a DEL it cannot decode (code
+// 6); the plugin asks again without it.
+func TestDelWithoutPrevResultForAnOlderAgent(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := wire.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls []wire.Request
+	var mu sync.Mutex
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req wire.Request
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		mu.Lock()
+		calls = append(calls, req)
+		mu.Unlock()
+		if req.PrevResult != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"error":{"code":6,"msg":"terway agent: DEL: request body is not a valid request: invalid CIDR address"}}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{}`))
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	stdin := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"n","type":"terway","socket":%q,"prevResult":{"cniVersion":"0.4.0","ips":[{"version":"4","address":"198.18.0.5"}]}}`, sock)
+	err = (&Plugin{}).Run(wire.CmdDel, &Args{ContainerID: "c1", IfName: "eth0", Path: "/opt/cni/bin", StdinData: []byte(stdin)})
+	if err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 2 || calls[0].PrevResult == nil || calls[1].PrevResult != nil {
+		t.Fatalf("the agent saw %d calls; want the DEL with its prevResult, then without", len(calls))
 	}
 }

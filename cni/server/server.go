@@ -157,6 +157,13 @@ func DecodeRequest(r *http.Request) (*wire.Request, *types.Error) {
 	if e := req.Validate(); e != nil {
 		return nil, fromWire(e)
 	}
+	if req.Command == wire.CmdAdd {
+		// Refused before the handler sets anything up, not after.
+		if _, err := (&types100.Result{CNIVersion: wire.ResultVersion}).GetAsVersion(req.CNIVersion); err != nil {
+			return nil, types.NewError(types.ErrIncompatibleCNIVersion,
+				fmt.Sprintf("terway agent: ADD: a result cannot be expressed as CNI %s", req.CNIVersion), err.Error())
+		}
+	}
 	if e := normalisePrevResult(req); e != nil {
 		return nil, e
 	}

@@ -397,3 +397,22 @@ func TestDecodeRequestNormalisesPrevResult(t *testing.T) {
 		}
 	}
 }
+
+// TestAddInAVersionWithoutAResultFormIsRefusedFirst: the agent converts the
+// result to the request's version only after setting the pod up; a
+// version it cannot convert to is refused before the handler runs.
+func TestAddInAVersionWithoutAResultFormIsRefusedFirst(t *testing.T) {
+	h := &funcHandler{got: make(chan *wire.Request, 1)}
+	req := addRequest()
+	req.CNIVersion, req.NetConf.CNIVersion = "9.9.9", "9.9.9"
+	_, err := wire.NewClient(serve(t, h), 10*time.Second).Add(context.Background(), req)
+	var ce *wire.Error
+	if !errors.As(err, &ce) || ce.Code != wire.ErrIncompatibleCNIVersion || !strings.Contains(ce.Msg, "9.9.9") {
+		t.Fatalf("got %v, want code 1 naming 9.9.9", err)
+	}
+	select {
+	case got := <-h.got:
+		t.Fatalf("the handler ran for %+v", got)
+	default:
+	}
+}
