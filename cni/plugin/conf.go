@@ -96,7 +96,8 @@ func CheckStdin(data []byte) *wire.Error {
 }
 
 // ParseConf reads the network config for cmd and validates it: bad JSON →
-// code 6; a missing or invalid field → code 7 naming it.
+// code 6; a version the plugin does not speak or that does not define cmd
+// → code 1; a missing or invalid field → code 7 naming it.
 //
 // prevResult travels as written: the agent converts it to 1.1.0, failing
 // CHECK (which depends on it) on a broken one and going on without it for
@@ -104,6 +105,13 @@ func CheckStdin(data []byte) *wire.Error {
 // "cni.dev/valid-attachments"; a null list means the runtime has none.
 func ParseConf(cmd wire.Command, data []byte) (*Conf, *wire.Error) {
 	if e := CheckStdin(data); e != nil {
+		return nil, e
+	}
+	var v struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	_ = json.Unmarshal(data, &v) // CheckStdin proved it a string
+	if e := checkVersion(cmd, v.CNIVersion); e != nil {
 		return nil, e
 	}
 	var raw rawConf

@@ -58,6 +58,8 @@ func TestParseConf(t *testing.T) {
 	}{
 		{"minimal", wire.CmdAdd, `{` + base + `}`, 0, ""},
 		{"no type", wire.CmdAdd, `{"cniVersion":"1.1.0","name":"n"}`, 7, `"type" is missing`},
+		{"version not spoken", wire.CmdAdd, `{"cniVersion":"0.3.1","name":"n","type":"terway"}`, 1, "incompatible"},
+		{"version without GC", wire.CmdGC, `{"cniVersion":"1.0.0","name":"n","type":"terway","cni.dev/valid-attachments":[]}`, 1, "does not allow GC"},
 		{"bad name", wire.CmdAdd, `{"cniVersion":"1.1.0","name":"a b","type":"terway"}`, 7, `"name"`},
 		{"socket not string", wire.CmdAdd, `{` + base + `,"socket":5}`, 6, `field "socket"`},
 		{"socket relative", wire.CmdAdd, `{` + base + `,"socket":"run/t.sock"}`, 7, `"socket"`},

@@ -50,7 +50,7 @@ func run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdou
 	}
 	_ = json.Unmarshal(data, &v) // for the error's version, when it decodes
 	if e == nil {
-		e = checkInvocation(command, getenv, v.CNIVersion)
+		e = checkEnv(command, getenv)
 	}
 	if e != nil {
 		printError(stdout, e, v.CNIVersion)
@@ -82,10 +82,9 @@ var requiredEnv = map[wire.Command][]string{
 // minVersion is the oldest config version that defines each command.
 var minVersion = map[wire.Command]string{wire.CmdCheck: "0.4.0", wire.CmdGC: "1.1.0", wire.CmdStatus: "1.1.0"}
 
-// checkInvocation refuses an unknown command (code 4), a missing variable
-// the command needs (4), and a config version the plugin does not speak or
-// that does not define the command (1).
-func checkInvocation(cmd wire.Command, getenv func(string) string, confVersion string) *wire.Error {
+// checkEnv refuses an unknown command and a missing variable the command
+// needs (code 4).
+func checkEnv(cmd wire.Command, getenv func(string) string) *wire.Error {
 	if !cmd.Valid() {
 		return wire.NewError(wire.ErrInvalidEnvironmentVariables,
 			fmt.Sprintf("terway: command (CNI_COMMAND) %q is not one of %v or VERSION", string(cmd), wire.Commands), "")
@@ -100,6 +99,12 @@ func checkInvocation(cmd wire.Command, getenv func(string) string, confVersion s
 		return wire.NewError(wire.ErrInvalidEnvironmentVariables,
 			fmt.Sprintf("terway %s: required environment variables %s are missing", cmd, strings.Join(missing, ", ")), "")
 	}
+	return nil
+}
+
+// checkVersion refuses a config version the plugin does not speak, or that
+// does not define the command (code 1).
+func checkVersion(cmd wire.Command, confVersion string) *wire.Error {
 	supported := false
 	for _, s := range SupportedVersions {
 		supported = supported || s == confVersion

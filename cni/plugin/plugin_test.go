@@ -48,7 +48,7 @@ func TestAddRefusesThePluginsOwnNetns(t *testing.T) {
 	}
 }
 
-func TestCheckInvocation(t *testing.T) {
+func TestCheckEnvAndVersion(t *testing.T) {
 	env := map[string]string{"CNI_CONTAINERID": "c1", "CNI_NETNS": "/n", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
 	getenv := func(k string) string { return env[k] }
 	for _, tc := range []struct {
@@ -76,7 +76,10 @@ func TestCheckInvocation(t *testing.T) {
 			}
 			return getenv(k)
 		}
-		e := checkInvocation(tc.cmd, get, tc.version)
+		e := checkEnv(tc.cmd, get)
+		if e == nil {
+			e = checkVersion(tc.cmd, tc.version)
+		}
 		if tc.code == 0 {
 			if e != nil {
 				t.Errorf("%s %s without %s: %v", tc.cmd, tc.version, tc.drop, e)
