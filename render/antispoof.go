@@ -67,7 +67,8 @@ func (r *renderer) renderSourceValidation(t *spec.NFTable) {
 		}
 		pairs = append(pairs, SourcePair{HostVeth: p.entry.HostVeth, IP: p.entry.IP})
 	}
-	set, chain := SourceValidation(pairs)
+	set, chain := sourceValidation(pairs)
+	set.Elements = r.sortDispatch(setPodSources, set.Elements)
 	t.Sets = append(t.Sets, set)
 	t.Chains = append(t.Chains, chain)
 }
@@ -78,6 +79,14 @@ type SourcePair struct{ HostVeth, IP string }
 // SourceValidation is the anti-spoofing set and chain for these pairs (see
 // renderSourceValidation). terwayctl bench measures it against its absence.
 func SourceValidation(pairs []SourcePair) (spec.NFTSet, spec.NFTChain) {
+	set, chain := sourceValidation(pairs)
+	spec.SortElements(set.Elements)
+	return set, chain
+}
+
+// sourceValidation is SourceValidation with the set's elements in the
+// order of pairs.
+func sourceValidation(pairs []SourcePair) (spec.NFTSet, spec.NFTChain) {
 	set := spec.NFTSet{
 		Name: setPodSources, Type: []string{spec.TypeIfName, spec.TypeIPv4Addr},
 		Comment: "host veth of each pod and the one source address it may send from",
@@ -85,7 +94,6 @@ func SourceValidation(pairs []SourcePair) (spec.NFTSet, spec.NFTChain) {
 	for _, p := range pairs {
 		set.Elements = append(set.Elements, spec.NFTElement{Key: []string{p.HostVeth, p.IP}})
 	}
-	spec.SortElements(set.Elements)
 	podLinks := spec.NFTMatch{Selectors: []string{spec.SelIIFName}, Values: []string{spec.HostVethPrefix + "*"}}
 	source := []string{spec.SelIIFName, spec.SelIPSaddr}
 	chain := spec.NFTChain{

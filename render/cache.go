@@ -33,10 +33,9 @@ import (
 // after, in those lists.
 //
 //   - each local pod's datapath (fragments.go), while its object, its
-//     allocation, its ENI and the node's configuration are the same.
-//
-// The verdict maps and the source validation set are rebuilt on every
-// render: they cost little per pod.
+//     allocation, its ENI and the node's configuration are the same;
+//   - the dispatch sets' sorted elements (the verdict maps, the hairpin
+//     and source validation sets), while the render builds the same ones.
 //
 // The document is the same, byte for byte, as Render's for the same inputs
 // (TestCacheMatchesRender checks it after every one of a long random
@@ -75,6 +74,8 @@ type Cache struct {
 	fragments     map[string]*podFragment
 	fragmentEnv   fragmentEnv
 	usedFragments map[string]bool
+	// dispatch are the dispatch sets' last elements, by set name.
+	dispatch map[string]dispatchEntry
 
 	stats CacheStats
 }

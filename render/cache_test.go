@@ -328,3 +328,55 @@ func TestCacheTouchesOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("a pod no selector can match made %d policies resolve again (at most %d select every pod): %+v", st.PoliciesResolved, wide, st)
 	}
 }
+
+// TestCacheKeepsUnchangedDispatchSets: a render that changes no pod hands
+// out the dispatch sets' element lists of the last one (the nft side
+// indexes a list once), and a pod's change gives new ones.
+func TestCacheKeepsUnchangedDispatchSets(t *testing.T) {
+	c := newChurn(7)
+	for range 30 {
+		c.addPod()
+	}
+	for i := range 20 {
+		c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, 100+i, c.nss))
+	}
+	k := NewCache()
+	first, err := k.Render(c.in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{mapIngressPods, mapEgressPods, setHairpin, setPodSources}
+	elems := func(s *spec.NodeState, name string) []spec.NFTElement { return s.NFTables.Set(name).Elements }
+	for _, name := range names {
+		if len(elems(first, name)) == 0 {
+			t.Fatalf("set %s is empty: the test proves nothing", name)
+		}
+	}
+	// A policy nobody is selected by: no pod's dispatch changes.
+	c.in.Policies = append(slices.Clone(c.in.Policies), &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: c.nss[0], Name: "selects-nobody"},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"no": "such"}}},
+	})
+	second, err := k.Render(c.in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if a, b := elems(first, name), elems(second, name); &a[0] != &b[0] {
+			t.Errorf("set %s: a render that changed no pod built a new element list", name)
+		}
+	}
+	// A new local pod with an allocation: the source validation set gains it.
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: c.nss[0], Name: "new", UID: "u-new"},
+		Spec: corev1.PodSpec{NodeName: "n1"}, Status: corev1.PodStatus{PodIP: "198.18.0.253"}}
+	c.in.Pods = append(slices.Clone(c.in.Pods), p)
+	c.in.Allocations = slices.Clone(c.in.Allocations)
+	c.allocate(p)
+	third, err := k.Render(c.in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := elems(second, setPodSources), elems(third, setPodSources); len(b) != len(a)+1 {
+		t.Errorf("a new pod took %s from %d to %d elements", setPodSources, len(a), len(b))
+	}
+}

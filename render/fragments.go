@@ -146,3 +146,45 @@ func (k *Cache) endFragments() {
 		}
 	}
 }
+
+// The dispatch sets (the ingress and egress verdict maps, the hairpin set
+// and the source validation set) hold one element per pod and are built on
+// every render, which costs little; sorting them costs more. The cache
+// keeps each one's last elements as built and as sorted, and hands out the
+// same sorted list while the built one is the same: a render that changed
+// no pod's address, veth or policy group sorts none of them, and the nft
+// side, which indexes a set's elements once per list, indexes none again.
+
+// dispatchEntry is a dispatch set's last elements, as built and sorted.
+type dispatchEntry struct {
+	built, sorted []spec.NFTElement
+}
+
+// sortDispatch returns elems (built by this render, in pod or group order)
+// in canonical order: the cache's last sorted list when they are the same
+// as last time.
+func (r *renderer) sortDispatch(name string, elems []spec.NFTElement) []spec.NFTElement {
+	k := r.cache
+	if k == nil {
+		spec.SortElements(elems)
+		return elems
+	}
+	if e, ok := k.dispatch[name]; ok && slices.EqualFunc(e.built, elems, sameElement) {
+		return e.sorted
+	}
+	sorted := slices.Clone(elems)
+	spec.SortElements(sorted)
+	if k.dispatch == nil {
+		k.dispatch = map[string]dispatchEntry{}
+	}
+	k.dispatch[name] = dispatchEntry{built: elems, sorted: sorted}
+	return sorted
+}
+
+func sameElement(a, b spec.NFTElement) bool {
+	if !slices.Equal(a.Key, b.Key) || (a.Verdict == nil) != (b.Verdict == nil) {
+		return false
+	}
+	return a.Verdict == nil || a.Verdict.Kind == b.Verdict.Kind && a.Verdict.Chain == b.Verdict.Chain &&
+		a.Verdict.Map == b.Verdict.Map && slices.Equal(a.Verdict.Selectors, b.Verdict.Selectors)
+}

@@ -93,7 +93,8 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 	r.cache.endGroups()
 	r.hairpinElements(t)
 	for _, name := range []string{mapIngressPods, mapEgressPods, setHairpin} {
-		spec.SortElements(t.Set(name).Elements)
+		s := t.Set(name)
+		s.Elements = r.sortDispatch(name, s.Elements)
 	}
 	r.state.NFTables = t
 	r.renderPodTables(t)
