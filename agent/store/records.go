@@ -329,6 +329,11 @@ func compareAttachments(a, b Attachment) int {
 
 // compareJoined compares x1+"/"+x2 with y1+"/"+y2 without building them.
 func compareJoined(x1, x2, y1, y2 string) int {
+	if strings.IndexByte(x1, '/') >= 0 || strings.IndexByte(y1, '/') >= 0 {
+		// Not a key's parts (a namespace or container id holds no "/"),
+		// but records come from outside: compare what they join to.
+		return strings.Compare(x1+"/"+x2, y1+"/"+y2)
+	}
 	if x1 == y1 {
 		return strings.Compare(x2, y2)
 	}
