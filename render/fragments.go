@@ -38,21 +38,16 @@ type podFragment struct {
 	pod   *corev1.Pod // objects are replaced, never modified (see Cache)
 	alloc spec.Allocation
 	ip    netip.Addr
-	eni   *spec.ENI // a copy, nil when the allocation names none we have
+	eni   *spec.ENI // nil when the allocation names none we have; a copy once kept
 
 	entry *spec.Pod // nil: the pod's datapath was refused (problems say why)
 	part  spec.NodeState
 }
 
-// fragmentInputs is podFragment's inputs for p in this render.
+// fragmentInputs is podFragment's inputs for p in this render; its ENI is
+// the render's own until the fragment is kept.
 func (r *renderer) fragmentInputs(p *podInfo) podFragment {
-	f := podFragment{pod: p.pod, alloc: *p.alloc, ip: p.ip}
-	if eni := r.enis[p.alloc.Spec.ENI]; eni != nil {
-		c := *eni
-		c.Spec.SecondaryIPs = slices.Clone(eni.Spec.SecondaryIPs)
-		f.eni = &c
-	}
-	return f
+	return podFragment{pod: p.pod, alloc: *p.alloc, ip: p.ip, eni: r.enis[p.alloc.Spec.ENI]}
 }
 
 func (f *podFragment) sameInputs(o *podFragment) bool {
@@ -120,6 +115,11 @@ func (r *renderer) podDatapath(p *podInfo) {
 	before := lensOf(r.state)
 	r.renderPodDatapath(p)
 	in.part = since(r.state, before)
+	if in.eni != nil {
+		c := *in.eni
+		c.Spec.SecondaryIPs = slices.Clone(c.Spec.SecondaryIPs)
+		in.eni = &c
+	}
 	if p.entry != nil {
 		e := *p.entry
 		in.entry = &e

@@ -30,9 +30,9 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/terway-reconciler/terway/spec"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Errors callers can test with errors.Is. Every returned error also names

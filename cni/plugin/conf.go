@@ -69,30 +69,35 @@ type rawConf struct {
 // CheckStdin gives garbage on stdin a precise error before the CNI library
 // sees it: not JSON, or not an object → code 6; cniVersion or name missing
 // or not strings → code 7 naming the field. (The library alone would call
-// a config without cniVersion "incompatible version 0.1.0".)
-func CheckStdin(data []byte) *wire.Error {
+// a config without cniVersion "incompatible version 0.1.0".) It returns
+// the cniVersion whenever it is a string, also with an error about name,
+// for the error's own version.
+func CheckStdin(data []byte) (version string, e *wire.Error) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return wire.NewError(wire.ErrDecodingFailure, "terway: no network config on stdin", "stdin is empty")
+		return "", wire.NewError(wire.ErrDecodingFailure, "terway: no network config on stdin", "stdin is empty")
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(data, &obj); err != nil {
-		return wire.NewError(wire.ErrDecodingFailure,
+		return "", wire.NewError(wire.ErrDecodingFailure,
 			fmt.Sprintf("terway: network config on stdin is not a JSON object: %v", err),
 			fmt.Sprintf("stdin begins %q", begin(data)))
 	}
 	for _, field := range []string{"cniVersion", "name"} {
 		raw, ok := obj[field]
 		if !ok || string(raw) == "null" {
-			return wire.NewError(wire.ErrInvalidNetworkConfig,
+			return version, wire.NewError(wire.ErrInvalidNetworkConfig,
 				fmt.Sprintf("terway network config: field %q is missing", field), "")
 		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return wire.NewError(wire.ErrInvalidNetworkConfig,
+			return version, wire.NewError(wire.ErrInvalidNetworkConfig,
 				fmt.Sprintf("terway network config: field %q is not a string: %s", field, begin(raw)), "")
 		}
+		if field == "cniVersion" {
+			version = s
+		}
 	}
-	return nil
+	return version, nil
 }
 
 // ParseConf reads the network config for cmd and validates it: bad JSON →
@@ -104,14 +109,11 @@ func CheckStdin(data []byte) *wire.Error {
 // DEL. Here CHECK only needs it to be a JSON object. GC needs
 // "cni.dev/valid-attachments"; a null list means the runtime has none.
 func ParseConf(cmd wire.Command, data []byte) (*Conf, *wire.Error) {
-	if e := CheckStdin(data); e != nil {
+	version, e := CheckStdin(data)
+	if e != nil {
 		return nil, e
 	}
-	var v struct {
-		CNIVersion string `json:"cniVersion"`
-	}
-	_ = json.Unmarshal(data, &v) // CheckStdin proved it a string
-	if e := checkVersion(cmd, v.CNIVersion); e != nil {
+	if e := checkVersion(cmd, version); e != nil {
 		return nil, e
 	}
 	var raw rawConf

@@ -31,7 +31,7 @@ func TestCheckStdin(t *testing.T) {
 		{`{"cniVersion":"1.1.0","type":"terway"}`, 7, `"name" is missing`},
 		{`{"cniVersion":"1.1.0","name":"n"}`, 0, ""},
 	} {
-		e := CheckStdin([]byte(tc.in))
+		_, e := CheckStdin([]byte(tc.in))
 		if tc.code == 0 {
 			if e != nil {
 				t.Errorf("%q: %v", tc.in, e)

@@ -42,18 +42,19 @@ func run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdou
 	}
 	command := wire.Command(cmd)
 	data, e := readStdin(stdin)
-	if e == nil && command.Valid() {
-		e = CheckStdin(data)
+	var version string // the config's, for the error, when it has one
+	if e == nil {
+		var se *wire.Error
+		version, se = CheckStdin(data)
+		if command.Valid() {
+			e = se // an unknown command is the error to report
+		}
 	}
-	var v struct {
-		CNIVersion string `json:"cniVersion"`
-	}
-	_ = json.Unmarshal(data, &v) // for the error's version, when it decodes
 	if e == nil {
 		e = checkEnv(command, getenv)
 	}
 	if e != nil {
-		printError(stdout, e, v.CNIVersion)
+		printError(stdout, e, version)
 		return 1
 	}
 	args := &Args{
@@ -63,7 +64,7 @@ func run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdou
 	}
 	p := &Plugin{Stdout: stdout, Context: ctx}
 	if err := p.Run(command, args); err != nil {
-		printError(stdout, CNIError(command, err), v.CNIVersion)
+		printError(stdout, CNIError(command, err), version)
 		return 1
 	}
 	return 0

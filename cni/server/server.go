@@ -175,20 +175,14 @@ func DecodeRequest(r *http.Request) (*wire.Request, *types.Error) {
 // which depends on it, and is dropped for DEL, which must do its best
 // without it; other commands carry none.
 func normalisePrevResult(req *wire.Request) *types.Error {
-	if len(req.PrevResult) == 0 || string(req.PrevResult) == "null" {
+	if len(req.PrevResult) == 0 || string(req.PrevResult) == "null" || req.Command != wire.CmdCheck && req.Command != wire.CmdDel {
 		req.PrevResult = nil
 		return nil
 	}
-	if req.Command != wire.CmdCheck && req.Command != wire.CmdDel {
-		req.PrevResult = nil
-		return nil
-	}
-	res, err := ParsePrevResult(req.CNIVersion, req.PrevResult)
-	if err == nil {
-		req.PrevResult, err = json.Marshal(res)
-	}
+	data, err := prevResultIn(req.CNIVersion, req.PrevResult)
 	switch {
 	case err == nil:
+		req.PrevResult = data
 	case req.Command == wire.CmdCheck:
 		return types.NewError(types.ErrDecodingFailure,
 			fmt.Sprintf("terway network config: field \"prevResult\": %v", err), "")
@@ -198,22 +192,22 @@ func normalisePrevResult(req *wire.Request) *types.Error {
 	return nil
 }
 
-// ParsePrevResult decodes a prevResult written in the version its own
-// "cniVersion" names (confVersion when it names none) and converts it to
-// wire.ResultVersion.
-func ParsePrevResult(confVersion string, raw json.RawMessage) (*types100.Result, error) {
-	var own struct {
-		CNIVersion string `json:"cniVersion"`
-	}
-	if err := json.Unmarshal(raw, &own); err != nil {
-		return nil, fmt.Errorf("not a JSON object: %w", err)
-	}
-	pc := &types.PluginConf{CNIVersion: confVersion, RawPrevResult: map[string]any{}}
-	if own.CNIVersion != "" {
-		pc.CNIVersion = own.CNIVersion
-	}
+// prevResultIn decodes a prevResult written in the version its own
+// "cniVersion" names (confVersion when it names none) and returns it
+// converted to wire.ResultVersion, as JSON.
+func prevResultIn(confVersion string, raw json.RawMessage) (json.RawMessage, error) {
+	pc := &types.PluginConf{CNIVersion: confVersion}
 	if err := json.Unmarshal(raw, &pc.RawPrevResult); err != nil {
 		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if v, ok := pc.RawPrevResult["cniVersion"]; ok && v != nil {
+		s, isString := v.(string)
+		if !isString {
+			return nil, fmt.Errorf("cniVersion %v is not a string", v)
+		}
+		if s != "" {
+			pc.CNIVersion = s
+		}
 	}
 	if err := version.ParsePrevResult(pc); err != nil {
 		return nil, err
@@ -231,7 +225,7 @@ func ParsePrevResult(confVersion string, raw json.RawMessage) (*types100.Result,
 	if err != nil {
 		return nil, fmt.Errorf("not a usable result: %w", err)
 	}
-	return res, nil
+	return data, nil
 }
 
 // PrevResult returns the request's prevResult, which DecodeRequest has
