@@ -301,7 +301,7 @@ func (c *policyCompiler) resolveRule(pp *parsedPolicy, rule *parsedRule, egress 
 	} else {
 		addrs := slices.Clone(rule.blocks)
 		for _, p := range pods {
-			addrs = append(addrs, addrSpan(c.peerIP(p)))
+			addrs = append(addrs, c.peerSpan(p))
 		}
 		rr.addrs = mergeSpans(addrs)
 	}
@@ -320,7 +320,7 @@ func (c *policyCompiler) resolveRule(pp *parsedPolicy, rule *parsedRule, egress 
 		// no peer has allows nothing.
 		for _, peer := range peers {
 			if n, ok := namedPort(peer.pod, port.name, port.proto); ok {
-				rr.egressNamed = append(rr.egressNamed, portAllow{port.proto, portRange{n, n}, []span{addrSpan(c.peerIP(peer))}})
+				rr.egressNamed = append(rr.egressNamed, portAllow{port.proto, portRange{n, n}, []span{c.peerSpan(peer)}})
 			}
 		}
 	}
@@ -362,6 +362,14 @@ func (c *policyCompiler) peerIP(p *podInfo) netip.Addr {
 		return netip.Addr{}
 	}
 	return p.ip
+}
+
+// peerSpan is a peer pod's address as a span, pinned when the pod is on
+// this node (see span).
+func (c *policyCompiler) peerSpan(p *podInfo) span {
+	s := addrSpan(c.peerIP(p))
+	s.pin = p.local && p.entry != nil
+	return s
 }
 
 func ipBlockSpans(b *networkingv1.IPBlock) ([]span, *fieldError) {

@@ -111,19 +111,28 @@ func splitProfiles(pieces []portPiece) []portProfile {
 	// A sweep along the address axis: at each boundary the active classes
 	// change, and between boundaries the addresses share one profile, the
 	// union of the active classes' ports. A class is never active twice at
-	// once because its spans are merged.
+	// once because its spans are disjoint.
 	type event struct {
 		at    uint64
 		class int
 		start bool
 	}
 	var events []event
+	pinned := map[uint32]bool{} // pods' own addresses (see span)
 	for i, c := range classes {
 		for _, s := range c.addrs {
 			events = append(events, event{uint64(s.lo), i, true}, event{uint64(s.hi) + 1, i, false})
+			if s.pin {
+				pinned[s.lo] = true
+			}
 		}
 	}
-	slices.SortFunc(events, func(a, b event) int { return cmp.Compare(a.at, b.at) })
+	// Ends before starts at one address: a class's pinned address and the
+	// span right after it are both its own, one ending where the next
+	// starts.
+	slices.SortFunc(events, func(a, b event) int {
+		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(boolNum(a.start), boolNum(b.start)))
+	})
 	var (
 		active   []int // sorted class indexes
 		profiles []portProfile
@@ -137,8 +146,9 @@ func splitProfiles(pieces []portPiece) []portProfile {
 			return
 		}
 		p := &profiles[cur]
-		s := span{uint32(lo), uint32(end - 1)}
-		if n := len(p.addrs); n > 0 && uint64(p.addrs[n-1].hi)+1 == lo {
+		s := span{lo: uint32(lo), hi: uint32(end - 1)}
+		s.pin = s.lo == s.hi && pinned[s.lo]
+		if n := len(p.addrs); n > 0 && touches(p.addrs[n-1], s) {
 			p.addrs[n-1].hi = s.hi
 			return
 		}
@@ -190,6 +200,13 @@ func splitProfiles(pieces []portPiece) []portProfile {
 		return nil
 	}
 	return profiles
+}
+
+func boolNum(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // hashSpans is an FNV-1a hash of a span list, to find equal lists fast.

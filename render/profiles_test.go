@@ -9,7 +9,8 @@ import (
 // TestSplitProfilesMatchRectangles: for random allowances, an (address,
 // protocol, port) triple is in the split form's profiles exactly when it
 // is in the rectangles of the one concatenated set, at random points and
-// at every boundary; each profile's addresses are merged, no address is in
+// at every boundary, also with pods' pinned addresses among them; each
+// profile's addresses are merged, no address is in
 // two profiles, and each profile's ports are sorted and merged.
 func TestSplitProfilesMatchRectangles(t *testing.T) {
 	defer SplitEveryGroupForTest()()
@@ -23,7 +24,11 @@ func TestSplitProfilesMatchRectangles(t *testing.T) {
 			a := portAllow{proto: protos[rng.IntN(len(protos))], ports: portRange{lo, lo + uint16(rng.IntN(3))}}
 			for range 1 + rng.IntN(5) {
 				l := uint32(rng.IntN(200))
-				a.addrs = append(a.addrs, span{l, l + uint32(rng.IntN(20))})
+				a.addrs = append(a.addrs, span{lo: l, hi: l + uint32(rng.IntN(20))})
+			}
+			for range rng.IntN(4) { // pods' own addresses (see span)
+				l := uint32(rng.IntN(220))
+				a.addrs = append(a.addrs, span{lo: l, hi: l, pin: true})
 			}
 			a.addrs = mergeSpans(a.addrs)
 			allows = append(allows, a)
@@ -106,7 +111,7 @@ func TestSplitChosenOnlyWhereItPays(t *testing.T) {
 	product := func(peers, ports int) []portAllow {
 		var addrs []span
 		for i := range peers {
-			addrs = append(addrs, span{uint32(2 * i), uint32(2 * i)})
+			addrs = append(addrs, span{lo: uint32(2 * i), hi: uint32(2 * i)})
 		}
 		var out []portAllow
 		for p := range ports {
@@ -127,7 +132,7 @@ func TestSplitChosenOnlyWhereItPays(t *testing.T) {
 	}
 	var each []portAllow
 	for i := range 2000 {
-		each = append(each, portAllow{"tcp", portRange{uint16(i), uint16(i)}, []span{{uint32(2 * i), uint32(2 * i)}}})
+		each = append(each, portAllow{"tcp", portRange{uint16(i), uint16(i)}, []span{{lo: uint32(2 * i), hi: uint32(2 * i)}}})
 	}
 	if p := splitProfiles(portPieces(each)); p != nil {
 		t.Errorf("2,000 peers on a port each was split into %d profiles", len(p))
@@ -137,7 +142,7 @@ func TestSplitChosenOnlyWhereItPays(t *testing.T) {
 func BenchmarkSplitProfiles(b *testing.B) {
 	var addrs []span
 	for i := range 500 {
-		addrs = append(addrs, span{uint32(2 * i), uint32(2 * i)})
+		addrs = append(addrs, span{lo: uint32(2 * i), hi: uint32(2 * i)})
 	}
 	var allows []portAllow
 	for p := range 100 {

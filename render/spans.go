@@ -12,10 +12,23 @@ import (
 
 // span is an inclusive range of IPv4 addresses as numbers. nft interval
 // sets reject overlapping elements, so every set render emits is built from
-// merged spans: sorted, disjoint and not adjacent.
-type span struct{ lo, hi uint32 }
+// merged spans: sorted, disjoint, and not adjacent unless one of the two is
+// pinned.
+//
+// pin marks the address of a pod on this node, as a peer: merging joins it
+// with a span that overlaps it but never with a neighbour, so that the
+// pod's address stays an element of its own. A CNI ADD or DEL then adds or
+// takes out that element alone (apply/nft's scoped plans find a pod's
+// elements by its address); merged into its neighbours' range, the pod's
+// address would change an element that is not its own, which a scoped plan
+// leaves to the next sync: a new pod not let in where policy allows it, a
+// deleted pod's address still let in where a new pod may get it.
+type span struct {
+	lo, hi uint32
+	pin    bool
+}
 
-var allAddresses = span{0, 1<<32 - 1}
+var allAddresses = span{lo: 0, hi: 1<<32 - 1}
 
 func addrNum(a netip.Addr) uint32 {
 	b := a.As4()
@@ -28,10 +41,10 @@ func numAddr(n uint32) netip.Addr {
 
 func prefixSpan(p netip.Prefix) span {
 	lo := addrNum(p.Masked().Addr())
-	return span{lo, lo | uint32(uint64(1)<<(32-p.Bits())-1)}
+	return span{lo: lo, hi: lo | uint32(uint64(1)<<(32-p.Bits())-1)}
 }
 
-func addrSpan(a netip.Addr) span { n := addrNum(a); return span{n, n} }
+func addrSpan(a netip.Addr) span { n := addrNum(a); return span{lo: n, hi: n} }
 
 // String prints a span as nft accepts it: an address, a CIDR when the span
 // is exactly one prefix, otherwise a range.
@@ -53,7 +66,8 @@ func (s span) String() string {
 	return string(b)
 }
 
-// mergeSpans sorts and coalesces overlapping and adjacent spans.
+// mergeSpans sorts and coalesces overlapping spans, and adjacent ones that
+// are not pinned.
 func mergeSpans(in []span) []span {
 	if len(in) < 2 {
 		return slices.Clone(in)
@@ -68,13 +82,35 @@ func mergeSpans(in []span) []span {
 }
 
 // pushSpan appends x, which starts at or after the last span's start, to
-// a merged list, joining it to the last span where they overlap or touch.
+// a merged list, joining it to the last span where they overlap, or touch
+// and neither is pinned. The result is the same whatever the order of
+// spans with the same start: a pinned address that a later span covers is
+// unpinned, and then joins its neighbour before it.
 func pushSpan(out []span, x span) []span {
-	if n := len(out); n > 0 && uint64(x.lo) <= uint64(out[n-1].hi)+1 {
-		out[n-1].hi = max(out[n-1].hi, x.hi)
+	n := len(out)
+	if n == 0 {
+		return append(out, x)
+	}
+	last := &out[n-1]
+	switch {
+	case x.lo <= last.hi:
+		last.hi = max(last.hi, x.hi)
+		last.pin = last.pin && x.pin // the same pod address twice stays pinned
+		if n > 1 && touches(out[n-2], *last) {
+			out[n-2].hi = last.hi
+			return out[:n-1]
+		}
+		return out
+	case touches(*last, x):
+		last.hi = x.hi
 		return out
 	}
 	return append(out, x)
+}
+
+// touches reports whether b starts right after a ends and both may join.
+func touches(a, b span) bool {
+	return !a.pin && !b.pin && uint64(a.hi)+1 == uint64(b.lo)
 }
 
 // unionSpans returns the union of span lists, merged. Lists sorted by
@@ -138,10 +174,10 @@ func subtractSpans(a, b []span) []span {
 					continue
 				}
 				if y.lo > c.lo {
-					next = append(next, span{c.lo, y.lo - 1})
+					next = append(next, span{lo: c.lo, hi: y.lo - 1})
 				}
 				if y.hi < c.hi {
-					next = append(next, span{y.hi + 1, c.hi})
+					next = append(next, span{lo: y.hi + 1, hi: c.hi})
 				}
 			}
 			cur = next

@@ -1,0 +1,114 @@
+package agent
+
+import (
+	"context"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/apply/nft"
+	"github.com/terway-reconciler/terway/cni/wire"
+	"github.com/terway-reconciler/terway/internal/nstest"
+)
+
+// TestAdjacentPeersNeedNoResync: a pod's ADD puts its address in the peer
+// sets of the policies that admit it, and its DEL takes it out, by
+// themselves, also when the pod's address is next to another admitted
+// pod's. Render used to merge neighbouring addresses into one range, which
+// a CNI request's scoped plan does not touch (it is not the pod's own
+// element): the new pod was refused until the next resync, and a deleted
+// pod's address stayed admitted, ready for the next pod to get it. No
+// resync runs here: after every ADD and DEL the kernel is read back with
+// nft(8) and planned against in full.
+func TestAdjacentPeersNeedNoResync(t *testing.T) {
+	nstest.RequireRoot(t)
+	a, src, node := podSourceAgent(t, "198.18.0.0/24", "198.19.255.1")
+	src.policies = []*networkingv1.NetworkPolicy{{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "from-peers", UID: "from-peers"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+				PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "peer"}}}}}},
+		},
+	}}
+	ctx := context.Background()
+	if out := a.sync(ctx, true); out.Again || !a.Ready() {
+		t.Fatalf("first sync: %+v", out)
+	}
+	netns := map[string]string{}
+	req := func(cmd wire.Command, name string) *wire.Request {
+		return &wire.Request{Command: cmd, ContainerID: "ctr-" + name, Netns: netns[name], IfName: "eth0",
+			Args: wire.PodArgs{Namespace: "x", Name: name, UID: "uid-" + name}}
+	}
+	ips := map[string]string{}
+	var peerSet string
+	// admitted tells whether the kernel's peer set matches ip, as nft(8)
+	// looks an address up in an interval set.
+	admitted := func(ip string) bool {
+		_, err := nstest.Exec(node, "nft", "get", "element", "inet", "terway", peerSet, "{", ip, "}")
+		return err == nil
+	}
+	converged := func(after string) {
+		t.Helper()
+		st, _, err := a.renderSettled()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := a.eng.Plan(ctx, st, engine.PlanOptions{Kinds: []string{nft.Kind}, Full: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.Empty() {
+			t.Errorf("after %s, the kernel is not the document; a full plan:\n%s", after, p.String())
+		}
+	}
+	add := func(name, app string) {
+		t.Helper()
+		src.mu.Lock()
+		src.pods["x/"+name] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name),
+			Labels: map[string]string{"app": app}}, Spec: corev1.PodSpec{NodeName: "node-1"}}
+		src.mu.Unlock()
+		netns[name] = nstest.Netns(t, name)
+		res, err := a.Add(ctx, req(wire.CmdAdd, name))
+		if err != nil {
+			t.Fatalf("ADD %s: %v", name, err)
+		}
+		ips[name] = res.IPs[0].Address.IP.String()
+		converged("ADD " + name)
+	}
+	add("server", "server")
+	st, _, err := a.renderSettled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerSet = podEntry(st, "x/server").IngressChain + "-all"
+	// Three peers in a row: addresses next to each other.
+	for _, name := range []string{"p1", "p2", "p3"} {
+		add(name, "peer")
+		if !admitted(ips[name]) {
+			t.Errorf("after ADD %s, its address %s is not in %s", name, ips[name], peerSet)
+		}
+	}
+	t.Logf("peers %s, %s, %s", ips["p1"], ips["p2"], ips["p3"])
+
+	// The one in the middle goes: its neighbours stay, it does not.
+	if err := a.Del(ctx, req(wire.CmdDel, "p2")); err != nil {
+		t.Fatal(err)
+	}
+	converged("DEL p2")
+	if admitted(ips["p2"]) {
+		t.Errorf("after DEL p2, its address %s is still in %s", ips["p2"], peerSet)
+	}
+	for _, name := range []string{"p1", "p3"} {
+		if !admitted(ips[name]) {
+			t.Errorf("after DEL p2, %s's address %s left %s", name, ips[name], peerSet)
+		}
+	}
+	if admitted(ips["server"]) {
+		t.Errorf("the server's own address %s is in its peer set %s", ips["server"], peerSet)
+	}
+}
