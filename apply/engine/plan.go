@@ -293,9 +293,11 @@ func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOp
 			}
 			break // a failing item would fail again; the next sync retries
 		}
-		if !touchesLinks(p) {
-			// Only link changes take other items with them; without one,
-			// this round's plan was complete and a re-plan would be empty.
+		if !changesLinks(p) {
+			// Only a link deleted or changed takes other items with it;
+			// without one, this round's plan was complete and a re-plan
+			// would be empty. A link created had no items: those on it
+			// were planned with it, in this round (a CNI ADD's veth).
 			break
 		}
 		opts.Full = false
@@ -304,9 +306,10 @@ func (e *Engine) Apply(ctx context.Context, desired *spec.NodeState, opts PlanOp
 	return rep, nil
 }
 
-func touchesLinks(p *Plan) bool {
+// changesLinks reports whether p deletes or changes an existing link.
+func changesLinks(p *Plan) bool {
 	for _, o := range p.Ops {
-		if o.Kind == links.Kind {
+		if o.Kind == links.Kind && o.Action != op.Create {
 			return true
 		}
 	}
