@@ -53,7 +53,7 @@ type plan struct {
 const verifyPerElemMax = 16
 
 // elemCheck is what a transaction changed in a set it kept: the elements
-// that must now be there as written, and those that must be gone (getElem
+// that must now be there as written, and those that must be gone (getElems
 // reads an interval back whole, so a key names exactly one element).
 // Reading back these few instead of the whole set keeps a pod's change
 // from costing a read of every pod's element of a map.

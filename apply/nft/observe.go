@@ -176,9 +176,10 @@ func readElems(c *conn, s *set) error {
 	return nil
 }
 
-// getElem asks the kernel for the element of set s with e's key, and
-// returns it as the kernel holds it, or nil when the answers show no
-// element exactly e. A get of an interval finds the one holding the key,
+// getElems asks the kernel, for each e of elems, for the element of set s
+// with e's key, and returns it as the kernel holds it, or nil when the
+// answers show no element exactly e. Every query is sent at once
+// (conn.getMany): a CNI ADD reads back its address in a hundred sets. A get of an interval finds the one holding the key,
 // or a neighbour, which then differs from e; an answer that differs is
 // not proof of absence (verifyElems reads the set back then).
 //
@@ -190,56 +191,86 @@ func readElems(c *conn, s *set) error {
 // after the start means an interval open to the top. A concatenation
 // keeps an interval as one element with its end. An interval open to the
 // top is never confirmed this way (nil: verifyElems reads the set back).
-func getElem(c *conn, s *set, e *elem) (*elem, error) {
-	query := func(w []byte) (*msg, error) {
+func getElems(c *conn, s *set, elems []*elem) ([]*elem, error) {
+	type asked struct {
+		first, n int  // its queries' positions: the element's wires
+		end      int  // the end query's, -1 for none
+		open     bool // open to the top: not confirmed this way
+	}
+	var queries [][]byte
+	query := func(w []byte) int {
 		a := append(attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, spec.NFTTable), attrStr(unix.NFTA_SET_ELEM_LIST_SET, s.name)...)
-		a = append(a, nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, nested(unix.NFTA_LIST_ELEM, w))...)
-		m, err := c.get(unix.NFT_MSG_GETSETELEM, familyInet, a)
-		if errors.Is(err, unix.ENOENT) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
-		}
-		return &m, nil
+		queries = append(queries, append(a, nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, nested(unix.NFTA_LIST_ELEM, w))...))
+		return len(queries) - 1
 	}
-	wires := wireElems(s, e, false)
-	if s.interval && len(s.types) == 1 {
-		if _, closed := next(e.key[0].hi); !closed {
-			// Open to the top: no end query can tell it from one that
-			// ends somewhere (the kernel answers some with no element).
-			return nil, nil
-		}
-		wires = wires[:1] // the start; the end is asked for below
-	}
-	var ms []msg
-	for _, w := range wires {
-		m, err := query(w)
-		if m == nil || err != nil {
-			return nil, err
-		}
-		ms = append(ms, *m)
-	}
-	if s.interval && len(s.types) == 1 {
-		if after, ok := next(e.key[0].lo); ok {
-			m, err := query(append(attrU32(unix.NFTA_SET_ELEM_FLAGS, unix.NFT_SET_ELEM_INTERVAL_END),
-				nested(unix.NFTA_SET_ELEM_KEY, attr(unix.NFTA_DATA_VALUE, after))...))
-			if errors.Is(err, unix.EPROTO) {
-				m, err = nil, nil // acked with no element: no end found
+	single := s.interval && len(s.types) == 1
+	asks := make([]asked, len(elems))
+	for i, e := range elems {
+		wires := wireElems(s, e, false)
+		if single {
+			if _, closed := next(e.key[0].hi); !closed {
+				// Open to the top: no end query can tell it from one that
+				// ends somewhere (the kernel answers some with no element).
+				asks[i] = asked{open: true}
+				continue
 			}
-			if err != nil {
-				return nil, err
-			}
-			if m != nil {
-				ms = append(ms, *m)
+			wires = wires[:1] // the start; the end is asked for below
+		}
+		a := asked{first: len(queries), n: len(wires), end: -1}
+		for _, w := range wires {
+			query(w)
+		}
+		if single {
+			if after, ok := next(e.key[0].lo); ok {
+				a.end = query(append(attrU32(unix.NFTA_SET_ELEM_FLAGS, unix.NFT_SET_ELEM_INTERVAL_END),
+					nested(unix.NFTA_SET_ELEM_KEY, attr(unix.NFTA_DATA_VALUE, after))...))
 			}
 		}
+		asks[i] = a
 	}
-	got := &set{name: s.name, types: s.types, typeNames: s.typeNames, interval: s.interval, verdict: s.verdict, elems: map[string]*elem{}}
-	if err := decodeElems(got, ms); err != nil {
-		return nil, fmt.Errorf("decode element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
+	replies, errs, err := c.getMany(unix.NFT_MSG_GETSETELEM, familyInet, queries)
+	if err != nil {
+		return nil, fmt.Errorf("read elements of nft %s %s: %w", s.word(), s.name, err)
 	}
-	return got.elems[e.text], nil
+	out := make([]*elem, len(elems))
+	for i, e := range elems {
+		a := asks[i]
+		if a.open {
+			continue
+		}
+		var ms []msg
+		found := true
+		for q := a.first; q < a.first+a.n; q++ {
+			switch {
+			case errors.Is(errs[q], unix.ENOENT):
+				found = false
+			case errs[q] != nil:
+				return nil, fmt.Errorf("read element %s of nft %s %s: %w", e.text, s.word(), s.name, errs[q])
+			case replies[q] == nil:
+				return nil, fmt.Errorf("read element %s of nft %s %s: kernel acked without a reply: %w", e.text, s.word(), s.name, unix.EPROTO)
+			default:
+				ms = append(ms, *replies[q])
+			}
+		}
+		if !found {
+			continue
+		}
+		if q := a.end; q >= 0 {
+			// Acked with no element, or none: no end found.
+			if err := errs[q]; err != nil && !errors.Is(err, unix.ENOENT) {
+				return nil, fmt.Errorf("read element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
+			}
+			if replies[q] != nil {
+				ms = append(ms, *replies[q])
+			}
+		}
+		got := &set{name: s.name, types: s.types, typeNames: s.typeNames, interval: s.interval, verdict: s.verdict, elems: map[string]*elem{}}
+		if err := decodeElems(got, ms); err != nil {
+			return nil, fmt.Errorf("decode element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
+		}
+		out[i] = got.elems[e.text]
+	}
+	return out, nil
 }
 
 // observeRules reads every rule of our table in one dump (the dump lists

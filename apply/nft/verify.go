@@ -56,25 +56,21 @@ func verify(c *conn, p *plan) error {
 }
 
 // verifyElems reads back the elements a transaction wrote to or deleted
-// from a kept set, one by one.
+// from a kept set, element by element (their queries sent at once).
 func verifyElems(c *conn, ch *elemCheck) error {
 	var missing, extra []string
-	for _, e := range ch.present {
-		got, err := getElem(c, ch.set, e)
-		if err != nil {
-			return err
-		}
-		if got == nil || got.String() != e.String() {
+	got, err := getElems(c, ch.set, slices.Concat(ch.present, ch.absent))
+	if err != nil {
+		return err
+	}
+	for i, e := range ch.present {
+		if g := got[i]; g == nil || g.String() != e.String() {
 			missing = append(missing, e.String())
 		}
 	}
-	for _, e := range ch.absent {
-		got, err := getElem(c, ch.set, e)
-		if err != nil {
-			return err
-		}
-		if got != nil {
-			extra = append(extra, got.String())
+	for _, g := range got[len(ch.present):] {
+		if g != nil {
+			extra = append(extra, g.String())
 		}
 	}
 	if len(missing) > 0 && ch.set.interval {

@@ -276,6 +276,54 @@ func (c *conn) get(typ uint16, family uint8, attrs []byte) (msg, error) {
 	}
 }
 
+// getManyChunk bounds the requests getMany sends at once, so that their
+// replies fit the socket's receive buffer.
+const getManyChunk = 64
+
+// getMany sends each of the requests (attrs) as get does, many in one
+// system call, and returns each one's reply (nil when the kernel acked it
+// without one) and error, in order. The kernel answers a buffer of
+// requests in one pass, where get takes a round trip each. err is set only
+// when the socket fails; a request's own failure is in errs.
+func (c *conn) getMany(typ uint16, family uint8, attrs [][]byte) (replies []*msg, errs []error, err error) {
+	replies, errs = make([]*msg, len(attrs)), make([]error, len(attrs))
+	for from := 0; from < len(attrs); from += getManyChunk {
+		to := min(from+getManyChunk, len(attrs))
+		var req []byte
+		bySeq := map[uint32]int{}
+		for i := from; i < to; i++ {
+			seq := c.nextSeq()
+			bySeq[seq] = i
+			req = appendMsg(req, nftType(typ), unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq, family, 0, attrs[i])
+		}
+		if err := c.send(req); err != nil {
+			return nil, nil, err
+		}
+		for len(bySeq) > 0 {
+			ms, err := c.recv()
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, m := range ms {
+				i, ok := bySeq[m.Header.Seq]
+				if !ok {
+					continue
+				}
+				if m.Header.Type == unix.NLMSG_ERROR {
+					if errno, _, text := nlError(m); errno != 0 {
+						errs[i] = kernelErr(errno, text)
+					}
+					delete(bySeq, m.Header.Seq)
+					continue
+				}
+				r := toMsg(m)
+				replies[i] = &r
+			}
+		}
+	}
+	return replies, errs, nil
+}
+
 // toMsg copies a received message out of the receive buffer, which the
 // next recv overwrites.
 func toMsg(m syscall.NetlinkMessage) msg {
