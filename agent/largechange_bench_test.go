@@ -146,22 +146,7 @@ func largeChange(b *testing.B, locked bool) {
 		return start, end
 	}
 	// phases sums the ADD phase histograms (metrics.addPhases) so far.
-	phases := func() map[string][2]float64 {
-		out := map[string][2]float64{}
-		mfs, err := a.m.reg.Gather()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != "terway_cni_add_phase_seconds" {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				out[m.GetLabel()[0].GetValue()] = [2]float64{m.GetHistogram().GetSampleSum(), float64(m.GetHistogram().GetSampleCount())}
-			}
-		}
-		return out
-	}
+	phases := func() map[string][2]float64 { return a.addPhaseSums(b) }
 	phaseMeans := func(from, to map[string][2]float64) string {
 		var parts []string
 		for _, ph := range []string{"allocate", "lock", "render", "apply"} {

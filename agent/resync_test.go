@@ -29,6 +29,8 @@ type podSource struct {
 	mu       sync.Mutex
 	pods     map[string]*corev1.Pod
 	policies []*networkingv1.NetworkPolicy
+	// namespaces are the Namespace objects, for namespaceSelector peers.
+	namespaces []*corev1.Namespace
 }
 
 func (s *podSource) Start(context.Context) error { return nil }
@@ -38,7 +40,7 @@ func (s *podSource) Node() *corev1.Node          { return s.node }
 func (s *podSource) Snapshot() inputs.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	snap := inputs.Snapshot{Node: s.node, Policies: slices.Clone(s.policies)}
+	snap := inputs.Snapshot{Node: s.node, Policies: slices.Clone(s.policies), Namespaces: slices.Clone(s.namespaces)}
 	for _, p := range s.pods {
 		snap.Pods = append(snap.Pods, p)
 	}

@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/terway-reconciler/terway/cni/wire"
+	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/internal/synth"
+)
+
+// BenchmarkAgentAddAtScale is the agent's part of a CNI ADD (Agent.Add:
+// allocate, render, scoped apply) on a node that already runs many pods
+// under many policies, in process, so that a profile shows where an ADD's
+// time goes (`terwayctl bench --only scale` measures the same through the
+// plugin binary). The node's pods and the cluster around it are those of
+// that benchmark: synth's 1,000 policies over 20 namespaces, 250 pods on
+// other nodes, and 250 resident pods here with synth's labels. Each timed
+// pod is ADDed, then DELed (untimed). The baseline, in the same run, is 10
+// resident pods and no policies. Run:
+//
+//	go test -run '^$' -bench AgentAddAtScale -benchtime 1x ./agent/
+func BenchmarkAgentAddAtScale(b *testing.B) {
+	var base time.Duration
+	for _, size := range []struct{ resident, policies int }{{10, 0}, {250, 1000}} {
+		b.Run(fmt.Sprintf("pods=%d,policies=%d", size.resident, size.policies), func(b *testing.B) {
+			for b.Loop() {
+				p50 := addAtScale(b, size.resident, size.policies)
+				if size.policies == 0 {
+					base = p50
+				} else if base > 0 {
+					b.ReportMetric(float64(p50)/float64(base), "add-p50/baseline")
+				}
+			}
+		})
+	}
+}
+
+// scaleTimed is how many pods each size ADDs and DELs, one at a time.
+const scaleTimed = 50
+
+func addAtScale(b *testing.B, resident, policies int) time.Duration {
+	nstest.RequireRoot(b)
+	a, src, _ := podSourceAgent(b, "198.18.0.0/20", "198.19.255.1")
+	const namespaces = 20
+	if policies > 0 {
+		world := synth.Cluster(synth.Params{RemotePods: 250, Policies: policies, Namespaces: namespaces, Seed: 1})
+		src.policies, src.namespaces = world.Policies, world.Namespaces
+		for _, p := range world.Pods {
+			src.pods[p.Namespace+"/"+p.Name] = p
+		}
+	}
+	// Timed pods are t<i> with synth's labels of i, resident ones r<i>
+	// with those of scaleTimed+i, as in internal/cnibench.
+	pod := func(prefix string, i, n int) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", n%namespaces), Name: fmt.Sprintf("%s%d", prefix, i),
+				UID: types.UID(fmt.Sprintf("uid-%s%d", prefix, i)), Labels: synth.PodLabels(n, namespaces)},
+			Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c", Image: "i",
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "metrics", ContainerPort: 9090}}}}},
+		}
+	}
+	var residents, timed []*corev1.Pod
+	for i := range resident {
+		residents = append(residents, pod("r", i, scaleTimed+i))
+	}
+	for i := range scaleTimed {
+		timed = append(timed, pod("t", i, i))
+	}
+	for _, p := range slices.Concat(residents, timed) {
+		src.pods[p.Namespace+"/"+p.Name] = p
+	}
+	netns := map[string]string{}
+	req := func(cmd wire.Command, p *corev1.Pod) *wire.Request {
+		return &wire.Request{Command: cmd, ContainerID: "ctr-" + p.Name, Netns: netns[p.Name], IfName: "eth0",
+			Args: wire.PodArgs{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)}}
+	}
+	ctx := context.Background()
+	if out := a.sync(ctx, true); !a.Ready() {
+		b.Fatalf("first sync: %+v", out)
+	}
+	for _, p := range slices.Concat(residents, timed) {
+		netns[p.Name] = nstest.Netns(b, p.Name)
+	}
+	for _, p := range residents {
+		if _, err := a.Add(ctx, req(wire.CmdAdd, p)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if out := a.sync(ctx, true); out.Again {
+		b.Fatalf("sync after the resident pods: %+v", out)
+	}
+	before := a.addPhaseSums(b)
+	var adds, dels []time.Duration
+	for _, p := range timed {
+		start := time.Now()
+		if _, err := a.Add(ctx, req(wire.CmdAdd, p)); err != nil {
+			b.Fatal(err)
+		}
+		adds = append(adds, time.Since(start))
+		start = time.Now()
+		if err := a.Del(ctx, req(wire.CmdDel, p)); err != nil {
+			b.Fatal(err)
+		}
+		dels = append(dels, time.Since(start))
+	}
+	after := a.addPhaseSums(b)
+	var phases []string
+	for _, ph := range []string{"allocate", "lock", "render", "apply"} {
+		if n := after[ph][1] - before[ph][1]; n > 0 {
+			phases = append(phases, fmt.Sprintf("%s %.2f ms", ph, 1000*(after[ph][0]-before[ph][0])/n))
+		}
+	}
+	slices.Sort(adds)
+	slices.Sort(dels)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b.ReportMetric(ms(adds[len(adds)/2]), "add-p50-ms")
+	b.ReportMetric(ms(adds[len(adds)*99/100]), "add-p99-ms")
+	b.ReportMetric(ms(dels[len(dels)/2]), "del-p50-ms")
+	b.Logf("%d resident pods, %d policies: ADD p50 %v; mean ADD phases: %s", resident, policies,
+		adds[len(adds)/2].Round(10*time.Microsecond), strings.Join(phases, ", "))
+	return adds[len(adds)/2]
+}
+
+// addPhaseSums returns the sums and counts of the ADD phase histograms
+// (metrics.addPhases) by phase.
+func (a *Agent) addPhaseSums(b *testing.B) map[string][2]float64 {
+	out := map[string][2]float64{}
+	mfs, err := a.m.reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "terway_cni_add_phase_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			out[m.GetLabel()[0].GetValue()] = [2]float64{m.GetHistogram().GetSampleSum(), float64(m.GetHistogram().GetSampleCount())}
+		}
+	}
+	return out
+}
