@@ -108,6 +108,9 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			out.sets[s.name] = s
 		}
 	}
+	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache); err != nil {
+		return nil, err
+	}
 	if err := out.checkRefs(); err != nil {
 		return nil, err
 	}

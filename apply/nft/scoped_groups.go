@@ -1,0 +1,155 @@
+package nft
+
+import (
+	"slices"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// takeChangedGroups takes whole, into out, every chain the scope does not
+// own whose shape changed while the scope's pods' elements change in its
+// sets: its rules, the sets they match against, or a set of them with no
+// address field (which a scoped plan never updates). scopedTable keeps
+// such a chain as written and changes only the pods' elements, which is
+// right while the chain and its sets mean what they meant. When render
+// reshapes a policy group around a pod (the split form's profiles are
+// numbered in address order, and a pod's address can start a new one, end
+// one, or switch the group between the split and the concatenated forms),
+// the written sets no longer mean what the document's sets of the same
+// name do: an ADD would put its address in a set whose ports belong to
+// another profile, and a DEL would leave it in a set the document no
+// longer has. The chain and its sets are then the document's, and the
+// written sets no chain matches against any more are dropped.
+func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, pods, podChains map[string]bool,
+	cache *canonCache) error {
+	want := make(map[string]*spec.NFTSet, len(desired.Sets))
+	for i := range desired.Sets {
+		want[desired.Sets[i].Name] = &desired.Sets[i]
+	}
+	var dropped []string
+	for i := range desired.Chains {
+		in := &desired.Chains[i]
+		wc := written.chains[in.Name]
+		if pods[in.Pod] || wc == nil {
+			continue // the pods' own, or made whole already
+		}
+		// Touched: a set it matches against gets the pods' elements
+		// changed (or is new), or is gone from the document while holding
+		// some. Most groups are not: this looks without allocating.
+		touched := false
+		for _, r := range in.Rules {
+			for _, m := range r.Match {
+				touched = touched || m.Set != "" && out.sets[m.Set] != written.sets[m.Set]
+			}
+		}
+		for _, r := range wc.rules {
+			for _, m := range r.ir.Match {
+				hs := written.sets[m.Set]
+				touched = touched || hs != nil && (out.sets[m.Set] != hs || want[m.Set] == nil && setHoldsPods(hs, sc.Addrs, podChains))
+			}
+		}
+		if !touched {
+			continue
+		}
+		refsIn, refsW := specChainSets(in), recordChainSets(wc)
+		c := cache.chain(in.Name)
+		if c == nil || !sameChain(c.src, in) {
+			var err error
+			if c, err = canonicalChain(in); err != nil {
+				return err
+			}
+		}
+		changed := !slices.Equal(refsIn, refsW) || !sameRuleTexts(c, wc)
+		for _, name := range refsIn {
+			if changed {
+				break
+			}
+			hs := written.sets[name]
+			if hs == nil || len(addrFields(hs)) > 0 {
+				continue
+			}
+			ds, err := canonicalSet(want[name], cache.set(name))
+			if err != nil {
+				return err
+			}
+			changed = sameElems(ds, hs) != nil || sameElems(hs, ds) != nil
+		}
+		if !changed {
+			continue
+		}
+		out.chains[in.Name] = c
+		for _, name := range refsIn {
+			s, err := canonicalSet(want[name], cache.set(name))
+			if err != nil {
+				return err
+			}
+			out.sets[name] = s
+		}
+		for _, name := range refsW {
+			if want[name] == nil {
+				dropped = append(dropped, name)
+			}
+		}
+	}
+	if len(dropped) == 0 {
+		return nil
+	}
+	matched := map[string]bool{}
+	for _, c := range out.chains {
+		for _, name := range recordChainSets(c) {
+			matched[name] = true
+		}
+	}
+	for _, name := range dropped {
+		if !matched[name] {
+			delete(out.sets, name)
+		}
+	}
+	return nil
+}
+
+// specChainSets are the named sets a document chain's rules match
+// against, sorted, each once.
+func specChainSets(c *spec.NFTChain) []string {
+	var out []string
+	for _, r := range c.Rules {
+		for _, m := range r.Match {
+			if m.Set != "" {
+				out = append(out, m.Set)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// recordChainSets is specChainSets of a canonical chain.
+func recordChainSets(c *chain) []string {
+	var out []string
+	for _, r := range c.rules {
+		for _, m := range r.ir.Match {
+			if m.Set != "" {
+				out = append(out, m.Set)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// sameRuleTexts reports whether two canonical chains hold the same rules.
+func sameRuleTexts(a, b *chain) bool {
+	return slices.EqualFunc(a.rules, b.rules, func(x, y rule) bool { return x.text == y.text })
+}
+
+// setHoldsPods reports whether a record set has an element of the scope's
+// pods (elemIsPods over its address fields).
+func setHoldsPods(s *set, addrs []string, podChains map[string]bool) bool {
+	fields := addrFields(s)
+	for _, e := range s.elems {
+		if elemIsPods(e, fields, addrs, podChains) {
+			return true
+		}
+	}
+	return false
+}
