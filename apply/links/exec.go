@@ -59,7 +59,10 @@ func createVeth(ns op.Namespaces, d spec.Link) error {
 			return fmt.Errorf("link %s: create veth pair: %s in %s or %s in %s is taken by another link: %w",
 				d.Key(), d.Name, NetnsName(d.Netns), d.Peer.Name, NetnsName(d.Peer.Netns), err)
 		}
-		return nil
+		// The pair appeared since the plan: made as the document says, or
+		// not. Bring it there now: the engine does not plan again after a
+		// round that only creates links.
+		return updateVeth(ns, d)
 	}
 	hb, lb, err := lookup(ns, d.Peer.Netns, d.Peer.Name)
 	if err != nil {

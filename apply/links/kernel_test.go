@@ -155,6 +155,22 @@ func TestVethLifecycle(t *testing.T) {
 	kindstest.SameForeign(t, e, before)
 }
 
+// TestCreateFindsThePairMadeMeanwhile: a pair that appears between the
+// plan and its execution, with another MTU and down, is brought to the
+// document by the create that finds it: the engine plans no second round
+// after a round that only creates links.
+func TestCreateFindsThePairMadeMeanwhile(t *testing.T) {
+	e := kindstest.NewEnv(t, 1)
+	doc := kindstest.VPC(e.Pods)
+	p := kindstest.PodFor(0, e.Pods[0])
+	ops := kind.Plan(t, e, doc)
+	kindstest.WantPlan(t, ops, vethLine("+", p))
+	kindstest.Run(t, e.Node, "ip", "link", "add", p.HostVeth, "mtu", "1400", "address", p.HostMAC, "type", "veth",
+		"peer", "name", "eth0", "address", p.PodMAC, "netns", strings.TrimPrefix(p.Netns, "/var/run/netns/"))
+	kindstest.Exec(t, e, ops)
+	checkPair(t, e, p, 1500)
+}
+
 func TestENILifecycle(t *testing.T) {
 	e := kindstest.NewEnv(t, 1)
 	kindstest.AddForeign(t, e)
