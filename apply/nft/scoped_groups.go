@@ -19,12 +19,22 @@ import (
 // name do: an ADD would put its address in a set whose ports belong to
 // another profile, and a DEL would leave it in a set the document no
 // longer has. The chain and its sets are then the document's, and the
-// written sets no chain matches against any more are dropped.
+// written sets no chain matches against any more are dropped. A group the
+// pods are not in stays as written, whatever its pending change: that is
+// the sync's to apply. (The base chains' hairpin and source validation
+// sets hold every pod: a pending change of their rules, a small one, goes
+// with the next ADD or DEL.)
 func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, pods, podChains map[string]bool,
 	cache *canonCache) error {
-	want := make(map[string]*spec.NFTSet, len(desired.Sets))
-	for i := range desired.Sets {
-		want[desired.Sets[i].Name] = &desired.Sets[i]
+	var want map[string]*spec.NFTSet // the document's sets, once a chain needs them
+	wanted := func(name string) *spec.NFTSet {
+		if want == nil {
+			want = make(map[string]*spec.NFTSet, len(desired.Sets))
+			for i := range desired.Sets {
+				want[desired.Sets[i].Name] = &desired.Sets[i]
+			}
+		}
+		return want[name]
 	}
 	var dropped []string
 	for i := range desired.Chains {
@@ -34,24 +44,36 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 			continue // the pods' own, or made whole already
 		}
 		// Touched: a set it matches against gets the pods' elements
-		// changed (or is new), or is gone from the document while holding
-		// some. Most groups are not: this looks without allocating.
+		// changed, is new and holds some, or is gone from the document
+		// while holding some. A set new for another reason (a pending
+		// edit) does not count: that edit is the sync's. Most groups are
+		// not touched: this looks without allocating.
 		touched := false
 		for _, r := range in.Rules {
 			for _, m := range r.Match {
-				touched = touched || m.Set != "" && out.sets[m.Set] != written.sets[m.Set]
+				if s, hs := out.sets[m.Set], written.sets[m.Set]; !touched && m.Set != "" && s != hs {
+					touched = hs != nil || s != nil && setHoldsPods(s, sc.Addrs, podChains)
+				}
 			}
 		}
 		for _, r := range wc.rules {
 			for _, m := range r.ir.Match {
-				hs := written.sets[m.Set]
-				touched = touched || hs != nil && (out.sets[m.Set] != hs || want[m.Set] == nil && setHoldsPods(hs, sc.Addrs, podChains))
+				if hs := written.sets[m.Set]; !touched && hs != nil {
+					touched = out.sets[m.Set] != hs || wanted(m.Set) == nil && setHoldsPods(hs, sc.Addrs, podChains)
+				}
 			}
 		}
 		if !touched {
 			continue
 		}
 		refsIn, refsW := specChainSets(in), recordChainSets(wc)
+		complete := true
+		for _, name := range refsIn {
+			complete = complete && wanted(name) != nil
+		}
+		if !complete {
+			continue // a chain naming a set the document lacks: a full plan reports it
+		}
 		c := cache.chain(in.Name)
 		if c == nil || !sameChain(c.src, in) {
 			var err error
@@ -68,25 +90,25 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 			if hs == nil || len(addrFields(hs)) > 0 {
 				continue
 			}
-			ds, err := canonicalSet(want[name], cache.set(name))
+			ds, err := canonicalSet(wanted(name), cache.set(name))
 			if err != nil {
 				return err
 			}
-			changed = sameElems(ds, hs) != nil || sameElems(hs, ds) != nil
+			changed = ds != hs && sameElems(ds, hs) != nil
 		}
 		if !changed {
 			continue
 		}
 		out.chains[in.Name] = c
 		for _, name := range refsIn {
-			s, err := canonicalSet(want[name], cache.set(name))
+			s, err := canonicalSet(wanted(name), cache.set(name))
 			if err != nil {
 				return err
 			}
 			out.sets[name] = s
 		}
 		for _, name := range refsW {
-			if want[name] == nil {
+			if wanted(name) == nil {
 				dropped = append(dropped, name)
 			}
 		}

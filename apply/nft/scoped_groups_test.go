@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -45,15 +46,17 @@ func TestScopedPlanTakesReshapedGroupWhole(t *testing.T) {
 	doc := func(grp [][2][]string, other []string) *spec.NFTable {
 		d := testDoc(ps, nil)
 		profileGroup(d, grp)
-		// Another group, reshaped by a pending edit, without the pod.
+		// Another group, reshaped by a pending edit (a rule and a set
+		// more per port), without the pod.
 		o := spec.NFTChain{Name: "other", Comment: "another group"}
-		s := spec.NFTSet{Name: "other-peers", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "its peers",
-			Elements: []spec.NFTElement{{Key: []string{"198.19.0.1"}}}}
 		for _, port := range other {
+			s := spec.NFTSet{Name: "other-peers-" + port, Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "its peers",
+				Elements: []spec.NFTElement{{Key: []string{"198.19.0.1"}}}}
 			o.Rules = append(o.Rules, spec.NFTRule{Match: []spec.NFTMatch{{Selectors: []string{spec.SelIPSaddr}, Set: s.Name},
 				{Selectors: []string{spec.SelTHDport}, Values: []string{port}}}, Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}})
+			d.Sets = append(d.Sets, s)
 		}
-		d.Sets, d.Chains = append(d.Sets, s), append(d.Chains, o)
+		d.Chains = append(d.Chains, o)
 		d.Canonicalize()
 		return d
 	}
@@ -87,6 +90,22 @@ func TestScopedPlanTakesReshapedGroupWhole(t *testing.T) {
 	}
 	if got := e.nft("list", "chain", "inet", "terway", "other"); strings.Contains(got, "81") {
 		t.Errorf("the ADD took the pending reshape of a group without its pod:\n%s", got)
+	}
+	if got := e.nft("get", "element", "inet", "terway", "grp-a1", "{ "+pod+" }"); !strings.Contains(got, pod) {
+		t.Errorf("after the ADD, grp-a1 does not hold the pod:\n%s", got)
+	}
+	for _, l := range lines(e.plan(withPod, true)) {
+		if strings.Contains(l, "grp") {
+			t.Errorf("after the ADD, a full plan still changes the pod's group: %s", l)
+		}
+	}
+
+	// A document whose group names a set it lacks (a render bug) fails
+	// no plan here and panics nothing: a full plan reports it.
+	broken := doc([][2][]string{{ab, xy}, {b, y}}, []string{"80", "81"})
+	broken.Sets = slices.DeleteFunc(broken.Sets, func(s spec.NFTSet) bool { return s.Name == "grp-p2" })
+	if _, err := e.r.PlanScoped(e.reg, e.ns, broken, sc); err != nil {
+		t.Logf("scoped plan of a broken document: %v", err)
 	}
 
 	// The DEL: the pod's profile goes, and the others are numbered again.
