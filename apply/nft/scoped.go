@@ -26,6 +26,11 @@ import (
 //     map element that jumps to one of its chains, or an element whose key
 //     has its address as a field. A DEL so drops the pod's address from
 //     every peer set at once, and an ADD puts it in.
+//   - a chain whose shape changed around the scoped pods (its rules, its
+//     sets, or a set of it without an address field differ from the
+//     record, while its sets hold the pods' elements), whole, with its
+//     sets: a pod's address can reshape a split policy group
+//     (scoped_groups.go).
 //
 // Everything else stays as the record has it, and the next unscoped sync
 // applies the rest. When the record cannot be trusted (first sync, after a
