@@ -8,6 +8,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/apply/nft"
@@ -23,16 +24,26 @@ import (
 // element): the new pod was refused until the next resync, and a deleted
 // pod's address stayed admitted, ready for the next pod to get it. No
 // resync runs here: after every ADD and DEL the kernel is read back with
-// nft(8) and planned against in full.
+// nft(8) and planned against in full. Both shapes of a group's peers: on
+// every port (the group's one-field interval set CHAIN-all) and on one port
+// (its concatenated set CHAIN-ports).
 func TestAdjacentPeersNeedNoResync(t *testing.T) {
 	nstest.RequireRoot(t)
+	t.Run("every port", func(t *testing.T) { adjacentPeers(t, nil) })
+	t.Run("port 80", func(t *testing.T) {
+		tcp, port := corev1.ProtocolTCP, intstr.FromInt32(80)
+		adjacentPeers(t, []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}})
+	})
+}
+
+func adjacentPeers(t *testing.T, ports []networkingv1.NetworkPolicyPort) {
 	a, src, node := podSourceAgent(t, "198.18.0.0/24", "198.19.255.1")
 	src.policies = []*networkingv1.NetworkPolicy{{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "from-peers", UID: "from-peers"},
 		Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
 			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
-				PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "peer"}}}}}},
+				PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "peer"}}}}, Ports: ports}},
 		},
 	}}
 	ctx := context.Background()
@@ -49,7 +60,11 @@ func TestAdjacentPeersNeedNoResync(t *testing.T) {
 	// admitted tells whether the kernel's peer set matches ip, as nft(8)
 	// looks an address up in an interval set.
 	admitted := func(ip string) bool {
-		_, err := nstest.Exec(node, "nft", "get", "element", "inet", "terway", peerSet, "{", ip, "}")
+		key := ip
+		if ports != nil {
+			key += " . tcp . 80"
+		}
+		_, err := nstest.Exec(node, "nft", "get", "element", "inet", "terway", peerSet, "{", key, "}")
 		return err == nil
 	}
 	converged := func(after string) {
@@ -86,6 +101,9 @@ func TestAdjacentPeersNeedNoResync(t *testing.T) {
 		t.Fatal(err)
 	}
 	peerSet = podEntry(st, "x/server").IngressChain + "-all"
+	if ports != nil {
+		peerSet = podEntry(st, "x/server").IngressChain + "-ports"
+	}
 	// Three peers in a row: addresses next to each other.
 	for _, name := range []string{"p1", "p2", "p3"} {
 		add(name, "peer")
