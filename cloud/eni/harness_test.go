@@ -83,6 +83,15 @@ func (e *env) config(minIdle, maxIdle int) eni.Config {
 // start creates and starts a reconciler and runs its loop until the test ends.
 func start(t testing.TB, cfg eni.Config, holdings []eni.Holding) *eni.Reconciler {
 	t.Helper()
+	r, _ := startStoppable(t, cfg, holdings)
+	return r
+}
+
+// startStoppable is start that also returns a stop: its Run ends, and no
+// pool pass of it is under way any more, when stop returns (an agent that
+// exits before the next one starts).
+func startStoppable(t testing.TB, cfg eni.Config, holdings []eni.Holding) (*eni.Reconciler, func()) {
+	t.Helper()
 	r, err := eni.New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -93,8 +102,9 @@ func start(t testing.TB, cfg eni.Config, holdings []eni.Holding) *eni.Reconciler
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { r.Run(ctx) })
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return r
+	stop := sync.OnceFunc(func() { cancel(); wg.Wait() })
+	t.Cleanup(stop)
+	return r, stop
 }
 
 // allocate asks for n IPs for owners prefix-0.., concurrency at a time.
