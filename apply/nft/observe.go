@@ -179,9 +179,10 @@ func readElems(c *conn, s *set) error {
 // getElems asks the kernel, for each e of elems, for the element of set s
 // with e's key, and returns it as the kernel holds it, or nil when the
 // answers show no element exactly e. Every query is sent at once
-// (conn.getMany): a CNI ADD reads back its address in a hundred sets. A get of an interval finds the one holding the key,
-// or a neighbour, which then differs from e; an answer that differs is
-// not proof of absence (verifyElems reads the set back then).
+// (conn.getMany): a CNI ADD reads back its address in a hundred sets. A
+// get of an interval finds the one holding the key, or a neighbour, which
+// then differs from e; an answer that differs is not proof of absence
+// (verifyElems reads the set back then).
 //
 // A one-field interval set keeps an interval as two kernel elements, its
 // start and, flagged, the key after its end. The start is asked for by its
@@ -247,7 +248,7 @@ func getElems(c *conn, s *set, elems []*elem) ([]*elem, error) {
 			case errs[q] != nil:
 				return nil, fmt.Errorf("read element %s of nft %s %s: %w", e.text, s.word(), s.name, errs[q])
 			case replies[q] == nil:
-				return nil, fmt.Errorf("read element %s of nft %s %s: kernel acked without a reply: %w", e.text, s.word(), s.name, unix.EPROTO)
+				return nil, fmt.Errorf("read element %s of nft %s %s: %w", e.text, s.word(), s.name, errAckedWithoutReply)
 			default:
 				ms = append(ms, *replies[q])
 			}

@@ -133,23 +133,20 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 // specChainSets are the named sets a document chain's rules match
 // against, sorted, each once.
 func specChainSets(c *spec.NFTChain) []string {
-	var out []string
-	for _, r := range c.Rules {
-		for _, m := range r.Match {
-			if m.Set != "" {
-				out = append(out, m.Set)
-			}
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	return matchedSets(len(c.Rules), func(i int) []spec.NFTMatch { return c.Rules[i].Match })
 }
 
 // recordChainSets is specChainSets of a canonical chain.
 func recordChainSets(c *chain) []string {
+	return matchedSets(len(c.rules), func(i int) []spec.NFTMatch { return c.rules[i].ir.Match })
+}
+
+// matchedSets are the sets named by the matches of n rules, sorted, each
+// once.
+func matchedSets(n int, matches func(rule int) []spec.NFTMatch) []string {
 	var out []string
-	for _, r := range c.rules {
-		for _, m := range r.ir.Match {
+	for i := range n {
+		for _, m := range matches(i) {
 			if m.Set != "" {
 				out = append(out, m.Set)
 			}

@@ -245,36 +245,20 @@ func (c *conn) dump(typ uint16, family uint8, attrs []byte) ([]msg, error) {
 // get sends a non-dump request and returns its single reply, or an error
 // wrapping the errno (ENOENT when the object does not exist).
 func (c *conn) get(typ uint16, family uint8, attrs []byte) (msg, error) {
-	seq := c.nextSeq()
-	req := appendMsg(nil, nftType(typ), unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq, family, 0, attrs)
-	if err := c.send(req); err != nil {
+	replies, errs, err := c.getMany(typ, family, [][]byte{attrs})
+	switch {
+	case err != nil:
 		return msg{}, err
+	case errs[0] != nil:
+		return msg{}, errs[0]
+	case replies[0] == nil:
+		return msg{}, errAckedWithoutReply
 	}
-	var reply *msg
-	for {
-		ms, err := c.recv()
-		if err != nil {
-			return msg{}, err
-		}
-		for _, m := range ms {
-			if m.Header.Seq != seq {
-				continue
-			}
-			if m.Header.Type == unix.NLMSG_ERROR {
-				errno, _, text := nlError(m)
-				if errno != 0 {
-					return msg{}, kernelErr(errno, text)
-				}
-				if reply == nil {
-					return msg{}, fmt.Errorf("kernel acked without a reply: %w", unix.EPROTO)
-				}
-				return *reply, nil
-			}
-			r := toMsg(m)
-			reply = &r
-		}
-	}
+	return *replies[0], nil
 }
+
+// errAckedWithoutReply is a get the kernel acked with no reply.
+var errAckedWithoutReply = fmt.Errorf("kernel acked without a reply: %w", unix.EPROTO)
 
 // getManyChunk bounds the requests getMany sends at once, so that their
 // replies fit the socket's receive buffer.
