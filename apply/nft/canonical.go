@@ -26,7 +26,7 @@ func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) 
 	out := emptyTable()
 	for i := range t.Sets {
 		in := &t.Sets[i]
-		s, err := canonicalSet(in, cache.set(in.Name))
+		s, err := canonicalSet(in, cache.set(in))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -37,8 +37,8 @@ func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) 
 	}
 	for i := range t.Chains {
 		in := &t.Chains[i]
-		c := cache.chain(in.Name)
-		if c == nil || !sameChain(c.src, in) {
+		c := cache.chain(in)
+		if c == nil {
 			var err error
 			if c, err = canonicalChain(in); err != nil {
 				return nil, nil, err
@@ -52,7 +52,7 @@ func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) 
 	if err := out.checkRefs(); err != nil {
 		return nil, nil, err
 	}
-	return out, &canonCache{sets: out.sets, chains: out.chains}, nil
+	return out, cache.next(out.sets, out.chains), nil
 }
 
 // canonicalSet canonicalises a set. prev, the canonical set of the same

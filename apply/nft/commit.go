@@ -150,6 +150,9 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 		return fmt.Errorf("nft table inet terway in %s: %w", nsName(netns), err)
 	}
 	rec.commits.Add(1)
+	if len(p.staged) == 0 {
+		rec.lastOther.Store(monoNow())
+	}
 	if err := verify(c, p); err != nil {
 		r.fail(netns)
 		return fmt.Errorf("nft table inet terway in %s: the transaction was applied but %w", nsName(netns), err)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/terway-reconciler/terway/apply/op"
 	"github.com/terway-reconciler/terway/spec"
@@ -118,6 +119,14 @@ type record struct {
 	// commits counts commits of the namespace through commitLocked: a
 	// staged fill that sees it move shares the CPU with them.
 	commits atomic.Uint64
+	// lastOther is when (monoNow; 0: never) the last commit through
+	// commitLocked that is not a staged plan's own hop was sent: a fill
+	// that starts soon after takes short steps from its start.
+	lastOther atomic.Int64
+	// scopedAt is when (monoNow; 0: never) the last scoped plan (a CNI
+	// request's) began: its commit is likely a few milliseconds away, and
+	// a staged fill lets it go first (othersAhead).
+	scopedAt atomic.Int64
 	// txns counts every transaction of ours the kernel accepted in the
 	// namespace (commits, staged fills, hops back), each under commitMu.
 	// A full plan notes it with the generation it observed, so that its
@@ -131,12 +140,27 @@ type record struct {
 	// guards.
 	indexes map[string]indexed
 	// wantIndexes hold large desired sets' elements by address, for
-	// scoped plans, each for the element list it was built from; mu
-	// guards. Render hands out a group's unchanged sets with the same
-	// element list every time, so only the sets an input change rendered
-	// again are indexed again.
-	wantIndexes map[string]wantIndexed
+	// scoped plans, each for the element list it was built from, the
+	// latest first; mu guards. Render hands out a group's unchanged sets
+	// with the same element list every time, so only the sets an input
+	// change rendered again are indexed again. Each name keeps
+	// wantIndexLists lists: while a resync applies a policy edit, CNI
+	// requests still render the policies before it (agent/renderviews.go),
+	// and the two documents' lists of one set must not evict each other.
+	wantIndexes map[string][]wantIndexed
 }
+
+// clockStart anchors the records' timestamps (monoNow).
+var clockStart = time.Now()
+
+// monoNow is the time on the records' clock: nanoseconds since
+// clockStart, on the monotonic clock, which a step of the wall clock does
+// not move; never 0.
+func monoNow() int64 { return int64(time.Since(clockStart)) + 1 }
+
+// wantIndexLists is how many element lists of one set name keep their
+// wantIndex.
+const wantIndexLists = 2
 
 // wantIndexed is a wantIndex of one desired element list, named by its
 // first element's address and its length.
@@ -180,20 +204,52 @@ func (r *Reconciler) wantIndexer(rec *record) func(*spec.NFTSet, []int) wantInde
 			return nil
 		}
 		first := &in.Elements[0]
+		same := func(x wantIndexed) bool { return x.first == first && x.n == len(in.Elements) }
+		// use puts x first (the one used last) and keeps wantIndexLists.
+		use := func(x wantIndexed) {
+			lists := append([]wantIndexed{x}, slices.DeleteFunc(slices.Clone(rec.wantIndexes[in.Name]), same)...)
+			rec.wantIndexes[in.Name] = lists[:min(len(lists), wantIndexLists)]
+		}
 		r.mu.Lock()
-		x, ok := rec.wantIndexes[in.Name]
-		r.mu.Unlock()
-		if ok && x.first == first && x.n == len(in.Elements) {
+		if i := slices.IndexFunc(rec.wantIndexes[in.Name], same); i >= 0 {
+			x := rec.wantIndexes[in.Name][i]
+			if i > 0 {
+				use(x)
+			}
+			r.mu.Unlock()
 			return x.idx
 		}
+		r.mu.Unlock()
 		idx := newWantIndex(in.Elements, fields)
 		r.mu.Lock()
 		if rec.wantIndexes == nil {
-			rec.wantIndexes = map[string]wantIndexed{}
+			rec.wantIndexes = map[string][]wantIndexed{}
 		}
-		rec.wantIndexes[in.Name] = wantIndexed{first: first, n: len(in.Elements), idx: idx}
+		use(wantIndexed{first: first, n: len(in.Elements), idx: idx})
 		r.mu.Unlock()
 		return idx
+	}
+}
+
+// warmWantIndexes builds the wantIndexes of desired's large sets that a
+// scoped plan would build: by a resync, before it commits, so that the
+// first CNI request that renders its document finds them ready.
+func (r *Reconciler) warmWantIndexes(rec *record, desired *spec.NFTable) {
+	index := r.wantIndexer(rec)
+	for i := range desired.Sets {
+		in := &desired.Sets[i]
+		if len(in.Elements) < wantIndexMinElems {
+			continue
+		}
+		var fields []int
+		for j, tn := range in.Type {
+			if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
+				fields = append(fields, j)
+			}
+		}
+		if len(fields) > 0 {
+			index(in, fields)
+		}
 	}
 }
 
@@ -304,6 +360,7 @@ func (r *Reconciler) Prepare(netns string, desired *spec.NFTable) {
 		rec.cache = cache
 		r.mu.Unlock()
 	}
+	r.warmWantIndexes(rec, desired)
 }
 
 // PlanFull plans like Plan but always reads the kernel first: for periodic
@@ -404,6 +461,9 @@ func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable,
 func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTable, ask syncMode, sc *Scope) ([]op.Op, error) {
 	r.mu.Lock()
 	rec := r.recordLocked(netns)
+	if sc != nil {
+		rec.scopedAt.Store(monoNow())
+	}
 	full := ask == syncFull || rec.full || (ask == syncAuto && rec.syncs+1 >= r.opts.FullEvery)
 	version, written, cache := rec.version, rec.written, rec.cache
 	r.mu.Unlock()

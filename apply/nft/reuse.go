@@ -28,24 +28,84 @@ import (
 // render's output, a new document every time.
 
 // canonCache holds the canonical sets and chains of the last document by
-// name. A nil cache holds nothing.
+// name, and prev, those of the last different document before it: while
+// a resync applies a policy edit, CNI requests plan the document before
+// the edit (agent/renderviews.go), and the two alternate; each finds its
+// sets and chains in one of the two rather than parsing them again. A nil
+// cache holds nothing.
 type canonCache struct {
 	sets   map[string]*set
 	chains map[string]*chain
+	prev   *canonCache // its own prev is nil
 }
 
-func (c *canonCache) set(name string) *set {
+// set returns the cached set of in's name that in's elements share the
+// most with (the longest common prefix and suffix): the one to reuse or
+// derive in from.
+func (c *canonCache) set(in *spec.NFTSet) *set {
 	if c == nil {
 		return nil
 	}
-	return c.sets[name]
+	best := c.sets[in.Name]
+	if c.prev == nil {
+		return best
+	}
+	alt := c.prev.sets[in.Name]
+	if alt == nil || alt == best {
+		return best
+	}
+	if best == nil || shared(alt, in) > shared(best, in) {
+		return alt
+	}
+	return best
 }
 
-func (c *canonCache) chain(name string) *chain {
-	if c == nil {
-		return nil
+// shared counts the elements of in that s can lend (canonicalSet); -1
+// when s's definition differs.
+func shared(s *set, in *spec.NFTSet) int {
+	if !s.sameSource(in) {
+		return -1
 	}
-	return c.chains[name]
+	p, x := commonEnds(s.src, in.Elements)
+	return p + x
+}
+
+// chain returns the cached chain of in's name whose content is in's, nil
+// if none is.
+func (c *canonCache) chain(in *spec.NFTChain) *chain {
+	for ; c != nil; c = c.prev {
+		if ch := c.chains[in.Name]; ch != nil && sameChain(ch.src, in) {
+			return ch
+		}
+	}
+	return nil
+}
+
+// next returns the cache after a document canonicalised as sets and
+// chains from cache c: c becomes its prev, unless every object was
+// reused from c's own (a document like the last: c's prev stays the
+// alternative).
+func (c *canonCache) next(sets map[string]*set, chains map[string]*chain) *canonCache {
+	out := &canonCache{sets: sets, chains: chains}
+	if c == nil {
+		return out
+	}
+	out.prev = &canonCache{sets: c.sets, chains: c.chains}
+	if len(sets) != len(c.sets) || len(chains) != len(c.chains) {
+		return out
+	}
+	for name, s := range sets {
+		if c.sets[name] != s {
+			return out
+		}
+	}
+	for name, ch := range chains {
+		if c.chains[name] != ch {
+			return out
+		}
+	}
+	out.prev = c.prev
+	return out
 }
 
 // setIDs numbers desired sets, so that a set can name the one it was

@@ -76,8 +76,8 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		if !pods[in.Pod] && written.chains[in.Name] != nil {
 			continue
 		}
-		c := cache.chain(in.Name)
-		if c == nil || !sameChain(c.src, in) {
+		c := cache.chain(in)
+		if c == nil {
 			var err error
 			if c, err = canonicalChain(in); err != nil {
 				return nil, err
@@ -98,7 +98,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		hs := written.sets[in.Name]
 		switch {
 		case pods[in.Pod] || hs == nil:
-			s, err := canonicalSet(in, cache.set(in.Name))
+			s, err := canonicalSet(in, cache.set(in))
 			if err != nil {
 				return nil, err
 			}

@@ -74,8 +74,8 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 		if !complete {
 			continue // a chain naming a set the document lacks: a full plan reports it
 		}
-		c := cache.chain(in.Name)
-		if c == nil || !sameChain(c.src, in) {
+		c := cache.chain(in)
+		if c == nil {
 			var err error
 			if c, err = canonicalChain(in); err != nil {
 				return err
@@ -90,7 +90,7 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 			if hs == nil || len(addrFields(hs)) > 0 {
 				continue
 			}
-			ds, err := canonicalSet(wanted(name), cache.set(name))
+			ds, err := canonicalSet(wanted(name), cache.set(wanted(name)))
 			if err != nil {
 				return err
 			}
@@ -101,7 +101,7 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 		}
 		out.chains[in.Name] = c
 		for _, name := range refsIn {
-			s, err := canonicalSet(wanted(name), cache.set(name))
+			s, err := canonicalSet(wanted(name), cache.set(wanted(name)))
 			if err != nil {
 				return err
 			}

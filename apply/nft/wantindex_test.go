@@ -1,0 +1,151 @@
+package nft
+
+import (
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// bigPeerSet is a concatenated peer set of n elements, from address
+// 198.18.<base>.0 on.
+func bigPeerSet(base, n int) *spec.NFTSet {
+	s := &spec.NFTSet{Name: "in_x_0-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
+	for i := range n {
+		s.Elements = append(s.Elements, spec.NFTElement{Key: []string{fmt.Sprintf("198.18.%d.%d", base+i/250, 1+i%250), "tcp", "80"}})
+	}
+	return s
+}
+
+// TestWantIndexKeepsTheCNIAndResyncLists: while a resync applies a
+// policy edit, CNI requests render the set before the edit and the
+// resync the set after it; each list keeps its index, so that neither
+// makes the other's requests index a large set again. A third list evicts
+// the one used longest ago.
+func TestWantIndexKeepsTheCNIAndResyncLists(t *testing.T) {
+	r := New(Options{})
+	r.mu.Lock()
+	rec := r.recordLocked("test")
+	r.mu.Unlock()
+	index := r.wantIndexer(rec)
+	fields := []int{0}
+	before, after, later := bigPeerSet(0, 600), bigPeerSet(10, 500), bigPeerSet(20, 400)
+	id := func(x wantIndex) uintptr { return reflect.ValueOf(x).Pointer() }
+	// The first list is used again after the second: the second is the
+	// one used longest ago when a third comes.
+
+	a := index(before, fields)
+	b := index(after, fields)
+	if a == nil || b == nil {
+		t.Fatal("a set of 400 or more elements has no index")
+	}
+	if id(index(before, fields)) != id(a) || id(index(after, fields)) != id(b) {
+		t.Error("alternating two lists of one set indexed one of them again")
+	}
+	if got := len(a.lookup(before.Elements, []string{"198.18.1.7"})); got != 1 {
+		t.Errorf("the index of the first list finds %d elements of 198.18.1.7, want 1", got)
+	}
+	index(before, fields)
+	index(later, fields)
+	if id(index(before, fields)) != id(a) {
+		t.Error("the list used last before a third one came was evicted by it")
+	}
+	if id(index(after, fields)) == id(b) {
+		t.Error("three lists of one set all kept their index; want at most wantIndexLists")
+	}
+}
+
+// TestPrepareWarmsTheWantIndexes: a resync prepares its document before it
+// commits; the first scoped plan of that document (a CNI request's, after
+// the resync's policies become the CNI's) finds its large sets indexed.
+func TestPrepareWarmsTheWantIndexes(t *testing.T) {
+	r := New(Options{})
+	doc := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{*bigPeerSet(0, 600)}}
+	r.Prepare("test", doc)
+	r.mu.Lock()
+	rec := r.recordLocked("test")
+	lists := rec.wantIndexes[doc.Sets[0].Name]
+	r.mu.Unlock()
+	if len(lists) != 1 || lists[0].first != &doc.Sets[0].Elements[0] {
+		t.Fatalf("after Prepare, set %s has %d indexed lists, none of them the document's", doc.Sets[0].Name, len(lists))
+	}
+	if got := lists[0].idx.lookup(doc.Sets[0].Elements, []string{"198.18.2.1"}); len(got) != 1 {
+		t.Errorf("the warmed index finds %d elements of 198.18.2.1, want 1", len(got))
+	}
+}
+
+// TestFillLetsAScopedPlanGoFirst: a staged fill holds its next chunk back
+// while a scoped plan (a CNI request's) has begun since the last commit,
+// for at most stageScopedAhead, and not for a plan older than that or one
+// whose commit came.
+func TestFillLetsAScopedPlanGoFirst(t *testing.T) {
+	rec := &record{}
+	now := int64(10 * time.Second)
+	if rec.othersAhead(now) {
+		t.Error("a namespace nobody plans or commits in holds a fill back")
+	}
+	rec.lastOther.Store(now - int64(time.Second))
+	rec.scopedAt.Store(now - int64(time.Millisecond))
+	if !rec.othersAhead(now) {
+		t.Error("a scoped plan begun 1 ms ago, with no commit since, does not hold a fill back")
+	}
+	rec.lastOther.Store(now)
+	if rec.othersAhead(now) {
+		t.Error("a scoped plan whose commit came still holds a fill back")
+	}
+	rec.lastOther.Store(now - int64(time.Second))
+	if rec.othersAhead(now + int64(stageScopedAhead)) {
+		t.Error("a scoped plan that never committed holds a fill back beyond stageScopedAhead")
+	}
+	rec.waiting.Add(1)
+	if !rec.othersAhead(now + int64(time.Hour)) {
+		t.Error("a commit waiting for commitMu does not hold a fill back")
+	}
+}
+
+// TestCanonicalCacheKeepsTwoDocuments: the canonical cache reuses the sets
+// and chains of the last two different documents, so that documents
+// before and after a policy edit, planned in turn (a CNI request's and a
+// resync's), each reuse their own objects instead of parsing their large
+// sets again; a document like the last keeps the one before as the
+// alternative.
+func TestCanonicalCacheKeepsTwoDocuments(t *testing.T) {
+	doc := func(s *spec.NFTSet, port string) *spec.NFTable {
+		return &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{*s},
+			Chains: []spec.NFTChain{{Name: "in_x_0", Rules: []spec.NFTRule{{
+				Match:   []spec.NFTMatch{{Selectors: []string{spec.SelTHDport}, Values: []string{port}}},
+				Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept}}}}}}
+	}
+	before, after := doc(bigPeerSet(0, 600), "80"), doc(bigPeerSet(10, 500), "81")
+	tb, cache, err := canonical(before, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta, cache, err := canonical(after, cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		again := doc(bigPeerSet(0, 600), "80") // the same content, new lists
+		tb2, c2, err := canonical(again, cache)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tb2.sets["in_x_0-ports"] != tb.sets["in_x_0-ports"] || tb2.chains["in_x_0"] != tb.chains["in_x_0"] {
+			t.Errorf("round %d: the document before the edit, planned after the one after it, parsed its set or chain again", round)
+		}
+		ta2, c3, err := canonical(after, c2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ta2.sets["in_x_0-ports"] != ta.sets["in_x_0-ports"] || ta2.chains["in_x_0"] != ta.chains["in_x_0"] {
+			t.Errorf("round %d: the document after the edit, planned again, parsed its set or chain again", round)
+		}
+		// The same document twice keeps the other one.
+		if _, cache, err = canonical(after, c3); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
