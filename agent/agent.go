@@ -21,6 +21,8 @@ import (
 	"github.com/terway-reconciler/terway/cni/wire"
 	"github.com/terway-reconciler/terway/render"
 	"github.com/terway-reconciler/terway/spec"
+
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // Agent is one node's terwayd.
@@ -34,10 +36,11 @@ type Agent struct {
 	m     *metrics
 	// addMu guards the queue of ADDs waiting to be set up together
 	// (add_batch.go); addLeading says one of them is taking the lock.
-	// renders keeps the parts of the last render that later ones reuse:
-	// an ADD renders the node, and its cost must not grow with the
-	// cluster's policies.
-	renders    *render.Cache
+	// views keeps the parts of the last renders that later ones reuse
+	// (an ADD renders the node, and its cost must not grow with the
+	// cluster's policies), and the policies CNI requests render with
+	// (renderviews.go).
+	views      *renderViews
 	addMu      sync.Mutex
 	addQueue   []*addWaiter
 	addLeading bool
@@ -128,7 +131,7 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 		cfg: cfg, log: cfg.Logger, src: src, store: st, reg: reg,
 		eng: engine.New(reg), m: m, events: newProblemEvents(cfg.Logger, cfg.NodeName, cfg.Events),
 		clock: clock.RealClock{}, status: newStatusTracker(clock.RealClock{}),
-		renders: render.NewCache(),
+		views: newRenderViews(),
 	}
 	a.runner = newRunner(a.sync, src.Synced, cfg.MinSyncInterval, cfg.ResyncInterval, a.clock)
 	// /plan has an engine of its own: its full plans read nftables back
@@ -264,17 +267,32 @@ func (a *Agent) listAllocations() ([]spec.Allocation, error) {
 }
 
 // renderSettled renders the node without the ADDs pending (pending.go):
-// a resync's or a DEL's document, which leaves them to their ADDs. It
-// returns the pending allocations it left out. The pending ADDs named in
-// keep (by attachmentID) are rendered.
+// a resync's document, which leaves them to their ADDs. It returns the
+// pending allocations it left out. The pending ADDs named in keep (by
+// attachmentID) are rendered.
 func (a *Agent) renderSettled(keep ...string) (*spec.NodeState, map[string]spec.Allocation, error) {
-	snap := a.src.Snapshot()
+	state, pending, _, err := a.renderSettledFor(false, nil, keep...)
+	return state, pending, err
+}
+
+// renderSettledFor renders as renderSettled does, for a resync (cni
+// false) or a CNI request for pods (renderviews.go), and says what it
+// rendered with.
+func (a *Agent) renderSettledFor(cni bool, pods []string, keep ...string) (*spec.NodeState, map[string]spec.Allocation, renderedWith, error) {
+	snap, seq := a.snapshot()
 	allocs, pending, err := a.settledAllocations(keep...)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, renderedWith{}, err
 	}
-	state, err := a.renderAllocations(snap, allocs)
-	return state, pending, err
+	state, with, err := a.renderInputs(snap, seq, allocs, cni, pods...)
+	return state, pending, with, err
+}
+
+// snapshot returns the inputs' snapshot, and the count of moves of the
+// CNI's policy pin before it was taken (renderviews.go).
+func (a *Agent) snapshot() (inputs.Snapshot, uint64) {
+	seq := a.views.pinSeq()
+	return a.src.Snapshot(), seq
 }
 
 // settledAllocations lists the store's allocations less those of the
@@ -301,22 +319,64 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 // undo must still find as that pod's.
 func (a *Agent) renderBatch(batch []*addWaiter) (*spec.NodeState, error) {
 	ids := make([]string, 0, len(batch))
+	keys := make([]string, 0, len(batch))
 	for _, w := range batch {
 		ids = append(ids, attachmentID(w.alloc))
+		keys = append(keys, w.key)
 	}
-	state, _, err := a.renderSettled(ids...)
+	state, _, _, err := a.renderSettledFor(true, keys, ids...)
 	return state, err
 }
 
-// renderAllocations renders from snap and allocs.
+// renderAllocations renders from snap and allocs, as a resync does.
 func (a *Agent) renderAllocations(snap inputs.Snapshot, allocs []spec.Allocation) (*spec.NodeState, error) {
-	if snap.Node == nil {
-		return nil, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
+	state, _, err := a.renderInputs(snap, 0, allocs, false)
+	return state, err
+}
+
+// podRefs returns pods (namespace/name) as snap has them.
+func podRefs(snap inputs.Snapshot, pods []string) []podRef {
+	out := make([]podRef, len(pods))
+	for i, key := range pods {
+		for _, p := range snap.Pods {
+			if p.Namespace+"/"+p.Name == key {
+				out[i].pod = p
+				break
+			}
+		}
 	}
-	return a.renders.Render(render.Inputs{
+	return out
+}
+
+// renderedWith is the policies and the cache a render used, and for a
+// resync's the pin's moves before its inputs were read (renderviews.go).
+type renderedWith struct {
+	policies []*networkingv1.NetworkPolicy
+	cache    *render.Cache
+	seq      uint64
+}
+
+// renderInputs renders from snap and allocs: for a CNI request for pods
+// (namespace/name) mostly with the pinned policies, for a resync with
+// snap's (renderviews.go). seq is the pin's moves before snap was taken
+// (snapshot), for a resync's.
+func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.Allocation, cni bool, pods ...string) (*spec.NodeState, renderedWith, error) {
+	if snap.Node == nil {
+		return nil, renderedWith{}, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
+	}
+	with := renderedWith{policies: snap.Policies, seq: seq}
+	if cni {
+		with.cache, with.policies = a.views.forCNI(snap.Policies, func() []podRef {
+			return podRefs(snap, pods)
+		})
+	} else {
+		with.cache = a.views.forResync(snap.Policies)
+	}
+	state, err := with.cache.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
-		Policies: snap.Policies, Allocations: allocs, ENIs: a.eniInputs(),
+		Policies: with.policies, Allocations: allocs, ENIs: a.eniInputs(),
 	})
+	return state, with, err
 }
 
 // PlanText returns the full plan of the node, one operation per line, and

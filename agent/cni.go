@@ -251,7 +251,7 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	// Without the pending ADDs: they allocate without the lock, and one
 	// may have been given the address released above. Its pod's items are
 	// its ADD's to write, after this DEL.
-	state, pending, err := a.renderSettled()
+	state, pending, _, err := a.renderSettledFor(true, nil)
 	if err != nil {
 		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
 	}
@@ -289,7 +289,13 @@ func (a *Agent) Check(ctx context.Context, req *wire.Request) error {
 		return cniErr(codeCheckDifference, "CHECK: no attachment "+req.ContainerID+"/"+req.IfName+" on this node", "")
 	}
 	key := alloc.Metadata.Namespace + "/" + alloc.Metadata.Name
-	state, err := a.renderNode()
+	// As its ADD rendered it: with the policies CNI requests render
+	// (renderviews.go), not an edit the resync has yet to apply.
+	allocs, err := a.listAllocations()
+	if err != nil {
+		return cniErr(codeTryAgainLater, "read attachments", err.Error())
+	}
+	state, _, err := a.renderInputs(a.src.Snapshot(), 0, allocs, true, key)
 	if err != nil {
 		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
 	}

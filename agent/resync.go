@@ -32,8 +32,9 @@ import (
 //     from a document rendered again under the lock if a CNI request wrote
 //     meanwhile, because an nftables plan diffs against the record of the
 //     last commit (a stale document would take back a new pod's elements)
-//     and two of them must not interleave with a commit between. Then it
-//     executes both plans and releases the lock.
+//     and two of them must not interleave with a commit between. Its
+//     policies become the ones CNI requests render from then on
+//     (renderviews.go). Then it executes both plans and releases the lock.
 //
 // So no update is lost (every write after our render is either seen by
 // our observation and not acted on, or made after our execution), nothing
@@ -139,7 +140,7 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 		a.writes.start()
 		// No lock needed: a snapshot and a store read. The pods whose ADD
 		// is under way are their ADD's (pending.go).
-		state, _, err := a.renderSettled()
+		state, _, with, err := a.renderSettledFor(false, nil)
 		if err != nil {
 			a.writes.stop()
 			a.m.reconcileErrors.Inc()
@@ -163,7 +164,7 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 			break
 		}
 		a.status.ok(itemKey{kindObserve, "node " + a.cfg.NodeName})
-		rep, kept, cut := a.execute(ctx, state, kernel, full)
+		rep, kept, cut := a.execute(ctx, state, with, kernel, full)
 		total.Results = append(total.Results, rep.Results...)
 		total.Writes += rep.Writes
 		total.Rounds++
@@ -197,7 +198,7 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 // nftables plan without the lock (see nftOutsideLock). It returns the
 // report, the items it left alone on purpose, and whether it cut the plan
 // short.
-func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engine.Plan, full bool) (*engine.Report, map[itemKey]bool, bool) {
+func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with renderedWith, kernel *engine.Plan, full bool) (*engine.Report, map[itemKey]bool, bool) {
 	now := a.clock.Now()
 	kept := map[itemKey]bool{}
 	underLock := a.nftUnderLock()
@@ -245,7 +246,8 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 		if written != nil {
 			err := listErr
 			if err == nil {
-				nstate, err = a.renderAllocations(a.src.Snapshot(), allocs)
+				snap, seq := a.snapshot()
+				nstate, with, err = a.renderInputs(snap, seq, allocs, false)
 			}
 			if err != nil {
 				kept[nftKey] = true // the render's status comes with the next sync
@@ -259,6 +261,9 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, kernel *engi
 				kept[nftKey] = true
 			} else {
 				nftOps = p.Ops
+				// CNI requests render this document's policies from now
+				// on: the kernel is about to have them.
+				a.views.planned(with.policies, with.cache, with.seq)
 			}
 		}
 	}
