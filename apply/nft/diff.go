@@ -372,7 +372,7 @@ func (d *differ) elems(ws, hs *set) {
 	case ws.from != 0 && ws.from == hs.id && len(d.bounce) == 0:
 		changed, gone = derivedChanges(ws, hs)
 	default:
-		changed, gone = d.elemChanges(ws, hs, bounce)
+		changed, gone = elemChanges(ws, hs, bounce)
 	}
 	if len(changed)+len(gone) == 0 {
 		return // the common case
@@ -440,7 +440,7 @@ func derivedChanges(ws, hs *set) (changed, gone []*elem) {
 // elemChanges compares every element of ws and hs: the wanted elements
 // that hs lacks or holds otherwise (or that bounce), and hs's elements that
 // are not wanted.
-func (d *differ) elemChanges(ws, hs *set, bounce func(*elem) string) (changed, gone []*elem) {
+func elemChanges(ws, hs *set, bounce func(*elem) string) (changed, gone []*elem) {
 	kept := 0 // wanted elements the set has
 	for k, e := range ws.elems {
 		he := hs.elems[k]

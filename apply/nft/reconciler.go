@@ -346,7 +346,9 @@ func (r *Reconciler) Plan(ns op.Namespaces, netns string, desired *spec.NFTable)
 // Prepare canonicalises desired's sets and chains into netns's cache
 // without planning, so that a plan of an equal document soon after (or one
 // that differs in a few elements) does little of that work: a caller that
-// must plan under a lock of its own prepares before taking it.
+// must plan under a lock of its own prepares before taking it. It also
+// compares large sets with the record's (largeDeltas) and indexes them
+// for scoped plans (warmWantIndexes).
 func (r *Reconciler) Prepare(netns string, desired *spec.NFTable) {
 	if desired == nil {
 		return
@@ -355,10 +357,12 @@ func (r *Reconciler) Prepare(netns string, desired *spec.NFTable) {
 	rec := r.recordLocked(netns)
 	cache := rec.cache
 	r.mu.Unlock()
-	if _, cache, err := canonical(desired, cache); err == nil {
+	if want, cache, err := canonical(desired, cache); err == nil {
 		r.mu.Lock()
 		rec.cache = cache
+		written := rec.written
 		r.mu.Unlock()
+		largeDeltas.warm(want, written)
 	}
 	r.warmWantIndexes(rec, desired)
 }

@@ -1,6 +1,10 @@
 package nft
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+	"sync"
+)
 
 // Replacing a large interval set instead of editing it.
 //
@@ -86,7 +90,7 @@ func (d *differ) replaceSet(ws, hs *set) bool {
 	if ws.from != 0 && ws.from == hs.id {
 		dl.changed, dl.gone = derivedChanges(ws, hs)
 	} else {
-		dl.changed, dl.gone = d.elemChanges(ws, hs, func(*elem) string { return "" })
+		dl.changed, dl.gone = largeDeltas.changes(ws, hs)
 	}
 	dl.deletes = len(dl.gone)
 	for _, e := range dl.changed {
@@ -109,4 +113,71 @@ func (d *differ) replaceSet(ws, hs *set) bool {
 // reason is the plan's explanation of a replacement.
 func (dl *elemDelta) reason(ws *set) string {
 	return fmt.Sprintf("%d elements go, a new set of %d costs less than deleting them one by one", dl.deletes, len(ws.elems))
+}
+
+// largeDeltas remembers the element change between a large desired set
+// and the record's set of its name, by the two sets' ids (sets are never
+// modified): a resync computes it when it prepares its document
+// (Reconciler.Prepare, before the agent's lock), and its plan under the
+// lock finds it. A 42,000-element change takes 2 to 9 ms to compare on a
+// busy machine, which every CNI request would wait for.
+var largeDeltas = &deltaMemo{}
+
+// largeDeltaMin is the size of a record set from which its change is
+// remembered; largeDeltaKeep is how many changes are.
+const (
+	largeDeltaMin  = stageMinElems
+	largeDeltaKeep = 4
+)
+
+type deltaMemo struct {
+	mu      sync.Mutex
+	entries []deltaEntry // the latest last
+}
+
+type deltaEntry struct {
+	ws, hs        uint64
+	changed, gone []*elem
+}
+
+// changes returns the wanted elements of ws that hs lacks or holds
+// otherwise, and hs's elements ws does not want, as elemChanges does
+// without bounces; the caller may reorder the lists.
+func (m *deltaMemo) changes(ws, hs *set) (changed, gone []*elem) {
+	if len(hs.elems) < largeDeltaMin || ws.id == 0 || hs.id == 0 {
+		// Small, or a set read from the kernel (no id): compared each time.
+		return elemChanges(ws, hs, func(*elem) string { return "" })
+	}
+	m.mu.Lock()
+	for _, e := range m.entries {
+		if e.ws == ws.id && e.hs == hs.id {
+			m.mu.Unlock()
+			return slices.Clone(e.changed), slices.Clone(e.gone)
+		}
+	}
+	m.mu.Unlock()
+	changed, gone = elemChanges(ws, hs, func(*elem) string { return "" })
+	m.mu.Lock()
+	m.entries = append(m.entries, deltaEntry{ws: ws.id, hs: hs.id, changed: slices.Clone(changed), gone: slices.Clone(gone)})
+	if len(m.entries) > largeDeltaKeep {
+		m.entries = slices.Delete(m.entries, 0, len(m.entries)-largeDeltaKeep)
+	}
+	m.mu.Unlock()
+	return changed, gone
+}
+
+// warm computes the changes a plan of want against the record written
+// would ask for (replaceSet's), and remembers the large ones.
+func (m *deltaMemo) warm(want, written *table) {
+	if want == nil || written == nil {
+		return
+	}
+	for name, ws := range want.sets {
+		hs := written.sets[name]
+		if hs == nil || hs == ws || !ws.interval || !hs.sameDef(ws) || len(hs.elems) < largeDeltaMin ||
+			ws.from != 0 && ws.from == hs.id {
+			continue
+		}
+		m.changes(ws, hs)
+	}
 }

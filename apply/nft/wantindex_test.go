@@ -3,6 +3,7 @@ package nft
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -147,5 +148,44 @@ func TestCanonicalCacheKeepsTwoDocuments(t *testing.T) {
 		if _, cache, err = canonical(after, c3); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestPrepareComparesLargeSets: a resync's Prepare (before the agent's
+// lock) compares a large set with the record's, and its plan under the
+// lock finds that comparison: the same changes, not computed again.
+func TestPrepareComparesLargeSets(t *testing.T) {
+	doc := func(base, n int) *spec.NFTable {
+		return &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{*bigPeerSet(base, n)}}
+	}
+	r := New(Options{})
+	old, _, err := canonical(doc(0, 5000), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.recordLocked("test").written = old
+	r.mu.Unlock()
+	next := doc(4, 4500) // shares 4,000 elements with the record's set
+	r.Prepare("test", next)
+
+	r.mu.Lock()
+	want, _, err := canonical(next, r.recordLocked("test").cache)
+	r.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, hs := want.sets["in_x_0-ports"], old.sets["in_x_0-ports"]
+	largeDeltas.mu.Lock()
+	found := slices.ContainsFunc(largeDeltas.entries, func(e deltaEntry) bool { return e.ws == ws.id && e.hs == hs.id })
+	largeDeltas.mu.Unlock()
+	if !found {
+		t.Fatal("Prepare did not compare the large set with the record's")
+	}
+	changed, gone := largeDeltas.changes(ws, hs)
+	fresh, freshGone := elemChanges(ws, hs, func(*elem) string { return "" })
+	if len(changed) != 500 || len(gone) != 1000 || len(fresh) != len(changed) || len(freshGone) != len(gone) {
+		t.Errorf("remembered changes: %d added, %d gone; computed now: %d, %d; want 500 and 1000",
+			len(changed), len(gone), len(fresh), len(freshGone))
 	}
 }
