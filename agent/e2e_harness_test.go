@@ -212,6 +212,9 @@ func (c *cluster) stopAgent() {
 	if c.agent == nil || c.agent.Process == nil {
 		return
 	}
+	if c.t.Failed() {
+		c.t.Logf("terwayd's resyncs, from /applied:\n%s", c.resyncsApplied())
+	}
 	_ = c.agent.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = c.agent.Wait(); close(done) }()
@@ -225,6 +228,28 @@ func (c *cluster) stopAgent() {
 	if c.t.Failed() {
 		c.t.Logf("terwayd log:\n%s", c.log())
 	}
+}
+
+// resyncsApplied is what the agent's resyncs executed (/applied less the
+// CNI requests' operations, which the log has), the last 200 lines: a
+// failure after concurrent CNI requests asks whether a resync wrote
+// meanwhile, which the log's counts do not say.
+func (c *cluster) resyncsApplied() string {
+	code, body := c.get("/applied")
+	if code != http.StatusOK {
+		return fmt.Sprintf("HTTP %d: %s", code, body)
+	}
+	var out []string
+	resync := false
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, "# ") {
+			resync = strings.HasSuffix(l, " resync") || strings.HasSuffix(l, " full resync")
+		}
+		if resync {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out[max(0, len(out)-200):], "\n")
 }
 
 func (c *cluster) log() string {
