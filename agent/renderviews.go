@@ -156,9 +156,10 @@ func (v *renderViews) planned(policies []*networkingv1.NetworkPolicy, used *rend
 }
 
 // changedPolicies lists the policies of a and b that are not in both:
-// both versions of a changed one.
+// both versions of a changed one. A CNI request asks it every time, so the
+// common answer (the same objects in the same order) costs no map.
 func changedPolicies(a, b []*networkingv1.NetworkPolicy) []*networkingv1.NetworkPolicy {
-	if samePolicies(a, b) {
+	if slices.Equal(a, b) {
 		return nil
 	}
 	in := make(map[*networkingv1.NetworkPolicy]bool, len(a))
@@ -182,29 +183,4 @@ func changedPolicies(a, b []*networkingv1.NetworkPolicy) []*networkingv1.Network
 
 // samePolicies tells whether a and b hold the same policy objects (a
 // changed policy is a new object), in any order.
-func samePolicies(a, b []*networkingv1.NetworkPolicy) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	same := true
-	for i := range a {
-		if a[i] != b[i] {
-			same = false
-			break
-		}
-	}
-	if same {
-		return true
-	}
-	in := make(map[*networkingv1.NetworkPolicy]int, len(a))
-	for _, p := range a {
-		in[p]++
-	}
-	for _, p := range b {
-		if in[p] == 0 {
-			return false
-		}
-		in[p]--
-	}
-	return true
-}
+func samePolicies(a, b []*networkingv1.NetworkPolicy) bool { return len(changedPolicies(a, b)) == 0 }

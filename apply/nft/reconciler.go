@@ -241,13 +241,7 @@ func (r *Reconciler) warmWantIndexes(rec *record, desired *spec.NFTable) {
 		if len(in.Elements) < wantIndexMinElems {
 			continue
 		}
-		var fields []int
-		for j, tn := range in.Type {
-			if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
-				fields = append(fields, j)
-			}
-		}
-		if len(fields) > 0 {
+		if fields := addrFieldsOf(in.Type); len(fields) > 0 {
 			index(in, fields)
 		}
 	}

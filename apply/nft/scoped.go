@@ -343,9 +343,12 @@ func (x addrIndex) put(e *elem, fields []int) {
 }
 
 // addrFields are the positions of a set's key fields that hold addresses.
-func addrFields(s *set) []int {
+func addrFields(s *set) []int { return addrFieldsOf(s.typeNames) }
+
+// addrFieldsOf are the positions of the address fields of a key of types.
+func addrFieldsOf(types []string) []int {
 	var fields []int
-	for i, tn := range s.typeNames {
+	for i, tn := range types {
 		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
 			fields = append(fields, i)
 		}
