@@ -58,6 +58,10 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 			return nil, cerr
 		}
 	}
+	// A large change's staged fill lets this request's commit go first
+	// from now: its veth, made in the node's namespace, waits for any
+	// nftables transaction there.
+	a.eng.ExpectScoped()
 	// The allocation does not take the agent's lock (mu): it would wait
 	// for the set-up of every ADD before it, a DEL or a resync's plan.
 	asked := time.Now()
@@ -216,6 +220,7 @@ func result(p *spec.Pod) *types100.Result {
 // Del releases the attachment and removes the pod's network. It is
 // idempotent and needs neither the Pod object nor the netns.
 func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
+	a.eng.ExpectScoped() // as an ADD does
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	released, found, err := a.store.Release(req.ContainerID, req.IfName)

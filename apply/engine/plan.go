@@ -235,6 +235,10 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 	return &Plan{Ops: order(ops), taken: taken}, nil
 }
 
+// ExpectScoped says a scoped apply (a CNI request's) is on its way, so
+// that a large change's staged fill lets it go first (nft.Reconciler.Expect).
+func (e *Engine) ExpectScoped() { e.nft.Expect(spec.HostNetns) }
+
 // PrepareNFT does the CPU work of planning desired's nftables ahead (see
 // nft.Reconciler.Prepare), for a caller about to plan under a lock.
 func (e *Engine) PrepareNFT(desired *spec.NodeState) {

@@ -78,7 +78,7 @@ func (rec *record) send(c *conn, msgs []batchMsg, gen *genAt) error {
 }
 
 func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string, p *plan, msgs []batchMsg,
-	want *table, gen *genAt, version uint64, full bool) error {
+	want *table, gen *genAt, version uint64, full bool) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -88,12 +88,12 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 	if rec == nil {
 		return fmt.Errorf("nft table inet terway in %s: the namespace was forgotten since the plan; plan again", nsName(netns))
 	}
-	c, err := dial(ns, netns)
+	c, err := r.openConn(ns, netns, rec)
 	if err != nil {
 		r.fail(netns)
 		return err
 	}
-	defer c.close()
+	defer func() { r.closeConn(netns, rec, c, err == nil) }()
 	if len(p.staged) > 0 {
 		return r.commitStaged(ctx, c, rec, netns, p, msgs, want, gen, version, full)
 	}
@@ -162,13 +162,16 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 	for k := range p.locks {
 		rec.locked[k] = true
 	}
+	var idle []*conn
 	if want == nil && netns != spec.HostNetns && r.records[netns] == rec {
 		// A pod's namespace whose table we removed (its pod's DEL) is
 		// about to go: keep no record of it, so that records do not grow
-		// with pod churn. Should it be used again, its next sync is full.
-		delete(r.records, netns)
+		// with pod churn, and none of its sockets, which would keep it
+		// alive. Should it be used again, its next sync is full.
+		idle = r.dropLocked(netns)
 	}
 	r.mu.Unlock()
+	closeAll(idle)
 	r.log.Info("nftables committed", "netns", netns, "messages", len(msgs))
 	return nil
 }

@@ -102,6 +102,9 @@ type record struct {
 	version uint64
 	// cache holds the canonical sets and chains of the last desired table.
 	cache *canonCache
+	// conns are the namespace's idle sockets (connpool.go); dropping the
+	// record closes them.
+	conns connPool
 	// commitMu serialises commits of the namespace, so that the staleness
 	// check and the commit that follows it cannot interleave with another.
 	commitMu sync.Mutex
@@ -414,12 +417,38 @@ func (rec *record) invalidate() {
 	rec.logged(logEntry{all: true})
 }
 
+// Expect says a scoped plan of netns (a CNI request's) is on its way: a
+// staged fill lets its commit go first from now (othersAhead), not only
+// from the plan. The kernel makes the request wait for a fill chunk even
+// before its commit: creating or deleting a link in a namespace takes that
+// namespace's nftables commit mutex (nf_tables_netdev_event).
+func (r *Reconciler) Expect(netns string) {
+	r.mu.Lock()
+	rec := r.records[netns]
+	r.mu.Unlock()
+	if rec != nil {
+		rec.scopedAt.Store(monoNow())
+	}
+}
+
 // Forget drops the record of a namespace that no longer exists (a pod's
 // sandbox was deleted), so that records do not grow without bound.
 func (r *Reconciler) Forget(netns string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	idle := r.dropLocked(netns)
+	r.mu.Unlock()
+	closeAll(idle)
+}
+
+// dropLocked removes netns's record and returns its idle sockets, for the
+// caller to close once mu is released; mu is held.
+func (r *Reconciler) dropLocked(netns string) []*conn {
+	rec := r.records[netns]
+	if rec == nil {
+		return nil
+	}
 	delete(r.records, netns)
+	return rec.conns.drain()
 }
 
 // Retain drops the records of every pod namespace (any but the host's) not
@@ -427,13 +456,15 @@ func (r *Reconciler) Forget(netns string) {
 // in, and the others' pods are gone, without a DEL that removed their
 // table (which drops the record itself).
 func (r *Reconciler) Retain(keep []string) {
+	var idle []*conn
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	for netns := range r.records {
 		if netns != spec.HostNetns && !slices.Contains(keep, netns) {
-			delete(r.records, netns)
+			idle = append(idle, r.dropLocked(netns)...)
 		}
 	}
+	r.mu.Unlock()
+	closeAll(idle)
 }
 
 // Sync plans and executes at once, for callers that need no printed plan.
@@ -486,13 +517,13 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	have := written
 	var gen *genAt
 	if full {
-		c, err := dial(ns, netns)
+		c, err := r.openConn(ns, netns, rec)
 		if err != nil {
 			r.fail(netns)
 			return nil, err
 		}
 		have, gen, err = r.observe(c, rec, want, have)
-		c.close()
+		r.closeConn(netns, rec, c, err == nil)
 		if err != nil {
 			if !errors.Is(err, errDumpInterrupted) {
 				// A snapshot that other commits kept interrupting says

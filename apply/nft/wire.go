@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -55,9 +56,13 @@ type conn struct {
 	sendBuf int
 }
 
+// dials counts the sockets dial opened, for tests of their reuse.
+var dials atomic.Int64
+
 // dial opens the socket inside netns: a socket belongs to the namespace it
 // was created in, whatever thread later uses it.
 func dial(ns op.Namespaces, netns string) (*conn, error) {
+	dials.Add(1)
 	fd := -1
 	err := ns.Do(netns, func() error {
 		var err error

@@ -1,0 +1,77 @@
+package nft
+
+import (
+	"testing"
+)
+
+// TestSyncsReuseTheirSocket: the syncs of a namespace use one socket, kept
+// open between them, rather than opening one each and closing it: a close
+// waits in the kernel for the namespace's commit mutex (connpool.go).
+func TestSyncsReuseTheirSocket(t *testing.T) {
+	e := newEnv(t, "pool")
+	ps := pods(3)
+	before := dials.Load()
+	e.apply(testDoc(ps, nil))
+	e.apply(testDoc(ps, map[int]int{1: 1}))
+	if ops := e.plan(testDoc(ps, map[int]int{1: 1}), true); len(lines(ops)) != 0 {
+		t.Fatalf("a full plan after the commits is not empty:\n%s", planText(ops))
+	}
+	e.apply(testDoc(ps[:2], nil))
+	if got := dials.Load() - before; got != 1 {
+		t.Errorf("three commits and a full observe opened %d sockets, want 1", got)
+	}
+}
+
+// TestDroppingARecordClosesItsSockets: a socket keeps its namespace alive,
+// so the sockets of a namespace whose record is dropped (a pod's DEL
+// removing its table, Forget, Retain) are closed with it, and a socket
+// still in use then is closed when it is given back.
+func TestDroppingARecordClosesItsSockets(t *testing.T) {
+	e := newEnv(t, "pooldrop")
+	e.apply(testDoc(pods(2), nil))
+	e.r.mu.Lock()
+	rec := e.r.records[e.ns]
+	e.r.mu.Unlock()
+	if rec == nil {
+		t.Fatal("no record after a commit")
+	}
+	c := rec.conns.take()
+	if c == nil || c.fd < 0 {
+		t.Fatal("no open socket kept after a commit")
+	}
+	in := rec.conns.take() // another user's, still open
+	if in == nil {
+		var err error
+		if in, err = dial(e.reg, e.ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.conns.put(c)
+
+	e.r.Forget(e.ns)
+	if c.fd >= 0 {
+		t.Error("Forget left the namespace's idle socket open")
+	}
+	e.r.closeConn(e.ns, rec, in, true)
+	if in.fd >= 0 {
+		t.Error("a socket given back after its record was dropped stayed open")
+	}
+
+	// Removing the table drops the record, and its sockets, too.
+	e.apply(testDoc(pods(2), nil))
+	e.r.mu.Lock()
+	rec = e.r.records[e.ns]
+	e.r.mu.Unlock()
+	if rec == nil {
+		t.Fatal("no record after a commit")
+	}
+	c = rec.conns.take()
+	if c == nil {
+		t.Fatal("no socket kept after a commit")
+	}
+	rec.conns.put(c)
+	e.apply(nil)
+	if c.fd >= 0 {
+		t.Error("removing the table left the namespace's socket open")
+	}
+}
