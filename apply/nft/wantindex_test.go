@@ -106,6 +106,35 @@ func TestFillLetsAScopedPlanGoFirst(t *testing.T) {
 	}
 }
 
+// TestExpectHoldsAFillBack: a CNI request says it is coming before it
+// allocates and renders (Expect), and a fill holds its next chunk back
+// from then, until the request's commit: the request's veth waits for
+// any chunk in flight in the kernel, before its plan.
+func TestExpectHoldsAFillBack(t *testing.T) {
+	r := New(Options{})
+	r.Expect("test") // no record: nothing to hold back, and nothing made
+	r.mu.Lock()
+	if r.records["test"] != nil {
+		t.Error("Expect made a record for a namespace never synced")
+	}
+	rec := r.recordLocked("test")
+	r.mu.Unlock()
+	rec.lastOther.Store(monoNow())
+	time.Sleep(time.Millisecond) // the monotonic clock moves on
+	if rec.othersAhead(monoNow()) {
+		t.Fatal("a fill is held back before any request said it was coming")
+	}
+	r.Expect("test")
+	if !rec.othersAhead(monoNow()) {
+		t.Error("a request that said it is coming does not hold a fill back")
+	}
+	time.Sleep(time.Millisecond)
+	rec.lastOther.Store(monoNow()) // its commit
+	if rec.othersAhead(monoNow()) {
+		t.Error("a fill is still held back after the request's commit")
+	}
+}
+
 // TestCanonicalCacheKeepsTwoDocuments: the canonical cache reuses the sets
 // and chains of the last two different documents, so that documents
 // before and after a policy edit, planned in turn (a CNI request's and a
