@@ -63,9 +63,22 @@ func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc 
 // scoped plan. Called with the agent's lock held.
 func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	defer func() {
+		if a.setUpWritten != nil {
+			a.setUpWritten()
+		}
+		opts := engine.PlanOptions{PodIPs: map[string]string{}}
 		for _, w := range batch {
 			a.pending.done(w.alloc)
+			opts.Pods = append(opts.Pods, w.key)
+			opts.PodIPs[w.key] = w.alloc.Spec.IP
+			opts.Namespaces = append(opts.Namespaces, w.req.Netns)
 		}
+		// Noted again once no longer pending: a resync that started
+		// between the apply's note and here forgot that note, and its
+		// render left these pods out as pending; at its execution they
+		// are neither pending nor written, and it would delete what the
+		// batch just made (TestResyncKeepsAnAddEndingDuringItsRender).
+		a.writes.note(nil, opts)
 	}()
 	answer := func(w *addWaiter, res *types100.Result, err error) { w.done <- addOutcome{res, err} }
 	began := time.Now()

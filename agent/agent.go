@@ -89,6 +89,9 @@ type Agent struct {
 	// allocated, when set, is called by an ADD between its allocation and
 	// its set-up (tests hold it there).
 	allocated func()
+	// setUpWritten, when set, is called by an ADD batch after its apply,
+	// before its pods stop being pending (tests hold it there).
+	setUpWritten func()
 	// committed, when set, is called by a resync with the report of its
 	// nftables plan once executed (a benchmark times a policy change to
 	// the commit that enforces it).

@@ -149,6 +149,78 @@ func TestResyncPlansWithoutLockAndLosesNoADD(t *testing.T) {
 	}
 }
 
+// TestResyncKeepsAnAddEndingDuringItsRender: a resync that starts after an
+// ADD's apply, but renders while the ADD's pod is still pending, renders
+// without the pod and then observes its veth and route. It must leave
+// them alone. Before, the ADD had noted its writes before the resync began
+// noting (so the resync never saw them), and by the resync's step 2 the pod
+// was no longer pending: the resync deleted the pod's veth and route, and
+// its next round made them again on new interfaces. TestAgentConcurrentAddDel
+// caught that once in many runs (two pods' routes on ifindexes its plan's
+// link read did not have).
+func TestResyncKeepsAnAddEndingDuringItsRender(t *testing.T) {
+	nstest.RequireRoot(t)
+	a, src, node := podSourceAgent(t, "198.18.9.0/24", "198.19.9.1")
+	podNetns := nstest.Netns(t, "pod")
+	ctx := context.Background()
+	if out := a.sync(ctx, true); out.Again || !a.Ready() {
+		t.Fatalf("first sync: %+v, ready %v", out, a.Ready())
+	}
+
+	// The ADD has applied (and noted what it wrote); it stops before its
+	// pod stops being pending.
+	written, finish := make(chan struct{}), make(chan struct{})
+	a.setUpWritten = func() { close(written); <-finish }
+	done := addPodA(ctx, a, src, podNetns)
+	<-written
+	a.setUpWritten = nil
+	veth := spec.HostVethName("x/a")
+	before := nstest.Run(t, node, "ip", "-o", "link", "show", veth)
+
+	// A resync starts now and renders: the pod is pending, so left out.
+	rendered, resume := make(chan struct{}), make(chan struct{})
+	a.planning = func() { close(rendered); <-resume }
+	synced := make(chan runOutcome)
+	go func() { synced <- a.sync(ctx, false) }()
+	<-rendered
+	a.planning = nil
+
+	// The ADD ends; then the resync observes and executes.
+	close(finish)
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("ADD: %v", res.err)
+	}
+	close(resume)
+	<-synced
+
+	after, err := nstest.Exec(node, "ip", "-o", "link", "show", veth)
+	if err != nil || after != before {
+		t.Errorf("the resync replaced the ADD's veth:\nbefore: %safter: %s (%v)", before, after, err)
+	}
+	if routes := nstest.Run(t, node, "ip", "route", "show", res.ip); !strings.Contains(routes, veth) {
+		t.Errorf("the pod's route is gone after the resync: %q", routes)
+	}
+	section := ""
+	for _, line := range strings.Split(a.journal.text(), "\n") {
+		if strings.HasPrefix(line, "# ") {
+			section = line
+			continue
+		}
+		if strings.HasSuffix(section, "resync") && strings.Contains(line, veth) {
+			t.Errorf("the resync changed the ADD's pod: %q in %q\n%s", line, section, a.journal.text())
+			break
+		}
+	}
+	if out := a.sync(ctx, true); out.Again {
+		t.Errorf("the next sync asked again: %+v", out)
+	}
+	text, n, err := a.planText(ctx, a.eng)
+	if err != nil || n != 0 {
+		t.Errorf("plan after the next sync (%v): %d operations\n%s", err, n, text)
+	}
+}
+
 // TestResyncCommitsNFTWithoutLock: a resync commits its nftables plan
 // without the agent's lock (a large policy change's staged fill takes
 // seconds): a CNI ADD completes while that commit is held. The ADD's own
