@@ -246,25 +246,31 @@ func (rec *record) staleSince(version uint64, keys map[string]bool, all bool) st
 // the record keeps their objects and takes the plan's.
 func (r *Reconciler) committed(rec *record, want *table, full, counts bool, version uint64, keys map[string]bool, all bool) {
 	if rec.version != version && !all && rec.written != nil && want != nil {
-		merged := &table{sets: maps.Clone(rec.written.sets), chains: maps.Clone(rec.written.chains)}
-		for k := range keys {
-			kind, name, _ := strings.Cut(k, " ")
-			switch {
-			case kind == "set" && want.sets[name] != nil:
-				merged.sets[name] = want.sets[name]
-			case kind == "set":
-				delete(merged.sets, name)
-			case want.chains[name] != nil:
-				merged.chains[name] = want.chains[name]
-			default:
-				delete(merged.chains, name)
-			}
-		}
-		want = merged
+		want = overlay(&table{sets: rec.written.sets, chains: rec.written.chains}, want, keys)
 	}
 	r.done(rec, want, full, counts)
 	rec.version++
 	rec.logged(logEntry{keys: keys, all: all})
+}
+
+// overlay is base with the objects keys name ("set NAME", "chain NAME")
+// as from has them (gone where from has none); base is not changed.
+func overlay(base, from *table, keys map[string]bool) *table {
+	out := &table{sets: maps.Clone(base.sets), chains: maps.Clone(base.chains), opaque: base.opaque, dormant: base.dormant}
+	for k := range keys {
+		kind, name, _ := strings.Cut(k, " ")
+		switch {
+		case kind == "set" && from.sets[name] != nil:
+			out.sets[name] = from.sets[name]
+		case kind == "set":
+			delete(out.sets, name)
+		case from.chains[name] != nil:
+			out.chains[name] = from.chains[name]
+		default:
+			delete(out.chains, name)
+		}
+	}
+	return out
 }
 
 // logged appends the entry of the version just made; mu is held. Every

@@ -23,7 +23,7 @@ import (
 // the snapshot belongs to (re-read until it is stable across the reads).
 func observe(c *conn, hints []string) (*table, uint32, error) {
 	for attempt := 0; ; attempt++ {
-		t, gen, err := observeOnce(c, hints)
+		t, gen, err := observeOnce(c, hints, false)
 		if errors.Is(err, errDumpInterrupted) && attempt < 5 {
 			continue
 		}
@@ -31,7 +31,10 @@ func observe(c *conn, hints []string) (*table, uint32, error) {
 	}
 }
 
-func observeOnce(c *conn, hints []string) (*table, uint32, error) {
+// observeOnce reads the table once. loose keeps a snapshot that commits
+// interrupted (the caller accounts for them): objects no commit touched
+// are read as they are, others may be missing or stale.
+func observeOnce(c *conn, hints []string, loose bool) (*table, uint32, error) {
 	gen, err := getGen(c)
 	if err != nil {
 		return nil, 0, err
@@ -89,7 +92,7 @@ func observeOnce(c *conn, hints []string) (*table, uint32, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	if gen2 != gen {
+	if gen2 != gen && !loose {
 		return nil, 0, errDumpInterrupted
 	}
 	return t, gen, nil

@@ -54,6 +54,10 @@ type conn struct {
 	seq     uint32
 	rbuf    []byte
 	sendBuf int
+	// keepInterrupted makes dump return what it read even when the
+	// kernel flags the dump interrupted (a commit came meanwhile), for a
+	// reader that accounts for the commits itself (CheckAhead).
+	keepInterrupted bool
 }
 
 // dials counts the sockets dial opened, for tests of their reuse.
@@ -231,7 +235,7 @@ func (c *conn) dump(typ uint16, family uint8, attrs []byte) ([]msg, error) {
 			}
 			switch m.Header.Type {
 			case unix.NLMSG_DONE:
-				if intr {
+				if intr && !c.keepInterrupted {
 					return nil, errDumpInterrupted
 				}
 				return out, nil
