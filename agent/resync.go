@@ -207,7 +207,7 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 		// 42,000-element set takes a CPU second, which the plan under the
 		// lock then finds done (the document is equal, or re-rendered
 		// equal but for the pods written meanwhile).
-		a.eng.PrepareNFT(state)
+		a.eng.PrepareNFT(state, full)
 	}
 	a.mu.Lock()
 	locked := true

@@ -241,11 +241,11 @@ func (e *Engine) ExpectScoped() { e.nft.Expect(spec.HostNetns) }
 
 // PrepareNFT does the CPU work of planning desired's nftables ahead (see
 // nft.Reconciler.Prepare), for a caller about to plan under a lock.
-// It also reads the kernel ahead when the next plan would be the periodic
-// full one (nft.Reconciler.CheckAhead).
-func (e *Engine) PrepareNFT(desired *spec.NodeState) {
+// It also reads the kernel ahead when the plan will be a full one (full,
+// or the periodic full sync: nft.Reconciler.CheckAhead).
+func (e *Engine) PrepareNFT(desired *spec.NodeState, full bool) {
 	if desired != nil {
-		e.nft.CheckAhead(e.ns, spec.HostNetns)
+		e.nft.CheckAhead(e.ns, spec.HostNetns, full)
 		e.nft.Prepare(spec.HostNetns, desired.NFTables)
 	}
 }

@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"time"
+
 	"github.com/terway-reconciler/terway/apply/op"
 )
 
@@ -24,13 +26,19 @@ import (
 // kernel's lists may have been skipped, which looks like drift, never like
 // its absence.
 //
+// full says the caller's next plan is a PlanFull (the agent's periodic
+// full resync, every 30 s): a check that agrees stands for its read too.
+//
 // When the kernel differs from the record, nothing changes: the plan is
-// full and repairs it. A full sync for any other reason (after a failure,
-// PlanFull) reads under the caller's lock as before.
-func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string) {
+// full and repairs it. A full sync after a failure reads under the
+// caller's lock as before: then the record is not to be trusted.
+func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 	r.mu.Lock()
 	rec := r.records[netns]
-	due := rec != nil && !rec.full && rec.written != nil && rec.syncs+1 >= r.opts.FullEvery
+	due := rec != nil && !rec.full && rec.written != nil && (full || rec.syncs+1 >= r.opts.FullEvery)
+	if due {
+		rec.checkedAt = 0 // an earlier check stands for nothing now
+	}
 	r.mu.Unlock()
 	if !due {
 		return
@@ -78,9 +86,14 @@ func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string) {
 		// Our commits since kept the record and the kernel alike; a
 		// failure since would have set full.
 		rec.syncs = 0
+		rec.checkedAt = monoNow()
 	}
 	r.mu.Unlock()
 }
+
+// checkValidFor bounds how long a check stands for the next full sync:
+// the caller plans right after it, or not for this check.
+const checkValidFor = 5 * time.Second
 
 // checkAheadReading, set by tests, runs between CheckAhead's first mark and
 // its read: commits made there come during the read.

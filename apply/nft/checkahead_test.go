@@ -31,7 +31,7 @@ func TestCheckAheadReadsTheKernelBeforeTheLock(t *testing.T) {
 
 	// Due, no drift: the check stands for the full sync.
 	due()
-	e.r.CheckAhead(e.reg, e.ns)
+	e.r.CheckAhead(e.reg, e.ns, false)
 	e.nft("delete", "element", "inet", "terway", "egress-dispatch", dropped)
 	if ops := e.apply(doc); len(ops) != 0 {
 		t.Errorf("after a check that found no drift, the due sync read the kernel: it plans\n%s", planText(ops))
@@ -41,7 +41,7 @@ func TestCheckAheadReadsTheKernelBeforeTheLock(t *testing.T) {
 	// Due, with drift (the element deleted above): the check leaves the
 	// full sync to the plan, which puts the element back.
 	due()
-	e.r.CheckAhead(e.reg, e.ns)
+	e.r.CheckAhead(e.reg, e.ns, false)
 	ops := e.apply(doc)
 	if got := planText(ops); !strings.Contains(got, ps[1].ip) {
 		t.Errorf("after a check that found drift, the due sync did not repair it; it plans\n%s", got)
@@ -76,7 +76,7 @@ func TestCheckAheadAccountsForCommitsDuringItsRead(t *testing.T) {
 		}
 		e.run(ops)
 	}
-	e.r.CheckAhead(e.reg, e.ns)
+	e.r.CheckAhead(e.reg, e.ns, false)
 	checkAheadReading = nil
 	e.nft("delete", "element", "inet", "terway", "egress-dispatch", "{ "+ps[1].ip+" }")
 	for range 2 {
@@ -90,10 +90,41 @@ func TestCheckAheadAccountsForCommitsDuringItsRead(t *testing.T) {
 	// above and takes the foreign one out.
 	foreign := "{ 198.18.250.250 : accept }"
 	checkAheadReading = func() { e.nft("add", "element", "inet", "terway", "egress-dispatch", foreign) }
-	e.r.CheckAhead(e.reg, e.ns)
+	e.r.CheckAhead(e.reg, e.ns, false)
 	checkAheadReading = nil
 	ops := e.apply(moved)
 	if got := planText(ops); !strings.Contains(got, "198.18.250.250") || !strings.Contains(got, ps[1].ip) {
 		t.Errorf("after a foreign commit during the check, the next sync did not read the kernel; it plans\n%s", got)
+	}
+}
+
+// TestCheckAheadStandsForAFullPlan: the agent's periodic full resync
+// (PlanFull, every 30 s) reads the kernel under the agent's lock too; a
+// check made just before it, for it, that found no drift stands for that
+// read once. A check that finds drift leaves the read to the plan, even
+// after an earlier check that agreed.
+func TestCheckAheadStandsForAFullPlan(t *testing.T) {
+	e := newEnv(t, "aheadfull")
+	ps := pods(3)
+	doc := testDoc(ps, nil)
+	e.apply(doc)
+	e.apply(doc)
+
+	e.r.CheckAhead(e.reg, e.ns, true)
+	e.nft("delete", "element", "inet", "terway", "egress-dispatch", "{ "+ps[1].ip+" }")
+	if ops := e.plan(doc, true); len(ops) != 0 {
+		t.Errorf("a full plan right after a check that agreed read the kernel: it plans\n%s", planText(ops))
+	}
+	if ops := e.plan(doc, true); !strings.Contains(planText(ops), ps[1].ip) {
+		t.Errorf("a second full plan trusted the same check: it plans\n%s", planText(ops))
+	}
+
+	// An agreeing check, not used; then one that finds the drift.
+	e.r.mu.Lock()
+	e.r.records[e.ns].checkedAt = monoNow()
+	e.r.mu.Unlock()
+	e.r.CheckAhead(e.reg, e.ns, true)
+	if ops := e.plan(doc, true); !strings.Contains(planText(ops), ps[1].ip) {
+		t.Errorf("a check that found drift left an earlier check standing: the full plan plans\n%s", planText(ops))
 	}
 }

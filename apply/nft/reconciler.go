@@ -97,6 +97,10 @@ type record struct {
 	full bool
 	// syncs counts syncs since the last full one.
 	syncs int
+	// checkedAt is when (monoNow; 0: not since the last full or counted
+	// sync) a CheckAhead found the kernel as recorded: the next full or
+	// counted sync need not read it, if it comes within checkValidFor.
+	checkedAt int64
 	// version changes with every commit and invalidation; a plan made at
 	// an older version would diff against a stale record.
 	version uint64
@@ -493,7 +497,13 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	if sc != nil {
 		rec.scopedAt.Store(monoNow())
 	}
-	full := ask == syncFull || rec.full || (ask == syncAuto && rec.syncs+1 >= r.opts.FullEvery)
+	// A CheckAhead that found the kernel as recorded stands for the next
+	// full sync's read (not a CNI request's partial plan's to use up).
+	checked := rec.checkedAt != 0 && ask != syncPartial && time.Duration(monoNow()-rec.checkedAt) < checkValidFor
+	if ask != syncPartial {
+		rec.checkedAt = 0
+	}
+	full := (ask == syncFull && !checked) || rec.full || (ask == syncAuto && !checked && rec.syncs+1 >= r.opts.FullEvery)
 	version, written, cache := rec.version, rec.written, rec.cache
 	r.mu.Unlock()
 
