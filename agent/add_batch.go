@@ -78,6 +78,8 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 		// render left these pods out as pending; at its execution they
 		// are neither pending nor written, and it would delete what the
 		// batch just made (TestResyncKeepsAnAddEndingDuringItsRender).
+		// Refused and rolled-back pods are noted too: that resync leaves
+		// anything of theirs to the next run.
 		a.writes.note(nil, opts)
 	}()
 	answer := func(w *addWaiter, res *types100.Result, err error) { w.done <- addOutcome{res, err} }

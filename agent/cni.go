@@ -58,9 +58,9 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 			return nil, cerr
 		}
 	}
-	// A large change's staged fill lets this request's commit go first
-	// from now: its veth, made in the node's namespace, waits for any
-	// nftables transaction there.
+	// A large change's staged fill holds its next chunk back from now
+	// until this request commits (10 ms at most): its veth, made in the
+	// node's namespace, waits for any nftables transaction there.
 	a.eng.ExpectScoped()
 	// The allocation does not take the agent's lock (mu): it would wait
 	// for the set-up of every ADD before it, a DEL or a resync's plan.

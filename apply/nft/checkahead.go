@@ -1,37 +1,44 @@
 package nft
 
 import (
+	"errors"
+	"maps"
+	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/terway-reconciler/terway/apply/op"
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // CheckAhead does, before a caller's lock, the kernel read that netns's
-// next plan would do under it as the periodic full sync (FullEvery): it
-// reads our table and compares it with the record. When they agree, that
-// plan may trust the record, as a full sync that found no drift would
-// have: the count starts again and the plan is partial. Reading back a
-// table with a 50,000-element set takes about 100 ms, which the agent's
-// resync spent under its lock every tenth sync, a wait for every CNI
-// request meanwhile (BenchmarkAgentAddDuringLargePolicyChange, 1,000 ADDs:
-// the four slowest waited 86–125 ms for the lock).
+// next plan would do under it as a full sync: the periodic one (every
+// FullEvery syncs), or, with full, the caller's PlanFull (the agent's full
+// resync, every 30 s). It reads our table and compares it with the record.
+// When they agree, the next plan trusts the record, as a full sync finding
+// no drift would have. Reading back a table with a 50,000-element set
+// takes about 100 ms, which the agent's resync spent under its lock, a wait
+// for every CNI request meanwhile (BenchmarkAgentAddDuringLargePolicyChange,
+// 1,000 ADDs: the slowest waited 77–125 ms for the lock).
 //
-// CNI requests commit during the read (it holds no lock), so it cannot be
-// one consistent snapshot. It does not need to be: the ruleset generation
-// before and after it, against the count of our own transactions, says
-// whether anyone else committed meanwhile (then nothing is concluded), and
-// the record's log names the objects our commits touched, which are
-// compared as the record has them. Every other object did not change
-// during the read, so it was read whole: an object a commit moved in the
-// kernel's lists may have been skipped, which looks like drift, never like
-// its absence.
+// CNI requests commit during the read (it holds no lock), so the read is
+// not one snapshot; what makes its verdict sound:
+//   - The ruleset generation before and after, against the count of our
+//     own transactions, says whether anyone else committed: then nothing
+//     is concluded.
+//   - The objects our commits touched meanwhile are read again at the
+//     end with our commits held off (commitMu), as is the table's object
+//     count. A touched set larger than checkRereadMax ends the check
+//     instead: holding commits off while it is read is what this avoids.
+//   - The kernel lists rules, and a table's sets, by position: a commit
+//     that changed a chain, or made or removed a set, may have made the
+//     read skip another object. Then nothing is concluded either.
 //
-// full says the caller's next plan is a PlanFull (the agent's periodic
-// full resync, every 30 s): a check that agrees stands for its read too.
-//
-// When the kernel differs from the record, nothing changes: the plan is
-// full and repairs it. A full sync after a failure reads under the
-// caller's lock as before: then the record is not to be trusted.
+// Every other object did not change during the read, so it was read whole.
+// When the kernel differs from the record, or nothing could be concluded,
+// the plan reads the kernel under the caller's lock, as before; so does a
+// full sync after a failure, when the record is not to be trusted.
 func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 	r.mu.Lock()
 	rec := r.records[netns]
@@ -53,51 +60,45 @@ func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 	if err != nil || before.written == nil {
 		return
 	}
-	if checkAheadReading != nil {
-		checkAheadReading()
-	}
 	c.keepInterrupted = true
 	kernel, _, err := observeOnce(c, sortedKeys(before.written.chains), true)
 	c.keepInterrupted = false
-	if err != nil {
+	if err != nil || kernel == nil {
 		return
 	}
-	after, err := r.markOf(c, rec)
+	written, err := r.settle(c, rec, before, kernel)
 	if err != nil {
 		return
 	}
 	clean = true
-	if after.written == nil || kernel == nil || after.gen-before.gen != uint32(after.txns-before.txns) {
-		return // not ours to judge: the next plan reads under the lock
+	if written == nil {
+		return // nothing to conclude
 	}
-	r.mu.Lock()
-	touched, ok := rec.touchedSince(before.version)
-	r.mu.Unlock()
-	if !ok {
-		return
-	}
-	view := overlay(kernel, after.written, touched)
-	if p, err := diff(netns, after.written, view, after.written, r.opts.ReplaceCost, r.opts.StageMin); err != nil || len(p.ops()) > 0 {
+	if p, err := diff(netns, written, kernel, written, r.opts.ReplaceCost, r.opts.StageMin); err != nil || len(p.ops()) > 0 {
 		r.log.Info("nftables differ from the record; the next sync reads them under the lock", "netns", netns)
 		return
 	}
 	r.mu.Lock()
 	if !rec.full {
-		// Our commits since kept the record and the kernel alike; a
-		// failure since would have set full.
+		// Our commits since the end of the read kept the record and the
+		// kernel alike; a failure since would have set full.
 		rec.syncs = 0
 		rec.checkedAt = monoNow()
 	}
 	r.mu.Unlock()
 }
 
+// checkRereadMax is the largest set CheckAhead reads again with commits
+// held off (a few milliseconds at most).
+const checkRereadMax = 2000
+
 // checkValidFor bounds how long a check stands for the next full sync:
 // the caller plans right after it, or not for this check.
 const checkValidFor = 5 * time.Second
 
-// checkAheadReading, set by tests, runs between CheckAhead's first mark and
-// its read: commits made there come during the read.
-var checkAheadReading func()
+// checkAheadMidRead, set by tests, runs in the middle of CheckAhead's read
+// (after the sets, before the rules): commits made there interleave with it.
+var checkAheadMidRead func()
 
 // mark is a record's state with the ruleset generation, read together:
 // commits change both under commitMu.
@@ -122,6 +123,98 @@ func (r *Reconciler) markOf(c *conn, rec *record) (mark, error) {
 	return m, err
 }
 
+// settle ends a check's read with our commits held off: it finds what they
+// touched since before, reads those sets again into kernel, and compares
+// the table's object count with the record's. It returns the record to
+// compare kernel with, or nil when nothing can be concluded.
+func (r *Reconciler) settle(c *conn, rec *record, before mark, kernel *table) (*table, error) {
+	rec.commitMu.Lock()
+	defer rec.commitMu.Unlock()
+	r.mu.Lock()
+	written, txns := rec.written, rec.txns.Load()
+	touched, logged := rec.touchedSince(before.version)
+	trusted := !rec.full
+	r.mu.Unlock()
+	if !trusted || !logged || written == nil {
+		return nil, nil
+	}
+	gen, err := getGen(c)
+	if err != nil {
+		return nil, err
+	}
+	if gen-before.gen != uint32(txns-before.txns) {
+		return nil, nil // someone else committed meanwhile
+	}
+	if !sameKeys(before.written.sets, written.sets) {
+		return nil, nil // a set made or removed: the set list may have skipped one
+	}
+	for k := range touched {
+		kind, name, _ := strings.Cut(k, " ")
+		if kind != "set" {
+			return nil, nil // a chain changed: the rule list may have skipped one
+		}
+		if ws := written.sets[name]; ws != nil && len(ws.elems) > checkRereadMax {
+			return nil, nil
+		}
+		s, err := readSet(c, name)
+		if err != nil {
+			return nil, err
+		}
+		if s == nil {
+			delete(kernel.sets, name)
+		} else {
+			kernel.sets[name] = s
+		}
+	}
+	tm, err := c.get(unix.NFT_MSG_GETTABLE, familyInet, attrStr(unix.NFTA_TABLE_NAME, spec.NFTTable))
+	if err != nil {
+		return nil, err
+	}
+	use, _, err := tableInfo(tm)
+	if err != nil {
+		return nil, err
+	}
+	// As observeOnce counts: whether anonymous sets count differs between
+	// kernel versions. A chain of someone else's that nothing of ours
+	// names is counted here and not in the record.
+	if known := uint32(len(written.sets) + len(written.chains)); use != known && use != known+uint32(kernel.anonSets) {
+		return nil, nil
+	}
+	return written, nil
+}
+
+// readSet reads one named set or map of our table with its elements; nil
+// if there is none.
+func readSet(c *conn, name string) (*set, error) {
+	m, err := c.get(unix.NFT_MSG_GETSET, familyInet, append(attrStr(unix.NFTA_SET_TABLE, spec.NFTTable), attrStr(unix.NFTA_SET_NAME, name)...))
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, _, err := decodeSet(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := readElems(c, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func sameKeys[V any](a, b map[string]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // touchedSince names the objects ("set NAME", "chain NAME") our commits
 // changed after version; false if the log does not reach back that far or
 // an entry changed the table as a whole. mu is held.
@@ -135,9 +228,7 @@ func (rec *record) touchedSince(version uint64) (map[string]bool, bool) {
 		if e.all {
 			return nil, false
 		}
-		for k := range e.keys {
-			keys[k] = true
-		}
+		maps.Copy(keys, e.keys)
 	}
 	return keys, true
 }

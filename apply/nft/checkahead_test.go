@@ -3,6 +3,8 @@ package nft
 import (
 	"strings"
 	"testing"
+
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // TestCheckAheadReadsTheKernelBeforeTheLock: when the next plan of a
@@ -52,49 +54,85 @@ func TestCheckAheadReadsTheKernelBeforeTheLock(t *testing.T) {
 }
 
 // TestCheckAheadAccountsForCommitsDuringItsRead: CNI requests commit
-// while CheckAhead reads (it holds no lock). Our own commits meanwhile do
-// not spoil the check: the objects they touched are compared as the
-// record has them. A commit by anyone else meanwhile does: nothing is
-// concluded, and the next plan reads the kernel itself and repairs it.
+// while CheckAhead reads (it holds no lock). Our commits that change only
+// set elements do not spoil the check: the sets they touched are read
+// again at its end. Drift in such a set is still found, as is a commit by
+// anyone else or one that changes a chain: then nothing is concluded and
+// the next plan reads the kernel itself.
 func TestCheckAheadAccountsForCommitsDuringItsRead(t *testing.T) {
 	e := newEnv(t, "aheadbusy")
 	e.r = New(Options{FullEvery: 3})
-	t.Cleanup(func() { checkAheadReading = nil })
+	t.Cleanup(func() { checkAheadMidRead = nil })
 	ps := pods(4)
-	doc, moved := testDoc(ps, nil), testDoc(ps, map[int]int{2: 1})
-	for range 3 {
-		e.apply(doc) // full, then partial twice: the next is the periodic full sync
+	doc := testDoc(ps, nil)
+	// fewer is doc less pod 3's egress-dispatch element: a commit of it
+	// changes one set, as a CNI request's does.
+	fewer := testDoc(ps, nil)
+	for i, s := range fewer.Sets {
+		if s.Name == "egress-dispatch" {
+			fewer.Sets[i].Elements = s.Elements[:len(s.Elements)-1]
+		}
 	}
-
-	// Our commit during the read (a CNI request's: partial, not counted
-	// towards the full sync): the check still stands for the full sync.
-	// Drift made after it goes unseen by the next plans.
-	checkAheadReading = func() {
-		ops, err := e.r.PlanPartial(e.reg, e.ns, moved)
+	elem := func(ip string) string { return "{ " + ip + " }" }
+	partial := func(d *spec.NFTable) {
+		ops, err := e.r.PlanPartial(e.reg, e.ns, d)
 		if err != nil || len(ops) == 0 {
-			t.Errorf("the commit during the check: %v, %d ops", err, len(ops))
+			t.Fatalf("a CNI-like commit during the check: %v, %d ops", err, len(ops))
 		}
 		e.run(ops)
 	}
-	e.r.CheckAhead(e.reg, e.ns, false)
-	checkAheadReading = nil
-	e.nft("delete", "element", "inet", "terway", "egress-dispatch", "{ "+ps[1].ip+" }")
-	for range 2 {
-		if ops := e.apply(moved); len(ops) != 0 {
-			t.Fatalf("our own commit during the check made a sync read the kernel: it plans\n%s", planText(ops))
+	// readsKernel deletes pod 0's ingress-dispatch element behind our
+	// back, syncs d and says whether that sync read the kernel: it puts
+	// the element back.
+	readsKernel := func(d *spec.NFTable) bool {
+		t.Helper()
+		e.nft("delete", "element", "inet", "terway", "ingress-dispatch", elem(ps[0].ip))
+		return strings.Contains(planText(e.apply(d)), ps[0].ip)
+	}
+	// check brings the namespace to its periodic full sync (a full sync,
+	// then two counted partial ones), makes drift, and checks ahead,
+	// calling mid in the middle of its read.
+	check := func(from *spec.NFTable, drift, mid func()) {
+		t.Helper()
+		e.run(e.plan(from, true))
+		e.apply(from)
+		e.apply(from)
+		if drift != nil {
+			drift()
 		}
+		e.r.mu.Lock()
+		due := e.r.records[e.ns].syncs+1 >= 3
+		e.r.mu.Unlock()
+		if !due {
+			t.Fatal("the next sync is not the periodic full one; the test shows nothing")
+		}
+		checkAheadMidRead = mid
+		e.r.CheckAhead(e.reg, e.ns, false)
+		checkAheadMidRead = nil
 	}
 
-	// Due again. Someone else's commit during the read: no conclusion;
-	// the next plan is the full sync, puts back the element deleted
-	// above and takes the foreign one out.
-	foreign := "{ 198.18.250.250 : accept }"
-	checkAheadReading = func() { e.nft("add", "element", "inet", "terway", "egress-dispatch", foreign) }
-	e.r.CheckAhead(e.reg, e.ns, false)
-	checkAheadReading = nil
-	ops := e.apply(moved)
-	if got := planText(ops); !strings.Contains(got, "198.18.250.250") || !strings.Contains(got, ps[1].ip) {
-		t.Errorf("after a foreign commit during the check, the next sync did not read the kernel; it plans\n%s", got)
+	check(doc, nil, func() { partial(fewer) })
+	if readsKernel(fewer) {
+		t.Error("our set-only commit during the check made the next sync read the kernel")
+	}
+
+	// Drift in the set that commit touches, made before the check.
+	check(doc, func() { e.nft("delete", "element", "inet", "terway", "egress-dispatch", elem(ps[1].ip)) }, func() { partial(fewer) })
+	if !strings.Contains(planText(e.apply(fewer)), ps[1].ip) {
+		t.Error("drift in a set our commit touched during the check went unseen by the next sync")
+	}
+
+	// Someone else's commit during the read.
+	check(doc, nil, func() { e.nft("add", "element", "inet", "terway", "egress-dispatch", "{ 198.18.250.250 : accept }") })
+	if !readsKernel(doc) {
+		t.Error("after a foreign commit during the check, the next sync did not read the kernel")
+	}
+
+	// Our commit that changes a chain (pod 2's rules) during the read.
+	moved := testDoc(ps, map[int]int{2: 1})
+	check(doc, nil, func() { partial(moved) })
+	if !readsKernel(moved) {
+		t.Error("after our commit changed a chain during the check, the next sync did not read the kernel")
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/terway-reconciler/terway/apply/op"
 )
 
@@ -82,6 +84,22 @@ func closeAll(cs []*conn) {
 	for _, c := range cs {
 		c.close()
 	}
+}
+
+// nsID is a namespace's identity: the device and inode of its nsfs file.
+type nsID struct{ dev, ino uint64 }
+
+// nsIdentity is the namespace netns names now.
+func nsIdentity(ns op.Namespaces, netns string) (nsID, error) {
+	fd, err := ns.Fd(netns)
+	if err != nil {
+		return nsID{}, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nsID{}, err
+	}
+	return nsID{uint64(st.Dev), st.Ino}, nil
 }
 
 // openConn returns a socket in netns: an idle one of rec's if there is

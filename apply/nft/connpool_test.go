@@ -1,7 +1,11 @@
 package nft
 
 import (
+	"os/exec"
+	"strings"
 	"testing"
+
+	"github.com/terway-reconciler/terway/internal/nstest"
 )
 
 // TestSyncsReuseTheirSocket: the syncs of a namespace use one socket, kept
@@ -73,5 +77,28 @@ func TestDroppingARecordClosesItsSockets(t *testing.T) {
 	e.apply(nil)
 	if c.fd >= 0 {
 		t.Error("removing the table left the namespace's socket open")
+	}
+}
+
+// TestNamespaceMadeAgainAtItsPath: a runtime may make a sandbox's
+// namespace again at the same path. Nothing recorded of the old one is
+// there, and a socket kept from it would write to the dead namespace: the
+// next plan starts a new record, and the table is made in the new one.
+func TestNamespaceMadeAgainAtItsPath(t *testing.T) {
+	e := newEnv(t, "again")
+	doc := testDoc(pods(2), nil)
+	e.apply(doc)
+	e.apply(doc) // a socket kept, the record partial-ready
+	name := nstest.Name(e.ns)
+	for _, args := range [][]string{{"netns", "del", name}, {"netns", "add", name}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	if ops := e.apply(doc); len(ops) == 0 || lines(ops)[0] != "+ table inet terway" {
+		t.Fatalf("the plan for the namespace made again at %s trusted the old record:\n%s", e.ns, planText(ops))
+	}
+	if out := e.nft("list", "tables"); !strings.Contains(out, "table inet terway") {
+		t.Errorf("no table in the new namespace: %q", out)
 	}
 }

@@ -24,6 +24,9 @@ type table struct {
 	// dormant is an observed table whose hooks are switched off
 	// (`flags dormant`): every rule is present and none runs.
 	dormant bool
+	// anonSets is how many anonymous sets (of rules) an observed table
+	// listed, for a use count checked later (CheckAhead).
+	anonSets int
 }
 
 // set is a named set or verdict map.

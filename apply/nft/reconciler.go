@@ -97,9 +97,12 @@ type record struct {
 	full bool
 	// syncs counts syncs since the last full one.
 	syncs int
-	// checkedAt is when (monoNow; 0: not since the last full or counted
-	// sync) a CheckAhead found the kernel as recorded: the next full or
-	// counted sync need not read it, if it comes within checkValidFor.
+	// checkedAt is when (monoNow; 0: none) a CheckAhead found the kernel
+	// as recorded: the next full plan need not read it, if it comes within
+	// checkValidFor. The next full or counted plan uses it up, whichever
+	// it is (a CNI CHECK's full plan too: the resync then reads under its
+	// lock, as before). The periodic sync's due count was reset by the
+	// check itself, as a full sync resets it.
 	checkedAt int64
 	// version changes with every commit and invalidation; a plan made at
 	// an older version would diff against a stale record.
@@ -109,6 +112,10 @@ type record struct {
 	// conns are the namespace's idle sockets (connpool.go); dropping the
 	// record closes them.
 	conns connPool
+	// id is the namespace the record is of, as its path named it when
+	// last planned (zero: unknown); a plan that finds the path naming
+	// another starts a new record.
+	id nsID
 	// commitMu serialises commits of the namespace, so that the staleness
 	// check and the commit that follows it cannot interleave with another.
 	commitMu sync.Mutex
@@ -422,8 +429,9 @@ func (rec *record) invalidate() {
 }
 
 // Expect says a scoped plan of netns (a CNI request's) is on its way: a
-// staged fill lets its commit go first from now (othersAhead), not only
-// from the plan. The kernel makes the request wait for a fill chunk even
+// staged fill holds its next chunk back from now (othersAhead), not only
+// from the plan, until the request commits or for stageScopedAhead
+// (10 ms) at most. The kernel makes the request wait for a fill chunk even
 // before its commit: creating or deleting a link in a namespace takes that
 // namespace's nftables commit mutex (nf_tables_netdev_event).
 func (r *Reconciler) Expect(netns string) {
@@ -492,8 +500,20 @@ func (r *Reconciler) plan(ns op.Namespaces, netns string, desired *spec.NFTable,
 
 // planWith plans; a scope (PlanScoped) limits a partial sync to its pods.
 func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTable, ask syncMode, sc *Scope) ([]op.Op, error) {
+	id, idErr := nsIdentity(ns, netns)
+	var gone []*conn
 	r.mu.Lock()
 	rec := r.recordLocked(netns)
+	if idErr == nil {
+		if rec.id != (nsID{}) && rec.id != id {
+			// The path names another namespace now (a sandbox made
+			// again at the same path): nothing recorded is there, and
+			// the record's sockets are in the old one.
+			gone = r.dropLocked(netns)
+			rec = r.recordLocked(netns)
+		}
+		rec.id = id
+	}
 	if sc != nil {
 		rec.scopedAt.Store(monoNow())
 	}
@@ -506,6 +526,7 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	full := (ask == syncFull && !checked) || rec.full || (ask == syncAuto && !checked && rec.syncs+1 >= r.opts.FullEvery)
 	version, written, cache := rec.version, rec.written, rec.cache
 	r.mu.Unlock()
+	closeAll(gone)
 
 	var want *table
 	switch {

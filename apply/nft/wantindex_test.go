@@ -125,7 +125,7 @@ func TestExpectHoldsAFillBack(t *testing.T) {
 		t.Fatal("a fill is held back before any request said it was coming")
 	}
 	r.Expect("test")
-	if !rec.othersAhead(monoNow()) {
+	if !rec.othersAhead(rec.scopedAt.Load()) { // at once: the window is stageScopedAhead
 		t.Error("a request that said it is coming does not hold a fill back")
 	}
 	time.Sleep(time.Millisecond)
