@@ -33,7 +33,9 @@ import (
 //     instead: holding commits off while it is read is what this avoids.
 //   - The kernel lists rules, and a table's sets, by position: a commit
 //     that changed a chain, or made or removed a set, may have made the
-//     read skip another object. Then nothing is concluded either.
+//     read skip another object. Then nothing is concluded either; nor
+//     when a staged plan's transactions (a fill, its hop back), which the
+//     record's log does not name, came meanwhile.
 //
 // Every other object did not change during the read, so it was read whole.
 // When the kernel differs from the record, or nothing could be concluded,
@@ -131,11 +133,16 @@ func (r *Reconciler) settle(c *conn, rec *record, before mark, kernel *table) (*
 	rec.commitMu.Lock()
 	defer rec.commitMu.Unlock()
 	r.mu.Lock()
-	written, txns := rec.written, rec.txns.Load()
+	written, txns, version := rec.written, rec.txns.Load(), rec.version
 	touched, logged := rec.touchedSince(before.version)
-	trusted := !rec.full
+	trusted, staging := !rec.full, len(rec.locked) > 0
 	r.mu.Unlock()
-	if !trusted || !logged || written == nil {
+	if !trusted || !logged || written == nil || staging {
+		return nil, nil
+	}
+	if txns-before.txns != version-before.version {
+		// A transaction of ours that is no logged commit: a staged
+		// plan's fill or its hop back, which rewrites chains.
 		return nil, nil
 	}
 	gen, err := getGen(c)

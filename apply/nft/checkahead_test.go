@@ -58,7 +58,8 @@ func TestCheckAheadReadsTheKernelBeforeTheLock(t *testing.T) {
 // set elements do not spoil the check: the sets they touched are read
 // again at its end. Drift in such a set is still found, as is a commit by
 // anyone else or one that changes a chain: then nothing is concluded and
-// the next plan reads the kernel itself.
+// the next plan reads the kernel itself, as after a transaction of ours
+// the record's log does not name (a staged plan's).
 func TestCheckAheadAccountsForCommitsDuringItsRead(t *testing.T) {
 	e := newEnv(t, "aheadbusy")
 	e.r = New(Options{FullEvery: 3})
@@ -126,6 +127,28 @@ func TestCheckAheadAccountsForCommitsDuringItsRead(t *testing.T) {
 	check(doc, nil, func() { e.nft("add", "element", "inet", "terway", "egress-dispatch", "{ 198.18.250.250 : accept }") })
 	if !readsKernel(doc) {
 		t.Error("after a foreign commit during the check, the next sync did not read the kernel")
+	}
+
+	// A transaction of ours that is no logged commit (as a staged plan's
+	// fill chunks and hop back are): here one that makes a set and takes
+	// it away, so the kernel ends as it was.
+	check(doc, nil, func() {
+		e.r.mu.Lock()
+		rec := e.r.records[e.ns]
+		tmp := *rec.written.sets["egress-dispatch"]
+		e.r.mu.Unlock()
+		tmp.name = "tw-check-tmp"
+		c, err := dial(e.reg, e.ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.close()
+		if err := rec.sendLocked(c, []batchMsg{newSetMsg(&tmp, 1), delSetMsg(&tmp)}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if !readsKernel(doc) {
+		t.Error("after a transaction of ours the record's log does not name, the next sync did not read the kernel")
 	}
 
 	// Our commit that changes a chain (pod 2's rules) during the read.

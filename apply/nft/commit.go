@@ -88,6 +88,10 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 	if rec == nil {
 		return fmt.Errorf("nft table inet terway in %s: the namespace was forgotten since the plan; plan again", nsName(netns))
 	}
+	if p.rec != nil && p.rec != rec {
+		// Its versions start again: the staleness check cannot compare.
+		return fmt.Errorf("nft table inet terway in %s: %w (the namespace's record was made again since the plan: forgotten, or its path names another namespace)", nsName(netns), ErrStale)
+	}
 	c, err := r.openConn(ns, netns, rec)
 	if err != nil {
 		r.fail(netns)

@@ -1,11 +1,14 @@
 package nft
 
 import (
+	"context"
+	"errors"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // TestSyncsReuseTheirSocket: the syncs of a namespace use one socket, kept
@@ -100,5 +103,39 @@ func TestNamespaceMadeAgainAtItsPath(t *testing.T) {
 	}
 	if out := e.nft("list", "tables"); !strings.Contains(out, "table inet terway") {
 		t.Errorf("no table in the new namespace: %q", out)
+	}
+}
+
+// TestPlanOnAReplacedRecordIsRefused: a plan made on a record that was
+// replaced since (the namespace forgotten, or made again at its path) is
+// refused as stale, even when the new record's version is the plan's:
+// versions start again with a record, so they cannot tell.
+func TestPlanOnAReplacedRecordIsRefused(t *testing.T) {
+	e := newEnv(t, "replaced")
+	ps := pods(2)
+	doc, moved := testDoc(ps, nil), testDoc(ps, map[int]int{1: 1})
+	e.apply(doc)
+	e.r.mu.Lock()
+	version := e.r.records[e.ns].version
+	e.r.mu.Unlock()
+	stale := e.plan(moved, false)
+
+	e.r.Forget(e.ns)
+	for i := 0; ; i++ {
+		e.r.mu.Lock()
+		rec := e.r.records[e.ns]
+		at := rec != nil && rec.version == version
+		e.r.mu.Unlock()
+		if at {
+			break
+		}
+		if i == 10 {
+			t.Fatalf("the new record never reached version %d", version)
+		}
+		e.run(e.plan([]*spec.NFTable{doc, moved}[i%2], true))
+	}
+	err := stale[0].Exec(context.Background(), e.reg)
+	if !errors.Is(err, ErrStale) {
+		t.Errorf("a plan made on the replaced record committed: %v", err)
 	}
 }

@@ -44,6 +44,9 @@ type plan struct {
 	staged map[string]*stagedSet
 	// counts says the sync counts towards the periodic full one (done).
 	counts bool
+	// rec is the record the plan was made on: a commit finding another
+	// (the namespace forgotten, or made again at its path) is refused.
+	rec *record
 	// locks are record keys the commit locks as it records (stage.go).
 	locks map[string]bool
 }

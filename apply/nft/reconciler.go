@@ -569,6 +569,7 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		return nil, err
 	}
 	p.counts = ask != syncPartial
+	p.rec = rec
 	ops := p.ops()
 	mode := "partial"
 	if full {
