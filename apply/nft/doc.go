@@ -33,8 +33,10 @@
 //	stage.go     a large recreated set filled outside the transaction, in short ones
 //	scoped.go    a CNI plan's part of the table: its pods' objects and elements
 //	reconciler.go records, partial/full syncs, staleness, commit
+//	checkahead.go the periodic full sync's kernel read, done before a caller's lock
 //	verify.go    reading back what a transaction wrote
 //	wire.go      the NETLINK_NETFILTER socket: dumps, gets, the batch
+//	connpool.go  a namespace's sockets, kept open between syncs
 //
 // Expressions are google/nftables expr values and use its marshalling; the
 // messages around them are our own (see wire.go for why): nftables.Conn
