@@ -62,9 +62,7 @@ func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 	if err != nil || before.written == nil {
 		return
 	}
-	c.keepInterrupted = true
 	kernel, _, err := observeOnce(c, sortedKeys(before.written.chains), true)
-	c.keepInterrupted = false
 	if err != nil || kernel == nil {
 		return
 	}
@@ -173,18 +171,13 @@ func (r *Reconciler) settle(c *conn, rec *record, before mark, kernel *table) (*
 			kernel.sets[name] = s
 		}
 	}
-	tm, err := c.get(unix.NFT_MSG_GETTABLE, familyInet, attrStr(unix.NFTA_TABLE_NAME, spec.NFTTable))
+	use, _, err := getTable(c)
 	if err != nil {
 		return nil, err
 	}
-	use, _, err := tableInfo(tm)
-	if err != nil {
-		return nil, err
-	}
-	// As observeOnce counts: whether anonymous sets count differs between
-	// kernel versions. A chain of someone else's that nothing of ours
-	// names is counted here and not in the record.
-	if known := uint32(len(written.sets) + len(written.chains)); use != known && use != known+uint32(kernel.anonSets) {
+	// A chain of someone else's that nothing of ours names is counted
+	// here and not in the record.
+	if !usedBy(use, written, kernel.anonSets) {
 		return nil, nil
 	}
 	return written, nil

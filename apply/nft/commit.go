@@ -250,7 +250,7 @@ func (rec *record) staleSince(version uint64, keys map[string]bool, all bool) st
 // the record keeps their objects and takes the plan's.
 func (r *Reconciler) committed(rec *record, want *table, full, counts bool, version uint64, keys map[string]bool, all bool) {
 	if rec.version != version && !all && rec.written != nil && want != nil {
-		want = overlay(&table{sets: rec.written.sets, chains: rec.written.chains}, want, keys)
+		want = overlay(rec.written, want, keys)
 	}
 	r.done(rec, want, full, counts)
 	rec.version++

@@ -35,20 +35,20 @@ func observe(c *conn, hints []string) (*table, uint32, error) {
 // interrupted (the caller accounts for them): objects no commit touched
 // are read as they are, others may be missing or stale.
 func observeOnce(c *conn, hints []string, loose bool) (*table, uint32, error) {
+	if loose {
+		c.keepInterrupted = true
+		defer func() { c.keepInterrupted = false }()
+	}
 	gen, err := getGen(c)
 	if err != nil {
 		return nil, 0, err
 	}
-	tm, err := c.get(unix.NFT_MSG_GETTABLE, familyInet, attrStr(unix.NFTA_TABLE_NAME, spec.NFTTable))
+	use, flags, err := getTable(c)
 	if errors.Is(err, unix.ENOENT) {
 		return nil, gen, nil
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("read table inet terway: %w", err)
-	}
-	use, flags, err := tableInfo(tm)
-	if err != nil {
-		return nil, 0, fmt.Errorf("read table inet terway: %w", err)
+		return nil, 0, err
 	}
 	t := emptyTable()
 	t.dormant = flags&unix.NFT_TABLE_F_DORMANT != 0
@@ -90,9 +90,9 @@ func observeOnce(c *conn, hints []string, loose bool) (*table, uint32, error) {
 	// between kernel versions (6.18 does not count them); accept both.
 	// (A loose read's count may be off by what commits made meanwhile:
 	// its caller checks the count itself.)
-	if known := uint32(len(t.sets) + len(t.chains)); !loose && use != known && use != known+uint32(len(anon)) {
+	if !loose && !usedBy(use, t, len(anon)) {
 		t.opaque = fmt.Sprintf("the table holds %d objects, we can name %d (%d sets and maps, %d chains)",
-			use, known, len(t.sets), len(t.chains))
+			use, len(t.sets)+len(t.chains), len(t.sets), len(t.chains))
 	}
 	gen2, err := getGen(c)
 	if err != nil {
@@ -119,6 +119,25 @@ func getGen(c *conn) (uint32, error) {
 		}
 	}
 	return 0, fmt.Errorf("read nftables generation: no generation id in the reply")
+}
+
+// getTable reads our table's use count and flags (ENOENT: no table).
+func getTable(c *conn) (use, flags uint32, err error) {
+	tm, err := c.get(unix.NFT_MSG_GETTABLE, familyInet, attrStr(unix.NFTA_TABLE_NAME, spec.NFTTable))
+	if err == nil {
+		use, flags, err = tableInfo(tm)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("read table inet terway: %w", err)
+	}
+	return use, flags, nil
+}
+
+// usedBy tells whether a table's use count is t's sets and chains: with
+// or without its rules' anon anonymous sets, which some kernels count.
+func usedBy(use uint32, t *table, anon int) bool {
+	known := uint32(len(t.sets) + len(t.chains))
+	return use == known || use == known+uint32(anon)
 }
 
 // tableInfo returns the table's use count (its chains and sets) and flags.

@@ -55,8 +55,8 @@ type conn struct {
 	rbuf    []byte
 	sendBuf int
 	// keepInterrupted makes dump return what it read even when the
-	// kernel flags the dump interrupted (a commit came meanwhile), for a
-	// reader that accounts for the commits itself (CheckAhead).
+	// kernel flags the dump interrupted (a commit came meanwhile): set by
+	// a loose observeOnce, whose caller accounts for the commits.
 	keepInterrupted bool
 }
 
