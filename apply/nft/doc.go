@@ -33,6 +33,7 @@
 //	stage.go     a large recreated set filled outside the transaction, in short ones
 //	scoped.go    a CNI plan's part of the table: its pods' objects and elements
 //	reconciler.go records, partial/full syncs, staleness, commit
+//	recordindex.go a record's address indexes for scoped plans
 //	checkahead.go the periodic full sync's kernel read, done before a caller's lock
 //	verify.go    reading back what a transaction wrote
 //	wire.go      the NETLINK_NETFILTER socket: dumps, gets, the batch

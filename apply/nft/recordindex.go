@@ -1,0 +1,148 @@
+package nft
+
+import (
+	"slices"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// The address indexes a record keeps for scoped plans (scoped.go): of its
+// large written sets (indexed, built after a commit), and of the desired
+// element lists CNI requests and resyncs plan from (wantIndexed, warmed
+// by Prepare).
+
+// wantIndexLists is how many element lists of one set name keep their
+// wantIndex.
+const wantIndexLists = 2
+
+// wantIndexed is a wantIndex of one desired element list, named by its
+// first element's address and its length.
+type wantIndexed struct {
+	first *spec.NFTElement
+	n     int
+	idx   wantIndex
+}
+
+// indexed is an addrIndex of one set object.
+type indexed struct {
+	of  *set
+	idx addrIndex
+}
+
+// warmIndexes builds the address indexes of rec's large sets that are not
+// built yet: after a commit, by the committing sync, so that the next
+// scoped plan (a CNI ADD) finds them ready.
+func (r *Reconciler) warmIndexes(rec *record) {
+	r.mu.Lock()
+	var sets []*set
+	if rec.written != nil {
+		for name, s := range rec.written.sets {
+			if x, ok := rec.indexes[name]; len(s.elems) >= indexMinElems && (!ok || x.of != s) {
+				sets = append(sets, s)
+			}
+		}
+	}
+	r.mu.Unlock()
+	index := r.indexer(rec)
+	for _, s := range sets {
+		index(s)
+	}
+}
+
+// wantIndexer returns the wantIndex of a desired set of rec, built once
+// per element list; nil for a set small enough to scan.
+func (r *Reconciler) wantIndexer(rec *record) func(*spec.NFTSet, []int) wantIndex {
+	return func(in *spec.NFTSet, fields []int) wantIndex {
+		if len(in.Elements) < wantIndexMinElems {
+			return nil
+		}
+		first := &in.Elements[0]
+		same := func(x wantIndexed) bool { return x.first == first && x.n == len(in.Elements) }
+		// use puts x first (the one used last) and keeps wantIndexLists.
+		use := func(x wantIndexed) {
+			lists := append([]wantIndexed{x}, slices.DeleteFunc(slices.Clone(rec.wantIndexes[in.Name]), same)...)
+			rec.wantIndexes[in.Name] = lists[:min(len(lists), wantIndexLists)]
+		}
+		r.mu.Lock()
+		if i := slices.IndexFunc(rec.wantIndexes[in.Name], same); i >= 0 {
+			x := rec.wantIndexes[in.Name][i]
+			if i > 0 {
+				use(x)
+			}
+			r.mu.Unlock()
+			return x.idx
+		}
+		r.mu.Unlock()
+		idx := newWantIndex(in.Elements, fields)
+		r.mu.Lock()
+		if rec.wantIndexes == nil {
+			rec.wantIndexes = map[string][]wantIndexed{}
+		}
+		use(wantIndexed{first: first, n: len(in.Elements), idx: idx})
+		r.mu.Unlock()
+		return idx
+	}
+}
+
+// warmWantIndexes builds the wantIndexes of desired's large sets that a
+// scoped plan would build: by a resync, before it commits, so that the
+// first CNI request that renders its document finds them ready.
+func (r *Reconciler) warmWantIndexes(rec *record, desired *spec.NFTable) {
+	index := r.wantIndexer(rec)
+	for i := range desired.Sets {
+		in := &desired.Sets[i]
+		if len(in.Elements) < wantIndexMinElems {
+			continue
+		}
+		if fields := addrFieldsOf(in.Type); len(fields) > 0 {
+			index(in, fields)
+		}
+	}
+}
+
+// pruneWantIndexes forgets the desired indexes of sets desired no longer
+// has, once they are many: groups come and go with policy edits.
+func (r *Reconciler) pruneWantIndexes(rec *record, desired *spec.NFTable) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(rec.wantIndexes) <= len(desired.Sets)+64 {
+		return
+	}
+	names := make(map[string]bool, len(desired.Sets))
+	for i := range desired.Sets {
+		names[desired.Sets[i].Name] = true
+	}
+	for name := range rec.wantIndexes {
+		if !names[name] {
+			delete(rec.wantIndexes, name)
+		}
+	}
+}
+
+// indexer returns the addrIndex of a record set of rec, built once per set
+// object (record sets are never modified).
+func (r *Reconciler) indexer(rec *record) func(*set) addrIndex {
+	return func(s *set) addrIndex {
+		r.mu.Lock()
+		x, ok := rec.indexes[s.name]
+		r.mu.Unlock()
+		if ok && x.of == s {
+			return x.idx
+		}
+		// x, when there, indexes the set s replaced in the record: derive
+		// from it when s is that set with a small change.
+		var idx addrIndex
+		if ok && s.from != 0 && x.of.id == s.from && len(s.added)+len(s.removed) < len(s.elems)/4 {
+			idx = x.idx.derive(s)
+		} else {
+			idx = newAddrIndex(s)
+		}
+		r.mu.Lock()
+		if rec.indexes == nil {
+			rec.indexes = map[string]indexed{}
+		}
+		rec.indexes[s.name] = indexed{of: s, idx: idx}
+		r.mu.Unlock()
+		return idx
+	}
+}
