@@ -187,6 +187,19 @@ func (c *churn) step() string {
 			in.Namespaces[i] = c.namespace(in.Namespaces[i].Name)
 			return "relabel namespace"
 		}
+	case n < 96 && len(in.Allocations) > 0:
+		// The agent holds a pod back as a peer from its ADD to its
+		// admission: the set changes on its own, pods coming and going.
+		held := map[string]bool{}
+		for key := range in.PeersHeldBack {
+			if c.pick(3) > 0 {
+				held[key] = true
+			}
+		}
+		a := in.Allocations[c.pick(len(in.Allocations))]
+		held[a.Metadata.Namespace+"/"+a.Metadata.Name] = true
+		in.PeersHeldBack = held
+		return "peers held back"
 	case n < 97:
 		if len(in.Policies) > 0 {
 			in.Policies = append(slices.Clone(in.Policies), in.Policies[c.pick(len(in.Policies))])

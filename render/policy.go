@@ -356,9 +356,10 @@ func (c *policyCompiler) isPeer(peer *parsedPeer, p *podInfo) bool {
 }
 
 // peerIP is the address a pod has as a policy peer: local pods only once
-// their network rendered, other pods by status.podIP.
+// their network rendered and they are not held back (Inputs.PeersHeldBack),
+// other pods by status.podIP.
 func (c *policyCompiler) peerIP(p *podInfo) netip.Addr {
-	if p.local && p.entry == nil {
+	if p.local && (p.entry == nil || c.r.heldBack[p.key]) {
 		return netip.Addr{}
 	}
 	return p.ip

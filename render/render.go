@@ -35,6 +35,14 @@ type Inputs struct {
 	Policies    []*networkingv1.NetworkPolicy
 	Allocations []spec.Allocation
 	ENIs        []spec.ENI
+	// PeersHeldBack are local pods (namespace/name) that are no policy's
+	// peer yet: their network, their isolation and their place in the
+	// dispatch sets render, but no policy's peer sets hold their address,
+	// as for a pod on another node whose address is not known yet. The
+	// agent holds a pod back from its ADD until its admission (agent:
+	// admission.go), so that an ADD writes its pod's part alone. Holding a
+	// pod back only ever admits less.
+	PeersHeldBack map[string]bool
 }
 
 // ExclusiveENIResource is the extended resource a pod requests to get a
@@ -60,6 +68,8 @@ type renderer struct {
 	// podCIDR is the node's valid IPv4 pod CIDR in VPC mode; invalid when
 	// the Node's is unusable (a Node problem says why) or in ENI mode.
 	podCIDR netip.Prefix
+	// heldBack are the pods that are no peer yet (Inputs.PeersHeldBack).
+	heldBack map[string]bool
 }
 
 // podInfo is one pod as render sees it.
@@ -101,6 +111,7 @@ func render(in Inputs, k *Cache) (*spec.NodeState, error) {
 		enis:  map[string]*spec.ENI{},
 
 		ipOwners: map[netip.Addr]*podInfo{},
+		heldBack: in.PeersHeldBack,
 	}
 	if cfg.Mode == spec.PodModeVPC {
 		r.nodePodCIDR(in.Node)

@@ -1,0 +1,127 @@
+package render
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// TestHeldBackPodIsNoPeer: a pod held back (Inputs.PeersHeldBack) has its
+// network, its isolation and its dispatch entries, but no policy's peer
+// sets hold its address; everything else is as without the hold, and
+// taking the hold away gives the full render back.
+func TestHeldBackPodIsNoPeer(t *testing.T) {
+	pod := func(name, app, ip string) (*corev1.Pod, spec.Allocation) {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": app}},
+				Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
+			spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
+	}
+	a, allocA := pod("a", "a", "198.18.0.10")
+	b, allocB := pod("b", "b", "198.18.0.11")
+	port := intstr.FromInt32(80)
+	// a admits b on port 80 and on every port (two rules: both set kinds);
+	// b sends only to a.
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a-from-b"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{
+				{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}},
+					Ports: []networkingv1.NetworkPolicyPort{{Port: &port}}},
+				{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}}},
+			}}}
+	egress := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "b-to-a"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{
+				{To: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}}}}},
+			}}}
+	in := Inputs{
+		Node:        nodeWithPodCIDR("198.18.0.0/24"),
+		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
+		Pods:        []*corev1.Pod{a, b},
+		Policies:    []*networkingv1.NetworkPolicy{np, egress},
+		Allocations: []spec.Allocation{allocA, allocB},
+	}
+	full, err := Render(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Where an address is in the full render's sets, as "set: element".
+	holding := func(s *spec.NodeState, ip string) []string {
+		var out []string
+		for _, set := range s.NFTables.Sets {
+			for _, e := range set.Elements {
+				if slices.Contains(e.Key, ip) {
+					out = append(out, set.Name+": "+strings.Join(e.Key, " . "))
+				}
+			}
+		}
+		return out
+	}
+	peerSets := func(s *spec.NodeState, ip string) []string {
+		return slices.DeleteFunc(holding(s, ip), func(e string) bool {
+			return strings.HasPrefix(e, "pod-sources:") || strings.HasPrefix(e, "hairpin:") ||
+				strings.HasPrefix(e, "ingress-pods:") || strings.HasPrefix(e, "egress-pods:")
+		})
+	}
+	if len(peerSets(full, "198.18.0.11")) != 2 || len(peerSets(full, "198.18.0.10")) != 1 {
+		t.Fatalf("the full render's peer sets: b in %v, a in %v; want b in a's two ingress sets, a in b's egress set",
+			peerSets(full, "198.18.0.11"), peerSets(full, "198.18.0.10"))
+	}
+
+	cache := NewCache()
+	for _, k := range []*Cache{nil, cache} {
+		render := func(held map[string]bool) *spec.NodeState {
+			in := in
+			in.PeersHeldBack = held
+			var s *spec.NodeState
+			if k == nil {
+				s, err = Render(in)
+			} else {
+				s, err = k.Render(in)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		heldB := render(map[string]bool{"x/b": true})
+		if got := peerSets(heldB, "198.18.0.11"); len(got) != 0 {
+			t.Errorf("b held back is still a peer in %v", got)
+		}
+		if got, want := peerSets(heldB, "198.18.0.10"), peerSets(full, "198.18.0.10"); !slices.Equal(got, want) {
+			t.Errorf("holding b back changed a's peer elements: %v, want %v", got, want)
+		}
+		// b's own part is all there: its network, its source entry, its
+		// egress isolation.
+		own := func(s *spec.NodeState) []string {
+			return slices.DeleteFunc(holding(s, "198.18.0.11"), func(e string) bool {
+				return !strings.Contains(e, "-pods:") && !strings.HasPrefix(e, "pod-sources:") && !strings.HasPrefix(e, "hairpin:")
+			})
+		}
+		if got, want := own(heldB), own(full); !slices.Equal(got, want) || len(want) == 0 {
+			t.Errorf("b held back: its own elements %v, want %v", got, want)
+		}
+		if !slices.EqualFunc(heldB.Pods, full.Pods, func(x, y spec.Pod) bool { return x.Key == y.Key && x.IP == y.IP }) {
+			t.Errorf("b held back: pods %v, want %v", heldB.Pods, full.Pods)
+		}
+		if again := render(nil); string(mustJSON(t, again)) != string(mustJSON(t, full)) {
+			t.Error("no longer held back, the render differs from the full render")
+		}
+		// A pod on another node is never held back: the hold is for local
+		// pods, whose ADD writes their part.
+		if got := render(map[string]bool{"x/nobody": true}); string(mustJSON(t, got)) != string(mustJSON(t, full)) {
+			t.Error("holding back a pod the node does not have changed the render")
+		}
+	}
+}
