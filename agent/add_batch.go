@@ -84,6 +84,16 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	}()
 	answer := func(w *addWaiter, res *types100.Result, err error) { w.done <- addOutcome{res, err} }
 	began := time.Now()
+	// The batch's pods are set up held back as peers: admitted once the
+	// agent is quiet (admission.go). A refused or rolled-back pod's hold
+	// ends with its rollback.
+	for _, w := range batch {
+		a.held.hold(began, w.key)
+	}
+	defer func() {
+		a.held.noteAdd(time.Now())
+		a.held.wake()
+	}()
 	state, err := a.renderBatch(batch)
 	a.m.addPhases.WithLabelValues("render").Observe(time.Since(began).Seconds())
 	if err != nil {
@@ -154,6 +164,11 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	}
 	var undo []string
 	undoIPs := map[string]string{} // their rules are found by address
+	type success struct {
+		w   *addWaiter
+		res *types100.Result
+	}
+	var succeeded []success
 	for _, w := range live {
 		ferr := failed[w.key]
 		if ferr == nil {
@@ -167,7 +182,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 			continue
 		}
 		a.log.Info("pod added", "pod", w.key, "ip", w.alloc.Spec.IP, "container", w.req.ContainerID, "batch", len(live), "writes", rep.Writes)
-		answer(w, result(podEntry(state, w.key)), nil)
+		succeeded = append(succeeded, success{w, result(podEntry(state, w.key))})
 	}
 	if len(undo) > 0 {
 		// Take out what was made: render without those pods, apply their scope.
@@ -179,5 +194,20 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 				a.reg.Forget(w.req.Netns) // opened again if the undo needed it
 			}
 		}
+	}
+	if a.cfg.AdmitBeforeAnswer && len(succeeded) > 0 {
+		began = time.Now()
+		var admit []*addWaiter
+		for _, s := range succeeded {
+			admit = append(admit, s.w)
+		}
+		if err := a.admitBatch(ctx, admit); err != nil {
+			// The pods work; the admission loop retries their admission.
+			a.log.Warn("admitting pods as policy peers failed; retrying", "err", err)
+		}
+		a.m.addPhases.WithLabelValues("admit").Observe(time.Since(began).Seconds())
+	}
+	for _, s := range succeeded {
+		answer(s.w, s.res, nil)
 	}
 }

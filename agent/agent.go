@@ -65,6 +65,12 @@ type Agent struct {
 	// pending holds the ADDs between their allocation and the end of
 	// their set-up (resync.go: a resync leaves them to their ADD).
 	pending pendingAdds
+	// held are the pods set up but not admitted as policy peers yet
+	// (admission.go); the admission loop runs until admitStop closes.
+	held      *heldPeers
+	admitStop chan struct{}
+	admitDone chan struct{}
+	closeOnce sync.Once
 	// nftStale counts the resyncs in a row whose nftables commit, made
 	// without mu, was refused as stale (resync.go).
 	nftStale atomic.Int32
@@ -135,7 +141,9 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 		eng: engine.New(reg), m: m, events: newProblemEvents(cfg.Logger, cfg.NodeName, cfg.Events),
 		clock: clock.RealClock{}, status: newStatusTracker(clock.RealClock{}),
 		views: newRenderViews(),
+		held:  newHeldPeers(m.heldBack.Set), admitStop: make(chan struct{}), admitDone: make(chan struct{}),
 	}
+	go func() { defer close(a.admitDone); a.admissionLoop(a.admitStop) }()
 	a.runner = newRunner(a.sync, src.Synced, cfg.MinSyncInterval, cfg.ResyncInterval, a.clock)
 	// /plan has an engine of its own: its full plans read nftables back
 	// into their own record, never into the one the agent's commits are
@@ -151,6 +159,8 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 // shutdown times out); later ones find the registry closed and act on
 // nothing.
 func (a *Agent) Close() error {
+	a.closeOnce.Do(func() { close(a.admitStop) })
+	<-a.admitDone
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.events.close()
@@ -378,6 +388,9 @@ func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.All
 	state, err := with.cache.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
 		Policies: with.policies, Allocations: allocs, ENIs: a.eniInputs(),
+		// CNI requests hold back the pods not admitted yet; a resync
+		// admits them (admission.go).
+		PeersHeldBack: heldIf(cni, a.held),
 	})
 	return state, with, err
 }
@@ -408,4 +421,13 @@ func (a *Agent) planText(ctx context.Context, eng *engine.Engine) (string, int, 
 // node (/readyz) asks more: that the node enforces its document (Health).
 func (a *Agent) Ready() bool {
 	return a.src.Synced() && a.resynced.Load() && (a.cfg.ENI == nil || a.cloudReady.Load())
+}
+
+// heldIf returns the held pods for a CNI request's render, nil for a
+// resync's.
+func heldIf(cni bool, h *heldPeers) map[string]bool {
+	if !cni {
+		return nil
+	}
+	return h.snapshot()
 }

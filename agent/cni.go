@@ -45,6 +45,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	if err := a.waitSynced(ctx); err != nil {
 		return nil, err
 	}
+	a.held.noteAdd(time.Now())
 	key := req.Args.Key()
 	a.waitForPod(ctx, key)
 	var cloudAlloc *spec.Allocation
@@ -187,6 +188,7 @@ func podEntry(state *spec.NodeState, key string) *spec.Pod {
 }
 
 func (a *Agent) rollback(req *wire.Request) {
+	a.held.release(time.Time{}, req.Args.Key())
 	released, found, err := a.store.Release(req.ContainerID, req.IfName)
 	if err != nil {
 		a.log.Error("roll back allocation", "container", req.ContainerID, "err", err)
@@ -251,6 +253,7 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	if !a.src.Synced() {
 		// Without the inputs no document can be rendered; the pod's kernel
 		// objects go with its netns or at the first full reconcile.
+		a.held.release(time.Time{}, key)
 		return nil
 	}
 	// Without the pending ADDs: they allocate without the lock, and one
@@ -278,6 +281,7 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	if err != nil {
 		return cniErr(codeTryAgainLater, "remove pod "+key, err.Error())
 	}
+	a.held.release(time.Time{}, key) // nothing of it left to admit
 	a.log.Info("pod deleted", "pod", key, "container", req.ContainerID, "released", found)
 	return nil
 }
@@ -294,6 +298,13 @@ func (a *Agent) Check(ctx context.Context, req *wire.Request) error {
 		return cniErr(codeCheckDifference, "CHECK: no attachment "+req.ContainerID+"/"+req.IfName+" on this node", "")
 	}
 	key := alloc.Metadata.Namespace + "/" + alloc.Metadata.Name
+	if a.held.has(key) {
+		// Compare the pod admitted, as it will be in a moment anyway; if
+		// that fails, its render still holds it back and matches.
+		if err := a.admitHeld(ctx, "check"); err != nil {
+			a.log.Warn("admitting pods as policy peers failed; retrying", "err", err)
+		}
+	}
 	// As its ADD rendered it: with the policies CNI requests render
 	// (renderviews.go), not an edit the resync has yet to apply.
 	allocs, err := a.listAllocations()

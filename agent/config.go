@@ -37,6 +37,15 @@ type Config struct {
 	// MinSyncInterval is the least time between the end of one sync and
 	// the start of the next: changes that arrive meanwhile are coalesced.
 	MinSyncInterval time.Duration
+	// PeerAdmissionDelay bounds how long a pod set up waits, while ADDs
+	// keep arriving, to be admitted as a policy peer of the node's other
+	// pods (admission.go); a quiet agent admits it at once.
+	PeerAdmissionDelay time.Duration
+	// AdmitBeforeAnswer makes an ADD admit its pods as policy peers before
+	// it answers: a pod's first connections to policy-protected local peers
+	// never wait for the admission, and its ADD costs in proportion to the
+	// policies that admit it.
+	AdmitBeforeAnswer bool
 	// HealthAddr serves /healthz, /readyz, /status, /metrics, /plan and
 	// /applied; empty disables.
 	HealthAddr string
@@ -76,6 +85,10 @@ const (
 	// cluster; beyond 10 s the pod starts without its object (no policy
 	// yet) rather than failing.
 	DefaultPodTimeout = 10 * time.Second
+	// A pod is admitted by its local peers at most 200 ms after its ADD
+	// while ADDs keep coming: as soon as the watch delivers a pod of
+	// another node, about, and long enough to admit a burst together.
+	DefaultPeerAdmissionDelay = 200 * time.Millisecond
 	// Loopback only: health and metrics are for the kubelet's probes and a
 	// local scraper, not for the world.
 	DefaultHealthAddr = "127.0.0.1:9482"
@@ -94,6 +107,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MinSyncInterval == 0 {
 		c.MinSyncInterval = DefaultMinSyncInterval
+	}
+	if c.PeerAdmissionDelay == 0 {
+		c.PeerAdmissionDelay = DefaultPeerAdmissionDelay
 	}
 	if c.SyncTimeout == 0 {
 		c.SyncTimeout = DefaultSyncTimeout
@@ -121,6 +137,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("agent config: resyncInterval: %s is below 1s", c.ResyncInterval)
 	case c.DevicePluginDir != "" && !filepath.IsAbs(c.DevicePluginDir):
 		return fmt.Errorf("agent config: devicePluginDir: %q is not an absolute path", c.DevicePluginDir)
+	case c.PeerAdmissionDelay < 0 || c.PeerAdmissionDelay > c.ResyncInterval:
+		return fmt.Errorf("agent config: peerAdmissionDelay: %s is not between 0 and resyncInterval (%s)", c.PeerAdmissionDelay, c.ResyncInterval)
 	case c.MinSyncInterval < 0 || c.MinSyncInterval > c.ResyncInterval:
 		return fmt.Errorf("agent config: minSyncInterval: %s is not between 0 and resyncInterval (%s)", c.MinSyncInterval, c.ResyncInterval)
 	}

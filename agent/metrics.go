@@ -30,6 +30,11 @@ type metrics struct {
 	// the node, and applying the batch's scoped plan. An operator whose
 	// pods start slowly sees which one grew.
 	addPhases *prometheus.HistogramVec
+	// admission is how long a pod set up waited to be admitted as its
+	// local peers' policy peer (admission.go), by who admitted it; heldBack
+	// counts the pods waiting.
+	admission *prometheus.HistogramVec
+	heldBack  prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -55,7 +60,12 @@ func newMetrics() *metrics {
 	m.addPhases = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "terway_cni_add_phase_seconds", Help: "Time of each phase of a CNI ADD at the agent: allocate (its address, recorded), lock (waiting for the agent's lock), render, apply.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"phase"})
-	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency, m.kernelWrites, m.addPhases,
+	m.admission = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "terway_peer_admission_seconds", Help: "Time from a pod's ADD to its admission as a policy peer of the node's other pods, by who admitted it: admission (the agent, once quiet), resync, check, add (cfg.AdmitBeforeAnswer).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"by"})
+	m.heldBack = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "terway_pods_held_back", Help: "Pods set up whose admission as policy peers is still to come."})
+	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency, m.kernelWrites, m.addPhases, m.admission, m.heldBack,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -16,10 +16,10 @@ import (
 	"github.com/terway-reconciler/terway/internal/nstest"
 )
 
-// TestAdjacentPeersNeedNoResync: a pod's ADD puts its address in the peer
-// sets of the policies that admit it, and its DEL takes it out, by
-// themselves, also when the pod's address is next to another admitted
-// pod's. Render used to merge neighbouring addresses into one range, which
+// TestAdjacentPeersNeedNoResync: a pod's ADD and its admission
+// (admission.go) put its address in the peer sets of the policies that
+// admit it, and its DEL takes it out, by themselves, also when the pod's
+// address is next to another admitted pod's. Render used to merge neighbouring addresses into one range, which
 // a CNI request's scoped plan does not touch (it is not the pod's own
 // element): the new pod was refused until the next resync, and a deleted
 // pod's address stayed admitted, ready for the next pod to get it. No
@@ -93,7 +93,8 @@ func adjacentPeers(t *testing.T, ports []networkingv1.NetworkPolicyPort) {
 			t.Fatalf("ADD %s: %v", name, err)
 		}
 		ips[name] = res.IPs[0].Address.IP.String()
-		converged("ADD " + name)
+		a.waitAdmitted(t)
+		converged("ADD " + name + " and its admission")
 	}
 	add("server", "server")
 	st, _, err := a.renderSettled()

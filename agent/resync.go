@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/apply/links"
@@ -239,6 +240,11 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 	}
 	var nftOps []op.Op
 	nftKey := itemKey{nft.Kind, nftItemKey}
+	// The pods held back as peers when the nftables plan is made: a
+	// resync renders them as peers, and admits them once it commits.
+	var admitting []string
+	var admitAt time.Time
+	planned := false
 	if !full && a.status.waiting(nftKey, "", now) {
 		kept[nftKey] = true
 	} else {
@@ -261,6 +267,9 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 				kept[nftKey] = true
 			} else {
 				nftOps = p.Ops
+				planned = true
+				admitting, _ = a.held.keys()
+				admitAt = time.Now() // holds are timed by the wall clock
 				// CNI requests render this document's policies from now
 				// on: the kernel is about to have them.
 				a.views.planned(with.policies, with.cache, with.seq)
@@ -288,6 +297,12 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 		rep.Results = append(rep.Results, nrep.Results...)
 		rep.Writes += nrep.Writes
 		rep.Duration += nrep.Duration
+		planned = planned && nrep.Err() == nil
+	}
+	if planned && len(admitting) > 0 {
+		// Only holds as old as the plan: a pod held again since (added
+		// again) waits for its own admission.
+		a.observeAdmitted(a.held.release(admitAt, admitting...), "resync")
 	}
 	a.journal.record(reason, rep)
 	return rep, kept, written != nil

@@ -98,6 +98,7 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 			b.Fatal(err)
 		}
 	}
+	a.waitAdmitted(b)
 	if out := a.sync(ctx, true); out.Again {
 		b.Fatalf("sync after the resident pods: %+v", out)
 	}

@@ -61,6 +61,8 @@ func run() error {
 	flag.DurationVar(&cfg.ResyncInterval, "resync-interval", agent.DefaultResyncInterval, "period of the full resync that repairs drift")
 	flag.DurationVar(&cfg.MinSyncInterval, "min-sync-interval", agent.DefaultMinSyncInterval, "least time between two syncs; changes meanwhile are coalesced")
 	flag.StringVar(&cfg.HealthAddr, "health-addr", agent.DefaultHealthAddr, "address of /healthz, /readyz, /status, /metrics, /plan and /applied (empty disables)")
+	flag.DurationVar(&cfg.PeerAdmissionDelay, "peer-admission-delay", agent.DefaultPeerAdmissionDelay, "most a new pod waits, while ADDs keep coming, to be admitted by its local peers' policies")
+	flag.BoolVar(&cfg.AdmitBeforeAnswer, "admit-before-answer", false, "a CNI ADD admits its pod as its local peers' policy peer before answering (slower ADDs at scale)")
 	flag.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "also serve /debug/pprof on the health address")
 	flag.StringVar(&dpMode, "device-plugin", "auto", "serve the aliyun/eni kubelet device plugin: auto (when --device-plugin-dir holds kubelet.sock at start), on or off")
 	flag.StringVar(&dpDir, "device-plugin-dir", deviceplugin.DefaultDir, "the kubelet's device-plugins folder")

@@ -1,0 +1,295 @@
+package agent
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/apply/nft"
+)
+
+// Peer admission.
+//
+// A pod's ADD sets up the pod's own part of the node: its network, its
+// source validation, its isolation (its entries in the dispatch maps, and
+// its policy group's chain and sets when the group is new). Being admitted
+// by other pods' policies, its address in every peer set whose selectors
+// match it, is a second step, taken right after the ADD has answered. In
+// synth's cluster of 1,000 policies a pod is a peer of about 80 of them;
+// its address goes into 40 to 130 group sets, and rendering and writing
+// those was most of an ADD at scale (issue 17), none of it needed for the
+// pod's own network to work.
+//
+// Until its admission a pod is held back: the renders of CNI requests give
+// it no peer role (render.Inputs.PeersHeldBack). That only ever admits
+// less. Other pods' policies do not admit it yet, as for a pod on another
+// node whose address this node's watch has not delivered yet; its own
+// isolation is enforced from its ADD on.
+//
+// The admission runs once no CNI ADD has come for admitQuiet, or when the
+// oldest hold is cfg.PeerAdmissionDelay old, whichever comes first: a
+// burst of ADDs goes first, and one admission writes the burst's pods
+// together. A resync admits every held pod as well: its render holds
+// nobody back. A DEL ends its pod's hold; a CHECK admits first, so that
+// it compares the admitted pod. With cfg.AdmitBeforeAnswer an ADD admits
+// its pods before it answers, at the old cost.
+
+// admitQuiet is how long the agent must have had no ADD before it admits:
+// longer than the gap between two ADDs of a runtime starting pods one
+// after the other (the plugin's exec, about 10 ms here), so that such a
+// run is admitted in a few steps rather than one step per pod.
+const admitQuiet = 20 * time.Millisecond
+
+// admitRetry is the wait after an admission that failed.
+const admitRetry = time.Second
+
+// heldPeers are the pods held back as peers, with when each was held.
+type heldPeers struct {
+	mu    sync.Mutex
+	since map[string]time.Time
+	// kick wakes the admission loop (capacity 1).
+	kick chan struct{}
+	// lastAdd is when the last ADD arrived or ended, in Unix nanoseconds.
+	lastAdd atomic.Int64
+	// gauge follows the number held (terway_pods_held_back).
+	gauge func(float64)
+}
+
+func newHeldPeers(gauge func(float64)) *heldPeers {
+	return &heldPeers{since: map[string]time.Time{}, kick: make(chan struct{}, 1), gauge: gauge}
+}
+
+// hold holds pods back from now on; a pod already held keeps its time.
+func (h *heldPeers) hold(now time.Time, keys ...string) {
+	held := make(map[string]time.Time, len(keys))
+	for _, k := range keys {
+		held[k] = now
+	}
+	h.restore(held)
+}
+
+// release ends the holds of pods held at or before t (any hold when t is
+// zero) and returns those it ended, with their times.
+func (h *heldPeers) release(t time.Time, keys ...string) map[string]time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]time.Time{}
+	for _, k := range keys {
+		if at, ok := h.since[k]; ok && (t.IsZero() || !at.After(t)) {
+			out[k] = at
+			delete(h.since, k)
+		}
+	}
+	h.gauge(float64(len(h.since)))
+	return out
+}
+
+// restore holds pods again with the times release returned; a pod held
+// meanwhile keeps its time.
+func (h *heldPeers) restore(held map[string]time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, at := range held {
+		if _, ok := h.since[k]; !ok {
+			h.since[k] = at
+		}
+	}
+	h.gauge(float64(len(h.since)))
+}
+
+// snapshot returns the held pods as render takes them (nil when none).
+func (h *heldPeers) snapshot() map[string]bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.since) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(h.since))
+	for k := range h.since {
+		out[k] = true
+	}
+	return out
+}
+
+// keys returns the held pods, sorted, and the time of the oldest hold.
+func (h *heldPeers) keys() ([]string, time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var oldest time.Time
+	out := make([]string, 0, len(h.since))
+	for k, at := range h.since {
+		out = append(out, k)
+		if oldest.IsZero() || at.Before(oldest) {
+			oldest = at
+		}
+	}
+	slices.Sort(out)
+	return out, oldest
+}
+
+func (h *heldPeers) has(key string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.since[key]
+	return ok
+}
+
+// wake asks the admission loop to look at the held pods.
+func (h *heldPeers) wake() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// noteAdd records an ADD's activity: the admission waits for quiet.
+func (h *heldPeers) noteAdd(now time.Time) { h.lastAdd.Store(now.UnixNano()) }
+
+// admissionLoop admits the held pods when the agent is quiet, until stop
+// closes.
+func (a *Agent) admissionLoop(stop <-chan struct{}) {
+	sleep := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-stop:
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	for {
+		select {
+		case <-stop:
+			return
+		case <-a.held.kick:
+		}
+		for {
+			keys, oldest := a.held.keys()
+			if len(keys) == 0 {
+				break
+			}
+			if wait := a.admissionWait(time.Now(), oldest); wait > 0 {
+				if !sleep(wait) {
+					return
+				}
+				continue
+			}
+			a.mu.Lock()
+			select {
+			case <-stop: // Close is waiting for the lock
+				a.mu.Unlock()
+				return
+			default:
+			}
+			err := a.admitHeld(context.Background(), "admission")
+			a.mu.Unlock()
+			if err != nil {
+				a.log.Warn("admitting pods as policy peers failed; retrying", "err", err, "retry", admitRetry)
+				if !sleep(admitRetry) {
+					return
+				}
+			} else if rest, _ := a.held.keys(); len(rest) > 0 && !sleep(time.Millisecond) {
+				return // the rest wait for their ADD under way
+			}
+		}
+	}
+}
+
+// admissionWait is how long the admission waits before it runs: while
+// ADDs are arriving or under way, until admitQuiet after the last one, and
+// never beyond cfg.PeerAdmissionDelay after the oldest hold.
+func (a *Agent) admissionWait(now, oldest time.Time) time.Duration {
+	deadline := oldest.Add(a.cfg.PeerAdmissionDelay)
+	if !now.Before(deadline) {
+		return 0
+	}
+	wait := time.Unix(0, a.held.lastAdd.Load()).Add(admitQuiet).Sub(now)
+	if a.addsUnderWay() {
+		wait = max(wait, time.Millisecond)
+	}
+	return min(wait, deadline.Sub(now))
+}
+
+// addsUnderWay reports whether an ADD has allocated and not set up yet.
+func (a *Agent) addsUnderWay() bool {
+	a.addMu.Lock()
+	busy := a.addLeading || len(a.addQueue) > 0
+	a.addMu.Unlock()
+	return busy || a.pending.snapshot() != nil
+}
+
+// admitHeld admits every held pod: it renders them as peers and applies
+// the nftables part of their scope, which is their addresses in the peer
+// sets. Called with the agent's lock held; by says who admits, for the
+// metric; keep are pending ADDs (by attachmentID) to render, an ADD
+// batch's own pods. On failure the pods stay held.
+func (a *Agent) admitHeld(ctx context.Context, by string, keep ...string) error {
+	keys, _ := a.held.keys()
+	if len(keys) == 0 {
+		return nil
+	}
+	held := a.held.release(time.Time{}, keys...)
+	state, pending, _, err := a.renderSettledFor(true, keys, keep...)
+	if err != nil {
+		a.held.restore(held)
+		return err
+	}
+	// A pod whose ADD is under way again (a new sandbox) waits for it. A
+	// pod the document does not have otherwise (its object gone, its
+	// inputs invalid) is not set up: nothing of it to admit, and a scoped
+	// plan would take it for a deleted pod.
+	var live []string
+	for _, k := range keys {
+		switch {
+		case pendingPod(pending, k):
+			a.held.restore(map[string]time.Time{k: held[k]})
+			delete(held, k)
+		case podEntry(state, k) != nil:
+			live = append(live, k)
+		}
+	}
+	if len(live) > 0 {
+		// As a.apply, but not noted as a CNI write for a resync under
+		// way (resync.go): the resync renders these pods as peers too, so
+		// its document already has what the admission writes, and it need
+		// neither render again nor leave the pods' items alone.
+		rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Pods: live, Kinds: []string{nft.Kind}})
+		a.journal.record("admit "+strings.Join(live, ", "), rep)
+		if a.status.recordScoped(rep) && a.runner != nil {
+			a.runner.Run()
+		}
+		a.healthChanged()
+		if err == nil {
+			err = rep.Err()
+		}
+		if err != nil {
+			a.held.restore(held)
+			return err
+		}
+	}
+	a.observeAdmitted(held, by)
+	return nil
+}
+
+// admitBatch admits as an ADD batch with cfg.AdmitBeforeAnswer does: its
+// pods are still pending, and are rendered.
+func (a *Agent) admitBatch(ctx context.Context, batch []*addWaiter) error {
+	ids := make([]string, 0, len(batch))
+	for _, w := range batch {
+		ids = append(ids, attachmentID(w.alloc))
+	}
+	return a.admitHeld(ctx, "add", ids...)
+}
+
+// observeAdmitted records how long each pod waited to be admitted.
+func (a *Agent) observeAdmitted(held map[string]time.Time, by string) {
+	now := time.Now()
+	for _, at := range held {
+		a.m.admission.WithLabelValues(by).Observe(now.Sub(at).Seconds())
+	}
+}

@@ -1,0 +1,300 @@
+package agent
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/terway-reconciler/terway/apply/engine"
+	"github.com/terway-reconciler/terway/apply/nft"
+	"github.com/terway-reconciler/terway/cni/wire"
+	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/internal/traffic"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// waitAdmitted waits until no pod is held back as a peer (admission.go).
+func (a *Agent) waitAdmitted(tb testing.TB) {
+	tb.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		if keys, _ := a.held.keys(); len(keys) == 0 {
+			// An admission under way has released its pods' holds
+			// already: it ends under the agent's lock.
+			a.mu.Lock()
+			a.mu.Unlock() //nolint:staticcheck // waiting for the holder, nothing to guard
+			return
+		}
+		if time.Now().After(deadline) {
+			keys, _ := a.held.keys()
+			tb.Fatalf("pods still held back as peers after 30 s: %v", keys)
+		}
+	}
+}
+
+// stopAdmissionLoop ends the admission loop: the test admits by hand.
+func (a *Agent) stopAdmissionLoop() {
+	a.closeOnce.Do(func() { close(a.admitStop) })
+	<-a.admitDone
+}
+
+// admittedBy returns the count of admissions observed by who admitted.
+func (a *Agent) admittedBy(t *testing.T, by string) uint64 {
+	t.Helper()
+	mfs, err := a.m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "terway_peer_admission_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == by {
+				return m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return 0
+}
+
+// admissionNode is a node with a server pod whose policy admits pods
+// labelled app=peer on TCP port 80, and serves there.
+type admissionNode struct {
+	t      *testing.T
+	a      *Agent
+	src    *podSource
+	node   string
+	netns  map[string]string
+	ips    map[string]string
+	server string // the server's ingress group chain
+}
+
+func newAdmissionNode(t *testing.T, cfg func(*Config)) *admissionNode {
+	nstest.RequireRoot(t)
+	a, src, node := podSourceAgent(t, "198.18.0.0/24", "198.19.255.1")
+	if cfg != nil {
+		cfg(&a.cfg)
+	}
+	tcp, port := corev1.ProtocolTCP, intstr.FromInt32(80)
+	src.policies = []*networkingv1.NetworkPolicy{{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "from-peers", UID: "from-peers"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+				PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "peer"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}}}},
+		},
+	}}
+	n := &admissionNode{t: t, a: a, src: src, node: node, netns: map[string]string{}, ips: map[string]string{}}
+	if out := a.sync(context.Background(), true); out.Again || !a.Ready() {
+		t.Fatalf("first sync: %+v", out)
+	}
+	n.add("server", "server")
+	a.waitAdmitted(t)
+	st, _, err := a.renderSettled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.server = podEntry(st, "x/server").IngressChain + "-ports"
+	s, err := traffic.Serve(n.netns["server"], n.ips["server"]+":80", "tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return n
+}
+
+func (n *admissionNode) req(cmd wire.Command, name string) *wire.Request {
+	return &wire.Request{Command: cmd, ContainerID: "ctr-" + name, Netns: n.netns[name], IfName: "eth0",
+		Args: wire.PodArgs{Namespace: "x", Name: name, UID: "uid-" + name}}
+}
+
+func (n *admissionNode) add(name, app string) {
+	n.t.Helper()
+	n.src.mu.Lock()
+	n.src.pods["x/"+name] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name),
+		Labels: map[string]string{"app": app}}, Spec: corev1.PodSpec{NodeName: "node-1"}}
+	n.src.mu.Unlock()
+	if n.netns[name] == "" {
+		n.netns[name] = nstest.Netns(n.t, name)
+	}
+	res, err := n.a.Add(context.Background(), n.req(wire.CmdAdd, name))
+	if err != nil {
+		n.t.Fatalf("ADD %s: %v", name, err)
+	}
+	n.ips[name] = res.IPs[0].Address.IP.String()
+}
+
+// admitted tells whether the server's peer set has the pod, read with nft(8).
+func (n *admissionNode) admitted(name string) bool {
+	_, err := nstest.Exec(n.node, "nft", "get", "element", "inet", "terway", n.server, "{", n.ips[name]+" . tcp . 80", "}")
+	return err == nil
+}
+
+// reaches tells whether the pod opens a TCP connection to the server.
+func (n *admissionNode) reaches(name string) bool {
+	return traffic.Probe(n.netns[name], "tcp", n.ips["server"]+":80", 300*time.Millisecond)
+}
+
+// pendingAdmission returns what a full nftables plan of the resync's
+// document would still write: the admission's part.
+func (n *admissionNode) pendingAdmission() []string {
+	n.t.Helper()
+	st, _, err := n.a.renderSettled()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	p, err := n.a.eng.Plan(context.Background(), st, engine.PlanOptions{Kinds: []string{nft.Kind}, Full: true})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	var out []string
+	for _, o := range p.Ops {
+		if o.Action != "~" { // the commit line
+			out = append(out, string(o.Action)+" "+o.Text)
+		}
+	}
+	return out
+}
+
+// TestAddAdmitsAsPeerAfterAnswering: an ADD sets up its pod held back as
+// a peer: the pod's own part is there (its network, its source entry), the
+// server's policy does not admit it yet, by nft(8) and by a real TCP
+// connection, and what the node still lacks is exactly the pod's address
+// in the server's peer set. The admission writes that, and the pod
+// connects. A resync admits a held pod too, a CHECK admits before it
+// compares, and a DEL of a held pod leaves nothing of it. The admission
+// loop is stopped: each step admits by hand.
+func TestAddAdmitsAsPeerAfterAnswering(t *testing.T) {
+	n := newAdmissionNode(t, nil)
+	a := n.a
+	a.stopAdmissionLoop()
+	ctx := context.Background()
+
+	n.add("p1", "peer")
+	if keys, _ := a.held.keys(); !slices.Equal(keys, []string{"x/p1"}) {
+		t.Fatalf("after ADD p1, held back: %v; want x/p1", keys)
+	}
+	if out := nstest.Run(t, n.node, "nft", "list", "set", "inet", "terway", "pod-sources"); !strings.Contains(out, n.ips["p1"]) {
+		t.Errorf("after ADD p1, its own source entry is missing:\n%s", out)
+	}
+	if n.admitted("p1") || n.reaches("p1") {
+		t.Errorf("p1 held back, yet admitted by the server's policy (set %v, connects %v)", n.admitted("p1"), n.reaches("p1"))
+	}
+	want := []string{"+ nft element " + n.server + " { " + n.ips["p1"] + " . tcp . 80 }"}
+	if got := n.pendingAdmission(); !slices.Equal(got, want) {
+		t.Errorf("p1 held back: the node lacks %q; want only its admission %q", got, want)
+	}
+	a.mu.Lock()
+	err := a.admitHeld(ctx, "admission")
+	a.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.admitted("p1") || !n.reaches("p1") {
+		t.Errorf("p1 admitted: in the server's set %v, connects %v; want both", n.admitted("p1"), n.reaches("p1"))
+	}
+	if got := n.pendingAdmission(); len(got) != 0 {
+		t.Errorf("after the admission, a full plan still has %q", got)
+	}
+	if keys, _ := a.held.keys(); len(keys) != 0 || a.admittedBy(t, "admission") != 2 { // the server's, then p1's
+		t.Errorf("after the admission: held %v, admissions observed %d; want none held, 2", keys, a.admittedBy(t, "admission"))
+	}
+
+	// A resync admits.
+	n.add("p2", "peer")
+	if n.admitted("p2") {
+		t.Error("p2 admitted by its ADD")
+	}
+	if out := a.sync(ctx, false); out.Again {
+		t.Errorf("resync: %+v", out)
+	}
+	if keys, _ := a.held.keys(); !n.admitted("p2") || len(keys) != 0 || a.admittedBy(t, "resync") != 1 {
+		t.Errorf("after a resync: p2 admitted %v, held %v, resync admissions %d; want true, none, 1", n.admitted("p2"), keys, a.admittedBy(t, "resync"))
+	}
+
+	// A CHECK admits, then compares.
+	n.add("p3", "peer")
+	if err := a.Check(ctx, n.req(wire.CmdCheck, "p3")); err != nil {
+		t.Errorf("CHECK of a held pod: %v", err)
+	}
+	if !n.admitted("p3") || a.admittedBy(t, "check") != 1 {
+		t.Errorf("after CHECK: p3 admitted %v, check admissions %d", n.admitted("p3"), a.admittedBy(t, "check"))
+	}
+
+	// A DEL of a held pod ends its hold and leaves nothing of it.
+	n.add("p4", "peer")
+	if err := a.Del(ctx, n.req(wire.CmdDel, "p4")); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := a.held.keys(); len(keys) != 0 {
+		t.Errorf("after DEL of held p4: held %v", keys)
+	}
+	if out := nstest.Run(t, n.node, "nft", "list", "table", "inet", "terway"); strings.Contains(out, n.ips["p4"]+" ") || strings.Contains(out, n.ips["p4"]+"\n") {
+		t.Errorf("after DEL of held p4, its address %s is still in the table:\n%s", n.ips["p4"], out)
+	}
+	if got := n.pendingAdmission(); len(got) != 0 {
+		t.Errorf("after DEL of held p4, a full plan has %q", got)
+	}
+}
+
+// TestAdmissionLoopAdmits: with the admission loop running, a pod ADDed is
+// admitted soon after, without a resync.
+func TestAdmissionLoopAdmits(t *testing.T) {
+	n := newAdmissionNode(t, nil)
+	n.add("p1", "peer")
+	n.a.waitAdmitted(t)
+	if !n.admitted("p1") || !n.reaches("p1") {
+		t.Errorf("after the admission loop: p1 in the server's set %v, connects %v; want both", n.admitted("p1"), n.reaches("p1"))
+	}
+	if got := n.a.admittedBy(t, "admission"); got != 2 {
+		t.Errorf("admissions observed: %d, want 2 (the server, p1)", got)
+	}
+}
+
+// TestAdmitBeforeAnswer: with AdmitBeforeAnswer, an ADD answers with its
+// pod admitted already.
+func TestAdmitBeforeAnswer(t *testing.T) {
+	n := newAdmissionNode(t, func(c *Config) { c.AdmitBeforeAnswer = true })
+	n.a.stopAdmissionLoop()
+	n.add("p1", "peer")
+	if keys, _ := n.a.held.keys(); len(keys) != 0 || !n.admitted("p1") || !n.reaches("p1") {
+		t.Errorf("ADD answered: held %v, p1 in the server's set %v, connects %v; want none held, both", keys, n.admitted("p1"), n.reaches("p1"))
+	}
+	if got := n.a.admittedBy(t, "add"); got != 2 {
+		t.Errorf("admissions by the ADD: %d, want 2 (the server, p1)", got)
+	}
+}
+
+// TestAdmissionWaitsForQuiet: the loop's wait. While ADDs are under way
+// or came less than admitQuiet ago it waits, never past the delay.
+func TestAdmissionWaitsForQuiet(t *testing.T) {
+	a := &Agent{cfg: Config{PeerAdmissionDelay: 200 * time.Millisecond}, held: newHeldPeers(func(float64) {})}
+	now := time.Now()
+	if w := a.admissionWait(now, now.Add(-time.Second)); w != 0 {
+		t.Errorf("quiet agent, hold 1 s old: wait %v, want 0", w)
+	}
+	a.held.noteAdd(now.Add(-5 * time.Millisecond))
+	if w := a.admissionWait(now, now.Add(-10*time.Millisecond)); w != admitQuiet-5*time.Millisecond {
+		t.Errorf("an ADD 5 ms ago: wait %v, want %v", w, admitQuiet-5*time.Millisecond)
+	}
+	if w := a.admissionWait(now, now.Add(-195*time.Millisecond)); w != 5*time.Millisecond {
+		t.Errorf("an ADD 5 ms ago, hold 195 ms old: wait %v, want the 5 ms left", w)
+	}
+	if w := a.admissionWait(now, now.Add(-200*time.Millisecond)); w != 0 {
+		t.Errorf("hold at the delay: wait %v, want 0", w)
+	}
+	a.held.noteAdd(now.Add(-time.Second))
+	a.pending.add(spec.Allocation{Spec: spec.AllocationSpec{ContainerID: "c", IfName: "eth0"}})
+	if w := a.admissionWait(now, now.Add(-10*time.Millisecond)); w != time.Millisecond {
+		t.Errorf("an ADD under way: wait %v, want 1 ms (then look again)", w)
+	}
+}
