@@ -83,6 +83,8 @@ func benchScale(ctx context.Context, o benchOptions) ([]benchRow, error) {
 	}
 	rows = append(rows, newRow(fmt.Sprintf("  agent's part of an ADD, %d pods + %d policies", o.pods, o.policies), "ms",
 		cnibench.Ms(large.AgentAdd), cnibench.Ms(base.AgentAdd), against))
+	rows = append(rows, newRow(fmt.Sprintf("  from an ADD to its admission as a peer, %d pods + %d policies", o.pods, o.policies), "ms",
+		cnibench.Ms(large.AgentAdmit), cnibench.Ms(base.AgentAdmit), against))
 	return rows, nil
 }
 

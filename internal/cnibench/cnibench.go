@@ -267,6 +267,9 @@ type Round struct {
 	// rest of a call is exec of the plugin and libcni.
 	AgentAdd time.Duration `json:"agentAdd,omitempty"`
 	AgentDel time.Duration `json:"agentDel,omitempty"`
+	// AgentAdmit is the mean time from an ADD to its pod's admission as
+	// its local peers' policy peer (agent/admission.go).
+	AgentAdmit time.Duration `json:"agentAdmit,omitempty"`
 	// What ADD left on the node, to show the work was done.
 	NewLinks, IFBs, TBFs, Shaped int
 	// Root says the machine's namespace was left byte-identical.
@@ -290,7 +293,8 @@ func (r *Round) Summary() string {
 	fmt.Fprintf(&sb, "%s conc=%d: after ADD the node had %d new links (%d ifb) and %d tbf qdiscs; %d pods shaped\n",
 		r.Chain, r.Concurrency, r.NewLinks, r.IFBs, r.TBFs, r.Shaped)
 	if r.Chain == ChainTerway {
-		fmt.Fprintf(&sb, "agent-side mean: ADD %.2f ms, DEL %.2f ms (the rest of a call is exec and libcni)\n", Ms(r.AgentAdd), Ms(r.AgentDel))
+		fmt.Fprintf(&sb, "agent-side mean: ADD %.2f ms, DEL %.2f ms (the rest of a call is exec and libcni); from ADD to admission as a peer %.2f ms\n",
+			Ms(r.AgentAdd), Ms(r.AgentDel), Ms(r.AgentAdmit))
 	}
 	sb.WriteString(r.Root)
 	if r.DriverLog != "" {
@@ -368,6 +372,7 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 	}
 	if chain == ChainTerway {
 		r.AgentAdd, r.AgentDel = after.mean("add", before), after.mean("del", before)
+		r.AgentAdmit = after.admission(before)
 		b.o.Logf("cnibench: %d resident pods, %d workers: the agent's ADD phases (means): %s", len(b.resident), conc, after.addPhases(before))
 	}
 	return r, b.check(r, res, after)

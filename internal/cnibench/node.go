@@ -266,7 +266,8 @@ func (a *agentProc) metrics(ctx context.Context) (agentMetrics, error) {
 		}
 		if strings.HasPrefix(name, "terway_cni_request_duration_seconds_sum{") ||
 			strings.HasPrefix(name, "terway_cni_request_duration_seconds_count{") || name == "terway_allocations" ||
-			strings.HasPrefix(name, "terway_cni_add_phase_seconds_sum{") || strings.HasPrefix(name, "terway_cni_add_phase_seconds_count{") {
+			strings.HasPrefix(name, "terway_cni_add_phase_seconds_sum{") || strings.HasPrefix(name, "terway_cni_add_phase_seconds_count{") ||
+			strings.HasPrefix(name, "terway_peer_admission_seconds_sum{") || strings.HasPrefix(name, "terway_peer_admission_seconds_count{") {
 			if v, err := strconv.ParseFloat(value, 64); err == nil {
 				m[name] = v
 			}
@@ -281,6 +282,24 @@ func (m agentMetrics) mean(command string, before agentMetrics) time.Duration {
 	labels := `{command="` + command + `",result="ok"}`
 	sum := m["terway_cni_request_duration_seconds_sum"+labels] - before["terway_cni_request_duration_seconds_sum"+labels]
 	n := m["terway_cni_request_duration_seconds_count"+labels] - before["terway_cni_request_duration_seconds_count"+labels]
+	if n == 0 {
+		return 0
+	}
+	return time.Duration(sum / n * float64(time.Second))
+}
+
+// admission is the mean time from an ADD to its pod's admission as a
+// policy peer since before, whoever admitted it (terway_peer_admission_seconds).
+func (m agentMetrics) admission(before agentMetrics) time.Duration {
+	var sum, n float64
+	for name, v := range m {
+		switch {
+		case strings.HasPrefix(name, "terway_peer_admission_seconds_sum{"):
+			sum += v - before[name]
+		case strings.HasPrefix(name, "terway_peer_admission_seconds_count{"):
+			n += v - before[name]
+		}
+	}
 	if n == 0 {
 		return 0
 	}
