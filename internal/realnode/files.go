@@ -182,7 +182,12 @@ func (c *Config) mountScript(hierarchies []cgroupMount) string {
 	// detached first, in this namespace only (its propagation is private):
 	// a hidden copy would still be found by path, and the runtime would
 	// judge /run/netns's propagation by it.
-	b.WriteString(`awk '$5 ~ "^/(run|var/lib|var/log|opt)/" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done` + "\n")
+	// A lazy unmount takes the mounts below it along, and a path mounted
+	// twice is listed twice: an entry may be gone by its turn, which is no
+	// failure. What must hold is that none is left.
+	b.WriteString(`mounts() { awk '$5 ~ "^/(run|var/lib|var/log|opt)/" {print $5}' /proc/self/mountinfo | sort -r; }` + "\n")
+	b.WriteString(`mounts | while read -r m; do umount -l "$m" 2>/dev/null || true; done` + "\n")
+	b.WriteString(`left=$(mounts); if [ -n "$left" ]; then echo "machine mounts still in the node's view: $left" >&2; exit 1; fi` + "\n")
 	for _, d := range []string{"/run", "/var/lib", "/var/log", "/opt"} {
 		fmt.Fprintf(&b, "mount -t tmpfs -o mode=755 realnode %s\n", d)
 	}
