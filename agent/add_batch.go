@@ -25,6 +25,8 @@ type addWaiter struct {
 	key   string
 	req   *wire.Request
 	alloc spec.Allocation
+	// retry says the store had the attachment before this ADD.
+	retry bool
 	done  chan addOutcome
 }
 
@@ -34,8 +36,8 @@ type addOutcome struct {
 }
 
 // setUp joins the current batch of ADDs and waits for its answer.
-func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation) (*types100.Result, error) {
-	w := &addWaiter{key: key, req: req, alloc: alloc, done: make(chan addOutcome, 1)}
+func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation, retry bool) (*types100.Result, error) {
+	w := &addWaiter{key: key, req: req, alloc: alloc, retry: retry, done: make(chan addOutcome, 1)}
 	a.addMu.Lock()
 	a.addQueue = append(a.addQueue, w)
 	lead := !a.addLeading
@@ -86,9 +88,12 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	began := time.Now()
 	// The batch's pods are set up held back as peers: admitted once the
 	// agent is quiet (admission.go). A refused or rolled-back pod's hold
-	// ends with its rollback.
+	// ends with its rollback. A retried ADD of a live sandbox keeps its
+	// pod as it is, held or admitted.
 	for _, w := range batch {
-		a.held.hold(began, w.key)
+		if !w.retry {
+			a.held.hold(began, w.key)
+		}
 	}
 	defer func() {
 		a.held.noteAdd(time.Now())

@@ -33,10 +33,15 @@ import (
 // The admission runs once no CNI ADD has come for admitQuiet, or when the
 // oldest hold is cfg.PeerAdmissionDelay old, whichever comes first: a
 // burst of ADDs goes first, and one admission writes the burst's pods
-// together. A resync admits every held pod as well: its render holds
-// nobody back. A DEL ends its pod's hold; a CHECK admits first, so that
-// it compares the admitted pod. With cfg.AdmitBeforeAnswer an ADD admits
-// its pods before it answers, at the old cost.
+// together. Every render holds the held pods back, a resync's too: only
+// an admission, under the agent's lock, makes a pod a peer. A resync
+// commits outside the lock, and a pod may be deleted and its address
+// given to another pod meanwhile; the DEL takes out only what the record
+// has, so a resync that admitted would write the old pod's address into
+// its peer sets after it was gone, for the new pod to use. A DEL ends its
+// pod's hold; a CHECK admits first, so that it compares the admitted pod.
+// With cfg.AdmitBeforeAnswer an ADD admits its pods before it answers, at
+// the old cost.
 
 // admitQuiet is how long the agent must have had no ADD before it admits:
 // longer than the gap between two ADDs of a runtime starting pods one
@@ -89,7 +94,8 @@ func (h *heldPeers) release(t time.Time, keys ...string) map[string]time.Time {
 }
 
 // restore holds pods again with the times release returned; a pod held
-// meanwhile keeps its time.
+// meanwhile keeps its time. It wakes the admission loop, which may have
+// found nothing held meanwhile.
 func (h *heldPeers) restore(held map[string]time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -99,6 +105,9 @@ func (h *heldPeers) restore(held map[string]time.Time) {
 		}
 	}
 	h.gauge(float64(len(h.since)))
+	if len(held) > 0 {
+		h.wake()
+	}
 }
 
 // snapshot returns the held pods as render takes them (nil when none).
@@ -239,27 +248,27 @@ func (a *Agent) admitHeld(ctx context.Context, by string, keep ...string) error 
 		a.held.restore(held)
 		return err
 	}
-	// A pod whose ADD is under way again (a new sandbox) waits for it. A
-	// pod the document does not have otherwise (its object gone, its
-	// inputs invalid) is not set up: nothing of it to admit, and a scoped
-	// plan would take it for a deleted pod.
+	// A pod whose ADD is under way again (a new sandbox) is that ADD's:
+	// it holds the pod back again. A pod the document does not have
+	// otherwise (its object gone, its inputs invalid) is not set up:
+	// nothing of it to admit, and a scoped plan would take it for a
+	// deleted pod.
 	var live []string
 	for _, k := range keys {
 		switch {
 		case pendingPod(pending, k):
-			a.held.restore(map[string]time.Time{k: held[k]})
 			delete(held, k)
 		case podEntry(state, k) != nil:
 			live = append(live, k)
 		}
 	}
 	if len(live) > 0 {
-		// As a.apply, but not noted as a CNI write for a resync under
-		// way (resync.go): the resync renders these pods as peers too, so
-		// its document already has what the admission writes, and it need
-		// neither render again nor leave the pods' items alone.
+		// As a.apply, but noted for a resync under way as an admission:
+		// its nftables plan renders again (the pods are peers now), its
+		// plan of the pods' own items stands (none changed).
 		rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Pods: live, Kinds: []string{nft.Kind}})
 		a.journal.record("admit "+strings.Join(live, ", "), rep)
+		a.writes.noteAdmission()
 		if a.status.recordScoped(rep) && a.runner != nil {
 			a.runner.Run()
 		}

@@ -139,16 +139,27 @@ func (n *admissionNode) admitted(name string) bool {
 	return err == nil
 }
 
+// admit runs the admission loop's step by hand.
+func (n *admissionNode) admit() error {
+	n.a.mu.Lock()
+	defer n.a.mu.Unlock()
+	return n.a.admitHeld(context.Background(), "admission")
+}
+
 // reaches tells whether the pod opens a TCP connection to the server.
 func (n *admissionNode) reaches(name string) bool {
 	return traffic.Probe(n.netns[name], "tcp", n.ips["server"]+":80", 300*time.Millisecond)
 }
 
-// pendingAdmission returns what a full nftables plan of the resync's
-// document would still write: the admission's part.
+// pendingAdmission returns what a full nftables plan of the document
+// with no pod held back would still write: the admissions' part. The
+// admission loop must be stopped.
 func (n *admissionNode) pendingAdmission() []string {
 	n.t.Helper()
+	keys, _ := n.a.held.keys()
+	held := n.a.held.release(time.Time{}, keys...)
 	st, _, err := n.a.renderSettled()
+	n.a.held.restore(held)
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -170,9 +181,11 @@ func (n *admissionNode) pendingAdmission() []string {
 // server's policy does not admit it yet, by nft(8) and by a real TCP
 // connection, and what the node still lacks is exactly the pod's address
 // in the server's peer set. The admission writes that, and the pod
-// connects. A resync admits a held pod too, a CHECK admits before it
-// compares, and a DEL of a held pod leaves nothing of it. The admission
-// loop is stopped: each step admits by hand.
+// connects. A resync leaves a held pod held (only an admission, under the
+// agent's lock, makes a pod a peer), a retried ADD leaves an admitted pod
+// admitted, a CHECK admits before it compares, and a DEL of a held pod
+// leaves nothing of it. The admission loop is stopped: each step admits
+// by hand.
 func TestAddAdmitsAsPeerAfterAnswering(t *testing.T) {
 	n := newAdmissionNode(t, nil)
 	a := n.a
@@ -193,10 +206,7 @@ func TestAddAdmitsAsPeerAfterAnswering(t *testing.T) {
 	if got := n.pendingAdmission(); !slices.Equal(got, want) {
 		t.Errorf("p1 held back: the node lacks %q; want only its admission %q", got, want)
 	}
-	a.mu.Lock()
-	err := a.admitHeld(ctx, "admission")
-	a.mu.Unlock()
-	if err != nil {
+	if err := n.admit(); err != nil {
 		t.Fatal(err)
 	}
 	if !n.admitted("p1") || !n.reaches("p1") {
@@ -209,16 +219,27 @@ func TestAddAdmitsAsPeerAfterAnswering(t *testing.T) {
 		t.Errorf("after the admission: held %v, admissions observed %d; want none held, 2", keys, a.admittedBy(t, "admission"))
 	}
 
-	// A resync admits.
+	// A retried ADD of p1's live sandbox: p1 stays admitted.
+	n.add("p1", "peer")
+	if keys, _ := a.held.keys(); len(keys) != 0 || !n.admitted("p1") {
+		t.Errorf("after a retried ADD of p1: held %v, p1 admitted %v; want none held, admitted", keys, n.admitted("p1"))
+	}
+
+	// A resync neither admits a held pod nor undoes its own part.
 	n.add("p2", "peer")
-	if n.admitted("p2") {
-		t.Error("p2 admitted by its ADD")
+	for _, full := range []bool{false, true} {
+		if out := a.sync(ctx, full); out.Again {
+			t.Errorf("resync: %+v", out)
+		}
+		if keys, _ := a.held.keys(); n.admitted("p2") || !slices.Equal(keys, []string{"x/p2"}) {
+			t.Errorf("after a resync (full %v): p2 admitted %v, held %v; want held, not admitted", full, n.admitted("p2"), keys)
+		}
 	}
-	if out := a.sync(ctx, false); out.Again {
-		t.Errorf("resync: %+v", out)
+	if out := nstest.Run(t, n.node, "nft", "list", "set", "inet", "terway", "pod-sources"); !strings.Contains(out, n.ips["p2"]) {
+		t.Errorf("after the resyncs, p2's own source entry is missing:\n%s", out)
 	}
-	if keys, _ := a.held.keys(); !n.admitted("p2") || len(keys) != 0 || a.admittedBy(t, "resync") != 1 {
-		t.Errorf("after a resync: p2 admitted %v, held %v, resync admissions %d; want true, none, 1", n.admitted("p2"), keys, a.admittedBy(t, "resync"))
+	if err := n.admit(); err != nil || !n.admitted("p2") {
+		t.Errorf("admitting p2 after the resyncs: %v, admitted %v", err, n.admitted("p2"))
 	}
 
 	// A CHECK admits, then compares.
@@ -296,5 +317,33 @@ func TestAdmissionWaitsForQuiet(t *testing.T) {
 	a.pending.add(spec.Allocation{Spec: spec.AllocationSpec{ContainerID: "c", IfName: "eth0"}})
 	if w := a.admissionWait(now, now.Add(-10*time.Millisecond)); w != time.Millisecond {
 		t.Errorf("an ADD under way: wait %v, want 1 ms (then look again)", w)
+	}
+}
+
+// TestResyncKeepsAnAdmissionDuringItsRender: a resync that rendered while
+// a pod was held, and plans after the pod's admission, renders nftables
+// again under the lock and keeps the admission, without cutting its run.
+func TestResyncKeepsAnAdmissionDuringItsRender(t *testing.T) {
+	n := newAdmissionNode(t, nil)
+	a := n.a
+	a.stopAdmissionLoop()
+	ctx := context.Background()
+	n.add("p1", "peer")
+
+	rendered, resume := make(chan struct{}), make(chan struct{})
+	a.planning = func() { close(rendered); <-resume }
+	done := make(chan runOutcome)
+	go func() { done <- a.sync(ctx, false) }()
+	<-rendered
+	a.planning = nil
+	if err := n.admit(); err != nil || !n.admitted("p1") {
+		t.Fatalf("admission during the resync: %v, admitted %v", err, n.admitted("p1"))
+	}
+	close(resume)
+	if out := <-done; out.Again {
+		t.Errorf("the resync was cut short by an admission: %+v", out)
+	}
+	if !n.admitted("p1") || !n.reaches("p1") {
+		t.Errorf("after the resync: p1 in the server's set %v, connects %v; want both", n.admitted("p1"), n.reaches("p1"))
 	}
 }

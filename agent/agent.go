@@ -388,9 +388,9 @@ func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.All
 	state, err := with.cache.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
 		Policies: with.policies, Allocations: allocs, ENIs: a.eniInputs(),
-		// CNI requests hold back the pods not admitted yet; a resync
-		// admits them (admission.go).
-		PeersHeldBack: heldIf(cni, a.held),
+		// Every render holds back the pods not admitted yet: only their
+		// admission makes them peers (admission.go).
+		PeersHeldBack: a.held.snapshot(),
 	})
 	return state, with, err
 }
@@ -421,13 +421,4 @@ func (a *Agent) planText(ctx context.Context, eng *engine.Engine) (string, int, 
 // node (/readyz) asks more: that the node enforces its document (Health).
 func (a *Agent) Ready() bool {
 	return a.src.Synced() && a.resynced.Load() && (a.cfg.ENI == nil || a.cloudReady.Load())
-}
-
-// heldIf returns the held pods for a CNI request's render, nil for a
-// resync's.
-func heldIf(cni bool, h *heldPeers) map[string]bool {
-	if !cni {
-		return nil
-	}
-	return h.snapshot()
 }

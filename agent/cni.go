@@ -67,6 +67,10 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	// for the set-up of every ADD before it, a DEL or a resync's plan.
 	asked := time.Now()
 	a.allocMu.Lock()
+	// An ADD of an attachment the store has already is a retry of a live
+	// sandbox: its pod is not held back again (admission.go), or a retry
+	// would take an admitted pod's peer elements out until its admission.
+	_, retry, _ := a.store.Get(req.ContainerID, req.IfName)
 	node := a.lookupNode()
 	if node == nil {
 		a.allocMu.Unlock()
@@ -98,7 +102,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	}
 	// The address is recorded; the pod's network is set up together with
 	// the other ADDs that arrive meanwhile (add_batch.go).
-	return a.setUp(ctx, req, key, alloc)
+	return a.setUp(ctx, req, key, alloc, retry)
 }
 
 // allocateVPC allocates the attachment's address from the node's podCIDR.

@@ -61,7 +61,7 @@ func newMetrics() *metrics {
 		Name: "terway_cni_add_phase_seconds", Help: "Time of each phase of a CNI ADD at the agent: allocate (its address, recorded), lock (waiting for the agent's lock), render, apply.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"phase"})
 	m.admission = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "terway_peer_admission_seconds", Help: "Time from a pod's ADD to its admission as a policy peer of the node's other pods, by who admitted it: admission (the agent, once quiet), resync, check, add (cfg.AdmitBeforeAnswer).",
+		Name: "terway_peer_admission_seconds", Help: "Time from a pod's ADD to its admission as a policy peer of the node's other pods, by who admitted it: admission (the agent, once quiet), check (a CNI CHECK), add (cfg.AdmitBeforeAnswer).",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"by"})
 	m.heldBack = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "terway_pods_held_back", Help: "Pods set up whose admission as policy peers is still to come."})

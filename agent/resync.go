@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/apply/links"
@@ -52,6 +51,9 @@ type writeTracker struct {
 	veths    []string
 	ips      []string // as "ip/32", how routes and rules print them
 	netns    map[string]bool
+	// admitted says pods were admitted as peers (admission.go): the
+	// document changed, though no pod's items did.
+	admitted bool
 }
 
 // start begins noting writes (a resync is about to render).
@@ -59,7 +61,20 @@ func (w *writeTracker) start() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.tracking = true
-	w.pods, w.netns, w.veths, w.ips = map[string]bool{}, map[string]bool{}, nil, nil
+	w.pods, w.netns, w.veths, w.ips, w.admitted = map[string]bool{}, map[string]bool{}, nil, nil, false
+}
+
+// noteAdmission records an admission (admission.go), under the agent's
+// lock after its apply: a resync rendered before it holds those pods back
+// and would take their peer elements out again, so it renders nftables
+// again under the lock. Their own items are unchanged: the resync keeps
+// its plan of them.
+func (w *writeTracker) noteAdmission() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.tracking {
+		w.admitted = true
+	}
 }
 
 // note records a scoped write: called by the writer under the agent's
@@ -96,11 +111,14 @@ func (w *writeTracker) stop() *writeTracker {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.tracking = false
-	if len(w.pods) == 0 && len(w.netns) == 0 {
+	if len(w.pods) == 0 && len(w.netns) == 0 && !w.admitted {
 		return nil
 	}
-	return &writeTracker{pods: w.pods, veths: w.veths, ips: w.ips, netns: w.netns}
+	return &writeTracker{pods: w.pods, veths: w.veths, ips: w.ips, netns: w.netns, admitted: w.admitted}
 }
+
+// wroteItems reports whether CNI requests wrote pods' items (nil: no).
+func (w *writeTracker) wroteItems() bool { return w != nil && (len(w.pods) > 0 || len(w.netns) > 0) }
 
 // touches reports whether an operation may concern a written pod: its
 // own items, anything in its namespace, and node items that name its host
@@ -240,11 +258,6 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 	}
 	var nftOps []op.Op
 	nftKey := itemKey{nft.Kind, nftItemKey}
-	// The pods held back as peers when the nftables plan is made: a
-	// resync renders them as peers, and admits them once it commits.
-	var admitting []string
-	var admitAt time.Time
-	planned := false
 	if !full && a.status.waiting(nftKey, "", now) {
 		kept[nftKey] = true
 	} else {
@@ -267,9 +280,6 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 				kept[nftKey] = true
 			} else {
 				nftOps = p.Ops
-				planned = true
-				admitting, _ = a.held.keys()
-				admitAt = time.Now() // holds are timed by the wall clock
 				// CNI requests render this document's policies from now
 				// on: the kernel is about to have them.
 				a.views.planned(with.policies, with.cache, with.seq)
@@ -297,15 +307,9 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 		rep.Results = append(rep.Results, nrep.Results...)
 		rep.Writes += nrep.Writes
 		rep.Duration += nrep.Duration
-		planned = planned && nrep.Err() == nil
-	}
-	if planned && len(admitting) > 0 {
-		// Only holds as old as the plan: a pod held again since (added
-		// again) waits for its own admission.
-		a.observeAdmitted(a.held.release(admitAt, admitting...), "resync")
 	}
 	a.journal.record(reason, rep)
-	return rep, kept, written != nil
+	return rep, kept, written.wroteItems()
 }
 
 // The nftables plan of a resync is made under the agent's lock, from a
