@@ -49,6 +49,13 @@ import (
 // run is admitted in a few steps rather than one step per pod.
 const admitQuiet = 20 * time.Millisecond
 
+// admitChunk is the most pods the loop admits under one hold of the
+// agent's lock, the longest held first. An admission writes each pod into
+// the peer sets of every policy that selects it, tens of milliseconds per
+// pod at 1,000 policies, and an ADD arriving meanwhile waits for it: a
+// burst of 100 pods admitted at once would hold the lock for a second.
+const admitChunk = 4
+
 // admitRetry is the wait after an admission that failed.
 const admitRetry = time.Second
 
@@ -124,20 +131,25 @@ func (h *heldPeers) snapshot() map[string]bool {
 	return out
 }
 
-// keys returns the held pods, sorted, and the time of the oldest hold.
+// keys returns the held pods, the longest held first, and the time of
+// the oldest hold.
 func (h *heldPeers) keys() ([]string, time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var oldest time.Time
 	out := make([]string, 0, len(h.since))
-	for k, at := range h.since {
+	for k := range h.since {
 		out = append(out, k)
-		if oldest.IsZero() || at.Before(oldest) {
-			oldest = at
-		}
 	}
-	slices.Sort(out)
-	return out, oldest
+	slices.SortFunc(out, func(a, b string) int {
+		if c := h.since[a].Compare(h.since[b]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	if len(out) == 0 {
+		return nil, time.Time{}
+	}
+	return out, h.since[out[0]]
 }
 
 func (h *heldPeers) has(key string) bool {
@@ -195,7 +207,7 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 				return
 			default:
 			}
-			err := a.admitHeld(context.Background(), "admission")
+			err := a.admitHeld(context.Background(), "admission", admitChunk)
 			a.mu.Unlock()
 			if err != nil {
 				a.log.Warn("admitting pods as policy peers failed; retrying", "err", err, "retry", admitRetry)
@@ -232,16 +244,21 @@ func (a *Agent) addsUnderWay() bool {
 	return busy || a.pending.snapshot() != nil
 }
 
-// admitHeld admits every held pod: it renders them as peers and applies
-// the nftables part of their scope, which is their addresses in the peer
-// sets. Called with the agent's lock held; by says who admits, for the
-// metric; keep are pending ADDs (by attachmentID) to render, an ADD
-// batch's own pods. On failure the pods stay held.
-func (a *Agent) admitHeld(ctx context.Context, by string, keep ...string) error {
+// admitHeld admits the held pods, at most the most longest held ones
+// (0: all): it renders them as peers and applies the nftables part of
+// their scope, which is their addresses in the peer sets. Called with the
+// agent's lock held; by says who admits, for the metric; keep are pending
+// ADDs (by attachmentID) to render, an ADD batch's own pods. On failure
+// the pods stay held.
+func (a *Agent) admitHeld(ctx context.Context, by string, most int, keep ...string) error {
 	keys, _ := a.held.keys()
 	if len(keys) == 0 {
 		return nil
 	}
+	if most > 0 && len(keys) > most {
+		keys = keys[:most]
+	}
+	slices.Sort(keys)
 	held := a.held.release(time.Time{}, keys...)
 	state, pending, _, err := a.renderSettledFor(true, keys, keep...)
 	if err != nil {
@@ -292,7 +309,7 @@ func (a *Agent) admitBatch(ctx context.Context, batch []*addWaiter) error {
 	for _, w := range batch {
 		ids = append(ids, attachmentID(w.alloc))
 	}
-	return a.admitHeld(ctx, "add", ids...)
+	return a.admitHeld(ctx, "add", 0, ids...)
 }
 
 // observeAdmitted records how long each pod waited to be admitted.

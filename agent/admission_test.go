@@ -143,7 +143,7 @@ func (n *admissionNode) admitted(name string) bool {
 func (n *admissionNode) admit() error {
 	n.a.mu.Lock()
 	defer n.a.mu.Unlock()
-	return n.a.admitHeld(context.Background(), "admission")
+	return n.a.admitHeld(context.Background(), "admission", 0)
 }
 
 // reaches tells whether the pod opens a TCP connection to the server.
@@ -345,5 +345,31 @@ func TestResyncKeepsAnAdmissionDuringItsRender(t *testing.T) {
 	}
 	if !n.admitted("p1") || !n.reaches("p1") {
 		t.Errorf("after the resync: p1 in the server's set %v, connects %v; want both", n.admitted("p1"), n.reaches("p1"))
+	}
+}
+
+// TestAdmissionInChunks: the loop's step admits at most admitChunk pods,
+// the longest held first, so that an ADD waits for one chunk at most.
+func TestAdmissionInChunks(t *testing.T) {
+	n := newAdmissionNode(t, nil)
+	a := n.a
+	a.stopAdmissionLoop()
+	names := []string{"p1", "p2", "p3"}
+	for _, name := range names {
+		n.add(name, "peer")
+	}
+	a.mu.Lock()
+	err := a.admitHeld(context.Background(), "admission", 2)
+	a.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range names {
+		if got, want := n.admitted(name), i < 2; got != want {
+			t.Errorf("after a chunk of 2: %s admitted %v, want %v", name, got, want)
+		}
+	}
+	if keys, _ := a.held.keys(); !slices.Equal(keys, []string{"x/p3"}) {
+		t.Errorf("after a chunk of 2: held %v, want x/p3", keys)
 	}
 }

@@ -305,7 +305,7 @@ func (a *Agent) Check(ctx context.Context, req *wire.Request) error {
 	if a.held.has(key) {
 		// Compare the pod admitted, as it will be in a moment anyway; if
 		// that fails, its render still holds it back and matches.
-		if err := a.admitHeld(ctx, "check"); err != nil {
+		if err := a.admitHeld(ctx, "check", 0); err != nil {
 			a.log.Warn("admitting pods as policy peers failed; retrying", "err", err)
 		}
 	}
