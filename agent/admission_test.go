@@ -348,9 +348,18 @@ func TestResyncKeepsAnAdmissionDuringItsRender(t *testing.T) {
 	}
 }
 
-// TestAdmissionInChunks: the loop's step admits at most admitChunk pods,
-// the longest held first, so that an ADD waits for one chunk at most.
+// TestAdmissionInChunks: the loop's step admits at most a chunk of pods,
+// the longest held first, so that an ADD waits for one chunk at most; the
+// chunk is what fits in admitBudget at the last admissions' cost per pod.
 func TestAdmissionInChunks(t *testing.T) {
+	for _, c := range []struct {
+		perPod time.Duration
+		want   int
+	}{{0, 4}, {time.Millisecond / 4, 200}, {12 * time.Millisecond, 4}, {time.Second, 4}} {
+		if got := admitChunk(c.perPod); got != c.want {
+			t.Errorf("admitChunk(%v) = %d, want %d", c.perPod, got, c.want)
+		}
+	}
 	n := newAdmissionNode(t, nil)
 	a := n.a
 	a.stopAdmissionLoop()
