@@ -24,16 +24,16 @@ import (
 // those was most of an ADD at scale (issue 17), none of it needed for the
 // pod's own network to work.
 //
-// Until its admission a pod is held back: the renders of CNI requests give
-// it no peer role (render.Inputs.PeersHeldBack). That only ever admits
+// Until its admission a pod is held back: the agent's renders give it no
+// peer role (render.Inputs.PeersHeldBack). That only ever admits
 // less. Other pods' policies do not admit it yet, as for a pod on another
 // node whose address this node's watch has not delivered yet; its own
 // isolation is enforced from its ADD on.
 //
 // The admission runs once no CNI ADD has come for admitQuiet, or when the
 // oldest hold is cfg.PeerAdmissionDelay old, whichever comes first: a
-// burst of ADDs goes first, and one admission writes the burst's pods
-// together. Every render holds the held pods back, a resync's too: only
+// burst of ADDs goes first, and the admission writes the burst's pods
+// together, a few at a time (admitChunk). Every render holds the held pods back, a resync's too: only
 // an admission, under the agent's lock, makes a pod a peer. A resync
 // commits outside the lock, and a pod may be deleted and its address
 // given to another pod meanwhile; the DEL takes out only what the record
