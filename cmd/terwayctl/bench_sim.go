@@ -155,13 +155,20 @@ func writeBenchCluster(dir string, pods int) error {
 	return os.WriteFile(filepath.Join(dir, "cluster.yaml"), []byte(strings.Join(docs, "---\n")), 0o600)
 }
 
-// waitConverged waits until a full plan of the agent is empty.
+// waitConverged waits until a full plan of the agent is empty and no pod
+// waits for its admission as a policy peer (agent/admission.go: the plan
+// holds such pods back, as the agent does until it admits them).
 func waitConverged(ctx context.Context, st *sim.State) error {
 	deadline := time.Now().Add(waitTimeout)
 	for {
 		code, body, err := st.AgentGet(ctx, "/plan")
 		if err == nil && code == 200 && body == "" {
-			return nil
+			var metrics string
+			code, metrics, err = st.AgentGet(ctx, "/metrics")
+			if err == nil && code == 200 && strings.Contains("\n"+metrics, "\nterway_pods_held_back 0\n") {
+				return nil
+			}
+			body = "pods still held back as peers"
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("agent not converged after %s: /plan answers %d, %v:\n%s", waitTimeout, code, err, body)
