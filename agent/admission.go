@@ -105,14 +105,14 @@ func (h *heldPeers) hold(now time.Time, keys ...string) {
 	h.restore(held)
 }
 
-// release ends the holds of pods held at or before t (any hold when t is
-// zero) and returns those it ended, with their times.
-func (h *heldPeers) release(t time.Time, keys ...string) map[string]time.Time {
+// release ends the holds of pods and returns those it ended, with their
+// times.
+func (h *heldPeers) release(keys ...string) map[string]time.Time {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := map[string]time.Time{}
 	for _, k := range keys {
-		if at, ok := h.since[k]; ok && (t.IsZero() || !at.After(t)) {
+		if at, ok := h.since[k]; ok {
 			out[k] = at
 			delete(h.since, k)
 		}
@@ -281,7 +281,7 @@ func (a *Agent) admitHeld(ctx context.Context, by string, most int, keep ...stri
 	}
 	slices.Sort(keys)
 	began := time.Now()
-	held := a.held.release(time.Time{}, keys...)
+	held := a.held.release(keys...)
 	state, pending, _, err := a.renderSettledFor(true, keys, keep...)
 	if err != nil {
 		a.held.restore(held)
@@ -302,16 +302,7 @@ func (a *Agent) admitHeld(ctx context.Context, by string, most int, keep ...stri
 		}
 	}
 	if len(live) > 0 {
-		// As a.apply, but noted for a resync under way as an admission:
-		// its nftables plan renders again (the pods are peers now), its
-		// plan of the pods' own items stands (none changed).
-		rep, err := a.eng.Apply(ctx, state, engine.PlanOptions{Pods: live, Kinds: []string{nft.Kind}})
-		a.journal.record("admit "+strings.Join(live, ", "), rep)
-		a.writes.noteAdmission()
-		if a.status.recordScoped(rep) && a.runner != nil {
-			a.runner.Run()
-		}
-		a.healthChanged()
+		rep, err := a.apply(ctx, "admit "+strings.Join(live, ", "), state, engine.PlanOptions{Pods: live, Kinds: []string{nft.Kind}})
 		if err == nil {
 			err = rep.Err()
 		}

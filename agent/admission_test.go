@@ -157,7 +157,7 @@ func (n *admissionNode) reaches(name string) bool {
 func (n *admissionNode) pendingAdmission() []string {
 	n.t.Helper()
 	keys, _ := n.a.held.keys()
-	held := n.a.held.release(time.Time{}, keys...)
+	held := n.a.held.release(keys...)
 	st, _, err := n.a.renderSettled()
 	n.a.held.restore(held)
 	if err != nil {

@@ -192,7 +192,7 @@ func podEntry(state *spec.NodeState, key string) *spec.Pod {
 }
 
 func (a *Agent) rollback(req *wire.Request) {
-	a.held.release(time.Time{}, req.Args.Key())
+	a.held.release(req.Args.Key())
 	released, found, err := a.store.Release(req.ContainerID, req.IfName)
 	if err != nil {
 		a.log.Error("roll back allocation", "container", req.ContainerID, "err", err)
@@ -257,7 +257,7 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	if !a.src.Synced() {
 		// Without the inputs no document can be rendered; the pod's kernel
 		// objects go with its netns or at the first full reconcile.
-		a.held.release(time.Time{}, key)
+		a.held.release(key)
 		return nil
 	}
 	// Without the pending ADDs: they allocate without the lock, and one
@@ -285,7 +285,7 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	if err != nil {
 		return cniErr(codeTryAgainLater, "remove pod "+key, err.Error())
 	}
-	a.held.release(time.Time{}, key) // nothing of it left to admit
+	a.held.release(key) // nothing of it left to admit
 	a.log.Info("pod deleted", "pod", key, "container", req.ContainerID, "released", found)
 	return nil
 }

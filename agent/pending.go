@@ -111,7 +111,7 @@ func (w *writeTracker) merge(o *writeTracker) *writeTracker {
 	case o == nil:
 		return w
 	}
-	out := &writeTracker{pods: map[string]bool{}, netns: map[string]bool{}, admitted: w.admitted || o.admitted}
+	out := &writeTracker{pods: map[string]bool{}, netns: map[string]bool{}, nftOnly: w.nftOnly || o.nftOnly}
 	for _, t := range []*writeTracker{w, o} {
 		for k := range t.pods {
 			out.pods[k] = true

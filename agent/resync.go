@@ -51,9 +51,9 @@ type writeTracker struct {
 	veths    []string
 	ips      []string // as "ip/32", how routes and rules print them
 	netns    map[string]bool
-	// admitted says pods were admitted as peers (admission.go): the
-	// document changed, though no pod's items did.
-	admitted bool
+	// nftOnly says a write changed nftables alone (an admission,
+	// admission.go): the document changed, though no pod's items did.
+	nftOnly bool
 }
 
 // start begins noting writes (a resync is about to render).
@@ -61,20 +61,7 @@ func (w *writeTracker) start() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.tracking = true
-	w.pods, w.netns, w.veths, w.ips, w.admitted = map[string]bool{}, map[string]bool{}, nil, nil, false
-}
-
-// noteAdmission records an admission (admission.go), under the agent's
-// lock after its apply: a resync rendered before it holds those pods back
-// and would take their peer elements out again, so it renders nftables
-// again under the lock. Their own items are unchanged: the resync keeps
-// its plan of them.
-func (w *writeTracker) noteAdmission() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.tracking {
-		w.admitted = true
-	}
+	w.pods, w.netns, w.veths, w.ips, w.nftOnly = map[string]bool{}, map[string]bool{}, nil, nil, false
 }
 
 // note records a scoped write: called by the writer under the agent's
@@ -85,6 +72,14 @@ func (w *writeTracker) note(state *spec.NodeState, opts engine.PlanOptions) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.tracking {
+		return
+	}
+	if slices.Equal(opts.Kinds, []string{nft.Kind}) {
+		// Only nftables (an admission, admission.go): a resync rendered
+		// before it holds those pods back and would take their peer
+		// elements out again, so it renders nftables again under the
+		// lock; their items did not change, and it keeps its plan of them.
+		w.nftOnly = true
 		return
 	}
 	for _, key := range opts.Pods {
@@ -111,10 +106,10 @@ func (w *writeTracker) stop() *writeTracker {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.tracking = false
-	if len(w.pods) == 0 && len(w.netns) == 0 && !w.admitted {
+	if len(w.pods) == 0 && len(w.netns) == 0 && !w.nftOnly {
 		return nil
 	}
-	return &writeTracker{pods: w.pods, veths: w.veths, ips: w.ips, netns: w.netns, admitted: w.admitted}
+	return &writeTracker{pods: w.pods, veths: w.veths, ips: w.ips, netns: w.netns, nftOnly: w.nftOnly}
 }
 
 // wroteItems reports whether CNI requests wrote pods' items (nil: no).

@@ -276,34 +276,38 @@ func (a *agentProc) metrics(ctx context.Context) (agentMetrics, error) {
 	return m, nil
 }
 
+// meanSince is the mean of the histogram family's observations since
+// before, over its series whose labels ("{...}") match; false when there
+// were none.
+func (m agentMetrics) meanSince(before agentMetrics, family string, match func(labels string) bool) (time.Duration, bool) {
+	var sum, n float64
+	for name, v := range m {
+		if labels, ok := strings.CutPrefix(name, family+"_sum"); ok && match(labels) {
+			sum += v - before[name]
+		} else if labels, ok := strings.CutPrefix(name, family+"_count"); ok && match(labels) {
+			n += v - before[name]
+		}
+	}
+	if n == 0 {
+		return 0, false
+	}
+	return time.Duration(sum / n * float64(time.Second)), true
+}
+
+func labelsAre(want string) func(string) bool { return func(l string) bool { return l == want } }
+
 // mean is the agent-side mean latency of successful calls of the command
 // since before.
 func (m agentMetrics) mean(command string, before agentMetrics) time.Duration {
-	labels := `{command="` + command + `",result="ok"}`
-	sum := m["terway_cni_request_duration_seconds_sum"+labels] - before["terway_cni_request_duration_seconds_sum"+labels]
-	n := m["terway_cni_request_duration_seconds_count"+labels] - before["terway_cni_request_duration_seconds_count"+labels]
-	if n == 0 {
-		return 0
-	}
-	return time.Duration(sum / n * float64(time.Second))
+	d, _ := m.meanSince(before, "terway_cni_request_duration_seconds", labelsAre(`{command="`+command+`",result="ok"}`))
+	return d
 }
 
 // admission is the mean time from an ADD to its pod's admission as a
 // policy peer since before, whoever admitted it (terway_peer_admission_seconds).
 func (m agentMetrics) admission(before agentMetrics) time.Duration {
-	var sum, n float64
-	for name, v := range m {
-		switch {
-		case strings.HasPrefix(name, "terway_peer_admission_seconds_sum{"):
-			sum += v - before[name]
-		case strings.HasPrefix(name, "terway_peer_admission_seconds_count{"):
-			n += v - before[name]
-		}
-	}
-	if n == 0 {
-		return 0
-	}
-	return time.Duration(sum / n * float64(time.Second))
+	d, _ := m.meanSince(before, "terway_peer_admission_seconds", func(string) bool { return true })
+	return d
 }
 
 // addPhases is the agent's mean time of each phase of an ADD since before
@@ -311,11 +315,8 @@ func (m agentMetrics) admission(before agentMetrics) time.Duration {
 func (m agentMetrics) addPhases(before agentMetrics) string {
 	var out []string
 	for _, phase := range []string{"allocate", "lock", "render", "apply"} {
-		labels := `{phase="` + phase + `"}`
-		sum := m["terway_cni_add_phase_seconds_sum"+labels] - before["terway_cni_add_phase_seconds_sum"+labels]
-		n := m["terway_cni_add_phase_seconds_count"+labels] - before["terway_cni_add_phase_seconds_count"+labels]
-		if n > 0 {
-			out = append(out, fmt.Sprintf("%s %v", phase, time.Duration(sum/n*float64(time.Second)).Round(10*time.Microsecond)))
+		if d, ok := m.meanSince(before, "terway_cni_add_phase_seconds", labelsAre(`{phase="`+phase+`"}`)); ok {
+			out = append(out, fmt.Sprintf("%s %v", phase, d.Round(10*time.Microsecond)))
 		}
 	}
 	return strings.Join(out, ", ")
