@@ -10,6 +10,7 @@ import (
 
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/apply/nft"
+	"github.com/terway-reconciler/terway/render"
 )
 
 // Peer admission.
@@ -33,7 +34,10 @@ import (
 // The admission runs once no CNI ADD has come for admitQuiet, or when the
 // oldest hold is cfg.PeerAdmissionDelay old, whichever comes first: a
 // burst of ADDs goes first, and the admission writes the burst's pods
-// together, a few at a time (admitChunk). Every render holds the held pods back, a resync's too: only
+// together, a few at a time (admitChunk). Each step is rendered ahead,
+// off the lock, with a cache of the admission's own (preRenderAdmission):
+// under the lock the step catches up only on what came meanwhile. Every
+// render holds the held pods back, a resync's too: only
 // an admission, under the agent's lock, makes a pod a peer. A resync
 // commits outside the lock, and a pod may be deleted and its address
 // given to another pod meanwhile; the DEL takes out only what the record
@@ -88,6 +92,9 @@ type heldPeers struct {
 	lastAdd atomic.Int64
 	// perPod is what the last admission took per pod, in nanoseconds.
 	perPod atomic.Int64
+	// ahead is what the last render ahead took (preRenderAdmission), in
+	// nanoseconds: the loop starts that much before the delay is up.
+	ahead atomic.Int64
 	// gauge follows the number held (terway_pods_held_back).
 	gauge func(float64)
 }
@@ -221,6 +228,10 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 				}
 				continue
 			}
+			chunk := admitChunk(time.Duration(a.held.perPod.Load()))
+			rendering := time.Now()
+			ahead := a.preRenderAdmission(keys[:min(chunk, len(keys))])
+			a.held.ahead.Store(int64(time.Since(rendering)))
 			a.mu.Lock()
 			select {
 			case <-stop: // Close is waiting for the lock
@@ -228,7 +239,10 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 				return
 			default:
 			}
-			err := a.admitHeld(context.Background(), "admission", admitChunk(time.Duration(a.held.perPod.Load())))
+			if ahead != nil {
+				a.views.admitting(ahead.cache, ahead.seq)
+			}
+			err := a.admitHeld(context.Background(), "admission", chunk)
 			a.mu.Unlock()
 			if err != nil {
 				a.log.Warn("admitting pods as policy peers failed; retrying", "err", err, "retry", admitRetry)
@@ -242,11 +256,51 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 	}
 }
 
+// renderedAhead is an admission step's render ahead (preRenderAdmission):
+// its cache, and the pin's moves when it chose its policies.
+type renderedAhead struct {
+	cache *render.Cache
+	seq   uint64
+}
+
+// preRenderAdmission renders, off the agent's lock, what the admission of
+// keys is about to render under it, with the admission's own cache
+// (renderViews.admit). Most of a step's render is done so while ADDs go
+// on: the admitted pods' addresses resolved into every policy that
+// selects them as peers, and those policies' groups rendered again. The
+// document is thrown away. The step renders again under the lock, after
+// renderViews.admitting has made this cache the main one, and catches up
+// only on what changed since: the ADDs meanwhile, or a DEL, whose pod
+// this render may still have as a peer. nil when the render failed: the
+// step then renders all of it under the lock, and reports any error.
+func (a *Agent) preRenderAdmission(keys []string) *renderedAhead {
+	snap := a.src.Snapshot()
+	if snap.Node == nil {
+		return nil
+	}
+	cache, policies, seq := a.views.forAdmission(snap.Policies)
+	allocs, _, err := a.settledAllocations()
+	if err != nil {
+		return nil
+	}
+	held := a.held.snapshot()
+	for _, k := range keys {
+		delete(held, k)
+	}
+	if _, err := a.renderWith(cache, snap, policies, allocs, held); err != nil {
+		return nil
+	}
+	return &renderedAhead{cache: cache, seq: seq}
+}
+
 // admissionWait is how long the admission waits before it runs: while
 // ADDs are arriving or under way, until admitQuiet after the last one, and
-// never beyond cfg.PeerAdmissionDelay after the oldest hold.
+// never beyond cfg.PeerAdmissionDelay after the oldest hold, less what the
+// last render ahead took (at most half the delay), so that a step the
+// delay decides lands about when it is up rather than a render later.
 func (a *Agent) admissionWait(now, oldest time.Time) time.Duration {
-	deadline := oldest.Add(a.cfg.PeerAdmissionDelay)
+	early := min(time.Duration(a.held.ahead.Load()), a.cfg.PeerAdmissionDelay/2)
+	deadline := oldest.Add(a.cfg.PeerAdmissionDelay - early)
 	if !now.Before(deadline) {
 		return 0
 	}
@@ -283,6 +337,7 @@ func (a *Agent) admitHeld(ctx context.Context, by string, most int, keep ...stri
 	began := time.Now()
 	held := a.held.release(keys...)
 	state, pending, _, err := a.renderSettledFor(true, keys, keep...)
+	a.m.admissionStep.WithLabelValues("render").Observe(time.Since(began).Seconds())
 	if err != nil {
 		a.held.restore(held)
 		return err
@@ -302,6 +357,8 @@ func (a *Agent) admitHeld(ctx context.Context, by string, most int, keep ...stri
 		}
 	}
 	if len(live) > 0 {
+		applied := time.Now()
+		defer func() { a.m.admissionStep.WithLabelValues("apply").Observe(time.Since(applied).Seconds()) }()
 		rep, err := a.apply(ctx, "admit "+strings.Join(live, ", "), state, engine.PlanOptions{Pods: live, Kinds: []string{nft.Kind}})
 		if err == nil {
 			err = rep.Err()

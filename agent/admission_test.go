@@ -18,6 +18,7 @@ import (
 	"github.com/terway-reconciler/terway/cni/wire"
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/internal/traffic"
+	"github.com/terway-reconciler/terway/render"
 	"github.com/terway-reconciler/terway/spec"
 )
 
@@ -296,7 +297,8 @@ func TestAdmitBeforeAnswer(t *testing.T) {
 }
 
 // TestAdmissionWaitsForQuiet: the loop's wait. While ADDs are under way
-// or came less than admitQuiet ago it waits, never past the delay.
+// or came less than admitQuiet ago it waits, never past the delay, less
+// what its render ahead takes.
 func TestAdmissionWaitsForQuiet(t *testing.T) {
 	a := &Agent{cfg: Config{PeerAdmissionDelay: 200 * time.Millisecond}, held: newHeldPeers(func(float64) {})}
 	now := time.Now()
@@ -313,6 +315,18 @@ func TestAdmissionWaitsForQuiet(t *testing.T) {
 	if w := a.admissionWait(now, now.Add(-200*time.Millisecond)); w != 0 {
 		t.Errorf("hold at the delay: wait %v, want 0", w)
 	}
+	a.held.ahead.Store(int64(30 * time.Millisecond)) // the last render ahead
+	if w := a.admissionWait(now, now.Add(-170*time.Millisecond)); w != 0 {
+		t.Errorf("renders ahead take 30 ms, hold 170 ms old: wait %v, want 0", w)
+	}
+	if w := a.admissionWait(now, now.Add(-165*time.Millisecond)); w != 5*time.Millisecond {
+		t.Errorf("renders ahead take 30 ms, hold 165 ms old: wait %v, want 5 ms", w)
+	}
+	a.held.ahead.Store(int64(time.Second))
+	if w := a.admissionWait(now, now.Add(-95*time.Millisecond)); w != 5*time.Millisecond {
+		t.Errorf("renders ahead take 1 s, hold 95 ms old: wait %v, want 5 ms (no earlier than half the delay)", w)
+	}
+	a.held.ahead.Store(0)
 	a.held.noteAdd(now.Add(-time.Second))
 	a.pending.add(spec.Allocation{Spec: spec.AllocationSpec{ContainerID: "c", IfName: "eth0"}})
 	if w := a.admissionWait(now, now.Add(-10*time.Millisecond)); w != time.Millisecond {
@@ -380,5 +394,66 @@ func TestAdmissionInChunks(t *testing.T) {
 	}
 	if keys, _ := a.held.keys(); !slices.Equal(keys, []string{"x/p3"}) {
 		t.Errorf("after a chunk of 2: held %v, want x/p3", keys)
+	}
+}
+
+// TestAdmissionRendersAhead: the loop renders a step ahead, off the lock,
+// with the admission's cache, which then becomes the main one; the step's
+// render under the lock finds the admitted pod compiled as a peer and
+// resolves no policy again. Without the render ahead the step resolves
+// the policy itself; after the pin moved, the caches keep their places.
+func TestAdmissionRendersAhead(t *testing.T) {
+	n := newAdmissionNode(t, nil)
+	a := n.a
+	a.stopAdmissionLoop()
+	step := func(ahead *renderedAhead) render.CacheStats {
+		t.Helper()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if ahead != nil {
+			a.views.admitting(ahead.cache, ahead.seq)
+		}
+		if err := a.admitHeld(context.Background(), "admission", 0); err != nil {
+			t.Fatal(err)
+		}
+		return a.views.main.Stats()
+	}
+
+	n.add("p1", "peer")
+	ahead := a.preRenderAdmission([]string{"x/p1"})
+	if ahead == nil || ahead.cache != a.views.admit {
+		t.Fatalf("render ahead: %+v, want the admission's cache", ahead)
+	}
+	main := a.views.main
+	if st := step(ahead); st.PoliciesResolved != 0 || st.GroupsRendered != 0 {
+		t.Errorf("the step after a render ahead resolved %d policies and rendered %d groups, want none", st.PoliciesResolved, st.GroupsRendered)
+	}
+	if a.views.main != ahead.cache || a.views.admit != main {
+		t.Errorf("the caches did not change places")
+	}
+	if !n.admitted("p1") || !n.reaches("p1") {
+		t.Errorf("p1 in the server's set %v, connects %v; want both", n.admitted("p1"), n.reaches("p1"))
+	}
+
+	n.add("p2", "peer")
+	if st := step(nil); st.PoliciesResolved == 0 {
+		t.Errorf("the step with no render ahead resolved no policy: the check above cannot tell")
+	}
+	if !n.admitted("p2") {
+		t.Errorf("p2 not admitted")
+	}
+
+	n.add("p3", "peer")
+	ahead = a.preRenderAdmission([]string{"x/p3"})
+	a.views.mu.Lock()
+	a.views.seq++ // the pin moved since the render ahead
+	a.views.mu.Unlock()
+	main = a.views.main
+	step(ahead)
+	if a.views.main != main {
+		t.Errorf("the caches changed places although the pin moved since the render ahead")
+	}
+	if !n.admitted("p3") || !n.reaches("p3") {
+		t.Errorf("p3 in the server's set %v, connects %v; want both", n.admitted("p3"), n.reaches("p3"))
 	}
 }

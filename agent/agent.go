@@ -385,14 +385,20 @@ func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.All
 	} else {
 		with.cache = a.views.forResync(snap.Policies)
 	}
-	state, err := with.cache.Render(render.Inputs{
-		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
-		Policies: with.policies, Allocations: allocs, ENIs: a.eniInputs(),
-		// Every render holds back the pods not admitted yet: only their
-		// admission makes them peers (admission.go).
-		PeersHeldBack: a.held.snapshot(),
-	})
+	// Every render holds back the pods not admitted yet: only their
+	// admission makes them peers (admission.go).
+	state, err := a.renderWith(with.cache, snap, with.policies, allocs, a.held.snapshot())
 	return state, with, err
+}
+
+// renderWith renders the node from snap's objects but its policies, from
+// policies, allocs and the pods held back as peers, with cache.
+func (a *Agent) renderWith(cache *render.Cache, snap inputs.Snapshot, policies []*networkingv1.NetworkPolicy,
+	allocs []spec.Allocation, heldBack map[string]bool) (*spec.NodeState, error) {
+	return cache.Render(render.Inputs{
+		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
+		Policies: policies, Allocations: allocs, ENIs: a.eniInputs(), PeersHeldBack: heldBack,
+	})
 }
 
 // PlanText returns the full plan of the node, one operation per line, and

@@ -34,7 +34,11 @@ type metrics struct {
 	// local peers' policy peer (admission.go), by who admitted it; heldBack
 	// counts the pods waiting.
 	admission *prometheus.HistogramVec
-	heldBack  prometheus.Gauge
+	// admissionStep is how long each admission step took, by phase
+	// (render, apply): the agent's lock is held throughout, so that an
+	// ADD arriving meanwhile waits up to their sum.
+	admissionStep *prometheus.HistogramVec
+	heldBack      prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -63,9 +67,12 @@ func newMetrics() *metrics {
 	m.admission = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "terway_peer_admission_seconds", Help: "Time from a pod's ADD to its admission as a policy peer of the node's other pods, by who admitted it: admission (the agent, once quiet), check (a CNI CHECK), add (cfg.AdmitBeforeAnswer).",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"by"})
+	m.admissionStep = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "terway_peer_admission_step_seconds", Help: "Time of each phase of one admission step (render, apply), made under the agent's lock.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"phase"})
 	m.heldBack = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "terway_pods_held_back", Help: "Pods set up whose admission as policy peers is still to come."})
-	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency, m.kernelWrites, m.addPhases, m.admission, m.heldBack,
+	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency, m.kernelWrites, m.addPhases, m.admission, m.admissionStep, m.heldBack,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

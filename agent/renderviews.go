@@ -49,10 +49,22 @@ import (
 // as any render of the newest inputs was before; the resync converges.
 // The spare keeps its last render, so that the next edit compiles from it
 // incrementally; it costs the memory of a second node's compiled groups.
+//
+// A third cache is the peer admission's (admission.go). Admitting a pod
+// resolves its address into every policy that selects it as a peer and
+// renders those policies' groups again: tens of milliseconds at 1,000
+// policies, which ADDs would wait for behind the agent's lock. So the
+// admission renders its step ahead, off the lock, with its own cache, and
+// when the step runs under the lock that cache changes places with main:
+// the step's render, and the CNI requests' after it, find the admitted
+// pods compiled and catch up only on the requests that came meanwhile.
+// The cache that was main renders the next step ahead, catching up on this
+// one. It costs the memory of a third node's compiled groups.
 type renderViews struct {
 	mu    sync.Mutex
 	main  *render.Cache
 	spare *render.Cache
+	admit *render.Cache
 	// pinned says policies is set: until the first resync plans, CNI
 	// requests render the newest policies too.
 	pinned   bool
@@ -65,7 +77,36 @@ type renderViews struct {
 }
 
 func newRenderViews() *renderViews {
-	return &renderViews{main: render.NewCache(), spare: render.NewCache(), reach: map[*networkingv1.NetworkPolicy]*policyReach{}}
+	return &renderViews{main: render.NewCache(), spare: render.NewCache(), admit: render.NewCache(),
+		reach: map[*networkingv1.NetworkPolicy]*policyReach{}}
+}
+
+// forAdmission returns the cache an admission renders its step ahead with
+// (Agent.preRenderAdmission), the policies a CNI request renders now (the
+// pinned ones, or the newest while none are), and the pin's moves. It
+// moves no pin: a render ahead is thrown away, and the step's own render
+// under the lock asks forCNI.
+func (v *renderViews) forAdmission(newest []*networkingv1.NetworkPolicy) (*render.Cache, []*networkingv1.NetworkPolicy, uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.pinned {
+		return v.admit, newest, v.seq
+	}
+	return v.admit, v.policies, v.seq
+}
+
+// admitting makes the cache an admission rendered ahead with the main
+// one, and main the admission's, if the pin has not moved since that
+// render (seq): then it rendered the policies CNI requests render. Called
+// under the agent's lock, which CNI renders hold, so that no CNI render
+// runs across the change.
+func (v *renderViews) admitting(used *render.Cache, seq uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if used != v.admit || seq != v.seq {
+		return
+	}
+	v.main, v.admit = v.admit, v.main
 }
 
 // pinSeq returns the count of the pin's moves: read before the inputs a

@@ -374,6 +374,7 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 		r.AgentAdd, r.AgentDel = after.mean("add", before), after.mean("del", before)
 		r.AgentAdmit = after.admission(before)
 		b.o.Logf("cnibench: %d resident pods, %d workers: the agent's ADD phases (means): %s", len(b.resident), conc, after.addPhases(before))
+		b.o.Logf("cnibench: %d resident pods, %d workers: admission steps (means): %s", len(b.resident), conc, after.admissionSteps(before))
 	}
 	return r, b.check(r, res, after)
 }

@@ -267,7 +267,8 @@ func (a *agentProc) metrics(ctx context.Context) (agentMetrics, error) {
 		if strings.HasPrefix(name, "terway_cni_request_duration_seconds_sum{") ||
 			strings.HasPrefix(name, "terway_cni_request_duration_seconds_count{") || name == "terway_allocations" ||
 			strings.HasPrefix(name, "terway_cni_add_phase_seconds_sum{") || strings.HasPrefix(name, "terway_cni_add_phase_seconds_count{") ||
-			strings.HasPrefix(name, "terway_peer_admission_seconds_sum{") || strings.HasPrefix(name, "terway_peer_admission_seconds_count{") {
+			strings.HasPrefix(name, "terway_peer_admission_seconds_sum{") || strings.HasPrefix(name, "terway_peer_admission_seconds_count{") ||
+			strings.HasPrefix(name, "terway_peer_admission_step_seconds_sum{") || strings.HasPrefix(name, "terway_peer_admission_step_seconds_count{") {
 			if v, err := strconv.ParseFloat(value, 64); err == nil {
 				m[name] = v
 			}
@@ -320,4 +321,18 @@ func (m agentMetrics) addPhases(before agentMetrics) string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// admissionSteps is the agent's mean time of each phase of an admission
+// step since before (terway_peer_admission_step_seconds), and how many
+// steps there were, as "3 steps: render 9ms, apply 20ms".
+func (m agentMetrics) admissionSteps(before agentMetrics) string {
+	n := m[`terway_peer_admission_step_seconds_count{phase="render"}`] - before[`terway_peer_admission_step_seconds_count{phase="render"}`]
+	out := []string{}
+	for _, phase := range []string{"render", "apply"} {
+		if d, ok := m.meanSince(before, "terway_peer_admission_step_seconds", labelsAre(`{phase="`+phase+`"}`)); ok {
+			out = append(out, fmt.Sprintf("%s %v", phase, d.Round(10*time.Microsecond)))
+		}
+	}
+	return fmt.Sprintf("%.0f steps: %s", n, strings.Join(out, ", "))
 }
