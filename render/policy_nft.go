@@ -161,7 +161,19 @@ func groupKey(dir string, t *podInfo, policies []*policyEntry) string {
 					continue
 				}
 				n, ok := namedPort(t.pod, port.name, port.proto)
-				fmt.Fprintf(&b, ",%s/%s=%d/%t", port.name, port.proto, n, ok)
+				// ",name/proto=port/found", without fmt: this runs for
+				// every target pod on every render.
+				b.WriteByte(',')
+				b.WriteString(port.name)
+				b.WriteByte('/')
+				b.WriteString(port.proto)
+				b.WriteByte('=')
+				b.WriteString(strconv.FormatUint(uint64(n), 10))
+				if ok {
+					b.WriteString("/true")
+				} else {
+					b.WriteString("/false")
+				}
 			}
 		}
 	}

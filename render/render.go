@@ -338,15 +338,19 @@ func splitKey(key string) (namespace, name string) {
 func sortedCopy[T any](items []T, key func(T) string) []T {
 	type keyed struct {
 		key  string
+		at   int // equal keys keep their order: a stable sort's result
 		item T
 	}
 	ks := make([]keyed, len(items))
 	for i, it := range items {
-		ks[i] = keyed{key(it), it}
+		ks[i] = keyed{key(it), i, it}
 	}
-	byKey := func(a, b keyed) int { return cmp.Compare(a.key, b.key) }
+	byKey := func(a, b keyed) int { return cmp.Or(cmp.Compare(a.key, b.key), cmp.Compare(a.at, b.at)) }
 	if !slices.IsSortedFunc(ks, byKey) {
-		slices.SortStableFunc(ks, byKey)
+		// Unstable, on unique (key, position) pairs: the same order as a
+		// stable sort by key, in fewer moves (a watch's lists come in no
+		// order, and a cluster's pods are sorted on every render).
+		slices.SortFunc(ks, byKey)
 	}
 	out := make([]T, len(ks))
 	for i, k := range ks {

@@ -49,13 +49,15 @@ func (q Qdisc) Key() string { return nsKey(q.Netns) + "/" + q.Dev }
 func (t PodNFTable) Key() string { return t.Pod }
 
 // sortByNetns orders items of the host namespace first, then by namespace
-// path, then by the rest of the key.
+// path, then by the rest of the key. The keys are made once per item
+// (sortDecorated): a key that joins fields would otherwise allocate on
+// every comparison, and a node's document is sorted on every render.
 func sortByNetns[T any](items []T, key func(T) (netns, rest string)) {
-	slices.SortStableFunc(items, func(a, b T) int {
-		ans, arest := key(a)
-		bns, brest := key(b)
-		return cmp.Or(cmp.Compare(ans, bns), cmp.Compare(arest, brest))
-	})
+	type nsKey struct{ netns, rest string }
+	sortDecorated(items, func(it T) nsKey {
+		ns, rest := key(it)
+		return nsKey{ns, rest}
+	}, func(a, b nsKey) int { return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.rest, b.rest)) })
 }
 
 func nsKey(ns string) string {
@@ -150,14 +152,18 @@ func (t *NFTable) canonicalize(elements bool) {
 			SortElements(t.Sets[i].Elements)
 		}
 	}
-	slices.SortStableFunc(t.Chains, func(a, b NFTChain) int {
-		if (a.Hook == "") != (b.Hook == "") {
-			if a.Hook != "" {
+	type chainKey struct {
+		base bool
+		name string
+	}
+	sortDecorated(t.Chains, func(c NFTChain) chainKey { return chainKey{c.Hook != "", c.Name} }, func(a, b chainKey) int {
+		if a.base != b.base {
+			if a.base {
 				return -1
 			}
 			return 1
 		}
-		return cmp.Compare(a.Name, b.Name)
+		return cmp.Compare(a.name, b.name)
 	})
 }
 
@@ -188,7 +194,7 @@ func sortDecorated[T, K any](items []T, key func(T) K, compare func(a, b K) int)
 }
 
 func sortBy[T any](items []T, key func(T) string) {
-	slices.SortStableFunc(items, func(a, b T) int { return cmp.Compare(key(a), key(b)) })
+	sortDecorated(items, key, cmp.Compare[string])
 }
 
 // valueKey is a value parsed once for sorting.
