@@ -53,11 +53,11 @@ func (t PodNFTable) Key() string { return t.Pod }
 // (sortDecorated): a key that joins fields would otherwise allocate on
 // every comparison, and a node's document is sorted on every render.
 func sortByNetns[T any](items []T, key func(T) (netns, rest string)) {
-	type nsKey struct{ netns, rest string }
-	sortDecorated(items, func(it T) nsKey {
+	type netnsKey struct{ netns, rest string }
+	sortDecorated(items, func(it T) netnsKey {
 		ns, rest := key(it)
-		return nsKey{ns, rest}
-	}, func(a, b nsKey) int { return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.rest, b.rest)) })
+		return netnsKey{ns, rest}
+	}, func(a, b netnsKey) int { return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.rest, b.rest)) })
 }
 
 func nsKey(ns string) string {

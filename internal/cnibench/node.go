@@ -264,17 +264,31 @@ func (a *agentProc) metrics(ctx context.Context) (agentMetrics, error) {
 		if !ok || strings.HasPrefix(name, "#") {
 			continue
 		}
-		if strings.HasPrefix(name, "terway_cni_request_duration_seconds_sum{") ||
-			strings.HasPrefix(name, "terway_cni_request_duration_seconds_count{") || name == "terway_allocations" ||
-			strings.HasPrefix(name, "terway_cni_add_phase_seconds_sum{") || strings.HasPrefix(name, "terway_cni_add_phase_seconds_count{") ||
-			strings.HasPrefix(name, "terway_peer_admission_seconds_sum{") || strings.HasPrefix(name, "terway_peer_admission_seconds_count{") ||
-			strings.HasPrefix(name, "terway_peer_admission_step_seconds_sum{") || strings.HasPrefix(name, "terway_peer_admission_step_seconds_count{") {
+		if name == "terway_allocations" || histogramTotal(name) {
 			if v, err := strconv.ParseFloat(value, 64); err == nil {
 				m[name] = v
 			}
 		}
 	}
 	return m, nil
+}
+
+// benchHistograms are the agent's histograms whose means the bench reads
+// (meanSince).
+var benchHistograms = []string{
+	"terway_cni_request_duration_seconds", "terway_cni_add_phase_seconds",
+	"terway_peer_admission_seconds", "terway_peer_admission_step_seconds",
+}
+
+// histogramTotal tells whether name is a labelled _sum or _count series
+// of one of benchHistograms.
+func histogramTotal(name string) bool {
+	for _, h := range benchHistograms {
+		if strings.HasPrefix(name, h+"_sum{") || strings.HasPrefix(name, h+"_count{") {
+			return true
+		}
+	}
+	return false
 }
 
 // meanSince is the mean of the histogram family's observations since
