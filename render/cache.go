@@ -77,6 +77,14 @@ type Cache struct {
 	// dispatch are the dispatch sets' last elements, by set name.
 	dispatch map[string]dispatchEntry
 
+	// base is the last document and what patching it needs (patch.go);
+	// nil when the last render cannot be patched. oneShot caches (Render's
+	// own) keep none. policiesTwice is set when the last render's policies
+	// named one object twice.
+	base          *patchBase
+	oneShot       bool
+	policiesTwice bool
+
 	stats CacheStats
 }
 
@@ -87,6 +95,10 @@ type CacheStats struct {
 	PoliciesResolved int // resolved again against the pods
 	Groups           int // policy groups in the render
 	GroupsRendered   int // groups whose chain and sets were built again
+	// Patched tells that the render patched the last document (patch.go),
+	// and PodsPatched how many pods' parts it changed.
+	Patched     bool
+	PodsPatched int
 }
 
 // policyEntry is one policy in the cache.
@@ -152,6 +164,7 @@ func (k *Cache) policies(c *policyCompiler, nps []*networkingv1.NetworkPolicy) [
 		k.reset(r.cfg)
 	}
 	k.stats = CacheStats{Policies: len(nps)}
+	k.policiesTwice = false
 	out := make([]*policyEntry, 0, len(nps))
 	seen := make(map[string]bool, len(nps))
 	for _, np := range nps {
@@ -159,6 +172,7 @@ func (k *Cache) policies(c *policyCompiler, nps []*networkingv1.NetworkPolicy) [
 		if seen[key] {
 			// A second object of one name (files may hold both): it
 			// renders as Render always did, but is never kept.
+			k.policiesTwice = true
 			k.stats.PoliciesParsed++
 			out = append(out, newEntry(np))
 			continue

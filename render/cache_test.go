@@ -238,23 +238,14 @@ func TestCacheMatchesRender(t *testing.T) {
 		for step := range steps {
 			what := c.step()
 			history = append(history, what)
-			got, err := k.Render(c.in)
-			want, werr := Render(c.in)
-			if (err == nil) != (werr == nil) {
-				t.Fatalf("walk %d step %d (%s): cache error %v, render error %v", walk, step, what, err, werr)
-			}
 			total++
-			if err != nil {
+			want, wantJSON := matchesScratch(t, k, c.in, fmt.Sprintf("walk %d step %d", walk, step), history)
+			if want == nil {
 				continue
 			}
 			st := k.Stats()
 			reused += st.Groups - st.GroupsRendered
 			groups += st.Groups
-			gotJSON, wantJSON := mustJSON(t, got), mustJSON(t, want)
-			if string(gotJSON) != string(wantJSON) {
-				t.Fatalf("walk %d step %d (%s): the cached render differs from a render from scratch\nlast changes: %v\ncached:\n%s\nfrom scratch:\n%s",
-					walk, step, what, history[max(0, len(history)-5):], gotJSON, wantJSON)
-			}
 			if step%8 == 0 {
 				canon := want.Clone()
 				canon.Canonicalize()
@@ -268,6 +259,29 @@ func TestCacheMatchesRender(t *testing.T) {
 	if reused == 0 {
 		t.Error("the cache never reused a group: the comparison proves nothing about reuse")
 	}
+}
+
+// matchesScratch renders in with k and from scratch, and fails t when
+// the two differ, in their documents or in failing; at is the step's name
+// and history its changes. It returns the document from scratch and its
+// JSON, or nil when both renders failed.
+func matchesScratch(t *testing.T, k *Cache, in Inputs, at string, history []string) (*spec.NodeState, []byte) {
+	t.Helper()
+	what := history[len(history)-1]
+	got, err := k.Render(in)
+	want, werr := Render(in)
+	if (err == nil) != (werr == nil) {
+		t.Fatalf("%s (%s): cache error %v, render error %v", at, what, err, werr)
+	}
+	if err != nil {
+		return nil, nil
+	}
+	gotJSON, wantJSON := mustJSON(t, got), mustJSON(t, want)
+	if string(gotJSON) != string(wantJSON) {
+		t.Fatalf("%s (%s, patched %v): the cached render differs from a render from scratch\nlast changes: %v\ncached:\n%s\nfrom scratch:\n%s",
+			at, what, k.Stats().Patched, history[max(0, len(history)-5):], gotJSON, wantJSON)
+	}
+	return want, wantJSON
 }
 
 func mustJSON(t *testing.T, s *spec.NodeState) []byte {

@@ -71,6 +71,7 @@ func (r *renderer) renderPod(p *podInfo) {
 	if other := r.ipOwners[p.ip]; other != nil {
 		// Pods render in key order, so the first holder keeps the IP.
 		r.podProblem(p, "allocation.spec.ip", "%s is already used by pod %s", p.ip, other.key)
+		r.crossPod = true
 		p.ip = netip.Addr{}
 		return
 	}

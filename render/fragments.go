@@ -54,10 +54,11 @@ func (f *podFragment) sameInputs(o *podFragment) bool {
 	if f.pod != o.pod || f.alloc != o.alloc || f.ip != o.ip || (f.eni == nil) != (o.eni == nil) {
 		return false
 	}
-	if f.eni == nil {
-		return true
-	}
-	a, b := f.eni, o.eni
+	return f.eni == nil || sameENI(f.eni, o.eni)
+}
+
+// sameENI tells whether two ENIs render the same.
+func sameENI(a, b *spec.ENI) bool {
 	return a.Metadata == b.Metadata && a.Spec.MAC == b.Spec.MAC && a.Spec.PrimaryIP == b.Spec.PrimaryIP &&
 		a.Spec.VSwitchCIDR == b.Spec.VSwitchCIDR && a.Spec.Gateway == b.Spec.Gateway &&
 		a.Spec.DeviceIndex == b.Spec.DeviceIndex && a.Spec.Exclusive == b.Spec.Exclusive &&
@@ -106,6 +107,7 @@ func (r *renderer) podDatapath(p *podInfo) {
 	k.usedFragments[p.key] = true
 	if f := k.fragments[p.key]; f != nil && f.sameInputs(&in) {
 		add(r.state, &f.part)
+		p.part = &f.part
 		if f.entry != nil {
 			e := *f.entry // policy adds its chains to the render's own copy
 			p.entry = &e
@@ -115,6 +117,7 @@ func (r *renderer) podDatapath(p *podInfo) {
 	before := lensOf(r.state)
 	r.renderPodDatapath(p)
 	in.part = since(r.state, before)
+	p.part = &in.part
 	if in.eni != nil {
 		c := *in.eni
 		c.Spec.SecondaryIPs = slices.Clone(c.Spec.SecondaryIPs)

@@ -358,8 +358,10 @@ func (c *policyCompiler) isPeer(peer *parsedPeer, p *podInfo) bool {
 // peerIP is the address a pod has as a policy peer: local pods only once
 // their network rendered and they are not held back (Inputs.PeersHeldBack),
 // other pods by status.podIP.
-func (c *policyCompiler) peerIP(p *podInfo) netip.Addr {
-	if p.local && (p.entry == nil || c.r.heldBack[p.key]) {
+func (c *policyCompiler) peerIP(p *podInfo) netip.Addr { return c.r.peerIP(p) }
+
+func (r *renderer) peerIP(p *podInfo) netip.Addr {
+	if p.local && (p.entry == nil || r.heldBack[p.key]) {
 		return netip.Addr{}
 	}
 	return p.ip

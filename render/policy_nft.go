@@ -57,6 +57,7 @@ type policyGroup struct {
 func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 	c := newPolicyCompiler(r)
 	entries := r.cache.policies(c, policies)
+	r.entries, r.groups, r.compiler = entries, map[string]*patchGroup{}, c
 	dirs := map[string]map[*podInfo]*podDirection{dirIngress: {}, dirEgress: {}}
 	add := func(dir string, t *podInfo, pe *policyEntry) {
 		d := dirs[dir][t]
@@ -293,12 +294,15 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	out := r.cache.group(g, func() *groupOutput { return renderGroup(dir, g) })
 	t.Sets = append(t.Sets, out.sets...)
 	t.Chains = append(t.Chains, out.chain)
+	r.groups[g.key] = &patchGroup{out: out, members: len(g.targets)}
 	m := t.Set(mapName)
 	for _, p := range g.targets {
 		if dir == dirEgress {
 			p.entry.EgressChain = out.chain.Name
+			p.groups[1] = g.key
 		} else {
 			p.entry.IngressChain = out.chain.Name
+			p.groups[0] = g.key
 		}
 		m.Elements = append(m.Elements, spec.NFTElement{
 			Key: []string{p.entry.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: out.chain.Name}})

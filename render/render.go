@@ -70,6 +70,16 @@ type renderer struct {
 	podCIDR netip.Prefix
 	// heldBack are the pods that are no peer yet (Inputs.PeersHeldBack).
 	heldBack map[string]bool
+	// crossPod is set when one pod's input decided another's part: a
+	// duplicate object or allocation, an allocation for a pod elsewhere, or
+	// an address or interface two pods claim. Such a document is not
+	// patched (patch.go).
+	crossPod bool
+	// entries are the policies' cache entries, and groups the policy
+	// groups by key: what a patch of the document starts from.
+	entries  []*policyEntry
+	groups   map[string]*patchGroup
+	compiler *policyCompiler
 }
 
 // podInfo is one pod as render sees it.
@@ -83,6 +93,11 @@ type podInfo struct {
 	local bool
 	// entry is the pod's index entry, set once its network rendered.
 	entry *spec.Pod
+	// part is what its datapath added to the document (a cached
+	// fragment's), and groups its policy groups' keys by direction
+	// (ingress, egress): for a patch of the document.
+	part   *spec.NodeState
+	groups [2]string
 }
 
 // Render computes the node's document. It never fails on object content; it
@@ -100,6 +115,11 @@ func render(in Inputs, k *Cache) (*spec.NodeState, error) {
 	}
 	if in.Node == nil || in.Node.Name == "" {
 		return nil, fmt.Errorf("render: no Node object: the node's name and podCIDR are required")
+	}
+	if k != nil && !k.oneShot {
+		if doc, ok := k.patch(in, cfg); ok {
+			return doc, nil
+		}
 	}
 	r := &renderer{
 		cfg:   cfg,
@@ -146,6 +166,9 @@ func render(in Inputs, k *Cache) (*spec.NodeState, error) {
 	}
 	// Every set was built sorted: canonical order for the rest.
 	r.state.CanonicalizeOrder()
+	if k != nil && !k.oneShot {
+		k.keepBase(r, in)
+	}
 	return r.state, nil
 }
 
@@ -204,6 +227,7 @@ func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
 		key := pod.Namespace + "/" + pod.Name
 		if r.byKey[key] != nil {
 			r.problem("Pod", pod.Namespace, pod.Name, "metadata.name", "duplicate pod object; the first one is used")
+			r.crossPod = true
 			continue
 		}
 		p := &podInfo{key: key, pod: pod, local: pod.Spec.NodeName == r.node && !pod.Spec.HostNetwork}
@@ -232,9 +256,11 @@ func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
 			r.podProblem(p, "", "pod object not found; its network is kept until CNI DEL, without NetworkPolicy")
 		} else if p.alloc != nil {
 			r.podProblem(p, "allocation", "duplicate allocation; the first one is used")
+			r.crossPod = true
 			continue
 		} else if p.pod != nil && !p.local {
 			r.podProblem(p, "allocation", "allocation exists but the pod does not run on node %s; ignored", r.node)
+			r.crossPod = true
 			continue
 		}
 		p.alloc = a
@@ -295,6 +321,7 @@ func (r *renderer) oneAttachmentPerInterface() {
 			owner[slot], p, o = p, o, p
 		}
 		losers = append(losers, p)
+		r.crossPod = true
 		r.podProblem(p, "allocation", "interface %s of network namespace %s already belongs to another sandbox, pod %s's (recorded first); this pod's attachment %s/%s is not set up until one of them is deleted",
 			ifName, p.alloc.Spec.Netns, o.key, p.alloc.Spec.ContainerID, p.alloc.Spec.IfName)
 	}

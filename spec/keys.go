@@ -48,18 +48,6 @@ func (q Qdisc) Key() string { return nsKey(q.Netns) + "/" + q.Dev }
 // Key identifies a pod's table: one per pod.
 func (t PodNFTable) Key() string { return t.Pod }
 
-// sortByNetns orders items of the host namespace first, then by namespace
-// path, then by the rest of the key. The keys are made once per item
-// (sortDecorated): a key that joins fields would otherwise allocate on
-// every comparison, and a node's document is sorted on every render.
-func sortByNetns[T any](items []T, key func(T) (netns, rest string)) {
-	type netnsKey struct{ netns, rest string }
-	sortDecorated(items, func(it T) netnsKey {
-		ns, rest := key(it)
-		return netnsKey{ns, rest}
-	}, func(a, b netnsKey) int { return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.rest, b.rest)) })
-}
-
 func nsKey(ns string) string {
 	if ns == HostNetns {
 		return "host"
@@ -84,42 +72,15 @@ func (s *NodeState) CanonicalizeOrder() {
 }
 
 func (s *NodeState) canonicalize(elements bool) {
-	sortByNetns(s.Links, func(l Link) (string, string) { return l.Netns, l.Name })
-	sortByNetns(s.Addresses, func(a Address) (string, string) { return a.Netns, a.Dev + "/" + a.CIDR })
-	type routeKey struct {
-		netns string
-		table int
-		dst   valueKey
-	}
-	sortDecorated(s.Routes, func(r Route) routeKey { return routeKey{r.Netns, r.TableID(), parseValueKey(r.Dst)} },
-		func(a, b routeKey) int {
-			return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.table, b.table), compareValueKeys(a.dst, b.dst))
-		})
-	type ruleKey struct {
-		netns    string
-		priority int
-		from, to valueKey
-	}
-	sortDecorated(s.Rules, func(r Rule) ruleKey { return ruleKey{r.Netns, r.Priority, parseValueKey(r.From), parseValueKey(r.To)} },
-		func(a, b ruleKey) int {
-			return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.priority, b.priority),
-				compareValueKeys(a.from, b.from), compareValueKeys(a.to, b.to))
-		})
-	type neighborKey struct {
-		netns, dev string
-		ip         valueKey
-	}
-	sortDecorated(s.Neighbors, func(n Neighbor) neighborKey { return neighborKey{n.Netns, n.Dev, parseValueKey(n.IP)} },
-		func(a, b neighborKey) int {
-			return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.dev, b.dev), compareValueKeys(a.ip, b.ip))
-		})
-	sortByNetns(s.Sysctls, func(c Sysctl) (string, string) { return c.Netns, c.Path })
-	sortByNetns(s.TC, func(q Qdisc) (string, string) { return q.Netns, q.Dev })
-	sortBy(s.Pods, func(p Pod) string { return p.Key })
-	slices.SortStableFunc(s.Problems, func(a, b Problem) int {
-		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
-			cmp.Compare(a.Field, b.Field), cmp.Compare(a.Reason, b.Reason))
-	})
+	sortDecorated(s.Links, linkOrder, compareNetnsKeys)
+	sortDecorated(s.Addresses, addressOrder, compareNetnsKeys)
+	sortDecorated(s.Routes, routeOrder, compareRouteKeys)
+	sortDecorated(s.Rules, ruleOrder, compareRuleKeys)
+	sortDecorated(s.Neighbors, neighborOrder, compareNeighborKeys)
+	sortDecorated(s.Sysctls, sysctlOrder, compareNetnsKeys)
+	sortDecorated(s.TC, qdiscOrder, compareNetnsKeys)
+	sortBy(s.Pods, podOrder)
+	slices.SortStableFunc(s.Problems, CompareProblems)
 	s.Problems = slices.Compact(s.Problems)
 	if s.NFTables != nil {
 		s.NFTables.canonicalize(elements)
@@ -146,25 +107,13 @@ func (t *NFTable) Canonicalize() {
 }
 
 func (t *NFTable) canonicalize(elements bool) {
-	sortBy(t.Sets, func(s NFTSet) string { return s.Name })
+	sortBy(t.Sets, setOrder)
 	for i := range t.Sets {
 		if elements {
 			SortElements(t.Sets[i].Elements)
 		}
 	}
-	type chainKey struct {
-		base bool
-		name string
-	}
-	sortDecorated(t.Chains, func(c NFTChain) chainKey { return chainKey{c.Hook != "", c.Name} }, func(a, b chainKey) int {
-		if a.base != b.base {
-			if a.base {
-				return -1
-			}
-			return 1
-		}
-		return cmp.Compare(a.name, b.name)
-	})
+	sortDecorated(t.Chains, chainOrder, compareChainKeys)
 }
 
 // sortDecorated sorts items stably by a key computed once per item (keys

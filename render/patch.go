@@ -1,0 +1,658 @@
+package render
+
+import (
+	"cmp"
+	"maps"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Patching the last document by the pods that changed.
+//
+// A Cache reuses each part of its last render, but a render still walks
+// every pod, policy and group to put the document together: 4 to 5 ms at
+// 250 pods and 1,000 policies, for a CNI ADD whose pod changes a handful of
+// the document's items. When only some pods changed since the last render,
+// and none of them is or was any policy's peer (a local pod is one only
+// once admitted, Inputs.PeersHeldBack: so every ADD, and every DEL of a pod
+// not admitted yet), no policy's rules change: what each changed pod adds
+// to the document is its own datapath, its own problems, its entry, its
+// elements in the dispatch sets, and its membership of the policy groups
+// of the policies that select it (a policy that gains its first target
+// has its rules resolved then, against the peers the patch leaves as they
+// are). The patch renders those for the changed pods alone and splices
+// them into the last document at their places in canonical order
+// (spec.NodeState.Spliced), in time that does not grow with the node's
+// pods or policies, beyond a scan of the inputs for what changed.
+//
+// A pod's namespace without a Namespace object becomes a namespace
+// selectors see (namespaceLabels) with its first pod, but selectors only
+// look for peers there, and a patched pod is none.
+//
+// Anything else renders whole, as before: another configuration or Node,
+// a changed policy, namespace or ENI, a pod that is or was a peer, an
+// exclusive ENI pod, eni-multi-ip mode (its ENI needs count every pod), a
+// document where one pod's input decided another's (renderer.crossPod), a
+// pod whose address or interface an unchanged pod holds, or an item whose
+// key the document already has. TestCachePatchMatchesRender compares
+// renders, patched or not, with renders from scratch.
+
+// maxPatchedPods bounds the pods one patch changes: a batch of ADDs is a
+// patch, a resync after a burst of changes renders whole.
+const maxPatchedPods = 32
+
+// patchBase is the cache's last document and what patching it needs of
+// the render that made it, kept up to date by each patch.
+type patchBase struct {
+	doc        *spec.NodeState
+	cfg        Config
+	node       *corev1.Node
+	podCIDR    netip.Prefix
+	nodeIPs    []netip.Addr
+	namespaces []*corev1.Namespace
+	policies   []*networkingv1.NetworkPolicy
+	enis       []spec.ENI
+	heldBack   map[string]bool
+
+	pods    map[string]*patchPod // every pod of the render, by key
+	objects int                  // pods with an object
+	allocs  int                  // pods with an allocation
+	groups  map[string]*patchGroup
+	targets map[*policyEntry]int // each policy's targets
+	owners  map[netip.Addr]string
+	// peers are the pods that are policy peers, in a renderer of their
+	// own (by namespace and in key order, as the render had them), with
+	// the namespaces' labels: what resolving a policy's rules reads.
+	peers    *renderer
+	nsLabels map[string]labels.Set
+	nsNames  []string
+	slots    map[string]string // interface (netns and name) to the pod whose allocation holds it
+	// gen numbers the scans of the inputs (changedPods).
+	gen uint64
+}
+
+// patchPod is one pod of the last document.
+type patchPod struct {
+	obj   *corev1.Pod      // the input object; nil: an allocation alone
+	alloc *spec.Allocation // the input allocation, a copy; nil: none
+	// objGen and allocGen are the last scan that found them in its inputs.
+	objGen, allocGen uint64
+
+	local    bool
+	peer     netip.Addr      // its address as a policy peer; invalid: none
+	entry    *spec.Pod       // its entry in the document; nil: no network
+	part     *spec.NodeState // what its datapath added (problems aside)
+	problems []spec.Problem  // its own problems in the document
+	groups   [2]string       // its policy groups' keys: ingress, egress
+	ownIP    netip.Addr      // the address it holds, when it holds one
+	slot     string          // the interface its allocation holds
+}
+
+// patchGroup is a policy group of the last document and its members.
+type patchGroup struct {
+	out     *groupOutput
+	members int
+}
+
+// keepBase keeps what a patch of r's document needs, or nothing when the
+// document cannot be patched.
+func (k *Cache) keepBase(r *renderer, in Inputs) {
+	k.base = nil
+	if r.crossPod || k.policiesTwice || r.cfg.Mode != spec.PodModeVPC || len(r.state.PodNFTables) > 0 || r.state.NFTables == nil {
+		return
+	}
+	b := &patchBase{
+		doc: r.state, cfg: r.cfg, node: in.Node, podCIDR: r.podCIDR, nodeIPs: r.nodeIPs,
+		namespaces: slices.Clone(in.Namespaces), policies: slices.Clone(in.Policies), enis: slices.Clone(in.ENIs),
+		heldBack: maps.Clone(in.PeersHeldBack),
+		pods:     make(map[string]*patchPod, len(r.pods)), groups: r.groups, targets: make(map[*policyEntry]int, len(r.entries)),
+		owners: make(map[netip.Addr]string, len(r.ipOwners)), slots: map[string]string{},
+	}
+	problems := map[string][]spec.Problem{}
+	for _, p := range r.state.Problems {
+		if p.Kind == "Pod" {
+			key := p.Namespace + "/" + p.Name
+			problems[key] = append(problems[key], p)
+		}
+	}
+	for _, p := range r.pods {
+		pp := &patchPod{obj: p.pod, local: p.local, entry: p.entry, part: p.part, problems: problems[p.key], groups: p.groups}
+		if p.pod != nil {
+			pp.peer = r.peerIP(p)
+			b.objects++
+		}
+		if p.alloc != nil {
+			a := *p.alloc
+			pp.alloc = &a
+			b.allocs++
+			if a.Spec.Netns != "" {
+				pp.slot = slotOf(&a)
+				b.slots[pp.slot] = p.key
+			}
+		}
+		b.pods[p.key] = pp
+	}
+	for ip, p := range r.ipOwners {
+		b.owners[ip] = p.key
+		b.pods[p.key].ownIP = ip
+	}
+	for _, e := range r.entries {
+		b.targets[e] = len(e.res.targets)
+	}
+	b.peers = &renderer{byNS: map[string][]*podInfo{}}
+	for _, p := range r.pods {
+		if p.pod != nil && r.peerIP(p).IsValid() {
+			ns, _ := splitKey(p.key)
+			b.peers.pods = append(b.peers.pods, p)
+			b.peers.byNS[ns] = append(b.peers.byNS[ns], p)
+		}
+	}
+	b.nsLabels, b.nsNames = r.compiler.nsLabels, r.compiler.nsNames
+	k.base = b
+}
+
+// slotOf names the interface an allocation's pod is given.
+func slotOf(a *spec.Allocation) string {
+	ifName := a.Spec.IfName
+	if ifName == "" {
+		ifName = "eth0"
+	}
+	return a.Spec.Netns + " " + ifName
+}
+
+// podChange is a changed pod's inputs now: nil when it has none.
+type podChange struct {
+	obj   *corev1.Pod
+	alloc *spec.Allocation
+}
+
+// changedPods finds the pods whose object, allocation or holding back
+// changed since the last document. ok is false when in lists a pod or an
+// allocation twice, or more than maxPatchedPods changed.
+func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
+	b.gen++
+	gen := b.gen
+	changes := map[string]*podChange{}
+	note := func(key string) *podChange {
+		c := changes[key]
+		if c == nil {
+			c = &podChange{}
+			changes[key] = c
+		}
+		return c
+	}
+	objects := 0
+	for _, p := range in.Pods {
+		key := p.Namespace + "/" + p.Name
+		switch pp := b.pods[key]; {
+		case pp == nil || pp.obj == nil:
+			c := note(key)
+			if c.obj != nil {
+				return nil, false
+			}
+			c.obj = p
+		case pp.objGen == gen:
+			return nil, false
+		default:
+			pp.objGen = gen
+			objects++
+			if pp.obj != p {
+				note(key).obj = p
+			}
+		}
+		if len(changes) > maxPatchedPods {
+			return nil, false
+		}
+	}
+	allocs := 0
+	for i := range in.Allocations {
+		a := &in.Allocations[i]
+		key := a.Metadata.Namespace + "/" + a.Metadata.Name
+		switch pp := b.pods[key]; {
+		case pp == nil || pp.alloc == nil:
+			c := note(key)
+			if c.alloc != nil {
+				return nil, false
+			}
+			c.alloc = a
+		case pp.allocGen == gen:
+			return nil, false
+		default:
+			pp.allocGen = gen
+			allocs++
+			if *pp.alloc != *a {
+				note(key).alloc = a
+			}
+		}
+		if len(changes) > maxPatchedPods {
+			return nil, false
+		}
+	}
+	if objects != b.objects || allocs != b.allocs {
+		for key, pp := range b.pods {
+			if pp.obj != nil && pp.objGen != gen || pp.alloc != nil && pp.allocGen != gen {
+				note(key) // gone
+			}
+		}
+	}
+	for key, held := range in.PeersHeldBack {
+		if held != b.heldBack[key] {
+			note(key)
+		}
+	}
+	for key, held := range b.heldBack {
+		if held != in.PeersHeldBack[key] {
+			note(key)
+		}
+	}
+	if len(changes) > maxPatchedPods {
+		return nil, false
+	}
+	// What did not change is what the last document had.
+	for key, c := range changes {
+		if pp := b.pods[key]; pp != nil {
+			if c.obj == nil && pp.obj != nil && pp.objGen == gen {
+				c.obj = pp.obj
+			}
+			if c.alloc == nil && pp.alloc != nil && pp.allocGen == gen {
+				c.alloc = pp.alloc
+			}
+		}
+	}
+	return changes, true
+}
+
+// sameInputsBut tells whether in has the last document's inputs but for
+// its pods, allocations and pods held back.
+func (b *patchBase) sameInputsBut(in Inputs, cfg Config) bool {
+	return cfg == b.cfg && in.Node == b.node && slices.Equal(in.Policies, b.policies) &&
+		slices.Equal(in.Namespaces, b.namespaces) &&
+		slices.EqualFunc(in.ENIs, b.enis, func(x, y spec.ENI) bool { return sameENI(&x, &y) })
+}
+
+// patch returns the document of in by patching the last one, when in
+// changes only what a patch may change (see above).
+func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
+	b := k.base
+	if b == nil || !b.sameInputsBut(in, cfg) {
+		return nil, false
+	}
+	changes, ok := b.changedPods(in)
+	if !ok {
+		return nil, false
+	}
+	if len(changes) == 0 {
+		doc := *b.doc
+		k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), Patched: true}
+		return &doc, true
+	}
+	r, ok := b.renderChanged(k, in, cfg, changes)
+	if !ok {
+		return nil, false
+	}
+	p := b.policyChanges(k, r, changes)
+	doc, ok := b.splice(r, changes, p)
+	if !ok {
+		return nil, false
+	}
+	b.update(r, in, changes, p, doc)
+	k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), GroupsRendered: p.rendered,
+		Patched: true, PodsPatched: len(changes)}
+	return doc, true
+}
+
+// renderChanged renders the changed pods alone, as a render of the whole
+// node would, and checks that none of them is or was a peer and that no
+// unchanged pod's part depends on them.
+func (b *patchBase) renderChanged(k *Cache, in Inputs, cfg Config, changes map[string]*podChange) (*renderer, bool) {
+	r := &renderer{
+		cfg: cfg, cache: k, node: in.Node.Name, state: spec.New(in.Node.Name, cfg.Mode),
+		byKey: map[string]*podInfo{}, byNS: map[string][]*podInfo{}, enis: map[string]*spec.ENI{},
+		ipOwners: map[netip.Addr]*podInfo{}, heldBack: in.PeersHeldBack, podCIDR: b.podCIDR, nodeIPs: b.nodeIPs,
+	}
+	r.indexENIs(in.ENIs)
+	var objs []*corev1.Pod
+	var allocs []spec.Allocation
+	for _, c := range changes {
+		if c.obj != nil {
+			if WantsExclusiveENI(c.obj) {
+				return nil, false
+			}
+			objs = append(objs, c.obj)
+		}
+		if c.alloc != nil {
+			allocs = append(allocs, *c.alloc)
+		}
+	}
+	r.indexPods(objs, allocs)
+	for _, p := range r.pods {
+		if p.alloc == nil {
+			continue
+		}
+		if owner, held := b.slots[slotOf(p.alloc)]; held && changes[owner] == nil && p.alloc.Spec.Netns != "" {
+			return nil, false
+		}
+		if owner, held := b.owners[p.ip]; held && changes[owner] == nil {
+			return nil, false
+		}
+	}
+	for _, p := range r.pods {
+		if p.local {
+			r.renderPod(p)
+		}
+	}
+	if r.crossPod {
+		return nil, false
+	}
+	for key := range changes {
+		before, after := b.pods[key], r.byKey[key]
+		if before != nil && before.peer.IsValid() || after != nil && after.pod != nil && r.peerIP(after).IsValid() {
+			return nil, false
+		}
+	}
+	return r, true
+}
+
+// podPolicies are the changes to the policy groups a patch makes.
+type podPolicies struct {
+	groups  map[string][2]string // each changed pod's group keys now
+	members map[string]int       // group members gained (lost when negative)
+	created map[string]*patchGroup
+	targets map[*policyEntry]int // targets gained (lost when negative)
+	// problems are the rule problems of the policies that gain their
+	// first target (in) or lose their last (out).
+	problemsIn, problemsOut []spec.Problem
+	rendered                int
+}
+
+// policyChanges finds the policy groups of the changed pods now and
+// renders the groups the node did not have. A policy that gains its first
+// target has its rules resolved against the peers, which no patch
+// changes; its rule problems show while it has a target.
+func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*podChange) *podPolicies {
+	p := &podPolicies{groups: map[string][2]string{}, members: map[string]int{}, created: map[string]*patchGroup{},
+		targets: map[*policyEntry]int{}}
+	selecting := map[string][]*policyEntry{}
+	for key := range changes {
+		ns, _ := splitKey(key)
+		if before := b.pods[key]; before != nil && before.entry != nil && before.obj != nil {
+			for _, e := range k.selecting(ns, before.obj) {
+				p.targets[e]--
+			}
+			for _, g := range before.groups {
+				if g != "" {
+					p.members[g]--
+				}
+			}
+		}
+		if after := r.byKey[key]; after != nil && after.entry != nil && after.pod != nil {
+			selecting[key] = k.selecting(ns, after.pod)
+			for _, e := range selecting[key] {
+				p.targets[e]++
+			}
+		}
+	}
+	for e, d := range p.targets {
+		switch n := b.targets[e]; {
+		case n == 0 && d > 0:
+			b.resolveRules(k, e)
+			p.problemsIn = append(p.problemsIn, e.parsed.ruleProblems...)
+		case n > 0 && n+d == 0:
+			p.problemsOut = append(p.problemsOut, e.parsed.ruleProblems...)
+		}
+	}
+	for key, policies := range selecting {
+		ns, _ := splitKey(key)
+		after := r.byKey[key]
+		var keys [2]string
+		for i, dir := range []string{dirIngress, dirEgress} {
+			var isolating []*policyEntry
+			for _, e := range policies {
+				if dir == dirIngress && e.parsed.isolatesIngress || dir == dirEgress && e.parsed.isolatesEgress {
+					isolating = append(isolating, e)
+				}
+			}
+			if len(isolating) == 0 {
+				continue
+			}
+			gk := groupKey(dir, after, isolating)
+			keys[i] = gk
+			p.members[gk]++
+			if b.groups[gk] == nil && p.created[gk] == nil {
+				g := &policyGroup{key: gk, ns: ns, policies: isolating, targets: []*podInfo{after}}
+				rendered := false
+				out := k.group(g, func() *groupOutput { rendered = true; return renderGroup(dir, g) })
+				if rendered {
+					p.rendered++
+				}
+				p.created[gk] = &patchGroup{out: out}
+			}
+		}
+		p.groups[key] = keys
+	}
+	return p
+}
+
+// resolveRules resolves the rules of a policy that had no target in the
+// last document (so none resolved) against its peers, as a render of the
+// node would: the peers are the last full render's, which no patch
+// changes. The entry is left dirty, so that the next full render resolves
+// it whole (its targets too) rather than trust what a patch made.
+func (b *patchBase) resolveRules(k *Cache, e *policyEntry) {
+	c := &policyCompiler{r: b.peers, nsLabels: b.nsLabels, nsNames: b.nsNames}
+	res := &resolution{}
+	for _, rule := range e.parsed.ingress {
+		res.ingress = append(res.ingress, c.resolveRule(e.parsed, rule, false))
+	}
+	for _, rule := range e.parsed.egress {
+		res.egress = append(res.egress, c.resolveRule(e.parsed, rule, true))
+	}
+	if e.res == nil || !res.sameRules(e.res) {
+		e.version = k.nextVersion()
+	}
+	e.res, e.dirty = res, true
+}
+
+// selecting lists the policies of namespace ns that select pod as a
+// target, in name order (the order of the render's policies).
+func (k *Cache) selecting(ns string, pod *corev1.Pod) []*policyEntry {
+	var out []*policyEntry
+	set := labels.Set(pod.Labels)
+	for _, e := range k.byNS[ns] {
+		if e.parsed.podSel.Matches(set) {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b *policyEntry) int { return cmp.Compare(a.parsed.key, b.parsed.key) })
+	return out
+}
+
+// splice makes the patched document: the changed pods' items out, their
+// items now in, and the groups they leave empty or start.
+func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPolicies) (*spec.NodeState, bool) {
+	var remove, add spec.NodeState
+	var removeTable, addTable spec.NFTable
+	removeElems, addElems := map[string][]spec.NFTElement{}, map[string][]spec.NFTElement{}
+	for key := range changes {
+		if before := b.pods[key]; before != nil {
+			putPart(&remove, before.part)
+			remove.Problems = append(remove.Problems, before.problems...)
+			if before.entry != nil {
+				remove.Pods = append(remove.Pods, *before.entry)
+				dispatchElements(before.entry, before.local, removeElems)
+			}
+		}
+		after := r.byKey[key]
+		if after == nil {
+			continue
+		}
+		putPart(&add, after.part)
+		if after.entry != nil {
+			keys := p.groups[key]
+			after.groups = keys
+			after.entry.IngressChain, after.entry.EgressChain = b.chainOf(p, keys[0]), b.chainOf(p, keys[1])
+			add.Pods = append(add.Pods, *after.entry)
+			dispatchElements(after.entry, after.local, addElems)
+		}
+	}
+	for _, pr := range r.state.Problems {
+		if pr.Kind == "Pod" && changes[pr.Namespace+"/"+pr.Name] != nil {
+			add.Problems = append(add.Problems, pr)
+		}
+	}
+	remove.Problems = append(remove.Problems, p.problemsOut...)
+	add.Problems = append(add.Problems, p.problemsIn...)
+	slices.SortFunc(add.Problems, spec.CompareProblems)
+	add.Problems = slices.Compact(add.Problems)
+	slices.SortFunc(remove.Problems, spec.CompareProblems)
+	remove.Problems = slices.Compact(remove.Problems)
+	for gk, d := range p.members {
+		switch g := b.groups[gk]; {
+		case g != nil && g.members+d == 0:
+			removeTable.Chains = append(removeTable.Chains, g.out.chain)
+			removeTable.Sets = append(removeTable.Sets, g.out.sets...)
+		case g == nil && d > 0:
+			out := p.created[gk].out
+			addTable.Chains = append(addTable.Chains, out.chain)
+			addTable.Sets = append(addTable.Sets, out.sets...)
+		}
+	}
+	doc := *b.doc
+	t := *doc.NFTables
+	t.Sets = slices.Clone(t.Sets)
+	for _, name := range []string{mapIngressPods, mapEgressPods, setHairpin, setPodSources} {
+		if len(removeElems[name]) == 0 && len(addElems[name]) == 0 {
+			continue
+		}
+		s := t.Set(name)
+		if s == nil {
+			return nil, false
+		}
+		elems, ok := spec.SplicedElements(s.Elements, removeElems[name], addElems[name])
+		if !ok {
+			return nil, false
+		}
+		s.Elements = elems
+	}
+	doc.NFTables = &t
+	if len(removeTable.Chains)+len(addTable.Chains) > 0 {
+		remove.NFTables, add.NFTables = &removeTable, &addTable
+	}
+	return doc.Spliced(&remove, &add)
+}
+
+// chainOf is the chain of group key gk, "" for none.
+func (b *patchBase) chainOf(p *podPolicies, gk string) string {
+	switch {
+	case gk == "":
+		return ""
+	case b.groups[gk] != nil:
+		return b.groups[gk].out.chain.Name
+	}
+	return p.created[gk].out.chain.Name
+}
+
+// putPart adds a datapath's items to s, its problems aside (a pod's
+// problems go in and out whole).
+func putPart(s *spec.NodeState, part *spec.NodeState) {
+	if part == nil {
+		return
+	}
+	problems := s.Problems
+	add(s, part)
+	s.Problems = problems
+}
+
+// dispatchElements adds a pod's elements of the dispatch sets by set
+// name, as renderPolicies and renderSourceValidation make them.
+func dispatchElements(e *spec.Pod, local bool, into map[string][]spec.NFTElement) {
+	if e.IngressChain != "" {
+		into[mapIngressPods] = append(into[mapIngressPods], spec.NFTElement{
+			Key: []string{e.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: e.IngressChain}})
+	}
+	if e.EgressChain != "" {
+		into[mapEgressPods] = append(into[mapEgressPods], spec.NFTElement{
+			Key: []string{e.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: e.EgressChain}})
+	}
+	if e.IngressChain != "" || e.EgressChain != "" {
+		into[setHairpin] = append(into[setHairpin], spec.NFTElement{Key: []string{e.HostVeth, e.IP}})
+	}
+	if e.HostVeth != "" && local {
+		into[setPodSources] = append(into[setPodSources], spec.NFTElement{Key: []string{e.HostVeth, e.IP}})
+	}
+}
+
+// update makes the base the patched document's.
+func (b *patchBase) update(r *renderer, in Inputs, changes map[string]*podChange, p *podPolicies, doc *spec.NodeState) {
+	b.doc = doc
+	b.heldBack = maps.Clone(in.PeersHeldBack)
+	problems := map[string][]spec.Problem{}
+	for _, pr := range r.state.Problems {
+		if key := pr.Namespace + "/" + pr.Name; pr.Kind == "Pod" && changes[key] != nil {
+			problems[key] = append(problems[key], pr)
+		}
+	}
+	for key := range problems {
+		slices.SortFunc(problems[key], spec.CompareProblems)
+		problems[key] = slices.Compact(problems[key])
+	}
+	for key, c := range changes {
+		if before := b.pods[key]; before != nil {
+			if before.obj != nil {
+				b.objects--
+			}
+			if before.alloc != nil {
+				b.allocs--
+			}
+			if before.slot != "" && b.slots[before.slot] == key {
+				delete(b.slots, before.slot)
+			}
+			if before.ownIP.IsValid() && b.owners[before.ownIP] == key {
+				delete(b.owners, before.ownIP)
+			}
+			delete(b.pods, key)
+		}
+		after := r.byKey[key]
+		if after == nil {
+			continue
+		}
+		pp := &patchPod{obj: after.pod, objGen: b.gen, allocGen: b.gen, local: after.local, entry: after.entry,
+			part: after.part, problems: problems[key], groups: after.groups}
+		if after.pod != nil {
+			b.objects++
+		}
+		if c.alloc != nil {
+			a := *c.alloc
+			pp.alloc = &a
+			b.allocs++
+			if a.Spec.Netns != "" {
+				pp.slot = slotOf(&a)
+				b.slots[pp.slot] = key
+			}
+		}
+		b.pods[key] = pp
+	}
+	for ip, owner := range r.ipOwners {
+		b.owners[ip] = owner.key
+		b.pods[owner.key].ownIP = ip
+	}
+	for e, d := range p.targets {
+		b.targets[e] += d
+	}
+	for gk, d := range p.members {
+		g := b.groups[gk]
+		if g == nil {
+			g = p.created[gk]
+			b.groups[gk] = g
+		}
+		if g.members += d; g.members == 0 {
+			delete(b.groups, gk)
+		}
+	}
+}

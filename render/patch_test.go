@@ -1,0 +1,229 @@
+package render
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// agentStep makes one change of the kinds a node agent's CNI requests make
+// between two admissions (agent: admission.go): an ADD allocates a local
+// pod and holds it back as a peer; a DEL, a new sandbox, or an edit of a
+// pod held back; an admission; now and then any change of step.
+func (c *churn) agentStep() string {
+	in := &c.in
+	hold := func(change func(map[string]bool)) {
+		held := maps.Clone(in.PeersHeldBack)
+		if held == nil {
+			held = map[string]bool{}
+		}
+		change(held)
+		in.PeersHeldBack = held
+	}
+	allocated := map[string]int{}
+	for i, a := range in.Allocations {
+		allocated[a.Metadata.Namespace+"/"+a.Metadata.Name] = i
+	}
+	var heldPods []int // indexes in in.Pods of pods held back
+	for i, p := range in.Pods {
+		if in.PeersHeldBack[p.Namespace+"/"+p.Name] {
+			heldPods = append(heldPods, i)
+		}
+	}
+	switch n := c.pick(100); {
+	case n < 30:
+		var free []*corev1.Pod
+		for _, p := range in.Pods {
+			if _, ok := allocated[p.Namespace+"/"+p.Name]; !ok && p.Spec.NodeName == "n1" {
+				free = append(free, p)
+			}
+		}
+		if len(free) == 0 || c.pick(3) == 0 && len(in.Pods) < 60 {
+			free = []*corev1.Pod{c.addLocalPod()}
+		}
+		p := free[c.pick(len(free))]
+		ip := c.freeIP() // the agent's IPAM's, whatever the pod's status says yet
+		in.Allocations = slices.Clone(in.Allocations)
+		c.allocate(p)
+		in.Allocations[len(in.Allocations)-1].Spec.IP = ip
+		hold(func(m map[string]bool) { m[p.Namespace+"/"+p.Name] = true })
+		return "ADD, held back"
+	case n < 42 && len(heldPods) > 0:
+		p := in.Pods[heldPods[c.pick(len(heldPods))]]
+		key := p.Namespace + "/" + p.Name
+		if i, ok := allocated[key]; ok {
+			in.Allocations = slices.Delete(slices.Clone(in.Allocations), i, i+1)
+		}
+		if c.pick(2) == 0 {
+			hold(func(m map[string]bool) { delete(m, key) })
+		}
+		return "DEL of a pod held back"
+	case n < 50:
+		hold(func(m map[string]bool) {
+			for key := range m {
+				if c.pick(2) == 0 {
+					delete(m, key)
+				}
+			}
+		})
+		return "admission"
+	case n < 60 && len(heldPods) > 0:
+		c.replacePod(heldPods[c.pick(len(heldPods))], func(p *corev1.Pod) { p.Labels = c.podLabels() })
+		return "relabel a pod held back"
+	case n < 64 && len(heldPods) > 0:
+		c.replacePod(heldPods[c.pick(len(heldPods))], func(p *corev1.Pod) { p.Spec.Containers[0].Ports = c.ports() })
+		return "change a held pod's container ports"
+	case n < 68 && len(heldPods) > 0:
+		c.replacePod(heldPods[c.pick(len(heldPods))], func(p *corev1.Pod) {
+			p.Annotations = map[string]string{AnnotationKubeEgress: []string{"10M", "1G", "fast"}[c.pick(3)]}
+		})
+		return "bandwidth annotation of a pod held back"
+	case n < 72 && len(heldPods) > 0:
+		p := in.Pods[heldPods[c.pick(len(heldPods))]]
+		if i, ok := allocated[p.Namespace+"/"+p.Name]; ok {
+			in.Allocations = slices.Clone(in.Allocations)
+			c.next++
+			a := &in.Allocations[i]
+			a.Spec.ContainerID = fmt.Sprintf("c%d", c.next)
+			a.Spec.Netns = fmt.Sprintf("/var/run/netns/sandbox-%d", c.next)
+			a.Spec.IP = c.freeIP()
+		}
+		return "new sandbox of a pod held back"
+	case n < 75 && len(heldPods) > 0:
+		i := heldPods[c.pick(len(heldPods))]
+		in.Pods = slices.Delete(slices.Clone(in.Pods), i, i+1)
+		return "object of a pod held back deleted before its DEL"
+	case n < 77 && len(in.Pods) < 60:
+		ns := fmt.Sprintf("bare%d", c.pick(2))
+		p := c.addLocalPod()
+		in.Pods = slices.Clone(in.Pods)
+		p.Namespace = ns // a namespace no object names
+		in.Allocations = slices.Clone(in.Allocations)
+		c.allocate(p)
+		hold(func(m map[string]bool) { m[p.Namespace+"/"+p.Name] = true })
+		return "ADD in a namespace without an object"
+	case n < 85:
+		c.repair()
+		return "conflicts resolved"
+	}
+	return c.step()
+}
+
+// repair takes out what makes one pod's input decide another's (which
+// the cache renders whole): a policy listed twice, a second pod object or
+// allocation of one pod, an allocation of a pod elsewhere or of an
+// address or interface another pod has.
+func (c *churn) repair() {
+	in := &c.in
+	seen := map[string]bool{}
+	var policies []*networkingv1.NetworkPolicy
+	for _, np := range in.Policies {
+		if key := np.Namespace + "/" + np.Name; !seen[key] {
+			seen[key] = true
+			policies = append(policies, np)
+		}
+	}
+	pods, ips := map[string]*corev1.Pod{}, map[string]bool{}
+	var kept []*corev1.Pod
+	for _, p := range in.Pods {
+		key := p.Namespace + "/" + p.Name
+		if pods[key] != nil || p.Status.PodIP != "" && ips[p.Status.PodIP] {
+			continue
+		}
+		pods[key], ips[p.Status.PodIP] = p, true
+		kept = append(kept, p)
+	}
+	allocs, slots, owned := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	var keptAllocs []spec.Allocation
+	for _, a := range in.Allocations {
+		key := a.Metadata.Namespace + "/" + a.Metadata.Name
+		p := pods[key]
+		if allocs[key] || slots[a.Spec.Netns] || owned[a.Spec.IP] || p != nil && (p.Spec.NodeName != "n1" || terminated(p)) {
+			continue
+		}
+		allocs[key], slots[a.Spec.Netns], owned[a.Spec.IP] = true, true, true
+		keptAllocs = append(keptAllocs, a)
+	}
+	in.Policies, in.Pods, in.Allocations = policies, kept, keptAllocs
+}
+
+// addLocalPod adds a pod on this node with an address no pod has, and no
+// allocation.
+func (c *churn) addLocalPod() *corev1.Pod {
+	c.next++
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: c.nss[c.pick(len(c.nss))], Name: fmt.Sprintf("p%d", c.next),
+			UID: types.UID(fmt.Sprint("u", c.next)), Labels: c.podLabels()},
+		Spec:   corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Ports: c.ports()}}},
+		Status: corev1.PodStatus{PodIP: c.freeIP()},
+	}
+	c.in.Pods = append(slices.Clone(c.in.Pods), p)
+	return p
+}
+
+// freeIP is an address of the node's pod CIDR that no pod or allocation
+// has, when one is left.
+func (c *churn) freeIP() string {
+	used := map[string]bool{}
+	for _, p := range c.in.Pods {
+		used[p.Status.PodIP] = true
+	}
+	for _, a := range c.in.Allocations {
+		used[a.Spec.IP] = true
+	}
+	start := c.pick(252)
+	for i := range 252 {
+		ip := fmt.Sprintf("198.18.0.%d", 2+(start+i)%252)
+		if !used[ip] {
+			return ip
+		}
+	}
+	return "198.18.0.254"
+}
+
+// TestCachePatchMatchesRender walks clusters through the changes a node
+// agent's CNI requests make (agentStep), most of which the cache patches
+// into its last document (patch.go), and compares every render with a
+// render from scratch, byte for byte. It fails when too few renders were
+// patches to prove anything about them.
+func TestCachePatchMatchesRender(t *testing.T) {
+	steps, walks := 1000, 4
+	if testing.Short() {
+		steps = 200
+	}
+	total, patched, podPatches := 0, 0, 0
+	for walk := range walks {
+		c := newChurn(uint64(100 + walk))
+		for range 40 {
+			c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, 100+len(c.in.Policies), c.nss))
+		}
+		c.repair()
+		k := NewCache()
+		var history []string
+		for step := range steps {
+			history = append(history, c.agentStep())
+			total++
+			if want, _ := matchesScratch(t, k, c.in, fmt.Sprintf("walk %d step %d", walk, step), history); want == nil {
+				continue
+			}
+			if st := k.Stats(); st.Patched {
+				patched++
+				if st.PodsPatched > 0 {
+					podPatches++
+				}
+			}
+		}
+	}
+	t.Logf("%d renders compared, 0 differences; %d were patches, %d of which changed pods", total, patched, podPatches)
+	if podPatches*5 < total {
+		t.Errorf("%d of %d renders were patches that changed pods: too few to prove the patch right", podPatches, total)
+	}
+}

@@ -1,0 +1,186 @@
+package spec
+
+import (
+	"cmp"
+	"slices"
+)
+
+// The canonical order of each section: the keys Canonicalize sorts by,
+// made once per item (sortDecorated), and Spliced's binary searches.
+
+// netnsKey orders items of the host namespace first, then by namespace
+// path, then by the rest of the item's key.
+type netnsKey struct{ netns, rest string }
+
+func compareNetnsKeys(a, b netnsKey) int {
+	return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.rest, b.rest))
+}
+
+func linkOrder(l Link) netnsKey       { return netnsKey{l.Netns, l.Name} }
+func addressOrder(a Address) netnsKey { return netnsKey{a.Netns, a.Dev + "/" + a.CIDR} }
+func sysctlOrder(c Sysctl) netnsKey   { return netnsKey{c.Netns, c.Path} }
+func qdiscOrder(q Qdisc) netnsKey     { return netnsKey{q.Netns, q.Dev} }
+func podOrder(p Pod) string           { return p.Key }
+func setOrder(s NFTSet) string        { return s.Name }
+
+type routeKey struct {
+	netns string
+	table int
+	dst   valueKey
+}
+
+func routeOrder(r Route) routeKey { return routeKey{r.Netns, r.TableID(), parseValueKey(r.Dst)} }
+
+func compareRouteKeys(a, b routeKey) int {
+	return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.table, b.table), compareValueKeys(a.dst, b.dst))
+}
+
+type ruleKey struct {
+	netns    string
+	priority int
+	from, to valueKey
+}
+
+func ruleOrder(r Rule) ruleKey {
+	return ruleKey{r.Netns, r.Priority, parseValueKey(r.From), parseValueKey(r.To)}
+}
+
+func compareRuleKeys(a, b ruleKey) int {
+	return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.priority, b.priority),
+		compareValueKeys(a.from, b.from), compareValueKeys(a.to, b.to))
+}
+
+type neighborKey struct {
+	netns, dev string
+	ip         valueKey
+}
+
+func neighborOrder(n Neighbor) neighborKey { return neighborKey{n.Netns, n.Dev, parseValueKey(n.IP)} }
+
+func compareNeighborKeys(a, b neighborKey) int {
+	return cmp.Or(cmp.Compare(a.netns, b.netns), cmp.Compare(a.dev, b.dev), compareValueKeys(a.ip, b.ip))
+}
+
+// CompareProblems is the canonical order of problems.
+func CompareProblems(a, b Problem) int {
+	return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
+		cmp.Compare(a.Field, b.Field), cmp.Compare(a.Reason, b.Reason))
+}
+
+// chainKey orders base chains first, then every chain by name.
+type chainKey struct {
+	regular bool
+	name    string
+}
+
+func chainOrder(c NFTChain) chainKey { return chainKey{c.Hook == "", c.Name} }
+
+func compareChainKeys(a, b chainKey) int {
+	if a.regular != b.regular {
+		if a.regular {
+			return 1
+		}
+		return -1
+	}
+	return cmp.Compare(a.name, b.name)
+}
+
+func identity[T any](v T) T { return v }
+
+// Spliced returns the document s, whose sections are in canonical order
+// (CanonicalizeOrder), without the items of remove and with those of add,
+// each put at its place in that order: what CanonicalizeOrder gives for
+// the same items, found by binary search rather than a sort of every
+// section. It covers links, addresses, routes, rules, neighbours,
+// sysctls, qdiscs, pods, problems, and the chains and whole sets of
+// table inet terway (remove's and add's NFTables, matched by name; their
+// other fields are ignored). s is not modified; the result shares every
+// list it leaves unchanged with s.
+//
+// ok is false when an item of remove is missing, or when an item of add
+// has the key of one present (for problems: is present); the caller then
+// renders the document whole, since the order CanonicalizeOrder gives
+// among items of one key depends on the order they came in.
+func (s *NodeState) Spliced(remove, add *NodeState) (out *NodeState, ok bool) {
+	c := *s
+	ok = true
+	step := func(done bool) { ok = ok && done }
+	step(spliceInto(&c.Links, remove.Links, add.Links, linkOrder, compareNetnsKeys))
+	step(spliceInto(&c.Addresses, remove.Addresses, add.Addresses, addressOrder, compareNetnsKeys))
+	step(spliceInto(&c.Routes, remove.Routes, add.Routes, routeOrder, compareRouteKeys))
+	step(spliceInto(&c.Rules, remove.Rules, add.Rules, ruleOrder, compareRuleKeys))
+	step(spliceInto(&c.Neighbors, remove.Neighbors, add.Neighbors, neighborOrder, compareNeighborKeys))
+	step(spliceInto(&c.Sysctls, remove.Sysctls, add.Sysctls, sysctlOrder, compareNetnsKeys))
+	step(spliceInto(&c.TC, remove.TC, add.TC, qdiscOrder, compareNetnsKeys))
+	step(spliceInto(&c.Pods, remove.Pods, add.Pods, podOrder, cmp.Compare[string]))
+	step(spliceInto(&c.Problems, remove.Problems, add.Problems, identity[Problem], CompareProblems))
+	if remove.NFTables != nil || add.NFTables != nil {
+		var rt, at NFTable
+		if remove.NFTables != nil {
+			rt = *remove.NFTables
+		}
+		if add.NFTables != nil {
+			at = *add.NFTables
+		}
+		if c.NFTables == nil {
+			return nil, false
+		}
+		t := *c.NFTables
+		step(spliceInto(&t.Chains, rt.Chains, at.Chains, chainOrder, compareChainKeys))
+		step(spliceInto(&t.Sets, rt.Sets, at.Sets, setOrder, cmp.Compare[string]))
+		c.NFTables = &t
+	}
+	if !ok {
+		return nil, false
+	}
+	return &c, true
+}
+
+func spliceInto[T, K any](items *[]T, remove, add []T, key func(T) K, compare func(a, b K) int) bool {
+	out, ok := splice(*items, remove, add, key, compare)
+	*items = out
+	return ok
+}
+
+// splice is Spliced for one section: items is not modified, and comes
+// back as it is when nothing changes.
+func splice[T, K any](items, remove, add []T, key func(T) K, compare func(a, b K) int) ([]T, bool) {
+	if len(remove) == 0 && len(add) == 0 {
+		return items, true
+	}
+	out := make([]T, len(items), len(items)+len(add))
+	copy(out, items)
+	find := func(k K) (int, bool) {
+		return slices.BinarySearchFunc(out, k, func(it T, k K) int { return compare(key(it), k) })
+	}
+	for _, it := range remove {
+		i, found := find(key(it))
+		if !found {
+			return nil, false
+		}
+		out = slices.Delete(out, i, i+1)
+	}
+	for _, it := range add {
+		i, found := find(key(it))
+		if found {
+			return nil, false
+		}
+		out = slices.Insert(out, i, it)
+	}
+	if len(out) == 0 {
+		return nil, true
+	}
+	return out, true
+}
+
+// SplicedElements returns elems, a set's elements in canonical order
+// (SortElements), without the elements of remove (by key) and with those
+// of add, each at its place: elems is not modified. ok is false when an
+// element to remove is missing or one to add has a key present.
+func SplicedElements(elems, remove, add []NFTElement) ([]NFTElement, bool) {
+	return splice(elems, remove, add, func(e NFTElement) []string { return e.Key }, compareElementKeys)
+}
+
+func compareElementKeys(a, b []string) int {
+	return CompareElements(NFTElement{Key: a}, NFTElement{Key: b})
+}
