@@ -61,10 +61,8 @@ func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) 
 // suffix of the two element lists, so that a changed set costs the parsing
 // of its changed elements only.
 func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
-	if prev != nil && prev.sameSource(in) && len(prev.src) == len(in.Elements) {
-		if p, _ := commonEnds(prev.src, in.Elements); p == len(in.Elements) {
-			return prev, nil
-		}
+	if prev != nil && prev.madeFrom(in) {
+		return prev, nil
 	}
 	if err := checkName(in.Name); err != nil {
 		return nil, fmt.Errorf("nft set %s: name: %w", in.Name, err)
@@ -73,7 +71,8 @@ func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
 		return nil, fmt.Errorf("nft set %s: type: needs 1 to 5 parts, has %d", in.Name, len(in.Type))
 	}
 	s := &set{name: in.Name, typeNames: slices.Clone(in.Type), interval: in.Interval, verdict: in.Verdict,
-		comment: in.Comment, pod: in.Pod, id: setIDs.Add(1), src: slices.Clone(in.Elements)}
+		comment: in.Comment, pod: in.Pod, id: setIDs.Add(1), src: slices.Clone(in.Elements), of: refOf(in.Elements),
+		seen: &seenList{}}
 	for _, tn := range in.Type {
 		t, err := lookupType(tn)
 		if err != nil {

@@ -45,6 +45,10 @@ type set struct {
 	src   []spec.NFTElement
 	canon []*elem
 	jumps map[string]int
+	// of is the document's own list src copies, and seen the last other
+	// list found equal to it (see madeFrom).
+	of   listRef
+	seen *seenList
 	// id numbers a desired set. A set derived from another (from, its id)
 	// differs from it by the elements removed and the elements added (or
 	// replaced); every other element is the same object in both.

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/terway-reconciler/terway/spec"
@@ -117,6 +118,69 @@ var setIDs atomic.Uint64
 func (s *set) sameSource(in *spec.NFTSet) bool {
 	return s.name == in.Name && slices.Equal(s.typeNames, in.Type) && s.interval == in.Interval &&
 		s.verdict == in.Verdict && s.comment == in.Comment && s.pod == in.Pod
+}
+
+// listRef names a document's element list by its first element and its
+// length. Render hands unchanged sets' lists from document to document as
+// they are (render/cache.go, render/patch.go), and documents are not
+// modified once planned: a set made from the very list another document
+// has holds its elements, without comparing them.
+type listRef struct {
+	head  *spec.NFTElement
+	n     int
+	known bool
+}
+
+func refOf(elems []spec.NFTElement) listRef {
+	ref := listRef{n: len(elems), known: true}
+	if len(elems) > 0 {
+		ref.head = &elems[0]
+	}
+	return ref
+}
+
+// madeFrom tells whether s was made from in's very element list, or
+// from a list equal to it (and in's definition): then its elements are
+// in's. Each render cache of the agent hands out lists of its own
+// (agent/renderviews.go), so a set written from one cache's document is
+// compared once with another's list, and the list is remembered (seen).
+func (s *set) madeFrom(in *spec.NFTSet) bool {
+	ref := refOf(in.Elements)
+	switch {
+	case !s.of.known || !s.sameSource(in):
+		return false
+	case s.of == ref || s.seen.is(ref):
+		return true
+	case len(s.src) != len(in.Elements):
+		return false
+	}
+	if p, _ := commonEnds(s.src, in.Elements); p != len(in.Elements) {
+		return false
+	}
+	s.seen.set(ref)
+	return true
+}
+
+// seenList is a list found equal to a set's source list. Scoped plans of
+// one table may run at once: it is set under a lock of its own.
+type seenList struct {
+	mu  sync.Mutex
+	ref listRef
+}
+
+func (l *seenList) is(ref listRef) bool {
+	if l == nil {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ref == ref
+}
+
+func (l *seenList) set(ref listRef) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ref = ref
 }
 
 func sameElement(a, b *spec.NFTElement) bool {

@@ -105,6 +105,9 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			out.sets[s.name] = s
 		case pods[hs.pod] || !hs.sameSource(in):
 			// The set changed owner or definition: the unscoped sync's.
+		case hs.madeFrom(in):
+			// Written from this very list: its pods' elements are the
+			// record's. Most sets of a CNI request's document are.
 		default:
 			s, err := scopedElems(in, hs, sc.Addrs, podChains, index, wantIndex)
 			if err != nil {
@@ -211,7 +214,7 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 	}
 	s := *hs
 	s.id, s.from = setIDs.Add(1), hs.id
-	s.src, s.canon = nil, nil
+	s.src, s.canon, s.of, s.seen = nil, nil, listRef{}, nil
 	s.elems, s.jumps = maps.Clone(hs.elems), maps.Clone(hs.jumps)
 	for _, he := range removed {
 		delete(s.elems, he.text)

@@ -106,3 +106,53 @@ func TestScopedPlanLeavesPendingChange(t *testing.T) {
 		t.Errorf("full plan after the sync not empty:\n%s", firstLines(lines(ops), 5))
 	}
 }
+
+// TestSetMadeFromList: a canonical set knows the document list it was
+// made from, and lists equal to it; not a list of other elements, nor
+// does a set a scoped plan derived from it, which holds other elements.
+func TestSetMadeFromList(t *testing.T) {
+	in := spec.NFTSet{Name: "peers", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "pods",
+		Elements: []spec.NFTElement{{Key: []string{"198.18.0.2"}}, {Key: []string{"198.18.0.3"}}}}
+	s, err := canonicalSet(&in, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.madeFrom(&in) {
+		t.Fatal("a set does not know the list it was made from")
+	}
+	shared := in // another document's set with the same list
+	if !s.madeFrom(&shared) {
+		t.Error("a set does not know its list in another document")
+	}
+	copied := in
+	copied.Elements = slices.Clone(in.Elements)
+	if !s.madeFrom(&copied) || !s.seen.is(refOf(copied.Elements)) {
+		t.Error("an equal copy of the list (another render cache's) is not known, or not remembered")
+	}
+	other := in
+	other.Elements = slices.Clone(in.Elements)
+	other.Elements[1] = spec.NFTElement{Key: []string{"198.18.0.9"}}
+	if s.madeFrom(&other) {
+		t.Error("a list of other elements counts as the list")
+	}
+	shorter := in
+	shorter.Elements = in.Elements[:1]
+	if s.madeFrom(&shorter) {
+		t.Error("a prefix of the list counts as the list")
+	}
+	renamed := in
+	renamed.Comment = "other pods"
+	if s.madeFrom(&renamed) {
+		t.Error("a set of another definition counts as made from the list")
+	}
+	more := in
+	more.Elements = append(slices.Clone(in.Elements), spec.NFTElement{Key: []string{"198.18.0.4"}})
+	derived, err := scopedElems(&more, s, []string{"198.18.0.4"}, nil,
+		func(*set) addrIndex { return nil }, func(*spec.NFTSet, []int) wantIndex { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if derived == s || derived.madeFrom(&in) {
+		t.Error("a set derived by a scoped plan claims the list of the set it came from")
+	}
+}
