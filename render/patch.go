@@ -301,7 +301,7 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 	if !ok {
 		return nil, false
 	}
-	b.update(r, in, changes, p, doc)
+	b.update(k, r, in, changes, p, doc)
 	k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), GroupsRendered: p.rendered,
 		Patched: true, PodsPatched: len(changes)}
 	return doc, true
@@ -589,7 +589,7 @@ func dispatchElements(e *spec.Pod, local bool, into map[string][]spec.NFTElement
 }
 
 // update makes the base the patched document's.
-func (b *patchBase) update(r *renderer, in Inputs, changes map[string]*podChange, p *podPolicies, doc *spec.NodeState) {
+func (b *patchBase) update(k *Cache, r *renderer, in Inputs, changes map[string]*podChange, p *podPolicies, doc *spec.NodeState) {
 	b.doc = doc
 	b.heldBack = maps.Clone(in.PeersHeldBack)
 	problems := map[string][]spec.Problem{}
@@ -619,6 +619,9 @@ func (b *patchBase) update(r *renderer, in Inputs, changes map[string]*podChange
 			delete(b.pods, key)
 		}
 		after := r.byKey[key]
+		if after == nil || after.part == nil {
+			delete(k.fragments, key) // as the next full render would
+		}
 		if after == nil {
 			continue
 		}

@@ -110,6 +110,18 @@ func (c *churn) agentStep() string {
 		c.allocate(p)
 		hold(func(m map[string]bool) { m[p.Namespace+"/"+p.Name] = true })
 		return "ADD in a namespace without an object"
+	case n < 79 && len(heldPods) > 0:
+		// A second interface of one sandbox: another pod's allocation names
+		// the same network namespace (CNI allows it; render keeps both).
+		p := in.Pods[heldPods[c.pick(len(heldPods))]]
+		i, ok := allocated[p.Namespace+"/"+p.Name]
+		if !ok || len(in.Allocations) < 2 {
+			return "nothing"
+		}
+		j := c.pick(len(in.Allocations))
+		in.Allocations = slices.Clone(in.Allocations)
+		in.Allocations[i].Spec.Netns, in.Allocations[i].Spec.IfName = in.Allocations[j].Spec.Netns, "net1"
+		return "a pod held back shares another's network namespace"
 	case n < 85:
 		c.repair()
 		return "conflicts resolved"

@@ -104,7 +104,7 @@ type podInfo struct {
 // returns an error only for an unusable configuration or no node. A Cache
 // renders the same document reusing the parts of its last render.
 func Render(in Inputs) (*spec.NodeState, error) {
-	return render(in, NewCache())
+	return render(in, &Cache{oneShot: true})
 }
 
 // render renders with the cache k, which the caller holds.

@@ -97,10 +97,13 @@ func identity[T any](v T) T { return v }
 // other fields are ignored). s is not modified; the result shares every
 // list it leaves unchanged with s.
 //
-// ok is false when an item of remove is missing, or when an item of add
-// has the key of one present (for problems: is present); the caller then
-// renders the document whole, since the order CanonicalizeOrder gives
-// among items of one key depends on the order they came in.
+// ok is false when an item of remove is missing or shares its key with
+// another (a document may hold two, such as two pods' default routes in
+// one network namespace: which one is meant is not known), or when an
+// item of add has the key of one present (for problems: is present); the
+// caller then renders the document whole, since the order
+// CanonicalizeOrder gives among items of one key depends on the order
+// they came in.
 func (s *NodeState) Spliced(remove, add *NodeState) (out *NodeState, ok bool) {
 	c := *s
 	ok = true
@@ -154,9 +157,10 @@ func splice[T, K any](items, remove, add []T, key func(T) K, compare func(a, b K
 		return slices.BinarySearchFunc(out, k, func(it T, k K) int { return compare(key(it), k) })
 	}
 	for _, it := range remove {
-		i, found := find(key(it))
-		if !found {
-			return nil, false
+		k := key(it)
+		i, found := find(k)
+		if !found || i+1 < len(out) && compare(key(out[i+1]), k) == 0 {
+			return nil, false // missing, or which of two is meant is unknown
 		}
 		out = slices.Delete(out, i, i+1)
 	}

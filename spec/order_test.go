@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -65,5 +66,14 @@ func TestSplicedIsCanonicalOrder(t *testing.T) {
 	}
 	if _, ok := base.Spliced(build(ids[250:251]), &NodeState{}); ok {
 		t.Error("an item that is not there was spliced out")
+	}
+	// Two pods' default routes in one namespace share a key: which one
+	// goes is not known.
+	twice := *base
+	ns := base.Routes[len(base.Routes)-1].Netns
+	twice.Routes = append(slices.Clone(base.Routes), Route{Netns: ns, Dst: "default", Dev: "net1"})
+	twice.CanonicalizeOrder()
+	if _, ok := twice.Spliced(&NodeState{Routes: []Route{{Netns: ns, Dst: "default", Dev: "net1"}}}, &NodeState{}); ok {
+		t.Error("one of two items of one key was spliced out")
 	}
 }
