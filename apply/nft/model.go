@@ -221,7 +221,7 @@ func (t *table) checkRefs() error {
 				if s == nil || s.verdict {
 					return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a set of this table", c.name, i+1, r.text, m.Set)
 				}
-				if !slices.Equal(typeNamesOf(m.Selectors), s.typeNames) {
+				if !selectorsFit(m.Selectors, s.typeNames) {
 					return fmt.Errorf("nft chain %s: rule %d %q: selectors %v do not fit set %s of type %v", c.name, i+1, r.text, m.Selectors, s.name, s.typeNames)
 				}
 			}
@@ -236,7 +236,7 @@ func (t *table) checkRefs() error {
 				if m == nil || !m.verdict {
 					return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a verdict map of this table", c.name, i+1, r.text, v.Map)
 				}
-				if !slices.Equal(typeNamesOf(v.Selectors), m.typeNames) {
+				if !selectorsFit(v.Selectors, m.typeNames) {
 					return fmt.Errorf("nft chain %s: rule %d %q: selectors %v do not fit map %s of type %v", c.name, i+1, r.text, v.Selectors, m.name, m.typeNames)
 				}
 			}
@@ -277,6 +277,21 @@ func (t *table) checkTarget(name string) error {
 		return fmt.Errorf("chain %q is a base chain; jump and goto need a regular chain", name)
 	}
 	return nil
+}
+
+// selectorsFit tells whether selectors read a key of types, as
+// slices.Equal(typeNamesOf(sels), types) does, without allocating: every
+// rule of the table is checked on every plan.
+func selectorsFit(sels, types []string) bool {
+	if len(sels) != len(types) {
+		return false
+	}
+	for i, s := range sels {
+		if spec.SelectorType[s] != types[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func typeNamesOf(sels []string) []string {

@@ -209,12 +209,25 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 			}
 		}
 	}
+	// hs holds the elements of hs.src when it knows that list. If in's
+	// list differs from it only by the pods' elements, then hs changed by
+	// those holds in's list: later scoped plans of the same list skip the
+	// set (madeFrom) rather than scan it again, as they skip sets written
+	// whole. The peer sets an admission changes are so scanned once, not
+	// on every ADD until the next resync.
+	follows := hs.src != nil && onlyPodsDiffer(hs.src, in.Elements, mine)
 	if len(added)+len(removed) == 0 {
+		if follows && hs.seen != nil {
+			hs.seen.set(refOf(in.Elements))
+		}
 		return hs, nil
 	}
 	s := *hs
 	s.id, s.from = setIDs.Add(1), hs.id
 	s.src, s.canon, s.of, s.seen = nil, nil, listRef{}, nil
+	if follows {
+		s.src, s.of, s.seen = slices.Clone(in.Elements), refOf(in.Elements), &seenList{}
+	}
 	s.elems, s.jumps = maps.Clone(hs.elems), maps.Clone(hs.jumps)
 	for _, he := range removed {
 		delete(s.elems, he.text)
@@ -226,6 +239,20 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 	}
 	s.added, s.removed = added, removed
 	return &s, nil
+}
+
+// onlyPodsDiffer tells whether two element lists differ only by elements
+// that mine claims: their common prefix and suffix leave only those.
+func onlyPodsDiffer(a, b []spec.NFTElement, mine func([]string, *spec.NFTVerdict) bool) bool {
+	p, x := commonEnds(a, b)
+	for _, middle := range [][]spec.NFTElement{a[p : len(a)-x], b[p : len(b)-x]} {
+		for _, e := range middle {
+			if !mine(e.Key, e.Verdict) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // elemIsPods reports whether a canonical element jumps to a scoped pod's

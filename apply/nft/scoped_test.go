@@ -108,8 +108,9 @@ func TestScopedPlanLeavesPendingChange(t *testing.T) {
 }
 
 // TestSetMadeFromList: a canonical set knows the document list it was
-// made from, and lists equal to it; not a list of other elements, nor
-// does a set a scoped plan derived from it, which holds other elements.
+// made from, and lists equal to it, not a list of other elements; a set a
+// scoped plan derives from it knows the list it was derived for only when
+// the two lists differ by the scope's elements alone.
 func TestSetMadeFromList(t *testing.T) {
 	in := spec.NFTSet{Name: "peers", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "pods",
 		Elements: []spec.NFTElement{{Key: []string{"198.18.0.2"}}, {Key: []string{"198.18.0.3"}}}}
@@ -154,5 +155,20 @@ func TestSetMadeFromList(t *testing.T) {
 	}
 	if derived == s || derived.madeFrom(&in) {
 		t.Error("a set derived by a scoped plan claims the list of the set it came from")
+	}
+	if !derived.madeFrom(&more) {
+		t.Error("a set derived by the pod's elements alone does not know it holds the document's list")
+	}
+	// A list that also differs by another element (a pending edit, the
+	// sync's to apply) is not what the derived set holds.
+	pending := more
+	pending.Elements = append(slices.Clone(more.Elements), spec.NFTElement{Key: []string{"198.18.0.7"}})
+	partial, err := scopedElems(&pending, s, []string{"198.18.0.4"}, nil,
+		func(*set) addrIndex { return nil }, func(*spec.NFTSet, []int) wantIndex { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if partial.madeFrom(&pending) {
+		t.Error("a set that lacks a pending element claims the list that has it")
 	}
 }
