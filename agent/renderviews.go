@@ -86,13 +86,22 @@ func newRenderViews() *renderViews {
 // pinned ones, or the newest while none are), and the pin's moves. It
 // moves no pin: a render ahead is thrown away, and the step's own render
 // under the lock asks forCNI.
+//
+// The admission's cache is first made a copy of main (render.Cache.
+// CopyFrom): otherwise it would be a step behind, and resolve the pods the
+// last step admitted into their policies again, as main already did.
 func (v *renderViews) forAdmission(newest []*networkingv1.NetworkPolicy) (*render.Cache, []*networkingv1.NetworkPolicy, uint64) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
+	main, admit, policies, seq := v.main, v.admit, v.policies, v.seq
 	if !v.pinned {
-		return v.admit, newest, v.seq
+		policies = newest
 	}
-	return v.admit, v.policies, v.seq
+	v.mu.Unlock()
+	// Off the views' lock: the copy waits for a CNI render under way with
+	// main. A swap of main meanwhile (a resync's pin) leaves a copy of a
+	// cache that is as valid a start, if a less recent one.
+	admit.CopyFrom(main)
+	return admit, policies, seq
 }
 
 // admitting makes the cache an admission rendered ahead with the main

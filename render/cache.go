@@ -366,3 +366,36 @@ func (k *Cache) endGroups() {
 		}
 	}
 }
+
+// CopyFrom makes k a copy of from, to render from where from's last
+// render left off: its parsed and resolved policies, groups, fragments and
+// dispatch sets. The parts are shared where nothing modifies them (parsed
+// policies, resolutions, rendered groups and fragments) and copied where
+// renders do (each policy's entry); k keeps no document to patch, so its
+// next render is whole. The agent's admission renders its steps ahead with
+// a cache of its own (agent/renderviews.go), which was otherwise a step
+// behind: it resolved each admitted pod's policies again after the main
+// cache had.
+func (k *Cache) CopyFrom(from *Cache) {
+	if k == from {
+		return
+	}
+	from.mu.Lock()
+	primed, cfg, nsLabels, versions, twice := from.primed, from.cfg, from.nsLabels, from.versions, from.policiesTwice
+	entries := make(map[string]*policyEntry, len(from.entries))
+	for key, e := range from.entries {
+		c := *e
+		entries[key] = &c
+	}
+	views, groups := maps.Clone(from.views), maps.Clone(from.groups)
+	fragments, env, dispatch := maps.Clone(from.fragments), from.fragmentEnv, maps.Clone(from.dispatch)
+	from.mu.Unlock()
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.primed, k.cfg, k.nsLabels, k.versions, k.policiesTwice = primed, cfg, nsLabels, versions, twice
+	k.entries, k.views, k.groups = entries, views, groups
+	k.indexStale, k.byNS, k.peerNS, k.everyPod = true, nil, nil, nil
+	k.fragments, k.fragmentEnv, k.dispatch = fragments, env, dispatch
+	k.base, k.stats = nil, CacheStats{}
+}

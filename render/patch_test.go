@@ -239,3 +239,38 @@ func TestCachePatchMatchesRender(t *testing.T) {
 		t.Errorf("%d of %d renders were patches that changed pods: too few to prove the patch right", podPatches, total)
 	}
 }
+
+// TestCacheCopyMatchesRender walks two caches through the changes of
+// agentStep as the agent's main and admission caches go: main renders
+// every change as it is, the other the same change with every held pod
+// admitted (as a step's render ahead), and now and then the other is made
+// a copy of main (CopyFrom) and the two change places. Every render of
+// either is compared with a render from scratch, so that a copy that
+// shares what the other then modifies shows.
+func TestCacheCopyMatchesRender(t *testing.T) {
+	steps := 1000
+	if testing.Short() {
+		steps = 150
+	}
+	c := newChurn(7)
+	for range 30 {
+		c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, 100+len(c.in.Policies), c.nss))
+	}
+	c.repair()
+	main, other := NewCache(), NewCache()
+	var history []string
+	copies := 0
+	for step := range steps {
+		history = append(history, c.agentStep())
+		if step%5 == 4 {
+			other.CopyFrom(main)
+			copies++
+			main, other = other, main
+		}
+		matchesScratch(t, main, c.in, fmt.Sprintf("step %d, main", step), history)
+		admitted := c.in
+		admitted.PeersHeldBack = nil
+		matchesScratch(t, other, admitted, fmt.Sprintf("step %d, other, every pod admitted", step), history)
+	}
+	t.Logf("%d changes, each rendered by both caches and compared, %d copies", steps, copies)
+}
