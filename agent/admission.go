@@ -232,6 +232,7 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 			rendering := time.Now()
 			ahead := a.preRenderAdmission(keys[:min(chunk, len(keys))])
 			a.held.ahead.Store(int64(time.Since(rendering)))
+			a.m.admissionStep.WithLabelValues("ahead").Observe(time.Since(rendering).Seconds())
 			a.mu.Lock()
 			select {
 			case <-stop: // Close is waiting for the lock

@@ -339,11 +339,11 @@ func (m agentMetrics) addPhases(before agentMetrics) string {
 
 // admissionSteps is the agent's mean time of each phase of an admission
 // step since before (terway_peer_admission_step_seconds), and how many
-// steps there were, as "3 steps: render 9ms, apply 20ms".
+// steps there were, as "3 steps: ahead 15ms, render 9ms, apply 20ms".
 func (m agentMetrics) admissionSteps(before agentMetrics) string {
 	n := m[`terway_peer_admission_step_seconds_count{phase="render"}`] - before[`terway_peer_admission_step_seconds_count{phase="render"}`]
 	out := []string{}
-	for _, phase := range []string{"render", "apply"} {
+	for _, phase := range []string{"ahead", "render", "apply"} {
 		if d, ok := m.meanSince(before, "terway_peer_admission_step_seconds", labelsAre(`{phase="`+phase+`"}`)); ok {
 			out = append(out, fmt.Sprintf("%s %v", phase, d.Round(10*time.Microsecond)))
 		}
