@@ -83,6 +83,9 @@ func TestCNIRendersPinnedPolicies(t *testing.T) {
 
 	admittedOn := func(name, port string) {
 		t.Helper()
+		// An ADD answers before its pod is admitted as a peer
+		// (admission.go): what the admission wrote is what is checked.
+		a.waitAdmitted(t)
 		for _, p := range []string{"80", "81", "82"} {
 			if got := inKernel(peers, ips[name]+" . tcp . "+p); got != (p == port) {
 				t.Errorf("%s (%s) admitted to web on port %s: %v, want %v", name, ips[name], p, got, p == port)
