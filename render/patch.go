@@ -35,10 +35,13 @@ import (
 // selectors see (namespaceLabels) with its first pod, but selectors only
 // look for peers there, and a patched pod is none.
 //
+// In eni-multi-ip mode the eni section (the IPs in use, the idle pool,
+// the ENIs to add or release) counts every pod: a patch computes it again
+// from its record of the pods, without rendering them (eniNeeds).
+//
 // Anything else renders whole, as before: another configuration or Node,
 // a changed policy, namespace or ENI, a pod that is or was a peer, an
-// exclusive ENI pod, eni-multi-ip mode (its ENI needs count every pod), a
-// document where one pod's input decided another's (renderer.crossPod), a
+// exclusive ENI pod, a document where one pod's input decided another's (renderer.crossPod), a
 // pod whose address or interface an unchanged pod holds, or an item whose
 // key the document already has. TestCachePatchMatchesRender compares
 // renders, patched or not, with renders from scratch.
@@ -66,13 +69,16 @@ type patchBase struct {
 	groups  map[string]*patchGroup
 	targets map[*policyEntry]int // each policy's targets
 	owners  map[netip.Addr]string
+	slots   map[string]string // interface (netns and name) to the pod whose allocation holds it
 	// peers are the pods that are policy peers, in a renderer of their
 	// own (by namespace and in key order, as the render had them), with
 	// the namespaces' labels: what resolving a policy's rules reads.
 	peers    *renderer
 	nsLabels map[string]labels.Set
 	nsNames  []string
-	slots    map[string]string // interface (netns and name) to the pod whose allocation holds it
+	// eniProblems are the document's problems of the eni section
+	// (eni-multi-ip mode), which a patch makes again.
+	eniProblems []spec.Problem
 	// gen numbers the scans of the inputs (changedPods).
 	gen uint64
 }
@@ -104,7 +110,7 @@ type patchGroup struct {
 // document cannot be patched.
 func (k *Cache) keepBase(r *renderer, in Inputs) {
 	k.base = nil
-	if r.crossPod || k.policiesTwice || r.cfg.Mode != spec.PodModeVPC || len(r.state.PodNFTables) > 0 || r.state.NFTables == nil {
+	if r.crossPod || k.policiesTwice || len(r.state.PodNFTables) > 0 || r.state.NFTables == nil {
 		return
 	}
 	b := &patchBase{
@@ -116,9 +122,12 @@ func (k *Cache) keepBase(r *renderer, in Inputs) {
 	}
 	problems := map[string][]spec.Problem{}
 	for _, p := range r.state.Problems {
-		if p.Kind == "Pod" {
+		switch {
+		case p.Kind == "Pod":
 			key := p.Namespace + "/" + p.Name
 			problems[key] = append(problems[key], p)
+		case p.Kind == "Node" && p.Field == "eni":
+			b.eniProblems = append(b.eniProblems, p)
 		}
 	}
 	for _, p := range r.pods {
@@ -302,6 +311,10 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 		return nil, false
 	}
 	b.update(k, r, in, changes, p, doc)
+	if cfg.Mode == spec.PodModeENIMultiIP && !b.eniNeeds(r.enis, doc) {
+		k.base = nil // updated already: the next render is whole
+		return nil, false
+	}
 	k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), GroupsRendered: p.rendered,
 		Patched: true, PodsPatched: len(changes)}
 	return doc, true
@@ -658,4 +671,28 @@ func (b *patchBase) update(k *Cache, r *renderer, in Inputs, changes map[string]
 			delete(b.groups, gk)
 		}
 	}
+}
+
+// eniNeeds makes doc's eni section and its problems again from the pods
+// as the patch left them (b.update ran), as renderENINeeds does in a
+// render of the whole node; enis are the render's attached ENIs. It
+// reports false when doc does not have the problems the base recorded.
+func (b *patchBase) eniNeeds(enis map[string]*spec.ENI, doc *spec.NodeState) bool {
+	r := &renderer{cfg: b.cfg, node: b.node.Name, state: spec.New(b.node.Name, b.cfg.Mode), enis: enis,
+		ipOwners: make(map[netip.Addr]*podInfo, len(b.owners))}
+	for key, pp := range b.pods {
+		p := &podInfo{key: key, pod: pp.obj, alloc: pp.alloc, local: pp.local, entry: pp.entry}
+		r.pods = append(r.pods, p)
+		if pp.ownIP.IsValid() && b.owners[pp.ownIP] == key {
+			r.ipOwners[pp.ownIP] = p
+		}
+	}
+	r.renderENINeeds()
+	r.state.CanonicalizeOrder()
+	problems, ok := doc.Spliced(&spec.NodeState{Problems: b.eniProblems}, &spec.NodeState{Problems: r.state.Problems})
+	if !ok {
+		return false
+	}
+	doc.Problems, doc.ENI, b.eniProblems = problems.Problems, r.state.ENI, r.state.Problems
+	return true
 }

@@ -53,7 +53,8 @@ func (c *churn) agentStep() string {
 		ip := c.freeIP() // the agent's IPAM's, whatever the pod's status says yet
 		in.Allocations = slices.Clone(in.Allocations)
 		c.allocate(p)
-		in.Allocations[len(in.Allocations)-1].Spec.IP = ip
+		a := &in.Allocations[len(in.Allocations)-1]
+		a.Spec.IP, a.Spec.ENI = ip, c.eniOf(ip)
 		hold(func(m map[string]bool) { m[p.Namespace+"/"+p.Name] = true })
 		return "ADD, held back"
 	case n < 42 && len(heldPods) > 0:
@@ -95,6 +96,7 @@ func (c *churn) agentStep() string {
 			a.Spec.ContainerID = fmt.Sprintf("c%d", c.next)
 			a.Spec.Netns = fmt.Sprintf("/var/run/netns/sandbox-%d", c.next)
 			a.Spec.IP = c.freeIP()
+			a.Spec.ENI = c.eniOf(a.Spec.IP)
 		}
 		return "new sandbox of a pod held back"
 	case n < 75 && len(heldPods) > 0:
@@ -167,6 +169,36 @@ func (c *churn) repair() {
 	in.Policies, in.Pods, in.Allocations = policies, kept, keptAllocs
 }
 
+// eniMode makes the churn's node an eni-multi-ip one, with two shared
+// ENIs that hold every address freeIP gives.
+func (c *churn) eniMode() {
+	c.in.Config = Config{Mode: spec.PodModeENIMultiIP, MaxENIs: 4, IPsPerENI: 130, MinPoolSize: 2, MaxPoolSize: 8}
+	for i, half := range [][2]int{{2, 127}, {128, 253}} {
+		e := spec.ENI{Metadata: spec.ObjectMeta{Name: fmt.Sprintf("eni-%d", i+1)}, Spec: spec.ENISpec{
+			MAC: fmt.Sprintf("02:00:00:00:00:%02x", i+1), PrimaryIP: fmt.Sprintf("198.18.0.%d", half[0]),
+			VSwitchCIDR: "198.18.0.0/24", Gateway: "198.18.0.254", DeviceIndex: i + 1}}
+		// Some addresses are not on an ENI yet: the pool's demand.
+		for ip := half[0] + 1; ip <= half[1]-20; ip++ {
+			e.Spec.SecondaryIPs = append(e.Spec.SecondaryIPs, fmt.Sprintf("198.18.0.%d", ip))
+		}
+		c.in.ENIs = append(c.in.ENIs, e)
+	}
+}
+
+// eniOf is the ENI an allocation of ip names in eni-multi-ip mode: the one
+// whose half of the addresses holds it (it may not hold it yet).
+func (c *churn) eniOf(ip string) string {
+	if c.in.Config.Mode != spec.PodModeENIMultiIP {
+		return ""
+	}
+	var last int
+	fmt.Sscanf(ip, "198.18.0.%d", &last)
+	if last < 128 {
+		return "eni-1"
+	}
+	return "eni-2"
+}
+
 // addLocalPod adds a pod on this node with an address no pod has, and no
 // allocation.
 func (c *churn) addLocalPod() *corev1.Pod {
@@ -207,15 +239,18 @@ func (c *churn) freeIP() string {
 // render from scratch, byte for byte. It fails when too few renders were
 // patches to prove anything about them.
 func TestCachePatchMatchesRender(t *testing.T) {
-	steps, walks := 1000, 4
+	steps, walks := 1000, 6
 	if testing.Short() {
 		steps = 200
 	}
-	total, patched, podPatches := 0, 0, 0
+	total, patched, podPatches, eniPatches := 0, 0, 0, 0
 	for walk := range walks {
 		c := newChurn(uint64(100 + walk))
 		for range 40 {
 			c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, 100+len(c.in.Policies), c.nss))
+		}
+		if walk >= 4 {
+			c.eniMode() // the last two walks: an eni-multi-ip node
 		}
 		c.repair()
 		k := NewCache()
@@ -230,13 +265,18 @@ func TestCachePatchMatchesRender(t *testing.T) {
 				patched++
 				if st.PodsPatched > 0 {
 					podPatches++
+					if walk >= 4 {
+						eniPatches++
+					}
 				}
 			}
 		}
 	}
-	t.Logf("%d renders compared, 0 differences; %d were patches, %d of which changed pods", total, patched, podPatches)
-	if podPatches*5 < total {
-		t.Errorf("%d of %d renders were patches that changed pods: too few to prove the patch right", podPatches, total)
+	t.Logf("%d renders compared, 0 differences; %d were patches, %d of which changed pods (%d in eni-multi-ip mode)",
+		total, patched, podPatches, eniPatches)
+	if podPatches*5 < total || eniPatches*5 < total/3 {
+		t.Errorf("%d of %d renders were patches that changed pods, %d in eni-multi-ip mode: too few to prove the patch right",
+			podPatches, total, eniPatches)
 	}
 }
 
