@@ -58,8 +58,11 @@ import (
 // when the step runs under the lock that cache changes places with main:
 // the step's render, and the CNI requests' after it, find the admitted
 // pods compiled and catch up only on the requests that came meanwhile.
-// The cache that was main renders the next step ahead, catching up on this
-// one. It costs the memory of a third node's compiled groups.
+// The cache that was main renders the next step ahead, first made a copy
+// of main (forAdmission), so that it does not compile this step's pods
+// again. A copy shares main's compiled groups and fragments, which no
+// render modifies; it costs the memory of a third node's policy entries
+// and maps, and of its own groups as they change.
 type renderViews struct {
 	mu    sync.Mutex
 	main  *render.Cache

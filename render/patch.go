@@ -37,13 +37,15 @@ import (
 //
 // In eni-multi-ip mode the eni section (the IPs in use, the idle pool,
 // the ENIs to add or release) counts every pod: a patch computes it again
-// from its record of the pods, without rendering them (eniNeeds).
+// from its record of the pods, without rendering them (eniNeeds). That
+// walk of the records grows with the node's pods, as the scan of the
+// inputs for what changed does.
 //
 // Anything else renders whole, as before: another configuration or Node,
 // a changed policy, namespace or ENI, a pod that is or was a peer, an
-// exclusive ENI pod, a document where one pod's input decided another's (renderer.crossPod), a
-// pod whose address or interface an unchanged pod holds, or an item whose
-// key the document already has. TestCachePatchMatchesRender compares
+// exclusive ENI pod, a document where one pod's input decided another's
+// (renderer.crossPod), a pod whose address or interface an unchanged pod
+// holds, or an item whose key the document already has. TestCachePatchMatchesRender compares
 // renders, patched or not, with renders from scratch.
 
 // maxPatchedPods bounds the pods one patch changes: a batch of ADDs is a
