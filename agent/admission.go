@@ -231,8 +231,9 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 			chunk := admitChunk(time.Duration(a.held.perPod.Load()))
 			rendering := time.Now()
 			ahead := a.preRenderAdmission(keys[:min(chunk, len(keys))])
-			a.held.ahead.Store(int64(time.Since(rendering)))
-			a.m.admissionStep.WithLabelValues("ahead").Observe(time.Since(rendering).Seconds())
+			took := time.Since(rendering)
+			a.held.ahead.Store(int64(took))
+			a.m.admissionStep.WithLabelValues("ahead").Observe(took.Seconds())
 			a.mu.Lock()
 			select {
 			case <-stop: // Close is waiting for the lock

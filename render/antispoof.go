@@ -92,7 +92,7 @@ func sourceValidation(pairs []SourcePair) (spec.NFTSet, spec.NFTChain) {
 		Comment: "host veth of each pod and the one source address it may send from",
 	}
 	for _, p := range pairs {
-		set.Elements = append(set.Elements, spec.NFTElement{Key: []string{p.HostVeth, p.IP}})
+		set.Elements = append(set.Elements, vethElement(p.HostVeth, p.IP))
 	}
 	podLinks := spec.NFTMatch{Selectors: []string{spec.SelIIFName}, Values: []string{spec.HostVethPrefix + "*"}}
 	source := []string{spec.SelIIFName, spec.SelIPSaddr}

@@ -83,12 +83,8 @@ func (r *renderer) renderPod(p *podInfo) {
 // has checked and whose address it has claimed: what podDatapath keeps.
 func (r *renderer) renderPodDatapath(p *podInfo) {
 	a := p.alloc
-	ifName := a.Spec.IfName
-	if ifName == "" {
-		ifName = "eth0"
-	}
 	entry := spec.Pod{
-		Key: p.key, ContainerID: a.Spec.ContainerID, Netns: a.Spec.Netns, IfName: ifName,
+		Key: p.key, ContainerID: a.Spec.ContainerID, Netns: a.Spec.Netns, IfName: ifNameOf(a),
 		IP: p.ip.String(), ENI: a.Spec.ENI, HostVeth: spec.HostVethName(p.key), UID: a.Spec.UID,
 	}
 	if p.pod != nil {

@@ -1,7 +1,6 @@
 package render
 
 import (
-	"cmp"
 	"maps"
 	"net/netip"
 	"slices"
@@ -122,36 +121,14 @@ func (k *Cache) keepBase(r *renderer, in Inputs) {
 		pods:     make(map[string]*patchPod, len(r.pods)), groups: r.groups, targets: make(map[*policyEntry]int, len(r.entries)),
 		owners: make(map[netip.Addr]string, len(r.ipOwners)), slots: map[string]string{},
 	}
-	problems := map[string][]spec.Problem{}
 	for _, p := range r.state.Problems {
-		switch {
-		case p.Kind == "Pod":
-			key := p.Namespace + "/" + p.Name
-			problems[key] = append(problems[key], p)
-		case p.Kind == "Node" && p.Field == "eni":
+		if p.Kind == "Node" && p.Field == "eni" {
 			b.eniProblems = append(b.eniProblems, p)
 		}
 	}
+	problems := podProblems(r.state.Problems, func(string) bool { return true })
 	for _, p := range r.pods {
-		pp := &patchPod{obj: p.pod, local: p.local, entry: p.entry, part: p.part, problems: problems[p.key], groups: p.groups}
-		if p.pod != nil {
-			pp.peer = r.peerIP(p)
-			b.objects++
-		}
-		if p.alloc != nil {
-			a := *p.alloc
-			pp.alloc = &a
-			b.allocs++
-			if a.Spec.Netns != "" {
-				pp.slot = slotOf(&a)
-				b.slots[pp.slot] = p.key
-			}
-		}
-		b.pods[p.key] = pp
-	}
-	for ip, p := range r.ipOwners {
-		b.owners[ip] = p.key
-		b.pods[p.key].ownIP = ip
+		b.put(r, p, problems[p.key])
 	}
 	for _, e := range r.entries {
 		b.targets[e] = len(e.res.targets)
@@ -168,13 +145,66 @@ func (k *Cache) keepBase(r *renderer, in Inputs) {
 	k.base = b
 }
 
-// slotOf names the interface an allocation's pod is given.
-func slotOf(a *spec.Allocation) string {
-	ifName := a.Spec.IfName
-	if ifName == "" {
-		ifName = "eth0"
+// put records pod p of r as the document has it, with its problems.
+func (b *patchBase) put(r *renderer, p *podInfo, problems []spec.Problem) {
+	pp := &patchPod{obj: p.pod, objGen: b.gen, allocGen: b.gen, local: p.local, entry: p.entry, part: p.part,
+		problems: problems, groups: p.groups}
+	if p.pod != nil {
+		pp.peer = r.peerIP(p)
+		b.objects++
 	}
-	return a.Spec.Netns + " " + ifName
+	if p.alloc != nil {
+		a := *p.alloc
+		pp.alloc = &a
+		b.allocs++
+		if a.Spec.Netns != "" {
+			pp.slot = slotOf(&a)
+			b.slots[pp.slot] = p.key
+		}
+	}
+	if p.ip.IsValid() && r.ipOwners[p.ip] == p {
+		pp.ownIP = p.ip
+		b.owners[p.ip] = p.key
+	}
+	b.pods[p.key] = pp
+}
+
+// drop forgets pod key, and the address and interface it held, unless
+// another pod holds them now.
+func (b *patchBase) drop(key string) {
+	pp := b.pods[key]
+	if pp == nil {
+		return
+	}
+	if pp.obj != nil {
+		b.objects--
+	}
+	if pp.alloc != nil {
+		b.allocs--
+	}
+	if pp.slot != "" && b.slots[pp.slot] == key {
+		delete(b.slots, pp.slot)
+	}
+	if pp.ownIP.IsValid() && b.owners[pp.ownIP] == key {
+		delete(b.owners, pp.ownIP)
+	}
+	delete(b.pods, key)
+}
+
+// podProblems are the Pod problems among problems by pod key, of the
+// keys want keeps, each pod's in canonical order.
+func podProblems(problems []spec.Problem, want func(key string) bool) map[string][]spec.Problem {
+	out := map[string][]spec.Problem{}
+	for _, pr := range problems {
+		if key := pr.Namespace + "/" + pr.Name; pr.Kind == "Pod" && want(key) {
+			out[key] = append(out[key], pr)
+		}
+	}
+	for key, ps := range out {
+		slices.SortFunc(ps, spec.CompareProblems)
+		out[key] = slices.Compact(ps)
+	}
+	return out
 }
 
 // podChange is a changed pod's inputs now: nil when it has none.
@@ -308,11 +338,12 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 		return nil, false
 	}
 	p := b.policyChanges(k, r, changes)
-	doc, ok := b.splice(r, changes, p)
+	problems := podProblems(r.state.Problems, func(key string) bool { return changes[key] != nil })
+	doc, ok := b.splice(r, changes, p, problems)
 	if !ok {
 		return nil, false
 	}
-	b.update(k, r, in, changes, p, doc)
+	b.update(k, r, in, changes, p, problems, doc)
 	if cfg.Mode == spec.PodModeENIMultiIP && !b.eniNeeds(r.enis, doc) {
 		k.base = nil // updated already: the next render is whole
 		return nil, false
@@ -374,123 +405,10 @@ func (b *patchBase) renderChanged(k *Cache, in Inputs, cfg Config, changes map[s
 	return r, true
 }
 
-// podPolicies are the changes to the policy groups a patch makes.
-type podPolicies struct {
-	groups  map[string][2]string // each changed pod's group keys now
-	members map[string]int       // group members gained (lost when negative)
-	created map[string]*patchGroup
-	targets map[*policyEntry]int // targets gained (lost when negative)
-	// problems are the rule problems of the policies that gain their
-	// first target (in) or lose their last (out).
-	problemsIn, problemsOut []spec.Problem
-	rendered                int
-}
-
-// policyChanges finds the policy groups of the changed pods now and
-// renders the groups the node did not have. A policy that gains its first
-// target has its rules resolved against the peers, which no patch
-// changes; its rule problems show while it has a target.
-func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*podChange) *podPolicies {
-	p := &podPolicies{groups: map[string][2]string{}, members: map[string]int{}, created: map[string]*patchGroup{},
-		targets: map[*policyEntry]int{}}
-	selecting := map[string][]*policyEntry{}
-	for key := range changes {
-		ns, _ := splitKey(key)
-		if before := b.pods[key]; before != nil && before.entry != nil && before.obj != nil {
-			for _, e := range k.selecting(ns, before.obj) {
-				p.targets[e]--
-			}
-			for _, g := range before.groups {
-				if g != "" {
-					p.members[g]--
-				}
-			}
-		}
-		if after := r.byKey[key]; after != nil && after.entry != nil && after.pod != nil {
-			selecting[key] = k.selecting(ns, after.pod)
-			for _, e := range selecting[key] {
-				p.targets[e]++
-			}
-		}
-	}
-	for e, d := range p.targets {
-		switch n := b.targets[e]; {
-		case n == 0 && d > 0:
-			b.resolveRules(k, e)
-			p.problemsIn = append(p.problemsIn, e.parsed.ruleProblems...)
-		case n > 0 && n+d == 0:
-			p.problemsOut = append(p.problemsOut, e.parsed.ruleProblems...)
-		}
-	}
-	for key, policies := range selecting {
-		ns, _ := splitKey(key)
-		after := r.byKey[key]
-		var keys [2]string
-		for i, dir := range []string{dirIngress, dirEgress} {
-			var isolating []*policyEntry
-			for _, e := range policies {
-				if dir == dirIngress && e.parsed.isolatesIngress || dir == dirEgress && e.parsed.isolatesEgress {
-					isolating = append(isolating, e)
-				}
-			}
-			if len(isolating) == 0 {
-				continue
-			}
-			gk := groupKey(dir, after, isolating)
-			keys[i] = gk
-			p.members[gk]++
-			if b.groups[gk] == nil && p.created[gk] == nil {
-				g := &policyGroup{key: gk, ns: ns, policies: isolating, targets: []*podInfo{after}}
-				rendered := false
-				out := k.group(g, func() *groupOutput { rendered = true; return renderGroup(dir, g) })
-				if rendered {
-					p.rendered++
-				}
-				p.created[gk] = &patchGroup{out: out}
-			}
-		}
-		p.groups[key] = keys
-	}
-	return p
-}
-
-// resolveRules resolves the rules of a policy that had no target in the
-// last document (so none resolved) against its peers, as a render of the
-// node would: the peers are the last full render's, which no patch
-// changes. The entry is left dirty, so that the next full render resolves
-// it whole (its targets too) rather than trust what a patch made.
-func (b *patchBase) resolveRules(k *Cache, e *policyEntry) {
-	c := &policyCompiler{r: b.peers, nsLabels: b.nsLabels, nsNames: b.nsNames}
-	res := &resolution{}
-	for _, rule := range e.parsed.ingress {
-		res.ingress = append(res.ingress, c.resolveRule(e.parsed, rule, false))
-	}
-	for _, rule := range e.parsed.egress {
-		res.egress = append(res.egress, c.resolveRule(e.parsed, rule, true))
-	}
-	if e.res == nil || !res.sameRules(e.res) {
-		e.version = k.nextVersion()
-	}
-	e.res, e.dirty = res, true
-}
-
-// selecting lists the policies of namespace ns that select pod as a
-// target, in name order (the order of the render's policies).
-func (k *Cache) selecting(ns string, pod *corev1.Pod) []*policyEntry {
-	var out []*policyEntry
-	set := labels.Set(pod.Labels)
-	for _, e := range k.byNS[ns] {
-		if e.parsed.podSel.Matches(set) {
-			out = append(out, e)
-		}
-	}
-	slices.SortFunc(out, func(a, b *policyEntry) int { return cmp.Compare(a.parsed.key, b.parsed.key) })
-	return out
-}
-
 // splice makes the patched document: the changed pods' items out, their
 // items now in, and the groups they leave empty or start.
-func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPolicies) (*spec.NodeState, bool) {
+func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPolicies,
+	problems map[string][]spec.Problem) (*spec.NodeState, bool) {
 	var remove, add spec.NodeState
 	var removeTable, addTable spec.NFTable
 	removeElems, addElems := map[string][]spec.NFTElement{}, map[string][]spec.NFTElement{}
@@ -516,10 +434,8 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 			dispatchElements(after.entry, after.local, addElems)
 		}
 	}
-	for _, pr := range r.state.Problems {
-		if pr.Kind == "Pod" && changes[pr.Namespace+"/"+pr.Name] != nil {
-			add.Problems = append(add.Problems, pr)
-		}
+	for _, ps := range problems {
+		add.Problems = append(add.Problems, ps...)
 	}
 	remove.Problems = append(remove.Problems, p.problemsOut...)
 	add.Problems = append(add.Problems, p.problemsIn...)
@@ -562,17 +478,6 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 	return doc.Spliced(&remove, &add)
 }
 
-// chainOf is the chain of group key gk, "" for none.
-func (b *patchBase) chainOf(p *podPolicies, gk string) string {
-	switch {
-	case gk == "":
-		return ""
-	case b.groups[gk] != nil:
-		return b.groups[gk].out.chain.Name
-	}
-	return p.created[gk].out.chain.Name
-}
-
 // putPart adds a datapath's items to s, its problems aside (a pod's
 // problems go in and out whole).
 func putPart(s *spec.NodeState, part *spec.NodeState) {
@@ -585,80 +490,40 @@ func putPart(s *spec.NodeState, part *spec.NodeState) {
 }
 
 // dispatchElements adds a pod's elements of the dispatch sets by set
-// name, as renderPolicies and renderSourceValidation make them.
+// name, as groupChain, hairpinElements and renderSourceValidation make
+// them.
 func dispatchElements(e *spec.Pod, local bool, into map[string][]spec.NFTElement) {
 	if e.IngressChain != "" {
-		into[mapIngressPods] = append(into[mapIngressPods], spec.NFTElement{
-			Key: []string{e.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: e.IngressChain}})
+		into[mapIngressPods] = append(into[mapIngressPods], jumpElement(e.IP, e.IngressChain))
 	}
 	if e.EgressChain != "" {
-		into[mapEgressPods] = append(into[mapEgressPods], spec.NFTElement{
-			Key: []string{e.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: e.EgressChain}})
+		into[mapEgressPods] = append(into[mapEgressPods], jumpElement(e.IP, e.EgressChain))
 	}
-	if e.IngressChain != "" || e.EgressChain != "" {
-		into[setHairpin] = append(into[setHairpin], spec.NFTElement{Key: []string{e.HostVeth, e.IP}})
+	if isolated(e) {
+		into[setHairpin] = append(into[setHairpin], vethElement(e.HostVeth, e.IP))
 	}
 	if e.HostVeth != "" && local {
-		into[setPodSources] = append(into[setPodSources], spec.NFTElement{Key: []string{e.HostVeth, e.IP}})
+		into[setPodSources] = append(into[setPodSources], vethElement(e.HostVeth, e.IP))
 	}
 }
 
-// update makes the base the patched document's.
-func (b *patchBase) update(k *Cache, r *renderer, in Inputs, changes map[string]*podChange, p *podPolicies, doc *spec.NodeState) {
+// update makes the base the patched document's: the changed pods as r
+// rendered them, with their problems.
+func (b *patchBase) update(k *Cache, r *renderer, in Inputs, changes map[string]*podChange, p *podPolicies,
+	problems map[string][]spec.Problem, doc *spec.NodeState) {
 	b.doc = doc
 	b.heldBack = maps.Clone(in.PeersHeldBack)
-	problems := map[string][]spec.Problem{}
-	for _, pr := range r.state.Problems {
-		if key := pr.Namespace + "/" + pr.Name; pr.Kind == "Pod" && changes[key] != nil {
-			problems[key] = append(problems[key], pr)
-		}
+	for key := range changes {
+		b.drop(key)
 	}
-	for key := range problems {
-		slices.SortFunc(problems[key], spec.CompareProblems)
-		problems[key] = slices.Compact(problems[key])
-	}
-	for key, c := range changes {
-		if before := b.pods[key]; before != nil {
-			if before.obj != nil {
-				b.objects--
-			}
-			if before.alloc != nil {
-				b.allocs--
-			}
-			if before.slot != "" && b.slots[before.slot] == key {
-				delete(b.slots, before.slot)
-			}
-			if before.ownIP.IsValid() && b.owners[before.ownIP] == key {
-				delete(b.owners, before.ownIP)
-			}
-			delete(b.pods, key)
-		}
+	for key := range changes {
 		after := r.byKey[key]
 		if after == nil || after.part == nil {
 			delete(k.fragments, key) // as the next full render would
 		}
-		if after == nil {
-			continue
+		if after != nil {
+			b.put(r, after, problems[key])
 		}
-		pp := &patchPod{obj: after.pod, objGen: b.gen, allocGen: b.gen, local: after.local, entry: after.entry,
-			part: after.part, problems: problems[key], groups: after.groups}
-		if after.pod != nil {
-			b.objects++
-		}
-		if c.alloc != nil {
-			a := *c.alloc
-			pp.alloc = &a
-			b.allocs++
-			if a.Spec.Netns != "" {
-				pp.slot = slotOf(&a)
-				b.slots[pp.slot] = key
-			}
-		}
-		b.pods[key] = pp
-	}
-	for ip, owner := range r.ipOwners {
-		b.owners[ip] = owner.key
-		b.pods[owner.key].ownIP = ip
 	}
 	for e, d := range p.targets {
 		b.targets[e] += d

@@ -116,11 +116,24 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 func (r *renderer) hairpinElements(t *spec.NFTable) {
 	s := t.Set(setHairpin)
 	for _, p := range r.pods {
-		if p.entry == nil || p.entry.IngressChain == "" && p.entry.EgressChain == "" {
-			continue // not isolated: nothing to exempt
+		if p.entry != nil && isolated(p.entry) { // else nothing to exempt
+			s.Elements = append(s.Elements, vethElement(p.entry.HostVeth, p.entry.IP))
 		}
-		s.Elements = append(s.Elements, spec.NFTElement{Key: []string{p.entry.HostVeth, p.entry.IP}})
 	}
+}
+
+// isolated tells whether a pod is isolated in either direction: it then
+// has a hairpin element.
+func isolated(e *spec.Pod) bool { return e.IngressChain != "" || e.EgressChain != "" }
+
+// vethElement is a pod's element of the hairpin and source validation
+// sets: its host veth and its address.
+func vethElement(veth, ip string) spec.NFTElement { return spec.NFTElement{Key: []string{veth, ip}} }
+
+// jumpElement is a pod's element of a dispatch verdict map: its address
+// to its policy group's chain.
+func jumpElement(ip, chain string) spec.NFTElement {
+	return spec.NFTElement{Key: []string{ip}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}}
 }
 
 // groups partitions the targets of one direction by what they allow.
@@ -304,8 +317,7 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 			p.entry.IngressChain = out.chain.Name
 			p.groups[0] = g.key
 		}
-		m.Elements = append(m.Elements, spec.NFTElement{
-			Key: []string{p.entry.IP}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: out.chain.Name}})
+		m.Elements = append(m.Elements, jumpElement(p.entry.IP, out.chain.Name))
 	}
 }
 

@@ -307,11 +307,7 @@ func (r *renderer) oneAttachmentPerInterface() {
 		if p.alloc == nil || p.alloc.Spec.Netns == "" {
 			continue
 		}
-		ifName := p.alloc.Spec.IfName
-		if ifName == "" {
-			ifName = "eth0"
-		}
-		slot := p.alloc.Spec.Netns + " " + ifName
+		slot := slotOf(p.alloc)
 		o := owner[slot]
 		switch {
 		case o == nil:
@@ -323,12 +319,25 @@ func (r *renderer) oneAttachmentPerInterface() {
 		losers = append(losers, p)
 		r.crossPod = true
 		r.podProblem(p, "allocation", "interface %s of network namespace %s already belongs to another sandbox, pod %s's (recorded first); this pod's attachment %s/%s is not set up until one of them is deleted",
-			ifName, p.alloc.Spec.Netns, o.key, p.alloc.Spec.ContainerID, p.alloc.Spec.IfName)
+			ifNameOf(p.alloc), p.alloc.Spec.Netns, o.key, p.alloc.Spec.ContainerID, p.alloc.Spec.IfName)
 	}
 	for _, p := range losers {
 		p.alloc, p.local, p.ip = nil, false, netip.Addr{}
 	}
 }
+
+// ifNameOf is the interface an allocation gives its pod: eth0 unless
+// it names another.
+func ifNameOf(a *spec.Allocation) string {
+	if a.Spec.IfName == "" {
+		return "eth0"
+	}
+	return a.Spec.IfName
+}
+
+// slotOf names the interface an allocation's pod is given, in its
+// network namespace.
+func slotOf(a *spec.Allocation) string { return a.Spec.Netns + " " + ifNameOf(a) }
 
 // nodeInternalIPs lists the Node's IPv4 InternalIPs, sorted and unique;
 // anything else in status.addresses is not the node's to route to.

@@ -144,10 +144,13 @@ func refOf(elems []spec.NFTElement) listRef {
 // in's. Each render cache of the agent hands out lists of its own
 // (agent/renderviews.go), so a set written from one cache's document is
 // compared once with another's list, and the list is remembered (seen).
-func (s *set) madeFrom(in *spec.NFTSet) bool {
+func (s *set) madeFrom(in *spec.NFTSet) bool { return s.sameSource(in) && s.holdsList(in) }
+
+// holdsList is madeFrom for a set whose definition is known to be in's.
+func (s *set) holdsList(in *spec.NFTSet) bool {
 	ref := refOf(in.Elements)
 	switch {
-	case !s.of.known || !s.sameSource(in):
+	case !s.of.known:
 		return false
 	case s.of == ref || s.seen.is(ref):
 		return true

@@ -105,7 +105,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			out.sets[s.name] = s
 		case pods[hs.pod] || !hs.sameSource(in):
 			// The set changed owner or definition: the unscoped sync's.
-		case hs.madeFrom(in):
+		case hs.holdsList(in):
 			// Written from this very list: its pods' elements are the
 			// record's. Most sets of a CNI request's document are.
 		default:

@@ -146,13 +146,19 @@ func TestSetMadeFromList(t *testing.T) {
 	if s.madeFrom(&renamed) {
 		t.Error("a set of another definition counts as made from the list")
 	}
+	// derive is a scoped plan's set for the pod 198.18.0.4 and list to.
+	derive := func(to *spec.NFTSet) *set {
+		t.Helper()
+		d, err := scopedElems(to, s, []string{"198.18.0.4"}, nil,
+			func(*set) addrIndex { return nil }, func(*spec.NFTSet, []int) wantIndex { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
 	more := in
 	more.Elements = append(slices.Clone(in.Elements), spec.NFTElement{Key: []string{"198.18.0.4"}})
-	derived, err := scopedElems(&more, s, []string{"198.18.0.4"}, nil,
-		func(*set) addrIndex { return nil }, func(*spec.NFTSet, []int) wantIndex { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	derived := derive(&more)
 	if derived == s || derived.madeFrom(&in) {
 		t.Error("a set derived by a scoped plan claims the list of the set it came from")
 	}
@@ -163,12 +169,7 @@ func TestSetMadeFromList(t *testing.T) {
 	// sync's to apply) is not what the derived set holds.
 	pending := more
 	pending.Elements = append(slices.Clone(more.Elements), spec.NFTElement{Key: []string{"198.18.0.7"}})
-	partial, err := scopedElems(&pending, s, []string{"198.18.0.4"}, nil,
-		func(*set) addrIndex { return nil }, func(*spec.NFTSet, []int) wantIndex { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if partial.madeFrom(&pending) {
+	if partial := derive(&pending); partial.madeFrom(&pending) {
 		t.Error("a set that lacks a pending element claims the list that has it")
 	}
 }

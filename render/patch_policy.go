@@ -1,0 +1,140 @@
+package render
+
+import (
+	"cmp"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// A patch's policy side (patch.go): the policy groups the changed pods
+// leave and join, the groups the node did not have, and the policies
+// that gain their first target or lose their last.
+
+// podPolicies are the changes to the policy groups a patch makes.
+type podPolicies struct {
+	groups  map[string][2]string // each changed pod's group keys now
+	members map[string]int       // group members gained (lost when negative)
+	created map[string]*patchGroup
+	targets map[*policyEntry]int // targets gained (lost when negative)
+	// problems are the rule problems of the policies that gain their
+	// first target (in) or lose their last (out).
+	problemsIn, problemsOut []spec.Problem
+	rendered                int
+}
+
+// policyChanges finds the policy groups of the changed pods now and
+// renders the groups the node did not have. A policy that gains its first
+// target has its rules resolved against the peers, which no patch
+// changes; its rule problems show while it has a target.
+func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*podChange) *podPolicies {
+	p := &podPolicies{groups: map[string][2]string{}, members: map[string]int{}, created: map[string]*patchGroup{},
+		targets: map[*policyEntry]int{}}
+	selecting := map[string][]*policyEntry{}
+	for key := range changes {
+		ns, _ := splitKey(key)
+		if before := b.pods[key]; before != nil && before.entry != nil && before.obj != nil {
+			for _, e := range k.selecting(ns, before.obj) {
+				p.targets[e]--
+			}
+			for _, g := range before.groups {
+				if g != "" {
+					p.members[g]--
+				}
+			}
+		}
+		if after := r.byKey[key]; after != nil && after.entry != nil && after.pod != nil {
+			selecting[key] = k.selecting(ns, after.pod)
+			for _, e := range selecting[key] {
+				p.targets[e]++
+			}
+		}
+	}
+	for e, d := range p.targets {
+		switch n := b.targets[e]; {
+		case n == 0 && d > 0:
+			b.resolveRules(k, e)
+			p.problemsIn = append(p.problemsIn, e.parsed.ruleProblems...)
+		case n > 0 && n+d == 0:
+			p.problemsOut = append(p.problemsOut, e.parsed.ruleProblems...)
+		}
+	}
+	for key, policies := range selecting {
+		ns, _ := splitKey(key)
+		after := r.byKey[key]
+		var keys [2]string
+		for i, dir := range []string{dirIngress, dirEgress} {
+			var isolating []*policyEntry
+			for _, e := range policies {
+				if dir == dirIngress && e.parsed.isolatesIngress || dir == dirEgress && e.parsed.isolatesEgress {
+					isolating = append(isolating, e)
+				}
+			}
+			if len(isolating) == 0 {
+				continue
+			}
+			gk := groupKey(dir, after, isolating)
+			keys[i] = gk
+			p.members[gk]++
+			if b.groups[gk] == nil && p.created[gk] == nil {
+				g := &policyGroup{key: gk, ns: ns, policies: isolating, targets: []*podInfo{after}}
+				rendered := false
+				out := k.group(g, func() *groupOutput { rendered = true; return renderGroup(dir, g) })
+				if rendered {
+					p.rendered++
+				}
+				p.created[gk] = &patchGroup{out: out}
+			}
+		}
+		p.groups[key] = keys
+	}
+	return p
+}
+
+// resolveRules resolves the rules of a policy that had no target in the
+// last document (so none resolved) against its peers, as a render of the
+// node would: the peers are the last full render's, which no patch
+// changes. The entry is left dirty, so that the next full render resolves
+// it whole (its targets too) rather than trust what a patch made.
+func (b *patchBase) resolveRules(k *Cache, e *policyEntry) {
+	c := &policyCompiler{r: b.peers, nsLabels: b.nsLabels, nsNames: b.nsNames}
+	res := &resolution{}
+	for _, rule := range e.parsed.ingress {
+		res.ingress = append(res.ingress, c.resolveRule(e.parsed, rule, false))
+	}
+	for _, rule := range e.parsed.egress {
+		res.egress = append(res.egress, c.resolveRule(e.parsed, rule, true))
+	}
+	if e.res == nil || !res.sameRules(e.res) {
+		e.version = k.nextVersion()
+	}
+	e.res, e.dirty = res, true
+}
+
+// selecting lists the policies of namespace ns that select pod as a
+// target, in name order (the order of the render's policies).
+func (k *Cache) selecting(ns string, pod *corev1.Pod) []*policyEntry {
+	var out []*policyEntry
+	set := labels.Set(pod.Labels)
+	for _, e := range k.byNS[ns] {
+		if e.parsed.podSel.Matches(set) {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b *policyEntry) int { return cmp.Compare(a.parsed.key, b.parsed.key) })
+	return out
+}
+
+// chainOf is the chain of group key gk, "" for none.
+func (b *patchBase) chainOf(p *podPolicies, gk string) string {
+	switch {
+	case gk == "":
+		return ""
+	case b.groups[gk] != nil:
+		return b.groups[gk].out.chain.Name
+	}
+	return p.created[gk].out.chain.Name
+}
