@@ -242,3 +242,31 @@ func BenchmarkPeerInManyGroupSets(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkScopedAddPlan measures a CNI ADD's scoped plan alone, without
+// committing it: one new pod (its chains, sets and dispatch elements) on
+// a node of 10 and of 1,000 pods, whose table the record holds. The plan
+// should cost what the pod adds, not what the table holds.
+//
+//	go test -run XXX -bench ScopedAddPlan ./apply/nft/
+func BenchmarkScopedAddPlan(b *testing.B) {
+	for _, n := range []int{10, 1000} {
+		b.Run(fmt.Sprintf("pods=%d", n), func(b *testing.B) {
+			e := newEnv(b, fmt.Sprintf("bsadd%d", n))
+			e.r = New(Options{FullEvery: math.MaxInt})
+			ps := pods(n + 1)
+			e.apply(testDoc(ps[:n], nil))
+			with := testDoc(ps, nil)
+			sc := Scope{Pods: []string{ps[n].key}, Addrs: []string{ps[n].ip}}
+			for b.Loop() {
+				ops, err := e.r.PlanScoped(e.reg, e.ns, with, sc)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(ops) < 2 {
+					b.Fatalf("the ADD plans %d ops", len(ops))
+				}
+			}
+		})
+	}
+}

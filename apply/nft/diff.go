@@ -165,11 +165,14 @@ type differ struct {
 func act(a string) string { v, _, _ := strings.Cut(a, ":"); return v }
 
 func (d *differ) classify() {
+	// The record's own objects (the same object wanted as had: unchanged
+	// since the last sync) are kept without being listed: a scoped plan
+	// keeps all but a few of a large table's. keepIdentical lists them
+	// when something goes away.
 	for name, ws := range d.want.sets {
 		hs := d.have.sets[name]
 		switch {
-		case hs == ws: // the record's own set: unchanged since the last sync
-			d.setAct[name] = "keep"
+		case hs == ws:
 		case hs == nil:
 			d.setAct[name] = "create"
 		case !hs.sameDef(ws):
@@ -201,7 +204,6 @@ func (d *differ) classify() {
 		hc := d.have.chains[name]
 		switch {
 		case hc == wc:
-			d.chainAct[name] = "keep"
 		case hc == nil:
 			d.chainAct[name] = "create"
 		case !hc.sameDef(wc):
@@ -234,6 +236,7 @@ func (d *differ) classify() {
 	if len(gone) == 0 {
 		return
 	}
+	d.keepIdentical()
 	for name, wc := range d.want.chains {
 		for _, r := range wc.rules {
 			for _, ref := range r.refs {
@@ -267,6 +270,22 @@ func (d *differ) classify() {
 			if e.verdict != nil && e.verdict.Chain != "" && gone["chain "+e.verdict.Chain] != "" {
 				d.bounce[name+"\x00"+k] = gone["chain "+e.verdict.Chain]
 			}
+		}
+	}
+}
+
+// keepIdentical lists as kept the objects classify left out, those wanted
+// as they are: what goes away may be named by them, and their references
+// and map elements are looked at.
+func (d *differ) keepIdentical() {
+	for name, ws := range d.want.sets {
+		if d.have.sets[name] == ws {
+			d.setAct[name] = "keep"
+		}
+	}
+	for name, wc := range d.want.chains {
+		if d.have.chains[name] == wc {
+			d.chainAct[name] = "keep"
 		}
 	}
 }

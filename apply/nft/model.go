@@ -212,43 +212,95 @@ func compareKeys(a, b []keyRange) int {
 // names exists and fits, so that the kernel never sees a dangling name.
 func (t *table) checkRefs() error {
 	for _, c := range t.chains {
-		for i, r := range c.rules {
-			for _, m := range r.ir.Match {
-				if m.Set == "" {
-					continue
-				}
-				s := t.sets[m.Set]
-				if s == nil || s.verdict {
-					return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a set of this table", c.name, i+1, r.text, m.Set)
-				}
-				if !selectorsFit(m.Selectors, s.typeNames) {
-					return fmt.Errorf("nft chain %s: rule %d %q: selectors %v do not fit set %s of type %v", c.name, i+1, r.text, m.Selectors, s.name, s.typeNames)
-				}
-			}
-			v := r.ir.Verdict
-			switch v.Kind {
-			case spec.VerdictJump, spec.VerdictGoto:
-				if err := t.checkTarget(v.Chain); err != nil {
-					return fmt.Errorf("nft chain %s: rule %d %q: %w", c.name, i+1, r.text, err)
-				}
-			case spec.VerdictVmap:
-				m := t.sets[v.Map]
-				if m == nil || !m.verdict {
-					return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a verdict map of this table", c.name, i+1, r.text, v.Map)
-				}
-				if !selectorsFit(v.Selectors, m.typeNames) {
-					return fmt.Errorf("nft chain %s: rule %d %q: selectors %v do not fit map %s of type %v", c.name, i+1, r.text, v.Selectors, m.name, m.typeNames)
-				}
-			}
+		if err := t.checkChainRefs(c); err != nil {
+			return err
 		}
 	}
 	for _, s := range t.sets {
-		// By target, not by element: a map of every pod's element jumps to
-		// a few chains.
-		for target := range s.jumps {
-			if err := t.checkTarget(target); err != nil {
-				return fmt.Errorf("nft map %s: %s: %w", s.name, s.elementsTo(target), err)
+		if err := t.checkSetRefs(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkRefsSince is checkRefs for a table made from base by replacing,
+// adding or removing the sets and chains named in changedSets and
+// changedChains (a scoped plan's, from the record). What base holds was
+// checked when it was planned, or passed the kernel's own checks when it
+// was read: only the changed objects need checking, unless one that other
+// objects may name is gone or defined anew, which checks the whole table.
+func (t *table) checkRefsSince(base *table, changedSets, changedChains map[string]bool) error {
+	for name := range changedSets {
+		s, was := t.sets[name], base.sets[name]
+		if was != nil && (s == nil || !s.sameDef(was)) {
+			return t.checkRefs()
+		}
+	}
+	for name := range changedChains {
+		c, was := t.chains[name], base.chains[name]
+		if was != nil && (c == nil || c.hook != was.hook) {
+			return t.checkRefs()
+		}
+	}
+	for _, name := range sortedKeys(changedChains) {
+		if c := t.chains[name]; c != nil {
+			if err := t.checkChainRefs(c); err != nil {
+				return err
 			}
+		}
+	}
+	for _, name := range sortedKeys(changedSets) {
+		if s := t.sets[name]; s != nil {
+			if err := t.checkSetRefs(s); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkChainRefs checks what one chain's rules name.
+func (t *table) checkChainRefs(c *chain) error {
+	for i, r := range c.rules {
+		for _, m := range r.ir.Match {
+			if m.Set == "" {
+				continue
+			}
+			s := t.sets[m.Set]
+			if s == nil || s.verdict {
+				return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a set of this table", c.name, i+1, r.text, m.Set)
+			}
+			if !selectorsFit(m.Selectors, s.typeNames) {
+				return fmt.Errorf("nft chain %s: rule %d %q: selectors %v do not fit set %s of type %v", c.name, i+1, r.text, m.Selectors, s.name, s.typeNames)
+			}
+		}
+		v := r.ir.Verdict
+		switch v.Kind {
+		case spec.VerdictJump, spec.VerdictGoto:
+			if err := t.checkTarget(v.Chain); err != nil {
+				return fmt.Errorf("nft chain %s: rule %d %q: %w", c.name, i+1, r.text, err)
+			}
+		case spec.VerdictVmap:
+			m := t.sets[v.Map]
+			if m == nil || !m.verdict {
+				return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a verdict map of this table", c.name, i+1, r.text, v.Map)
+			}
+			if !selectorsFit(v.Selectors, m.typeNames) {
+				return fmt.Errorf("nft chain %s: rule %d %q: selectors %v do not fit map %s of type %v", c.name, i+1, r.text, v.Selectors, m.name, m.typeNames)
+			}
+		}
+	}
+	return nil
+}
+
+// checkSetRefs checks the chains a map's elements jump or go to: by
+// target, not by element (a map of every pod's element jumps to a few
+// chains).
+func (t *table) checkSetRefs(s *set) error {
+	for target := range s.jumps {
+		if err := t.checkTarget(target); err != nil {
+			return fmt.Errorf("nft map %s: %s: %w", s.name, s.elementsTo(target), err)
 		}
 	}
 	return nil

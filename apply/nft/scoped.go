@@ -57,23 +57,19 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 // desired set's (see wantIndex).
 func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
 	wantIndex func(*spec.NFTSet, []int) wantIndex) (*table, error) {
-	pods := map[string]bool{}
-	for _, p := range sc.Pods {
-		if p != "" {
-			pods[p] = true
-		}
-	}
-	out := &table{sets: maps.Clone(written.sets), chains: maps.Clone(written.chains)}
+	pods := newScopedPods(sc.Pods)
+	out := &scopedOut{table: &table{sets: maps.Clone(written.sets), chains: maps.Clone(written.chains)},
+		changedSets: map[string]bool{}, changedChains: map[string]bool{}}
 	podChains := map[string]bool{}
 	for name, c := range written.chains {
-		if pods[c.pod] {
+		if pods.has(c.pod) {
 			podChains[name] = true
-			delete(out.chains, name)
+			out.dropChain(name)
 		}
 	}
 	for i := range desired.Chains {
 		in := &desired.Chains[i]
-		if !pods[in.Pod] && written.chains[in.Name] != nil {
+		if !pods.has(in.Pod) && written.chains[in.Name] != nil {
 			continue
 		}
 		c := cache.chain(in)
@@ -83,27 +79,30 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 				return nil, err
 			}
 		}
-		out.chains[c.name] = c
-		if pods[in.Pod] {
+		out.putChain(c)
+		if pods.has(in.Pod) {
 			podChains[in.Name] = true
 		}
 	}
 	for name, s := range written.sets {
-		if pods[s.pod] {
-			delete(out.sets, name)
+		if pods.has(s.pod) {
+			out.dropSet(name)
 		}
 	}
 	for i := range desired.Sets {
 		in := &desired.Sets[i]
 		hs := written.sets[in.Name]
+		if hs != nil {
+			out.wantedWritten++
+		}
 		switch {
-		case pods[in.Pod] || hs == nil:
+		case pods.has(in.Pod) || hs == nil:
 			s, err := canonicalSet(in, cache.set(in))
 			if err != nil {
 				return nil, err
 			}
-			out.sets[s.name] = s
-		case pods[hs.pod] || !hs.sameSource(in):
+			out.putSet(s)
+		case pods.has(hs.pod) || !hs.sameSource(in):
 			// The set changed owner or definition: the unscoped sync's.
 		case hs.holdsList(in):
 			// Written from this very list: its pods' elements are the
@@ -113,16 +112,60 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			if err != nil {
 				return nil, err
 			}
-			out.sets[s.name] = s
+			if s != hs {
+				out.putSet(s)
+			}
 		}
 	}
 	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache); err != nil {
 		return nil, err
 	}
-	if err := out.checkRefs(); err != nil {
+	// The record passed these checks: only what the scope changed is
+	// checked again, at a cost that does not grow with the table.
+	if err := out.checkRefsSince(written, out.changedSets, out.changedChains); err != nil {
 		return nil, err
 	}
-	return out, nil
+	return out.table, nil
+}
+
+// scopedPods are a scope's pods: a CNI request's few, looked up for each
+// of a table's thousands of objects, by comparison rather than by hash.
+type scopedPods []string
+
+func newScopedPods(keys []string) scopedPods {
+	return slices.DeleteFunc(slices.Clone(keys), func(k string) bool { return k == "" })
+}
+
+func (p scopedPods) has(pod string) bool { return pod != "" && slices.Contains(p, pod) }
+
+// scopedOut is a scoped plan's table while scopedTable builds it from the
+// record, with the names of the sets and chains it replaced, added or
+// removed.
+type scopedOut struct {
+	*table
+	changedSets, changedChains map[string]bool
+	// wantedWritten counts the document's sets that the record has.
+	wantedWritten int
+}
+
+func (o *scopedOut) putSet(s *set) {
+	o.sets[s.name] = s
+	o.changedSets[s.name] = true
+}
+
+func (o *scopedOut) dropSet(name string) {
+	delete(o.sets, name)
+	o.changedSets[name] = true
+}
+
+func (o *scopedOut) putChain(c *chain) {
+	o.chains[c.name] = c
+	o.changedChains[c.name] = true
+}
+
+func (o *scopedOut) dropChain(name string) {
+	delete(o.chains, name)
+	o.changedChains[name] = true
 }
 
 // scopedElems returns hs with the scoped pods' elements of in: hs itself

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"slices"
+	"strings"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -24,23 +25,17 @@ import (
 // the sync's to apply. (The base chains' hairpin and source validation
 // sets hold every pod: a pending change of their rules, a small one, goes
 // with the next ADD or DEL.)
-func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, pods, podChains map[string]bool,
+func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc *Scope, pods scopedPods, podChains map[string]bool,
 	cache *canonCache) error {
-	var want map[string]*spec.NFTSet // the document's sets, once a chain needs them
-	wanted := func(name string) *spec.NFTSet {
-		if want == nil {
-			want = make(map[string]*spec.NFTSet, len(desired.Sets))
-			for i := range desired.Sets {
-				want[desired.Sets[i].Name] = &desired.Sets[i]
-			}
-		}
-		return want[name]
-	}
+	wanted, unique := documentSets(desired)
+	// Every set of the record is the document's too (most often): no
+	// record set can be gone from the document while holding the pods'.
+	everyWritten := unique && out.wantedWritten == len(written.sets)
 	var dropped []string
 	for i := range desired.Chains {
 		in := &desired.Chains[i]
 		wc := written.chains[in.Name]
-		if pods[in.Pod] || wc == nil {
+		if pods.has(in.Pod) || wc == nil {
 			continue // the pods' own, or made whole already
 		}
 		// Touched: a set it matches against gets the pods' elements
@@ -48,18 +43,30 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 		// while holding some. A set new for another reason (a pending
 		// edit) does not count: that edit is the sync's. Most groups are
 		// not touched: this looks without allocating.
+		// Only a set the scope changed (out.changedSets, a few) can
+		// differ from the record's.
 		touched := false
 		for _, r := range in.Rules {
 			for _, m := range r.Match {
-				if s, hs := out.sets[m.Set], written.sets[m.Set]; !touched && m.Set != "" && s != hs {
-					touched = hs != nil || s != nil && setHoldsPods(s, sc.Addrs, podChains)
+				if !touched && out.changedSets[m.Set] {
+					if s, hs := out.sets[m.Set], written.sets[m.Set]; s != hs {
+						touched = hs != nil || s != nil && setHoldsPods(s, sc.Addrs, podChains)
+					}
 				}
 			}
 		}
 		for _, r := range wc.rules {
 			for _, m := range r.ir.Match {
-				if hs := written.sets[m.Set]; !touched && hs != nil {
-					touched = out.sets[m.Set] != hs || wanted(m.Set) == nil && setHoldsPods(hs, sc.Addrs, podChains)
+				if touched || m.Set == "" {
+					continue
+				}
+				if out.changedSets[m.Set] {
+					touched = written.sets[m.Set] != nil && out.sets[m.Set] != written.sets[m.Set]
+				}
+				if !touched && !everyWritten {
+					if hs := written.sets[m.Set]; hs != nil && wanted(m.Set) == nil {
+						touched = setHoldsPods(hs, sc.Addrs, podChains)
+					}
 				}
 			}
 		}
@@ -99,13 +106,13 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 		if !changed {
 			continue
 		}
-		out.chains[in.Name] = c
+		out.putChain(c)
 		for _, name := range refsIn {
 			s, err := canonicalSet(wanted(name), cache.set(wanted(name)))
 			if err != nil {
 				return err
 			}
-			out.sets[name] = s
+			out.putSet(s)
 		}
 		for _, name := range refsW {
 			if wanted(name) == nil {
@@ -124,10 +131,40 @@ func takeChangedGroups(desired *spec.NFTable, written, out *table, sc *Scope, po
 	}
 	for _, name := range dropped {
 		if !matched[name] {
-			delete(out.sets, name)
+			out.dropSet(name)
 		}
 	}
 	return nil
+}
+
+// documentSets finds a document's sets by name: by binary search in its
+// canonical order (render's documents are canonical), else through a map
+// built on the first call. unique says the names are in strictly
+// increasing order, so each once.
+func documentSets(desired *spec.NFTable) (find func(name string) *spec.NFTSet, unique bool) {
+	unique = true
+	for i := 1; i < len(desired.Sets) && unique; i++ {
+		unique = desired.Sets[i-1].Name < desired.Sets[i].Name
+	}
+	if unique {
+		byName := func(s spec.NFTSet, name string) int { return strings.Compare(s.Name, name) }
+		return func(name string) *spec.NFTSet {
+			if i, ok := slices.BinarySearchFunc(desired.Sets, name, byName); ok {
+				return &desired.Sets[i]
+			}
+			return nil
+		}, true
+	}
+	var want map[string]*spec.NFTSet
+	return func(name string) *spec.NFTSet {
+		if want == nil {
+			want = make(map[string]*spec.NFTSet, len(desired.Sets))
+			for i := range desired.Sets {
+				want[desired.Sets[i].Name] = &desired.Sets[i]
+			}
+		}
+		return want[name]
+	}, false
 }
 
 // specChainSets are the named sets a document chain's rules match
