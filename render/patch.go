@@ -228,12 +228,20 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 		}
 		return c
 	}
+	// A pod's key is looked up from a buffer, not a new string: the loops
+	// visit every pod of the cluster on every CNI request; only a changed
+	// pod's key is made a string.
+	var buf []byte
+	keyOf := func(ns, name string) []byte {
+		buf = append(append(append(buf[:0], ns...), '/'), name...)
+		return buf
+	}
 	objects := 0
 	for _, p := range in.Pods {
-		key := p.Namespace + "/" + p.Name
-		switch pp := b.pods[key]; {
+		key := keyOf(p.Namespace, p.Name)
+		switch pp := b.pods[string(key)]; {
 		case pp == nil || pp.obj == nil:
-			c := note(key)
+			c := note(string(key))
 			if c.obj != nil {
 				return nil, false
 			}
@@ -244,7 +252,7 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 			pp.objGen = gen
 			objects++
 			if pp.obj != p {
-				note(key).obj = p
+				note(string(key)).obj = p
 			}
 		}
 		if len(changes) > maxPatchedPods {
@@ -254,10 +262,10 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 	allocs := 0
 	for i := range in.Allocations {
 		a := &in.Allocations[i]
-		key := a.Metadata.Namespace + "/" + a.Metadata.Name
-		switch pp := b.pods[key]; {
+		key := keyOf(a.Metadata.Namespace, a.Metadata.Name)
+		switch pp := b.pods[string(key)]; {
 		case pp == nil || pp.alloc == nil:
-			c := note(key)
+			c := note(string(key))
 			if c.alloc != nil {
 				return nil, false
 			}
@@ -268,7 +276,7 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 			pp.allocGen = gen
 			allocs++
 			if *pp.alloc != *a {
-				note(key).alloc = a
+				note(string(key)).alloc = a
 			}
 		}
 		if len(changes) > maxPatchedPods {
