@@ -25,7 +25,8 @@ import (
 // since a route's key has no device, that view is complete only if it holds
 // every key the document wants there: a wanted route that is missing might
 // sit on another link (an IP reused before its old route was removed), so
-// then the whole namespace is read, as a full plan would.
+// then the whole namespace is read, as a full plan would, and of it the
+// routes of wanted keys and those on the listed links are returned.
 func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]spec.Route, error) {
 	var out []spec.Route
 	for _, n := range links.Namespaces(ns, namespaces) {
@@ -70,12 +71,23 @@ func observeNetns(ns op.Namespaces, n string, desired *spec.NodeState) ([]spec.R
 	out := make([]spec.Route, 0, len(krs))
 	for _, r := range krs {
 		o := fromKernel(n, r, names)
-		if _, known := names[r.oif]; limited && r.oif != 0 && !known && wanted[key(o)] {
-			// A wanted key on a link the snapshot does not list: name the
-			// link, so the update reads as a full plan's does.
-			if o.Dev, err = linkName(ns, n, r.oif); err != nil {
-				return nil, err
+		_, known := names[r.oif]
+		switch {
+		case !limited:
+		case wanted[key(o)]:
+			if r.oif != 0 && !known {
+				// A wanted key on a link the snapshot does not list: name
+				// the link, so the update reads as a full plan's does.
+				if o.Dev, err = linkName(ns, n, r.oif); err != nil {
+					return nil, err
+				}
 			}
+		case r.oif == 0 || !known:
+			// Another pod's route, on a link the scope does not list: the
+			// scoped plan would only drop its deletion (engine's
+			// podScope.filter), after diffing and sorting every pod's
+			// route for it.
+			continue
 		}
 		out = append(out, o)
 	}
