@@ -68,6 +68,38 @@ func TestScopedPlanMatchesFullPlan(t *testing.T) {
 	}
 }
 
+// TestScopedApplySharedStrayKey: two stray routes of ours with one key (a
+// metric apart), the first on another pod's veth and the second on the
+// scoped pod's. The scoped apply deletes the one on its pod's veth, drift
+// around its pod, and not the other pod's, which the kernel would find
+// first by key: the deletion names the link. The full sync then deletes the
+// other.
+func TestScopedApplySharedStrayKey(t *testing.T) {
+	n := newNode(t, spec.PodModeVPC)
+	n.addPod("x", "a", "198.18.0.10", nil, nil, "")
+	n.addPod("x", "b", "198.18.0.11", nil, nil, "")
+	state := n.render()
+	n.apply(state)
+	va, vb := spec.HostVethName("x/a"), spec.HostVethName("x/b")
+	nstest.Run(t, n.host, "ip", "route", "add", "198.18.7.9/32", "dev", va, "metric", "10", "proto", "250")
+	nstest.Run(t, n.host, "ip", "route", "add", "198.18.7.9/32", "dev", vb, "metric", "20", "proto", "250")
+	strays := func() string {
+		return strings.TrimSpace(nstest.Run(t, n.host, "ip", "-o", "route", "show", "198.18.7.9/32", "proto", "250"))
+	}
+
+	if rep, err := n.eng.Apply(context.Background(), state, engine.PlanOptions{Pods: []string{"x/b"}}); err != nil || rep.Err() != nil {
+		t.Fatal(err, rep.Err())
+	}
+	if got := strays(); !strings.Contains(got, "dev "+va) || strings.Contains(got, "dev "+vb) {
+		t.Fatalf("after the apply scoped to x/b, the stray routes are %q, want x/a's (%s) only", got, va)
+	}
+	n.apply(state)
+	if got := strays(); got != "" {
+		t.Fatalf("after a full apply, stray routes are left: %q", got)
+	}
+	n.requireEmptyPlan(state)
+}
+
 func (n *node) scopedPlan(s *spec.NodeState, pods ...string) *engine.Plan {
 	n.t.Helper()
 	p, err := n.eng.Plan(context.Background(), s, engine.PlanOptions{Pods: pods})

@@ -226,10 +226,11 @@ func (t *table) checkRefs() error {
 
 // checkRefsSince is checkRefs for a table made from base by replacing,
 // adding or removing the sets and chains named in changedSets and
-// changedChains (a scoped plan's, from the record). What base holds was
-// checked when it was planned, or passed the kernel's own checks when it
-// was read: only the changed objects need checking, unless one that other
-// objects may name is gone or defined anew, which checks the whole table.
+// changedChains (a scoped plan's, from the record). What base, the record,
+// holds was checked when it was planned and passed the kernel's checks when
+// it was written: only the changed objects need checking, unless one that
+// other objects may name is gone or defined anew, which checks the whole
+// table.
 func (t *table) checkRefsSince(base *table, changedSets, changedChains map[string]bool) error {
 	for name := range changedSets {
 		s, was := t.sets[name], base.sets[name]

@@ -68,25 +68,38 @@ func observeNetns(ns op.Namespaces, n string, desired *spec.NodeState) ([]spec.R
 	if err != nil {
 		return nil, err
 	}
+	seen := make([]spec.Route, len(krs))
+	keys := make([]string, len(krs))
+	listed := map[string]bool{} // keys with a route on a listed link
+	for i, r := range krs {
+		seen[i] = fromKernel(n, r, names)
+		if limited {
+			keys[i] = key(seen[i])
+			if _, known := names[r.oif]; known && r.oif != 0 {
+				listed[keys[i]] = true
+			}
+		}
+	}
 	out := make([]spec.Route, 0, len(krs))
-	for _, r := range krs {
-		o := fromKernel(n, r, names)
-		_, known := names[r.oif]
+	for i, r := range krs {
+		o := seen[i]
 		switch {
 		case !limited:
-		case wanted[key(o)]:
-			if r.oif != 0 && !known {
+		case wanted[keys[i]]:
+			if _, known := names[r.oif]; r.oif != 0 && !known {
 				// A wanted key on a link the snapshot does not list: name
 				// the link, so the update reads as a full plan's does.
 				if o.Dev, err = linkName(ns, n, r.oif); err != nil {
 					return nil, err
 				}
 			}
-		case r.oif == 0 || !known:
-			// Another pod's route, on a link the scope does not list: the
-			// scoped plan would only drop its deletion (engine's
+		case !listed[keys[i]]:
+			// Other pods' routes, none on a link the scope lists: the
+			// scoped plan would only drop their deletion (engine's
 			// podScope.filter), after diffing and sorting every pod's
-			// route for it.
+			// route for it. A key that also has a route on a listed link
+			// keeps all of its routes, so that its one deletion is the
+			// one a full read plans.
 			continue
 		}
 		out = append(out, o)

@@ -312,8 +312,31 @@ func del(ns op.Namespaces, o spec.Route) error {
 	}
 	kr := &netlink.Route{Dst: dst, Table: n.Table, Protocol: netlink.RouteProtocol(spec.RouteProtocol),
 		Scope: netlink.SCOPE_NOWHERE, Family: netlink.FAMILY_V4}
+	// On the observed route's link only: of two routes of one key (a
+	// metric apart), the kernel would otherwise delete the first it finds,
+	// which may sit on another pod's link. A link gone since takes its
+	// routes with it; one we cannot name leaves the key alone to decide.
+	if n.Dev != "" {
+		if index, ok := linkIndex(h, n.Dev); ok {
+			kr.LinkIndex = index
+		}
+	}
 	if err := h.RouteDel(kr); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("route %s: delete: %w", o.Key(), err)
 	}
 	return nil
+}
+
+// linkIndex finds a link by the name Observe gave it: its name, or "ifN"
+// (index N) for a link it did not name.
+func linkIndex(h *netlink.Handle, dev string) (int, bool) {
+	if l, err := h.LinkByName(dev); err == nil {
+		return l.Attrs().Index, true
+	}
+	if rest, ok := strings.CutPrefix(dev, "if"); ok {
+		if i, err := strconv.Atoi(rest); err == nil && i > 0 {
+			return i, true
+		}
+	}
+	return 0, false
 }
