@@ -68,38 +68,48 @@ func observeNetns(ns op.Namespaces, n string, desired *spec.NodeState) ([]spec.R
 	if err != nil {
 		return nil, err
 	}
-	seen := make([]spec.Route, len(krs))
-	keys := make([]string, len(krs))
-	listed := map[string]bool{} // keys with a route on a listed link
+	out := make([]spec.Route, 0, len(krs))
+	for _, r := range krs {
+		out = append(out, fromKernel(n, r, names))
+	}
+	if !limited {
+		return out, nil
+	}
+	return scopedRoutes(ns, n, krs, out, names, wanted)
+}
+
+// scopedRoutes keeps, of a namespace's routes read whole for a plan whose
+// snapshot lists only some links (krs and their routes rs, in the same
+// order), the routes of wanted keys, named by their link wherever it is,
+// and every route of a key that has one on a listed link. The others are
+// other pods' routes: the scoped plan would only drop their deletion
+// (engine's podScope.filter), after diffing and sorting every pod's route
+// for it. A key kept keeps all of its routes, so that its one deletion is
+// the one a full read plans.
+func scopedRoutes(ns op.Namespaces, n string, krs []kernelRoute, rs []spec.Route, names map[int]string,
+	wanted map[string]bool) ([]spec.Route, error) {
+	keys := make([]string, len(rs))
+	listed := map[string]bool{}
 	for i, r := range krs {
-		seen[i] = fromKernel(n, r, names)
-		if limited {
-			keys[i] = key(seen[i])
-			if _, known := names[r.oif]; known && r.oif != 0 {
-				listed[keys[i]] = true
-			}
+		keys[i] = key(rs[i])
+		if _, known := names[r.oif]; known && r.oif != 0 {
+			listed[keys[i]] = true
 		}
 	}
-	out := make([]spec.Route, 0, len(krs))
+	out := rs[:0]
 	for i, r := range krs {
-		o := seen[i]
+		o := rs[i]
 		switch {
-		case !limited:
 		case wanted[keys[i]]:
 			if _, known := names[r.oif]; r.oif != 0 && !known {
 				// A wanted key on a link the snapshot does not list: name
 				// the link, so the update reads as a full plan's does.
+				var err error
 				if o.Dev, err = linkName(ns, n, r.oif); err != nil {
 					return nil, err
 				}
 			}
 		case !listed[keys[i]]:
-			// Other pods' routes, none on a link the scope lists: the
-			// scoped plan would only drop their deletion (engine's
-			// podScope.filter), after diffing and sorting every pod's
-			// route for it. A key that also has a route on a listed link
-			// keeps all of its routes, so that its one deletion is the
-			// one a full read plans.
 			continue
 		}
 		out = append(out, o)
