@@ -270,3 +270,61 @@ func BenchmarkScopedAddPlan(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkVerifyWays compares the two ways a transaction reads back the
+// elements it added to a kept set: each element by its key (verifyElems)
+// against a dump of the whole set (verify's readElems and sameElems), on
+// a group set of the shape `terwayctl bench` builds (address . protocol
+// . port, interval) of 200 and 800 elements, for 16 and 64 added
+// elements. The diff picks per element while it costs less (see
+// verifyByElems).
+//
+//	go test -run XXX -bench VerifyWays ./apply/nft/
+func BenchmarkVerifyWays(b *testing.B) {
+	e := newEnv(b, "bverify")
+	for _, size := range []int{200, 800} {
+		t := testDoc(pods(1), nil)
+		s := spec.NFTSet{Name: "in-g-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+			Comment: "a group's peers and ports"}
+		for i := range size / 2 {
+			ip := ipString(198<<24 | 18<<16 + 2*uint64(i)) // none adjacent
+			s.Elements = append(s.Elements, spec.NFTElement{Key: []string{ip, "tcp", "8080"}},
+				spec.NFTElement{Key: []string{ip, "tcp", "9090"}})
+		}
+		t.Sets = append(t.Sets, s)
+		t.Canonicalize()
+		e.r = New(Options{})
+		e.apply(t)
+		want, _, err := canonical(t, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ws := want.sets[s.Name]
+		c, err := dial(e.reg, e.ns)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, added := range []int{16, 64} {
+			present := sortedElemList(ws.elems)[:added]
+			b.Run(fmt.Sprintf("set=%d,added=%d/elements", size, added), func(b *testing.B) {
+				for b.Loop() {
+					if err := verifyElems(c, &elemCheck{set: ws, present: present}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run(fmt.Sprintf("set=%d,added=%d/dump", size, added), func(b *testing.B) {
+				for b.Loop() {
+					got := &set{name: ws.name, types: ws.types, typeNames: ws.typeNames, interval: ws.interval}
+					if err := readElems(c, got); err != nil {
+						b.Fatal(err)
+					}
+					if err := sameElems(got, ws); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+		c.close()
+	}
+}

@@ -251,3 +251,40 @@ func TestGetElemsAcrossChunks(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyWayFollowsSetSize: the plan reads back the elements it adds to
+// a kept set one by one while that costs less than a dump of the set
+// (verifyByElems): 40 added to a set of 600 are read one by one, 40 added
+// to one of 100 by a dump.
+func TestVerifyWayFollowsSetSize(t *testing.T) {
+	doc := func(n int) *spec.NFTable {
+		t := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable}
+		for _, size := range []int{600, 100} {
+			s := spec.NFTSet{Name: fmt.Sprintf("g%d", size), Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
+			for i := range size - 40 + n {
+				s.Elements = append(s.Elements, spec.NFTElement{Key: []string{fmt.Sprintf("198.18.%d.%d", i/200, 2*(i%100)), []string{"tcp", "udp"}[i/100%2], "80"}})
+			}
+			t.Sets = append(t.Sets, s)
+		}
+		t.Canonicalize()
+		return t
+	}
+	want, _, err := canonical(doc(40), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have, _, err := canonical(doc(0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := diff("test", want, have, have, DefaultReplaceCost, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch := p.verifyElems["g600"]; ch == nil || len(ch.present) != 40 || p.verifySets["g600"] != nil {
+		t.Errorf("40 added to a set of 600: verifyElems %v, verifySets %v; want those 40 one by one", ch != nil, p.verifySets["g600"] != nil)
+	}
+	if p.verifySets["g100"] == nil || p.verifyElems["g100"] != nil {
+		t.Errorf("40 added to a set of 100: verifySets %v, verifyElems %v; want a dump of the set", p.verifySets["g100"] != nil, p.verifyElems["g100"] != nil)
+	}
+}
