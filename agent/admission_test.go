@@ -49,16 +49,22 @@ func (a *Agent) stopAdmissionLoop() {
 // admittedBy returns the count of admissions observed by who admitted.
 func (a *Agent) admittedBy(t *testing.T, by string) uint64 {
 	t.Helper()
+	return a.observed(t, "terway_peer_admission_seconds", by)
+}
+
+// observed is the count of a histogram with one label, at value.
+func (a *Agent) observed(t *testing.T, name, value string) uint64 {
+	t.Helper()
 	mfs, err := a.m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "terway_peer_admission_seconds" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == by {
+			if m.GetLabel()[0].GetValue() == value {
 				return m.GetHistogram().GetSampleCount()
 			}
 		}
@@ -269,9 +275,13 @@ func TestAddAdmitsAsPeerAfterAnswering(t *testing.T) {
 }
 
 // TestAdmissionLoopAdmits: with the admission loop running, a pod ADDed is
-// admitted soon after, without a resync.
+// admitted soon after, without a resync. The step that writes its address
+// into the server's peer set, which it keeps, reads that back after it
+// has let go of the agent's lock (phase check).
 func TestAdmissionLoopAdmits(t *testing.T) {
 	n := newAdmissionNode(t, nil)
+	n.a.waitAdmitted(t)
+	checks := n.a.observed(t, "terway_peer_admission_step_seconds", "check")
 	n.add("p1", "peer")
 	n.a.waitAdmitted(t)
 	if !n.admitted("p1") || !n.reaches("p1") {
@@ -279,6 +289,13 @@ func TestAdmissionLoopAdmits(t *testing.T) {
 	}
 	if got := n.a.admittedBy(t, "admission"); got != 2 {
 		t.Errorf("admissions observed: %d, want 2 (the server, p1)", got)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for n.a.observed(t, "terway_peer_admission_step_seconds", "check") == checks && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := n.a.observed(t, "terway_peer_admission_step_seconds", "check") - checks; got != 1 {
+		t.Errorf("read-backs after the step that admitted p1: %d, want 1", got)
 	}
 }
 

@@ -68,7 +68,7 @@ func newMetrics() *metrics {
 		Name: "terway_peer_admission_seconds", Help: "Time from a pod's ADD to its admission as a policy peer of the node's other pods, by who admitted it: admission (the agent, once quiet), check (a CNI CHECK), add (cfg.AdmitBeforeAnswer).",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"by"})
 	m.admissionStep = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "terway_peer_admission_step_seconds", Help: "Time of each phase of one admission step: its render ahead (ahead, off the agent's lock), then its render and apply under the lock.",
+		Name: "terway_peer_admission_step_seconds", Help: "Time of each phase of one admission step: its render ahead (ahead, off the agent's lock), then its render and apply under the lock, then the read-back of what it wrote (check, off the lock).",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"phase"})
 	m.heldBack = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "terway_pods_held_back", Help: "Pods set up whose admission as policy peers is still to come."})

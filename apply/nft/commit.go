@@ -101,17 +101,25 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 	if len(p.staged) > 0 {
 		return r.commitStaged(ctx, c, rec, netns, p, msgs, want, gen, version, full)
 	}
-	if err := r.commitLocked(ctx, c, rec, netns, p, msgs, want, gen, version, full); err != nil {
+	later := laterChecksOf(ctx)
+	checkLater := later != nil && p.elemsOnly()
+	after, err := r.commitLocked(ctx, c, rec, netns, p, msgs, want, gen, version, full, checkLater)
+	if err != nil {
 		return err
+	}
+	if checkLater {
+		later.add(func() error { return r.verifyLater(ns, netns, rec, p, after) })
 	}
 	r.warmIndexes(rec)
 	return nil
 }
 
 // commitLocked refuses a stale plan, else sends its transaction, reads back
-// what it wrote and records it, all under the namespace's commitMu.
+// what it wrote and records it, all under the namespace's commitMu. With
+// checkLater the read-back is the caller's, after (later.go). It returns
+// the record's version the commit made.
 func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, netns string, p *plan, msgs []batchMsg,
-	want *table, gen *genAt, version uint64, full bool) error {
+	want *table, gen *genAt, version uint64, full, checkLater bool) (uint64, error) {
 	rec.waiting.Add(1)
 	defer rec.waiting.Add(-1)
 	rec.commitMu.Lock()
@@ -135,13 +143,13 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 		rec.waiting.Add(1)
 		rec.commitMu.Lock()
 		if werr != nil {
-			return fmt.Errorf("nft table inet terway in %s: %w (%s)", nsName(netns), werr, why)
+			return 0, fmt.Errorf("nft table inet terway in %s: %w (%s)", nsName(netns), werr, why)
 		}
 	}
 	if why != "" {
 		// Nothing was written: the record stays right, and the next
 		// plan may be partial.
-		return fmt.Errorf("nft table inet terway in %s: %w (%s); plan again", nsName(netns), ErrStale, why)
+		return 0, fmt.Errorf("nft table inet terway in %s: %w (%s); plan again", nsName(netns), ErrStale, why)
 	}
 	if r.inject != nil {
 		msgs = r.inject(msgs)
@@ -149,20 +157,23 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 	if err := rec.send(c, msgs, gen); err != nil {
 		r.fail(netns)
 		if errors.Is(err, unix.ERESTART) {
-			return fmt.Errorf("nft table inet terway in %s: nftables changed since the plan was read (%w); plan again", nsName(netns), err)
+			return 0, fmt.Errorf("nft table inet terway in %s: nftables changed since the plan was read (%w); plan again", nsName(netns), err)
 		}
-		return fmt.Errorf("nft table inet terway in %s: %w", nsName(netns), err)
+		return 0, fmt.Errorf("nft table inet terway in %s: %w", nsName(netns), err)
 	}
 	rec.commits.Add(1)
 	if len(p.staged) == 0 {
 		rec.lastOther.Store(monoNow())
 	}
-	if err := verify(c, p); err != nil {
-		r.fail(netns)
-		return fmt.Errorf("nft table inet terway in %s: the transaction was applied but %w", nsName(netns), err)
+	if !checkLater {
+		if err := verify(c, p); err != nil {
+			r.fail(netns)
+			return 0, fmt.Errorf("nft table inet terway in %s: the transaction was applied but %w", nsName(netns), err)
+		}
 	}
 	r.mu.Lock()
 	r.committed(rec, want, full, p.counts, version, keys, all)
+	after := rec.version
 	for k := range p.locks {
 		rec.locked[k] = true
 	}
@@ -177,7 +188,7 @@ func (r *Reconciler) commitLocked(ctx context.Context, c *conn, rec *record, net
 	r.mu.Unlock()
 	closeAll(idle)
 	r.log.Info("nftables committed", "netns", netns, "messages", len(msgs))
-	return nil
+	return after, nil
 }
 
 // waitUnlocked waits until none of keys is locked by a staged plan.

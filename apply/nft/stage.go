@@ -407,7 +407,7 @@ func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, net
 		}
 		r.mu.Unlock()
 	}()
-	if err := r.commitLocked(ctx, c, rec, netns, p, msgs, want, gen, version, full); err != nil {
+	if _, err := r.commitLocked(ctx, c, rec, netns, p, msgs, want, gen, version, full, false); err != nil {
 		cleanup()
 		return err
 	}

@@ -343,7 +343,7 @@ func (m agentMetrics) addPhases(before agentMetrics) string {
 func (m agentMetrics) admissionSteps(before agentMetrics) string {
 	n := m[`terway_peer_admission_step_seconds_count{phase="render"}`] - before[`terway_peer_admission_step_seconds_count{phase="render"}`]
 	out := []string{}
-	for _, phase := range []string{"ahead", "render", "apply"} {
+	for _, phase := range []string{"ahead", "render", "apply", "check"} {
 		if d, ok := m.meanSince(before, "terway_peer_admission_step_seconds", labelsAre(`{phase="`+phase+`"}`)); ok {
 			out = append(out, fmt.Sprintf("%s %v", phase, d.Round(10*time.Microsecond)))
 		}
