@@ -280,6 +280,13 @@ func (s *Store) List() ([]spec.Allocation, error) {
 	var out []spec.Allocation
 	var keep map[string]bool // set when the decoded records need pruning
 	err := s.view(func(tx *bolt.Tx) error {
+		s.listMu.Lock()
+		listed, same := s.listed, s.listed != nil && s.listedAt == tx.ID()
+		s.listMu.Unlock()
+		if same {
+			out = slices.Clone(listed)
+			return nil
+		}
 		t, err := s.txn(tx)
 		if err != nil {
 			return err
@@ -289,7 +296,7 @@ func (s *Store) List() ([]spec.Allocation, error) {
 		if s.decodedCount() > 2*n+16 {
 			keep = make(map[string]bool, n)
 		}
-		return t.allocs.ForEach(func(k, v []byte) error {
+		err = t.allocs.ForEach(func(k, v []byte) error {
 			a, err := t.decode(k, v)
 			out = append(out, a)
 			if keep != nil {
@@ -297,6 +304,14 @@ func (s *Store) List() ([]spec.Allocation, error) {
 			}
 			return err
 		})
+		if err != nil {
+			return err
+		}
+		sortAllocs(out)
+		s.listMu.Lock()
+		s.listed, s.listedAt = slices.Clone(out), tx.ID()
+		s.listMu.Unlock()
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -304,7 +319,6 @@ func (s *Store) List() ([]spec.Allocation, error) {
 	if keep != nil {
 		s.forgetDecoded(keep)
 	}
-	sortAllocs(out)
 	return out, nil
 }
 

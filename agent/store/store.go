@@ -106,6 +106,15 @@ type Store struct {
 	// bytes differ is decoded again.
 	decodedMu sync.Mutex
 	decoded   map[string]decodedRecord
+
+	// listed is List's last answer, read in the transaction listedAt
+	// names: bbolt gives a read transaction the id of the last write
+	// committed, so while no write has been, List answers from it. Every
+	// CNI ADD renders, and so lists every allocation: walking, comparing
+	// and sorting 300 records cost it 0.45 ms on a node with 250 pods.
+	listMu   sync.Mutex
+	listed   []spec.Allocation
+	listedAt int
 }
 
 // decodedRecord is one record's bytes and what they decode to.

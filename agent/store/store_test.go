@@ -359,3 +359,51 @@ func TestRecordOrder(t *testing.T) {
 	}
 	verify(t, s)
 }
+
+// TestListFollowsWrites: List answers from what it read last while the
+// store has not written since, and reads again after every write (an
+// allocation, a release, a Put); a caller changing its answer changes no
+// later answer.
+func TestListFollowsWrites(t *testing.T) {
+	s := openTemp(t)
+	names := func() []string {
+		t.Helper()
+		all, err := s.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, a := range all {
+			out = append(out, a.Metadata.Namespace+"/"+a.Metadata.Name)
+		}
+		return out
+	}
+	check := func(when string, want ...string) {
+		t.Helper()
+		if got := names(); !slices.Equal(got, want) {
+			t.Errorf("%s: List names %v, want %v", when, got, want)
+		}
+	}
+	check("empty")
+	mustAlloc(t, s, vpcReq(cidr24, "default/a", "c1"))
+	check("after one allocation", "default/a")
+	check("listed again", "default/a")
+	b, _ := mustAlloc(t, s, vpcReq(cidr24, "default/b", "c2"))
+	check("after a second allocation", "default/a", "default/b")
+	if _, _, err := s.Release("c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	check("after a release", "default/b")
+	b.Metadata.Name = "c"
+	if err := s.Put(b); err != nil {
+		t.Fatal(err)
+	}
+	check("after a Put", "default/c")
+
+	all, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all[0].Metadata.Name = "changed by the caller"
+	check("after a caller changed its answer", "default/c")
+}
