@@ -95,6 +95,10 @@ type heldPeers struct {
 	// ahead is what the last render ahead took (preRenderAdmission), in
 	// nanoseconds: the loop starts that much before the delay is up.
 	ahead atomic.Int64
+	// checking is held while a step reads back what it wrote, after the
+	// agent's lock (taken before that lock goes): who waits for the
+	// admission to be over waits for it too.
+	checking sync.Mutex
 	// gauge follows the number held (terway_pods_held_back).
 	gauge func(float64)
 }
@@ -246,8 +250,12 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 			}
 			var later nft.LaterChecks
 			err := a.admitHeld(nft.WithLaterChecks(context.Background(), &later), "admission", chunk)
+			checkLater := later.Len() > 0
+			if checkLater {
+				a.held.checking.Lock() // taken before the agent's lock goes
+			}
 			a.mu.Unlock()
-			if later.Len() > 0 {
+			if checkLater {
 				// The step's read-back, off the lock (nft/later.go): it
 				// was a third of the step, and ADDs waited for it.
 				checking := time.Now()
@@ -258,6 +266,7 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 					}
 				}
 				a.m.admissionStep.WithLabelValues("check").Observe(time.Since(checking).Seconds())
+				a.held.checking.Unlock()
 			}
 			if err != nil {
 				a.log.Warn("admitting pods as policy peers failed; retrying", "err", err, "retry", admitRetry)

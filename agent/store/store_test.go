@@ -406,4 +406,13 @@ func TestListFollowsWrites(t *testing.T) {
 	}
 	all[0].Metadata.Name = "changed by the caller"
 	check("after a caller changed its answer", "default/c")
+
+	// The answer kept is the one given while nothing is written: marked
+	// here, it shows, until the next write.
+	s.listMu.Lock()
+	s.listed[0].Metadata.Name = "kept"
+	s.listMu.Unlock()
+	check("from the answer kept", "default/kept")
+	mustAlloc(t, s, vpcReq(cidr24, "default/d", "c4"))
+	check("after a write", "default/c", "default/d")
 }

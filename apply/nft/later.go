@@ -18,9 +18,9 @@ import (
 // back those elements took 8 to 20 ms of the step, with every CNI ADD
 // waiting for the agent's lock meanwhile. A caller that passes a
 // LaterChecks in the commit's context (WithLaterChecks) gets the read-back
-// of elements written into kept sets as a check to run once it has let go
-// of its lock (LaterChecks.Run). Sets and chains written whole are read
-// back in the commit as before.
+// of a commit that only changed elements of kept sets as a check to run
+// once it has let go of its lock (LaterChecks.Run). A commit that writes a
+// set or a chain whole reads everything back in the commit, as before.
 //
 // The commit records what it wrote as if read back already, and lets the
 // namespace's other commits go. When the later read-back finds the kernel
@@ -41,8 +41,8 @@ type LaterChecks struct {
 
 type laterChecksKey struct{}
 
-// WithLaterChecks returns a context whose commits leave their read-backs
-// of elements written into kept sets to l.
+// WithLaterChecks returns a context whose commits leave their read-back to
+// l when they only changed elements of kept sets.
 func WithLaterChecks(ctx context.Context, l *LaterChecks) context.Context {
 	return context.WithValue(ctx, laterChecksKey{}, l)
 }
@@ -91,21 +91,48 @@ func (p *plan) elemsOnly() bool {
 // verifyLater reads back, after its commit, the elements p wrote; after
 // is the record's version that commit made.
 func (r *Reconciler) verifyLater(ns op.Namespaces, netns string, rec *record, p *plan, after uint64) error {
+	if !r.kept(netns, rec) {
+		return nil // forgotten since (a pod's table its DEL removed): nothing to check
+	}
 	c, err := r.openConn(ns, netns, rec)
-	if err != nil {
-		r.fail(netns)
-		return fmt.Errorf("nft table inet terway in %s: reading back what was written: %w", nsName(netns), err)
+	if err == nil {
+		err = verify(c, p)
+		// Only a clean exchange leaves a socket fit for the pool; the
+		// recheck, if any, asks on a new one.
+		r.closeConn(netns, rec, c, err == nil)
+		if err != nil {
+			if c, err = r.openConn(ns, netns, rec); err == nil {
+				err = r.recheck(c, rec, p, after)
+				r.closeConn(netns, rec, c, err == nil)
+			}
+		}
 	}
-	err = verify(c, p)
-	if err != nil {
-		err = r.recheck(c, rec, p, after)
-	}
-	r.closeConn(netns, rec, c, err == nil)
-	if err != nil {
-		r.fail(netns)
+	if err != nil && r.kept(netns, rec) {
+		r.failRecord(netns, rec)
 		return fmt.Errorf("nft table inet terway in %s: the transaction was applied but %w", nsName(netns), err)
 	}
 	return nil
+}
+
+// kept tells whether rec is still the record of netns.
+func (r *Reconciler) kept(netns string, rec *record) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.records[netns] == rec
+}
+
+// failRecord is fail for rec only: a newer record of netns (its namespace
+// forgotten and planned again since) knows nothing of what rec wrote.
+func (r *Reconciler) failRecord(netns string, rec *record) {
+	r.mu.Lock()
+	kept := r.records[netns] == rec
+	if kept {
+		rec.invalidate()
+	}
+	r.mu.Unlock()
+	if kept {
+		r.log.Warn("nftables sync failed; next sync is full", "netns", netns)
+	}
 }
 
 // recheck reads back again, under the namespace's commit lock, what a

@@ -85,4 +85,17 @@ func TestLaterChecks(t *testing.T) {
 	if recordFull() {
 		t.Errorf("the record was invalidated for an element a later commit took out on purpose")
 	}
+
+	// Two more; one is deleted behind the plan's back, and a commit in
+	// between takes the other out on purpose: the lost one is still found.
+	later = commit(doc("198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4", "198.18.0.6", "198.18.0.7"))
+	e.nft("delete", "element", "inet", "terway", "peers", "{ 198.18.0.7 . tcp . 80 }")
+	e.apply(doc("198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4", "198.18.0.7"))
+	err = later.Run()
+	if err == nil || !strings.Contains(err.Error(), "198.18.0.7 . tcp . 80") || strings.Contains(err.Error(), "198.18.0.6") {
+		t.Fatalf("later read-back of an element lost behind our back, after a commit that took another out: %v, want 198.18.0.7 alone found missing", err)
+	}
+	if !recordFull() {
+		t.Errorf("the record still trusted after a later read-back found a loss")
+	}
 }

@@ -254,8 +254,9 @@ func TestGetElemsAcrossChunks(t *testing.T) {
 
 // TestVerifyWayFollowsSetSize: the plan reads back the elements it adds to
 // a kept set one by one while that costs less than a dump of the set
-// (verifyByElems): 40 added to a set of 600 are read one by one, 40 added
-// to one of 100 by a dump.
+// (verifyByElems): 40 added to a concatenated set of 600 are read one by
+// one, 40 added to one of 100 by a dump, and 60 added to a one-field
+// interval set of 600 (two queries an element) by a dump.
 func TestVerifyWayFollowsSetSize(t *testing.T) {
 	doc := func(n int) *spec.NFTable {
 		t := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable}
@@ -266,6 +267,11 @@ func TestVerifyWayFollowsSetSize(t *testing.T) {
 			}
 			t.Sets = append(t.Sets, s)
 		}
+		one := spec.NFTSet{Name: "one600", Type: []string{spec.TypeIPv4Addr}, Interval: true}
+		for i := range 600 - 60 + n*3/2 {
+			one.Elements = append(one.Elements, spec.NFTElement{Key: []string{fmt.Sprintf("198.19.%d.%d", i/100, 2*(i%100))}})
+		}
+		t.Sets = append(t.Sets, one)
 		t.Canonicalize()
 		return t
 	}
@@ -283,6 +289,9 @@ func TestVerifyWayFollowsSetSize(t *testing.T) {
 	}
 	if ch := p.verifyElems["g600"]; ch == nil || len(ch.present) != 40 || p.verifySets["g600"] != nil {
 		t.Errorf("40 added to a set of 600: verifyElems %v, verifySets %v; want those 40 one by one", ch != nil, p.verifySets["g600"] != nil)
+	}
+	if p.verifySets["one600"] == nil || p.verifyElems["one600"] != nil {
+		t.Errorf("60 added to a one-field interval set of 600: verifySets %v, verifyElems %v; want a dump of the set", p.verifySets["one600"] != nil, p.verifyElems["one600"] != nil)
 	}
 	if p.verifySets["g100"] == nil || p.verifyElems["g100"] != nil {
 		t.Errorf("40 added to a set of 100: verifySets %v, verifyElems %v; want a dump of the set", p.verifySets["g100"] != nil, p.verifyElems["g100"] != nil)
