@@ -62,18 +62,18 @@ const verifyPerElemMax = 16
 // (BenchmarkVerifyWays).
 const verifyElemCost = 6
 
-// verifyByElems tells whether changed elements of a kept set ws of size
-// elements are read back one by one rather than by a dump of the set. An
+// verifyByElems tells whether changed elements of a kept set ws are read
+// back one by one rather than by a dump of the set. An
 // admission step adds tens of its pods' elements to each of a hundred
 // group sets of hundreds of elements: dumping each of them was most of
 // the step's time, with the agent's lock held. A one-field interval set
 // asks two queries an element (getElems), so half as many are.
-func verifyByElems(ws *set, changed, size int) bool {
+func verifyByElems(ws *set, changed int) bool {
 	cost := verifyElemCost
 	if ws.interval && len(ws.types) == 1 {
 		cost *= 2
 	}
-	return changed <= max(verifyPerElemMax, size/cost)
+	return changed <= max(verifyPerElemMax, len(ws.elems)/cost)
 }
 
 // elemCheck is what a transaction changed in a set it kept: the elements
@@ -470,7 +470,7 @@ func (d *differ) elems(ws, hs *set) {
 	}
 	switch {
 	case len(adds)+len(dels) == 0:
-	case ws.interval == hs.interval && verifyByElems(ws, len(adds)+len(gone), len(ws.elems)):
+	case ws.interval == hs.interval && verifyByElems(ws, len(adds)+len(gone)):
 		// Few elements of a kept set, for its size: read back those, not
 		// the set (a pod's ADD adds its address to every group set it is
 		// a peer in; reading each whole set back would cost the node's

@@ -107,8 +107,7 @@ func (r *Reconciler) verifyLater(ns op.Namespaces, netns string, rec *record, p 
 			}
 		}
 	}
-	if err != nil && r.kept(netns, rec) {
-		r.failRecord(netns, rec)
+	if err != nil && r.failRecord(netns, rec) {
 		return fmt.Errorf("nft table inet terway in %s: the transaction was applied but %w", nsName(netns), err)
 	}
 	return nil
@@ -121,9 +120,10 @@ func (r *Reconciler) kept(netns string, rec *record) bool {
 	return r.records[netns] == rec
 }
 
-// failRecord is fail for rec only: a newer record of netns (its namespace
-// forgotten and planned again since) knows nothing of what rec wrote.
-func (r *Reconciler) failRecord(netns string, rec *record) {
+// failRecord is fail for rec only, and tells whether rec was still the
+// record of netns: a newer one (its namespace forgotten and planned again
+// since) knows nothing of what rec wrote.
+func (r *Reconciler) failRecord(netns string, rec *record) bool {
 	r.mu.Lock()
 	kept := r.records[netns] == rec
 	if kept {
@@ -133,6 +133,7 @@ func (r *Reconciler) failRecord(netns string, rec *record) {
 	if kept {
 		r.log.Warn("nftables sync failed; next sync is full", "netns", netns)
 	}
+	return kept
 }
 
 // recheck reads back again, under the namespace's commit lock, what a
