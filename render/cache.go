@@ -115,11 +115,13 @@ type policyEntry struct {
 }
 
 // podView is what policies see of a pod: its object (labels, ports), its
-// address as a peer, and whether it is a target (local, network rendered).
+// address as a peer, and whether it is a target (local, network rendered)
+// or awaiting its ADD here (podInfo.awaiting).
 type podView struct {
-	pod    *corev1.Pod
-	peerIP netip.Addr
-	target bool
+	pod      *corev1.Pod
+	peerIP   netip.Addr
+	target   bool
+	awaiting bool
 }
 
 // groupEntry is a rendered group and the versions of its policies then.
@@ -278,7 +280,7 @@ func (k *Cache) comparePods(c *policyCompiler) {
 	views := make(map[string]podView, len(k.views))
 	for _, p := range c.r.pods {
 		if p.pod != nil {
-			views[p.key] = podView{pod: p.pod, peerIP: c.peerIP(p), target: p.entry != nil}
+			views[p.key] = podView{pod: p.pod, peerIP: c.peerIP(p), target: p.entry != nil, awaiting: p.awaiting()}
 		}
 	}
 	for key, v := range views {
@@ -317,13 +319,14 @@ func (k *Cache) podChanged(key string, before, after podView) {
 }
 
 // mayTouch tells whether the policy selects the pod seen as v, of
-// namespace ns, as a target or as a peer; or depends on every pod.
+// namespace ns, as a target (or an awaiting pod) or as a peer; or depends
+// on every pod.
 func (k *Cache) mayTouch(pp *parsedPolicy, ns string, v podView) bool {
 	if pp.everyPod {
 		return true
 	}
 	set := labels.Set(v.pod.Labels)
-	if v.target && pp.ns == ns && pp.podSel.Matches(set) {
+	if (v.target || v.awaiting) && pp.ns == ns && pp.podSel.Matches(set) {
 		return true
 	}
 	if !v.peerIP.IsValid() {

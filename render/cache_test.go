@@ -123,6 +123,11 @@ func (c *churn) step() string {
 		})
 		return "change pod IP"
 	case n < 44 && len(in.Pods) > 0:
+		if c.pick(2) == 0 {
+			// Being deleted: a pod not set up awaits no ADD any more.
+			c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{} })
+			return "pod being deleted"
+		}
 		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })
 		return "pod ends"
 	case n < 47 && len(in.Pods) > 0:

@@ -97,14 +97,18 @@ type patchPod struct {
 	part     *spec.NodeState // what its datapath added (problems aside)
 	problems []spec.Problem  // its own problems in the document
 	groups   [2]string       // its policy groups' keys: ingress, egress
+	awaits   bool            // groups are those it awaits (podInfo.awaiting)
 	ownIP    netip.Addr      // the address it holds, when it holds one
 	slot     string          // the interface its allocation holds
 }
 
-// patchGroup is a policy group of the last document and its members.
+// patchGroup is a policy group of the last document, its members
+// (targets) and its awaiting pods (podInfo.awaiting): it is in the
+// document while it has either.
 type patchGroup struct {
-	out     *groupOutput
-	members int
+	out      *groupOutput
+	members  int
+	awaiting int
 }
 
 // keepBase keeps what a patch of r's document needs, or nothing when the
@@ -148,7 +152,7 @@ func (k *Cache) keepBase(r *renderer, in Inputs) {
 // put records pod p of r as the document has it, with its problems.
 func (b *patchBase) put(r *renderer, p *podInfo, problems []spec.Problem) {
 	pp := &patchPod{obj: p.pod, objGen: b.gen, allocGen: b.gen, local: p.local, entry: p.entry, part: p.part,
-		problems: problems, groups: p.groups}
+		problems: problems, groups: p.groups, awaits: p.awaiting()}
 	if p.pod != nil {
 		pp.peer = r.peerIP(p)
 		b.objects++
@@ -434,9 +438,9 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 			continue
 		}
 		putPart(&add, after.part)
+		after.groups = p.groups[key]
 		if after.entry != nil {
-			keys := p.groups[key]
-			after.groups = keys
+			keys := after.groups
 			after.entry.IngressChain, after.entry.EgressChain = b.chainOf(p, keys[0]), b.chainOf(p, keys[1])
 			add.Pods = append(add.Pods, *after.entry)
 			dispatchElements(after.entry, after.local, addElems)
@@ -451,9 +455,9 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 	add.Problems = slices.Compact(add.Problems)
 	slices.SortFunc(remove.Problems, spec.CompareProblems)
 	remove.Problems = slices.Compact(remove.Problems)
-	for gk, d := range p.members {
+	for gk, d := range p.pods() {
 		switch g := b.groups[gk]; {
-		case g != nil && g.members+d == 0:
+		case g != nil && g.members+g.awaiting+d == 0:
 			removeTable.Chains = append(removeTable.Chains, g.out.chain)
 			removeTable.Sets = append(removeTable.Sets, g.out.sets...)
 		case g == nil && d > 0:
@@ -536,13 +540,15 @@ func (b *patchBase) update(k *Cache, r *renderer, in Inputs, changes map[string]
 	for e, d := range p.targets {
 		b.targets[e] += d
 	}
-	for gk, d := range p.members {
+	for gk := range p.pods() {
 		g := b.groups[gk]
 		if g == nil {
 			g = p.created[gk]
 			b.groups[gk] = g
 		}
-		if g.members += d; g.members == 0 {
+		g.members += p.members[gk]
+		g.awaiting += p.awaiting[gk]
+		if g.members+g.awaiting == 0 {
 			delete(b.groups, gk)
 		}
 	}

@@ -2,6 +2,7 @@ package render
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,23 +17,34 @@ import (
 
 // podPolicies are the changes to the policy groups a patch makes.
 type podPolicies struct {
-	groups  map[string][2]string // each changed pod's group keys now
-	members map[string]int       // group members gained (lost when negative)
-	created map[string]*patchGroup
-	targets map[*policyEntry]int // targets gained (lost when negative)
+	groups   map[string][2]string // each changed pod's group keys now
+	members  map[string]int       // group members gained (lost when negative)
+	awaiting map[string]int       // awaiting pods gained (lost when negative)
+	created  map[string]*patchGroup
+	targets  map[*policyEntry]int // targets gained (lost when negative)
 	// problems are the rule problems of the policies that gain their
 	// first target (in) or lose their last (out).
 	problemsIn, problemsOut []spec.Problem
 	rendered                int
 }
 
+// pods are the groups' members and awaiting pods gained (lost when
+// negative), by group key.
+func (p *podPolicies) pods() map[string]int {
+	out := maps.Clone(p.members)
+	for gk, d := range p.awaiting {
+		out[gk] += d
+	}
+	return out
+}
+
 // policyChanges finds the policy groups of the changed pods now and
 // renders the groups the node did not have. A policy that gains its first
-// target has its rules resolved against the peers, which no patch
-// changes; its rule problems show while it has a target.
+// target or awaiting pod has its rules resolved against the peers, which
+// no patch changes; its rule problems show while it has a target.
 func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*podChange) *podPolicies {
-	p := &podPolicies{groups: map[string][2]string{}, members: map[string]int{}, created: map[string]*patchGroup{},
-		targets: map[*policyEntry]int{}}
+	p := &podPolicies{groups: map[string][2]string{}, members: map[string]int{}, awaiting: map[string]int{},
+		created: map[string]*patchGroup{}, targets: map[*policyEntry]int{}}
 	selecting := map[string][]*policyEntry{}
 	for key := range changes {
 		ns, _ := splitKey(key)
@@ -45,21 +57,37 @@ func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*pod
 					p.members[g]--
 				}
 			}
+		} else if before != nil && before.awaits {
+			for _, g := range before.groups {
+				if g != "" {
+					p.awaiting[g]--
+				}
+			}
 		}
-		if after := r.byKey[key]; after != nil && after.entry != nil && after.pod != nil {
+		after := r.byKey[key]
+		switch {
+		case after != nil && after.entry != nil && after.pod != nil:
 			selecting[key] = k.selecting(ns, after.pod)
 			for _, e := range selecting[key] {
 				p.targets[e]++
 			}
+		case after != nil && after.awaiting():
+			selecting[key] = k.selecting(ns, after.pod)
 		}
 	}
 	for e, d := range p.targets {
 		switch n := b.targets[e]; {
 		case n == 0 && d > 0:
-			b.resolveRules(k, e)
 			p.problemsIn = append(p.problemsIn, e.parsed.ruleProblems...)
 		case n > 0 && n+d == 0:
 			p.problemsOut = append(p.problemsOut, e.parsed.ruleProblems...)
+		}
+	}
+	for _, policies := range selecting {
+		for _, e := range policies {
+			if e.res == nil || !e.res.rulesResolved {
+				b.resolveRules(k, e)
+			}
 		}
 	}
 	for key, policies := range selecting {
@@ -78,9 +106,18 @@ func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*pod
 			}
 			gk := groupKey(dir, after, isolating)
 			keys[i] = gk
-			p.members[gk]++
+			if after.entry != nil {
+				p.members[gk]++
+			} else {
+				p.awaiting[gk]++
+			}
 			if b.groups[gk] == nil && p.created[gk] == nil {
-				g := &policyGroup{key: gk, ns: ns, policies: isolating, targets: []*podInfo{after}}
+				g := &policyGroup{key: gk, ns: ns, policies: isolating}
+				if after.entry != nil {
+					g.targets = []*podInfo{after}
+				} else {
+					g.awaiting = []*podInfo{after}
+				}
 				rendered := false
 				out := k.group(g, func() *groupOutput { rendered = true; return renderGroup(dir, g) })
 				if rendered {
@@ -94,14 +131,14 @@ func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*pod
 	return p
 }
 
-// resolveRules resolves the rules of a policy that had no target in the
-// last document (so none resolved) against its peers, as a render of the
-// node would: the peers are the last full render's, which no patch
-// changes. The entry is left dirty, so that the next full render resolves
+// resolveRules resolves the rules of a policy that had no target and no
+// awaiting pod in the last document (so none resolved) against its peers,
+// as a render of the node would: the peers are the last full render's,
+// which no patch changes. The entry is left dirty, so that the next full render resolves
 // it whole (its targets too) rather than trust what a patch made.
 func (b *patchBase) resolveRules(k *Cache, e *policyEntry) {
 	c := &policyCompiler{r: b.peers, nsLabels: b.nsLabels, nsNames: b.nsNames}
-	res := &resolution{}
+	res := &resolution{rulesResolved: true}
 	for _, rule := range e.parsed.ingress {
 		res.ingress = append(res.ingress, c.resolveRule(e.parsed, rule, false))
 	}

@@ -203,8 +203,14 @@ type resolution struct {
 	// targets are the keys of the local pods with a network that the
 	// policy selects, in key order.
 	targets []string
-	ingress []resolvedRule
-	egress  []resolvedRule
+	// awaiting are the keys of the pods scheduled here, not set up yet,
+	// that the policy selects (podInfo.awaiting), in key order.
+	awaiting []string
+	// rulesResolved tells that ingress and egress are resolved: the policy
+	// has targets or awaiting pods.
+	rulesResolved bool
+	ingress       []resolvedRule
+	egress        []resolvedRule
 }
 
 // resolvedRule is a rule's peers as addresses.
@@ -265,17 +271,22 @@ func namespaceLabels(r *renderer) map[string]labels.Set {
 	return out
 }
 
-// resolve finds a policy's targets and, when it has any, its rules' peers.
+// resolve finds a policy's targets and awaiting pods and, when it has
+// any, its rules' peers.
 func (c *policyCompiler) resolve(pp *parsedPolicy) *resolution {
 	res := &resolution{}
 	for _, p := range c.r.byNS[pp.ns] {
-		if c.isTarget(pp, p) {
+		switch {
+		case c.isTarget(pp, p):
 			res.targets = append(res.targets, p.key)
+		case p.awaiting() && pp.podSel.Matches(labels.Set(p.pod.Labels)):
+			res.awaiting = append(res.awaiting, p.key)
 		}
 	}
-	if len(res.targets) == 0 {
+	if len(res.targets)+len(res.awaiting) == 0 {
 		return res // selects no pod here: no need to resolve peers
 	}
+	res.rulesResolved = true
 	for _, rule := range pp.ingress {
 		res.ingress = append(res.ingress, c.resolveRule(pp, rule, false))
 	}

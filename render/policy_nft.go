@@ -35,6 +35,20 @@ type policyGroup struct {
 	ns       string
 	policies []*policyEntry
 	targets  []*podInfo
+	// awaiting are the pods of the group not set up yet
+	// (podInfo.awaiting): the group renders for them, without their
+	// dispatch entries.
+	awaiting []*podInfo
+}
+
+// member is a pod of the group that its chain and sets are made for: a
+// target, else an awaiting pod (the group key holds how every one of
+// them resolves its ingress named ports).
+func (g *policyGroup) member() *podInfo {
+	if len(g.targets) > 0 {
+		return g.targets[0]
+	}
+	return g.awaiting[0]
 }
 
 // renderPolicies resolves every policy and renders table inet terway.
@@ -70,11 +84,15 @@ func (r *renderer) renderPolicies(policies []*networkingv1.NetworkPolicy) {
 	for _, pe := range entries {
 		pp := pe.parsed
 		r.state.Problems = append(r.state.Problems, pp.problems...)
-		if pp.podSel == nil || len(pe.res.targets) == 0 {
+		if pp.podSel == nil || !pe.res.rulesResolved {
 			continue
 		}
-		r.state.Problems = append(r.state.Problems, pp.ruleProblems...)
-		for _, key := range pe.res.targets {
+		// Rule problems show only while the policy selects a pod set up
+		// here: a pod awaiting its ADD does not make them show.
+		if len(pe.res.targets) > 0 {
+			r.state.Problems = append(r.state.Problems, pp.ruleProblems...)
+		}
+		for _, key := range slices.Concat(pe.res.targets, pe.res.awaiting) {
 			t := r.byKey[key]
 			if pp.isolatesIngress {
 				add(dirIngress, t, pe)
@@ -136,7 +154,8 @@ func jumpElement(ip, chain string) spec.NFTElement {
 	return spec.NFTElement{Key: []string{ip}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}}
 }
 
-// groups partitions the targets of one direction by what they allow.
+// groups partitions the targets and awaiting pods of one direction by
+// what they allow.
 func (c *policyCompiler) groups(dir string, byPod map[*podInfo]*podDirection) []*policyGroup {
 	byKey := map[string]*policyGroup{}
 	var out []*policyGroup
@@ -153,7 +172,11 @@ func (c *policyCompiler) groups(dir string, byPod map[*podInfo]*podDirection) []
 			byKey[key] = g
 			out = append(out, g)
 		}
-		g.targets = append(g.targets, t)
+		if t.entry != nil {
+			g.targets = append(g.targets, t)
+		} else {
+			g.awaiting = append(g.awaiting, t)
+		}
 	}
 	return out
 }
@@ -296,9 +319,10 @@ func (r *renderer) baseTable() *spec.NFTable {
 	}
 }
 
-// groupChain adds one policy group's chain and sets, and points its pods'
-// map entries at the chain. The chain and sets come from the Cache while
-// the group's policies allow the same as when they were made.
+// groupChain adds one policy group's chain and sets, and points its
+// targets' map entries at the chain; its awaiting pods have none yet. The
+// chain and sets come from the Cache while the group's policies allow the
+// same as when they were made.
 func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	mapName := mapIngressPods
 	if dir == dirEgress {
@@ -307,7 +331,14 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	out := r.cache.group(g, func() *groupOutput { return renderGroup(dir, g) })
 	t.Sets = append(t.Sets, out.sets...)
 	t.Chains = append(t.Chains, out.chain)
-	r.groups[g.key] = &patchGroup{out: out, members: len(g.targets)}
+	r.groups[g.key] = &patchGroup{out: out, members: len(g.targets), awaiting: len(g.awaiting)}
+	i := 0
+	if dir == dirEgress {
+		i = 1
+	}
+	for _, p := range g.awaiting {
+		p.groups[i] = g.key
+	}
 	m := t.Set(mapName)
 	for _, p := range g.targets {
 		if dir == dirEgress {
@@ -349,7 +380,7 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 		if dir == dirEgress {
 			rules = pe.res.egress
 		}
-		allow.allow(g.targets[0], dir, rules)
+		allow.allow(g.member(), dir, rules)
 	}
 	chain := groupChainName(prefix, g.ns, g.key)
 	out := &groupOutput{chain: spec.NFTChain{

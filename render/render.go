@@ -100,6 +100,19 @@ type podInfo struct {
 	groups [2]string
 }
 
+// awaiting tells that p is a pod scheduled here whose CNI ADD has not come
+// yet: it runs on this node (local: not host-network, not terminated), is
+// not being deleted, has no allocation and does not want an exclusive ENI.
+// The policies that select it have their rules resolved, and its policy
+// groups render (chains and sets, no dispatch entry), so that the node
+// has the groups ready before the ADD: an ADD whose pod starts a group
+// otherwise wrote and read back the group's chain and sets, hundreds of
+// peer elements, before it could answer. groups then holds the groups it
+// will join.
+func (p *podInfo) awaiting() bool {
+	return p.local && p.pod != nil && p.alloc == nil && p.pod.DeletionTimestamp == nil && !WantsExclusiveENI(p.pod)
+}
+
 // Render computes the node's document. It never fails on object content; it
 // returns an error only for an unusable configuration or no node. A Cache
 // renders the same document reusing the parts of its last render.
