@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -28,6 +29,9 @@ import (
 // pod is ADDed, then DELed (untimed). The baseline, in the same run, is 10
 // resident pods and no policies. The timed ADDs carry the pprof label
 // phase=timed, so that a profile of them alone is -tagfocus=phase=timed.
+// With TERWAY_SCALE_PROFILE=FILE (and no -cpuprofile) the CPU profile
+// covers only the timed ADDs at scale and the admission of their pods,
+// whose loop is labelled work=admission.
 // Run:
 //
 //	go test -run '^$' -bench AgentAddAtScale -benchtime 1x ./agent/
@@ -103,6 +107,19 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 		b.Fatalf("sync after the resident pods: %+v", out)
 	}
 	before := a.addPhaseSums(b)
+	profile := os.Getenv("TERWAY_SCALE_PROFILE")
+	if profile != "" && policies > 0 {
+		f, err := os.Create(profile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+	} else {
+		profile = ""
+	}
 	var adds, dels []time.Duration
 	pprof.Do(ctx, pprof.Labels("phase", "timed"), func(ctx context.Context) {
 		for _, p := range timed {
@@ -113,6 +130,10 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 			adds = append(adds, time.Since(start))
 		}
 	})
+	if profile != "" {
+		a.waitAdmitted(b)
+		pprof.StopCPUProfile()
+	}
 	for _, p := range timed {
 		start := time.Now()
 		if err := a.Del(ctx, req(wire.CmdDel, p)); err != nil {
