@@ -249,11 +249,9 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 				return
 			default:
 			}
-			if ahead != nil {
-				a.views.admitting(ahead.cache, ahead.seq)
-			}
 			var later nft.LaterChecks
-			err := a.admitHeld(nft.WithLaterChecks(context.Background(), &later), "admission", chunk)
+			ctx := nft.WithLaterChecks(context.Background(), &later)
+			err := a.admitStep(ctx, ahead, chunk)
 			checkLater := later.Len() > 0
 			if checkLater {
 				a.held.checking.Lock() // taken before the agent's lock goes
@@ -285,8 +283,10 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 }
 
 // renderedAhead is an admission step's render ahead (preRenderAdmission):
-// its cache, and the pin's moves when it chose its policies.
+// the pods it admitted, its cache, and the pin's moves when it chose its
+// policies.
 type renderedAhead struct {
+	keys  []string
 	cache *render.Cache
 	seq   uint64
 }
@@ -318,7 +318,21 @@ func (a *Agent) preRenderAdmission(keys []string) *renderedAhead {
 	if _, err := a.renderWith(cache, snap, policies, allocs, held); err != nil {
 		return nil
 	}
-	return &renderedAhead{cache: cache, seq: seq}
+	return &renderedAhead{keys: keys, cache: cache, seq: seq}
+}
+
+// admitStep is the admission step under the agent's lock: it admits the
+// pods rendered ahead, with the cache that rendered them, or without a
+// render ahead the chunk longest held. Not the longest held now after a
+// render ahead: a pod held since (an ADD during that render) would be
+// resolved into its policies under the lock after all, and the step's
+// render, a patch otherwise, would render the node whole.
+func (a *Agent) admitStep(ctx context.Context, ahead *renderedAhead, chunk int) error {
+	if ahead == nil {
+		return a.admitHeld(ctx, "admission", chunk)
+	}
+	a.views.admitting(ahead.cache, ahead.seq)
+	return a.admit(ctx, "admission", ahead.keys)
 }
 
 // admissionWait is how long the admission waits before it runs: while
@@ -355,15 +369,21 @@ func (a *Agent) addsUnderWay() bool {
 // the pods stay held.
 func (a *Agent) admitHeld(ctx context.Context, by string, most int, keep ...string) error {
 	keys, _ := a.held.keys()
-	if len(keys) == 0 {
-		return nil
-	}
 	if most > 0 && len(keys) > most {
 		keys = keys[:most]
 	}
-	slices.Sort(keys)
+	return a.admit(ctx, by, keys, keep...)
+}
+
+// admit admits those of keys that are still held, as admitHeld does.
+func (a *Agent) admit(ctx context.Context, by string, keys []string, keep ...string) error {
 	began := time.Now()
 	held := a.held.release(keys...)
+	keys = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { _, ok := held[k]; return !ok })
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.Sort(keys)
 	state, pending, _, err := a.renderSettledFor(true, keys, keep...)
 	a.m.admissionStep.WithLabelValues("render").Observe(time.Since(began).Seconds())
 	if err != nil {

@@ -416,7 +416,8 @@ func TestAdmissionInChunks(t *testing.T) {
 // TestAdmissionRendersAhead: the loop renders a step ahead, off the lock,
 // with the admission's cache, which then becomes the main one; the step's
 // render under the lock finds the admitted pod compiled as a peer and
-// resolves no policy again. Without the render ahead the step resolves
+// resolves no policy again, and it admits the pods rendered ahead only,
+// not one whose ADD came meanwhile. Without the render ahead the step resolves
 // the policy itself; after the pin moved, the caches keep their places.
 func TestAdmissionRendersAhead(t *testing.T) {
 	n := newAdmissionNode(t, nil)
@@ -426,10 +427,7 @@ func TestAdmissionRendersAhead(t *testing.T) {
 		t.Helper()
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		if ahead != nil {
-			a.views.admitting(ahead.cache, ahead.seq)
-		}
-		if err := a.admitHeld(context.Background(), "admission", 0); err != nil {
+		if err := a.admitStep(context.Background(), ahead, 0); err != nil {
 			t.Fatal(err)
 		}
 		return a.views.main.Stats()
@@ -440,9 +438,16 @@ func TestAdmissionRendersAhead(t *testing.T) {
 	if ahead == nil || ahead.cache != a.views.admit {
 		t.Fatalf("render ahead: %+v, want the admission's cache", ahead)
 	}
+	// An ADD during the render ahead: its pod waits for the next step,
+	// which renders it ahead in turn.
+	n.add("p4", "peer")
 	main := a.views.main
-	if st := step(ahead); st.PoliciesResolved != 0 || st.GroupsRendered != 0 {
-		t.Errorf("the step after a render ahead resolved %d policies and rendered %d groups, want none", st.PoliciesResolved, st.GroupsRendered)
+	if st := step(ahead); st.PoliciesResolved != 0 || st.GroupsRendered != 0 || !st.Patched {
+		t.Errorf("the step after a render ahead resolved %d policies and rendered %d groups (patched %v), want none (a patch)",
+			st.PoliciesResolved, st.GroupsRendered, st.Patched)
+	}
+	if !a.held.has("x/p4") || n.admitted("p4") {
+		t.Errorf("p4, held after the render ahead: still held %v, admitted %v; want held, not admitted", a.held.has("x/p4"), n.admitted("p4"))
 	}
 	if a.views.main != ahead.cache || a.views.admit != main {
 		t.Errorf("the caches did not change places")
