@@ -51,3 +51,31 @@ func BenchmarkList(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAllocateList is a CNI ADD's and a DEL's store work on a node
+// with 250 pods with the List of the render after each: the List follows
+// the write (followWrites) rather than reading every record again.
+func BenchmarkAllocateList(b *testing.B) {
+	s := openTemp(b)
+	for i := range 250 {
+		mustAlloc(b, s, vpcReq(netip16, podName(i), fmt.Sprintf("c%d", i)))
+	}
+	if _, err := s.List(); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; b.Loop(); i++ {
+		cid := fmt.Sprintf("bench-%d", i)
+		if _, _, err := s.AllocateVPC(vpcReq(netip16, "bench/pod", cid)); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.List(); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := s.Release(cid, "eth0"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.List(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -207,6 +207,13 @@ func (t *txn) put(a *spec.Allocation, ip netip.Addr) error {
 	if err := t.allocs.Put(k, v); err != nil {
 		return fmt.Errorf("pod %s: write allocation %s: %w", pod, id, err)
 	}
+	// As List will decode it: the record's bytes, not a, which JSON may
+	// not give back field for field.
+	stored, err := t.decode(k, v)
+	if err != nil {
+		return err
+	}
+	t.s.writes.note(k, &stored)
 	if err := t.pods.Put([]byte(pod), k); err != nil {
 		return fmt.Errorf("pod %s: write pod index: %w", pod, err)
 	}
@@ -240,7 +247,57 @@ func (t *txn) remove(a spec.Allocation, k []byte) error {
 	if err := t.allocs.Delete(k); err != nil {
 		return fmt.Errorf("pod %s: remove allocation %s: %w", PodKey(a.Metadata), k, err)
 	}
+	t.s.writes.note(k, nil)
+	// Its decoding goes with it: List, which follows writes, no longer
+	// walks every record to prune them (a transaction rolled back only
+	// costs a decoding).
+	t.s.decodedMu.Lock()
+	delete(t.s.decoded, string(k))
+	t.s.decodedMu.Unlock()
 	return nil
+}
+
+// allocWrites are a write transaction's allocations by record key: the
+// record now, nil when removed.
+type allocWrites struct {
+	txID    int
+	changed map[string]*spec.Allocation
+}
+
+// note records a write of record k; w is nil outside Store.update.
+func (w *allocWrites) note(k []byte, a *spec.Allocation) {
+	if w == nil {
+		return
+	}
+	if w.changed == nil {
+		w.changed = map[string]*spec.Allocation{}
+	}
+	w.changed[string(k)] = a
+}
+
+// followWrites makes List's last answer that of the transaction w
+// committed, when it was the answer of the transaction just before:
+// replace the records w changed and sort again, instead of walking every
+// record on the next List.
+func (s *Store) followWrites(w *allocWrites) {
+	s.listMu.Lock()
+	defer s.listMu.Unlock()
+	if s.listed == nil || s.listedAt != w.txID-1 {
+		return
+	}
+	out := make([]spec.Allocation, 0, len(s.listed)+len(w.changed))
+	for _, a := range s.listed {
+		if _, ok := w.changed[string(AttachmentOf(a).key())]; !ok {
+			out = append(out, a)
+		}
+	}
+	for _, a := range w.changed {
+		if a != nil {
+			out = append(out, *a)
+		}
+	}
+	sortAllocs(out)
+	s.listed, s.listedAt = out, w.txID
 }
 
 // Get returns the allocation of an attachment.
@@ -309,7 +366,9 @@ func (s *Store) List() ([]spec.Allocation, error) {
 		}
 		sortAllocs(out)
 		s.listMu.Lock()
-		s.listed, s.listedAt = slices.Clone(out), tx.ID()
+		if s.listed == nil || tx.ID() >= s.listedAt { // never back to an older answer
+			s.listed, s.listedAt = slices.Clone(out), tx.ID()
+		}
 		s.listMu.Unlock()
 		return nil
 	})

@@ -115,6 +115,11 @@ type Store struct {
 	listMu   sync.Mutex
 	listed   []spec.Allocation
 	listedAt int
+	// writes are the allocations the write transaction under way put or
+	// removed (bbolt runs one at a time): once it commits, List's last
+	// answer follows them (followWrites) rather than being read again, as
+	// every CNI ADD writes its allocation and then renders.
+	writes *allocWrites
 }
 
 // decodedRecord is one record's bytes and what they decode to.
@@ -303,7 +308,19 @@ var errNoChange = errors.New("no change")
 func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer s.recoverInto(&err)
-	err = s.db.Update(fn)
+	var w allocWrites
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		s.writes = &w
+		defer func() { s.writes = nil }()
+		if err := fn(tx); err != nil {
+			return err
+		}
+		w.txID = tx.ID()
+		return nil
+	})
+	if err == nil && len(w.changed) > 0 {
+		s.followWrites(&w)
+	}
 	if errors.Is(err, errNoChange) {
 		return nil
 	}

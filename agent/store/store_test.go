@@ -407,12 +407,60 @@ func TestListFollowsWrites(t *testing.T) {
 	all[0].Metadata.Name = "changed by the caller"
 	check("after a caller changed its answer", "default/c")
 
-	// The answer kept is the one given while nothing is written: marked
-	// here, it shows, until the next write.
+	// The answer kept is the one given while nothing is written, and a
+	// write changes it by what it wrote rather than reading every record
+	// again: marked here, the mark shows, also after a write.
 	s.listMu.Lock()
 	s.listed[0].Metadata.Name = "kept"
 	s.listMu.Unlock()
 	check("from the answer kept", "default/kept")
 	mustAlloc(t, s, vpcReq(cidr24, "default/d", "c4"))
-	check("after a write", "default/c", "default/d")
+	check("after a write, followed", "default/d", "default/kept")
+
+	// What a write makes of the answer is what reading every record gives,
+	// for each kind of write.
+	fresh := func() []spec.Allocation {
+		t.Helper()
+		s.listMu.Lock()
+		s.listed = nil
+		s.listMu.Unlock()
+		all, err := s.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return all
+	}
+	fresh()
+	e, _ := mustAlloc(t, s, vpcReq(cidr24, "default/e", "c5"))
+	f, _ := mustAlloc(t, s, vpcReq(cidr24, "default/f", "c6"))
+	for _, w := range []struct {
+		name  string
+		write func() error
+	}{
+		{"an allocation", func() error { _, _, err := s.AllocateVPC(vpcReq(cidr24, "default/g", "c7")); return err }},
+		{"a release", func() error { _, _, err := s.Release("c4", "eth0"); return err }},
+		{"a Put of a new record", func() error { e.Metadata.Name = "e2"; return s.Put(e) }},
+		{"a GC of two records", func() error {
+			_, err := s.GC([]Attachment{AttachmentOf(f)})
+			return err
+		}},
+	} {
+		before, err := s.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.write(); err != nil {
+			t.Fatalf("%s: %v", w.name, err)
+		}
+		s.listMu.Lock()
+		followed := s.listed != nil && !slices.EqualFunc(s.listed, before, func(a, b spec.Allocation) bool { return a == b })
+		s.listMu.Unlock()
+		got, err := s.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fresh(); !followed || !slices.EqualFunc(got, want, func(a, b spec.Allocation) bool { return a == b }) {
+			t.Errorf("after %s: followed %v, List %+v, want %+v", w.name, followed, got, want)
+		}
+	}
 }
