@@ -29,8 +29,8 @@ import (
 // namespace peers), policies by the namespaces their namespaceSelector
 // peers cover, and the few policies whose egress named ports are resolved
 // against every pod. A changed pod (labels, address, whether its network
-// rendered) marks only the policies whose selectors match it before or
-// after, in those lists.
+// rendered, whether it awaits its ADD) marks only the policies whose
+// selectors match it before or after, in those lists.
 //
 //   - each local pod's datapath (fragments.go), while its object, its
 //     allocation, its ENI and the node's configuration are the same;

@@ -23,9 +23,9 @@ import (
 // not admitted yet), no policy's rules change: what each changed pod adds
 // to the document is its own datapath, its own problems, its entry, its
 // elements in the dispatch sets, and its membership of the policy groups
-// of the policies that select it (a policy that gains its first target
-// has its rules resolved then, against the peers the patch leaves as they
-// are). The patch renders those for the changed pods alone and splices
+// of the policies that select it (a policy whose rules are not resolved,
+// because it had no target and no pod awaiting its ADD, has them resolved
+// then, against the peers the patch leaves as they are). The patch renders those for the changed pods alone and splices
 // them into the last document at their places in canonical order
 // (spec.NodeState.Spliced), in time that does not grow with the node's
 // pods or policies, beyond a scan of the inputs for what changed.

@@ -33,8 +33,9 @@ type parsedPolicy struct {
 	// isolates tells which directions the policy isolates its targets in.
 	isolatesIngress, isolatesEgress bool
 	// problems are reported on every render; ruleProblems (its peers and
-	// ports) only while the policy selects a pod here, as peers are only
-	// resolved then.
+	// ports) only while the policy selects a pod set up here: its peers
+	// are resolved for pods awaiting their ADD too, but a problem shows
+	// once a pod depends on the rules.
 	problems, ruleProblems []spec.Problem
 	// everyPod is set when a named port of an egress rule is resolved
 	// against every pod an ipBlock (or no peer) covers: then any pod's
@@ -206,8 +207,10 @@ type resolution struct {
 	// awaiting are the keys of the pods scheduled here, not set up yet,
 	// that the policy selects (podInfo.awaiting), in key order.
 	awaiting []string
-	// rulesResolved tells that ingress and egress are resolved: the policy
-	// has targets or awaiting pods.
+	// rulesResolved tells that ingress and egress are resolved: in a full
+	// render, because the policy has targets or awaiting pods; a patch
+	// resolves them for a pod it sets up or awaits (resolveRules) and
+	// leaves them resolved when its pods go.
 	rulesResolved bool
 	ingress       []resolvedRule
 	egress        []resolvedRule

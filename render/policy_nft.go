@@ -20,15 +20,15 @@ const (
 	setHairpin     = "hairpin"
 )
 
-// podDirection is one direction of one target pod: the policies that
-// isolate it, in name order.
+// podDirection is one direction of one target pod (or pod awaiting its
+// ADD): the policies that isolate it, in name order.
 type podDirection struct {
 	policies []*policyEntry
 }
 
-// policyGroup is every target pod of one direction whose allowance is the
-// same because the same policies select it and (for ingress) its named ports
-// resolve the same way. Replicas of a Deployment share one group, so they
+// policyGroup is every target pod (and pod awaiting its ADD) of one
+// direction whose allowance is the same because the same policies select it
+// and (for ingress) its named ports resolve the same way. Replicas of a Deployment share one group, so they
 // share one chain and one pair of sets.
 type policyGroup struct {
 	key      string
@@ -181,8 +181,9 @@ func (c *policyCompiler) groups(dir string, byPod map[*podInfo]*podDirection) []
 	return out
 }
 
-// groupKey names what a target's allowance depends on: the policies (in name
-// order) and, for ingress, how the target resolves the named ports they use.
+// groupKey names what a target's (or awaiting pod's) allowance depends on:
+// the policies (in name order) and, for ingress, how the pod resolves the
+// named ports they use.
 func groupKey(dir string, t *podInfo, policies []*policyEntry) string {
 	var b strings.Builder
 	b.WriteString(dir)

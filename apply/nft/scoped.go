@@ -67,9 +67,10 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			out.dropChain(name)
 		}
 	}
+	skipChains, skipSets := othersNewObjects(desired, written, pods, sc.Addrs)
 	for i := range desired.Chains {
 		in := &desired.Chains[i]
-		if !pods.has(in.Pod) && written.chains[in.Name] != nil {
+		if !pods.has(in.Pod) && written.chains[in.Name] != nil || skipChains[in.Name] {
 			continue
 		}
 		c := cache.chain(in)
@@ -96,6 +97,8 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			out.wantedWritten++
 		}
 		switch {
+		case skipSets[in.Name]:
+			// Another pod's new policy group: the sync's, or its ADD's.
 		case pods.has(in.Pod) || hs == nil:
 			s, err := canonicalSet(in, cache.set(in))
 			if err != nil {
@@ -126,6 +129,99 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		return nil, err
 	}
 	return out.table, nil
+}
+
+// othersNewObjects finds the chains of desired that the record does not
+// have and that the scope has no use for, and the new sets only those
+// chains match against. Render gives a pod scheduled here its policy
+// groups before its ADD (render: podInfo.awaiting), so that the sync
+// writes them ahead; until it has, a scoped plan would write every such
+// group of every pod whose ADD has not come, and the first CNI request
+// after a burst of pods was scheduled would pay for all of them. A chain
+// is the scope's use when a pod of the scope owns it, when one of the
+// scope's addresses dispatches to it (its element in a verdict map), or
+// when a rule jumps to it; base chains always are. What is left is the
+// sync's, or the ADD of the pod it is for.
+func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, addrs []string) (chains, sets map[string]bool) {
+	for i := range desired.Chains {
+		in := &desired.Chains[i]
+		if written.chains[in.Name] == nil && in.Hook == "" && !pods.has(in.Pod) {
+			if chains == nil {
+				chains = map[string]bool{}
+			}
+			chains[in.Name] = true
+		}
+	}
+	if chains == nil {
+		return nil, nil // the usual case: every group is written
+	}
+	for i := range desired.Sets {
+		in := &desired.Sets[i]
+		if !in.Verdict {
+			continue
+		}
+		for _, e := range in.Elements {
+			if e.Verdict == nil || !chains[e.Verdict.Chain] || len(e.Key) == 0 {
+				continue
+			}
+			for _, a := range addrs {
+				if isAddr(e.Key[0], a) {
+					delete(chains, e.Verdict.Chain)
+				}
+			}
+		}
+	}
+	for i := range desired.Chains {
+		for _, r := range desired.Chains[i].Rules {
+			delete(chains, r.Verdict.Chain)
+		}
+	}
+	if len(chains) == 0 {
+		return nil, nil
+	}
+	matched := map[string]bool{} // sets a chain that is written matches against
+	for i := range desired.Chains {
+		in := &desired.Chains[i]
+		if chains[in.Name] {
+			continue
+		}
+		for _, r := range in.Rules {
+			for _, m := range r.Match {
+				if m.Set != "" {
+					matched[m.Set] = true
+				}
+			}
+			if r.Verdict.Map != "" {
+				matched[r.Verdict.Map] = true
+			}
+		}
+	}
+	for i := range desired.Chains {
+		if !chains[desired.Chains[i].Name] {
+			continue
+		}
+		for _, r := range desired.Chains[i].Rules {
+			for _, m := range r.Match {
+				name := m.Set
+				if name == "" || matched[name] || written.sets[name] != nil || pods.has(setPod(desired, name)) {
+					continue
+				}
+				if sets == nil {
+					sets = map[string]bool{}
+				}
+				sets[name] = true
+			}
+		}
+	}
+	return chains, sets
+}
+
+// setPod is the pod that owns set name of desired ("" for none).
+func setPod(desired *spec.NFTable, name string) string {
+	if s := desired.Set(name); s != nil {
+		return s.Pod
+	}
+	return ""
 }
 
 // scopedPods are a scope's pods: a CNI request's few, looked up for each

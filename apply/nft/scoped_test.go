@@ -173,3 +173,62 @@ func TestSetMadeFromList(t *testing.T) {
 		t.Error("a set that lacks a pending element claims the list that has it")
 	}
 }
+
+// TestScopedPlanLeavesOthersNewGroups: a document with the policy groups
+// of pods whose ADD has not come (render gives them ahead) and no sync
+// since. A pod's ADD writes its own group, the chain its address
+// dispatches to, and not the others' new chains and sets; the next
+// unscoped sync writes them.
+func TestScopedPlanLeavesOthersNewGroups(t *testing.T) {
+	ps := pods(4)
+	e := newEnv(t, "scopednew")
+	e.apply(testDoc(ps[:3], nil))
+	added := ps[3]
+	group := func(name string) (spec.NFTChain, spec.NFTSet) {
+		set := spec.NFTSet{Name: name + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true,
+			Comment: "sources of group " + name, Elements: []spec.NFTElement{{Key: []string{"198.18.8.0/24"}}}}
+		return spec.NFTChain{Name: name, Comment: "ingress group " + name, Rules: []spec.NFTRule{
+			{Match: []spec.NFTMatch{{Selectors: []string{spec.SelIPSaddr}, Set: set.Name}}, Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
+			{Verdict: spec.NFTVerdict{Kind: spec.VerdictDrop}},
+		}}, set
+	}
+	doc := testDoc(ps, nil)
+	for _, name := range []string{"in_grp_added", "in_grp_awaiting"} {
+		c, s := group(name)
+		doc.Chains = append(doc.Chains, c)
+		doc.Sets = append(doc.Sets, s)
+	}
+	// The added pod's ingress dispatches to its group (shared, no owner).
+	m := doc.Set("ingress-dispatch")
+	for i := range m.Elements {
+		if m.Elements[i].Key[0] == added.ip {
+			m.Elements[i].Verdict = &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: "in_grp_added"}
+		}
+	}
+	doc.Canonicalize()
+
+	ops, err := e.r.PlanScoped(e.reg, e.ns, doc, Scope{Pods: []string{added.key}, Addrs: []string{added.ip}})
+	if err != nil {
+		t.Fatalf("scoped plan: %v", err)
+	}
+	e.run(ops)
+	for _, l := range lines(ops) {
+		if strings.Contains(l, "in_grp_awaiting") {
+			t.Errorf("the ADD's plan writes another pod's new group: %q", l)
+		}
+	}
+	table := e.nft("list", "table", "inet", "terway")
+	for _, want := range []string{"chain in_grp_added", "set in_grp_added-all", added.ip + " : jump in_grp_added"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("after the ADD the table lacks %q:\n%s", want, table)
+		}
+	}
+	if strings.Contains(table, "in_grp_awaiting") {
+		t.Errorf("after the ADD the table has the awaiting group:\n%s", table)
+	}
+
+	e.apply(doc)
+	fresh := newEnv(t, "scopednewfresh")
+	fresh.apply(doc)
+	sameTable(t, "after the sync", e.nft("list", "table", "inet", "terway"), fresh.nft("list", "table", "inet", "terway"))
+}
