@@ -25,10 +25,11 @@ import (
 // elements in the dispatch sets, and its membership of the policy groups
 // of the policies that select it (a policy whose rules are not resolved,
 // because it had no target and no pod awaiting its ADD, has them resolved
-// then, against the peers the patch leaves as they are). The patch renders those for the changed pods alone and splices
-// them into the last document at their places in canonical order
-// (spec.NodeState.Spliced), in time that does not grow with the node's
-// pods or policies, beyond a scan of the inputs for what changed.
+// then, against the peers the patch leaves as they are). The patch renders
+// those for the changed pods alone and splices them into the last document
+// at their places in canonical order (spec.NodeState.Spliced), in time that
+// does not grow with the node's pods or policies, beyond a scan of the
+// inputs for what changed.
 //
 // A pod's namespace without a Namespace object becomes a namespace
 // selectors see (namespaceLabels) with its first pod, but selectors only

@@ -48,19 +48,20 @@ func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*pod
 	selecting := map[string][]*policyEntry{}
 	for key := range changes {
 		ns, _ := splitKey(key)
-		if before := b.pods[key]; before != nil && before.entry != nil && before.obj != nil {
-			for _, e := range k.selecting(ns, before.obj) {
-				p.targets[e]--
-			}
-			for _, g := range before.groups {
-				if g != "" {
-					p.members[g]--
+		if before := b.pods[key]; before != nil {
+			var was map[string]int // where its groups count it
+			switch {
+			case before.entry != nil && before.obj != nil:
+				for _, e := range k.selecting(ns, before.obj) {
+					p.targets[e]--
 				}
+				was = p.members
+			case before.awaits:
+				was = p.awaiting
 			}
-		} else if before != nil && before.awaits {
 			for _, g := range before.groups {
-				if g != "" {
-					p.awaiting[g]--
+				if g != "" && was != nil {
+					was[g]--
 				}
 			}
 		}
@@ -134,8 +135,9 @@ func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*pod
 // resolveRules resolves the rules of a policy that had no target and no
 // awaiting pod in the last document (so none resolved) against its peers,
 // as a render of the node would: the peers are the last full render's,
-// which no patch changes. The entry is left dirty, so that the next full render resolves
-// it whole (its targets too) rather than trust what a patch made.
+// which no patch changes. The entry is left dirty, so that the next full
+// render resolves it whole (its targets too) rather than trust what a
+// patch made.
 func (b *patchBase) resolveRules(k *Cache, e *policyEntry) {
 	c := &policyCompiler{r: b.peers, nsLabels: b.nsLabels, nsNames: b.nsNames}
 	res := &resolution{rulesResolved: true}

@@ -28,8 +28,8 @@ type podDirection struct {
 
 // policyGroup is every target pod (and pod awaiting its ADD) of one
 // direction whose allowance is the same because the same policies select it
-// and (for ingress) its named ports resolve the same way. Replicas of a Deployment share one group, so they
-// share one chain and one pair of sets.
+// and (for ingress) its named ports resolve the same way. Replicas of a
+// Deployment share one group, so they share one chain and one pair of sets.
 type policyGroup struct {
 	key      string
 	ns       string
@@ -325,18 +325,14 @@ func (r *renderer) baseTable() *spec.NFTable {
 // chain and sets come from the Cache while the group's policies allow the
 // same as when they were made.
 func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
-	mapName := mapIngressPods
+	mapName, i := mapIngressPods, 0 // i: the direction's index in podInfo.groups
 	if dir == dirEgress {
-		mapName = mapEgressPods
+		mapName, i = mapEgressPods, 1
 	}
 	out := r.cache.group(g, func() *groupOutput { return renderGroup(dir, g) })
 	t.Sets = append(t.Sets, out.sets...)
 	t.Chains = append(t.Chains, out.chain)
 	r.groups[g.key] = &patchGroup{out: out, members: len(g.targets), awaiting: len(g.awaiting)}
-	i := 0
-	if dir == dirEgress {
-		i = 1
-	}
 	for _, p := range g.awaiting {
 		p.groups[i] = g.key
 	}
@@ -344,11 +340,10 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	for _, p := range g.targets {
 		if dir == dirEgress {
 			p.entry.EgressChain = out.chain.Name
-			p.groups[1] = g.key
 		} else {
 			p.entry.IngressChain = out.chain.Name
-			p.groups[0] = g.key
 		}
+		p.groups[i] = g.key
 		m.Elements = append(m.Elements, jumpElement(p.entry.IP, out.chain.Name))
 	}
 }

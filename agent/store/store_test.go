@@ -361,9 +361,10 @@ func TestRecordOrder(t *testing.T) {
 }
 
 // TestListFollowsWrites: List answers from what it read last while the
-// store has not written since, and reads again after every write (an
-// allocation, a release, a Put); a caller changing its answer changes no
-// later answer.
+// store has not written since, and after a write (an allocation, a
+// release, a Put, a GC) from that answer changed by what the write wrote,
+// which is what reading every record gives; a caller changing its answer
+// changes no later answer.
 func TestListFollowsWrites(t *testing.T) {
 	s := openTemp(t)
 	names := func() []string {

@@ -97,7 +97,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			out.wantedWritten++
 		}
 		switch {
-		case skipSets[in.Name]:
+		case hs == nil && !pods.has(in.Pod) && skipSets[in.Name]:
 			// Another pod's new policy group: the sync's, or its ADD's.
 		case pods.has(in.Pod) || hs == nil:
 			s, err := canonicalSet(in, cache.set(in))
@@ -132,8 +132,9 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 }
 
 // othersNewObjects finds the chains of desired that the record does not
-// have and that the scope has no use for, and the new sets only those
-// chains match against. Render gives a pod scheduled here its policy
+// have and that the scope has no use for, and the sets only those chains
+// match against (scopedTable leaves those of them that are new and no pod
+// of the scope owns). Render gives a pod scheduled here its policy
 // groups before its ADD (render: podInfo.awaiting), so that the sync
 // writes them ahead; until it has, a scoped plan would write every such
 // group of every pod whose ADD has not come, and the first CNI request
@@ -202,26 +203,17 @@ func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, ad
 		}
 		for _, r := range desired.Chains[i].Rules {
 			for _, m := range r.Match {
-				name := m.Set
-				if name == "" || matched[name] || written.sets[name] != nil || pods.has(setPod(desired, name)) {
+				if m.Set == "" || matched[m.Set] {
 					continue
 				}
 				if sets == nil {
 					sets = map[string]bool{}
 				}
-				sets[name] = true
+				sets[m.Set] = true
 			}
 		}
 	}
 	return chains, sets
-}
-
-// setPod is the pod that owns set name of desired ("" for none).
-func setPod(desired *spec.NFTable, name string) string {
-	if s := desired.Set(name); s != nil {
-		return s.Pod
-	}
-	return ""
 }
 
 // scopedPods are a scope's pods: a CNI request's few, looked up for each
