@@ -261,7 +261,7 @@ func (t *txn) remove(a spec.Allocation, k []byte) error {
 // record now, nil when removed.
 type allocWrites struct {
 	txID    int
-	changed map[string]*spec.Allocation
+	changed map[Attachment]*spec.Allocation
 }
 
 // note records a write of record k; w is nil outside Store.update.
@@ -270,15 +270,18 @@ func (w *allocWrites) note(k []byte, a *spec.Allocation) {
 		return
 	}
 	if w.changed == nil {
-		w.changed = map[string]*spec.Allocation{}
+		w.changed = map[Attachment]*spec.Allocation{}
 	}
-	w.changed[string(k)] = a
+	id, ifName, _ := strings.Cut(string(k), "/") // see Attachment.key
+	w.changed[Attachment{ContainerID: id, IfName: ifName}] = a
 }
 
 // followWrites makes List's last answer that of the transaction w
 // committed, when it was the answer of the transaction just before:
-// replace the records w changed and sort again, instead of walking every
-// record on the next List.
+// drop the records w changed and put back those it wrote in their sorted
+// places, instead of walking every record on the next List. A CNI
+// request's transaction changes one record, and a sort of every
+// allocation was a fifth of its store work at 250 pods.
 func (s *Store) followWrites(w *allocWrites) {
 	s.listMu.Lock()
 	defer s.listMu.Unlock()
@@ -287,16 +290,16 @@ func (s *Store) followWrites(w *allocWrites) {
 	}
 	out := make([]spec.Allocation, 0, len(s.listed)+len(w.changed))
 	for _, a := range s.listed {
-		if _, ok := w.changed[string(AttachmentOf(a).key())]; !ok {
+		if _, ok := w.changed[AttachmentOf(a)]; !ok {
 			out = append(out, a)
 		}
 	}
 	for _, a := range w.changed {
 		if a != nil {
-			out = append(out, *a)
+			i, _ := slices.BinarySearchFunc(out, *a, compareAllocs)
+			out = slices.Insert(out, i, *a)
 		}
 	}
-	sortAllocs(out)
 	s.listed, s.listedAt = out, w.txID
 }
 
@@ -383,11 +386,12 @@ func (s *Store) List() ([]spec.Allocation, error) {
 
 // sortAllocs orders allocations by pod, then attachment, comparing the
 // fields rather than joined keys (List sorts on every render).
-func sortAllocs(as []spec.Allocation) {
-	slices.SortFunc(as, func(a, b spec.Allocation) int {
-		return cmp.Or(comparePodKeys(a.Metadata, b.Metadata),
-			compareAttachments(AttachmentOf(a), AttachmentOf(b)))
-	})
+func sortAllocs(as []spec.Allocation) { slices.SortFunc(as, compareAllocs) }
+
+// compareAllocs is sortAllocs' order.
+func compareAllocs(a, b spec.Allocation) int {
+	return cmp.Or(comparePodKeys(a.Metadata, b.Metadata),
+		compareAttachments(AttachmentOf(a), AttachmentOf(b)))
 }
 
 // comparePodKeys compares "namespace/name" keys without joining them.

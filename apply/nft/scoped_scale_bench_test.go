@@ -1,0 +1,46 @@
+package nft
+
+import (
+	"math"
+	"testing"
+
+	"github.com/terway-reconciler/terway/internal/synth"
+	"github.com/terway-reconciler/terway/render"
+)
+
+// BenchmarkScopedAddPlanAtScale plans a CNI ADD's nftables on a node of
+// synth's 250 local pods, 250 remote peers and 1,000 policies, as the agent
+// does it: the table was written with the new pod awaiting its ADD (its
+// policy groups rendered ahead) and held back as a peer, and the ADD's
+// document adds the pod's own part.
+//
+//	go test -run '^$' -bench ScopedAddPlanAtScale ./apply/nft/
+func BenchmarkScopedAddPlanAtScale(b *testing.B) {
+	in := synth.Cluster(synth.Params{LocalPods: 251, RemotePods: 250, Policies: 1000, Namespaces: 20, Seed: 1})
+	last := in.Allocations[len(in.Allocations)-1]
+	key := last.Metadata.Namespace + "/" + last.Metadata.Name
+	in.PeersHeldBack = map[string]bool{key: true}
+	before := in
+	before.Allocations = in.Allocations[:len(in.Allocations)-1]
+	was, err := render.Render(before)
+	if err != nil {
+		b.Fatal(err)
+	}
+	now, err := render.Render(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := newEnv(b, "bsaddscale")
+	e.r = New(Options{FullEvery: math.MaxInt})
+	e.apply(was.NFTables)
+	sc := Scope{Pods: []string{key}, Addrs: []string{last.Spec.IP}}
+	for b.Loop() {
+		ops, err := e.r.PlanScoped(e.reg, e.ns, now.NFTables, sc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(ops) < 2 || len(ops) > 20 {
+			b.Fatalf("the ADD plans %d ops", len(ops))
+		}
+	}
+}
