@@ -18,7 +18,9 @@ import (
 //     one ended, so a node whose sync takes 4 s is not kept busy syncing by
 //     a steady trickle of changes, and the CNI path keeps CPU and the
 //     kernel for itself between runs.
-//   - A run is full (the nftables table is read back to catch drift) every
+//   - A run is full (the nftables table is read back to catch drift, or
+//     found unchanged since its last read by the ruleset generation, which
+//     every nftables change moves: nft.Reconciler.CheckAhead) every
 //     fullInterval, and the first run is full.
 //   - Retries are scheduled: a run reports when the earliest of its failed
 //     items is due again (status.go keeps a backoff per item), and the

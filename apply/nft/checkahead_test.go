@@ -189,3 +189,115 @@ func TestCheckAheadStandsForAFullPlan(t *testing.T) {
 		t.Errorf("a check that found drift left an earlier check standing: the full plan plans\n%s", planText(ops))
 	}
 }
+
+// TestCheckAheadTrustsAnUnmovedGeneration: once a check has read the
+// kernel and found it as recorded, a later check whose ruleset generation
+// moved by our own commits alone concludes the same without reading the
+// table, and the due sync trusts the record. Another writer's commit moves
+// the generation: the check reads, finds the drift, and the sync repairs
+// it. So does a check when the last read is agreedFor old, and one after
+// a failure.
+func TestCheckAheadTrustsAnUnmovedGeneration(t *testing.T) {
+	e := newEnv(t, "aheadgen")
+	e.r = New(Options{FullEvery: 3})
+	ps := pods(4)
+	doc := testDoc(ps, nil)
+	fewer := testDoc(ps, nil) // doc less pod 3's egress-dispatch element
+	for i, s := range fewer.Sets {
+		if s.Name == "egress-dispatch" {
+			fewer.Sets[i].Elements = s.Elements[:len(s.Elements)-1]
+		}
+	}
+	record := func() *record {
+		e.r.mu.Lock()
+		defer e.r.mu.Unlock()
+		return e.r.records[e.ns]
+	}
+	// check runs a CheckAhead on a due namespace and tells whether it read
+	// the kernel.
+	check := func() bool {
+		t.Helper()
+		e.r.mu.Lock()
+		rec := e.r.records[e.ns]
+		due := rec != nil && !rec.full && rec.syncs+1 >= 3
+		e.r.mu.Unlock()
+		if !due {
+			t.Fatal("the next sync is not the periodic full one; the test shows nothing")
+		}
+		before := checkAheadReads.Load()
+		e.r.CheckAhead(e.reg, e.ns, false)
+		return checkAheadReads.Load() != before
+	}
+	// converged runs the due sync, which must plan nothing, and the
+	// counted sync after it: the next is due again.
+	converged := func(when string) {
+		t.Helper()
+		if ops := e.apply(doc); len(ops) != 0 {
+			t.Fatalf("%s: the due sync plans\n%s", when, planText(ops))
+		}
+		e.apply(doc)
+	}
+	// cni commits d as a CNI request does (partial, not counted).
+	cni := func(d *spec.NFTable) {
+		t.Helper()
+		ops, err := e.r.PlanPartial(e.reg, e.ns, d)
+		if err != nil || len(ops) == 0 {
+			t.Fatalf("a CNI-like commit: %v, %d ops", err, len(ops))
+		}
+		e.run(ops)
+	}
+	e.apply(doc) // full
+	e.apply(doc)
+	e.apply(doc)
+	if !check() {
+		t.Fatal("the first check did not read the kernel")
+	}
+	converged("after the first check")
+
+	// Our own commits since (a pod's element out and back in): no read.
+	cni(fewer)
+	cni(doc)
+	if check() {
+		t.Error("a check after our own commits alone read the kernel")
+	}
+	converged("after a check that trusted the generation")
+
+	// Someone else's commit: read, drift found, repaired.
+	e.nft("delete", "element", "inet", "terway", "egress-dispatch", "{ "+ps[1].ip+" }")
+	if !check() {
+		t.Fatal("a check after another writer's commit did not read the kernel")
+	}
+	if got := planText(e.apply(doc)); !strings.Contains(got, ps[1].ip) {
+		t.Errorf("the drift found was not repaired; the sync plans\n%s", got)
+	}
+
+	// Repaired by a full plan: the next check reads again, and the one
+	// after trusts the generation until the last read is agreedFor old.
+	e.apply(doc)
+	e.apply(doc)
+	if !check() {
+		t.Fatal("the check after the repair did not read the kernel")
+	}
+	converged("after the check following the repair")
+	if check() {
+		t.Error("a check right after a clean read read the kernel")
+	}
+	converged("after a check that trusted the generation")
+	rec := record()
+	e.r.mu.Lock()
+	rec.agreedAt -= int64(agreedFor)
+	e.r.mu.Unlock()
+	if !check() {
+		t.Error("a check agreedFor after the last read did not read the kernel")
+	}
+	converged("after the check agreedFor later")
+
+	// After a failure the record is not to be trusted: no shortcut.
+	e.r.Invalidate(e.ns)
+	e.r.mu.Lock()
+	agreed := rec.agreed
+	e.r.mu.Unlock()
+	if agreed != nil {
+		t.Error("an invalidated record still holds the generation it agreed at")
+	}
+}
