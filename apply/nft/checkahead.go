@@ -90,9 +90,21 @@ func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 		// kernel alike; a failure since would have set full.
 		rec.syncs = 0
 		rec.checkedAt = monoNow()
-		rec.agreed, rec.agreedAt = &at, rec.checkedAt
+		if rec.version-at.version == rec.txns.Load()-at.txns {
+			// Only commits of ours since the read: an invalidation
+			// moves the version alone, and the record a full plan made
+			// after one is not the record this mark saw.
+			rec.agreed.Store(&agreement{mark: at, at: rec.checkedAt})
+		}
 	}
 	r.mu.Unlock()
+}
+
+// agreement is a mark at which the kernel was read and found as recorded,
+// and when (monoNow).
+type agreement struct {
+	mark
+	at int64
 }
 
 // agreedFor bounds how long a read that found the kernel as recorded
@@ -108,16 +120,22 @@ var checkAheadReads atomic.Int64
 // found it as recorded: the generation moved by exactly our transactions
 // since, each of them a commit the record's log names (no staged fill or
 // hop back), none under way (a staged plan's rename), and no failure
-// since (it clears agreed). Every nftables change in a namespace is a
-// transaction and moves its generation, so another writer, or one of ours
-// the record does not know, shows; what our own commits wrote was read
-// back by each of them. A table of 1,000 policies takes about 100 ms to
-// read and decode, the most of a converged resync's time at that size.
+// since (it clears agreed, as does a transaction of ours that left the
+// generation where it was: send). Every nftables change in a namespace is
+// a transaction and moves its generation, so another writer, or one of
+// ours the record does not know, shows. Each of our commits reads back
+// what it wrote (elements and sets whole, rewritten chains by their rule
+// count), in the commit or soon after it: a read-back left for later that
+// finds a difference invalidates the record then. A table of 1,000
+// policies takes about 120 ms to read and compare, most of a converged
+// full resync's time at that size. Where another program commits to the
+// namespace between two checks (kube-proxy's iptables-nft, firewalld),
+// the generation moves and every check reads, as before.
 func (r *Reconciler) stillAgreed(rec *record, now mark) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	a := rec.agreed
-	if a == nil || rec.full || len(rec.locked) > 0 || time.Duration(monoNow()-rec.agreedAt) >= agreedFor {
+	a := rec.agreed.Load()
+	if a == nil || rec.full || len(rec.locked) > 0 || time.Duration(monoNow()-a.at) >= agreedFor {
 		return false
 	}
 	ours := now.txns - a.txns

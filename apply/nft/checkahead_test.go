@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -195,8 +197,9 @@ func TestCheckAheadStandsForAFullPlan(t *testing.T) {
 // moved by our own commits alone concludes the same without reading the
 // table, and the due sync trusts the record. Another writer's commit moves
 // the generation: the check reads, finds the drift, and the sync repairs
-// it. So does a check when the last read is agreedFor old, and one after
-// a failure.
+// it, also when a commit of ours that changed nothing (the other writer
+// had put its element in) left the generation where that commit put it.
+// A check reads when the last read is agreedFor old, and after a failure.
 func TestCheckAheadTrustsAnUnmovedGeneration(t *testing.T) {
 	e := newEnv(t, "aheadgen")
 	e.r = New(Options{FullEvery: 3})
@@ -262,6 +265,39 @@ func TestCheckAheadTrustsAnUnmovedGeneration(t *testing.T) {
 	}
 	converged("after a check that trusted the generation")
 
+	// Someone else's one transaction puts in pod 3's element, which our
+	// record lacks, and takes out pod 1's; our commit of pod 3's element
+	// then changes nothing and leaves the generation where that
+	// transaction put it. Counted as ours, it would hide it: the check
+	// must read, and the sync repair pod 1's element.
+	cni(fewer)
+	var pod3 string
+	for _, l := range doc.Sets {
+		if l.Name == "egress-dispatch" {
+			el := l.Elements[len(l.Elements)-1]
+			pod3 = el.Key[0] + " : " + el.Verdict.Kind + " " + el.Verdict.Chain
+		}
+	}
+	batch := filepath.Join(t.TempDir(), "batch.nft")
+	if err := os.WriteFile(batch, []byte("add element inet terway egress-dispatch { "+pod3+" }\n"+
+		"delete element inet terway egress-dispatch { "+ps[1].ip+" }\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.nft("-f", batch)
+	cni(doc)
+	if !check() {
+		t.Fatal("a check after another writer's commit hidden by a no-op commit of ours did not read the kernel")
+	}
+	if got := planText(e.apply(doc)); !strings.Contains(got, ps[1].ip) {
+		t.Errorf("the drift found was not repaired; the sync plans\n%s", got)
+	}
+	e.apply(doc)
+	e.apply(doc)
+	if !check() {
+		t.Fatal("the check after the repair did not read the kernel")
+	}
+	converged("after the check following that repair")
+
 	// Someone else's commit: read, drift found, repaired.
 	e.nft("delete", "element", "inet", "terway", "egress-dispatch", "{ "+ps[1].ip+" }")
 	if !check() {
@@ -284,9 +320,8 @@ func TestCheckAheadTrustsAnUnmovedGeneration(t *testing.T) {
 	}
 	converged("after a check that trusted the generation")
 	rec := record()
-	e.r.mu.Lock()
-	rec.agreedAt -= int64(agreedFor)
-	e.r.mu.Unlock()
+	old := rec.agreed.Load()
+	rec.agreed.Store(&agreement{mark: old.mark, at: old.at - int64(agreedFor)})
 	if !check() {
 		t.Error("a check agreedFor after the last read did not read the kernel")
 	}
@@ -294,10 +329,7 @@ func TestCheckAheadTrustsAnUnmovedGeneration(t *testing.T) {
 
 	// After a failure the record is not to be trusted: no shortcut.
 	e.r.Invalidate(e.ns)
-	e.r.mu.Lock()
-	agreed := rec.agreed
-	e.r.mu.Unlock()
-	if agreed != nil {
+	if rec.agreed.Load() != nil {
 		t.Error("an invalidated record still holds the generation it agreed at")
 	}
 }

@@ -70,10 +70,32 @@ func (r *Reconciler) observe(c *conn, rec *record, want, have *table) (*table, *
 
 // send commits one transaction of ours (commitMu is held) and counts it.
 func (rec *record) send(c *conn, msgs []batchMsg, gen *genAt) error {
+	// While a read's agreement stands (stillAgreed), the generation is
+	// read around the transaction: the kernel skips one that changes
+	// nothing (elements there already, put there by someone else) without
+	// moving the generation, and counted as ours it would hide that
+	// someone else's commit. A generation other than our count expects
+	// before it, or not moved by one by it, ends the agreement; the next
+	// check reads the kernel.
+	a := rec.agreed.Load()
+	var before uint32
+	if a != nil {
+		g, err := getGen(c)
+		if err != nil || g-a.gen != uint32(rec.txns.Load()-a.txns) {
+			rec.agreed.CompareAndSwap(a, nil)
+			a = nil
+		}
+		before = g
+	}
 	if err := c.commit(msgs, gen.expected(rec)); err != nil {
 		return err
 	}
 	rec.txns.Add(1)
+	if a != nil {
+		if g, err := getGen(c); err != nil || g != before+1 {
+			rec.agreed.CompareAndSwap(a, nil)
+		}
+	}
 	return nil
 }
 

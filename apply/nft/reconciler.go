@@ -104,15 +104,14 @@ type record struct {
 	// lock, as before). The periodic sync's due count was reset by the
 	// check itself, as a full sync resets it.
 	checkedAt int64
-	// agreed is the mark at which a CheckAhead last read the kernel and
-	// found it as recorded, and agreedAt when (monoNow); nil when the
-	// record has not been so confirmed since it was last invalidated.
-	// While the ruleset generation has moved by our own logged commits
-	// alone since, the kernel cannot have changed otherwise, and a
-	// CheckAhead within agreedFor concludes so without reading it
-	// (checkahead.go).
-	agreed   *mark
-	agreedAt int64
+	// agreed is where a CheckAhead last read the kernel and found it as
+	// recorded; nil when the record has not been so confirmed since it was
+	// last invalidated, or when a transaction of ours since left the
+	// generation other than our count expects (send). While the ruleset
+	// generation has moved by our own logged commits alone since, the
+	// kernel cannot have changed otherwise, and a CheckAhead within
+	// agreedFor concludes so without reading it (checkahead.go).
+	agreed atomic.Pointer[agreement]
 	// version changes with every commit and invalidation; a plan made at
 	// an older version would diff against a stale record.
 	version uint64
@@ -297,7 +296,7 @@ func (r *Reconciler) Invalidate(netns string) {
 // mu is held.
 func (rec *record) invalidate() {
 	rec.full = true
-	rec.agreed = nil
+	rec.agreed.Store(nil)
 	rec.version++
 	rec.logged(logEntry{all: true})
 }

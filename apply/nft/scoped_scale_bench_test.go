@@ -69,7 +69,7 @@ func BenchmarkCheckAheadAtScale(b *testing.B) {
 			for b.Loop() {
 				if way == "read" {
 					e.r.mu.Lock()
-					e.r.records[e.ns].agreed = nil
+					e.r.records[e.ns].agreed.Store(nil)
 					e.r.mu.Unlock()
 				}
 				e.r.CheckAhead(e.reg, e.ns, true)
