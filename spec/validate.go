@@ -201,12 +201,14 @@ func (v *validator) rules(rules []Rule) {
 		if r.Priority < RulePriorityMin || r.Priority > RulePriorityMax {
 			v.add(item, "priority", "%d is outside our band %d-%d", r.Priority, RulePriorityMin, RulePriorityMax)
 		}
-		for field, value := range map[string]string{"from": r.From, "to": r.To} {
-			if value == "" {
+		// In this order: a map's would change the error's text from one
+		// Parse of the same document to the next.
+		for _, f := range [...]struct{ field, value string }{{"from", r.From}, {"to", r.To}} {
+			if f.value == "" {
 				continue
 			}
-			if p, err := netip.ParsePrefix(value); err != nil || !p.Addr().Is4() {
-				v.add(item, field, "%q is not an IPv4 CIDR", value)
+			if p, err := netip.ParsePrefix(f.value); err != nil || !p.Addr().Is4() {
+				v.add(item, f.field, "%q is not an IPv4 CIDR", f.value)
 			}
 		}
 		if r.From == "" && r.To == "" {
