@@ -58,6 +58,14 @@ func (a *Agent) admittedBy(t *testing.T, by string) uint64 {
 // observed is the count of a histogram with one label, at value.
 func (a *Agent) observed(t *testing.T, name, value string) uint64 {
 	t.Helper()
+	count, _, _ := a.seriesAt(t, name, value)
+	return count // 0 when none
+}
+
+// seriesAt reads the series of a metric with one label, at value: a
+// histogram's sample count, a counter's value, and whether it exists.
+func (a *Agent) seriesAt(t *testing.T, name, value string) (count uint64, counter float64, found bool) {
+	t.Helper()
 	mfs, err := a.m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -68,11 +76,11 @@ func (a *Agent) observed(t *testing.T, name, value string) uint64 {
 		}
 		for _, m := range mf.GetMetric() {
 			if m.GetLabel()[0].GetValue() == value {
-				return m.GetHistogram().GetSampleCount()
+				return m.GetHistogram().GetSampleCount(), m.GetCounter().GetValue(), true
 			}
 		}
 	}
-	return 0
+	return 0, 0, false
 }
 
 // admissionNode is a node with a server pod whose policy admits pods

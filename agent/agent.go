@@ -143,6 +143,7 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 		views: newRenderViews(),
 		held:  newHeldPeers(m.heldBack.Set), admitStop: make(chan struct{}), admitDone: make(chan struct{}),
 	}
+	m.reg.MustRegister(newNFTCheckCollector(a.eng))
 	go func() { defer close(a.admitDone); a.admissionLoop(a.admitStop) }()
 	a.runner = newRunner(a.sync, src.Synced, cfg.MinSyncInterval, cfg.ResyncInterval, a.clock)
 	// /plan has an engine of its own: its full plans read nftables back

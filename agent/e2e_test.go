@@ -97,6 +97,7 @@ func TestAgentEndToEnd(t *testing.T) {
 			"terway_reconcile_duration_seconds_count", "terway_plan_operations", "terway_allocations 20",
 			// Read from the kernel's rule counters: 20 well-behaved pods, nothing spoofed.
 			"terway_pod_spoofed_packets_total 0",
+			`terway_nft_full_checks_total{how="read"}`, `terway_nft_full_checks_total{how="generation"}`,
 		} {
 			if !strings.Contains(body, series) {
 				t.Errorf("/metrics lacks %q", series)

@@ -485,3 +485,67 @@ func syncedPodAgent(t *testing.T) (*Agent, *podSource, string, string) {
 	}
 	return a, src, node, podNetns
 }
+
+// TestFullResyncTrustsAnUnmovedGeneration: a full resync on a converged
+// node reads the host's nftables table once; the next ones, with nothing
+// but the agent's own commits since (a pod ADDed between), conclude from
+// the ruleset generation, and /metrics counts both. A commit of someone
+// else's makes the next full resync read, and repair what it changed.
+func TestFullResyncTrustsAnUnmovedGeneration(t *testing.T) {
+	nstest.RequireRoot(t)
+	a, src, node := podSourceAgent(t, "198.18.6.0/24", "198.19.6.1")
+	ctx := context.Background()
+	checks := func() (read, byGen uint64) {
+		t.Helper()
+		return a.observedCounter(t, "terway_nft_full_checks_total", "read"), a.observedCounter(t, "terway_nft_full_checks_total", "generation")
+	}
+	sync := func(when string) {
+		t.Helper()
+		if out := a.sync(ctx, true); out.Again {
+			t.Fatalf("%s: full resync: %+v", when, out)
+		}
+	}
+	sync("first")
+	sync("second") // converged: reads and agrees
+	read0, gen0 := checks()
+	if read0 == 0 {
+		t.Fatalf("after two full resyncs: %d reads, %d by the generation; want a read", read0, gen0)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", UID: "uid-a"}, Spec: corev1.PodSpec{NodeName: "node-1"}}
+	src.mu.Lock()
+	src.pods["x/a"] = pod
+	src.mu.Unlock()
+	if _, err := a.Add(ctx, &wire.Request{Command: wire.CmdAdd, ContainerID: "ctr-a", Netns: nstest.Netns(t, "a"), IfName: "eth0",
+		Args: wire.PodArgs{Namespace: "x", Name: "a", UID: "uid-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitAdmitted(t)
+	sync("after an ADD")
+	sync("again")
+	if read, byGen := checks(); read != read0 || byGen < gen0+2 {
+		t.Errorf("full resyncs after the agent's own commits: reads %d -> %d, by the generation %d -> %d; want no read, two by the generation",
+			read0, read, gen0, byGen)
+	}
+
+	// Someone else's commit: the next full resync reads and repairs.
+	want := nstest.Run(t, node, "nft", "list", "chain", "inet", "terway", "forward")
+	nstest.Run(t, node, "nft", "flush", "chain", "inet", "terway", "forward")
+	read1, _ := checks()
+	sync("after a foreign flush")
+	if read, _ := checks(); read != read1+1 {
+		t.Errorf("full resync after another writer's commit: reads %d -> %d, want one more", read1, read)
+	}
+	if out := nstest.Run(t, node, "nft", "list", "chain", "inet", "terway", "forward"); out != want || !strings.Contains(want, "vmap") {
+		t.Errorf("the flushed chain was not repaired:\n%s\nwant\n%s", out, want)
+	}
+}
+
+// observedCounter is the value of a counter with one label, at value.
+func (a *Agent) observedCounter(t *testing.T, name, value string) uint64 {
+	t.Helper()
+	_, v, ok := a.seriesAt(t, name, value)
+	if !ok {
+		t.Fatalf("no series %s{%q}", name, value)
+	}
+	return uint64(v)
+}

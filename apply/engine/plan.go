@@ -239,6 +239,9 @@ func (e *Engine) plan(ctx context.Context, w *work, opts PlanOptions) (*Plan, er
 // that a large change's staged fill lets it go first (nft.Reconciler.Expect).
 func (e *Engine) ExpectScoped() { e.nft.Expect(spec.HostNetns) }
 
+// NFTCheckCounts is nft.Reconciler.CheckCounts of the engine's reconciler.
+func (e *Engine) NFTCheckCounts() (read, byGeneration uint64) { return e.nft.CheckCounts() }
+
 // PrepareNFT does the CPU work of planning desired's nftables ahead (see
 // nft.Reconciler.Prepare), for a caller about to plan under a lock.
 // It also reads the kernel ahead when the plan will be a full one (full,

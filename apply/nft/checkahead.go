@@ -4,7 +4,6 @@ import (
 	"errors"
 	"maps"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -64,10 +63,11 @@ func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 		return
 	}
 	if r.stillAgreed(rec, before) {
+		r.checksByGeneration.Add(1)
 		clean = true
 		return
 	}
-	checkAheadReads.Add(1)
+	r.checksRead.Add(1)
 	kernel, _, err := observeOnce(c, sortedKeys(before.written.chains), true)
 	if err != nil || kernel == nil {
 		return
@@ -111,9 +111,6 @@ type agreement struct {
 // stands in for the next ones (record.agreed): a full resync reads the
 // table at least that often, whatever the generation says.
 const agreedFor = 5 * time.Minute
-
-// checkAheadReads counts CheckAhead's reads of the kernel, for tests.
-var checkAheadReads atomic.Int64
 
 // stillAgreed concludes a check without reading the kernel when nothing
 // but our own logged commits changed the ruleset since the last read that

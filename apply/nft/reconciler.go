@@ -85,6 +85,18 @@ type Reconciler struct {
 	// inject, for tests, rewrites a transaction before it is sent (to
 	// make the kernel refuse a message in its middle).
 	inject func([]batchMsg) []batchMsg
+	// checksRead and checksByGeneration count CheckAhead's conclusions by
+	// how they were reached: a read of the table, or the ruleset
+	// generation alone (stillAgreed). See CheckCounts.
+	checksRead, checksByGeneration atomic.Uint64
+}
+
+// CheckCounts returns how many checks ahead (CheckAhead) read the kernel
+// and how many concluded from the ruleset generation alone. A node where
+// another program commits to the namespace's nftables between resyncs
+// (kube-proxy's iptables-nft, say) reads every time.
+func (r *Reconciler) CheckCounts() (read, byGeneration uint64) {
+	return r.checksRead.Load(), r.checksByGeneration.Load()
 }
 
 // record is what we believe a namespace's kernel holds.
