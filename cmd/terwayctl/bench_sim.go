@@ -122,6 +122,11 @@ func runSim(ctx context.Context, o benchOptions, role string, pods int, extra fu
 		return f, fmt.Errorf("sim %s: %w", name, err)
 	}
 	fmt.Fprintf(o.log, "bench: sim %s: resync %.1f ms, %.1f writes; agent RSS %.1f MiB\n", name, f.resyncMs, f.writes, f.rssMiB)
+	if read, byGen, err := nftFullChecks(ctx, st); err == nil {
+		// Whether the resyncs above read the nftables table or trusted
+		// its generation (terway_nft_full_checks_total), since the start.
+		fmt.Fprintf(o.log, "bench: sim %s: full syncs' nftables checks so far: %.0f read the table, %.0f by its generation\n", name, read, byGen)
+	}
 	if err := extra(st, f); err != nil {
 		return f, fmt.Errorf("sim %s: %w", name, err)
 	}
@@ -230,6 +235,40 @@ func agentCounters(ctx context.Context, st *sim.State) (map[string]float64, erro
 		return nil, errors.New("the agent exports no terway_kernel_writes_total: rebuild terwayd (make build)")
 	}
 	return m, nil
+}
+
+// nftFullChecks reads terway_nft_full_checks_total from the sim's agent:
+// the full syncs' checks that read the nftables table, and those that
+// concluded from its generation.
+func nftFullChecks(ctx context.Context, st *sim.State) (read, byGen float64, err error) {
+	code, body, err := st.AgentGet(ctx, "/metrics")
+	if err != nil {
+		return 0, 0, err
+	}
+	if code != 200 {
+		return 0, 0, fmt.Errorf("agent /metrics: status %d", code)
+	}
+	found := 0
+	for _, line := range strings.Split(body, "\n") {
+		series, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			continue
+		}
+		switch series {
+		case `terway_nft_full_checks_total{how="read"}`:
+			read, found = v, found+1
+		case `terway_nft_full_checks_total{how="generation"}`:
+			byGen, found = v, found+1
+		}
+	}
+	if found != 2 {
+		return 0, 0, errors.New("the agent exports no terway_nft_full_checks_total: rebuild terwayd (make build)")
+	}
+	return read, byGen, nil
 }
 
 // agentRSS is the resident set of the sim's terwayd, in MiB.
