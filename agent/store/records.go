@@ -213,7 +213,7 @@ func (t *txn) put(a *spec.Allocation, ip netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	t.s.writes.note(k, &stored)
+	t.s.writes.note(AttachmentOf(stored), &stored)
 	if err := t.pods.Put([]byte(pod), k); err != nil {
 		return fmt.Errorf("pod %s: write pod index: %w", pod, err)
 	}
@@ -247,7 +247,7 @@ func (t *txn) remove(a spec.Allocation, k []byte) error {
 	if err := t.allocs.Delete(k); err != nil {
 		return fmt.Errorf("pod %s: remove allocation %s: %w", PodKey(a.Metadata), k, err)
 	}
-	t.s.writes.note(k, nil)
+	t.s.writes.note(AttachmentOf(a), nil)
 	// Its decoding goes with it: List, which follows writes, no longer
 	// walks every record to prune them (a transaction rolled back only
 	// costs a decoding).
@@ -257,23 +257,23 @@ func (t *txn) remove(a spec.Allocation, k []byte) error {
 	return nil
 }
 
-// allocWrites are a write transaction's allocations by record key: the
+// allocWrites are a write transaction's allocations by attachment: the
 // record now, nil when removed.
 type allocWrites struct {
 	txID    int
 	changed map[Attachment]*spec.Allocation
 }
 
-// note records a write of record k; w is nil outside Store.update.
-func (w *allocWrites) note(k []byte, a *spec.Allocation) {
+// note records a write of the record of attachment at: the record now,
+// nil when removed; w is nil outside Store.update.
+func (w *allocWrites) note(at Attachment, a *spec.Allocation) {
 	if w == nil {
 		return
 	}
 	if w.changed == nil {
 		w.changed = map[Attachment]*spec.Allocation{}
 	}
-	id, ifName, _ := strings.Cut(string(k), "/") // see Attachment.key
-	w.changed[Attachment{ContainerID: id, IfName: ifName}] = a
+	w.changed[at] = a
 }
 
 // followWrites makes List's last answer that of the transaction w

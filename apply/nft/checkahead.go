@@ -88,8 +88,7 @@ func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 	if !rec.full {
 		// Our commits since the end of the read kept the record and the
 		// kernel alike; a failure since would have set full.
-		rec.syncs = 0
-		rec.checkedAt = monoNow()
+		rec.checked()
 		if rec.version-at.version == rec.txns.Load()-at.txns {
 			// Only commits of ours since the read: an invalidation
 			// moves the version alone, and the record a full plan made
@@ -139,9 +138,16 @@ func (r *Reconciler) stillAgreed(rec *record, now mark) bool {
 	if ours != now.version-a.version || now.gen-a.gen != uint32(ours) {
 		return false
 	}
+	rec.checked()
+	return true
+}
+
+// checked records that a check found the kernel as recorded now: the next
+// full plan trusts the record, as a full sync finding no drift would have
+// (checkedAt), and the periodic one is due as after a full sync. mu is held.
+func (rec *record) checked() {
 	rec.syncs = 0
 	rec.checkedAt = monoNow()
-	return true
 }
 
 // checkRereadMax is the largest set CheckAhead reads again with commits

@@ -244,6 +244,25 @@ func TestCheckAheadTrustsAnUnmovedGeneration(t *testing.T) {
 		}
 		e.apply(doc)
 	}
+	// repaired checks, after someone else deleted pod 1's element (what),
+	// that the due check reads, the sync puts the element back, and the
+	// check due after that repair reads again (the generation moved by
+	// that other commit); then it converges.
+	repaired := func(what string) {
+		t.Helper()
+		if !check() {
+			t.Fatalf("a check after %s did not read the kernel", what)
+		}
+		if got := planText(e.apply(doc)); !strings.Contains(got, ps[1].ip) {
+			t.Errorf("after %s, the drift found was not repaired; the sync plans\n%s", what, got)
+		}
+		e.apply(doc)
+		e.apply(doc)
+		if !check() {
+			t.Fatalf("after %s, the check after the repair did not read the kernel", what)
+		}
+		converged("after the check following the repair of " + what)
+	}
 	// cni commits d as a CNI request does (partial, not counted).
 	cni := func(d *spec.NFTable) {
 		t.Helper()
@@ -289,36 +308,13 @@ func TestCheckAheadTrustsAnUnmovedGeneration(t *testing.T) {
 	}
 	e.nft("-f", batch)
 	cni(doc)
-	if !check() {
-		t.Fatal("a check after another writer's commit hidden by a no-op commit of ours did not read the kernel")
-	}
-	if got := planText(e.apply(doc)); !strings.Contains(got, ps[1].ip) {
-		t.Errorf("the drift found was not repaired; the sync plans\n%s", got)
-	}
-	e.apply(doc)
-	e.apply(doc)
-	if !check() {
-		t.Fatal("the check after the repair did not read the kernel")
-	}
-	converged("after the check following that repair")
+	repaired("another writer's commit hidden by a no-op commit of ours")
 
-	// Someone else's commit: read, drift found, repaired.
+	// Someone else's commit: read, drift found, repaired. The check after
+	// the repair reads again, and the one after it trusts the generation
+	// until the last read is agreedFor old.
 	e.nft("delete", "element", "inet", "terway", "egress-dispatch", "{ "+ps[1].ip+" }")
-	if !check() {
-		t.Fatal("a check after another writer's commit did not read the kernel")
-	}
-	if got := planText(e.apply(doc)); !strings.Contains(got, ps[1].ip) {
-		t.Errorf("the drift found was not repaired; the sync plans\n%s", got)
-	}
-
-	// Repaired by a full plan: the next check reads again, and the one
-	// after trusts the generation until the last read is agreedFor old.
-	e.apply(doc)
-	e.apply(doc)
-	if !check() {
-		t.Fatal("the check after the repair did not read the kernel")
-	}
-	converged("after the check following the repair")
+	repaired("another writer's commit")
 	if check() {
 		t.Error("a check right after a clean read read the kernel")
 	}

@@ -74,18 +74,17 @@ func (rec *record) send(c *conn, msgs []batchMsg, gen *genAt) error {
 	// read around the transaction: the kernel skips one that changes
 	// nothing (elements there already, put there by someone else) without
 	// moving the generation, and counted as ours it would hide that
-	// someone else's commit. A generation other than our count expects
-	// before it, or not moved by one by it, ends the agreement; the next
-	// check reads the kernel.
+	// someone else's commit from stillAgreed's count. A transaction that
+	// did not move it by one ends the agreement; the next check reads the
+	// kernel. (Someone else's commits before it are stillAgreed's to see.)
 	a := rec.agreed.Load()
 	var before uint32
 	if a != nil {
-		g, err := getGen(c)
-		if err != nil || g-a.gen != uint32(rec.txns.Load()-a.txns) {
+		var err error
+		if before, err = getGen(c); err != nil {
 			rec.agreed.CompareAndSwap(a, nil)
 			a = nil
 		}
-		before = g
 	}
 	if err := c.commit(msgs, gen.expected(rec)); err != nil {
 		return err

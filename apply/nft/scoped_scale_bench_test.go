@@ -6,6 +6,7 @@ import (
 
 	"github.com/terway-reconciler/terway/internal/synth"
 	"github.com/terway-reconciler/terway/render"
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // BenchmarkScopedAddPlanAtScale plans a CNI ADD's nftables on a node of
@@ -22,14 +23,7 @@ func BenchmarkScopedAddPlanAtScale(b *testing.B) {
 	in.PeersHeldBack = map[string]bool{key: true}
 	before := in
 	before.Allocations = in.Allocations[:len(in.Allocations)-1]
-	was, err := render.Render(before)
-	if err != nil {
-		b.Fatal(err)
-	}
-	now, err := render.Render(in)
-	if err != nil {
-		b.Fatal(err)
-	}
+	was, now := mustRender(b, before), mustRender(b, in)
 	e := newEnv(b, "bsaddscale")
 	e.r = New(Options{FullEvery: math.MaxInt})
 	e.apply(was.NFTables)
@@ -55,10 +49,7 @@ func BenchmarkScopedAddPlanAtScale(b *testing.B) {
 //	go test -run '^$' -bench CheckAheadAtScale ./apply/nft/
 func BenchmarkCheckAheadAtScale(b *testing.B) {
 	in := synth.Cluster(synth.Params{LocalPods: 250, RemotePods: 250, Policies: 1000, Namespaces: 20, Seed: 1})
-	doc, err := render.Render(in)
-	if err != nil {
-		b.Fatal(err)
-	}
+	doc := mustRender(b, in)
 	e := newEnv(b, "bcheckscale")
 	e.r = New(Options{FullEvery: math.MaxInt})
 	e.apply(doc.NFTables)
@@ -81,4 +72,13 @@ func BenchmarkCheckAheadAtScale(b *testing.B) {
 			b.ReportMetric(float64(now-reads)/float64(b.N), "reads/op")
 		})
 	}
+}
+
+func mustRender(b *testing.B, in render.Inputs) *spec.NodeState {
+	b.Helper()
+	state, err := render.Render(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return state
 }
