@@ -212,7 +212,8 @@ func measureResync(ctx context.Context, st *sim.State, interval time.Duration) (
 	return 1000 * sum / n, w / n, nil
 }
 
-// agentCounters reads the unlabelled series of the agent's /metrics.
+// agentCounters reads the agent's /metrics, by series as printed (the
+// name, with its labels if any).
 func agentCounters(ctx context.Context, st *sim.State) (map[string]float64, error) {
 	code, body, err := st.AgentGet(ctx, "/metrics")
 	if err != nil {
@@ -224,7 +225,7 @@ func agentCounters(ctx context.Context, st *sim.State) (map[string]float64, erro
 	m := map[string]float64{}
 	for _, line := range strings.Split(body, "\n") {
 		name, value, ok := strings.Cut(line, " ")
-		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+		if !ok || strings.HasPrefix(name, "#") {
 			continue
 		}
 		if v, err := strconv.ParseFloat(value, 64); err == nil {
@@ -241,31 +242,13 @@ func agentCounters(ctx context.Context, st *sim.State) (map[string]float64, erro
 // the full syncs' checks that read the nftables table, and those that
 // concluded from its generation.
 func nftFullChecks(ctx context.Context, st *sim.State) (read, byGen float64, err error) {
-	code, body, err := st.AgentGet(ctx, "/metrics")
+	m, err := agentCounters(ctx, st)
 	if err != nil {
 		return 0, 0, err
 	}
-	if code != 200 {
-		return 0, 0, fmt.Errorf("agent /metrics: status %d", code)
-	}
-	found := 0
-	for _, line := range strings.Split(body, "\n") {
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			continue
-		}
-		switch series {
-		case `terway_nft_full_checks_total{how="read"}`:
-			read, found = v, found+1
-		case `terway_nft_full_checks_total{how="generation"}`:
-			byGen, found = v, found+1
-		}
-	}
-	if found != 2 {
+	read, okRead := m[`terway_nft_full_checks_total{how="read"}`]
+	byGen, okGen := m[`terway_nft_full_checks_total{how="generation"}`]
+	if !okRead || !okGen {
 		return 0, 0, errors.New("the agent exports no terway_nft_full_checks_total: rebuild terwayd (make build)")
 	}
 	return read, byGen, nil
