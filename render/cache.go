@@ -115,11 +115,12 @@ type policyEntry struct {
 }
 
 // podView is what policies see of a pod: its object (labels, ports), its
-// address as a peer, and whether it is a target (local, network rendered)
-// or awaiting its ADD here (podInfo.awaiting).
+// address as a peer and whether it is pinned, and whether it is a target
+// (local, network rendered) or awaiting its ADD here (podInfo.awaiting).
 type podView struct {
 	pod      *corev1.Pod
 	peerIP   netip.Addr
+	pinned   bool // peerPinned: how its address merges with others
 	target   bool
 	awaiting bool
 }
@@ -280,7 +281,7 @@ func (k *Cache) comparePods(c *policyCompiler) {
 	views := make(map[string]podView, len(k.views))
 	for _, p := range c.r.pods {
 		if p.pod != nil {
-			views[p.key] = podView{pod: p.pod, peerIP: c.peerIP(p), target: p.entry != nil, awaiting: p.awaiting()}
+			views[p.key] = podView{pod: p.pod, peerIP: c.peerIP(p), pinned: peerPinned(p), target: p.entry != nil, awaiting: p.awaiting()}
 		}
 	}
 	for key, v := range views {

@@ -204,6 +204,21 @@ func (c *churn) step() string {
 		a := in.Allocations[c.pick(len(in.Allocations))]
 		held[a.Metadata.Namespace+"/"+a.Metadata.Name] = true
 		in.PeersHeldBack = held
+		if c.pick(2) == 0 {
+			// Departing addresses, right or not: of pods with or without
+			// an allocation or an object, taken or free, or no address.
+			departing := map[string]string{}
+			for range c.pick(3) {
+				key := a.Metadata.Namespace + "/" + a.Metadata.Name
+				if len(in.Pods) > 0 && c.pick(2) == 0 {
+					p := in.Pods[c.pick(len(in.Pods))]
+					key = p.Namespace + "/" + p.Name
+				}
+				departing[key] = []string{c.freeIP(), a.Spec.IP, "198.18.0.300"}[c.pick(3)]
+			}
+			in.PeersDeparting = departing
+			return "peers held back and departing"
+		}
 		return "peers held back"
 	case n < 97:
 		if len(in.Policies) > 0 {

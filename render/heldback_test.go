@@ -84,16 +84,7 @@ func TestHeldBackPodIsNoPeer(t *testing.T) {
 		render := func(held map[string]bool) *spec.NodeState {
 			in := in
 			in.PeersHeldBack = held
-			var s *spec.NodeState
-			if k == nil {
-				s, err = Render(in)
-			} else {
-				s, err = k.Render(in)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
+			return mustRender(t, k, in)
 		}
 		heldB := render(map[string]bool{"x/b": true})
 		if got := peerSets(heldB, "198.18.0.11"); len(got) != 0 {

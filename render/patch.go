@@ -18,9 +18,10 @@ import (
 // every pod, policy and group to put the document together: 4 to 5 ms at
 // 250 pods and 1,000 policies, for a CNI ADD whose pod changes a handful of
 // the document's items. When only some pods changed since the last render,
-// and none of them is or was any policy's peer (a local pod is one only
-// once admitted, Inputs.PeersHeldBack: so every ADD, and every DEL of a pod
-// not admitted yet), no policy's rules change: what each changed pod adds
+// and none of them changed as any policy's peer (a local pod is one only
+// once admitted, Inputs.PeersHeldBack: so every ADD; and a DEL leaves its
+// pod's address a peer until the agent withdraws it,
+// Inputs.PeersDeparting), no policy's rules change: what each changed pod adds
 // to the document is its own datapath, its own problems, its entry, its
 // elements in the dispatch sets, and its membership of the policy groups
 // of the policies that select it (a policy whose rules are not resolved,
@@ -33,7 +34,8 @@ import (
 //
 // A pod's namespace without a Namespace object becomes a namespace
 // selectors see (namespaceLabels) with its first pod, but selectors only
-// look for peers there, and a patched pod is none.
+// look for peers there, and a patched pod is none, or was one before with
+// the same object.
 //
 // In eni-multi-ip mode the eni section (the IPs in use, the idle pool,
 // the ENIs to add or release) counts every pod: a patch computes it again
@@ -42,11 +44,12 @@ import (
 // inputs for what changed does.
 //
 // Anything else renders whole, as before: another configuration or Node,
-// a changed policy, namespace or ENI, a pod that is or was a peer, an
+// a changed policy, namespace or ENI, a pod whose peer role changed, an
 // exclusive ENI pod, a document where one pod's input decided another's
 // (renderer.crossPod), a pod whose address or interface an unchanged pod
-// holds, or an item whose key the document already has. TestCachePatchMatchesRender compares
-// renders, patched or not, with renders from scratch.
+// holds, or an item whose key the document already has.
+// TestCachePatchMatchesRender compares renders, patched or not, with
+// renders from scratch.
 
 // maxPatchedPods bounds the pods one patch changes: a batch of ADDs is a
 // patch, a resync after a burst of changes renders whole.
@@ -64,6 +67,7 @@ type patchBase struct {
 	policies   []*networkingv1.NetworkPolicy
 	enis       []spec.ENI
 	heldBack   map[string]bool
+	departing  map[string]string
 
 	pods    map[string]*patchPod // every pod of the render, by key
 	objects int                  // pods with an object
@@ -94,6 +98,7 @@ type patchPod struct {
 
 	local    bool
 	peer     netip.Addr      // its address as a policy peer; invalid: none
+	pinned   bool            // peerPinned
 	entry    *spec.Pod       // its entry in the document; nil: no network
 	part     *spec.NodeState // what its datapath added (problems aside)
 	problems []spec.Problem  // its own problems in the document
@@ -122,8 +127,8 @@ func (k *Cache) keepBase(r *renderer, in Inputs) {
 	b := &patchBase{
 		doc: r.state, cfg: r.cfg, node: in.Node, podCIDR: r.podCIDR, nodeIPs: r.nodeIPs,
 		namespaces: slices.Clone(in.Namespaces), policies: slices.Clone(in.Policies), enis: slices.Clone(in.ENIs),
-		heldBack: maps.Clone(in.PeersHeldBack),
-		pods:     make(map[string]*patchPod, len(r.pods)), groups: r.groups, targets: make(map[*policyEntry]int, len(r.entries)),
+		heldBack: maps.Clone(in.PeersHeldBack), departing: maps.Clone(in.PeersDeparting),
+		pods: make(map[string]*patchPod, len(r.pods)), groups: r.groups, targets: make(map[*policyEntry]int, len(r.entries)),
 		owners: make(map[netip.Addr]string, len(r.ipOwners)), slots: map[string]string{},
 	}
 	for _, p := range r.state.Problems {
@@ -155,7 +160,7 @@ func (b *patchBase) put(r *renderer, p *podInfo, problems []spec.Problem) {
 	pp := &patchPod{obj: p.pod, objGen: b.gen, allocGen: b.gen, local: p.local, entry: p.entry, part: p.part,
 		problems: problems, groups: p.groups, awaits: p.awaiting()}
 	if p.pod != nil {
-		pp.peer = r.peerIP(p)
+		pp.peer, pp.pinned = r.peerIP(p), peerPinned(p)
 		b.objects++
 	}
 	if p.alloc != nil {
@@ -218,8 +223,8 @@ type podChange struct {
 	alloc *spec.Allocation
 }
 
-// changedPods finds the pods whose object, allocation or holding back
-// changed since the last document. ok is false when in lists a pod or an
+// changedPods finds the pods whose object, allocation, holding back or
+// departing address changed since the last document. ok is false when in lists a pod or an
 // allocation twice, or more than maxPatchedPods changed.
 func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 	b.gen++
@@ -305,6 +310,16 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 			note(key)
 		}
 	}
+	for key, addr := range in.PeersDeparting {
+		if addr != b.departing[key] {
+			note(key)
+		}
+	}
+	for key, addr := range b.departing {
+		if addr != in.PeersDeparting[key] {
+			note(key)
+		}
+	}
 	if len(changes) > maxPatchedPods {
 		return nil, false
 	}
@@ -323,7 +338,7 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 }
 
 // sameInputsBut tells whether in has the last document's inputs but for
-// its pods, allocations and pods held back.
+// its pods, allocations, pods held back and departing pods.
 func (b *patchBase) sameInputsBut(in Inputs, cfg Config) bool {
 	return cfg == b.cfg && in.Node == b.node && slices.Equal(in.Policies, b.policies) &&
 		slices.Equal(in.Namespaces, b.namespaces) &&
@@ -390,6 +405,7 @@ func (b *patchBase) renderChanged(k *Cache, in Inputs, cfg Config, changes map[s
 		}
 	}
 	r.indexPods(objs, allocs)
+	r.indexDeparting(in.PeersDeparting)
 	for _, p := range r.pods {
 		if p.alloc == nil {
 			continue
@@ -410,12 +426,31 @@ func (b *patchBase) renderChanged(k *Cache, in Inputs, cfg Config, changes map[s
 		return nil, false
 	}
 	for key := range changes {
-		before, after := b.pods[key], r.byKey[key]
-		if before != nil && before.peer.IsValid() || after != nil && after.pod != nil && r.peerIP(after).IsValid() {
+		if !b.samePeer(r, key) {
 			return nil, false
 		}
 	}
 	return r, true
+}
+
+// samePeer tells whether pod key is what it was to the policies as a
+// peer: none before and after, or the same object with the same address,
+// pinned alike (the DEL of an admitted pod whose address departs,
+// Inputs.PeersDeparting). Then no policy's rules change.
+func (b *patchBase) samePeer(r *renderer, key string) bool {
+	var was, is netip.Addr
+	var wasPinned, isPinned bool
+	var wasObj, isObj *corev1.Pod
+	if before := b.pods[key]; before != nil {
+		was, wasPinned, wasObj = before.peer, before.pinned, before.obj
+	}
+	if after := r.byKey[key]; after != nil && after.pod != nil {
+		is, isPinned, isObj = r.peerIP(after), peerPinned(after), after.pod
+	}
+	if !was.IsValid() && !is.IsValid() {
+		return true
+	}
+	return was == is && wasPinned == isPinned && wasObj == isObj
 }
 
 // splice makes the patched document: the changed pods' items out, their
@@ -525,7 +560,7 @@ func dispatchElements(e *spec.Pod, local bool, into map[string][]spec.NFTElement
 func (b *patchBase) update(k *Cache, r *renderer, in Inputs, changes map[string]*podChange, p *podPolicies,
 	problems map[string][]spec.Problem, doc *spec.NodeState) {
 	b.doc = doc
-	b.heldBack = maps.Clone(in.PeersHeldBack)
+	b.heldBack, b.departing = maps.Clone(in.PeersHeldBack), maps.Clone(in.PeersDeparting)
 	for key := range changes {
 		b.drop(key)
 	}

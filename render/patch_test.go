@@ -32,10 +32,24 @@ func (c *churn) agentStep() string {
 	for i, a := range in.Allocations {
 		allocated[a.Metadata.Namespace+"/"+a.Metadata.Name] = i
 	}
+	depart := func(change func(map[string]string)) {
+		departing := maps.Clone(in.PeersDeparting)
+		if departing == nil {
+			departing = map[string]string{}
+		}
+		change(departing)
+		in.PeersDeparting = departing
+	}
 	var heldPods []int // indexes in in.Pods of pods held back
+	var admitted []int // indexes in in.Allocations of pods admitted
 	for i, p := range in.Pods {
 		if in.PeersHeldBack[p.Namespace+"/"+p.Name] {
 			heldPods = append(heldPods, i)
+		}
+	}
+	for i, a := range in.Allocations {
+		if !in.PeersHeldBack[a.Metadata.Namespace+"/"+a.Metadata.Name] {
+			admitted = append(admitted, i)
 		}
 	}
 	switch n := c.pick(100); {
@@ -67,7 +81,22 @@ func (c *churn) agentStep() string {
 			hold(func(m map[string]bool) { delete(m, key) })
 		}
 		return "DEL of a pod held back"
-	case n < 50:
+	case n < 45 && len(admitted) > 0:
+		i := admitted[c.pick(len(admitted))]
+		a := in.Allocations[i]
+		in.Allocations = slices.Delete(slices.Clone(in.Allocations), i, i+1)
+		depart(func(m map[string]string) { m[a.Metadata.Namespace+"/"+a.Metadata.Name] = a.Spec.IP })
+		return "DEL of an admitted pod, its address departing"
+	case n < 47 && len(in.PeersDeparting) > 0:
+		depart(func(m map[string]string) {
+			for key := range m {
+				if c.pick(2) == 0 {
+					delete(m, key)
+				}
+			}
+		})
+		return "departing addresses withdrawn"
+	case n < 52:
 		hold(func(m map[string]bool) {
 			for key := range m {
 				if c.pick(2) == 0 {
@@ -223,6 +252,9 @@ func (c *churn) freeIP() string {
 	for _, a := range c.in.Allocations {
 		used[a.Spec.IP] = true
 	}
+	for _, ip := range c.in.PeersDeparting {
+		used[ip] = true // the agent gives a departing address to no pod
+	}
 	start := c.pick(252)
 	for i := range 252 {
 		ip := fmt.Sprintf("198.18.0.%d", 2+(start+i)%252)
@@ -244,6 +276,7 @@ func TestCachePatchMatchesRender(t *testing.T) {
 		steps = 200
 	}
 	total, patched, podPatches, eniPatches := 0, 0, 0, 0
+	departs, departPatches := 0, 0 // DELs of admitted pods, their addresses departing
 	for walk := range walks {
 		c := newChurn(uint64(100 + walk))
 		for range 40 {
@@ -261,7 +294,14 @@ func TestCachePatchMatchesRender(t *testing.T) {
 			if want, _ := matchesScratch(t, k, c.in, fmt.Sprintf("walk %d step %d", walk, step), history); want == nil {
 				continue
 			}
+			departed := history[len(history)-1] == "DEL of an admitted pod, its address departing"
+			if departed {
+				departs++
+			}
 			if st := k.Stats(); st.Patched {
+				if departed {
+					departPatches++
+				}
 				patched++
 				if st.PodsPatched > 0 {
 					podPatches++
@@ -277,6 +317,10 @@ func TestCachePatchMatchesRender(t *testing.T) {
 	if podPatches*5 < total || eniPatches*5 < total/3 {
 		t.Errorf("%d of %d renders were patches that changed pods, %d in eni-multi-ip mode: too few to prove the patch right",
 			podPatches, total, eniPatches)
+	}
+	t.Logf("%d of %d DELs of admitted pods whose addresses depart were patches", departPatches, departs)
+	if departPatches*2 < departs {
+		t.Errorf("only %d of %d DELs of admitted pods whose addresses depart were patches", departPatches, departs)
 	}
 }
 

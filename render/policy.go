@@ -371,21 +371,28 @@ func (c *policyCompiler) isPeer(peer *parsedPeer, p *podInfo) bool {
 
 // peerIP is the address a pod has as a policy peer: local pods only once
 // their network rendered and they are not held back (Inputs.PeersHeldBack),
-// other pods by status.podIP.
+// or while departing (Inputs.PeersDeparting), other pods by status.podIP.
 func (c *policyCompiler) peerIP(p *podInfo) netip.Addr { return c.r.peerIP(p) }
 
 func (r *renderer) peerIP(p *podInfo) netip.Addr {
-	if p.local && (p.entry == nil || r.heldBack[p.key]) {
+	switch {
+	case p.departing.IsValid():
+		return p.departing
+	case p.local && (p.entry == nil || r.heldBack[p.key]):
 		return netip.Addr{}
 	}
 	return p.ip
 }
 
+// peerPinned tells whether a pod's peer address is pinned (see span): a
+// pod on this node with its network, or departing from it.
+func peerPinned(p *podInfo) bool { return p.local && p.entry != nil || p.departing.IsValid() }
+
 // peerSpan is a peer pod's address as a span, pinned when the pod is on
 // this node (see span).
 func (c *policyCompiler) peerSpan(p *podInfo) span {
 	s := addrSpan(c.peerIP(p))
-	s.pin = p.local && p.entry != nil
+	s.pin = peerPinned(p)
 	return s
 }
 

@@ -43,6 +43,14 @@ type Inputs struct {
 	// admission.go), so that an ADD writes its pod's part alone. Holding a
 	// pod back only ever admits less.
 	PeersHeldBack map[string]bool
+	// PeersDeparting are local pods (namespace/name) whose network is gone
+	// (their CNI DEL came) but whose address, given here, stays in the
+	// peer sets that held it until the agent withdraws it (agent:
+	// withdrawal.go): so that a DEL writes its pod's own part alone, as an
+	// ADD does. The agent gives the address to no other pod meanwhile, so
+	// nothing can send from it. A pod with an allocation, or without an
+	// object, has no departing peer role.
+	PeersDeparting map[string]string
 }
 
 // ExclusiveENIResource is the extended resource a pod requests to get a
@@ -98,6 +106,9 @@ type podInfo struct {
 	// (ingress, egress): for a patch of the document.
 	part   *spec.NodeState
 	groups [2]string
+	// departing is the address of a pod whose network is gone but whose
+	// peer role stays (Inputs.PeersDeparting); invalid otherwise.
+	departing netip.Addr
 }
 
 // awaiting tells that p is a pod scheduled here whose CNI ADD has not come
@@ -152,6 +163,7 @@ func render(in Inputs, k *Cache) (*spec.NodeState, error) {
 	r.nodeIPs = nodeInternalIPs(in.Node)
 	r.indexENIs(in.ENIs)
 	r.indexPods(in.Pods, in.Allocations)
+	r.indexDeparting(in.PeersDeparting)
 	r.nsList = sortedCopy(in.Namespaces, func(n *corev1.Namespace) string { return n.Name })
 
 	r.hostSysctls()
@@ -291,6 +303,21 @@ func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
 	for _, p := range r.pods {
 		ns, _ := splitKey(p.key)
 		r.byNS[ns] = append(r.byNS[ns], p)
+	}
+}
+
+// indexDeparting gives the departing pods their addresses as peers
+// (Inputs.PeersDeparting): only a pod object without an allocation, not
+// on the host's network, has one.
+func (r *renderer) indexDeparting(departing map[string]string) {
+	for key, addr := range departing {
+		p := r.byKey[key]
+		if p == nil || p.pod == nil || p.alloc != nil || p.pod.Spec.HostNetwork {
+			continue
+		}
+		if ip, err := netip.ParseAddr(addr); err == nil && ip.Is4() {
+			p.departing = ip
+		}
 	}
 }
 
