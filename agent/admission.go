@@ -209,16 +209,7 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 	// Labelled so that a CPU profile (/debug/pprof) tells the admission's
 	// work from the ADDs' beside it: -tagfocus=work=admission.
 	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("work", "admission")))
-	sleep := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-stop:
-			return false
-		case <-t.C:
-			return true
-		}
-	}
+	sleep := func(d time.Duration) bool { return sleepUnless(stop, d) }
 	for {
 		select {
 		case <-stop:
@@ -282,6 +273,18 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 	}
 }
 
+// sleepUnless sleeps for d, or until stop closes: false then.
+func sleepUnless(stop <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-stop:
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // renderedAhead is an admission step's render ahead (preRenderAdmission):
 // the pods it admitted, its cache, and the pin's moves when it chose its
 // policies.
@@ -315,7 +318,7 @@ func (a *Agent) preRenderAdmission(keys []string) *renderedAhead {
 	for _, k := range keys {
 		delete(held, k)
 	}
-	if _, err := a.renderWith(cache, snap, policies, allocs, held); err != nil {
+	if _, err := a.renderWith(cache, snap, policies, allocs, held, a.departing.snapshot()); err != nil {
 		return nil
 	}
 	return &renderedAhead{keys: keys, cache: cache, seq: seq}

@@ -43,7 +43,8 @@ func (a *Agent) waitAdmitted(tb testing.TB) {
 	}
 }
 
-// stopAdmissionLoop ends the admission loop: the test admits by hand.
+// stopAdmissionLoop ends the admission loop, and the withdrawal loop
+// with it (withdrawal.go): the test admits and withdraws by hand.
 func (a *Agent) stopAdmissionLoop() {
 	a.closeOnce.Do(func() { close(a.admitStop) })
 	<-a.admitDone
@@ -62,8 +63,9 @@ func (a *Agent) observed(t *testing.T, name, value string) uint64 {
 	return count // 0 when none
 }
 
-// seriesAt reads the series of a metric with one label, at value: a
-// histogram's sample count, a counter's value, and whether it exists.
+// seriesAt reads the series of a metric with one label, at value (with
+// none, value ""): a histogram's sample count, a counter's value, and
+// whether it exists.
 func (a *Agent) seriesAt(t *testing.T, name, value string) (count uint64, counter float64, found bool) {
 	t.Helper()
 	mfs, err := a.m.reg.Gather()
@@ -75,7 +77,7 @@ func (a *Agent) seriesAt(t *testing.T, name, value string) (count uint64, counte
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == value {
+			if l := m.GetLabel(); len(l) == 0 && value == "" || len(l) > 0 && l[0].GetValue() == value {
 				return m.GetHistogram().GetSampleCount(), m.GetCounter().GetValue(), true
 			}
 		}
@@ -178,6 +180,13 @@ func (n *admissionNode) pendingAdmission() []string {
 	held := n.a.held.release(keys...)
 	st, _, err := n.a.renderSettled()
 	n.a.held.restore(held)
+	return n.nftPlanOf(st, err)
+}
+
+// nftPlanOf returns what a full nftables plan of st would write, one
+// operation per line, the commit line aside; err is st's render's.
+func (n *admissionNode) nftPlanOf(st *spec.NodeState, err error) []string {
+	n.t.Helper()
 	if err != nil {
 		n.t.Fatal(err)
 	}

@@ -70,7 +70,12 @@ type Agent struct {
 	held      *heldPeers
 	admitStop chan struct{}
 	admitDone chan struct{}
-	closeOnce sync.Once
+	// departing are the pods deleted whose addresses are still to be
+	// withdrawn from the peer sets (withdrawal.go); the withdrawal loop
+	// runs until admitStop closes.
+	departing    *departedPeers
+	withdrawDone chan struct{}
+	closeOnce    sync.Once
 	// nftStale counts the resyncs in a row whose nftables commit, made
 	// without mu, was refused as stale (resync.go).
 	nftStale atomic.Int32
@@ -142,9 +147,11 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 		clock: clock.RealClock{}, status: newStatusTracker(clock.RealClock{}),
 		views: newRenderViews(),
 		held:  newHeldPeers(m.heldBack.Set), admitStop: make(chan struct{}), admitDone: make(chan struct{}),
+		departing: newDepartedPeers(m.departing.Set), withdrawDone: make(chan struct{}),
 	}
 	m.reg.MustRegister(newNFTCheckCollector(a.eng))
 	go func() { defer close(a.admitDone); a.admissionLoop(a.admitStop) }()
+	go func() { defer close(a.withdrawDone); a.withdrawalLoop(a.admitStop) }()
 	a.runner = newRunner(a.sync, src.Synced, cfg.MinSyncInterval, cfg.ResyncInterval, a.clock)
 	// /plan has an engine of its own: its full plans read nftables back
 	// into their own record, never into the one the agent's commits are
@@ -162,6 +169,7 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 func (a *Agent) Close() error {
 	a.closeOnce.Do(func() { close(a.admitStop) })
 	<-a.admitDone
+	<-a.withdrawDone
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.events.close()
@@ -387,18 +395,20 @@ func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.All
 		with.cache = a.views.forResync(snap.Policies)
 	}
 	// Every render holds back the pods not admitted yet: only their
-	// admission makes them peers (admission.go).
-	state, err := a.renderWith(with.cache, snap, with.policies, allocs, a.held.snapshot())
+	// admission makes them peers (admission.go); and keeps the departing
+	// ones until their withdrawal (withdrawal.go).
+	state, err := a.renderWith(with.cache, snap, with.policies, allocs, a.held.snapshot(), a.departing.snapshot())
 	return state, with, err
 }
 
 // renderWith renders the node from snap's objects but its policies, from
-// policies, allocs and the pods held back as peers, with cache.
+// policies, allocs, the pods held back as peers and the departing ones,
+// with cache.
 func (a *Agent) renderWith(cache *render.Cache, snap inputs.Snapshot, policies []*networkingv1.NetworkPolicy,
-	allocs []spec.Allocation, heldBack map[string]bool) (*spec.NodeState, error) {
+	allocs []spec.Allocation, heldBack map[string]bool, departing map[string]string) (*spec.NodeState, error) {
 	return cache.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
-		Policies: policies, Allocations: allocs, ENIs: a.eniInputs(), PeersHeldBack: heldBack,
+		Policies: policies, Allocations: allocs, ENIs: a.eniInputs(), PeersHeldBack: heldBack, PeersDeparting: departing,
 	})
 }
 

@@ -125,10 +125,19 @@ func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (s
 		return spec.Allocation{}, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())
 	}
 	ns, name, _ := strings.Cut(key, "/")
+	// The addresses of deleted pods still in peer sets are nobody's until
+	// their withdrawal (withdrawal.go).
+	quarantined := a.departing.quarantined()
 	alloc, replaced, err := a.store.AllocateVPC(store.VPCRequest{
 		PodCIDR: cidr, Pod: spec.ObjectMeta{Namespace: ns, Name: name}, UID: req.Args.UID,
-		ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns,
+		ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns, Reserved: quarantined,
 	})
+	if errors.Is(err, store.ErrExhausted) && len(quarantined) > 0 {
+		a.departing.urgent.Store(true)
+		a.departing.wake()
+		return spec.Allocation{}, cniErr(codeTryAgainLater, "no free address for pod "+key,
+			fmt.Sprintf("%v; %d addresses of deleted pods are free once withdrawn from policy peer sets, in a moment", err, len(quarantined)))
+	}
 	if errors.Is(err, store.ErrExhausted) {
 		return spec.Allocation{}, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
 	}
@@ -229,7 +238,8 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	a.eng.ExpectScoped() // as an ADD does
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	released, found, err := a.store.Release(req.ContainerID, req.IfName)
+	defer a.departing.lastDel.Store(time.Now().UnixNano())
+	released, found, departs, err := a.release(req)
 	if err != nil {
 		return cniErr(codeTryAgainLater, "release attachment "+req.ContainerID+"/"+req.IfName, err.Error())
 	}
@@ -248,7 +258,11 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	if key == "" {
 		return nil // nothing known about it: nothing to remove
 	}
-	if found {
+	if departs {
+		// Its address stays in the peer sets, and with this pod, until
+		// the withdrawal (withdrawal.go).
+		defer a.departing.wake()
+	} else if found {
 		// The cloud gets the address back once the pod's kernel objects
 		// are gone (an exclusive ENI back in the node), or now when they
 		// cannot be rendered.
@@ -288,6 +302,28 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	a.held.release(key) // nothing of it left to admit
 	a.log.Info("pod deleted", "pod", key, "container", req.ContainerID, "released", found)
 	return nil
+}
+
+// release releases the DEL's attachment in the store. An admitted pod's
+// address departs (withdrawal.go): it is quarantined before the store
+// frees it, under allocMu, so that no ADD allocating meanwhile gets it.
+func (a *Agent) release(req *wire.Request) (released spec.Allocation, found, departs bool, err error) {
+	a.allocMu.Lock()
+	defer a.allocMu.Unlock()
+	have, found, err := a.store.Get(req.ContainerID, req.IfName)
+	if err != nil || !found {
+		return spec.Allocation{}, false, false, err
+	}
+	key := store.PodKey(have.Metadata)
+	if a.departs(key, have) {
+		departs = a.departing.depart(time.Now(), key, have, a.cfg.ENI != nil && have.Spec.ENI != "")
+	}
+	released, found, err = a.store.Release(req.ContainerID, req.IfName)
+	if departs && (err != nil || !found || released.Spec.IP != have.Spec.IP) {
+		a.departing.cancel(key)
+		departs = false
+	}
+	return released, found, departs, err
 }
 
 // Check compares the kernel with the pod's part of the document.

@@ -39,6 +39,12 @@ type metrics struct {
 	// ADD arriving meanwhile waits up to their sum.
 	admissionStep *prometheus.HistogramVec
 	heldBack      prometheus.Gauge
+	// withdrawal is how long a deleted pod's address stayed in the peer
+	// sets (withdrawal.go); departing counts the pods waiting.
+	withdrawal prometheus.Histogram
+	departing  prometheus.Gauge
+	// withdrawalStep is how long each withdrawal step took, by phase.
+	withdrawalStep *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -72,7 +78,16 @@ func newMetrics() *metrics {
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"phase"})
 	m.heldBack = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "terway_pods_held_back", Help: "Pods set up whose admission as policy peers is still to come."})
+	m.withdrawal = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "terway_peer_withdrawal_seconds", Help: "Time from a pod's DEL to the withdrawal of its address from the policy peer sets; the address is given to no other pod meanwhile.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
+	m.departing = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "terway_pods_departing", Help: "Pods deleted whose addresses are still to be withdrawn from the policy peer sets (and are given to no other pod until then)."})
+	m.withdrawalStep = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "terway_peer_withdrawal_step_seconds", Help: "Time of each phase of one withdrawal step: its render and apply under the agent's lock, then the read-back of what it wrote (check, off the lock).",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"phase"})
 	m.reg.MustRegister(m.reconcile, m.planSize, m.applyErrors, m.reconcileErrors, m.allocations, m.cniLatency, m.kernelWrites, m.addPhases, m.admission, m.admissionStep, m.heldBack,
+		m.withdrawal, m.departing, m.withdrawalStep,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -18,8 +18,9 @@ import (
 
 // TestAdjacentPeersNeedNoResync: a pod's ADD and its admission
 // (admission.go) put its address in the peer sets of the policies that
-// admit it, and its DEL takes it out, by themselves, also when the pod's
-// address is next to another admitted pod's. Render used to merge neighbouring addresses into one range, which
+// admit it, and its DEL and withdrawal (withdrawal.go) take it out, by
+// themselves, also when the pod's address is next to another admitted
+// pod's. Render used to merge neighbouring addresses into one range, which
 // a CNI request's scoped plan does not touch (it is not the pod's own
 // element): the new pod was refused until the next resync, and a deleted
 // pod's address stayed admitted, ready for the next pod to get it. No
@@ -119,6 +120,8 @@ func adjacentPeers(t *testing.T, ports []networkingv1.NetworkPolicyPort) {
 		t.Fatal(err)
 	}
 	converged("DEL p2")
+	a.waitWithdrawn(t)
+	converged("DEL p2 and its withdrawal")
 	if admitted(ips["p2"]) {
 		t.Errorf("after DEL p2, its address %s is still in %s", ips["p2"], peerSet)
 	}

@@ -148,13 +148,22 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 			phases = append(phases, fmt.Sprintf("%s %.2f ms", ph, 1000*(after[ph][0]-before[ph][0])/n))
 		}
 	}
+	for deadline := time.Now().Add(30 * time.Second); a.departing.snapshot() != nil && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	steps := a.phaseSums(b, "terway_peer_withdrawal_step_seconds")
+	for _, ph := range []string{"render", "apply", "check"} {
+		if n := steps[ph][1]; n > 0 {
+			phases = append(phases, fmt.Sprintf("withdrawal %s %.2f ms (%.0f steps)", ph, 1000*steps[ph][0]/n, n))
+		}
+	}
 	slices.Sort(adds)
 	slices.Sort(dels)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	b.ReportMetric(ms(adds[len(adds)/2]), "add-p50-ms")
 	b.ReportMetric(ms(adds[len(adds)*99/100]), "add-p99-ms")
 	b.ReportMetric(ms(dels[len(dels)/2]), "del-p50-ms")
-	b.Logf("%d resident pods, %d policies: ADD p50 %v; mean ADD phases: %s", resident, policies,
+	b.Logf("%d resident pods, %d policies: ADD p50 %v; mean phases: %s", resident, policies,
 		adds[len(adds)/2].Round(10*time.Microsecond), strings.Join(phases, ", "))
 	return adds[len(adds)/2]
 }
@@ -162,13 +171,19 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 // addPhaseSums returns the sums and counts of the ADD phase histograms
 // (metrics.addPhases) by phase.
 func (a *Agent) addPhaseSums(b *testing.B) map[string][2]float64 {
+	return a.phaseSums(b, "terway_cni_add_phase_seconds")
+}
+
+// phaseSums returns the sum and count of each phase of a histogram by
+// phase.
+func (a *Agent) phaseSums(b *testing.B, name string) map[string][2]float64 {
 	out := map[string][2]float64{}
 	mfs, err := a.m.reg.Gather()
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "terway_cni_add_phase_seconds" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
