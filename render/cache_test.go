@@ -89,7 +89,8 @@ func (c *churn) ports() []corev1.ContainerPort {
 
 func (c *churn) allocate(p *corev1.Pod) {
 	c.in.Allocations = append(c.in.Allocations, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
-		Spec: spec.AllocationSpec{IP: p.Status.PodIP, Netns: "/var/run/netns/" + p.Name, ContainerID: "c" + p.Name, Seq: uint64(c.next)}})
+		Spec: spec.AllocationSpec{IP: p.Status.PodIP, Netns: "/var/run/netns/" + p.Name, ContainerID: "c" + p.Name, Seq: uint64(c.next),
+			UID: string(p.UID)}})
 }
 
 // replacePod swaps pod i for a changed copy.
@@ -206,15 +207,17 @@ func (c *churn) step() string {
 		in.PeersHeldBack = held
 		if c.pick(2) == 0 {
 			// Departing addresses, right or not: of pods with or without
-			// an allocation or an object, taken or free, or no address.
-			departing := map[string]string{}
+			// an allocation or an object, taken or free, or no address,
+			// for the pod object or another of its name.
+			departing := map[string]DepartingPeer{}
 			for range c.pick(3) {
 				key := a.Metadata.Namespace + "/" + a.Metadata.Name
 				if len(in.Pods) > 0 && c.pick(2) == 0 {
 					p := in.Pods[c.pick(len(in.Pods))]
 					key = p.Namespace + "/" + p.Name
 				}
-				departing[key] = []string{c.freeIP(), a.Spec.IP, "198.18.0.300"}[c.pick(3)]
+				departing[key] = DepartingPeer{IP: []string{c.freeIP(), a.Spec.IP, "198.18.0.300"}[c.pick(3)],
+					UID: []string{"", a.Spec.UID, "another"}[c.pick(3)]}
 			}
 			in.PeersDeparting = departing
 			return "peers held back and departing"

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -8,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -19,10 +21,10 @@ import (
 // once it departs no more, the render is that of the node without it.
 func TestDepartingPodStaysPeer(t *testing.T) {
 	pod := func(name, app, ip string) (*corev1.Pod, spec.Allocation) {
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, Labels: map[string]string{"app": app}},
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": app}},
 				Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
 			spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
-				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
+				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0", UID: "uid-" + name}}
 	}
 	a, allocA := pod("a", "a", "198.18.0.10")
 	b, allocB := pod("b", "b", "198.18.0.11")
@@ -73,7 +75,7 @@ func TestDepartingPodStaysPeer(t *testing.T) {
 	deleted.Allocations = []spec.Allocation{allocA}
 	withdrawn := mustRender(t, nil, deleted)
 	departing := deleted
-	departing.PeersDeparting = map[string]string{"x/b": "198.18.0.11"}
+	departing.PeersDeparting = map[string]DepartingPeer{"x/b": {IP: "198.18.0.11", UID: "uid-b"}}
 
 	cache := NewCache()
 	mustRender(t, cache, in)
@@ -90,6 +92,21 @@ func TestDepartingPodStaysPeer(t *testing.T) {
 		if w, _ := elements(withdrawn, "198.18.0.11"); len(w) != 0 {
 			t.Fatalf("without b, its address is still a peer in %v", w)
 		}
+		var rest spec.NodeState
+		if err := json.Unmarshal(mustJSON(t, got), &rest); err != nil {
+			t.Fatal(err)
+		}
+		for i := range rest.NFTables.Sets {
+			s := &rest.NFTables.Sets[i]
+			s.Elements = slices.DeleteFunc(s.Elements, func(e spec.NFTElement) bool { return slices.Contains(e.Key, "198.18.0.11") })
+			if len(s.Elements) == 0 {
+				s.Elements = nil
+			}
+		}
+		if string(mustJSON(t, &rest)) != string(mustJSON(t, withdrawn)) {
+			t.Errorf("departing b: but for its peer elements, the render differs from the node without b:\n%s\nwant:\n%s",
+				mustJSON(t, &rest), mustJSON(t, withdrawn))
+		}
 		if k == cache {
 			if st := cache.Stats(); !st.Patched {
 				t.Errorf("the DEL of a departing pod rendered the node whole: %+v", st)
@@ -100,17 +117,27 @@ func TestDepartingPodStaysPeer(t *testing.T) {
 		t.Error("withdrawn: the cached render differs from the render of the node without b")
 	}
 	// Ignored: a pod with an allocation, a pod without an object, an
-	// address that is not IPv4.
-	for name, d := range map[string]map[string]string{
-		"allocated": {"x/a": "198.18.0.99"},
-		"no object": {"x/nobody": "198.18.0.98"},
-		"bad":       {"x/b": "not-an-ip"},
+	// address that is not IPv4, another object of the pod's name (another
+	// UID: the pod made again), the pod on another node.
+	elsewhere := deleted
+	elsewhere.Pods = []*corev1.Pod{a, b.DeepCopy(), c}
+	elsewhere.Pods[1].Spec.NodeName = "n2"
+	for name, d := range map[string]map[string]DepartingPeer{
+		"allocated": {"x/a": {IP: "198.18.0.99"}},
+		"no object": {"x/nobody": {IP: "198.18.0.98"}},
+		"bad":       {"x/b": {IP: "not-an-ip"}},
+		"new pod":   {"x/b": {IP: "198.18.0.11", UID: "uid-b-again"}},
 	} {
 		in := deleted
 		in.PeersDeparting = d
 		if got := mustRender(t, nil, in); string(mustJSON(t, got)) != string(mustJSON(t, withdrawn)) {
 			t.Errorf("%s: departing %v changed the render", name, d)
 		}
+	}
+	moved := elsewhere
+	moved.PeersDeparting = departing.PeersDeparting
+	if got, want := mustRender(t, nil, moved), mustRender(t, nil, elsewhere); string(mustJSON(t, got)) != string(mustJSON(t, want)) {
+		t.Error("a departing pod now on another node: departing changed the render")
 	}
 }
 

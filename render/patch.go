@@ -67,7 +67,7 @@ type patchBase struct {
 	policies   []*networkingv1.NetworkPolicy
 	enis       []spec.ENI
 	heldBack   map[string]bool
-	departing  map[string]string
+	departing  map[string]DepartingPeer
 
 	pods    map[string]*patchPod // every pod of the render, by key
 	objects int                  // pods with an object
@@ -310,13 +310,13 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 			note(key)
 		}
 	}
-	for key, addr := range in.PeersDeparting {
-		if addr != b.departing[key] {
+	for key, d := range in.PeersDeparting {
+		if d != b.departing[key] {
 			note(key)
 		}
 	}
-	for key, addr := range b.departing {
-		if addr != in.PeersDeparting[key] {
+	for key, d := range b.departing {
+		if d != in.PeersDeparting[key] {
 			note(key)
 		}
 	}

@@ -32,10 +32,10 @@ func (c *churn) agentStep() string {
 	for i, a := range in.Allocations {
 		allocated[a.Metadata.Namespace+"/"+a.Metadata.Name] = i
 	}
-	depart := func(change func(map[string]string)) {
+	depart := func(change func(map[string]DepartingPeer)) {
 		departing := maps.Clone(in.PeersDeparting)
 		if departing == nil {
-			departing = map[string]string{}
+			departing = map[string]DepartingPeer{}
 		}
 		change(departing)
 		in.PeersDeparting = departing
@@ -85,10 +85,12 @@ func (c *churn) agentStep() string {
 		i := admitted[c.pick(len(admitted))]
 		a := in.Allocations[i]
 		in.Allocations = slices.Delete(slices.Clone(in.Allocations), i, i+1)
-		depart(func(m map[string]string) { m[a.Metadata.Namespace+"/"+a.Metadata.Name] = a.Spec.IP })
+		depart(func(m map[string]DepartingPeer) {
+			m[a.Metadata.Namespace+"/"+a.Metadata.Name] = DepartingPeer{IP: a.Spec.IP, UID: a.Spec.UID}
+		})
 		return "DEL of an admitted pod, its address departing"
 	case n < 47 && len(in.PeersDeparting) > 0:
-		depart(func(m map[string]string) {
+		depart(func(m map[string]DepartingPeer) {
 			for key := range m {
 				if c.pick(2) == 0 {
 					delete(m, key)
@@ -252,8 +254,8 @@ func (c *churn) freeIP() string {
 	for _, a := range c.in.Allocations {
 		used[a.Spec.IP] = true
 	}
-	for _, ip := range c.in.PeersDeparting {
-		used[ip] = true // the agent gives a departing address to no pod
+	for _, d := range c.in.PeersDeparting {
+		used[d.IP] = true // the agent gives a departing address to no pod
 	}
 	start := c.pick(252)
 	for i := range 252 {

@@ -44,13 +44,22 @@ type Inputs struct {
 	// pod back only ever admits less.
 	PeersHeldBack map[string]bool
 	// PeersDeparting are local pods (namespace/name) whose network is gone
-	// (their CNI DEL came) but whose address, given here, stays in the
-	// peer sets that held it until the agent withdraws it (agent:
-	// withdrawal.go): so that a DEL writes its pod's own part alone, as an
-	// ADD does. The agent gives the address to no other pod meanwhile, so
-	// nothing can send from it. A pod with an allocation, or without an
-	// object, has no departing peer role.
-	PeersDeparting map[string]string
+	// (their CNI DEL came) but whose address stays in the peer sets that
+	// held it until the agent withdraws it (agent: withdrawal.go): so that
+	// a DEL writes its pod's own part alone, as an ADD does. The agent
+	// gives the address to no other pod meanwhile, so nothing can send
+	// from it. Only the pod object the allocation was for has a departing
+	// peer role, and only while it has no allocation and runs on this
+	// node: not a new pod of the same name, here or elsewhere.
+	PeersDeparting map[string]DepartingPeer
+}
+
+// DepartingPeer is a departing pod's address and the UID of the pod object
+// it was allocated for (spec.AllocationSpec's; empty: any object of the
+// pod's name).
+type DepartingPeer struct {
+	IP  string
+	UID string
 }
 
 // ExclusiveENIResource is the extended resource a pod requests to get a
@@ -307,15 +316,16 @@ func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
 }
 
 // indexDeparting gives the departing pods their addresses as peers
-// (Inputs.PeersDeparting): only a pod object without an allocation, not
-// on the host's network, has one.
-func (r *renderer) indexDeparting(departing map[string]string) {
-	for key, addr := range departing {
+// (Inputs.PeersDeparting): only the pod object the address was allocated
+// for, on this node, not on the host's network, without an allocation.
+func (r *renderer) indexDeparting(departing map[string]DepartingPeer) {
+	for key, d := range departing {
 		p := r.byKey[key]
-		if p == nil || p.pod == nil || p.alloc != nil || p.pod.Spec.HostNetwork {
+		if p == nil || p.pod == nil || p.alloc != nil || p.pod.Spec.HostNetwork || p.pod.Spec.NodeName != r.node ||
+			d.UID != "" && string(p.pod.UID) != d.UID {
 			continue
 		}
-		if ip, err := netip.ParseAddr(addr); err == nil && ip.Is4() {
+		if ip, err := netip.ParseAddr(d.IP); err == nil && ip.Is4() {
 			p.departing = ip
 		}
 	}
