@@ -75,6 +75,10 @@ type Agent struct {
 	// runs until admitStop closes.
 	departing    *departedPeers
 	withdrawDone chan struct{}
+	// resyncCommit is closed when the nftables commit of the last resync
+	// that committed outside mu is done (nil: none yet); set under mu
+	// (withdrawal.go).
+	resyncCommit chan struct{}
 	closeOnce    sync.Once
 	// nftStale counts the resyncs in a row whose nftables commit, made
 	// without mu, was refused as stale (resync.go).
@@ -405,7 +409,7 @@ func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.All
 // policies, allocs, the pods held back as peers and the departing ones,
 // with cache.
 func (a *Agent) renderWith(cache *render.Cache, snap inputs.Snapshot, policies []*networkingv1.NetworkPolicy,
-	allocs []spec.Allocation, heldBack map[string]bool, departing map[string]string) (*spec.NodeState, error) {
+	allocs []spec.Allocation, heldBack map[string]bool, departing map[string]render.DepartingPeer) (*spec.NodeState, error) {
 	return cache.Render(render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
 		Policies: policies, Allocations: allocs, ENIs: a.eniInputs(), PeersHeldBack: heldBack, PeersDeparting: departing,

@@ -98,6 +98,7 @@ func TestAgentEndToEnd(t *testing.T) {
 			// Read from the kernel's rule counters: 20 well-behaved pods, nothing spoofed.
 			"terway_pod_spoofed_packets_total 0",
 			`terway_nft_full_checks_total{how="read"}`, `terway_nft_full_checks_total{how="generation"}`,
+			"terway_pods_departing 0",
 		} {
 			if !strings.Contains(body, series) {
 				t.Errorf("/metrics lacks %q", series)

@@ -287,6 +287,13 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 	}
 	rep := a.eng.Execute(ctx, &engine.Plan{Ops: ops})
 	if !underLock {
+		if len(nftOps) > 0 {
+			// A withdrawal meanwhile waits for this commit and withdraws
+			// again after it (withdrawal.go).
+			committed := make(chan struct{})
+			a.resyncCommit = committed
+			defer close(committed)
+		}
 		a.mu.Unlock()
 		locked = false
 	}

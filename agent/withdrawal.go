@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net/netip"
 	"runtime/pprof"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/apply/nft"
+	"github.com/terway-reconciler/terway/render"
 	"github.com/terway-reconciler/terway/spec"
 )
 
@@ -24,8 +26,7 @@ import (
 // address in the peer sets of the policies that admitted it as a peer (40
 // to 130 group sets for a pod of synth's 1,000 policies) is withdrawn
 // later, once no CNI ADD or DEL has come for withdrawQuiet or at most
-// withdrawDelay after the DEL, in one step for every pod deleted
-// meanwhile. Rendering and writing those sets was most of a DEL at scale
+// withdrawDelay after the DEL, in steps of a few pods. Rendering and writing those sets was most of a DEL at scale
 // (issue 17: 157 ms against 32 ms on an empty node), none of it needed to
 // take the pod's network down. Nothing waits for the withdrawal but the
 // address's next pod, so it waits for the agent to be quiet, longer than
@@ -49,8 +50,22 @@ import (
 // quarantine a new pod given the address would have the deleted pod's
 // peer permissions until the withdrawal.
 //
+// Three things keep an address quarantined until nothing of the old pod's
+// can be written with it any more:
+//   - a step's scope includes every pod with a table of its own
+//     (exclusive-ENI pods), whose tables hold copies of their groups' peer
+//     sets (withdrawalScope);
+//   - a resync's nftables commit, planned under the lock but made outside
+//     it, may have the address in a group new to the record, which a
+//     scoped plan leaves to the resync: a step that ran across such a
+//     commit waits for it and is taken again (errResyncCommitted);
+//   - an exclusive ENI is the pod's, not its sandbox's: a new sandbox of
+//     the pod gets it back, and it then stays held (holdsAgain).
+//
 // A pod departs only if it was admitted (a pod held back is no peer), the
-// inputs are synced, and it is not departing already. The departing pods
+// inputs are synced, and it is not departing already; render gives the
+// address only to the pod object it was allocated for, while that has no
+// allocation and runs here. The departing pods
 // are the agent's memory only: after a restart the first full resync,
 // which runs before the agent serves an ADD, renders none and withdraws
 // them all, and the store already has their addresses free.
@@ -66,11 +81,11 @@ const (
 // withdrawChunk is how many pods one withdrawal step withdraws at perPod
 // each (0: not known yet): as many as fit in admitBudget, at least one.
 // Taking an element out of a set of concatenated ranges costs the kernel
-// far more than putting it in: at synth's 1,000 policies, 270 ms for 4
-// pods' peer elements against 15 ms to add them back
+// far more than putting it in: at synth's 1,000 policies, 279 ms for 4
+// pods' peer elements against 16 ms to add them back
 // (BenchmarkPeerElementsAtScale in apply/nft), so one pod's withdrawal
-// alone is a step of about 65 ms there, while at 0 policies a step takes
-// dozens of pods.
+// alone is a step of 70 ms or more there, while at 0 policies a step
+// takes dozens of pods.
 func withdrawChunk(perPod time.Duration) int {
 	if perPod <= 0 {
 		return 1
@@ -135,18 +150,18 @@ func (d *departedPeers) cancel(key string) {
 
 // snapshot returns the departing addresses as render takes them (nil when
 // none); pods being withdrawn are not among them.
-func (d *departedPeers) snapshot() map[string]string {
+func (d *departedPeers) snapshot() map[string]render.DepartingPeer {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var out map[string]string
+	var out map[string]render.DepartingPeer
 	for k, p := range d.byKey {
 		if p.withdrawing {
 			continue
 		}
 		if out == nil {
-			out = make(map[string]string, len(d.byKey))
+			out = make(map[string]render.DepartingPeer, len(d.byKey))
 		}
-		out[k] = p.alloc.Spec.IP
+		out[k] = render.DepartingPeer{IP: p.alloc.Spec.IP, UID: p.alloc.Spec.UID}
 	}
 	return out
 }
@@ -163,6 +178,20 @@ func (d *departedPeers) quarantined() []netip.Addr {
 		}
 	}
 	return out
+}
+
+// heldFromCloud counts the departing addresses the cloud gets back after
+// their withdrawal.
+func (d *departedPeers) heldFromCloud() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, p := range d.byKey {
+		if p.cloud {
+			n++
+		}
+	}
+	return n
 }
 
 // oldest returns the departing pods, sorted, and when the first of them
@@ -266,6 +295,9 @@ func (a *Agent) withdrawalLoop(stop <-chan struct{}) {
 			}
 			chunk := withdrawChunk(time.Duration(a.departing.perPod.Load()))
 			err := a.withdrawStep(stop, keys[:min(chunk, len(keys))])
+			if errors.Is(err, errResyncCommitted) {
+				continue
+			}
 			if err != nil {
 				a.log.Warn("withdrawing deleted pods' addresses from policy peer sets failed; retrying", "err", err, "retry", admitRetry)
 				if !sleep(admitRetry) {
@@ -320,6 +352,10 @@ func (a *Agent) withdrawStep(stop <-chan struct{}, keys []string) error {
 		return nil
 	default:
 	}
+	resync := a.resyncCommit
+	if resync != nil && closed(resync) {
+		resync = nil
+	}
 	began := time.Now()
 	err := a.withdraw(ctx, taken)
 	a.departing.perPod.Store(int64(time.Since(began)) / int64(len(taken)))
@@ -332,19 +368,54 @@ func (a *Agent) withdrawStep(stop <-chan struct{}, keys []string) error {
 			a.runner.Run()
 		}
 	}
+	if err == nil && resync != nil {
+		// A resync's nftables commit, planned before this step with these
+		// addresses as peers, was under way: it may write them into a
+		// group this step's scoped plan left to it (one new to the
+		// record). Once it is done, the next step withdraws them again,
+		// from what it wrote.
+		select {
+		case <-resync:
+		case <-stop:
+		}
+		err = errResyncCommitted
+	}
 	if err != nil {
 		a.departing.restore(taken)
 		return err
 	}
 	a.departing.done(taken)
 	now := time.Now()
-	for _, p := range taken {
+	for key, p := range taken {
 		a.m.withdrawal.Observe(now.Sub(p.since).Seconds())
-		if p.cloud {
+		if p.cloud && !a.holdsAgain(key, p.alloc) {
 			a.cloudRelease(p.alloc)
 		}
 	}
 	return nil
+}
+
+// errResyncCommitted says a withdrawal step must be taken again: a
+// resync's commit ran across it.
+var errResyncCommitted = errors.New("a resync committed nftables across the withdrawal; withdrawing again")
+
+// closed tells whether ch is closed.
+func closed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// holdsAgain tells whether the pod holds the departed allocation's address
+// on its ENI again: an exclusive ENI is the pod's, not its sandbox's, and a
+// new sandbox of the pod gets it back (as recordCloud keeps it held), so
+// it must not go back to the cloud now.
+func (a *Agent) holdsAgain(key string, old spec.Allocation) bool {
+	cur, found, err := a.store.ByPod(key)
+	return err != nil || found && cur.Spec.ENI == old.Spec.ENI && cur.Spec.IP == old.Spec.IP
 }
 
 // withdraw renders the node without the pods taken and applies the
@@ -358,14 +429,28 @@ func (a *Agent) withdraw(ctx context.Context, taken map[string]departed) error {
 	}
 	applied := time.Now()
 	defer func() { a.m.withdrawalStep.WithLabelValues("apply").Observe(time.Since(applied).Seconds()) }()
+	opts := withdrawalScope(state, taken)
+	rep, err := a.apply(ctx, "withdraw "+strings.Join(slices.Sorted(maps.Keys(taken)), ", "), state, opts)
+	if err == nil {
+		err = rep.Err()
+	}
+	return err
+}
+
+// withdrawalScope is the scope of a withdrawal's plan: nftables only, the
+// departed pods by their addresses, and the pods with tables of their own
+// (exclusive-ENI pods), which hold copies of their groups' peer sets and
+// are planned whole (few pods have one).
+func withdrawalScope(state *spec.NodeState, taken map[string]departed) engine.PlanOptions {
 	opts := engine.PlanOptions{Kinds: []string{nft.Kind}, PodIPs: map[string]string{}}
 	for _, k := range slices.Sorted(maps.Keys(taken)) {
 		opts.Pods = append(opts.Pods, k)
 		opts.PodIPs[k] = taken[k].alloc.Spec.IP
 	}
-	rep, err := a.apply(ctx, "withdraw "+strings.Join(opts.Pods, ", "), state, opts)
-	if err == nil {
-		err = rep.Err()
+	for _, t := range state.PodNFTables {
+		if !slices.Contains(opts.Pods, t.Pod) {
+			opts.Pods = append(opts.Pods, t.Pod)
+		}
 	}
-	return err
+	return opts
 }

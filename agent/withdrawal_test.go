@@ -2,11 +2,18 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/terway-reconciler/terway/apply/nft"
 	"github.com/terway-reconciler/terway/cni/wire"
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/spec"
@@ -130,8 +137,121 @@ func TestWithdrawalLoopWithdraws(t *testing.T) {
 	if err := n.a.Del(context.Background(), n.req(wire.CmdDel, "p1")); err != nil {
 		t.Fatal(err)
 	}
+	// The loop waits for 100 ms without a CNI request: p1 departs still.
+	if !n.a.departing.has("x/p1") {
+		t.Fatal("p1 does not depart after its DEL")
+	}
 	n.a.waitWithdrawn(t)
 	if n.admitted("p1") {
 		t.Error("after the withdrawal loop, p1's address is still in the server's peer set")
+	}
+}
+
+// TestWithdrawalWaitsForAResyncCommit: a resync that planned while p1
+// departed writes p1's address into a group new to the record (a second
+// policy selects the server), which the withdrawal's scoped plan leaves
+// to it. Its commit runs outside the agent's lock, held here just before
+// it; a withdrawal step meanwhile must not free the address: it waits for
+// the commit and says to withdraw again, and the next step takes the
+// address out of the new group too.
+func TestWithdrawalWaitsForAResyncCommit(t *testing.T) {
+	n := newAdmissionNode(t, nil)
+	a := n.a
+	a.stopAdmissionLoop()
+	ctx := context.Background()
+	n.add("p1", "peer")
+	if err := n.admit(); err != nil {
+		t.Fatal(err)
+	}
+	ip1 := n.ips["p1"]
+	if err := a.Del(ctx, n.req(wire.CmdDel, "p1")); err != nil {
+		t.Fatal(err)
+	}
+	tcp, port := corev1.ProtocolTCP, intstr.FromInt32(81)
+	n.src.mu.Lock()
+	n.src.policies = append(slices.Clone(n.src.policies), &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "from-peers-81", UID: "from-peers-81"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+				PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "peer"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}}}},
+		},
+	})
+	n.src.mu.Unlock()
+
+	reached, resume := make(chan struct{}), make(chan struct{})
+	a.committing = func() { close(reached); <-resume }
+	synced := make(chan runOutcome)
+	go func() { synced <- a.sync(ctx, false) }()
+	<-reached
+	a.committing = nil
+	stepped := make(chan error)
+	go func() { stepped <- n.withdraw() }()
+	select {
+	case err := <-stepped:
+		t.Fatalf("the withdrawal step ended while the resync's commit was under way: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(resume)
+	<-synced
+	if err := <-stepped; !errors.Is(err, errResyncCommitted) {
+		t.Errorf("the withdrawal step across the resync's commit: %v, want %v", err, errResyncCommitted)
+	}
+	if !a.departing.has("x/p1") {
+		t.Fatal("p1's address was freed across the resync's commit")
+	}
+	table := nstest.Run(t, n.node, "nft", "list", "table", "inet", "terway")
+	if !strings.Contains(table, ip1+" ") {
+		t.Fatalf("the resync's commit did not write p1's address into the new group (the case this test is for):\n%s", table)
+	}
+	if err := n.withdraw(); err != nil {
+		t.Fatal(err)
+	}
+	if a.departing.has("x/p1") {
+		t.Error("p1 still departs after the second withdrawal step")
+	}
+	if table := nstest.Run(t, n.node, "nft", "list", "table", "inet", "terway"); strings.Contains(table, ip1+" ") {
+		t.Errorf("after the withdrawal, p1's address %s is still in the table:\n%s", ip1, table)
+	}
+}
+
+// TestWithdrawalScopeTakesPodTables: the tables in exclusive-ENI pods'
+// namespaces hold copies of their groups' peer sets, so a withdrawal
+// plans them as well as the departed pods.
+func TestWithdrawalScopeTakesPodTables(t *testing.T) {
+	state := &spec.NodeState{PodNFTables: []spec.PodNFTable{{Pod: "x/e1"}, {Pod: "x/gone"}, {Pod: "x/e2"}}}
+	taken := map[string]departed{"x/gone": {alloc: spec.Allocation{Spec: spec.AllocationSpec{IP: "198.18.0.9"}}}}
+	opts := withdrawalScope(state, taken)
+	if want := []string{"x/gone", "x/e1", "x/e2"}; !slices.Equal(opts.Pods, want) {
+		t.Errorf("scope's pods %v, want %v", opts.Pods, want)
+	}
+	if len(opts.PodIPs) != 1 || opts.PodIPs["x/gone"] != "198.18.0.9" || !slices.Equal(opts.Kinds, []string{nft.Kind}) {
+		t.Errorf("scope %+v: want x/gone's address, nftables only", opts)
+	}
+}
+
+// TestHoldsAgain: an exclusive ENI goes back to the cloud after its pod's
+// withdrawal only if no new sandbox of the pod has it again.
+func TestHoldsAgain(t *testing.T) {
+	nstest.RequireRoot(t)
+	a, _, _ := podSourceAgent(t, "198.18.0.0/24", "198.19.255.1")
+	old := spec.Allocation{APIVersion: spec.APIVersion, Kind: "Allocation", Metadata: spec.ObjectMeta{Namespace: "x", Name: "e"},
+		Spec: spec.AllocationSpec{ContainerID: "ctr-old", IfName: "eth0", IP: "198.18.0.20", ENI: "eni-1"}}
+	if a.holdsAgain("x/e", old) {
+		t.Error("holds again with no allocation")
+	}
+	again := old
+	again.Spec.ContainerID = "ctr-new"
+	if err := a.store.Put(again); err != nil {
+		t.Fatal(err)
+	}
+	if !a.holdsAgain("x/e", old) {
+		t.Error("a new sandbox on the same ENI and address: not held again")
+	}
+	other := old
+	other.Spec.ENI = "eni-2"
+	if a.holdsAgain("x/e", other) {
+		t.Error("a new sandbox on another ENI: held again")
 	}
 }

@@ -160,9 +160,11 @@ func writeBenchCluster(dir string, pods int) error {
 	return os.WriteFile(filepath.Join(dir, "cluster.yaml"), []byte(strings.Join(docs, "---\n")), 0o600)
 }
 
-// waitConverged waits until a full plan of the agent is empty and no pod
+// waitConverged waits until a full plan of the agent is empty, no pod
 // waits for its admission as a policy peer (agent/admission.go: the plan
-// holds such pods back, as the agent does until it admits them).
+// holds such pods back, as the agent does until it admits them), and no
+// deleted pod's address waits for its withdrawal (agent/withdrawal.go:
+// the plan keeps those, as the agent does until it withdraws them).
 func waitConverged(ctx context.Context, st *sim.State) error {
 	deadline := time.Now().Add(waitTimeout)
 	for {
@@ -170,10 +172,11 @@ func waitConverged(ctx context.Context, st *sim.State) error {
 		if err == nil && code == 200 && body == "" {
 			var metrics string
 			code, metrics, err = st.AgentGet(ctx, "/metrics")
-			if err == nil && code == 200 && strings.Contains("\n"+metrics, "\nterway_pods_held_back 0\n") {
+			if err == nil && code == 200 && strings.Contains("\n"+metrics, "\nterway_pods_held_back 0\n") &&
+				strings.Contains("\n"+metrics, "\nterway_pods_departing 0\n") {
 				return nil
 			}
-			body = "pods still held back as peers"
+			body = "pods still held back as peers, or deleted pods' addresses not withdrawn yet"
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("agent not converged after %s: /plan answers %d, %v:\n%s", waitTimeout, code, err, body)
