@@ -54,7 +54,16 @@ func BenchmarkAgentAddAtScale(b *testing.B) {
 // scaleTimed is how many pods each size ADDs and DELs, one at a time.
 const scaleTimed = 50
 
-func addAtScale(b *testing.B, resident, policies int) time.Duration {
+// scaleNode is an agent whose node runs resident pods, set up and
+// admitted, in synth's cluster of policies (none: no cluster around it),
+// with timed pods (their objects only) for the caller to ADD.
+type scaleNode struct {
+	a     *Agent
+	timed []*corev1.Pod
+	req   func(cmd wire.Command, p *corev1.Pod) *wire.Request
+}
+
+func newScaleNode(b *testing.B, resident, policies, timedPods int) *scaleNode {
 	nstest.RequireRoot(b)
 	a, src, _ := podSourceAgent(b, "198.18.0.0/20", "198.19.255.1")
 	const namespaces = 20
@@ -79,7 +88,7 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 	for i := range resident {
 		residents = append(residents, pod("r", i, scaleTimed+i))
 	}
-	for i := range scaleTimed {
+	for i := range timedPods {
 		timed = append(timed, pod("t", i, i))
 	}
 	for _, p := range slices.Concat(residents, timed) {
@@ -106,6 +115,12 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 	if out := a.sync(ctx, true); out.Again {
 		b.Fatalf("sync after the resident pods: %+v", out)
 	}
+	return &scaleNode{a: a, timed: timed, req: req}
+}
+
+func addAtScale(b *testing.B, resident, policies int) time.Duration {
+	n := newScaleNode(b, resident, policies, scaleTimed)
+	a, timed, req, ctx := n.a, n.timed, n.req, context.Background()
 	before := a.addPhaseSums(b)
 	profile := os.Getenv("TERWAY_SCALE_PROFILE")
 	if profile != "" && policies > 0 {
@@ -191,4 +206,42 @@ func (a *Agent) phaseSums(b *testing.B, name string) map[string][2]float64 {
 		}
 	}
 	return out
+}
+
+// BenchmarkConvergedResyncAtScale is a converged full resync (Agent.sync,
+// full) of the node of BenchmarkAgentAddAtScale: 250 resident pods in
+// synth's 1,000 policies, against the same 250 pods and no policies, in
+// one run: the row "converged full resync, 250 pods + 1000 policies" of
+// terwayctl bench, which times a few resyncs of a sim's agent, with many
+// samples and in process. It reports each size's median (resync-ms) and,
+// for the policies, the ratio to the baseline's median.
+//
+//	go test -run '^$' -bench ConvergedResyncAtScale -benchtime 40x ./agent/
+func BenchmarkConvergedResyncAtScale(b *testing.B) {
+	var base float64
+	for _, policies := range []int{0, 1000} {
+		b.Run(fmt.Sprintf("pods=250,policies=%d", policies), func(b *testing.B) {
+			b.StopTimer()
+			n := newScaleNode(b, 250, policies, 0)
+			ctx := context.Background()
+			n.a.sync(ctx, true) // the first reads the nftables table whole
+			var runs []float64
+			b.StartTimer()
+			for b.Loop() {
+				began := time.Now()
+				if out := n.a.sync(ctx, true); out.Again {
+					b.Fatalf("converged resync: %+v", out)
+				}
+				runs = append(runs, float64(time.Since(began))/float64(time.Millisecond))
+			}
+			slices.Sort(runs)
+			median := runs[len(runs)/2]
+			b.ReportMetric(median, "resync-ms")
+			if policies == 0 {
+				base = median
+			} else if base > 0 {
+				b.ReportMetric(median/base, "resync/baseline")
+			}
+		})
+	}
 }

@@ -55,6 +55,14 @@ func (c *canonCache) set(in *spec.NFTSet) *set {
 	if alt == nil || alt == best {
 		return best
 	}
+	// One made from in's very list (or one found equal to it before) is
+	// in's: counting what each shares would compare every element of
+	// both, on every converged sync.
+	for _, s := range []*set{best, alt} {
+		if s != nil && s.sameSource(in) && s.holdsListByRef(in) {
+			return s
+		}
+	}
 	if best == nil || shared(alt, in) > shared(best, in) {
 		return alt
 	}
@@ -152,7 +160,7 @@ func (s *set) holdsList(in *spec.NFTSet) bool {
 	switch {
 	case !s.of.known:
 		return false
-	case s.of == ref || s.seen.is(ref):
+	case s.holdsListByRef(in):
 		return true
 	case len(s.src) != len(in.Elements):
 		return false
@@ -162,6 +170,13 @@ func (s *set) holdsList(in *spec.NFTSet) bool {
 	}
 	s.seen.set(ref)
 	return true
+}
+
+// holdsListByRef tells, without comparing elements, that s was made from
+// in's very element list or found equal to it before.
+func (s *set) holdsListByRef(in *spec.NFTSet) bool {
+	ref := refOf(in.Elements)
+	return s.of.known && (s.of == ref || s.seen.is(ref))
 }
 
 // seenList is a list found equal to a set's source list. Scoped plans of
