@@ -50,22 +50,25 @@ import (
 // quarantine a new pod given the address would have the deleted pod's
 // peer permissions until the withdrawal.
 //
-// Three things keep an address quarantined until nothing of the old pod's
-// can be written with it any more:
+// The quarantine ends only when nothing of the old pod's can be written
+// with the address any more:
 //   - a step's scope includes every pod with a table of its own
 //     (exclusive-ENI pods), whose tables hold copies of their groups' peer
 //     sets (withdrawalScope);
 //   - a resync's nftables commit, planned under the lock but made outside
 //     it, may have the address in a group new to the record, which a
 //     scoped plan leaves to the resync: a step that ran across such a
-//     commit waits for it and is taken again (errResyncCommitted);
-//   - an exclusive ENI is the pod's, not its sandbox's: a new sandbox of
-//     the pod gets it back, and it then stays held (holdsAgain).
+//     commit waits for it and writes once more (withdrawStep).
 //
 // A pod departs only if it was admitted (a pod held back is no peer), the
-// inputs are synced, and it is not departing already; render gives the
-// address only to the pod object it was allocated for, while that has no
-// allocation and runs here. The departing pods
+// inputs are synced, it is not departing already, and its address is not
+// a whole ENI: an exclusive ENI is the pod's, not its sandbox's, and a new
+// sandbox of the pod gets it back from the cloud's reconciler at once,
+// with no lock that would order that against the withdrawal's release; an
+// exclusive-ENI pod's DEL withdraws its address itself, as before (such a
+// DEL moves an ENI and renders the node whole anyway). Render gives a
+// departing address only to the pod object it was allocated for, while
+// that has no allocation and runs here. The departing pods
 // are the agent's memory only: after a restart the first full resync,
 // which runs before the agent serves an ADD, renders none and withdraws
 // them all, and the store already has their addresses free.
@@ -236,13 +239,19 @@ func (d *departedPeers) restore(taken map[string]departed) {
 	}
 }
 
-func (d *departedPeers) done(taken map[string]departed) {
+// done forgets the pods taken and returns them.
+func (d *departedPeers) done(taken map[string]departed) []departed {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var out []departed
 	for k := range taken {
-		delete(d.byKey, k)
+		if p := d.byKey[k]; p != nil {
+			out = append(out, *p)
+			delete(d.byKey, k)
+		}
 	}
 	d.gauge(float64(len(d.byKey)))
+	return out
 }
 
 func (d *departedPeers) has(key string) bool {
@@ -261,10 +270,13 @@ func (d *departedPeers) wake() {
 
 // departs reports whether a DEL of key, whose allocation the store has,
 // leaves the pod's address in the peer sets for the withdrawal: the pod
-// was admitted, as far as the agent knows its object, and does not depart
-// already.
+// was admitted, as far as the agent knows its object, does not depart
+// already, and its address is not a whole ENI.
 func (a *Agent) departs(key string, alloc spec.Allocation) bool {
 	if !a.src.Synced() || a.held.has(key) || a.departing.has(key) || alloc.Spec.IP == "" {
+		return false
+	}
+	if a.cfg.ENI != nil && alloc.Spec.ENI != "" && a.isExclusiveENI(alloc.Spec.ENI, alloc) {
 		return false
 	}
 	_, found := a.lookupPod(key)
@@ -295,8 +307,8 @@ func (a *Agent) withdrawalLoop(stop <-chan struct{}) {
 			}
 			chunk := withdrawChunk(time.Duration(a.departing.perPod.Load()))
 			err := a.withdrawStep(stop, keys[:min(chunk, len(keys))])
-			if errors.Is(err, errResyncCommitted) {
-				continue
+			if errors.Is(err, errStopped) {
+				return
 			}
 			if err != nil {
 				a.log.Warn("withdrawing deleted pods' addresses from policy peer sets failed; retrying", "err", err, "retry", admitRetry)
@@ -342,14 +354,52 @@ func (a *Agent) withdrawStep(stop <-chan struct{}, keys []string) error {
 	if len(taken) == 0 {
 		return nil
 	}
+	for again := false; ; again = true {
+		resync, err := a.withdrawOnce(stop, taken)
+		if err == nil && resync != nil && !again {
+			// A resync's nftables commit, planned before this step with
+			// these addresses as peers, was under way: it may write them
+			// into a group this step's scoped plan left to it (one new to
+			// the record). Once it is done, withdraw them again, from what
+			// it wrote. Once is enough: a resync that plans nftables after
+			// this step's write renders without these pods (they are
+			// being withdrawn), the plan under the lock rendered again
+			// because of that write (writeTracker.nftOnly).
+			select {
+			case <-resync:
+				continue
+			case <-stop:
+				err = errStopped
+			}
+		}
+		if err != nil {
+			a.departing.restore(taken)
+			return err
+		}
+		break
+	}
+	// The cloud's addresses go back only now.
+	now := time.Now()
+	for _, p := range a.departing.done(taken) {
+		a.m.withdrawal.Observe(now.Sub(p.since).Seconds())
+		if p.cloud {
+			a.cloudRelease(p.alloc)
+		}
+	}
+	return nil
+}
+
+// withdrawOnce is one write of a withdrawal step: under the agent's lock,
+// the render and apply (withdraw), then off it the read-back. It returns
+// the resync commit that was under way when it wrote, if one was.
+func (a *Agent) withdrawOnce(stop <-chan struct{}, taken map[string]departed) (chan struct{}, error) {
 	var later nft.LaterChecks
 	ctx := nft.WithLaterChecks(context.Background(), &later)
 	a.mu.Lock()
 	select {
 	case <-stop:
 		a.mu.Unlock()
-		a.departing.restore(taken)
-		return nil
+		return nil, errStopped
 	default:
 	}
 	resync := a.resyncCommit
@@ -368,36 +418,12 @@ func (a *Agent) withdrawStep(stop <-chan struct{}, keys []string) error {
 			a.runner.Run()
 		}
 	}
-	if err == nil && resync != nil {
-		// A resync's nftables commit, planned before this step with these
-		// addresses as peers, was under way: it may write them into a
-		// group this step's scoped plan left to it (one new to the
-		// record). Once it is done, the next step withdraws them again,
-		// from what it wrote.
-		select {
-		case <-resync:
-		case <-stop:
-		}
-		err = errResyncCommitted
-	}
-	if err != nil {
-		a.departing.restore(taken)
-		return err
-	}
-	a.departing.done(taken)
-	now := time.Now()
-	for key, p := range taken {
-		a.m.withdrawal.Observe(now.Sub(p.since).Seconds())
-		if p.cloud && !a.holdsAgain(key, p.alloc) {
-			a.cloudRelease(p.alloc)
-		}
-	}
-	return nil
+	return resync, err
 }
 
-// errResyncCommitted says a withdrawal step must be taken again: a
-// resync's commit ran across it.
-var errResyncCommitted = errors.New("a resync committed nftables across the withdrawal; withdrawing again")
+// errStopped ends a withdrawal step when the agent closes: its pods
+// depart still, and the next start withdraws them (its first full resync).
+var errStopped = errors.New("the agent is closing")
 
 // closed tells whether ch is closed.
 func closed(ch chan struct{}) bool {
@@ -407,15 +433,6 @@ func closed(ch chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-// holdsAgain tells whether the pod holds the departed allocation's address
-// on its ENI again: an exclusive ENI is the pod's, not its sandbox's, and a
-// new sandbox of the pod gets it back (as recordCloud keeps it held), so
-// it must not go back to the cloud now.
-func (a *Agent) holdsAgain(key string, old spec.Allocation) bool {
-	cur, found, err := a.store.ByPod(key)
-	return err != nil || found && cur.Spec.ENI == old.Spec.ENI && cur.Spec.IP == old.Spec.IP
 }
 
 // withdraw renders the node without the pods taken and applies the

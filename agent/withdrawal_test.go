@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -152,8 +151,8 @@ func TestWithdrawalLoopWithdraws(t *testing.T) {
 // policy selects the server), which the withdrawal's scoped plan leaves
 // to it. Its commit runs outside the agent's lock, held here just before
 // it; a withdrawal step meanwhile must not free the address: it waits for
-// the commit and says to withdraw again, and the next step takes the
-// address out of the new group too.
+// the commit and writes once more, taking the address out of the new
+// group too.
 func TestWithdrawalWaitsForAResyncCommit(t *testing.T) {
 	n := newAdmissionNode(t, nil)
 	a := n.a
@@ -195,24 +194,17 @@ func TestWithdrawalWaitsForAResyncCommit(t *testing.T) {
 	}
 	close(resume)
 	<-synced
-	if err := <-stepped; !errors.Is(err, errResyncCommitted) {
-		t.Errorf("the withdrawal step across the resync's commit: %v, want %v", err, errResyncCommitted)
-	}
-	if !a.departing.has("x/p1") {
-		t.Fatal("p1's address was freed across the resync's commit")
-	}
-	table := nstest.Run(t, n.node, "nft", "list", "table", "inet", "terway")
-	if !strings.Contains(table, ip1+" ") {
-		t.Fatalf("the resync's commit did not write p1's address into the new group (the case this test is for):\n%s", table)
-	}
-	if err := n.withdraw(); err != nil {
-		t.Fatal(err)
+	if err := <-stepped; err != nil {
+		t.Fatalf("the withdrawal step across the resync's commit: %v", err)
 	}
 	if a.departing.has("x/p1") {
-		t.Error("p1 still departs after the second withdrawal step")
+		t.Error("p1 still departs after the withdrawal step")
+	}
+	if got := a.observed(t, "terway_peer_withdrawal_step_seconds", "apply"); got != 2 {
+		t.Errorf("the step wrote %d times; want 2: once, and once more after the resync's commit", got)
 	}
 	if table := nstest.Run(t, n.node, "nft", "list", "table", "inet", "terway"); strings.Contains(table, ip1+" ") {
-		t.Errorf("after the withdrawal, p1's address %s is still in the table:\n%s", ip1, table)
+		t.Errorf("after the withdrawal, p1's address %s is still in the table (the resync's commit put it in the new group):\n%s", ip1, table)
 	}
 }
 
@@ -228,30 +220,5 @@ func TestWithdrawalScopeTakesPodTables(t *testing.T) {
 	}
 	if len(opts.PodIPs) != 1 || opts.PodIPs["x/gone"] != "198.18.0.9" || !slices.Equal(opts.Kinds, []string{nft.Kind}) {
 		t.Errorf("scope %+v: want x/gone's address, nftables only", opts)
-	}
-}
-
-// TestHoldsAgain: an exclusive ENI goes back to the cloud after its pod's
-// withdrawal only if no new sandbox of the pod has it again.
-func TestHoldsAgain(t *testing.T) {
-	nstest.RequireRoot(t)
-	a, _, _ := podSourceAgent(t, "198.18.0.0/24", "198.19.255.1")
-	old := spec.Allocation{APIVersion: spec.APIVersion, Kind: "Allocation", Metadata: spec.ObjectMeta{Namespace: "x", Name: "e"},
-		Spec: spec.AllocationSpec{ContainerID: "ctr-old", IfName: "eth0", IP: "198.18.0.20", ENI: "eni-1"}}
-	if a.holdsAgain("x/e", old) {
-		t.Error("holds again with no allocation")
-	}
-	again := old
-	again.Spec.ContainerID = "ctr-new"
-	if err := a.store.Put(again); err != nil {
-		t.Fatal(err)
-	}
-	if !a.holdsAgain("x/e", old) {
-		t.Error("a new sandbox on the same ENI and address: not held again")
-	}
-	other := old
-	other.Spec.ENI = "eni-2"
-	if a.holdsAgain("x/e", other) {
-		t.Error("a new sandbox on another ENI: held again")
 	}
 }
