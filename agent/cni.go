@@ -236,9 +236,13 @@ func result(p *spec.Pod) *types100.Result {
 // idempotent and needs neither the Pod object nor the netns.
 func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	a.eng.ExpectScoped() // as an ADD does
+	a.departing.dels.Add(1)
+	defer func() {
+		a.departing.lastDel.Store(time.Now().UnixNano())
+		a.departing.dels.Add(-1)
+	}()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	defer a.departing.lastDel.Store(time.Now().UnixNano())
 	released, found, departs, err := a.release(req)
 	if err != nil {
 		return cniErr(codeTryAgainLater, "release attachment "+req.ContainerID+"/"+req.IfName, err.Error())

@@ -113,9 +113,11 @@ type departedPeers struct {
 	mu    sync.Mutex
 	byKey map[string]*departed
 	kick  chan struct{}
-	// lastDel is when the last DEL ended, in Unix nanoseconds: a
+	// lastDel is when the last DEL ended, in Unix nanoseconds, and dels
+	// counts the DELs under way (waiting for the agent's lock included): a
 	// withdrawal waits for DELs to pause too.
 	lastDel atomic.Int64
+	dels    atomic.Int32
 	// urgent is set by an ADD that found no free address but quarantined
 	// ones: the withdrawal runs without waiting.
 	urgent atomic.Bool
@@ -333,7 +335,7 @@ func (a *Agent) withdrawalWait(now, oldest time.Time) time.Duration {
 	}
 	last := max(a.held.lastAdd.Load(), a.departing.lastDel.Load())
 	wait := time.Unix(0, last).Add(withdrawQuiet).Sub(now)
-	if a.addsUnderWay() {
+	if a.addsUnderWay() || a.departing.dels.Load() > 0 {
 		wait = max(wait, time.Millisecond)
 	}
 	return min(wait, deadline.Sub(now))
@@ -350,12 +352,14 @@ func (a *Agent) withdrawalWait(now, oldest time.Time) time.Duration {
 // (Close waiting for the lock) ends it before it writes.
 func (a *Agent) withdrawStep(stop <-chan struct{}, keys []string) error {
 	a.departing.urgent.Store(false)
-	taken := a.departing.take(keys)
-	if len(taken) == 0 {
-		return nil
-	}
+	var taken map[string]departed
 	for again := false; ; again = true {
-		resync, err := a.withdrawOnce(stop, taken)
+		var resync chan struct{}
+		var err error
+		taken, resync, err = a.withdrawOnce(stop, keys, taken)
+		if len(taken) == 0 {
+			return err // none of keys departs any more, or closing first
+		}
 		if err == nil && resync != nil && !again {
 			// A resync's nftables commit, planned before this step with
 			// these addresses as peers, was under way: it may write them
@@ -390,17 +394,27 @@ func (a *Agent) withdrawStep(stop <-chan struct{}, keys []string) error {
 }
 
 // withdrawOnce is one write of a withdrawal step: under the agent's lock,
-// the render and apply (withdraw), then off it the read-back. It returns
-// the resync commit that was under way when it wrote, if one was.
-func (a *Agent) withdrawOnce(stop <-chan struct{}, taken map[string]departed) (chan struct{}, error) {
+// the render and apply (withdraw), then off it the read-back. The first
+// write takes the pods (taken nil): under the lock, so that no CNI
+// request renders them taken before this write (its render would not
+// patch the last document: their peer role changed). It returns the pods
+// taken, and the resync commit that was under way when it wrote, if one
+// was.
+func (a *Agent) withdrawOnce(stop <-chan struct{}, keys []string, taken map[string]departed) (map[string]departed, chan struct{}, error) {
 	var later nft.LaterChecks
 	ctx := nft.WithLaterChecks(context.Background(), &later)
 	a.mu.Lock()
 	select {
 	case <-stop:
 		a.mu.Unlock()
-		return nil, errStopped
+		return taken, nil, errStopped
 	default:
+	}
+	if taken == nil {
+		if taken = a.departing.take(keys); len(taken) == 0 {
+			a.mu.Unlock()
+			return nil, nil, nil
+		}
 	}
 	resync := a.resyncCommit
 	if resync != nil && closed(resync) {
@@ -418,7 +432,7 @@ func (a *Agent) withdrawOnce(stop <-chan struct{}, taken map[string]departed) (c
 			a.runner.Run()
 		}
 	}
-	return resync, err
+	return taken, resync, err
 }
 
 // errStopped ends a withdrawal step when the agent closes: its pods
