@@ -133,10 +133,7 @@ func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (s
 		ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns, Reserved: quarantined,
 	})
 	if errors.Is(err, store.ErrExhausted) && len(quarantined) > 0 {
-		a.departing.urgent.Store(true)
-		a.departing.wake()
-		return spec.Allocation{}, cniErr(codeTryAgainLater, "no free address for pod "+key,
-			fmt.Sprintf("%v; %d addresses of deleted pods are free once withdrawn from policy peer sets, in a moment", err, len(quarantined)))
+		return spec.Allocation{}, a.quarantineErr("free address", key, err, len(quarantined))
 	}
 	if errors.Is(err, store.ErrExhausted) {
 		return spec.Allocation{}, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
@@ -320,7 +317,7 @@ func (a *Agent) release(req *wire.Request) (released spec.Allocation, found, dep
 	}
 	key := store.PodKey(have.Metadata)
 	if a.departs(key, have) {
-		departs = a.departing.depart(time.Now(), key, have, a.cfg.ENI != nil && have.Spec.ENI != "")
+		departs = a.departing.depart(time.Now(), key, have)
 	}
 	released, found, err = a.store.Release(req.ContainerID, req.IfName)
 	if departs && (err != nil || !found || released.Spec.IP != have.Spec.IP) {

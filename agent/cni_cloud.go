@@ -132,16 +132,13 @@ func (a *Agent) cloudAllocate(ctx context.Context, req *wire.Request, key string
 		ip, err = a.cfg.ENI.AllocateIP(ctx, cloudOwner(al, false))
 		al.Spec.IP, al.Spec.ENI = ip.IP, ip.ENI
 	}
-	exhausted := errors.Is(err, eni.ErrVSwitchExhausted) || errors.Is(err, eni.ErrNoCapacity)
-	switch held := a.departing.heldFromCloud(); {
-	case exhausted && held > 0:
-		// Deleted pods' addresses go back to the pool once withdrawn from
-		// the peer sets (withdrawal.go): now, and the runtime retries.
-		a.departing.urgent.Store(true)
-		a.departing.wake()
-		return nil, cniErr(codeTryAgainLater, "no "+what+" for pod "+key,
-			fmt.Sprintf("%v; %d addresses of deleted pods go back to the pool once withdrawn from policy peer sets, in a moment", err, held))
-	case exhausted:
+	switch {
+	case errors.Is(err, eni.ErrVSwitchExhausted), errors.Is(err, eni.ErrNoCapacity):
+		if held := a.departing.heldFromCloud(); held > 0 {
+			// Deleted pods' addresses go back to the pool once withdrawn
+			// from the peer sets (withdrawal.go).
+			return nil, a.quarantineErr(what, key, err, held)
+		}
 		return nil, cniErr(codeExhausted, "no "+what+" for pod "+key, err.Error())
 	case err != nil:
 		return nil, cniErr(codeTryAgainLater, "get an "+what+" for pod "+key+" from the cloud", err.Error())

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net/netip"
 	"runtime/pprof"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/apply/nft"
@@ -99,9 +102,8 @@ func withdrawChunk(perPod time.Duration) int {
 // departed is a deleted pod whose address is still to be withdrawn.
 type departed struct {
 	// alloc is the pod's released allocation: its address, and what goes
-	// back to the cloud after the withdrawal (cloud says whether it does).
+	// back to the cloud after the withdrawal (one on an ENI).
 	alloc spec.Allocation
-	cloud bool
 	since time.Time
 	// withdrawing is set while a withdrawal step renders without it: its
 	// address is still quarantined.
@@ -133,13 +135,13 @@ func newDepartedPeers(gauge func(float64)) *departedPeers {
 
 // depart records a pod's released allocation as departing; false when the
 // pod departs already.
-func (d *departedPeers) depart(now time.Time, key string, alloc spec.Allocation, cloud bool) bool {
+func (d *departedPeers) depart(now time.Time, key string, alloc spec.Allocation) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.byKey[key] != nil {
 		return false
 	}
-	d.byKey[key] = &departed{alloc: alloc, cloud: cloud, since: now}
+	d.byKey[key] = &departed{alloc: alloc, since: now}
 	d.gauge(float64(len(d.byKey)))
 	return true
 }
@@ -192,7 +194,7 @@ func (d *departedPeers) heldFromCloud() int {
 	defer d.mu.Unlock()
 	n := 0
 	for _, p := range d.byKey {
-		if p.cloud {
+		if p.alloc.Spec.ENI != "" {
 			n++
 		}
 	}
@@ -241,25 +243,27 @@ func (d *departedPeers) restore(taken map[string]departed) {
 	}
 }
 
-// done forgets the pods taken and returns them.
-func (d *departedPeers) done(taken map[string]departed) []departed {
+// done forgets the pods taken.
+func (d *departedPeers) done(taken map[string]departed) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var out []departed
 	for k := range taken {
-		if p := d.byKey[k]; p != nil {
-			out = append(out, *p)
-			delete(d.byKey, k)
-		}
+		delete(d.byKey, k)
 	}
 	d.gauge(float64(len(d.byKey)))
-	return out
 }
 
 func (d *departedPeers) has(key string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.byKey[key] != nil
+}
+
+// hurry has the withdrawal run at once: an ADD found no free address but
+// quarantined ones.
+func (d *departedPeers) hurry() {
+	d.urgent.Store(true)
+	d.wake()
 }
 
 // wake asks the withdrawal loop to look at the departing pods.
@@ -324,6 +328,15 @@ func (a *Agent) withdrawalLoop(stop <-chan struct{}) {
 	}
 }
 
+// quarantineErr is an ADD's answer when it found no address, or no
+// capacity, but n addresses of deleted pods wait for their withdrawal: it
+// has the withdrawal run at once, and the runtime retries.
+func (a *Agent) quarantineErr(what, key string, err error, n int) *types.Error {
+	a.departing.hurry()
+	return cniErr(codeTryAgainLater, "no "+what+" for pod "+key,
+		fmt.Sprintf("%v; %d addresses of deleted pods are free once withdrawn from policy peer sets, in a moment", err, n))
+}
+
 // withdrawalWait is how long the withdrawal waits before it runs: while
 // CNI ADDs or DELs are arriving or under way, until withdrawQuiet after
 // the last one, and never beyond withdrawDelay after the oldest DEL, nor
@@ -382,13 +395,13 @@ func (a *Agent) withdrawStep(stop <-chan struct{}, keys []string) error {
 		}
 		break
 	}
-	// The cloud's addresses go back only now.
+	// The cloud's addresses go back only now (cloudRelease: those on an
+	// ENI).
+	a.departing.done(taken)
 	now := time.Now()
-	for _, p := range a.departing.done(taken) {
+	for _, p := range taken {
 		a.m.withdrawal.Observe(now.Sub(p.since).Seconds())
-		if p.cloud {
-			a.cloudRelease(p.alloc)
-		}
+		a.cloudRelease(p.alloc)
 	}
 	return nil
 }
