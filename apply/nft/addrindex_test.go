@@ -29,7 +29,7 @@ func TestAddrIndexDerive(t *testing.T) {
 	doc := spec.NFTSet{Name: "peers", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
 	var prev *set
 	var idx addrIndex
-	derived := 0
+	derived, overlaid, flattened := 0, 0, 0
 	for step := range 300 {
 		// Each step edits a stretch of the list (canonicalSet derives the
 		// set from prev by the stretch that differs).
@@ -61,6 +61,11 @@ func TestAddrIndexDerive(t *testing.T) {
 			before := cloneIndex(idx)
 			next := idx.derive(s)
 			derived++
+			if next.over != nil {
+				overlaid++
+			} else {
+				flattened++
+			}
 			if !sameIndex(idx, before) {
 				t.Fatalf("step %d: derive changed its parent index", step)
 			}
@@ -76,18 +81,35 @@ func TestAddrIndexDerive(t *testing.T) {
 	if derived < 200 {
 		t.Fatalf("only %d of 300 steps derived an index: the test did not exercise derive", derived)
 	}
+	// Both ways a derived index is kept: over its parent's map, and
+	// flattened into a map of its own.
+	if overlaid < 50 || flattened < 3 {
+		t.Fatalf("%d derived indexes kept over their parent's map and %d flattened: the test did not exercise both", overlaid, flattened)
+	}
 }
 
-func cloneIndex(x addrIndex) addrIndex {
-	out := addrIndex{}
-	for a, es := range x {
-		out[a] = slices.Clone(es)
+// flatIndex is x as one map, with no entry for an address without
+// elements.
+func flatIndex(x addrIndex) map[string][]*elem {
+	out := map[string][]*elem{}
+	for a := range x.base {
+		if es := x.get(a); len(es) > 0 {
+			out[a] = slices.Clone(es)
+		}
+	}
+	for a, es := range x.over {
+		if len(es) > 0 {
+			out[a] = slices.Clone(es)
+		}
 	}
 	return out
 }
 
+func cloneIndex(x addrIndex) addrIndex { return addrIndex{base: flatIndex(x)} }
+
 // sameIndex compares two indexes as address → multiset of element texts.
-func sameIndex(x, y addrIndex) bool {
+func sameIndex(xi, yi addrIndex) bool {
+	x, y := flatIndex(xi), flatIndex(yi)
 	if len(x) != len(y) {
 		return false
 	}

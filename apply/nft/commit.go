@@ -131,7 +131,7 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 	if checkLater {
 		later.add(func() error { return r.verifyLater(ns, netns, rec, p, after) })
 	}
-	r.warmIndexes(rec)
+	r.warmIndexes(rec, p.writtenSets()...)
 	return nil
 }
 
@@ -335,6 +335,26 @@ func (p *plan) touchKeys() (map[string]bool, bool) {
 		}
 	}
 	return keys, false
+}
+
+// writtenSets names the sets a scoped plan writes, which are the only
+// ones whose record objects its commit changes; nil for any other plan
+// (warmIndexes then looks at every set).
+func (p *plan) writtenSets() []string {
+	if !p.scoped {
+		return nil
+	}
+	keys, all := p.touchKeys()
+	if all {
+		return nil
+	}
+	names := []string{}
+	for k := range keys {
+		if name, ok := strings.CutPrefix(k, "set "); ok {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 // done records a successful sync; mu is held. Only syncs that may be the

@@ -49,6 +49,9 @@ type plan struct {
 	rec *record
 	// locks are record keys the commit locks as it records (stage.go).
 	locks map[string]bool
+	// scoped says the plan is a scoped one (PlanScoped): the sets it does
+	// not write stay the record's very objects.
+	scoped bool
 }
 
 // verifyPerElemMax is how many changed elements of one kept set are

@@ -182,6 +182,9 @@ type record struct {
 	// requests still render the policies before it (agent/renderviews.go),
 	// and the two documents' lists of one set must not evict each other.
 	wantIndexes map[string][]wantIndexed
+	// wantScanned is, for each set name, the last element list a scoped
+	// plan scanned without an index (wantIndexer); mu guards.
+	wantScanned map[string]listRef
 }
 
 // clockStart anchors the records' timestamps (monoNow).
@@ -414,10 +417,12 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	closeAll(gone)
 
 	var want *table
+	scoped := false
 	switch {
 	case desired != nil && sc != nil && !full && written != nil:
+		scoped = true
 		var err error
-		if want, err = scopedTable(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec)); err != nil {
+		if want, err = scopedTable(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false)); err != nil {
 			return nil, err
 		}
 		r.pruneWantIndexes(rec, desired)
@@ -455,6 +460,7 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	}
 	p.counts = ask != syncPartial
 	p.rec = rec
+	p.scoped = scoped
 	ops := p.ops()
 	mode := "partial"
 	if full {

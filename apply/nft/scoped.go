@@ -328,7 +328,7 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 	} else {
 		idx := index(hs)
 		for _, a := range addrs {
-			for _, he := range idx[a] {
+			for _, he := range idx.get(a) {
 				drop(he)
 			}
 		}
@@ -454,54 +454,80 @@ const indexMinElems = 16
 const wantIndexMinElems = 256
 
 // addrIndex gives a set's elements by each single address in their key's
-// address fields (not prefixes or ranges: those are not a pod's).
-type addrIndex map[string][]*elem
+// address fields (not prefixes or ranges: those are not a pod's). A
+// derived index (derive) shares its parent's map and holds only the
+// entries its changes touched, so that deriving costs what changed; it
+// takes a map of its own once those entries are many (flattenAt).
+type addrIndex struct {
+	base map[string][]*elem
+	// over are the entries that differ from base, an empty one for an
+	// address no element has any more.
+	over map[string][]*elem
+}
+
+// get returns the elements under the address a.
+func (x addrIndex) get(a string) []*elem {
+	if es, ok := x.over[a]; ok {
+		return es
+	}
+	return x.base[a]
+}
 
 func newAddrIndex(s *set) addrIndex {
 	fields := addrFields(s)
-	idx := make(addrIndex, len(s.elems))
+	base := make(map[string][]*elem, len(s.elems))
 	for _, e := range s.elems {
-		idx.put(e, fields)
+		eachAddr(e.text, fields, func(a string) { base[a] = append(base[a], e) })
 	}
-	return idx
+	return addrIndex{base: base}
 }
 
 // derive returns the index of s, a set derived from the one x indexes by
 // s.added and s.removed, without reading s's other elements: the CNI path
 // changes a few elements of large sets on every ADD and DEL. x is left as
-// it is (it may still be read): the entries s's change touches are copied.
+// it is (it may still be read): derive copies only its own entries, and
+// those of the addresses s's change touches.
 func (x addrIndex) derive(s *set) addrIndex {
 	fields := addrFields(s)
-	idx := maps.Clone(x)
+	over := make(map[string][]*elem, len(x.over)+len(s.added)+len(s.removed))
+	maps.Copy(over, x.over)
 	copied := map[string]bool{}
 	own := func(a string) {
 		if !copied[a] {
 			copied[a] = true
-			idx[a] = slices.Clone(idx[a])
+			over[a] = slices.Clone(x.get(a))
 		}
 	}
 	for _, he := range s.removed {
 		eachAddr(he.text, fields, func(a string) {
 			own(a)
-			idx[a] = slices.DeleteFunc(idx[a], func(e *elem) bool { return e == he })
-			if len(idx[a]) == 0 {
-				delete(idx, a)
-			}
+			over[a] = slices.DeleteFunc(over[a], func(e *elem) bool { return e == he })
 		})
 	}
 	for _, e := range s.added {
 		eachAddr(e.text, fields, func(a string) {
 			own(a)
-			idx[a] = append(idx[a], e)
+			over[a] = append(over[a], e)
 		})
 	}
-	return idx
+	if len(over) < flattenAt(len(x.base)) {
+		return addrIndex{base: x.base, over: over}
+	}
+	base := maps.Clone(x.base)
+	for a, es := range over {
+		if len(es) == 0 {
+			delete(base, a)
+		} else {
+			base[a] = es
+		}
+	}
+	return addrIndex{base: base}
 }
 
-// put adds e under each single address of its key's address fields.
-func (x addrIndex) put(e *elem, fields []int) {
-	eachAddr(e.text, fields, func(a string) { x[a] = append(x[a], e) })
-}
+// flattenAt is how many changed entries a derived index of a base of n
+// entries holds before it takes a map of its own: a derive copies them,
+// and copying the base costs about as much as copying that many four times.
+func flattenAt(n int) int { return max(16, n/4) }
 
 // addrFields are the positions of a set's key fields that hold addresses.
 func addrFields(s *set) []int { return addrFieldsOf(s.typeNames) }

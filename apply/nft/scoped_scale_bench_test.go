@@ -2,7 +2,9 @@ package nft
 
 import (
 	"math"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/terway-reconciler/terway/internal/synth"
 	"github.com/terway-reconciler/terway/render"
@@ -17,19 +19,9 @@ import (
 //
 //	go test -run '^$' -bench ScopedAddPlanAtScale ./apply/nft/
 func BenchmarkScopedAddPlanAtScale(b *testing.B) {
-	in := synth.Cluster(synth.Params{LocalPods: 251, RemotePods: 250, Policies: 1000, Namespaces: 20, Seed: 1})
-	last := in.Allocations[len(in.Allocations)-1]
-	key := last.Metadata.Namespace + "/" + last.Metadata.Name
-	in.PeersHeldBack = map[string]bool{key: true}
-	before := in
-	before.Allocations = in.Allocations[:len(in.Allocations)-1]
-	was, now := mustRender(b, before), mustRender(b, in)
-	e := newEnv(b, "bsaddscale")
-	e.r = New(Options{FullEvery: math.MaxInt})
-	e.apply(was.NFTables)
-	sc := Scope{Pods: []string{key}, Addrs: []string{last.Spec.IP}}
+	e, _, now, sc := scaleAddNode(b, "bsaddscale", 251)
 	for b.Loop() {
-		ops, err := e.r.PlanScoped(e.reg, e.ns, now.NFTables, sc)
+		ops, err := e.r.PlanScoped(e.reg, e.ns, now, sc)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -74,6 +66,24 @@ func BenchmarkCheckAheadAtScale(b *testing.B) {
 	}
 }
 
+// scaleAddNode is a node of synth's local pods, 250 remote peers and
+// 1,000 policies whose table was written with its last pod awaiting its
+// ADD (its policy groups rendered ahead): was, and now the document with
+// that pod set up and held back as a peer, and the ADD's scope.
+func scaleAddNode(b *testing.B, name string, localPods int) (e *env, was, now *spec.NFTable, sc Scope) {
+	in := synth.Cluster(synth.Params{LocalPods: localPods, RemotePods: 250, Policies: 1000, Namespaces: 20, Seed: 1})
+	last := in.Allocations[len(in.Allocations)-1]
+	key := last.Metadata.Namespace + "/" + last.Metadata.Name
+	in.PeersHeldBack = map[string]bool{key: true}
+	before := in
+	before.Allocations = in.Allocations[:len(in.Allocations)-1]
+	was, now = mustRender(b, before).NFTables, mustRender(b, in).NFTables
+	e = newEnv(b, name)
+	e.r = New(Options{FullEvery: math.MaxInt})
+	e.apply(was)
+	return e, was, now, Scope{Pods: []string{key}, Addrs: []string{last.Spec.IP}}
+}
+
 func mustRender(b *testing.B, in render.Inputs) *spec.NodeState {
 	b.Helper()
 	state, err := render.Render(in)
@@ -81,4 +91,45 @@ func mustRender(b *testing.B, in render.Inputs) *spec.NodeState {
 		b.Fatal(err)
 	}
 	return state
+}
+
+// BenchmarkScopedAddCommitAtScale is a CNI ADD's and DEL's nftables work
+// as the agent does it, on synth's node of 300 local pods (the 250 of
+// terwayctl bench's scale row and its 50 timed ADDs), 250 remote peers
+// and 1,000 policies: each request plans from a document of its own (the sets it changes are new element lists, as render's patch
+// makes them), commits and reads back. It reports the ADD's part per
+// round: the scoped plan must not grow with the table, and neither must
+// what the commit does after writing (indexing the sets it wrote).
+//
+//	go test -run '^$' -bench ScopedAddCommitAtScale -benchtime 100x ./apply/nft/
+func BenchmarkScopedAddCommitAtScale(b *testing.B) {
+	e, was, now, sc := scaleAddNode(b, "bsaddcommit", 300)
+	// fresh is doc with new element lists for the sets that differ
+	// between the two documents, as a request's own render has them.
+	fresh := func(doc, other *spec.NFTable) *spec.NFTable {
+		out := *doc
+		out.Sets = slices.Clone(doc.Sets)
+		for i := range out.Sets {
+			if j := slices.IndexFunc(other.Sets, func(s spec.NFTSet) bool { return s.Name == out.Sets[i].Name }); j < 0 ||
+				len(other.Sets[j].Elements) != len(out.Sets[i].Elements) {
+				out.Sets[i].Elements = slices.Clone(out.Sets[i].Elements)
+			}
+		}
+		return &out
+	}
+	var add time.Duration
+	for b.Loop() {
+		began := time.Now()
+		ops, err := e.r.PlanScoped(e.reg, e.ns, fresh(now, was), sc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		e.run(ops)
+		add += time.Since(began)
+		if ops, err = e.r.PlanScoped(e.reg, e.ns, fresh(was, now), sc); err != nil {
+			b.Fatal(err)
+		}
+		e.run(ops)
+	}
+	b.ReportMetric(float64(add)/float64(b.N)/1e6, "add-ms")
 }

@@ -150,7 +150,7 @@ func TestSetMadeFromList(t *testing.T) {
 	derive := func(to *spec.NFTSet) *set {
 		t.Helper()
 		d, err := scopedElems(to, s, []string{"198.18.0.4"}, nil,
-			func(*set) addrIndex { return nil }, func(*spec.NFTSet, []int) wantIndex { return nil })
+			func(*set) addrIndex { return addrIndex{} }, func(*spec.NFTSet, []int) wantIndex { return nil })
 		if err != nil {
 			t.Fatal(err)
 		}

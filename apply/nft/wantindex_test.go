@@ -30,7 +30,7 @@ func TestWantIndexKeepsTheCNIAndResyncLists(t *testing.T) {
 	r.mu.Lock()
 	rec := r.recordLocked("test")
 	r.mu.Unlock()
-	index := r.wantIndexer(rec)
+	index := r.wantIndexer(rec, true)
 	fields := []int{0}
 	before, after, later := bigPeerSet(0, 600), bigPeerSet(10, 500), bigPeerSet(20, 400)
 	id := func(x wantIndex) uintptr { return reflect.ValueOf(x).Pointer() }
@@ -55,6 +55,37 @@ func TestWantIndexKeepsTheCNIAndResyncLists(t *testing.T) {
 	}
 	if id(index(after, fields)) == id(b) {
 		t.Error("three lists of one set all kept their index; want at most wantIndexLists")
+	}
+}
+
+// TestWantIndexAfterAScan: a scoped plan scans a list the first time it
+// plans from it and indexes it the second time, once; a list seen once
+// in between (a CNI request's new dispatch map) is scanned and does not
+// take the index of the list used before it.
+func TestWantIndexAfterAScan(t *testing.T) {
+	r := New(Options{})
+	r.mu.Lock()
+	rec := r.recordLocked("test")
+	r.mu.Unlock()
+	index := r.wantIndexer(rec, false)
+	fields := []int{0}
+	kept, once := bigPeerSet(0, 600), bigPeerSet(10, 500)
+	if index(kept, fields) != nil {
+		t.Fatal("a list seen for the first time was indexed, not scanned")
+	}
+	a := index(kept, fields)
+	if a == nil {
+		t.Fatal("a list seen for the second time was not indexed")
+	}
+	if got := len(a.lookup(kept.Elements, []string{"198.18.1.7"})); got != 1 {
+		t.Errorf("the index finds %d elements of 198.18.1.7, want 1", got)
+	}
+	if index(once, fields) != nil {
+		t.Fatal("another list seen for the first time was indexed, not scanned")
+	}
+	id := func(x wantIndex) uintptr { return reflect.ValueOf(x).Pointer() }
+	if b := index(kept, fields); b == nil || id(b) != id(a) {
+		t.Error("the indexed list was indexed again, or lost its index, after another list was scanned")
 	}
 }
 
@@ -216,5 +247,36 @@ func TestPrepareComparesLargeSets(t *testing.T) {
 	if len(changed) != 500 || len(gone) != 1000 || len(fresh) != len(changed) || len(freshGone) != len(gone) {
 		t.Errorf("remembered changes: %d added, %d gone; computed now: %d, %d; want 500 and 1000",
 			len(changed), len(gone), len(fresh), len(freshGone))
+	}
+}
+
+// TestScopedCommitWarmsItsSets: after a CNI ADD's scoped commit, the
+// large sets it wrote (the dispatch maps) have their address index built
+// for the sets as now recorded, ready for the next request's plan,
+// although the commit looks only at the sets it wrote.
+func TestScopedCommitWarmsItsSets(t *testing.T) {
+	e := newEnv(t, "warmidx")
+	e.r = New(Options{FullEvery: 1 << 30})
+	ps := pods(41)
+	e.apply(testDoc(ps[:40], nil))
+	last := ps[40]
+	ops, err := e.r.PlanScoped(e.reg, e.ns, testDoc(ps, nil), Scope{Pods: []string{last.key}, Addrs: []string{last.ip}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.run(ops)
+	e.r.mu.Lock()
+	defer e.r.mu.Unlock()
+	rec := e.r.records[e.ns]
+	for _, name := range []string{"egress-dispatch", "ingress-dispatch"} {
+		s := rec.written.sets[name]
+		if s == nil || len(s.elems) != 41 {
+			t.Fatalf("set %s is not recorded with the ADD's element", name)
+		}
+		if x, ok := rec.indexes[name]; !ok || x.of != s {
+			t.Errorf("set %s: after the scoped commit, its address index is not the recorded set's", name)
+		} else if got := x.idx.get(last.ip); len(got) != 1 {
+			t.Errorf("set %s: the index has %d elements of %s, want 1", name, len(got), last.ip)
+		}
 	}
 }
