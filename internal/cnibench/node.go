@@ -264,13 +264,46 @@ func (a *agentProc) metrics(ctx context.Context) (agentMetrics, error) {
 		if !ok || strings.HasPrefix(name, "#") {
 			continue
 		}
-		if name == "terway_allocations" || histogramTotal(name) {
+		if name == "terway_allocations" || name == metricHeldBack || name == metricDeparting || histogramTotal(name) {
 			if v, err := strconv.ParseFloat(value, 64); err == nil {
 				m[name] = v
 			}
 		}
 	}
 	return m, nil
+}
+
+// The agent's gauges of the pods whose admission as policy peers, or whose
+// address's withdrawal from the peer sets, is still to come
+// (agent/admission.go, agent/withdrawal.go).
+const (
+	metricHeldBack  = "terway_pods_held_back"
+	metricDeparting = "terway_pods_departing"
+)
+
+// waitSettled waits until the agent has admitted every pod set up as a
+// policy peer and withdrawn every deleted one's address: the work an ADD
+// or DEL leaves for after its answer.
+func (a *agentProc) waitSettled(ctx context.Context, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		m, err := a.metrics(ctx)
+		if err != nil {
+			return err
+		}
+		held, departing := m[metricHeldBack], m[metricDeparting]
+		if held == 0 && departing == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent still has %.0f pods held back as peers and %.0f departing after %s", held, departing, within)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // benchHistograms are the agent's histograms whose means the bench reads
