@@ -112,8 +112,11 @@ type Agent struct {
 	// the commit that enforces it).
 	committed func(*engine.Report)
 	// resynced is set after the first full reconcile following the inputs'
-	// first complete listing; until then nothing is pruned.
-	resynced atomic.Bool
+	// first complete listing; until then nothing is pruned. firstResync
+	// closes then (firstResyncOnce).
+	resynced        atomic.Bool
+	firstResync     chan struct{}
+	firstResyncOnce sync.Once
 	// cloudReady is set once the ENI reconciler knows our ENIs and the
 	// store's holdings (ENI modes).
 	cloudReady atomic.Bool
@@ -151,7 +154,8 @@ func newAgent(cfg Config, src inputs.Source, hostNetns string) (*Agent, error) {
 		clock: clock.RealClock{}, status: newStatusTracker(clock.RealClock{}),
 		views: newRenderViews(),
 		held:  newHeldPeers(m.heldBack.Set), admitStop: make(chan struct{}), admitDone: make(chan struct{}),
-		departing: newDepartedPeers(m.departing.Set), withdrawDone: make(chan struct{}),
+		firstResync: make(chan struct{}),
+		departing:   newDepartedPeers(m.departing.Set), withdrawDone: make(chan struct{}),
 	}
 	m.reg.MustRegister(newNFTCheckCollector(a.eng))
 	go func() { defer close(a.admitDone); a.admissionLoop(a.admitStop) }()

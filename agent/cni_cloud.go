@@ -41,7 +41,14 @@ func ifNameOr(s string) string {
 }
 
 // startCloud gives the reconciler the holdings of the store and starts its
-// loop. Nothing is released before the holdings are known.
+// loop once the first full reconcile is done. Nothing is released before
+// the holdings are known, nor before that reconcile: an address a DEL
+// freed before a restart may still be in other pods' peer sets (which
+// pods were departing lived in the old process's memory, withdrawal.go),
+// and the store no longer holds it. The first full reconcile withdraws
+// it; a pool pass before that could unassign it as idle, and the cloud
+// give it to a pod elsewhere that this node's policies would still admit.
+// ADDs wait for that reconcile too (Ready), so no pass is needed earlier.
 func (a *Agent) startCloud(ctx context.Context) error {
 	allocs, err := a.store.List()
 	if err != nil {
@@ -60,7 +67,15 @@ func (a *Agent) startCloud(ctx context.Context) error {
 		return fmt.Errorf("ENI reconciler: %w", err)
 	}
 	a.cloudReady.Store(true)
-	go a.cfg.ENI.Run(ctx)
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.firstResync:
+		}
+		a.log.Info("ENI pool passes start after the first full reconcile")
+		a.cfg.ENI.Run(ctx)
+	}()
 	a.log.Info("ENI reconciler started", "holdings", len(holdings))
 	return nil
 }

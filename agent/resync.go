@@ -195,6 +195,7 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 		// if some kernel items failed: one broken pod must not keep every
 		// other pod from starting.
 		a.resynced.Store(true)
+		a.firstResyncOnce.Do(func() { close(a.firstResync) })
 		a.log.Info("inputs synced; first full reconcile done")
 	}
 	total.Duration = a.clock.Since(start)

@@ -443,3 +443,38 @@ func dumpCalls(b *testing.B, st *sim.State) int {
 	}
 	return n
 }
+
+// TestENIPoolWaitsForFirstReconcile: the ENI reconciler's pool passes
+// (here the pre-warm of minPoolSize addresses) start only after the
+// agent's first full reconcile. Until then an address a DEL freed before
+// a restart may still be in other pods' peer sets, and a pass could give
+// it back to the cloud as idle (agent/cni_cloud.go, startCloud).
+func TestENIPoolWaitsForFirstReconcile(t *testing.T) {
+	cluster := "apiVersion: terway/v1\nkind: Config\nminPoolSize: 4\nmaxPoolSize: 8\n---\napiVersion: v1\nkind: Node\nmetadata: {name: eni-node}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n"
+	st := upENI(t, "enifirst", cluster)
+	logPath := filepath.Join(st.Dir, "logs", "terwayd.log")
+	const reconciled, passes = "first full reconcile done", "ENI pool passes start"
+	poolActions := []string{"ENI created", "IPs assigned", "IPs unassigned", "ENI deleted"}
+	var log string
+	firstAction := -1
+	for deadline := time.Now().Add(20 * time.Second); firstAction < 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		data, err := os.ReadFile(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log = string(data)
+		for _, a := range poolActions {
+			if i := strings.Index(log, a); i >= 0 && (firstAction < 0 || i < firstAction) {
+				firstAction = i
+			}
+		}
+	}
+	if firstAction < 0 {
+		t.Fatalf("no pool pass pre-warmed the pool (minPoolSize 4) within 20 s; terwayd log:\n%s", tail(log, 30))
+	}
+	r, p := strings.Index(log, reconciled), strings.Index(log, passes)
+	if r < 0 || p < r || firstAction < p {
+		t.Fatalf("the pool's first action (offset %d) came before the first full reconcile (%d) or the start of the pool passes (%d); terwayd log:\n%s",
+			firstAction, r, p, tail(log, 40))
+	}
+}
