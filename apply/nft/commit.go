@@ -337,25 +337,11 @@ func (p *plan) touchKeys() (map[string]bool, bool) {
 	return keys, false
 }
 
-// writtenSets names the sets a scoped plan writes, which are the only
-// ones whose record objects its commit changes; nil for any other plan
-// (warmIndexes then looks at every set).
-func (p *plan) writtenSets() []string {
-	if !p.scoped {
-		return nil
-	}
-	keys, all := p.touchKeys()
-	if all {
-		return nil
-	}
-	names := []string{}
-	for k := range keys {
-		if name, ok := strings.CutPrefix(k, "set "); ok {
-			names = append(names, name)
-		}
-	}
-	return names
-}
+// writtenSets names the sets whose record objects the plan's commit may
+// change: for a scoped plan the sets it put or dropped, those it wrote and
+// those it made again the same (a group taken whole, a pod's own set);
+// nil for any other plan (warmIndexes then looks at every set).
+func (p *plan) writtenSets() []string { return p.scopedSets }
 
 // done records a successful sync; mu is held. Only syncs that may be the
 // periodic full one count towards it (counts): the CNI path's partial

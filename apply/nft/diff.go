@@ -49,9 +49,10 @@ type plan struct {
 	rec *record
 	// locks are record keys the commit locks as it records (stage.go).
 	locks map[string]bool
-	// scoped says the plan is a scoped one (PlanScoped): the sets it does
-	// not write stay the record's very objects.
-	scoped bool
+	// scopedSets, for a scoped plan (PlanScoped), are the sets it put or
+	// dropped, written or not: its commit leaves the record's other sets
+	// the very objects they were. nil for any other plan.
+	scopedSets []string
 }
 
 // verifyPerElemMax is how many changed elements of one kept set are

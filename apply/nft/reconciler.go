@@ -417,12 +417,11 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	closeAll(gone)
 
 	var want *table
-	scoped := false
+	var scopedSets []string
 	switch {
 	case desired != nil && sc != nil && !full && written != nil:
-		scoped = true
 		var err error
-		if want, err = scopedTable(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false)); err != nil {
+		if want, scopedSets, err = scopedTable(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false)); err != nil {
 			return nil, err
 		}
 		r.pruneWantIndexes(rec, desired)
@@ -460,7 +459,7 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	}
 	p.counts = ask != syncPartial
 	p.rec = rec
-	p.scoped = scoped
+	p.scopedSets = scopedSets
 	ops := p.ops()
 	mode := "partial"
 	if full {

@@ -52,11 +52,12 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 	return r.planWith(ns, netns, desired, syncPartial, &sc)
 }
 
-// scopedTable is the record with the scoped pods' part of desired. index
-// gives a record set's elements by address (see addrIndex), wantIndex a
-// desired set's (see wantIndex).
+// scopedTable is the record with the scoped pods' part of desired, and the
+// names of the sets it put or dropped: its other sets are the record's
+// very objects. index gives a record set's elements by address (see
+// addrIndex), wantIndex a desired set's (see wantIndex).
 func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
-	wantIndex func(*spec.NFTSet, []int) wantIndex) (*table, error) {
+	wantIndex func(*spec.NFTSet, []int) wantIndex) (*table, []string, error) {
 	pods := newScopedPods(sc.Pods)
 	out := &scopedOut{table: &table{sets: maps.Clone(written.sets), chains: maps.Clone(written.chains)},
 		changedSets: map[string]bool{}, changedChains: map[string]bool{}}
@@ -77,7 +78,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		if c == nil {
 			var err error
 			if c, err = canonicalChain(in); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		out.putChain(c)
@@ -102,7 +103,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		case pods.has(in.Pod) || hs == nil:
 			s, err := canonicalSet(in, cache.set(in))
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			out.putSet(s)
 		case pods.has(hs.pod) || !hs.sameSource(in):
@@ -113,7 +114,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		default:
 			s, err := scopedElems(in, hs, sc.Addrs, podChains, index, wantIndex)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if s != hs {
 				out.putSet(s)
@@ -121,14 +122,18 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		}
 	}
 	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// The record passed these checks: only what the scope changed is
 	// checked again, at a cost that does not grow with the table.
 	if err := out.checkRefsSince(written, out.changedSets, out.changedChains); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return out.table, nil
+	changed := make([]string, 0, len(out.changedSets))
+	for name := range out.changedSets {
+		changed = append(changed, name)
+	}
+	return out.table, changed, nil
 }
 
 // othersNewObjects finds the chains of desired that the record does not
