@@ -113,7 +113,8 @@ type Agent struct {
 	committed func(*engine.Report)
 	// resynced is set after the first full reconcile following the inputs'
 	// first complete listing; until then nothing is pruned. firstResync
-	// closes then (firstResyncOnce).
+	// closes after the first sync whose nftables part was written
+	// (firstResyncOnce): that one, or a later one if its commit failed.
 	resynced        atomic.Bool
 	firstResync     chan struct{}
 	firstResyncOnce sync.Once

@@ -41,14 +41,16 @@ func ifNameOr(s string) string {
 }
 
 // startCloud gives the reconciler the holdings of the store and starts its
-// loop once the first full reconcile is done. Nothing is released before
-// the holdings are known, nor before that reconcile: an address a DEL
-// freed before a restart may still be in other pods' peer sets (which
-// pods were departing lived in the old process's memory, withdrawal.go),
-// and the store no longer holds it. The first full reconcile withdraws
-// it; a pool pass before that could unassign it as idle, and the cloud
-// give it to a pod elsewhere that this node's policies would still admit.
-// ADDs wait for that reconcile too (Ready), so no pass is needed earlier.
+// loop once the first full reconcile has written its nftables part
+// (firstResync). Nothing is released before the holdings are known, nor
+// before that: an address a DEL freed before a restart may still be in
+// other pods' peer sets (which pods were departing lived in the old
+// process's memory, withdrawal.go), and the store no longer holds it. That
+// reconcile withdraws it; a pool pass before it could unassign the address
+// as idle, and the cloud give it to a pod elsewhere that this node's
+// policies would still admit. ADDs wait for the first reconcile too
+// (Ready), and allocate without the loop (the reconciler's Allocate grows
+// the pool itself), so no pass is needed earlier.
 func (a *Agent) startCloud(ctx context.Context) error {
 	allocs, err := a.store.List()
 	if err != nil {

@@ -136,6 +136,11 @@ func (w *writeTracker) touches(o op.Op) bool {
 	return false
 }
 
+// kindFailed reports whether any operation of kind failed in rep.
+func kindFailed(rep *engine.Report, kind string) bool {
+	return slices.ContainsFunc(rep.Results, func(r engine.Result) bool { return r.Op.Kind == kind && r.Err != nil })
+}
+
 // kernelKinds are the kinds planned without the lock.
 var kernelKinds = slices.DeleteFunc(engine.Kinds(), func(k string) bool { return k == nft.Kind })
 
@@ -195,8 +200,12 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 		// if some kernel items failed: one broken pod must not keep every
 		// other pod from starting.
 		a.resynced.Store(true)
-		a.firstResyncOnce.Do(func() { close(a.firstResync) })
 		a.log.Info("inputs synced; first full reconcile done")
+	}
+	if rendered && total.Rounds > 0 && !kindFailed(&total, nft.Kind) {
+		// The nftables part was written: no address departed before a
+		// restart is left in a peer set (cni_cloud.go, startCloud).
+		a.firstResyncOnce.Do(func() { close(a.firstResync) })
 	}
 	total.Duration = a.clock.Since(start)
 	a.m.observeReport(&total, total.Duration)

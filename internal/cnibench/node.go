@@ -279,24 +279,34 @@ func (a *agentProc) metrics(ctx context.Context) (agentMetrics, error) {
 const (
 	metricHeldBack  = "terway_pods_held_back"
 	metricDeparting = "terway_pods_departing"
+	// The histograms of their steps' phases.
+	metricAdmissionSteps  = "terway_peer_admission_step_seconds"
+	metricWithdrawalSteps = "terway_peer_withdrawal_step_seconds"
 )
 
 // waitSettled waits until the agent has admitted every pod set up as a
 // policy peer and withdrawn every deleted one's address: the work an ADD
-// or DEL leaves for after its answer.
+// or DEL leaves for after its answer. The gauges fall to 0 when the last
+// step takes its pods, before it writes them: settled is the gauges at 0
+// and no step observed (steps) for settleQuiet.
 func (a *agentProc) waitSettled(ctx context.Context, within time.Duration) error {
 	deadline := time.Now().Add(within)
+	var quietSince time.Time
+	last := -1.0
 	for {
 		m, err := a.metrics(ctx)
 		if err != nil {
 			return err
 		}
-		held, departing := m[metricHeldBack], m[metricDeparting]
-		if held == 0 && departing == 0 {
+		held, departing, steps := m[metricHeldBack], m[metricDeparting], m.steps()
+		switch {
+		case held != 0 || departing != 0 || steps != last:
+			quietSince, last = time.Now(), steps
+		case time.Since(quietSince) >= settleQuiet:
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("agent still has %.0f pods held back as peers and %.0f departing after %s", held, departing, within)
+			return fmt.Errorf("agent still has %.0f pods held back as peers and %.0f departing, or steps under way, after %s", held, departing, within)
 		}
 		select {
 		case <-ctx.Done():
@@ -306,11 +316,30 @@ func (a *agentProc) waitSettled(ctx context.Context, within time.Duration) error
 	}
 }
 
+// settleQuiet is how long no admission or withdrawal step may have been
+// observed for the agent to be settled: longer than the gaps between a
+// step's observations (its render, apply and read-back, tens of
+// milliseconds each at 1,000 policies).
+const settleQuiet = 300 * time.Millisecond
+
+// steps counts the admission and withdrawal steps' observed phases.
+func (m agentMetrics) steps() float64 {
+	var n float64
+	for name, v := range m {
+		for _, h := range []string{metricAdmissionSteps, metricWithdrawalSteps} {
+			if strings.HasPrefix(name, h+"_count") {
+				n += v
+			}
+		}
+	}
+	return n
+}
+
 // benchHistograms are the agent's histograms whose means the bench reads
 // (meanSince).
 var benchHistograms = []string{
 	"terway_cni_request_duration_seconds", "terway_cni_add_phase_seconds",
-	"terway_peer_admission_seconds", "terway_peer_admission_step_seconds",
+	"terway_peer_admission_seconds", metricAdmissionSteps, metricWithdrawalSteps,
 }
 
 // histogramTotal tells whether name is a labelled _sum or _count series
