@@ -131,7 +131,7 @@ func (r *Reconciler) commit(ctx context.Context, ns op.Namespaces, netns string,
 	if checkLater {
 		later.add(func() error { return r.verifyLater(ns, netns, rec, p, after) })
 	}
-	r.warmIndexes(rec, p.writtenSets()...)
+	r.warmIndexes(rec, p.scopedSets...) // nil: every set
 	return nil
 }
 
@@ -336,12 +336,6 @@ func (p *plan) touchKeys() (map[string]bool, bool) {
 	}
 	return keys, false
 }
-
-// writtenSets names the sets whose record objects the plan's commit may
-// change: for a scoped plan the sets it put or dropped, those it wrote and
-// those it made again the same (a group taken whole, a pod's own set);
-// nil for any other plan (warmIndexes then looks at every set).
-func (p *plan) writtenSets() []string { return p.scopedSets }
 
 // done records a successful sync; mu is held. Only syncs that may be the
 // periodic full one count towards it (counts): the CNI path's partial

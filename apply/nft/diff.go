@@ -50,8 +50,10 @@ type plan struct {
 	// locks are record keys the commit locks as it records (stage.go).
 	locks map[string]bool
 	// scopedSets, for a scoped plan (PlanScoped), are the sets it put or
-	// dropped, written or not: its commit leaves the record's other sets
-	// the very objects they were. nil for any other plan.
+	// dropped, written or not (a group taken whole, a pod's own set made
+	// again the same): its commit leaves the record's other sets the very
+	// objects they were, whose address indexes stay (warmIndexes). nil for
+	// any other plan.
 	scopedSets []string
 }
 

@@ -96,22 +96,28 @@ func mustRender(b *testing.B, in render.Inputs) *spec.NodeState {
 // BenchmarkScopedAddCommitAtScale is a CNI ADD's and DEL's nftables work
 // as the agent does it, on synth's node of 300 local pods (the 250 of
 // terwayctl bench's scale row and its 50 timed ADDs), 250 remote peers
-// and 1,000 policies: each request plans from a document of its own (the sets it changes are new element lists, as render's patch
-// makes them), commits and reads back. It reports the ADD's part per
-// round: the scoped plan must not grow with the table, and neither must
-// what the commit does after writing (indexing the sets it wrote).
+// and 1,000 policies: each request plans from a document of its own (the
+// sets it changes are new element lists, as render's patch makes them),
+// commits and reads back. It reports the ADD's part per round: the scoped
+// plan must not grow with the table, and neither must what the commit
+// does after writing (indexing the sets it wrote).
 //
 //	go test -run '^$' -bench ScopedAddCommitAtScale -benchtime 100x ./apply/nft/
 func BenchmarkScopedAddCommitAtScale(b *testing.B) {
 	e, was, now, sc := scaleAddNode(b, "bsaddcommit", 300)
-	// fresh is doc with new element lists for the sets that differ
-	// between the two documents, as a request's own render has them.
-	fresh := func(doc, other *spec.NFTable) *spec.NFTable {
+	// The sets whose element lists differ between the two documents.
+	differ := map[string]bool{}
+	for i := range now.Sets {
+		j := slices.IndexFunc(was.Sets, func(s spec.NFTSet) bool { return s.Name == now.Sets[i].Name })
+		differ[now.Sets[i].Name] = j < 0 || len(was.Sets[j].Elements) != len(now.Sets[i].Elements)
+	}
+	// fresh is doc with new element lists for those sets, as a request's
+	// own render has them.
+	fresh := func(doc *spec.NFTable) *spec.NFTable {
 		out := *doc
 		out.Sets = slices.Clone(doc.Sets)
 		for i := range out.Sets {
-			if j := slices.IndexFunc(other.Sets, func(s spec.NFTSet) bool { return s.Name == out.Sets[i].Name }); j < 0 ||
-				len(other.Sets[j].Elements) != len(out.Sets[i].Elements) {
+			if differ[out.Sets[i].Name] {
 				out.Sets[i].Elements = slices.Clone(out.Sets[i].Elements)
 			}
 		}
@@ -119,14 +125,15 @@ func BenchmarkScopedAddCommitAtScale(b *testing.B) {
 	}
 	var add time.Duration
 	for b.Loop() {
+		addDoc, delDoc := fresh(now), fresh(was)
 		began := time.Now()
-		ops, err := e.r.PlanScoped(e.reg, e.ns, fresh(now, was), sc)
+		ops, err := e.r.PlanScoped(e.reg, e.ns, addDoc, sc)
 		if err != nil {
 			b.Fatal(err)
 		}
 		e.run(ops)
 		add += time.Since(began)
-		if ops, err = e.r.PlanScoped(e.reg, e.ns, fresh(was, now), sc); err != nil {
+		if ops, err = e.r.PlanScoped(e.reg, e.ns, delDoc, sc); err != nil {
 			b.Fatal(err)
 		}
 		e.run(ops)
