@@ -74,7 +74,7 @@ func TestAddrIndexDerive(t *testing.T) {
 			idx = fresh
 		}
 		if !sameIndex(idx, fresh) {
-			t.Fatalf("step %d: derived index differs from the one built from the set's %d elements", step, len(s.elems))
+			t.Fatalf("step %d: derived index differs from the one built from the set's %d elements", step, s.elems.len())
 		}
 		doc.Elements, prev = next, s
 	}
@@ -194,7 +194,7 @@ func TestScopedElemsIndexMatchesScan(t *testing.T) {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		if !slices.Equal(elemTexts(a), elemTexts(b)) {
-			t.Fatalf("round %d (addresses %v): through the index %d elements, by a scan %d", round, addrs, len(a.elems), len(b.elems))
+			t.Fatalf("round %d (addresses %v): through the index %d elements, by a scan %d", round, addrs, a.elems.len(), b.elems.len())
 		}
 		if len(b.added)+len(b.removed) == 0 {
 			t.Fatalf("round %d: the scope changed nothing: the round tests nothing", round)
@@ -207,7 +207,7 @@ func TestScopedElemsIndexMatchesScan(t *testing.T) {
 
 func elemTexts(s *set) []string {
 	var out []string
-	for text, e := range s.elems {
+	for text, e := range s.elems.all() {
 		out = append(out, text+" "+e.String())
 	}
 	slices.Sort(out)

@@ -305,7 +305,7 @@ func BenchmarkVerifyWays(b *testing.B) {
 			b.Fatal(err)
 		}
 		for _, added := range []int{16, 64} {
-			present := sortedElemList(ws.elems)[:added]
+			present := sortedElemList(&ws.elems)[:added]
 			b.Run(fmt.Sprintf("set=%d,added=%d/elements", size, added), func(b *testing.B) {
 				for b.Loop() {
 					if err := verifyElems(c, &elemCheck{set: ws, present: present}); err != nil {

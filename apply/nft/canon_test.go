@@ -31,22 +31,22 @@ func TestCanonicalReusesUnchangedElements(t *testing.T) {
 		t.Fatal(err)
 	}
 	gs, fs, old := got.sets["ingress-dispatch"], fresh.sets["ingress-dispatch"], first.sets["ingress-dispatch"]
-	if len(gs.elems) != len(fs.elems) {
-		t.Fatalf("%d elements, want %d", len(gs.elems), len(fs.elems))
+	if gs.elems.len() != fs.elems.len() {
+		t.Fatalf("%d elements, want %d", gs.elems.len(), fs.elems.len())
 	}
 	reused := 0
-	for k, e := range fs.elems {
-		g := gs.elems[k]
+	for k, e := range fs.elems.all() {
+		g := gs.elems.get(k)
 		if g == nil || g.String() != e.String() || compareKeys(g.key, e.key) != 0 {
 			t.Errorf("element %s: got %v, want %s", k, g, e)
 			continue
 		}
-		if g == old.elems[k] {
+		if g == old.elems.get(k) {
 			reused++
 		}
 	}
-	if reused != len(fs.elems)-1 {
-		t.Errorf("%d of %d elements reused, want all but the changed one", reused, len(fs.elems))
+	if reused != fs.elems.len()-1 {
+		t.Errorf("%d of %d elements reused, want all but the changed one", reused, fs.elems.len())
 	}
 }
 
@@ -104,7 +104,7 @@ func TestDerivedSetsMatchScratch(t *testing.T) {
 			t.Fatalf("step %d: jumps %v, from scratch %v", step, gs.jumps, ws.jumps)
 		}
 		for k, e := range gs.canon {
-			if gs.elems[e.text] != e || spec.FormatElement(m.Elements[k]) == "" {
+			if gs.elems.get(e.text) != e || spec.FormatElement(m.Elements[k]) == "" {
 				t.Fatalf("step %d: canon[%d] %s is not the set's element", step, k, e)
 			}
 		}
@@ -130,7 +130,7 @@ func TestDerivedSetsMatchScratch(t *testing.T) {
 
 func elemLines(s *set) string {
 	var out []string
-	for _, e := range s.elems {
+	for _, e := range s.elems.all() {
 		out = append(out, e.String())
 	}
 	slices.Sort(out)

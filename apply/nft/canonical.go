@@ -93,15 +93,15 @@ func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
 		// Same definition: the elements canonicalise as they did.
 		prefix, suffix = commonEnds(prev.src, elems)
 		s.from = prev.id
-		s.elems, s.jumps = maps.Clone(prev.elems), maps.Clone(prev.jumps)
+		s.elems, s.jumps = prev.elems.derive(), maps.Clone(prev.jumps)
 		s.removed = slices.Clip(prev.canon[prefix : len(prev.canon)-suffix]) // prev's, read only
 		for _, e := range s.removed {
-			delete(s.elems, e.text)
+			s.elems.del(e.text)
 			s.countJump(e, -1)
 		}
 		s.canon = append(s.canon, prev.canon[:prefix]...)
 	} else {
-		s.elems = make(map[string]*elem, len(elems))
+		s.elems = newElemMap(len(elems))
 		s.jumps = map[string]int{}
 	}
 	for _, e := range elems[prefix : len(elems)-suffix] {
@@ -109,14 +109,14 @@ func canonicalSet(in *spec.NFTSet, prev *set) (*set, error) {
 		if err != nil {
 			return nil, fmt.Errorf("nft set %s: element %q: %w", in.Name, spec.FormatElement(e), err)
 		}
-		if other, dup := s.elems[ce.text]; dup {
+		if other := s.elems.get(ce.text); other != nil {
 			if s.from != 0 {
 				// Name the two in document order, as from scratch.
 				return canonicalSet(in, nil)
 			}
 			return nil, fmt.Errorf("nft set %s: element %q: same key as %q", in.Name, spec.FormatElement(e), other.String())
 		}
-		s.elems[ce.text] = ce
+		s.elems.put(ce.text, ce)
 		s.countJump(ce, 1)
 		s.canon = append(s.canon, ce)
 		s.added = append(s.added, ce)

@@ -221,7 +221,7 @@ func (r *Reconciler) settle(c *conn, rec *record, before mark, kernel *table) (*
 		if kind != "set" {
 			return nil, mark{}, nil // a chain changed: the rule list may have skipped one
 		}
-		if ws := written.sets[name]; ws != nil && len(ws.elems) > checkRereadMax {
+		if ws := written.sets[name]; ws != nil && ws.elems.len() > checkRereadMax {
 			return nil, mark{}, nil
 		}
 		s, err := readSet(c, name)

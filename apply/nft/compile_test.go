@@ -141,7 +141,7 @@ func TestRuleRoundTrip(t *testing.T) {
 				}
 				anon := map[string]*set{}
 				for _, a := range cr.anon {
-					s := &set{types: a.set.types, interval: a.set.interval, elems: map[string]*elem{}}
+					s := &set{types: a.set.types, interval: a.set.interval, elems: elemMap{}}
 					for _, ty := range a.set.types {
 						s.typeNames = append(s.typeNames, ty.name)
 					}
@@ -197,7 +197,7 @@ func TestIntervalElementsRoundTrip(t *testing.T) {
 			ty, _ := lookupType(n)
 			types = append(types, ty)
 		}
-		s := &set{name: "s", types: types, typeNames: c.types, interval: true, elems: map[string]*elem{}}
+		s := &set{name: "s", types: types, typeNames: c.types, interval: true, elems: elemMap{}}
 		var raws []rawElem
 		var want []string
 		for _, parts := range c.elems {
@@ -217,7 +217,7 @@ func TestIntervalElementsRoundTrip(t *testing.T) {
 		}
 		// The kernel dumps in its own order.
 		slices.Reverse(raws)
-		got := &set{name: "s", types: types, typeNames: c.types, interval: true, elems: map[string]*elem{}}
+		got := &set{name: "s", types: types, typeNames: c.types, interval: true, elems: elemMap{}}
 		if err := got.addRaw(raws); err != nil {
 			t.Fatal(err)
 		}

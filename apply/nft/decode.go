@@ -81,7 +81,7 @@ func decodeSet(m msg) (s *set, anonymous bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	s = &set{elems: map[string]*elem{}}
+	s = &set{elems: elemMap{}}
 	var flags, magic, keyLen, dataType uint32
 	var foreign []string
 	for _, a := range as {
@@ -270,7 +270,7 @@ func (s *set) addRaw(raws []rawElem) error {
 			texts[i] = formatPart(t, e.key[i])
 		}
 		e.text = strings.Join(texts, " . ")
-		s.elems[e.text] = e
+		s.elems.put(e.text, e)
 		return nil
 	}
 	if !s.interval || len(s.types) > 1 {

@@ -253,8 +253,8 @@ func cmpMatch(sels []string, types []dtype, c *expr.Cmp) (spec.NFTMatch, error) 
 
 // sortedElems lists a set's element texts in canonValues' order.
 func sortedElems(s *set) []string {
-	es := make([]*elem, 0, len(s.elems))
-	for _, e := range s.elems {
+	es := make([]*elem, 0, s.elems.len())
+	for _, e := range s.elems.all() {
 		es = append(es, e)
 	}
 	slices.SortFunc(es, func(a, b *elem) int { return compareKeys(a.key, b.key) })

@@ -79,7 +79,7 @@ func verifyByElems(ws *set, changed int) bool {
 	if ws.interval && len(ws.types) == 1 {
 		cost *= 2
 	}
-	return changed <= max(verifyPerElemMax, len(ws.elems)/cost)
+	return changed <= max(verifyPerElemMax, ws.elems.len()/cost)
 }
 
 // elemCheck is what a transaction changed in a set it kept: the elements
@@ -293,7 +293,7 @@ func (d *differ) classify() {
 		if d.setAct[name] != "keep" || !hs.verdict {
 			continue
 		}
-		for k, e := range hs.elems {
+		for k, e := range hs.elems.all() {
 			if e.verdict != nil && e.verdict.Chain != "" && gone["chain "+e.verdict.Chain] != "" {
 				d.bounce[name+"\x00"+k] = gone["chain "+e.verdict.Chain]
 			}
@@ -356,9 +356,9 @@ func (d *differ) elemPod(s *set, e *elem) string {
 	return d.setPod(s.name)
 }
 
-func sortedElemList(m map[string]*elem) []*elem {
-	out := make([]*elem, 0, len(m))
-	for _, e := range m {
+func sortedElemList(m *elemMap) []*elem {
+	out := make([]*elem, 0, m.len())
+	for _, e := range m.all() {
 		out = append(out, e)
 	}
 	slices.SortFunc(out, func(a, b *elem) int { return compareKeys(a.key, b.key) })
@@ -392,10 +392,10 @@ func (d *differ) sets() {
 			p.add(gSetDel, op.Delete, key, d.setPod(name), fmt.Sprintf("nft %s %s", hs.word(), name))
 			p.msgs[phDeleteSets] = append(p.msgs[phDeleteSets], delSetMsg(hs))
 		case "create", "recreate":
-			text := fmt.Sprintf("nft %s %s (%d elements)", ws.word(), name, len(ws.elems))
+			text := fmt.Sprintf("nft %s %s (%d elements)", ws.word(), name, ws.elems.len())
 			action := op.Create
 			if a == "recreate" {
-				text = fmt.Sprintf("nft %s %s (recreate: %s; %d elements)", ws.word(), name, reason, len(ws.elems))
+				text = fmt.Sprintf("nft %s %s (recreate: %s; %d elements)", ws.word(), name, reason, ws.elems.len())
 				action = op.Update
 				p.msgs[phDeleteSets] = append(p.msgs[phDeleteSets], delSetMsg(hs))
 			}
@@ -406,7 +406,7 @@ func (d *differ) sets() {
 				continue
 			}
 			p.msgs[phCreateSets] = append(p.msgs[phCreateSets], newSetMsg(ws, p.newID()))
-			p.msgs[phAttach] = append(p.msgs[phAttach], elemMsgs(ws, ws.name, 0, sortedElemList(ws.elems), false)...)
+			p.msgs[phAttach] = append(p.msgs[phAttach], elemMsgs(ws, ws.name, 0, sortedElemList(&ws.elems), false)...)
 			p.verifySets[name] = ws
 		case "keep":
 			d.elems(ws, hs)
@@ -447,7 +447,7 @@ func (d *differ) elems(ws, hs *set) {
 	slices.SortFunc(gone, byKey)
 	var adds, dels []*elem
 	for _, e := range changed {
-		he := hs.elems[e.text]
+		he := hs.elems.get(e.text)
 		key := "element/" + ws.name + "/" + e.text
 		text := fmt.Sprintf("nft element %s { %s }", ws.name, e.String())
 		switch {
@@ -491,12 +491,12 @@ func (d *differ) elems(ws, hs *set) {
 // in a partial sync): they share every element but that delta.
 func derivedChanges(ws, hs *set) (changed, gone []*elem) {
 	for _, e := range ws.added {
-		if he := hs.elems[e.text]; he == nil || !he.same(e) {
+		if he := hs.elems.get(e.text); he == nil || !he.same(e) {
 			changed = append(changed, e)
 		}
 	}
 	for _, he := range ws.removed {
-		if ws.elems[he.text] == nil {
+		if ws.elems.get(he.text) == nil {
 			gone = append(gone, he)
 		}
 	}
@@ -508,8 +508,8 @@ func derivedChanges(ws, hs *set) (changed, gone []*elem) {
 // are not wanted.
 func elemChanges(ws, hs *set, bounce func(*elem) string) (changed, gone []*elem) {
 	kept := 0 // wanted elements the set has
-	for k, e := range ws.elems {
-		he := hs.elems[k]
+	for k, e := range ws.elems.all() {
+		he := hs.elems.get(k)
 		if he != nil {
 			kept++
 		}
@@ -517,9 +517,9 @@ func elemChanges(ws, hs *set, bounce func(*elem) string) (changed, gone []*elem)
 			changed = append(changed, e)
 		}
 	}
-	if kept < len(hs.elems) {
-		for k, he := range hs.elems {
-			if ws.elems[k] == nil {
+	if kept < hs.elems.len() {
+		for k, he := range hs.elems.all() {
+			if ws.elems.get(k) == nil {
 				gone = append(gone, he)
 			}
 		}

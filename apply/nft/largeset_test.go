@@ -262,7 +262,7 @@ func TestReplaceThreshold(t *testing.T) {
 			if recreated != c.recreate {
 				t.Errorf("recreate = %t, want %t; plan:\n%s", recreated, c.recreate, firstLines(got, 4))
 			}
-			if !recreated && len(got) != c.n-len(after.sets["big"].elems) {
+			if !recreated && len(got) != c.n-after.sets["big"].elems.len() {
 				t.Errorf("element-by-element plan has %d lines, want one per element gone", len(got))
 			}
 		})

@@ -160,12 +160,12 @@ func (r *Reconciler) recheck(c *conn, rec *record, p *plan, after uint64) error 
 		}
 		still := &elemCheck{set: cur}
 		for _, e := range ch.present {
-			if he := cur.elems[e.text]; he != nil && he.same(e) {
+			if he := cur.elems.get(e.text); he != nil && he.same(e) {
 				still.present = append(still.present, e)
 			}
 		}
 		for _, e := range ch.absent {
-			if cur.elems[e.text] == nil {
+			if cur.elems.get(e.text) == nil {
 				still.absent = append(still.absent, e)
 			}
 		}

@@ -38,7 +38,7 @@ type set struct {
 	verdict   bool
 	comment   string
 	pod       string
-	elems     map[string]*elem // by key text (without the verdict)
+	elems     elemMap // by key text (without the verdict)
 	// Desired sets only (see reuse.go): src is the document's element list
 	// the set was made from and canon its canonical elements in the same
 	// order; jumps counts the elements that jump or go to each chain.

@@ -65,7 +65,7 @@ func observeOnce(c *conn, hints []string, loose bool) (*table, uint32, error) {
 		return nil, 0, err
 	}
 	for _, s := range t.sets {
-		for _, e := range s.elems {
+		for _, e := range s.elems.all() {
 			if e.verdict != nil && e.verdict.Chain != "" {
 				names = append(names, e.verdict.Chain)
 			}
@@ -197,7 +197,7 @@ func readElems(c *conn, s *set) error {
 	if err != nil {
 		return fmt.Errorf("list elements of nft %s %s: %w", s.word(), s.name, err)
 	}
-	s.elems = map[string]*elem{}
+	s.elems = elemMap{}
 	if err := decodeElems(s, ms); err != nil {
 		return fmt.Errorf("decode elements of nft %s %s: %w", s.word(), s.name, err)
 	}
@@ -293,11 +293,11 @@ func getElems(c *conn, s *set, elems []*elem) ([]*elem, error) {
 				ms = append(ms, *replies[q])
 			}
 		}
-		got := &set{name: s.name, types: s.types, typeNames: s.typeNames, interval: s.interval, verdict: s.verdict, elems: map[string]*elem{}}
+		got := &set{name: s.name, types: s.types, typeNames: s.typeNames, interval: s.interval, verdict: s.verdict, elems: elemMap{}}
 		if err := decodeElems(got, ms); err != nil {
 			return nil, fmt.Errorf("decode element %s of nft %s %s: %w", e.text, s.word(), s.name, err)
 		}
-		out[i] = got.elems[e.text]
+		out[i] = got.elems.get(e.text)
 	}
 	return out, nil
 }

@@ -40,7 +40,7 @@ func (r *Reconciler) warmIndexes(rec *record, names ...string) {
 	var sets []*set
 	stale := func(name string, s *set) bool {
 		x, ok := rec.indexes[name]
-		return len(s.elems) >= indexMinElems && (!ok || x.of != s)
+		return s.elems.len() >= indexMinElems && (!ok || x.of != s)
 	}
 	switch {
 	case rec.written == nil:
@@ -166,7 +166,7 @@ func (r *Reconciler) indexer(rec *record) func(*set) addrIndex {
 		// x, when there, indexes the set s replaced in the record: derive
 		// from it when s is that set with a small change.
 		var idx addrIndex
-		if ok && s.from != 0 && x.of.id == s.from && len(s.added)+len(s.removed) < len(s.elems)/4 {
+		if ok && s.from != 0 && x.of.id == s.from && len(s.added)+len(s.removed) < s.elems.len()/4 {
 			idx = x.idx.derive(s)
 		} else {
 			idx = newAddrIndex(s)

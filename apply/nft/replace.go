@@ -83,7 +83,7 @@ type elemDelta struct {
 // elements than edited, and records the element change for elems either
 // way. It is called for sets of the same definition only.
 func (d *differ) replaceSet(ws, hs *set) bool {
-	if d.replaceCost < 0 || !ws.interval || len(hs.elems) < replaceMinElems {
+	if d.replaceCost < 0 || !ws.interval || hs.elems.len() < replaceMinElems {
 		return false
 	}
 	var dl elemDelta
@@ -94,7 +94,7 @@ func (d *differ) replaceSet(ws, hs *set) bool {
 	}
 	dl.deletes = len(dl.gone)
 	for _, e := range dl.changed {
-		if hs.elems[e.text] != nil {
+		if hs.elems.get(e.text) != nil {
 			dl.deletes++
 		}
 	}
@@ -107,12 +107,12 @@ func (d *differ) replaceSet(ws, hs *set) bool {
 		// so a count of deletions decides, whatever the set's size.
 		return dl.deletes >= max(1, concatReplaceDeletes*DefaultReplaceCost/d.replaceCost)
 	}
-	return dl.deletes*d.replaceCost >= len(ws.elems)
+	return dl.deletes*d.replaceCost >= ws.elems.len()
 }
 
 // reason is the plan's explanation of a replacement.
 func (dl *elemDelta) reason(ws *set) string {
-	return fmt.Sprintf("%d elements go, a new set of %d costs less than deleting them one by one", dl.deletes, len(ws.elems))
+	return fmt.Sprintf("%d elements go, a new set of %d costs less than deleting them one by one", dl.deletes, ws.elems.len())
 }
 
 // largeDeltas remembers the element change between a large desired set
@@ -144,7 +144,7 @@ type deltaEntry struct {
 // otherwise, and hs's elements ws does not want, as elemChanges does
 // without bounces; the caller may reorder the lists.
 func (m *deltaMemo) changes(ws, hs *set) (changed, gone []*elem) {
-	if len(hs.elems) < largeDeltaMin || ws.id == 0 || hs.id == 0 {
+	if hs.elems.len() < largeDeltaMin || ws.id == 0 || hs.id == 0 {
 		// Small, or a set read from the kernel (no id): compared each time.
 		return elemChanges(ws, hs, func(*elem) string { return "" })
 	}
@@ -174,7 +174,7 @@ func (m *deltaMemo) warm(want, written *table) {
 	}
 	for name, ws := range want.sets {
 		hs := written.sets[name]
-		if hs == nil || hs == ws || !ws.interval || !hs.sameDef(ws) || len(hs.elems) < largeDeltaMin ||
+		if hs == nil || hs == ws || !ws.interval || !hs.sameDef(ws) || hs.elems.len() < largeDeltaMin ||
 			ws.from != 0 && ws.from == hs.id {
 			continue
 		}

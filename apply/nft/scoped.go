@@ -312,7 +312,7 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 	}
 	var added, removed []*elem
 	for text, e := range wanted {
-		if he := hs.elems[text]; he == nil || !he.same(e) {
+		if he := hs.elems.get(text); he == nil || !he.same(e) {
 			added = append(added, e)
 			if he != nil {
 				removed = append(removed, he)
@@ -324,8 +324,8 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 			removed = append(removed, he)
 		}
 	}
-	if len(hs.elems) < indexMinElems {
-		for _, he := range hs.elems {
+	if hs.elems.len() < indexMinElems {
+		for _, he := range hs.elems.all() {
 			if elemIsPods(he, fields, addrs, podChains) {
 				drop(he)
 			}
@@ -338,7 +338,7 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 			}
 		}
 		if jumps {
-			for _, he := range hs.elems {
+			for _, he := range hs.elems.all() {
 				if he.verdict != nil && podChains[he.verdict.Chain] {
 					drop(he)
 				}
@@ -364,13 +364,13 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 	if follows {
 		s.src, s.of, s.seen = slices.Clone(in.Elements), refOf(in.Elements), &seenList{}
 	}
-	s.elems, s.jumps = maps.Clone(hs.elems), maps.Clone(hs.jumps)
+	s.elems, s.jumps = hs.elems.derive(), maps.Clone(hs.jumps)
 	for _, he := range removed {
-		delete(s.elems, he.text)
+		s.elems.del(he.text)
 		s.countJump(he, -1)
 	}
 	for _, e := range added {
-		s.elems[e.text] = e
+		s.elems.put(e.text, e)
 		s.countJump(e, 1)
 	}
 	s.added, s.removed = added, removed
@@ -480,8 +480,8 @@ func (x addrIndex) get(a string) []*elem {
 
 func newAddrIndex(s *set) addrIndex {
 	fields := addrFields(s)
-	base := make(map[string][]*elem, len(s.elems))
-	for _, e := range s.elems {
+	base := make(map[string][]*elem, s.elems.len())
+	for _, e := range s.elems.all() {
 		eachAddr(e.text, fields, func(a string) { base[a] = append(base[a], e) })
 	}
 	return addrIndex{base: base}
@@ -529,9 +529,10 @@ func (x addrIndex) derive(s *set) addrIndex {
 	return addrIndex{base: base}
 }
 
-// flattenAt is how many changed entries a derived index of a base of n
-// entries holds before it takes a map of its own: a derive copies them,
-// and copying the base costs about as much as copying that many four times.
+// flattenAt is how many changed entries a derived index (or element map,
+// elemMap) of a base of n entries holds before it takes a map of its own:
+// a derive copies them, and copying the base costs about as much as
+// copying that many four times.
 func flattenAt(n int) int { return max(16, n/4) }
 
 // addrFields are the positions of a set's key fields that hold addresses.

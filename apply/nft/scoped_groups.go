@@ -202,7 +202,7 @@ func sameRuleTexts(a, b *chain) bool {
 // pods (elemIsPods over its address fields).
 func setHoldsPods(s *set, addrs []string, podChains map[string]bool) bool {
 	fields := addrFields(s)
-	for _, e := range s.elems {
+	for _, e := range s.elems.all() {
 		if elemIsPods(e, fields, addrs, podChains) {
 			return true
 		}

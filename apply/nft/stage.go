@@ -119,7 +119,7 @@ func stageName(name string) string { return stagePrefix + name }
 // canStage reports whether ws may be staged: large enough, and with a
 // staging name the kernel accepts.
 func canStage(ws *set, stageMin int) bool {
-	return stageMin > 0 && len(ws.elems) >= stageMin && len(stagePrefix)+len(ws.name) <= 255
+	return stageMin > 0 && ws.elems.len() >= stageMin && len(stagePrefix)+len(ws.name) <= 255
 }
 
 // stagedRule returns r with the staged sets it names renamed to their
@@ -226,8 +226,8 @@ func (r *Reconciler) fill(ctx context.Context, c *conn, rec *record, ws *set, el
 		if err != nil {
 			return txns, err
 		}
-		if n != len(ws.elems) {
-			return txns, fmt.Errorf("staging %s %s holds %d elements, want %d", ws.word(), name, n, len(ws.elems))
+		if n != ws.elems.len() {
+			return txns, fmt.Errorf("staging %s %s holds %d elements, want %d", ws.word(), name, n, ws.elems.len())
 		}
 		return txns, nil
 	}
@@ -297,19 +297,19 @@ func countElems(c *conn, s *set) (int, error) {
 // sameElems compares the elements read back (got) with the wanted ones.
 func sameElems(got, ws *set) error {
 	var missing, extra []string
-	for k, e := range ws.elems {
-		if g := got.elems[k]; g == nil || g.String() != e.String() {
+	for k, e := range ws.elems.all() {
+		if g := got.elems.get(k); g == nil || g.String() != e.String() {
 			missing = append(missing, e.String())
 		}
 	}
-	for k, g := range got.elems {
-		if ws.elems[k] == nil {
+	for k, g := range got.elems.all() {
+		if ws.elems.get(k) == nil {
 			extra = append(extra, g.String())
 		}
 	}
 	if len(missing)+len(extra) > 0 {
 		return fmt.Errorf("holds %d elements, want %d (missing %s; unexpected %s)",
-			len(got.elems), len(ws.elems), firstFew(missing), firstFew(extra))
+			got.elems.len(), ws.elems.len(), firstFew(missing), firstFew(extra))
 	}
 	return nil
 }
@@ -377,7 +377,7 @@ func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, net
 	}
 	sorted := map[string][]*elem{} // sorted once for both fills
 	for _, name := range sortedKeys(p.staged) {
-		sorted[name] = sortedElemList(p.staged[name].ws.elems)
+		sorted[name] = sortedElemList(&p.staged[name].ws.elems)
 		n, err := r.fill(ctx, c, rec, p.staged[name].ws, sorted[name], stageName(name))
 		txns += n
 		if err != nil {
@@ -392,7 +392,7 @@ func (r *Reconciler) commitStaged(ctx context.Context, c *conn, rec *record, net
 	// that no CNI ADD's plan builds them after it.
 	built := map[string]addrIndex{}
 	for name, st := range p.staged {
-		if len(st.ws.elems) >= indexMinElems {
+		if st.ws.elems.len() >= indexMinElems {
 			built[name] = newAddrIndex(st.ws)
 		}
 	}

@@ -163,7 +163,7 @@ func TestStagedChangeFailures(t *testing.T) {
 		}
 		def := *want.sets["big"]
 		def.name = staging
-		msgs := append([]batchMsg{newSetMsg(&def, 1)}, elemMsgs(&def, staging, 0, sortedElemList(def.elems)[:1000], false)...)
+		msgs := append([]batchMsg{newSetMsg(&def, 1)}, elemMsgs(&def, staging, 0, sortedElemList(&def.elems)[:1000], false)...)
 		if err := c.commit(msgs, nil); err != nil {
 			t.Fatal(err)
 		}

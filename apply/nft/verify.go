@@ -99,12 +99,12 @@ func verifyElemsByDump(c *conn, ch *elemCheck) error {
 	}
 	var missing, extra []string
 	for _, e := range ch.present {
-		if g := got.elems[e.text]; g == nil || g.String() != e.String() {
+		if g := got.elems.get(e.text); g == nil || g.String() != e.String() {
 			missing = append(missing, e.String())
 		}
 	}
 	for _, e := range ch.absent {
-		if g := got.elems[e.text]; g != nil {
+		if g := got.elems.get(e.text); g != nil {
 			extra = append(extra, g.String())
 		}
 	}

@@ -46,7 +46,7 @@ func TestVerifyElemsReadsBackTouchedElements(t *testing.T) {
 	defer c.close()
 	ws := want.sets["ingress-dispatch"]
 	elemOf := func(ip string) *elem {
-		for _, x := range ws.elems {
+		for _, x := range ws.elems.all() {
 			if x.text == ip {
 				return x
 			}
@@ -126,7 +126,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 	}
 	defer c.close()
 	elemOf := func(set, text string) *elem {
-		for _, x := range want.sets[set].elems {
+		for _, x := range want.sets[set].elems.all() {
 			if x.text == text {
 				return x
 			}
@@ -162,7 +162,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 	e.nft("add", "element", "inet", "terway", "ports", "{ 198.18.0.9 . tcp . 8080-8099 }")
 	e.nft("add", "element", "inet", "terway", "addrs", "{ 198.18.0.4-198.18.0.6 }")
 	gone := func(set, text string) *elem {
-		for _, x := range have.sets[set].elems {
+		for _, x := range have.sets[set].elems.all() {
 			if x.text == text {
 				return x
 			}

@@ -270,7 +270,7 @@ func TestScopedCommitWarmsItsSets(t *testing.T) {
 	rec := e.r.records[e.ns]
 	for _, name := range []string{"egress-dispatch", "ingress-dispatch"} {
 		s := rec.written.sets[name]
-		if s == nil || len(s.elems) != 41 {
+		if s == nil || s.elems.len() != 41 {
 			t.Fatalf("set %s is not recorded with the ADD's element", name)
 		}
 		if x, ok := rec.indexes[name]; !ok || x.of != s {
