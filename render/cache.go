@@ -306,7 +306,7 @@ func (k *Cache) podChanged(key string, before, after podView) {
 			return
 		}
 		for _, v := range []podView{before, after} {
-			if v.pod != nil && k.mayTouch(e.parsed, ns, v) {
+			if v.pod != nil && k.mayTouch(e.parsed, ns, v, e.res.rulesResolved) {
 				e.dirty = true
 				return
 			}
@@ -320,9 +320,14 @@ func (k *Cache) podChanged(key string, before, after podView) {
 }
 
 // mayTouch tells whether the policy selects the pod seen as v, of
-// namespace ns, as a target (or an awaiting pod) or as a peer; or depends
-// on every pod.
-func (k *Cache) mayTouch(pp *parsedPolicy, ns string, v podView) bool {
+// namespace ns, as a target (or an awaiting pod), or as a peer when its
+// rules are resolved (peersResolved); or depends on every pod. A policy
+// that selects no pod here has no rules resolved (resolution): which pods
+// are its peers changes nothing of it until it selects one, and that is a
+// change of a pod it selects. An admission step (a pod held back made a
+// peer, agent/admission.go) so leaves alone the policies that only name
+// the pod as a peer and select nothing here.
+func (k *Cache) mayTouch(pp *parsedPolicy, ns string, v podView, peersResolved bool) bool {
 	if pp.everyPod {
 		return true
 	}
@@ -330,7 +335,7 @@ func (k *Cache) mayTouch(pp *parsedPolicy, ns string, v podView) bool {
 	if (v.target || v.awaiting) && pp.ns == ns && pp.podSel.Matches(set) {
 		return true
 	}
-	if !v.peerIP.IsValid() {
+	if !peersResolved || !v.peerIP.IsValid() {
 		return false
 	}
 	for _, rule := range slices.Concat(pp.ingress, pp.egress) {

@@ -116,3 +116,49 @@ func TestHeldBackPodIsNoPeer(t *testing.T) {
 		}
 	}
 }
+
+// TestAdmissionLeavesPoliciesThatSelectNothing: admitting a held-back pod
+// (an agent's admission step) resolves again the policies that name it as
+// a peer and select a pod here, not those that name it and select nothing
+// here: their rules are not resolved, and the pod's new role changes
+// nothing of them.
+func TestAdmissionLeavesPoliciesThatSelectNothing(t *testing.T) {
+	pod := func(name, ip string) (*corev1.Pod, spec.Allocation) {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": name}},
+				Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
+			spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
+	}
+	a, allocA := pod("a", "198.18.0.10")
+	b, allocB := pod("b", "198.18.0.11")
+	fromB := func(name, selects string) *networkingv1.NetworkPolicy {
+		return &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": selects}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{
+					{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}}},
+				}}}
+	}
+	in := Inputs{
+		Node:        nodeWithPodCIDR("198.18.0.0/24"),
+		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
+		Pods:        []*corev1.Pod{a, b},
+		Policies:    []*networkingv1.NetworkPolicy{fromB("a-from-b", "a"), fromB("ghost-from-b", "ghost")},
+		Allocations: []spec.Allocation{allocA, allocB},
+	}
+	held := in
+	held.PeersHeldBack = map[string]bool{"x/b": true}
+	main := NewCache()
+	mustRender(t, main, held)
+	// The admission renders ahead with a copy of the main cache, which
+	// has no document to patch: the whole node, through the cache.
+	ahead := NewCache()
+	ahead.CopyFrom(main)
+	got := mustRender(t, ahead, in)
+	if st := ahead.Stats(); st.Patched || st.PoliciesResolved != 1 {
+		t.Errorf("admitting b: %d policies resolved (patched %v), want 1 (a-from-b; ghost-from-b selects nothing)", st.PoliciesResolved, st.Patched)
+	}
+	if want := mustRender(t, nil, in); string(mustJSON(t, got)) != string(mustJSON(t, want)) {
+		t.Error("the admission's render differs from a render from scratch")
+	}
+}
