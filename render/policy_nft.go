@@ -410,16 +410,17 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 			Name: chain + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
 		}
-		rects := rectangles(pieces)
-		if len(rects) > 0 {
-			ports.Elements = make([]spec.NFTElement, len(rects))
+		n := rectangleCount(pieces)
+		if n > 0 {
+			ports.Elements = make([]spec.NFTElement, 0, n)
 		}
-		keys := make([]string, 3*len(rects)) // one allocation for every key
-		for i, e := range rects {
+		keys := make([]string, 3*n) // one allocation for every key
+		eachRectangle(pieces, func(e rect) {
+			i := len(ports.Elements)
 			key := keys[3*i : 3*i+3 : 3*i+3]
 			key[0], key[1], key[2] = e.addrs.String(), e.proto, e.portsText
-			ports.Elements[i] = spec.NFTElement{Key: key}
-		}
+			ports.Elements = append(ports.Elements, spec.NFTElement{Key: key})
+		})
 		out.sets = append(out.sets, ports)
 		out.chain.Rules = append(out.chain.Rules, spec.NFTRule{
 			Match:   []spec.NFTMatch{{Selectors: []string{peerSel, spec.SelL4Proto, spec.SelTHDport}, Set: ports.Name}},
@@ -432,7 +433,7 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 	for _, s := range unionSpans(allow.anyPort) {
 		all.Elements = append(all.Elements, spec.NFTElement{Key: []string{s.String()}})
 	}
-	// rectangles, splitProfiles and unionSpans emit their elements in the
+	// eachRectangle, splitProfiles and unionSpans emit their elements in the
 	// document's canonical order already: no sort (TestCacheMatchesRender
 	// checks it).
 	out.sets = append(out.sets, all)

@@ -227,7 +227,7 @@ func unionPorts(lists ...[]protoPorts) []protoPorts {
 }
 
 // mergeProtoPorts copies a sorted list of entries, joining adjacent port
-// ranges of one protocol (rectangles keeps them apart where their
+// ranges of one protocol (eachRectangle keeps them apart where their
 // addresses differ, which within one profile they do not).
 func mergeProtoPorts(in []protoPorts) []protoPorts {
 	out := make([]protoPorts, 0, len(in))

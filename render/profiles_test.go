@@ -152,3 +152,10 @@ func BenchmarkSplitProfiles(b *testing.B) {
 		splitProfiles(portPieces(allows))
 	}
 }
+
+// rectangles is eachRectangle's rectangles as a list.
+func rectangles(pieces []portPiece) []rect {
+	out := make([]rect, 0, rectangleCount(pieces))
+	eachRectangle(pieces, func(r rect) { out = append(out, r) })
+	return out
+}

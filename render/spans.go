@@ -276,25 +276,31 @@ func portPieces(allows []portAllow) []portPiece {
 	return pieces
 }
 
-// rectangles turns port pieces (portPieces of a union of portAllows) into
-// disjoint (addresses, proto, ports) elements: every address span of every
-// piece. The result is in the document's canonical order (address,
-// protocol number, port).
-func rectangles(pieces []portPiece) []rect {
+// rectangleCount is how many rectangles (eachRectangle) pieces make.
+func rectangleCount(pieces []portPiece) int {
 	n := 0
 	for _, p := range pieces {
 		n += len(p.addrs)
 	}
-	out := make([]rect, 0, n)
+	return n
+}
+
+// eachRectangle turns port pieces (portPieces of a union of portAllows)
+// into disjoint (addresses, proto, ports) elements, every address span of
+// every piece, and hands each to emit in the document's canonical order
+// (address, protocol number, port). The caller builds its elements as they
+// come: a list of the rectangles first was a fifth of what an admission
+// step's render allocated.
+func eachRectangle(pieces []portPiece, emit func(rect)) {
 	texts := make([]string, len(pieces))
 	for i, p := range pieces {
 		texts[i] = p.ports.String()
 	}
 	if len(pieces) == 1 {
 		for _, s := range pieces[0].addrs {
-			out = append(out, rect{s, pieces[0].proto, pieces[0].protoNum, pieces[0].ports, texts[0]})
+			emit(rect{s, pieces[0].proto, pieces[0].protoNum, pieces[0].ports, texts[0]})
 		}
-		return out // one piece's merged spans are in order already
+		return // one piece's merged spans are in order already
 	}
 	// Each piece's spans are in order: a k-way merge of the pieces, by a
 	// heap of their next spans, puts the rectangles in order without
@@ -339,7 +345,7 @@ func rectangles(pieces []portPiece) []rect {
 	for len(heap) > 0 {
 		h := &heap[0]
 		pc := &pieces[h.piece]
-		out = append(out, rect{pc.addrs[h.at], pc.proto, pc.protoNum, pc.ports, texts[h.piece]})
+		emit(rect{pc.addrs[h.at], pc.proto, pc.protoNum, pc.ports, texts[h.piece]})
 		if h.at++; h.at < len(pc.addrs) {
 			h.key = keyOf(h.piece, h.at)
 		} else {
@@ -348,5 +354,4 @@ func rectangles(pieces []portPiece) []rect {
 		}
 		down(0)
 	}
-	return out
 }
