@@ -30,7 +30,8 @@ import (
 // peers cover, and the few policies whose egress named ports are resolved
 // against every pod. A changed pod (labels, address, whether its network
 // rendered, whether it awaits its ADD) marks only the policies whose
-// selectors match it before or after, in those lists.
+// selectors match it before or after, in those lists: as a target, or as
+// a peer of a policy whose rules are resolved (mayTouch).
 //
 //   - each local pod's datapath (fragments.go), while its object, its
 //     allocation, its ENI and the node's configuration are the same;
@@ -326,7 +327,9 @@ func (k *Cache) podChanged(key string, before, after podView) {
 // are its peers changes nothing of it until it selects one, and that is a
 // change of a pod it selects. An admission step (a pod held back made a
 // peer, agent/admission.go) so leaves alone the policies that only name
-// the pod as a peer and select nothing here.
+// the pod as a peer and select nothing here. (A patch that resolves a
+// policy's rules for a pod it sets up leaves the entry dirty, and
+// podChanged looks no further at dirty entries.)
 func (k *Cache) mayTouch(pp *parsedPolicy, ns string, v podView, peersResolved bool) bool {
 	if pp.everyPod {
 		return true

@@ -410,7 +410,7 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 			Name: chain + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
 		}
-		n := rectangleCount(pieces)
+		n := rectangleCount(pieces) // exactly as many as eachRectangle emits
 		if n > 0 {
 			ports.Elements = make([]spec.NFTElement, 0, n)
 		}

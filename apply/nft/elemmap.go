@@ -62,7 +62,7 @@ func (m *elemMap) all() iter.Seq2[string, *elem] {
 	}
 }
 
-// put sets the element of key text.
+// put sets the element of key text; e is not nil (del takes one out).
 func (m *elemMap) put(text string, e *elem) {
 	if m.get(text) == nil {
 		m.n++

@@ -57,6 +57,9 @@ func TestElemMapDerive(t *testing.T) {
 		for range 1 + rng.IntN(12) {
 			e := elems[rng.IntN(len(elems))]
 			if rng.IntN(2) == 0 {
+				// A new element each time: a put over an element of the
+				// base must replace it, not leave the base's.
+				e = &elem{text: e.text}
 				child.m.put(e.text, e)
 				child.want[e.text] = e
 			} else {
