@@ -495,3 +495,80 @@ func TestAdmissionRendersAhead(t *testing.T) {
 		t.Errorf("p3 in the server's set %v, connects %v; want both", n.admitted("p3"), n.reaches("p3"))
 	}
 }
+
+// TestAdmissionWithoutPolicies: with no policy among the newest inputs nor
+// pinned for CNI requests, an admission step makes its pods peers without
+// planning or writing nftables (no apply phase in
+// terway_peer_admission_step_seconds); a policy that comes later admits
+// them at once. While a policy is still pinned, the step applies as
+// before.
+func TestAdmissionWithoutPolicies(t *testing.T) {
+	n := newAdmissionNode(t, nil)
+	a := n.a
+	a.stopAdmissionLoop()
+	ctx := context.Background()
+	applies := func() uint64 {
+		t.Helper()
+		mfs, err := a.m.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "terway_peer_admission_step_seconds" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetValue() == "apply" {
+						return m.GetHistogram().GetSampleCount()
+					}
+				}
+			}
+		}
+		return 0
+	}
+	setPolicies := func(p []*networkingv1.NetworkPolicy) {
+		n.src.mu.Lock()
+		n.src.policies = p
+		n.src.mu.Unlock()
+	}
+	n.src.mu.Lock()
+	policies := n.src.policies
+	n.src.mu.Unlock()
+
+	// The policy is gone from the inputs, but CNI requests still render it
+	// (pinned) until a resync plans, as long as no request's pod is one
+	// the policy involves (renderviews.go): the step applies.
+	setPolicies(nil)
+	n.add("p0", "other")
+	before := applies()
+	if err := n.admit(); err != nil {
+		t.Fatal(err)
+	}
+	if applies() == before || a.held.has("x/p0") {
+		t.Errorf("a policy still pinned: the step applied %v, p0 still held %v; want an apply, no hold", applies() != before, a.held.has("x/p0"))
+	}
+
+	if out := a.sync(ctx, true); out.Again {
+		t.Fatalf("sync without the policy: %+v", out)
+	}
+	n.add("p1", "peer")
+	if !a.held.has("x/p1") {
+		t.Fatal("p1 is not held back after its ADD")
+	}
+	before = applies()
+	if err := n.admit(); err != nil {
+		t.Fatal(err)
+	}
+	if a.held.has("x/p1") || applies() != before {
+		t.Errorf("no policy: p1 still held %v, the step applied %v; want neither", a.held.has("x/p1"), applies() != before)
+	}
+
+	setPolicies(policies)
+	if out := a.sync(ctx, true); out.Again {
+		t.Fatalf("sync with the policy back: %+v", out)
+	}
+	if !n.admitted("p1") || !n.reaches("p1") {
+		t.Errorf("the policy back: p1 in the server's set %v, connects %v; want both", n.admitted("p1"), n.reaches("p1"))
+	}
+}

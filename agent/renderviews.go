@@ -121,6 +121,15 @@ func (v *renderViews) admitting(used *render.Cache, seq uint64) {
 	v.main, v.admit = v.admit, v.main
 }
 
+// noPolicies tells whether no render would see a policy: none among the
+// newest, and none pinned for CNI requests. A pod's peer role then
+// changes nothing of any document.
+func (v *renderViews) noPolicies(newest []*networkingv1.NetworkPolicy) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(newest) == 0 && len(v.policies) == 0
+}
+
 // pinSeq returns the count of the pin's moves: read before the inputs a
 // resync renders, and handed back to planned.
 func (v *renderViews) pinSeq() uint64 {

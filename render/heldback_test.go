@@ -123,14 +123,8 @@ func TestHeldBackPodIsNoPeer(t *testing.T) {
 // here: their rules are not resolved, and the pod's new role changes
 // nothing of them.
 func TestAdmissionLeavesPoliciesThatSelectNothing(t *testing.T) {
-	pod := func(name, ip string) (*corev1.Pod, spec.Allocation) {
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": name}},
-				Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
-			spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
-				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
-	}
-	a, allocA := pod("a", "198.18.0.10")
-	b, allocB := pod("b", "198.18.0.11")
+	a, allocA := appPod("a", "198.18.0.10")
+	b, allocB := appPod("b", "198.18.0.11")
 	fromB := func(name, selects string) *networkingv1.NetworkPolicy {
 		return &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name},
 			Spec: networkingv1.NetworkPolicySpec{
@@ -161,4 +155,57 @@ func TestAdmissionLeavesPoliciesThatSelectNothing(t *testing.T) {
 	if want := mustRender(t, nil, in); string(mustJSON(t, got)) != string(mustJSON(t, want)) {
 		t.Error("the admission's render differs from a render from scratch")
 	}
+}
+
+// TestAdmissionPatchesWithoutPolicies: admitting a held-back pod is a
+// patch of the last document when no policy is in the inputs (a peer role
+// then changes nothing), and a whole render when one is; either way the
+// document is a render from scratch.
+func TestAdmissionPatchesWithoutPolicies(t *testing.T) {
+	a, allocA := appPod("a", "198.18.0.10")
+	b, allocB := appPod("b", "198.18.0.11")
+	in := Inputs{
+		Node:        nodeWithPodCIDR("198.18.0.0/24"),
+		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
+		Pods:        []*corev1.Pod{a, b},
+		Allocations: []spec.Allocation{allocA, allocB},
+	}
+	aFromB := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a-from-b"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{
+				{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}}},
+			}}}
+	for _, c := range []struct {
+		policies []*networkingv1.NetworkPolicy
+		patched  bool
+	}{{nil, true}, {[]*networkingv1.NetworkPolicy{aFromB}, false}} {
+		in := in
+		in.Policies = c.policies
+		held := in
+		held.PeersHeldBack = map[string]bool{"x/b": true}
+		k := NewCache()
+		mustRender(t, k, held)
+		got := mustRender(t, k, in)
+		if st := k.Stats(); st.Patched != c.patched {
+			t.Errorf("%d policies: admitting b patched %v, want %v", len(c.policies), st.Patched, c.patched)
+		}
+		if want := mustRender(t, nil, in); string(mustJSON(t, got)) != string(mustJSON(t, want)) {
+			t.Errorf("%d policies: the admission's render differs from a render from scratch", len(c.policies))
+		}
+		// And back: holding b again (its pod gone and back, say).
+		again := mustRender(t, k, held)
+		if want := mustRender(t, nil, held); string(mustJSON(t, again)) != string(mustJSON(t, want)) {
+			t.Errorf("%d policies: holding b back again differs from a render from scratch", len(c.policies))
+		}
+	}
+}
+
+// appPod is a pod of namespace x labelled app=name, on node n1, with its
+// allocation at ip.
+func appPod(name, ip string) (*corev1.Pod, spec.Allocation) {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": name}},
+			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
+		spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+			Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
 }

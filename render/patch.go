@@ -44,7 +44,8 @@ import (
 // inputs for what changed does.
 //
 // Anything else renders whole, as before: another configuration or Node,
-// a changed policy, namespace or ENI, a pod whose peer role changed, an
+// a changed policy, namespace or ENI, a pod whose peer role changed (with
+// a policy in the inputs: without one, a peer role changes nothing), an
 // exclusive ENI pod, a document where one pod's input decided another's
 // (renderer.crossPod), a pod whose address or interface an unchanged pod
 // holds, or an item whose key the document already has.
@@ -425,8 +426,12 @@ func (b *patchBase) renderChanged(k *Cache, in Inputs, cfg Config, changes map[s
 	if r.crossPod {
 		return nil, false
 	}
+	// Without a policy a peer role changes nothing (an agent's admission
+	// of its pods on a node without policies). The base's peers then go
+	// stale, but only a patch's rules resolve against them, and there are
+	// none until a policy comes, which renders whole.
 	for key := range changes {
-		if !b.samePeer(r, key) {
+		if len(in.Policies) > 0 && !b.samePeer(r, key) {
 			return nil, false
 		}
 	}
