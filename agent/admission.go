@@ -387,13 +387,7 @@ func (a *Agent) admit(ctx context.Context, by string, keys []string, keep ...str
 		return nil
 	}
 	slices.Sort(keys)
-	// No policy anywhere: a peer role changes nothing of the document.
-	// The render still runs, a patch of the pods (render/patch.go), so
-	// that the next ADD's render finds them admitted; planning nftables
-	// to find nothing to write cost a step 3 to 13 ms under the lock
-	// beside every burst of ADDs on a node without policies.
-	noPolicies := a.views.noPolicies(a.src.Snapshot().Policies)
-	state, pending, _, err := a.renderSettledFor(true, keys, keep...)
+	state, pending, with, err := a.renderSettledFor(true, keys, keep...)
 	a.m.admissionStep.WithLabelValues("render").Observe(time.Since(began).Seconds())
 	if err != nil {
 		a.held.restore(held)
@@ -413,7 +407,16 @@ func (a *Agent) admit(ctx context.Context, by string, keys []string, keep ...str
 			live = append(live, k)
 		}
 	}
-	if len(live) > 0 && noPolicies {
+	// A document of no policy: a peer role changes nothing of it. The
+	// render above was a patch of the pods (render/patch.go), so that the
+	// next ADD's render finds them admitted; planning nftables to find
+	// nothing to write cost a step 3 to 13 ms under the lock beside every
+	// burst of ADDs on a node without policies. Decided by the policies
+	// the document was rendered with (a policy may have come since a
+	// look at the inputs), and a step that planned nothing tells nothing
+	// of what a pod costs to admit (perPod).
+	skip := len(with.policies) == 0
+	if len(live) > 0 && skip {
 		// The pods are peers from now on, as after an admission that
 		// wrote nothing: a resync rendered meanwhile, with newer
 		// policies, renders nftables again under the lock.
@@ -430,7 +433,9 @@ func (a *Agent) admit(ctx context.Context, by string, keys []string, keep ...str
 			return err
 		}
 	}
-	a.held.perPod.Store(int64(time.Since(began)) / int64(len(keys)))
+	if !skip {
+		a.held.perPod.Store(int64(time.Since(began)) / int64(len(keys)))
+	}
 	a.observeAdmitted(held, by)
 	return nil
 }

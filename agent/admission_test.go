@@ -563,6 +563,11 @@ func TestAdmissionWithoutPolicies(t *testing.T) {
 	if a.held.has("x/p1") || applies() != before {
 		t.Errorf("no policy: p1 still held %v, the step applied %v; want neither", a.held.has("x/p1"), applies() != before)
 	}
+	// Nothing was left to write: a full nftables plan of the document is
+	// empty.
+	if rest := n.pendingAdmission(); len(rest) > 0 {
+		t.Errorf("no policy, p1 admitted without a write: a full plan still writes %v", rest)
+	}
 
 	setPolicies(policies)
 	if out := a.sync(ctx, true); out.Again {

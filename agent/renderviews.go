@@ -123,7 +123,8 @@ func (v *renderViews) admitting(used *render.Cache, seq uint64) {
 
 // noPolicies tells whether no render would see a policy: none among the
 // newest, and none pinned for CNI requests. A pod's peer role then
-// changes nothing of any document.
+// changes nothing of any document, and an admission renders nothing ahead
+// (the step itself looks at the policies it rendered).
 func (v *renderViews) noPolicies(newest []*networkingv1.NetworkPolicy) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()

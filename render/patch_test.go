@@ -273,7 +273,7 @@ func (c *churn) freeIP() string {
 // render from scratch, byte for byte. It fails when too few renders were
 // patches to prove anything about them.
 func TestCachePatchMatchesRender(t *testing.T) {
-	steps, walks := 1000, 6
+	steps, walks := 1000, 7
 	if testing.Short() {
 		steps = 200
 	}
@@ -281,11 +281,13 @@ func TestCachePatchMatchesRender(t *testing.T) {
 	departs, departPatches := 0, 0 // DELs of admitted pods, their addresses departing
 	for walk := range walks {
 		c := newChurn(uint64(100 + walk))
-		for range 40 {
-			c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, 100+len(c.in.Policies), c.nss))
-		}
-		if walk >= 4 {
-			c.eniMode() // the last two walks: an eni-multi-ip node
+		if walk < 6 {
+			for range 40 {
+				c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, 100+len(c.in.Policies), c.nss))
+			}
+		} // the last walk starts without policies: admissions are patches until one comes
+		if walk == 4 || walk == 5 {
+			c.eniMode() // an eni-multi-ip node
 		}
 		c.repair()
 		k := NewCache()
@@ -307,7 +309,7 @@ func TestCachePatchMatchesRender(t *testing.T) {
 				patched++
 				if st.PodsPatched > 0 {
 					podPatches++
-					if walk >= 4 {
+					if walk == 4 || walk == 5 {
 						eniPatches++
 					}
 				}
