@@ -228,6 +228,11 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 				continue
 			}
 			chunk := admitChunk(time.Duration(a.held.perPod.Load()))
+			if a.views.noPolicies(a.src.Snapshot().Policies) {
+				// A step of no policy plans nothing (admit): every held
+				// pod goes in one, whatever its cost per pod with them.
+				chunk = len(keys)
+			}
 			rendering := time.Now()
 			ahead := a.preRenderAdmission(keys[:min(chunk, len(keys))])
 			took := time.Since(rendering)
