@@ -228,13 +228,16 @@ func (a *Agent) admissionLoop(stop <-chan struct{}) {
 				continue
 			}
 			chunk := admitChunk(time.Duration(a.held.perPod.Load()))
-			if a.views.noPolicies(a.src.Snapshot().Policies) {
-				// A step of no policy plans nothing (admit): every held
-				// pod goes in one, whatever its cost per pod with them.
-				chunk = len(keys)
-			}
+			var ahead *renderedAhead
 			rendering := time.Now()
-			ahead := a.preRenderAdmission(keys[:min(chunk, len(keys))])
+			if a.views.noPolicies(a.src.Snapshot().Policies) {
+				// A step of no policy plans nothing (admit) and has
+				// nothing to render ahead: every held pod goes in one,
+				// whatever its cost per pod with them.
+				chunk = len(keys)
+			} else {
+				ahead = a.preRenderAdmission(keys[:min(chunk, len(keys))])
+			}
 			took := time.Since(rendering)
 			a.held.ahead.Store(int64(took))
 			a.m.admissionStep.WithLabelValues("ahead").Observe(took.Seconds())
@@ -311,8 +314,8 @@ type renderedAhead struct {
 // step then renders all of it under the lock, and reports any error.
 func (a *Agent) preRenderAdmission(keys []string) *renderedAhead {
 	snap := a.src.Snapshot()
-	if snap.Node == nil || a.views.noPolicies(snap.Policies) {
-		return nil // nothing to render ahead (admit)
+	if snap.Node == nil {
+		return nil
 	}
 	cache, policies, seq := a.views.forAdmission(snap.Policies)
 	allocs, _, err := a.settledAllocations()

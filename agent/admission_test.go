@@ -507,26 +507,7 @@ func TestAdmissionWithoutPolicies(t *testing.T) {
 	a := n.a
 	a.stopAdmissionLoop()
 	ctx := context.Background()
-	applies := func() uint64 {
-		t.Helper()
-		mfs, err := a.m.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != "terway_peer_admission_step_seconds" {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetValue() == "apply" {
-						return m.GetHistogram().GetSampleCount()
-					}
-				}
-			}
-		}
-		return 0
-	}
+	applies := func() float64 { return a.phaseSums(t, "terway_peer_admission_step_seconds")["apply"][1] }
 	setPolicies := func(p []*networkingv1.NetworkPolicy) {
 		n.src.mu.Lock()
 		n.src.policies = p

@@ -136,11 +136,6 @@ func (w *writeTracker) touches(o op.Op) bool {
 	return false
 }
 
-// kindFailed reports whether any operation of kind failed in rep.
-func kindFailed(rep *engine.Report, kind string) bool {
-	return slices.ContainsFunc(rep.Results, func(r engine.Result) bool { return r.Op.Kind == kind && r.Err != nil })
-}
-
 // kernelKinds are the kinds planned without the lock.
 var kernelKinds = slices.DeleteFunc(engine.Kinds(), func(k string) bool { return k == nft.Kind })
 
@@ -202,7 +197,7 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 		a.resynced.Store(true)
 		a.log.Info("inputs synced; first full reconcile done")
 	}
-	if rendered && total.Rounds > 0 && !kindFailed(&total, nft.Kind) {
+	if rendered && total.Rounds > 0 && total.Failed()[nft.Kind] == 0 {
 		// The nftables part was written: no address departed before a
 		// restart is left in a peer set (cni_cloud.go, startCloud).
 		a.firstResyncOnce.Do(func() { close(a.firstResync) })

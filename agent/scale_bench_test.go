@@ -191,7 +191,7 @@ func (a *Agent) addPhaseSums(b *testing.B) map[string][2]float64 {
 
 // phaseSums returns the sum and count of each phase of a histogram by
 // phase.
-func (a *Agent) phaseSums(b *testing.B, name string) map[string][2]float64 {
+func (a *Agent) phaseSums(b testing.TB, name string) map[string][2]float64 {
 	out := map[string][2]float64{}
 	mfs, err := a.m.reg.Gather()
 	if err != nil {

@@ -19,14 +19,8 @@ import (
 // sets hold its address; everything else is as without the hold, and
 // taking the hold away gives the full render back.
 func TestHeldBackPodIsNoPeer(t *testing.T) {
-	pod := func(name, app, ip string) (*corev1.Pod, spec.Allocation) {
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": app}},
-				Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
-			spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
-				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
-	}
-	a, allocA := pod("a", "a", "198.18.0.10")
-	b, allocB := pod("b", "b", "198.18.0.11")
+	a, allocA := appPod("a", "198.18.0.10")
+	b, allocB := appPod("b", "198.18.0.11")
 	port := intstr.FromInt32(80)
 	// a admits b on port 80 and on every port (two rules: both set kinds);
 	// b sends only to a.
