@@ -48,11 +48,17 @@ import (
 // With cfg.AdmitBeforeAnswer an ADD admits its pods before it answers, at
 // the old cost.
 
-// admitQuiet is how long the agent must have had no ADD before it admits:
-// longer than the gap between two ADDs of a runtime starting pods one
-// after the other (the plugin's exec, about 10 ms here), so that such a
-// run is admitted in a few steps rather than one step per pod.
-const admitQuiet = 20 * time.Millisecond
+// admitQuiet is how long the agent must have had no ADD before it admits,
+// the same quiet as the withdrawal's (withdrawQuiet): well beyond the gap
+// between two ADDs of a runtime starting pods one after the other (the
+// plugin's exec, 4 to 10 ms here) and the hiccups of such a run. A step
+// that starts inside a burst of ADDs slows every ADD of the burst, not
+// only those that wait for its lock: it renders, writes and reads back
+// on the core the runtime's plugin processes need. With 20 ms, gaps of a
+// busy machine started 3 to 6 steps inside each burst of 50 ADDs at 1,000
+// policies even with a delay of 1 s (terwayctl bench --only scale, see
+// BENCHMARKS.md "Stop 37").
+const admitQuiet = 100 * time.Millisecond
 
 // admitBudget is about how long the loop holds the agent's lock for one
 // step: it admits the longest held pods, as many as fit in it at what the
