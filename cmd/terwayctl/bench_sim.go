@@ -160,26 +160,32 @@ func writeBenchCluster(dir string, pods int) error {
 	return os.WriteFile(filepath.Join(dir, "cluster.yaml"), []byte(strings.Join(docs, "---\n")), 0o600)
 }
 
-// waitConverged waits until a full plan of the agent is empty, no pod
-// waits for its admission as a policy peer (agent/admission.go: the plan
-// holds such pods back, as the agent does until it admits them), and no
-// deleted pod's address waits for its withdrawal (agent/withdrawal.go:
-// the plan keeps those, as the agent does until it withdraws them).
+// waitConverged waits until no pod waits for its admission as a policy
+// peer (agent/admission.go: the plan holds such pods back, as the agent
+// does until it admits them), no deleted pod's address waits for its
+// withdrawal (agent/withdrawal.go: the plan keeps those, as the agent does
+// until it withdraws them), and then a full plan of the agent is empty.
+// The gauges come first: the agent computes at most one plan a second
+// (planView), and a plan asked for while pods were still held made the
+// next look a second later, so that the figure moved in steps of a second
+// with when the admission ran.
 func waitConverged(ctx context.Context, st *sim.State) error {
 	deadline := time.Now().Add(waitTimeout)
 	for {
-		code, body, err := st.AgentGet(ctx, "/plan")
-		if err == nil && code == 200 && body == "" {
-			var metrics string
-			code, metrics, err = st.AgentGet(ctx, "/metrics")
-			if err == nil && code == 200 && strings.Contains("\n"+metrics, "\nterway_pods_held_back 0\n") &&
-				strings.Contains("\n"+metrics, "\nterway_pods_departing 0\n") {
-				return nil
+		code, body, err := st.AgentGet(ctx, "/metrics")
+		if err == nil && code == 200 {
+			if strings.Contains("\n"+body, "\nterway_pods_held_back 0\n") &&
+				strings.Contains("\n"+body, "\nterway_pods_departing 0\n") {
+				code, body, err = st.AgentGet(ctx, "/plan")
+				if err == nil && code == 200 && body == "" {
+					return nil
+				}
+			} else {
+				body = "pods still held back as peers, or deleted pods' addresses not withdrawn yet"
 			}
-			body = "pods still held back as peers, or deleted pods' addresses not withdrawn yet"
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("agent not converged after %s: /plan answers %d, %v:\n%s", waitTimeout, code, err, body)
+			return fmt.Errorf("agent not converged after %s: %d, %v:\n%s", waitTimeout, code, err, body)
 		}
 		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
 			return err
