@@ -39,7 +39,8 @@ type Config struct {
 	MinSyncInterval time.Duration
 	// PeerAdmissionDelay bounds how long a pod set up waits, while ADDs
 	// keep arriving, to be admitted as a policy peer of the node's other
-	// pods (admission.go); a quiet agent admits it at once.
+	// pods (admission.go); an agent that has had no ADD for 100 ms
+	// (admitQuiet) admits it then.
 	PeerAdmissionDelay time.Duration
 	// AdmitBeforeAnswer makes an ADD admit its pods as policy peers before
 	// it answers: a pod's first connections to policy-protected local peers

@@ -32,10 +32,10 @@ import (
 // withdrawDelay after the DEL, in steps of a few pods. Rendering and writing those sets was most of a DEL at scale
 // (issue 17: 157 ms against 32 ms on an empty node), none of it needed to
 // take the pod's network down. Nothing waits for the withdrawal but the
-// address's next pod, so it waits for the agent to be quiet, longer than
-// an admission does: the kernel takes a pod's elements out of those sets
-// in 70 to 170 ms at that scale (withdrawChunk), and a CNI request
-// arriving meanwhile waits for the agent's lock; DELs a runtime sends one
+// address's next pod, so it waits for the agent to be quiet, as long as
+// an admission does and for DELs too: the kernel takes a pod's elements
+// out of those sets in 70 to 170 ms at that scale (withdrawChunk), and a
+// CNI request arriving meanwhile waits for the agent's lock; DELs a runtime sends one
 // after the other come 10 to 40 ms apart. Under continuous churn it runs
 // withdrawDelay after the oldest DEL at the latest, a pod or a few per
 // step. An ADD that finds no free address but quarantined ones has it run

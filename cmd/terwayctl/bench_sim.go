@@ -172,11 +172,13 @@ func writeBenchCluster(dir string, pods int) error {
 func waitConverged(ctx context.Context, st *sim.State) error {
 	deadline := time.Now().Add(waitTimeout)
 	for {
-		code, body, err := st.AgentGet(ctx, "/metrics")
+		path := "/metrics"
+		code, body, err := st.AgentGet(ctx, path)
 		if err == nil && code == 200 {
 			if strings.Contains("\n"+body, "\nterway_pods_held_back 0\n") &&
 				strings.Contains("\n"+body, "\nterway_pods_departing 0\n") {
-				code, body, err = st.AgentGet(ctx, "/plan")
+				path = "/plan"
+				code, body, err = st.AgentGet(ctx, path)
 				if err == nil && code == 200 && body == "" {
 					return nil
 				}
@@ -185,7 +187,7 @@ func waitConverged(ctx context.Context, st *sim.State) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("agent not converged after %s: %d, %v:\n%s", waitTimeout, code, err, body)
+			return fmt.Errorf("agent not converged after %s: %s answers %d, %v:\n%s", waitTimeout, path, code, err, body)
 		}
 		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
 			return err
