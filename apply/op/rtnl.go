@@ -93,7 +93,9 @@ func (c *RouteConn) request(typ uint16, flags int, resType uint16, data []nl.Net
 	if err := unix.Sendto(c.fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
-	dump := flags&unix.NLM_F_DUMP != 0
+	// The flags of a request that creates share bits with NLM_F_DUMP
+	// (NLM_F_EXCL is NLM_F_MATCH): only a get is a dump.
+	dump := flags&unix.NLM_F_DUMP != 0 && flags&unix.NLM_F_ACK == 0
 	bp := recvBufs.Get().(*[]byte)
 	defer recvBufs.Put(bp)
 	buf := *bp
@@ -182,6 +184,14 @@ func RouteDump(ns Namespaces, netns string, typ, resType uint16, data ...nl.Netl
 // or index) and returns the payloads of the replies of type resType.
 func RouteGet(ns Namespaces, netns string, typ, resType uint16, data ...nl.NetlinkRequestData) ([][]byte, error) {
 	return routeRequest(ns, netns, typ, unix.NLM_F_ACK, resType, data)
+}
+
+// Write sends one rtnetlink request that changes something (typ with
+// flags, NLM_F_ACK added) and waits for its acknowledgement: the kernel's
+// errno, with its reason text when it gave one, is the error.
+func (c *RouteConn) Write(typ uint16, flags int, data ...nl.NetlinkRequestData) error {
+	_, err := c.request(typ, flags|unix.NLM_F_ACK, 0, data)
+	return err
 }
 
 func routeRequest(ns Namespaces, netns string, typ uint16, flags int, resType uint16, data []nl.NetlinkRequestData) ([][]byte, error) {
