@@ -65,6 +65,14 @@ func RunE2E(ctx context.Context, c *Config, o E2EOptions) (*E2EResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	// e2e.test's kubectl specs make temporary folders (kuberc files) and
+	// leave them: they go to the report folder, which its caller removes,
+	// not to the machine's /tmp.
+	tmp := filepath.Join(o.ReportDir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	sctx, stopSampling := context.WithCancel(ctx)
 	smp, sampled := startSampling(sctx, c, o.ReportDir)
