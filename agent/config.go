@@ -91,9 +91,9 @@ const (
 	// of another node has such a delay too: its address reaches this
 	// node's watch only after its kubelet has posted the pod's status),
 	// long enough that a burst of ADDs runs before its admission rather
-	// than beside it. At 200 ms, steps ran inside every burst of 50 ADDs at 1,000
-	// policies and the ADD p50 was 1.61 to 1.86 times the 10-pod one,
-	// against 1.34 to 1.47 at 1 s (BENCHMARKS.md, "Stop 37").
+	// than beside it. At 200 ms, steps ran inside every burst of 50 ADDs
+	// at 1,000 policies and the ADD p50 was 1.61 to 1.86 times the 10-pod
+	// one, against 1.34 to 1.47 at 1 s (BENCHMARKS.md, "Stop 37").
 	DefaultPeerAdmissionDelay = time.Second
 	// Loopback only: health and metrics are for the kubelet's probes and a
 	// local scraper, not for the world.

@@ -35,8 +35,8 @@ import (
 // address's next pod, so it waits for the agent to be quiet, as long as
 // an admission does and for DELs too: the kernel takes a pod's elements
 // out of those sets in 70 to 170 ms at that scale (withdrawChunk), and a
-// CNI request arriving meanwhile waits for the agent's lock; DELs a runtime sends one
-// after the other come 10 to 40 ms apart. Under continuous churn it runs
+// CNI request arriving meanwhile waits for the agent's lock; DELs a
+// runtime sends one after the other come 10 to 40 ms apart. Under continuous churn it runs
 // withdrawDelay after the oldest DEL at the latest, a pod or a few per
 // step. An ADD that finds no free address but quarantined ones has it run
 // at once. (The AWS VPC CNI, for comparison, keeps a released address

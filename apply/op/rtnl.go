@@ -93,9 +93,10 @@ func (c *RouteConn) request(typ uint16, flags int, resType uint16, data []nl.Net
 	if err := unix.Sendto(c.fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
-	// The flags of a request that creates share bits with NLM_F_DUMP
-	// (NLM_F_EXCL is NLM_F_MATCH): only a get is a dump.
-	dump := flags&unix.NLM_F_DUMP != 0 && flags&unix.NLM_F_ACK == 0
+	// A dump is a get with NLM_F_DUMP, as rtnetlink decides: a request
+	// that creates shares its bits (NLM_F_EXCL is NLM_F_MATCH). rtnetlink
+	// types come in fours, new, del, get, set: a get is type%4 == 2.
+	dump := typ%4 == 2 && flags&unix.NLM_F_DUMP != 0
 	bp := recvBufs.Get().(*[]byte)
 	defer recvBufs.Put(bp)
 	buf := *bp

@@ -1,0 +1,112 @@
+package render
+
+import (
+	"slices"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Splicing a patch into the last document (patch.go): the changed pods'
+// items and dispatch elements out and in, at their canonical places.
+
+// splice makes the patched document: the changed pods' items out, their
+// items now in, and the groups they leave empty or start.
+func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPolicies,
+	problems map[string][]spec.Problem) (*spec.NodeState, bool) {
+	var remove, add spec.NodeState
+	var removeTable, addTable spec.NFTable
+	removeElems, addElems := map[string][]spec.NFTElement{}, map[string][]spec.NFTElement{}
+	for key := range changes {
+		if before := b.pods[key]; before != nil {
+			putPart(&remove, before.part)
+			remove.Problems = append(remove.Problems, before.problems...)
+			if before.entry != nil {
+				remove.Pods = append(remove.Pods, *before.entry)
+				dispatchElements(before.entry, before.local, removeElems)
+			}
+		}
+		after := r.byKey[key]
+		if after == nil {
+			continue
+		}
+		putPart(&add, after.part)
+		after.groups = p.groups[key]
+		if after.entry != nil {
+			keys := after.groups
+			after.entry.IngressChain, after.entry.EgressChain = b.chainOf(p, keys[0]), b.chainOf(p, keys[1])
+			add.Pods = append(add.Pods, *after.entry)
+			dispatchElements(after.entry, after.local, addElems)
+		}
+	}
+	for _, ps := range problems {
+		add.Problems = append(add.Problems, ps...)
+	}
+	remove.Problems = append(remove.Problems, p.problemsOut...)
+	add.Problems = append(add.Problems, p.problemsIn...)
+	slices.SortFunc(add.Problems, spec.CompareProblems)
+	add.Problems = slices.Compact(add.Problems)
+	slices.SortFunc(remove.Problems, spec.CompareProblems)
+	remove.Problems = slices.Compact(remove.Problems)
+	for gk, d := range p.pods() {
+		switch g := b.groups[gk]; {
+		case g != nil && g.members+g.awaiting+d == 0:
+			removeTable.Chains = append(removeTable.Chains, g.out.chain)
+			removeTable.Sets = append(removeTable.Sets, g.out.sets...)
+		case g == nil && d > 0:
+			out := p.created[gk].out
+			addTable.Chains = append(addTable.Chains, out.chain)
+			addTable.Sets = append(addTable.Sets, out.sets...)
+		}
+	}
+	doc := *b.doc
+	t := *doc.NFTables
+	t.Sets = slices.Clone(t.Sets)
+	for _, name := range []string{mapIngressPods, mapEgressPods, setHairpin, setPodSources} {
+		if len(removeElems[name]) == 0 && len(addElems[name]) == 0 {
+			continue
+		}
+		s := t.Set(name)
+		if s == nil {
+			return nil, false
+		}
+		elems, ok := spec.SplicedElements(s.Elements, removeElems[name], addElems[name])
+		if !ok {
+			return nil, false
+		}
+		s.Elements = elems
+	}
+	doc.NFTables = &t
+	if len(removeTable.Chains)+len(addTable.Chains) > 0 {
+		remove.NFTables, add.NFTables = &removeTable, &addTable
+	}
+	return doc.Spliced(&remove, &add)
+}
+
+// putPart adds a datapath's items to s, its problems aside (a pod's
+// problems go in and out whole).
+func putPart(s *spec.NodeState, part *spec.NodeState) {
+	if part == nil {
+		return
+	}
+	problems := s.Problems
+	add(s, part)
+	s.Problems = problems
+}
+
+// dispatchElements adds a pod's elements of the dispatch sets by set
+// name, as groupChain, hairpinElements and renderSourceValidation make
+// them.
+func dispatchElements(e *spec.Pod, local bool, into map[string][]spec.NFTElement) {
+	if e.IngressChain != "" {
+		into[mapIngressPods] = append(into[mapIngressPods], jumpElement(e.IP, e.IngressChain))
+	}
+	if e.EgressChain != "" {
+		into[mapEgressPods] = append(into[mapEgressPods], jumpElement(e.IP, e.EgressChain))
+	}
+	if isolated(e) {
+		into[setHairpin] = append(into[setHairpin], vethElement(e.HostVeth, e.IP))
+	}
+	if e.HostVeth != "" && local {
+		into[setPodSources] = append(into[setPodSources], vethElement(e.HostVeth, e.IP))
+	}
+}
