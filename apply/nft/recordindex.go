@@ -6,7 +6,7 @@ import (
 	"github.com/terway-reconciler/terway/spec"
 )
 
-// The address indexes a record keeps for scoped plans (scoped.go): of its
+// The address indexes a record keeps for scoped plans (scoped.go, addrindex.go): of its
 // large written sets (indexed, built after a commit), and of the desired
 // element lists CNI requests and resyncs plan from (wantIndexed, warmed
 // by Prepare).
