@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/terway-reconciler/terway/apply/links"
+	"github.com/terway-reconciler/terway/apply/nft"
 	"github.com/terway-reconciler/terway/apply/op"
 	"github.com/terway-reconciler/terway/internal/chaos"
 	"github.com/terway-reconciler/terway/spec"
@@ -155,33 +156,93 @@ func validate(desired *spec.NodeState) error {
 // A pod whose link could not be created or fixed gets none of its later
 // operations: they would land on whatever link holds the name (another
 // sandbox's eth0 that appeared since the plan) or fail anyway.
+//
+// A plan that deletes nothing sends its nftables transaction beside the
+// other kinds' writes rather than after them (concurrently): its rules
+// name interfaces by name and addresses by value, so they need none of
+// the links, addresses or routes to exist, and a CNI ADD then waits for
+// the longer of the two rather than their sum. At 1,000 policies the
+// transaction is about half a millisecond of kernel time (the kernel
+// checks the table's jumps when a dispatch element is added), beside
+// about a millisecond of veth, address and route writes. A plan that
+// deletes keeps the order of the package comment throughout. The
+// transaction is one for all of a plan's nftables operations
+// (nft.Reconciler), so the pod whose link failed has its nftables objects
+// written either way, in the same transaction as the other pods'.
 func execute(ctx context.Context, ns op.Namespaces, ops []op.Op, rep *Report) {
+	results := make([]Result, len(ops))
+	var nftDone chan struct{}
+	if beside := nftBeside(ops); len(beside) > 0 {
+		nftDone = make(chan struct{})
+		go func() {
+			defer close(nftDone)
+			for _, i := range beside {
+				results[i] = Result{Op: ops[i], Err: runOp(ctx, ns, ops[i])}
+			}
+		}()
+	}
 	var linkFailed map[string]error
 	for i, o := range ops {
 		if i > 0 && i == len(ops)/2 {
 			chaos.Point(chaos.ApplyMidway)
 		}
+		if nftDone != nil && o.Kind == nft.Kind {
+			continue // sent beside
+		}
 		if err := ctx.Err(); err != nil {
-			rep.Results = append(rep.Results, Result{Op: o, Err: err})
+			results[i] = Result{Op: o, Err: err}
 			continue
 		}
 		if lerr := linkFailed[o.Pod]; lerr != nil && o.Action != op.Delete {
-			rep.Results = append(rep.Results, Result{Op: o, Err: fmt.Errorf("not attempted: the pod's link failed: %w", lerr)})
+			results[i] = Result{Op: o, Err: fmt.Errorf("not attempted: the pod's link failed: %w", lerr)}
 			continue
 		}
-		var err error
-		if o.Exec != nil {
-			err = o.Exec(ctx, ns)
-		}
+		err := runOp(ctx, ns, o)
 		if err != nil && o.Kind == links.Kind && o.Pod != "" && o.Action != op.Delete {
 			if linkFailed == nil {
 				linkFailed = map[string]error{}
 			}
 			linkFailed[o.Pod] = err
 		}
-		if err == nil {
-			rep.Writes += o.Writes
-		}
-		rep.Results = append(rep.Results, Result{Op: o, Err: err})
+		results[i] = Result{Op: o, Err: err}
 	}
+	if nftDone != nil {
+		<-nftDone
+	}
+	for _, r := range results {
+		if r.Err == nil {
+			rep.Writes += r.Op.Writes
+		}
+	}
+	rep.Results = append(rep.Results, results...)
+}
+
+// runOp executes one operation, unless ctx is done.
+func runOp(ctx context.Context, ns op.Namespaces, o op.Op) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if o.Exec == nil {
+		return nil
+	}
+	return o.Exec(ctx, ns)
+}
+
+// nftBeside returns the indexes of ops' nftables operations when they may
+// run beside the others (see execute): when the plan deletes nothing and
+// has other operations to run beside.
+func nftBeside(ops []op.Op) []int {
+	var beside []int
+	for i, o := range ops {
+		if o.Action == op.Delete {
+			return nil
+		}
+		if o.Kind == nft.Kind {
+			beside = append(beside, i)
+		}
+	}
+	if len(beside) == len(ops) {
+		return nil
+	}
+	return beside
 }
