@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -67,6 +69,37 @@ type namedInformer struct {
 	kind string
 	inf  cache.SharedIndexInformer
 	reg  cache.ResourceEventHandlerRegistration
+	// list is the informer's objects as the last Snapshot listed them.
+	list *sortedList
+}
+
+// sortedList is an informer's objects sorted by namespace/name, listed
+// again only after a change. A Snapshot is taken for every CNI ADD, and
+// listing and sorting a cluster's objects each time grew with the
+// cluster: 0.5 ms at 500 pods and 1,000 policies, 3 to 4 ms at 5,000
+// pods and 2,000 policies (BenchmarkKubernetesSnapshot), most of it for
+// objects that had not changed. The informer updates its cache before it
+// calls the handlers that count the changes, so a list made after
+// reading the count holds at least every change counted. An update that
+// Changed ignores (unchanged: only the resourceVersion or a dropped field
+// moved) is not counted either: the list keeps the object it has, which
+// reads the same.
+type sortedList struct {
+	changes atomic.Uint64
+	mu      sync.Mutex
+	listed  uint64 // changes when objs was listed
+	objs    any    // []T, nil before the first listing
+}
+
+// cachedList returns a copy of l's objects (the Snapshot's slices are the
+// caller's), listing inf again first if a change came since.
+func cachedList[T namespacedName](l *sortedList, inf cache.SharedIndexInformer) []T {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if changes := l.changes.Load(); l.objs == nil || changes != l.listed {
+		l.objs, l.listed = listAs[T](inf), changes
+	}
+	return slices.Clone(l.objs.([]T))
 }
 
 // NewKubernetes returns a source over client for the node nodeName. It
@@ -104,19 +137,24 @@ func NewKubernetes(client kubernetes.Interface, nodeName string, opts Kubernetes
 		if err := ni.inf.SetWatchErrorHandlerWithContext(k.watchErrorHandler(ni.kind)); err != nil {
 			return nil, fmt.Errorf("kubernetes inputs: %s informer: watch error handler: %w", ni.kind, err)
 		}
+		list := &sortedList{}
+		changed := func() {
+			list.changes.Add(1)
+			signal(k.changed)
+		}
 		reg, err := ni.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { signal(k.changed) },
+			AddFunc: func(any) { changed() },
 			UpdateFunc: func(old, cur any) {
 				if !unchanged(old, cur) {
-					signal(k.changed)
+					changed()
 				}
 			},
-			DeleteFunc: func(any) { signal(k.changed) },
+			DeleteFunc: func(any) { changed() },
 		})
 		if err != nil {
 			return nil, fmt.Errorf("kubernetes inputs: %s informer: event handler: %w", ni.kind, err)
 		}
-		ni.reg = reg
+		ni.reg, ni.list = reg, list
 		k.informers = append(k.informers, ni)
 	}
 	return k, nil
@@ -198,9 +236,9 @@ func (k *Kubernetes) Snapshot() Snapshot {
 	} else if synced {
 		s.Errors = append(s.Errors, fmt.Errorf("kubernetes inputs: Node %s: not found in the API server", k.nodeName))
 	}
-	s.Pods = listAs[*corev1.Pod](k.informers[podInformer].inf)
-	s.Namespaces = listAs[*corev1.Namespace](k.informers[namespaceInformer].inf)
-	s.Policies = listAs[*networkingv1.NetworkPolicy](k.informers[policyInformer].inf)
+	s.Pods = cachedList[*corev1.Pod](k.informers[podInformer].list, k.informers[podInformer].inf)
+	s.Namespaces = cachedList[*corev1.Namespace](k.informers[namespaceInformer].list, k.informers[namespaceInformer].inf)
+	s.Policies = cachedList[*networkingv1.NetworkPolicy](k.informers[policyInformer].list, k.informers[policyInformer].inf)
 	return s
 }
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -301,4 +302,100 @@ current-context: x
 	if cfg.Host != "https://127.0.0.1:6443" {
 		t.Errorf("host: got %q", cfg.Host)
 	}
+}
+
+// TestKubernetesSnapshotFollowsChanges: Snapshot lists an informer again
+// only after a change to it (sortedList), and each snapshot still shows
+// every change Changed announced, in its sorted place, in slices of the
+// caller's own.
+func TestKubernetesSnapshotFollowsChanges(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset(
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
+		testPod("prod", "web", "node-a", map[string]string{"app": "web"}),
+		testPod("prod", "db", "node-b", map[string]string{"app": "db"}),
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prod"}},
+		&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "deny-all"}},
+	)
+	k, err := NewKubernetes(client, "node-a", KubernetesOptions{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s := waitFor(t, k, "sync", func(s Snapshot) bool { return k.Synced() && len(s.Pods) == 2 })
+
+	// The caller's slices are its own.
+	s.Pods[0], s.Pods[1] = s.Pods[1], nil
+	s.Policies = append(s.Policies[:0], nil)
+	again := k.Snapshot()
+	if got := podKeys(again); !slices.Equal(got, []string{"prod/db", "prod/web"}) || again.Policies[0] == nil {
+		t.Fatalf("a caller's changes to its snapshot reached the next one: pods %v, policies %v", got, again.Policies)
+	}
+	if s := k.Snapshot(); &s.Pods[0] == &again.Pods[0] {
+		t.Fatal("two snapshots share their pod slice")
+	}
+
+	// A label change shows in the snapshot's pod.
+	pods := client.CoreV1().Pods("prod")
+	drain(k)
+	db, err := pods.Get(ctx, "db", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Labels["tier"] = "back"
+	if _, err := pods.Update(ctx, db, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s = waitFor(t, k, "the new label in the snapshot", func(s Snapshot) bool {
+		return len(s.Pods) == 2 && s.Pods[0].Labels["tier"] == "back"
+	})
+	before := s.Pods[0]
+
+	// An update that Changed ignores (a condition only) keeps the listed
+	// object, which reads the same.
+	db, err = pods.Get(ctx, "db", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Status.Conditions[0].Status = corev1.ConditionFalse
+	db.ResourceVersion = "99"
+	if _, err := pods.Update(ctx, db, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(waitBound); ; time.Sleep(10 * time.Millisecond) {
+		if p, ok := k.Pod("prod", "db"); ok && p != before {
+			break // the informer has the update
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the condition update never reached the informer")
+		}
+	}
+	if s := k.Snapshot(); s.Pods[0] != before {
+		t.Errorf("an update that changes nothing made Snapshot list the pods again")
+	}
+
+	// A new pod sorts into its place; a deleted policy and a namespace's
+	// new label show.
+	drain(k)
+	if _, err := pods.Create(ctx, testPod("prod", "cache", "node-c", nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.NetworkingV1().NetworkPolicies("prod").Delete(ctx, "deny-all", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := client.CoreV1().Namespaces().Get(ctx, "prod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Labels = map[string]string{"team": "b"}
+	if _, err := client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, k, "the new pod, the policy gone, the namespace label", func(s Snapshot) bool {
+		return slices.Equal(podKeys(s), []string{"prod/cache", "prod/db", "prod/web"}) && len(s.Policies) == 0 &&
+			len(s.Namespaces) == 1 && s.Namespaces[0].Labels["team"] == "b"
+	})
 }
