@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/terway-reconciler/terway/internal/synth"
@@ -21,17 +20,7 @@ func BenchmarkKubernetesSnapshot(b *testing.B) {
 	for _, size := range []struct{ pods, policies int }{{500, 1000}, {5000, 2000}} {
 		b.Run(fmt.Sprintf("pods=%d,policies=%d", size.pods, size.policies), func(b *testing.B) {
 			world := synth.Cluster(synth.Params{LocalPods: 250, RemotePods: size.pods - 250, Policies: size.policies, Namespaces: 20, Seed: 1})
-			objs := []runtime.Object{world.Node}
-			for _, p := range world.Pods {
-				objs = append(objs, p)
-			}
-			for _, n := range world.Namespaces {
-				objs = append(objs, n)
-			}
-			for _, p := range world.Policies {
-				objs = append(objs, p)
-			}
-			k, err := NewKubernetes(fake.NewClientset(objs...), synth.NodeName, KubernetesOptions{Logger: quietLogger()})
+			k, err := NewKubernetes(fake.NewClientset(synth.Objects(world, true)...), synth.NodeName, KubernetesOptions{Logger: quietLogger()})
 			if err != nil {
 				b.Fatal(err)
 			}

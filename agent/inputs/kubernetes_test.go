@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 )
 
 func testPod(ns, name, node string, labels map[string]string) *corev1.Pod {
@@ -123,14 +124,7 @@ func TestKubernetesSource(t *testing.T) {
 	pods := client.CoreV1().Pods("prod")
 	// An update signals Changed.
 	drain(k)
-	db, err := pods.Get(ctx, "db", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Labels["tier"] = "back"
-	if _, err := pods.Update(ctx, db, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	relabel(ctx, t, pods, "db", "tier", "back")
 	waitFor(t, k, "the new label", func(Snapshot) bool {
 		p, ok := k.Pod("prod", "db")
 		return ok && p.Labels["tier"] == "back"
@@ -341,14 +335,7 @@ func TestKubernetesSnapshotFollowsChanges(t *testing.T) {
 	// A label change shows in the snapshot's pod.
 	pods := client.CoreV1().Pods("prod")
 	drain(k)
-	db, err := pods.Get(ctx, "db", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Labels["tier"] = "back"
-	if _, err := pods.Update(ctx, db, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	relabel(ctx, t, pods, "db", "tier", "back")
 	s = waitFor(t, k, "the new label in the snapshot", func(s Snapshot) bool {
 		return len(s.Pods) == 2 && s.Pods[0].Labels["tier"] == "back"
 	})
@@ -356,7 +343,7 @@ func TestKubernetesSnapshotFollowsChanges(t *testing.T) {
 
 	// An update that Changed ignores (a condition only) keeps the listed
 	// object, which reads the same.
-	db, err = pods.Get(ctx, "db", metav1.GetOptions{})
+	db, err := pods.Get(ctx, "db", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,4 +385,17 @@ func TestKubernetesSnapshotFollowsChanges(t *testing.T) {
 		return slices.Equal(podKeys(s), []string{"prod/cache", "prod/db", "prod/web"}) && len(s.Policies) == 0 &&
 			len(s.Namespaces) == 1 && s.Namespaces[0].Labels["team"] == "b"
 	})
+}
+
+// relabel sets a label of the pod name through the API.
+func relabel(ctx context.Context, t *testing.T, pods typedcorev1.PodInterface, name, key, value string) {
+	t.Helper()
+	p, err := pods.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Labels[key] = value
+	if _, err := pods.Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }

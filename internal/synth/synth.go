@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -153,10 +154,10 @@ func policy(rng *rand.Rand, i, namespaces int) *networkingv1.NetworkPolicy {
 	return np
 }
 
-// Documents returns the inputs' objects as YAML documents: the Node when
-// node is set, then the namespaces, pods, policies and allocations.
-func Documents(in render.Inputs, node bool) ([][]byte, error) {
-	var objs []any
+// Objects returns the inputs' Kubernetes objects: the Node when node is
+// set, then the namespaces, pods and policies.
+func Objects(in render.Inputs, node bool) []runtime.Object {
+	var objs []runtime.Object
 	if node {
 		objs = append(objs, in.Node)
 	}
@@ -167,6 +168,16 @@ func Documents(in render.Inputs, node bool) ([][]byte, error) {
 		objs = append(objs, o)
 	}
 	for _, o := range in.Policies {
+		objs = append(objs, o)
+	}
+	return objs
+}
+
+// Documents returns the inputs' objects as YAML documents: Objects, then
+// the allocations.
+func Documents(in render.Inputs, node bool) ([][]byte, error) {
+	var objs []any
+	for _, o := range Objects(in, node) {
 		objs = append(objs, o)
 	}
 	for _, o := range in.Allocations {
