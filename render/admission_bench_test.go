@@ -31,20 +31,11 @@ func BenchmarkRenderAdmission(b *testing.B) {
 				b.Fatal(err)
 			}
 			var resolved, rendered, renders int
-			i := 0
 			b.ReportAllocs()
-			for b.Loop() {
-				x := admitted
-				if i%2 == 1 {
-					x = holding
-				}
-				i++
-				if _, err := k.Render(x); err != nil {
-					b.Fatal(err)
-				}
+			renderAlternately(b, k, admitted, holding, func(int) {
 				st := k.Stats()
 				resolved, rendered, renders = resolved+st.PoliciesResolved, rendered+st.GroupsRendered, renders+1
-			}
+			})
 			b.ReportMetric(float64(resolved)/float64(renders), "policies-resolved/op")
 			b.ReportMetric(float64(rendered)/float64(renders), "groups-rendered/op")
 		})

@@ -100,6 +100,9 @@ type CacheStats struct {
 	// and PodsPatched how many pods' parts it changed.
 	Patched     bool
 	PodsPatched int
+	// PodListKept tells that the patch found the inputs' pods to be the
+	// very objects of the last scan, and looked none of them up.
+	PodListKept bool
 }
 
 // policyEntry is one policy in the cache.

@@ -70,13 +70,17 @@ type patchBase struct {
 	heldBack   map[string]bool
 	departing  map[string]DepartingPeer
 
-	pods    map[string]*patchPod // every pod of the render, by key
-	objects int                  // pods with an object
-	allocs  int                  // pods with an allocation
-	groups  map[string]*patchGroup
-	targets map[*policyEntry]int // each policy's targets
-	owners  map[netip.Addr]string
-	slots   map[string]string // interface (netns and name) to the pod whose allocation holds it
+	pods map[string]*patchPod // every pod of the render, by key
+	// podObjs is the inputs' pod list of the last scan that saw every
+	// pod once (changedPods), a copy; nil: none yet.
+	podObjs     []*corev1.Pod
+	podListKept bool // the last scan's podsSame
+	objects     int  // pods with an object
+	allocs      int  // pods with an allocation
+	groups      map[string]*patchGroup
+	targets     map[*policyEntry]int // each policy's targets
+	owners      map[netip.Addr]string
+	slots       map[string]string // interface (netns and name) to the pod whose allocation holds it
 	// peers are the pods that are policy peers, in a renderer of their
 	// own (by namespace and in key order, as the render had them), with
 	// the namespaces' labels: what resolving a policy's rules reads.
@@ -247,26 +251,16 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 		buf = append(append(append(buf[:0], ns...), '/'), name...)
 		return buf
 	}
-	objects := 0
-	for _, p := range in.Pods {
-		key := keyOf(p.Namespace, p.Name)
-		switch pp := b.pods[string(key)]; {
-		case pp == nil || pp.obj == nil:
-			c := note(string(key))
-			if c.obj != nil {
-				return nil, false
-			}
-			c.obj = p
-		case pp.objGen == gen:
-			return nil, false
-		default:
-			pp.objGen = gen
-			objects++
-			if pp.obj != p {
-				note(string(key)).obj = p
-			}
-		}
-		if len(changes) > maxPatchedPods {
+	// The cluster's pods are most often the very objects of the last scan
+	// (an ADD or DEL changes an allocation): one comparison of the lists
+	// then stands for a lookup of each, whose cost grew with the cluster
+	// (0.3 ms at 5,000 pods).
+	podsSame := b.podObjs != nil && slices.Equal(in.Pods, b.podObjs)
+	b.podListKept = podsSame
+	objects := b.objects
+	if !podsSame {
+		var ok bool
+		if objects, ok = b.scanPods(in, gen, note, keyOf, changes); !ok {
 			return nil, false
 		}
 	}
@@ -296,7 +290,7 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 	}
 	if objects != b.objects || allocs != b.allocs {
 		for key, pp := range b.pods {
-			if pp.obj != nil && pp.objGen != gen || pp.alloc != nil && pp.allocGen != gen {
+			if pp.obj != nil && !podsSame && pp.objGen != gen || pp.alloc != nil && pp.allocGen != gen {
 				note(key) // gone
 			}
 		}
@@ -327,7 +321,7 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 	// What did not change is what the last document had.
 	for key, c := range changes {
 		if pp := b.pods[key]; pp != nil {
-			if c.obj == nil && pp.obj != nil && pp.objGen == gen {
+			if c.obj == nil && pp.obj != nil && (podsSame || pp.objGen == gen) {
 				c.obj = pp.obj
 			}
 			if c.alloc == nil && pp.alloc != nil && pp.allocGen == gen {
@@ -336,6 +330,38 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 		}
 	}
 	return changes, true
+}
+
+// scanPods looks up each pod of in in the base, notes the new and the
+// changed ones, and marks every one seen in scan gen; it returns how many
+// the base knew. ok is false when in lists a pod twice or more than
+// maxPatchedPods changed. A scan that saw every pod once is podObjs.
+func (b *patchBase) scanPods(in Inputs, gen uint64, note func(string) *podChange, keyOf func(ns, name string) []byte,
+	changes map[string]*podChange) (objects int, ok bool) {
+	for _, p := range in.Pods {
+		key := keyOf(p.Namespace, p.Name)
+		switch pp := b.pods[string(key)]; {
+		case pp == nil || pp.obj == nil:
+			c := note(string(key))
+			if c.obj != nil {
+				return 0, false
+			}
+			c.obj = p
+		case pp.objGen == gen:
+			return 0, false
+		default:
+			pp.objGen = gen
+			objects++
+			if pp.obj != p {
+				note(string(key)).obj = p
+			}
+		}
+		if len(changes) > maxPatchedPods {
+			return 0, false
+		}
+	}
+	b.podObjs = slices.Clone(in.Pods)
+	return objects, true
 }
 
 // sameInputsBut tells whether in has the last document's inputs but for
@@ -359,7 +385,7 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 	}
 	if len(changes) == 0 {
 		doc := *b.doc
-		k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), Patched: true}
+		k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), Patched: true, PodListKept: b.podListKept}
 		return &doc, true
 	}
 	r, ok := b.renderChanged(k, in, cfg, changes)
@@ -378,7 +404,7 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 		return nil, false
 	}
 	k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), GroupsRendered: p.rendered,
-		Patched: true, PodsPatched: len(changes)}
+		Patched: true, PodsPatched: len(changes), PodListKept: b.podListKept}
 	return doc, true
 }
 

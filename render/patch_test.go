@@ -279,6 +279,7 @@ func TestCachePatchMatchesRender(t *testing.T) {
 	}
 	total, patched, podPatches, eniPatches := 0, 0, 0, 0
 	departs, departPatches := 0, 0 // DELs of admitted pods, their addresses departing
+	listKept := 0                  // patches that found the pod list of the last scan
 	for walk := range walks {
 		c := newChurn(uint64(100 + walk))
 		if walk < 6 {
@@ -307,6 +308,9 @@ func TestCachePatchMatchesRender(t *testing.T) {
 					departPatches++
 				}
 				patched++
+				if st.PodListKept {
+					listKept++
+				}
 				if st.PodsPatched > 0 {
 					podPatches++
 					if walk == 4 || walk == 5 {
@@ -321,6 +325,10 @@ func TestCachePatchMatchesRender(t *testing.T) {
 	if podPatches*5 < total || eniPatches*5 < total/3 {
 		t.Errorf("%d of %d renders were patches that changed pods, %d in eni-multi-ip mode: too few to prove the patch right",
 			podPatches, total, eniPatches)
+	}
+	t.Logf("%d patches kept the pod list of the last scan", listKept)
+	if listKept*10 < total {
+		t.Errorf("%d of %d renders were patches that kept the pod list: too few to prove that path right", listKept, total)
 	}
 	t.Logf("%d of %d DELs of admitted pods whose addresses depart were patches", departPatches, departs)
 	if departPatches*2 < departs {

@@ -39,6 +39,9 @@ func BenchmarkRender(b *testing.B) {
 // changed, and through the cache alternately without and with the last
 // pod's allocation (its DEL and ADD); and synth's 5,000-pod, 2,000-policy
 // cluster (250 pods on this node) from scratch and after one ADD or DEL.
+// cached-add-del-held is the agent's case: the pod is held back as a
+// peer (Inputs.PeersHeldBack) from its ADD to its admission, so its ADD
+// and DEL change no policy.
 func BenchmarkRenderCache(b *testing.B) {
 	for _, p := range []synth.Params{
 		{LocalPods: 250, RemotePods: 250, Policies: 1000, Namespaces: 20, Seed: 1},
@@ -68,20 +71,42 @@ func BenchmarkRenderCache(b *testing.B) {
 		})
 		b.Run(name+"/cached-add-del", func(b *testing.B) {
 			k := render.NewCache()
-			i := 0
-			for b.Loop() {
-				x := without
-				if i%2 == 1 {
-					x = in
-				}
-				i++
-				if _, err := k.Render(x); err != nil {
-					b.Fatal(err)
-				}
-			}
+			renderAlternately(b, k, without, in, nil)
 			st := k.Stats()
 			b.ReportMetric(float64(st.PoliciesResolved), "policies-resolved")
 			b.ReportMetric(float64(st.GroupsRendered), "groups-rendered")
 		})
+		b.Run(name+"/cached-add-del-held", func(b *testing.B) {
+			last := in.Allocations[len(in.Allocations)-1].Metadata
+			held := map[string]bool{last.Namespace + "/" + last.Name: true}
+			with, none := in, without
+			with.PeersHeldBack, none.PeersHeldBack = held, held
+			k := render.NewCache()
+			b.ReportAllocs()
+			renderAlternately(b, k, none, with, func(i int) {
+				if i > 0 && !k.Stats().Patched {
+					b.Fatal("the held pod's ADD or DEL was rendered whole, not patched")
+				}
+			})
+		})
+	}
+}
+
+// renderAlternately renders even and odd with k in turn, for b's loop,
+// calling after (when set) with the render's number after each.
+func renderAlternately(b *testing.B, k *render.Cache, even, odd render.Inputs, after func(i int)) {
+	i := 0
+	for b.Loop() {
+		x := even
+		if i%2 == 1 {
+			x = odd
+		}
+		if _, err := k.Render(x); err != nil {
+			b.Fatal(err)
+		}
+		if after != nil {
+			after(i)
+		}
+		i++
 	}
 }
