@@ -150,6 +150,18 @@ func checkNodeSide(t *testing.T, ip string, e emulator.DumpENI) {
 // maximum, to the vSwitch.
 func TestENIMultiIP(t *testing.T) {
 	rntest.Need(t)
+	// The vSwitches' count below is the node's alone only once an earlier
+	// test's exclusive ENI is gone: its pod's namespace is deleted before
+	// the agent gives the ENI back, and that gives the vSwitch one IP more
+	// (seen once: 8184 available, want 8183).
+	rntest.Eventually(t, 60*time.Second, "earlier tests' exclusive ENIs detached and deleted", func() error {
+		for _, e := range dump(t).ENIs {
+			if e.Tags["terway-reconciler.io/exclusive"] != "" {
+				return fmt.Errorf("ENI %s: status %s, instance %q", e.ID, e.Status, e.InstanceID)
+			}
+		}
+		return nil
+	})
 	ns := rntest.Namespace(t)
 	pods := []string{"a", "b"}
 	for _, p := range pods {
