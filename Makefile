@@ -18,9 +18,12 @@ build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...
 
 # The whole suite: unit, golden and root kernel tests. Installs the Debian
-# packages the tests need when they are missing.
+# packages the tests need when they are missing. TERWAY_CHECK_KEPT_SETS=1
+# has every CNI request's nftables plan that used the last one's memo
+# planned again without it, and fails it if the two differ
+# (apply/nft/keptsets.go).
 test: deps vet k8s-assets node-assets
-	$(GO) test $(TESTFLAGS) ./...
+	TERWAY_CHECK_KEPT_SETS=1 $(GO) test $(TESTFLAGS) ./...
 	$(MAKE) fuzz
 
 # Each fuzz target for FUZZTIME (go test -fuzz takes one package and one

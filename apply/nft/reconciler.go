@@ -143,6 +143,9 @@ type record struct {
 	// that a plan made before a commit that changed none of its objects
 	// is not stale (see stale).
 	log []logEntry
+	// kept is what the last scoped plan found of its document's sets
+	// (keptsets.go); mu guards.
+	kept *keptSets
 	// locked are objects a staged plan is renaming (stage.go); mu guards.
 	locked map[string]bool
 	// stageMu lets one staged plan of the namespace fill at a time.
@@ -413,6 +416,11 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	}
 	full := (ask == syncFull && !checked) || rec.full || (ask == syncAuto && !checked && rec.syncs+1 >= r.opts.FullEvery)
 	version, written, cache := rec.version, rec.written, rec.cache
+	var kept *keptLookup
+	if sc != nil && rec.kept != nil {
+		touched, logged := rec.touchedSince(rec.kept.version)
+		kept = newKeptLookup(rec.kept, touched, logged)
+	}
 	r.mu.Unlock()
 	closeAll(gone)
 
@@ -421,9 +429,23 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	switch {
 	case desired != nil && sc != nil && !full && written != nil:
 		var err error
-		if want, scopedSets, err = scopedTable(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false)); err != nil {
+		var held []bool
+		if want, scopedSets, held, err = scopedTable(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false), kept); err != nil {
 			return nil, err
 		}
+		if checkKeptSets != nil && kept != nil {
+			checkKeptSets(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false), kept, want, scopedSets)
+		}
+		if checkKeptSetsByEnv && kept != nil {
+			if err := recheckWithoutMemo(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false), want, scopedSets); err != nil {
+				return nil, err
+			}
+		}
+		r.mu.Lock()
+		if r.records[netns] == rec {
+			rec.kept = &keptSets{version: version, sets: desired.Sets, kept: held}
+		}
+		r.mu.Unlock()
 		r.pruneWantIndexes(rec, desired)
 	case desired != nil:
 		var err error

@@ -54,9 +54,11 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 // scopedTable is the record with the scoped pods' part of desired, and the
 // names of the sets it put or dropped: its other sets are the record's
 // very objects. index gives a record set's elements by address (see
-// addrIndex), wantIndex a desired set's (see wantIndex).
+// addrIndex), wantIndex a desired set's (see wantIndex). kept (nil: none)
+// names sets an earlier plan found held (keptsets.go); the sets this plan
+// finds held come back, for the next.
 func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
-	wantIndex func(*spec.NFTSet, []int) wantIndex) (*table, []string, error) {
+	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup) (*table, []string, []bool, error) {
 	pods := newScopedPods(sc.Pods)
 	out := &scopedOut{table: &table{sets: maps.Clone(written.sets), chains: maps.Clone(written.chains)},
 		changedSets: map[string]bool{}, changedChains: map[string]bool{}}
@@ -77,7 +79,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		if c == nil {
 			var err error
 			if c, err = canonicalChain(in); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 		}
 		out.putChain(c)
@@ -90,8 +92,16 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			out.dropSet(name)
 		}
 	}
+	held := make([]bool, len(desired.Sets))
 	for i := range desired.Sets {
 		in := &desired.Sets[i]
+		if !pods.has(in.Pod) && kept.held(in) {
+			// As below, without reading the record's set: it has one,
+			// of in's source, that holds in's list.
+			out.wantedWritten++
+			held[i] = true
+			continue
+		}
 		hs := written.sets[in.Name]
 		if hs != nil {
 			out.wantedWritten++
@@ -102,7 +112,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		case pods.has(in.Pod) || hs == nil:
 			s, err := canonicalSet(in, cache.set(in))
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			out.putSet(s)
 		case pods.has(hs.pod) || !hs.sameSource(in):
@@ -110,10 +120,11 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		case hs.holdsList(in):
 			// Written from this very list: its pods' elements are the
 			// record's. Most sets of a CNI request's document are.
+			held[i] = true
 		default:
 			s, err := scopedElems(in, hs, sc.Addrs, podChains, index, wantIndex)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			if s != hs {
 				out.putSet(s)
@@ -121,18 +132,18 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		}
 	}
 	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	// The record passed these checks: only what the scope changed is
 	// checked again, at a cost that does not grow with the table.
 	if err := out.checkRefsSince(written, out.changedSets, out.changedChains); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	changed := make([]string, 0, len(out.changedSets))
 	for name := range out.changedSets {
 		changed = append(changed, name)
 	}
-	return out.table, changed, nil
+	return out.table, changed, held, nil
 }
 
 // othersNewObjects finds the chains of desired that the record does not

@@ -84,7 +84,7 @@ func scaleAddNode(b *testing.B, name string, localPods int) (e *env, was, now *s
 	return e, was, now, Scope{Pods: []string{key}, Addrs: []string{last.Spec.IP}}
 }
 
-func mustRender(b *testing.B, in render.Inputs) *spec.NodeState {
+func mustRender(b testing.TB, in render.Inputs) *spec.NodeState {
 	b.Helper()
 	state, err := render.Render(in)
 	if err != nil {

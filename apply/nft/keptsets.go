@@ -1,0 +1,154 @@
+package nft
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// Kept sets: what a CNI request's scoped plan (scopedTable) learnt about
+// the document's sets, for the next one.
+//
+// A scoped plan looks at every set of the document to find the few its
+// pods change: most are the very element lists the record's sets were
+// made from (set.holdsList), and nothing is to be done for them. Each
+// look reads the record's set, somewhere in the agent's heap: at 1,000
+// policies, 780 sets, that was 0.3 to 0.6 ms of every ADD at scale, most
+// of it waiting for memory. The next request's document is most often
+// the last one with a few sets changed (render hands unchanged sets on as
+// they are), so a set equal, field by field and by the identity of its
+// lists, to one the last plan found held needs no look, as long as no
+// commit since touched that set of the record (record.touchedSince).
+// Documents are not modified once planned (reuse.go), and the memo keeps
+// the lists it compares by identity alive.
+
+// keptSets is one scoped plan's finding: which of its document's sets
+// (sets) the record held as they were (kept), at record version version.
+type keptSets struct {
+	version uint64
+	sets    []spec.NFTSet
+	kept    []bool
+}
+
+// keptLookup finds, for a scoped plan's document, the sets a keptSets
+// says are held still.
+type keptLookup struct {
+	memo *keptSets
+	// touched names the sets a commit touched since memo.version.
+	touched map[string]bool
+	next    int // the memo's set to compare next (both lists are in name order)
+	hits    int // sets found held
+}
+
+// newKeptLookup returns the lookup of memo for a record now at a version
+// whose commits since memo's touched keys (record.touchedSince); nil when
+// there is no memo or those commits are not all logged.
+func newKeptLookup(memo *keptSets, keys map[string]bool, logged bool) *keptLookup {
+	if memo == nil || !logged {
+		return nil
+	}
+	touched := map[string]bool{}
+	for k := range keys {
+		if name, isSet := strings.CutPrefix(k, "set "); isSet {
+			touched[name] = true
+		}
+	}
+	return &keptLookup{memo: memo, touched: touched}
+}
+
+// held tells whether in, the document's next set in name order, is a set
+// the memo found held, untouched since. Called for each set of a document
+// in order; a document out of order only finds fewer.
+func (l *keptLookup) held(in *spec.NFTSet) bool {
+	if l == nil {
+		return false
+	}
+	sets := l.memo.sets
+	for l.next < len(sets) && sets[l.next].Name != in.Name && sets[l.next].Name < in.Name {
+		l.next++
+	}
+	if l.next == len(sets) || sets[l.next].Name != in.Name {
+		return false
+	}
+	i := l.next
+	l.next++
+	if l.memo.kept[i] && sameSetValue(&sets[i], in) && !l.touched[in.Name] {
+		l.hits++
+		return true
+	}
+	return false
+}
+
+// sameSetValue tells whether a and b are the same set of documents: the
+// same fields, and the very same lists (not equal ones: that would read
+// them).
+func sameSetValue(a, b *spec.NFTSet) bool {
+	return a.Name == b.Name && a.Interval == b.Interval && a.Verdict == b.Verdict && a.Pod == b.Pod &&
+		a.Comment == b.Comment && sameList(a.Type, b.Type) && refOf(a.Elements) == refOf(b.Elements)
+}
+
+// sameList tells whether a and b are one list: the same length, and the
+// same first item in memory.
+func sameList[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// checkKeptSets, when set (by this package's tests), is called after every
+// scoped plan that had a memo, with that plan's inputs and result: it
+// plans again without the memo and compares.
+var checkKeptSets func(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
+	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, want *table, changed []string)
+
+// CheckKeptSetsEnv, set to 1 in the environment, makes every scoped plan
+// that used kept sets plan again without them, and fail if the two
+// differ: `make test` sets it, so that the agent's and the simulated
+// nodes' tests check the memo too, at twice a scoped plan's CPU.
+const CheckKeptSetsEnv = "TERWAY_CHECK_KEPT_SETS"
+
+var checkKeptSetsByEnv = os.Getenv(CheckKeptSetsEnv) == "1"
+
+// sameScoped compares two scoped tables by the plans they make against
+// the record, and their changed sets; "" when they are the same.
+func sameScoped(written, a, b *table, changedA, changedB []string) string {
+	if !slices.Equal(slices.Sorted(slices.Values(changedA)), slices.Sorted(slices.Values(changedB))) {
+		return fmt.Sprintf("changed sets %v, without the memo %v", changedA, changedB)
+	}
+	lines := func(want *table) ([]string, error) {
+		p, err := diff("check", want, written, written, DefaultReplaceCost, stageMinElems)
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, o := range p.ops() {
+			out = append(out, o.String())
+		}
+		slices.Sort(out)
+		return out, nil
+	}
+	la, errA := lines(a)
+	lb, errB := lines(b)
+	if errA != nil || errB != nil {
+		return fmt.Sprintf("diff: %v; without the memo: %v", errA, errB)
+	}
+	if !slices.Equal(la, lb) {
+		return fmt.Sprintf("plan:\n%s\nwithout the memo:\n%s", strings.Join(la, "\n"), strings.Join(lb, "\n"))
+	}
+	return ""
+}
+
+// recheckWithoutMemo is the check of CheckKeptSetsEnv: an error naming
+// the difference, or nil.
+func recheckWithoutMemo(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
+	wantIndex func(*spec.NFTSet, []int) wantIndex, want *table, changed []string) error {
+	again, changedAgain, _, err := scopedTable(desired, written, sc, cache, index, wantIndex, nil)
+	if err != nil {
+		return fmt.Errorf("%s: the plan of pods %v without kept sets failed: %w", CheckKeptSetsEnv, sc.Pods, err)
+	}
+	if why := sameScoped(written, want, again, changed, changedAgain); why != "" {
+		return fmt.Errorf("%s: the plan of pods %v with kept sets differs from the one without: %s", CheckKeptSetsEnv, sc.Pods, why)
+	}
+	return nil
+}

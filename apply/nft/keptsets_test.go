@@ -1,0 +1,126 @@
+package nft
+
+import (
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"reflect"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/terway-reconciler/terway/internal/synth"
+	"github.com/terway-reconciler/terway/spec"
+)
+
+// keptChecks records what checkKeptSets found in this package's tests.
+var keptChecks struct {
+	sync.Mutex
+	plans, hits int
+	mismatch    string
+}
+
+// TestMain has every scoped plan of the package's tests that had a memo of
+// kept sets (keptsets.go) planned again without it: the two plans must be
+// the same, whatever the test. Not while benchmarking: that would time
+// both plans.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if flag.Lookup("test.bench").Value.String() == "" {
+		checkKeptSets = checkWithoutMemo
+	}
+	code := m.Run()
+	if testing.Verbose() && checkKeptSets != nil {
+		fmt.Printf("kept sets: %d scoped plans with a memo planned again without it, %d sets found held\n", keptChecks.plans, keptChecks.hits)
+	}
+	if keptChecks.mismatch != "" {
+		fmt.Fprintf(os.Stderr, "FAIL: a scoped plan with kept sets differs from one without: %s\n", keptChecks.mismatch)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// checkWithoutMemo is checkKeptSets for the tests.
+func checkWithoutMemo(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
+	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, want *table, changed []string) {
+	again, changedAgain, _, err := scopedTable(desired, written, sc, cache, index, wantIndex, nil)
+	why := ""
+	if err != nil {
+		why = fmt.Sprintf("without the memo the plan failed: %v", err)
+	} else {
+		why = sameScoped(written, want, again, changed, changedAgain)
+	}
+	keptChecks.Lock()
+	defer keptChecks.Unlock()
+	keptChecks.plans++
+	keptChecks.hits += kept.hits
+	if why != "" && keptChecks.mismatch == "" {
+		keptChecks.mismatch = fmt.Sprintf("scoped plan of %v: %s", sc.Pods, why)
+	}
+}
+
+// TestScopedPlansKeepSets: at synth's scale (250 local pods, 1,000
+// policies), a CNI request's scoped plan after another finds most of the
+// document's sets held from the last plan's memo, and plans what a plan
+// without the memo plans (TestMain compares every such plan), through
+// ADDs and DELs of one pod and a sync between.
+func TestScopedPlansKeepSets(t *testing.T) {
+	if checkKeptSets == nil {
+		t.Skip("the plans are not compared while benchmarking (TestMain)")
+	}
+	in := synth.Cluster(synth.Params{LocalPods: 251, RemotePods: 250, Policies: 1000, Namespaces: 20, Seed: 1})
+	last := in.Allocations[len(in.Allocations)-1]
+	key := last.Metadata.Namespace + "/" + last.Metadata.Name
+	in.PeersHeldBack = map[string]bool{key: true}
+	before := in
+	before.Allocations = in.Allocations[:len(in.Allocations)-1]
+	was, now := mustRender(t, before).NFTables, mustRender(t, in).NFTables
+	// As the agent's render cache hands them on, the sets the ADD does not
+	// change are the very same lists in both documents.
+	shared := *was
+	shared.Sets = slices.Clone(was.Sets)
+	for i := range shared.Sets {
+		if j := slices.IndexFunc(now.Sets, func(s spec.NFTSet) bool { return s.Name == shared.Sets[i].Name }); j >= 0 &&
+			reflect.DeepEqual(now.Sets[j], shared.Sets[i]) {
+			shared.Sets[i] = now.Sets[j]
+		}
+	}
+	was = &shared
+	e := newEnv(t, "keptsets")
+	e.r = New(Options{FullEvery: math.MaxInt})
+	e.apply(was)
+	sc := Scope{Pods: []string{key}, Addrs: []string{last.Spec.IP}}
+	keptChecks.Lock()
+	plans, hits := keptChecks.plans, keptChecks.hits
+	keptChecks.Unlock()
+	scoped := func(what string, doc *spec.NFTable, wantOps bool) {
+		t.Helper()
+		ops, err := e.r.PlanScoped(e.reg, e.ns, doc, sc)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if wantOps != (len(ops) > 0) {
+			t.Fatalf("%s: %d ops, want the pod's change: %v", what, len(ops), wantOps)
+		}
+		e.run(ops)
+	}
+	scoped("ADD", now, true)
+	scoped("ADD again", now, false)
+	// A sync takes the pod's elements out of the sets the memo found held
+	// (its document does not have the pod): the next ADD must put them
+	// back, not trust the memo.
+	e.apply(was)
+	scoped("ADD after a sync without the pod", now, true)
+	scoped("DEL", was, true)
+	keptChecks.Lock()
+	plans, hits = keptChecks.plans-plans, keptChecks.hits-hits
+	keptChecks.Unlock()
+	if plans != 3 {
+		t.Fatalf("%d of the 3 plans after the first had a memo", plans)
+	}
+	if want := 3 * len(now.Sets) * 9 / 10; hits < want {
+		t.Errorf("the plans found %d sets held from their memo, want at least %d of %d sets in 3 plans", hits, want, len(now.Sets))
+	}
+	t.Logf("%d sets, %d found held from the memo in %d plans", len(now.Sets), hits, plans)
+}
