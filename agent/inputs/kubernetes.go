@@ -253,13 +253,32 @@ func (k *Kubernetes) Node() *corev1.Node {
 }
 
 // Pod returns the cached pod namespace/name.
+//
+// The store can be ahead of the listed pods (the informer updates it
+// before the handlers count the change): a pod found here that the list
+// does not have as it is makes the next Snapshot list again, so that a
+// CNI ADD that waited for its pod here renders it.
 func (k *Kubernetes) Pod(namespace, name string) (*corev1.Pod, bool) {
 	obj, ok, err := k.informers[podInformer].inf.GetIndexer().GetByKey(namespace + "/" + name)
 	if err != nil || !ok {
 		return nil, false
 	}
 	p, ok := obj.(*corev1.Pod)
+	if ok {
+		k.informers[podInformer].list.sawPod(p)
+	}
 	return p, ok
+}
+
+// sawPod counts a change when l, the pods' list, lacks p, the store's pod
+// of its key: the next cachedList lists again.
+func (l *sortedList) sawPod(p *corev1.Pod) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	listed, _ := l.objs.([]*corev1.Pod)
+	if i, found := slices.BinarySearchFunc(listed, p, compareKeys); !found || listed[i] != p {
+		l.changes.Add(1)
+	}
 }
 
 func listAs[T namespacedName](inf cache.SharedIndexInformer) []T {

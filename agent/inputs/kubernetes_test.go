@@ -353,7 +353,9 @@ func TestKubernetesSnapshotFollowsChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(waitBound); ; time.Sleep(10 * time.Millisecond) {
-		if p, ok := k.Pod("prod", "db"); ok && p != before {
+		// The store itself, not Pod: a lookup that finds the store ahead
+		// of the list makes the next Snapshot list again.
+		if p, ok, _ := k.informers[podInformer].inf.GetStore().GetByKey("prod/db"); ok && p != before {
 			break // the informer has the update
 		}
 		if time.Now().After(deadline) {
@@ -397,5 +399,50 @@ func relabel(ctx context.Context, t *testing.T, pods typedcorev1.PodInterface, n
 	p.Labels[key] = value
 	if _, err := pods.Update(ctx, p, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestKubernetesSnapshotAfterPodLookup: the informer's store is updated
+// before the handlers count the change, so the store can hold a pod the
+// listed pods lack yet. A caller that found the pod through Pod (a CNI
+// ADD waiting for its pod) finds it in the next Snapshot.
+func TestKubernetesSnapshotAfterPodLookup(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
+		testPod("prod", "web", "node-a", nil))
+	k, err := NewKubernetes(client, "node-a", KubernetesOptions{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, k, "sync", func(s Snapshot) bool { return k.Synced() && len(s.Pods) == 1 })
+	// The store ahead of the handlers: a pod put there directly, which no
+	// handler counts.
+	ahead, err := slim(testPod("prod", "api", "node-a", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.informers[podInformer].inf.GetStore().Add(ahead); err != nil {
+		t.Fatal(err)
+	}
+	if got := podKeys(k.Snapshot()); !slices.Equal(got, []string{"prod/web"}) {
+		t.Fatalf("before any lookup the snapshot lists %v: the test does not reproduce a store ahead of the list", got)
+	}
+	if _, ok := k.Pod("prod", "api"); !ok {
+		t.Fatal("Pod(prod, api): not found in the store")
+	}
+	if got := podKeys(k.Snapshot()); !slices.Equal(got, []string{"prod/api", "prod/web"}) {
+		t.Errorf("after Pod found prod/api the snapshot lists %v", got)
+	}
+	// A pod the list has as it is costs no listing.
+	before := k.informers[podInformer].list.changes.Load()
+	if _, ok := k.Pod("prod", "web"); !ok {
+		t.Fatal("Pod(prod, web): not found")
+	}
+	if after := k.informers[podInformer].list.changes.Load(); after != before {
+		t.Errorf("looking up a listed pod counted %d changes", after-before)
 	}
 }

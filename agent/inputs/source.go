@@ -103,12 +103,15 @@ type namespacedName interface {
 }
 
 func sortByKey[T namespacedName](items []T) {
-	slices.SortStableFunc(items, func(a, b T) int {
-		if c := cmp.Compare(a.GetNamespace(), b.GetNamespace()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.GetName(), b.GetName())
-	})
+	slices.SortStableFunc(items, func(a, b T) int { return compareKeys(a, b) })
+}
+
+// compareKeys orders objects by namespace, then name.
+func compareKeys[A, B namespacedName](a A, b B) int {
+	if c := cmp.Compare(a.GetNamespace(), b.GetNamespace()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.GetName(), b.GetName())
 }
 
 // signal wakes a receiver of ch without blocking: ch has room for one
