@@ -346,6 +346,9 @@ func (r *Reconciler) done(rec *record, want *table, full, counts bool) {
 	switch {
 	case full:
 		rec.syncs = 0
+		// The kernel read may have put into the record what no commit
+		// logged (something else changed a set as desired has it).
+		rec.fullSyncs++
 	case counts:
 		rec.syncs++
 	}

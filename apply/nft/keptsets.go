@@ -26,11 +26,15 @@ import (
 // the lists it compares by identity alive.
 
 // keptSets is one scoped plan's finding: which of its document's sets
-// (sets) the record held as they were (kept), at record version version.
+// (sets) the record held as they were (kept), at record version version
+// and after fullSyncs of the record's full syncs. A full sync takes the
+// kernel's sets as the record without logging those that differed from
+// it only outside our commits (a set changed by someone else as desired
+// has it): a memo older than one is not used.
 type keptSets struct {
-	version uint64
-	sets    []spec.NFTSet
-	kept    []bool
+	version, fullSyncs uint64
+	sets               []spec.NFTSet
+	kept               []bool
 }
 
 // keptLookup finds, for a scoped plan's document, the sets a keptSets

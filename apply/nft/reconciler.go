@@ -146,6 +146,9 @@ type record struct {
 	// kept is what the last scoped plan found of its document's sets
 	// (keptsets.go); mu guards.
 	kept *keptSets
+	// fullSyncs counts the syncs that read the kernel and took what they
+	// read as the record (done): a memo made before one is not used.
+	fullSyncs uint64
 	// locked are objects a staged plan is renaming (stage.go); mu guards.
 	locked map[string]bool
 	// stageMu lets one staged plan of the namespace fill at a time.
@@ -417,10 +420,11 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	full := (ask == syncFull && !checked) || rec.full || (ask == syncAuto && !checked && rec.syncs+1 >= r.opts.FullEvery)
 	version, written, cache := rec.version, rec.written, rec.cache
 	var kept *keptLookup
-	if sc != nil && rec.kept != nil {
+	if sc != nil && rec.kept != nil && rec.kept.fullSyncs == rec.fullSyncs {
 		touched, logged := rec.touchedSince(rec.kept.version)
 		kept = newKeptLookup(rec.kept, touched, logged)
 	}
+	fullSyncs := rec.fullSyncs
 	r.mu.Unlock()
 	closeAll(gone)
 
@@ -443,7 +447,7 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		}
 		r.mu.Lock()
 		if r.records[netns] == rec {
-			rec.kept = &keptSets{version: version, sets: desired.Sets, kept: held}
+			rec.kept = &keptSets{version: version, fullSyncs: fullSyncs, sets: desired.Sets, kept: held}
 		}
 		r.mu.Unlock()
 		r.pruneWantIndexes(rec, desired)
