@@ -73,14 +73,13 @@ type patchBase struct {
 	pods map[string]*patchPod // every pod of the render, by key
 	// podObjs is the inputs' pod list of the last scan that saw every
 	// pod once (changedPods), a copy; nil: none yet.
-	podObjs     []*corev1.Pod
-	podListKept bool // the last scan's podsSame
-	objects     int  // pods with an object
-	allocs      int  // pods with an allocation
-	groups      map[string]*patchGroup
-	targets     map[*policyEntry]int // each policy's targets
-	owners      map[netip.Addr]string
-	slots       map[string]string // interface (netns and name) to the pod whose allocation holds it
+	podObjs []*corev1.Pod
+	objects int // pods with an object
+	allocs  int // pods with an allocation
+	groups  map[string]*patchGroup
+	targets map[*policyEntry]int // each policy's targets
+	owners  map[netip.Addr]string
+	slots   map[string]string // interface (netns and name) to the pod whose allocation holds it
 	// peers are the pods that are policy peers, in a renderer of their
 	// own (by namespace and in key order, as the render had them), with
 	// the namespaces' labels: what resolving a policy's rules reads.
@@ -229,9 +228,11 @@ type podChange struct {
 }
 
 // changedPods finds the pods whose object, allocation, holding back or
-// departing address changed since the last document. ok is false when in lists a pod or an
-// allocation twice, or more than maxPatchedPods changed.
-func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
+// departing address changed since the last document, and tells whether
+// in's pods were the last scan's list (podObjs). ok, the last result, is
+// false when in lists a pod or an allocation twice, or more than
+// maxPatchedPods changed.
+func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool, bool) {
 	b.gen++
 	gen := b.gen
 	changes := map[string]*podChange{}
@@ -256,12 +257,11 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 	// then stands for a lookup of each, whose cost grew with the cluster
 	// (0.3 ms at 5,000 pods).
 	podsSame := b.podObjs != nil && slices.Equal(in.Pods, b.podObjs)
-	b.podListKept = podsSame
 	objects := b.objects
 	if !podsSame {
 		var ok bool
 		if objects, ok = b.scanPods(in, gen, note, keyOf, changes); !ok {
-			return nil, false
+			return nil, false, false
 		}
 	}
 	allocs := 0
@@ -272,11 +272,11 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 		case pp == nil || pp.alloc == nil:
 			c := note(string(key))
 			if c.alloc != nil {
-				return nil, false
+				return nil, false, false
 			}
 			c.alloc = a
 		case pp.allocGen == gen:
-			return nil, false
+			return nil, false, false
 		default:
 			pp.allocGen = gen
 			allocs++
@@ -285,7 +285,7 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 			}
 		}
 		if len(changes) > maxPatchedPods {
-			return nil, false
+			return nil, false, false
 		}
 	}
 	if objects != b.objects || allocs != b.allocs {
@@ -316,7 +316,7 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 		}
 	}
 	if len(changes) > maxPatchedPods {
-		return nil, false
+		return nil, false, false
 	}
 	// What did not change is what the last document had.
 	for key, c := range changes {
@@ -329,7 +329,7 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool) {
 			}
 		}
 	}
-	return changes, true
+	return changes, podsSame, true
 }
 
 // scanPods looks up each pod of in in the base, notes the new and the
@@ -379,13 +379,13 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 	if b == nil || !b.sameInputsBut(in, cfg) {
 		return nil, false
 	}
-	changes, ok := b.changedPods(in)
+	changes, podsSame, ok := b.changedPods(in)
 	if !ok {
 		return nil, false
 	}
 	if len(changes) == 0 {
 		doc := *b.doc
-		k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), Patched: true, PodListKept: b.podListKept}
+		k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), Patched: true, PodListKept: podsSame}
 		return &doc, true
 	}
 	r, ok := b.renderChanged(k, in, cfg, changes)
@@ -404,7 +404,7 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 		return nil, false
 	}
 	k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), GroupsRendered: p.rendered,
-		Patched: true, PodsPatched: len(changes), PodListKept: b.podListKept}
+		Patched: true, PodsPatched: len(changes), PodListKept: podsSame}
 	return doc, true
 }
 

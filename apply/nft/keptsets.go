@@ -100,19 +100,19 @@ func sameList[T any](a, b []T) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
-// checkKeptSets, when set (by this package's tests), is called after every
-// scoped plan that had a memo, with that plan's inputs and result: it
-// plans again without the memo and compares.
-var checkKeptSets func(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
-	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, want *table, changed []string)
-
 // CheckKeptSetsEnv, set to 1 in the environment, makes every scoped plan
 // that used kept sets plan again without them, and fail if the two
 // differ: `make test` sets it, so that the agent's and the simulated
 // nodes' tests check the memo too, at twice a scoped plan's CPU.
 const CheckKeptSetsEnv = "TERWAY_CHECK_KEPT_SETS"
 
-var checkKeptSetsByEnv = os.Getenv(CheckKeptSetsEnv) == "1"
+// recheckKeptSets is CheckKeptSetsEnv's check, on; this package's tests
+// turn it on too.
+var recheckKeptSets = os.Getenv(CheckKeptSetsEnv) == "1"
+
+// keptSetsRechecked, when set (by this package's tests), is told of each
+// plan recheckKeptSets found right, with the sets its memo skipped.
+var keptSetsRechecked func(hits int)
 
 // sameScoped compares two scoped tables by the plans they make against
 // the record, and their changed sets; "" when they are the same.
@@ -143,8 +143,8 @@ func sameScoped(written, a, b *table, changedA, changedB []string) string {
 	return ""
 }
 
-// recheckWithoutMemo is the check of CheckKeptSetsEnv: an error naming
-// the difference, or nil.
+// recheckWithoutMemo is recheckKeptSets' check: an error naming the
+// difference, or nil.
 func recheckWithoutMemo(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
 	wantIndex func(*spec.NFTSet, []int) wantIndex, want *table, changed []string) error {
 	again, changedAgain, _, err := scopedTable(desired, written, sc, cache, index, wantIndex, nil)

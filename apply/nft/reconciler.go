@@ -434,15 +434,16 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	case desired != nil && sc != nil && !full && written != nil:
 		var err error
 		var held []bool
-		if want, scopedSets, held, err = scopedTable(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false), kept); err != nil {
+		index, wantIndex := r.indexer(rec), r.wantIndexer(rec, false)
+		if want, scopedSets, held, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept); err != nil {
 			return nil, err
 		}
-		if checkKeptSets != nil && kept != nil {
-			checkKeptSets(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false), kept, want, scopedSets)
-		}
-		if checkKeptSetsByEnv && kept != nil {
-			if err := recheckWithoutMemo(desired, written, sc, cache, r.indexer(rec), r.wantIndexer(rec, false), want, scopedSets); err != nil {
+		if recheckKeptSets && kept != nil {
+			if err := recheckWithoutMemo(desired, written, sc, cache, index, wantIndex, want, scopedSets); err != nil {
 				return nil, err
+			}
+			if keptSetsRechecked != nil {
+				keptSetsRechecked(kept.hits)
 			}
 		}
 		r.mu.Lock()
