@@ -109,11 +109,11 @@ func TestDerivedSetsMatchScratch(t *testing.T) {
 			}
 		}
 		if prev != nil {
-			fast, err := diff("x", got, prev, prev, DefaultReplaceCost, 0)
+			fast, err := diff("x", got, prev, prev, DefaultReplaceCost, 0, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			slow, err := diff("x", want, prev, prev, DefaultReplaceCost, 0)
+			slow, err := diff("x", want, prev, prev, DefaultReplaceCost, 0, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

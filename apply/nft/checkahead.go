@@ -80,7 +80,7 @@ func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 	if written == nil {
 		return // nothing to conclude
 	}
-	if p, err := diff(netns, written, kernel, written, r.opts.ReplaceCost, r.opts.StageMin); err != nil || len(p.ops()) > 0 {
+	if p, err := diff(netns, written, kernel, written, r.opts.ReplaceCost, r.opts.StageMin, nil); err != nil || len(p.ops()) > 0 {
 		r.log.Info("nftables differ from the record; the next sync reads them under the lock", "netns", netns)
 		return
 	}

@@ -2,6 +2,8 @@ package nft
 
 import (
 	"fmt"
+	"iter"
+	"maps"
 	"slices"
 	"strings"
 
@@ -136,7 +138,11 @@ func (p *plan) messages() []batchMsg {
 //
 // stageMin is the size from which a recreated set is filled outside the
 // transaction (stage.go; <= 0: never).
-func diff(netns string, want, have, rec *table, replaceCost, stageMin int) (*plan, error) {
+//
+// changed, when not nil, names every set and chain that want has other
+// than have's very object (a scoped plan's, against the record): the
+// others are not looked at.
+func diff(netns string, want, have, rec *table, replaceCost, stageMin int, changed *scopedChanges) (*plan, error) {
 	p := &plan{netns: netns, verifySets: map[string]*set{}, verifyChains: map[string]int{}, verifyElems: map[string]*elemCheck{},
 		staged: map[string]*stagedSet{}}
 	if want == nil {
@@ -163,9 +169,13 @@ func diff(netns string, want, have, rec *table, replaceCost, stageMin int) (*pla
 	if rec == nil {
 		rec = emptyTable()
 	}
-	d := &differ{p: p, want: want, have: have, rec: rec, setAct: map[string]string{}, chainAct: map[string]string{},
-		bounce: map[string]string{}, replaceCost: replaceCost, deltas: map[string]*elemDelta{}, stageMin: stageMin}
-	d.classify()
+	d := newDiffer(p, want, have, rec, replaceCost, stageMin)
+	d.classify(changed)
+	if changed != nil && recheckKeptSets {
+		if err := d.recheckClassify(); err != nil {
+			return nil, err
+		}
+	}
 	d.sets()
 	if err := d.chains(); err != nil {
 		return nil, err
@@ -189,17 +199,57 @@ type differ struct {
 	stageMin    int
 }
 
+func newDiffer(p *plan, want, have, rec *table, replaceCost, stageMin int) *differ {
+	return &differ{p: p, want: want, have: have, rec: rec, setAct: map[string]string{}, chainAct: map[string]string{},
+		bounce: map[string]string{}, replaceCost: replaceCost, deltas: map[string]*elemDelta{}, stageMin: stageMin}
+}
+
 func act(a string) string { v, _, _ := strings.Cut(a, ":"); return v }
 
-func (d *differ) classify() {
+// differing yields the names of wanted and had objects that may differ:
+// those of changed when it is not nil (the others are the same object in
+// both), else every one.
+func differing[V any](want, have map[string]*V, changed map[string]bool, all bool) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		if !all {
+			for name := range changed {
+				if !yield(name) {
+					return
+				}
+			}
+			return
+		}
+		for name := range want {
+			if !yield(name) {
+				return
+			}
+		}
+		for name := range have {
+			if want[name] == nil && !yield(name) {
+				return
+			}
+		}
+	}
+}
+
+// classify decides each set's and chain's action. changed (nil: look at
+// all) names the objects want may have other than have's very ones.
+func (d *differ) classify(changed *scopedChanges) {
 	// The record's own objects (the same object wanted as had: unchanged
 	// since the last sync) are kept without being listed: a scoped plan
-	// keeps all but a few of a large table's. keepIdentical lists them
-	// when something goes away.
-	for name, ws := range d.want.sets {
-		hs := d.have.sets[name]
+	// keeps all but a few of a large table's, and names the few it
+	// changed, so that only those are looked at. keepIdentical lists the
+	// others when something goes away.
+	var changedSets, changedChains map[string]bool
+	if changed != nil {
+		changedSets, changedChains = changed.sets, changed.chains
+	}
+	for name := range differing(d.want.sets, d.have.sets, changedSets, changed == nil) {
+		ws, hs := d.want.sets[name], d.have.sets[name]
 		switch {
 		case hs == ws:
+		case ws == nil:
+			d.setAct[name] = "delete"
 		case hs == nil:
 			d.setAct[name] = "create"
 		case !hs.sameDef(ws):
@@ -222,15 +272,12 @@ func (d *differ) classify() {
 			d.setAct[name] = "keep"
 		}
 	}
-	for name := range d.have.sets {
-		if d.want.sets[name] == nil {
-			d.setAct[name] = "delete"
-		}
-	}
-	for name, wc := range d.want.chains {
-		hc := d.have.chains[name]
+	for name := range differing(d.want.chains, d.have.chains, changedChains, changed == nil) {
+		wc, hc := d.want.chains[name], d.have.chains[name]
 		switch {
 		case hc == wc:
+		case wc == nil:
+			d.chainAct[name] = "delete"
 		case hc == nil:
 			d.chainAct[name] = "create"
 		case !hc.sameDef(wc):
@@ -239,11 +286,6 @@ func (d *differ) classify() {
 			d.chainAct[name] = "replace"
 		default:
 			d.chainAct[name] = "keep"
-		}
-	}
-	for name := range d.have.chains {
-		if d.want.chains[name] == nil {
-			d.chainAct[name] = "delete"
 		}
 	}
 	// Whatever goes away (deleted or recreated) must lose its references
@@ -299,6 +341,40 @@ func (d *differ) classify() {
 			}
 		}
 	}
+}
+
+// recheckClassify is the check of CheckKeptSetsEnv for a classification
+// limited to a scoped plan's changes: the same table classified whole
+// must come to the same actions. An error names the first difference.
+func (d *differ) recheckClassify() error {
+	p := &plan{netns: d.p.netns, staged: map[string]*stagedSet{}}
+	whole := newDiffer(p, d.want, d.have, d.rec, d.replaceCost, d.stageMin)
+	whole.classify(nil)
+	for _, c := range []struct {
+		what          string
+		limited, full map[string]string
+	}{{"set", d.setAct, whole.setAct}, {"chain", d.chainAct, whole.chainAct}, {"map element", d.bounce, whole.bounce}} {
+		if maps.Equal(c.limited, c.full) {
+			continue
+		}
+		for _, name := range sortedKeys(mergeKeys(c.limited, c.full)) {
+			if a, b := c.limited[name], c.full[name]; a != b {
+				return fmt.Errorf("%s: a scoped plan classified %s %s as %q, the whole table's classification as %q",
+					CheckKeptSetsEnv, c.what, name, a, b)
+			}
+		}
+	}
+	if !slices.Equal(sortedKeys(d.p.staged), sortedKeys(p.staged)) {
+		return fmt.Errorf("%s: a scoped plan stages sets %v, the whole table's classification %v",
+			CheckKeptSetsEnv, sortedKeys(d.p.staged), sortedKeys(p.staged))
+	}
+	return nil
+}
+
+func mergeKeys(a, b map[string]string) map[string]string {
+	out := maps.Clone(a)
+	maps.Copy(out, b)
+	return out
 }
 
 // keepIdentical lists as kept the objects classify left out, those wanted

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -101,9 +102,11 @@ func sameList[T any](a, b []T) bool {
 }
 
 // CheckKeptSetsEnv, set to 1 in the environment, makes every scoped plan
-// that used kept sets plan again without them, and fail if the two
-// differ: `make test` sets it, so that the agent's and the simulated
-// nodes' tests check the memo too, at twice a scoped plan's CPU.
+// check its two shortcuts, and fail if one changed the plan: a plan that
+// used kept sets plans again without them, and the diff that looked only
+// at the scope's changes (differ.classify) classifies the whole table
+// again. `make test` sets it, so that the agent's and the simulated
+// nodes' tests check them too, at twice a scoped plan's CPU.
 const CheckKeptSetsEnv = "TERWAY_CHECK_KEPT_SETS"
 
 // recheckKeptSets is CheckKeptSetsEnv's check, on; this package's tests
@@ -116,12 +119,13 @@ var keptSetsRechecked func(hits int)
 
 // sameScoped compares two scoped tables by the plans they make against
 // the record, and their changed sets; "" when they are the same.
-func sameScoped(written, a, b *table, changedA, changedB []string) string {
-	if !slices.Equal(slices.Sorted(slices.Values(changedA)), slices.Sorted(slices.Values(changedB))) {
-		return fmt.Sprintf("changed sets %v, without the memo %v", changedA, changedB)
+func sameScoped(written, a, b *table, changedA, changedB *scopedChanges) string {
+	namesA, namesB := slices.Sorted(maps.Keys(changedA.sets)), slices.Sorted(maps.Keys(changedB.sets))
+	if !slices.Equal(namesA, namesB) {
+		return fmt.Sprintf("changed sets %v, without the memo %v", namesA, namesB)
 	}
 	lines := func(want *table) ([]string, error) {
-		p, err := diff("check", want, written, written, DefaultReplaceCost, stageMinElems)
+		p, err := diff("check", want, written, written, DefaultReplaceCost, stageMinElems, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -146,7 +150,7 @@ func sameScoped(written, a, b *table, changedA, changedB []string) string {
 // recheckWithoutMemo is recheckKeptSets' check: an error naming the
 // difference, or nil.
 func recheckWithoutMemo(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
-	wantIndex func(*spec.NFTSet, []int) wantIndex, want *table, changed []string) error {
+	wantIndex func(*spec.NFTSet, []int) wantIndex, want *table, changed *scopedChanges) error {
 	again, changedAgain, _, err := scopedTable(desired, written, sc, cache, index, wantIndex, nil)
 	if err != nil {
 		return fmt.Errorf("%s: the plan of pods %v without kept sets failed: %w", CheckKeptSetsEnv, sc.Pods, err)

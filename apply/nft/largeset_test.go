@@ -237,7 +237,7 @@ func TestReplaceThreshold(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := diff("x", after, before, before, c.cost, 0)
+			p, err := diff("x", after, before, before, c.cost, 0, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -251,7 +251,7 @@ func TestReplaceThreshold(t *testing.T) {
 			if derived.sets["big"].from != before.sets["big"].id {
 				t.Fatalf("the set was not derived from the record's")
 			}
-			pd, err := diff("x", derived, before, before, c.cost, 0)
+			pd, err := diff("x", derived, before, before, c.cost, 0, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

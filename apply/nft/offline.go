@@ -34,7 +34,7 @@ func PlanBetween(netns string, current, desired *spec.NFTable) ([]op.Op, error) 
 	}
 	// The record is what the kernel holds: it only names the pods of
 	// objects no longer wanted.
-	p, err := diff(netns, want, have, have, DefaultReplaceCost, stageMinElems)
+	p, err := diff(netns, want, have, have, DefaultReplaceCost, stageMinElems, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -429,17 +429,17 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	closeAll(gone)
 
 	var want *table
-	var scopedSets []string
+	var scoped *scopedChanges
 	switch {
 	case desired != nil && sc != nil && !full && written != nil:
 		var err error
 		var held []bool
 		index, wantIndex := r.indexer(rec), r.wantIndexer(rec, false)
-		if want, scopedSets, held, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept); err != nil {
+		if want, scoped, held, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept); err != nil {
 			return nil, err
 		}
 		if recheckKeptSets && kept != nil {
-			if err := recheckWithoutMemo(desired, written, sc, cache, index, wantIndex, want, scopedSets); err != nil {
+			if err := recheckWithoutMemo(desired, written, sc, cache, index, wantIndex, want, scoped); err != nil {
 				return nil, err
 			}
 			if keptSetsRechecked != nil {
@@ -480,13 +480,16 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 			return nil, fmt.Errorf("observe table inet terway in %s: %w", nsName(netns), err)
 		}
 	}
-	p, err := diff(netns, want, have, written, r.opts.ReplaceCost, r.opts.StageMin)
+	if have != written {
+		scoped = nil // changed from the record, not from what was read
+	}
+	p, err := diff(netns, want, have, written, r.opts.ReplaceCost, r.opts.StageMin, scoped)
 	if err != nil {
 		return nil, err
 	}
 	p.counts = ask != syncPartial
 	p.rec = rec
-	p.scopedSets = scopedSets
+	p.scopedSets = scoped.setNames()
 	ops := p.ops()
 	mode := "partial"
 	if full {

@@ -52,13 +52,13 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 }
 
 // scopedTable is the record with the scoped pods' part of desired, and the
-// names of the sets it put or dropped: its other sets are the record's
-// very objects. index gives a record set's elements by address (see
+// names of the sets and chains it put or dropped: its others are the
+// record's very objects. index gives a record set's elements by address (see
 // addrIndex), wantIndex a desired set's (see wantIndex). kept (nil: none)
 // names sets an earlier plan found held (keptsets.go); the sets this plan
 // finds held come back, for the next.
 func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
-	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup) (*table, []string, []bool, error) {
+	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup) (*table, *scopedChanges, []bool, error) {
 	pods := newScopedPods(sc.Pods)
 	out := &scopedOut{table: &table{sets: maps.Clone(written.sets), chains: maps.Clone(written.chains)},
 		changedSets: map[string]bool{}, changedChains: map[string]bool{}}
@@ -139,11 +139,22 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 	if err := out.checkRefsSince(written, out.changedSets, out.changedChains); err != nil {
 		return nil, nil, nil, err
 	}
-	changed := make([]string, 0, len(out.changedSets))
-	for name := range out.changedSets {
-		changed = append(changed, name)
+	return out.table, &scopedChanges{sets: out.changedSets, chains: out.changedChains}, held, nil
+}
+
+// scopedChanges names the sets and chains a scoped table put or dropped:
+// every other object of it is the record's own, so the diff against the
+// record looks at these only (differ.classify).
+type scopedChanges struct {
+	sets, chains map[string]bool
+}
+
+// setNames are the changed sets' names, in no order.
+func (c *scopedChanges) setNames() []string {
+	if c == nil {
+		return nil
 	}
-	return out.table, changed, held, nil
+	return slices.Collect(maps.Keys(c.sets))
 }
 
 // othersNewObjects finds the chains of desired that the record does not

@@ -29,7 +29,7 @@ func TestVerifyElemsReadsBackTouchedElements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := diff(e.ns, want, have, have, DefaultReplaceCost, 0)
+	p, err := diff(e.ns, want, have, have, DefaultReplaceCost, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := diff(e.ns, want, have, have, DefaultReplaceCost, 0)
+	p, err := diff(e.ns, want, have, have, DefaultReplaceCost, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +283,7 @@ func TestVerifyWayFollowsSetSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := diff("test", want, have, have, DefaultReplaceCost, 0)
+	p, err := diff("test", want, have, have, DefaultReplaceCost, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
