@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 
 	"github.com/vishvananda/netlink"
@@ -50,15 +51,14 @@ func observeNetns(ns op.Namespaces, n string, desired *spec.NodeState) ([]spec.R
 		names[l.Attrs().Index] = l.Attrs().Name
 	}
 	limited := op.Limited(ns, n)
-	wanted := map[string]bool{}
-	if desired != nil {
-		for _, d := range desired.Routes {
-			if d.Netns == n {
-				wanted[key(d)] = true
+	var wanted map[routeKey]bool
+	if limited {
+		wanted = map[routeKey]bool{}
+		for _, d := range desiredRoutes(desired) {
+			if k, ok := wantedKey(d); ok && d.Netns == n {
+				wanted[k] = true
 			}
 		}
-	}
-	if limited {
 		out, complete, err := observeLinks(ns, n, all, names, wanted)
 		if err != nil || complete {
 			return out, err
@@ -68,59 +68,101 @@ func observeNetns(ns op.Namespaces, n string, desired *spec.NodeState) ([]spec.R
 	if err != nil {
 		return nil, err
 	}
+	if limited {
+		return scopedRoutes(ns, n, krs, names, wanted)
+	}
 	out := make([]spec.Route, 0, len(krs))
 	for _, r := range krs {
 		out = append(out, fromKernel(n, r, names))
 	}
-	if !limited {
-		return out, nil
-	}
-	return scopedRoutes(ns, n, krs, out, names, wanted)
+	return out, nil
 }
 
-// scopedRoutes keeps, of a namespace's routes read whole for a plan whose
-// snapshot lists only some links (krs and their routes rs, in the same
-// order), the routes of wanted keys, named by their link wherever it is,
-// and every route of a key that has one on a listed link. The others are
-// other pods' routes: the scoped plan would only drop their deletion
-// (engine's podScope.filter), after diffing and sorting every pod's route
-// for it. A key kept keeps all of its routes, so that its one deletion is
-// the one a full read plans.
-func scopedRoutes(ns op.Namespaces, n string, krs []kernelRoute, rs []spec.Route, names map[int]string,
-	wanted map[string]bool) ([]spec.Route, error) {
-	keys := make([]string, len(rs))
-	listed := map[string]bool{}
+// scopedRoutes keeps, of a namespace's routes read whole (krs) for a plan
+// whose snapshot lists only some links, the routes of wanted keys, named
+// by their link wherever it is, and every route of a key that has one on
+// a listed link. The others are other pods' routes: the scoped plan would
+// only drop their deletion (engine's podScope.filter), after diffing and
+// sorting every pod's route for it. A key kept keeps all of its routes,
+// so that its one deletion is the one a full read plans. The others are
+// passed over by their key in the kernel's form, without being turned
+// into the document's: on a node of 250 pods they are all but a few.
+func scopedRoutes(ns op.Namespaces, n string, krs []kernelRoute, names map[int]string,
+	wanted map[routeKey]bool) ([]spec.Route, error) {
+	keys := make([]routeKey, len(krs))
+	listed := map[routeKey]bool{}
 	for i, r := range krs {
-		keys[i] = key(rs[i])
+		keys[i] = r.key()
 		if _, known := names[r.oif]; known && r.oif != 0 {
 			listed[keys[i]] = true
 		}
 	}
-	out := rs[:0]
+	var out []spec.Route
 	for i, r := range krs {
-		o := rs[i]
-		switch {
-		case wanted[keys[i]]:
-			if _, known := names[r.oif]; r.oif != 0 && !known {
-				// A wanted key on a link the snapshot does not list: name
-				// the link, so the update reads as a full plan's does.
-				var err error
-				if o.Dev, err = linkName(ns, n, r.oif); err != nil {
-					return nil, err
-				}
-			}
-		case !listed[keys[i]]:
+		if !wanted[keys[i]] && !listed[keys[i]] {
 			continue
+		}
+		o := fromKernel(n, r, names)
+		if _, known := names[r.oif]; wanted[keys[i]] && r.oif != 0 && !known {
+			// A wanted key on a link the snapshot does not list: name
+			// the link, so the update reads as a full plan's does.
+			var err error
+			if o.Dev, err = linkName(ns, n, r.oif); err != nil {
+				return nil, err
+			}
 		}
 		out = append(out, o)
 	}
 	return out, nil
 }
 
+func desiredRoutes(desired *spec.NodeState) []spec.Route {
+	if desired == nil {
+		return nil
+	}
+	return desired.Routes
+}
+
+// routeKey is a route's key within its namespace (spec.Route.Key): its
+// table and destination.
+type routeKey struct {
+	table int
+	dst   netip.Prefix
+}
+
+// key is r's routeKey: a default route's destination is 0.0.0.0/0.
+func (r kernelRoute) key() routeKey {
+	k := routeKey{table: r.table, dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0)}
+	if r.dst != nil {
+		if a, ok := netip.AddrFromSlice(r.dst.IP); ok {
+			ones, _ := r.dst.Mask.Size()
+			k.dst = netip.PrefixFrom(a.Unmap(), ones).Masked()
+		}
+	}
+	return k
+}
+
+// wantedKey is a document route's routeKey, as key gives the kernel's
+// route of the same key; ok is false for a destination that is not an
+// IPv4 prefix (validation refuses such a document).
+func wantedKey(d spec.Route) (routeKey, bool) {
+	k := routeKey{table: d.TableID(), dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0)}
+	if d.Dst == "default" {
+		return k, true
+	}
+	p, err := netip.ParsePrefix(d.Dst)
+	if err != nil || !p.Addr().Unmap().Is4() {
+		return k, false
+	}
+	k.dst = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
+	return k, true
+}
+
 // observeLinks reads the routes on the given links only, and reports
 // whether they hold every wanted key.
-func observeLinks(ns op.Namespaces, n string, ls []netlink.Link, names map[int]string, wanted map[string]bool) ([]spec.Route, bool, error) {
+func observeLinks(ns op.Namespaces, n string, ls []netlink.Link, names map[int]string, wanted map[routeKey]bool) ([]spec.Route, bool, error) {
 	var out []spec.Route
+	seen := map[routeKey]bool{}
 	for _, l := range ls {
 		krs, err := dump(ns, n, l.Attrs().Index)
 		if errors.Is(err, unix.ENODEV) {
@@ -131,11 +173,8 @@ func observeLinks(ns op.Namespaces, n string, ls []netlink.Link, names map[int]s
 		}
 		for _, r := range krs {
 			out = append(out, fromKernel(n, r, names))
+			seen[r.key()] = true
 		}
-	}
-	seen := make(map[string]bool, len(out))
-	for _, o := range out {
-		seen[key(o)] = true
 	}
 	for k := range wanted {
 		if !seen[k] {

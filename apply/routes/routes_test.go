@@ -1,6 +1,7 @@
 package routes
 
 import (
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -88,5 +89,37 @@ func TestToKernelRefusesBadInput(t *testing.T) {
 		if _, err := toKernel(nil, r); err == nil {
 			t.Errorf("toKernel(%+v) accepted it", r)
 		}
+	}
+}
+
+// TestKeysMatchTheKernels: a document route's key in the kernel's form
+// (wantedKey) is the key of the route the kernel gives back for it
+// (kernelRoute.key), whatever way the document spells the destination and
+// the main table; and different keys stay different.
+func TestKeysMatchTheKernels(t *testing.T) {
+	_, p24, _ := net.ParseCIDR("198.18.1.0/24")
+	_, p32, _ := net.ParseCIDR("198.18.0.5/32")
+	for _, c := range []struct {
+		doc    spec.Route
+		kernel kernelRoute
+	}{
+		{spec.Route{Dst: "default"}, kernelRoute{table: 254}},
+		{spec.Route{Dst: "0.0.0.0/0", Table: 254}, kernelRoute{table: 254}},
+		{spec.Route{Dst: "198.18.1.7/24"}, kernelRoute{table: 254, dst: p24}},
+		{spec.Route{Dst: "198.18.0.5/32", Table: 1001}, kernelRoute{table: 1001, dst: p32}},
+	} {
+		k, ok := wantedKey(c.doc)
+		if !ok || k != c.kernel.key() {
+			t.Errorf("route %s: key %v (%v), the kernel's %v", c.doc.Key(), k, ok, c.kernel.key())
+		}
+	}
+	a, _ := wantedKey(spec.Route{Dst: "198.18.0.5/32"})
+	for _, other := range []spec.Route{{Dst: "198.18.0.5/32", Table: 1001}, {Dst: "198.18.0.6/32"}, {Dst: "198.18.0.4/31"}} {
+		if b, _ := wantedKey(other); a == b {
+			t.Errorf("routes %s and %s share a key", "198.18.0.5/32", other.Key())
+		}
+	}
+	if _, ok := wantedKey(spec.Route{Dst: "fe80::/64"}); ok {
+		t.Error("an IPv6 destination has a key")
 	}
 }
