@@ -149,12 +149,18 @@ type scopedChanges struct {
 	sets, chains map[string]bool
 }
 
-// setNames are the changed sets' names, in no order.
+// setNames are the changed sets' names, in no order: nil when c is (not
+// a scoped plan), else a list, empty when no set changed (the commit's
+// warmIndexes reads nil as every set).
 func (c *scopedChanges) setNames() []string {
 	if c == nil {
 		return nil
 	}
-	return slices.Collect(maps.Keys(c.sets))
+	out := make([]string, 0, len(c.sets))
+	for name := range c.sets {
+		out = append(out, name)
+	}
+	return out
 }
 
 // othersNewObjects finds the chains of desired that the record does not

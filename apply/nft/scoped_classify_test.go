@@ -79,3 +79,20 @@ func TestScopedClassifyChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestScopedSetNames: a scoped plan that changed no set names none, which
+// is not nil: the commit's warmIndexes reads nil as every set of the
+// record, a walk of thousands a scoped commit must not pay.
+func TestScopedSetNames(t *testing.T) {
+	if got := (*scopedChanges)(nil).setNames(); got != nil {
+		t.Errorf("no scoped plan: %v, want nil", got)
+	}
+	none := &scopedChanges{sets: map[string]bool{}, chains: map[string]bool{"c": true}}
+	if got := none.setNames(); got == nil || len(got) != 0 {
+		t.Errorf("a scoped plan that changed only a chain: %#v, want an empty list", got)
+	}
+	two := &scopedChanges{sets: map[string]bool{"a": true, "b": true}}
+	if got := slices.Sorted(slices.Values(two.setNames())); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("sets a and b changed: %v", got)
+	}
+}
