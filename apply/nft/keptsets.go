@@ -102,10 +102,10 @@ func sameList[T any](a, b []T) bool {
 }
 
 // CheckKeptSetsEnv, set to 1 in the environment, makes every scoped plan
-// check its two shortcuts, and fail if one changed the plan: a plan that
-// used kept sets plans again without them, and the diff that looked only
-// at the scope's changes (differ.classify) classifies the whole table
-// again. `make test` sets it, so that the agent's and the simulated
+// check its shortcuts, and fail if one changed the plan: a plan that used
+// kept sets or the chain index (chainsets.go) plans again without them,
+// and the diff that looked only at the scope's changes (differ.classify)
+// classifies the whole table again. `make test` sets it, so that the agent's and the simulated
 // nodes' tests check them too, at twice a scoped plan's CPU.
 const CheckKeptSetsEnv = "TERWAY_CHECK_KEPT_SETS"
 
@@ -151,12 +151,12 @@ func sameScoped(written, a, b *table, changedA, changedB *scopedChanges) string 
 // difference, or nil.
 func recheckWithoutMemo(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
 	wantIndex func(*spec.NFTSet, []int) wantIndex, want *table, changed *scopedChanges) error {
-	again, changedAgain, _, err := scopedTable(desired, written, sc, cache, index, wantIndex, nil)
+	again, changedAgain, _, err := scopedTable(desired, written, sc, cache, index, wantIndex, nil, nil)
 	if err != nil {
-		return fmt.Errorf("%s: the plan of pods %v without kept sets failed: %w", CheckKeptSetsEnv, sc.Pods, err)
+		return fmt.Errorf("%s: the plan of pods %v without kept sets and the chain index failed: %w", CheckKeptSetsEnv, sc.Pods, err)
 	}
 	if why := sameScoped(written, want, again, changed, changedAgain); why != "" {
-		return fmt.Errorf("%s: the plan of pods %v with kept sets differs from the one without: %s", CheckKeptSetsEnv, sc.Pods, why)
+		return fmt.Errorf("%s: the plan of pods %v with kept sets and the chain index differs from the one without: %s", CheckKeptSetsEnv, sc.Pods, why)
 	}
 	return nil
 }

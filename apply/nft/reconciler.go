@@ -146,6 +146,9 @@ type record struct {
 	// kept is what the last scoped plan found of its document's sets
 	// (keptsets.go); mu guards.
 	kept *keptSets
+	// chainSets indexes the chains of the last scoped plan's document by
+	// the sets they match against (chainsets.go); mu guards.
+	chainSets *chainSetIndex
 	// fullSyncs counts the syncs that read the kernel and took what they
 	// read as the record (done): a memo made before one is not used.
 	fullSyncs uint64
@@ -424,7 +427,7 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		touched, logged := rec.touchedSince(rec.kept.version)
 		kept = newKeptLookup(rec.kept, touched, logged)
 	}
-	fullSyncs := rec.fullSyncs
+	fullSyncs, chainSets := rec.fullSyncs, rec.chainSets
 	r.mu.Unlock()
 	closeAll(gone)
 
@@ -435,20 +438,22 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		var err error
 		var held []bool
 		index, wantIndex := r.indexer(rec), r.wantIndexer(rec, false)
-		if want, scoped, held, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept); err != nil {
+		chainSets = chainSetsFor(desired, chainSets)
+		if want, scoped, held, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept, chainSets); err != nil {
 			return nil, err
 		}
-		if recheckKeptSets && kept != nil {
+		if recheckKeptSets && (kept != nil || chainSets != nil) {
 			if err := recheckWithoutMemo(desired, written, sc, cache, index, wantIndex, want, scoped); err != nil {
 				return nil, err
 			}
-			if keptSetsRechecked != nil {
+			if keptSetsRechecked != nil && kept != nil {
 				keptSetsRechecked(kept.hits)
 			}
 		}
 		r.mu.Lock()
 		if r.records[netns] == rec {
 			rec.kept = &keptSets{version: version, fullSyncs: fullSyncs, sets: desired.Sets, kept: held}
+			rec.chainSets = chainSets
 		}
 		r.mu.Unlock()
 		r.pruneWantIndexes(rec, desired)

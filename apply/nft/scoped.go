@@ -56,9 +56,10 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 // record's very objects. index gives a record set's elements by address (see
 // addrIndex), wantIndex a desired set's (see wantIndex). kept (nil: none)
 // names sets an earlier plan found held (keptsets.go); the sets this plan
-// finds held come back, for the next.
+// finds held come back, for the next. chainSets (nil: none) indexes
+// desired's chains by the sets they match (chainsets.go).
 func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
-	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup) (*table, *scopedChanges, []bool, error) {
+	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, chainSets *chainSetIndex) (*table, *scopedChanges, []bool, error) {
 	pods := newScopedPods(sc.Pods)
 	out := &scopedOut{table: &table{sets: maps.Clone(written.sets), chains: maps.Clone(written.chains)},
 		changedSets: map[string]bool{}, changedChains: map[string]bool{}}
@@ -131,7 +132,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			}
 		}
 	}
-	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache); err != nil {
+	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache, chainSets); err != nil {
 		return nil, nil, nil, err
 	}
 	// The record passed these checks: only what the scope changed is

@@ -25,9 +25,17 @@ import (
 // the sync's to apply. (The base chains' hairpin and source validation
 // sets hold every pod: a pending change of their rules, a small one, goes
 // with the next ADD or DEL.)
+//
+// chainSets (nil: none) indexes desired's chains by the sets they match:
+// the document's side of a chain is looked at only when it matches a set
+// the scope changed, as it would be found touched only then.
 func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc *Scope, pods scopedPods, podChains map[string]bool,
-	cache *canonCache) error {
+	cache *canonCache, chainSets *chainSetIndex) error {
 	wanted, unique := documentSets(desired)
+	var candidate []bool // by position in desired.Chains; nil: every chain
+	if chainSets != nil {
+		candidate = chainSets.matching(out.changedSets)
+	}
 	// Every set of the record is the document's too (most often): no
 	// record set can be gone from the document while holding the pods'.
 	everyWritten := unique && out.wantedWritten == len(written.sets)
@@ -47,6 +55,9 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 		// differ from the record's.
 		touched := false
 		for _, r := range in.Rules {
+			if candidate != nil && !candidate[i] {
+				break
+			}
 			for _, m := range r.Match {
 				if !touched && out.changedSets[m.Set] {
 					if s, hs := out.sets[m.Set], written.sets[m.Set]; s != hs {
@@ -113,6 +124,13 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 				return err
 			}
 			out.putSet(s)
+			if candidate != nil {
+				// A chain after this one that matches the set is now
+				// one to look at, as in the walk of every chain.
+				for _, j := range chainSets.bySet[name] {
+					candidate[j] = true
+				}
+			}
 		}
 		for _, name := range refsW {
 			if wanted(name) == nil {

@@ -15,19 +15,39 @@ import (
 // synth's 250 local pods, 250 remote peers and 1,000 policies, as the agent
 // does it: the table was written with the new pod awaiting its ADD (its
 // policy groups rendered ahead) and held back as a peer, and the ADD's
-// document adds the pod's own part.
+// document adds the pod's own part. "warm" plans again and again, with
+// the record and the document in the CPU's caches; "cold" writes over 64
+// MiB between two plans (untimed), as the plugin's exec, the render and
+// the kernel's work do between an agent's two ADDs: there every pass over
+// the record's thousands of sets and chains waits on memory.
 //
 //	go test -run '^$' -bench ScopedAddPlanAtScale ./apply/nft/
 func BenchmarkScopedAddPlanAtScale(b *testing.B) {
 	e, _, now, sc := scaleAddNode(b, "bsaddscale", 251)
-	for b.Loop() {
-		ops, err := e.r.PlanScoped(e.reg, e.ns, now, sc)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if len(ops) < 2 || len(ops) > 20 {
-			b.Fatalf("the ADD plans %d ops", len(ops))
-		}
+	var evict []byte
+	for _, caches := range []string{"warm", "cold"} {
+		b.Run(caches, func(b *testing.B) {
+			e.t = b
+			if caches == "cold" && evict == nil {
+				evict = make([]byte, 64<<20)
+			}
+			for b.Loop() {
+				if evict != nil {
+					b.StopTimer()
+					for i := 0; i < len(evict); i += 64 {
+						evict[i]++
+					}
+					b.StartTimer()
+				}
+				ops, err := e.r.PlanScoped(e.reg, e.ns, now, sc)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(ops) < 2 || len(ops) > 20 {
+					b.Fatalf("the ADD plans %d ops", len(ops))
+				}
+			}
+		})
 	}
 }
 
