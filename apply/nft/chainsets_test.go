@@ -42,18 +42,26 @@ func TestScopedPlanFollowsTakenSets(t *testing.T) {
 	e := newEnv(t, "takensets")
 	e.apply(before)
 	sc := Scope{Pods: []string{"x/c"}, Addrs: []string{pod}}
-	for range 2 { // the second plan finds the index of the first
+	index := func() *chainSetIndex {
+		e.r.mu.Lock()
+		defer e.r.mu.Unlock()
+		return e.r.records[e.ns].chainSets
+	}
+	var first *chainSetIndex
+	for i := range 2 { // the second plan finds the index of the first
 		ops, err := e.r.PlanScoped(e.reg, e.ns, withPod, sc)
 		if err != nil {
 			t.Fatalf("scoped plan: %v", err)
 		}
 		e.run(ops)
-	}
-	e.r.mu.Lock()
-	indexed := e.r.records[e.ns].chainSets.indexes(withPod.Chains)
-	e.r.mu.Unlock()
-	if !indexed {
-		t.Error("the record keeps no index of the document's chains")
+		switch x := index(); {
+		case !x.indexes(withPod.Chains):
+			t.Fatalf("plan %d: the record keeps no index of the document's chains", i+1)
+		case i == 0:
+			first = x
+		case x != first:
+			t.Error("the second plan of the same chain list built its index again")
+		}
 	}
 	if got := e.nft("list", "chain", "inet", "terway", "zz"); !strings.Contains(got, "@grp-p1") {
 		t.Errorf("the ADD took the group whole but not chain zz, which matches its reshaped grp-p1:\n%s", got)

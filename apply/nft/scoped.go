@@ -47,6 +47,10 @@ type Scope struct {
 
 // PlanScoped plans like PlanPartial, limited to the objects of sc's pods
 // (see above); the record then holds what was written, not desired.
+// desired must not change once planned, nor any list in it: the next
+// plans know a set's elements (keptsets.go, listRef) and the chain list
+// (chainsets.go) by the identity of their lists, as render's documents
+// hand them on.
 func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NFTable, sc Scope) ([]op.Op, error) {
 	return r.planWith(ns, netns, desired, syncPartial, &sc)
 }
