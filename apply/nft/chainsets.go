@@ -16,14 +16,13 @@ import (
 // (record.chainSets), found again by the list's identity. Documents are
 // never changed once made.
 type chainSetIndex struct {
-	of    *spec.NFTChain // &chains[0]
-	n     int
-	bySet map[string][]int // positions in the list, ascending
+	chains []spec.NFTChain  // the list indexed
+	bySet  map[string][]int // positions in the list, ascending
 }
 
 // newChainSetIndex indexes chains (not empty).
 func newChainSetIndex(chains []spec.NFTChain) *chainSetIndex {
-	x := &chainSetIndex{of: &chains[0], n: len(chains), bySet: map[string][]int{}}
+	x := &chainSetIndex{chains: chains, bySet: map[string][]int{}}
 	for i := range chains {
 		for _, r := range chains[i].Rules {
 			for _, m := range r.Match {
@@ -41,12 +40,12 @@ func newChainSetIndex(chains []spec.NFTChain) *chainSetIndex {
 
 // indexes reports whether x is chains' index: the same list.
 func (x *chainSetIndex) indexes(chains []spec.NFTChain) bool {
-	return x != nil && len(chains) > 0 && x.of == &chains[0] && x.n == len(chains)
+	return x != nil && len(chains) > 0 && sameList(x.chains, chains)
 }
 
 // matching marks, by position, the chains that match any of sets.
 func (x *chainSetIndex) matching(sets map[string]bool) []bool {
-	out := make([]bool, x.n)
+	out := make([]bool, len(x.chains))
 	for name := range sets {
 		for _, i := range x.bySet[name] {
 			out[i] = true

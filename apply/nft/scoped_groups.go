@@ -56,7 +56,7 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 		touched := false
 		for _, r := range in.Rules {
 			if candidate != nil && !candidate[i] {
-				break
+				break // matches no set the scope changed (chainSets)
 			}
 			for _, m := range r.Match {
 				if !touched && out.changedSets[m.Set] {
