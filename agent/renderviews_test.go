@@ -12,6 +12,7 @@ import (
 
 	"github.com/terway-reconciler/terway/cni/wire"
 	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // TestCNIRendersPinnedPolicies: a CNI ADD does not compile a policy edit
@@ -103,7 +104,7 @@ func TestCNIRendersPinnedPolicies(t *testing.T) {
 	add("o1", "other")
 	compilesNothing("ADD o1", "the edit does not involve o1 and is the resync's to compile")
 	add("d1", "db")
-	if !inKernel("ingress-pods", ips["d1"]) {
+	if !inKernel("ingress-pods", spec.HostVethName("x/d1")) {
 		t.Errorf("d1 (%s) started without the isolation of policy db, created before it", ips["d1"])
 	}
 	// d1's ADD moved the pin to the edit: no CNI request renders the
@@ -129,7 +130,7 @@ func TestCNIRendersPinnedPolicies(t *testing.T) {
 	add("c3", "client")
 	compilesNothing("ADD c3", "the edits were compiled")
 	admittedOn("c3", "82")
-	if !inKernel("ingress-pods", ips["d1"]) {
+	if !inKernel("ingress-pods", spec.HostVethName("x/d1")) {
 		t.Errorf("d1 (%s) lost the isolation of policy db", ips["d1"])
 	}
 }

@@ -291,9 +291,9 @@ func TestResyncCommitsNFTWithoutLock(t *testing.T) {
 		t.Errorf("a full sync after the next ones asked again: %+v", out)
 	}
 	dispatch := nstest.Run(t, node, "nft", "list", "map", "inet", "terway", "ingress-pods")
-	for _, ip := range []string{ipA, ipB} {
-		if !strings.Contains(dispatch, ip+" : jump") {
-			t.Errorf("pod %s is not isolated by the new policy:\n%s", ip, dispatch)
+	for ip, key := range map[string]string{ipA: "x/a", ipB: "x/b"} {
+		if !strings.Contains(dispatch, spec.HostVethName(key)+`" : jump`) {
+			t.Errorf("pod %s (%s) is not isolated by the new policy:\n%s", key, ip, dispatch)
 		}
 	}
 	text, n, err := a.planText(ctx, a.eng)

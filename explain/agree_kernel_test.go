@@ -122,7 +122,9 @@ func topology(t *testing.T) (string, map[netip.Addr]string) {
 	pods := map[netip.Addr]string{}
 	for i, p := range genPods {
 		pns := nstest.Netns(t, fmt.Sprintf("exp%d", i))
-		host := fmt.Sprintf("e%d", i)
+		// The document's name for the pod's host veth: its dispatch
+		// entries and source validation are keyed by it.
+		host := spec.HostVethName(p.ns + "/" + p.name)
 		nstest.Run(t, node, "ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", nstest.Name(pns))
 		nstest.Run(t, node, "ip", "addr", "add", "169.254.1.1/32", "dev", host)
 		nstest.Run(t, node, "ip", "link", "set", host, "up")

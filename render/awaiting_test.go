@@ -16,9 +16,10 @@ import (
 )
 
 // TestAwaitingPodsGroupRenders: a pod scheduled here whose ADD has not
-// come has its policy groups in the document (chain and sets) with no
-// dispatch entry and no hairpin element; its ADD adds only those, through
-// a patch whose group is the one already there. A pod that is being
+// come has its policy groups in the document (chain and sets) and its
+// dispatch entries, keyed by its host veth, but no hairpin element (that
+// one needs its address); its ADD adds only that, through a patch whose
+// group is the one already there, and no jump to any chain. A pod that is being
 // deleted, has finished, or wants an exclusive ENI awaits nothing. Rule
 // problems show only once a pod is set up, as before.
 func TestAwaitingPodsGroupRenders(t *testing.T) {
@@ -67,8 +68,12 @@ func TestAwaitingPodsGroupRenders(t *testing.T) {
 		t.Fatal(err)
 	}
 	chains := groupChains(before)
-	if len(chains) != 1 || len(dispatch(before)) != 0 {
-		t.Fatalf("awaiting pod w: group chains %v, dispatch and hairpin elements %v; want one chain and no element", chains, dispatch(before))
+	wantDispatch := []spec.NFTElement{{Key: []string{spec.HostVethName("x/w")}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: "?"}}}
+	if len(chains) == 1 {
+		wantDispatch[0].Verdict.Chain = chains[0]
+	}
+	if len(chains) != 1 || !slices.EqualFunc(dispatch(before), wantDispatch, sameElement) {
+		t.Fatalf("awaiting pod w: group chains %v, dispatch and hairpin elements %v; want one chain and %v", chains, dispatch(before), wantDispatch)
 	}
 	ports := before.NFTables.Set(chains[0] + "-all")
 	if ports == nil || len(ports.Elements) != 1 || ports.Elements[0].Key[0] != "198.18.0.10" {
@@ -103,8 +108,9 @@ func TestAwaitingPodsGroupRenders(t *testing.T) {
 	if got, want := mustJSON(t, patched), mustJSON(t, full); string(got) != string(want) {
 		t.Fatalf("the patched ADD differs from a render from scratch:\n%s\nfrom scratch:\n%s", got, want)
 	}
-	if got := groupChains(full); !slices.Equal(got, chains) || len(dispatch(full)) != 2 {
-		t.Fatalf("after w's ADD: chains %v (before %v), dispatch and hairpin %v; want the same chain and w's two elements", got, chains, dispatch(full))
+	hairpin := spec.NFTElement{Key: []string{spec.HostVethName("x/w"), "198.18.0.11"}}
+	if got := groupChains(full); !slices.Equal(got, chains) || !slices.EqualFunc(dispatch(full), append(wantDispatch, hairpin), sameElement) {
+		t.Fatalf("after w's ADD: chains %v (before %v), dispatch and hairpin %v; want the same chain, w's dispatch entry as before and its hairpin element", got, chains, dispatch(full))
 	}
 	if !ruleProblem(full) {
 		t.Errorf("policy broken's rule problem is missing once w is set up: %v", full.Problems)

@@ -23,6 +23,8 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 			if before.entry != nil {
 				remove.Pods = append(remove.Pods, *before.entry)
 				dispatchElements(before.entry, before.local, removeElems)
+			} else if before.awaits {
+				awaitingElements(key, b.chainOf(p, before.groups[0]), b.chainOf(p, before.groups[1]), removeElems)
 			}
 		}
 		after := r.byKey[key]
@@ -36,6 +38,8 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 			after.entry.IngressChain, after.entry.EgressChain = b.chainOf(p, keys[0]), b.chainOf(p, keys[1])
 			add.Pods = append(add.Pods, *after.entry)
 			dispatchElements(after.entry, after.local, addElems)
+		} else if after.awaiting() {
+			awaitingElements(key, b.chainOf(p, after.groups[0]), b.chainOf(p, after.groups[1]), addElems)
 		}
 	}
 	for _, ps := range problems {
@@ -97,16 +101,29 @@ func putPart(s *spec.NodeState, part *spec.NodeState) {
 // name, as groupChain, hairpinElements and renderSourceValidation make
 // them.
 func dispatchElements(e *spec.Pod, local bool, into map[string][]spec.NFTElement) {
-	if e.IngressChain != "" {
-		into[mapIngressPods] = append(into[mapIngressPods], jumpElement(e.IP, e.IngressChain))
-	}
-	if e.EgressChain != "" {
-		into[mapEgressPods] = append(into[mapEgressPods], jumpElement(e.IP, e.EgressChain))
-	}
+	jumpElements(e.HostVeth, e.IngressChain, e.EgressChain, into)
 	if isolated(e) {
 		into[setHairpin] = append(into[setHairpin], vethElement(e.HostVeth, e.IP))
 	}
 	if e.HostVeth != "" && local {
 		into[setPodSources] = append(into[setPodSources], vethElement(e.HostVeth, e.IP))
+	}
+}
+
+// awaitingElements adds the dispatch elements of pod key awaiting its ADD
+// (podInfo.awaiting), whose groups' chains are in and out, by set name, as
+// groupChain makes them.
+func awaitingElements(key, in, out string, into map[string][]spec.NFTElement) {
+	jumpElements(spec.HostVethName(key), in, out, into)
+}
+
+// jumpElements adds the dispatch map elements of the pod of host veth
+// veth to the chains of its ingress and egress groups ("": none).
+func jumpElements(veth, in, out string, into map[string][]spec.NFTElement) {
+	if in != "" {
+		into[mapIngressPods] = append(into[mapIngressPods], jumpElement(veth, in))
+	}
+	if out != "" {
+		into[mapEgressPods] = append(into[mapEgressPods], jumpElement(veth, out))
 	}
 }

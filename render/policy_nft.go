@@ -54,8 +54,18 @@ func (g *policyGroup) member() *podInfo {
 // renderPolicies resolves every policy and renders table inet terway.
 //
 // The table is a static skeleton with dynamic data: two base chains accept
-// established traffic, then dispatch through verdict maps keyed by pod IP to
-// the chain of the pod's policy group for each direction it is isolated in.
+// established traffic, then dispatch through verdict maps keyed by the pod's
+// host veth (the arrival interface for egress, the leaving one for ingress)
+// to the chain of the pod's policy group for each direction it is isolated
+// in. The key is the veth, not the pod's address, because the veth's name
+// comes from the pod's key: a pod awaiting its ADD has its entries written
+// with its groups, so its ADD writes no jump. A commit that adds a jump
+// makes the kernel check every chain the table's base chains reach (its
+// loop and hook check), which at 250 pods and 1,000 policies took longer
+// than the rest of the ADD's nftables transaction; the ADD's elements of
+// the hairpin and source sets carry no verdict and need no such check.
+// (Antispoof has already tied a veth to its pod's one address, so the
+// packets judged are the same as by address.)
 // A group chain has three fixed rules: (address, protocol, port) in the
 // group's ports set, address in its any-port set, else drop. All policies
 // selecting the pods are merged into those two sets, so the per-packet cost is
@@ -148,10 +158,10 @@ func isolated(e *spec.Pod) bool { return e.IngressChain != "" || e.EgressChain !
 // sets: its host veth and its address.
 func vethElement(veth, ip string) spec.NFTElement { return spec.NFTElement{Key: []string{veth, ip}} }
 
-// jumpElement is a pod's element of a dispatch verdict map: its address
+// jumpElement is a pod's element of a dispatch verdict map: its host veth
 // to its policy group's chain.
-func jumpElement(ip, chain string) spec.NFTElement {
-	return spec.NFTElement{Key: []string{ip}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}}
+func jumpElement(veth, chain string) spec.NFTElement {
+	return spec.NFTElement{Key: []string{veth}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}}
 }
 
 // groups partitions the targets and awaiting pods of one direction by
@@ -297,8 +307,8 @@ func (r *renderer) baseTable() *spec.NFTable {
 		Match:   []spec.NFTMatch{{Selectors: []string{spec.SelIIFName, spec.SelIPDaddr}, Set: setHairpin}},
 		Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept},
 	}
-	egressDispatch := spec.NFTRule{Verdict: spec.NFTVerdict{Kind: spec.VerdictVmap, Map: mapEgressPods, Selectors: []string{spec.SelIPSaddr}}}
-	ingressDispatch := spec.NFTRule{Verdict: spec.NFTVerdict{Kind: spec.VerdictVmap, Map: mapIngressPods, Selectors: []string{spec.SelIPDaddr}}}
+	egressDispatch := spec.NFTRule{Verdict: spec.NFTVerdict{Kind: spec.VerdictVmap, Map: mapEgressPods, Selectors: []string{spec.SelIIFName}}}
+	ingressDispatch := spec.NFTRule{Verdict: spec.NFTVerdict{Kind: spec.VerdictVmap, Map: mapIngressPods, Selectors: []string{spec.SelOIFName}}}
 	return &spec.NFTable{
 		Family: spec.NFTFamily, Name: spec.NFTTable,
 		Chains: []spec.NFTChain{
@@ -310,10 +320,10 @@ func (r *renderer) baseTable() *spec.NFTable {
 				Rules:   []spec.NFTRule{established, egressDispatch}},
 		},
 		Sets: []spec.NFTSet{
-			{Name: mapIngressPods, Type: []string{spec.TypeIPv4Addr}, Verdict: true,
-				Comment: "pod IP to the chain of its ingress policy group, for pods isolated for ingress"},
-			{Name: mapEgressPods, Type: []string{spec.TypeIPv4Addr}, Verdict: true,
-				Comment: "pod IP to the chain of its egress policy group, for pods isolated for egress"},
+			{Name: mapIngressPods, Type: []string{spec.TypeIfName}, Verdict: true,
+				Comment: "pod's host veth to the chain of its ingress policy group, for pods isolated for ingress"},
+			{Name: mapEgressPods, Type: []string{spec.TypeIfName}, Verdict: true,
+				Comment: "pod's host veth to the chain of its egress policy group, for pods isolated for egress"},
 			{Name: setHairpin, Type: []string{spec.TypeIfName, spec.TypeIPv4Addr},
 				Comment: "isolated pods' host veth and IP: a pod reaching itself through a Service is always allowed"},
 		},
@@ -321,9 +331,10 @@ func (r *renderer) baseTable() *spec.NFTable {
 }
 
 // groupChain adds one policy group's chain and sets, and points its
-// targets' map entries at the chain; its awaiting pods have none yet. The
-// chain and sets come from the Cache while the group's policies allow the
-// same as when they were made.
+// targets' and awaiting pods' map entries at the chain (an awaiting pod's
+// veth is not there yet: its entry waits for it). The chain and sets come
+// from the Cache while the group's policies allow the same as when they
+// were made.
 func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	mapName, i := mapIngressPods, 0 // i: the direction's index in podInfo.groups
 	if dir == dirEgress {
@@ -333,10 +344,11 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 	t.Sets = append(t.Sets, out.sets...)
 	t.Chains = append(t.Chains, out.chain)
 	r.groups[g.key] = &patchGroup{out: out, members: len(g.targets), awaiting: len(g.awaiting)}
+	m := t.Set(mapName)
 	for _, p := range g.awaiting {
 		p.groups[i] = g.key
+		m.Elements = append(m.Elements, jumpElement(spec.HostVethName(p.key), out.chain.Name))
 	}
-	m := t.Set(mapName)
 	for _, p := range g.targets {
 		if dir == dirEgress {
 			p.entry.EgressChain = out.chain.Name
@@ -344,7 +356,7 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 			p.entry.IngressChain = out.chain.Name
 		}
 		p.groups[i] = g.key
-		m.Elements = append(m.Elements, jumpElement(p.entry.IP, out.chain.Name))
+		m.Elements = append(m.Elements, jumpElement(p.entry.HostVeth, out.chain.Name))
 	}
 }
 

@@ -72,7 +72,7 @@ func TestHairpinExemptsIsolatedPods(t *testing.T) {
 			rules = append(rules, spec.FormatRule(r))
 		}
 		wantRules := []string{"ct state established,related accept", "meta iifname . ip daddr @hairpin accept",
-			"ip saddr vmap @egress-pods", "ip daddr vmap @ingress-pods"}
+			"meta iifname vmap @egress-pods", "meta oifname vmap @ingress-pods"}
 		if !slices.Equal(rules, wantRules) {
 			t.Errorf("%v: forward chain rules\n%s\nwant\n%s", pt, strings.Join(rules, "\n"), strings.Join(wantRules, "\n"))
 		}
@@ -105,7 +105,7 @@ func TestHostNetworkPodIsTheNode(t *testing.T) {
 		}
 	}
 	// x/a is isolated, by a policy whose peers match nothing.
-	if e := findElement(state.NFTables.Set(mapIngressPods), "198.18.0.10"); e == nil {
+	if e := findElement(state.NFTables.Set(mapIngressPods), spec.HostVethName("x/a")); e == nil {
 		t.Fatalf("x/a is not isolated for ingress:\n%s", text)
 	}
 	for _, p := range state.Pods {

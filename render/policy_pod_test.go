@@ -95,7 +95,7 @@ func TestExclusiveENIPodTable(t *testing.T) {
 		t.Errorf("set %s-all has %v, want the remote pod's address", chain, all.Elements)
 	}
 	m := s.NFTables.Set(mapIngressPods)
-	if len(m.Elements) != 1 || m.Elements[0].Key[0] != "198.18.66.10" || m.Elements[0].Verdict.Chain != chain {
-		t.Errorf("the node's ingress map is %v; want x/e's address jumping to %s (traffic by veth1)", m.Elements, chain)
+	if len(m.Elements) != 1 || m.Elements[0].Key[0] != spec.HostVethName("x/e") || m.Elements[0].Verdict.Chain != chain {
+		t.Errorf("the node's ingress map is %v; want x/e's host veth jumping to %s (traffic by veth1)", m.Elements, chain)
 	}
 }

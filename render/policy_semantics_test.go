@@ -179,17 +179,29 @@ func (w *world) peerMatches(np *networkingv1.NetworkPolicy, p networkingv1.Netwo
 	return podSel.Matches(labels.Set(pod.Labels))
 }
 
-// nftAllowed interprets the rendered table for a forwarded packet: the
-// forward chain's egress and ingress dispatch and the group chains.
-func nftAllowed(t *testing.T, tbl *spec.NFTable, src, dst netip.Addr, proto string, port uint16) bool {
+// nftAllowed interprets the node's rendered document for a forwarded
+// packet: the forward chain's egress dispatch by the arrival interface (the
+// source pod's host veth, when it is a pod of the node's) and its ingress
+// dispatch by the leaving one (the destination pod's), and the group
+// chains.
+func nftAllowed(t *testing.T, state *spec.NodeState, src, dst netip.Addr, proto string, port uint16) bool {
+	tbl := state.NFTables
+	veth := func(addr netip.Addr) string {
+		for _, p := range state.Pods {
+			if p.IP == addr.String() {
+				return p.HostVeth
+			}
+		}
+		return ""
+	}
 	for _, step := range []struct {
 		mapName string
-		key     netip.Addr
+		key     string
 		peer    netip.Addr
-	}{{"egress-pods", src, dst}, {"ingress-pods", dst, src}} {
+	}{{"egress-pods", veth(src), dst}, {"ingress-pods", veth(dst), src}} {
 		chain := ""
 		for _, e := range tbl.Set(step.mapName).Elements {
-			if e.Key[0] == step.key.String() {
+			if step.key != "" && e.Key[0] == step.key {
 				chain = e.Verdict.Chain
 			}
 		}
@@ -247,7 +259,7 @@ func TestRenderedPolicyMatchesAPISemantics(t *testing.T) {
 			proto := []string{"tcp", "udp", "sctp"}[rng.IntN(3)]
 			port := []uint16{53, 80, 81, 443, 8080, 8081, 9000}[rng.IntN(7)]
 			want := w.refAllowed(src, dst, proto, port)
-			if got := nftAllowed(t, state.NFTables, src, dst, proto, port); got != want {
+			if got := nftAllowed(t, state, src, dst, proto, port); got != want {
 				t.Fatalf("seed %d: %s -> %s %s/%d: rendered table says allowed=%v, the API says %v\npolicies:\n%s",
 					seed, src, dst, proto, port, got, want, describe(w.policies))
 			}

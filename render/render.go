@@ -124,11 +124,12 @@ type podInfo struct {
 // yet: it runs on this node (local: not host-network, not terminated), is
 // not being deleted, has no allocation and does not want an exclusive ENI.
 // The policies that select it have their rules resolved, and its policy
-// groups render (chains and sets, no dispatch entry), so that the node
-// has the groups ready before the ADD: an ADD whose pod starts a group
-// otherwise wrote and read back the group's chain and sets, hundreds of
-// peer elements, before it could answer. groups then holds the groups it
-// will join.
+// groups render (chains and sets) with its dispatch entries, keyed by the
+// host veth its ADD will make, so that the node has them ready before the
+// ADD: an ADD whose pod starts a group otherwise wrote and read back the
+// group's chain and sets, hundreds of peer elements, before it could
+// answer, and an ADD that adds a jump has the kernel check the whole table
+// (renderPolicies). groups then holds the groups it will join.
 func (p *podInfo) awaiting() bool {
 	return p.local && p.pod != nil && p.alloc == nil && p.pod.DeletionTimestamp == nil && !WantsExclusiveENI(p.pod)
 }

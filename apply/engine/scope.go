@@ -119,12 +119,13 @@ func (s *podScope) claimRules(observed []spec.Rule) {
 	}
 }
 
-// nftScope names the scoped pods and their addresses for a scoped
-// nftables plan (nft.Reconciler.PlanScoped). It is false when a pod's
-// address is unknown (a DEL without PodIPs): only the whole table's diff
-// then finds the pod's elements in other pods' sets and maps.
+// nftScope names the scoped pods, their addresses and their host veths
+// (the dispatch maps' keys) for a scoped nftables plan
+// (nft.Reconciler.PlanScoped). It is false when a pod's address is unknown
+// (a DEL without PodIPs): only the whole table's diff then finds the pod's
+// elements in other pods' sets and maps.
 func (s *podScope) nftScope() (nft.Scope, bool) {
-	sc := nft.Scope{Pods: slices.Sorted(maps.Keys(s.pods))}
+	sc := nft.Scope{Pods: slices.Sorted(maps.Keys(s.pods)), Addrs: slices.Clone(s.veths)}
 	known := map[string]bool{}
 	for ip, key := range s.byAddr {
 		sc.Addrs = append(sc.Addrs, ip)

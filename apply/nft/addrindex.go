@@ -142,14 +142,18 @@ func (x addrIndex) derive(s *set) addrIndex {
 // copying that many four times.
 func flattenAt(n int) int { return max(16, n/4) }
 
-// addrFields are the positions of a set's key fields that hold addresses.
+// addrFields are the positions of a set's key fields that name a pod:
+// those that hold addresses, and interface names (a pod's host veth keys
+// its dispatch entries). Scope.Addrs has both; an address never reads as
+// an interface name, nor the other way round.
 func addrFields(s *set) []int { return addrFieldsOf(s.typeNames) }
 
-// addrFieldsOf are the positions of the address fields of a key of types.
+// addrFieldsOf are the positions of the address and interface name fields
+// of a key of types.
 func addrFieldsOf(types []string) []int {
 	var fields []int
 	for i, tn := range types {
-		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr {
+		if tn == spec.TypeIPv4Addr || tn == typeIPv6Addr || tn == spec.TypeIfName {
 			fields = append(fields, i)
 		}
 	}

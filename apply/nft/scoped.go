@@ -40,8 +40,9 @@ type Scope struct {
 	// Pods are the pods' keys (namespace/name), as in sets' and chains'
 	// Pod field.
 	Pods []string
-	// Addrs are the pods' addresses, present or removed: elements whose
-	// key has one of them as a field are the pods' elements.
+	// Addrs are the pods' addresses, present or removed, and their host
+	// veths' names: elements whose key has one of them as a field are the
+	// pods' elements.
 	Addrs []string
 }
 

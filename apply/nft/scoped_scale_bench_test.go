@@ -90,7 +90,7 @@ func BenchmarkCheckAheadAtScale(b *testing.B) {
 // 1,000 policies whose table was written with its last pod awaiting its
 // ADD (its policy groups rendered ahead): was, and now the document with
 // that pod set up and held back as a peer, and the ADD's scope.
-func scaleAddNode(b *testing.B, name string, localPods int) (e *env, was, now *spec.NFTable, sc Scope) {
+func scaleAddNode(b testing.TB, name string, localPods int) (e *env, was, now *spec.NFTable, sc Scope) {
 	in := synth.Cluster(synth.Params{LocalPods: localPods, RemotePods: 250, Policies: 1000, Namespaces: 20, Seed: 1})
 	last := in.Allocations[len(in.Allocations)-1]
 	key := last.Metadata.Namespace + "/" + last.Metadata.Name

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // TestWhatIfCommand: on the demo, the flips come grouped under the policy
@@ -38,7 +40,7 @@ func TestWhatIfCommand(t *testing.T) {
 		t.Errorf("groups %v, want %v:\n%s", groups, want, text)
 	}
 	plan := text[planAt:]
-	for _, w := range []string{"+ nft chain in_data_", "+ nft chain in_backend_", "+ nft element ingress-pods { 198.18.0.30 : jump in_data_",
+	for _, w := range []string{"+ nft chain in_data_", "+ nft chain in_backend_", "+ nft element ingress-pods { " + spec.HostVethName("data/db") + " : jump in_data_",
 		"~ nft commit table inet terway: 10 changes in 1 transaction", "11 changes: nft 11"} {
 		if !strings.Contains(plan, w) {
 			t.Errorf("plan lacks %q:\n%s", w, plan)
