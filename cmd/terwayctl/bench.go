@@ -84,7 +84,7 @@ error or interrupt. BENCHMARKS.md holds the latest table.`,
 	cmd.Flags().IntVar(&o.pods, "pods", 250, "pods of the large sim (convergence, resync, policy, RSS)")
 	cmd.Flags().IntVar(&o.basePods, "baseline-pods", 10, "pods of the baseline sim")
 	cmd.Flags().IntVar(&o.policies, "policies", 1000, "NetworkPolicies selecting the server pod in the policy figures")
-	cmd.Flags().IntVar(&o.cniPods, "cni-pods", 200, "pods per CNI round")
+	cmd.Flags().IntVar(&o.cniPods, "cni-pods", 200, fmt.Sprintf("pods per CNI round (%d alternating rounds per chain and concurrency)", cniPasses))
 	cmd.Flags().StringVar(&o.cniPlugins, "cni-plugins", os.Getenv("TERWAY_CNI_PLUGINS"),
 		"folder with the reference plugins ptp, host-local, bandwidth (default $TERWAY_CNI_PLUGINS, else hack/cni-plugins.sh when run from the repository)")
 	cmd.Flags().StringVar(&o.binDir, "bin-dir", "", "folder of terwayd, terway and terwayctl (default: terwayctl's own)")
@@ -185,6 +185,17 @@ func runBench(ctx context.Context, o benchOptions) (*benchReport, error) {
 	return rep, errors.Join(errs...)
 }
 
+// cniPasses is how many rounds of --cni-pods pods each chain runs at each
+// concurrency, the two chains' rounds alternating (cnibench.Run): the rows
+// are the percentiles of all their calls pooled. One round of each, one
+// chain after the other, moved the 1-worker ADD p50 ratio between 0.29
+// and 0.45 over three runs of one build (BENCHMARKS.md, stop 39), as the
+// scale rows did before they alternated (scaleRounds). The rounds keep
+// their size: the reference chain's calls slow down as the node fills
+// (with rounds of 50 pods its 8-worker ADD p50 was 63 ms, against 91 ms
+// with 200), so smaller rounds would compare against another baseline.
+const cniPasses = 2
+
 // benchCNI measures CNI ADD and DEL latency of terway and of the reference
 // chain through cnibench, with this binary as the driver.
 func benchCNI(ctx context.Context, o benchOptions) ([]benchRow, error) {
@@ -196,11 +207,12 @@ func benchCNI(ctx context.Context, o benchOptions) ([]benchRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(o.log, "bench: CNI ADD/DEL of %d pods, terway and %s\n", o.cniPods, strings.Join(cnibench.RefPlugins, "+"))
+	fmt.Fprintf(o.log, "bench: CNI ADD/DEL of %d pods, terway and %s, %d alternating rounds each\n",
+		o.cniPods, strings.Join(cnibench.RefPlugins, "+"), cniPasses)
 	rounds, err := cnibench.Run(ctx, cnibench.Options{
 		BinDir: o.binDir, RefPlugins: plugins, Driver: []string{exe, "bench", "cni-driver"}, Pods: o.cniPods,
 		Logf: func(format string, args ...any) { fmt.Fprintf(o.log, format+"\n", args...) },
-	})
+	}, cniPasses)
 	if err != nil {
 		return nil, err
 	}

@@ -87,7 +87,7 @@ func benchScale(ctx context.Context, o benchOptions) ([]benchRow, error) {
 			i+1, scaleRounds, cnibench.Ms(l50), o.pods, o.policies, cnibench.Ms(b50), o.basePods, float64(l50)/float64(b50))
 		bases, larges = append(bases, base), append(larges, large)
 	}
-	base, large := pooled(bases), pooled(larges)
+	base, large := cnibench.Pool(bases), cnibench.Pool(larges)
 	against := fmt.Sprintf("%d pods + 0 policies", o.basePods)
 	for _, c := range []struct {
 		add  bool
@@ -103,20 +103,6 @@ func benchScale(ctx context.Context, o benchOptions) ([]benchRow, error) {
 	rows = append(rows, newRow(fmt.Sprintf("  from an ADD to its admission as a peer, %d pods + %d policies", o.pods, o.policies), "ms",
 		cnibench.Ms(large.AgentAdmit), cnibench.Ms(base.AgentAdmit), against))
 	return rows, nil
-}
-
-// pooled is rounds as one: their calls together, and the mean of their
-// agent-side means (each round makes the same number of calls).
-func pooled(rounds []*cnibench.Round) *cnibench.Round {
-	out := &cnibench.Round{}
-	for _, r := range rounds {
-		out.Add = append(out.Add, r.Add...)
-		out.Del = append(out.Del, r.Del...)
-		out.AgentAdd += r.AgentAdd / time.Duration(len(rounds))
-		out.AgentDel += r.AgentDel / time.Duration(len(rounds))
-		out.AgentAdmit += r.AgentAdmit / time.Duration(len(rounds))
-	}
-	return out
 }
 
 // renderRows renders a synthetic cluster from scratch, and through a

@@ -350,13 +350,15 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 		j.Pods = append(j.Pods, rt(i, strconv.Itoa(i)))
 	}
 
-	if chain == ChainTerway {
+	{
 		// The resident pods' ADDs leave their admission as policy peers
 		// to come, and an earlier round's DELs their addresses' withdrawal
 		// (with 1,000 policies, the admission of 250 pods set up four at a
 		// time ends seconds after their last ADD, and timed ADDs that ran
 		// into it were slower by up to half): this round times its own
-		// calls, not that work.
+		// calls, not that work. A reference round waits too: it shares
+		// the node's CPU with the agent, and the work terway's last round
+		// left would slow the reference chain.
 		settling := time.Now()
 		if err := b.agent.waitSettled(ctx, 2*time.Minute); err != nil {
 			return nil, err
@@ -467,9 +469,15 @@ func (b *Bench) check(r *Round, res *result, agent agentMetrics) error {
 	return errors.Join(errs...)
 }
 
-// Run sets up, runs one round per chain and concurrency (1 and 8 when
-// concs is empty) and cleans up.
-func Run(ctx context.Context, o Options, concs ...int) (rounds []*Round, err error) {
+// Run sets up, runs passes rounds (at least one) of o.Pods pods per chain
+// and concurrency (1 and 8 when concs is empty), and cleans up. It returns
+// one round per chain and concurrency, its passes pooled (Pool).
+//
+// The passes alternate the chains, each concurrency's rounds of both
+// chains side by side and the chain that goes first swapped from one pass
+// to the next: the shared machine's speed drifts over a run, and one round
+// of each chain, one after the other, measured each at another speed.
+func Run(ctx context.Context, o Options, passes int, concs ...int) (rounds []*Round, err error) {
 	if len(concs) == 0 {
 		concs = []int{1, 8}
 	}
@@ -478,19 +486,59 @@ func Run(ctx context.Context, o Options, concs ...int) (rounds []*Round, err err
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, b.Close()) }()
+	type run struct {
+		chain string
+		conc  int
+	}
+	done := map[run][]*Round{}
+	for pass := range max(passes, 1) {
+		order := slices.Clone(Chains)
+		if pass%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, conc := range concs {
+			for _, chain := range order {
+				r, err := b.Round(ctx, chain, conc)
+				if r != nil {
+					b.o.Logf("cnibench: pass %d: %s conc=%d: ADD p50 %.2f ms, DEL p50 %.2f ms; %s", pass+1, chain, conc,
+						Ms(r.Percentile(true, 50)), Ms(r.Percentile(false, 50)), r.Summary())
+				}
+				if err != nil {
+					return nil, fmt.Errorf("chain %s, %d workers: %w", chain, conc, err)
+				}
+				done[run{chain, conc}] = append(done[run{chain, conc}], r)
+			}
+		}
+	}
 	for _, chain := range Chains {
 		for _, conc := range concs {
-			r, err := b.Round(ctx, chain, conc)
-			if r != nil {
-				b.o.Logf("cnibench: %s", r.Summary())
-			}
-			if err != nil {
-				return rounds, fmt.Errorf("chain %s, %d workers: %w", chain, conc, err)
-			}
-			rounds = append(rounds, r)
+			rounds = append(rounds, Pool(done[run{chain, conc}]))
 		}
 	}
 	return rounds, nil
+}
+
+// Pool is rounds of one chain and concurrency as one: their calls
+// together, the mean of their agent-side means (each round makes the same
+// number of calls), their wall times added, and what the last one left
+// and found.
+func Pool(rounds []*Round) *Round {
+	last := rounds[len(rounds)-1]
+	out := &Round{Chain: last.Chain, Concurrency: last.Concurrency, NewLinks: last.NewLinks, IFBs: last.IFBs,
+		TBFs: last.TBFs, Shaped: last.Shaped, Root: last.Root}
+	for _, r := range rounds {
+		out.Add = append(out.Add, r.Add...)
+		out.Del = append(out.Del, r.Del...)
+		out.AddWall += r.AddWall
+		out.DelWall += r.DelWall
+		out.AgentAdd += r.AgentAdd / time.Duration(len(rounds))
+		out.AgentDel += r.AgentDel / time.Duration(len(rounds))
+		out.AgentAdmit += r.AgentAdmit / time.Duration(len(rounds))
+		if r.DriverLog != "" {
+			out.DriverLog += r.DriverLog
+		}
+	}
+	return out
 }
 
 // containerID makes a 64-hex-digit ID, as containerd's, from a label.
