@@ -17,8 +17,9 @@ import (
 // Peer admission.
 //
 // A pod's ADD sets up the pod's own part of the node: its network, its
-// source validation, its isolation (its entries in the dispatch maps, and
-// its policy group's chain and sets when the group is new). Being admitted
+// source validation, its isolation (its policy group's chain and sets and
+// its entries in the dispatch maps, which a sync has usually written
+// ahead, while the pod awaited its ADD). Being admitted
 // by other pods' policies, its address in every peer set whose selectors
 // match it, is a second step, taken right after the ADD has answered. In
 // synth's cluster of 1,000 policies a pod is a peer of about 80 of them;

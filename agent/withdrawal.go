@@ -25,7 +25,8 @@ import (
 // (admission.go).
 //
 // A DEL removes its pod's own part of the node: its network, its source
-// validation, its isolation and its entries in the dispatch maps. Its
+// validation and its isolation (its entries in the dispatch maps stay
+// while the pod awaits another ADD: a sandbox made again). Its
 // address in the peer sets of the policies that admitted it as a peer (40
 // to 130 group sets for a pod of synth's 1,000 policies) is withdrawn
 // later, once no CNI ADD or DEL has come for withdrawQuiet or at most

@@ -36,8 +36,8 @@ type policyGroup struct {
 	policies []*policyEntry
 	targets  []*podInfo
 	// awaiting are the pods of the group not set up yet
-	// (podInfo.awaiting): the group renders for them, without their
-	// dispatch entries.
+	// (podInfo.awaiting): the group renders for them, with their
+	// dispatch entries keyed by the host veths their ADDs will make.
 	awaiting []*podInfo
 }
 

@@ -31,7 +31,7 @@ const (
 //   - loopback: a pod reaching itself never leaves its namespace, as on a
 //     veth pod, where it never reaches the node;
 //   - veth1, both ways: everything on it crosses the node's stack, where
-//     the node's table judges it by the pod's address (the pod is in the
+//     the node's table judges it by the pod's host veth (the pod is in the
 //     node's verdict maps like any other), and where traffic the node sends
 //     itself (kubelet probes) is never isolated.
 //

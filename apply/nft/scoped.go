@@ -23,8 +23,9 @@ import (
 //     is the first to need), whole;
 //   - in the other sets and maps, the elements that name a scoped pod: a
 //     map element that jumps to one of its chains, or an element whose key
-//     has its address as a field. A DEL so drops the pod's address from
-//     every peer set at once, and an ADD puts it in.
+//     has its address or its host veth's name as a field (Scope.Addrs). A
+//     DEL so drops the pod's address from every peer set at once, and an
+//     ADD puts it in.
 //   - a chain whose shape changed around the scoped pods (its rules, its
 //     sets, or a set of it without an address field differ from the
 //     record, while its sets hold the pods' elements), whole, with its

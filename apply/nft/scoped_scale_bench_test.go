@@ -101,7 +101,7 @@ func scaleAddNode(b testing.TB, name string, localPods int) (e *env, was, now *s
 	e = newEnv(b, name)
 	e.r = New(Options{FullEvery: math.MaxInt})
 	e.apply(was)
-	return e, was, now, Scope{Pods: []string{key}, Addrs: []string{last.Spec.IP}}
+	return e, was, now, Scope{Pods: []string{key}, Addrs: []string{last.Spec.IP, spec.HostVethName(key)}}
 }
 
 func mustRender(b testing.TB, in render.Inputs) *spec.NodeState {

@@ -232,3 +232,67 @@ func TestScopedPlanLeavesOthersNewGroups(t *testing.T) {
 	fresh.apply(doc)
 	sameTable(t, "after the sync", e.nft("list", "table", "inet", "terway"), fresh.nft("list", "table", "inet", "terway"))
 }
+
+// TestScopedPlanClaimsVethKeyedEntries: render keys the dispatch maps by
+// the pods' host veths (ifname), and Scope.Addrs carries the scoped pods'
+// veth names beside their addresses. A pod's ADD writes its own entry (and
+// the group chain it jumps to) and not an awaiting pod's; its DEL takes
+// its entry out; an element keyed by another veth is never the scope's.
+func TestScopedPlanClaimsVethKeyedEntries(t *testing.T) {
+	ps := pods(3)
+	e := newEnv(t, "scopedveth")
+	veth := func(p testPod) string { return spec.HostVethName(p.key) }
+	group := func(name string) spec.NFTChain {
+		return spec.NFTChain{Name: name, Comment: "ingress group " + name,
+			Rules: []spec.NFTRule{{Verdict: spec.NFTVerdict{Kind: spec.VerdictDrop}}}}
+	}
+	doc := func(entries map[string]string) *spec.NFTable {
+		d := testDoc(ps, nil)
+		m := spec.NFTSet{Name: "by-veth", Type: []string{spec.TypeIfName}, Verdict: true}
+		for key, chain := range entries {
+			if d.Chain(chain) == nil {
+				d.Chains = append(d.Chains, group(chain))
+			}
+			m.Elements = append(m.Elements, spec.NFTElement{Key: []string{key},
+				Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: chain}})
+		}
+		d.Sets = append(d.Sets, m)
+		d.Canonicalize()
+		return d
+	}
+	e.apply(doc(map[string]string{veth(ps[0]): "in_grp_a"}))
+
+	added, awaiting := ps[1], ps[2]
+	both := doc(map[string]string{veth(ps[0]): "in_grp_a", veth(added): "in_grp_b", veth(awaiting): "in_grp_c"})
+	sc := Scope{Pods: []string{added.key}, Addrs: []string{added.ip, veth(added)}}
+	ops, err := e.r.PlanScoped(e.reg, e.ns, both, sc)
+	if err != nil {
+		t.Fatalf("scoped ADD plan: %v", err)
+	}
+	e.run(ops)
+	table := e.nft("list", "table", "inet", "terway")
+	for _, want := range []string{`"` + veth(added) + `" : jump in_grp_b`, "chain in_grp_b", `"` + veth(ps[0]) + `" : jump in_grp_a`} {
+		if !strings.Contains(table, want) {
+			t.Errorf("after the ADD the table lacks %q:\n%s", want, table)
+		}
+	}
+	for _, unwanted := range []string{veth(awaiting), "in_grp_c"} {
+		if strings.Contains(table, unwanted) {
+			t.Errorf("the ADD of %s wrote %q, the awaiting pod's:\n%s", added.key, unwanted, table)
+		}
+	}
+
+	// The DEL: the document no longer has the pod's entry (nor its pod).
+	gone := doc(map[string]string{veth(ps[0]): "in_grp_a", veth(awaiting): "in_grp_c"})
+	if ops, err = e.r.PlanScoped(e.reg, e.ns, gone, sc); err != nil {
+		t.Fatalf("scoped DEL plan: %v", err)
+	}
+	e.run(ops)
+	table = e.nft("list", "table", "inet", "terway")
+	if strings.Contains(table, veth(added)) {
+		t.Errorf("after the DEL the table still has %s's entry:\n%s", added.key, table)
+	}
+	if !strings.Contains(table, `"`+veth(ps[0])+`" : jump in_grp_a`) {
+		t.Errorf("the DEL of %s took another pod's entry:\n%s", added.key, table)
+	}
+}
