@@ -27,7 +27,10 @@ type addWaiter struct {
 	alloc spec.Allocation
 	// retry says the store had the attachment before this ADD.
 	retry bool
-	done  chan addOutcome
+	// persisted gives the store's commit of the allocation, which runs
+	// beside the set-up (Add); nil: committed already.
+	persisted <-chan error
+	done      chan addOutcome
 }
 
 type addOutcome struct {
@@ -36,8 +39,8 @@ type addOutcome struct {
 }
 
 // setUp joins the current batch of ADDs and waits for its answer.
-func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation, retry bool) (*types100.Result, error) {
-	w := &addWaiter{key: key, req: req, alloc: alloc, retry: retry, done: make(chan addOutcome, 1)}
+func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation, retry bool, persisted <-chan error) (*types100.Result, error) {
+	w := &addWaiter{key: key, req: req, alloc: alloc, retry: retry, persisted: persisted, done: make(chan addOutcome, 1)}
 	a.addMu.Lock()
 	a.addQueue = append(a.addQueue, w)
 	lead := !a.addLeading
@@ -165,6 +168,25 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 			} else if common == nil {
 				common = ferr
 			}
+		}
+	}
+	// The allocations' commits ran beside the render and the apply (Add):
+	// a pod whose allocation did not become durable fails, and what was
+	// set up for it is undone with the other failures'.
+	committed := false
+	for _, w := range live {
+		if w.persisted == nil {
+			continue
+		}
+		committed = true
+		if perr := <-w.persisted; perr != nil && failed[w.key] == nil {
+			failed[w.key] = fmt.Errorf("record the allocation: %w", perr)
+		}
+	}
+	if committed {
+		// The render listed the store before those commits.
+		if n, err := a.store.Count(); err == nil {
+			a.m.allocations.Set(float64(n))
 		}
 	}
 	var undo []string

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,6 +105,9 @@ type Agent struct {
 	// allocated, when set, is called by an ADD between its allocation and
 	// its set-up (tests hold it there).
 	allocated func()
+	// persist, when set, runs the store's commit of an ADD's allocation
+	// in place of calling it (tests make it fail).
+	persist func(commit func() error) error
 	// setUpWritten, when set, is called by an ADD batch after its apply,
 	// before its pods stop being pending (tests hold it there).
 	setUpWritten func()
@@ -328,8 +332,11 @@ func (a *Agent) snapshot() (inputs.Snapshot, uint64) {
 
 // settledAllocations lists the store's allocations less those of the
 // pending ADDs, and those, at one instant: an allocation made meanwhile is
-// either in neither or in both (allocMu). The pending ADDs named in keep
-// (by attachmentID) are kept in the list and left out of the pending.
+// pending before the store has it (allocMu), and stays pending after. The
+// pending ADDs named in keep (by attachmentID) are kept in the list and
+// left out of the pending; the list has them also while the store's
+// commit of one is under way (Add), and not once a failed commit or a
+// rollback left the store without it.
 func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[string]spec.Allocation, error) {
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
@@ -338,10 +345,21 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 		return nil, nil, err
 	}
 	pending := a.pending.snapshot()
+	var uncommitted []spec.Allocation
 	for _, id := range keep {
+		if p, ok := a.pending.uncommitted(id); ok && !slices.ContainsFunc(allocs, func(s spec.Allocation) bool {
+			return s.Spec.ContainerID == p.Spec.ContainerID && s.Spec.IfName == p.Spec.IfName
+		}) {
+			uncommitted = append(uncommitted, p)
+		}
 		delete(pending, id)
 	}
-	return without(allocs, pending), pending, nil
+	allocs = without(allocs, pending)
+	if len(uncommitted) > 0 {
+		allocs = slices.Concat(allocs, uncommitted) // a copy: the store's list is shared
+		store.SortAllocations(allocs)
+	}
+	return allocs, pending, nil
 }
 
 // renderBatch renders the node with the batch's ADDs and without the other

@@ -80,6 +80,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		return nil, cniErr(codeTryAgainLater, "node "+a.cfg.NodeName+" not known yet", "no Node object in the inputs")
 	}
 	var alloc spec.Allocation
+	var commit func() error // the VPC allocation's, to run off allocMu
 	if cloudAlloc != nil {
 		if err := a.recordCloud(*cloudAlloc); err != nil {
 			a.allocMu.Unlock()
@@ -88,13 +89,34 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		alloc = *cloudAlloc
 	} else {
 		var cerr *types.Error
-		if alloc, cerr = a.allocateVPC(req, key, node); cerr != nil {
+		if alloc, commit, cerr = a.allocateVPCDeferred(req, key, node); cerr != nil {
 			a.allocMu.Unlock()
 			return nil, cerr
 		}
 	}
-	a.pending.add(alloc)
+	if commit != nil {
+		a.pending.addCommitting(alloc)
+	} else {
+		a.pending.add(alloc)
+	}
 	a.allocMu.Unlock()
+	// The store syncs the new allocation (bbolt's two fdatasyncs) while
+	// the batch renders and applies the pod; the ADD answers only once it
+	// is durable (setUpBatch). Until then the store's writers wait, and its
+	// readers do not see it: the pod is pending for every render but its
+	// own batch's (settledAllocations).
+	var persisted chan error
+	if commit != nil {
+		persisted = make(chan error, 1)
+		if a.persist != nil {
+			commit = func(c func() error) func() error { return func() error { return a.persist(c) } }(commit)
+		}
+		go func() {
+			err := commit()
+			a.pending.committed(alloc)
+			persisted <- err
+		}()
+	}
 	a.m.addPhases.WithLabelValues("allocate").Observe(time.Since(asked).Seconds())
 	chaos.Point(chaos.AddAfterStore)
 	if a.allocated != nil {
@@ -102,11 +124,28 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	}
 	// The address is recorded; the pod's network is set up together with
 	// the other ADDs that arrive meanwhile (add_batch.go).
-	return a.setUp(ctx, req, key, alloc, retry)
+	return a.setUp(ctx, req, key, alloc, retry, persisted)
 }
 
-// allocateVPC allocates the attachment's address from the node's podCIDR.
+// allocateVPC allocates the attachment's address from the node's podCIDR,
+// recorded and synced.
 func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, *types.Error) {
+	alloc, commit, cerr := a.allocateVPCDeferred(req, key, node)
+	if cerr == nil && commit != nil {
+		if err := commit(); err != nil {
+			return spec.Allocation{}, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
+		}
+	}
+	return alloc, cerr
+}
+
+// allocateVPCDeferred allocates as allocateVPC does and hands back the
+// store's commit of the allocation (store.AllocateVPCDeferred), nil when
+// there is none to make. A sandbox replaced without its DEL is committed
+// here: until then the store would still list the old sandbox's
+// allocation beside the pending new one, two of one pod in the batch's
+// render.
+func (a *Agent) allocateVPCDeferred(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, func() error, *types.Error) {
 	// The same check as render's, so the refusal reads like the Node's
 	// problem: "Node n1: spec.podCIDR: ...".
 	cidr, err := spec.NodePodCIDR(node.Spec.PodCIDR, node.Spec.PodCIDRs)
@@ -119,32 +158,38 @@ func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (s
 		if errors.As(err, &fe) {
 			p.Field, p.Reason = fe.Field, fe.Reason
 		}
-		return spec.Allocation{}, cniErr(codeNotAvailable, "node "+node.Name+" has no usable pod CIDR", p.String())
+		return spec.Allocation{}, nil, cniErr(codeNotAvailable, "node "+node.Name+" has no usable pod CIDR", p.String())
 	}
 	if err := a.followPodCIDR(cidr); err != nil {
-		return spec.Allocation{}, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())
+		return spec.Allocation{}, nil, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())
 	}
 	ns, name, _ := strings.Cut(key, "/")
 	// The addresses of deleted pods still in peer sets are nobody's until
 	// their withdrawal (withdrawal.go).
 	quarantined := a.departing.quarantined()
-	alloc, replaced, err := a.store.AllocateVPC(store.VPCRequest{
+	alloc, replaced, commit, err := a.store.AllocateVPCDeferred(store.VPCRequest{
 		PodCIDR: cidr, Pod: spec.ObjectMeta{Namespace: ns, Name: name}, UID: req.Args.UID,
 		ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns, Reserved: quarantined,
 	})
 	if errors.Is(err, store.ErrExhausted) && len(quarantined) > 0 {
-		return spec.Allocation{}, a.quarantineErr("free address", key, err, len(quarantined))
+		return spec.Allocation{}, nil, a.quarantineErr("free address", key, err, len(quarantined))
 	}
 	if errors.Is(err, store.ErrExhausted) {
-		return spec.Allocation{}, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
+		return spec.Allocation{}, nil, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
 	}
 	if err != nil {
-		return spec.Allocation{}, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
+		return spec.Allocation{}, nil, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
+	}
+	if replaced != nil && commit != nil {
+		if err := commit(); err != nil {
+			return spec.Allocation{}, nil, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
+		}
+		commit = nil
 	}
 	if replaced != nil {
 		a.log.Info("sandbox replaced; old attachment released", "pod", key, "old", replaced.Spec.ContainerID, "new", req.ContainerID)
 	}
-	return alloc, nil
+	return alloc, commit, nil
 }
 
 // followPodCIDR records the node's pod CIDR in the store when it changed.
@@ -311,6 +356,11 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 func (a *Agent) release(req *wire.Request) (released spec.Allocation, found, departs bool, err error) {
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
+	// An ADD's allocation may be committing (Add): a DEL that came before
+	// its ADD answered (a runtime that gave up on it) must find it.
+	if err := a.store.Settle(); err != nil {
+		return spec.Allocation{}, false, false, err
+	}
 	have, found, err := a.store.Get(req.ContainerID, req.IfName)
 	if err != nil || !found {
 		return spec.Allocation{}, false, false, err

@@ -24,6 +24,9 @@ import (
 type pendingAdds struct {
 	mu sync.Mutex
 	by map[string]spec.Allocation // by attachmentID
+	// committing are those whose store commit is under way (Add): the
+	// store does not list them yet.
+	committing map[string]bool
 }
 
 func attachmentID(a spec.Allocation) string { return a.Spec.ContainerID + "/" + a.Spec.IfName }
@@ -41,6 +44,34 @@ func (p *pendingAdds) done(a spec.Allocation) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.by, attachmentID(a))
+	delete(p.committing, attachmentID(a))
+}
+
+// addCommitting adds a, whose store commit is under way.
+func (p *pendingAdds) addCommitting(a spec.Allocation) {
+	p.add(a)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.committing == nil {
+		p.committing = map[string]bool{}
+	}
+	p.committing[attachmentID(a)] = true
+}
+
+// committed notes that a's store commit ended, done or failed.
+func (p *pendingAdds) committed(a spec.Allocation) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.committing, attachmentID(a))
+}
+
+// uncommitted returns the pending allocation id whose store commit is
+// under way, if it is one.
+func (p *pendingAdds) uncommitted(id string) (spec.Allocation, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a, ok := p.by[id]
+	return a, ok && p.committing[id]
 }
 
 // snapshot returns the pending allocations (nil when none).

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -321,6 +322,11 @@ func TestResyncLeavesPendingAddToIt(t *testing.T) {
 	done := addPodA(ctx, a, src, podNetns)
 	<-held
 	a.allocated = nil
+	// The allocation's commit runs beside the set-up (Add): once it is
+	// done, the store lists the pod the resync must leave alone.
+	if err := a.store.Settle(); err != nil {
+		t.Fatal(err)
+	}
 	allocs, err := a.store.List()
 	if err != nil || len(allocs) != 1 {
 		t.Fatalf("the held ADD's allocation: %v, %d allocations", err, len(allocs))
@@ -382,6 +388,9 @@ func TestAllocationDoesNotWaitForTheLock(t *testing.T) {
 		t.Fatalf("the ADD ended while the lock was held, without allocating: %+v", r)
 	case <-time.After(30 * time.Second):
 		t.Fatal("the ADD's allocation waited for the agent's lock")
+	}
+	if err := a.store.Settle(); err != nil { // its commit runs beside the set-up
+		t.Fatal(err)
 	}
 	allocs, err := a.store.List()
 	if err != nil || len(allocs) != 1 {
@@ -548,4 +557,45 @@ func (a *Agent) observedCounter(t *testing.T, name, value string) uint64 {
 		t.Fatalf("no series %s{%q}", name, value)
 	}
 	return uint64(v)
+}
+
+// TestAddFailsUnlessItsAllocationIsDurable: an ADD's allocation commits
+// beside its set-up, and the ADD answers once it is durable. A commit
+// that fails fails the ADD, and what the ADD set up is undone: no veth,
+// no allocation. The next ADD of the pod sets it up.
+func TestAddFailsUnlessItsAllocationIsDurable(t *testing.T) {
+	a, src, node, podNetns := syncedPodAgent(t)
+	ctx := context.Background()
+	a.persist = func(commit func() error) error {
+		if err := commit(); err != nil {
+			return err
+		}
+		return errors.New("injected: the disk went away")
+	}
+	veth := spec.HostVethName("x/a")
+	res := <-addPodA(ctx, a, src, podNetns)
+	if res.err == nil || !strings.Contains(res.err.Error(), "record the allocation") || !strings.Contains(res.err.Error(), "injected") {
+		t.Fatalf("the ADD whose allocation failed to commit: ip %q, %v; want an error naming the allocation's record", res.ip, res.err)
+	}
+	if links := nstest.Run(t, node, "ip", "-o", "link"); strings.Contains(links, veth) {
+		t.Errorf("the failed ADD left its veth %s:\n%s", veth, links)
+	}
+	if allocs, err := a.store.List(); err != nil || len(allocs) != 0 {
+		t.Errorf("after the failed ADD the store has %d allocations (%v); want none", len(allocs), err)
+	}
+
+	a.persist = nil
+	res = <-addPodA(ctx, a, src, podNetns)
+	if res.err != nil {
+		t.Fatalf("the next ADD: %v", res.err)
+	}
+	if links := nstest.Run(t, node, "ip", "-o", "link"); !strings.Contains(links, veth) {
+		t.Errorf("the next ADD did not make the veth %s", veth)
+	}
+	if out := a.sync(ctx, true); out.Again {
+		t.Errorf("the sync after the ADDs asked again: %+v", out)
+	}
+	if text, n, err := a.planText(ctx, a.eng); err != nil || n != 0 {
+		t.Errorf("plan after the ADDs (%v): %d operations\n%s", err, n, text)
+	}
 }

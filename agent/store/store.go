@@ -327,6 +327,56 @@ func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
 	return err
 }
 
+// updateDeferred runs fn in a write transaction as update does, and
+// hands back its commit instead of committing: the transaction, and with
+// it the store's writer lock, stays open until commit is called (once, from
+// any goroutine: a transaction is used by one goroutine at a time). commit
+// is nil when fn found nothing to do (errNoChange) or failed.
+func (s *Store) updateDeferred(fn func(tx *bolt.Tx) error) (commit func() error, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer s.recoverInto(&err)
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		return nil, err
+	}
+	handed := false
+	defer func() {
+		if !handed {
+			_ = tx.Rollback() // also on a panic: the writer lock goes
+		}
+	}()
+	w := &allocWrites{}
+	s.writes = w
+	defer func() { s.writes = nil }()
+	if err := fn(tx); err != nil {
+		if errors.Is(err, errNoChange) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	w.txID = tx.ID()
+	handed = true
+	return func() (err error) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer s.recoverInto(&err)
+		defer func() { _ = tx.Rollback() }() // a no-op once committed
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+		if len(w.changed) > 0 {
+			s.followWrites(w)
+		}
+		return nil
+	}, nil
+}
+
+// Settle waits until no write transaction is under way: an allocation
+// whose commit AllocateVPCDeferred handed out is then committed (or
+// failed), and readers see it. Nothing is written.
+func (s *Store) Settle() error {
+	return s.update(func(*bolt.Tx) error { return errNoChange })
+}
+
 // view runs fn in a read transaction, with the same guard as update.
 func (s *Store) view(fn func(tx *bolt.Tx) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))

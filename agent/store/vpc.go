@@ -44,10 +44,28 @@ type VPCRequest struct {
 // ErrConflict: a pod holds one attachment. A PodCIDR other than the store's
 // is ErrCIDRChanged (see SetPodCIDR); a malformed request is ErrInvalid.
 func (s *Store) AllocateVPC(req VPCRequest) (alloc spec.Allocation, replaced *spec.Allocation, err error) {
+	alloc, replaced, commit, err := s.AllocateVPCDeferred(req)
+	if err == nil && commit != nil {
+		if err = commit(); err != nil {
+			return spec.Allocation{}, nil, err
+		}
+	}
+	return alloc, replaced, err
+}
+
+// AllocateVPCDeferred allocates as AllocateVPC does, without committing:
+// the transaction that chose the address stays open, and commit (nil when
+// nothing was written: a retried ADD) commits and syncs it. The store's
+// writers, a second allocation included, wait until then; its readers see
+// the store without the allocation. The caller calls commit once, from
+// any goroutine, and must not use the allocation as recorded before it
+// returns nil: a CNI ADD sets the pod's network up meanwhile, and answers
+// only after (agent/cni.go).
+func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, replaced *spec.Allocation, commit func() error, err error) {
 	id := Attachment{req.ContainerID, req.IfName}
 	pod := PodKey(req.Pod)
-	fail := func(err error) (spec.Allocation, *spec.Allocation, error) {
-		return spec.Allocation{}, nil, fmt.Errorf("allocate an address for pod %s (attachment %s): %w", pod, id, err)
+	fail := func(err error) (spec.Allocation, *spec.Allocation, func() error, error) {
+		return spec.Allocation{}, nil, nil, fmt.Errorf("allocate an address for pod %s (attachment %s): %w", pod, id, err)
 	}
 	if err := id.validate(); err != nil {
 		return fail(err)
@@ -78,10 +96,10 @@ func (s *Store) AllocateVPC(req VPCRequest) (alloc spec.Allocation, replaced *sp
 		return fail(err)
 	}
 	if retried {
-		return alloc, nil, nil
+		return alloc, nil, nil, nil
 	}
 	pool := newPool(cidr, req.Reserved)
-	err = s.update(func(tx *bolt.Tx) error {
+	commit, err = s.updateDeferred(func(tx *bolt.Tx) error {
 		replaced = nil // a retried closure starts over
 		t, err := s.txn(tx)
 		if err != nil {
@@ -143,7 +161,18 @@ func (s *Store) AllocateVPC(req VPCRequest) (alloc spec.Allocation, replaced *sp
 	if err != nil {
 		return fail(err)
 	}
-	return alloc, replaced, nil
+	if commit == nil {
+		return alloc, replaced, nil, nil
+	}
+	committed := commit
+	commit = func() error {
+		if err := committed(); err != nil {
+			_, _, _, err = fail(err)
+			return err
+		}
+		return nil
+	}
+	return alloc, replaced, commit, nil
 }
 
 // usePodCIDR records cidr as the store's pod CIDR if none is recorded, and

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -246,5 +247,63 @@ func TestPoolBounds(t *testing.T) {
 		if p.first.String() != tc.first || p.last.String() != tc.last || p.size() != tc.size {
 			t.Errorf("%s: first %s last %s size %s; want %s %s %s", tc.cidr, p.first, p.last, p.size(), tc.first, tc.last, tc.size)
 		}
+	}
+}
+
+// TestAllocateVPCDeferredCommit: the allocation's transaction stays open
+// until its commit. Readers do not see it meanwhile; a second allocation
+// waits and then takes another address; Settle waits for the commit; the
+// commit may run on another goroutine; a retry has nothing to commit; a
+// reopened store has the committed allocation.
+func TestAllocateVPCDeferredCommit(t *testing.T) {
+	path := storePath(t)
+	s := openAt(t, path)
+	first, _, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, "x/a", "c1"))
+	if err != nil || commit == nil {
+		t.Fatalf("deferred allocation: %v, commit %v", err, commit != nil)
+	}
+	if _, found, err := s.Get("c1", "eth0"); err != nil || found {
+		t.Fatalf("a reader sees the uncommitted allocation: found %v, %v", found, err)
+	}
+	second := make(chan spec.Allocation, 1)
+	go func() {
+		a, _, err := s.AllocateVPC(vpcReq(cidr24, "x/b", "c2"))
+		if err != nil {
+			a.Spec.IP = err.Error()
+		}
+		second <- a
+	}()
+	settled := make(chan error, 1)
+	go func() { settled <- s.Settle() }()
+	select {
+	case a := <-second:
+		t.Fatalf("a second allocation (%s) did not wait for the first's commit", a.Spec.IP)
+	case err := <-settled:
+		t.Fatalf("Settle returned before the commit: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	committed := make(chan error, 1)
+	go func() { committed <- commit() }()
+	if err := <-committed; err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	if err := <-settled; err != nil {
+		t.Fatalf("Settle: %v", err)
+	}
+	if b := <-second; b.Spec.IP == first.Spec.IP || !netip.MustParsePrefix("10.0.0.0/24").Contains(netip.MustParseAddr(b.Spec.IP)) {
+		t.Errorf("the second allocation: %q; want another address of 10.0.0.0/24 than the first's %s", b.Spec.IP, first.Spec.IP)
+	}
+	if got, found, err := s.Get("c1", "eth0"); err != nil || !found || got.Spec.IP != first.Spec.IP {
+		t.Errorf("after the commit: %+v found %v, %v; want %s", got, found, err, first.Spec.IP)
+	}
+	if again, _, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, "x/a", "c1")); err != nil || commit != nil || again.Spec.IP != first.Spec.IP {
+		t.Errorf("a retried ADD: %s, commit %v, %v; want %s and nothing to commit", again.Spec.IP, commit != nil, err, first.Spec.IP)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	reopened := openAt(t, path)
+	if n, err := reopened.Count(); err != nil || n != 2 {
+		t.Errorf("reopened store: %d allocations, %v; want 2", n, err)
 	}
 }
