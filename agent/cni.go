@@ -81,6 +81,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	}
 	var alloc spec.Allocation
 	var commit func() error // the VPC allocation's, to run off allocMu
+	var existing bool
 	if cloudAlloc != nil {
 		if err := a.recordCloud(*cloudAlloc); err != nil {
 			a.allocMu.Unlock()
@@ -89,13 +90,17 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		alloc = *cloudAlloc
 	} else {
 		var cerr *types.Error
-		if alloc, commit, cerr = a.allocateVPCDeferred(req, key, node); cerr != nil {
+		if alloc, existing, commit, cerr = a.allocateVPCDeferred(req, key, node); cerr != nil {
 			a.allocMu.Unlock()
 			return nil, cerr
 		}
+		// The retry check above reads the store, which does not list an
+		// allocation still committing: the store's answer says it.
+		retry = retry || existing
 	}
+	var commitNo uint64
 	if commit != nil {
-		a.pending.addCommitting(alloc)
+		commitNo = a.pending.addCommitting(alloc)
 	} else {
 		a.pending.add(alloc)
 	}
@@ -113,7 +118,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		}
 		go func() {
 			err := commit()
-			a.pending.committed(alloc)
+			a.pending.committed(alloc, commitNo)
 			persisted <- err
 		}()
 	}
@@ -130,7 +135,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 // allocateVPC allocates the attachment's address from the node's podCIDR,
 // recorded and synced.
 func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, *types.Error) {
-	alloc, commit, cerr := a.allocateVPCDeferred(req, key, node)
+	alloc, _, commit, cerr := a.allocateVPCDeferred(req, key, node)
 	if cerr == nil && commit != nil {
 		if err := commit(); err != nil {
 			return spec.Allocation{}, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
@@ -141,11 +146,11 @@ func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (s
 
 // allocateVPCDeferred allocates as allocateVPC does and hands back the
 // store's commit of the allocation (store.AllocateVPCDeferred), nil when
-// there is none to make. A sandbox replaced without its DEL is committed
+// there is none to make, and whether the attachment had it already. A sandbox replaced without its DEL is committed
 // here: until then the store would still list the old sandbox's
 // allocation beside the pending new one, two of one pod in the batch's
 // render.
-func (a *Agent) allocateVPCDeferred(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, func() error, *types.Error) {
+func (a *Agent) allocateVPCDeferred(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, bool, func() error, *types.Error) {
 	// The same check as render's, so the refusal reads like the Node's
 	// problem: "Node n1: spec.podCIDR: ...".
 	cidr, err := spec.NodePodCIDR(node.Spec.PodCIDR, node.Spec.PodCIDRs)
@@ -158,38 +163,38 @@ func (a *Agent) allocateVPCDeferred(req *wire.Request, key string, node *corev1.
 		if errors.As(err, &fe) {
 			p.Field, p.Reason = fe.Field, fe.Reason
 		}
-		return spec.Allocation{}, nil, cniErr(codeNotAvailable, "node "+node.Name+" has no usable pod CIDR", p.String())
+		return spec.Allocation{}, false, nil, cniErr(codeNotAvailable, "node "+node.Name+" has no usable pod CIDR", p.String())
 	}
 	if err := a.followPodCIDR(cidr); err != nil {
-		return spec.Allocation{}, nil, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())
+		return spec.Allocation{}, false, nil, cniErr(codeTryAgainLater, "record the node's pod CIDR", err.Error())
 	}
 	ns, name, _ := strings.Cut(key, "/")
 	// The addresses of deleted pods still in peer sets are nobody's until
 	// their withdrawal (withdrawal.go).
 	quarantined := a.departing.quarantined()
-	alloc, replaced, commit, err := a.store.AllocateVPCDeferred(store.VPCRequest{
+	alloc, replaced, existing, commit, err := a.store.AllocateVPCDeferred(store.VPCRequest{
 		PodCIDR: cidr, Pod: spec.ObjectMeta{Namespace: ns, Name: name}, UID: req.Args.UID,
 		ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns, Reserved: quarantined,
 	})
 	if errors.Is(err, store.ErrExhausted) && len(quarantined) > 0 {
-		return spec.Allocation{}, nil, a.quarantineErr("free address", key, err, len(quarantined))
+		return spec.Allocation{}, false, nil, a.quarantineErr("free address", key, err, len(quarantined))
 	}
 	if errors.Is(err, store.ErrExhausted) {
-		return spec.Allocation{}, nil, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
+		return spec.Allocation{}, false, nil, cniErr(codeExhausted, "no free address for pod "+key, err.Error())
 	}
 	if err != nil {
-		return spec.Allocation{}, nil, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
+		return spec.Allocation{}, false, nil, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
 	}
 	if replaced != nil && commit != nil {
 		if err := commit(); err != nil {
-			return spec.Allocation{}, nil, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
+			return spec.Allocation{}, false, nil, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
 		}
 		commit = nil
 	}
 	if replaced != nil {
 		a.log.Info("sandbox replaced; old attachment released", "pod", key, "old", replaced.Spec.ContainerID, "new", req.ContainerID)
 	}
-	return alloc, commit, nil
+	return alloc, existing, commit, nil
 }
 
 // followPodCIDR records the node's pod CIDR in the store when it changed.
@@ -248,6 +253,7 @@ func (a *Agent) rollback(req *wire.Request) {
 	if err != nil {
 		a.log.Error("roll back allocation", "container", req.ContainerID, "err", err)
 	}
+	a.pending.released(req.ContainerID + "/" + req.IfName) // the batch's next render leaves it out
 	if found {
 		a.cloudRelease(released)
 		// A resync that rendered before this release must not set the
@@ -370,6 +376,11 @@ func (a *Agent) release(req *wire.Request) (released spec.Allocation, found, dep
 		departs = a.departing.depart(time.Now(), key, have)
 	}
 	released, found, err = a.store.Release(req.ContainerID, req.IfName)
+	if found {
+		// An ADD of the attachment whose commit ended just now must not
+		// render it again (pendingAdds.released).
+		a.pending.released(req.ContainerID + "/" + req.IfName)
+	}
 	if departs && (err != nil || !found || released.Spec.IP != have.Spec.IP) {
 		a.departing.cancel(key)
 		departs = false

@@ -24,9 +24,10 @@ import (
 type pendingAdds struct {
 	mu sync.Mutex
 	by map[string]spec.Allocation // by attachmentID
-	// committing are those whose store commit is under way (Add): the
-	// store does not list them yet.
-	committing map[string]bool
+	// committing are those whose store commit is under way (Add), by
+	// the commit's number: the store does not list them yet.
+	committing map[string]uint64
+	commits    uint64
 }
 
 func attachmentID(a spec.Allocation) string { return a.Spec.ContainerID + "/" + a.Spec.IfName }
@@ -47,22 +48,39 @@ func (p *pendingAdds) done(a spec.Allocation) {
 	delete(p.committing, attachmentID(a))
 }
 
-// addCommitting adds a, whose store commit is under way.
-func (p *pendingAdds) addCommitting(a spec.Allocation) {
+// addCommitting adds a, whose store commit is under way, and returns the
+// commit's number for committed.
+func (p *pendingAdds) addCommitting(a spec.Allocation) uint64 {
 	p.add(a)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.committing == nil {
-		p.committing = map[string]bool{}
+		p.committing = map[string]uint64{}
 	}
-	p.committing[attachmentID(a)] = true
+	p.commits++
+	p.committing[attachmentID(a)] = p.commits
+	return p.commits
 }
 
-// committed notes that a's store commit ended, done or failed.
-func (p *pendingAdds) committed(a spec.Allocation) {
+// committed notes that commit n of a ended, done or failed; a later
+// allocation of the same attachment (a retried ADD after a failed commit)
+// keeps its own.
+func (p *pendingAdds) committed(a spec.Allocation, n uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(p.committing, attachmentID(a))
+	if p.committing[attachmentID(a)] == n {
+		delete(p.committing, attachmentID(a))
+	}
+}
+
+// released notes that the store no longer has the attachment id (a DEL,
+// a rollback): whatever its commit did, no render may take it from here
+// again. The commit may end after the store's writer lock went, so its
+// own committed can come later than a release.
+func (p *pendingAdds) released(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.committing, id)
 }
 
 // uncommitted returns the pending allocation id whose store commit is
@@ -71,7 +89,8 @@ func (p *pendingAdds) uncommitted(id string) (spec.Allocation, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	a, ok := p.by[id]
-	return a, ok && p.committing[id]
+	_, committing := p.committing[id]
+	return a, ok && committing
 }
 
 // snapshot returns the pending allocations (nil when none).

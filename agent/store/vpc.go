@@ -44,7 +44,7 @@ type VPCRequest struct {
 // ErrConflict: a pod holds one attachment. A PodCIDR other than the store's
 // is ErrCIDRChanged (see SetPodCIDR); a malformed request is ErrInvalid.
 func (s *Store) AllocateVPC(req VPCRequest) (alloc spec.Allocation, replaced *spec.Allocation, err error) {
-	alloc, replaced, commit, err := s.AllocateVPCDeferred(req)
+	alloc, replaced, _, commit, err := s.AllocateVPCDeferred(req)
 	if err == nil && commit != nil {
 		if err = commit(); err != nil {
 			return spec.Allocation{}, nil, err
@@ -55,17 +55,19 @@ func (s *Store) AllocateVPC(req VPCRequest) (alloc spec.Allocation, replaced *sp
 
 // AllocateVPCDeferred allocates as AllocateVPC does, without committing:
 // the transaction that chose the address stays open, and commit (nil when
-// nothing was written: a retried ADD) commits and syncs it. The store's
+// nothing was written) commits and syncs it. existing says the attachment
+// had its allocation already (a retried ADD), committed or not: a second
+// allocation of one attachment waits for the first's commit. The store's
 // writers, a second allocation included, wait until then; its readers see
 // the store without the allocation. The caller calls commit once, from
 // any goroutine, and must not use the allocation as recorded before it
 // returns nil: a CNI ADD sets the pod's network up meanwhile, and answers
 // only after (agent/cni.go).
-func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, replaced *spec.Allocation, commit func() error, err error) {
+func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, replaced *spec.Allocation, existing bool, commit func() error, err error) {
 	id := Attachment{req.ContainerID, req.IfName}
 	pod := PodKey(req.Pod)
-	fail := func(err error) (spec.Allocation, *spec.Allocation, func() error, error) {
-		return spec.Allocation{}, nil, nil, fmt.Errorf("allocate an address for pod %s (attachment %s): %w", pod, id, err)
+	fail := func(err error) (spec.Allocation, *spec.Allocation, bool, func() error, error) {
+		return spec.Allocation{}, nil, false, nil, fmt.Errorf("allocate an address for pod %s (attachment %s): %w", pod, id, err)
 	}
 	if err := id.validate(); err != nil {
 		return fail(err)
@@ -96,11 +98,11 @@ func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, repl
 		return fail(err)
 	}
 	if retried {
-		return alloc, nil, nil, nil
+		return alloc, nil, true, nil, nil
 	}
 	pool := newPool(cidr, req.Reserved)
 	commit, err = s.updateDeferred(func(tx *bolt.Tx) error {
-		replaced = nil // a retried closure starts over
+		replaced, existing = nil, false // a retried closure starts over
 		t, err := s.txn(tx)
 		if err != nil {
 			return err
@@ -110,15 +112,15 @@ func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, repl
 			return err
 		}
 		k := id.key()
-		existing, found, err := t.get(k)
+		have, found, err := t.get(k)
 		if err != nil {
 			return err
 		}
 		if found {
-			if p := PodKey(existing.Metadata); p != pod {
+			if p := PodKey(have.Metadata); p != pod {
 				return fmt.Errorf("attachment %s already belongs to pod %s: %w", id, p, ErrConflict)
 			}
-			alloc = existing
+			alloc, existing = have, true
 			if !wrote {
 				return errNoChange // a retry: no write, no fsync
 			}
@@ -162,17 +164,17 @@ func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, repl
 		return fail(err)
 	}
 	if commit == nil {
-		return alloc, replaced, nil, nil
+		return alloc, replaced, existing, nil, nil
 	}
 	committed := commit
 	commit = func() error {
 		if err := committed(); err != nil {
-			_, _, _, err = fail(err)
+			_, _, _, _, err = fail(err)
 			return err
 		}
 		return nil
 	}
-	return alloc, replaced, commit, nil
+	return alloc, replaced, existing, commit, nil
 }
 
 // usePodCIDR records cidr as the store's pod CIDR if none is recorded, and

@@ -258,9 +258,9 @@ func TestPoolBounds(t *testing.T) {
 func TestAllocateVPCDeferredCommit(t *testing.T) {
 	path := storePath(t)
 	s := openAt(t, path)
-	first, _, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, "x/a", "c1"))
-	if err != nil || commit == nil {
-		t.Fatalf("deferred allocation: %v, commit %v", err, commit != nil)
+	first, _, existing, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, "x/a", "c1"))
+	if err != nil || commit == nil || existing {
+		t.Fatalf("deferred allocation: %v, commit %v, existing %v", err, commit != nil, existing)
 	}
 	if _, found, err := s.Get("c1", "eth0"); err != nil || found {
 		t.Fatalf("a reader sees the uncommitted allocation: found %v, %v", found, err)
@@ -296,8 +296,8 @@ func TestAllocateVPCDeferredCommit(t *testing.T) {
 	if got, found, err := s.Get("c1", "eth0"); err != nil || !found || got.Spec.IP != first.Spec.IP {
 		t.Errorf("after the commit: %+v found %v, %v; want %s", got, found, err, first.Spec.IP)
 	}
-	if again, _, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, "x/a", "c1")); err != nil || commit != nil || again.Spec.IP != first.Spec.IP {
-		t.Errorf("a retried ADD: %s, commit %v, %v; want %s and nothing to commit", again.Spec.IP, commit != nil, err, first.Spec.IP)
+	if again, _, existing, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, "x/a", "c1")); err != nil || commit != nil || !existing || again.Spec.IP != first.Spec.IP {
+		t.Errorf("a retried ADD: %s, commit %v, existing %v, %v; want %s, existing, nothing to commit", again.Spec.IP, commit != nil, existing, err, first.Spec.IP)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

@@ -17,7 +17,9 @@ const EnvKillFile = "TERWAY_CHAOS_KILL_FILE"
 
 // The named points, where a crash leaves the most half-done work.
 const (
-	// AddAfterStore: an ADD's address is persisted, nothing is set up yet.
+	// AddAfterStore: an ADD's address is allocated (in VPC mode its store
+	// commit may still be under way beside the set-up), nothing is set up
+	// yet.
 	AddAfterStore = "add-after-store"
 	// ApplyMidway: half of a plan's kernel operations are executed.
 	ApplyMidway = "apply-midway"
