@@ -106,8 +106,11 @@ type Agent struct {
 	// its set-up (tests hold it there).
 	allocated func()
 	// persist, when set, runs the store's commit of an ADD's allocation
-	// in place of calling it (tests make it fail).
+	// in place of calling it (tests make it fail, or hold it).
 	persist func(commit func() error) error
+	// listed, when set, is called by settledAllocations after it read the
+	// store (tests end a commit there).
+	listed func()
 	// setUpWritten, when set, is called by an ADD batch after its apply,
 	// before its pods stop being pending (tests hold it there).
 	setUpWritten func()
@@ -340,18 +343,33 @@ func (a *Agent) snapshot() (inputs.Snapshot, uint64) {
 func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[string]spec.Allocation, error) {
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
+	// Those committing are found before the list is read: a commit that
+	// ends in between is then in the list, or still taken from here. Read
+	// after, it could end after the list's read and before the look here,
+	// and the pod would be in neither.
+	var committing []spec.Allocation
+	for _, id := range keep {
+		if p, ok := a.pending.uncommitted(id); ok {
+			committing = append(committing, p)
+		}
+	}
 	allocs, err := a.listAllocations()
 	if err != nil {
 		return nil, nil, err
 	}
+	if a.listed != nil {
+		a.listed()
+	}
 	pending := a.pending.snapshot()
 	var uncommitted []spec.Allocation
-	for _, id := range keep {
-		if p, ok := a.pending.uncommitted(id); ok && !slices.ContainsFunc(allocs, func(s spec.Allocation) bool {
+	for _, p := range committing {
+		if !slices.ContainsFunc(allocs, func(s spec.Allocation) bool {
 			return s.Spec.ContainerID == p.Spec.ContainerID && s.Spec.IfName == p.Spec.IfName
 		}) {
 			uncommitted = append(uncommitted, p)
 		}
+	}
+	for _, id := range keep {
 		delete(pending, id)
 	}
 	allocs = without(allocs, pending)

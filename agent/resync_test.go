@@ -599,3 +599,50 @@ func TestAddFailsUnlessItsAllocationIsDurable(t *testing.T) {
 		t.Errorf("plan after the ADDs (%v): %d operations\n%s", err, n, text)
 	}
 }
+
+// TestAddRendersItsAllocationWhoseCommitEndsDuringTheList: the batch's
+// render reads the store while the ADD's allocation commits beside it.
+// When the commit ends right after that read, the render still has the
+// pod: found committing before the read, it is taken from pending. (Found
+// after, it was in neither, and the ADD failed with "did not render" in
+// terwayctl bench's resident set-up, four ADDs at a time.)
+func TestAddRendersItsAllocationWhoseCommitEndsDuringTheList(t *testing.T) {
+	a, src, node, podNetns := syncedPodAgent(t)
+	ctx := context.Background()
+	proceed := make(chan struct{})
+	a.persist = func(commit func() error) error {
+		<-proceed
+		return commit()
+	}
+	var once sync.Once
+	a.listed = func() {
+		// The ADD's batch render, its commit still held: end the commit
+		// now, after the store was read, and wait until the pod is no
+		// longer marked committing.
+		if _, ok := a.pending.uncommitted("ctr-a/eth0"); !ok {
+			return
+		}
+		once.Do(func() {
+			close(proceed)
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				if _, ok := a.pending.uncommitted("ctr-a/eth0"); !ok {
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+			t.Error("the ADD's commit did not end")
+		})
+	}
+	res := <-addPodA(ctx, a, src, podNetns)
+	a.persist, a.listed = nil, nil
+	if res.err != nil {
+		t.Fatalf("the ADD whose commit ended during its render's read of the store: %v", res.err)
+	}
+	if links := nstest.Run(t, node, "ip", "-o", "link"); !strings.Contains(links, spec.HostVethName("x/a")) {
+		t.Errorf("the ADD answered %s without making the pod's veth", res.ip)
+	}
+	if allocs, err := a.store.List(); err != nil || len(allocs) != 1 || allocs[0].Spec.IP != res.ip {
+		t.Errorf("after the ADD the store has %+v (%v); want the pod's %s", allocs, err, res.ip)
+	}
+}
