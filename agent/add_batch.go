@@ -30,6 +30,8 @@ type addWaiter struct {
 	// persisted gives the store's commit of the allocation, which runs
 	// beside the set-up (Add); nil: committed already.
 	persisted <-chan error
+	// pendingNo is the ADD's entry in pending (pendingAdds.add).
+	pendingNo uint64
 	done      chan addOutcome
 }
 
@@ -39,8 +41,9 @@ type addOutcome struct {
 }
 
 // setUp joins the current batch of ADDs and waits for its answer.
-func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation, retry bool, persisted <-chan error) (*types100.Result, error) {
-	w := &addWaiter{key: key, req: req, alloc: alloc, retry: retry, persisted: persisted, done: make(chan addOutcome, 1)}
+func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation, pendingNo uint64, retry bool,
+	persisted <-chan error) (*types100.Result, error) {
+	w := &addWaiter{key: key, req: req, alloc: alloc, retry: retry, persisted: persisted, pendingNo: pendingNo, done: make(chan addOutcome, 1)}
 	a.addMu.Lock()
 	a.addQueue = append(a.addQueue, w)
 	lead := !a.addLeading
@@ -73,7 +76,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 		}
 		opts := engine.PlanOptions{PodIPs: map[string]string{}}
 		for _, w := range batch {
-			a.pending.done(w.alloc)
+			a.pending.done(w.alloc, w.pendingNo)
 			opts.Pods = append(opts.Pods, w.key)
 			opts.PodIPs[w.key] = w.alloc.Spec.IP
 			opts.Namespaces = append(opts.Namespaces, w.req.Netns)
@@ -123,6 +126,17 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 		}
 		if podEntry(state, w.key) == nil {
 			a.rollback(w.req)
+			if w.persisted != nil {
+				// A commit that failed before the render left the pod out:
+				// say so, not that the pod's inputs are wrong.
+				if perr := <-w.persisted; perr != nil {
+					w.persisted = nil
+					answer(w, nil, cniErr(codeTryAgainLater, "record the allocation of pod "+w.key, perr.Error()))
+					refused = true
+					continue
+				}
+				w.persisted = nil
+			}
 			answer(w, nil, cniErr(codeInvalidPod, "pod "+w.key+" did not render", problemsOf(state, w.key)))
 			refused = true
 			continue

@@ -98,11 +98,11 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		// allocation still committing: the store's answer says it.
 		retry = retry || existing
 	}
-	var commitNo uint64
+	var pendingNo uint64
 	if commit != nil {
-		commitNo = a.pending.addCommitting(alloc)
+		pendingNo = a.pending.addCommitting(alloc)
 	} else {
-		a.pending.add(alloc)
+		pendingNo = a.pending.add(alloc)
 	}
 	a.allocMu.Unlock()
 	// The store syncs the new allocation (bbolt's two fdatasyncs) while
@@ -118,7 +118,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		}
 		go func() {
 			err := commit()
-			a.pending.committed(alloc, commitNo)
+			a.pending.committed(alloc, pendingNo)
 			persisted <- err
 		}()
 	}
@@ -129,7 +129,7 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	}
 	// The address is recorded; the pod's network is set up together with
 	// the other ADDs that arrive meanwhile (add_batch.go).
-	return a.setUp(ctx, req, key, alloc, retry, persisted)
+	return a.setUp(ctx, req, key, alloc, pendingNo, retry, persisted)
 }
 
 // allocateVPC allocates the attachment's address from the node's podCIDR,
@@ -437,6 +437,7 @@ func (a *Agent) GC(ctx context.Context, req *wire.Request) error {
 	}
 	released, err := a.store.GC(valid)
 	for _, r := range released {
+		a.pending.released(attachmentID(r)) // an ADD of it waiting for the lock fails
 		a.cloudRelease(r)
 		a.reg.Forget(r.Spec.Netns) // as a DEL does
 	}

@@ -170,6 +170,7 @@ func (a *Agent) recordCloud(al spec.Allocation) error {
 	key := store.PodKey(al.Metadata)
 	if old, found, err := a.store.ByPod(key); err == nil && found && store.AttachmentOf(old) != store.AttachmentOf(al) {
 		if _, _, err := a.store.Release(old.Spec.ContainerID, ifNameOr(old.Spec.IfName)); err == nil {
+			a.pending.released(attachmentID(old))
 			a.log.Info("sandbox replaced; old attachment released", "pod", key, "old", old.Spec.ContainerID, "new", al.Spec.ContainerID)
 			// An exclusive ENI is owned by the pod, not the sandbox: the new
 			// sandbox got the same ENI back, which must stay held.

@@ -23,48 +23,65 @@ import (
 // ADD's to write.
 type pendingAdds struct {
 	mu sync.Mutex
-	by map[string]spec.Allocation // by attachmentID
+	by map[string]pendingEntry // by attachmentID
 	// committing are those whose store commit is under way (Add), by
-	// the commit's number: the store does not list them yet.
+	// their entry's number: the store does not list them yet.
 	committing map[string]uint64
-	commits    uint64
+	entries    uint64
+}
+
+// pendingEntry is one ADD's allocation, numbered: a retried ADD of the
+// same attachment, its first one refused or failed, has an entry of its
+// own, which the first one's end must leave.
+type pendingEntry struct {
+	alloc spec.Allocation
+	no    uint64
 }
 
 func attachmentID(a spec.Allocation) string { return a.Spec.ContainerID + "/" + a.Spec.IfName }
 
-func (p *pendingAdds) add(a spec.Allocation) {
+// add adds a and returns its entry's number, for done.
+func (p *pendingAdds) add(a spec.Allocation) uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.by == nil {
-		p.by = map[string]spec.Allocation{}
+		p.by = map[string]pendingEntry{}
 	}
-	p.by[attachmentID(a)] = a
+	p.entries++
+	p.by[attachmentID(a)] = pendingEntry{a, p.entries}
+	return p.entries
 }
 
-func (p *pendingAdds) done(a spec.Allocation) {
+// done ends entry n of a, unless a later ADD of the attachment took its
+// place.
+func (p *pendingAdds) done(a spec.Allocation, n uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(p.by, attachmentID(a))
-	delete(p.committing, attachmentID(a))
+	id := attachmentID(a)
+	if p.by[id].no == n {
+		delete(p.by, id)
+	}
+	if p.committing[id] == n {
+		delete(p.committing, id)
+	}
 }
 
-// addCommitting adds a, whose store commit is under way, and returns the
-// commit's number for committed.
+// addCommitting adds a, whose store commit is under way, and returns its
+// entry's number, for committed and done.
 func (p *pendingAdds) addCommitting(a spec.Allocation) uint64 {
-	p.add(a)
+	n := p.add(a)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.committing == nil {
 		p.committing = map[string]uint64{}
 	}
-	p.commits++
-	p.committing[attachmentID(a)] = p.commits
-	return p.commits
+	p.committing[attachmentID(a)] = n
+	return n
 }
 
-// committed notes that commit n of a ended, done or failed; a later
-// allocation of the same attachment (a retried ADD after a failed commit)
-// keeps its own.
+// committed notes that the commit of entry n of a ended, done or failed;
+// a later allocation of the same attachment (a retried ADD after a failed
+// commit) keeps its own.
 func (p *pendingAdds) committed(a spec.Allocation, n uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -74,9 +91,9 @@ func (p *pendingAdds) committed(a spec.Allocation, n uint64) {
 }
 
 // released notes that the store no longer has the attachment id (a DEL,
-// a rollback): whatever its commit did, no render may take it from here
-// again. The commit may end after the store's writer lock went, so its
-// own committed can come later than a release.
+// a rollback, a GC): whatever its commit did, no render may take it from
+// here again. The commit may end after the store's writer lock went, so
+// its own committed can come later than a release.
 func (p *pendingAdds) released(id string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -88,9 +105,9 @@ func (p *pendingAdds) released(id string) {
 func (p *pendingAdds) uncommitted(id string) (spec.Allocation, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	a, ok := p.by[id]
-	_, committing := p.committing[id]
-	return a, ok && committing
+	e, ok := p.by[id]
+	n, committing := p.committing[id]
+	return e.alloc, ok && committing && n == e.no
 }
 
 // snapshot returns the pending allocations (nil when none).
@@ -101,8 +118,8 @@ func (p *pendingAdds) snapshot() map[string]spec.Allocation {
 		return nil
 	}
 	out := make(map[string]spec.Allocation, len(p.by))
-	for k, v := range p.by {
-		out[k] = v
+	for k, e := range p.by {
+		out[k] = e.alloc
 	}
 	return out
 }
