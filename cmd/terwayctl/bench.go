@@ -192,8 +192,9 @@ func runBench(ctx context.Context, o benchOptions) (*benchReport, error) {
 // and 0.45 over three runs of one build (BENCHMARKS.md, stop 39), as the
 // scale rows did before they alternated (scaleRounds). The rounds keep
 // their size: the reference chain's calls slow down as the node fills
-// (with rounds of 50 pods its 8-worker ADD p50 was 63 ms, against 91 ms
-// with 200), so smaller rounds would compare against another baseline.
+// (with rounds of 50 pods its 8-worker ADD p50 was 63 ms, against 72 and
+// 74 ms with 200 in the next two runs), so smaller rounds would compare
+// against another baseline.
 const cniPasses = 2
 
 // benchCNI measures CNI ADD and DEL latency of terway and of the reference
