@@ -197,12 +197,6 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 			failed[w.key] = fmt.Errorf("record the allocation: %w", perr)
 		}
 	}
-	if committed {
-		// The render listed the store before those commits.
-		if n, err := a.store.Count(); err == nil {
-			a.m.allocations.Set(float64(n))
-		}
-	}
 	var undo []string
 	undoIPs := map[string]string{} // their rules are found by address
 	type success struct {
@@ -250,5 +244,12 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	}
 	for _, s := range succeeded {
 		answer(s.w, s.res, nil)
+	}
+	if committed {
+		// The render listed the store before those commits; counted
+		// after the answers, off the ADDs' time.
+		if n, err := a.store.Count(); err == nil {
+			a.m.allocations.Set(float64(n))
+		}
 	}
 }

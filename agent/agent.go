@@ -373,9 +373,9 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 		delete(pending, id)
 	}
 	allocs = without(allocs, pending)
-	if len(uncommitted) > 0 {
-		allocs = slices.Concat(allocs, uncommitted) // a copy: the store's list is shared
-		store.SortAllocations(allocs)
+	for _, p := range uncommitted { // at its place in List's order (List's answer is the caller's)
+		i, _ := slices.BinarySearchFunc(allocs, p, store.CompareAllocations)
+		allocs = slices.Insert(allocs, i, p)
 	}
 	return allocs, pending, nil
 }

@@ -113,11 +113,8 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	var persisted chan error
 	if commit != nil {
 		persisted = make(chan error, 1)
-		if a.persist != nil {
-			commit = func(c func() error) func() error { return func() error { return a.persist(c) } }(commit)
-		}
 		go func() {
-			err := commit()
+			err := a.commitAllocation(commit)
 			a.pending.committed(alloc, pendingNo)
 			persisted <- err
 		}()
@@ -132,22 +129,20 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 	return a.setUp(ctx, req, key, alloc, pendingNo, retry, persisted)
 }
 
-// allocateVPC allocates the attachment's address from the node's podCIDR,
-// recorded and synced.
-func (a *Agent) allocateVPC(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, *types.Error) {
-	alloc, _, commit, cerr := a.allocateVPCDeferred(req, key, node)
-	if cerr == nil && commit != nil {
-		if err := commit(); err != nil {
-			return spec.Allocation{}, cniErr(codeTryAgainLater, "allocate an address for pod "+key, err.Error())
-		}
+// commitAllocation runs the store's commit of an ADD's allocation, through
+// the test hook persist when it is set.
+func (a *Agent) commitAllocation(commit func() error) error {
+	if a.persist != nil {
+		return a.persist(commit)
 	}
-	return alloc, cerr
+	return commit()
 }
 
-// allocateVPCDeferred allocates as allocateVPC does and hands back the
-// store's commit of the allocation (store.AllocateVPCDeferred), nil when
-// there is none to make, and whether the attachment had it already. A sandbox replaced without its DEL is committed
-// here: until then the store would still list the old sandbox's
+// allocateVPCDeferred allocates the attachment's address from the node's
+// podCIDR and hands back the store's commit of the allocation
+// (store.AllocateVPCDeferred), nil when there is none to make, and whether
+// the attachment had it already. A sandbox replaced without its DEL is
+// committed here: until then the store would still list the old sandbox's
 // allocation beside the pending new one, two of one pod in the batch's
 // render.
 func (a *Agent) allocateVPCDeferred(req *wire.Request, key string, node *corev1.Node) (spec.Allocation, bool, func() error, *types.Error) {
@@ -253,7 +248,7 @@ func (a *Agent) rollback(req *wire.Request) {
 	if err != nil {
 		a.log.Error("roll back allocation", "container", req.ContainerID, "err", err)
 	}
-	a.pending.released(req.ContainerID + "/" + req.IfName) // the batch's next render leaves it out
+	a.pending.released(attachmentKey(req.ContainerID, req.IfName)) // the batch's next render leaves it out
 	if found {
 		a.cloudRelease(released)
 		// A resync that rendered before this release must not set the
@@ -363,9 +358,13 @@ func (a *Agent) release(req *wire.Request) (released spec.Allocation, found, dep
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
 	// An ADD's allocation may be committing (Add): a DEL that came before
-	// its ADD answered (a runtime that gave up on it) must find it.
-	if err := a.store.Settle(); err != nil {
-		return spec.Allocation{}, false, false, err
+	// its ADD answered (a runtime that gave up on it) must find it. Only
+	// then does it wait for the store's writer: another ADD's commit is
+	// none of its business.
+	if a.pending.committing(attachmentKey(req.ContainerID, req.IfName)) {
+		if err := a.store.Settle(); err != nil {
+			return spec.Allocation{}, false, false, err
+		}
 	}
 	have, found, err := a.store.Get(req.ContainerID, req.IfName)
 	if err != nil || !found {
@@ -379,7 +378,7 @@ func (a *Agent) release(req *wire.Request) (released spec.Allocation, found, dep
 	if found {
 		// An ADD of the attachment whose commit ended just now must not
 		// render it again (pendingAdds.released).
-		a.pending.released(req.ContainerID + "/" + req.IfName)
+		a.pending.released(attachmentKey(req.ContainerID, req.IfName))
 	}
 	if departs && (err != nil || !found || released.Spec.IP != have.Spec.IP) {
 		a.departing.cancel(key)

@@ -24,10 +24,10 @@ import (
 type pendingAdds struct {
 	mu sync.Mutex
 	by map[string]pendingEntry // by attachmentID
-	// committing are those whose store commit is under way (Add), by
-	// their entry's number: the store does not list them yet.
-	committing map[string]uint64
-	entries    uint64
+	// commits are the entries whose store commit is under way (Add), by
+	// attachmentID: the store does not list them yet.
+	commits map[string]uint64
+	entries uint64
 }
 
 // pendingEntry is one ADD's allocation, numbered: a retried ADD of the
@@ -38,7 +38,10 @@ type pendingEntry struct {
 	no    uint64
 }
 
-func attachmentID(a spec.Allocation) string { return a.Spec.ContainerID + "/" + a.Spec.IfName }
+func attachmentID(a spec.Allocation) string { return attachmentKey(a.Spec.ContainerID, a.Spec.IfName) }
+
+// attachmentKey is attachmentID of a CNI request's container and interface.
+func attachmentKey(containerID, ifName string) string { return containerID + "/" + ifName }
 
 // add adds a and returns its entry's number, for done.
 func (p *pendingAdds) add(a spec.Allocation) uint64 {
@@ -61,8 +64,8 @@ func (p *pendingAdds) done(a spec.Allocation, n uint64) {
 	if p.by[id].no == n {
 		delete(p.by, id)
 	}
-	if p.committing[id] == n {
-		delete(p.committing, id)
+	if p.commits[id] == n {
+		delete(p.commits, id)
 	}
 }
 
@@ -72,10 +75,10 @@ func (p *pendingAdds) addCommitting(a spec.Allocation) uint64 {
 	n := p.add(a)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.committing == nil {
-		p.committing = map[string]uint64{}
+	if p.commits == nil {
+		p.commits = map[string]uint64{}
 	}
-	p.committing[attachmentID(a)] = n
+	p.commits[attachmentID(a)] = n
 	return n
 }
 
@@ -85,8 +88,8 @@ func (p *pendingAdds) addCommitting(a spec.Allocation) uint64 {
 func (p *pendingAdds) committed(a spec.Allocation, n uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.committing[attachmentID(a)] == n {
-		delete(p.committing, attachmentID(a))
+	if p.commits[attachmentID(a)] == n {
+		delete(p.commits, attachmentID(a))
 	}
 }
 
@@ -97,7 +100,15 @@ func (p *pendingAdds) committed(a spec.Allocation, n uint64) {
 func (p *pendingAdds) released(id string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(p.committing, id)
+	delete(p.commits, id)
+}
+
+// committing tells whether a store commit of attachment id is under way.
+func (p *pendingAdds) committing(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.commits[id]
+	return ok
 }
 
 // uncommitted returns the pending allocation id whose store commit is
@@ -106,7 +117,7 @@ func (p *pendingAdds) uncommitted(id string) (spec.Allocation, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.by[id]
-	n, committing := p.committing[id]
+	n, committing := p.commits[id]
 	return e.alloc, ok && committing && n == e.no
 }
 

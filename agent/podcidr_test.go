@@ -28,7 +28,12 @@ func TestAllocateVPCRefusesBadPodCIDR(t *testing.T) {
 	for _, podCIDR := range []string{"300.1.0.0/24", "10.0.0.0/33", "10.0.0.5/0", "10.0.0.0/8", "fd00::/64", ""} {
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{PodCIDR: podCIDR}}
 		req := &wire.Request{ContainerID: "c1", IfName: "eth0", Netns: "/var/run/netns/p", Args: wire.PodArgs{UID: "uid-p"}}
-		alloc, cerr := a.allocateVPC(req, "x/p", node)
+		alloc, _, commit, cerr := a.allocateVPCDeferred(req, "x/p", node)
+		if cerr == nil && commit != nil {
+			if err := commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if cerr == nil {
 			t.Errorf("podCIDR %q: ADD allocated %s, want a refusal", podCIDR, alloc.Spec.IP)
 			if _, _, err := st.Release("c1", "eth0"); err != nil {

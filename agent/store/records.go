@@ -388,8 +388,8 @@ func (s *Store) List() ([]spec.Allocation, error) {
 // fields rather than joined keys (List sorts on every render).
 func sortAllocs(as []spec.Allocation) { slices.SortFunc(as, compareAllocs) }
 
-// SortAllocations sorts allocations in List's order.
-func SortAllocations(as []spec.Allocation) { sortAllocs(as) }
+// CompareAllocations is List's order.
+func CompareAllocations(a, b spec.Allocation) int { return compareAllocs(a, b) }
 
 // compareAllocs is sortAllocs' order.
 func compareAllocs(a, b spec.Allocation) int {

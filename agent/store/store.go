@@ -305,29 +305,15 @@ var errNoChange = errors.New("no change")
 // update runs fn in a write transaction, committed (and fsynced by bbolt)
 // before it returns. A panic or memory fault inside bbolt becomes an
 // ErrCorrupt error rather than a crash of the agent.
-func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer s.recoverInto(&err)
-	var w allocWrites
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		s.writes = &w
-		defer func() { s.writes = nil }()
-		if err := fn(tx); err != nil {
-			return err
-		}
-		w.txID = tx.ID()
-		return nil
-	})
-	if err == nil && len(w.changed) > 0 {
-		s.followWrites(&w)
+func (s *Store) update(fn func(tx *bolt.Tx) error) error {
+	commit, err := s.updateDeferred(fn)
+	if err != nil || commit == nil {
+		return err
 	}
-	if errors.Is(err, errNoChange) {
-		return nil
-	}
-	return err
+	return commit()
 }
 
-// updateDeferred runs fn in a write transaction as update does, and
+// updateDeferred runs fn in a write transaction, with update's guard, and
 // hands back its commit instead of committing: the transaction, and with
 // it the store's writer lock, stays open until commit is called (once, from
 // any goroutine: a transaction is used by one goroutine at a time). commit

@@ -350,21 +350,19 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 		j.Pods = append(j.Pods, rt(i, strconv.Itoa(i)))
 	}
 
-	{
-		// The resident pods' ADDs leave their admission as policy peers
-		// to come, and an earlier round's DELs their addresses' withdrawal
-		// (with 1,000 policies, the admission of 250 pods set up four at a
-		// time ends seconds after their last ADD, and timed ADDs that ran
-		// into it were slower by up to half): this round times its own
-		// calls, not that work. A reference round waits too: it shares
-		// the node's CPU with the agent, and the work terway's last round
-		// left would slow the reference chain.
-		settling := time.Now()
-		if err := b.agent.waitSettled(ctx, 2*time.Minute); err != nil {
-			return nil, err
-		}
-		b.o.Logf("cnibench: agent settled in %s", time.Since(settling).Round(time.Millisecond))
+	// The resident pods' ADDs leave their admission as policy peers
+	// to come, and an earlier round's DELs their addresses' withdrawal
+	// (with 1,000 policies, the admission of 250 pods set up four at a
+	// time ends seconds after their last ADD, and timed ADDs that ran
+	// into it were slower by up to half): this round times its own
+	// calls, not that work. A reference round waits too: it shares
+	// the node's CPU with the agent, and the work terway's last round
+	// left would slow the reference chain.
+	settling := time.Now()
+	if err := b.agent.waitSettled(ctx, 2*time.Minute); err != nil {
+		return nil, err
 	}
+	b.o.Logf("cnibench: agent settled in %s", time.Since(settling).Round(time.Millisecond))
 	before, err := b.agent.metrics(ctx)
 	if err != nil {
 		return nil, err
@@ -534,9 +532,7 @@ func Pool(rounds []*Round) *Round {
 		out.AgentAdd += r.AgentAdd / time.Duration(len(rounds))
 		out.AgentDel += r.AgentDel / time.Duration(len(rounds))
 		out.AgentAdmit += r.AgentAdmit / time.Duration(len(rounds))
-		if r.DriverLog != "" {
-			out.DriverLog += r.DriverLog
-		}
+		out.DriverLog += r.DriverLog
 	}
 	return out
 }
