@@ -270,6 +270,9 @@ type Round struct {
 	// AgentAdmit is the mean time from an ADD to its pod's admission as
 	// its local peers' policy peer (agent/admission.go).
 	AgentAdmit time.Duration `json:"agentAdmit,omitempty"`
+	// AddCPU is the CPU the ADD phase used, machine-wide and by part
+	// (summed over pooled rounds).
+	AddCPU CPUAccount `json:"addCPU"`
 	// What ADD left on the node, to show the work was done.
 	NewLinks, IFBs, TBFs, Shaped int
 	// Root says the machine's namespace was left byte-identical.
@@ -296,6 +299,11 @@ func (r *Round) Summary() string {
 		fmt.Fprintf(&sb, "agent-side mean: ADD %.2f ms, DEL %.2f ms (the rest of a call is exec and libcni); from ADD to admission as a peer %.2f ms\n",
 			Ms(r.AgentAdd), Ms(r.AgentDel), Ms(r.AgentAdmit))
 	}
+	if n := time.Duration(len(r.Add)); n > 0 {
+		c := r.AddCPU
+		fmt.Fprintf(&sb, "CPU per ADD: %.2f ms busy machine-wide: agent %.2f, plugins %.2f, driver %.2f, the rest %.2f\n",
+			Ms(c.Busy/n), Ms(c.Agent/n), Ms(c.Plugins/n), Ms(c.Driver/n), Ms((c.Busy-c.Agent-c.Plugins-c.Driver)/n))
+	}
 	sb.WriteString(r.Root)
 	if r.DriverLog != "" {
 		sb.WriteString("\ndriver stderr:\n" + r.DriverLog)
@@ -315,7 +323,7 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 	}
 	j := &job{
 		NodeNetns: netnsPath(b.nodeNS), Forbidden: b.rootNS, CacheDir: filepath.Join(dir, "cni-cache"),
-		Concurrency: conc, Out: filepath.Join(dir, "result.json"),
+		Concurrency: conc, Out: filepath.Join(dir, "result.json"), AgentPID: b.agent.cmd.Process.Pid,
 	}
 	shaped := false // as runtimeConfig (ref) rather than annotations (terway)
 	switch chain {
@@ -375,7 +383,8 @@ func (b *Bench) Round(ctx context.Context, chain string, conc int) (*Round, erro
 	if err != nil {
 		return nil, err
 	}
-	r := &Round{Chain: chain, Concurrency: conc, Add: res.Add, Del: res.Del, AddWall: res.AddWall, DelWall: res.DelWall, DriverLog: stderr}
+	r := &Round{Chain: chain, Concurrency: conc, Add: res.Add, Del: res.Del, AddWall: res.AddWall, DelWall: res.DelWall,
+		AddCPU: res.AddCPU, DriverLog: stderr}
 	if r.Root, err = rootUnchanged(b.root, fmt.Sprintf("after chain=%s conc=%d", chain, conc)); err != nil {
 		return r, err
 	}
@@ -528,6 +537,10 @@ func Pool(rounds []*Round) *Round {
 		out.Add = append(out.Add, r.Add...)
 		out.Del = append(out.Del, r.Del...)
 		out.AddWall += r.AddWall
+		out.AddCPU.Busy += r.AddCPU.Busy
+		out.AddCPU.Agent += r.AddCPU.Agent
+		out.AddCPU.Plugins += r.AddCPU.Plugins
+		out.AddCPU.Driver += r.AddCPU.Driver
 		out.DelWall += r.DelWall
 		out.AgentAdd += r.AgentAdd / time.Duration(len(rounds))
 		out.AgentDel += r.AgentDel / time.Duration(len(rounds))

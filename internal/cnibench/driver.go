@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -35,6 +37,9 @@ type job struct {
 	Out         string // where the driver writes its result
 	// AddOnly leaves the pods set up: no DEL phase (resident pods).
 	AddOnly bool
+	// AgentPID is terwayd's process, whose CPU the ADD phase's account
+	// includes (0: none).
+	AgentPID int
 }
 
 // result is what the driver measured, per pod in job order.
@@ -45,6 +50,88 @@ type result struct {
 	Errors           []string
 	// The node namespace between the two phases, to prove the work was done.
 	LinksAfterAdd, QdiscsAfterAdd string
+	// AddCPU is where the machine's CPU went during the ADD phase.
+	AddCPU CPUAccount
+}
+
+// CPUAccount is the CPU time a phase used: the whole machine's (busy:
+// neither idle nor waiting for I/O), and its parts that the benchmark can
+// name. What the parts leave of Busy is the kernel's own threads (a
+// namespace's teardown, RCU) and any other process on the machine.
+type CPUAccount struct {
+	Busy    time.Duration `json:"busy"`
+	Agent   time.Duration `json:"agent"`   // terwayd
+	Plugins time.Duration `json:"plugins"` // the plugin processes, reaped children of the driver
+	Driver  time.Duration `json:"driver"`  // libcni and the driver itself
+}
+
+// cpuSample is the counters a CPUAccount is the difference of.
+type cpuSample struct {
+	busy, agent, plugins, driver time.Duration
+}
+
+// userHZ is the unit of /proc/stat and /proc/PID/stat: 100 on Linux.
+const userHZ = 100
+
+func ticks(n int64) time.Duration { return time.Duration(n) * time.Second / userHZ }
+
+func sampleCPU(agentPID int) (cpuSample, error) {
+	var s cpuSample
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return s, err
+	}
+	line, _, _ := strings.Cut(string(stat), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return s, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	for i, v := range f[1:] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return s, fmt.Errorf("/proc/stat: field %d: %w", i+1, err)
+		}
+		// user nice system idle iowait irq softirq steal guest guest_nice;
+		// guest time is counted in user already.
+		if i != 3 && i != 4 && i < 8 {
+			s.busy += ticks(n)
+		}
+	}
+	if agentPID > 0 {
+		pstat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", agentPID))
+		if err != nil {
+			return s, err
+		}
+		// Fields after the command's closing parenthesis: utime and stime
+		// are the 12th and 13th.
+		_, rest, ok := strings.Cut(string(pstat), ") ")
+		pf := strings.Fields(rest)
+		if !ok || len(pf) < 13 {
+			return s, fmt.Errorf("/proc/%d/stat: unexpected %q", agentPID, pstat)
+		}
+		for _, v := range pf[11:13] {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return s, fmt.Errorf("/proc/%d/stat: %w", agentPID, err)
+			}
+			s.agent += ticks(n)
+		}
+	}
+	var self, children syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &self); err != nil {
+		return s, err
+	}
+	if err := syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children); err != nil {
+		return s, err
+	}
+	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
+	s.driver = tv(self.Utime) + tv(self.Stime)
+	s.plugins = tv(children.Utime) + tv(children.Stime)
+	return s, nil
+}
+
+func (a cpuSample) since(b cpuSample) CPUAccount {
+	return CPUAccount{Busy: a.busy - b.busy, Agent: a.agent - b.agent, Plugins: a.plugins - b.plugins, Driver: a.driver - b.driver}
 }
 
 // DriverMain runs the job in the file and returns the process's exit code.
@@ -120,7 +207,16 @@ func drive(jobPath string) error {
 	}
 	res := &result{}
 	var addErrs []error
+	before, err := sampleCPU(j.AgentPID)
+	if err != nil {
+		return fmt.Errorf("CPU account: %w", err)
+	}
 	res.Add, res.IPs, addErrs, res.AddWall = drivePhase(j.Concurrency, j.Pods, add)
+	after, err := sampleCPU(j.AgentPID)
+	if err != nil {
+		return fmt.Errorf("CPU account: %w", err)
+	}
+	res.AddCPU = after.since(before)
 	links, _ := exec.Command("ip", "-o", "link").CombinedOutput()
 	qdiscs, _ := exec.Command("tc", "qdisc", "show").CombinedOutput()
 	res.LinksAfterAdd, res.QdiscsAfterAdd = string(links), string(qdiscs)
