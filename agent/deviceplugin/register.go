@@ -149,6 +149,11 @@ func (p *Plugin) serve(s *session) error {
 	if err != nil {
 		return fmt.Errorf("device plugin: listen on %s: %w", path, err)
 	}
+	// The listener must not unlink the path when it closes: a server
+	// stopped before its goroutine began to serve closes it only then
+	// (grpc's Serve on a stopped server), when the path may be a newer
+	// server's socket. stop removes our socket, and only while it is ours.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	id, _ := statID(path)
 	srv := grpc.NewServer()
 	pluginapi.RegisterDevicePluginServer(srv, p)
@@ -161,12 +166,18 @@ func (p *Plugin) serve(s *session) error {
 	return nil
 }
 
-// stop ends the server and its streams. Closing the listener unlinks the
-// socket path, so it must happen before a new socket is created there.
+// stop ends the server and its streams, and removes its socket unless the
+// path is another file by now.
 func (p *Plugin) stop(s *session) {
-	if s.srv != nil {
-		s.srv.Stop()
-		s.srv = nil
+	if s.srv == nil {
+		return
+	}
+	s.srv.Stop()
+	s.srv = nil
+	if id, ok := statID(p.SocketPath()); ok && id == s.served {
+		if err := os.Remove(p.SocketPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			p.log.Warn("device plugin: remove our socket", "socket", p.SocketPath(), "err", err)
+		}
 	}
 }
 
