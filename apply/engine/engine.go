@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/terway-reconciler/terway/apply/links"
@@ -182,12 +183,21 @@ func execute(ctx context.Context, ns op.Namespaces, ops []op.Op, rep *Report) {
 		}()
 	}
 	var linkFailed map[string]error
+	ranTogether := 0 // ops before this index ran in a concurrent run
 	for i, o := range ops {
 		if i > 0 && i == len(ops)/2 {
 			chaos.Point(chaos.ApplyMidway)
 		}
 		if nftDone != nil && o.Kind == nft.Kind {
 			continue // sent beside
+		}
+		if i < ranTogether {
+			continue
+		}
+		if end := concurrentRun(ops, i, len(ops)/2); end-i > 1 {
+			runTogether(ctx, ns, ops[i:end], results[i:end])
+			ranTogether = end
+			continue
 		}
 		if err := ctx.Err(); err != nil {
 			results[i] = Result{Op: o, Err: err}
@@ -215,6 +225,43 @@ func execute(ctx context.Context, ns op.Namespaces, ops []op.Op, rep *Report) {
 		}
 	}
 	rep.Results = append(rep.Results, results...)
+}
+
+// concurrentRun returns the end of the run of Concurrent operations that
+// starts at ops[i] (i itself when ops[i] is not one). A run that starts
+// before mid ends there, so that the plan's midway chaos point still
+// falls between operations.
+func concurrentRun(ops []op.Op, i, mid int) int {
+	end := i
+	for end < len(ops) && ops[end].Concurrent && (i >= mid || end < mid) {
+		end++
+	}
+	return end
+}
+
+// maxTogether bounds the goroutines of one concurrent run.
+const maxTogether = 16
+
+// runTogether runs ops, a run of Concurrent operations, side by side, each
+// result in its place.
+func runTogether(ctx context.Context, ns op.Namespaces, ops []op.Op, results []Result) {
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, maxTogether)
+	for i, o := range ops {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			// A panic here would end the agent: no handler above this
+			// goroutine recovers it. It fails its operation instead.
+			defer func() {
+				if r := recover(); r != nil {
+					results[i] = Result{Op: o, Err: fmt.Errorf("panic: %v", r)}
+				}
+			}()
+			results[i] = Result{Op: o, Err: runOp(ctx, ns, o)}
+		})
+	}
+	wg.Wait()
 }
 
 // runOp executes one operation, unless ctx is done.

@@ -200,6 +200,8 @@ func deleteVethOp(o Observed) op.Op {
 		Text:   describeVeth(o.Link),
 		Writes: 1,
 		Exec:   func(_ context.Context, ns op.Namespaces) error { return deleteVeth(ns, o.Link) },
+		// Pods' DELs that arrive together delete their veths together.
+		Concurrent: true,
 	}
 }
 

@@ -36,6 +36,12 @@ type Op struct {
 	// Writes is how many kernel write requests Exec sends (netlink messages,
 	// sysctl writes, nft batches), for the converged-apply accounting.
 	Writes int
+	// Concurrent says Exec may run beside the other Concurrent operations
+	// next to it in the plan's order: it changes nothing they read or
+	// write, and it sends its requests on a socket of its own. A link's
+	// deletion waits in the kernel for RCU grace periods (about 20 ms
+	// each here); deletions that wait together wait once.
+	Concurrent bool
 }
 
 // String is the plan line: action sign and text.
