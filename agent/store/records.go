@@ -490,6 +490,43 @@ func (s *Store) Release(containerID, ifName string) (spec.Allocation, bool, erro
 	return a, found, nil
 }
 
+// ReleaseAll releases the allocations of ids as Release does each, in one
+// transaction: one commit and its syncs for a batch of DELs. released[i]
+// is what ids[i] had, found[i] whether it had one. An attachment listed
+// twice is released once.
+func (s *Store) ReleaseAll(ids []Attachment) (released []spec.Allocation, found []bool, err error) {
+	err = s.update(func(tx *bolt.Tx) error {
+		released, found = make([]spec.Allocation, len(ids)), make([]bool, len(ids))
+		t, err := s.txn(tx)
+		if err != nil {
+			return err
+		}
+		removed := false
+		for i, id := range ids {
+			k := id.key()
+			a, ok, err := t.get(k)
+			if err != nil {
+				return fmt.Errorf("attachment %s: %w", id, err)
+			}
+			if !ok {
+				continue
+			}
+			if err := t.remove(a, k); err != nil {
+				return err
+			}
+			released[i], found[i], removed = a, true, true
+		}
+		if !removed {
+			return errNoChange
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("release %d attachments: %w", len(ids), err)
+	}
+	return released, found, nil
+}
+
 // GC releases, in one transaction, every allocation whose attachment is not
 // in valid (CNI GC), and returns what it released, sorted by pod key. An
 // empty valid list releases everything: callers must only pass a list they

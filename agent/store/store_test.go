@@ -119,6 +119,45 @@ func TestReleaseIdempotent(t *testing.T) {
 	}
 }
 
+// A batch of DELs releases in one transaction: each attachment's own
+// answer, an unknown or repeated one not found, the rest of the store kept.
+func TestReleaseAll(t *testing.T) {
+	s := openTemp(t)
+	var have []spec.Allocation
+	for i := range 4 {
+		a, _ := mustAlloc(t, s, vpcReq(cidr24, podName(i), fmt.Sprintf("c%d", i)))
+		have = append(have, a)
+	}
+	ids := []Attachment{{"c0", "eth0"}, {"never-seen", "eth0"}, {"c2", "eth0"}, {"c0", "eth0"}, {"c3", "eth1"}}
+	released, found, err := s.ReleaseAll(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{true, false, true, false, false}; !slices.Equal(found, want) {
+		t.Errorf("found %v, want %v", found, want)
+	}
+	if released[0] != have[0] || released[2] != have[2] {
+		t.Errorf("released %+v and %+v, want %+v and %+v", released[0], released[2], have[0], have[2])
+	}
+	got, want := ipsOf(verify(t, s)), []string{have[1].Spec.IP, have[3].Spec.IP}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("left %v, want the addresses of c1 and c3", got)
+	}
+	if _, found, _ := s.ByPod(podName(2)); found {
+		t.Error("the pod index still has a released pod")
+	}
+	// Nothing to release writes nothing and is no error.
+	if _, found, err := s.ReleaseAll([]Attachment{{"c0", "eth0"}}); err != nil || found[0] {
+		t.Errorf("releasing a released attachment again: found %v, %v", found, err)
+	}
+	// The addresses are free again: the next allocation gets the lowest.
+	if a, _ := mustAlloc(t, s, vpcReq(cidr24, "default/new", "c9")); a.Spec.IP != have[0].Spec.IP {
+		t.Errorf("new pod got %s, want the released %s", a.Spec.IP, have[0].Spec.IP)
+	}
+}
+
 func TestGC(t *testing.T) {
 	s := openTemp(t)
 	for i := range 6 {
