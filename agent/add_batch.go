@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -20,6 +21,41 @@ import (
 // then renders once, applies one plan scoped to all of them, and answers
 // each with its own result. A pod whose inputs are invalid, or whose part
 // fails to apply, is refused and rolled back alone.
+
+// batchQueue holds the requests waiting for one of them, the leader, to
+// take them together under the agent's lock.
+type batchQueue[W any] struct {
+	mu      sync.Mutex
+	queue   []W
+	leading bool // a leader is waiting for the lock
+}
+
+// join queues w; lead says the caller is the leader: it takes the lock,
+// then the batch (take), and answers every waiter of it.
+func (q *batchQueue[W]) join(w W) (lead bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.queue = append(q.queue, w)
+	lead = !q.leading
+	q.leading = true
+	return lead
+}
+
+// take returns the queued waiters; the next to join leads anew.
+func (q *batchQueue[W]) take() []W {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	batch := q.queue
+	q.queue, q.leading = nil, false
+	return batch
+}
+
+// busy says requests are queued or a leader waits for the lock.
+func (q *batchQueue[W]) busy() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.leading || len(q.queue) > 0
+}
 
 type addWaiter struct {
 	key   string
@@ -44,23 +80,14 @@ type addOutcome struct {
 func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation, pendingNo uint64, retry bool,
 	persisted <-chan error) (*types100.Result, error) {
 	w := &addWaiter{key: key, req: req, alloc: alloc, retry: retry, persisted: persisted, pendingNo: pendingNo, done: make(chan addOutcome, 1)}
-	a.addMu.Lock()
-	a.addQueue = append(a.addQueue, w)
-	lead := !a.addLeading
-	a.addLeading = true
-	a.addMu.Unlock()
-	if lead {
+	if a.adds.join(w) {
 		// The batch is every waiter's, not the leader's alone: the runtime
 		// giving up on the leader's ADD must not fail the others.
 		ctx = context.WithoutCancel(ctx)
 		asked := time.Now()
 		a.mu.Lock()
 		a.m.addPhases.WithLabelValues("lock").Observe(time.Since(asked).Seconds())
-		a.addMu.Lock()
-		batch := a.addQueue
-		a.addQueue, a.addLeading = nil, false
-		a.addMu.Unlock()
-		a.setUpBatch(ctx, batch)
+		a.setUpBatch(ctx, a.adds.take())
 		a.mu.Unlock()
 	}
 	out := <-w.done // the leader answers every waiter, whatever happens
@@ -167,23 +194,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 	a.m.observeReport(rep, 0)
 	// A failure of a pod's own item fails that pod; any other failure (a
 	// node-level item, the nftables commit, the plan itself) fails all.
-	failed := map[string]error{}
-	var common error = err
-	if rep != nil {
-		for _, r := range rep.Results {
-			if r.Err == nil {
-				continue
-			}
-			ferr := fmt.Errorf("%s: %w", r.Op.String(), r.Err)
-			if r.Op.Pod != "" {
-				if failed[r.Op.Pod] == nil {
-					failed[r.Op.Pod] = ferr
-				}
-			} else if common == nil {
-				common = ferr
-			}
-		}
-	}
+	failed, common := podFailures(rep, err, keys)
 	// The allocations' commits ran beside the render and the apply (Add):
 	// a pod whose allocation did not become durable fails, and what was
 	// set up for it is undone with the other failures'.

@@ -373,10 +373,7 @@ func (a *Agent) admissionWait(now, oldest time.Time) time.Duration {
 
 // addsUnderWay reports whether an ADD has allocated and not set up yet.
 func (a *Agent) addsUnderWay() bool {
-	a.addMu.Lock()
-	busy := a.addLeading || len(a.addQueue) > 0
-	a.addMu.Unlock()
-	return busy || a.pending.snapshot() != nil
+	return a.adds.busy() || a.pending.snapshot() != nil
 }
 
 // admitHeld admits the held pods, at most the most longest held ones

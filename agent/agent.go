@@ -35,16 +35,15 @@ type Agent struct {
 	reg   *netns.Registry
 	eng   *engine.Engine
 	m     *metrics
-	// addMu guards the queue of ADDs waiting to be set up together
-	// (add_batch.go); addLeading says one of them is taking the lock.
+	// adds are the ADDs waiting to be set up together (add_batch.go).
 	// views keeps the parts of the last renders that later ones reuse
 	// (an ADD renders the node, and its cost must not grow with the
 	// cluster's policies), and the policies CNI requests render with
 	// (renderviews.go).
-	views      *renderViews
-	addMu      sync.Mutex
-	addQueue   []*addWaiter
-	addLeading bool
+	views *renderViews
+	adds  batchQueue[*addWaiter]
+	// dels are the DELs waiting to be torn down together (del_batch.go).
+	dels batchQueue[*delWaiter]
 	// journal keeps the operations executed, for /applied.
 	journal journal
 	// events publishes pod problems as Kubernetes Events (events.go).

@@ -276,7 +276,8 @@ func result(p *spec.Pod) *types100.Result {
 }
 
 // Del releases the attachment and removes the pod's network. It is
-// idempotent and needs neither the Pod object nor the netns.
+// idempotent and needs neither the Pod object nor the netns. DELs that
+// arrive together are torn down together (del_batch.go).
 func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 	a.eng.ExpectScoped() // as an ADD does
 	a.departing.dels.Add(1)
@@ -284,107 +285,91 @@ func (a *Agent) Del(ctx context.Context, req *wire.Request) error {
 		a.departing.lastDel.Store(time.Now().UnixNano())
 		a.departing.dels.Add(-1)
 	}()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	released, found, departs, err := a.release(req)
-	if err != nil {
-		return cniErr(codeTryAgainLater, "release attachment "+req.ContainerID+"/"+req.IfName, err.Error())
-	}
-	// Whatever the agent opened in the pod's namespace goes with the pod:
-	// an open descriptor or socket keeps a deleted namespace alive, and
-	// the node's id for it, until the agent exits.
-	defer a.reg.Forget(req.Netns)
-	if found && released.Spec.Netns != req.Netns {
-		defer a.reg.Forget(released.Spec.Netns)
-	}
-	key := req.Args.Key()
-	if found {
-		key = released.Metadata.Namespace + "/" + released.Metadata.Name
-		chaos.Point(chaos.DelAfterRelease)
-	}
-	if key == "" {
-		return nil // nothing known about it: nothing to remove
-	}
-	if departs {
-		// Its address stays in the peer sets, and with this pod, until
-		// the withdrawal (withdrawal.go).
-		defer a.departing.wake()
-	} else if found {
-		// The cloud gets the address back once the pod's kernel objects
-		// are gone (an exclusive ENI back in the node), or now when they
-		// cannot be rendered.
-		defer a.cloudRelease(released)
-	}
-	if !a.src.Synced() {
-		// Without the inputs no document can be rendered; the pod's kernel
-		// objects go with its netns or at the first full reconcile.
-		a.held.release(key)
-		return nil
-	}
-	// Without the pending ADDs: they allocate without the lock, and one
-	// may have been given the address released above. Its pod's items are
-	// its ADD's to write, after this DEL.
-	state, pending, _, err := a.renderSettledFor(true, nil)
-	if err != nil {
-		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
-	}
-	if podEntry(state, key) != nil || pendingPod(pending, key) {
-		// Another attachment of the pod (a newer sandbox) is live, or its
-		// ADD is under way (a retried ADD of a live one, say): its items
-		// stay.
-		return nil
-	}
-	opts := engine.PlanOptions{Pods: []string{key}}
-	if found {
-		opts.Namespaces = []string{released.Spec.Netns}        // an exclusive ENI comes back from there
-		opts.PodIPs = map[string]string{key: released.Spec.IP} // its rules are found by address
-	}
-	rep, err := a.apply(ctx, "DEL "+key, state, opts)
-	if err == nil {
-		err = rep.Err()
-	}
-	if err != nil {
-		return cniErr(codeTryAgainLater, "remove pod "+key, err.Error())
-	}
-	a.held.release(key) // nothing of it left to admit
-	a.log.Info("pod deleted", "pod", key, "container", req.ContainerID, "released", found)
-	return nil
+	return a.tearDown(ctx, req)
 }
 
-// release releases the DEL's attachment in the store. An admitted pod's
-// address departs (withdrawal.go): it is quarantined before the store
-// frees it, under allocMu, so that no ADD allocating meanwhile gets it.
-func (a *Agent) release(req *wire.Request) (released spec.Allocation, found, departs bool, err error) {
+// releaseOutcome is one DEL's release (releaseAll).
+type releaseOutcome struct {
+	released spec.Allocation
+	found    bool
+	// departs says the address departs (withdrawal.go).
+	departs bool
+	err     error
+}
+
+// releaseAll releases the DELs' attachments in the store, in one
+// transaction. An admitted pod's address departs (withdrawal.go): it is
+// quarantined before the store frees it, under allocMu, so that no ADD
+// allocating meanwhile gets it.
+func (a *Agent) releaseAll(reqs []*wire.Request) []releaseOutcome {
+	out := make([]releaseOutcome, len(reqs))
+	fail := func(err error) []releaseOutcome {
+		for i := range out {
+			if out[i].err == nil {
+				out[i] = releaseOutcome{err: err}
+			}
+		}
+		return out
+	}
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
 	// An ADD's allocation may be committing (Add): a DEL that came before
 	// its ADD answered (a runtime that gave up on it) must find it. Only
 	// then does it wait for the store's writer: another ADD's commit is
 	// none of its business.
-	if a.pending.committing(attachmentKey(req.ContainerID, req.IfName)) {
-		if err := a.store.Settle(); err != nil {
-			return spec.Allocation{}, false, false, err
+	for _, req := range reqs {
+		if a.pending.committing(attachmentKey(req.ContainerID, req.IfName)) {
+			if err := a.store.Settle(); err != nil {
+				return fail(err)
+			}
+			break
 		}
 	}
-	have, found, err := a.store.Get(req.ContainerID, req.IfName)
-	if err != nil || !found {
-		return spec.Allocation{}, false, false, err
+	var ids []store.Attachment
+	var at []int // reqs' indexes of ids
+	have := make([]spec.Allocation, len(reqs))
+	now := time.Now()
+	for i, req := range reqs {
+		h, found, err := a.store.Get(req.ContainerID, req.IfName)
+		if err != nil || !found {
+			out[i].err = err
+			continue
+		}
+		have[i] = h
+		if key := store.PodKey(h.Metadata); a.departs(key, h) {
+			out[i].departs = a.departing.depart(now, key, h)
+		}
+		ids = append(ids, store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName})
+		at = append(at, i)
 	}
-	key := store.PodKey(have.Metadata)
-	if a.departs(key, have) {
-		departs = a.departing.depart(time.Now(), key, have)
+	if len(ids) == 0 {
+		return out
 	}
-	released, found, err = a.store.Release(req.ContainerID, req.IfName)
-	if found {
-		// An ADD of the attachment whose commit ended just now must not
-		// render it again (pendingAdds.released).
-		a.pending.released(attachmentKey(req.ContainerID, req.IfName))
+	released, found, err := a.store.ReleaseAll(ids)
+	if err != nil {
+		released, found = make([]spec.Allocation, len(ids)), make([]bool, len(ids))
 	}
-	if departs && (err != nil || !found || released.Spec.IP != have.Spec.IP) {
-		a.departing.cancel(key)
-		departs = false
+	for j, i := range at {
+		o := &out[i]
+		switch {
+		case err != nil && len(ids) > 1:
+			// One bad record must not fail the others: each alone.
+			released[j], found[j], o.err = a.store.Release(ids[j].ContainerID, ids[j].IfName)
+		case err != nil:
+			o.err = err
+		}
+		if o.err == nil && found[j] {
+			o.released, o.found = released[j], true
+			// An ADD of the attachment whose commit ended just now must
+			// not render it again (pendingAdds.released).
+			a.pending.released(attachmentKey(reqs[i].ContainerID, reqs[i].IfName))
+		}
+		if o.departs && (o.err != nil || !o.found || o.released.Spec.IP != have[i].Spec.IP) {
+			a.departing.cancel(store.PodKey(have[i].Metadata))
+			o.departs = false
+		}
 	}
-	return released, found, departs, err
+	return out
 }
 
 // Check compares the kernel with the pod's part of the document.

@@ -1,8 +1,10 @@
 package agent_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -93,6 +95,31 @@ func TestAgentConcurrentAddDel(t *testing.T) {
 	for _, err := range errs {
 		t.Error(err)
 	}
+	// DELs that came together were torn down together (del_batch.go):
+	// eight workers whose DELs each wait ~20 ms for the kernel under the
+	// agent's lock queue up behind each other.
+	agentLog, err := os.ReadFile(c.agentLog.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted, batched := 0, 0
+	for _, line := range strings.Split(string(agentLog), "\n") {
+		var entry struct {
+			Msg   string `json:"msg"`
+			Batch int    `json:"batch"`
+		}
+		if json.Unmarshal([]byte(line), &entry) != nil || entry.Msg != "pod deleted" {
+			continue
+		}
+		deleted++
+		if entry.Batch > 1 {
+			batched++
+		}
+	}
+	if deleted != 200 || batched == 0 {
+		t.Errorf("the agent logged %d pods deleted, %d of them in a batch with another; want 200, and some batched", deleted, batched)
+	}
+	t.Logf("%d of 200 DELs from 8 workers torn down in batches of more than one", batched)
 	if out := nstest.Run(t, c.node, "ip", "-o", "link"); strings.Contains(out, ": "+spec.HostVethPrefix) {
 		t.Errorf("host veths left after deleting every pod:\n%s", out)
 	}
