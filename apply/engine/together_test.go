@@ -77,3 +77,28 @@ func TestVethsDeletedTogether(t *testing.T) {
 		}
 	}
 }
+
+// A CNI ADD's scoped plan does not read the node's whole route table for
+// its new veth's route, which cannot be there yet: a route of ours of its
+// key left on another link (its address reused before the old route
+// went) is replaced by the create, and a full plan afterwards finds
+// nothing to do.
+func TestAddReplacesOurStaleRouteOfItsKey(t *testing.T) {
+	n := scaleNode(t, 4)
+	state := n.render()
+	n.apply(state)
+	const ip = "198.18.3.10"
+	other := spec.HostVethName("x/p2")
+	nstest.Run(t, n.host, "ip", "route", "add", ip+"/32", "dev", other, "scope", "link", "proto", fmt.Sprint(spec.RouteProtocol))
+	n.addPod("x", "new", ip, map[string]string{"app": "svc-1"}, nil, "")
+	state = n.render()
+	rep, err := n.eng.Apply(context.Background(), state, engine.PlanOptions{Pods: []string{"x/new"}})
+	if err != nil || rep.Err() != nil {
+		t.Fatal(err, rep.Err())
+	}
+	out := nstest.Run(t, n.host, "ip", "route", "show", "table", "all", ip+"/32")
+	if want := "dev " + spec.HostVethName("x/new"); strings.Count(out, ip) != 1 || !strings.Contains(out, want) {
+		t.Errorf("routes of %s after the ADD, want one %s:\n%s", ip, want, out)
+	}
+	n.requireEmptyPlan(state)
+}

@@ -160,6 +160,20 @@ func Limited(ns Namespaces, netns string) bool {
 	return only
 }
 
+// LimitedTo returns the links a limited snapshot of netns sees (the names
+// given to OnlyLinks, those that exist and those that do not); ok is
+// false when ns does not limit netns.
+func LimitedTo(ns Namespaces, netns string) (names []string, ok bool) {
+	s, isSnap := ns.(*Snapshot)
+	if !isSnap {
+		return nil, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names, ok = s.only[netns]
+	return names, ok
+}
+
 // RootQdisc returns the kind of the root qdisc ("noqueue", "tbf", …) of
 // the link with this index as the snapshot listed it; ok is false when ns
 // is not a snapshot or the link was not listed.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/vishvananda/netlink"
@@ -27,7 +28,10 @@ import (
 // every key the document wants there: a wanted route that is missing might
 // sit on another link (an IP reused before its old route was removed), so
 // then the whole namespace is read, as a full plan would, and of it the
-// routes of wanted keys and those on the listed links are returned.
+// routes of wanted keys and those on the listed links are returned. A
+// wanted route on a listed link that does not exist yet (the plan creates
+// it: a CNI ADD's veth) is not looked for: its create replaces a route of
+// ours of its key found elsewhere (set).
 func Observe(ns op.Namespaces, namespaces []string, desired *spec.NodeState) ([]spec.Route, error) {
 	var out []spec.Route
 	for _, n := range links.Namespaces(ns, namespaces) {
@@ -50,16 +54,31 @@ func observeNetns(ns op.Namespaces, n string, desired *spec.NodeState) ([]spec.R
 	for _, l := range all {
 		names[l.Attrs().Index] = l.Attrs().Name
 	}
-	limited := op.Limited(ns, n)
+	listed, limited := op.LimitedTo(ns, n)
 	var wanted map[routeKey]bool
 	if limited {
+		present := make(map[string]bool, len(names))
+		for _, name := range names {
+			present[name] = true
+		}
+		// mustSee are the wanted keys the listed links must show for the
+		// view to be complete. A route on a link the plan creates (a CNI
+		// ADD's veth) is not there yet; one of its key on another link
+		// (its address reused before the old route went) is replaced by
+		// the create (set). Without this, every ADD read the whole table.
 		wanted = map[routeKey]bool{}
+		mustSee := map[routeKey]bool{}
 		for _, d := range desiredRoutes(desired) {
-			if k, ok := wantedKey(d); ok && d.Netns == n {
-				wanted[k] = true
+			k, ok := wantedKey(d)
+			if !ok || d.Netns != n {
+				continue
+			}
+			wanted[k] = true
+			if d.Dev == "" || present[d.Dev] || !slices.Contains(listed, d.Dev) {
+				mustSee[k] = true
 			}
 		}
-		out, complete, err := observeLinks(ns, n, all, names, wanted)
+		out, complete, err := observeLinks(ns, n, all, names, mustSee)
 		if err != nil || complete {
 			return out, err
 		}

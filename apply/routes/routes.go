@@ -252,7 +252,7 @@ func dstNet(dst string) (*net.IPNet, error) {
 }
 
 // set adds the route (create) or replaces ours in place (update). A
-// create that finds a route of the same destination and table succeeds
+// create that finds a route of the same destination and table replaces it
 // when that route is ours, and otherwise says whose it is: we never
 // replace a route we do not own.
 func set(ns op.Namespaces, d spec.Route, replace bool) error {
@@ -284,6 +284,13 @@ func set(ns op.Namespaces, d spec.Route, replace bool) error {
 	}
 	for _, r := range same {
 		if r.Protocol == netlink.RouteProtocol(spec.RouteProtocol) {
+			// Ours: made it what the document wants. A scoped plan does
+			// not look for a route of a new link's key elsewhere
+			// (Observe): one left on another link by an address reused
+			// before its old route went is this.
+			if err := h.RouteReplace(kr); err != nil {
+				return fmt.Errorf("route %s: replace ours in the way: %w", d.Key(), err)
+			}
 			return nil
 		}
 	}
