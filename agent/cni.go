@@ -303,14 +303,6 @@ type releaseOutcome struct {
 // allocating meanwhile gets it.
 func (a *Agent) releaseAll(reqs []*wire.Request) []releaseOutcome {
 	out := make([]releaseOutcome, len(reqs))
-	fail := func(err error) []releaseOutcome {
-		for i := range out {
-			if out[i].err == nil {
-				out[i] = releaseOutcome{err: err}
-			}
-		}
-		return out
-	}
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
 	// An ADD's allocation may be committing (Add): a DEL that came before
@@ -320,7 +312,10 @@ func (a *Agent) releaseAll(reqs []*wire.Request) []releaseOutcome {
 	for _, req := range reqs {
 		if a.pending.committing(attachmentKey(req.ContainerID, req.IfName)) {
 			if err := a.store.Settle(); err != nil {
-				return fail(err)
+				for i := range out {
+					out[i].err = err
+				}
+				return out
 			}
 			break
 		}

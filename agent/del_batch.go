@@ -16,8 +16,9 @@ import (
 // sends many at once. The kernel holds each veth's deletion until RCU
 // grace periods have passed, about 20 ms here, and DELs one after the
 // other behind the agent's lock waited for each other's: eight at once
-// took 176 ms each at the agent. A batch releases each attachment in
-// turn, renders once, and applies one plan scoped to all its pods, whose
+// took 176 ms each at the agent. A batch releases its attachments in one
+// store transaction, renders once, and applies one plan scoped to all its
+// pods, whose
 // veth deletions run side by side (op.Op.Concurrent). A pod whose part
 // fails to be removed fails its own DEL; a failure of the node's (the
 // nftables commit, the render) fails them all.
@@ -77,7 +78,10 @@ func podFailures(rep *engine.Report, err error, keys []string) (failed map[strin
 		ferr := fmt.Errorf("%s: %w", r.Op.String(), r.Err)
 		pod := r.Op.Pod
 		for _, key := range keys {
-			if pod == "" && strings.Contains(r.Op.Key+" "+r.Op.Text, spec.HostVethName(key)) {
+			if pod != "" {
+				break
+			}
+			if strings.Contains(r.Op.Key+" "+r.Op.Text, spec.HostVethName(key)) {
 				pod = key
 			}
 		}
@@ -125,10 +129,9 @@ func (a *Agent) finish(d *departure, err error) {
 
 // tearDownBatch releases the attachments of batch, in one transaction,
 // and removes their pods' kernel objects; called with the agent's lock
-// held. Each
-// round removes pods that no other DEL of the round names: a pod whose
-// two sandboxes' DELs came together is removed in two rounds, each with
-// its own address (PlanOptions.PodIPs holds one per pod).
+// held. Each round removes pods that no other DEL of the round names: a
+// pod whose two sandboxes' DELs came together is removed in two rounds,
+// each with its own address (PlanOptions.PodIPs holds one per pod).
 func (a *Agent) tearDownBatch(ctx context.Context, batch []*delWaiter) {
 	reqs := make([]*wire.Request, len(batch))
 	for i, w := range batch {
@@ -211,11 +214,7 @@ func (a *Agent) remove(ctx context.Context, round []*departure) {
 		return
 	}
 	rep, err := a.apply(ctx, "DEL "+strings.Join(opts.Pods, ", "), state, opts)
-	keys := make([]string, len(gone))
-	for i, d := range gone {
-		keys[i] = d.key
-	}
-	failed, common := podFailures(rep, err, keys)
+	failed, common := podFailures(rep, err, opts.Pods)
 	for _, d := range gone {
 		ferr := failed[d.key]
 		if ferr == nil {

@@ -468,26 +468,11 @@ func (s *Store) Put(a spec.Allocation) error {
 // returning what it removed. Releasing an unknown attachment is not an
 // error (CNI DEL is idempotent): it returns found = false.
 func (s *Store) Release(containerID, ifName string) (spec.Allocation, bool, error) {
-	var a spec.Allocation
-	var found bool
-	err := s.update(func(tx *bolt.Tx) error {
-		t, err := s.txn(tx)
-		if err != nil {
-			return err
-		}
-		k := Attachment{containerID, ifName}.key()
-		if a, found, err = t.get(k); err != nil || !found {
-			if err == nil {
-				err = errNoChange
-			}
-			return err
-		}
-		return t.remove(a, k)
-	})
+	released, found, err := s.release([]Attachment{{containerID, ifName}})
 	if err != nil {
 		return spec.Allocation{}, false, fmt.Errorf("release attachment %s/%s: %w", containerID, ifName, err)
 	}
-	return a, found, nil
+	return released[0], found[0], nil
 }
 
 // ReleaseAll releases the allocations of ids as Release does each, in one
@@ -495,6 +480,15 @@ func (s *Store) Release(containerID, ifName string) (spec.Allocation, bool, erro
 // is what ids[i] had, found[i] whether it had one. An attachment listed
 // twice is released once.
 func (s *Store) ReleaseAll(ids []Attachment) (released []spec.Allocation, found []bool, err error) {
+	if released, found, err = s.release(ids); err != nil {
+		return nil, nil, fmt.Errorf("release %d attachments: %w", len(ids), err)
+	}
+	return released, found, nil
+}
+
+// release is Release and ReleaseAll: one transaction, none when nothing
+// is found.
+func (s *Store) release(ids []Attachment) (released []spec.Allocation, found []bool, err error) {
 	err = s.update(func(tx *bolt.Tx) error {
 		released, found = make([]spec.Allocation, len(ids)), make([]bool, len(ids))
 		t, err := s.txn(tx)
@@ -506,7 +500,7 @@ func (s *Store) ReleaseAll(ids []Attachment) (released []spec.Allocation, found 
 			k := id.key()
 			a, ok, err := t.get(k)
 			if err != nil {
-				return fmt.Errorf("attachment %s: %w", id, err)
+				return err
 			}
 			if !ok {
 				continue
@@ -521,10 +515,7 @@ func (s *Store) ReleaseAll(ids []Attachment) (released []spec.Allocation, found 
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("release %d attachments: %w", len(ids), err)
-	}
-	return released, found, nil
+	return released, found, err
 }
 
 // GC releases, in one transaction, every allocation whose attachment is not

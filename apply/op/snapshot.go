@@ -150,14 +150,8 @@ func LinkList(ns Namespaces, netns string) ([]netlink.Link, error) {
 // netns (OnlyLinks): the kinds that live on links then ask the kernel
 // about those links only, instead of dumping the namespace.
 func Limited(ns Namespaces, netns string) bool {
-	s, ok := ns.(*Snapshot)
-	if !ok {
-		return false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, only := s.only[netns]
-	return only
+	_, ok := LimitedTo(ns, netns)
+	return ok
 }
 
 // LimitedTo returns the links a limited snapshot of netns sees (the names

@@ -537,10 +537,7 @@ func Pool(rounds []*Round) *Round {
 		out.Add = append(out.Add, r.Add...)
 		out.Del = append(out.Del, r.Del...)
 		out.AddWall += r.AddWall
-		out.AddCPU.Busy += r.AddCPU.Busy
-		out.AddCPU.Agent += r.AddCPU.Agent
-		out.AddCPU.Plugins += r.AddCPU.Plugins
-		out.AddCPU.Driver += r.AddCPU.Driver
+		out.AddCPU = out.AddCPU.plus(r.AddCPU, 1)
 		out.DelWall += r.DelWall
 		out.AgentAdd += r.AgentAdd / time.Duration(len(rounds))
 		out.AgentDel += r.AgentDel / time.Duration(len(rounds))

@@ -65,18 +65,15 @@ type CPUAccount struct {
 	Driver  time.Duration `json:"driver"`  // libcni and the driver itself
 }
 
-// cpuSample is the counters a CPUAccount is the difference of.
-type cpuSample struct {
-	busy, agent, plugins, driver time.Duration
-}
-
 // userHZ is the unit of /proc/stat and /proc/PID/stat: 100 on Linux.
 const userHZ = 100
 
 func ticks(n int64) time.Duration { return time.Duration(n) * time.Second / userHZ }
 
-func sampleCPU(agentPID int) (cpuSample, error) {
-	var s cpuSample
+// sampleCPU reads the cumulative counters a phase's CPUAccount is the
+// difference of (since).
+func sampleCPU(agentPID int) (CPUAccount, error) {
+	var s CPUAccount
 	stat, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return s, err
@@ -94,7 +91,7 @@ func sampleCPU(agentPID int) (cpuSample, error) {
 		// user nice system idle iowait irq softirq steal guest guest_nice;
 		// guest time is counted in user already.
 		if i != 3 && i != 4 && i < 8 {
-			s.busy += ticks(n)
+			s.Busy += ticks(n)
 		}
 	}
 	if agentPID > 0 {
@@ -114,7 +111,7 @@ func sampleCPU(agentPID int) (cpuSample, error) {
 			if err != nil {
 				return s, fmt.Errorf("/proc/%d/stat: %w", agentPID, err)
 			}
-			s.agent += ticks(n)
+			s.Agent += ticks(n)
 		}
 	}
 	var self, children syscall.Rusage
@@ -125,13 +122,18 @@ func sampleCPU(agentPID int) (cpuSample, error) {
 		return s, err
 	}
 	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
-	s.driver = tv(self.Utime) + tv(self.Stime)
-	s.plugins = tv(children.Utime) + tv(children.Stime)
+	s.Driver = tv(self.Utime) + tv(self.Stime)
+	s.Plugins = tv(children.Utime) + tv(children.Stime)
 	return s, nil
 }
 
-func (a cpuSample) since(b cpuSample) CPUAccount {
-	return CPUAccount{Busy: a.busy - b.busy, Agent: a.agent - b.agent, Plugins: a.plugins - b.plugins, Driver: a.driver - b.driver}
+// since is a's counters less b's.
+func (a CPUAccount) since(b CPUAccount) CPUAccount { return a.plus(b, -1) }
+
+// plus is a's counters plus sign times b's.
+func (a CPUAccount) plus(b CPUAccount, sign time.Duration) CPUAccount {
+	return CPUAccount{Busy: a.Busy + sign*b.Busy, Agent: a.Agent + sign*b.Agent,
+		Plugins: a.Plugins + sign*b.Plugins, Driver: a.Driver + sign*b.Driver}
 }
 
 // DriverMain runs the job in the file and returns the process's exit code.
