@@ -19,7 +19,6 @@ import (
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/apply/netns"
 	"github.com/terway-reconciler/terway/cni/server"
-	"github.com/terway-reconciler/terway/cni/wire"
 	"github.com/terway-reconciler/terway/render"
 	"github.com/terway-reconciler/terway/spec"
 
@@ -203,7 +202,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	ln, err := wire.Listen(a.cfg.Socket)
+	ln, err := server.Listen(a.cfg.Socket)
 	if err != nil {
 		return fmt.Errorf("listen on CNI socket: %w", err)
 	}

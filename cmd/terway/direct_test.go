@@ -153,13 +153,15 @@ func TestStatusPrintsNothingOnSuccess(t *testing.T) {
 	}
 }
 
-// TestSIGTERMEndsAWaitingCall: a runtime that stops the plugin gets a CNI
-// error, and the agent learns the caller is gone.
+// TestSIGTERMEndsAWaitingCall: a plugin stopped by a signal while the agent
+// works ends at once, and the agent learns the caller is gone. It prints
+// nothing: like the CNI project's own plugins it leaves SIGTERM to Go's
+// default (the runtimes stop a plugin with SIGKILL anyway).
 func TestSIGTERMEndsAWaitingCall(t *testing.T) {
 	agent := &fakeAgent{block: true}
 	sock := startAgent(t, agent)
 	conf := fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"n","type":"terway","socket":%q}`, sock)
-	c, out, errb := command(addEnv("ADD"), conf)
+	c, out, _ := command(addEnv("ADD"), conf)
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -173,10 +175,16 @@ func TestSIGTERMEndsAWaitingCall(t *testing.T) {
 	if err := c.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	exit := exitCode(t, c.Wait())
-	e := parseError(t, runOut{out.String(), errb.String(), exit})
-	if e.Code != 11 || !strings.Contains(e.Msg, sock) {
-		t.Errorf("got %+v", e)
+	err := c.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("after SIGTERM the plugin ended with %v, want an exit by the signal", err)
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("after SIGTERM the plugin ended with %v, want killed by SIGTERM", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("the plugin printed %q after SIGTERM, want nothing", out.String())
 	}
 	waitCancelled(t, agent)
 }
@@ -185,14 +193,16 @@ func TestSIGTERMEndsAWaitingCall(t *testing.T) {
 // and DEL, so what it links is start-up time on every call. The CNI
 // library (with its regular expressions and result converters) made each
 // start 1.5 ms slower; net/http would cost more. The conversions live in
-// the agent (cni/server).
+// the agent (cni/server). Package net (which net/http needs) and os/signal
+// cost each ADD 0.6 and 0.85 ms of CPU on this project's test VM; the
+// client dials with plain system calls (cni/wire/conn.go).
 func TestBinaryStaysThin(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}
 	for _, dep := range strings.Fields(string(out)) {
-		if strings.HasPrefix(dep, "github.com/containernetworking/") || dep == "regexp" || dep == "net/http" {
+		if strings.HasPrefix(dep, "github.com/containernetworking/") || dep == "regexp" || dep == "net" || dep == "os/signal" {
 			t.Errorf("the terway binary links %s", dep)
 		}
 	}

@@ -188,7 +188,7 @@ func startAgent(t *testing.T, a *fakeAgent) string {
 		a.cancelled = make(chan struct{}, 16)
 	}
 	sock := filepath.Join(tempDir(t), "run", "terway.sock")
-	l, err := wire.Listen(sock)
+	l, err := server.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,8 +53,8 @@ type Args struct {
 type Plugin struct {
 	// Stdout receives the ADD result.
 	Stdout io.Writer
-	// Context bounds every call to the agent (cancelled on SIGTERM by
-	// Main); nil means context.Background.
+	// Context bounds every call to the agent; nil means
+	// context.Background.
 	Context context.Context
 }
 

@@ -16,6 +16,7 @@ import (
 
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/terway-reconciler/terway/cni/server"
 	"github.com/terway-reconciler/terway/cni/wire"
 )
 
@@ -174,7 +175,7 @@ func TestFromResultVersionIsTheLibrarys(t *testing.T) {
 // 6); the plugin asks again without it.
 func TestDelWithoutPrevResultForAnOlderAgent(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
-	l, err := wire.Listen(sock)
+	l, err := server.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,7 +82,7 @@ func sockDir(t *testing.T) string {
 func serve(t *testing.T, h Handler) string {
 	t.Helper()
 	sock := filepath.Join(sockDir(t), "run", "agent.sock")
-	l, err := wire.Listen(sock)
+	l, err := Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,6 +275,73 @@ func TestClientTimeoutCancelsAgent(t *testing.T) {
 	case <-cancelled:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent's context was not cancelled when the plugin gave up")
+	}
+}
+
+// TestClientCancelEndsAWaitingCall: cancelling the caller's context ends a
+// call the agent is still working on, and the agent's context ends too.
+func TestClientCancelEndsAWaitingCall(t *testing.T) {
+	cancelled := make(chan struct{})
+	h := &funcHandler{add: func(ctx context.Context, _ *wire.Request) (*types100.Result, error) {
+		<-ctx.Done()
+		close(cancelled)
+		return nil, ctx.Err()
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	_, err := wire.NewClient(serve(t, h), 0).Add(ctx, addRequest())
+	var ce *wire.CallError
+	if !errors.As(err, &ce) || ce.Kind != wire.TimedOut {
+		t.Fatalf("got %v, want wire.TimedOut after the cancel", err)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent's context was not cancelled when the caller gave up")
+	}
+}
+
+// TestClientConnectHonoursTimeout: an agent too busy to accept (its listen
+// backlog full) makes the connect itself wait; the client's timeout bounds
+// that wait too.
+func TestClientConnectHonoursTimeout(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "busy.sock")
+	lfd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Close(lfd) })
+	if err := syscall.Bind(lfd, &syscall.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(lfd, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the backlog with connections nobody accepts.
+	full := false
+	for i := 0; i < 16 && !full; i++ {
+		fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = syscall.Close(fd) })
+		err = syscall.Connect(fd, &syscall.SockaddrUnix{Name: sock})
+		full = errors.Is(err, syscall.EAGAIN)
+		if err != nil && !full {
+			t.Fatal(err)
+		}
+	}
+	if !full {
+		t.Fatal("the listen backlog never filled")
+	}
+	start := time.Now()
+	err = wire.NewClient(sock, 200*time.Millisecond).Del(context.Background(), addRequest())
+	var ce *wire.CallError
+	if !errors.As(err, &ce) || ce.Kind != wire.TimedOut || !strings.Contains(err.Error(), "within 200ms") {
+		t.Fatalf("got %v, want wire.TimedOut within 200ms", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the call took %s with a 200ms timeout", d)
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -142,17 +141,11 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 // initialise an HTTP stack with TLS and HTTP/2: that is a third of its
 // start-up time. The agent's side is an ordinary net/http server.
 func (c *Client) roundTrip(ctx context.Context, path string, body []byte) (int, []byte, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.socket())
+	conn, err := dialAgent(ctx, c.socket())
 	if err != nil {
-		return 0, nil, &dialError{err: err}
+		return 0, nil, err
 	}
 	defer conn.Close()
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(deadline)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
-	defer stop()
 	head := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: terway\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", path, len(body))
 	if _, err := conn.Write(append([]byte(head), body...)); err != nil {
 		return 0, nil, fmt.Errorf("sending the request: %w", err)
@@ -280,8 +273,8 @@ func (c *Client) fail(ctx context.Context, cmd Command, err error) error {
 	var pe protocolError
 	switch {
 	case ctx.Err() != nil, errors.Is(err, os.ErrDeadlineExceeded):
-		// The connection's deadline is the context's; it can fire a moment
-		// before the context records its expiry.
+		// The connect's timeout is the context's deadline; it can fire a
+		// moment before the context records its expiry.
 		kind = TimedOut
 	case errors.As(err, &de):
 		kind = Unreachable

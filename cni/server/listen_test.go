@@ -1,4 +1,4 @@
-package wire
+package server
 
 import (
 	"net"
@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/terway-reconciler/terway/cni/wire"
 )
 
 func TestListenCreatesPrivateDirectory(t *testing.T) {
@@ -19,8 +21,8 @@ func TestListenCreatesPrivateDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fi.Mode().Perm() != SocketDirMode {
-		t.Errorf("socket directory mode = %o, want %o", fi.Mode().Perm(), SocketDirMode)
+	if fi.Mode().Perm() != wire.SocketDirMode {
+		t.Errorf("socket directory mode = %o, want %o", fi.Mode().Perm(), wire.SocketDirMode)
 	}
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket mode = %v, %v; want 0600", fi.Mode(), err)
@@ -41,8 +43,8 @@ func TestListenTightensExistingDirectory(t *testing.T) {
 	}
 	defer func() { _ = l.Close() }()
 	fi, _ := os.Stat(dir)
-	if fi.Mode().Perm() != SocketDirMode {
-		t.Errorf("existing directory left at %o, want %o", fi.Mode().Perm(), SocketDirMode)
+	if fi.Mode().Perm() != wire.SocketDirMode {
+		t.Errorf("existing directory left at %o, want %o", fi.Mode().Perm(), wire.SocketDirMode)
 	}
 }
 
@@ -100,16 +102,4 @@ func TestListenReplacesStaleSocketOnly(t *testing.T) {
 	if _, err := Listen("relative.sock"); err == nil {
 		t.Error("relative path accepted")
 	}
-}
-
-// sockDir is a short temporary directory: unix socket paths must fit in
-// 108 bytes, which t.TempDir's long names can exceed.
-func sockDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "tw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(d) })
-	return d
 }

@@ -1,4 +1,4 @@
-package wire
+package server
 
 import (
 	"errors"
@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/terway-reconciler/terway/cni/wire"
 )
 
 // Listen opens the agent's unix socket at path for the plugin to dial.
 //
-// The socket's directory is created if needed and set to SocketDirMode: a
+// The socket's directory is created if needed and set to wire.SocketDirMode: a
 // wider mode would let any local user send ADD. An existing wider directory
 // (a hostPath mount creates 0755) is tightened only if it holds nothing but
 // the socket, so a socket configured straight into /run or /tmp fails
@@ -25,7 +27,7 @@ func Listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("agent socket %q: not an absolute path", path)
 	}
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, SocketDirMode); err != nil {
+	if err := os.MkdirAll(dir, wire.SocketDirMode); err != nil {
 		return nil, fmt.Errorf("agent socket directory %s: %w", dir, err)
 	}
 	if err := tightenDir(dir, filepath.Base(path)); err != nil {
@@ -67,14 +69,14 @@ func removeStale(path string) error {
 	return nil
 }
 
-// tightenDir sets dir to SocketDirMode unless it already is, refusing to
+// tightenDir sets dir to wire.SocketDirMode unless it already is, refusing to
 // change a directory that holds anything but the socket named sock.
 func tightenDir(dir, sock string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("agent socket directory %s: %w", dir, err)
 	}
-	if fi.Mode().Perm() == SocketDirMode {
+	if fi.Mode().Perm() == wire.SocketDirMode {
 		return nil
 	}
 	entries, err := os.ReadDir(dir)
@@ -84,11 +86,11 @@ func tightenDir(dir, sock string) error {
 	for _, e := range entries {
 		if e.Name() != sock {
 			return fmt.Errorf("agent socket directory %s: mode is %o, not %o, and it is shared (it holds %q); "+
-				"give the socket a directory of its own", dir, fi.Mode().Perm(), SocketDirMode, e.Name())
+				"give the socket a directory of its own", dir, fi.Mode().Perm(), wire.SocketDirMode, e.Name())
 		}
 	}
-	if err := os.Chmod(dir, SocketDirMode); err != nil {
-		return fmt.Errorf("agent socket directory %s: setting mode %o: %w", dir, SocketDirMode, err)
+	if err := os.Chmod(dir, wire.SocketDirMode); err != nil {
+		return fmt.Errorf("agent socket directory %s: setting mode %o: %w", dir, wire.SocketDirMode, err)
 	}
 	return nil
 }
