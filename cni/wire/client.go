@@ -273,8 +273,8 @@ func (c *Client) fail(ctx context.Context, cmd Command, err error) error {
 	var pe protocolError
 	switch {
 	case ctx.Err() != nil, errors.Is(err, os.ErrDeadlineExceeded):
-		// The connect's timeout is the context's deadline; it can fire a
-		// moment before the context records its expiry.
+		// The context's end shuts the connection down: what failed after
+		// it failed because of it.
 		kind = TimedOut
 	case errors.As(err, &de):
 		kind = Unreachable
