@@ -83,15 +83,33 @@ func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc 
 	if a.adds.join(w) {
 		// The batch is every waiter's, not the leader's alone: the runtime
 		// giving up on the leader's ADD must not fail the others.
-		ctx = context.WithoutCancel(ctx)
-		asked := time.Now()
-		a.mu.Lock()
-		a.m.addPhases.WithLabelValues("lock").Observe(time.Since(asked).Seconds())
-		a.setUpBatch(ctx, a.adds.take())
-		a.mu.Unlock()
+		a.leadSetUp(context.WithoutCancel(ctx))
 	}
 	out := <-w.done // the leader answers every waiter, whatever happens
 	return out.res, out.err
+}
+
+// leadSetUp takes the queued ADDs and sets them up under the agent's lock.
+// A panic (recovered above, by the CNI server, for the leader's request)
+// leaves neither the lock held nor a waiter without an answer.
+func (a *Agent) leadSetUp(ctx context.Context) {
+	asked := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.m.addPhases.WithLabelValues("lock").Observe(time.Since(asked).Seconds())
+	batch := a.adds.take()
+	defer func() {
+		if r := recover(); r != nil {
+			for _, w := range batch {
+				select {
+				case w.done <- addOutcome{err: cniErr(codeTryAgainLater, "ADD "+w.req.ContainerID, fmt.Sprintf("internal error: %v", r))}:
+				default: // answered already
+				}
+			}
+			panic(r)
+		}
+	}()
+	a.setUpBatch(ctx, batch)
 }
 
 // setUpBatch renders the node once and applies the batch's pods in one
