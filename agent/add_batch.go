@@ -98,17 +98,12 @@ func (a *Agent) leadSetUp(ctx context.Context) {
 	defer a.mu.Unlock()
 	a.m.addPhases.WithLabelValues("lock").Observe(time.Since(asked).Seconds())
 	batch := a.adds.take()
-	defer func() {
-		if r := recover(); r != nil {
-			for _, w := range batch {
-				select {
-				case w.done <- addOutcome{err: cniErr(codeTryAgainLater, "ADD "+w.req.ContainerID, fmt.Sprintf("internal error: %v", r))}:
-				default: // answered already
-				}
-			}
-			panic(r)
+	defer answerPanic(batch, func(w *addWaiter, msg string) {
+		select {
+		case w.done <- addOutcome{err: cniErr(codeTryAgainLater, "ADD "+w.req.ContainerID, msg)}:
+		default: // answered already
 		}
-	}()
+	})
 	a.setUpBatch(ctx, batch)
 }
 

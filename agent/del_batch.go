@@ -47,18 +47,25 @@ func (a *Agent) leadTearDown(ctx context.Context) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	batch := a.dels.take()
-	defer func() {
-		if r := recover(); r != nil {
-			for _, w := range batch {
-				select {
-				case w.done <- cniErr(codeTryAgainLater, "DEL "+w.req.ContainerID, fmt.Sprintf("internal error: %v", r)):
-				default: // answered already
-				}
-			}
-			panic(r)
+	defer answerPanic(batch, func(w *delWaiter, msg string) {
+		select {
+		case w.done <- cniErr(codeTryAgainLater, "DEL "+w.req.ContainerID, msg):
+		default: // answered already
 		}
-	}()
+	})
 	a.tearDownBatch(ctx, batch)
+}
+
+// answerPanic, deferred by a batch's leader, gives every waiter of the
+// batch an answer when the batch panics (answer must not block on a waiter
+// answered already), then lets the panic go on.
+func answerPanic[W any](batch []W, answer func(w W, msg string)) {
+	if r := recover(); r != nil {
+		for _, w := range batch {
+			answer(w, fmt.Sprintf("internal error: %v", r))
+		}
+		panic(r)
+	}
 }
 
 // podFailures sorts the failures of a batch's apply: a failure of a pod's

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -272,7 +271,7 @@ func (c *Client) fail(ctx context.Context, cmd Command, err error) error {
 	var de *dialError
 	var pe protocolError
 	switch {
-	case ctx.Err() != nil, errors.Is(err, os.ErrDeadlineExceeded):
+	case ctx.Err() != nil:
 		// The context's end shuts the connection down: what failed after
 		// it failed because of it.
 		kind = TimedOut

@@ -36,10 +36,10 @@ func dialAgent(ctx context.Context, path string) (*agentConn, error) {
 	}
 	// The file owns fd from here on; os.NewFile leaves a blocking fd out
 	// of the poller.
-	c := &agentConn{file: os.NewFile(uintptr(fd), path)}
-	raw, err := c.file.SyscallConn()
+	c := &agentConn{File: os.NewFile(uintptr(fd), path)}
+	raw, err := c.SyscallConn()
 	if err != nil {
-		_ = c.file.Close()
+		_ = c.File.Close()
 		return nil, &dialError{err: err}
 	}
 	// Through the file, so that a shutdown racing with Close never reaches
@@ -52,15 +52,12 @@ func dialAgent(ctx context.Context, path string) (*agentConn, error) {
 
 // agentConn is a connected socket to the agent.
 type agentConn struct {
-	file *os.File
+	*os.File
 	stop func() bool // unregisters the shutdown on ctx's end
 }
-
-func (c *agentConn) Read(b []byte) (int, error)  { return c.file.Read(b) }
-func (c *agentConn) Write(b []byte) (int, error) { return c.file.Write(b) }
 
 // Close releases the socket.
 func (c *agentConn) Close() error {
 	c.stop()
-	return c.file.Close()
+	return c.File.Close()
 }
