@@ -145,12 +145,15 @@ type rawElem struct {
 	verdict     *spec.NFTVerdict
 }
 
-func decodeElems(s *set, ms []msg) error {
+// decodeElems adds the elements listed in ms to s and returns how many
+// were listed, each kernel element counted once (an interval of a
+// one-field set is two).
+func decodeElems(s *set, ms []msg) (int, error) {
 	var raws []rawElem
 	for _, m := range ms {
 		as, err := parseAttrs(m.attrs)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		for _, a := range as {
 			if a.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
@@ -158,21 +161,21 @@ func decodeElems(s *set, ms []msg) error {
 			}
 			list, err := parseAttrs(a.data)
 			if err != nil {
-				return err
+				return 0, err
 			}
 			for _, le := range list {
 				r, err := decodeElem(le.data)
 				if err != nil {
-					return err
+					return 0, err
 				}
 				raws = append(raws, r)
 			}
 		}
 	}
 	if s.types == nil {
-		return nil // foreign key type: the set is replaced, its elements do not matter
+		return len(raws), nil // foreign key type: the set is replaced, its elements do not matter
 	}
-	return s.addRaw(raws)
+	return len(raws), s.addRaw(raws)
 }
 
 func decodeElem(b []byte) (rawElem, error) {
