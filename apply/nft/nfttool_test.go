@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -24,7 +25,37 @@ type toolTable struct {
 	sets   map[string][]string // element texts, sorted
 }
 
+// toolTable lists the table with nft -j. nft reads a set with the dump
+// readElems uses, and a listing that spans the kernel's resize of a hash
+// set lists some elements twice and others not at all
+// (TestResizingHashSetReadsWhole): one that lists an element twice is
+// read again, as readElems does.
 func (e *env) toolTable() toolTable {
+	e.t.Helper()
+	var out toolTable
+	for try := 0; try < 20; try++ {
+		if try > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		out = e.toolTableOnce()
+		if !out.listsTwice() {
+			break
+		}
+	}
+	return out
+}
+
+// listsTwice says a set's listing holds an element twice.
+func (t toolTable) listsTwice() bool {
+	for _, elems := range t.sets {
+		if len(slices.Compact(slices.Clone(elems))) != len(elems) {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *env) toolTableOnce() toolTable {
 	e.t.Helper()
 	raw := e.nft("-j", "list", "table", "inet", "terway")
 	var doc struct {
