@@ -196,11 +196,15 @@ func observeSets(c *conn, t *table) (map[string]*set, error) {
 //
 // A hash set's dump that lists a key twice is read again: the kernel grows
 // and shrinks a hash set's table in a worker after a commit, and a dump
-// spanning such a resize lists some elements twice and leaves as many out
-// (each of the dump's messages skips as many elements as were sent, in the
-// new table's order). No generation changes, so the dump is not flagged
-// interrupted. Right after a transaction filled a new set of 1,002 pairs,
-// 2 to 3 % of the read-backs met one (TestResizingHashSetReadsWhole).
+// spanning such a resize lists some elements twice and leaves as many out.
+// Each of the dump's messages skips as many elements as the ones before
+// walked, in the table's order of its own time, and the last walks to the
+// end: a dump lists at least the set's size, so one that leaves an element
+// out lists another twice. No generation changes, so the dump is not
+// flagged interrupted. Right after a transaction filled a new set of 1,002
+// pairs, 2 to 3 % of the read-backs met one (TestResizingHashSetReadsWhole).
+// Interval sets are left alone: their trees change only in a commit, which
+// flags a dump it interrupts.
 func readElems(c *conn, s *set) error {
 	a := append(attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, spec.NFTTable), attrStr(unix.NFTA_SET_ELEM_LIST_SET, s.name)...)
 	for attempt := 1; ; attempt++ {
