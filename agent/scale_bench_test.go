@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,7 +35,11 @@ import (
 // phase=timed, so that a profile of them alone is -tagfocus=phase=timed.
 // With TERWAY_SCALE_PROFILE=FILE (and no -cpuprofile) the CPU profile
 // covers only the timed ADDs at scale and the admission of their pods,
-// whose loop is labelled work=admission.
+// whose loop is labelled work=admission. cpu-ms/add is the process's CPU
+// (rusage) over the timed ADDs, divided by their number: on the VMs here
+// Go's profile sampled a fraction of it (BENCHMARKS.md, "Stop 43"), so
+// with TERWAY_SCALE_PERF=PREFIX each size's timed ADDs are also recorded
+// by `perf record -g` into PREFIX.<resident pods> (perf must be installed).
 // Run:
 //
 //	go test -run '^$' -bench AgentAddAtScale -benchtime 1x ./agent/
@@ -136,6 +144,9 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 		profile = ""
 	}
 	var adds, dels []time.Duration
+	stopPerf := recordPerf(b, resident)
+	defer stopPerf() // also when an ADD fails
+	cpuBefore := processCPU(b)
 	pprof.Do(ctx, pprof.Labels("phase", "timed"), func(ctx context.Context) {
 		for _, p := range timed {
 			start := time.Now()
@@ -145,6 +156,8 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 			adds = append(adds, time.Since(start))
 		}
 	})
+	cpuPerAdd := (processCPU(b) - cpuBefore) / time.Duration(len(timed))
+	stopPerf()
 	if profile != "" {
 		a.waitAdmitted(b)
 		pprof.StopCPUProfile()
@@ -178,6 +191,7 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 	b.ReportMetric(ms(adds[len(adds)/2]), "add-p50-ms")
 	b.ReportMetric(ms(adds[len(adds)*99/100]), "add-p99-ms")
 	b.ReportMetric(ms(dels[len(dels)/2]), "del-p50-ms")
+	b.ReportMetric(ms(cpuPerAdd), "cpu-ms/add")
 	b.Logf("%d resident pods, %d policies: ADD p50 %v; mean phases: %s", resident, policies,
 		adds[len(adds)/2].Round(10*time.Microsecond), strings.Join(phases, ", "))
 	return adds[len(adds)/2]
@@ -244,4 +258,36 @@ func BenchmarkConvergedResyncAtScale(b *testing.B) {
 			}
 		})
 	}
+}
+
+// processCPU is the CPU (user and system) the process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// recordPerf starts `perf record -g` of this process into
+// $TERWAY_SCALE_PERF.<resident> when that is set, and returns what stops
+// it (a no-op when it is not).
+func recordPerf(b *testing.B, resident int) (stop func()) {
+	prefix := os.Getenv("TERWAY_SCALE_PERF")
+	if prefix == "" {
+		return func() {}
+	}
+	cmd := exec.Command("perf", "record", "-F", "2999", "-g", "-p", strconv.Itoa(os.Getpid()),
+		"-o", fmt.Sprintf("%s.%d", prefix, resident))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("perf record: %v", err)
+	}
+	// perf attaches to the threads it finds; give it the time to.
+	time.Sleep(time.Second)
+	return sync.OnceFunc(func() {
+		// perf writes the file and its summary on SIGINT, then ends by it.
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
 }
