@@ -36,10 +36,12 @@ import (
 // With TERWAY_SCALE_PROFILE=FILE (and no -cpuprofile) the CPU profile
 // covers only the timed ADDs at scale and the admission of their pods,
 // whose loop is labelled work=admission. cpu-ms/add is the process's CPU
-// (rusage) over the timed ADDs, divided by their number: on the VMs here
-// Go's profile sampled a fraction of it (BENCHMARKS.md, "Stop 43"), so
-// with TERWAY_SCALE_PERF=PREFIX each size's timed ADDs are also recorded
-// by `perf record -g` into PREFIX.<resident pods> (perf must be installed).
+// (rusage) over the timed ADDs, divided by their number. With
+// TERWAY_SCALE_PERF=PREFIX each size's timed ADDs are also recorded by
+// `perf record -g` into PREFIX.<resident pods> (perf must be installed):
+// it samples the kernel's side too, and faster than Go's profile can here
+// (its per-thread timers fire at most once a kernel tick, 250 Hz on these
+// VMs; BENCHMARKS.md, "Stop 43").
 // Run:
 //
 //	go test -run '^$' -bench AgentAddAtScale -benchtime 1x ./agent/
