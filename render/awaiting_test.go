@@ -87,7 +87,8 @@ func TestAwaitingPodsGroupRenders(t *testing.T) {
 	// holds it. A cache primed on the document before patches it, and
 	// its group is the one rendered for the awaiting pod.
 	k := NewCache()
-	if _, err := k.Render(in); err != nil {
+	primed, err := k.Render(in)
+	if err != nil {
 		t.Fatal(err)
 	}
 	added := in
@@ -100,6 +101,12 @@ func TestAwaitingPodsGroupRenders(t *testing.T) {
 	st := k.Stats()
 	if !st.Patched || st.GroupsRendered != 0 {
 		t.Errorf("the ADD's render: %+v; want a patch that renders no group", st)
+	}
+	// The jump is w's entry as it was while w awaited: the patch hands
+	// on the dispatch map's very list, which the nft side knows by
+	// identity rather than by comparing it.
+	if a, b := primed.NFTables.Set(mapIngressPods).Elements, patched.NFTables.Set(mapIngressPods).Elements; &a[0] != &b[0] {
+		t.Errorf("the ADD's patch built a new list for %s, whose elements it did not change", mapIngressPods)
 	}
 	full, err := Render(added)
 	if err != nil {

@@ -66,7 +66,11 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 	t := *doc.NFTables
 	t.Sets = slices.Clone(t.Sets)
 	for _, name := range []string{mapIngressPods, mapEgressPods, setHairpin, setPodSources} {
-		if len(removeElems[name]) == 0 && len(addElems[name]) == 0 {
+		if sameElements(removeElems[name], addElems[name]) {
+			// Nothing to do, and most often so: a pod awaiting its ADD
+			// has the jumps its entry then gets. The set keeps its very
+			// list, which the nftables planner recognises by identity
+			// (apply/nft: keptsets.go) rather than by comparing it.
 			continue
 		}
 		s := t.Set(name)
@@ -84,6 +88,21 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 		remove.NFTables, add.NFTables = &removeTable, &addTable
 	}
 	return doc.Spliced(&remove, &add)
+}
+
+// sameElements tells whether two lists of a set's elements, each with
+// a key once, hold the same elements in any order. They are a patch's
+// few.
+func sameElements(a, b []spec.NFTElement) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, e := range a {
+		if !slices.ContainsFunc(b, func(o spec.NFTElement) bool { return sameElement(e, o) }) {
+			return false
+		}
+	}
+	return true
 }
 
 // putPart adds a datapath's items to s, its problems aside (a pod's
