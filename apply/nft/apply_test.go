@@ -364,3 +364,29 @@ func TestVerifyCatchesDifferences(t *testing.T) {
 		}
 	}
 }
+
+// TestBaseChainSetsCreatedFirst: a transaction creates the sets the base
+// chains match against before the others, whatever their names (here
+// ingress-dispatch sorts after every pod's in-* sets). The kernel walks a
+// table's sets in the order they were created to find one by name, for
+// every element message: nft lists them in that order too.
+func TestBaseChainSetsCreatedFirst(t *testing.T) {
+	e := newEnv(t, "hotsets")
+	e.apply(testDoc(pods(5), nil))
+	var listed []string
+	for line := range strings.Lines(e.nft("list", "table", "inet", "terway")) {
+		f := strings.Fields(line)
+		if len(f) == 3 && (f[0] == "set" || f[0] == "map") && f[2] == "{" {
+			listed = append(listed, f[1])
+		}
+	}
+	hot := []string{"egress-dispatch", "ingress-dispatch"}
+	if len(listed) <= len(hot) {
+		t.Fatalf("nft lists sets %v: want the dispatch maps and the pods' sets", listed)
+	}
+	for i, name := range listed {
+		if first := i < len(hot); first != slices.Contains(hot, name) {
+			t.Fatalf("the kernel holds the table's sets in the order %v; want %v first", listed, hot)
+		}
+	}
+}

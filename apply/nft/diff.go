@@ -305,7 +305,16 @@ func acted(acts map[string]string, same func(name string) bool) []string {
 func (d *differ) sets() {
 	p := d.p
 	unchanged := func(name string) bool { return len(d.bounce) == 0 && d.want.sets[name] == d.have.sets[name] }
-	for _, name := range acted(d.setAct, unchanged) {
+	names := acted(d.setAct, unchanged)
+	creates := slices.ContainsFunc(names, func(name string) bool {
+		a := act(d.setAct[name])
+		return a == "create" || a == "recreate"
+	})
+	if creates {
+		hot := baseChainSets(d.want)
+		slices.SortStableFunc(names, func(a, b string) int { return cmpBool(hot[b], hot[a]) })
+	}
+	for _, name := range names {
 		a, reason, _ := strings.Cut(d.setAct[name], ":")
 		ws, hs := d.want.sets[name], d.have.sets[name]
 		key := "set/" + name
@@ -334,6 +343,49 @@ func (d *differ) sets() {
 			d.elems(ws, hs)
 		}
 	}
+}
+
+// baseChainSets names the sets and maps the base chains (those on a hook)
+// of t match against, or nil: the sets every pod's ADD and DEL changes.
+// A transaction creates them first. The kernel finds a set by its name
+// by walking the table's sets in the order they were created
+// (nft_set_lookup), for every message that adds, deletes or reads back
+// elements: created after the policy groups' sets, as name order had
+// it, each of a CNI request's few messages walked hundreds of sets.
+func baseChainSets(t *table) map[string]bool {
+	var hot map[string]bool
+	mark := func(name string) {
+		if name == "" {
+			return
+		}
+		if hot == nil {
+			hot = map[string]bool{}
+		}
+		hot[name] = true
+	}
+	for _, c := range t.chains {
+		if c.hook == "" {
+			continue
+		}
+		for _, r := range c.rules {
+			for _, m := range r.ir.Match {
+				mark(m.Set)
+			}
+			mark(r.ir.Verdict.Map)
+		}
+	}
+	return hot
+}
+
+// cmpBool orders false before true.
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 // elems diffs the elements of a set that stays. Only the elements that
