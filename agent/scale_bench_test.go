@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -36,7 +37,9 @@ import (
 // With TERWAY_SCALE_PROFILE=FILE (and no -cpuprofile) the CPU profile
 // covers only the timed ADDs at scale and the admission of their pods,
 // whose loop is labelled work=admission. cpu-ms/add is the process's CPU
-// (rusage) over the timed ADDs, divided by their number. With
+// (rusage) over the timed ADDs, divided by their number, and alloc-KiB/add
+// the heap they allocated (runtime.MemStats), with
+// TERWAY_SCALE_HEAP=PREFIX profiled (heapProfiles). With
 // TERWAY_SCALE_PERF=PREFIX each size's timed ADDs are also recorded by
 // `perf record -g` into PREFIX.<resident pods> (perf must be installed):
 // it samples the kernel's side too, and faster than Go's profile can here
@@ -129,6 +132,7 @@ func newScaleNode(b *testing.B, resident, policies, timedPods int) *scaleNode {
 }
 
 func addAtScale(b *testing.B, resident, policies int) time.Duration {
+	writeHeap := heapProfiles(b, resident)
 	n := newScaleNode(b, resident, policies, scaleTimed)
 	a, timed, req, ctx := n.a, n.timed, n.req, context.Background()
 	before := a.addPhaseSums(b)
@@ -146,8 +150,11 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 		profile = ""
 	}
 	var adds, dels []time.Duration
+	writeHeap("before")
 	stopPerf := recordPerf(b, resident)
 	defer stopPerf() // also when an ADD fails
+	var memBefore runtime.MemStats
+	runtime.ReadMemStats(&memBefore)
 	cpuBefore := processCPU(b)
 	pprof.Do(ctx, pprof.Labels("phase", "timed"), func(ctx context.Context) {
 		for _, p := range timed {
@@ -159,7 +166,10 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 		}
 	})
 	cpuPerAdd := (processCPU(b) - cpuBefore) / time.Duration(len(timed))
+	var memAfter runtime.MemStats
+	runtime.ReadMemStats(&memAfter)
 	stopPerf()
+	writeHeap("after")
 	if profile != "" {
 		a.waitAdmitted(b)
 		pprof.StopCPUProfile()
@@ -194,6 +204,7 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 	b.ReportMetric(ms(adds[len(adds)*99/100]), "add-p99-ms")
 	b.ReportMetric(ms(dels[len(dels)/2]), "del-p50-ms")
 	b.ReportMetric(ms(cpuPerAdd), "cpu-ms/add")
+	b.ReportMetric(float64(memAfter.TotalAlloc-memBefore.TotalAlloc)/1024/float64(len(timed)), "alloc-KiB/add")
 	b.Logf("%d resident pods, %d policies: ADD p50 %v; mean phases: %s", resident, policies,
 		adds[len(adds)/2].Round(10*time.Microsecond), strings.Join(phases, ", "))
 	return adds[len(adds)/2]
@@ -269,6 +280,30 @@ func processCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// heapProfiles returns what writes the heap profile, with
+// TERWAY_SCALE_HEAP=PREFIX, into PREFIX.<resident pods>.<when>; without it,
+// nothing. The allocations of the timed ADDs alone are then
+// `go tool pprof -sample_index=alloc_space -diff_base PREFIX.250.before PREFIX.250.after`.
+// The sampling rate is one sample per 16 KiB from then on.
+func heapProfiles(b *testing.B, resident int) func(when string) {
+	prefix := os.Getenv("TERWAY_SCALE_HEAP")
+	if prefix == "" {
+		return func(string) {}
+	}
+	runtime.MemProfileRate = 16 << 10
+	return func(when string) {
+		runtime.GC() // the profile shows allocations as of the last GC
+		f, err := os.Create(fmt.Sprintf("%s.%d.%s", prefix, resident, when))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // recordPerf starts `perf record -g` of this process into
