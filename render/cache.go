@@ -129,6 +129,13 @@ type podView struct {
 	awaiting bool
 }
 
+// same tells whether a pod is the same to every policy in both views: a
+// new object of it whose status alone was written is (samePeerObject).
+func (v podView) same(o podView) bool {
+	return v.peerIP == o.peerIP && v.pinned == o.pinned && v.target == o.target && v.awaiting == o.awaiting &&
+		samePeerObject(v.pod, o.pod)
+}
+
 // groupEntry is a rendered group and the versions of its policies then.
 type groupEntry struct {
 	versions []uint64
@@ -289,7 +296,7 @@ func (k *Cache) comparePods(c *policyCompiler) {
 		}
 	}
 	for key, v := range views {
-		if old, ok := k.views[key]; !ok || old != v {
+		if old, ok := k.views[key]; !ok || !old.same(v) {
 			k.podChanged(key, old, v)
 		}
 	}

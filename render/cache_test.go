@@ -112,9 +112,17 @@ func (c *churn) step() string {
 		i := c.pick(len(in.Pods))
 		in.Pods = slices.Delete(slices.Clone(in.Pods), i, i+1)
 		return "delete pod"
-	case n < 34 && len(in.Pods) > 0:
+	case n < 30 && len(in.Pods) > 0:
 		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.Labels = c.podLabels() })
 		return "relabel pod"
+	case n < 34 && len(in.Pods) > 0:
+		// The kubelet writes a pod's status: a new object, the same to
+		// every policy.
+		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) {
+			ready := corev1.ConditionStatus([]string{"True", "False"}[c.pick(2)])
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}
+		})
+		return "pod status"
 	case n < 38 && len(in.Pods) > 0:
 		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.Spec.Containers[0].Ports = c.ports() })
 		return "change container ports"
@@ -344,6 +352,23 @@ func TestCacheTouchesOnlyWhatChanged(t *testing.T) {
 	}
 	if st := k.Stats(); st.PoliciesParsed != 1 || st.PoliciesResolved != 1 {
 		t.Fatalf("one policy edited: %+v", st)
+	}
+	// The same edit undone while every pod's status is written (new
+	// objects, the same to every policy): a render of the whole node, as
+	// a policy changed, that resolves that policy alone again.
+	c.in.Policies = slices.Clone(c.in.Policies)
+	c.in.Policies[i] = edited.DeepCopy()
+	c.in.Policies[i].Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{}}
+	for j := range c.in.Pods {
+		c.replacePod(j, func(p *corev1.Pod) {
+			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionTrue})
+		})
+	}
+	if _, err := k.Render(c.in); err != nil {
+		t.Fatal(err)
+	}
+	if st := k.Stats(); st.Patched || st.PoliciesResolved != 1 {
+		t.Fatalf("one policy edited and every pod's status written: %+v; want a whole render that resolves one policy", st)
 	}
 	// A pod in a namespace no policy looks at, with labels none selects.
 	c.nss = append(c.nss, "quiet")

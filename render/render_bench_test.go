@@ -2,7 +2,10 @@ package render_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/terway-reconciler/terway/internal/synth"
 	"github.com/terway-reconciler/terway/render"
@@ -41,7 +44,10 @@ func BenchmarkRender(b *testing.B) {
 // cluster (250 pods on this node) from scratch and after one ADD or DEL.
 // cached-add-del-held is the agent's case: the pod is held back as a
 // peer (Inputs.PeersHeldBack) from its ADD to its admission, so its ADD
-// and DEL change no policy.
+// and DEL change no policy. cached-add-del-held-status is that in a
+// cluster whose pods' status keeps being written: before each render
+// another pod's object is new, with a new condition, the same to every
+// policy (patched is the share of renders that were patches).
 func BenchmarkRenderCache(b *testing.B) {
 	for _, p := range []synth.Params{
 		{LocalPods: 250, RemotePods: 250, Policies: 1000, Namespaces: 20, Seed: 1},
@@ -88,6 +94,40 @@ func BenchmarkRenderCache(b *testing.B) {
 					b.Fatal("the held pod's ADD or DEL was rendered whole, not patched")
 				}
 			})
+		})
+		b.Run(name+"/cached-add-del-held-status", func(b *testing.B) {
+			last := in.Allocations[len(in.Allocations)-1].Metadata
+			held := map[string]bool{last.Namespace + "/" + last.Name: true}
+			k := render.NewCache()
+			b.ReportAllocs()
+			renders, patched := 0, 0
+			pods := slices.Clone(in.Pods)
+			primed := in
+			primed.PeersHeldBack = held
+			if _, err := k.Render(primed); err != nil { // from scratch: not timed
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				x := without
+				if renders%2 == 1 {
+					x = in
+				}
+				// Another pod's status written: a new object.
+				i := renders * 7 % len(pods)
+				pods = slices.Clone(pods)
+				p := pods[i].DeepCopy()
+				p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionStatus([]string{"True", "False"}[renders%2])})
+				pods[i] = p
+				x.Pods, x.PeersHeldBack = pods, held
+				if _, err := k.Render(x); err != nil {
+					b.Fatal(err)
+				}
+				renders++
+				if k.Stats().Patched {
+					patched++
+				}
+			}
+			b.ReportMetric(float64(patched)/float64(renders), "patched")
 		})
 	}
 }
