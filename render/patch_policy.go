@@ -135,9 +135,10 @@ func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*pod
 // resolveRules resolves the rules of a policy that had no target and no
 // awaiting pod in the last document (so none resolved) against its peers,
 // as a render of the node would: the peers are the last full render's,
-// which no patch changes. The entry is left dirty, so that the next full
-// render resolves it whole (its targets too) rather than trust what a
-// patch made.
+// which no patch changes (a peer's object there may be older than the
+// inputs', but is the same to every policy: samePeer). The entry is left
+// dirty, so that the next full render resolves it whole (its targets
+// too) rather than trust what a patch made.
 func (b *patchBase) resolveRules(k *Cache, e *policyEntry) {
 	c := &policyCompiler{r: b.peers, nsLabels: b.nsLabels, nsNames: b.nsNames}
 	res := &resolution{rulesResolved: true}
