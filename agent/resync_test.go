@@ -32,6 +32,10 @@ type podSource struct {
 	policies []*networkingv1.NetworkPolicy
 	// namespaces are the Namespace objects, for namespaceSelector peers.
 	namespaces []*corev1.Namespace
+	// listed, when set, is the pods' list Snapshot answers with, as the
+	// agent's real sources do: one list, sorted by key, while nothing
+	// changes. Else Snapshot lists pods in the map's order.
+	listed []*corev1.Pod
 }
 
 func (s *podSource) Start(context.Context) error { return nil }
@@ -42,6 +46,10 @@ func (s *podSource) Snapshot() inputs.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	snap := inputs.Snapshot{Node: s.node, Policies: slices.Clone(s.policies), Namespaces: slices.Clone(s.namespaces)}
+	if s.listed != nil {
+		snap.Pods = s.listed
+		return snap
+	}
 	for _, p := range s.pods {
 		snap.Pods = append(snap.Pods, p)
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -30,9 +31,13 @@ import (
 // time goes (`terwayctl bench --only scale` measures the same through the
 // plugin binary). The node's pods and the cluster around it are those of
 // that benchmark: synth's 1,000 policies over 20 namespaces, 250 pods on
-// other nodes, and 250 resident pods here with synth's labels. Each timed
-// pod is ADDed, then DELed (untimed). The baseline, in the same run, is 10
-// resident pods and no policies. The timed ADDs carry the pprof label
+// other nodes, and 250 resident pods here with synth's labels, listed to
+// the agent as its real sources list them (sorted, one list while nothing
+// changes). Each timed pod is ADDed, then DELed (untimed). The baseline,
+// in the same run, is 10 resident pods and no policies. The third size,
+// status-written, is the second in a cluster whose pods' status keeps
+// being written: before each ADD, the status of a pod on another node
+// (writeStatus). The timed ADDs carry the pprof label
 // phase=timed, so that a profile of them alone is -tagfocus=phase=timed.
 // With TERWAY_SCALE_PROFILE=FILE (and no -cpuprofile) the CPU profile
 // covers only the timed ADDs at scale and the admission of their pods,
@@ -41,7 +46,7 @@ import (
 // the heap they allocated (runtime.MemStats), with
 // TERWAY_SCALE_HEAP=PREFIX profiled (heapProfiles). With
 // TERWAY_SCALE_PERF=PREFIX each size's timed ADDs are also recorded by
-// `perf record -g` into PREFIX.<resident pods> (perf must be installed):
+// `perf record -g` into PREFIX.<resident pods>[-status] (perf must be installed):
 // it samples the kernel's side too, and faster than Go's profile can here
 // (its per-thread timers fire at most once a kernel tick, 250 Hz on these
 // VMs; BENCHMARKS.md, "Stop 43").
@@ -50,10 +55,17 @@ import (
 //	go test -run '^$' -bench AgentAddAtScale -benchtime 1x ./agent/
 func BenchmarkAgentAddAtScale(b *testing.B) {
 	var base time.Duration
-	for _, size := range []struct{ resident, policies int }{{10, 0}, {250, 1000}} {
-		b.Run(fmt.Sprintf("pods=%d,policies=%d", size.resident, size.policies), func(b *testing.B) {
+	for _, size := range []struct {
+		resident, policies int
+		statusWritten      bool
+	}{{10, 0, false}, {250, 1000, false}, {250, 1000, true}} {
+		name := fmt.Sprintf("pods=%d,policies=%d", size.resident, size.policies)
+		if size.statusWritten {
+			name += ",status-written"
+		}
+		b.Run(name, func(b *testing.B) {
 			for b.Loop() {
-				p50 := addAtScale(b, size.resident, size.policies)
+				p50 := addAtScale(b, size.resident, size.policies, size.statusWritten)
 				if size.policies == 0 {
 					base = p50
 				} else if base > 0 {
@@ -71,9 +83,11 @@ const scaleTimed = 50
 // admitted, in synth's cluster of policies (none: no cluster around it),
 // with timed pods (their objects only) for the caller to ADD.
 type scaleNode struct {
-	a     *Agent
-	timed []*corev1.Pod
-	req   func(cmd wire.Command, p *corev1.Pod) *wire.Request
+	a      *Agent
+	src    *podSource
+	remote []int // places in src.listed of pods on other nodes
+	timed  []*corev1.Pod
+	req    func(cmd wire.Command, p *corev1.Pod) *wire.Request
 }
 
 func newScaleNode(b *testing.B, resident, policies, timedPods int) *scaleNode {
@@ -107,6 +121,20 @@ func newScaleNode(b *testing.B, resident, policies, timedPods int) *scaleNode {
 	for _, p := range slices.Concat(residents, timed) {
 		src.pods[p.Namespace+"/"+p.Name] = p
 	}
+	// Listed as the agent's sources list pods: sorted by key, one list
+	// while nothing changes.
+	for _, p := range src.pods {
+		src.listed = append(src.listed, p)
+	}
+	slices.SortFunc(src.listed, func(x, y *corev1.Pod) int {
+		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+	})
+	var remote []int // places in src.listed of pods on other nodes
+	for i, p := range src.listed {
+		if p.Spec.NodeName != "node-1" {
+			remote = append(remote, i)
+		}
+	}
 	netns := map[string]string{}
 	req := func(cmd wire.Command, p *corev1.Pod) *wire.Request {
 		return &wire.Request{Command: cmd, ContainerID: "ctr-" + p.Name, Netns: netns[p.Name], IfName: "eth0",
@@ -128,11 +156,31 @@ func newScaleNode(b *testing.B, resident, policies, timedPods int) *scaleNode {
 	if out := a.sync(ctx, true); out.Again {
 		b.Fatalf("sync after the resident pods: %+v", out)
 	}
-	return &scaleNode{a: a, timed: timed, req: req}
+	return &scaleNode{a: a, src: src, remote: remote, timed: timed, req: req}
 }
 
-func addAtScale(b *testing.B, resident, policies int) time.Duration {
-	writeHeap := heapProfiles(b, resident)
+// writeStatus writes the status of the node's n-th pod on another node, as
+// the kubelet there does: a new object in the inputs, the same to every
+// policy.
+func (n *scaleNode) writeStatus(i int) {
+	s := n.src
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at := n.remote[i%len(n.remote)]
+	p := s.listed[at].DeepCopy()
+	ready := []corev1.ConditionStatus{corev1.ConditionTrue, corev1.ConditionFalse}[i/len(n.remote)%2]
+	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}
+	s.listed = slices.Clone(s.listed)
+	s.listed[at] = p
+	s.pods[p.Namespace+"/"+p.Name] = p
+}
+
+func addAtScale(b *testing.B, resident, policies int, statusWritten bool) time.Duration {
+	label := strconv.Itoa(resident) // of the profiles' files
+	if statusWritten {
+		label += "-status"
+	}
+	writeHeap := heapProfiles(b, label)
 	n := newScaleNode(b, resident, policies, scaleTimed)
 	a, timed, req, ctx := n.a, n.timed, n.req, context.Background()
 	before := a.addPhaseSums(b)
@@ -151,13 +199,16 @@ func addAtScale(b *testing.B, resident, policies int) time.Duration {
 	}
 	var adds, dels []time.Duration
 	writeHeap("before")
-	stopPerf := recordPerf(b, resident)
+	stopPerf := recordPerf(b, label)
 	defer stopPerf() // also when an ADD fails
 	var memBefore runtime.MemStats
 	runtime.ReadMemStats(&memBefore)
 	cpuBefore := processCPU(b)
 	pprof.Do(ctx, pprof.Labels("phase", "timed"), func(ctx context.Context) {
-		for _, p := range timed {
+		for i, p := range timed {
+			if statusWritten {
+				n.writeStatus(i)
+			}
 			start := time.Now()
 			if _, err := a.Add(ctx, req(wire.CmdAdd, p)); err != nil {
 				b.Fatal(err)
@@ -283,11 +334,11 @@ func processCPU(b *testing.B) time.Duration {
 }
 
 // heapProfiles returns what writes the heap profile, with
-// TERWAY_SCALE_HEAP=PREFIX, into PREFIX.<resident pods>.<when>; without it,
+// TERWAY_SCALE_HEAP=PREFIX, into PREFIX.<label>.<when>; without it,
 // nothing. The allocations of the timed ADDs alone are then
 // `go tool pprof -sample_index=alloc_space -diff_base PREFIX.250.before PREFIX.250.after`.
 // The sampling rate is one sample per 16 KiB from then on.
-func heapProfiles(b *testing.B, resident int) func(when string) {
+func heapProfiles(b *testing.B, label string) func(when string) {
 	prefix := os.Getenv("TERWAY_SCALE_HEAP")
 	if prefix == "" {
 		return func(string) {}
@@ -295,7 +346,7 @@ func heapProfiles(b *testing.B, resident int) func(when string) {
 	runtime.MemProfileRate = 16 << 10
 	return func(when string) {
 		runtime.GC() // the profile shows allocations as of the last GC
-		f, err := os.Create(fmt.Sprintf("%s.%d.%s", prefix, resident, when))
+		f, err := os.Create(fmt.Sprintf("%s.%s.%s", prefix, label, when))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -307,15 +358,15 @@ func heapProfiles(b *testing.B, resident int) func(when string) {
 }
 
 // recordPerf starts `perf record -g` of this process into
-// $TERWAY_SCALE_PERF.<resident> when that is set, and returns what stops
+// $TERWAY_SCALE_PERF.<label> when that is set, and returns what stops
 // it (a no-op when it is not).
-func recordPerf(b *testing.B, resident int) (stop func()) {
+func recordPerf(b *testing.B, label string) (stop func()) {
 	prefix := os.Getenv("TERWAY_SCALE_PERF")
 	if prefix == "" {
 		return func() {}
 	}
 	cmd := exec.Command("perf", "record", "-F", "2999", "-g", "-p", strconv.Itoa(os.Getpid()),
-		"-o", fmt.Sprintf("%s.%d", prefix, resident))
+		"-o", fmt.Sprintf("%s.%s", prefix, label))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("perf record: %v", err)
