@@ -401,10 +401,14 @@ func (b *patchBase) scanPods(in Inputs, gen uint64, note func(string) *podChange
 		default:
 			pp.objGen = gen
 			objects++
-			if pp.obj != p {
-				note(string(key)).obj = p
-			} else {
+			switch {
+			case pp.obj == p:
 				entries[i] = pp
+			case statusOnly(pp, p):
+				pp.obj = p // the document is the same
+				entries[i] = pp
+			default:
+				note(string(key)).obj = p
 			}
 		}
 		if len(changes) > maxPatchedPods {
@@ -534,6 +538,16 @@ func (b *patchBase) samePeer(r *renderer, key string) bool {
 		return true
 	}
 	return was == is && wasPinned == isPinned && samePeerObject(wasObj, isObj)
+}
+
+// statusOnly tells whether p, a new object of a pod on another node
+// (pp), changes nothing of the document: such a pod has no part in it but
+// as a policy peer, by its status's address and what samePeerObject
+// compares. A scan takes it in place rather than as a changed pod, of
+// which a patch takes at most maxPatchedPods: in a large cluster more
+// status writes than that come between two CNI requests.
+func statusOnly(pp *patchPod, p *corev1.Pod) bool {
+	return pp.obj != nil && !pp.local && pp.alloc == nil && p.Status.PodIP == pp.obj.Status.PodIP && samePeerObject(pp.obj, p)
 }
 
 // samePeerObject tells whether two objects of one pod are the same to the

@@ -397,3 +397,58 @@ func TestCacheCopyMatchesRender(t *testing.T) {
 	}
 	t.Logf("%d changes, each rendered by both caches and compared, %d copies", steps, copies)
 }
+
+// TestStatusWritesElsewhereStayPatches: more status writes of pods on
+// other nodes than a patch takes changed pods (maxPatchedPods) between
+// two renders, with an ADD among them, still give a patch of the ADD's
+// pod alone, the same document as a render from scratch; a relabelled
+// pod among them does not.
+func TestStatusWritesElsewhereStayPatches(t *testing.T) {
+	c := newChurn(11)
+	for len(c.in.Pods) < 3*maxPatchedPods {
+		c.addPod()
+	}
+	for i := range 40 {
+		c.in.Policies = append(c.in.Policies, randomPolicy(c.rng, 100+i, c.nss))
+	}
+	c.repair()
+	k := NewCache()
+	if _, err := k.Render(c.in); err != nil {
+		t.Fatal(err)
+	}
+	writeStatus := func() int {
+		n := 0
+		for i, p := range c.in.Pods {
+			if p.Spec.NodeName != "n1" {
+				c.replacePod(i, func(p *corev1.Pod) {
+					p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionTrue})
+				})
+				n++
+			}
+		}
+		return n
+	}
+	if n := writeStatus(); n <= maxPatchedPods {
+		t.Fatalf("only %d pods on other nodes: the test proves nothing", n)
+	}
+	p := c.addLocalPod()
+	c.in.Allocations = slices.Clone(c.in.Allocations)
+	c.allocate(p)
+	c.in.Allocations[len(c.in.Allocations)-1].Spec.IP = c.freeIP()
+	c.in.PeersHeldBack = map[string]bool{p.Namespace + "/" + p.Name: true}
+	history := []string{"status written elsewhere, and an ADD"}
+	matchesScratch(t, k, c.in, "ADD", history)
+	if st := k.Stats(); !st.Patched || st.PodsPatched != 1 {
+		t.Fatalf("an ADD among status writes elsewhere: %+v; want a patch of its pod alone", st)
+	}
+	// A pod elsewhere relabelled, among as many status writes: a
+	// changed peer, which a patch does not take.
+	writeStatus()
+	i := slices.IndexFunc(c.in.Pods, func(p *corev1.Pod) bool { return p.Spec.NodeName != "n1" })
+	c.replacePod(i, func(p *corev1.Pod) { p.Labels = map[string]string{"app": "relabelled"} })
+	history = append(history, "status written elsewhere, and a pod elsewhere relabelled")
+	matchesScratch(t, k, c.in, "relabel", history)
+	if k.Stats().Patched {
+		t.Fatalf("a relabelled peer was patched: %+v", k.Stats())
+	}
+}
