@@ -364,7 +364,7 @@ func (b *patchBase) scanPods(in Inputs, gen uint64, note func(string) *podChange
 	for i, p := range in.Pods {
 		if j < len(last) && last[j] != p {
 			// Pods gone since: the object a few places on.
-			for k := j + 1; k < min(j+scanLookAhead, len(last)); k++ {
+			for k := j + 1; k <= min(j+scanLookAhead, len(last)-1); k++ {
 				if last[k] == p {
 					j = k
 					break
@@ -545,7 +545,10 @@ func (b *patchBase) samePeer(r *renderer, key string) bool {
 // as a policy peer, by its status's address and what samePeerObject
 // compares. A scan takes it in place rather than as a changed pod, of
 // which a patch takes at most maxPatchedPods: in a large cluster more
-// status writes than that come between two CNI requests.
+// status writes than that come between two CNI requests. Nothing checks
+// such a pod after this: a field of a pod elsewhere that the render comes
+// to read (status.podIPs for two stacks, say) must be compared here or in
+// samePeerObject.
 func statusOnly(pp *patchPod, p *corev1.Pod) bool {
 	return pp.obj != nil && !pp.local && pp.alloc == nil && p.Status.PodIP == pp.obj.Status.PodIP && samePeerObject(pp.obj, p)
 }

@@ -441,14 +441,25 @@ func TestStatusWritesElsewhereStayPatches(t *testing.T) {
 	if st := k.Stats(); !st.Patched || st.PodsPatched != 1 {
 		t.Fatalf("an ADD among status writes elsewhere: %+v; want a patch of its pod alone", st)
 	}
-	// A pod elsewhere relabelled, among as many status writes: a
-	// changed peer, which a patch does not take.
-	writeStatus()
-	i := slices.IndexFunc(c.in.Pods, func(p *corev1.Pod) bool { return p.Spec.NodeName != "n1" })
-	c.replacePod(i, func(p *corev1.Pod) { p.Labels = map[string]string{"app": "relabelled"} })
-	history = append(history, "status written elsewhere, and a pod elsewhere relabelled")
-	matchesScratch(t, k, c.in, "relabel", history)
-	if k.Stats().Patched {
-		t.Fatalf("a relabelled peer was patched: %+v", k.Stats())
+	// A pod elsewhere relabelled, given another address, or ended,
+	// among as many status writes: a changed peer, which a patch does not
+	// take.
+	for what, change := range map[string]func(*corev1.Pod){
+		"relabelled":       func(p *corev1.Pod) { p.Labels = map[string]string{"app": "relabelled"} },
+		"given an address": func(p *corev1.Pod) { p.Status.PodIP = "198.18.1.251" },
+		"ended":            func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
+		"recreated (UID)":  func(p *corev1.Pod) { p.UID = "another" },
+		"scheduled here":   func(p *corev1.Pod) { p.Spec.NodeName = "n1" },
+	} {
+		writeStatus()
+		i := slices.IndexFunc(c.in.Pods, func(p *corev1.Pod) bool {
+			return p.Spec.NodeName != "n1" && p.Status.Phase != corev1.PodSucceeded && p.Status.PodIP != "198.18.1.251"
+		})
+		c.replacePod(i, change)
+		history = append(history, "status written elsewhere, and a pod elsewhere "+what)
+		matchesScratch(t, k, c.in, what, history)
+		if k.Stats().Patched {
+			t.Fatalf("a peer %s was patched: %+v", what, k.Stats())
+		}
 	}
 }
