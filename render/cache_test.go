@@ -101,6 +101,14 @@ func (c *churn) replacePod(i int, change func(*corev1.Pod)) {
 	c.in.Pods[i] = p
 }
 
+// writeStatus writes pod i's status as the kubelet does: a new object
+// with its Ready condition ready, the same to every policy.
+func (c *churn) writeStatus(i int, ready corev1.ConditionStatus) {
+	c.replacePod(i, func(p *corev1.Pod) {
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}
+	})
+}
+
 // step makes one random change and says which.
 func (c *churn) step() string {
 	in := &c.in
@@ -116,12 +124,7 @@ func (c *churn) step() string {
 		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.Labels = c.podLabels() })
 		return "relabel pod"
 	case n < 34 && len(in.Pods) > 0:
-		// The kubelet writes a pod's status: a new object, the same to
-		// every policy.
-		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) {
-			ready := corev1.ConditionStatus([]string{"True", "False"}[c.pick(2)])
-			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}
-		})
+		c.writeStatus(c.pick(len(in.Pods)), []corev1.ConditionStatus{"True", "False"}[c.pick(2)])
 		return "pod status"
 	case n < 38 && len(in.Pods) > 0:
 		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) { p.Spec.Containers[0].Ports = c.ports() })
@@ -360,9 +363,7 @@ func TestCacheTouchesOnlyWhatChanged(t *testing.T) {
 	c.in.Policies[i] = edited.DeepCopy()
 	c.in.Policies[i].Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{}}
 	for j := range c.in.Pods {
-		c.replacePod(j, func(p *corev1.Pod) {
-			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionTrue})
-		})
+		c.writeStatus(j, corev1.ConditionTrue)
 	}
 	if _, err := k.Render(c.in); err != nil {
 		t.Fatal(err)

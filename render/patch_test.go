@@ -159,12 +159,7 @@ func (c *churn) agentStep() string {
 		c.repair()
 		return "conflicts resolved"
 	case n < 88 && len(in.Pods) > 0:
-		// The kubelet or a controller writes a pod's status: a new object
-		// that is the same to every policy.
-		c.replacePod(c.pick(len(in.Pods)), func(p *corev1.Pod) {
-			ready := corev1.ConditionStatus([]string{"True", "False"}[c.pick(2)])
-			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}
-		})
+		c.writeStatus(c.pick(len(in.Pods)), []corev1.ConditionStatus{"True", "False"}[c.pick(2)])
 		return statusStep
 	}
 	return c.step()
@@ -420,9 +415,7 @@ func TestStatusWritesElsewhereStayPatches(t *testing.T) {
 		n := 0
 		for i, p := range c.in.Pods {
 			if p.Spec.NodeName != "n1" {
-				c.replacePod(i, func(p *corev1.Pod) {
-					p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionTrue})
-				})
+				c.writeStatus(i, corev1.ConditionTrue)
 				n++
 			}
 		}
