@@ -277,3 +277,54 @@ func TestRestartExclusiveOwnerFromTag(t *testing.T) {
 		t.Fatalf("exclusive ENI %s still exists after its release", excl.ENI)
 	}
 }
+
+// An agent killed while deleting an ENI leaves it detaching. The restarted
+// one goes on deleting it at start, not at its next full resync, unless
+// its holdings show pods on it: then it is reported and left alone.
+func TestDetachingENIDeletedAtStart(t *testing.T) {
+	for _, held := range []bool{false, true} {
+		t.Run(fmt.Sprintf("held=%v", held), func(t *testing.T) {
+			e := startEmulator(t, nil)
+			cfg := e.config(0, 0)
+			r1, stop1 := startStoppable(t, cfg, nil)
+			a := allocate(t, r1, "pod", 1, 1)[0]
+			stop1()
+			client, err := ecs.NewClientWithAccessKey(e.info.RegionID, e.info.AccessKeyID, e.info.AccessKeySecret)
+			if err != nil {
+				t.Fatal(err)
+			}
+			client.Domain = e.info.Endpoint
+			// The killed agent's detach: slow enough that the restart
+			// finds the ENI still detaching.
+			e.emu.SetAsyncDelay(50*time.Millisecond, 2*time.Second, 20*time.Millisecond)
+			detach := ecs.CreateDetachNetworkInterfaceRequest()
+			detach.NetworkInterfaceId, detach.InstanceId = a.ENI, e.self.ID
+			if _, err := client.DetachNetworkInterface(detach); err != nil {
+				t.Fatal(err)
+			}
+			var holdings []eni.Holding
+			if held {
+				holdings = []eni.Holding{{Owner: "pod-0", IP: a.IP, ENI: a.ENI}}
+			}
+			r2 := start(t, cfg, holdings)
+			if n, ok := e.emu.Dump().ENI(a.ENI); !ok || n.Status != "Detaching" {
+				t.Fatalf("ENI %s at restart: %+v, want it detaching", a.ENI, n)
+			}
+			if err := r2.Maintain(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			_, exists := settled(t, e).ENI(a.ENI)
+			problems := strings.Join(r2.Status().Problems, "\n")
+			switch {
+			case !held && exists:
+				t.Fatalf("ENI %s, detaching at restart and holding nothing, still exists", a.ENI)
+			case held && !exists:
+				t.Fatalf("ENI %s, detaching at restart with a held IP, was deleted", a.ENI)
+			case held && !strings.Contains(problems, a.ENI+": detaching"):
+				t.Fatalf("problems: %q, want ENI %s reported as detaching with a held IP", problems, a.ENI)
+			case !held && problems != "":
+				t.Fatalf("problems: %q", problems)
+			}
+		})
+	}
+}

@@ -124,6 +124,7 @@ func (r *Reconciler) Start(ctx context.Context, holdings []Holding) error {
 	}
 	r.mu.Lock()
 	r.restoreLocked(holdings)
+	r.retireDetachingLocked()
 	r.started = true
 	r.mu.Unlock()
 	slots := r.Status().Slots
@@ -179,6 +180,28 @@ func (r *Reconciler) restoreLocked(holdings []Holding) {
 		if e.exclusive {
 			e.owner = owner
 		}
+	}
+}
+
+// retireDetachingLocked marks for deletion each ENI of ours that is
+// detaching while we are not deleting it. Only our delete detaches an
+// ENI, so at start that is a delete a crash cut off; later it is someone
+// detaching it behind our back. Either way it is leaving the instance,
+// and it would otherwise stay in the cloud, not ready, until a resync
+// finds it detached (every ResyncInterval). It needs the holdings
+// restored: an ENI whose IPs pods hold is reported instead.
+func (r *Reconciler) retireDetachingLocked() {
+	for _, id := range sortedKeys(r.enis) {
+		e := r.enis[id]
+		if e.status != statusDetaching || e.deleting {
+			continue
+		}
+		if held, _, _ := e.counts(); held > 0 || e.owner != "" {
+			r.problem("eni/"+id, fmt.Sprintf("ENI %s: detaching from instance %s but %d of its IPs are held by pods (owner %q)", id, r.cfg.InstanceID, held, e.owner))
+			continue
+		}
+		e.deleting, e.ready = true, false
+		r.log.Warn("ENI of ours detaching that we are not deleting (a delete cut off by a restart); deleting it", "eni", id)
 	}
 }
 
@@ -245,6 +268,9 @@ func (r *Reconciler) resync(ctx context.Context, scan bool) error {
 			continue
 		}
 		e.deleting, e.ready = true, false
+	}
+	if r.started {
+		r.retireDetachingLocked()
 	}
 	var strays []string
 	for _, c := range tagged {
