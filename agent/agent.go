@@ -18,6 +18,7 @@ import (
 	"github.com/terway-reconciler/terway/agent/store"
 	"github.com/terway-reconciler/terway/apply/engine"
 	"github.com/terway-reconciler/terway/apply/netns"
+	"github.com/terway-reconciler/terway/cni/forward"
 	"github.com/terway-reconciler/terway/cni/server"
 	"github.com/terway-reconciler/terway/render"
 	"github.com/terway-reconciler/terway/spec"
@@ -206,7 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on CNI socket: %w", err)
 	}
-	cniServer := &http.Server{Handler: a.m.instrument(server.NewHTTPHandler(a, a.log)), ReadHeaderTimeout: 10 * time.Second}
+	cniServer := &http.Server{Handler: forward.NewHandler(a.m.instrument(server.NewHTTPHandler(a, a.log))), ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 2)
 	go func() { errs <- serve(cniServer, ln, "CNI socket "+a.cfg.Socket) }()
 	var health *http.Server

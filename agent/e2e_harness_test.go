@@ -20,12 +20,14 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/terway-reconciler/terway/cni/forward"
 	"github.com/terway-reconciler/terway/internal/cnibench"
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/internal/traffic"
 )
 
-// binaries builds terwayd and the terway CNI plugin once per test process.
+// binaries builds terwayd and the terway CNI plugin (the C forwarder) once
+// per test process.
 var (
 	buildOnce sync.Once
 	binDir    string
@@ -39,10 +41,12 @@ func binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/", "github.com/terway-reconciler/terway/cmd/terwayd", "github.com/terway-reconciler/terway/cmd/terway").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binDir+"/", "github.com/terway-reconciler/terway/cmd/terwayd").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
 		}
+		buildErr = forward.Build(context.Background(), filepath.Join(binDir, "terway"), "")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

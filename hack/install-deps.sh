@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, the tools the tests and the demo use:
-# ip and tc (iproute2) and nft (nftables), and the CA bundle `make image`
-# copies into the image (ca-certificates). Does nothing when they are there.
+# ip and tc (iproute2) and nft (nftables), a C compiler and static libc for
+# the CNI forwarder (gcc, libc6-dev), and the CA bundle `make image` copies
+# into the image (ca-certificates). Does nothing when they are there.
 #
 # `hack/install-deps.sh docker` installs Debian's docker.io instead (dockerd
 # and its client, for hack/mkimage's `docker load` test), without letting
@@ -17,6 +18,10 @@ else
 	command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 	command -v nft >/dev/null 2>&1 || missing+=(nftables)
 	[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+	# The CNI binary is a static C program (cni/forward): a compiler and
+	# the static C library.
+	command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+	command -v cc >/dev/null 2>&1 && [ -f "$(cc -print-file-name=libc.a)" ] || missing+=(libc6-dev)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
 	exit 0

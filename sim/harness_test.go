@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/terway-reconciler/terway/cni/forward"
 	"github.com/terway-reconciler/terway/internal/nstest"
 	"github.com/terway-reconciler/terway/sim"
 )
@@ -38,7 +39,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// binaries builds terwayd, terway and terwayctl once per test process.
+// binaries builds terwayd, terway (the C forwarder) and terwayctl once per
+// test process.
 func binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -48,11 +50,12 @@ func binaries(t testing.TB) string {
 		}
 		out, err := exec.Command("go", "build", "-o", binDir+"/",
 			"github.com/terway-reconciler/terway/cmd/terwayd",
-			"github.com/terway-reconciler/terway/cmd/terway",
 			"github.com/terway-reconciler/terway/cmd/terwayctl").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
 		}
+		buildErr = forward.Build(context.Background(), filepath.Join(binDir, "terway"), "")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

@@ -5,30 +5,25 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/terway-reconciler/terway/cni/wire"
 )
 
-// Main runs the plugin as a process and returns its exit status: 0 on
-// success, 1 with a CNI error on stdout otherwise.
-//
-// SIGTERM and SIGINT end the process as they end any Go program, with no
-// answer printed; the agent sees the connection close and cancels the
-// call. The plugin used to catch them to print a CNI error instead, but
-// the runtimes do not send them: libcni, under containerd and CRI-O, kills
-// a plugin whose context ends with SIGKILL. Catching a signal costs every
-// start a thread for os/signal: 0.85 ms of CPU per ADD on a paravirtual
-// VM, where the plugin is over half of an ADD's CPU (median CPU of 400
-// ADDs against a stub agent, run alternately with and without it).
-func Main() int {
-	return run(context.Background(), os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+// run is Invoke as the Go plugin binary ran, calling the agent at the
+// config's socket.
+func run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return Invoke(ctx, getenv, stdin, stdout, stderr, &Plugin{})
 }
 
-// run is Main with its environment, streams and context given.
-func run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+// Invoke serves one invocation as the plugin process does, with its
+// environment, streams and context given, and returns the exit status.
+// with's RoundTrip and CallerNetns, when set, stand in for the config's
+// socket and this process's namespace: the agent serves the forwarder's
+// invocations so (package cni/forward), and every check and error is the
+// same whichever binary the runtime ran.
+func Invoke(ctx context.Context, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer, with *Plugin) int {
 	cmd := getenv("CNI_COMMAND")
 	switch cmd {
 	case "":
@@ -66,7 +61,7 @@ func run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdou
 		Args: getenv("CNI_ARGS"), Path: getenv("CNI_PATH"), NetnsOverride: getenv("CNI_NETNS_OVERRIDE"),
 		StdinData: data,
 	}
-	p := &Plugin{Stdout: stdout, Context: ctx}
+	p := &Plugin{Stdout: stdout, Context: ctx, RoundTrip: with.RoundTrip, CallerNetns: with.CallerNetns}
 	if err := p.Run(command, args); err != nil {
 		printError(stdout, CNIError(command, err), version)
 		return 1

@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/terway-reconciler/terway/cni/forward"
 	"github.com/terway-reconciler/terway/internal/ociimage"
 )
 
@@ -33,7 +34,11 @@ import (
 // entrypoint (the agent, and `terwayd install-cni` for the init container),
 // terway the CNI plugin install-cni copies to the host, terwayctl the
 // operator's tool (`kubectl exec ... terwayctl status`).
-var Binaries = []string{"terwayd", "terway", "terwayctl"}
+var Binaries = []string{"terwayd", forwarderBinary, "terwayctl"}
+
+// forwarderBinary is the CNI plugin, a static C program (package
+// cni/forward); the others are Go commands under cmd/.
+const forwarderBinary = "terway"
 
 // BinDir is where the manifests run the binaries from.
 const BinDir = "/usr/local/bin"
@@ -198,13 +203,18 @@ func Build(ctx context.Context, o Options) (Summary, error) {
 func buildBinaries(ctx context.Context, root, dir, arch string) (map[string]string, error) {
 	args := []string{"build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", dir + string(filepath.Separator)}
 	for _, b := range Binaries {
-		args = append(args, "./cmd/"+b)
+		if b != forwarderBinary {
+			args = append(args, "./cmd/"+b)
+		}
 	}
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("go %v: %w\n%s", args, err, out)
+	}
+	if err := forward.Build(ctx, filepath.Join(dir, forwarderBinary), arch); err != nil {
+		return nil, err
 	}
 	bins := map[string]string{}
 	for _, b := range Binaries {

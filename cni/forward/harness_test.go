@@ -1,7 +1,8 @@
-package main_test
+package forward_test
 
-// The harness: the terway binary built once per test run, a fake agent
-// serving the wire protocol on a unix socket in a temporary directory, and
+// The harness: the terway binary (the C forwarder) built once per test run,
+// a fake agent serving the wire protocol and the forwarder's exec call
+// (NewHandler) on a unix socket in a temporary directory, and
 // a libcni runtime with its conflist, bin and cache directories, set up the
 // way containerd sets them up. Nothing here opens a network namespace or
 // touches the machine's network: the netns paths are just strings the fake
@@ -15,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -27,6 +27,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/terway-reconciler/terway/cni/forward"
 	"github.com/terway-reconciler/terway/cni/server"
 	"github.com/terway-reconciler/terway/cni/wire"
 )
@@ -45,14 +46,8 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "go tool not found to build the terway binary:", err)
-		return 1
-	}
-	out, err := exec.Command(goTool, "build", "-o", filepath.Join(dir, "terway"), ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building the terway binary: %v\n%s", err, out)
+	if err := forward.Build(context.Background(), filepath.Join(dir, "terway"), ""); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	binDir = dir
@@ -193,7 +188,7 @@ func startAgent(t *testing.T, a *fakeAgent) string {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv := &http.Server{Handler: server.NewHTTPHandler(a, log), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: forward.NewHandler(server.NewHTTPHandler(a, log)), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return sock

@@ -1,19 +1,25 @@
-package main_test
+package forward_test
 
 // Runs the binary directly, as a runtime would but with inputs no libcni
-// would produce: junk on stdin, broken environments, signals.
+// would produce: junk on stdin, broken environments, signals. The checks
+// are the agent's (package plugin, run in-process by NewHandler): these
+// show they reach the runtime as the Go plugin gave them.
 
 import (
 	"bytes"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/terway-reconciler/terway/cni/wire"
 )
 
 type runOut struct {
@@ -79,8 +85,13 @@ func parseError(t *testing.T, r runOut) cniError {
 	return e
 }
 
+// TestGarbageStdin: every check of the config is the agent's, reached at
+// the config's socket, and gives the precise error.
 func TestGarbageStdin(t *testing.T) {
-	huge := append([]byte(`{"cniVersion":"1.1.0","name":"n","type":"terway","pad":"`), bytes.Repeat([]byte("x"), 5<<20)...)
+	agent := &fakeAgent{}
+	sock := startAgent(t, agent)
+	socket := fmt.Sprintf(`"socket":%q,`, sock)
+	huge := append([]byte(`{`+socket+`"cniVersion":"1.1.0","name":"n","type":"terway","pad":"`), bytes.Repeat([]byte("x"), 5<<20)...)
 	for _, tc := range []struct {
 		name  string
 		cmd   string
@@ -88,16 +99,14 @@ func TestGarbageStdin(t *testing.T) {
 		code  uint
 		want  string
 	}{
-		{"binary junk", "ADD", []byte{0x00, 0xff, 0x13, 'G', 'I', 'F'}, 6, "not a JSON object"},
-		{"text junk", "DEL", []byte("hello world\n"), 6, "not a JSON object"},
-		{"empty", "ADD", nil, 6, "no network config"},
-		{"json array", "CHECK", []byte(`["cniVersion"]`), 6, "not a JSON object"},
-		{"truncated", "STATUS", []byte(`{"cniVersion":"1.1.0","name":`), 6, "not a JSON object"},
-		{"no cniVersion", "ADD", []byte(`{"name":"n","type":"terway"}`), 7, `"cniVersion" is missing`},
-		{"no name", "ADD", []byte(`{"cniVersion":"1.1.0","type":"terway"}`), 7, `"name" is missing`},
-		{"no type", "ADD", []byte(`{"cniVersion":"1.1.0","name":"n"}`), 7, `"type" is missing`},
+		{"no cniVersion", "ADD", []byte(`{` + socket + `"name":"n","type":"terway"}`), 7, `"cniVersion" is missing`},
+		{"no name", "ADD", []byte(`{` + socket + `"cniVersion":"1.1.0","type":"terway"}`), 7, `"name" is missing`},
+		{"no type", "ADD", []byte(`{` + socket + `"cniVersion":"1.1.0","name":"n"}`), 7, `"type" is missing`},
 		{"too large", "ADD", huge, 7, "larger than"},
-		{"check without prevResult", "CHECK", []byte(`{"cniVersion":"1.1.0","name":"n","type":"terway"}`), 7, `"prevResult" is missing`},
+		{"truncated", "STATUS", []byte(`{` + socket + `"cniVersion":"1.1.0","name":`), 6, "not a JSON object"},
+		{"check without prevResult", "CHECK", []byte(`{` + socket + `"cniVersion":"1.1.0","name":"n","type":"terway"}`), 7, `"prevResult" is missing`},
+		{"socket not a string", "DEL", []byte(`{"socket":1,"cniVersion":"1.1.0","name":"n","type":"terway"}`), 6, `field "socket"`},
+		{"socket relative", "DEL", []byte(`{"socket":"x.sock","cniVersion":"1.1.0","name":"n","type":"terway"}`), 7, `field "socket" "x.sock" is not an absolute path`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := parseError(t, run(t, addEnv(tc.cmd), tc.stdin))
@@ -106,13 +115,47 @@ func TestGarbageStdin(t *testing.T) {
 			}
 		})
 	}
+	if n := len(agent.Calls()); n != 0 {
+		t.Errorf("the agent's handler saw %d calls for bad configs", n)
+	}
+}
+
+// TestGarbageStdinAgentDown: a config the forwarder cannot read as an
+// object has no socket to ask; with no agent at the default socket either,
+// the forwarder says what it sees, naming stdin and the unreachable agent.
+func TestGarbageStdinAgentDown(t *testing.T) {
+	if _, err := os.Stat(wire.DefaultSocketPath); err == nil {
+		t.Skipf("an agent's socket is at %s", wire.DefaultSocketPath)
+	}
+	for _, tc := range []struct {
+		name  string
+		stdin []byte
+		want  string
+	}{
+		{"binary junk", []byte{0x00, 0xff, 0x13, 'G', 'I', 'F'}, "not a JSON object"},
+		{"text junk", []byte("hello world\n"), "not a JSON object"},
+		{"empty", nil, "no network config"},
+		{"json array", []byte(`["cniVersion"]`), "not a JSON object"},
+		{"two objects", []byte(`{"cniVersion":"1.1.0"}{}`), "not a JSON object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := parseError(t, run(t, addEnv("ADD"), tc.stdin))
+			if e.Code != 6 || !strings.Contains(e.Msg, tc.want) || !strings.Contains(e.Details, "unreachable at "+wire.DefaultSocketPath) {
+				t.Errorf("got %d %q (%s), want 6 with %q, the agent unreachable", e.Code, e.Msg, e.Details, tc.want)
+			}
+		})
+	}
 }
 
 func TestBrokenEnvironment(t *testing.T) {
-	conf := []byte(`{"cniVersion":"1.1.0","name":"n","type":"terway","socket":"/nonexistent/t.sock"}`)
+	agent := &fakeAgent{}
+	sock := startAgent(t, agent)
+	conf := fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"n","type":"terway","socket":%q}`, sock)
 
-	e := parseError(t, run(t, []string{"CNI_COMMAND=FROB", "CNI_PATH=/x"}, conf))
-	if e.Code != 4 || !strings.Contains(e.Msg, "FROB") {
+	// An unknown command is the forwarder's to refuse: it never reaches
+	// an agent, here not even an existing one.
+	e := parseError(t, run(t, []string{"CNI_COMMAND=FROB", "CNI_PATH=/x"}, []byte(`{"cniVersion":"1.1.0","name":"n","type":"terway","socket":"/nonexistent/t.sock"}`)))
+	if e.Code != 4 || !strings.Contains(e.Msg, "FROB") || e.CNIVersion != "1.1.0" {
 		t.Errorf("unknown command: %+v", e)
 	}
 	e = parseError(t, run(t, []string{"CNI_COMMAND=ADD", "CNI_IFNAME=eth0", "CNI_NETNS=/n", "CNI_PATH=/x"}, conf))
@@ -126,6 +169,9 @@ func TestBrokenEnvironment(t *testing.T) {
 	}
 	if e.CNIVersion != "1.1.0" {
 		t.Errorf("error lacks the config's cniVersion: %+v", e)
+	}
+	if n := len(agent.Calls()); n != 0 {
+		t.Errorf("the agent's handler saw %d calls for broken environments", n)
 	}
 
 	// No command: the binary says what it is and exits 0, as skel plugins do.
@@ -189,21 +235,20 @@ func TestSIGTERMEndsAWaitingCall(t *testing.T) {
 	waitCancelled(t, agent)
 }
 
-// TestBinaryStaysThin: the runtime starts this binary for every pod's ADD
-// and DEL, so what it links is start-up time on every call. The CNI
-// library (with its regular expressions and result converters) made each
-// start 1.5 ms slower; net/http would cost more. The conversions live in
-// the agent (cni/server). Package net (which net/http needs) and os/signal
-// cost each ADD 0.6 and 0.85 ms of CPU on this project's test VM; the
-// client dials with plain system calls (cni/wire/conn.go).
-func TestBinaryStaysThin(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+// TestForwarderIsStatic: the runtime starts this binary for every pod's
+// ADD and DEL; a dynamic one would map the loader and libc each time.
+func TestForwarderIsStatic(t *testing.T) {
+	f, err := elf.Open(filepath.Join(binDir, "terway"))
 	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
+		t.Fatal(err)
 	}
-	for _, dep := range strings.Fields(string(out)) {
-		if strings.HasPrefix(dep, "github.com/containernetworking/") || dep == "regexp" || dep == "net" || dep == "os/signal" {
-			t.Errorf("the terway binary links %s", dep)
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Error("the terway binary has an ELF interpreter: it is dynamically linked")
 		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		t.Errorf("the terway binary needs shared libraries %v", libs)
 	}
 }
