@@ -9,15 +9,20 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/terway-reconciler/terway/cni/forward"
 )
 
-// binaries builds terwayd and the terway CNI plugin once per test process.
+// binaries builds terwayd and the terway CNI plugin (the C forwarder) once
+// per test process.
 var (
 	buildOnce sync.Once
 	binDir    string
@@ -31,11 +36,12 @@ func binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/",
-			"github.com/terway-reconciler/terway/cmd/terwayd", "github.com/terway-reconciler/terway/cmd/terway").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binDir+"/", "github.com/terway-reconciler/terway/cmd/terwayd").CombinedOutput()
 		if err != nil {
-			buildErr = fmt.Errorf("go build terwayd terway: %v\n%s", err, out)
+			buildErr = fmt.Errorf("go build terwayd: %v\n%s", err, out)
+			return
 		}
+		buildErr = forward.Build(context.Background(), filepath.Join(binDir, "terway"), "")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
