@@ -63,8 +63,11 @@ type addWaiter struct {
 	alloc spec.Allocation
 	// retry says the store had the attachment before this ADD.
 	retry bool
-	// persisted gives the store's commit of the allocation, which runs
-	// beside the set-up (Add); nil: committed already.
+	// commit is the store's commit of the allocation, which the batch's
+	// leader starts (startCommit); nil: committed already.
+	commit func() error
+	// persisted gives the outcome of that commit, which runs beside the
+	// set-up; nil: committed already.
 	persisted <-chan error
 	// pendingNo is the ADD's entry in pending (pendingAdds.add).
 	pendingNo uint64
@@ -78,8 +81,8 @@ type addOutcome struct {
 
 // setUp joins the current batch of ADDs and waits for its answer.
 func (a *Agent) setUp(ctx context.Context, req *wire.Request, key string, alloc spec.Allocation, pendingNo uint64, retry bool,
-	persisted <-chan error) (*types100.Result, error) {
-	w := &addWaiter{key: key, req: req, alloc: alloc, retry: retry, persisted: persisted, pendingNo: pendingNo, done: make(chan addOutcome, 1)}
+	commit func() error) (*types100.Result, error) {
+	w := &addWaiter{key: key, req: req, alloc: alloc, retry: retry, commit: commit, pendingNo: pendingNo, done: make(chan addOutcome, 1)}
 	if a.adds.join(w) {
 		// The batch is every waiter's, not the leader's alone: the runtime
 		// giving up on the leader's ADD must not fail the others.
@@ -98,6 +101,9 @@ func (a *Agent) leadSetUp(ctx context.Context) {
 	defer a.mu.Unlock()
 	a.m.addPhases.WithLabelValues("lock").Observe(time.Since(asked).Seconds())
 	batch := a.adds.take()
+	for _, w := range batch {
+		a.startCommit(w)
+	}
 	defer answerPanic(batch, func(w *addWaiter, msg string) {
 		select {
 		case w.done <- addOutcome{err: cniErr(codeTryAgainLater, "ADD "+w.req.ContainerID, msg)}:

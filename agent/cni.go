@@ -105,28 +105,39 @@ func (a *Agent) Add(ctx context.Context, req *wire.Request) (*types100.Result, e
 		pendingNo = a.pending.add(alloc)
 	}
 	a.allocMu.Unlock()
-	// The store syncs the new allocation (bbolt's two fdatasyncs) while
-	// the batch renders and applies the pod; the ADD answers only once it
-	// is durable (setUpBatch). Until then the store's writers wait, and its
-	// readers do not see it: the pod is pending for every render but its
-	// own batch's (settledAllocations).
-	var persisted chan error
-	if commit != nil {
-		persisted = make(chan error, 1)
-		go func() {
-			err := a.commitAllocation(commit)
-			a.pending.committed(alloc, pendingNo)
-			persisted <- err
-		}()
-	}
 	a.m.addPhases.WithLabelValues("allocate").Observe(time.Since(asked).Seconds())
 	chaos.Point(chaos.AddAfterStore)
 	if a.allocated != nil {
 		a.allocated()
 	}
 	// The address is recorded; the pod's network is set up together with
-	// the other ADDs that arrive meanwhile (add_batch.go).
-	return a.setUp(ctx, req, key, alloc, pendingNo, retry, persisted)
+	// the other ADDs that arrive meanwhile (add_batch.go), whose leader
+	// starts the commit.
+	return a.setUp(ctx, req, key, alloc, pendingNo, retry, commit)
+}
+
+// startCommit starts the store's commit of w's allocation, if it has one
+// to make: the store syncs it (bbolt's two fdatasyncs) while the batch
+// renders and applies the pod, and the ADD answers only once it is
+// durable (setUpBatch). Until then the store's writers wait, and its
+// readers do not see it: the pod is pending for every render but its own
+// batch's (settledAllocations). The commit starts only when the batch is
+// taken, not at the allocation, so that the ADDs arriving meanwhile share
+// its transaction (store.AllocateVPCDeferred): with 8 ADDs at once each
+// waited for the commit before its own, about 2 ms.
+func (a *Agent) startCommit(w *addWaiter) {
+	if w.commit == nil {
+		return
+	}
+	persisted := make(chan error, 1)
+	w.persisted = persisted
+	commit := w.commit
+	w.commit = nil
+	go func() {
+		err := a.commitAllocation(commit)
+		a.pending.committed(w.alloc, w.pendingNo)
+		persisted <- err
+	}()
 }
 
 // commitAllocation runs the store's commit of an ADD's allocation, through

@@ -192,6 +192,7 @@ func (t *txn) put(a *spec.Allocation, ip netip.Addr) error {
 	if err != nil {
 		return err
 	}
+	t.s.mutations++ // the checks passed: from here on it writes
 	if found {
 		if err := t.unindex(old, k); err != nil {
 			return err
@@ -241,6 +242,7 @@ func (t *txn) unindex(a spec.Allocation, k []byte) error {
 
 // remove deletes record a (stored under k) and its index entries.
 func (t *txn) remove(a spec.Allocation, k []byte) error {
+	t.s.mutations++
 	if err := t.unindex(a, k); err != nil {
 		return fmt.Errorf("pod %s: remove index entries of %s: %w", PodKey(a.Metadata), k, err)
 	}

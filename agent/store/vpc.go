@@ -55,11 +55,13 @@ func (s *Store) AllocateVPC(req VPCRequest) (alloc spec.Allocation, replaced *sp
 
 // AllocateVPCDeferred allocates as AllocateVPC does, without committing:
 // the transaction that chose the address stays open, and commit (nil when
-// nothing was written) commits and syncs it. existing says the attachment
-// had its allocation already (a retried ADD), committed or not: a second
-// allocation of one attachment waits for the first's commit. The store's
-// writers, a second allocation included, wait until then; its readers see
-// the store without the allocation. The caller calls commit once, from
+// nothing was written) commits and syncs it. Allocations made before any
+// commit of it has started share that transaction (updateGrouped): each
+// gets a commit, the first called commits them all, and every one returns
+// the outcome. existing says the attachment had its allocation already (a
+// retried ADD), committed or not. The store's other writers commit an
+// open transaction first and then wait for it; its readers see the store
+// without the allocation until then. The caller calls commit once, from
 // any goroutine, and must not use the allocation as recorded before it
 // returns nil: a CNI ADD sets the pod's network up meanwhile, and answers
 // only after (agent/cni.go).
@@ -101,7 +103,7 @@ func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, repl
 		return alloc, nil, true, nil, nil
 	}
 	pool := newPool(cidr, req.Reserved)
-	commit, err = s.updateDeferred(func(tx *bolt.Tx) error {
+	commit, err = s.updateGrouped(func(tx *bolt.Tx) error {
 		replaced, existing = nil, false // a retried closure starts over
 		t, err := s.txn(tx)
 		if err != nil {
@@ -190,6 +192,7 @@ func (t *txn) usePodCIDR(cidr netip.Prefix) (wrote bool, err error) {
 		}
 		return false, nil
 	}
+	t.s.mutations++
 	if err := t.meta.Put(keyPodCIDR, []byte(cidr.String())); err != nil {
 		return false, fmt.Errorf("record pod CIDR %s: %w", cidr, err)
 	}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -251,10 +252,11 @@ func TestPoolBounds(t *testing.T) {
 }
 
 // TestAllocateVPCDeferredCommit: the allocation's transaction stays open
-// until its commit. Readers do not see it meanwhile; a second allocation
-// waits and then takes another address; Settle waits for the commit; the
-// commit may run on another goroutine; a retry has nothing to commit; a
-// reopened store has the committed allocation.
+// until a commit. Readers do not see it meanwhile; a second allocation
+// shares the transaction and takes another address; Settle, another
+// writer, commits it at once; a commit may run on another goroutine and
+// every member's commit returns the outcome; a retry has nothing to
+// commit; a reopened store has the committed allocations.
 func TestAllocateVPCDeferredCommit(t *testing.T) {
 	path := storePath(t)
 	s := openAt(t, path)
@@ -265,36 +267,31 @@ func TestAllocateVPCDeferredCommit(t *testing.T) {
 	if _, found, err := s.Get("c1", "eth0"); err != nil || found {
 		t.Fatalf("a reader sees the uncommitted allocation: found %v, %v", found, err)
 	}
-	second := make(chan spec.Allocation, 1)
-	go func() {
-		a, _, err := s.AllocateVPC(vpcReq(cidr24, "x/b", "c2"))
-		if err != nil {
-			a.Spec.IP = err.Error()
-		}
-		second <- a
-	}()
-	settled := make(chan error, 1)
-	go func() { settled <- s.Settle() }()
-	select {
-	case a := <-second:
-		t.Fatalf("a second allocation (%s) did not wait for the first's commit", a.Spec.IP)
-	case err := <-settled:
-		t.Fatalf("Settle returned before the commit: %v", err)
-	case <-time.After(50 * time.Millisecond):
+	second, _, _, commit2, err := s.AllocateVPCDeferred(vpcReq(cidr24, "x/b", "c2"))
+	if err != nil || commit2 == nil {
+		t.Fatalf("second deferred allocation: %v, commit %v", err, commit2 != nil)
 	}
-	committed := make(chan error, 1)
-	go func() { committed <- commit() }()
-	if err := <-committed; err != nil {
-		t.Fatalf("commit: %v", err)
+	if second.Spec.IP == first.Spec.IP || !cidr24.Contains(netip.MustParseAddr(second.Spec.IP)) {
+		t.Errorf("the second allocation: %q; want another address of %s than the first's %s", second.Spec.IP, cidr24, first.Spec.IP)
 	}
-	if err := <-settled; err != nil {
+	if _, found, _ := s.Get("c2", "eth0"); found {
+		t.Fatal("a reader sees the second uncommitted allocation")
+	}
+	if err := s.Settle(); err != nil {
 		t.Fatalf("Settle: %v", err)
 	}
-	if b := <-second; b.Spec.IP == first.Spec.IP || !netip.MustParsePrefix("10.0.0.0/24").Contains(netip.MustParseAddr(b.Spec.IP)) {
-		t.Errorf("the second allocation: %q; want another address of 10.0.0.0/24 than the first's %s", b.Spec.IP, first.Spec.IP)
+	for _, a := range []spec.Allocation{first, second} {
+		if got, found, err := s.Get(a.Spec.ContainerID, "eth0"); err != nil || !found || got.Spec.IP != a.Spec.IP {
+			t.Errorf("after Settle: %+v found %v, %v; want %s", got, found, err, a.Spec.IP)
+		}
 	}
-	if got, found, err := s.Get("c1", "eth0"); err != nil || !found || got.Spec.IP != first.Spec.IP {
-		t.Errorf("after the commit: %+v found %v, %v; want %s", got, found, err, first.Spec.IP)
+	committed := make(chan error, 2)
+	go func() { committed <- commit() }()
+	go func() { committed <- commit2() }()
+	for range 2 {
+		if err := <-committed; err != nil {
+			t.Fatalf("commit: %v", err)
+		}
 	}
 	if again, _, existing, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, "x/a", "c1")); err != nil || commit != nil || !existing || again.Spec.IP != first.Spec.IP {
 		t.Errorf("a retried ADD: %s, commit %v, existing %v, %v; want %s, existing, nothing to commit", again.Spec.IP, commit != nil, existing, err, first.Spec.IP)
@@ -305,5 +302,73 @@ func TestAllocateVPCDeferredCommit(t *testing.T) {
 	reopened := openAt(t, path)
 	if n, err := reopened.Count(); err != nil || n != 2 {
 		t.Errorf("reopened store: %d allocations, %v; want 2", n, err)
+	}
+}
+
+// TestAllocationsShareACommit: allocations made while one is uncommitted
+// join its transaction: one commit, one transaction id, for all. One that
+// fails before writing (the CIDR is full) leaves the others whole; the
+// attachment allocated twice in one transaction is existing, and waits for
+// the commit like the rest; an open transaction nobody commits commits
+// by itself after groupMaxOpen.
+func TestAllocationsShareACommit(t *testing.T) {
+	// Long enough that nothing commits by itself until the test does.
+	defer func(d time.Duration) { groupMaxOpen = d }(groupMaxOpen)
+	groupMaxOpen = time.Minute
+	s := openAt(t, storePath(t))
+	cidr := netip.MustParsePrefix("10.0.1.0/29") // 6 usable addresses
+	var commits []func() error
+	var ips []string
+	for i := range 6 {
+		a, _, existing, commit, err := s.AllocateVPCDeferred(vpcReq(cidr, fmt.Sprintf("x/p%d", i), fmt.Sprintf("c%d", i)))
+		if err != nil || commit == nil || existing {
+			t.Fatalf("allocation %d: %v, commit %v, existing %v", i, err, commit != nil, existing)
+		}
+		commits, ips = append(commits, commit), append(ips, a.Spec.IP)
+	}
+	if _, _, _, _, err := s.AllocateVPCDeferred(vpcReq(cidr, "x/p6", "c6")); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("a seventh allocation in a /29: %v, want ErrExhausted", err)
+	}
+	again, _, existing, commitAgain, err := s.AllocateVPCDeferred(vpcReq(cidr, "x/p0", "c0"))
+	if err != nil || !existing || commitAgain == nil || again.Spec.IP != ips[0] {
+		t.Fatalf("the first attachment again: %s, existing %v, commit %v, %v; want %s, existing, a commit to wait for", again.Spec.IP, existing, commitAgain != nil, err, ips[0])
+	}
+	if _, found, _ := s.Get("c0", "eth0"); found {
+		t.Fatal("a reader sees the first allocation before any commit: the others waited for it instead of sharing its transaction")
+	}
+	if err := commits[3](); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	for i, c := range append(commits, commitAgain) {
+		if err := c(); err != nil {
+			t.Errorf("member %d's commit: %v", i, err)
+		}
+	}
+	allocs, err := s.List()
+	if err != nil || len(allocs) != 6 {
+		t.Fatalf("after the commit: %d allocations, %v; want 6", len(allocs), err)
+	}
+	seen := map[string]bool{}
+	for _, a := range allocs {
+		if seen[a.Spec.IP] {
+			t.Errorf("address %s allocated twice", a.Spec.IP)
+		}
+		seen[a.Spec.IP] = true
+	}
+	// Nobody commits this one: it commits by itself.
+	groupMaxOpen = 5 * time.Millisecond
+	s2 := openAt(t, storePath(t))
+	if _, _, _, commit, err := s2.AllocateVPCDeferred(vpcReq(cidr24, "y/q", "d1")); err != nil || commit == nil {
+		t.Fatalf("allocation: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, found, err := s2.Get("d1", "eth0"); err != nil || found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an uncommitted shared transaction was never committed")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
