@@ -398,8 +398,8 @@ type writeGroup struct {
 	// failed is a member's write that failed half way: the transaction
 	// rolls back, and every member's commit fails with it.
 	failed error
-	closed bool // no member joins any more (under Store.groupMu)
-	timer  *time.Timer
+	closed bool        // no member joins any more (under Store.groupMu)
+	timer  *time.Timer // under Store.groupMu
 	once   sync.Once
 	err    error
 }
@@ -413,9 +413,11 @@ func (g *writeGroup) commit(s *Store) error {
 		if s.group == g {
 			s.group = nil
 		}
-		failed := g.failed
+		failed, timer := g.failed, g.timer
 		s.groupMu.Unlock()
-		g.timer.Stop()
+		if timer != nil {
+			timer.Stop()
+		}
 		if failed != nil {
 			_ = g.tx.Rollback()
 			g.err = failed
@@ -466,9 +468,13 @@ func (s *Store) updateGrouped(fn func(tx *bolt.Tx) error) (commit func() error, 
 		return nil, err
 	}
 	g := &writeGroup{tx: tx, writes: w}
-	g.timer = time.AfterFunc(groupMaxOpen, func() { _ = g.commit(s) })
+	// Published and timed under groupMu, which the timer's commit takes
+	// first. While g holds the writer lock no other group can be open.
 	s.groupMu.Lock()
-	s.group = g
+	g.timer = time.AfterFunc(groupMaxOpen, func() { _ = g.commit(s) })
+	if s.group == nil {
+		s.group = g
+	}
 	s.groupMu.Unlock()
 	return func() error { return g.commit(s) }, nil
 }
