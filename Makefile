@@ -15,7 +15,8 @@ all: build
 # and what the benchmarks measure. The CNI binary, terway, is a C forwarder
 # (cni/forward): a dynamic build would load the dynamic linker and libc on
 # every exec, and a Go program's start costs each ADD about 1 ms of CPU.
-build: deps
+build:
+	hack/install-deps.sh build
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...
 	$(GO) run ./hack/forwarder -o $(BIN)/terway
 

@@ -4,7 +4,8 @@
 # the CNI forwarder (gcc, libc6-dev), and the CA bundle `make image` copies
 # into the image (ca-certificates). Does nothing when they are there.
 #
-# `hack/install-deps.sh docker` installs Debian's docker.io instead (dockerd
+# `hack/install-deps.sh build` installs only what `make build` needs (gcc,
+# libc6-dev). `hack/install-deps.sh docker` installs Debian's docker.io instead (dockerd
 # and its client, for hack/mkimage's `docker load` test), without letting
 # the package start a daemon on the machine: a policy-rc.d that refuses
 # every service start is in place for the install (invoke-rc.d and
@@ -13,6 +14,10 @@ set -euo pipefail
 missing=()
 if [ "${1:-}" = docker ]; then
 	[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
+elif [ "${1:-}" = build ]; then
+	# What `make build` needs beyond Go: the forwarder's compiler.
+	command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+	command -v cc >/dev/null 2>&1 && [ -f "$(cc -print-file-name=libc.a)" ] || missing+=(libc6-dev)
 else
 	command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 	command -v tc >/dev/null 2>&1 || missing+=(iproute2)

@@ -49,6 +49,12 @@ const (
 	// CallerNetnsHeader carries the forwarder's own network namespace as
 	// "dev:ino": an ADD into it is refused as the plugin would refuse it.
 	CallerNetnsHeader = "Terway-Caller-Netns"
+	// SocketHeader carries the socket the forwarder dialled: the config's
+	// as the forwarder read it. The agent refuses the call when the
+	// config, read whole, names another (a key spelled in a way the
+	// forwarder's scan does not read), rather than serve another agent's
+	// pod.
+	SocketHeader = "Terway-Socket"
 	// ExitHeader carries the exit status the forwarder exits with.
 	ExitHeader = "Terway-Exit"
 	// ContentType is the exec call's body type.
@@ -85,7 +91,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // stdout. A malformed call is answered as the plugin answers a failure: a
 // CNI error on stdout, status 1.
 func (h *handler) exec(r *http.Request, stdout *bytes.Buffer) int {
-	env, stdin, caller, err := readCall(r)
+	env, stdin, caller, socket, err := readCall(r)
 	if err != nil {
 		b, _ := json.MarshalIndent(wire.NewError(wire.ErrInternal,
 			"terway: the agent could not read the forwarder's call", err.Error()), "", "    ")
@@ -93,48 +99,59 @@ func (h *handler) exec(r *http.Request, stdout *bytes.Buffer) int {
 		return 1
 	}
 	getenv := func(name string) string { return env[name] }
-	with := &plugin.Plugin{RoundTrip: h.roundTrip, CallerNetns: caller}
+	with := &plugin.Plugin{RoundTrip: h.roundTrip, CallerNetns: caller, DialledSocket: socket}
 	return plugin.Invoke(r.Context(), getenv, bytes.NewReader(stdin), stdout, io.Discard, with)
 }
 
 // readCall splits an exec body into its environment and stdin, and reads
-// the caller's namespace.
-func readCall(r *http.Request) (map[string]string, []byte, *plugin.NetnsID, error) {
+// the caller's namespace and the socket it dialled.
+func readCall(r *http.Request) (env map[string]string, stdin []byte, caller *plugin.NetnsID, socket string, err error) {
+	fail := func(format string, args ...any) (map[string]string, []byte, *plugin.NetnsID, string, error) {
+		return nil, nil, nil, "", fmt.Errorf(format, args...)
+	}
 	if r.Method != http.MethodPost {
-		return nil, nil, nil, fmt.Errorf("method %s, want POST", r.Method)
+		return fail("method %s, want POST", r.Method)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxEnvBytes+wire.MaxMessageBytes+2))
+	const limit = maxEnvBytes + wire.MaxMessageBytes + 2 // stdin may be one byte over, for the plugin to report
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("reading the body: %w", err)
+		return fail("reading the body: %v", err)
 	}
-	env := map[string]string{}
-	for {
+	if len(body) > limit {
+		return fail("the body is larger than %d bytes", limit)
+	}
+	env = map[string]string{}
+	for size := 0; ; {
 		end := bytes.IndexByte(body, 0)
 		if end < 0 {
-			return nil, nil, nil, fmt.Errorf("the environment is not ended by an empty entry")
+			return fail("the environment is not ended by an empty entry")
 		}
 		entry := string(body[:end])
 		body = body[end+1:]
 		if entry == "" {
 			break
 		}
+		if size += end + 1; size > maxEnvBytes {
+			return fail("the environment is larger than %d bytes", maxEnvBytes)
+		}
 		name, value, ok := strings.Cut(entry, "=")
 		if !ok || !strings.HasPrefix(name, "CNI_") {
-			return nil, nil, nil, fmt.Errorf("environment entry %q is not CNI_NAME=value", entry)
+			return fail("environment entry %q is not CNI_NAME=value", entry)
 		}
-		env[name] = value
+		if _, dup := env[name]; !dup {
+			env[name] = value // the first, as getenv reads it in the forwarder
+		}
 	}
-	var caller *plugin.NetnsID
 	if v := r.Header.Get(CallerNetnsHeader); v != "" {
 		d, i, ok := strings.Cut(v, ":")
 		dev, err1 := strconv.ParseUint(d, 10, 64)
 		ino, err2 := strconv.ParseUint(i, 10, 64)
 		if !ok || err1 != nil || err2 != nil {
-			return nil, nil, nil, fmt.Errorf("header %s: %q is not dev:ino", CallerNetnsHeader, v)
+			return fail("header %s: %q is not dev:ino", CallerNetnsHeader, v)
 		}
 		caller = &plugin.NetnsID{Dev: dev, Ino: ino}
 	}
-	return env, body, caller, nil
+	return env, body, caller, r.Header.Get(SocketHeader), nil
 }
 
 // roundTrip serves one JSON request of the plugin code with the agent's
@@ -147,10 +164,32 @@ func (h *handler) roundTrip(ctx context.Context, path string, body []byte) (int,
 	}
 	req.Header.Set("Content-Type", "application/json")
 	rec := &recorder{header: http.Header{}}
-	h.inner.ServeHTTP(rec, req)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		defer func() {
+			// Off the server's goroutine, whose recovery does not reach
+			// here: a panic is the call's internal error, not the agent's
+			// end.
+			if p := recover(); p != nil {
+				b, _ := json.Marshal(wire.Response{Error: wire.NewError(wire.ErrInternal,
+					"terway agent: internal error serving the forwarder's call", fmt.Sprint(p))})
+				rec.status = http.StatusInternalServerError
+				rec.body.Reset()
+				rec.body.Write(b)
+			}
+		}()
+		h.inner.ServeHTTP(rec, req)
+	}()
+	select {
+	case <-served:
+	case <-ctx.Done():
+	}
 	if err := ctx.Err(); err != nil {
 		// As over the socket, where the context's end shuts the
-		// connection down: the call timed out, whatever the handler said.
+		// connection down: the call timed out (the config's timeout, or
+		// the forwarder went away) whatever the handler does, which sees
+		// its request's context end and finishes on its own.
 		return 0, nil, err
 	}
 	if rec.status == 0 {

@@ -70,6 +70,9 @@ type fakeAgent struct {
 	// and then reports that through cancelled.
 	block     bool
 	cancelled chan struct{}
+	// hang, when set, makes every method wait for it to close, whatever
+	// its context says (a handler stuck behind the agent's lock).
+	hang chan struct{}
 }
 
 func (a *fakeAgent) record(r *wire.Request) int {
@@ -80,6 +83,10 @@ func (a *fakeAgent) record(r *wire.Request) int {
 }
 
 func (a *fakeAgent) wait(ctx context.Context) error {
+	if a.hang != nil {
+		<-a.hang
+		return nil
+	}
 	if !a.block {
 		return nil
 	}

@@ -61,7 +61,7 @@ func Invoke(ctx context.Context, getenv func(string) string, stdin io.Reader, st
 		Args: getenv("CNI_ARGS"), Path: getenv("CNI_PATH"), NetnsOverride: getenv("CNI_NETNS_OVERRIDE"),
 		StdinData: data,
 	}
-	p := &Plugin{Stdout: stdout, Context: ctx, RoundTrip: with.RoundTrip, CallerNetns: with.CallerNetns}
+	p := &Plugin{Stdout: stdout, Context: ctx, RoundTrip: with.RoundTrip, CallerNetns: with.CallerNetns, DialledSocket: with.DialledSocket}
 	if err := p.Run(command, args); err != nil {
 		printError(stdout, CNIError(command, err), version)
 		return 1

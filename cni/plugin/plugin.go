@@ -66,6 +66,10 @@ type Plugin struct {
 	// runtime started (device and inode of its /proc/self/ns/net), which
 	// an ADD's CNI_NETNS must not be. When nil, it is this process's own.
 	CallerNetns *NetnsID
+	// DialledSocket, when set, is the socket the forwarder reached the
+	// agent on: a config that names another is refused (code 7), as the
+	// forwarder read it otherwise and this agent is not the one meant.
+	DialledSocket string
 }
 
 // NetnsID names a network namespace by the device and inode of its nsfs
@@ -216,6 +220,11 @@ func fromResultVersion(result json.RawMessage, version string) (json.RawMessage,
 // call sends req to the agent named by conf and maps every failure to a CNI
 // error.
 func (p *Plugin) call(conf *Conf, req *wire.Request) (*wire.Response, error) {
+	if p.DialledSocket != "" && p.DialledSocket != conf.NetConf.SocketPath() {
+		return nil, wire.NewError(wire.ErrInvalidNetworkConfig,
+			fmt.Sprintf("terway network config: field \"socket\" is %q, but the forwarder read %q and reached the agent there", conf.NetConf.SocketPath(), p.DialledSocket),
+			"write the key as plain \"socket\", once, without escapes")
+	}
 	client := wire.NewClient(conf.NetConf.SocketPath(), conf.Timeout(req.Command))
 	client.RoundTrip = p.RoundTrip
 	res, err := client.Call(p.ctx(), req)

@@ -86,9 +86,11 @@ static const char *errText(int err) {
 	return text;
 }
 
-static int writeAll(int fd, const char *p, size_t n) {
+// writeAll writes n bytes to fd, a socket (sent without SIGPIPE: a dead
+// agent is an error to report) or not.
+static int writeAll(int fd, int isSocket, const char *p, size_t n) {
 	while (n > 0) {
-		ssize_t w = fd == 1 || fd == 2 ? write(fd, p, n) : send(fd, p, n, MSG_NOSIGNAL);
+		ssize_t w = isSocket ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
@@ -203,13 +205,22 @@ static int scanConf(const char *p, size_t n) {
 			return CONF_OTHER;
 		}
 		p = skipSpace(p + 1, end);
+		// Matched as Go's encoding/json matches a struct's fields: any
+		// case, the last one counting. A key with other escapes is not
+		// read; the agent refuses a config whose socket is not the one
+		// dialled (Terway-Socket).
 		char **dst = NULL;
-		if (key && strcmp(key, "socket") == 0)
+		if (key && strcasecmp(key, "socket") == 0)
 			dst = &confSocket;
-		else if (key && strcmp(key, "cniVersion") == 0)
+		else if (key && strcasecmp(key, "cniVersion") == 0)
 			dst = &confVersion;
 		free(key);
-		if (dst && p < end && *p == '"') {
+		if (dst == &confSocket && end - p >= 4 && strncmp(p, "null", 4) == 0) {
+			free(confSocket); // null: absent, as in Go
+			confSocket = NULL;
+			socketBad = 0;
+			p += 4;
+		} else if (dst && p < end && *p == '"') {
 			char *v = NULL;
 			if (!(p = scanString(p, end, &v)))
 				return CONF_OTHER;
@@ -261,7 +272,7 @@ static int fail(unsigned code, const char *details, const char *format, ...) {
 		putJSON(&out, details);
 	}
 	puts_(&out, "\n}\n");
-	writeAll(1, out.p, out.len);
+	writeAll(1, 0, out.p, out.len);
 	return 1;
 }
 
@@ -272,7 +283,7 @@ int main(void) {
 		return 0;
 	}
 	if (strcmp(cmd, "VERSION") == 0) {
-		return writeAll(1, VERSION_ANSWER, strlen(VERSION_ANSWER)) ? 1 : 0;
+		return writeAll(1, 0, VERSION_ANSWER, strlen(VERSION_ANSWER)) ? 1 : 0;
 	}
 	unsigned unreachableCode = strcmp(cmd, "STATUS") == 0 ? 50 : 11;
 
@@ -343,9 +354,9 @@ int main(void) {
 	char head[512];
 	int hn = snprintf(head, sizeof head,
 			  "POST /v1/cni/exec HTTP/1.1\r\nHost: terway\r\nContent-Type: application/vnd.terway.cni-exec\r\n"
-			  "Content-Length: %zu\r\n%sConnection: close\r\n\r\n",
-			  body.len, netns);
-	if (writeAll(fd, head, (size_t)hn) || writeAll(fd, body.p, body.len))
+			  "Content-Length: %zu\r\n%sTerway-Socket: %s\r\nConnection: close\r\n\r\n",
+			  body.len, netns, path);
+	if (writeAll(fd, 1, head, (size_t)hn) || writeAll(fd, 1, body.p, body.len))
 		return fail(unreachableCode, "the agent closed the connection without answering; it may have restarted",
 			    "terway agent at %s: %s: connection broken: sending the request: %s", path, cmd, errText(errno));
 
@@ -386,10 +397,13 @@ int main(void) {
 			length = strtol(line + 15, NULL, 10);
 	}
 	size_t got = ans.len - (size_t)(bodyAt - ans.p);
+	if (length >= 0 && got < (size_t)length) // the agent went away mid-answer
+		return fail(unreachableCode, "the agent closed the connection without answering; it may have restarted",
+			    "terway agent at %s: %s: connection broken: answer of %zu bytes of %ld", path, cmd, got, length);
 	if (exitStatus < 0 || exitStatus > 255 || length < 0 || (size_t)length != got)
 		return fail(999, protocolHint, "terway agent at %s: %s: protocol error: exit status %ld, length %ld, body %zu bytes",
 			    path, cmd, exitStatus, length, got);
-	if (writeAll(1, bodyAt, got))
+	if (writeAll(1, 0, bodyAt, got))
 		return fail(5, errText(errno), "terway %s: writing the answer to stdout failed", cmd);
 	return (int)exitStatus;
 }
