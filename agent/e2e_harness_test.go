@@ -20,9 +20,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/terway-reconciler/terway/cni/forward"
 	"github.com/terway-reconciler/terway/internal/cnibench"
 	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/internal/testbin"
 	"github.com/terway-reconciler/terway/internal/traffic"
 )
 
@@ -41,12 +41,7 @@ func binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/", "github.com/terway-reconciler/terway/cmd/terwayd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		buildErr = forward.Build(context.Background(), filepath.Join(binDir, "terway"), "")
+		buildErr = testbin.Build(context.Background(), binDir, "terwayd")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

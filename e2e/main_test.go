@@ -10,15 +10,12 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/terway-reconciler/terway/cni/forward"
+	"github.com/terway-reconciler/terway/internal/testbin"
 )
 
 // binaries builds terwayd and the terway CNI plugin (the C forwarder) once
@@ -36,12 +33,7 @@ func binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/", "github.com/terway-reconciler/terway/cmd/terwayd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build terwayd: %v\n%s", err, out)
-			return
-		}
-		buildErr = forward.Build(context.Background(), filepath.Join(binDir, "terway"), "")
+		buildErr = testbin.Build(context.Background(), binDir, "terwayd")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

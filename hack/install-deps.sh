@@ -12,21 +12,22 @@
 # deb-systemd-invoke ask it), and a dockerd running afterwards is an error.
 set -euo pipefail
 missing=()
+# The CNI binary is a static C program (cni/forward): a compiler and the
+# static C library.
+need_cc() {
+	command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+	command -v cc >/dev/null 2>&1 && [ -f "$(cc -print-file-name=libc.a)" ] || missing+=(libc6-dev)
+}
 if [ "${1:-}" = docker ]; then
 	[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
 elif [ "${1:-}" = build ]; then
-	# What `make build` needs beyond Go: the forwarder's compiler.
-	command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
-	command -v cc >/dev/null 2>&1 && [ -f "$(cc -print-file-name=libc.a)" ] || missing+=(libc6-dev)
+	need_cc # what `make build` needs beyond Go
 else
 	command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 	command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 	command -v nft >/dev/null 2>&1 || missing+=(nftables)
 	[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
-	# The CNI binary is a static C program (cni/forward): a compiler and
-	# the static C library.
-	command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
-	command -v cc >/dev/null 2>&1 && [ -f "$(cc -print-file-name=libc.a)" ] || missing+=(libc6-dev)
+	need_cc
 fi
 if [ ${#missing[@]} -eq 0 ]; then
 	exit 0

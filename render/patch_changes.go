@@ -92,26 +92,8 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool, bool) {
 			}
 		}
 	}
-	for key, held := range in.PeersHeldBack {
-		if held != b.heldBack[key] {
-			note(key)
-		}
-	}
-	for key, held := range b.heldBack {
-		if held != in.PeersHeldBack[key] {
-			note(key)
-		}
-	}
-	for key, d := range in.PeersDeparting {
-		if d != b.departing[key] {
-			note(key)
-		}
-	}
-	for key, d := range b.departing {
-		if d != in.PeersDeparting[key] {
-			note(key)
-		}
-	}
+	noteDiffering(in.PeersHeldBack, b.heldBack, note)
+	noteDiffering(in.PeersDeparting, b.departing, note)
 	if len(changes) > maxPatchedPods {
 		return nil, false, false
 	}
@@ -270,3 +252,18 @@ func samePeerObject(a, b *corev1.Pod) bool {
 
 // update makes the base the patched document's: the changed pods as r
 // rendered them, with their problems.
+
+// noteDiffering notes each key whose value differs between a and b, a
+// key missing from one counting as its zero value.
+func noteDiffering[V comparable](a, b map[string]V, note func(key string) *podChange) {
+	for key, v := range a {
+		if v != b[key] {
+			note(key)
+		}
+	}
+	for key, v := range b {
+		if v != a[key] {
+			note(key)
+		}
+	}
+}

@@ -4,15 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/terway-reconciler/terway/cni/forward"
 	"github.com/terway-reconciler/terway/internal/nstest"
+	"github.com/terway-reconciler/terway/internal/testbin"
 	"github.com/terway-reconciler/terway/sim"
 )
 
@@ -48,14 +47,7 @@ func binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/",
-			"github.com/terway-reconciler/terway/cmd/terwayd",
-			"github.com/terway-reconciler/terway/cmd/terwayctl").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		buildErr = forward.Build(context.Background(), filepath.Join(binDir, "terway"), "")
+		buildErr = testbin.Build(context.Background(), binDir, "terwayd", "terwayctl")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

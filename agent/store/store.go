@@ -409,10 +409,7 @@ type writeGroup struct {
 func (g *writeGroup) commit(s *Store) error {
 	g.once.Do(func() {
 		s.groupMu.Lock()
-		g.closed = true
-		if s.group == g {
-			s.group = nil
-		}
+		s.closeLocked(g)
 		failed, timer := g.failed, g.timer
 		s.groupMu.Unlock()
 		if timer != nil {
@@ -428,12 +425,20 @@ func (g *writeGroup) commit(s *Store) error {
 	return g.err
 }
 
+// closeLocked closes g to new members; groupMu is held.
+func (s *Store) closeLocked(g *writeGroup) {
+	g.closed = true
+	if s.group == g {
+		s.group = nil
+	}
+}
+
 // closeGroup starts the commit of the open shared transaction, if any.
 func (s *Store) closeGroup() {
 	s.groupMu.Lock()
 	g := s.group
 	if g != nil {
-		g.closed, s.group = true, nil
+		s.closeLocked(g)
 	}
 	s.groupMu.Unlock()
 	if g != nil {
@@ -494,7 +499,7 @@ func (s *Store) join(g *writeGroup, fn func(tx *bolt.Tx) error) (commit func() e
 		return func() error { return g.commit(s) }, nil
 	case s.mutations != before || errors.Is(err, ErrCorrupt):
 		g.failed = fmt.Errorf("a write of an allocation sharing its transaction failed: %w", err)
-		g.closed, s.group = true, nil
+		s.closeLocked(g)
 		go func() { _ = g.commit(s) }()
 	}
 	return nil, err

@@ -19,10 +19,10 @@ func run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdou
 
 // Invoke serves one invocation as the plugin process does, with its
 // environment, streams and context given, and returns the exit status.
-// with's RoundTrip and CallerNetns, when set, stand in for the config's
-// socket and this process's namespace: the agent serves the forwarder's
-// invocations so (package cni/forward), and every check and error is the
-// same whichever binary the runtime ran.
+// with's RoundTrip, CallerNetns and DialledSocket, when set, stand in for
+// the config's socket and this process's namespace: the agent serves the
+// forwarder's invocations so (package cni/forward), and every check and
+// error is the same whichever binary the runtime ran.
 func Invoke(ctx context.Context, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer, with *Plugin) int {
 	cmd := getenv("CNI_COMMAND")
 	switch cmd {
@@ -61,7 +61,8 @@ func Invoke(ctx context.Context, getenv func(string) string, stdin io.Reader, st
 		Args: getenv("CNI_ARGS"), Path: getenv("CNI_PATH"), NetnsOverride: getenv("CNI_NETNS_OVERRIDE"),
 		StdinData: data,
 	}
-	p := &Plugin{Stdout: stdout, Context: ctx, RoundTrip: with.RoundTrip, CallerNetns: with.CallerNetns, DialledSocket: with.DialledSocket}
+	p := *with
+	p.Stdout, p.Context = stdout, ctx
 	if err := p.Run(command, args); err != nil {
 		printError(stdout, CNIError(command, err), version)
 		return 1
