@@ -3,6 +3,7 @@ package render
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -208,7 +209,7 @@ func (c *churn) step() string {
 		// The agent holds a pod back as a peer from its ADD to its
 		// admission: the set changes on its own, pods coming and going.
 		held := map[string]bool{}
-		for key := range in.PeersHeldBack {
+		for _, key := range slices.Sorted(maps.Keys(in.PeersHeldBack)) { // sorted: the walk repeats from its seed
 			if c.pick(3) > 0 {
 				held[key] = true
 			}
