@@ -372,9 +372,17 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 		delete(pending, id)
 	}
 	allocs = without(allocs, pending)
-	for _, p := range uncommitted { // at its place in List's order (List's answer is the caller's)
-		i, _ := slices.BinarySearchFunc(allocs, p, store.CompareAllocations)
-		allocs = slices.Insert(allocs, i, p)
+	if len(uncommitted) > 0 {
+		// At their places in List's order, in a new list (List's is the
+		// store's) of the size it needs: an insert into a full list
+		// allocates twice that.
+		merged := make([]spec.Allocation, len(allocs), len(allocs)+len(uncommitted))
+		copy(merged, allocs)
+		for _, p := range uncommitted {
+			i, _ := slices.BinarySearchFunc(merged, p, store.CompareAllocations)
+			merged = slices.Insert(merged, i, p)
+		}
+		allocs = merged
 	}
 	return allocs, pending, nil
 }

@@ -3,10 +3,14 @@ package store
 import (
 	"fmt"
 	"math/rand/v2"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/terway-reconciler/terway/spec"
 )
 
 // TestCompareJoinedIsJoinedCompare: the sort of List compares the parts of
@@ -67,5 +71,47 @@ func TestListDecodesChangedRecordsAgain(t *testing.T) {
 	}
 	if n := s.decodedCount(); n > 2*1+16 {
 		t.Errorf("%d decoded records are kept for 1 record", n)
+	}
+}
+
+// TestListSharedUnchanged: List hands every caller the store's own list,
+// with no spare capacity, and a later write makes a new list rather than
+// changing the one handed out.
+func TestListSharedUnchanged(t *testing.T) {
+	s := openTemp(t)
+	for i := range 3 {
+		mustAlloc(t, s, vpcReq(cidr24, fmt.Sprintf("default/p%d", i), fmt.Sprintf("c%d", i)))
+	}
+	list := func() []spec.Allocation {
+		t.Helper()
+		as, err := s.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return as
+	}
+	first, again := list(), list()
+	if len(first) != 3 || &first[0] != &again[0] {
+		t.Fatalf("two Lists with no write between: %d allocations, shared %v", len(first), len(first) > 0 && &first[0] == &again[0])
+	}
+	if cap(first) != len(first) {
+		t.Fatalf("List's answer has capacity %d for %d items: an append would write into the store's list", cap(first), len(first))
+	}
+	before := slices.Clone(first)
+	_ = append(first, spec.Allocation{}) // a caller's append
+	mustAlloc(t, s, vpcReq(cidr24, "default/p1a", "c1a"))
+	if _, _, err := s.Release("c0", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	after := list()
+	if !reflect.DeepEqual(first, before) {
+		t.Fatalf("a write changed the list handed out before it:\n%v\nnow\n%v", before, first)
+	}
+	var ids []string
+	for _, a := range after {
+		ids = append(ids, a.Spec.ContainerID)
+	}
+	if want := []string{"c1", "c1a", "c2"}; !slices.Equal(ids, want) {
+		t.Fatalf("after an allocation and a release: %v, want %v", ids, want)
 	}
 }
