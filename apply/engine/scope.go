@@ -25,10 +25,14 @@ type podScope struct {
 	// byAddr names the scoped pod of each address: from the document, and
 	// from PlanOptions.PodIPs for pods it no longer has.
 	byAddr map[string]string
-	// others are the namespaces of the document's pods outside the scope:
-	// a scoped plan writes nothing there but its own pods' items, even
-	// when a scoped pod names the same namespace (a second sandbox's ADD
-	// into a namespace that holds a pod must not move that pod's ENI out).
+	// observed are the namespaces other than the host's that the plan
+	// observes: the pods' and PlanOptions.Namespaces.
+	observed []string
+	// others are the namespaces of the document's pods outside the scope,
+	// of those the plan observes: a scoped plan writes nothing there but
+	// its own pods' items, even when a scoped pod names the same namespace
+	// (a second sandbox's ADD into a namespace that holds a pod must not
+	// move that pod's ENI out).
 	others map[string]bool
 }
 
@@ -54,12 +58,17 @@ func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 			s.byAddr[p.IP] = p.Key
 		}
 	}
+	// A plan observes the host, the pods' namespaces and those of
+	// opts.Namespaces: others need hold no more than those of them (a map
+	// of every pod's was a tenth of what a CNI request allocated at 250
+	// pods), as filter drops what is in any other.
+	s.observed = slices.Concat(s.namespaces, opts.Namespaces)
 	for _, p := range desired.Pods {
 		if !s.has(p.Key) {
 			// Another pod holds the address: its rules are not the
 			// scope's, whatever the caller remembers.
 			delete(s.byAddr, p.IP)
-			if p.Netns != spec.HostNetns {
+			if p.Netns != spec.HostNetns && slices.Contains(s.observed, p.Netns) {
 				if s.others == nil {
 					s.others = map[string]bool{}
 				}
@@ -91,6 +100,9 @@ func (s *podScope) filter(ops []op.Op) []op.Op {
 			out = append(out, o)
 		case s.others[o.Netns]:
 			// Another pod's namespace: nothing there is the scope's.
+		case o.Netns != spec.HostNetns && !slices.Contains(s.observed, o.Netns):
+			// A namespace the plan did not observe: none of the
+			// scope's, and maybe another pod's.
 		case o.Pod == "" && o.Action != op.Delete:
 			out = append(out, o)
 		case o.Pod == "" && s.onScopedVeth(o.Text):
