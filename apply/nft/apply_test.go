@@ -353,7 +353,7 @@ func TestVerifyCatchesDifferences(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.close()
-	err = verify(c, &plan{verifySets: map[string]*set{p.in() + "-all": want.sets[p.in()+"-all"]}, verifyChains: map[string]int{p.in(): 4}})
+	err = verify(c, &plan{verifySets: map[string]*set{p.in() + "-all": want.sets.get(p.in() + "-all")}, verifyChains: map[string]int{p.in(): 4}})
 	if err == nil {
 		t.Fatal("verify found no difference")
 	}

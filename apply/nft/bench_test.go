@@ -299,7 +299,7 @@ func BenchmarkVerifyWays(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ws := want.sets[s.Name]
+		ws := want.sets.get(s.Name)
 		c, err := dial(e.reg, e.ns)
 		if err != nil {
 			b.Fatal(err)

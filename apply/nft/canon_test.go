@@ -30,7 +30,7 @@ func TestCanonicalReusesUnchangedElements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, fs, old := got.sets["ingress-dispatch"], fresh.sets["ingress-dispatch"], first.sets["ingress-dispatch"]
+	gs, fs, old := got.sets.get("ingress-dispatch"), fresh.sets.get("ingress-dispatch"), first.sets.get("ingress-dispatch")
 	if gs.elems.len() != fs.elems.len() {
 		t.Fatalf("%d elements, want %d", gs.elems.len(), fs.elems.len())
 	}
@@ -96,7 +96,7 @@ func TestDerivedSetsMatchScratch(t *testing.T) {
 			failures++
 			continue // the document is refused; the last one stays
 		}
-		gs, ws := got.sets["ingress-dispatch"], want.sets["ingress-dispatch"]
+		gs, ws := got.sets.get("ingress-dispatch"), want.sets.get("ingress-dispatch")
 		if a, b := elemLines(gs), elemLines(ws); a != b {
 			t.Fatalf("step %d: derived set\n%s\nfrom scratch\n%s", step, a, b)
 		}

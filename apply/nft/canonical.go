@@ -30,10 +30,10 @@ func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) 
 		if err != nil {
 			return nil, nil, err
 		}
-		if out.sets[s.name] != nil {
+		if out.sets.get(s.name) != nil {
 			return nil, nil, fmt.Errorf("nft set %s: defined twice", s.name)
 		}
-		out.sets[s.name] = s
+		out.sets.put(s.name, s)
 	}
 	for i := range t.Chains {
 		in := &t.Chains[i]
@@ -44,15 +44,15 @@ func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) 
 				return nil, nil, err
 			}
 		}
-		if out.chains[c.name] != nil {
+		if out.chains.get(c.name) != nil {
 			return nil, nil, fmt.Errorf("nft chain %s: defined twice", c.name)
 		}
-		out.chains[c.name] = c
+		out.chains.put(c.name, c)
 	}
 	if err := out.checkRefs(); err != nil {
 		return nil, nil, err
 	}
-	return out, cache.next(out.sets, out.chains), nil
+	return out, cache.next(out.sets.plain(), out.chains.plain()), nil
 }
 
 // canonicalSet canonicalises a set. prev, the canonical set of the same

@@ -3,6 +3,7 @@ package nft
 import (
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,7 +69,7 @@ func (r *Reconciler) CheckAhead(ns op.Namespaces, netns string, full bool) {
 		return
 	}
 	r.checksRead.Add(1)
-	kernel, _, err := observeOnce(c, sortedKeys(before.written.chains), true)
+	kernel, _, err := observeOnce(c, slices.Sorted(before.written.chains.names()), true)
 	if err != nil || kernel == nil {
 		return
 	}
@@ -213,7 +214,7 @@ func (r *Reconciler) settle(c *conn, rec *record, before mark, kernel *table) (*
 	if gen-before.gen != uint32(txns-before.txns) {
 		return nil, mark{}, nil // someone else committed meanwhile
 	}
-	if !sameKeys(before.written.sets, written.sets) {
+	if !sameNames(&before.written.sets, &written.sets) {
 		return nil, mark{}, nil // a set made or removed: the set list may have skipped one
 	}
 	for k := range touched {
@@ -221,7 +222,7 @@ func (r *Reconciler) settle(c *conn, rec *record, before mark, kernel *table) (*
 		if kind != "set" {
 			return nil, mark{}, nil // a chain changed: the rule list may have skipped one
 		}
-		if ws := written.sets[name]; ws != nil && ws.elems.len() > checkRereadMax {
+		if ws := written.sets.get(name); ws != nil && ws.elems.len() > checkRereadMax {
 			return nil, mark{}, nil
 		}
 		s, err := readSet(c, name)
@@ -229,9 +230,9 @@ func (r *Reconciler) settle(c *conn, rec *record, before mark, kernel *table) (*
 			return nil, mark{}, err
 		}
 		if s == nil {
-			delete(kernel.sets, name)
+			kernel.sets.del(name)
 		} else {
-			kernel.sets[name] = s
+			kernel.sets.put(name, s)
 		}
 	}
 	use, _, err := getTable(c)
@@ -264,18 +265,6 @@ func readSet(c *conn, name string) (*set, error) {
 		return nil, err
 	}
 	return s, nil
-}
-
-func sameKeys[V any](a, b map[string]V) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // touchedSince names the objects ("set NAME", "chain NAME") our commits

@@ -137,7 +137,7 @@ func TestCheckAheadAccountsForCommitsDuringItsRead(t *testing.T) {
 	check(doc, nil, func() {
 		e.r.mu.Lock()
 		rec := e.r.records[e.ns]
-		tmp := *rec.written.sets["egress-dispatch"]
+		tmp := *rec.written.sets.get("egress-dispatch")
 		e.r.mu.Unlock()
 		tmp.name = "tw-check-tmp"
 		c, err := dial(e.reg, e.ns)

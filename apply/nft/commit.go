@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -44,7 +43,7 @@ func (r *Reconciler) observe(c *conn, rec *record, want, have *table) (*table, *
 	var hints []string
 	for _, t := range []*table{want, have} {
 		if t != nil {
-			hints = append(hints, sortedKeys(t.chains)...)
+			hints = append(hints, slices.Sorted(t.chains.names())...)
 		}
 	}
 	for attempt := 0; ; attempt++ {
@@ -292,18 +291,18 @@ func (r *Reconciler) committed(rec *record, want *table, full, counts bool, vers
 // overlay is base with the objects keys name ("set NAME", "chain NAME")
 // as from has them (gone where from has none); base is not changed.
 func overlay(base, from *table, keys map[string]bool) *table {
-	out := &table{sets: maps.Clone(base.sets), chains: maps.Clone(base.chains), opaque: base.opaque, dormant: base.dormant}
+	out := &table{sets: base.sets.derive(), chains: base.chains.derive(), opaque: base.opaque, dormant: base.dormant}
 	for k := range keys {
 		kind, name, _ := strings.Cut(k, " ")
 		switch {
-		case kind == "set" && from.sets[name] != nil:
-			out.sets[name] = from.sets[name]
+		case kind == "set" && from.sets.get(name) != nil:
+			out.sets.put(name, from.sets.get(name))
 		case kind == "set":
-			delete(out.sets, name)
-		case from.chains[name] != nil:
-			out.chains[name] = from.chains[name]
+			out.sets.del(name)
+		case from.chains.get(name) != nil:
+			out.chains.put(name, from.chains.get(name))
 		default:
-			delete(out.chains, name)
+			out.chains.del(name)
 		}
 	}
 	return out

@@ -89,7 +89,7 @@ func act(a string) string { v, _, _ := strings.Cut(a, ":"); return v }
 // differing yields the names of wanted and had objects that may differ:
 // those of changed when it is not nil (the others are the same object in
 // both), else every one.
-func differing[V any](want, have map[string]*V, changed map[string]bool) iter.Seq[string] {
+func differing[V any](want, have *byName[V], changed map[string]bool) iter.Seq[string] {
 	return func(yield func(string) bool) {
 		if changed != nil {
 			for name := range changed {
@@ -99,13 +99,13 @@ func differing[V any](want, have map[string]*V, changed map[string]bool) iter.Se
 			}
 			return
 		}
-		for name := range want {
+		for name := range want.names() {
 			if !yield(name) {
 				return
 			}
 		}
-		for name := range have {
-			if want[name] == nil && !yield(name) {
+		for name := range have.names() {
+			if !want.has(name) && !yield(name) {
 				return
 			}
 		}
@@ -124,8 +124,8 @@ func (d *differ) classify(changed *scopedChanges) {
 	if changed != nil {
 		changedSets, changedChains = changed.sets, changed.chains
 	}
-	for name := range differing(d.want.sets, d.have.sets, changedSets) {
-		ws, hs := d.want.sets[name], d.have.sets[name]
+	for name := range differing(&d.want.sets, &d.have.sets, changedSets) {
+		ws, hs := d.want.sets.get(name), d.have.sets.get(name)
 		switch {
 		case hs == ws:
 		case ws == nil:
@@ -139,7 +139,7 @@ func (d *differ) classify(changed *scopedChanges) {
 			// A set of the staging name left by a failed or interrupted
 			// staging (its rules may name it): this plan deletes it in
 			// its one transaction instead.
-			if canStage(ws, d.stageMin) && d.have.sets[stageName(name)] == nil {
+			if canStage(ws, d.stageMin) && d.have.sets.get(stageName(name)) == nil {
 				d.p.staged[name] = &stagedSet{ws: ws, hs: hs}
 				d.setAct[name] += "; filled in steps"
 			}
@@ -152,8 +152,8 @@ func (d *differ) classify(changed *scopedChanges) {
 			d.setAct[name] = "keep"
 		}
 	}
-	for name := range differing(d.want.chains, d.have.chains, changedChains) {
-		wc, hc := d.want.chains[name], d.have.chains[name]
+	for name := range differing(&d.want.chains, &d.have.chains, changedChains) {
+		wc, hc := d.want.chains.get(name), d.have.chains.get(name)
 		switch {
 		case hc == wc:
 		case wc == nil:
@@ -186,7 +186,7 @@ func (d *differ) classify(changed *scopedChanges) {
 		return
 	}
 	d.keepIdentical()
-	for name, wc := range d.want.chains {
+	for name, wc := range d.want.chains.all() {
 		for _, r := range wc.rules {
 			for _, ref := range r.refs {
 				if st := d.p.staged[strings.TrimPrefix(ref, "set ")]; st != nil && strings.HasPrefix(ref, "set ") &&
@@ -199,7 +199,7 @@ func (d *differ) classify(changed *scopedChanges) {
 	for _, st := range d.p.staged {
 		slices.Sort(st.chains)
 	}
-	for name, hc := range d.have.chains {
+	for name, hc := range d.have.chains.all() {
 		if d.chainAct[name] != "keep" {
 			continue
 		}
@@ -211,7 +211,7 @@ func (d *differ) classify(changed *scopedChanges) {
 			}
 		}
 	}
-	for name, hs := range d.have.sets {
+	for name, hs := range d.have.sets.all() {
 		if d.setAct[name] != "keep" || !hs.verdict {
 			continue
 		}
@@ -227,13 +227,13 @@ func (d *differ) classify(changed *scopedChanges) {
 // as they are: what goes away may be named by them, and their references
 // and map elements are looked at.
 func (d *differ) keepIdentical() {
-	for name, ws := range d.want.sets {
-		if d.have.sets[name] == ws {
+	for name, ws := range d.want.sets.all() {
+		if d.have.sets.get(name) == ws {
 			d.setAct[name] = "keep"
 		}
 	}
-	for name, wc := range d.want.chains {
-		if d.have.chains[name] == wc {
+	for name, wc := range d.want.chains.all() {
+		if d.have.chains.get(name) == wc {
 			d.chainAct[name] = "keep"
 		}
 	}
@@ -252,7 +252,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // table, else from the record (observed objects carry no pod).
 func (d *differ) setPod(name string) string {
 	for _, t := range []*table{d.want, d.rec} {
-		if s := t.sets[name]; s != nil {
+		if s := t.sets.get(name); s != nil {
 			return s.pod
 		}
 	}
@@ -261,7 +261,7 @@ func (d *differ) setPod(name string) string {
 
 func (d *differ) chainPod(name string) string {
 	for _, t := range []*table{d.want, d.rec} {
-		if c := t.chains[name]; c != nil {
+		if c := t.chains.get(name); c != nil {
 			return c.pod
 		}
 	}
@@ -304,7 +304,7 @@ func acted(acts map[string]string, same func(name string) bool) []string {
 
 func (d *differ) sets() {
 	p := d.p
-	unchanged := func(name string) bool { return len(d.bounce) == 0 && d.want.sets[name] == d.have.sets[name] }
+	unchanged := func(name string) bool { return len(d.bounce) == 0 && d.want.sets.get(name) == d.have.sets.get(name) }
 	names := acted(d.setAct, unchanged)
 	creates := slices.ContainsFunc(names, func(name string) bool {
 		a := act(d.setAct[name])
@@ -316,7 +316,7 @@ func (d *differ) sets() {
 	}
 	for _, name := range names {
 		a, reason, _ := strings.Cut(d.setAct[name], ":")
-		ws, hs := d.want.sets[name], d.have.sets[name]
+		ws, hs := d.want.sets.get(name), d.have.sets.get(name)
 		key := "set/" + name
 		switch a {
 		case "delete":
@@ -363,7 +363,7 @@ func baseChainSets(t *table) map[string]bool {
 		}
 		hot[name] = true
 	}
-	for _, c := range t.chains {
+	for _, c := range t.chains.all() {
 		if c.hook == "" {
 			continue
 		}
@@ -505,7 +505,7 @@ func (d *differ) chains() error {
 	p := d.p
 	for _, name := range acted(d.chainAct, func(string) bool { return true }) {
 		a, reason, _ := strings.Cut(d.chainAct[name], ":")
-		wc := d.want.chains[name]
+		wc := d.want.chains.get(name)
 		key := "chain/" + name
 		switch a {
 		case "keep":

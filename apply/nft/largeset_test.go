@@ -157,7 +157,7 @@ func TestLargeSetReplaceFailureKeepsOldSet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		gs := ghost.sets["no-such-set"]
+		gs := ghost.sets.get("no-such-set")
 		bad := elemMsgs(gs, gs.name, 0, gs.canon, false)
 		mid := adds[len(adds)/2]
 		return slices.Concat(msgs[:mid], bad, msgs[mid:])
@@ -248,7 +248,7 @@ func TestReplaceThreshold(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if derived.sets["big"].from != before.sets["big"].id {
+			if derived.sets.get("big").from != before.sets.get("big").id {
 				t.Fatalf("the set was not derived from the record's")
 			}
 			pd, err := diff("x", derived, before, before, c.cost, 0, nil)
@@ -262,7 +262,7 @@ func TestReplaceThreshold(t *testing.T) {
 			if recreated != c.recreate {
 				t.Errorf("recreate = %t, want %t; plan:\n%s", recreated, c.recreate, firstLines(got, 4))
 			}
-			if !recreated && len(got) != c.n-after.sets["big"].elems.len() {
+			if !recreated && len(got) != c.n-after.sets.get("big").elems.len() {
 				t.Errorf("element-by-element plan has %d lines, want one per element gone", len(got))
 			}
 		})

@@ -153,7 +153,7 @@ func (r *Reconciler) recheck(c *conn, rec *record, p *plan, after uint64) error 
 	for name, ch := range p.verifyElems {
 		var cur *set
 		if written != nil {
-			cur = written.sets[name]
+			cur = written.sets.get(name)
 		}
 		if cur == nil || cur.interval != ch.set.interval {
 			continue // gone or made anew since: its own commit read it back

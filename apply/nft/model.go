@@ -16,8 +16,8 @@ import (
 // the observed side is decoded from the kernel into the same form; the
 // record of the last write is a desired table. Diff compares them as text.
 type table struct {
-	sets   map[string]*set
-	chains map[string]*chain
+	sets   byName[set]
+	chains byName[chain]
 	// opaque, when set, says why the kernel table holds something we
 	// cannot observe object by object; the plan then replaces the table.
 	opaque string
@@ -184,7 +184,7 @@ type rule struct {
 }
 
 func emptyTable() *table {
-	return &table{sets: map[string]*set{}, chains: map[string]*chain{}}
+	return &table{sets: newByName(func(s *set) string { return s.pod }), chains: newByName(func(c *chain) string { return c.pod })}
 }
 
 // countJump counts an element's jump or goto (d: +1 added, -1 removed).
@@ -211,12 +211,12 @@ func compareKeys(a, b []keyRange) int {
 // checkRefs checks that every set, map and chain a rule or map element
 // names exists and fits, so that the kernel never sees a dangling name.
 func (t *table) checkRefs() error {
-	for _, c := range t.chains {
+	for _, c := range t.chains.all() {
 		if err := t.checkChainRefs(c); err != nil {
 			return err
 		}
 	}
-	for _, s := range t.sets {
+	for _, s := range t.sets.all() {
 		if err := t.checkSetRefs(s); err != nil {
 			return err
 		}
@@ -233,26 +233,26 @@ func (t *table) checkRefs() error {
 // table.
 func (t *table) checkRefsSince(base *table, changedSets, changedChains map[string]bool) error {
 	for name := range changedSets {
-		s, was := t.sets[name], base.sets[name]
+		s, was := t.sets.get(name), base.sets.get(name)
 		if was != nil && (s == nil || !s.sameDef(was)) {
 			return t.checkRefs()
 		}
 	}
 	for name := range changedChains {
-		c, was := t.chains[name], base.chains[name]
+		c, was := t.chains.get(name), base.chains.get(name)
 		if was != nil && (c == nil || c.hook != was.hook) {
 			return t.checkRefs()
 		}
 	}
 	for _, name := range sortedKeys(changedChains) {
-		if c := t.chains[name]; c != nil {
+		if c := t.chains.get(name); c != nil {
 			if err := t.checkChainRefs(c); err != nil {
 				return err
 			}
 		}
 	}
 	for _, name := range sortedKeys(changedSets) {
-		if s := t.sets[name]; s != nil {
+		if s := t.sets.get(name); s != nil {
 			if err := t.checkSetRefs(s); err != nil {
 				return err
 			}
@@ -268,7 +268,7 @@ func (t *table) checkChainRefs(c *chain) error {
 			if m.Set == "" {
 				continue
 			}
-			s := t.sets[m.Set]
+			s := t.sets.get(m.Set)
 			if s == nil || s.verdict {
 				return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a set of this table", c.name, i+1, r.text, m.Set)
 			}
@@ -283,7 +283,7 @@ func (t *table) checkChainRefs(c *chain) error {
 				return fmt.Errorf("nft chain %s: rule %d %q: %w", c.name, i+1, r.text, err)
 			}
 		case spec.VerdictVmap:
-			m := t.sets[v.Map]
+			m := t.sets.get(v.Map)
 			if m == nil || !m.verdict {
 				return fmt.Errorf("nft chain %s: rule %d %q: @%s is not a verdict map of this table", c.name, i+1, r.text, v.Map)
 			}
@@ -322,7 +322,7 @@ func (s *set) elementsTo(target string) string {
 }
 
 func (t *table) checkTarget(name string) error {
-	c := t.chains[name]
+	c := t.chains.get(name)
 	if c == nil {
 		return fmt.Errorf("chain %q does not exist in this table", name)
 	}

@@ -66,7 +66,7 @@ func observeOnce(c *conn, hints []string, loose bool) (*table, uint32, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	for _, s := range t.sets {
+	for _, s := range t.sets.all() {
 		for _, e := range s.elems.all() {
 			if e.verdict != nil && e.verdict.Chain != "" {
 				names = append(names, e.verdict.Chain)
@@ -81,7 +81,7 @@ func observeOnce(c *conn, hints []string, loose bool) (*table, uint32, error) {
 		}
 	}
 	for name, rs := range rules {
-		ch := t.chains[name]
+		ch := t.chains.get(name)
 		if ch == nil {
 			// Rules without their chain: the table changed between reads.
 			return nil, 0, fmt.Errorf("nft chain %s: rules listed but the chain is missing: %w", name, errDumpInterrupted)
@@ -94,7 +94,7 @@ func observeOnce(c *conn, hints []string, loose bool) (*table, uint32, error) {
 	// its caller checks the count itself.)
 	if !loose && !usedBy(use, t, len(anon)) {
 		t.opaque = fmt.Sprintf("the table holds %d objects, we can name %d (%d sets and maps, %d chains)",
-			use, len(t.sets)+len(t.chains), len(t.sets), len(t.chains))
+			use, t.sets.len()+t.chains.len(), t.sets.len(), t.chains.len())
 	}
 	gen2, err := getGen(c)
 	if err != nil {
@@ -138,7 +138,7 @@ func getTable(c *conn) (use, flags uint32, err error) {
 // usedBy tells whether a table's use count is t's sets and chains: with
 // or without its rules' anon anonymous sets, which some kernels count.
 func usedBy(use uint32, t *table, anon int) bool {
-	known := uint32(len(t.sets) + len(t.chains))
+	known := uint32(t.sets.len() + t.chains.len())
 	return use == known || use == known+uint32(anon)
 }
 
@@ -186,7 +186,7 @@ func observeSets(c *conn, t *table) (map[string]*set, error) {
 		if isAnon {
 			anon[s.name] = s
 		} else {
-			t.sets[s.name] = s
+			t.sets.put(s.name, s)
 		}
 	}
 	return anon, nil
@@ -383,6 +383,6 @@ func observeChain(c *conn, t *table, name string) error {
 	if err != nil {
 		return fmt.Errorf("decode nft chain %s: %w", name, err)
 	}
-	t.chains[name] = ch
+	t.chains.put(name, ch)
 	return nil
 }

@@ -46,12 +46,12 @@ func (r *Reconciler) warmIndexes(rec *record, names ...string) {
 	case rec.written == nil:
 	case names != nil:
 		for _, name := range names {
-			if s := rec.written.sets[name]; s != nil && stale(name, s) {
+			if s := rec.written.sets.get(name); s != nil && stale(name, s) {
 				sets = append(sets, s)
 			}
 		}
 	default:
-		for name, s := range rec.written.sets {
+		for name, s := range rec.written.sets.all() {
 			if stale(name, s) {
 				sets = append(sets, s)
 			}

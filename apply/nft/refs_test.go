@@ -23,7 +23,7 @@ func TestCheckRefsSince(t *testing.T) {
 		t.Fatal(err)
 	}
 	derive := func() *table {
-		return &table{sets: maps.Clone(base.sets), chains: maps.Clone(base.chains)}
+		return &table{sets: base.sets.derive(), chains: base.chains.derive()}
 	}
 	chainNaming := func(name, set string) *chain {
 		c, err := canonicalChain(&spec.NFTChain{Name: name, Rules: []spec.NFTRule{{
@@ -41,36 +41,36 @@ func TestCheckRefsSince(t *testing.T) {
 	}{
 		{"nothing changed", func(*table) ([]string, []string) { return nil, nil }, ""},
 		{"a changed chain naming an existing set", func(x *table) ([]string, []string) {
-			x.chains[p.in()] = chainNaming(p.in(), p.in()+"-all")
+			x.chains.put(p.in(), chainNaming(p.in(), p.in()+"-all"))
 			return nil, []string{p.in()}
 		}, ""},
 		{"a changed chain naming a missing set", func(x *table) ([]string, []string) {
-			x.chains[p.in()] = chainNaming(p.in(), "nope")
+			x.chains.put(p.in(), chainNaming(p.in(), "nope"))
 			return nil, []string{p.in()}
 		}, "@nope is not a set of this table"},
 		{"a new chain naming a missing set", func(x *table) ([]string, []string) {
-			x.chains["extra"] = chainNaming("extra", "nope")
+			x.chains.put("extra", chainNaming("extra", "nope"))
 			return nil, []string{"extra"}
 		}, "@nope is not a set of this table"},
 		{"a set the record's chain names is gone", func(x *table) ([]string, []string) {
-			delete(x.sets, p.in()+"-all")
+			x.sets.del(p.in() + "-all")
 			return []string{p.in() + "-all"}, nil
 		}, "@" + p.in() + "-all is not a set of this table"},
 		{"a set the record's chain names is a map now", func(x *table) ([]string, []string) {
-			s := *x.sets[p.in()+"-all"]
+			s := *x.sets.get(p.in() + "-all")
 			s.verdict = true
-			x.sets[s.name] = &s
+			x.sets.put(s.name, &s)
 			return []string{s.name}, nil
 		}, "@" + p.in() + "-all is not a set of this table"},
 		{"a chain the record's map jumps to is gone", func(x *table) ([]string, []string) {
-			delete(x.chains, p.in())
+			x.chains.del(p.in())
 			return nil, []string{p.in()}
 		}, `chain "` + p.in() + `" does not exist`},
 		{"a changed map jumping nowhere", func(x *table) ([]string, []string) {
-			m := *x.sets["ingress-dispatch"]
+			m := *x.sets.get("ingress-dispatch")
 			m.jumps = maps.Clone(m.jumps)
 			m.jumps["nowhere"] = 1
-			x.sets[m.name] = &m
+			x.sets.put(m.name, &m)
 			return []string{m.name}, nil
 		}, `chain "nowhere" does not exist`},
 	}

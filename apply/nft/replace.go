@@ -172,8 +172,8 @@ func (m *deltaMemo) warm(want, written *table) {
 	if want == nil || written == nil {
 		return
 	}
-	for name, ws := range want.sets {
-		hs := written.sets[name]
+	for name, ws := range want.sets.all() {
+		hs := written.sets.get(name)
 		if hs == nil || hs == ws || !ws.interval || !hs.sameDef(ws) || hs.elems.len() < largeDeltaMin ||
 			ws.from != 0 && ws.from == hs.id {
 			continue

@@ -67,19 +67,21 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
 	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, chainSets *chainSetIndex) (*table, *scopedChanges, []bool, error) {
 	pods := newScopedPods(sc.Pods)
-	out := &scopedOut{table: &table{sets: maps.Clone(written.sets), chains: maps.Clone(written.chains)},
+	out := &scopedOut{table: &table{sets: written.sets.derive(), chains: written.chains.derive()},
 		changedSets: map[string]bool{}, changedChains: map[string]bool{}}
 	podChains := map[string]bool{}
-	for name, c := range written.chains {
-		if pods.has(c.pod) {
-			podChains[name] = true
-			out.dropChain(name)
+	if written.chains.mayHoldPods() {
+		for name, c := range written.chains.all() {
+			if pods.has(c.pod) {
+				podChains[name] = true
+				out.dropChain(name)
+			}
 		}
 	}
 	skipChains, skipSets := othersNewObjects(desired, written, pods, sc.Addrs)
 	for i := range desired.Chains {
 		in := &desired.Chains[i]
-		if !pods.has(in.Pod) && written.chains[in.Name] != nil || skipChains[in.Name] {
+		if !pods.has(in.Pod) && written.chains.get(in.Name) != nil || skipChains[in.Name] {
 			continue
 		}
 		c := cache.chain(in)
@@ -94,9 +96,11 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			podChains[in.Name] = true
 		}
 	}
-	for name, s := range written.sets {
-		if pods.has(s.pod) {
-			out.dropSet(name)
+	if written.sets.mayHoldPods() {
+		for name, s := range written.sets.all() {
+			if pods.has(s.pod) {
+				out.dropSet(name)
+			}
 		}
 	}
 	held := make([]bool, len(desired.Sets))
@@ -109,7 +113,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			held[i] = true
 			continue
 		}
-		hs := written.sets[in.Name]
+		hs := written.sets.get(in.Name)
 		if hs != nil {
 			out.wantedWritten++
 		}
@@ -185,7 +189,7 @@ func (c *scopedChanges) setNames() []string {
 func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, addrs []string) (chains, sets map[string]bool) {
 	for i := range desired.Chains {
 		in := &desired.Chains[i]
-		if written.chains[in.Name] == nil && in.Hook == "" && !pods.has(in.Pod) {
+		if written.chains.get(in.Name) == nil && in.Hook == "" && !pods.has(in.Pod) {
 			if chains == nil {
 				chains = map[string]bool{}
 			}
@@ -276,22 +280,22 @@ type scopedOut struct {
 }
 
 func (o *scopedOut) putSet(s *set) {
-	o.sets[s.name] = s
+	o.sets.put(s.name, s)
 	o.changedSets[s.name] = true
 }
 
 func (o *scopedOut) dropSet(name string) {
-	delete(o.sets, name)
+	o.sets.del(name)
 	o.changedSets[name] = true
 }
 
 func (o *scopedOut) putChain(c *chain) {
-	o.chains[c.name] = c
+	o.chains.put(c.name, c)
 	o.changedChains[c.name] = true
 }
 
 func (o *scopedOut) dropChain(name string) {
-	delete(o.chains, name)
+	o.chains.del(name)
 	o.changedChains[name] = true
 }
 
@@ -396,7 +400,11 @@ func scopedElems(in *spec.NFTSet, hs *set, addrs []string, podChains map[string]
 	s.id, s.from = setIDs.Add(1), hs.id
 	s.src, s.canon, s.of, s.seen = nil, nil, listRef{}, nil
 	if follows {
-		s.src, s.of, s.seen = slices.Clone(in.Elements), refOf(in.Elements), &seenList{}
+		// The document's list itself, not a copy: a scoped plan's
+		// document does not change (PlanScoped), and a copy of a
+		// dispatch set's elements on every CNI request was garbage that
+		// grew with the node's pods.
+		s.src, s.of, s.seen = slices.Clip(in.Elements), refOf(in.Elements), &seenList{}
 	}
 	s.elems, s.jumps = hs.elems.derive(), maps.Clone(hs.jumps)
 	for _, he := range removed {

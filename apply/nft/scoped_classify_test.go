@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -33,7 +32,7 @@ func TestScopedClassifyChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 	var base *chain
-	for _, c := range have.chains {
+	for _, c := range have.chains.all() {
 		if c.hook == "" {
 			base = c
 			break
@@ -41,9 +40,9 @@ func TestScopedClassifyChecked(t *testing.T) {
 	}
 	extra := *base
 	extra.name = "test-extra"
-	want := &table{sets: maps.Clone(have.sets), chains: maps.Clone(have.chains)}
-	want.sets[ws.name] = ws
-	want.chains[extra.name] = &extra
+	want := &table{sets: have.sets.derive(), chains: have.chains.derive()}
+	want.sets.put(ws.name, ws)
+	want.chains.put(extra.name, &extra)
 	newChain := extra.name
 
 	opsOf := func(changed *scopedChanges) ([]string, error) {

@@ -38,11 +38,11 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 	}
 	// Every set of the record is the document's too (most often): no
 	// record set can be gone from the document while holding the pods'.
-	everyWritten := unique && out.wantedWritten == len(written.sets)
+	everyWritten := unique && out.wantedWritten == written.sets.len()
 	var dropped []string
 	for i := range desired.Chains {
 		in := &desired.Chains[i]
-		wc := written.chains[in.Name]
+		wc := written.chains.get(in.Name)
 		if pods.has(in.Pod) || wc == nil {
 			continue // the pods' own, or made whole already
 		}
@@ -60,7 +60,7 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 			}
 			for _, m := range r.Match {
 				if !touched && out.changedSets[m.Set] {
-					if s, hs := out.sets[m.Set], written.sets[m.Set]; s != hs {
+					if s, hs := out.sets.get(m.Set), written.sets.get(m.Set); s != hs {
 						touched = hs != nil || s != nil && setHoldsPods(s, sc.Addrs, podChains)
 					}
 				}
@@ -72,10 +72,10 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 					continue
 				}
 				if out.changedSets[m.Set] {
-					touched = written.sets[m.Set] != nil && out.sets[m.Set] != written.sets[m.Set]
+					touched = written.sets.get(m.Set) != nil && out.sets.get(m.Set) != written.sets.get(m.Set)
 				}
 				if !touched && !everyWritten {
-					if hs := written.sets[m.Set]; hs != nil && wanted(m.Set) == nil {
+					if hs := written.sets.get(m.Set); hs != nil && wanted(m.Set) == nil {
 						touched = setHoldsPods(hs, sc.Addrs, podChains)
 					}
 				}
@@ -104,7 +104,7 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 			if changed {
 				break
 			}
-			hs := written.sets[name]
+			hs := written.sets.get(name)
 			if hs == nil || len(addrFields(hs)) > 0 {
 				continue
 			}
@@ -142,7 +142,7 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 		return nil
 	}
 	matched := map[string]bool{}
-	for _, c := range out.chains {
+	for _, c := range out.chains.all() {
 		for _, name := range recordChainSets(c) {
 			matched[name] = true
 		}

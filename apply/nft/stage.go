@@ -58,7 +58,7 @@ const stageMinChange = 2048
 func (d *differ) stageChange(ws, hs *set) bool {
 	dl := d.deltas[ws.name]
 	return dl != nil && len(dl.changed)+len(dl.gone) >= stageMinChange && canStage(ws, d.stageMin) &&
-		d.have.sets[stageName(ws.name)] == nil
+		d.have.sets.get(stageName(ws.name)) == nil
 }
 
 // stagePrefix makes a staging set's name; document names cannot start
@@ -322,7 +322,7 @@ func (p *plan) hopBack(want *table) ([]batchMsg, map[string]int, error) {
 	for _, name := range sortedKeys(p.staged) {
 		st := p.staged[name]
 		for _, cn := range st.chains {
-			chains[cn] = len(want.chains[cn].rules)
+			chains[cn] = len(want.chains.get(cn).rules)
 		}
 		def := *st.ws
 		def.name = stageName(name)
@@ -330,7 +330,7 @@ func (p *plan) hopBack(want *table) ([]batchMsg, map[string]int, error) {
 	}
 	for _, cn := range sortedKeys(chains) {
 		msgs = append(msgs, flushChainMsg(cn))
-		for i, r := range want.chains[cn].rules {
+		for i, r := range want.chains.get(cn).rules {
 			ms, err := ruleMsgs(cn, i, r, p.newID)
 			if err != nil {
 				return nil, nil, err

@@ -33,7 +33,7 @@ func failFill(t *testing.T, e *env, name string, nth int) *int {
 		if err != nil {
 			t.Fatal(err)
 		}
-		gs := ghost.sets["no-such-set"]
+		gs := ghost.sets.get("no-such-set")
 		return append(msgs, elemMsgs(gs, gs.name, 0, gs.canon, false)...)
 	}
 	return &seen
@@ -161,7 +161,7 @@ func TestStagedChangeFailures(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		def := *want.sets["big"]
+		def := *want.sets.get("big")
 		def.name = staging
 		msgs := append([]batchMsg{newSetMsg(&def, 1)}, elemMsgs(&def, staging, 0, sortedElemList(&def.elems)[:1000], false)...)
 		if err := c.commit(msgs, nil); err != nil {

@@ -44,7 +44,7 @@ func TestVerifyElemsReadsBackTouchedElements(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.close()
-	ws := want.sets["ingress-dispatch"]
+	ws := want.sets.get("ingress-dispatch")
 	elemOf := func(ip string) *elem {
 		for _, x := range ws.elems.all() {
 			if x.text == ip {
@@ -126,7 +126,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 	}
 	defer c.close()
 	elemOf := func(set, text string) *elem {
-		for _, x := range want.sets[set].elems.all() {
+		for _, x := range want.sets.get(set).elems.all() {
 			if x.text == text {
 				return x
 			}
@@ -143,7 +143,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 		for _, text := range texts {
 			present = append(present, elemOf(set, text))
 		}
-		if err := verifyElems(c, &elemCheck{set: want.sets[set], present: present}); err != nil {
+		if err := verifyElems(c, &elemCheck{set: want.sets.get(set), present: present}); err != nil {
 			t.Errorf("verify of what the kernel holds in %s: %v", set, err)
 		}
 	}
@@ -151,7 +151,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 		t.Errorf("closed intervals the kernel holds were confirmed by %d dumps of their set, want element by element", n)
 	}
 	// One open to the top is confirmed by the set's dump.
-	if err := verifyElems(c, &elemCheck{set: want.sets["addrs"], present: []*elem{elemOf("addrs", "198.18.200.0-255.255.255.255")}}); err != nil {
+	if err := verifyElems(c, &elemCheck{set: want.sets.get("addrs"), present: []*elem{elemOf("addrs", "198.18.200.0-255.255.255.255")}}); err != nil {
 		t.Errorf("verify of an interval open to the top: %v", err)
 	}
 
@@ -162,7 +162,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 	e.nft("add", "element", "inet", "terway", "ports", "{ 198.18.0.9 . tcp . 8080-8099 }")
 	e.nft("add", "element", "inet", "terway", "addrs", "{ 198.18.0.4-198.18.0.6 }")
 	gone := func(set, text string) *elem {
-		for _, x := range have.sets[set].elems.all() {
+		for _, x := range have.sets.get(set).elems.all() {
 			if x.text == text {
 				return x
 			}
@@ -170,12 +170,12 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 		t.Fatalf("no element %s in %s before", text, set)
 		return nil
 	}
-	err = verifyElems(c, &elemCheck{set: want.sets["addrs"], present: []*elem{elemOf("addrs", "198.18.0.8"), elemOf("addrs", "198.18.1.0/24")},
+	err = verifyElems(c, &elemCheck{set: want.sets.get("addrs"), present: []*elem{elemOf("addrs", "198.18.0.8"), elemOf("addrs", "198.18.1.0/24")},
 		absent: []*elem{gone("addrs", "198.18.0.4-198.18.0.6")}})
 	if err == nil || !strings.Contains(err.Error(), "missing 198.18.0.8") || !strings.Contains(err.Error(), "unexpected 198.18.0.4-198.18.0.6") {
 		t.Errorf("addrs: verify said %v; want 198.18.0.8 missing and 198.18.0.4-198.18.0.6 unexpected", err)
 	}
-	err = verifyElems(c, &elemCheck{set: want.sets["ports"], present: []*elem{elemOf("ports", "198.18.0.9 . tcp . 8080-8090")}})
+	err = verifyElems(c, &elemCheck{set: want.sets.get("ports"), present: []*elem{elemOf("ports", "198.18.0.9 . tcp . 8080-8090")}})
 	if err == nil || !strings.Contains(err.Error(), "missing 198.18.0.9 . tcp . 8080-8090") {
 		t.Errorf("ports: verify said %v; want the interval held wider reported missing", err)
 	}

@@ -194,14 +194,14 @@ func TestCanonicalCacheKeepsTwoDocuments(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tb2.sets["in_x_0-ports"] != tb.sets["in_x_0-ports"] || tb2.chains["in_x_0"] != tb.chains["in_x_0"] {
+		if tb2.sets.get("in_x_0-ports") != tb.sets.get("in_x_0-ports") || tb2.chains.get("in_x_0") != tb.chains.get("in_x_0") {
 			t.Errorf("round %d: the document before the edit, planned after the one after it, parsed its set or chain again", round)
 		}
 		ta2, c3, err := canonical(after, c2)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ta2.sets["in_x_0-ports"] != ta.sets["in_x_0-ports"] || ta2.chains["in_x_0"] != ta.chains["in_x_0"] {
+		if ta2.sets.get("in_x_0-ports") != ta.sets.get("in_x_0-ports") || ta2.chains.get("in_x_0") != ta.chains.get("in_x_0") {
 			t.Errorf("round %d: the document after the edit, planned again, parsed its set or chain again", round)
 		}
 		// The same document twice keeps the other one.
@@ -235,7 +235,7 @@ func TestPrepareComparesLargeSets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, hs := want.sets["in_x_0-ports"], old.sets["in_x_0-ports"]
+	ws, hs := want.sets.get("in_x_0-ports"), old.sets.get("in_x_0-ports")
 	largeDeltas.mu.Lock()
 	found := slices.ContainsFunc(largeDeltas.entries, func(e deltaEntry) bool { return e.ws == ws.id && e.hs == hs.id })
 	largeDeltas.mu.Unlock()
@@ -269,7 +269,7 @@ func TestScopedCommitWarmsItsSets(t *testing.T) {
 	defer e.r.mu.Unlock()
 	rec := e.r.records[e.ns]
 	for _, name := range []string{"egress-dispatch", "ingress-dispatch"} {
-		s := rec.written.sets[name]
+		s := rec.written.sets.get(name)
 		if s == nil || s.elems.len() != 41 {
 			t.Fatalf("set %s is not recorded with the ADD's element", name)
 		}
