@@ -371,6 +371,7 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 	for _, id := range keep {
 		delete(pending, id)
 	}
+	listed := allocs
 	allocs = without(allocs, pending)
 	if len(uncommitted) > 0 {
 		// At their places in List's order, in a new list (List's is the
@@ -381,6 +382,12 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 		for _, p := range uncommitted {
 			i, _ := slices.BinarySearchFunc(merged, p, store.CompareAllocations)
 			merged = slices.Insert(merged, i, p)
+		}
+		if len(allocs) == len(listed) {
+			// What List answers once these commit, unless another write
+			// comes first: the store keeps it then, rather than making
+			// it again.
+			a.store.Offer(listed, merged)
 		}
 		allocs = merged
 	}

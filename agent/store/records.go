@@ -287,7 +287,13 @@ func (w *allocWrites) note(at Attachment, a *spec.Allocation) {
 func (s *Store) followWrites(w *allocWrites) {
 	s.listMu.Lock()
 	defer s.listMu.Unlock()
+	offer := s.offer
+	s.offer = nil
 	if s.listed == nil || s.listedAt != w.txID-1 {
+		return
+	}
+	if offer != nil && sameList(offer.based, s.listed) && offer.follows(s.listed, w) {
+		s.listed, s.listedAt = offer.list, w.txID
 		return
 	}
 	// A new list: the one before is shared with List's callers.
@@ -304,6 +310,74 @@ func (s *Store) followWrites(w *allocWrites) {
 		}
 	}
 	s.listed, s.listedAt = slices.Clip(out), w.txID
+}
+
+// offeredList is a list Offer gave, and the answer of List it was made
+// from.
+type offeredList struct {
+	based, list []spec.Allocation
+}
+
+// Offer gives the store a list the caller made from an answer of List
+// (based) by putting in the allocations it is committing, in List's
+// order. When the next write to commit turns based into the same list,
+// List answers with this one after it, rather than with a copy the store
+// makes: a CNI ADD renders with its allocation while the store commits
+// it, and the list of every allocation was made twice per ADD. Neither
+// list may change afterwards.
+func (s *Store) Offer(based, list []spec.Allocation) {
+	s.listMu.Lock()
+	defer s.listMu.Unlock()
+	if sameList(based, s.listed) {
+		s.offer = &offeredList{based: based, list: slices.Clip(list)}
+	}
+}
+
+// follows tells whether o.list is listed changed by w's writes, in
+// List's order.
+func (o *offeredList) follows(listed []spec.Allocation, w *allocWrites) bool {
+	put := 0 // allocations w writes
+	for _, a := range w.changed {
+		if a != nil {
+			put++
+		}
+	}
+	seen, j := 0, 0
+	skip := func() {
+		for j < len(listed) && w.has(AttachmentOf(listed[j])) {
+			j++
+		}
+	}
+	for i, a := range o.list {
+		if i > 0 && compareAllocs(o.list[i-1], a) >= 0 {
+			return false
+		}
+		if w.has(AttachmentOf(a)) {
+			if c := w.changed[AttachmentOf(a)]; c == nil || *c != a {
+				return false
+			}
+			seen++
+			continue
+		}
+		skip()
+		if j == len(listed) || listed[j] != a {
+			return false
+		}
+		j++
+	}
+	skip()
+	return j == len(listed) && seen == put
+}
+
+// has tells whether w writes the attachment's record.
+func (w *allocWrites) has(at Attachment) bool {
+	_, ok := w.changed[at]
+	return ok
+}
+
+// sameList tells whether two lists are the same slice.
+func sameList(a, b []spec.Allocation) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // Get returns the allocation of an attachment.

@@ -115,3 +115,95 @@ func TestListSharedUnchanged(t *testing.T) {
 		t.Fatalf("after an allocation and a release: %v, want %v", ids, want)
 	}
 }
+
+// TestOfferedListKept: a list offered as List's answer changed by the
+// allocation being committed, as the agent renders with it meanwhile, is
+// List's answer after that commit, the very list; an offer that the
+// commit does not make true, or based on a list a write has replaced
+// already, is dropped for the list the store makes.
+func TestOfferedListKept(t *testing.T) {
+	s := openTemp(t)
+	for i := range 4 {
+		mustAlloc(t, s, vpcReq(cidr24, fmt.Sprintf("default/p%d", i*2), fmt.Sprintf("c%d", i*2)))
+	}
+	list := func() []spec.Allocation {
+		t.Helper()
+		as, err := s.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return as
+	}
+	allocate := func(pod, cid string) (spec.Allocation, func() error) {
+		t.Helper()
+		a, _, _, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, pod, cid))
+		if err != nil || commit == nil {
+			t.Fatalf("allocate %s: %v", pod, err)
+		}
+		return a, commit
+	}
+	withExtra := func(based []spec.Allocation, a spec.Allocation) []spec.Allocation {
+		out := slices.Clone(based)
+		i, _ := slices.BinarySearchFunc(out, a, CompareAllocations)
+		return slices.Insert(out, i, a)
+	}
+	names := func(as []spec.Allocation) []string {
+		var out []string
+		for _, a := range as {
+			out = append(out, a.Metadata.Name)
+		}
+		return out
+	}
+
+	base := list()
+	a3, commit := allocate("default/p3", "c3")
+	offer := withExtra(base, a3)
+	s.Offer(base, offer)
+	if err := commit(); err != nil {
+		t.Fatal(err)
+	}
+	got := list()
+	if &got[0] != &offer[0] || !slices.Equal(names(got), []string{"p0", "p2", "p3", "p4", "p6"}) {
+		t.Fatalf("after the offered commit: %v, the offer kept %v", names(got), &got[0] == &offer[0])
+	}
+
+	// An offer of another allocation than the commit's.
+	a1, commit := allocate("default/p1", "c1")
+	wrong := withExtra(got, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "default", Name: "p5"}, Spec: a1.Spec})
+	s.Offer(got, wrong)
+	if err := commit(); err != nil {
+		t.Fatal(err)
+	}
+	after := list()
+	if &after[0] == &wrong[0] || !slices.Equal(names(after), []string{"p0", "p1", "p2", "p3", "p4", "p6"}) {
+		t.Fatalf("after a commit the offer did not foresee: %v, the offer kept %v", names(after), &after[0] == &wrong[0])
+	}
+
+	// An offer kept, then a release: List follows the release from it.
+	a5, commit := allocate("default/p5", "c5")
+	late := withExtra(after, a5)
+	s.Offer(after, late)
+	if err := commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Release("c0", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	final := list()
+	if !slices.Equal(names(final), []string{"p1", "p2", "p3", "p4", "p5", "p6"}) {
+		t.Fatalf("after the offered commit and a release: %v", names(final))
+	}
+	a7, commit := allocate("default/p7", "c7")
+	stale := withExtra(final, a7)
+	if _, _, err := s.Release("c2", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	s.Offer(final, stale) // based on a list no longer List's: ignored
+	if err := commit(); err != nil {
+		t.Fatal(err)
+	}
+	last := list()
+	if &last[0] == &stale[0] || !slices.Equal(names(last), []string{"p1", "p3", "p4", "p5", "p6", "p7"}) {
+		t.Fatalf("after a release before the offer: %v, the offer kept %v", names(last), &last[0] == &stale[0])
+	}
+}

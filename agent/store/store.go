@@ -115,6 +115,10 @@ type Store struct {
 	listMu   sync.Mutex
 	listed   []spec.Allocation
 	listedAt int
+	// offer is a list a caller made from listed by the writes it is
+	// committing (Offer), for followWrites to keep rather than make the
+	// same list again.
+	offer *offeredList
 	// writes are the allocations the write transaction under way put or
 	// removed (bbolt runs one at a time): once it commits, List's last
 	// answer follows them (followWrites) rather than being read again, as
