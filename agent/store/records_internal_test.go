@@ -82,14 +82,7 @@ func TestListSharedUnchanged(t *testing.T) {
 	for i := range 3 {
 		mustAlloc(t, s, vpcReq(cidr24, fmt.Sprintf("default/p%d", i), fmt.Sprintf("c%d", i)))
 	}
-	list := func() []spec.Allocation {
-		t.Helper()
-		as, err := s.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return as
-	}
+	list := func() []spec.Allocation { return mustList(t, s) }
 	first, again := list(), list()
 	if len(first) != 3 || &first[0] != &again[0] {
 		t.Fatalf("two Lists with no write between: %d allocations, shared %v", len(first), len(first) > 0 && &first[0] == &again[0])
@@ -126,14 +119,7 @@ func TestOfferedListKept(t *testing.T) {
 	for i := range 4 {
 		mustAlloc(t, s, vpcReq(cidr24, fmt.Sprintf("default/p%d", i*2), fmt.Sprintf("c%d", i*2)))
 	}
-	list := func() []spec.Allocation {
-		t.Helper()
-		as, err := s.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return as
-	}
+	list := func() []spec.Allocation { return mustList(t, s) }
 	allocate := func(pod, cid string) (spec.Allocation, func() error) {
 		t.Helper()
 		a, _, _, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, pod, cid))
@@ -206,4 +192,14 @@ func TestOfferedListKept(t *testing.T) {
 	if &last[0] == &stale[0] || !slices.Equal(names(last), []string{"p1", "p3", "p4", "p5", "p6", "p7"}) {
 		t.Fatalf("after a release before the offer: %v, the offer kept %v", names(last), &last[0] == &stale[0])
 	}
+}
+
+// mustList is s.List, failing t on an error.
+func mustList(t *testing.T, s *Store) []spec.Allocation {
+	t.Helper()
+	as, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return as
 }
