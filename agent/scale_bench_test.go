@@ -76,8 +76,15 @@ func BenchmarkAgentAddAtScale(b *testing.B) {
 	}
 }
 
-// scaleTimed is how many pods each size ADDs and DELs, one at a time.
-const scaleTimed = 50
+// scaleTimed is how many pods each size ADDs and DELs, one at a time:
+// 50, or $TERWAY_SCALE_TIMED (200 gives profiles and medians that move
+// less between runs).
+var scaleTimed = func() int {
+	if n, err := strconv.Atoi(os.Getenv("TERWAY_SCALE_TIMED")); err == nil && n > 0 {
+		return n
+	}
+	return 50
+}()
 
 // scaleNode is an agent whose node runs resident pods, set up and
 // admitted, in synth's cluster of policies (none: no cluster around it),
