@@ -41,8 +41,9 @@ func (m *byName[T]) get(name string) *T {
 
 // put sets the object of a name; v must not be nil.
 func (m *byName[T]) put(name string, v *T) {
+	old := m.get(name)
 	if m.podOf != nil {
-		m.count(m.get(name), -1)
+		m.count(old, -1)
 		m.count(v, 1)
 	}
 	if m.over == nil {
@@ -52,7 +53,7 @@ func (m *byName[T]) put(name string, v *T) {
 		m.base[name] = v
 		return
 	}
-	if m.get(name) == nil {
+	if old == nil {
 		m.n++
 	}
 	m.over[name] = v
@@ -60,14 +61,15 @@ func (m *byName[T]) put(name string, v *T) {
 
 // del removes the object of a name, if any.
 func (m *byName[T]) del(name string) {
+	old := m.get(name)
+	if old == nil {
+		return
+	}
 	if m.podOf != nil {
-		m.count(m.get(name), -1)
+		m.count(old, -1)
 	}
 	if m.over == nil {
 		delete(m.base, name)
-		return
-	}
-	if m.get(name) == nil {
 		return
 	}
 	m.n--
