@@ -40,8 +40,13 @@ type keptLookup struct {
 	memo *keptSets
 	// touched names the sets a commit touched since memo.version.
 	touched map[string]bool
-	next    int // the memo's set to compare next (both lists are in name order)
-	hits    int // sets found held
+	// touchedLens has a bit per length of a name in touched (longer than
+	// it holds: every length): a set whose name has none is not touched,
+	// found without hashing or reading its name, which for the
+	// thousand sets of a document at scale waits on memory each time.
+	touchedLens [4]uint64
+	next        int // the memo's set to compare next (both lists are in name order)
+	hits        int // sets found held
 }
 
 // newKeptLookup returns the lookup of memo for a record now at a version
@@ -57,7 +62,24 @@ func newKeptLookup(memo *keptSets, keys map[string]bool, logged bool) *keptLooku
 			touched[name] = true
 		}
 	}
-	return &keptLookup{memo: memo, touched: touched}
+	l := &keptLookup{memo: memo, touched: touched}
+	for name := range touched {
+		if n := len(name); n < 64*len(l.touchedLens) {
+			l.touchedLens[n/64] |= 1 << (n % 64)
+		} else {
+			l.touchedLens = [4]uint64{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}
+		}
+	}
+	return l
+}
+
+// wasTouched reports whether a commit touched the set of a name since
+// the memo's version.
+func (l *keptLookup) wasTouched(name string) bool {
+	if n := len(name); n < 64*len(l.touchedLens) && l.touchedLens[n/64]&(1<<(n%64)) == 0 {
+		return false
+	}
+	return l.touched[name]
 }
 
 // held tells whether in, the document's next set in name order, is a set
@@ -76,7 +98,7 @@ func (l *keptLookup) held(in *spec.NFTSet) bool {
 	}
 	i := l.next
 	l.next++
-	if l.memo.kept[i] && sameSetValue(&sets[i], in) && !l.touched[in.Name] {
+	if l.memo.kept[i] && sameSetValue(&sets[i], in) && !l.wasTouched(in.Name) {
 		l.hits++
 		return true
 	}

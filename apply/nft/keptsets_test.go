@@ -7,6 +7,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -110,4 +111,24 @@ func TestScopedPlansKeepSets(t *testing.T) {
 		t.Errorf("the plans found %d sets held from their memo, want at least %d of %d sets in 4 plans", hits, want, len(now.Sets))
 	}
 	t.Logf("%d sets, %d found held from the memo in %d plans", len(now.Sets), hits, plans)
+}
+
+// TestKeptLookupTouched: a set is touched exactly when a commit since the
+// memo touched its name, whatever the lengths of the names, also past the
+// lengths the lookup tells apart without reading a name.
+func TestKeptLookupTouched(t *testing.T) {
+	long := strings.Repeat("s", 300)
+	for _, touched := range [][]string{nil, {"ab", "pod-sources"}, {long}, {"ab", long + "x"}} {
+		keys := map[string]bool{"chain ab": true} // chains do not count
+		for _, name := range touched {
+			keys["set "+name] = true
+		}
+		l := newKeptLookup(&keptSets{}, keys, true)
+		for _, name := range []string{"ab", "ba", "abc", "pod-sources", "pod-sourcez", long, long + "x", long + "y", ""} {
+			want := slices.Contains(touched, name)
+			if got := l.wasTouched(name); got != want {
+				t.Errorf("touched %q: set %q: wasTouched %v, want %v", touched, name, got, want)
+			}
+		}
+	}
 }
