@@ -149,6 +149,10 @@ type record struct {
 	// chainSets indexes the chains of the last scoped plan's document by
 	// the sets they match against (chainsets.go); mu guards.
 	chainSets *chainSetIndex
+	// recordChains indexes the chains of a record by the sets they match
+	// against (chainsets.go), of the map they share with the records
+	// derived since; mu guards.
+	recordChains *recordChainIndex
 	// fullSyncs counts the syncs that read the kernel and took what they
 	// read as the record (done): a memo made before one is not used.
 	fullSyncs uint64
@@ -427,7 +431,7 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		touched, logged := rec.touchedSince(rec.kept.version)
 		kept = newKeptLookup(rec.kept, touched, logged)
 	}
-	fullSyncs, chainSets := rec.fullSyncs, rec.chainSets
+	fullSyncs, chainSets, recordChains := rec.fullSyncs, rec.chainSets, rec.recordChains
 	r.mu.Unlock()
 	closeAll(gone)
 
@@ -439,7 +443,8 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		var held []bool
 		index, wantIndex := r.indexer(rec), r.wantIndexer(rec, false)
 		chainSets = chainSetsFor(desired, chainSets)
-		if want, scoped, held, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept, chainSets); err != nil {
+		recordChains = recordChainsFor(&written.chains, recordChains)
+		if want, scoped, held, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept, chainSets, recordChains); err != nil {
 			return nil, err
 		}
 		if recheckKeptSets && (kept != nil || chainSets != nil) {
@@ -453,7 +458,7 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		r.mu.Lock()
 		if r.records[netns] == rec {
 			rec.kept = &keptSets{version: version, fullSyncs: fullSyncs, sets: desired.Sets, kept: held}
-			rec.chainSets = chainSets
+			rec.chainSets, rec.recordChains = chainSets, recordChains
 		}
 		r.mu.Unlock()
 		r.pruneWantIndexes(rec, desired)

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"iter"
 	"maps"
 	"slices"
 
@@ -63,9 +64,10 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 // addrIndex), wantIndex a desired set's (see wantIndex). kept (nil: none)
 // names sets an earlier plan found held (keptsets.go); the sets this plan
 // finds held come back, for the next. chainSets (nil: none) indexes
-// desired's chains by the sets they match (chainsets.go).
+// desired's chains by the sets they match, recorded (nil: none) written's
+// (chainsets.go).
 func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
-	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, chainSets *chainSetIndex) (*table, *scopedChanges, []bool, error) {
+	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, chainSets *chainSetIndex, recorded *recordChainIndex) (*table, *scopedChanges, []bool, error) {
 	pods := newScopedPods(sc.Pods)
 	out := &scopedOut{table: &table{sets: written.sets.derive(), chains: written.chains.derive()},
 		changedSets: map[string]bool{}, changedChains: map[string]bool{}}
@@ -78,8 +80,23 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			}
 		}
 	}
-	skipChains, skipSets := othersNewObjects(desired, written, pods, sc.Addrs)
-	for i := range desired.Chains {
+	// The chains to look at: those the record lacks and the pods' own.
+	// The document's other chains are written: with the chain index,
+	// those are not even looked up (chainSetIndex.absentFrom).
+	var look positions // nil: every chain
+	var absent []int
+	if chainSets != nil {
+		if positions, ok := chainSets.absentFrom(&written.chains); ok {
+			absent = positions
+			look = mergePositions(positions, chainSets.owned)
+		}
+	}
+	var known *chainSetIndex // with the positions of the absent chains
+	if look != nil {
+		known = chainSets
+	}
+	skipChains, skipSets := othersNewObjects(desired, written, pods, sc.Addrs, known, absent)
+	for i := range look.all(len(desired.Chains)) {
 		in := &desired.Chains[i]
 		if !pods.has(in.Pod) && written.chains.get(in.Name) != nil || skipChains[in.Name] {
 			continue
@@ -142,7 +159,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			}
 		}
 	}
-	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache, chainSets); err != nil {
+	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache, chainSets, recorded); err != nil {
 		return nil, nil, nil, err
 	}
 	// The record passed these checks: only what the scope changed is
@@ -186,8 +203,17 @@ func (c *scopedChanges) setNames() []string {
 // scope's addresses dispatches to it (its element in a verdict map), or
 // when a rule jumps to it; base chains always are. What is left is the
 // sync's, or the ADD of the pod it is for.
-func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, addrs []string) (chains, sets map[string]bool) {
-	for i := range desired.Chains {
+//
+// index (nil: none) is desired's chainSetIndex, and absent, when it is
+// set, the positions of the chains the record lacks (absentFrom): the
+// other chains are then not looked up, and their rules not read.
+func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, addrs []string,
+	index *chainSetIndex, absent []int) (chains, sets map[string]bool) {
+	look := positions(nil)
+	if index != nil {
+		look = positions(absent)
+	}
+	for i := range look.all(len(desired.Chains)) {
 		in := &desired.Chains[i]
 		if written.chains.get(in.Name) == nil && in.Hook == "" && !pods.has(in.Pod) {
 			if chains == nil {
@@ -214,6 +240,17 @@ func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, ad
 				}
 			}
 		}
+	}
+	if index != nil {
+		for name := range chains {
+			if index.jumpedTo[name] {
+				delete(chains, name)
+			}
+		}
+		if len(chains) == 0 {
+			return nil, nil
+		}
+		return chains, index.setsOnlyOf(chains)
 	}
 	for i := range desired.Chains {
 		for _, r := range desired.Chains[i].Rules {
@@ -445,4 +482,43 @@ func elemIsPods(e *elem, fields []int, addrs []string, podChains map[string]bool
 		found = found || slices.Contains(addrs, hostAddr(f))
 	})
 	return found
+}
+
+// positions are places in a list, ascending; nil stands for every place.
+type positions []int
+
+// all yields the positions in a list of n.
+func (p positions) all(n int) iter.Seq[int] {
+	return func(yield func(int) bool) {
+		if p == nil {
+			for i := range n {
+				if !yield(i) {
+					return
+				}
+			}
+			return
+		}
+		for _, i := range p {
+			if !yield(i) {
+				return
+			}
+		}
+	}
+}
+
+// mergePositions returns the positions in a or b, ascending, each once;
+// a list (not nil) even when both are empty.
+func mergePositions(a, b []int) positions {
+	out := make(positions, 0, len(a)+len(b))
+	for len(a) > 0 || len(b) > 0 {
+		switch {
+		case len(b) == 0 || len(a) > 0 && a[0] < b[0]:
+			out, a = append(out, a[0]), a[1:]
+		case len(a) == 0 || b[0] < a[0]:
+			out, b = append(out, b[0]), b[1:]
+		default:
+			out, a, b = append(out, a[0]), a[1:], b[1:]
+		}
+	}
+	return out
 }

@@ -28,9 +28,11 @@ import (
 //
 // chainSets (nil: none) indexes desired's chains by the sets they match:
 // the document's side of a chain is looked at only when it matches a set
-// the scope changed, as it would be found touched only then.
+// the scope changed, as it would be found touched only then. recorded
+// (nil: none) indexes written's chains the same way: with both, a chain
+// is looked at only when one of its sides matches such a set.
 func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc *Scope, pods scopedPods, podChains map[string]bool,
-	cache *canonCache, chainSets *chainSetIndex) error {
+	cache *canonCache, chainSets *chainSetIndex, recorded *recordChainIndex) error {
 	wanted, unique := documentSets(desired)
 	var candidate []bool // by position in desired.Chains; nil: every chain
 	if chainSets != nil {
@@ -39,8 +41,18 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 	// Every set of the record is the document's too (most often): no
 	// record set can be gone from the document while holding the pods'.
 	everyWritten := unique && out.wantedWritten == written.sets.len()
+	// Then a chain can be touched only through a set the scope changed,
+	// matched on the document's side or on the record's: with both
+	// indexes, the chains that match none are passed over unread.
+	onlyCandidates := candidate != nil && everyWritten && recorded != nil && len(chainSets.at) == len(desired.Chains)
+	if onlyCandidates {
+		recorded.mark(&written.chains, out.changedSets, chainSets, candidate)
+	}
 	var dropped []string
 	for i := range desired.Chains {
+		if onlyCandidates && !candidate[i] {
+			continue
+		}
 		in := &desired.Chains[i]
 		wc := written.chains.get(in.Name)
 		if pods.has(in.Pod) || wc == nil {
@@ -129,6 +141,9 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 				// one to look at, as in the walk of every chain.
 				for _, j := range chainSets.bySet[name] {
 					candidate[j] = true
+				}
+				if onlyCandidates {
+					recorded.markSet(&written.chains, name, chainSets, candidate)
 				}
 			}
 		}

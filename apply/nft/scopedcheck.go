@@ -66,7 +66,7 @@ func sameScoped(written, a, b *table, changedA, changedB *scopedChanges) string 
 // difference, or nil.
 func recheckWithoutMemo(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
 	wantIndex func(*spec.NFTSet, []int) wantIndex, want *table, changed *scopedChanges) error {
-	again, changedAgain, _, err := scopedTable(desired, written, sc, cache, index, wantIndex, nil, nil)
+	again, changedAgain, _, err := scopedTable(desired, written, sc, cache, index, wantIndex, nil, nil, nil)
 	if err != nil {
 		return fmt.Errorf("%s: the plan of pods %v without kept sets and the chain index failed: %w", CheckKeptSetsEnv, sc.Pods, err)
 	}
