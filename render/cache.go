@@ -65,6 +65,11 @@ type Cache struct {
 	byNS       map[string][]*policyEntry // policies of the namespace
 	peerNS     map[string][]*policyEntry // policies with a namespaceSelector peer covering it
 	everyPod   []*policyEntry            // policies that depend on every pod
+	// selectedBy memoises selecting by pod object, for the index it was
+	// found in: cleared with it. A pod's ADD asks it twice (the pod
+	// awaiting, then set up) of a pod object the renders of its awaiting
+	// state asked already.
+	selectedBy map[*corev1.Pod][]*policyEntry
 
 	groups   map[string]*groupEntry // by group key
 	used     map[string]bool        // group keys of the render under way
@@ -251,7 +256,7 @@ func newEntry(np *networkingv1.NetworkPolicy) *policyEntry {
 // rebuildIndex indexes the entries by the namespaces whose pods they
 // select.
 func (k *Cache) rebuildIndex() {
-	k.byNS, k.peerNS, k.everyPod = map[string][]*policyEntry{}, map[string][]*policyEntry{}, nil
+	k.byNS, k.peerNS, k.everyPod, k.selectedBy = map[string][]*policyEntry{}, map[string][]*policyEntry{}, nil, nil
 	for _, e := range k.entries {
 		pp := e.parsed
 		if pp.podSel == nil {
@@ -417,7 +422,7 @@ func (k *Cache) CopyFrom(from *Cache) {
 	defer k.mu.Unlock()
 	k.primed, k.cfg, k.nsLabels, k.versions, k.policiesTwice = primed, cfg, nsLabels, versions, twice
 	k.entries, k.views, k.groups = entries, views, groups
-	k.indexStale, k.byNS, k.peerNS, k.everyPod = true, nil, nil, nil
+	k.indexStale, k.byNS, k.peerNS, k.everyPod, k.selectedBy = true, nil, nil, nil, nil
 	k.fragments, k.fragmentEnv, k.dispatch = fragments, env, dispatch
 	k.base, k.stats = nil, CacheStats{}
 }

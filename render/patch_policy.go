@@ -157,6 +157,9 @@ func (b *patchBase) resolveRules(k *Cache, e *policyEntry) {
 // selecting lists the policies of namespace ns that select pod as a
 // target, in name order (the order of the render's policies).
 func (k *Cache) selecting(ns string, pod *corev1.Pod) []*policyEntry {
+	if out, known := k.selectedBy[pod]; known && pod.Namespace == ns {
+		return out
+	}
 	var out []*policyEntry
 	set := labels.Set(pod.Labels)
 	for _, e := range k.byNS[ns] {
@@ -165,8 +168,20 @@ func (k *Cache) selecting(ns string, pod *corev1.Pod) []*policyEntry {
 		}
 	}
 	slices.SortFunc(out, func(a, b *policyEntry) int { return cmp.Compare(a.parsed.key, b.parsed.key) })
+	if pod.Namespace == ns {
+		if k.selectedBy == nil || len(k.selectedBy) >= maxSelectedBy {
+			// Status writes make new objects of the same pods: the
+			// memo starts again rather than keep the old ones.
+			k.selectedBy = map[*corev1.Pod][]*policyEntry{}
+		}
+		k.selectedBy[pod] = slices.Clip(out)
+	}
 	return out
 }
+
+// maxSelectedBy bounds Cache.selectedBy: a node's pods, each an object or
+// two, fit many times.
+const maxSelectedBy = 4096
 
 // chainOf is the chain of group key gk, "" for none.
 func (b *patchBase) chainOf(p *podPolicies, gk string) string {
