@@ -77,12 +77,16 @@ type patchBase struct {
 	// podEntries are the base entries of podObjs' pods, by position, as
 	// that scan found them: nil for a pod it found new or changed.
 	podEntries []*patchPod
-	objects    int // pods with an object
-	allocs     int // pods with an allocation
-	groups     map[string]*patchGroup
-	targets    map[*policyEntry]int // each policy's targets
-	owners     map[netip.Addr]string
-	slots      map[string]string // interface (netns and name) to the pod whose allocation holds it
+	// allocEntries are the base entries of the pods of the last scan's
+	// allocations, by position (scanAllocations); nil where the scan
+	// found none.
+	allocEntries []*patchPod
+	objects      int // pods with an object
+	allocs       int // pods with an allocation
+	groups       map[string]*patchGroup
+	targets      map[*policyEntry]int // each policy's targets
+	owners       map[netip.Addr]string
+	slots        map[string]string // interface (netns and name) to the pod whose allocation holds it
 	// peers are the pods that are policy peers, in a renderer of their
 	// own (by namespace and in key order, as the render had them), with
 	// the namespaces' labels: what resolving a policy's rules reads.

@@ -61,29 +61,9 @@ func (b *patchBase) changedPods(in Inputs) (map[string]*podChange, bool, bool) {
 			return nil, false, false
 		}
 	}
-	allocs := 0
-	for i := range in.Allocations {
-		a := &in.Allocations[i]
-		key := keyOf(a.Metadata.Namespace, a.Metadata.Name)
-		switch pp := b.pods[string(key)]; {
-		case pp == nil || pp.alloc == nil:
-			c := note(string(key))
-			if c.alloc != nil {
-				return nil, false, false
-			}
-			c.alloc = a
-		case pp.allocGen == gen:
-			return nil, false, false
-		default:
-			pp.allocGen = gen
-			allocs++
-			if *pp.alloc != *a {
-				note(string(key)).alloc = a
-			}
-		}
-		if len(changes) > maxPatchedPods {
-			return nil, false, false
-		}
+	allocs, ok := b.scanAllocations(in, gen, note, keyOf, changes)
+	if !ok {
+		return nil, false, false
 	}
 	if objects != b.objects || allocs != b.allocs {
 		for key, pp := range b.pods {
@@ -132,12 +112,7 @@ func (b *patchBase) scanPods(in Inputs, gen uint64, note func(string) *podChange
 	for i, p := range in.Pods {
 		if j < len(last) && last[j] != p {
 			// Pods gone since: the object a few places on.
-			for k := j + 1; k <= min(j+scanLookAhead, len(last)-1); k++ {
-				if last[k] == p {
-					j = k
-					break
-				}
-			}
+			j = placeAhead(j, len(last), func(k int) bool { return last[k] == p })
 		}
 		if j < len(last) && last[j] == p {
 			// The object the last scan saw here; its pod's base entry is
@@ -185,6 +160,79 @@ func (b *patchBase) scanPods(in Inputs, gen uint64, note func(string) *podChange
 	}
 	b.podObjs, b.podEntries = slices.Clone(in.Pods), entries
 	return objects, true
+}
+
+// scanAllocations is scanPods for the allocations: it notes the new and
+// the changed ones, marks every one seen in scan gen, and returns how many
+// the base knew. A CNI request's list is the last one with its pod's
+// allocation in or out, so the scan walks the two side by side as
+// scanPods does, and an allocation of the pod the last scan saw at its
+// place is compared without a lookup by key: the lookups of every
+// allocation were most of a patch's scan at 250 pods.
+func (b *patchBase) scanAllocations(in Inputs, gen uint64, note func(string) *podChange, keyOf func(ns, name string) []byte,
+	changes map[string]*podChange) (allocs int, ok bool) {
+	last := b.allocEntries
+	entries := make([]*patchPod, len(in.Allocations))
+	samePod := func(pp *patchPod, a *spec.Allocation) bool {
+		return pp != nil && !pp.dropped && pp.alloc != nil &&
+			pp.alloc.Metadata.Name == a.Metadata.Name && pp.alloc.Metadata.Namespace == a.Metadata.Namespace
+	}
+	j := 0 // the place in the last list
+	for i := range in.Allocations {
+		a := &in.Allocations[i]
+		if j < len(last) && !samePod(last[j], a) {
+			// Allocations gone since: the pod's a few places on.
+			j = placeAhead(j, len(last), func(k int) bool { return samePod(last[k], a) })
+		}
+		if j < len(last) && samePod(last[j], a) {
+			pp := last[j]
+			j++
+			if pp.allocGen == gen {
+				return 0, false
+			}
+			pp.allocGen = gen
+			allocs++
+			entries[i] = pp
+			if *pp.alloc != *a {
+				note(string(keyOf(a.Metadata.Namespace, a.Metadata.Name))).alloc = a
+			}
+			continue
+		}
+		key := keyOf(a.Metadata.Namespace, a.Metadata.Name)
+		switch pp := b.pods[string(key)]; {
+		case pp == nil || pp.alloc == nil:
+			c := note(string(key))
+			if c.alloc != nil {
+				return 0, false
+			}
+			c.alloc = a
+		case pp.allocGen == gen:
+			return 0, false
+		default:
+			pp.allocGen = gen
+			allocs++
+			entries[i] = pp
+			if *pp.alloc != *a {
+				note(string(key)).alloc = a
+			}
+		}
+		if len(changes) > maxPatchedPods {
+			return 0, false
+		}
+	}
+	b.allocEntries = entries
+	return allocs, true
+}
+
+// placeAhead returns the first place k after j, at most scanLookAhead
+// on, of a list of n where at(k) holds, else j.
+func placeAhead(j, n int, at func(k int) bool) int {
+	for k := j + 1; k <= min(j+scanLookAhead, n-1); k++ {
+		if at(k) {
+			return k
+		}
+	}
+	return j
 }
 
 // samePeer tells whether pod key is what it was to the policies as a
