@@ -231,13 +231,13 @@ func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, ad
 			continue
 		}
 		for _, e := range in.Elements {
-			if e.Verdict == nil || !chains[e.Verdict.Chain] || len(e.Key) == 0 {
+			// The scope's elements first: a dispatch map has one per
+			// pod, and only the scope's few name its chains.
+			if len(e.Key) == 0 || !isAnyAddr(e.Key[0], addrs) {
 				continue
 			}
-			for _, a := range addrs {
-				if isAddr(e.Key[0], a) {
-					delete(chains, e.Verdict.Chain)
-				}
+			if e.Verdict != nil && chains[e.Verdict.Chain] {
+				delete(chains, e.Verdict.Chain)
 			}
 		}
 	}
@@ -521,4 +521,14 @@ func mergePositions(a, b []int) positions {
 		}
 	}
 	return out
+}
+
+// isAnyAddr reports whether field f is one of addrs (isAddr).
+func isAnyAddr(f string, addrs []string) bool {
+	for _, a := range addrs {
+		if isAddr(f, a) {
+			return true
+		}
+	}
+	return false
 }
