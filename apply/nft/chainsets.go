@@ -106,7 +106,7 @@ func (x *chainSetIndex) absentFrom(chains *byName[chain]) (positions []int, ok b
 	base := mapIdentity(chains.base)
 	memo := x.absent.Load()
 	if memo == nil || memo.base != base {
-		memo = &absentChains{base: base}
+		memo = &absentChains{base: base, positions: []int{}} // none: an empty list, not every chain
 		for i := range x.chains {
 			if chains.base[x.chains[i].Name] == nil {
 				memo.positions = append(memo.positions, i)
@@ -117,6 +117,7 @@ func (x *chainSetIndex) absentFrom(chains *byName[chain]) (positions []int, ok b
 	if len(chains.over) == 0 {
 		return memo.positions, true
 	}
+	positions = []int{}
 	for _, i := range memo.positions {
 		if chains.over[x.chains[i].Name] == nil {
 			positions = append(positions, i) // not put on top either

@@ -24,7 +24,7 @@ func TestScopedPlanFollowsTakenSets(t *testing.T) {
 		t.Skip("the check is off while benchmarking (TestMain)")
 	}
 	ports := spec.NFTMatch{Selectors: []string{spec.SelL4Proto, spec.SelTHDport}, Set: "grp-p1"}
-	before, withPod, pod := groupAndChainZZ(nil, &ports)
+	before, withPod, pod := groupAndChain("zz", nil, &ports)
 
 	e := newEnv(t, "takensets")
 	e.apply(before)
@@ -56,39 +56,51 @@ func TestScopedPlanFollowsTakenSets(t *testing.T) {
 }
 
 // TestScopedPlanFollowsWrittenMatches: the record's side of the chain
-// index (recordChainIndex). Chain zz as written matches grp-a1, which a
-// pending edit has since taken out of it; the ADD reshapes the group, so
-// that grp-a1 now holds the pod's profile. Only zz's written rules match
-// a set the scope changed, and the ADD must take zz as the document has
-// it: left as written, it would match the pod's new profile. The check
-// of CheckKeptSetsEnv (on in this package's tests) plans the same
-// without either index.
+// index (recordChainIndex). Chain zz as written matches a set of group
+// grp that a pending edit has since taken out of it; the ADD reshapes the
+// group, so that the set now means the pod's profile. Only zz's written
+// rules match the set, and the ADD must take zz as the document has it:
+// left as written, it would match the pod's new profile. grp-a1 holds the
+// pod's address, so the scope changes it before the walk of the chains,
+// which comes to chain aa before grp; grp-p1 has no address, and changes
+// only when the walk takes grp whole, before it comes to zz. The check of
+// CheckKeptSetsEnv (on in this package's tests) plans the same without
+// either index.
 func TestScopedPlanFollowsWrittenMatches(t *testing.T) {
 	if !recheckKeptSets {
 		t.Skip("the check is off while benchmarking (TestMain)")
 	}
-	peers := spec.NFTMatch{Selectors: []string{spec.SelIPSaddr}, Set: "grp-a1"}
-	before, withPod, pod := groupAndChainZZ(&peers, nil)
-
-	e := newEnv(t, "writtenmatch")
-	e.apply(before)
-	sc := Scope{Pods: []string{"x/c"}, Addrs: []string{pod}}
-	ops, err := e.r.PlanScoped(e.reg, e.ns, withPod, sc)
-	if err != nil {
-		t.Fatalf("scoped plan: %v", err)
-	}
-	e.run(ops)
-	e.r.mu.Lock()
-	recorded := e.r.records[e.ns].recordChains
-	e.r.mu.Unlock()
-	if recorded == nil {
-		t.Fatal("the scoped plan kept no index of the record's chains")
-	}
-	if got := e.nft("list", "chain", "inet", "terway", "zz"); strings.Contains(got, "@grp-a1") {
-		t.Errorf("after the ADD, chain zz still matches grp-a1, now the pod's profile:\n%s", got)
-	}
-	if ops := e.plan(withPod, true); len(ops) != 0 {
-		t.Errorf("after the ADD, a full plan is not empty:\n%s", strings.Join(lines(ops), "\n"))
+	for _, c := range []struct {
+		chain   string
+		written spec.NFTMatch
+	}{
+		{"aa", spec.NFTMatch{Selectors: []string{spec.SelIPSaddr}, Set: "grp-a1"}},
+		{"zz", spec.NFTMatch{Selectors: []string{spec.SelL4Proto, spec.SelTHDport}, Set: "grp-p1"}},
+	} {
+		chain, written := c.chain, c.written
+		t.Run(chain+"-"+written.Set, func(t *testing.T) {
+			before, withPod, pod := groupAndChain(chain, &written, nil)
+			e := newEnv(t, "writtenmatch")
+			e.apply(before)
+			sc := Scope{Pods: []string{"x/c"}, Addrs: []string{pod}}
+			ops, err := e.r.PlanScoped(e.reg, e.ns, withPod, sc)
+			if err != nil {
+				t.Fatalf("scoped plan: %v", err)
+			}
+			e.run(ops)
+			e.r.mu.Lock()
+			recorded := e.r.records[e.ns].recordChains
+			e.r.mu.Unlock()
+			if recorded == nil {
+				t.Fatal("the scoped plan kept no index of the record's chains")
+			}
+			if got := e.nft("list", "chain", "inet", "terway", chain); strings.Contains(got, "@"+written.Set) {
+				t.Errorf("after the ADD, chain %s still matches %s, now the pod's profile:\n%s", chain, written.Set, got)
+			}
+			if ops := e.plan(withPod, true); len(ops) != 0 {
+				t.Errorf("after the ADD, a full plan is not empty:\n%s", strings.Join(lines(ops), "\n"))
+			}
+		})
 	}
 }
 
@@ -150,11 +162,11 @@ func TestAbsentFromFollowsDerivedRecords(t *testing.T) {
 	}
 }
 
-// groupAndChainZZ returns the tables of TestScopedPlanFollowsTakenSets and
+// groupAndChain returns the tables of TestScopedPlanFollowsTakenSets and
 // TestScopedPlanFollowsWrittenMatches: a split group (profileGroup)
-// before and after the ADD of the pod at pod reshapes it, and chain zz,
+// before and after the ADD of the pod at pod reshapes it, and a chain,
 // whose one rule matches before and after (nil: a port, no set).
-func groupAndChainZZ(before, after *spec.NFTMatch) (*spec.NFTable, *spec.NFTable, string) {
+func groupAndChain(chain string, before, after *spec.NFTMatch) (*spec.NFTable, *spec.NFTable, string) {
 	ps := pods(1)
 	doc := func(grp [][2][]string, zz *spec.NFTMatch) *spec.NFTable {
 		d := testDoc(ps, nil)
@@ -163,7 +175,7 @@ func groupAndChainZZ(before, after *spec.NFTMatch) (*spec.NFTable, *spec.NFTable
 		if zz != nil {
 			m = *zz
 		}
-		d.Chains = append(d.Chains, spec.NFTChain{Name: "zz", Comment: "another chain", Rules: []spec.NFTRule{{
+		d.Chains = append(d.Chains, spec.NFTChain{Name: chain, Comment: "another chain", Rules: []spec.NFTRule{{
 			Match: []spec.NFTMatch{m}, Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}}}})
 		d.Canonicalize()
 		return d

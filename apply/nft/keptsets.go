@@ -40,10 +40,11 @@ type keptLookup struct {
 	memo *keptSets
 	// touched names the sets a commit touched since memo.version.
 	touched map[string]bool
-	// touchedLens has a bit per length of a name in touched (longer than
-	// it holds: every length): a set whose name has none is not touched,
-	// found without hashing or reading its name, which for the
-	// thousand sets of a document at scale waits on memory each time.
+	// touchedLens has a bit per length of a name in touched, up to 255
+	// (a longer name is looked up): a set whose name's length has none
+	// is not touched, found without hashing or reading its name, which
+	// for the thousand sets of a document at scale waits on memory each
+	// time.
 	touchedLens [4]uint64
 	next        int // the memo's set to compare next (both lists are in name order)
 	hits        int // sets found held
@@ -66,8 +67,6 @@ func newKeptLookup(memo *keptSets, keys map[string]bool, logged bool) *keptLooku
 	for name := range touched {
 		if n := len(name); n < 64*len(l.touchedLens) {
 			l.touchedLens[n/64] |= 1 << (n % 64)
-		} else {
-			l.touchedLens = [4]uint64{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}
 		}
 	}
 	return l

@@ -115,7 +115,7 @@ func TestScopedPlansKeepSets(t *testing.T) {
 
 // TestKeptLookupTouched: a set is touched exactly when a commit since the
 // memo touched its name, whatever the lengths of the names, also past the
-// lengths the lookup tells apart without reading a name.
+// lengths the lookup tells apart without reading a name (255).
 func TestKeptLookupTouched(t *testing.T) {
 	long := strings.Repeat("s", 300)
 	for _, touched := range [][]string{nil, {"ab", "pod-sources"}, {long}, {"ab", long + "x"}} {
