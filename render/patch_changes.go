@@ -184,24 +184,16 @@ func (b *patchBase) scanAllocations(in Inputs, gen uint64, note func(string) *po
 			// Allocations gone since: the pod's a few places on.
 			j = placeAhead(j, len(last), func(k int) bool { return samePod(last[k], a) })
 		}
+		var pp *patchPod // the base entry of a's pod
 		if j < len(last) && samePod(last[j], a) {
-			pp := last[j]
+			pp = last[j] // the last scan's at this place: no lookup
 			j++
-			if pp.allocGen == gen {
-				return 0, false
-			}
-			pp.allocGen = gen
-			allocs++
-			entries[i] = pp
-			if *pp.alloc != *a {
-				note(string(keyOf(a.Metadata.Namespace, a.Metadata.Name))).alloc = a
-			}
-			continue
+		} else {
+			pp = b.pods[string(keyOf(a.Metadata.Namespace, a.Metadata.Name))]
 		}
-		key := keyOf(a.Metadata.Namespace, a.Metadata.Name)
-		switch pp := b.pods[string(key)]; {
+		switch {
 		case pp == nil || pp.alloc == nil:
-			c := note(string(key))
+			c := note(string(keyOf(a.Metadata.Namespace, a.Metadata.Name)))
 			if c.alloc != nil {
 				return 0, false
 			}
@@ -213,7 +205,7 @@ func (b *patchBase) scanAllocations(in Inputs, gen uint64, note func(string) *po
 			allocs++
 			entries[i] = pp
 			if *pp.alloc != *a {
-				note(string(key)).alloc = a
+				note(string(keyOf(a.Metadata.Namespace, a.Metadata.Name))).alloc = a
 			}
 		}
 		if len(changes) > maxPatchedPods {

@@ -47,12 +47,11 @@ func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*pod
 		created: map[string]*patchGroup{}, targets: map[*policyEntry]int{}}
 	selecting := map[string][]*policyEntry{}
 	for key := range changes {
-		ns, _ := splitKey(key)
 		if before := b.pods[key]; before != nil {
 			var was map[string]int // where its groups count it
 			switch {
 			case before.entry != nil && before.obj != nil:
-				for _, e := range k.selecting(ns, before.obj) {
+				for _, e := range k.selecting(before.obj) {
 					p.targets[e]--
 				}
 				was = p.members
@@ -68,12 +67,12 @@ func (b *patchBase) policyChanges(k *Cache, r *renderer, changes map[string]*pod
 		after := r.byKey[key]
 		switch {
 		case after != nil && after.entry != nil && after.pod != nil:
-			selecting[key] = k.selecting(ns, after.pod)
+			selecting[key] = k.selecting(after.pod)
 			for _, e := range selecting[key] {
 				p.targets[e]++
 			}
 		case after != nil && after.awaiting():
-			selecting[key] = k.selecting(ns, after.pod)
+			selecting[key] = k.selecting(after.pod)
 		}
 	}
 	for e, d := range p.targets {
@@ -154,28 +153,26 @@ func (b *patchBase) resolveRules(k *Cache, e *policyEntry) {
 	e.res, e.dirty = res, true
 }
 
-// selecting lists the policies of namespace ns that select pod as a
+// selecting lists the policies of pod's namespace that select it as a
 // target, in name order (the order of the render's policies).
-func (k *Cache) selecting(ns string, pod *corev1.Pod) []*policyEntry {
-	if out, known := k.selectedBy[pod]; known && pod.Namespace == ns {
+func (k *Cache) selecting(pod *corev1.Pod) []*policyEntry {
+	if out, known := k.selectedBy[pod]; known {
 		return out
 	}
 	var out []*policyEntry
 	set := labels.Set(pod.Labels)
-	for _, e := range k.byNS[ns] {
+	for _, e := range k.byNS[pod.Namespace] {
 		if e.parsed.podSel.Matches(set) {
 			out = append(out, e)
 		}
 	}
 	slices.SortFunc(out, func(a, b *policyEntry) int { return cmp.Compare(a.parsed.key, b.parsed.key) })
-	if pod.Namespace == ns {
-		if k.selectedBy == nil || len(k.selectedBy) >= maxSelectedBy {
-			// Status writes make new objects of the same pods: the
-			// memo starts again rather than keep the old ones.
-			k.selectedBy = map[*corev1.Pod][]*policyEntry{}
-		}
-		k.selectedBy[pod] = slices.Clip(out)
+	if k.selectedBy == nil || len(k.selectedBy) >= maxSelectedBy {
+		// Status writes make new objects of the same pods: the memo
+		// starts again rather than keep the old ones.
+		k.selectedBy = map[*corev1.Pod][]*policyEntry{}
 	}
+	k.selectedBy[pod] = slices.Clip(out)
 	return out
 }
 

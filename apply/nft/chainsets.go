@@ -40,7 +40,7 @@ type chainSetIndex struct {
 // that the map of identity base lacks.
 type absentChains struct {
 	base      unsafe.Pointer
-	positions []int
+	positions positions
 }
 
 // newChainSetIndex indexes chains (not empty).
@@ -99,14 +99,14 @@ func (x *chainSetIndex) matching(sets map[string]bool) []bool {
 // request looks up only those, not every chain of the document. ok is
 // false when the list names a chain twice: only a walk of every chain
 // then finds each.
-func (x *chainSetIndex) absentFrom(chains *byName[chain]) (positions []int, ok bool) {
+func (x *chainSetIndex) absentFrom(chains *byName[chain]) (absent positions, ok bool) {
 	if len(x.at) != len(x.chains) {
 		return nil, false
 	}
 	base := mapIdentity(chains.base)
 	memo := x.absent.Load()
 	if memo == nil || memo.base != base {
-		memo = &absentChains{base: base, positions: []int{}} // none: an empty list, not every chain
+		memo = &absentChains{base: base, positions: positions{}} // none: an empty list, not every chain
 		for i := range x.chains {
 			if chains.base[x.chains[i].Name] == nil {
 				memo.positions = append(memo.positions, i)
@@ -117,19 +117,19 @@ func (x *chainSetIndex) absentFrom(chains *byName[chain]) (positions []int, ok b
 	if len(chains.over) == 0 {
 		return memo.positions, true
 	}
-	positions = []int{}
+	absent = positions{}
 	for _, i := range memo.positions {
 		if chains.over[x.chains[i].Name] == nil {
-			positions = append(positions, i) // not put on top either
+			absent = append(absent, i) // not put on top either
 		}
 	}
 	for name, c := range chains.over {
 		if i, listed := x.at[name]; listed && c == nil && chains.base[name] != nil {
-			positions = append(positions, i) // removed on top
+			absent = append(absent, i) // removed on top
 		}
 	}
-	slices.Sort(positions)
-	return positions, true
+	slices.Sort(absent)
+	return absent, true
 }
 
 // setsOnlyOf returns the sets that chains (names of indexed chains) match

@@ -83,19 +83,13 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 	// The chains to look at: those the record lacks and the pods' own.
 	// The document's other chains are written: with the chain index,
 	// those are not even looked up (chainSetIndex.absentFrom).
-	var look positions // nil: every chain
-	var absent []int
+	var look, absent positions // nil: every chain, not known
 	if chainSets != nil {
-		if positions, ok := chainSets.absentFrom(&written.chains); ok {
-			absent = positions
-			look = mergePositions(positions, chainSets.owned)
+		if found, ok := chainSets.absentFrom(&written.chains); ok {
+			absent, look = found, mergePositions(found, chainSets.owned)
 		}
 	}
-	var known *chainSetIndex // with the positions of the absent chains
-	if look != nil {
-		known = chainSets
-	}
-	skipChains, skipSets := othersNewObjects(desired, written, pods, sc.Addrs, known, absent)
+	skipChains, skipSets := othersNewObjects(desired, written, pods, sc.Addrs, chainSets, absent)
 	for i := range look.all(len(desired.Chains)) {
 		in := &desired.Chains[i]
 		if !pods.has(in.Pod) && written.chains.get(in.Name) != nil || skipChains[in.Name] {
@@ -204,16 +198,15 @@ func (c *scopedChanges) setNames() []string {
 // when a rule jumps to it; base chains always are. What is left is the
 // sync's, or the ADD of the pod it is for.
 //
-// index (nil: none) is desired's chainSetIndex, and absent, when it is
-// set, the positions of the chains the record lacks (absentFrom): the
-// other chains are then not looked up, and their rules not read.
+// absent (nil: not known) are the positions of the chains the record
+// lacks, found with index, desired's chainSetIndex (absentFrom): the other
+// chains are then not looked up, and their rules not read.
 func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, addrs []string,
-	index *chainSetIndex, absent []int) (chains, sets map[string]bool) {
-	look := positions(nil)
-	if index != nil {
-		look = positions(absent)
+	index *chainSetIndex, absent positions) (chains, sets map[string]bool) {
+	if absent == nil {
+		index = nil // walk every chain
 	}
-	for i := range look.all(len(desired.Chains)) {
+	for i := range absent.all(len(desired.Chains)) {
 		in := &desired.Chains[i]
 		if written.chains.get(in.Name) == nil && in.Hook == "" && !pods.has(in.Pod) {
 			if chains == nil {
