@@ -105,32 +105,56 @@ func identity[T any](v T) T { return v }
 // CanonicalizeOrder gives among items of one key depends on the order
 // they came in.
 func (s *NodeState) Spliced(remove, add *NodeState) (out *NodeState, ok bool) {
+	return s.spliced(remove, add, nil)
+}
+
+// CanSplice reports whether Spliced(remove, add) would succeed on the
+// document that s.Spliced(pendingOut, pendingIn) gives, without making
+// either: binary searches in s's sections for the items of remove and
+// add, and a look at pendingOut's and pendingIn's few. A caller that keeps
+// a splice pending, to make it later with others in one pass, checks with
+// it that the splice it adds to them will not fail. pendingOut and
+// pendingIn may be empty (a check on s itself); their splice must succeed.
+func (s *NodeState) CanSplice(pendingOut, pendingIn, remove, add *NodeState) bool {
+	_, ok := s.spliced(remove, add, &[2]*NodeState{pendingOut, pendingIn})
+	return ok
+}
+
+// spliced is Spliced, or with pending CanSplice (out then has s's sections).
+func (s *NodeState) spliced(remove, add *NodeState, pending *[2]*NodeState) (out *NodeState, ok bool) {
 	c := *s
 	ok = true
 	step := func(done bool) { ok = ok && done }
-	step(spliceInto(&c.Links, remove.Links, add.Links, linkOrder, compareNetnsKeys))
-	step(spliceInto(&c.Addresses, remove.Addresses, add.Addresses, addressOrder, compareNetnsKeys))
-	step(spliceInto(&c.Routes, remove.Routes, add.Routes, routeOrder, compareRouteKeys))
-	step(spliceInto(&c.Rules, remove.Rules, add.Rules, ruleOrder, compareRuleKeys))
-	step(spliceInto(&c.Neighbors, remove.Neighbors, add.Neighbors, neighborOrder, compareNeighborKeys))
-	step(spliceInto(&c.Sysctls, remove.Sysctls, add.Sysctls, sysctlOrder, compareNetnsKeys))
-	step(spliceInto(&c.TC, remove.TC, add.TC, qdiscOrder, compareNetnsKeys))
-	step(spliceInto(&c.Pods, remove.Pods, add.Pods, podOrder, cmp.Compare[string]))
-	step(spliceInto(&c.Problems, remove.Problems, add.Problems, identity[Problem], CompareProblems))
-	if remove.NFTables != nil || add.NFTables != nil {
-		var rt, at NFTable
-		if remove.NFTables != nil {
-			rt = *remove.NFTables
-		}
-		if add.NFTables != nil {
-			at = *add.NFTables
+	var po, pi NodeState
+	check := pending != nil
+	if check {
+		po, pi = *pending[0], *pending[1]
+	}
+	step(spliceInto(&c.Links, po.Links, pi.Links, remove.Links, add.Links, linkOrder, compareNetnsKeys, check))
+	step(spliceInto(&c.Addresses, po.Addresses, pi.Addresses, remove.Addresses, add.Addresses, addressOrder, compareNetnsKeys, check))
+	step(spliceInto(&c.Routes, po.Routes, pi.Routes, remove.Routes, add.Routes, routeOrder, compareRouteKeys, check))
+	step(spliceInto(&c.Rules, po.Rules, pi.Rules, remove.Rules, add.Rules, ruleOrder, compareRuleKeys, check))
+	step(spliceInto(&c.Neighbors, po.Neighbors, pi.Neighbors, remove.Neighbors, add.Neighbors, neighborOrder, compareNeighborKeys, check))
+	step(spliceInto(&c.Sysctls, po.Sysctls, pi.Sysctls, remove.Sysctls, add.Sysctls, sysctlOrder, compareNetnsKeys, check))
+	step(spliceInto(&c.TC, po.TC, pi.TC, remove.TC, add.TC, qdiscOrder, compareNetnsKeys, check))
+	step(spliceInto(&c.Pods, po.Pods, pi.Pods, remove.Pods, add.Pods, podOrder, cmp.Compare[string], check))
+	step(spliceInto(&c.Problems, po.Problems, pi.Problems, remove.Problems, add.Problems, identity[Problem], CompareProblems, check))
+	if remove.NFTables != nil || add.NFTables != nil || po.NFTables != nil || pi.NFTables != nil {
+		var rt, at, pot, pit NFTable
+		for _, x := range []struct {
+			from *NFTable
+			to   *NFTable
+		}{{remove.NFTables, &rt}, {add.NFTables, &at}, {po.NFTables, &pot}, {pi.NFTables, &pit}} {
+			if x.from != nil {
+				*x.to = *x.from
+			}
 		}
 		if c.NFTables == nil {
 			return nil, false
 		}
 		t := *c.NFTables
-		step(spliceInto(&t.Chains, rt.Chains, at.Chains, chainOrder, compareChainKeys))
-		step(spliceInto(&t.Sets, rt.Sets, at.Sets, setOrder, cmp.Compare[string]))
+		step(spliceInto(&t.Chains, pot.Chains, pit.Chains, rt.Chains, at.Chains, chainOrder, compareChainKeys, check))
+		step(spliceInto(&t.Sets, pot.Sets, pit.Sets, rt.Sets, at.Sets, setOrder, cmp.Compare[string], check))
 		c.NFTables = &t
 	}
 	if !ok {
@@ -139,10 +163,55 @@ func (s *NodeState) Spliced(remove, add *NodeState) (out *NodeState, ok bool) {
 	return &c, true
 }
 
-func spliceInto[T, K any](items *[]T, remove, add []T, key func(T) K, compare func(a, b K) int) bool {
+// spliceInto splices remove and add into *items, or with check reports
+// whether that would succeed after pendingOut and pendingIn (canSplice).
+func spliceInto[T, K any](items *[]T, pendingOut, pendingIn, remove, add []T, key func(T) K, compare func(a, b K) int, check bool) bool {
+	if check {
+		return canSplice(*items, pendingOut, pendingIn, remove, add, key, compare)
+	}
 	out, ok := splice(*items, remove, add, key, compare)
 	*items = out
 	return ok
+}
+
+// canSplice reports whether splice would succeed on items with
+// pendingOut spliced out and pendingIn in: each item of remove is there
+// once, and no item of add has the key of one there (less remove) or of
+// an earlier item of add.
+func canSplice[T, K any](items, pendingOut, pendingIn, remove, add []T, key func(T) K, compare func(a, b K) int) bool {
+	among := func(list []T, k K) int {
+		n := 0
+		for _, it := range list {
+			if compare(key(it), k) == 0 {
+				n++
+			}
+		}
+		return n
+	}
+	count := func(k K) int {
+		i, found := slices.BinarySearchFunc(items, k, func(it T, k K) int { return compare(key(it), k) })
+		n := 0
+		for ; found && i < len(items) && compare(key(items[i]), k) == 0; i++ {
+			n++
+		}
+		if len(pendingOut)+len(pendingIn) > 0 {
+			n += among(pendingIn, k) - among(pendingOut, k)
+		}
+		return n
+	}
+	for i, it := range remove {
+		k := key(it)
+		if count(k) != 1 || among(remove[:i], k) > 0 {
+			return false
+		}
+	}
+	for i, it := range add {
+		k := key(it)
+		if count(k)-among(remove, k) != 0 || among(add[:i], k) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // splice is Spliced for one section: items is not modified, and comes

@@ -77,3 +77,79 @@ func TestSplicedIsCanonicalOrder(t *testing.T) {
 		t.Error("one of two items of one key was spliced out")
 	}
 }
+
+// TestCanSpliceAgreesWithSpliced: for random splices, with items missing,
+// present, repeated, or of one key twice in the document, after a
+// pending splice or none, CanSplice answers what Spliced does on the
+// document the pending splice makes, and leaves the document as it was.
+func TestCanSpliceAgreesWithSpliced(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	route := func(i int) Route {
+		// Netns of 8 and destinations of 16: keys repeat across i.
+		return Route{Netns: fmt.Sprintf("/var/run/netns/p%d", i%8), Dst: fmt.Sprintf("198.18.0.%d/32", i%16), Dev: fmt.Sprintf("d%d", i)}
+	}
+	pod := func(i int) Pod { return Pod{Key: fmt.Sprintf("ns/p%d", i%40), IP: fmt.Sprint(i)} }
+	pick := func(n, of int) []int {
+		out := make([]int, n)
+		for i := range out {
+			out[i] = rng.IntN(of)
+		}
+		return out
+	}
+	build := func(ids []int, canonical bool) *NodeState {
+		s := &NodeState{}
+		for _, i := range ids {
+			s.Routes = append(s.Routes, route(i))
+			s.Pods = append(s.Pods, pod(i))
+		}
+		if canonical {
+			s.CanonicalizeOrder()
+		}
+		return s
+	}
+	// some are items of s, mostly; or random ones.
+	some := func(s *NodeState) *NodeState {
+		if rng.IntN(2) == 0 || len(s.Routes) == 0 {
+			return build(pick(rng.IntN(3), 200), false)
+		}
+		out := &NodeState{}
+		for range rng.IntN(3) {
+			j := rng.IntN(len(s.Routes))
+			out.Routes = append(out.Routes, s.Routes[j])
+			out.Pods = append(out.Pods, s.Pods[j])
+		}
+		return out
+	}
+	agreed := map[bool]int{}
+	pendings := 0
+	for range 10000 {
+		base := build(pick(rng.IntN(20), 200), true)
+		before, err := json.Marshal(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pendingOut, pendingIn := &NodeState{}, &NodeState{}
+		doc := base
+		if rng.IntN(2) == 0 {
+			out, in := some(base), build(pick(rng.IntN(3), 200), false)
+			if spliced, ok := base.Spliced(out, in); ok {
+				pendingOut, pendingIn, doc = out, in, spliced
+				pendings++
+			}
+		}
+		remove, add := some(doc), build(pick(rng.IntN(3), 200), false)
+		_, want := doc.Spliced(remove, add)
+		if got := base.CanSplice(pendingOut, pendingIn, remove, add); got != want {
+			t.Fatalf("CanSplice = %v, Spliced's ok = %v\nbase %+v\npending out %+v, in %+v\nremove %+v\nadd %+v",
+				got, want, base, pendingOut, pendingIn, remove, add)
+		}
+		if after, _ := json.Marshal(base); string(after) != string(before) {
+			t.Fatal("CanSplice or Spliced modified the document")
+		}
+		agreed[want]++
+	}
+	if agreed[true] < 1000 || agreed[false] < 1000 || pendings < 1000 {
+		t.Errorf("splices that succeed %d, fail %d, after a pending one %d: too few of one to compare",
+			agreed[true], agreed[false], pendings)
+	}
+}
