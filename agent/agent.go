@@ -405,8 +405,19 @@ func (a *Agent) renderBatch(batch []*addWaiter) (*spec.NodeState, error) {
 		ids = append(ids, attachmentID(w.alloc))
 		keys = append(keys, w.key)
 	}
-	state, _, _, err := a.renderSettledFor(true, keys, ids...)
-	return state, err
+	// Scoped to the batch's pods, as its apply is: the document's kernel
+	// items need hold only theirs and the node's (render.Cache.RenderScoped).
+	snap := a.src.Snapshot()
+	allocs, _, err := a.settledAllocations(ids...)
+	if err != nil {
+		return nil, err
+	}
+	if snap.Node == nil {
+		return nil, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
+	}
+	cache, policies := a.views.forCNI(snap.Policies, func() []podRef { return podRefs(snap, keys) })
+	// Held back and departing as in every render (renderInputs).
+	return cache.RenderScoped(a.inputsOf(snap, policies, allocs, a.held.snapshot(), a.departing.snapshot()), keys)
 }
 
 // renderAllocations renders from snap and allocs, as a resync does.
@@ -465,10 +476,17 @@ func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.All
 // with cache.
 func (a *Agent) renderWith(cache *render.Cache, snap inputs.Snapshot, policies []*networkingv1.NetworkPolicy,
 	allocs []spec.Allocation, heldBack map[string]bool, departing map[string]render.DepartingPeer) (*spec.NodeState, error) {
-	return cache.Render(render.Inputs{
+	return cache.Render(a.inputsOf(snap, policies, allocs, heldBack, departing))
+}
+
+// inputsOf are the render's inputs: snap's objects but its policies, and
+// policies, allocs, the pods held back as peers and the departing ones.
+func (a *Agent) inputsOf(snap inputs.Snapshot, policies []*networkingv1.NetworkPolicy, allocs []spec.Allocation,
+	heldBack map[string]bool, departing map[string]render.DepartingPeer) render.Inputs {
+	return render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,
 		Policies: policies, Allocations: allocs, ENIs: a.eniInputs(), PeersHeldBack: heldBack, PeersDeparting: departing,
-	})
+	}
 }
 
 // PlanText returns the full plan of the node, one operation per line, and

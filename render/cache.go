@@ -154,7 +154,21 @@ func NewCache() *Cache { return &Cache{} }
 func (k *Cache) Render(in Inputs) (*spec.NodeState, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return render(in, k)
+	return render(in, k, nil)
+}
+
+// RenderScoped renders the node's document from in for a request about
+// pods (namespace/name): a CNI ADD's, whose plan is scoped to them
+// (engine.PlanOptions.Pods). When it patches the last document, its
+// kernel item sections (links, addresses, routes, rules, neighbours,
+// sysctls, qdiscs) hold only the node's own items and those pods', and
+// the cache splices the other pods' changes to them later, several at
+// once (patch_scoped.go); its other sections are always whole. A plan
+// scoped to pods makes the same operations of either document.
+func (k *Cache) RenderScoped(in Inputs, pods []string) (*spec.NodeState, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return render(in, k, pods)
 }
 
 // Stats returns the counts of the last render.

@@ -59,7 +59,12 @@ const maxPatchedPods = 32
 // patchBase is the cache's last document and what patching it needs of
 // the render that made it, kept up to date by each patch.
 type patchBase struct {
+	// doc is the last document, but for the items of the pods in lag in
+	// its kernel item sections, which scoped renders left to settle
+	// (patch_scoped.go): by pod key, what they had there (nil: nothing).
 	doc        *spec.NodeState
+	lag        map[string]*spec.NodeState
+	nodeItems  *spec.NodeState // doc's kernel items of no pod; nil: not made yet
 	cfg        Config
 	node       *corev1.Node
 	podCIDR    netip.Prefix
@@ -242,9 +247,15 @@ func (b *patchBase) sameInputsBut(in Inputs, cfg Config) bool {
 
 // patch returns the document of in by patching the last one, when in
 // changes only what a patch may change (see above).
-func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
+// With scope (a scoped render's pods), the document's kernel item sections
+// are scope's (patch_scoped.go).
+func (k *Cache) patch(in Inputs, cfg Config, scope []string) (*spec.NodeState, bool) {
 	b := k.base
 	if b == nil || !b.sameInputsBut(in, cfg) {
+		return nil, false
+	}
+	if scope == nil && !b.settle() {
+		k.base = nil
 		return nil, false
 	}
 	changes, podsSame, ok := b.changedPods(in)
@@ -252,9 +263,8 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 		return nil, false
 	}
 	if len(changes) == 0 {
-		doc := *b.doc
 		k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), Patched: true, PodListKept: podsSame}
-		return &doc, true
+		return k.answer(b.doc, scope)
 	}
 	r, ok := b.renderChanged(k, in, cfg, changes)
 	if !ok {
@@ -262,18 +272,56 @@ func (k *Cache) patch(in Inputs, cfg Config) (*spec.NodeState, bool) {
 	}
 	p := b.policyChanges(k, r, changes)
 	problems := podProblems(r.state.Problems, func(key string) bool { return changes[key] != nil })
-	doc, ok := b.splice(r, changes, p, problems)
+	doc, ok := b.splice(r, changes, p, problems, scope != nil)
 	if !ok {
 		return nil, false
 	}
+	var was map[string]*spec.NodeState // the changed pods' parts in doc's kernel item sections
+	if scope != nil {
+		was = make(map[string]*spec.NodeState, len(changes))
+		for key := range changes {
+			was[key] = nil
+			if pp := b.pods[key]; pp != nil {
+				was[key] = pp.part
+			}
+		}
+	}
 	b.update(k, r, in, changes, p, problems, doc)
+	if scope != nil {
+		b.lagBehind(was)
+	}
 	if cfg.Mode == spec.PodModeENIMultiIP && !b.eniNeeds(r.enis, doc) {
 		k.base = nil // updated already: the next render is whole
 		return nil, false
 	}
+	if len(b.lag) > maxLag && !b.settle() {
+		k.base = nil
+		return nil, false
+	}
 	k.stats = CacheStats{Policies: len(in.Policies), Groups: len(b.groups), GroupsRendered: p.rendered,
 		Patched: true, PodsPatched: len(changes), PodListKept: podsSame}
-	return doc, true
+	return k.answer(b.doc, scope)
+}
+
+// answer is the document a patch hands out: doc in a header of its own,
+// or with scope the scope's part of it (patch_scoped.go); doc is the
+// base's, and whole when scope is nil. It is false when the base's
+// lagging items would not splice, which each patch's check rules out:
+// the caller then renders whole.
+func (k *Cache) answer(doc *spec.NodeState, scope []string) (*spec.NodeState, bool) {
+	b := k.base
+	if scope != nil {
+		if out, ok := b.scoped(doc, scope); ok {
+			return out, true
+		}
+		if !b.settle() {
+			k.base = nil
+			return nil, false
+		}
+		doc = b.doc
+	}
+	out := *doc
+	return &out, true
 }
 
 // renderChanged renders the changed pods alone, as a render of the whole

@@ -11,8 +11,10 @@ import (
 
 // splice makes the patched document: the changed pods' items out, their
 // items now in, and the groups they leave empty or start.
+// With lagKernel, the document's kernel item sections are the base's: the
+// patch's items are left for the base to settle (patch_scoped.go).
 func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPolicies,
-	problems map[string][]spec.Problem) (*spec.NodeState, bool) {
+	problems map[string][]spec.Problem, lagKernel bool) (*spec.NodeState, bool) {
 	var remove, add spec.NodeState
 	var removeTable, addTable spec.NFTable
 	removeElems, addElems := map[string][]spec.NFTElement{}, map[string][]spec.NFTElement{}
@@ -92,7 +94,14 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 	if len(removeTable.Chains)+len(addTable.Chains) > 0 {
 		remove.NFTables, add.NFTables = &removeTable, &addTable
 	}
-	return doc.Spliced(&remove, &add)
+	if !lagKernel {
+		return doc.Spliced(&remove, &add)
+	}
+	removeKernel, addKernel := kernelItems(&remove), kernelItems(&add)
+	if pendingOut, pendingIn := b.pending(); !doc.CanSplice(pendingOut, pendingIn, removeKernel, addKernel) {
+		return nil, false
+	}
+	return doc.Spliced(withoutKernelItems(&remove), withoutKernelItems(&add))
 }
 
 // sameElements tells whether two lists of a set's elements, each with

@@ -138,11 +138,12 @@ func (p *podInfo) awaiting() bool {
 // returns an error only for an unusable configuration or no node. A Cache
 // renders the same document reusing the parts of its last render.
 func Render(in Inputs) (*spec.NodeState, error) {
-	return render(in, &Cache{oneShot: true})
+	return render(in, &Cache{oneShot: true}, nil)
 }
 
-// render renders with the cache k, which the caller holds.
-func render(in Inputs, k *Cache) (*spec.NodeState, error) {
+// render renders with the cache k, which the caller holds; scope is
+// Cache.RenderScoped's pods (nil: a whole document).
+func render(in Inputs, k *Cache, scope []string) (*spec.NodeState, error) {
 	cfg := in.Config.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -151,7 +152,7 @@ func render(in Inputs, k *Cache) (*spec.NodeState, error) {
 		return nil, fmt.Errorf("render: no Node object: the node's name and podCIDR are required")
 	}
 	if k != nil && !k.oneShot {
-		if doc, ok := k.patch(in, cfg); ok {
+		if doc, ok := k.patch(in, cfg, scope); ok {
 			return doc, nil
 		}
 	}
