@@ -164,7 +164,9 @@ func (k *Cache) Render(in Inputs) (*spec.NodeState, error) {
 // sysctls, qdiscs) hold only the node's own items and those pods', and
 // the cache splices the other pods' changes to them later, several at
 // once (patch_scoped.go); its other sections are always whole. A plan
-// scoped to pods makes the same operations of either document.
+// scoped to pods, or to some of them, makes the same operations of either
+// document; a plan of any other pod must not be made from it (that pod's
+// items may be missing, and would plan as deletions).
 func (k *Cache) RenderScoped(in Inputs, pods []string) (*spec.NodeState, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()

@@ -1,6 +1,8 @@
 package render
 
 import (
+	"slices"
+
 	"github.com/terway-reconciler/terway/spec"
 )
 
@@ -53,15 +55,25 @@ func (b *patchBase) pending() (out, in *spec.NodeState) {
 
 // lagBehind records that the base's kernel item sections lack the items
 // the pods of changes have now, and have those they had before (was,
-// by pod: nil when none). A pod lagging already keeps its first record.
+// by pod: nil when none). A pod lagging already keeps its first record;
+// one whose part is the same as before (a pod of another node, a pod's
+// status or peer role) does not lag.
 func (b *patchBase) lagBehind(was map[string]*spec.NodeState) {
-	if b.lag == nil {
-		b.lag = make(map[string]*spec.NodeState, maxLag)
-	}
 	for key, part := range was {
-		if _, lagging := b.lag[key]; !lagging {
-			b.lag[key] = part
+		if _, lagging := b.lag[key]; lagging {
+			continue
 		}
+		var now *spec.NodeState
+		if pp := b.pods[key]; pp != nil {
+			now = pp.part
+		}
+		if now == part {
+			continue
+		}
+		if b.lag == nil {
+			b.lag = make(map[string]*spec.NodeState, maxLag)
+		}
+		b.lag[key] = part
 	}
 }
 
@@ -95,8 +107,8 @@ func (b *patchBase) scoped(doc *spec.NodeState, pods []string) (*spec.NodeState,
 		b.nodeItems = nodeItemsOf(doc)
 	}
 	var add spec.NodeState
-	for _, key := range pods {
-		if pp := b.pods[key]; pp != nil {
+	for i, key := range pods {
+		if pp := b.pods[key]; pp != nil && !slices.Contains(pods[:i], key) {
 			putPart(&add, pp.part)
 		}
 	}

@@ -114,9 +114,16 @@ func (s *NodeState) Spliced(remove, add *NodeState) (out *NodeState, ok bool) {
 // add, and a look at pendingOut's and pendingIn's few. A caller that keeps
 // a splice pending, to make it later with others in one pass, checks with
 // it that the splice it adds to them will not fail. pendingOut and
-// pendingIn may be empty (a check on s itself); their splice must succeed.
+// pendingIn may be empty or nil (a check on s itself); their splice must
+// succeed.
 func (s *NodeState) CanSplice(pendingOut, pendingIn, remove, add *NodeState) bool {
-	_, ok := s.spliced(remove, add, &[2]*NodeState{pendingOut, pendingIn})
+	pending := [2]*NodeState{pendingOut, pendingIn}
+	for i, p := range pending {
+		if p == nil {
+			pending[i] = &NodeState{}
+		}
+	}
+	_, ok := s.spliced(remove, add, &pending)
 	return ok
 }
 

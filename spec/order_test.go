@@ -128,7 +128,7 @@ func TestCanSpliceAgreesWithSpliced(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pendingOut, pendingIn := &NodeState{}, &NodeState{}
+		var pendingOut, pendingIn *NodeState // none: nil, as for a check on base
 		doc := base
 		if rng.IntN(2) == 0 {
 			out, in := some(base), build(pick(rng.IntN(3), 200), false)
