@@ -9,7 +9,7 @@ import (
 // Scoped renders: a CNI request's document (Cache.RenderScoped).
 //
 // A patch copies every section it changes (spec.NodeState.Spliced): at
-// 250 pods and 1,000 policies a pod's ADD copied about 400 KiB, most of
+// 250 pods and 1,000 policies a pod's ADD copied about 400 KiB, 170 KiB of
 // it the kernel item sections (links to qdiscs), where the pod changes a
 // handful of items among hundreds. The plan of a CNI request reads none
 // of those other items: it is scoped to its pods (engine.PlanOptions.Pods)
