@@ -399,7 +399,7 @@ func (a *Agent) admit(ctx context.Context, by string, keys []string, keep ...str
 		return nil
 	}
 	slices.Sort(keys)
-	state, pending, with, err := a.renderSettledFor(true, keys, keep...)
+	state, pending, with, err := a.renderSettledFor(forCNI, keys, keep...)
 	a.m.admissionStep.WithLabelValues("render").Observe(time.Since(began).Seconds())
 	if err != nil {
 		a.held.restore(held)

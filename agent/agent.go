@@ -308,20 +308,19 @@ func (a *Agent) listAllocations() ([]spec.Allocation, error) {
 // pending allocations it left out. The pending ADDs named in keep (by
 // attachmentID) are rendered.
 func (a *Agent) renderSettled(keep ...string) (*spec.NodeState, map[string]spec.Allocation, error) {
-	state, pending, _, err := a.renderSettledFor(false, nil, keep...)
+	state, pending, _, err := a.renderSettledFor(forResync, nil, keep...)
 	return state, pending, err
 }
 
-// renderSettledFor renders as renderSettled does, for a resync (cni
-// false) or a CNI request for pods (renderviews.go), and says what it
-// rendered with.
-func (a *Agent) renderSettledFor(cni bool, pods []string, keep ...string) (*spec.NodeState, map[string]spec.Allocation, renderedWith, error) {
+// renderSettledFor renders as renderSettled does, for a resync or a CNI
+// request for pods (renderKind), and says what it rendered with.
+func (a *Agent) renderSettledFor(kind renderKind, pods []string, keep ...string) (*spec.NodeState, map[string]spec.Allocation, renderedWith, error) {
 	snap, seq := a.snapshot()
 	allocs, pending, err := a.settledAllocations(keep...)
 	if err != nil {
 		return nil, nil, renderedWith{}, err
 	}
-	state, with, err := a.renderInputs(snap, seq, allocs, cni, pods...)
+	state, with, err := a.renderInputs(snap, seq, allocs, kind, pods...)
 	return state, pending, with, err
 }
 
@@ -405,24 +404,13 @@ func (a *Agent) renderBatch(batch []*addWaiter) (*spec.NodeState, error) {
 		ids = append(ids, attachmentID(w.alloc))
 		keys = append(keys, w.key)
 	}
-	// Scoped to the batch's pods, as its apply is: the document's kernel
-	// items need hold only theirs and the node's (render.Cache.RenderScoped).
-	snap := a.src.Snapshot()
-	allocs, _, err := a.settledAllocations(ids...)
-	if err != nil {
-		return nil, err
-	}
-	if snap.Node == nil {
-		return nil, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
-	}
-	cache, policies := a.views.forCNI(snap.Policies, func() []podRef { return podRefs(snap, keys) })
-	// Held back and departing as in every render (renderInputs).
-	return cache.RenderScoped(a.inputsOf(snap, policies, allocs, a.held.snapshot(), a.departing.snapshot()), keys)
+	state, _, _, err := a.renderSettledFor(forADD, keys, ids...)
+	return state, err
 }
 
 // renderAllocations renders from snap and allocs, as a resync does.
 func (a *Agent) renderAllocations(snap inputs.Snapshot, allocs []spec.Allocation) (*spec.NodeState, error) {
-	state, _, err := a.renderInputs(snap, 0, allocs, false)
+	state, _, err := a.renderInputs(snap, 0, allocs, forResync)
 	return state, err
 }
 
@@ -448,16 +436,28 @@ type renderedWith struct {
 	seq      uint64
 }
 
-// renderInputs renders from snap and allocs: for a CNI request for pods
-// (namespace/name) mostly with the pinned policies, for a resync with
-// snap's (renderviews.go). seq is the pin's moves before snap was taken
-// (snapshot), for a resync's.
-func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.Allocation, cni bool, pods ...string) (*spec.NodeState, renderedWith, error) {
+// renderKind is whom a render is for.
+type renderKind int
+
+const (
+	forResync renderKind = iota // a resync's whole document, with snap's policies
+	forCNI                      // a CNI request's, mostly with the pinned policies (renderviews.go)
+	// forADD is forCNI for a batch of ADDs, whose apply is scoped to its
+	// pods: the document's kernel items need hold only theirs and the
+	// node's (render.Cache.RenderScoped).
+	forADD
+)
+
+// renderInputs renders from snap and allocs for kind: for a CNI request
+// for pods (namespace/name) mostly with the pinned policies, for a resync
+// with snap's (renderviews.go). seq is the pin's moves before snap was
+// taken (snapshot), for a resync's.
+func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.Allocation, kind renderKind, pods ...string) (*spec.NodeState, renderedWith, error) {
 	if snap.Node == nil {
 		return nil, renderedWith{}, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
 	}
 	with := renderedWith{policies: snap.Policies, seq: seq}
-	if cni {
+	if kind != forResync {
 		with.cache, with.policies = a.views.forCNI(snap.Policies, func() []podRef {
 			return podRefs(snap, pods)
 		})
@@ -467,7 +467,12 @@ func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.All
 	// Every render holds back the pods not admitted yet: only their
 	// admission makes them peers (admission.go); and keeps the departing
 	// ones until their withdrawal (withdrawal.go).
-	state, err := a.renderWith(with.cache, snap, with.policies, allocs, a.held.snapshot(), a.departing.snapshot())
+	in := a.inputsOf(snap, with.policies, allocs, a.held.snapshot(), a.departing.snapshot())
+	if kind == forADD {
+		state, err := with.cache.RenderScoped(in, pods)
+		return state, with, err
+	}
+	state, err := with.cache.Render(in)
 	return state, with, err
 }
 

@@ -403,7 +403,7 @@ func (a *Agent) Check(ctx context.Context, req *wire.Request) error {
 	if err != nil {
 		return cniErr(codeTryAgainLater, "read attachments", err.Error())
 	}
-	state, _, err := a.renderInputs(a.src.Snapshot(), 0, allocs, true, key)
+	state, _, err := a.renderInputs(a.src.Snapshot(), 0, allocs, forCNI, key)
 	if err != nil {
 		return cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error())
 	}

@@ -193,7 +193,7 @@ func (a *Agent) remove(ctx context.Context, round []*departure) {
 	// Without the pending ADDs: they allocate without the lock, and one
 	// may have been given an address released above. Its pod's items are
 	// its ADD's to write, after these DELs.
-	state, pending, _, err := a.renderSettledFor(true, nil)
+	state, pending, _, err := a.renderSettledFor(forCNI, nil)
 	if err != nil {
 		for _, d := range round {
 			a.finish(d, cniErr(codeTryAgainLater, "render node "+a.cfg.NodeName, err.Error()))

@@ -154,7 +154,7 @@ func (a *Agent) sync(ctx context.Context, full bool) runOutcome {
 		a.writes.start()
 		// No lock needed: a snapshot and a store read. The pods whose ADD
 		// is under way are their ADD's (pending.go).
-		state, _, with, err := a.renderSettledFor(false, nil)
+		state, _, with, err := a.renderSettledFor(forResync, nil)
 		if err != nil {
 			a.writes.stop()
 			a.m.reconcileErrors.Inc()
@@ -266,7 +266,7 @@ func (a *Agent) execute(ctx context.Context, state *spec.NodeState, with rendere
 			err := listErr
 			if err == nil {
 				snap, seq := a.snapshot()
-				nstate, with, err = a.renderInputs(snap, seq, allocs, false)
+				nstate, with, err = a.renderInputs(snap, seq, allocs, forResync)
 			}
 			if err != nil {
 				kept[nftKey] = true // the render's status comes with the next sync

@@ -467,7 +467,7 @@ func closed(ch chan struct{}) bool {
 // nftables part of their scope. Called with the agent's lock held.
 func (a *Agent) withdraw(ctx context.Context, taken map[string]departed) error {
 	began := time.Now()
-	state, _, _, err := a.renderSettledFor(true, nil)
+	state, _, _, err := a.renderSettledFor(forCNI, nil)
 	a.m.withdrawalStep.WithLabelValues("render").Observe(time.Since(began).Seconds())
 	if err != nil {
 		return err

@@ -172,7 +172,8 @@ func (k *Cache) selecting(pod *corev1.Pod) []*policyEntry {
 		// starts again rather than keep the old ones.
 		k.selectedBy = map[*corev1.Pod][]*policyEntry{}
 	}
-	k.selectedBy[pod] = slices.Clip(out)
+	out = slices.Clip(out) // shared by every caller: an append copies
+	k.selectedBy[pod] = out
 	return out
 }
 

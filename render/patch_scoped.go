@@ -91,7 +91,7 @@ func (b *patchBase) settle() bool {
 		return false
 	}
 	doc := *b.doc
-	setKernelItems(&doc, items)
+	doc.SetItems(items)
 	b.doc = &doc
 	return true
 }
@@ -104,7 +104,7 @@ func (b *patchBase) settle() bool {
 // document.
 func (b *patchBase) scoped(doc *spec.NodeState, pods []string) (*spec.NodeState, bool) {
 	if b.nodeItems == nil {
-		b.nodeItems = nodeItemsOf(doc)
+		b.nodeItems = doc.ItemsOf(func(pod string) bool { return pod == "" })
 	}
 	var add spec.NodeState
 	for i, key := range pods {
@@ -117,37 +117,14 @@ func (b *patchBase) scoped(doc *spec.NodeState, pods []string) (*spec.NodeState,
 		return nil, false
 	}
 	out := *doc
-	setKernelItems(&out, items)
+	out.SetItems(items)
 	return &out, true
-}
-
-// nodeItemsOf returns the kernel items of doc that belong to no pod.
-func nodeItemsOf(doc *spec.NodeState) *spec.NodeState {
-	return &spec.NodeState{
-		Links:     nodeOwn(doc.Links, func(x spec.Link) string { return x.Pod }),
-		Addresses: nodeOwn(doc.Addresses, func(x spec.Address) string { return x.Pod }),
-		Routes:    nodeOwn(doc.Routes, func(x spec.Route) string { return x.Pod }),
-		Rules:     nodeOwn(doc.Rules, func(x spec.Rule) string { return x.Pod }),
-		Neighbors: nodeOwn(doc.Neighbors, func(x spec.Neighbor) string { return x.Pod }),
-		Sysctls:   nodeOwn(doc.Sysctls, func(x spec.Sysctl) string { return x.Pod }),
-		TC:        nodeOwn(doc.TC, func(x spec.Qdisc) string { return x.Pod }),
-	}
-}
-
-func nodeOwn[T any](items []T, pod func(T) string) []T {
-	var out []T
-	for _, it := range items {
-		if pod(it) == "" {
-			out = append(out, it)
-		}
-	}
-	return out
 }
 
 // kernelItems returns s's kernel item sections alone, in a new header.
 func kernelItems(s *spec.NodeState) *spec.NodeState {
 	out := &spec.NodeState{}
-	setKernelItems(out, s)
+	out.SetItems(s)
 	return out
 }
 
@@ -155,13 +132,6 @@ func kernelItems(s *spec.NodeState) *spec.NodeState {
 // new header.
 func withoutKernelItems(s *spec.NodeState) *spec.NodeState {
 	out := *s
-	setKernelItems(&out, &spec.NodeState{})
+	out.SetItems(&spec.NodeState{})
 	return &out
-}
-
-// setKernelItems sets dst's kernel item sections (those Spliced covers,
-// links to qdiscs) to src's.
-func setKernelItems(dst, src *spec.NodeState) {
-	dst.Links, dst.Addresses, dst.Routes, dst.Rules = src.Links, src.Addresses, src.Routes, src.Rules
-	dst.Neighbors, dst.Sysctls, dst.TC = src.Neighbors, src.Sysctls, src.TC
 }

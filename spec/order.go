@@ -117,13 +117,7 @@ func (s *NodeState) Spliced(remove, add *NodeState) (out *NodeState, ok bool) {
 // pendingIn may be empty or nil (a check on s itself); their splice must
 // succeed.
 func (s *NodeState) CanSplice(pendingOut, pendingIn, remove, add *NodeState) bool {
-	pending := [2]*NodeState{pendingOut, pendingIn}
-	for i, p := range pending {
-		if p == nil {
-			pending[i] = &NodeState{}
-		}
-	}
-	_, ok := s.spliced(remove, add, &pending)
+	_, ok := s.spliced(remove, add, &[2]*NodeState{pendingOut, pendingIn})
 	return ok
 }
 
@@ -132,10 +126,13 @@ func (s *NodeState) spliced(remove, add *NodeState, pending *[2]*NodeState) (out
 	c := *s
 	ok = true
 	step := func(done bool) { ok = ok && done }
-	var po, pi NodeState
+	var po, pi NodeState // the pending splice's items (check alone)
 	check := pending != nil
-	if check {
-		po, pi = *pending[0], *pending[1]
+	if check && pending[0] != nil {
+		po = *pending[0]
+	}
+	if check && pending[1] != nil {
+		pi = *pending[1]
 	}
 	step(spliceInto(&c.Links, po.Links, pi.Links, remove.Links, add.Links, linkOrder, compareNetnsKeys, check))
 	step(spliceInto(&c.Addresses, po.Addresses, pi.Addresses, remove.Addresses, add.Addresses, addressOrder, compareNetnsKeys, check))
@@ -147,15 +144,13 @@ func (s *NodeState) spliced(remove, add *NodeState, pending *[2]*NodeState) (out
 	step(spliceInto(&c.Pods, po.Pods, pi.Pods, remove.Pods, add.Pods, podOrder, cmp.Compare[string], check))
 	step(spliceInto(&c.Problems, po.Problems, pi.Problems, remove.Problems, add.Problems, identity[Problem], CompareProblems, check))
 	if remove.NFTables != nil || add.NFTables != nil || po.NFTables != nil || pi.NFTables != nil {
-		var rt, at, pot, pit NFTable
-		for _, x := range []struct {
-			from *NFTable
-			to   *NFTable
-		}{{remove.NFTables, &rt}, {add.NFTables, &at}, {po.NFTables, &pot}, {pi.NFTables, &pit}} {
-			if x.from != nil {
-				*x.to = *x.from
+		tableOf := func(d *NodeState) (t NFTable) {
+			if d.NFTables != nil {
+				t = *d.NFTables
 			}
+			return t
 		}
+		rt, at, pot, pit := tableOf(remove), tableOf(add), tableOf(&po), tableOf(&pi)
 		if c.NFTables == nil {
 			return nil, false
 		}

@@ -179,14 +179,7 @@ func (s *podScope) reduce(d *spec.NodeState) *spec.NodeState {
 // withItemsOf sets r's kernel item sections to d's items whose pod keep
 // accepts (node-level items have pod ""), and returns r.
 func withItemsOf(r, d *spec.NodeState, keep func(pod string) bool) *spec.NodeState {
-	r.Links = filterItems(d.Links, func(x spec.Link) bool { return keep(x.Pod) })
-	r.Addresses = filterItems(d.Addresses, func(x spec.Address) bool { return keep(x.Pod) })
-	r.Routes = filterItems(d.Routes, func(x spec.Route) bool { return keep(x.Pod) })
-	r.Rules = filterItems(d.Rules, func(x spec.Rule) bool { return keep(x.Pod) })
-	r.Neighbors = filterItems(d.Neighbors, func(x spec.Neighbor) bool { return keep(x.Pod) })
-	r.Sysctls = filterItems(d.Sysctls, func(x spec.Sysctl) bool { return keep(x.Pod) })
-	r.TC = filterItems(d.TC, func(x spec.Qdisc) bool { return keep(x.Pod) })
-	r.PodNFTables = filterItems(d.PodNFTables, func(x spec.PodNFTable) bool { return keep(x.Pod) })
+	r.SetItems(d.ItemsOf(keep))
 	return r
 }
 
