@@ -203,3 +203,39 @@ func mustList(t *testing.T, s *Store) []spec.Allocation {
 	}
 	return as
 }
+
+// TestAllocWritesLookup checks lookup, one by one for a few writes and
+// through the map for more, against the writes noted: a record written,
+// one removed, one written twice, and attachments never written.
+func TestAllocWritesLookup(t *testing.T) {
+	for _, n := range []int{1, fewWrites, fewWrites + 1, 3 * fewWrites} {
+		w := &allocWrites{}
+		want := map[Attachment]*spec.Allocation{}
+		for i := range n {
+			at := Attachment{ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"}
+			var a *spec.Allocation
+			if i%3 != 1 { // every third one removed
+				a = &spec.Allocation{Spec: spec.AllocationSpec{ContainerID: at.ContainerID, IfName: at.IfName, IP: fmt.Sprintf("10.0.0.%d", i)}}
+			}
+			w.note(at, a)
+			if i%4 == 0 { // written again: the last write counts
+				a = &spec.Allocation{Spec: spec.AllocationSpec{ContainerID: at.ContainerID, IfName: at.IfName, IP: "10.0.1.1"}}
+				w.note(at, a)
+			}
+			want[at] = a
+		}
+		if len(w.keys) != n {
+			t.Errorf("%d writes: %d keys noted, want %d", n, len(w.keys), n)
+		}
+		for at, a := range want {
+			if got, ok := w.lookup(at); !ok || got != a {
+				t.Errorf("%d writes: lookup(%v) = %v, %v; want %v, true", n, at, got, ok, a)
+			}
+		}
+		for _, at := range []Attachment{{ContainerID: "c0", IfName: "eth1"}, {ContainerID: "c-none", IfName: "eth0"}, {}} {
+			if got, ok := w.lookup(at); ok {
+				t.Errorf("%d writes: lookup(%v) = %v, true for an attachment never written", n, at, got)
+			}
+		}
+	}
+}

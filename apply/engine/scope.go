@@ -63,11 +63,17 @@ func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 	// of every pod's was a tenth of what a CNI request allocated at 250
 	// pods), as filter drops what is in any other.
 	s.observed = slices.Concat(s.namespaces, opts.Namespaces)
+	// byAddr's few addresses, compared one by one with every other pod's:
+	// a delete from the map for each of them hashed hundreds of addresses
+	// per CNI request at scale.
+	scopedAddrs := slices.Collect(maps.Keys(s.byAddr))
 	for _, p := range desired.Pods {
 		if !s.has(p.Key) {
 			// Another pod holds the address: its rules are not the
 			// scope's, whatever the caller remembers.
-			delete(s.byAddr, p.IP)
+			if slices.Contains(scopedAddrs, p.IP) {
+				delete(s.byAddr, p.IP)
+			}
 			if p.Netns != spec.HostNetns && slices.Contains(s.observed, p.Netns) {
 				if s.others == nil {
 					s.others = map[string]bool{}
