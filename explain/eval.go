@@ -92,7 +92,7 @@ func Compile(t *spec.NFTable) (*Table, error) {
 		ct.chains[t.Chains[i].Name] = &t.Chains[i]
 	}
 	for i := range t.Sets {
-		s := &t.Sets[i]
+		s := t.Sets[i]
 		cs := &set{s: s, types: s.Type}
 		for j := range s.Elements {
 			e := &s.Elements[j]

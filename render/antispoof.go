@@ -69,7 +69,7 @@ func (r *renderer) renderSourceValidation(t *spec.NFTable) {
 	}
 	set, chain := sourceValidation(pairs)
 	set.Elements = r.sortDispatch(setPodSources, set.Elements)
-	t.Sets = append(t.Sets, set)
+	t.Sets = append(t.Sets, &set)
 	t.Chains = append(t.Chains, chain)
 }
 

@@ -97,7 +97,7 @@ func TestDepartingPodStaysPeer(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := range rest.NFTables.Sets {
-			s := &rest.NFTables.Sets[i]
+			s := rest.NFTables.Sets[i]
 			s.Elements = slices.DeleteFunc(s.Elements, func(e spec.NFTElement) bool { return slices.Contains(e.Key, "198.18.0.11") })
 			if len(s.Elements) == 0 {
 				s.Elements = nil

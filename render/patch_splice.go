@@ -2,6 +2,7 @@ package render
 
 import (
 	"slices"
+	"strings"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -75,20 +76,22 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 			// (apply/nft: keptsets.go) rather than by comparing it.
 			continue
 		}
-		if !cloned {
-			// Copied only when one changes: a copy of every set header
-			// is a tenth of what a patch allocates at 1,000 policies.
-			t.Sets, cloned = slices.Clone(t.Sets), true
-		}
-		s := t.Set(name)
-		if s == nil {
+		i := setIndex(t.Sets, name)
+		if i < 0 {
 			return nil, false
 		}
-		elems, ok := spec.SplicedElements(s.Elements, removeElems[name], addElems[name])
+		elems, ok := spec.SplicedElements(t.Sets[i].Elements, removeElems[name], addElems[name])
 		if !ok {
 			return nil, false
 		}
+		if !cloned {
+			// The list of pointers is copied, not the sets: the other
+			// sets are the last document's, which stays as it is.
+			t.Sets, cloned = slices.Clone(t.Sets), true
+		}
+		s := *t.Sets[i]
 		s.Elements = elems
+		t.Sets[i] = &s
 	}
 	doc.NFTables = &t
 	if len(removeTable.Chains)+len(addTable.Chains) > 0 {
@@ -102,6 +105,16 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 		return nil, false
 	}
 	return doc.Spliced(withoutKernelItems(&remove), withoutKernelItems(&add))
+}
+
+// setIndex finds the set of a name in sets, a document's list in
+// canonical order (by name), by binary search: -1 when none has it.
+func setIndex(sets []*spec.NFTSet, name string) int {
+	i, found := slices.BinarySearchFunc(sets, name, func(s *spec.NFTSet, name string) int { return strings.Compare(s.Name, name) })
+	if !found {
+		return -1
+	}
+	return i
 }
 
 // sameElements tells whether two lists of a set's elements, each with

@@ -319,7 +319,7 @@ func (r *renderer) baseTable() *spec.NFTable {
 				Comment: "NetworkPolicy egress of pods towards the node itself",
 				Rules:   []spec.NFTRule{established, egressDispatch}},
 		},
-		Sets: []spec.NFTSet{
+		Sets: []*spec.NFTSet{
 			{Name: mapIngressPods, Type: []string{spec.TypeIfName}, Verdict: true,
 				Comment: "pod's host veth to the chain of its ingress policy group, for pods isolated for ingress"},
 			{Name: mapEgressPods, Type: []string{spec.TypeIfName}, Verdict: true,
@@ -363,7 +363,7 @@ func (r *renderer) groupChain(t *spec.NFTable, dir string, g *policyGroup) {
 // groupOutput is a group's rendered chain and its sets, elements sorted.
 type groupOutput struct {
 	chain spec.NFTChain
-	sets  []spec.NFTSet
+	sets  []*spec.NFTSet
 }
 
 // renderGroup renders a group's chain and sets from its policies'
@@ -399,12 +399,12 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 	if profiles := splitProfiles(pieces); profiles != nil {
 		for i, p := range profiles {
 			addrSet, portSet := chain+"-a"+strconv.Itoa(i+1), chain+"-p"+strconv.Itoa(i+1)
-			a := spec.NFTSet{Name: addrSet, Type: []string{spec.TypeIPv4Addr}, Interval: true,
+			a := &spec.NFTSet{Name: addrSet, Type: []string{spec.TypeIPv4Addr}, Interval: true,
 				Comment: fmt.Sprintf("%s group %s: %s allowed the ports of %s", dir, chain, peerWord, portSet)}
 			for _, s := range p.addrs {
 				a.Elements = append(a.Elements, spec.NFTElement{Key: []string{s.String()}})
 			}
-			ps := spec.NFTSet{Name: portSet, Type: []string{spec.TypeProto, spec.TypeService}, Interval: true,
+			ps := &spec.NFTSet{Name: portSet, Type: []string{spec.TypeProto, spec.TypeService}, Interval: true,
 				Comment: fmt.Sprintf("%s group %s: protocols and ports allowed to the %s in %s", dir, chain, peerWord, addrSet)}
 			for _, e := range p.ports {
 				ps.Elements = append(ps.Elements, spec.NFTElement{Key: []string{protoName(e), e.ports().String()}})
@@ -418,7 +418,7 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 				Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}})
 		}
 	} else {
-		ports := spec.NFTSet{
+		ports := &spec.NFTSet{
 			Name: chain + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 			Comment: dir + " group " + chain + ": " + peerWord + ", protocols and ports allowed",
 		}
@@ -438,7 +438,7 @@ func renderGroup(dir string, g *policyGroup) *groupOutput {
 			Match:   []spec.NFTMatch{{Selectors: []string{peerSel, spec.SelL4Proto, spec.SelTHDport}, Set: ports.Name}},
 			Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}})
 	}
-	all := spec.NFTSet{
+	all := &spec.NFTSet{
 		Name: chain + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true,
 		Comment: dir + " group " + chain + ": " + peerWord + " allowed on every port",
 	}

@@ -96,7 +96,7 @@ func copyGroupChain(dst, node *spec.NFTable, name string) {
 			if s := node.Set(m.Set); s != nil {
 				sc := *s
 				sc.Elements = append([]spec.NFTElement(nil), s.Elements...)
-				dst.Sets = append(dst.Sets, sc)
+				dst.Sets = append(dst.Sets, &sc)
 			}
 		}
 	}

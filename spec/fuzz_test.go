@@ -32,6 +32,7 @@ func FuzzParse(f *testing.F) {
 		"apiVersion: terway/v1\nkind: NodeState\nnode: n\nmode: vpc\ntc: [{dev: tw1, kind: tbf, rateBitsPerSecond: 8000000, burstBytes: 20000, limitBytes: 70000}]\n",
 		"apiVersion: terway/v1\nkind: NodeState\nnode: n\nmode: vpc\nproblems: [{kind: Pod, name: b, reason: r}, {kind: Pod, name: a, reason: r}, {kind: Pod, name: a, reason: r}]\n",
 		`{"apiVersion":"terway/v1","kind":"NodeState","node":"n","mode":"vpc","links":[{"name":"x","kind":"veth"}]}`,
+		"apiVersion: terway/v1\nkind: NodeState\nnode: n\nmode: vpc\nnftables: {family: inet, name: terway, sets: [null]}\n",
 		`[]`, `null`, `{"apiVersion":1}`, "apiVersion: terway/v1\nkind: NodeState\n&a [*a]",
 	} {
 		f.Add([]byte(s))

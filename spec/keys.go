@@ -108,9 +108,9 @@ func (t *NFTable) Canonicalize() {
 
 func (t *NFTable) canonicalize(elements bool) {
 	sortBy(t.Sets, setOrder)
-	for i := range t.Sets {
+	for _, s := range t.Sets {
 		if elements {
-			SortElements(t.Sets[i].Elements)
+			SortElements(s.Elements)
 		}
 	}
 	sortDecorated(t.Chains, chainOrder, compareChainKeys)

@@ -5,9 +5,15 @@ package spec
 // apply. Rules are built from a small vocabulary of selectors and verdicts,
 // never from free-form strings, so both outputs mean the same thing.
 type NFTable struct {
-	Family string     `json:"family"`
-	Name   string     `json:"name"`
-	Sets   []NFTSet   `json:"sets,omitempty"`
+	Family string `json:"family"`
+	Name   string `json:"name"`
+	// Sets are shared between documents: render hands a set that did not
+	// change on to the next document as the same object, so a CNI ADD's
+	// document copies a pointer per set rather than every set, and the
+	// nftables planner knows a set it planned before by its identity. A
+	// set is not modified once its document is handed on: a change is a
+	// new set.
+	Sets   []*NFTSet  `json:"sets,omitempty"`
 	Chains []NFTChain `json:"chains,omitempty"`
 }
 
@@ -135,9 +141,9 @@ func (t *NFTable) Chain(name string) *NFTChain {
 
 // Set returns the set or map with the given name, or nil.
 func (t *NFTable) Set(name string) *NFTSet {
-	for i := range t.Sets {
-		if t.Sets[i].Name == name {
-			return &t.Sets[i]
+	for _, s := range t.Sets {
+		if s.Name == name {
+			return s
 		}
 	}
 	return nil

@@ -14,8 +14,8 @@ func PrintNFT(t *NFTable) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "table %s %s {\n", t.Family, t.Name)
-	for i := range t.Sets {
-		printSet(&b, &t.Sets[i])
+	for _, s := range t.Sets {
+		printSet(&b, s)
 	}
 	for i := range t.Chains {
 		printChain(&b, &t.Chains[i])

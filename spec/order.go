@@ -21,7 +21,7 @@ func addressOrder(a Address) netnsKey { return netnsKey{a.Netns, a.Dev + "/" + a
 func sysctlOrder(c Sysctl) netnsKey   { return netnsKey{c.Netns, c.Path} }
 func qdiscOrder(q Qdisc) netnsKey     { return netnsKey{q.Netns, q.Dev} }
 func podOrder(p Pod) string           { return p.Key }
-func setOrder(s NFTSet) string        { return s.Name }
+func setOrder(s *NFTSet) string       { return s.Name }
 
 type routeKey struct {
 	netns string

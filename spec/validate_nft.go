@@ -9,8 +9,12 @@ func (v *validator) nft(where string, t *NFTable) {
 		v.add(where, "name", "table is %s %s, want %s %s", t.Family, t.Name, NFTFamily, NFTTable)
 	}
 	sets := make(map[string]*NFTSet, len(t.Sets))
-	for i := range t.Sets {
-		s := &t.Sets[i]
+	for i, s := range t.Sets {
+		if s == nil {
+			// JSON's null in the list: no set to check, and none later.
+			v.add(where+".sets["+strconv.Itoa(i)+"]", "", "null where a set belongs")
+			continue
+		}
 		item := where + ".sets[" + s.Name + "]"
 		if !nftName.MatchString(s.Name) {
 			v.add(item, "name", "%q is not a valid nft name", s.Name)
@@ -59,6 +63,9 @@ func (v *validator) nft(where string, t *NFTable) {
 		}
 	}
 	for _, s := range t.Sets {
+		if s == nil {
+			continue
+		}
 		for _, e := range s.Elements {
 			if e.Verdict != nil {
 				checkVerdict(where+".sets["+s.Name+"]", *e.Verdict)

@@ -15,7 +15,7 @@ func validDoc() *NodeState {
 	s.Sysctls = []Sysctl{{Path: "net/ipv4/ip_forward", Value: "1"}}
 	s.TC = []Qdisc{{Dev: "tw1", Kind: QdiscTBF, RateBitsPerSecond: 8e6, BurstBytes: 20000, LimitBytes: 70000}}
 	s.NFTables = &NFTable{Family: NFTFamily, Name: NFTTable,
-		Sets: []NFTSet{{Name: "m", Type: []string{TypeIPv4Addr}, Verdict: true,
+		Sets: []*NFTSet{{Name: "m", Type: []string{TypeIPv4Addr}, Verdict: true,
 			Elements: []NFTElement{{Key: []string{"198.18.0.10"}, Verdict: &NFTVerdict{Kind: VerdictJump, Chain: "c"}}}}},
 		Chains: []NFTChain{
 			{Name: "forward", Hook: HookForward, Rules: []NFTRule{{Verdict: NFTVerdict{Kind: VerdictVmap, Map: "m", Selectors: []string{SelIPSaddr}}}}},
@@ -56,6 +56,7 @@ func TestValidateNamesItemAndField(t *testing.T) {
 		{"duplicate route", func(s *NodeState) { s.Routes = append(s.Routes, s.Routes[0]) }, "duplicate key"},
 		{"jump to nowhere", func(s *NodeState) { s.NFTables.Sets[0].Elements[0].Verdict.Chain = "nope" }, "nftables.sets[m].verdict: jump to unknown chain \"nope\""},
 		{"vmap of a plain set", func(s *NodeState) { s.NFTables.Sets[0].Verdict = false }, "nftables.chains[forward].rules[0].verdict"},
+		{"null set", func(s *NodeState) { s.NFTables.Sets = append(s.NFTables.Sets, nil) }, "nftables.sets[1]: null where a set belongs"},
 		{"element arity", func(s *NodeState) { s.NFTables.Sets[0].Elements[0].Key = []string{"a", "b"} }, "has 2 parts, the set's type has 1"},
 		{"unknown selector", func(s *NodeState) {
 			s.NFTables.Chains[1].Rules[0].Match = []NFTMatch{{Selectors: []string{"ip ttl"}, Values: []string{"1"}}}
@@ -90,7 +91,7 @@ func TestParseRejectsUnknownFieldsAndWrongKind(t *testing.T) {
 
 func TestCanonicalizeIsIdempotentAndOrdersValues(t *testing.T) {
 	s := validDoc()
-	s.NFTables.Sets = append(s.NFTables.Sets, NFTSet{Name: "a", Type: []string{TypeIPv4Addr}, Elements: []NFTElement{
+	s.NFTables.Sets = append(s.NFTables.Sets, &NFTSet{Name: "a", Type: []string{TypeIPv4Addr}, Elements: []NFTElement{
 		{Key: []string{"198.18.0.10"}}, {Key: []string{"198.18.0.9"}}, {Key: []string{"198.18.0.0/28"}}, {Key: []string{"10.0.0.1-10.0.0.5"}}}})
 	s.Canonicalize()
 	got := []string{}

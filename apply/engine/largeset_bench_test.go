@@ -23,7 +23,7 @@ func withBigSet(s *spec.NodeState, keep func(int) bool) *spec.NodeState {
 	t := *s.NFTables
 	t.Sets = slices.Clone(t.Sets)
 	t.Chains = slices.Clone(t.Chains)
-	big := spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+	big := &spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 		Comment: "a large policy peer set", Pod: bigSetPod}
 	for i := range 50000 {
 		if keep == nil || keep(i) {

@@ -151,7 +151,7 @@ func TestScopedApplyBadInput(t *testing.T) {
 			var m *spec.NFTSet
 			for i := len(s.NFTables.Sets) - 1; i >= 0 && m == nil; i-- {
 				if s.NFTables.Sets[i].Verdict {
-					m = &s.NFTables.Sets[i]
+					m = s.NFTables.Sets[i]
 				}
 			}
 			if m == nil {

@@ -26,7 +26,7 @@ func TestAddrIndexDerive(t *testing.T) {
 		}
 		return []string{a, "tcp", fmt.Sprint(1000 + rng.IntN(30))}
 	}
-	doc := spec.NFTSet{Name: "peers", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
+	doc := &spec.NFTSet{Name: "peers", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
 	var prev *set
 	var idx addrIndex
 	derived, overlaid, flattened := 0, 0, 0
@@ -52,7 +52,7 @@ func TestAddrIndexDerive(t *testing.T) {
 		})
 		in := doc
 		in.Elements = next
-		s, err := canonicalSet(&in, prev)
+		s, err := canonicalSet(in, prev)
 		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}
@@ -163,11 +163,11 @@ func TestScopedElemsIndexMatchesScan(t *testing.T) {
 	}
 	indexed := 0
 	for round := range 40 {
-		doc := spec.NFTSet{Name: "peers", Type: typ, Interval: true, Comment: "two address fields"}
+		doc := &spec.NFTSet{Name: "peers", Type: typ, Interval: true, Comment: "two address fields"}
 		doc.Elements = list(wantIndexMinElems + rng.IntN(600))
 		written := doc
 		written.Elements = list(wantIndexMinElems + rng.IntN(600))
-		hs, err := canonicalSet(&written, nil)
+		hs, err := canonicalSet(written, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,11 +185,11 @@ func TestScopedElemsIndexMatchesScan(t *testing.T) {
 			return x
 		}
 		scan := func(*spec.NFTSet, []int) wantIndex { return nil }
-		a, err := scopedElems(&doc, hs, addrs, nil, idx, byIndex)
+		a, err := scopedElems(doc, hs, addrs, nil, idx, byIndex)
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
-		b, err := scopedElems(&doc, hs, addrs, nil, idx, scan)
+		b, err := scopedElems(doc, hs, addrs, nil, idx, scan)
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}

@@ -15,13 +15,13 @@ import (
 func antispoofDoc(on bool, pairs ...[2]string) *spec.NFTable {
 	t := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable}
 	if on {
-		set := spec.NFTSet{Name: "pod-sources", Type: []string{spec.TypeIfName, spec.TypeIPv4Addr}}
+		set := &spec.NFTSet{Name: "pod-sources", Type: []string{spec.TypeIfName, spec.TypeIPv4Addr}}
 		for _, p := range pairs {
 			set.Elements = append(set.Elements, spec.NFTElement{Key: []string{p[0], p[1]}})
 		}
 		links := spec.NFTMatch{Selectors: []string{spec.SelIIFName}, Values: []string{"tw*"}}
 		src := []string{spec.SelIIFName, spec.SelIPSaddr}
-		t.Sets = []spec.NFTSet{set}
+		t.Sets = []*spec.NFTSet{set}
 		t.Chains = []spec.NFTChain{{Name: "antispoof", Hook: spec.HookPrerouting, Priority: -300, Policy: spec.VerdictAccept,
 			Rules: []spec.NFTRule{
 				{Match: []spec.NFTMatch{{Selectors: src, Set: "pod-sources"}}, Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept}},

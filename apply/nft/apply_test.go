@@ -19,17 +19,17 @@ func withExtras(t *spec.NFTable, target string) *spec.NFTable {
 	}
 	v := func(kind string) spec.NFTVerdict { return spec.NFTVerdict{Kind: kind} }
 	t.Sets = append(t.Sets,
-		spec.NFTSet{Name: "plain", Type: []string{spec.TypeIPv4Addr}, Comment: "hash set",
+		&spec.NFTSet{Name: "plain", Type: []string{spec.TypeIPv4Addr}, Comment: "hash set",
 			Elements: []spec.NFTElement{{Key: []string{"198.18.3.1"}}, {Key: []string{"198.18.3.2"}}}},
-		spec.NFTSet{Name: "ifs", Type: []string{spec.TypeIfName},
+		&spec.NFTSet{Name: "ifs", Type: []string{spec.TypeIfName},
 			Elements: []spec.NFTElement{{Key: []string{"eth0"}}, {Key: []string{"tw1a2b3c"}}}},
-		spec.NFTSet{Name: "pairs", Type: []string{spec.TypeIPv4Addr, spec.TypeService},
+		&spec.NFTSet{Name: "pairs", Type: []string{spec.TypeIPv4Addr, spec.TypeService},
 			Elements: []spec.NFTElement{{Key: []string{"198.18.3.1", "443"}}}},
 		// An interface name first in a concatenation (render's hairpin
 		// set): 16 bytes, so the address lands four registers on.
-		spec.NFTSet{Name: "if-addrs", Type: []string{spec.TypeIfName, spec.TypeIPv4Addr},
+		&spec.NFTSet{Name: "if-addrs", Type: []string{spec.TypeIfName, spec.TypeIPv4Addr},
 			Elements: []spec.NFTElement{{Key: []string{"tw1a2b3c", "198.18.3.1"}}, {Key: []string{"tw4d5e6f", "198.18.3.2"}}}},
-		spec.NFTSet{Name: "node-ports", Type: []string{spec.TypeService}, Verdict: true,
+		&spec.NFTSet{Name: "node-ports", Type: []string{spec.TypeService}, Verdict: true,
 			Elements: []spec.NFTElement{
 				{Key: []string{"22"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictAccept}},
 				{Key: []string{"23"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictDrop}},
@@ -267,19 +267,19 @@ func sameSet(a, b []string) bool {
 func TestIntervalEdges(t *testing.T) {
 	e := newEnv(t, "edges")
 	doc := func(addrs, ports []string) *spec.NFTable {
-		a := spec.NFTSet{Name: "addrs", Type: []string{spec.TypeIPv4Addr}, Interval: true}
+		a := &spec.NFTSet{Name: "addrs", Type: []string{spec.TypeIPv4Addr}, Interval: true}
 		for _, x := range addrs {
 			a.Elements = append(a.Elements, spec.NFTElement{Key: []string{x}})
 		}
-		p := spec.NFTSet{Name: "ports", Type: []string{spec.TypeService}, Interval: true}
+		p := &spec.NFTSet{Name: "ports", Type: []string{spec.TypeService}, Interval: true}
 		for _, x := range ports {
 			p.Elements = append(p.Elements, spec.NFTElement{Key: []string{x}})
 		}
-		c := spec.NFTSet{Name: "pairs", Type: []string{spec.TypeIPv4Addr, spec.TypeService}, Interval: true}
+		c := &spec.NFTSet{Name: "pairs", Type: []string{spec.TypeIPv4Addr, spec.TypeService}, Interval: true}
 		for i := range min(len(addrs), len(ports)) {
 			c.Elements = append(c.Elements, spec.NFTElement{Key: []string{addrs[i], ports[i]}})
 		}
-		d := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{a, p, c}}
+		d := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{a, p, c}}
 		d.Canonicalize()
 		return d
 	}

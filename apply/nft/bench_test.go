@@ -160,7 +160,7 @@ func BenchmarkIntervalSetDeleteWays(b *testing.B) {
 // (every other one, so that none are adjacent).
 func addrSetDoc(n int, keep func(i int) bool) *spec.NFTable {
 	t := testDoc(pods(3), nil)
-	big := spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "a large policy peer set"}
+	big := &spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "a large policy peer set"}
 	for i := range n {
 		if keep == nil || keep(i) {
 			big.Elements = append(big.Elements, spec.NFTElement{Key: []string{ipString(198<<24 | 18<<16 + 2*uint64(i))}})
@@ -206,7 +206,7 @@ func BenchmarkPeerInManyGroupSets(b *testing.B) {
 			t := testDoc(pods(3), nil)
 			for g := range groups {
 				name := fmt.Sprintf("in-g%d-ports", g)
-				s := spec.NFTSet{Name: name, Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+				s := &spec.NFTSet{Name: name, Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 					Comment: "a group's peers and ports"}
 				for i := range 175 {
 					ip := ipString(198<<24 | 18<<16 + 2*uint64(i)) // none adjacent
@@ -284,7 +284,7 @@ func BenchmarkVerifyWays(b *testing.B) {
 	e := newEnv(b, "bverify")
 	for _, size := range []int{200, 800} {
 		t := testDoc(pods(1), nil)
-		s := spec.NFTSet{Name: "in-g-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+		s := &spec.NFTSet{Name: "in-g-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 			Comment: "a group's peers and ports"}
 		for i := range size / 2 {
 			ip := ipString(198<<24 | 18<<16 + 2*uint64(i)) // none adjacent

@@ -141,8 +141,10 @@ func elemLines(s *set) string {
 func cloneTable(t *spec.NFTable) *spec.NFTable {
 	out := *t
 	out.Sets = slices.Clone(t.Sets)
-	for i := range out.Sets {
-		out.Sets[i].Elements = slices.Clone(out.Sets[i].Elements)
+	for i, s := range out.Sets {
+		c := *s // the document's sets are shared: copied to be edited
+		c.Elements = slices.Clone(s.Elements)
+		out.Sets[i] = &c
 	}
 	return &out
 }

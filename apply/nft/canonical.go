@@ -25,7 +25,7 @@ func canonical(t *spec.NFTable, cache *canonCache) (*table, *canonCache, error) 
 	}
 	out := emptyTable()
 	for i := range t.Sets {
-		in := &t.Sets[i]
+		in := t.Sets[i]
 		s, err := canonicalSet(in, cache.set(in))
 		if err != nil {
 			return nil, nil, err

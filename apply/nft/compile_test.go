@@ -48,7 +48,7 @@ func TestCanonicalValues(t *testing.T) {
 func TestCanonicalErrors(t *testing.T) {
 	base := func() *spec.NFTable {
 		return &spec.NFTable{Family: "inet", Name: "terway",
-			Sets:   []spec.NFTSet{{Name: "s", Type: []string{spec.TypeIPv4Addr}}},
+			Sets:   []*spec.NFTSet{{Name: "s", Type: []string{spec.TypeIPv4Addr}}},
 			Chains: []spec.NFTChain{{Name: "c"}}}
 	}
 	cases := []struct {

@@ -56,13 +56,13 @@ func baseChains() []spec.NFTChain {
 
 // podObjects are one pod's chains and sets; variant changes its content
 // (a different port and peer) to model a policy update.
-func podObjects(p testPod, variant int) ([]spec.NFTChain, []spec.NFTSet) {
+func podObjects(p testPod, variant int) ([]spec.NFTChain, []*spec.NFTSet) {
 	port := fmt.Sprint(80 + variant)
 	comment := "allow-web"
 	if variant > 0 {
 		comment += fmt.Sprintf("-v%d", variant)
 	}
-	ports := spec.NFTSet{Name: p.in() + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService},
+	ports := &spec.NFTSet{Name: p.in() + "-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService},
 		Interval: true, Comment: "ingress ports of " + p.key, Pod: p.key,
 		Elements: []spec.NFTElement{
 			{Key: []string{"0.0.0.0/0", "udp", "53"}},
@@ -70,10 +70,10 @@ func podObjects(p testPod, variant int) ([]spec.NFTChain, []spec.NFTSet) {
 			{Key: []string{"198.18.4.0/22", "tcp", "1000-2000"}},
 			{Key: []string{"198.18.9.7", "sctp", "0-65535"}},
 		}}
-	all := spec.NFTSet{Name: p.in() + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true,
+	all := &spec.NFTSet{Name: p.in() + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true,
 		Comment: "ingress peers of " + p.key + " on all ports", Pod: p.key,
 		Elements: []spec.NFTElement{{Key: []string{"198.18.8.0/24"}}, {Key: []string{fmt.Sprintf("198.18.9.%d", 5+variant)}}}}
-	outAll := spec.NFTSet{Name: p.out() + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true, Pod: p.key,
+	outAll := &spec.NFTSet{Name: p.out() + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true, Pod: p.key,
 		Comment:  "egress peers of " + p.key,
 		Elements: []spec.NFTElement{{Key: []string{"0.0.0.0/0"}}}}
 	in := spec.NFTChain{Name: p.in(), Comment: "ingress of " + p.key, Pod: p.key, Rules: []spec.NFTRule{
@@ -86,15 +86,15 @@ func podObjects(p testPod, variant int) ([]spec.NFTChain, []spec.NFTSet) {
 		{Match: []spec.NFTMatch{{Selectors: []string{spec.SelIPDaddr}, Set: outAll.Name}}, Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
 		{Verdict: spec.NFTVerdict{Kind: spec.VerdictDrop}},
 	}}
-	return []spec.NFTChain{in, out}, []spec.NFTSet{ports, all, outAll}
+	return []spec.NFTChain{in, out}, []*spec.NFTSet{ports, all, outAll}
 }
 
 // testDoc builds the table for n pods; variants maps a pod index to its
 // content variant (default 0).
 func testDoc(ps []testPod, variants map[int]int) *spec.NFTable {
 	t := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Chains: baseChains()}
-	egress := spec.NFTSet{Name: "egress-dispatch", Type: []string{spec.TypeIPv4Addr}, Verdict: true, Comment: "pod IP to its egress chain"}
-	ingress := spec.NFTSet{Name: "ingress-dispatch", Type: []string{spec.TypeIPv4Addr}, Verdict: true, Comment: "pod IP to its ingress chain"}
+	egress := &spec.NFTSet{Name: "egress-dispatch", Type: []string{spec.TypeIPv4Addr}, Verdict: true, Comment: "pod IP to its egress chain"}
+	ingress := &spec.NFTSet{Name: "ingress-dispatch", Type: []string{spec.TypeIPv4Addr}, Verdict: true, Comment: "pod IP to its ingress chain"}
 	for i, p := range ps {
 		chains, sets := podObjects(p, variants[i])
 		t.Chains = append(t.Chains, chains...)

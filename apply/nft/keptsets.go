@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/terway-reconciler/terway/spec"
@@ -21,6 +22,13 @@ import (
 // commit since touched that set of the record (record.touchedSince).
 // Documents are not modified once planned (reuse.go), and the memo keeps
 // the lists it compares by identity alive.
+//
+// A document's sets are pointers, which render hands on from one document
+// to the next while a set is unchanged: the memo's very set at the place
+// the walk has reached is found without reading it (its name, its fields),
+// and so is the order of two such sets that follow each other in the memo.
+// A memo only keeps sets of no pod, so a set found this way is none of the
+// scope's.
 
 // keptSets is one scoped plan's finding: which of its document's sets
 // (sets) the record held as they were (kept), at record version version
@@ -30,8 +38,10 @@ import (
 // has it): a memo older than one is not used.
 type keptSets struct {
 	version, fullSyncs uint64
-	sets               []spec.NFTSet
-	kept               []bool
+	sets               []*spec.NFTSet
+	kept               []bool // each a set of no pod
+	// unique says sets' names are in strictly increasing order.
+	unique bool
 }
 
 // keptLookup finds, for a scoped plan's document, the sets a keptSets
@@ -46,8 +56,16 @@ type keptLookup struct {
 	// for the thousand sets of a document at scale waits on memory each
 	// time.
 	touchedLens [4]uint64
+	// touchedAt are the positions in memo.sets of the touched names, in
+	// increasing order, when memo.unique (nil: look names up in touched);
+	// touchedNext is the first of them not behind the walk.
+	touchedAt   []int
+	touchedNext int
 	next        int // the memo's set to compare next (both lists are in name order)
 	hits        int // sets found held
+	// matched is the position in memo.sets of the set held last looked
+	// at when it was the memo's very set, else -1.
+	matched int
 }
 
 // newKeptLookup returns the lookup of memo for a record now at a version
@@ -63,13 +81,36 @@ func newKeptLookup(memo *keptSets, keys map[string]bool, logged bool) *keptLooku
 			touched[name] = true
 		}
 	}
-	l := &keptLookup{memo: memo, touched: touched}
+	l := &keptLookup{memo: memo, touched: touched, matched: -1}
 	for name := range touched {
 		if n := len(name); n < 64*len(l.touchedLens) {
 			l.touchedLens[n/64] |= 1 << (n % 64)
 		}
 	}
+	if memo.unique {
+		l.touchedAt = []int{}
+		for name := range touched {
+			if i, found := slices.BinarySearchFunc(memo.sets, name, setByName); found {
+				l.touchedAt = append(l.touchedAt, i)
+			}
+		}
+		slices.Sort(l.touchedAt)
+	}
 	return l
+}
+
+func setByName(s *spec.NFTSet, name string) int { return strings.Compare(s.Name, name) }
+
+// touchedSet reports whether a commit touched the memo's set at position
+// i, where the walk is (positions asked in increasing order).
+func (l *keptLookup) touchedSet(i int) bool {
+	if l.touchedAt == nil {
+		return l.wasTouched(l.memo.sets[i].Name)
+	}
+	for l.touchedNext < len(l.touchedAt) && l.touchedAt[l.touchedNext] < i {
+		l.touchedNext++
+	}
+	return l.touchedNext < len(l.touchedAt) && l.touchedAt[l.touchedNext] == i
 }
 
 // wasTouched reports whether a commit touched the set of a name since
@@ -89,6 +130,17 @@ func (l *keptLookup) held(in *spec.NFTSet) bool {
 		return false
 	}
 	sets := l.memo.sets
+	l.matched = -1
+	if l.next < len(sets) && sets[l.next] == in {
+		i := l.next
+		l.next++
+		l.matched = i
+		if l.memo.kept[i] && !l.touchedSet(i) {
+			l.hits++
+			return true
+		}
+		return false
+	}
 	for l.next < len(sets) && sets[l.next].Name != in.Name && sets[l.next].Name < in.Name {
 		l.next++
 	}
@@ -97,7 +149,7 @@ func (l *keptLookup) held(in *spec.NFTSet) bool {
 	}
 	i := l.next
 	l.next++
-	if l.memo.kept[i] && sameSetValue(&sets[i], in) && !l.wasTouched(in.Name) {
+	if l.memo.kept[i] && sameSetValue(sets[i], in) && !l.touchedSet(i) {
 		l.hits++
 		return true
 	}
@@ -116,4 +168,30 @@ func sameSetValue(a, b *spec.NFTSet) bool {
 // same first item in memory.
 func sameList[T any](a, b []T) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// setWalk walks a document's sets in order with a memo's lookup (nil:
+// none), and finds whether their names are in strictly increasing order:
+// two of the memo's very sets that follow each other in a memo in that
+// order are, without reading their names.
+type setWalk struct {
+	kept   *keptLookup
+	unique bool // the names so far are in strictly increasing order
+	prev   *spec.NFTSet
+	prevAt int // prev's position in the memo, found by identity; -1: none
+}
+
+func newSetWalk(kept *keptLookup) *setWalk { return &setWalk{kept: kept, unique: true, prevAt: -1} }
+
+// held is kept.held of in, the document's next set.
+func (w *setWalk) held(in *spec.NFTSet) bool {
+	held, at := w.kept.held(in), -1
+	if w.kept != nil {
+		at = w.kept.matched
+	}
+	if w.unique && w.prev != nil && (at < 0 || at != w.prevAt+1 || !w.kept.memo.unique) {
+		w.unique = w.prev.Name < in.Name
+	}
+	w.prev, w.prevAt = in, at
+	return held
 }

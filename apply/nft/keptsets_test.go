@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"reflect"
 	"slices"
@@ -63,7 +64,7 @@ func TestScopedPlansKeepSets(t *testing.T) {
 	shared := *was
 	shared.Sets = slices.Clone(was.Sets)
 	for i := range shared.Sets {
-		if j := slices.IndexFunc(now.Sets, func(s spec.NFTSet) bool { return s.Name == shared.Sets[i].Name }); j >= 0 &&
+		if j := slices.IndexFunc(now.Sets, func(s *spec.NFTSet) bool { return s.Name == shared.Sets[i].Name }); j >= 0 &&
 			reflect.DeepEqual(now.Sets[j], shared.Sets[i]) {
 			shared.Sets[i] = now.Sets[j]
 		}
@@ -131,4 +132,93 @@ func TestKeptLookupTouched(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestSetWalkAgreesWithNames walks random documents made from a memo's
+// sets (each kept or not): sets handed on as they are, equal copies,
+// sets with another list, new sets, sets gone, two swapped, a name twice,
+// with random names touched since. A set found held must be one the memo
+// kept, of the same value and untouched, and when both lists are in name
+// order each such set must be found; the walk's order must be the names'.
+func TestSetWalkAgreesWithNames(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 49))
+	elems := func() []spec.NFTElement {
+		return []spec.NFTElement{{Key: []string{fmt.Sprintf("198.18.0.%d", rng.IntN(250))}}}
+	}
+	strictlyIncreasing := func(sets []*spec.NFTSet) bool {
+		for i := 1; i < len(sets); i++ {
+			if sets[i-1].Name >= sets[i].Name {
+				return false
+			}
+		}
+		return true
+	}
+	found := 0
+	for round := range 3000 {
+		n := 1 + rng.IntN(12)
+		memo := &keptSets{}
+		for i := range n {
+			memo.sets = append(memo.sets, &spec.NFTSet{Name: fmt.Sprintf("s%02d", 2*i), Type: []string{spec.TypeIPv4Addr}, Elements: elems()})
+			memo.kept = append(memo.kept, rng.IntN(4) > 0)
+		}
+		if rng.IntN(5) == 0 && n > 1 { // a memo out of order
+			i := rng.IntN(n - 1)
+			memo.sets[i], memo.sets[i+1] = memo.sets[i+1], memo.sets[i]
+		}
+		memo.unique = strictlyIncreasing(memo.sets)
+		doc := slices.Clone(memo.sets)
+		for range rng.IntN(4) {
+			i := rng.IntN(len(doc))
+			switch rng.IntN(6) {
+			case 0: // an equal copy: another header, the same lists
+				c := *doc[i]
+				doc[i] = &c
+			case 1: // another list
+				c := *doc[i]
+				c.Elements = elems()
+				doc[i] = &c
+			case 2: // a new set just after
+				doc = slices.Insert(doc, i+1, &spec.NFTSet{Name: doc[i].Name + "x", Type: []string{spec.TypeIPv4Addr}})
+			case 3:
+				if len(doc) > 1 {
+					doc = slices.Delete(doc, i, i+1)
+				}
+			case 4:
+				if i+1 < len(doc) {
+					doc[i], doc[i+1] = doc[i+1], doc[i]
+				}
+			case 5: // a name twice
+				c := *doc[i]
+				doc = slices.Insert(doc, i, &c)
+			}
+		}
+		touched := map[string]bool{}
+		for range rng.IntN(3) {
+			touched["set "+fmt.Sprintf("s%02d", 2*rng.IntN(n))] = true
+		}
+		l := newKeptLookup(memo, touched, true)
+		w := newSetWalk(l)
+		for i, in := range doc {
+			got := w.held(in)
+			heldable := false
+			for j, m := range memo.sets {
+				if memo.kept[j] && sameSetValue(m, in) && !touched["set "+in.Name] {
+					heldable = true
+				}
+			}
+			if got && !heldable {
+				t.Fatalf("round %d: set %d (%s) found held, but the memo did not keep it as it is, or it was touched", round, i, in.Name)
+			}
+			if !got && heldable && memo.unique && strictlyIncreasing(doc) {
+				t.Fatalf("round %d: set %d (%s) of a document in name order not found held", round, i, in.Name)
+			}
+			if got {
+				found++
+			}
+		}
+		if want := strictlyIncreasing(doc); w.unique != want {
+			t.Fatalf("round %d: the walk found the names in strictly increasing order %v, want %v (memo in order %v)", round, w.unique, want, memo.unique)
+		}
+	}
+	t.Logf("%d sets found held", found)
 }

@@ -19,7 +19,7 @@ import (
 // chain whose rule matches it.
 func bigSetDoc(n int, keep func(i int) bool) *spec.NFTable {
 	t := testDoc(pods(3), nil)
-	big := spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+	big := &spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 		Comment: "a large policy peer set"}
 	for i := range n {
 		if keep == nil || keep(i) {
@@ -152,7 +152,7 @@ func TestLargeSetReplaceFailureKeepsOldSet(t *testing.T) {
 			t.Errorf("the new set is added in %d messages; the test wants to fail between two", len(adds))
 			return msgs
 		}
-		ghost, err := canonicalNoCache(&spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{
+		ghost, err := canonicalNoCache(&spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{
 			{Name: "no-such-set", Type: []string{spec.TypeIPv4Addr}, Elements: []spec.NFTElement{{Key: []string{"198.18.0.1"}}}}}})
 		if err != nil {
 			t.Fatal(err)

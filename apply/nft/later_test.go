@@ -19,7 +19,7 @@ func TestLaterChecks(t *testing.T) {
 	e := newEnv(t, "laterchecks")
 	doc := func(peers ...string) *spec.NFTable {
 		d := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable,
-			Sets: []spec.NFTSet{{Name: "peers", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}}}
+			Sets: []*spec.NFTSet{{Name: "peers", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}}}
 		for _, p := range peers {
 			d.Sets[0].Elements = append(d.Sets[0].Elements, spec.NFTElement{Key: []string{p, "tcp", "80"}})
 		}

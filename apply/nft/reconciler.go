@@ -440,11 +440,11 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 	switch {
 	case desired != nil && sc != nil && !full && written != nil:
 		var err error
-		var held []bool
+		var found *keptSets
 		index, wantIndex := r.indexer(rec), r.wantIndexer(rec, false)
 		chainSets = chainSetsFor(desired, chainSets)
 		recordChains = recordChainsFor(&written.chains, recordChains)
-		if want, scoped, held, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept, chainSets, recordChains); err != nil {
+		if want, scoped, found, err = scopedTable(desired, written, sc, cache, index, wantIndex, kept, chainSets, recordChains); err != nil {
 			return nil, err
 		}
 		if recheckKeptSets && (kept != nil || chainSets != nil) {
@@ -457,7 +457,8 @@ func (r *Reconciler) planWith(ns op.Namespaces, netns string, desired *spec.NFTa
 		}
 		r.mu.Lock()
 		if r.records[netns] == rec {
-			rec.kept = &keptSets{version: version, fullSyncs: fullSyncs, sets: desired.Sets, kept: held}
+			found.version, found.fullSyncs = version, fullSyncs
+			rec.kept = found
 			rec.chainSets, rec.recordChains = chainSets, recordChains
 		}
 		r.mu.Unlock()

@@ -119,7 +119,7 @@ func (r *Reconciler) wantIndexer(rec *record, build bool) func(*spec.NFTSet, []i
 func (r *Reconciler) warmWantIndexes(rec *record, desired *spec.NFTable) {
 	index := r.wantIndexer(rec, true)
 	for i := range desired.Sets {
-		in := &desired.Sets[i]
+		in := desired.Sets[i]
 		if len(in.Elements) < wantIndexMinElems {
 			continue
 		}

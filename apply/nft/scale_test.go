@@ -67,9 +67,9 @@ func TestLocality(t *testing.T) {
 func TestLargeSetsAndChains(t *testing.T) {
 	e := newEnv(t, "large")
 	const n = 10000
-	hash := spec.NFTSet{Name: "big-hash", Type: []string{spec.TypeIPv4Addr}}
-	cidrs := spec.NFTSet{Name: "big-cidrs", Type: []string{spec.TypeIPv4Addr}, Interval: true}
-	concat := spec.NFTSet{Name: "big-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
+	hash := &spec.NFTSet{Name: "big-hash", Type: []string{spec.TypeIPv4Addr}}
+	cidrs := &spec.NFTSet{Name: "big-cidrs", Type: []string{spec.TypeIPv4Addr}, Interval: true}
+	concat := &spec.NFTSet{Name: "big-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
 	for i := range n {
 		ip := fmt.Sprintf("198.18.%d.%d", i/256, i%256)
 		hash.Elements = append(hash.Elements, spec.NFTElement{Key: []string{ip}})
@@ -87,7 +87,7 @@ func TestLargeSetsAndChains(t *testing.T) {
 			Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept},
 		})
 	}
-	doc := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{hash, cidrs, concat},
+	doc := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{hash, cidrs, concat},
 		Chains: []spec.NFTChain{{Name: "forward", Hook: spec.HookForward, Policy: spec.VerdictAccept,
 			Rules: []spec.NFTRule{{Verdict: spec.NFTVerdict{Kind: spec.VerdictJump, Chain: "many"}}}}, many}}
 	doc.Canonicalize()

@@ -67,7 +67,7 @@ func (r *Reconciler) PlanScoped(ns op.Namespaces, netns string, desired *spec.NF
 // desired's chains by the sets they match, recorded (nil: none) written's
 // (chainsets.go).
 func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonCache, index func(*set) addrIndex,
-	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, chainSets *chainSetIndex, recorded *recordChainIndex) (*table, *scopedChanges, []bool, error) {
+	wantIndex func(*spec.NFTSet, []int) wantIndex, kept *keptLookup, chainSets *chainSetIndex, recorded *recordChainIndex) (*table, *scopedChanges, *keptSets, error) {
 	pods := newScopedPods(sc.Pods)
 	out := &scopedOut{table: &table{sets: written.sets.derive(), chains: written.chains.derive()},
 		changedSets: map[string]bool{}, changedChains: map[string]bool{}}
@@ -115,11 +115,12 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 		}
 	}
 	held := make([]bool, len(desired.Sets))
-	for i := range desired.Sets {
-		in := &desired.Sets[i]
-		if !pods.has(in.Pod) && kept.held(in) {
+	walk := newSetWalk(kept)
+	for i, in := range desired.Sets {
+		if walk.held(in) {
 			// As below, without reading the record's set: it has one,
-			// of in's source, that holds in's list.
+			// of in's source, that holds in's list. The memo's sets
+			// are of no pod: none of the scope's.
 			out.wantedWritten++
 			held[i] = true
 			continue
@@ -141,8 +142,9 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			// The set changed owner or definition: the unscoped sync's.
 		case hs.holdsList(in):
 			// Written from this very list: its pods' elements are the
-			// record's. Most sets of a CNI request's document are.
-			held[i] = true
+			// record's. Most sets of a CNI request's document are. The
+			// memo keeps sets of no pod alone (keptsets.go).
+			held[i] = in.Pod == ""
 		default:
 			s, err := scopedElems(in, hs, sc.Addrs, podChains, index, wantIndex)
 			if err != nil {
@@ -153,7 +155,7 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 			}
 		}
 	}
-	if err := takeChangedGroups(desired, written, out, sc, pods, podChains, cache, chainSets, recorded); err != nil {
+	if err := takeChangedGroups(desired, walk.unique, written, out, sc, pods, podChains, cache, chainSets, recorded); err != nil {
 		return nil, nil, nil, err
 	}
 	// The record passed these checks: only what the scope changed is
@@ -161,7 +163,8 @@ func scopedTable(desired *spec.NFTable, written *table, sc *Scope, cache *canonC
 	if err := out.checkRefsSince(written, out.changedSets, out.changedChains); err != nil {
 		return nil, nil, nil, err
 	}
-	return out.table, &scopedChanges{sets: out.changedSets, chains: out.changedChains}, held, nil
+	found := &keptSets{sets: desired.Sets, kept: held, unique: walk.unique}
+	return out.table, &scopedChanges{sets: out.changedSets, chains: out.changedChains}, found, nil
 }
 
 // scopedChanges names the sets and chains a scoped table put or dropped:
@@ -219,7 +222,7 @@ func othersNewObjects(desired *spec.NFTable, written *table, pods scopedPods, ad
 		return nil, nil // the usual case: every group is written
 	}
 	for i := range desired.Sets {
-		in := &desired.Sets[i]
+		in := desired.Sets[i]
 		if !in.Verdict {
 			continue
 		}

@@ -24,8 +24,8 @@ func TestScopedClassifyChecked(t *testing.T) {
 	}
 	// want: the same objects but one set with an element less, and one
 	// chain more.
-	i := slices.IndexFunc(doc.NFTables.Sets, func(s spec.NFTSet) bool { return len(s.Elements) > 1 && !s.Verdict })
-	smaller := doc.NFTables.Sets[i]
+	i := slices.IndexFunc(doc.NFTables.Sets, func(s *spec.NFTSet) bool { return len(s.Elements) > 1 && !s.Verdict })
+	smaller := *doc.NFTables.Sets[i]
 	smaller.Elements = smaller.Elements[1:]
 	ws, err := canonicalSet(&smaller, nil)
 	if err != nil {

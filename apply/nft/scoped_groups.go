@@ -2,7 +2,6 @@ package nft
 
 import (
 	"slices"
-	"strings"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -31,9 +30,9 @@ import (
 // the scope changed, as it would be found touched only then. recorded
 // (nil: none) indexes written's chains the same way: with both, a chain
 // is looked at only when one of its sides matches such a set.
-func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc *Scope, pods scopedPods, podChains map[string]bool,
+func takeChangedGroups(desired *spec.NFTable, unique bool, written *table, out *scopedOut, sc *Scope, pods scopedPods, podChains map[string]bool,
 	cache *canonCache, chainSets *chainSetIndex, recorded *recordChainIndex) error {
-	wanted, unique := documentSets(desired)
+	wanted := documentSets(desired, unique)
 	var candidate []bool // by position in desired.Chains; nil: every chain
 	if chainSets != nil {
 		candidate = chainSets.matching(out.changedSets)
@@ -171,33 +170,28 @@ func takeChangedGroups(desired *spec.NFTable, written *table, out *scopedOut, sc
 }
 
 // documentSets finds a document's sets by name: by binary search in its
-// canonical order (render's documents are canonical), else through a map
-// built on the first call. unique says the names are in strictly
-// increasing order, so each once.
-func documentSets(desired *spec.NFTable) (find func(name string) *spec.NFTSet, unique bool) {
-	unique = true
-	for i := 1; i < len(desired.Sets) && unique; i++ {
-		unique = desired.Sets[i-1].Name < desired.Sets[i].Name
-	}
+// canonical order (render's documents are canonical) when unique says the
+// names are in strictly increasing order, so each once (scopedTable finds
+// that as it walks them), else through a map built on the first call.
+func documentSets(desired *spec.NFTable, unique bool) (find func(name string) *spec.NFTSet) {
 	if unique {
-		byName := func(s spec.NFTSet, name string) int { return strings.Compare(s.Name, name) }
 		return func(name string) *spec.NFTSet {
-			if i, ok := slices.BinarySearchFunc(desired.Sets, name, byName); ok {
-				return &desired.Sets[i]
+			if i, ok := slices.BinarySearchFunc(desired.Sets, name, setByName); ok {
+				return desired.Sets[i]
 			}
 			return nil
-		}, true
+		}
 	}
 	var want map[string]*spec.NFTSet
 	return func(name string) *spec.NFTSet {
 		if want == nil {
 			want = make(map[string]*spec.NFTSet, len(desired.Sets))
 			for i := range desired.Sets {
-				want[desired.Sets[i].Name] = &desired.Sets[i]
+				want[desired.Sets[i].Name] = desired.Sets[i]
 			}
 		}
 		return want[name]
-	}, false
+	}
 }
 
 // specChainSets are the named sets a document chain's rules match

@@ -15,8 +15,8 @@ func profileGroup(t *spec.NFTable, profiles [][2][]string) {
 	c := spec.NFTChain{Name: "grp", Comment: "a policy group in the split form"}
 	for i, p := range profiles {
 		n := string(rune('1' + i))
-		a := spec.NFTSet{Name: "grp-a" + n, Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "peers of profile " + n}
-		ports := spec.NFTSet{Name: "grp-p" + n, Type: []string{spec.TypeProto, spec.TypeService}, Interval: true, Comment: "ports of profile " + n}
+		a := &spec.NFTSet{Name: "grp-a" + n, Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "peers of profile " + n}
+		ports := &spec.NFTSet{Name: "grp-p" + n, Type: []string{spec.TypeProto, spec.TypeService}, Interval: true, Comment: "ports of profile " + n}
 		for _, addr := range p[0] {
 			a.Elements = append(a.Elements, spec.NFTElement{Key: []string{addr}})
 		}
@@ -50,7 +50,7 @@ func TestScopedPlanTakesReshapedGroupWhole(t *testing.T) {
 		// more per port), without the pod.
 		o := spec.NFTChain{Name: "other", Comment: "another group"}
 		for _, port := range other {
-			s := spec.NFTSet{Name: "other-peers-" + port, Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "its peers",
+			s := &spec.NFTSet{Name: "other-peers-" + port, Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "its peers",
 				Elements: []spec.NFTElement{{Key: []string{"198.19.0.1"}}}}
 			o.Rules = append(o.Rules, spec.NFTRule{Match: []spec.NFTMatch{{Selectors: []string{spec.SelIPSaddr}, Set: s.Name},
 				{Selectors: []string{spec.SelTHDport}, Values: []string{port}}}, Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}})
@@ -103,7 +103,7 @@ func TestScopedPlanTakesReshapedGroupWhole(t *testing.T) {
 	// A document whose group names a set it lacks (a render bug) fails
 	// no plan here and panics nothing: a full plan reports it.
 	broken := doc([][2][]string{{ab, xy}, {b, y}}, []string{"80", "81"})
-	broken.Sets = slices.DeleteFunc(broken.Sets, func(s spec.NFTSet) bool { return s.Name == "grp-p2" })
+	broken.Sets = slices.DeleteFunc(broken.Sets, func(s *spec.NFTSet) bool { return s.Name == "grp-p2" })
 	if _, err := e.r.PlanScoped(e.reg, e.ns, broken, sc); err != nil {
 		t.Logf("scoped plan of a broken document: %v", err)
 	}

@@ -128,7 +128,7 @@ func BenchmarkScopedAddCommitAtScale(b *testing.B) {
 	// The sets whose element lists differ between the two documents.
 	differ := map[string]bool{}
 	for i := range now.Sets {
-		j := slices.IndexFunc(was.Sets, func(s spec.NFTSet) bool { return s.Name == now.Sets[i].Name })
+		j := slices.IndexFunc(was.Sets, func(s *spec.NFTSet) bool { return s.Name == now.Sets[i].Name })
 		differ[now.Sets[i].Name] = j < 0 || len(was.Sets[j].Elements) != len(now.Sets[i].Elements)
 	}
 	// fresh is doc with new element lists for those sets, as a request's
@@ -137,8 +137,10 @@ func BenchmarkScopedAddCommitAtScale(b *testing.B) {
 		out := *doc
 		out.Sets = slices.Clone(doc.Sets)
 		for i := range out.Sets {
-			if differ[out.Sets[i].Name] {
-				out.Sets[i].Elements = slices.Clone(out.Sets[i].Elements)
+			if s := out.Sets[i]; differ[s.Name] {
+				c := *s
+				c.Elements = slices.Clone(s.Elements)
+				out.Sets[i] = &c
 			}
 		}
 		return &out

@@ -15,7 +15,7 @@ import (
 // every pod's address, as a policy's pod selector renders it.
 func scopedDoc(ps []testPod, n int, keep func(int) bool) *spec.NFTable {
 	t := testDoc(ps, nil)
-	big := spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
+	big := &spec.NFTSet{Name: "big", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,
 		Comment: "a large policy peer set"}
 	for i := range n {
 		if keep == nil || keep(i) {
@@ -23,7 +23,7 @@ func scopedDoc(ps []testPod, n int, keep func(int) bool) *spec.NFTable {
 			big.Elements = append(big.Elements, spec.NFTElement{Key: []string{ip, "tcp", fmt.Sprintf("%d-%d", 1000+i%100, 2000+i%100)}})
 		}
 	}
-	peers := spec.NFTSet{Name: "peers", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "pods of app=web"}
+	peers := &spec.NFTSet{Name: "peers", Type: []string{spec.TypeIPv4Addr}, Interval: true, Comment: "pods of app=web"}
 	for _, p := range ps {
 		peers.Elements = append(peers.Elements, spec.NFTElement{Key: []string{p.ip}})
 	}
@@ -184,8 +184,8 @@ func TestScopedPlanLeavesOthersNewGroups(t *testing.T) {
 	e := newEnv(t, "scopednew")
 	e.apply(testDoc(ps[:3], nil))
 	added := ps[3]
-	group := func(name string) (spec.NFTChain, spec.NFTSet) {
-		set := spec.NFTSet{Name: name + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true,
+	group := func(name string) (spec.NFTChain, *spec.NFTSet) {
+		set := &spec.NFTSet{Name: name + "-all", Type: []string{spec.TypeIPv4Addr}, Interval: true,
 			Comment: "sources of group " + name, Elements: []spec.NFTElement{{Key: []string{"198.18.8.0/24"}}}}
 		return spec.NFTChain{Name: name, Comment: "ingress group " + name, Rules: []spec.NFTRule{
 			{Match: []spec.NFTMatch{{Selectors: []string{spec.SelIPSaddr}, Set: set.Name}}, Verdict: spec.NFTVerdict{Kind: spec.VerdictReturn}},
@@ -248,7 +248,7 @@ func TestScopedPlanClaimsVethKeyedEntries(t *testing.T) {
 	}
 	doc := func(entries map[string]string) *spec.NFTable {
 		d := testDoc(ps, nil)
-		m := spec.NFTSet{Name: "by-veth", Type: []string{spec.TypeIfName}, Verdict: true}
+		m := &spec.NFTSet{Name: "by-veth", Type: []string{spec.TypeIfName}, Verdict: true}
 		for key, chain := range entries {
 			if d.Chain(chain) == nil {
 				d.Chains = append(d.Chains, group(chain))

@@ -28,7 +28,7 @@ func failFill(t *testing.T, e *env, name string, nth int) *int {
 		if seen++; seen != nth {
 			return msgs
 		}
-		ghost, err := canonicalNoCache(&spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{
+		ghost, err := canonicalNoCache(&spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{
 			{Name: "no-such-set", Type: []string{spec.TypeIPv4Addr}, Elements: []spec.NFTElement{{Key: []string{"198.18.0.1"}}}}}})
 		if err != nil {
 			t.Fatal(err)

@@ -103,7 +103,7 @@ var (
 
 func trafficDoc(rules []spec.NFTRule, port string) *spec.NFTable {
 	t := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable,
-		Sets: []spec.NFTSet{
+		Sets: []*spec.NFTSet{
 			{Name: "ingress-dispatch", Type: []string{spec.TypeIPv4Addr}, Verdict: true, Elements: []spec.NFTElement{
 				{Key: []string{"198.18.211.2"}, Verdict: &spec.NFTVerdict{Kind: spec.VerdictJump, Chain: "in_b"}}}},
 			{Name: "in_b-ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true,

@@ -85,7 +85,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 	e := newEnv(t, "verifyintervals")
 	doc := func(addrs []string, concat [][]string) *spec.NFTable {
 		t := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable,
-			Sets: []spec.NFTSet{
+			Sets: []*spec.NFTSet{
 				{Name: "addrs", Type: []string{spec.TypeIPv4Addr}, Interval: true},
 				{Name: "ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true},
 			}}
@@ -187,7 +187,7 @@ func TestVerifyElemsOfIntervalSets(t *testing.T) {
 // its own answer.
 func TestGetElemsAcrossChunks(t *testing.T) {
 	e := newEnv(t, "getelems")
-	tab := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{
+	tab := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{
 		{Name: "addrs", Type: []string{spec.TypeIPv4Addr}, Interval: true},
 		{Name: "ports", Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true},
 	}}
@@ -261,13 +261,13 @@ func TestVerifyWayFollowsSetSize(t *testing.T) {
 	doc := func(n int) *spec.NFTable {
 		t := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable}
 		for _, size := range []int{600, 100} {
-			s := spec.NFTSet{Name: fmt.Sprintf("g%d", size), Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
+			s := &spec.NFTSet{Name: fmt.Sprintf("g%d", size), Type: []string{spec.TypeIPv4Addr, spec.TypeProto, spec.TypeService}, Interval: true}
 			for i := range size - 40 + n {
 				s.Elements = append(s.Elements, spec.NFTElement{Key: []string{fmt.Sprintf("198.18.%d.%d", i/200, 2*(i%100)), []string{"tcp", "udp"}[i/100%2], "80"}})
 			}
 			t.Sets = append(t.Sets, s)
 		}
-		one := spec.NFTSet{Name: "one600", Type: []string{spec.TypeIPv4Addr}, Interval: true}
+		one := &spec.NFTSet{Name: "one600", Type: []string{spec.TypeIPv4Addr}, Interval: true}
 		for i := range 600 - 60 + n*3/2 {
 			one.Elements = append(one.Elements, spec.NFTElement{Key: []string{fmt.Sprintf("198.19.%d.%d", i/100, 2*(i%100))}})
 		}

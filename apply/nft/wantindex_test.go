@@ -94,7 +94,7 @@ func TestWantIndexAfterAScan(t *testing.T) {
 // the resync's policies become the CNI's) finds its large sets indexed.
 func TestPrepareWarmsTheWantIndexes(t *testing.T) {
 	r := New(Options{})
-	doc := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{*bigPeerSet(0, 600)}}
+	doc := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{bigPeerSet(0, 600)}}
 	r.Prepare("test", doc)
 	r.mu.Lock()
 	rec := r.recordLocked("test")
@@ -174,7 +174,7 @@ func TestExpectHoldsAFillBack(t *testing.T) {
 // alternative.
 func TestCanonicalCacheKeepsTwoDocuments(t *testing.T) {
 	doc := func(s *spec.NFTSet, port string) *spec.NFTable {
-		return &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{*s},
+		return &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{s},
 			Chains: []spec.NFTChain{{Name: "in_x_0", Rules: []spec.NFTRule{{
 				Match:   []spec.NFTMatch{{Selectors: []string{spec.SelTHDport}, Values: []string{port}}},
 				Verdict: spec.NFTVerdict{Kind: spec.VerdictAccept}}}}}}
@@ -216,7 +216,7 @@ func TestCanonicalCacheKeepsTwoDocuments(t *testing.T) {
 // lock finds that comparison: the same changes, not computed again.
 func TestPrepareComparesLargeSets(t *testing.T) {
 	doc := func(base, n int) *spec.NFTable {
-		return &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{*bigPeerSet(base, n)}}
+		return &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{bigPeerSet(base, n)}}
 	}
 	r := New(Options{})
 	old, _, err := canonical(doc(0, 5000), nil)

@@ -101,7 +101,7 @@ func benchAntispoof(ctx context.Context, o benchOptions) ([]benchRow, error) {
 		pairs = append(pairs, render.SourcePair{HostVeth: fmt.Sprintf("twf%010x", i), IP: fmt.Sprintf("198.19.%d.%d", i/250, 1+i%250)})
 	}
 	set, chain := render.SourceValidation(pairs)
-	on := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []spec.NFTSet{set}, Chains: []spec.NFTChain{chain}}
+	on := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable, Sets: []*spec.NFTSet{&set}, Chains: []spec.NFTChain{chain}}
 	off := &spec.NFTable{Family: spec.NFTFamily, Name: spec.NFTTable}
 	on.Canonicalize()
 	off.Canonicalize()
