@@ -71,9 +71,10 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 	for _, name := range []string{mapIngressPods, mapEgressPods, setHairpin, setPodSources} {
 		if sameElements(removeElems[name], addElems[name]) {
 			// Nothing to do, and most often so: a pod awaiting its ADD
-			// has the jumps its entry then gets. The set keeps its very
-			// list, which the nftables planner recognises by identity
-			// (apply/nft: keptsets.go) rather than by comparing it.
+			// has the jumps its entry then gets. The set stays the very
+			// set, with its very list, which the nftables planner
+			// recognises by identity (apply/nft: keptsets.go, reuse.go)
+			// rather than by comparing it.
 			continue
 		}
 		i := setIndex(t.Sets, name)

@@ -271,6 +271,19 @@ func TestScopedPlansFindPodRules(t *testing.T) {
 	} else if strings.Contains(p.String(), "198.18.64.12") {
 		t.Errorf("a DEL of x/a given x/b's address plans changes to x/b's objects:\n%s", p)
 	}
+	// The same in a scope of more addresses than a scope compares one by
+	// one (an admission's or a batch's).
+	wide := engine.PlanOptions{Pods: []string{"x/a"}, PodIPs: map[string]string{"x/a": "198.18.64.12"}}
+	for i := range 10 {
+		key := "x/gone" + strconv.Itoa(i)
+		wide.Pods = append(wide.Pods, key)
+		wide.PodIPs[key] = "198.18.65." + strconv.Itoa(i+1)
+	}
+	if p, err := n.eng.Plan(context.Background(), state, wide); err != nil {
+		t.Fatal(err)
+	} else if strings.Contains(p.String(), "198.18.64.12") {
+		t.Errorf("a DEL of x/a among 11 pods given x/b's address plans changes to x/b's objects:\n%s", p)
+	}
 	del := engine.PlanOptions{Pods: []string{"x/a"}, PodIPs: map[string]string{"x/a": ip}}
 	p, err := n.eng.Plan(context.Background(), state, del)
 	if err != nil {

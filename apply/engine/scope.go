@@ -36,6 +36,9 @@ type podScope struct {
 	others map[string]bool
 }
 
+// fewScopedAddrs is the most addresses newPodScope compares one by one.
+const fewScopedAddrs = 8
+
 func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 	s := &podScope{pods: map[string]bool{}, byAddr: map[string]string{}}
 	for _, key := range opts.Pods {
@@ -63,15 +66,19 @@ func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 	// of every pod's was a tenth of what a CNI request allocated at 250
 	// pods), as filter drops what is in any other.
 	s.observed = slices.Concat(s.namespaces, opts.Namespaces)
-	// byAddr's few addresses, compared one by one with every other pod's:
-	// a delete from the map for each of them hashed hundreds of addresses
-	// per CNI request at scale.
-	scopedAddrs := slices.Collect(maps.Keys(s.byAddr))
+	// A CNI request's one or two addresses are compared one by one with
+	// every other pod's: a delete from the map for each of them hashed
+	// hundreds of addresses per request at scale. A larger scope (an
+	// admission's, a batch's) deletes from the map.
+	var fewAddrs []string
+	if len(s.byAddr) <= fewScopedAddrs {
+		fewAddrs = slices.Collect(maps.Keys(s.byAddr))
+	}
 	for _, p := range desired.Pods {
 		if !s.has(p.Key) {
 			// Another pod holds the address: its rules are not the
 			// scope's, whatever the caller remembers.
-			if slices.Contains(scopedAddrs, p.IP) {
+			if fewAddrs == nil || slices.Contains(fewAddrs, p.IP) {
 				delete(s.byAddr, p.IP)
 			}
 			if p.Netns != spec.HostNetns && slices.Contains(s.observed, p.Netns) {

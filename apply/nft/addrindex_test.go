@@ -50,9 +50,9 @@ func TestAddrIndexDerive(t *testing.T) {
 			defer func() { seen[k] = true }()
 			return seen[k]
 		})
-		in := doc
+		in := *doc
 		in.Elements = next
-		s, err := canonicalSet(in, prev)
+		s, err := canonicalSet(&in, prev)
 		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}
@@ -165,9 +165,9 @@ func TestScopedElemsIndexMatchesScan(t *testing.T) {
 	for round := range 40 {
 		doc := &spec.NFTSet{Name: "peers", Type: typ, Interval: true, Comment: "two address fields"}
 		doc.Elements = list(wantIndexMinElems + rng.IntN(600))
-		written := doc
+		written := *doc // another list of the same set, as the record has it
 		written.Elements = list(wantIndexMinElems + rng.IntN(600))
-		hs, err := canonicalSet(written, nil)
+		hs, err := canonicalSet(&written, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -196,7 +196,7 @@ func TestScopedElemsIndexMatchesScan(t *testing.T) {
 		if !slices.Equal(elemTexts(a), elemTexts(b)) {
 			t.Fatalf("round %d (addresses %v): through the index %d elements, by a scan %d", round, addrs, a.elems.len(), b.elems.len())
 		}
-		if len(b.added)+len(b.removed) == 0 {
+		if b == hs || len(b.added)+len(b.removed) == 0 {
 			t.Fatalf("round %d: the scope changed nothing: the round tests nothing", round)
 		}
 	}

@@ -189,7 +189,7 @@ func (w *setWalk) held(in *spec.NFTSet) bool {
 	if w.kept != nil {
 		at = w.kept.matched
 	}
-	if w.unique && w.prev != nil && (at < 0 || at != w.prevAt+1 || !w.kept.memo.unique) {
+	if w.unique && w.prev != nil && (w.prevAt < 0 || at != w.prevAt+1 || !w.kept.memo.unique) {
 		w.unique = w.prev.Name < in.Name
 	}
 	w.prev, w.prevAt = in, at

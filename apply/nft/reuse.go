@@ -26,7 +26,8 @@ import (
 // Deciding is string comparison, no parsing and no hashing. The document's
 // element lists are kept by reference (the list itself is copied): a
 // document must not be modified after it was planned, which holds for
-// render's output, a new document every time.
+// render's output: a new document every time, whose sets are those of the
+// last one where they did not change, never modified (spec.NFTable.Sets).
 
 // canonCache holds the canonical sets and chains of the last document by
 // name, and prev, those of the last different document before it: while
