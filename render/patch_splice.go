@@ -2,7 +2,6 @@ package render
 
 import (
 	"slices"
-	"strings"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -77,7 +76,7 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 			// rather than by comparing it.
 			continue
 		}
-		i := setIndex(t.Sets, name)
+		i := spec.SetIndex(t.Sets, name)
 		if i < 0 {
 			return nil, false
 		}
@@ -106,16 +105,6 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 		return nil, false
 	}
 	return doc.Spliced(withoutKernelItems(&remove), withoutKernelItems(&add))
-}
-
-// setIndex finds the set of a name in sets, a document's list in
-// canonical order (by name), by binary search: -1 when none has it.
-func setIndex(sets []*spec.NFTSet, name string) int {
-	i, found := slices.BinarySearchFunc(sets, name, func(s *spec.NFTSet, name string) int { return strings.Compare(s.Name, name) })
-	if !found {
-		return -1
-	}
-	return i
 }
 
 // sameElements tells whether two lists of a set's elements, each with

@@ -1,5 +1,10 @@
 package spec
 
+import (
+	"slices"
+	"strings"
+)
+
 // NFTable is our nftables table (family inet, name terway) as typed data.
 // It prints as `nft -f` text (PrintNFT) and compiles to netlink expressions in
 // apply. Rules are built from a small vocabulary of selectors and verdicts,
@@ -137,6 +142,17 @@ func (t *NFTable) Chain(name string) *NFTChain {
 		}
 	}
 	return nil
+}
+
+// SetIndex finds the set of a name in sets in canonical order (by name, as
+// Canonicalize sorts them; render's documents are canonical) by binary
+// search: -1 when none has it.
+func SetIndex(sets []*NFTSet, name string) int {
+	i, found := slices.BinarySearchFunc(sets, name, func(s *NFTSet, name string) int { return strings.Compare(s.Name, name) })
+	if !found {
+		return -1
+	}
+	return i
 }
 
 // Set returns the set or map with the given name, or nil.

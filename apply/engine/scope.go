@@ -71,14 +71,15 @@ func newPodScope(desired *spec.NodeState, opts PlanOptions) *podScope {
 	// hundreds of addresses per request at scale. A larger scope (an
 	// admission's, a batch's) deletes from the map.
 	var fewAddrs []string
-	if len(s.byAddr) <= fewScopedAddrs {
+	few := len(s.byAddr) <= fewScopedAddrs
+	if few {
 		fewAddrs = slices.Collect(maps.Keys(s.byAddr))
 	}
 	for _, p := range desired.Pods {
 		if !s.has(p.Key) {
 			// Another pod holds the address: its rules are not the
 			// scope's, whatever the caller remembers.
-			if fewAddrs == nil || slices.Contains(fewAddrs, p.IP) {
+			if !few || slices.Contains(fewAddrs, p.IP) {
 				delete(s.byAddr, p.IP)
 			}
 			if p.Netns != spec.HostNetns && slices.Contains(s.observed, p.Netns) {

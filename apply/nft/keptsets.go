@@ -90,7 +90,7 @@ func newKeptLookup(memo *keptSets, keys map[string]bool, logged bool) *keptLooku
 	if memo.unique {
 		l.touchedAt = []int{}
 		for name := range touched {
-			if i, found := slices.BinarySearchFunc(memo.sets, name, setByName); found {
+			if i := spec.SetIndex(memo.sets, name); i >= 0 {
 				l.touchedAt = append(l.touchedAt, i)
 			}
 		}
@@ -98,8 +98,6 @@ func newKeptLookup(memo *keptSets, keys map[string]bool, logged bool) *keptLooku
 	}
 	return l
 }
-
-func setByName(s *spec.NFTSet, name string) int { return strings.Compare(s.Name, name) }
 
 // touchedSet reports whether a commit touched the memo's set at position
 // i, where the walk is (positions asked in increasing order).

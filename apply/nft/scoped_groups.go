@@ -176,7 +176,7 @@ func takeChangedGroups(desired *spec.NFTable, unique bool, written *table, out *
 func documentSets(desired *spec.NFTable, unique bool) (find func(name string) *spec.NFTSet) {
 	if unique {
 		return func(name string) *spec.NFTSet {
-			if i, ok := slices.BinarySearchFunc(desired.Sets, name, setByName); ok {
+			if i := spec.SetIndex(desired.Sets, name); i >= 0 {
 				return desired.Sets[i]
 			}
 			return nil
