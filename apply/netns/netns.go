@@ -461,8 +461,13 @@ func (r *Registry) Close() {
 // ErrClosed is why a closed registry hands out nothing.
 var ErrClosed = errors.New("the namespace registry is closed")
 
-// Do runs fn on a locked OS thread switched into the namespace fd.
+// Do runs fn on a locked OS thread switched into the namespace fd; on the
+// calling thread when that is in the namespace already (the agent's own
+// namespace is usually the node's, where every ADD writes a sysctl).
 func Do(fd int, fn func() error) error {
+	if threadIn(fd) {
+		return fn()
+	}
 	var (
 		wg     sync.WaitGroup
 		result error
@@ -494,6 +499,19 @@ func Do(fd int, fn func() error) error {
 	}()
 	wg.Wait()
 	return result
+}
+
+// threadIn reports whether the calling thread is in the namespace fd. If
+// it is and the goroutine moves to another thread before fn runs, that
+// thread is in it too: a thread is only ever switched away while locked to
+// one goroutine (Do), so every thread a goroutine can move to is in the
+// process's own namespace.
+func threadIn(fd int) bool {
+	var want, own unix.Stat_t
+	if unix.Fstat(fd, &want) != nil || unix.Stat("/proc/thread-self/ns/net", &own) != nil {
+		return false
+	}
+	return want.Dev == own.Dev && want.Ino == own.Ino
 }
 
 func displayName(ns string) string {

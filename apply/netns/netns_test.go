@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -263,5 +264,61 @@ func TestCloseUnderAHolder(t *testing.T) {
 	release()
 	if err := unix.Fstat(fd, &during); err == nil && during.Ino == before.Ino {
 		t.Errorf("descriptor %d still open after the last holder released", fd)
+	}
+}
+
+// TestDoSwitchesOnlyWhenItMust: Do runs fn on the calling thread when
+// that is in the namespace already, also nested in another Do, and on a
+// thread switched into it otherwise; fn always runs in the namespace.
+func TestDoSwitchesOnlyWhenItMust(t *testing.T) {
+	nstest.RequireRoot(t)
+	open := func(path string) int {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = unix.Close(fd) })
+		return fd
+	}
+	ino := func(path string) uint64 {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	// where runs Do and tells on which thread fn ran, in which namespace.
+	where := func(fd int) (tid int, ns uint64) {
+		if err := netns.Do(fd, func() error {
+			tid, ns = unix.Gettid(), ino("/proc/thread-self/ns/net")
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return tid, ns
+	}
+	other := nstest.Netns(t, "do")
+	otherFd, otherIno := open(other), ino(other)
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ownFd, ownIno := open("/proc/thread-self/ns/net"), ino("/proc/thread-self/ns/net")
+	if tid, ns := where(ownFd); tid != unix.Gettid() || ns != ownIno {
+		t.Errorf("Do in the caller's namespace ran on thread %d in %d, want the caller's %d in %d", tid, ns, unix.Gettid(), ownIno)
+	}
+	if tid, ns := where(otherFd); tid == unix.Gettid() || ns != otherIno {
+		t.Errorf("Do in another namespace ran on thread %d in %d, want another thread in %d", tid, ns, otherIno)
+	}
+	err := netns.Do(otherFd, func() error {
+		if tid, ns := where(otherFd); tid != unix.Gettid() || ns != otherIno {
+			t.Errorf("nested Do in the same namespace ran on thread %d in %d, want %d in %d", tid, ns, unix.Gettid(), otherIno)
+		}
+		if tid, ns := where(ownFd); tid == unix.Gettid() || ns != ownIno {
+			t.Errorf("nested Do back in the caller's namespace ran on thread %d in %d, want another thread in %d", tid, ns, ownIno)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
