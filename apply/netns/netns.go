@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -462,12 +463,15 @@ func (r *Registry) Close() {
 var ErrClosed = errors.New("the namespace registry is closed")
 
 // Do runs fn on a locked OS thread switched into the namespace fd; on the
-// calling thread when that is in the namespace already (the agent's own
-// namespace is usually the node's, where every ADD writes a sysctl).
+// calling goroutine when fd is the process's own namespace and no thread
+// is switched away (the agent's own namespace is usually the node's,
+// where every ADD writes a sysctl).
 func Do(fd int, fn func() error) error {
-	if threadIn(fd) {
+	if switchedThreads.Load() == 0 && isOwnNetns(fd) {
 		return fn()
 	}
+	switchedThreads.Add(1)
+	defer switchedThreads.Add(-1)
 	var (
 		wg     sync.WaitGroup
 		result error
@@ -501,17 +505,28 @@ func Do(fd int, fn func() error) error {
 	return result
 }
 
-// threadIn reports whether the calling thread is in the namespace fd. If
-// it is and the goroutine moves to another thread before fn runs, that
-// thread is in it too: a thread is only ever switched away while locked to
-// one goroutine (Do), so every thread a goroutine can move to is in the
-// process's own namespace.
-func threadIn(fd int) bool {
-	var want, own unix.Stat_t
-	if unix.Fstat(fd, &want) != nil || unix.Stat("/proc/thread-self/ns/net", &own) != nil {
-		return false
+// switchedThreads counts the Do calls that may have a thread switched
+// away from the process's own namespace. While it is 0, every thread is
+// in that namespace: a thread is only switched locked to Do's goroutine,
+// and switched back before it is unlocked (or it ends with it), so the
+// calling goroutine's thread, and any it moves to, is in it. While it is
+// not, the caller may be fn of another Do, on a switched thread, and Do
+// switches as it always did.
+var switchedThreads atomic.Int64
+
+// ownNetns is the process's own namespace, read at start, before any Do.
+var ownNetns = func() identity {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return identity{} // no handle matches: Do always switches
 	}
-	return want.Dev == own.Dev && want.Ino == own.Ino
+	return identity{st.Dev, st.Ino}
+}()
+
+// isOwnNetns reports whether fd is the process's own namespace.
+func isOwnNetns(fd int) bool {
+	var st unix.Stat_t
+	return ownNetns != (identity{}) && unix.Fstat(fd, &st) == nil && (identity{st.Dev, st.Ino}) == ownNetns
 }
 
 func displayName(ns string) string {
