@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 
 	"github.com/terway-reconciler/terway/spec"
 )
@@ -63,8 +64,13 @@ type Cache struct {
 	// touch. Rebuilt when the policies or the namespaces change.
 	indexStale bool
 	byNS       map[string][]*policyEntry // policies of the namespace
-	peerNS     map[string][]*policyEntry // policies with a namespaceSelector peer covering it
-	everyPod   []*policyEntry            // policies that depend on every pod
+	// byLabel and byNoLabel split byNS by what a pod must have to be a
+	// target: one of a label's values (the first such requirement of the
+	// policy's podSelector), or nothing in particular (selecting).
+	byLabel   map[nsLabel][]*policyEntry
+	byNoLabel map[string][]*policyEntry
+	peerNS    map[string][]*policyEntry // policies with a namespaceSelector peer covering it
+	everyPod  []*policyEntry            // policies that depend on every pod
 	// selectedBy memoises selecting by pod object, for the index it was
 	// found in: cleared with it. A pod's ADD asks it twice (the pod
 	// awaiting, then set up) of a pod object the renders of its awaiting
@@ -273,12 +279,21 @@ func newEntry(np *networkingv1.NetworkPolicy) *policyEntry {
 // select.
 func (k *Cache) rebuildIndex() {
 	k.byNS, k.peerNS, k.everyPod, k.selectedBy = map[string][]*policyEntry{}, map[string][]*policyEntry{}, nil, nil
+	k.byLabel, k.byNoLabel = map[nsLabel][]*policyEntry{}, map[string][]*policyEntry{}
 	for _, e := range k.entries {
 		pp := e.parsed
 		if pp.podSel == nil {
 			continue // selects nothing whatever the pods
 		}
 		k.byNS[pp.ns] = append(k.byNS[pp.ns], e)
+		if key, values := requiredLabel(pp.podSel); values != nil {
+			for _, v := range values {
+				at := nsLabel{pp.ns, key, v}
+				k.byLabel[at] = append(k.byLabel[at], e)
+			}
+		} else {
+			k.byNoLabel[pp.ns] = append(k.byNoLabel[pp.ns], e)
+		}
 		if pp.everyPod {
 			k.everyPod = append(k.everyPod, e)
 		}
@@ -292,6 +307,29 @@ func (k *Cache) rebuildIndex() {
 		}
 	}
 	k.indexStale = false
+}
+
+// nsLabel is a label's value in a namespace (Cache.byLabel).
+type nsLabel struct{ ns, key, value string }
+
+// requiredLabel returns a label key of sel's first requirement that a pod
+// must have with one of the values returned (=, == or in), or no values
+// when sel has no such requirement. A pod has one value per key, so a
+// policy listed under each of them is found once.
+func requiredLabel(sel labels.Selector) (string, []string) {
+	reqs, selectable := sel.Requirements()
+	if !selectable {
+		return "", nil
+	}
+	for _, r := range reqs {
+		switch r.Operator() {
+		case selection.Equals, selection.DoubleEquals, selection.In:
+			if values := r.Values().UnsortedList(); len(values) > 0 {
+				return r.Key(), values
+			}
+		}
+	}
+	return "", nil
 }
 
 // coversNamespace tells whether a namespaceSelector peer of the policy
@@ -439,6 +477,7 @@ func (k *Cache) CopyFrom(from *Cache) {
 	k.primed, k.cfg, k.nsLabels, k.versions, k.policiesTwice = primed, cfg, nsLabels, versions, twice
 	k.entries, k.views, k.groups = entries, views, groups
 	k.indexStale, k.byNS, k.peerNS, k.everyPod, k.selectedBy = true, nil, nil, nil, nil
+	k.byLabel, k.byNoLabel = nil, nil
 	k.fragments, k.fragmentEnv, k.dispatch = fragments, env, dispatch
 	k.base, k.stats = nil, CacheStats{}
 }

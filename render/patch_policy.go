@@ -159,12 +159,21 @@ func (k *Cache) selecting(pod *corev1.Pod) []*policyEntry {
 	if out, known := k.selectedBy[pod]; known {
 		return out
 	}
+	// The policies that need none of the pod's labels, and those that
+	// need one it has (byLabel): not the namespace's every policy, which
+	// was most of the work at 50 policies a namespace.
 	var out []*policyEntry
 	set := labels.Set(pod.Labels)
-	for _, e := range k.byNS[pod.Namespace] {
-		if e.parsed.podSel.Matches(set) {
-			out = append(out, e)
+	add := func(list []*policyEntry) {
+		for _, e := range list {
+			if e.parsed.podSel.Matches(set) {
+				out = append(out, e)
+			}
 		}
+	}
+	add(k.byNoLabel[pod.Namespace])
+	for key, value := range pod.Labels {
+		add(k.byLabel[nsLabel{pod.Namespace, key, value}])
 	}
 	slices.SortFunc(out, func(a, b *policyEntry) int { return cmp.Compare(a.parsed.key, b.parsed.key) })
 	if k.selectedBy == nil || len(k.selectedBy) >= maxSelectedBy {
