@@ -1,9 +1,7 @@
 // Package links converges the network interfaces of a NodeState: veth pairs
 // (created with the peer made directly in the pod namespace) and ENI links
 // (existing interfaces found by MAC, renamed, moved into a pod namespace
-// for an exclusive ENI, sized and raised). A veth's host end carries IPv4
-// only: it is made with IPv6 off, before its peer comes up (disableIPv6
-// says why).
+// for an exclusive ENI, sized and raised).
 //
 // It also draws the ownership line for the kinds that live on links
 // (addresses, neighbours, qdiscs): see Ownership. Nothing outside that line

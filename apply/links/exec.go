@@ -3,9 +3,7 @@ package links
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -60,13 +58,7 @@ func createVeth(ns op.Namespaces, d spec.Link) error {
 		// The pair appeared since the plan: made as the document says, or
 		// not. Bring it there now: the engine does not plan again after a
 		// round that only creates links.
-		if err := disableIPv6(ns, d); err != nil {
-			return err
-		}
 		return updateVeth(ns, d)
-	}
-	if err := disableIPv6(ns, d); err != nil {
-		return err
 	}
 	pc, err := ns.RouteConn(d.Peer.Netns)
 	if err != nil {
@@ -76,25 +68,6 @@ func createVeth(ns op.Namespaces, d spec.Link) error {
 	up.Flags, up.Change = unix.IFF_UP, unix.IFF_UP
 	if err := pc.Write(unix.RTM_SETLINK, 0, up, nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(d.Peer.Name))); err != nil {
 		return fmt.Errorf("link %s: set peer %s up: %w", d.Key(), d.Peer.Name, err)
-	}
-	return nil
-}
-
-// disableIPv6 turns IPv6 off on the host end of a pair, before its peer
-// comes up. A pod's address and routes are IPv4 (render checks it), and
-// the host end carries nothing else. With IPv6 on, the carrier's arrival
-// makes the kernel's link watcher, holding the RTNL lock every netlink
-// request of an ADD needs, give the link a link-local address and two
-// routes and walk the node's whole IPv6 routing table: work that grows
-// with the pods on the node (two routes each), plus address checks and
-// multicast reports per link. The pod's own end is left as its namespace
-// makes it. A kernel without IPv6 has no key to write, and nothing to
-// turn off.
-func disableIPv6(ns op.Namespaces, d spec.Link) error {
-	key := "/proc/sys/net/ipv6/conf/" + d.Name + "/disable_ipv6"
-	err := ns.Do(d.Netns, func() error { return os.WriteFile(key, []byte("1"), 0) })
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("link %s: turn IPv6 off on the host end: %w", d.Key(), err)
 	}
 	return nil
 }

@@ -464,8 +464,7 @@ var ErrClosed = errors.New("the namespace registry is closed")
 
 // Do runs fn on a locked OS thread switched into the namespace fd; on the
 // calling goroutine when fd is the process's own namespace and no thread
-// is switched away (the agent's own namespace is usually the node's,
-// where every ADD writes a sysctl).
+// is switched away (the agent's own namespace is usually the node's).
 func Do(fd int, fn func() error) error {
 	if switchedThreads.Load() == 0 && isOwnNetns(fd) {
 		return fn()
