@@ -211,7 +211,7 @@ static void free(void *p) {
 // vsnprintf formats as libc does, for the conversions this file uses: %s
 // (with a precision), %d, %u, %x, each with a width, the flag 0 and the
 // size l, ll or z, and %%. It returns the length the whole text needs.
-static int vsnprintf(char *out, size_t size, const char *f, va_list ap) {
+__attribute__((format(printf, 3, 0))) static int vsnprintf(char *out, size_t size, const char *f, va_list ap) {
 	size_t n = 0;
 #define OUT(ch) (n + 1 < size ? (void)(out[n] = (ch)) : (void)0, n++)
 	for (; *f; f++) {
@@ -219,7 +219,8 @@ static int vsnprintf(char *out, size_t size, const char *f, va_list ap) {
 			OUT(*f);
 			continue;
 		}
-		f++;
+		if (!*++f)
+			break; // a lone % at the end
 		int zero = 0, width = 0, prec = -1, size_ = 0;
 		if (*f == '0')
 			zero = 1, f++;
@@ -236,7 +237,7 @@ static int vsnprintf(char *out, size_t size, const char *f, va_list ap) {
 		switch (*f) {
 		case 's':
 			text = va_arg(ap, const char *);
-			for (len = 0; text[len] && (prec < 0 || len < prec); len++)
+			for (len = 0; (prec < 0 || len < prec) && text[len]; len++)
 				;
 			zero = 0;
 			break;
@@ -245,11 +246,11 @@ static int vsnprintf(char *out, size_t size, const char *f, va_list ap) {
 		case 'x': {
 			unsigned long long v;
 			if (*f == 'd') {
-				long long s = size_ ? va_arg(ap, long long) : va_arg(ap, int);
+				long long s = size_ >= 2 ? va_arg(ap, long long) : size_ ? va_arg(ap, long) : va_arg(ap, int);
 				neg = s < 0;
 				v = neg ? 0 - (unsigned long long)s : (unsigned long long)s;
 			} else {
-				v = size_ ? va_arg(ap, unsigned long long) : va_arg(ap, unsigned);
+				v = size_ >= 2 ? va_arg(ap, unsigned long long) : size_ ? va_arg(ap, unsigned long) : va_arg(ap, unsigned);
 			}
 			unsigned base = *f == 'x' ? 16 : 10;
 			char *d = digits + sizeof digits;
@@ -279,7 +280,7 @@ static int vsnprintf(char *out, size_t size, const char *f, va_list ap) {
 #undef OUT
 	return (int)n;
 }
-static int snprintf(char *out, size_t size, const char *f, ...) {
+__attribute__((format(printf, 3, 4))) static int snprintf(char *out, size_t size, const char *f, ...) {
 	va_list ap;
 	va_start(ap, f);
 	int n = vsnprintf(out, size, f, ap);
@@ -298,6 +299,7 @@ static const char *strerror(int err) {
 	    {2, "No such file or directory"},
 	    {4, "Interrupted system call"},
 	    {5, "Input/output error"},
+	    {6, "No such device or address"},
 	    {9, "Bad file descriptor"},
 	    {11, "Resource temporarily unavailable"},
 	    {12, "Cannot allocate memory"},
@@ -310,11 +312,14 @@ static const char *strerror(int err) {
 	    {24, "Too many open files"},
 	    {27, "File too large"},
 	    {28, "No space left on device"},
+	    {30, "Read-only file system"},
 	    {32, "Broken pipe"},
 	    {36, "File name too long"},
+	    {38, "Function not implemented"},
 	    {40, "Too many levels of symbolic links"},
 	    {88, "Socket operation on non-socket"},
 	    {91, "Protocol wrong type for socket"},
+	    {93, "Protocol not supported"},
 	    {97, "Address family not supported by protocol"},
 	    {98, "Address already in use"},
 	    {103, "Software caused connection abort"},
@@ -323,6 +328,7 @@ static const char *strerror(int err) {
 	    {107, "Transport endpoint is not connected"},
 	    {110, "Connection timed out"},
 	    {111, "Connection refused"},
+	    {116, "Stale file handle"},
 	    {122, "Disk quota exceeded"},
 	};
 	for (size_t i = 0; i < sizeof texts / sizeof *texts; i++)
@@ -607,7 +613,7 @@ static int scanConf(const char *p, size_t n) {
 }
 
 // fail prints a CNI error as the plugin prints one and returns 1.
-static int fail(unsigned code, const char *details, const char *format, ...) {
+__attribute__((format(printf, 3, 4))) static int fail(unsigned code, const char *details, const char *format, ...) {
 	char msg[1024];
 	va_list ap;
 	va_start(ap, format);
