@@ -5,11 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -147,24 +145,7 @@ func TestHungAgentTimesOut(t *testing.T) {
 // TestTruncatedAnswer: an agent that goes away in the middle of its answer
 // is a broken connection (code 11, retry), not a protocol error.
 func TestTruncatedAnswer(t *testing.T) {
-	sock := filepath.Join(tempDir(t), "t.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			buf := make([]byte, 1<<16)
-			_, _ = c.Read(buf)
-			_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nTerway-Exit: 0\r\nContent-Length: 100\r\n\r\n{\"cniVersion\""))
-			_ = c.Close()
-		}
-	}()
+	sock, _ := rawAgent(t, []byte("HTTP/1.1 200 OK\r\nTerway-Exit: 0\r\nContent-Length: 100\r\n\r\n{\"cniVersion\""))
 	e := parseError(t, run(t, addEnv("ADD"), fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"n","type":"terway","socket":%q}`, sock)))
 	if e.Code != 11 || !strings.Contains(e.Msg, "connection broken") {
 		t.Errorf("got %+v, want code 11, connection broken", e)

@@ -9,6 +9,7 @@ package forward_test
 // agent records.
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -270,4 +271,35 @@ func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return c
+}
+
+// rawAgent listens on a unix socket and answers every request with answer,
+// whatever it asked; it returns the socket and the requests' headers.
+func rawAgent(t *testing.T, answer []byte) (string, chan http.Header) {
+	t.Helper()
+	sock := filepath.Join(tempDir(t), "raw.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	headers := make(chan http.Header, 16)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+				_, _ = io.Copy(io.Discard, req.Body)
+				select {
+				case headers <- req.Header:
+				default:
+				}
+			}
+			_, _ = c.Write(answer)
+			_ = c.Close()
+		}
+	}()
+	return sock, headers
 }

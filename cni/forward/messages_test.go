@@ -1,12 +1,9 @@
 package forward_test
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -14,37 +11,6 @@ import (
 	"testing"
 	"time"
 )
-
-// rawAgent listens on a unix socket and answers every request with answer,
-// whatever it asked; it returns the socket and the requests' headers.
-func rawAgent(t *testing.T, answer []byte) (string, chan http.Header) {
-	t.Helper()
-	sock := filepath.Join(tempDir(t), "raw.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	headers := make(chan http.Header, 16)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-				_, _ = io.Copy(io.Discard, req.Body)
-				select {
-				case headers <- req.Header:
-				default:
-				}
-			}
-			_, _ = c.Write(answer)
-			_ = c.Close()
-		}
-	}()
-	return sock, headers
-}
 
 // TestForwarderOwnMessages pins, to the byte, the errors the forwarder
 // words itself (its formatting, its JSON escapes, its errno texts) and
