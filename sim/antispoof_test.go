@@ -122,6 +122,26 @@ func checkSourceValidation(t *testing.T, st *sim.State) {
 		t.Errorf("agent metric terway_pod_spoofed_packets_total = %v, the kernel's counter says %d", metric, after)
 	}
 
+	// A pod's IPv6 reaches the prerouting hook, where source validation
+	// drops and counts it: the host end of its veth keeps IPv6 on (with
+	// no address of its own). Other IPv6 the pods' kernels send (router
+	// solicitations, multicast reports) counts there too.
+	v6before := ruleCounter(t, st, nonIPv4RE)
+	if err := traffic.SendIPv6(attacker.Netns, "eth0", 3); err != nil {
+		t.Fatal(err)
+	}
+	v6after := v6before
+	for deadline := time.Now().Add(2 * time.Second); v6after < v6before+3 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		v6after = ruleCounter(t, st, nonIPv4RE)
+	}
+	if v6after < v6before+3 {
+		t.Errorf("non-IPv4 counter went from %d to %d after app/attacker sent 3 IPv6 packets, want at least 3 more", v6before, v6after)
+	}
+	if metric := agentMetric(t, st, "terway_pod_non_ipv4_packets_total"); metric < float64(v6after) {
+		t.Errorf("agent metric terway_pod_non_ipv4_packets_total = %v, the kernel's counter says %d", metric, v6after)
+	}
+
 	// The attacker's own address still works where policy allows it.
 	if ok, _ := st.Probe("app/attacker", "app/victim", 80, "tcp", 2*time.Second); !ok {
 		t.Errorf("app/attacker with its own address does not reach app/victim (no policy)")
@@ -151,10 +171,20 @@ func waitProbe(t *testing.T, st *sim.State, from, to, proto string, want bool) {
 	}
 }
 
-var counterRE = regexp.MustCompile(`counter packets (\d+) bytes \d+ drop comment "spoofed IPv4 source"`)
+var (
+	counterRE = regexp.MustCompile(`counter packets (\d+) bytes \d+ drop comment "spoofed IPv4 source"`)
+	nonIPv4RE = regexp.MustCompile(`counter packets (\d+) bytes \d+ drop comment "not IPv4[^"]*"`)
+)
 
 // spoofCounter reads the drop rule's counter with nft.
 func spoofCounter(t *testing.T, st *sim.State) uint64 {
+	t.Helper()
+	return ruleCounter(t, st, counterRE)
+}
+
+// ruleCounter reads the counter of chain antispoof's rule re matches with
+// nft.
+func ruleCounter(t *testing.T, st *sim.State, re *regexp.Regexp) uint64 {
 	t.Helper()
 	out, err := nstest.Exec(st.NodeNetns, "nft", "list", "chain", "inet", "terway", "antispoof")
 	if err != nil && strings.Contains(out, "No such file") {
@@ -164,9 +194,9 @@ func spoofCounter(t *testing.T, st *sim.State) uint64 {
 	if err != nil {
 		t.Fatalf("nft list chain inet terway antispoof: %v: %s", err, out)
 	}
-	m := counterRE.FindStringSubmatch(out)
+	m := re.FindStringSubmatch(out)
 	if m == nil {
-		t.Fatalf("no spoofed counter in chain antispoof:\n%s", out)
+		t.Fatalf("no counter matching %s in chain antispoof:\n%s", re, out)
 	}
 	n, _ := strconv.ParseUint(m[1], 10, 64)
 	return n

@@ -1,7 +1,8 @@
 // Package links converges the network interfaces of a NodeState: veth pairs
 // (created with the peer made directly in the pod namespace) and ENI links
 // (existing interfaces found by MAC, renamed, moved into a pod namespace
-// for an exclusive ENI, sized and raised).
+// for an exclusive ENI, sized and raised). A veth's host end keeps IPv6
+// on but makes no IPv6 address of its own (noIPv6Addresses says why).
 //
 // It also draws the ownership line for the kinds that live on links
 // (addresses, neighbours, qdiscs): see Ownership. Nothing outside that line

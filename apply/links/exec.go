@@ -58,7 +58,13 @@ func createVeth(ns op.Namespaces, d spec.Link) error {
 		// The pair appeared since the plan: made as the document says, or
 		// not. Bring it there now: the engine does not plan again after a
 		// round that only creates links.
+		if err := noIPv6Addresses(c, d); err != nil {
+			return err
+		}
 		return updateVeth(ns, d)
+	}
+	if err := noIPv6Addresses(c, d); err != nil {
+		return err
 	}
 	pc, err := ns.RouteConn(d.Peer.Netns)
 	if err != nil {
@@ -68,6 +74,34 @@ func createVeth(ns op.Namespaces, d spec.Link) error {
 	up.Flags, up.Change = unix.IFF_UP, unix.IFF_UP
 	if err := pc.Write(unix.RTM_SETLINK, 0, up, nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(d.Peer.Name))); err != nil {
 		return fmt.Errorf("link %s: set peer %s up: %w", d.Key(), d.Peer.Name, err)
+	}
+	return nil
+}
+
+// noIPv6Addresses sets the host end's IPv6 address generation to none,
+// before the peer comes up. IPv6 stays on: the kernel then still hands a
+// pod's IPv6 packets to the prerouting hook, where source validation drops
+// and counts them (terway_pod_non_ipv4_packets_total); with IPv6 off it
+// drops them before (ipv6_rcv), uncounted. What goes is the link-local
+// address the carrier's arrival would give the link, with its DAD, its
+// multicast joins and two of its three IPv6 routes (fe80::/64 and the
+// address's local one; the multicast ff00::/8 stays). The kernel's link
+// watcher adds those under the RTNL lock that every netlink request of an
+// ADD needs, beside every other link's routes of the same prefix, then
+// walks the node's whole IPv6 table: work that grew with the pods on the
+// node. Pods' addresses and routes are IPv4 (render checks it), and
+// nothing is routed to the host end over IPv6. The mode cannot go in the
+// create: the kernel checks IFLA_AF_SPEC before the link has its IPv6
+// state and refuses it (EAFNOSUPPORT). A kernel without IPv6 refuses it
+// the same way here, and has nothing to turn off.
+func noIPv6Addresses(c *op.RouteConn, d spec.Link) error {
+	inet6 := nl.NewRtAttr(unix.AF_INET6, nil)
+	inet6.AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{nl.IN6_ADDR_GEN_MODE_NONE})
+	af := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	af.AddChild(inet6)
+	err := c.Write(unix.RTM_SETLINK, 0, nl.NewIfInfomsg(unix.AF_UNSPEC), nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(d.Name)), af)
+	if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
+		return fmt.Errorf("link %s: set IPv6 address generation none on the host end: %w", d.Key(), err)
 	}
 	return nil
 }

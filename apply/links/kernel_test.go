@@ -75,10 +75,32 @@ func checkPair(t *testing.T, e *kindstest.Env, p kindstest.Pod, mtu int) {
 	}
 	// IPv6 stays on at the host end: with it off, the kernel would drop a
 	// pod's IPv6 before the prerouting hook, where source validation
-	// drops and counts it (terway_pod_non_ipv4_packets_total).
-	got := strings.TrimSpace(kindstest.Run(t, e.Node, "cat", "/proc/sys/net/ipv6/conf/"+p.HostVeth+"/disable_ipv6"))
-	if got != "0" {
-		t.Errorf("%s: disable_ipv6 %s, want 0", p.HostVeth, got)
+	// drops and counts it (terway_pod_non_ipv4_packets_total). It makes
+	// no address there (noIPv6Addresses); the pod's end is as its
+	// namespace makes it.
+	sysctl := func(netns, dev, key string) string {
+		return strings.TrimSpace(kindstest.Run(t, netns, "cat", "/proc/sys/net/ipv6/conf/"+dev+"/"+key))
+	}
+	for _, c := range []struct{ netns, dev, key, want string }{
+		{e.Node, p.HostVeth, "disable_ipv6", "0"}, {e.Node, p.HostVeth, "addr_gen_mode", "1"},
+		{p.Netns, "eth0", "addr_gen_mode", "0"},
+	} {
+		if got := sysctl(c.netns, c.dev, c.key); got != c.want {
+			t.Errorf("%s: %s %s, want %s", c.dev, c.key, got, c.want)
+		}
+	}
+	// The kernel gives both ends their link-local addresses, if any, in
+	// one pass of its link watcher once the carrier is up: when the pod's
+	// end has one, the host end would have it too.
+	deadline := time.Now().Add(5 * time.Second)
+	for kindstest.Run(t, p.Netns, "ip", "-6", "-o", "addr", "show", "dev", "eth0") == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("pod end eth0 has no IPv6 address 5 s after its carrier came up: the host end's cannot be checked")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if out := kindstest.Run(t, e.Node, "ip", "-6", "-o", "addr", "show", "dev", p.HostVeth); out != "" {
+		t.Errorf("host end %s has IPv6 addresses: %s", p.HostVeth, out)
 	}
 }
 

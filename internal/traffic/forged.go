@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -186,4 +187,45 @@ func htons(v uint16) uint16 {
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], v)
 	return binary.NativeEndian.Uint16(b[:])
+}
+
+// SendIPv6 sends n IPv6 packets out of ifName in the namespace, written
+// whole on a packet socket so that they leave whatever the namespace's
+// IPv6 state (no address, DAD pending, IPv6 off): link-local fe80::1 to
+// the all-nodes group ff02::1, hop limit 1, no payload (next header 59).
+// Pods are IPv4-only: source validation drops and counts such packets
+// on the host end of the pod's veth.
+func SendIPv6(nsPath, ifName string, n int) error {
+	return inNetns(nsPath, func() error {
+		ifi, err := net.InterfaceByName(ifName)
+		if err != nil {
+			return err
+		}
+		if len(ifi.HardwareAddr) != 6 {
+			return fmt.Errorf("%s has no Ethernet address", ifName)
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		defer unix.Close(fd)
+		allNodesMAC := []byte{0x33, 0x33, 0, 0, 0, 1}
+		frame := append(append(slices.Clone(allNodesMAC), ifi.HardwareAddr...), 0x86, 0xdd)
+		ip6 := make([]byte, 40)
+		ip6[0] = 6 << 4
+		ip6[6] = 59 // no next header
+		ip6[7] = 1  // hop limit
+		src, dst := netip.MustParseAddr("fe80::1").As16(), netip.MustParseAddr("ff02::1").As16()
+		copy(ip6[8:24], src[:])
+		copy(ip6[24:40], dst[:])
+		frame = append(frame, ip6...)
+		to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IPV6), Ifindex: ifi.Index, Halen: 6}
+		copy(to.Addr[:], allNodesMAC)
+		for range n {
+			if err := unix.Sendto(fd, frame, 0, to); err != nil {
+				return fmt.Errorf("send an IPv6 packet on %s: %w", ifName, err)
+			}
+		}
+		return nil
+	})
 }
