@@ -20,12 +20,16 @@ var ErrENINotAttached = errors.New("no interface with this MAC in the host or th
 
 // createVeth creates the pair with the peer made directly in its namespace,
 // both ends with the MACs and MTU of the item, and both ends up: the
-// create, then the peer set up by its name. The netlink library would also
-// look the new link up for its index after the create, and the peer up
-// before setting it up: two round trips less per CNI ADD, one of them in
-// the pod's namespace (BenchmarkVethCreate). The peer cannot come up in
+// create, the host end's IPv6 mode (noIPv6Addresses), the host end up,
+// then the peer up, each by the link's name. The netlink library would
+// also look the new link up for its index after the create, and the peer
+// up before setting it up: two round trips less per CNI ADD, one of them
+// in the pod's namespace (BenchmarkVethCreate). The peer cannot come up in
 // the create itself: the kernel opens it before it is paired, and a veth
-// without its peer refuses to open (ENOTCONN).
+// without its peer refuses to open (ENOTCONN). The host end comes up only
+// after its IPv6 mode is set: a link setting of an up link makes the
+// kernel walk the node's whole IPv6 routing table (a NETDEV_CHANGE for a
+// link without carrier), one of a down link does not.
 func createVeth(ns op.Namespaces, d spec.Link) error {
 	mac, err := parseMAC(d.MAC)
 	if err != nil {
@@ -66,20 +70,29 @@ func createVeth(ns op.Namespaces, d spec.Link) error {
 	if err := noIPv6Addresses(c, d); err != nil {
 		return err
 	}
+	if err := setUp(c, d.Name); err != nil {
+		return fmt.Errorf("link %s: set up: %w", d.Key(), err)
+	}
 	pc, err := ns.RouteConn(d.Peer.Netns)
 	if err != nil {
 		return fmt.Errorf("link %s: peer namespace: %w", d.Key(), err)
 	}
-	up := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	up.Flags, up.Change = unix.IFF_UP, unix.IFF_UP
-	if err := pc.Write(unix.RTM_SETLINK, 0, up, nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(d.Peer.Name))); err != nil {
+	if err := setUp(pc, d.Peer.Name); err != nil {
 		return fmt.Errorf("link %s: set peer %s up: %w", d.Key(), d.Peer.Name, err)
 	}
 	return nil
 }
 
+// setUp sets the link of that name up.
+func setUp(c *op.RouteConn, name string) error {
+	up := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	up.Flags, up.Change = unix.IFF_UP, unix.IFF_UP
+	return c.Write(unix.RTM_SETLINK, 0, up, nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+}
+
 // noIPv6Addresses sets the host end's IPv6 address generation to none,
-// before the peer comes up. IPv6 stays on: the kernel then still hands a
+// before the link comes up (createVeth says why) or, for a pair made
+// meanwhile by another, before updateVeth brings it up. IPv6 stays on: the kernel then still hands a
 // pod's IPv6 packets to the prerouting hook, where source validation drops
 // and counts them (terway_pod_non_ipv4_packets_total); with IPv6 off it
 // drops them before (ipv6_rcv), uncounted. What goes is the link-local
@@ -107,12 +120,11 @@ func noIPv6Addresses(c *op.RouteConn, d spec.Link) error {
 }
 
 // vethRequest is the RTM_NEWLINK request of createVeth: what the netlink
-// library sends for a netlink.Veth of these attributes and flags up, the
-// peer's txqueuelen 0 included (the library's for a Veth whose PeerTxQLen
-// is left 0, as it was here).
+// library sends for a netlink.Veth of these attributes, the peer's
+// txqueuelen 0 included (the library's for a Veth whose PeerTxQLen is left
+// 0, as it was here), with both ends down.
 func vethRequest(d spec.Link, mac, peerMAC net.HardwareAddr, peerNetns int) []nl.NetlinkRequestData {
 	host := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	host.Flags, host.Change = unix.IFF_UP, unix.IFF_UP
 	data := []nl.NetlinkRequestData{host, nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(d.Name))}
 	if d.MTU > 0 {
 		data = append(data, nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(d.MTU))))
