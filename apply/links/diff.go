@@ -180,16 +180,28 @@ func createVethOp(d spec.Link) op.Op {
 	return op.Op{
 		Kind: Kind, Action: op.Create, Key: d.Key(), Netns: d.Netns, Pod: d.Pod,
 		Text:   describeVeth(d),
-		Writes: 2, // the pair, then the peer up (the kernel creates it down)
+		Writes: 4, // the pair (both ends down), the host end's IPv6 mode, the host end up, the peer up
 		Exec:   func(_ context.Context, ns op.Namespaces) error { return createVeth(ns, d) },
 	}
+}
+
+// vethWrites counts updateVeth's requests for ch: one a change, and one
+// more for the host end's IPv6 mode before it comes up.
+func vethWrites(ch []change) int {
+	n := len(ch)
+	for _, c := range ch {
+		if c.up && !c.peer {
+			n++
+		}
+	}
+	return n
 }
 
 func updateVethOp(d spec.Link, ch []change) op.Op {
 	return op.Op{
 		Kind: Kind, Action: op.Update, Key: d.Key(), Netns: d.Netns, Pod: d.Pod,
 		Text:   describeVeth(d) + ": " + joinChanges(ch),
-		Writes: len(ch),
+		Writes: vethWrites(ch),
 		Exec:   func(_ context.Context, ns op.Namespaces) error { return updateVeth(ns, d) },
 	}
 }

@@ -46,14 +46,14 @@ func TestDiff(t *testing.T) {
 		{
 			name: "create", desired: []spec.Link{veth()},
 			want:   []string{"+ link veth tw1 mac 02:00:00:00:00:01 mtu 1500 peer eth0 mac 02:00:00:00:00:02 netns " + pod},
-			writes: 2,
+			writes: 4,
 		},
 		{
 			name: "fix in place", desired: []spec.Link{veth()},
 			observed: []Observed{mod(func(o *Observed) { o.MTU, o.Up, o.Peer.MAC, o.PeerUp = 1400, false, "02:00:00:00:00:09", false })},
 			want: []string{"~ link veth tw1 mac 02:00:00:00:00:01 mtu 1500 peer eth0 mac 02:00:00:00:00:02 netns " + pod +
 				": mtu 1400 → 1500, set up, peer mac 02:00:00:00:00:09 → 02:00:00:00:00:02, peer set up"},
-			writes: 4,
+			writes: 5,
 		},
 		{
 			name: "MAC written in capitals is the same MAC", observed: []Observed{pair()},
@@ -66,7 +66,7 @@ func TestDiff(t *testing.T) {
 				"- link veth tw1 mac 02:00:00:00:00:01 mtu 1500",
 				"+ link veth tw1 mac 02:00:00:00:00:01 mtu 1500 peer eth0 mac 02:00:00:00:00:02 netns " + pod,
 			},
-			writes: 3,
+			writes: 5,
 		},
 		{
 			name: "leftover pod end is deleted before the create", desired: []spec.Link{veth()},
@@ -75,7 +75,7 @@ func TestDiff(t *testing.T) {
 				"- link veth eth0 mac 02:00:00:00:00:02 mtu 1500 netns " + pod,
 				"+ link veth tw1 mac 02:00:00:00:00:01 mtu 1500 peer eth0 mac 02:00:00:00:00:02 netns " + pod,
 			},
-			writes: 3,
+			writes: 5,
 		},
 		{
 			name: "undesired host veth", observed: []Observed{mod(func(o *Observed) { o.Peer = nil })},
@@ -88,7 +88,7 @@ func TestDiff(t *testing.T) {
 				"~ link device eth0 mac 00:16:3e:00:00:07 netns " + pod + ": not wanted here, set down, rename eth0 → eni00163e000007, move " + pod + " → host",
 				"+ link veth tw1 mac 02:00:00:00:00:01 mtu 1500 peer eth0 mac 02:00:00:00:00:02 netns " + pod,
 			},
-			writes: 5,
+			writes: 7,
 		},
 		{
 			name: "ENI renamed and raised", desired: []spec.Link{eni("", "eth1")},

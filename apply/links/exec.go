@@ -62,9 +62,6 @@ func createVeth(ns op.Namespaces, d spec.Link) error {
 		// The pair appeared since the plan: made as the document says, or
 		// not. Bring it there now: the engine does not plan again after a
 		// round that only creates links.
-		if err := noIPv6Addresses(c, d); err != nil {
-			return err
-		}
 		return updateVeth(ns, d)
 	}
 	if err := noIPv6Addresses(c, d); err != nil {
@@ -83,6 +80,19 @@ func createVeth(ns op.Namespaces, d spec.Link) error {
 	return nil
 }
 
+// setUpWithoutIPv6Addresses sets the host end l's IPv6 mode
+// (noIPv6Addresses), then sets it up.
+func setUpWithoutIPv6Addresses(ns op.Namespaces, d spec.Link, h *netlink.Handle, l netlink.Link) error {
+	c, err := ns.RouteConn(d.Netns)
+	if err != nil {
+		return err
+	}
+	if err := noIPv6Addresses(c, d); err != nil {
+		return err
+	}
+	return h.LinkSetUp(l)
+}
+
 // setUp sets the link of that name up.
 func setUp(c *op.RouteConn, name string) error {
 	up := nl.NewIfInfomsg(unix.AF_UNSPEC)
@@ -90,19 +100,20 @@ func setUp(c *op.RouteConn, name string) error {
 	return c.Write(unix.RTM_SETLINK, 0, up, nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
 }
 
-// noIPv6Addresses sets the host end's IPv6 address generation to none,
-// before the link comes up (createVeth says why) or, for a pair made
-// meanwhile by another, before updateVeth brings it up. IPv6 stays on: the kernel then still hands a
-// pod's IPv6 packets to the prerouting hook, where source validation drops
-// and counts them (terway_pod_non_ipv4_packets_total); with IPv6 off it
-// drops them before (ipv6_rcv), uncounted. What goes is the link-local
-// address the carrier's arrival would give the link, with its DAD, its
-// multicast joins and two of its three IPv6 routes (fe80::/64 and the
+// noIPv6Addresses sets the host end's IPv6 address generation to none
+// while the link is down (createVeth says why; updateVeth does the same
+// for a host end it brings up). IPv6 stays on: the kernel then still hands
+// a pod's IPv6 packets to the prerouting hook, where source validation
+// drops and counts them (terway_pod_non_ipv4_packets_total); with IPv6 off
+// it drops them before (ipv6_rcv), uncounted. What goes is the link-local
+// address the carrier's arrival would give the link, with its DAD and
+// multicast joins, and two of its three IPv6 routes (fe80::/64 and the
 // address's local one; the multicast ff00::/8 stays). The kernel's link
 // watcher adds those under the RTNL lock that every netlink request of an
-// ADD needs, beside every other link's routes of the same prefix, then
-// walks the node's whole IPv6 table: work that grew with the pods on the
-// node. Pods' addresses and routes are IPv4 (render checks it), and
+// ADD needs, fe80::/64 beside every other link's, and then walks the
+// node's whole IPv6 table, which now holds a third of the routes it did:
+// work that grows with the pods on the node, and grows less.
+// Pods' addresses and routes are IPv4 (render checks it), and
 // nothing is routed to the host end over IPv6. The mode cannot go in the
 // create: the kernel checks IFLA_AF_SPEC before the link has its IPv6
 // state and refuses it (EAFNOSUPPORT). A kernel without IPv6 refuses it
@@ -194,6 +205,12 @@ func updateVeth(ns op.Namespaces, d spec.Link) error {
 			err = h.LinkSetHardwareAddr(l, hw)
 		case c.mtu != 0:
 			err = h.LinkSetMTU(l, c.mtu)
+		case c.up && !c.peer:
+			// A host end left down (a create cut short, another's
+			// pair) gets its IPv6 mode first, as createVeth's does. One
+			// already up keeps what it has: the setting would not take
+			// its addresses away.
+			err = setUpWithoutIPv6Addresses(ns, d, h, l)
 		case c.up:
 			err = h.LinkSetUp(l)
 		}
