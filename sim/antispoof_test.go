@@ -92,7 +92,7 @@ func checkSourceValidation(t *testing.T, st *sim.State) {
 		t.Fatal(err)
 	}
 	t.Cleanup(sn.Close)
-	before := spoofCounter(t, st)
+	before := ruleCounter(t, st, spoofedRE)
 	// The crafted packets are right: sent by the victim itself they get
 	// the server's answers (a SYN-ACK, an echoed datagram).
 	if err := traffic.SendForged(victim.Netns, victim.IP, server.IP, 80); err != nil {
@@ -112,7 +112,7 @@ func checkSourceValidation(t *testing.T, st *sim.State) {
 	if n := sn.Wait(1, 2*time.Second); n != 0 {
 		t.Errorf("app/server answered %d packets to forged %s traffic of app/attacker", n, victim.IP)
 	}
-	after := spoofCounter(t, st)
+	after := ruleCounter(t, st, spoofedRE)
 	// Three SYNs and three datagrams.
 	if after-before < 6 {
 		t.Errorf("spoofed counter went from %d to %d, want at least 6 more", before, after)
@@ -173,16 +173,11 @@ func waitProbe(t *testing.T, st *sim.State, from, to, proto string, want bool) {
 	}
 }
 
+// The counters of chain antispoof's drop rules, as nft lists them.
 var (
-	counterRE = regexp.MustCompile(`counter packets (\d+) bytes \d+ drop comment "spoofed IPv4 source"`)
+	spoofedRE = regexp.MustCompile(`counter packets (\d+) bytes \d+ drop comment "spoofed IPv4 source"`)
 	nonIPv4RE = regexp.MustCompile(`counter packets (\d+) bytes \d+ drop comment "not IPv4[^"]*"`)
 )
-
-// spoofCounter reads the drop rule's counter with nft.
-func spoofCounter(t *testing.T, st *sim.State) uint64 {
-	t.Helper()
-	return ruleCounter(t, st, counterRE)
-}
 
 // ruleCounter reads the counter of chain antispoof's rule re matches with
 // nft.

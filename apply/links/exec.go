@@ -112,12 +112,13 @@ func setUp(c *op.RouteConn, name string) error {
 // watcher adds those under the RTNL lock that every netlink request of an
 // ADD needs, fe80::/64 beside every other link's, and then walks the
 // node's whole IPv6 table, which now holds a third of the routes it did:
-// work that grows with the pods on the node, and grows less.
-// Pods' addresses and routes are IPv4 (render checks it), and
-// nothing is routed to the host end over IPv6. The mode cannot go in the
-// create: the kernel checks IFLA_AF_SPEC before the link has its IPv6
-// state and refuses it (EAFNOSUPPORT). A kernel without IPv6 refuses it
-// the same way here, and has nothing to turn off.
+// work that grows with the pods on the node, and grows less. Pods'
+// addresses and routes are IPv4 (render checks it), and nothing is routed
+// to the host end over IPv6.
+//
+// The mode cannot go in the create: the kernel checks IFLA_AF_SPEC before
+// the link has its IPv6 state and refuses it (EAFNOSUPPORT). A kernel
+// without IPv6 refuses it the same way here, and has nothing to turn off.
 func noIPv6Addresses(c *op.RouteConn, d spec.Link) error {
 	inet6 := nl.NewRtAttr(unix.AF_INET6, nil)
 	inet6.AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{nl.IN6_ADDR_GEN_MODE_NONE})
