@@ -244,14 +244,9 @@ func problemsOf(state *spec.NodeState, key string) string {
 	return strings.Join(msgs, "; ")
 }
 
-func podEntry(state *spec.NodeState, key string) *spec.Pod {
-	for i := range state.Pods {
-		if state.Pods[i].Key == key {
-			return &state.Pods[i]
-		}
-	}
-	return nil
-}
+// podEntry is pod key's entry in state, a rendered document: nil when
+// it has none.
+func podEntry(state *spec.NodeState, key string) *spec.Pod { return state.PodEntry(key) }
 
 func (a *Agent) rollback(req *wire.Request) {
 	a.held.release(req.Args.Key())

@@ -100,7 +100,7 @@ func TestProblemEventsDedupe(t *testing.T) {
 		t.Errorf("refused ADD retried 3 times: events %q, want one FailedNetworkSetup naming the value", got)
 	}
 	// The pod got its network (annotation fixed); a later refusal is news.
-	e.rendered(&spec.NodeState{Pods: []spec.Pod{{Key: "x/b", UID: "u-b"}}}, pods)
+	e.rendered(&spec.NodeState{Pods: []*spec.Pod{{Key: "x/b", UID: "u-b"}}}, pods)
 	e.addRefused(refused, "x/b", "u-b")
 	if got := drain(rec); len(got) != 1 {
 		t.Errorf("refused again after a success: events %q, want one", got)

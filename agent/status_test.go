@@ -119,7 +119,7 @@ func TestWriteTrackerTouches(t *testing.T) {
 	}
 	w.note(&spec.NodeState{}, engine.PlanOptions{Pods: []string{"x/a"}}) // not tracking: ignored
 	w.start()
-	state := &spec.NodeState{Pods: []spec.Pod{{Key: "x/a", IP: "198.18.0.5", Netns: "/var/run/netns/a"}}}
+	state := &spec.NodeState{Pods: []*spec.Pod{{Key: "x/a", IP: "198.18.0.5", Netns: "/var/run/netns/a"}}}
 	w.note(state, engine.PlanOptions{Pods: []string{"x/a"}})
 	w.note(&spec.NodeState{}, engine.PlanOptions{Pods: []string{"x/gone"}, PodIPs: map[string]string{"x/gone": "198.18.0.7"}})
 	// A rollback's release notes its pod with no document.

@@ -43,8 +43,7 @@ func New(in render.Inputs, doc *spec.NodeState) (*Model, error) {
 	}
 	m := &Model{Doc: doc, Inputs: in, Table: t, pods: map[string]*corev1.Pod{},
 		byIP: map[netip.Addr]string{}, local: map[string]*spec.Pod{}, nodeIPs: map[netip.Addr]bool{}}
-	for i := range doc.Pods {
-		p := &doc.Pods[i]
+	for _, p := range doc.Pods {
 		m.local[p.Key] = p
 		if a, err := netip.ParseAddr(p.IP); err == nil {
 			m.byIP[a] = p.Key

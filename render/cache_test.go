@@ -298,8 +298,11 @@ func TestCacheMatchesRender(t *testing.T) {
 
 // matchesScratch renders in with k and from scratch, and fails t when
 // the two differ, in their documents or in failing; at is the step's name
-// and history its changes. It returns the document from scratch and its
-// JSON, or nil when both renders failed.
+// and history its changes. It also fails t when k's render changed the
+// document k's last render (through matchesScratch) returned: documents
+// share their unchanged items (pod entries, sets) with those made from
+// them, which the agent keeps and compares. It returns the document from
+// scratch and its JSON, or nil when both renders failed.
 func matchesScratch(t *testing.T, k *Cache, in Inputs, at string, history []string) (*spec.NodeState, []byte) {
 	t.Helper()
 	what := history[len(history)-1]
@@ -308,7 +311,14 @@ func matchesScratch(t *testing.T, k *Cache, in Inputs, at string, history []stri
 	if (err == nil) != (werr == nil) {
 		t.Fatalf("%s (%s): cache error %v, render error %v", at, what, err, werr)
 	}
+	if last, ok := lastCached[k]; ok {
+		if again := mustJSON(t, last.doc); string(again) != string(last.json) {
+			t.Fatalf("%s (%s, patched %v): the render changed the document of the render before\nlast changes: %v\nthat document was:\n%s\nit is now:\n%s",
+				at, what, k.Stats().Patched, history[max(0, len(history)-5):], last.json, again)
+		}
+	}
 	if err != nil {
+		delete(lastCached, k)
 		return nil, nil
 	}
 	gotJSON, wantJSON := mustJSON(t, got), mustJSON(t, want)
@@ -316,7 +326,17 @@ func matchesScratch(t *testing.T, k *Cache, in Inputs, at string, history []stri
 		t.Fatalf("%s (%s, patched %v): the cached render differs from a render from scratch\nlast changes: %v\ncached:\n%s\nfrom scratch:\n%s",
 			at, what, k.Stats().Patched, history[max(0, len(history)-5):], gotJSON, wantJSON)
 	}
+	lastCached[k] = renderedDoc{got, gotJSON}
 	return want, wantJSON
+}
+
+// lastCached is each cache's last document in matchesScratch, with its
+// JSON then. The render tests do not run in parallel.
+var lastCached = map[*Cache]renderedDoc{}
+
+type renderedDoc struct {
+	doc  *spec.NodeState
+	json []byte
 }
 
 func mustJSON(t *testing.T, s *spec.NodeState) []byte {

@@ -85,8 +85,8 @@ func TestDepartingPodStaysPeer(t *testing.T) {
 		if !slices.Equal(peer, fullPeer) {
 			t.Errorf("departing b's peer elements %v, want %v as before its DEL", peer, fullPeer)
 		}
-		if len(own) != 0 || slices.ContainsFunc(got.Pods, func(p spec.Pod) bool { return p.Key == "x/b" }) {
-			t.Errorf("departing b still has its own part: elements %v, pods %v", own, got.Pods)
+		if len(own) != 0 || got.PodEntry("x/b") != nil {
+			t.Errorf("departing b still has its own part: elements %v, pods %v", own, podKeys(got))
 		}
 		// Everything but b's peer elements is the node without b.
 		if w, _ := elements(withdrawn, "198.18.0.11"); len(w) != 0 {

@@ -97,8 +97,8 @@ func TestHeldBackPodIsNoPeer(t *testing.T) {
 		if got, want := own(heldB), own(full); !slices.Equal(got, want) || len(want) == 0 {
 			t.Errorf("b held back: its own elements %v, want %v", got, want)
 		}
-		if !slices.EqualFunc(heldB.Pods, full.Pods, func(x, y spec.Pod) bool { return x.Key == y.Key && x.IP == y.IP }) {
-			t.Errorf("b held back: pods %v, want %v", heldB.Pods, full.Pods)
+		if !slices.EqualFunc(heldB.Pods, full.Pods, func(x, y *spec.Pod) bool { return x.Key == y.Key && x.IP == y.IP }) {
+			t.Errorf("b held back: pods %v, want %v", podKeys(heldB), podKeys(full))
 		}
 		if again := render(nil); string(mustJSON(t, again)) != string(mustJSON(t, full)) {
 			t.Error("no longer held back, the render differs from the full render")
@@ -202,4 +202,13 @@ func appPod(name, ip string) (*corev1.Pod, spec.Allocation) {
 			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
 		spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
 			Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
+}
+
+// podKeys lists doc's pod entries as key=ip, for messages.
+func podKeys(doc *spec.NodeState) []string {
+	out := make([]string, len(doc.Pods))
+	for i, p := range doc.Pods {
+		out[i] = p.Key + "=" + p.IP
+	}
+	return out
 }

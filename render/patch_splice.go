@@ -23,7 +23,7 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 			putPart(&remove, before.part)
 			remove.Problems = append(remove.Problems, before.problems...)
 			if before.entry != nil {
-				remove.Pods = append(remove.Pods, *before.entry)
+				remove.Pods = append(remove.Pods, before.entry)
 				dispatchElements(before.entry, before.local, removeElems)
 			} else if before.awaits {
 				awaitingElements(key, b.chainOf(p, before.groups[0]), b.chainOf(p, before.groups[1]), removeElems)
@@ -38,7 +38,7 @@ func (b *patchBase) splice(r *renderer, changes map[string]*podChange, p *podPol
 		if after.entry != nil {
 			keys := after.groups
 			after.entry.IngressChain, after.entry.EgressChain = b.chainOf(p, keys[0]), b.chainOf(p, keys[1])
-			add.Pods = append(add.Pods, *after.entry)
+			add.Pods = append(add.Pods, after.entry)
 			dispatchElements(after.entry, after.local, addElems)
 		} else if after.awaiting() {
 			awaitingElements(key, b.chainOf(p, after.groups[0]), b.chainOf(p, after.groups[1]), addElems)

@@ -197,7 +197,7 @@ func render(in Inputs, k *Cache, scope []string) (*spec.NodeState, error) {
 	r.renderENINeeds()
 	for _, p := range r.pods {
 		if p.entry != nil {
-			r.state.Pods = append(r.state.Pods, *p.entry)
+			r.state.Pods = append(r.state.Pods, p.entry)
 		}
 	}
 	// Every set was built sorted: canonical order for the rest.

@@ -20,7 +20,7 @@ func linkOrder(l Link) netnsKey       { return netnsKey{l.Netns, l.Name} }
 func addressOrder(a Address) netnsKey { return netnsKey{a.Netns, a.Dev + "/" + a.CIDR} }
 func sysctlOrder(c Sysctl) netnsKey   { return netnsKey{c.Netns, c.Path} }
 func qdiscOrder(q Qdisc) netnsKey     { return netnsKey{q.Netns, q.Dev} }
-func podOrder(p Pod) string           { return p.Key }
+func podOrder(p *Pod) string          { return p.Key }
 func setOrder(s *NFTSet) string       { return s.Name }
 
 type routeKey struct {

@@ -22,7 +22,7 @@ func TestSplicedIsCanonicalOrder(t *testing.T) {
 			Addresses: []Address{{Netns: ns, Dev: "eth0", CIDR: ip + "/32"}},
 			Routes:    []Route{{Netns: ns, Dst: "default"}, {Dst: ip + "/32", Dev: veth}},
 			Neighbors: []Neighbor{{Netns: ns, Dev: "eth0", IP: PodGateway}, {Dev: veth, IP: ip}},
-			Pods:      []Pod{{Key: fmt.Sprintf("ns/p%d", i), IP: ip}},
+			Pods:      []*Pod{{Key: fmt.Sprintf("ns/p%d", i), IP: ip}},
 			Problems:  []Problem{{Kind: "Pod", Namespace: "ns", Name: fmt.Sprintf("p%d", i), Reason: "r"}},
 		}
 	}
@@ -88,7 +88,7 @@ func TestCanSpliceAgreesWithSpliced(t *testing.T) {
 		// Netns of 8 and destinations of 16: keys repeat across i.
 		return Route{Netns: fmt.Sprintf("/var/run/netns/p%d", i%8), Dst: fmt.Sprintf("198.18.0.%d/32", i%16), Dev: fmt.Sprintf("d%d", i)}
 	}
-	pod := func(i int) Pod { return Pod{Key: fmt.Sprintf("ns/p%d", i%40), IP: fmt.Sprint(i)} }
+	pod := func(i int) *Pod { return &Pod{Key: fmt.Sprintf("ns/p%d", i%40), IP: fmt.Sprint(i)} }
 	pick := func(n, of int) []int {
 		out := make([]int, n)
 		for i := range out {

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -76,8 +78,15 @@ func (s *NodeState) Validate() error {
 		}
 		v.nft(item+".table", &t.Table)
 	}
-	v.unique("pods", keysOf(s.Pods, func(p Pod) string { return p.Key }))
-	for _, p := range s.Pods {
+	pods := slices.DeleteFunc(slices.Clone(s.Pods), func(p *Pod) bool { return p == nil })
+	for i, p := range s.Pods {
+		if p == nil {
+			// JSON's null in the list, as for sets (validate_nft.go).
+			v.add("pods["+strconv.Itoa(i)+"]", "", "null where a pod belongs")
+		}
+	}
+	v.unique("pods", keysOf(pods, func(p *Pod) string { return p.Key }))
+	for _, p := range pods {
 		v.ipv4("pods["+p.Key+"]", "ip", p.IP)
 	}
 	return errors.Join(v.errs...)

@@ -57,6 +57,7 @@ func TestValidateNamesItemAndField(t *testing.T) {
 		{"jump to nowhere", func(s *NodeState) { s.NFTables.Sets[0].Elements[0].Verdict.Chain = "nope" }, "nftables.sets[m].verdict: jump to unknown chain \"nope\""},
 		{"vmap of a plain set", func(s *NodeState) { s.NFTables.Sets[0].Verdict = false }, "nftables.chains[forward].rules[0].verdict"},
 		{"null set", func(s *NodeState) { s.NFTables.Sets = append(s.NFTables.Sets, nil) }, "nftables.sets[1]: null where a set belongs"},
+		{"null pod", func(s *NodeState) { s.Pods = append(s.Pods, nil) }, "pods[0]: null where a pod belongs"},
 		{"element arity", func(s *NodeState) { s.NFTables.Sets[0].Elements[0].Key = []string{"a", "b"} }, "has 2 parts, the set's type has 1"},
 		{"unknown selector", func(s *NodeState) {
 			s.NFTables.Chains[1].Rules[0].Match = []NFTMatch{{Selectors: []string{"ip ttl"}, Values: []string{"1"}}}

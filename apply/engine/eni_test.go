@@ -118,7 +118,7 @@ func TestENIMultiIP(t *testing.T) {
 	// Drift: tamper with one object of each kind with the independent tools;
 	// the plan names exactly the repair; apply restores it.
 	hostVethA := spec.HostVethName("x/a")
-	inGroup := state.Pods[slices.IndexFunc(state.Pods, func(p spec.Pod) bool { return p.Key == "y/c" })].IngressChain
+	inGroup := state.PodEntry("y/c").IngressChain
 	firstElement := state.NFTables.Set(inGroup + "-all").Elements[0].Key[0]
 	for _, tc := range []struct {
 		kind   string

@@ -204,7 +204,7 @@ func (s *podScope) onScopedVeth(text string) bool {
 func (s *podScope) reduce(d *spec.NodeState) *spec.NodeState {
 	r := withItemsOf(&spec.NodeState{APIVersion: d.APIVersion, Kind: d.Kind, Node: d.Node, Mode: d.Mode, NFTables: d.NFTables, ENI: d.ENI},
 		d, func(pod string) bool { return pod == "" || s.has(pod) })
-	r.Pods = filterItems(d.Pods, func(x spec.Pod) bool { return s.has(x.Key) })
+	r.Pods = filterItems(d.Pods, func(x *spec.Pod) bool { return s.has(x.Key) })
 	return r
 }
 

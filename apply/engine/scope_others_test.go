@@ -14,7 +14,7 @@ import (
 // sent back to the host. Operations of x/b, and node-level ones, stay.
 func TestScopeWritesNothingInAnotherPodsNamespace(t *testing.T) {
 	shared, own := "/var/run/netns/shared", "/var/run/netns/own"
-	doc := &spec.NodeState{Pods: []spec.Pod{
+	doc := &spec.NodeState{Pods: []*spec.Pod{
 		{Key: "x/a", Netns: shared, IP: "198.18.0.10"},
 		{Key: "x/b", Netns: shared, IP: "198.18.0.11"},
 		{Key: "x/c", Netns: own, IP: "198.18.0.12"},

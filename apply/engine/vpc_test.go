@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -256,7 +255,7 @@ func TestPodNetnsByProcPath(t *testing.T) {
 		}
 	}
 	state := n.render()
-	if p := state.Pods[slices.IndexFunc(state.Pods, func(p spec.Pod) bool { return p.Key == "x/a" })]; p.Netns != procPath {
+	if p := state.PodEntry("x/a"); p.Netns != procPath {
 		t.Fatalf("x/a's namespace in the document is %q, want %q", p.Netns, procPath)
 	}
 	n.apply(state)

@@ -120,7 +120,7 @@ func VPC(podNetns []string) *spec.NodeState {
 			s.TC = append(s.TC, spec.Qdisc{Dev: p.HostVeth, Kind: spec.QdiscTBF, RateBitsPerSecond: 10_000_000,
 				BurstBytes: 32 * 1024, LimitBytes: 64 * 1024, Direction: "ingress", Pod: p.Key})
 		}
-		s.Pods = append(s.Pods, spec.Pod{Key: p.Key, Netns: ns, IfName: "eth0", IP: p.IP, Mode: spec.PodModeVPC, HostVeth: p.HostVeth})
+		s.Pods = append(s.Pods, &spec.Pod{Key: p.Key, Netns: ns, IfName: "eth0", IP: p.IP, Mode: spec.PodModeVPC, HostVeth: p.HostVeth})
 	}
 	s.Canonicalize()
 	return s
