@@ -295,7 +295,7 @@ func (a *Agent) renderSnapshot(snap inputs.Snapshot) (*spec.NodeState, error) {
 }
 
 // listAllocations lists the store's allocations and counts them.
-func (a *Agent) listAllocations() ([]spec.Allocation, error) {
+func (a *Agent) listAllocations() ([]*spec.Allocation, error) {
 	allocs, err := a.store.List()
 	if err == nil {
 		a.m.allocations.Set(float64(len(allocs)))
@@ -338,7 +338,7 @@ func (a *Agent) snapshot() (inputs.Snapshot, uint64) {
 // left out of the pending; the list has them also while the store's
 // commit of one is under way (Add), and not once a failed commit or a
 // rollback left the store without it.
-func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[string]spec.Allocation, error) {
+func (a *Agent) settledAllocations(keep ...string) ([]*spec.Allocation, map[string]spec.Allocation, error) {
 	a.allocMu.Lock()
 	defer a.allocMu.Unlock()
 	// Those committing are found before the list is read: a commit that
@@ -361,7 +361,7 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 	pending := a.pending.snapshot()
 	var uncommitted []spec.Allocation
 	for _, p := range committing {
-		if !slices.ContainsFunc(allocs, func(s spec.Allocation) bool {
+		if !slices.ContainsFunc(allocs, func(s *spec.Allocation) bool {
 			return s.Spec.ContainerID == p.Spec.ContainerID && s.Spec.IfName == p.Spec.IfName
 		}) {
 			uncommitted = append(uncommitted, p)
@@ -376,11 +376,11 @@ func (a *Agent) settledAllocations(keep ...string) ([]spec.Allocation, map[strin
 		// At their places in List's order, in a new list (List's is the
 		// store's) of the size it needs: an insert into a full list
 		// allocates twice that.
-		merged := make([]spec.Allocation, len(allocs), len(allocs)+len(uncommitted))
+		merged := make([]*spec.Allocation, len(allocs), len(allocs)+len(uncommitted))
 		copy(merged, allocs)
 		for _, p := range uncommitted {
-			i, _ := slices.BinarySearchFunc(merged, p, store.CompareAllocations)
-			merged = slices.Insert(merged, i, p)
+			i, _ := slices.BinarySearchFunc(merged, &p, store.CompareAllocations)
+			merged = slices.Insert(merged, i, &p)
 		}
 		if len(allocs) == len(listed) {
 			// What List answers once these commit, unless another write
@@ -409,7 +409,7 @@ func (a *Agent) renderBatch(batch []*addWaiter) (*spec.NodeState, error) {
 }
 
 // renderAllocations renders from snap and allocs, as a resync does.
-func (a *Agent) renderAllocations(snap inputs.Snapshot, allocs []spec.Allocation) (*spec.NodeState, error) {
+func (a *Agent) renderAllocations(snap inputs.Snapshot, allocs []*spec.Allocation) (*spec.NodeState, error) {
 	state, _, err := a.renderInputs(snap, 0, allocs, forResync)
 	return state, err
 }
@@ -452,7 +452,7 @@ const (
 // for pods (namespace/name) mostly with the pinned policies, for a resync
 // with snap's (renderviews.go). seq is the pin's moves before snap was
 // taken (snapshot), for a resync's.
-func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.Allocation, kind renderKind, pods ...string) (*spec.NodeState, renderedWith, error) {
+func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []*spec.Allocation, kind renderKind, pods ...string) (*spec.NodeState, renderedWith, error) {
 	if snap.Node == nil {
 		return nil, renderedWith{}, fmt.Errorf("node %s: no Node object in the inputs yet", a.cfg.NodeName)
 	}
@@ -480,13 +480,13 @@ func (a *Agent) renderInputs(snap inputs.Snapshot, seq uint64, allocs []spec.All
 // policies, allocs, the pods held back as peers and the departing ones,
 // with cache.
 func (a *Agent) renderWith(cache *render.Cache, snap inputs.Snapshot, policies []*networkingv1.NetworkPolicy,
-	allocs []spec.Allocation, heldBack map[string]bool, departing map[string]render.DepartingPeer) (*spec.NodeState, error) {
+	allocs []*spec.Allocation, heldBack map[string]bool, departing map[string]render.DepartingPeer) (*spec.NodeState, error) {
 	return cache.Render(a.inputsOf(snap, policies, allocs, heldBack, departing))
 }
 
 // inputsOf are the render's inputs: snap's objects but its policies, and
 // policies, allocs, the pods held back as peers and the departing ones.
-func (a *Agent) inputsOf(snap inputs.Snapshot, policies []*networkingv1.NetworkPolicy, allocs []spec.Allocation,
+func (a *Agent) inputsOf(snap inputs.Snapshot, policies []*networkingv1.NetworkPolicy, allocs []*spec.Allocation,
 	heldBack map[string]bool, departing map[string]render.DepartingPeer) render.Inputs {
 	return render.Inputs{
 		Config: a.cfg.Render, Node: snap.Node, Pods: snap.Pods, Namespaces: snap.Namespaces,

@@ -63,7 +63,7 @@ func (a *Agent) startCloud(ctx context.Context) error {
 		}
 		// Whether the ENI is exclusive is the cloud's to say (its tag):
 		// the pod object may be gone already, its DEL still to come.
-		holdings = append(holdings, eni.Holding{Owner: cloudOwner(al, false), ExclusiveOwner: cloudOwner(al, true), IP: al.Spec.IP, ENI: al.Spec.ENI})
+		holdings = append(holdings, eni.Holding{Owner: cloudOwner(*al, false), ExclusiveOwner: cloudOwner(*al, true), IP: al.Spec.IP, ENI: al.Spec.ENI})
 	}
 	if err := a.cfg.ENI.Start(ctx, holdings); err != nil {
 		return fmt.Errorf("ENI reconciler: %w", err)

@@ -64,7 +64,7 @@ spec:
 	}
 	for key, p := range pods {
 		ns, name, _ := strings.Cut(key, "/")
-		files.Allocations = append(files.Allocations, spec.Allocation{
+		files.Allocations = append(files.Allocations, &spec.Allocation{
 			Metadata: spec.ObjectMeta{Namespace: ns, Name: name},
 			Spec:     spec.AllocationSpec{IP: p.ip, Netns: p.netns, ContainerID: p.containerID, IfName: "eth0", UID: "uid-" + ns + "-" + name},
 		})

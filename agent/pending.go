@@ -147,13 +147,13 @@ func pendingPod(pending map[string]spec.Allocation, key string) bool {
 
 // without returns allocs less the pending ones (allocs itself when none
 // is pending).
-func without(allocs []spec.Allocation, pending map[string]spec.Allocation) []spec.Allocation {
+func without(allocs []*spec.Allocation, pending map[string]spec.Allocation) []*spec.Allocation {
 	if len(pending) == 0 {
 		return allocs
 	}
-	out := make([]spec.Allocation, 0, len(allocs))
+	out := make([]*spec.Allocation, 0, len(allocs))
 	for _, a := range allocs {
-		if _, ok := pending[attachmentID(a)]; !ok {
+		if _, ok := pending[attachmentID(*a)]; !ok {
 			out = append(out, a)
 		}
 	}

@@ -54,7 +54,7 @@ func genCluster(rng *rand.Rand) render.Inputs {
 			delete(pod.Labels, "role")
 		}
 		in.Pods = append(in.Pods, pod)
-		in.Allocations = append(in.Allocations, spec.Allocation{APIVersion: spec.APIVersion, Kind: spec.KindAllocation,
+		in.Allocations = append(in.Allocations, &spec.Allocation{APIVersion: spec.APIVersion, Kind: spec.KindAllocation,
 			Metadata: spec.ObjectMeta{Namespace: p.ns, Name: p.name},
 			Spec:     spec.AllocationSpec{IP: p.ip, Netns: "/var/run/netns/gen-" + p.ns + p.name, ContainerID: "ctr-" + p.ns + p.name, IfName: "eth0"}})
 	}

@@ -50,8 +50,9 @@ func (o *Objects) Encode(w io.Writer) error {
 		enc.write(&c)
 	}
 	for _, a := range o.Allocations {
-		a.APIVersion, a.Kind = spec.APIVersion, spec.KindAllocation
-		enc.write(a)
+		c := *a // the list's is the caller's
+		c.APIVersion, c.Kind = spec.APIVersion, spec.KindAllocation
+		enc.write(c)
 	}
 	for _, e := range o.ENIs {
 		e.APIVersion, e.Kind = spec.APIVersion, spec.KindENI

@@ -32,7 +32,7 @@ type Objects struct {
 	Pods        []*corev1.Pod
 	Namespaces  []*corev1.Namespace
 	Policies    []*networkingv1.NetworkPolicy
-	Allocations []spec.Allocation
+	Allocations []*spec.Allocation
 	ENIs        []spec.ENI
 	// Config is the last terway/v1 Config document read, if any.
 	Config *render.Config
@@ -217,7 +217,7 @@ func (o *Objects) addOwn(kind, what string, data []byte) error {
 		if a.Metadata.Namespace == "" || a.Metadata.Name == "" {
 			return fmt.Errorf("%s: metadata.namespace and metadata.name (the pod) are required", what)
 		}
-		o.Allocations = append(o.Allocations, a)
+		o.Allocations = append(o.Allocations, &a)
 	case spec.KindENI:
 		var e spec.ENI
 		if err := strict(&e); err != nil {

@@ -22,8 +22,8 @@ func TestTwoAttachmentsInOneNamespace(t *testing.T) {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name)},
 			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}}
 	}
-	alloc := func(name, ip, netns string, seq uint64) spec.Allocation {
-		return spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+	alloc := func(name, ip, netns string, seq uint64) *spec.Allocation {
+		return &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
 			Spec: spec.AllocationSpec{IP: ip, Netns: netns, ContainerID: "ctr-" + name, IfName: "eth0", UID: "uid-" + name, Seq: seq}}
 	}
 	for _, tc := range []struct {
@@ -39,7 +39,7 @@ func TestTwoAttachmentsInOneNamespace(t *testing.T) {
 			Node:       nodeWithPodCIDR("198.18.0.0/24"),
 			Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 			Pods:       []*corev1.Pod{pod("a"), pod("b"), pod("c")},
-			Allocations: []spec.Allocation{
+			Allocations: []*spec.Allocation{
 				alloc("a", "198.18.0.10", "/var/run/netns/shared", tc.seqA),
 				alloc("b", "198.18.0.11", "/var/run/netns/shared", tc.seqB),
 				alloc("c", "198.18.0.12", "/var/run/netns/c", 1),

@@ -27,8 +27,8 @@ func TestAwaitingPodsGroupRenders(t *testing.T) {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": app}},
 			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}}
 	}
-	alloc := func(name, ip string) spec.Allocation {
-		return spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+	alloc := func(name, ip string) *spec.Allocation {
+		return &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
 			Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
 	}
 	policy := func(name, app string, from map[string]string) *networkingv1.NetworkPolicy {
@@ -46,7 +46,7 @@ func TestAwaitingPodsGroupRenders(t *testing.T) {
 		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 		Pods:        []*corev1.Pod{peer, waiting},
 		Policies:    []*networkingv1.NetworkPolicy{policy("web", "web", map[string]string{"app": "peer"}), broken},
-		Allocations: []spec.Allocation{alloc("peer", "198.18.0.10")},
+		Allocations: []*spec.Allocation{alloc("peer", "198.18.0.10")},
 	}
 	groupChains := func(s *spec.NodeState) []string {
 		var out []string

@@ -89,7 +89,7 @@ func (c *churn) ports() []corev1.ContainerPort {
 }
 
 func (c *churn) allocate(p *corev1.Pod) {
-	c.in.Allocations = append(c.in.Allocations, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
+	c.in.Allocations = append(c.in.Allocations, &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
 		Spec: spec.AllocationSpec{IP: p.Status.PodIP, Netns: "/var/run/netns/" + p.Name, ContainerID: "c" + p.Name, Seq: uint64(c.next),
 			UID: string(p.UID)}})
 }
@@ -163,7 +163,8 @@ func (c *churn) step() string {
 		i := c.pick(len(in.Allocations))
 		in.Allocations = slices.Clone(in.Allocations)
 		c.next++
-		a := &in.Allocations[i]
+		a := *in.Allocations[i] // a new allocation: the inputs' are not changed
+		in.Allocations[i] = &a
 		a.Spec.ContainerID = fmt.Sprintf("c%d", c.next)
 		a.Spec.Netns = fmt.Sprintf("/var/run/netns/sandbox-%d", c.next)
 		if c.pick(2) == 0 {

@@ -20,10 +20,10 @@ import (
 // element; a cache patches the DEL in rather than rendering the node; and
 // once it departs no more, the render is that of the node without it.
 func TestDepartingPodStaysPeer(t *testing.T) {
-	pod := func(name, app, ip string) (*corev1.Pod, spec.Allocation) {
+	pod := func(name, app, ip string) (*corev1.Pod, *spec.Allocation) {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": app}},
 				Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
-			spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+			&spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
 				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0", UID: "uid-" + name}}
 	}
 	a, allocA := pod("a", "a", "198.18.0.10")
@@ -47,7 +47,7 @@ func TestDepartingPodStaysPeer(t *testing.T) {
 		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 		Pods:        []*corev1.Pod{a, b, c},
 		Policies:    []*networkingv1.NetworkPolicy{np, egress},
-		Allocations: []spec.Allocation{allocA, allocB},
+		Allocations: []*spec.Allocation{allocA, allocB},
 	}
 	elements := func(s *spec.NodeState, ip string) (peer, own []string) {
 		for _, set := range s.NFTables.Sets {
@@ -72,7 +72,7 @@ func TestDepartingPodStaysPeer(t *testing.T) {
 		t.Fatalf("b's elements before its DEL: peer %v, own %v; want both", fullPeer, fullOwn)
 	}
 	deleted := in
-	deleted.Allocations = []spec.Allocation{allocA}
+	deleted.Allocations = []*spec.Allocation{allocA}
 	withdrawn := mustRender(t, nil, deleted)
 	departing := deleted
 	departing.PeersDeparting = map[string]DepartingPeer{"x/b": {IP: "198.18.0.11", UID: "uid-b"}}

@@ -72,8 +72,10 @@ func TestCachedPodDatapathFollowsItsInputs(t *testing.T) {
 		for i := range in.Allocations {
 			mut := in
 			mut.Allocations = slices.Clone(in.Allocations)
-			mut.Allocations[i].Spec.Netns += "-again"
-			mut.Allocations[i].Spec.ContainerID += "-again"
+			a := *in.Allocations[i] // a new allocation: the inputs' are not changed
+			a.Spec.Netns += "-again"
+			a.Spec.ContainerID += "-again"
+			mut.Allocations[i] = &a
 			check(fmt.Sprintf("allocation %s: sandbox replaced", in.Allocations[i].Metadata.Name), mut)
 			check("back", in)
 		}

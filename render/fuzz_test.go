@@ -55,12 +55,12 @@ func FuzzBandwidth(f *testing.F) {
 			}
 		}
 		pod := bandwidthPod(map[string]string{AnnotationAliyunIngress: value, AnnotationKubeEgress: value})
-		first := renderYAML(t, Inputs{Node: nodeWithPodCIDR("198.18.0.0/24"), Pods: []*corev1.Pod{pod}, Allocations: []spec.Allocation{bandwidthAlloc}})
-		second := renderYAML(t, Inputs{Node: nodeWithPodCIDR("198.18.0.0/24"), Pods: []*corev1.Pod{pod}, Allocations: []spec.Allocation{bandwidthAlloc}})
+		first := renderYAML(t, Inputs{Node: nodeWithPodCIDR("198.18.0.0/24"), Pods: []*corev1.Pod{pod}, Allocations: []*spec.Allocation{bandwidthAlloc}})
+		second := renderYAML(t, Inputs{Node: nodeWithPodCIDR("198.18.0.0/24"), Pods: []*corev1.Pod{pod}, Allocations: []*spec.Allocation{bandwidthAlloc}})
 		if !bytes.Equal(first, second) {
 			t.Fatalf("two renders of %q differ:\n%s\n---\n%s", value, first, second)
 		}
-		state, _ := Render(Inputs{Node: nodeWithPodCIDR("198.18.0.0/24"), Pods: []*corev1.Pod{pod}, Allocations: []spec.Allocation{bandwidthAlloc}})
+		state, _ := Render(Inputs{Node: nodeWithPodCIDR("198.18.0.0/24"), Pods: []*corev1.Pod{pod}, Allocations: []*spec.Allocation{bandwidthAlloc}})
 		for _, key := range []string{AnnotationAliyunIngress, AnnotationKubeEgress} {
 			_, perr := ParseAliyunBandwidth(value)
 			if key == AnnotationKubeEgress {
@@ -76,7 +76,7 @@ func FuzzBandwidth(f *testing.F) {
 	})
 }
 
-var bandwidthAlloc = spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: "p"},
+var bandwidthAlloc = &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: "p"},
 	Spec: spec.AllocationSpec{IP: "198.18.0.10", Netns: "/var/run/netns/p", ContainerID: "c"}}
 
 func bandwidthPod(ann map[string]string) *corev1.Pod {
@@ -234,7 +234,7 @@ func policyWorld() Inputs {
 		}
 		in.Pods = append(in.Pods, pod)
 		if p.node == "n1" {
-			in.Allocations = append(in.Allocations, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: p.ns, Name: p.name},
+			in.Allocations = append(in.Allocations, &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: p.ns, Name: p.name},
 				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + p.ns + "-" + p.name, ContainerID: "c-" + p.ns + "-" + p.name}})
 		}
 	}

@@ -44,7 +44,7 @@ func TestHeldBackPodIsNoPeer(t *testing.T) {
 		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 		Pods:        []*corev1.Pod{a, b},
 		Policies:    []*networkingv1.NetworkPolicy{np, egress},
-		Allocations: []spec.Allocation{allocA, allocB},
+		Allocations: []*spec.Allocation{allocA, allocB},
 	}
 	full, err := Render(in)
 	if err != nil {
@@ -132,7 +132,7 @@ func TestAdmissionLeavesPoliciesThatSelectNothing(t *testing.T) {
 		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 		Pods:        []*corev1.Pod{a, b},
 		Policies:    []*networkingv1.NetworkPolicy{fromB("a-from-b", "a"), fromB("ghost-from-b", "ghost")},
-		Allocations: []spec.Allocation{allocA, allocB},
+		Allocations: []*spec.Allocation{allocA, allocB},
 	}
 	held := in
 	held.PeersHeldBack = map[string]bool{"x/b": true}
@@ -162,7 +162,7 @@ func TestAdmissionPatchesWithoutPolicies(t *testing.T) {
 		Node:        nodeWithPodCIDR("198.18.0.0/24"),
 		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 		Pods:        []*corev1.Pod{a, b},
-		Allocations: []spec.Allocation{allocA, allocB},
+		Allocations: []*spec.Allocation{allocA, allocB},
 	}
 	aFromB := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a-from-b"},
 		Spec: networkingv1.NetworkPolicySpec{
@@ -197,10 +197,10 @@ func TestAdmissionPatchesWithoutPolicies(t *testing.T) {
 
 // appPod is a pod of namespace x labelled app=name, on node n1, with its
 // allocation at ip.
-func appPod(name, ip string) (*corev1.Pod, spec.Allocation) {
+func appPod(name, ip string) (*corev1.Pod, *spec.Allocation) {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": name}},
 			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
-		spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+		&spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
 			Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name, IfName: "eth0"}}
 }
 

@@ -28,7 +28,7 @@ func BenchmarkRenderLargePolicyChange(b *testing.B) {
 		name := fmt.Sprintf("p%d", i)
 		in.Pods = append(in.Pods, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": name}},
 			Spec: corev1.PodSpec{NodeName: "node-1"}})
-		in.Allocations = append(in.Allocations, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+		in.Allocations = append(in.Allocations, &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
 			Spec: spec.AllocationSpec{IP: fmt.Sprintf("198.18.6.%d", 10+i), Netns: "/var/run/netns/" + name, ContainerID: "ctr-" + name}})
 	}
 	policy := func(peers int) *networkingv1.NetworkPolicy {

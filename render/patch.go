@@ -108,7 +108,7 @@ type patchBase struct {
 // patchPod is one pod of the last document.
 type patchPod struct {
 	obj   *corev1.Pod      // the input object; nil: an allocation alone
-	alloc *spec.Allocation // the input allocation, a copy; nil: none
+	alloc *spec.Allocation // the input allocation; nil: none
 	// objGen and allocGen are the last scan that found them in its inputs.
 	objGen, allocGen uint64
 
@@ -182,12 +182,11 @@ func (b *patchBase) put(r *renderer, p *podInfo, problems []spec.Problem) {
 		pp.peer, pp.pinned = r.peerIP(p), peerPinned(p)
 		b.objects++
 	}
-	if p.alloc != nil {
-		a := *p.alloc
-		pp.alloc = &a
+	if a := p.alloc; a != nil {
+		pp.alloc = a
 		b.allocs++
 		if a.Spec.Netns != "" {
-			pp.slot = slotOf(&a)
+			pp.slot = slotOf(a)
 			b.slots[pp.slot] = p.key
 		}
 	}
@@ -335,7 +334,7 @@ func (b *patchBase) renderChanged(k *Cache, in Inputs, cfg Config, changes map[s
 	}
 	r.indexENIs(in.ENIs)
 	var objs []*corev1.Pod
-	var allocs []spec.Allocation
+	var allocs []*spec.Allocation
 	for _, c := range changes {
 		if c.obj != nil {
 			if WantsExclusiveENI(c.obj) {
@@ -344,7 +343,7 @@ func (b *patchBase) renderChanged(k *Cache, in Inputs, cfg Config, changes map[s
 			objs = append(objs, c.obj)
 		}
 		if c.alloc != nil {
-			allocs = append(allocs, *c.alloc)
+			allocs = append(allocs, c.alloc)
 		}
 	}
 	r.indexPods(objs, allocs)

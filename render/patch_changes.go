@@ -178,8 +178,7 @@ func (b *patchBase) scanAllocations(in Inputs, gen uint64, note func(string) *po
 			pp.alloc.Metadata.Name == a.Metadata.Name && pp.alloc.Metadata.Namespace == a.Metadata.Namespace
 	}
 	j := 0 // the place in the last list
-	for i := range in.Allocations {
-		a := &in.Allocations[i]
+	for i, a := range in.Allocations {
 		if j < len(last) && !samePod(last[j], a) {
 			// Allocations gone since: the pod's a few places on.
 			j = placeAhead(j, len(last), func(k int) bool { return samePod(last[k], a) })
@@ -204,7 +203,7 @@ func (b *patchBase) scanAllocations(in Inputs, gen uint64, note func(string) *po
 			pp.allocGen = gen
 			allocs++
 			entries[i] = pp
-			if *pp.alloc != *a {
+			if pp.alloc != a && *pp.alloc != *a {
 				note(string(keyOf(a.Metadata.Namespace, a.Metadata.Name))).alloc = a
 			}
 		}

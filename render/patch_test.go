@@ -67,7 +67,7 @@ func (c *churn) agentStep() string {
 		ip := c.freeIP() // the agent's IPAM's, whatever the pod's status says yet
 		in.Allocations = slices.Clone(in.Allocations)
 		c.allocate(p)
-		a := &in.Allocations[len(in.Allocations)-1]
+		a := in.Allocations[len(in.Allocations)-1] // new: not rendered yet
 		a.Spec.IP, a.Spec.ENI = ip, c.eniOf(ip)
 		hold(func(m map[string]bool) { m[p.Namespace+"/"+p.Name] = true })
 		return "ADD, held back"
@@ -123,7 +123,8 @@ func (c *churn) agentStep() string {
 		if i, ok := allocated[p.Namespace+"/"+p.Name]; ok {
 			in.Allocations = slices.Clone(in.Allocations)
 			c.next++
-			a := &in.Allocations[i]
+			a := *in.Allocations[i] // a new allocation: the inputs' are not changed
+			in.Allocations[i] = &a
 			a.Spec.ContainerID = fmt.Sprintf("c%d", c.next)
 			a.Spec.Netns = fmt.Sprintf("/var/run/netns/sandbox-%d", c.next)
 			a.Spec.IP = c.freeIP()
@@ -153,7 +154,9 @@ func (c *churn) agentStep() string {
 		}
 		j := c.pick(len(in.Allocations))
 		in.Allocations = slices.Clone(in.Allocations)
-		in.Allocations[i].Spec.Netns, in.Allocations[i].Spec.IfName = in.Allocations[j].Spec.Netns, "net1"
+		a := *in.Allocations[i] // a new allocation: the inputs' are not changed
+		a.Spec.Netns, a.Spec.IfName = in.Allocations[j].Spec.Netns, "net1"
+		in.Allocations[i] = &a
 		return "a pod held back shares another's network namespace"
 	case n < 85:
 		c.repair()
@@ -193,7 +196,7 @@ func (c *churn) repair() {
 		kept = append(kept, p)
 	}
 	allocs, slots, owned := map[string]bool{}, map[string]bool{}, map[string]bool{}
-	var keptAllocs []spec.Allocation
+	var keptAllocs []*spec.Allocation
 	for _, a := range in.Allocations {
 		key := a.Metadata.Namespace + "/" + a.Metadata.Name
 		p := pods[key]

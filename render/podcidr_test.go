@@ -70,7 +70,7 @@ func TestBadPodCIDRLeavesOthersRendering(t *testing.T) {
 			Node:       node,
 			Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 			Pods:       []*corev1.Pod{pod("e", true), remote},
-			Allocations: []spec.Allocation{
+			Allocations: []*spec.Allocation{
 				{Metadata: spec.ObjectMeta{Namespace: "x", Name: "e"}, Spec: spec.AllocationSpec{IP: "198.18.66.10", Netns: "/var/run/netns/e", ContainerID: "ce", ENI: "eni-3"}},
 			},
 			ENIs: []spec.ENI{{Metadata: spec.ObjectMeta{Name: "eni-3"}, Spec: spec.ENISpec{MAC: "00:16:3e:00:00:03", PrimaryIP: "198.18.66.10",
@@ -82,7 +82,7 @@ func TestBadPodCIDRLeavesOthersRendering(t *testing.T) {
 		}
 		if withVPCPod {
 			in.Pods = append(in.Pods, pod("v", false))
-			in.Allocations = append(in.Allocations, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: "v"},
+			in.Allocations = append(in.Allocations, &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: "v"},
 				Spec: spec.AllocationSpec{IP: "198.18.0.10", Netns: "/var/run/netns/v", ContainerID: "cv"}})
 		}
 		return in
@@ -135,7 +135,7 @@ func TestHostBitsPodCIDRKeepsPods(t *testing.T) {
 			Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 			Pods: []*corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "v", UID: "uid-v"},
 				Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}}},
-			Allocations: []spec.Allocation{{Metadata: spec.ObjectMeta{Namespace: "x", Name: "v"},
+			Allocations: []*spec.Allocation{{Metadata: spec.ObjectMeta{Namespace: "x", Name: "v"},
 				Spec: spec.AllocationSpec{IP: "198.18.0.10", Netns: "/var/run/netns/v", ContainerID: "cv"}}},
 		}
 	}

@@ -22,8 +22,8 @@ func nodePolicyInputs(policies ...*networkingv1.NetworkPolicy) Inputs {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"pod": name}},
 			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c"}}}}
 	}
-	alloc := func(name, ip string) spec.Allocation {
-		return spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+	alloc := func(name, ip string) *spec.Allocation {
+		return &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
 			Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + name, ContainerID: "c" + name}}
 	}
 	// hostNetwork pods, here and on another node, carry their node's
@@ -38,7 +38,7 @@ func nodePolicyInputs(policies ...*networkingv1.NetworkPolicy) Inputs {
 		Node:        node,
 		Namespaces:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 		Pods:        []*corev1.Pod{pod("x", "a", "n1"), pod("x", "b", "n1"), h, remoteH},
-		Allocations: []spec.Allocation{alloc("a", "198.18.0.10"), alloc("b", "198.18.0.11")},
+		Allocations: []*spec.Allocation{alloc("a", "198.18.0.10"), alloc("b", "198.18.0.11")},
 		Policies:    policies,
 	}
 }

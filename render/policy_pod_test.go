@@ -28,7 +28,7 @@ func TestExclusiveENIPodTable(t *testing.T) {
 		Node:       nodeWithPodCIDR("198.18.0.0/24"),
 		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}},
 		Pods:       []*corev1.Pod{e, remote},
-		Allocations: []spec.Allocation{{Metadata: spec.ObjectMeta{Namespace: "x", Name: "e"},
+		Allocations: []*spec.Allocation{{Metadata: spec.ObjectMeta{Namespace: "x", Name: "e"},
 			Spec: spec.AllocationSpec{IP: "198.18.66.10", Netns: "/var/run/netns/e", ContainerID: "ce", ENI: "eni-3"}}},
 		ENIs: []spec.ENI{{Metadata: spec.ObjectMeta{Name: "eni-3"}, Spec: spec.ENISpec{MAC: "00:16:3e:00:00:03", PrimaryIP: "198.18.66.10",
 			VSwitchCIDR: "198.18.66.0/24", Gateway: "198.18.66.253", DeviceIndex: 3, Exclusive: true}}},

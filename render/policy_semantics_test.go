@@ -309,7 +309,7 @@ func randomWorld(rng *rand.Rand) (*world, Inputs) {
 		w.pods = append(w.pods, p)
 		in.Pods = append(in.Pods, p)
 		if local {
-			in.Allocations = append(in.Allocations, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: ns, Name: p.Name},
+			in.Allocations = append(in.Allocations, &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: ns, Name: p.Name},
 				Spec: spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + p.Name}})
 		}
 	}

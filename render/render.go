@@ -30,10 +30,15 @@ type Inputs struct {
 	Node *corev1.Node
 	// Pods are all pods the agent knows, on this node and elsewhere: local
 	// pods get a network, every pod with an IP can be a policy peer.
-	Pods        []*corev1.Pod
-	Namespaces  []*corev1.Namespace
-	Policies    []*networkingv1.NetworkPolicy
-	Allocations []spec.Allocation
+	Pods       []*corev1.Pod
+	Namespaces []*corev1.Namespace
+	Policies   []*networkingv1.NetworkPolicy
+	// Allocations are the node's, as the agent's store lists them. Like
+	// the objects, they are shared with the caller and are not changed,
+	// by the render or, afterwards, by the caller: a Cache keeps them and
+	// takes the same allocation in a later input as unchanged, where a
+	// changed one must be a new one.
+	Allocations []*spec.Allocation
 	ENIs        []spec.ENI
 	// PeersHeldBack are local pods (namespace/name) that are no policy's
 	// peer yet: their network, their isolation and their place in the
@@ -258,7 +263,7 @@ func (r *renderer) indexENIs(enis []spec.ENI) {
 
 // indexPods joins pod objects with allocations. Inputs are sorted first so
 // that which of two conflicting objects wins never depends on input order.
-func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
+func (r *renderer) indexPods(pods []*corev1.Pod, allocs []*spec.Allocation) {
 	for _, pod := range sortedCopy(pods, func(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }) {
 		key := pod.Namespace + "/" + pod.Name
 		if r.byKey[key] != nil {
@@ -277,11 +282,10 @@ func (r *renderer) indexPods(pods []*corev1.Pod, allocs []spec.Allocation) {
 		r.byKey[key] = p
 	}
 	sorted := slices.Clone(allocs)
-	slices.SortStableFunc(sorted, func(a, b spec.Allocation) int {
+	slices.SortStableFunc(sorted, func(a, b *spec.Allocation) int {
 		return cmp.Compare(a.Metadata.Namespace+"/"+a.Metadata.Name, b.Metadata.Namespace+"/"+b.Metadata.Name)
 	})
-	for i := range sorted {
-		a := &sorted[i]
+	for _, a := range sorted {
 		key := a.Metadata.Namespace + "/" + a.Metadata.Name
 		p := r.byKey[key]
 		if p == nil {

@@ -222,7 +222,7 @@ func leaks(st *sim.State) []string {
 
 // readStore reads a copy of the agent's store: the running agent holds
 // the file's lock.
-func readStore(path string) ([]spec.Allocation, error) {
+func readStore(path string) ([]*spec.Allocation, error) {
 	src, err := os.Open(path)
 	if err != nil {
 		return nil, err

@@ -108,7 +108,7 @@ func explainGrids(t *testing.T, objs *load.Objects, ip map[string]string) map[st
 		key := p.Namespace + "/" + p.Name
 		p.Status.PodIP = ip[key]
 		in.Pods = append(in.Pods, p)
-		in.Allocations = append(in.Allocations, spec.Allocation{APIVersion: spec.APIVersion, Kind: spec.KindAllocation,
+		in.Allocations = append(in.Allocations, &spec.Allocation{APIVersion: spec.APIVersion, Kind: spec.KindAllocation,
 			Metadata: spec.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
 			Spec:     spec.AllocationSpec{IP: ip[key], Netns: "/var/run/netns/conf-" + p.Namespace + "-" + p.Name, ContainerID: "c-" + key, IfName: "eth0"}})
 	}

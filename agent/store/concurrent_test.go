@@ -74,8 +74,8 @@ func TestConcurrentAllocateRelease(t *testing.T) {
 		t.Errorf("store holds %d allocations, want %d", len(all), len(want))
 	}
 	for _, a := range all {
-		if w, ok := want[PodKey(a.Metadata)]; !ok || w != a {
-			t.Errorf("pod %s: store has %+v, last answer was %+v", PodKey(a.Metadata), a, w)
+		if w, ok := want[PodKey(a.Metadata)]; !ok || w != *a {
+			t.Errorf("pod %s: store has %+v, last answer was %+v", PodKey(a.Metadata), *a, w)
 		}
 	}
 }

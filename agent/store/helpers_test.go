@@ -60,7 +60,7 @@ func wantErr(t testing.TB, err, target error, substrings ...string) {
 
 // verify checks the store with Check and, independently, that no IP and no
 // pod appears twice in List.
-func verify(t testing.TB, s *Store) []spec.Allocation {
+func verify(t testing.TB, s *Store) []*spec.Allocation {
 	t.Helper()
 	if err := s.Check(); err != nil {
 		t.Fatalf("Check: %v", err)
@@ -71,7 +71,7 @@ func verify(t testing.TB, s *Store) []spec.Allocation {
 	}
 	ips, pods := map[string]string{}, map[string]string{}
 	for _, a := range all {
-		id := AttachmentOf(a).String()
+		id := AttachmentOf(*a).String()
 		if prev, dup := ips[a.Spec.IP]; dup {
 			t.Errorf("IP %s held by %s and %s", a.Spec.IP, prev, id)
 		}
@@ -85,6 +85,15 @@ func verify(t testing.TB, s *Store) []spec.Allocation {
 		t.Errorf("Count = %d, %v; List has %d", n, err, len(all))
 	}
 	return all
+}
+
+// values are the allocations of a List, for messages.
+func values(as []*spec.Allocation) []spec.Allocation {
+	out := make([]spec.Allocation, len(as))
+	for i, a := range as {
+		out[i] = *a
+	}
+	return out
 }
 
 func ipsOf(as []spec.Allocation) []string {

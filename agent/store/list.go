@@ -14,12 +14,16 @@ import (
 
 // List returns every allocation, sorted by pod key: the agent's input to
 // render, and what it rebuilds from after a restart. The list is shared
-// with the store and its other callers, which must not change its items;
-// it has no spare capacity, so that an append or insert makes a copy.
-// (A copy of it on every CNI request was a tenth of what the request
-// allocated at 250 pods, and so of its garbage collection.)
-func (s *Store) List() ([]spec.Allocation, error) {
-	var out []spec.Allocation
+// with the store and its other callers, which must not change it or its
+// items: a changed allocation is a new one, and the render takes the same
+// one as unchanged. It has no spare capacity, so that an append or insert
+// makes a copy. (A copy of it on every CNI request was a tenth of what the
+// request allocated at 250 pods, and so of its garbage collection. Its
+// items are pointers, the records decoded once and kept, so that a list
+// made from it, the agent's with a pending ADD's allocation (Offer), copies
+// 8 bytes per allocation rather than the allocation.)
+func (s *Store) List() ([]*spec.Allocation, error) {
+	var out []*spec.Allocation
 	var keep map[string]bool // set when the decoded records need pruning
 	err := s.view(func(tx *bolt.Tx) error {
 		s.listMu.Lock()
@@ -34,12 +38,15 @@ func (s *Store) List() ([]spec.Allocation, error) {
 			return err
 		}
 		n := t.allocs.Stats().KeyN
-		out = make([]spec.Allocation, 0, n)
+		out = make([]*spec.Allocation, 0, n)
 		if s.decodedCount() > 2*n+16 {
 			keep = make(map[string]bool, n)
 		}
 		err = t.allocs.ForEach(func(k, v []byte) error {
-			a, err := t.decode(k, v)
+			a, err := t.decodeShared(k, v)
+			if err != nil {
+				return err
+			}
 			out = append(out, a)
 			if keep != nil {
 				keep[string(k)] = true
@@ -49,7 +56,7 @@ func (s *Store) List() ([]spec.Allocation, error) {
 		if err != nil {
 			return err
 		}
-		sortAllocs(out)
+		slices.SortFunc(out, compareAllocs)
 		out = slices.Clip(out)
 		s.listMu.Lock()
 		if s.listed == nil || tx.ID() >= s.listedAt { // never back to an older answer
@@ -67,17 +74,19 @@ func (s *Store) List() ([]spec.Allocation, error) {
 	return out, nil
 }
 
-// sortAllocs orders allocations by pod, then attachment, comparing the
-// fields rather than joined keys (List sorts on every render).
-func sortAllocs(as []spec.Allocation) { slices.SortFunc(as, compareAllocs) }
+// sortAllocs orders allocations as List does.
+func sortAllocs(as []spec.Allocation) {
+	slices.SortFunc(as, func(a, b spec.Allocation) int { return compareAllocs(&a, &b) })
+}
 
 // CompareAllocations is List's order.
-func CompareAllocations(a, b spec.Allocation) int { return compareAllocs(a, b) }
+func CompareAllocations(a, b *spec.Allocation) int { return compareAllocs(a, b) }
 
-// compareAllocs is sortAllocs' order.
-func compareAllocs(a, b spec.Allocation) int {
+// compareAllocs orders allocations by pod, then attachment, comparing the
+// fields rather than joined keys (List sorts on every render).
+func compareAllocs(a, b *spec.Allocation) int {
 	return cmp.Or(comparePodKeys(a.Metadata, b.Metadata),
-		compareAttachments(AttachmentOf(a), AttachmentOf(b)))
+		compareAttachments(AttachmentOf(*a), AttachmentOf(*b)))
 }
 
 // comparePodKeys compares "namespace/name" keys without joining them.
@@ -176,16 +185,16 @@ func (s *Store) followWrites(w *allocWrites) {
 		return
 	}
 	// A new list: the one before is shared with List's callers.
-	out := make([]spec.Allocation, 0, len(s.listed)+len(w.changed))
+	out := make([]*spec.Allocation, 0, len(s.listed)+len(w.changed))
 	for _, a := range s.listed {
-		if _, ok := w.lookup(AttachmentOf(a)); !ok {
+		if _, ok := w.lookup(AttachmentOf(*a)); !ok {
 			out = append(out, a)
 		}
 	}
 	for _, a := range w.changed {
 		if a != nil {
-			i, _ := slices.BinarySearchFunc(out, *a, compareAllocs)
-			out = slices.Insert(out, i, *a)
+			i, _ := slices.BinarySearchFunc(out, a, compareAllocs)
+			out = slices.Insert(out, i, a)
 		}
 	}
 	s.listed, s.listedAt = slices.Clip(out), w.txID
@@ -194,7 +203,7 @@ func (s *Store) followWrites(w *allocWrites) {
 // offeredList is a list Offer gave, and the answer of List it was made
 // from.
 type offeredList struct {
-	based, list []spec.Allocation
+	based, list []*spec.Allocation
 }
 
 // Offer gives the store a list the caller made from an answer of List
@@ -204,7 +213,7 @@ type offeredList struct {
 // makes: a CNI ADD renders with its allocation while the store commits
 // it, and the list of every allocation was made twice per ADD. Neither
 // list may change afterwards.
-func (s *Store) Offer(based, list []spec.Allocation) {
+func (s *Store) Offer(based, list []*spec.Allocation) {
 	s.listMu.Lock()
 	defer s.listMu.Unlock()
 	if sameList(based, s.listed) {
@@ -214,7 +223,7 @@ func (s *Store) Offer(based, list []spec.Allocation) {
 
 // follows tells whether o.list is listed changed by w's writes, in
 // List's order.
-func (o *offeredList) follows(listed []spec.Allocation, w *allocWrites) bool {
+func (o *offeredList) follows(listed []*spec.Allocation, w *allocWrites) bool {
 	put := 0 // allocations w writes
 	for _, a := range w.changed {
 		if a != nil {
@@ -223,13 +232,13 @@ func (o *offeredList) follows(listed []spec.Allocation, w *allocWrites) bool {
 	}
 	seen, j := 0, 0
 	skip := func() {
-		for j < len(listed) && w.has(AttachmentOf(listed[j])) {
+		for j < len(listed) && w.has(AttachmentOf(*listed[j])) {
 			j++
 		}
 	}
 	afterWritten := false // o.list[i-1] is one w wrote
 	for i, a := range o.list {
-		c, written := w.lookup(AttachmentOf(a))
+		c, written := w.lookup(AttachmentOf(*a))
 		// The items kept from listed come in its order: only the order
 		// around a written one needs a look.
 		if i > 0 && (written || afterWritten) && compareAllocs(o.list[i-1], a) >= 0 {
@@ -237,7 +246,7 @@ func (o *offeredList) follows(listed []spec.Allocation, w *allocWrites) bool {
 		}
 		afterWritten = written
 		if written {
-			if c == nil || *c != a {
+			if c == nil || *c != *a {
 				return false
 			}
 			seen++
@@ -260,6 +269,6 @@ func (w *allocWrites) has(at Attachment) bool {
 }
 
 // sameList tells whether two lists are the same slice.
-func sameList(a, b []spec.Allocation) bool {
+func sameList(a, b []*spec.Allocation) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

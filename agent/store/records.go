@@ -111,16 +111,26 @@ func (s *Store) txn(tx *bolt.Tx) (*txn, error) {
 }
 
 func (t *txn) decode(k, v []byte) (spec.Allocation, error) {
+	a, err := t.decodeShared(k, v)
+	if err != nil {
+		return spec.Allocation{}, err
+	}
+	return *a, nil // a value: the caller's copy is its own
+}
+
+// decodeShared is decode's record as the store keeps it decoded, shared
+// with List's answers: it must not be changed.
+func (t *txn) decodeShared(k, v []byte) (*spec.Allocation, error) {
 	s := t.s
 	s.decodedMu.Lock()
 	d, ok := s.decoded[string(k)]
 	s.decodedMu.Unlock()
 	if ok && d.raw == string(v) {
-		return d.alloc, nil // a value: the caller's copy is its own
+		return d.alloc, nil
 	}
-	var a spec.Allocation
-	if err := json.Unmarshal(v, &a); err != nil {
-		return a, fmt.Errorf("allocation store %s: record %q: %w: %w", s.path, k, ErrCorrupt, err)
+	a := &spec.Allocation{}
+	if err := json.Unmarshal(v, a); err != nil {
+		return nil, fmt.Errorf("allocation store %s: record %q: %w: %w", s.path, k, ErrCorrupt, err)
 	}
 	s.decodedMu.Lock()
 	if s.decoded == nil {
@@ -208,11 +218,11 @@ func (t *txn) put(a *spec.Allocation, ip netip.Addr) error {
 	}
 	// As List will decode it: the record's bytes, not a, which JSON may
 	// not give back field for field.
-	stored, err := t.decode(k, v)
+	stored, err := t.decodeShared(k, v)
 	if err != nil {
 		return err
 	}
-	t.s.writes.note(AttachmentOf(stored), &stored)
+	t.s.writes.note(AttachmentOf(*stored), stored)
 	if err := t.pods.Put([]byte(pod), k); err != nil {
 		return fmt.Errorf("pod %s: write pod index: %w", pod, err)
 	}

@@ -82,7 +82,7 @@ func TestListSharedUnchanged(t *testing.T) {
 	for i := range 3 {
 		mustAlloc(t, s, vpcReq(cidr24, fmt.Sprintf("default/p%d", i), fmt.Sprintf("c%d", i)))
 	}
-	list := func() []spec.Allocation { return mustList(t, s) }
+	list := func() []*spec.Allocation { return mustList(t, s) }
 	first, again := list(), list()
 	if len(first) != 3 || &first[0] != &again[0] {
 		t.Fatalf("two Lists with no write between: %d allocations, shared %v", len(first), len(first) > 0 && &first[0] == &again[0])
@@ -90,14 +90,14 @@ func TestListSharedUnchanged(t *testing.T) {
 	if cap(first) != len(first) {
 		t.Fatalf("List's answer has capacity %d for %d items: an append would write into the store's list", cap(first), len(first))
 	}
-	before := slices.Clone(first)
-	_ = append(first, spec.Allocation{}) // a caller's append
+	before := values(first)
+	_ = append(first, &spec.Allocation{}) // a caller's append
 	mustAlloc(t, s, vpcReq(cidr24, "default/p1a", "c1a"))
 	if _, _, err := s.Release("c0", "eth0"); err != nil {
 		t.Fatal(err)
 	}
 	after := list()
-	if !reflect.DeepEqual(first, before) {
+	if !reflect.DeepEqual(values(first), before) {
 		t.Fatalf("a write changed the list handed out before it:\n%v\nnow\n%v", before, first)
 	}
 	var ids []string
@@ -119,7 +119,7 @@ func TestOfferedListKept(t *testing.T) {
 	for i := range 4 {
 		mustAlloc(t, s, vpcReq(cidr24, fmt.Sprintf("default/p%d", i*2), fmt.Sprintf("c%d", i*2)))
 	}
-	list := func() []spec.Allocation { return mustList(t, s) }
+	list := func() []*spec.Allocation { return mustList(t, s) }
 	allocate := func(pod, cid string) (spec.Allocation, func() error) {
 		t.Helper()
 		a, _, _, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, pod, cid))
@@ -128,12 +128,12 @@ func TestOfferedListKept(t *testing.T) {
 		}
 		return a, commit
 	}
-	withExtra := func(based []spec.Allocation, a spec.Allocation) []spec.Allocation {
+	withExtra := func(based []*spec.Allocation, a spec.Allocation) []*spec.Allocation {
 		out := slices.Clone(based)
-		i, _ := slices.BinarySearchFunc(out, a, CompareAllocations)
-		return slices.Insert(out, i, a)
+		i, _ := slices.BinarySearchFunc(out, &a, CompareAllocations)
+		return slices.Insert(out, i, &a)
 	}
-	names := func(as []spec.Allocation) []string {
+	names := func(as []*spec.Allocation) []string {
 		var out []string
 		for _, a := range as {
 			out = append(out, a.Metadata.Name)
@@ -195,7 +195,7 @@ func TestOfferedListKept(t *testing.T) {
 }
 
 // mustList is s.List, failing t on an error.
-func mustList(t *testing.T, s *Store) []spec.Allocation {
+func mustList(t *testing.T, s *Store) []*spec.Allocation {
 	t.Helper()
 	as, err := s.List()
 	if err != nil {

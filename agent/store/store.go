@@ -113,7 +113,7 @@ type Store struct {
 	// CNI ADD renders, and so lists every allocation: walking, comparing
 	// and sorting 300 records cost it 0.45 ms on a node with 250 pods.
 	listMu   sync.Mutex
-	listed   []spec.Allocation
+	listed   []*spec.Allocation
 	listedAt int
 	// offer is a list a caller made from listed by the writes it is
 	// committing (Offer), for followWrites to keep rather than make the
@@ -138,7 +138,7 @@ type Store struct {
 // decodedRecord is one record's bytes and what they decode to.
 type decodedRecord struct {
 	raw   string
-	alloc spec.Allocation
+	alloc *spec.Allocation // shared: List's answers hold it
 }
 
 // Open opens the store at path, creating it (mode 0600, its directory 0700)

@@ -115,7 +115,7 @@ func TestReleaseIdempotent(t *testing.T) {
 		t.Error("the pod index still has the released pod")
 	}
 	if all := verify(t, s); len(all) != 0 {
-		t.Errorf("store not empty: %v", ipsOf(all))
+		t.Errorf("store not empty: %v", ipsOf(values(all)))
 	}
 }
 
@@ -139,7 +139,7 @@ func TestReleaseAll(t *testing.T) {
 	if released[0] != have[0] || released[2] != have[2] {
 		t.Errorf("released %+v and %+v, want %+v and %+v", released[0], released[2], have[0], have[2])
 	}
-	got, want := ipsOf(verify(t, s)), []string{have[1].Spec.IP, have[3].Spec.IP}
+	got, want := ipsOf(values(verify(t, s))), []string{have[1].Spec.IP, have[3].Spec.IP}
 	slices.Sort(got)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
@@ -176,7 +176,7 @@ func TestGC(t *testing.T) {
 	if want := []string{"c0/eth0", "c3/eth0", "c2/eth0", "c5/eth0"}; !slices.Equal(ids, want) {
 		t.Errorf("GC released %v, want %v", ids, want)
 	}
-	if got := ipsOf(verify(t, s)); !slices.Equal(got, []string{"10.0.0.2", "10.0.0.5"}) {
+	if got := ipsOf(values(verify(t, s))); !slices.Equal(got, []string{"10.0.0.2", "10.0.0.5"}) {
 		t.Errorf("left %v, want c4's and c1's", got)
 	}
 	// Nothing left to collect: no error, nothing released.
@@ -214,7 +214,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if err := os.WriteFile(crashCopy, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got := verify(t, openAt(t, crashCopy)); !slices.Equal(got, before) {
+	if got := verify(t, openAt(t, crashCopy)); !slices.Equal(values(got), values(before)) {
 		t.Errorf("copy of the open file holds %d allocations, want %d", len(got), len(before))
 	}
 
@@ -228,7 +228,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 		t.Error("List on a closed store succeeded")
 	}
 	s2 := openAt(t, path)
-	if got := verify(t, s2); !slices.Equal(got, before) {
+	if got := verify(t, s2); !slices.Equal(values(got), values(before)) {
 		t.Errorf("after reopening: %d allocations, want %d", len(got), len(before))
 	}
 	if p, ok, _ := s2.PodCIDR(); !ok || p != cidr24 {
@@ -452,7 +452,7 @@ func TestListFollowsWrites(t *testing.T) {
 
 	// What a write makes of the answer is what reading every record gives,
 	// for each kind of write.
-	fresh := func() []spec.Allocation {
+	fresh := func() []*spec.Allocation {
 		t.Helper()
 		s.listMu.Lock()
 		s.listed = nil
@@ -486,14 +486,14 @@ func TestListFollowsWrites(t *testing.T) {
 			t.Fatalf("%s: %v", w.name, err)
 		}
 		s.listMu.Lock()
-		followed := s.listed != nil && !slices.EqualFunc(s.listed, before, func(a, b spec.Allocation) bool { return a == b })
+		followed := s.listed != nil && !slices.EqualFunc(s.listed, before, func(a, b *spec.Allocation) bool { return *a == *b })
 		s.listMu.Unlock()
 		got, err := s.List()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := fresh(); !followed || !slices.EqualFunc(got, want, func(a, b spec.Allocation) bool { return a == b }) {
-			t.Errorf("after %s: followed %v, List %+v, want %+v", w.name, followed, got, want)
+		if want := fresh(); !followed || !slices.EqualFunc(got, want, func(a, b *spec.Allocation) bool { return *a == *b }) {
+			t.Errorf("after %s: followed %v, List %+v, want %+v", w.name, followed, values(got), values(want))
 		}
 	}
 }

@@ -200,7 +200,7 @@ func TestPodCIDRChange(t *testing.T) {
 	}
 	// Old allocations are kept until released; a retried ADD of one of them
 	// still gets its record back.
-	if got := ipsOf(verify(t, s)); !slices.Equal(got, []string{"10.0.0.1", "10.0.0.2", "10.1.0.1"}) {
+	if got := ipsOf(values(verify(t, s))); !slices.Equal(got, []string{"10.0.0.1", "10.0.0.2", "10.1.0.1"}) {
 		t.Errorf("allocations after the change = %v", got)
 	}
 	// Setting the same CIDR again reports what is still outside.

@@ -59,7 +59,7 @@ func (n *node) addPod(namespace, name, ip string, labels, annotations map[string
 		Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{
 			{Name: "http", ContainerPort: 80}, {Name: "alt", ContainerPort: 81}, {Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}}}}},
 	})
-	n.in.Allocations = append(n.in.Allocations, spec.Allocation{
+	n.in.Allocations = append(n.in.Allocations, &spec.Allocation{
 		Metadata: spec.ObjectMeta{Namespace: namespace, Name: name},
 		Spec:     spec.AllocationSpec{IP: ip, Netns: path, ContainerID: "ctr-" + name, ENI: eni},
 	})
@@ -83,7 +83,7 @@ func (n *node) removePod(key string) {
 		}
 	}
 	n.in.Pods = pods
-	var allocs []spec.Allocation
+	var allocs []*spec.Allocation
 	for _, a := range n.in.Allocations {
 		if a.Metadata.Namespace != ns || a.Metadata.Name != name {
 			allocs = append(allocs, a)

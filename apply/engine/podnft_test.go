@@ -147,7 +147,7 @@ func TestExclusiveENIPodPolicy(t *testing.T) {
 			Ports:     []corev1.ContainerPort{{Name: "http", ContainerPort: 80}},
 			Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{render.ExclusiveENIResource: resource.MustParse("1")}}}}},
 	})
-	n.in.Allocations = append(n.in.Allocations, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: "e"},
+	n.in.Allocations = append(n.in.Allocations, &spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: "e"},
 		Spec: spec.AllocationSpec{IP: exclusiveIP, Netns: e, ContainerID: "ctr-e2", ENI: "eni-3"}})
 	state = n.render()
 	if rep, err := n.eng.Apply(context.Background(), state, engine.PlanOptions{Pods: []string{"x/e"}}); err != nil || rep.Err() != nil {

@@ -49,7 +49,7 @@ func TestSecondSandboxLeavesPodUntouched(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "b", UID: "uid-b"},
 		Spec:       corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c"}}},
 	})
-	n.in.Allocations = append(n.in.Allocations, spec.Allocation{
+	n.in.Allocations = append(n.in.Allocations, &spec.Allocation{
 		Metadata: spec.ObjectMeta{Namespace: "x", Name: "b"},
 		Spec:     spec.AllocationSpec{IP: "198.18.0.11", Netns: alias, ContainerID: "ctr-b"},
 	})

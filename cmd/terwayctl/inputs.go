@@ -104,7 +104,7 @@ func placeLocalPods(in *render.Inputs) int {
 			break
 		}
 		placed++
-		in.Allocations = append(in.Allocations, spec.Allocation{APIVersion: spec.APIVersion, Kind: spec.KindAllocation,
+		in.Allocations = append(in.Allocations, &spec.Allocation{APIVersion: spec.APIVersion, Kind: spec.KindAllocation,
 			Metadata: spec.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
 			Spec: spec.AllocationSpec{IP: ip.String(), Netns: "/var/run/netns/placed-" + p.Namespace + "-" + p.Name,
 				ContainerID: fmt.Sprintf("placed-%d", placed), UID: string(p.UID), Seq: uint64(placed)}})

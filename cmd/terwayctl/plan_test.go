@@ -35,7 +35,7 @@ func TestPlanApplyCommands(t *testing.T) {
 		Node:   &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}, Spec: corev1.NodeSpec{PodCIDR: "198.18.0.0/24"}},
 		Pods: []*corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", UID: "uid-a"},
 			Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c"}}}}},
-		Allocations: []spec.Allocation{{Metadata: spec.ObjectMeta{Namespace: "x", Name: "a"},
+		Allocations: []*spec.Allocation{{Metadata: spec.ObjectMeta{Namespace: "x", Name: "a"},
 			Spec: spec.AllocationSpec{IP: "198.18.0.10", Netns: pod, ContainerID: "ctr-a"}}},
 	})
 	if err != nil || len(state.Problems) > 0 {

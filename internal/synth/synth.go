@@ -84,7 +84,7 @@ func Cluster(p Params) render.Inputs {
 		}
 		in.Pods = append(in.Pods, pod)
 		if local {
-			in.Allocations = append(in.Allocations, spec.Allocation{
+			in.Allocations = append(in.Allocations, &spec.Allocation{
 				APIVersion: spec.APIVersion, Kind: spec.KindAllocation,
 				Metadata: spec.ObjectMeta{Namespace: ns, Name: name},
 				Spec:     spec.AllocationSpec{IP: ip, Netns: "/var/run/netns/" + ns + "-" + name, ContainerID: "ctr-" + name, IfName: "eth0"},
