@@ -44,8 +44,9 @@ import (
 // sequence of changes). Inputs are read-only, as in Render: an object that
 // changes is a new object (informers and the file source replace, never
 // modify), which is how the cache tells a changed object. Documents
-// returned share their unchanged sets' elements and chains with each
-// other and with the cache: callers must not modify them.
+// returned share their unchanged sets' elements and chains, and their
+// unchanged pods' entries, with each other and with the cache: callers
+// must not modify them.
 //
 // A Cache is safe for concurrent use; renders run one at a time.
 type Cache struct {

@@ -203,7 +203,14 @@ func (b *patchBase) scanAllocations(in Inputs, gen uint64, note func(string) *po
 			pp.allocGen = gen
 			allocs++
 			entries[i] = pp
-			if pp.alloc != a && *pp.alloc != *a {
+			switch {
+			case pp.alloc == a:
+			case *pp.alloc == *a:
+				// The same allocation, a new record of it (the store
+				// decoded it again): kept, so that the next scan finds
+				// it by pointer.
+				pp.alloc = a
+			default:
 				note(string(keyOf(a.Metadata.Namespace, a.Metadata.Name))).alloc = a
 			}
 		}

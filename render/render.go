@@ -37,7 +37,7 @@ type Inputs struct {
 	// the objects, they are shared with the caller and are not changed,
 	// by the render or, afterwards, by the caller: a Cache keeps them and
 	// takes the same allocation in a later input as unchanged, where a
-	// changed one must be a new one.
+	// changed one must be a new one. None is nil.
 	Allocations []*spec.Allocation
 	ENIs        []spec.ENI
 	// PeersHeldBack are local pods (namespace/name) that are no policy's

@@ -108,6 +108,12 @@ func prepare(desired *spec.NodeState, opts PlanOptions) (*work, error) {
 	if len(opts.Pods) == 0 {
 		return &work{desired: desired}, validate(desired)
 	}
+	// The scope reads every pod entry before the validation of its part:
+	// a null one (JSON's null in a document not from the render) is
+	// refused here, as Validate refuses it.
+	if i := slices.Index(desired.Pods, nil); i >= 0 {
+		return nil, fmt.Errorf("desired state is invalid: pods[%d]: null where a pod belongs", i)
+	}
 	scope := newPodScope(desired, opts)
 	reduced := scope.reduce(desired)
 	check := *reduced

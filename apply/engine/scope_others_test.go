@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/terway-reconciler/terway/apply/op"
@@ -34,5 +35,16 @@ func TestScopeWritesNothingInAnotherPodsNamespace(t *testing.T) {
 	want := []string{"address of x/b", "node sysctl"}
 	if len(texts) != len(want) || texts[0] != want[0] || texts[1] != want[1] {
 		t.Errorf("scoped to x/b, kept %q, want %q", texts, want)
+	}
+}
+
+// TestScopedPlanRefusesANullPod: a scoped plan reads every pod entry to
+// find its pods' part; a null entry (JSON's null in a document not made
+// by the render) is refused with the error Validate gives, not a panic.
+func TestScopedPlanRefusesANullPod(t *testing.T) {
+	doc := &spec.NodeState{Pods: []*spec.Pod{{Key: "x/a", Netns: "/var/run/netns/a", IP: "198.18.0.10"}, nil}}
+	_, err := prepare(doc, PlanOptions{Pods: []string{"x/a"}})
+	if err == nil || !strings.Contains(err.Error(), "pods[1]: null where a pod belongs") {
+		t.Fatalf("scoped plan of a document with a null pod: %v, want the null named", err)
 	}
 }
