@@ -361,34 +361,25 @@ func (a *Agent) settledAllocations(keep ...string) ([]*spec.Allocation, map[stri
 	pending := a.pending.snapshot()
 	var uncommitted []spec.Allocation
 	for _, p := range committing {
-		if !slices.ContainsFunc(allocs, func(s *spec.Allocation) bool {
-			return s.Spec.ContainerID == p.Spec.ContainerID && s.Spec.IfName == p.Spec.IfName
-		}) {
+		// By pod and attachment, List's order: the store holds an
+		// attachment for one pod only (store.Put).
+		if _, listed := slices.BinarySearchFunc(allocs, &p, store.CompareAllocations); !listed {
 			uncommitted = append(uncommitted, p)
 		}
 	}
 	for _, id := range keep {
 		delete(pending, id)
 	}
-	listed := allocs
 	allocs = without(allocs, pending)
 	if len(uncommitted) > 0 {
-		// At their places in List's order, in a new list (List's is the
-		// store's) of the size it needs: an insert into a full list
-		// allocates twice that.
-		merged := make([]*spec.Allocation, len(allocs), len(allocs)+len(uncommitted))
-		copy(merged, allocs)
-		for _, p := range uncommitted {
-			i, _ := slices.BinarySearchFunc(merged, &p, store.CompareAllocations)
-			merged = slices.Insert(merged, i, &p)
+		adding := make([]*spec.Allocation, len(uncommitted))
+		for i := range uncommitted {
+			adding[i] = &uncommitted[i]
 		}
-		if len(allocs) == len(listed) {
-			// What List answers once these commit, unless another write
-			// comes first: the store keeps it then, rather than making
-			// it again.
-			a.store.Offer(listed, merged)
-		}
-		allocs = merged
+		// When allocs is List's answer (no ADD pending), this is what
+		// List answers once these commit, unless another write comes
+		// first: the store keeps it then, rather than making it again.
+		allocs = a.store.Merge(allocs, adding)
 	}
 	return allocs, pending, nil
 }

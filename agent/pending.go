@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"slices"
 	"sync"
 
+	"github.com/terway-reconciler/terway/agent/store"
 	"github.com/terway-reconciler/terway/spec"
 )
 
@@ -145,19 +147,28 @@ func pendingPod(pending map[string]spec.Allocation, key string) bool {
 	return false
 }
 
-// without returns allocs less the pending ones (allocs itself when none
-// is pending).
+// without returns allocs, a list in List's order, less the pending ones
+// (allocs itself when it has none). They are found by binary search, by
+// pod and attachment (the store holds an attachment for one pod only):
+// the pending are a few, the list every allocation of the node.
 func without(allocs []*spec.Allocation, pending map[string]spec.Allocation) []*spec.Allocation {
-	if len(pending) == 0 {
-		return allocs
-	}
-	out := make([]*spec.Allocation, 0, len(allocs))
-	for _, a := range allocs {
-		if _, ok := pending[attachmentID(*a)]; !ok {
-			out = append(out, a)
+	var drop []int
+	for _, p := range pending {
+		if i, found := slices.BinarySearchFunc(allocs, &p, store.CompareAllocations); found {
+			drop = append(drop, i)
 		}
 	}
-	return out
+	if len(drop) == 0 {
+		return allocs
+	}
+	slices.Sort(drop)
+	out := make([]*spec.Allocation, 0, len(allocs)-len(drop))
+	next := 0
+	for _, i := range drop {
+		out = append(out, allocs[next:i]...)
+		next = i + 1
+	}
+	return append(out, allocs[next:]...)
 }
 
 // pendingWrites is what the pending ADDs will write, as a writeTracker:

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/terway-reconciler/terway/spec"
@@ -45,5 +46,39 @@ func TestPendingEntriesAreTheirADDs(t *testing.T) {
 	n := p.add(alloc("198.18.0.3"))
 	if _, ok := p.uncommitted("c1/eth0"); ok {
 		t.Errorf("entry %d, not committing, reads as uncommitted", n)
+	}
+}
+
+// TestWithoutDropsThePendingAlone: without takes the pending ADDs'
+// allocations out of a list in List's order, found by pod and attachment,
+// and keeps the others in order; with none of them listed it answers the
+// list itself.
+func TestWithoutDropsThePendingAlone(t *testing.T) {
+	alloc := func(name, cid string) spec.Allocation {
+		return spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "x", Name: name},
+			Spec: spec.AllocationSpec{ContainerID: cid, IfName: "eth0"}}
+	}
+	var list []*spec.Allocation
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		a := alloc(n, "c"+n)
+		list = append(list, &a)
+	}
+	pending := map[string]spec.Allocation{}
+	for _, a := range []spec.Allocation{alloc("b", "cb"), alloc("e", "ce"), alloc("z", "cz")} {
+		pending[attachmentID(a)] = a
+	}
+	got := without(list, pending)
+	var names []string
+	for _, a := range got {
+		names = append(names, a.Metadata.Name)
+	}
+	if want := []string{"a", "c", "d"}; !slices.Equal(names, want) {
+		t.Fatalf("without b, e and the unlisted z: %v, want %v", names, want)
+	}
+	if len(list) != 5 || list[1].Metadata.Name != "b" {
+		t.Fatal("without changed the list it was given")
+	}
+	if got := without(list, map[string]spec.Allocation{"cz/eth0": alloc("z", "cz")}); &got[0] != &list[0] || len(got) != 5 {
+		t.Fatal("with no pending ADD listed, without made a new list")
 	}
 }

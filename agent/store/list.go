@@ -131,6 +131,17 @@ type allocWrites struct {
 	// hundreds of allocations, where hashing two IDs of 64 bytes each
 	// time was a tenth of the store's part of an ADD at 250 pods.
 	keys []Attachment
+	// raises are what the transaction's walks for a free address learned
+	// (freeFloor), for the floor once it commits.
+	raises []floorRaise
+}
+
+// raiseFloor notes r for the floor once w's transaction commits; w is nil
+// outside Store.update.
+func (w *allocWrites) raiseFloor(r floorRaise) {
+	if w != nil {
+		w.raises = append(w.raises, r)
+	}
 }
 
 // fewWrites is the most keys lookup compares one by one.
@@ -180,7 +191,7 @@ func (s *Store) followWrites(w *allocWrites) {
 	if s.listed == nil || s.listedAt != w.txID-1 {
 		return
 	}
-	if offer != nil && sameList(offer.based, s.listed) && offer.follows(s.listed, w) {
+	if offer != nil && sameList(offer.based, s.listed) && offer.follows(w) {
 		s.listed, s.listedAt = offer.list, w.txID
 		return
 	}
@@ -200,72 +211,52 @@ func (s *Store) followWrites(w *allocWrites) {
 	s.listed, s.listedAt = slices.Clip(out), w.txID
 }
 
-// offeredList is a list Offer gave, and the answer of List it was made
-// from.
+// offeredList is a list Merge made, the answer of List it was made from
+// and the allocations it put in.
 type offeredList struct {
-	based, list []*spec.Allocation
+	based, list, added []*spec.Allocation
 }
 
-// Offer gives the store a list the caller made from an answer of List
-// (based) by putting in the allocations it is committing, in List's
-// order. When the next write to commit turns based into the same list,
-// List answers with this one after it, rather than with a copy the store
-// makes: a CNI ADD renders with its allocation while the store commits
-// it, and the list of every allocation was made twice per ADD. Neither
-// list may change afterwards.
-func (s *Store) Offer(based, list []*spec.Allocation) {
+// Merge returns based, an answer of List or a list made from one, with
+// adding put in at their places in List's order, in a new list: the
+// allocations a caller is committing, with which it renders meanwhile.
+// None of adding may have the attachment of an allocation of based, nor
+// change afterwards. When based is List's last answer, the list is
+// offered: if the next write to commit writes adding and nothing else,
+// List answers with this very list after it, rather than with a copy the
+// store makes (a CNI ADD renders with its allocation while the store
+// commits it, and the list of every allocation was made twice per ADD).
+// That check looks at adding and the write alone, whatever the list's
+// length.
+func (s *Store) Merge(based, adding []*spec.Allocation) []*spec.Allocation {
+	list := make([]*spec.Allocation, len(based), len(based)+len(adding))
+	copy(list, based)
+	distinct := true
+	for _, a := range adding {
+		i, found := slices.BinarySearchFunc(list, a, compareAllocs)
+		distinct = distinct && !found
+		list = slices.Insert(list, i, a)
+	}
 	s.listMu.Lock()
 	defer s.listMu.Unlock()
-	if sameList(based, s.listed) {
-		s.offer = &offeredList{based: based, list: slices.Clip(list)}
+	if distinct && sameList(based, s.listed) {
+		s.offer = &offeredList{based: based, list: list, added: slices.Clone(adding)}
 	}
+	return list
 }
 
-// follows tells whether o.list is listed changed by w's writes, in
-// List's order.
-func (o *offeredList) follows(listed []*spec.Allocation, w *allocWrites) bool {
-	put := 0 // allocations w writes
-	for _, a := range w.changed {
-		if a != nil {
-			put++
-		}
+// follows tells whether w's writes turn o.based into o.list: w wrote o's
+// added allocations, as they are, and nothing else.
+func (o *offeredList) follows(w *allocWrites) bool {
+	if len(w.keys) != len(o.added) {
+		return false
 	}
-	seen, j := 0, 0
-	skip := func() {
-		for j < len(listed) && w.has(AttachmentOf(*listed[j])) {
-			j++
-		}
-	}
-	afterWritten := false // o.list[i-1] is one w wrote
-	for i, a := range o.list {
-		c, written := w.lookup(AttachmentOf(*a))
-		// The items kept from listed come in its order: only the order
-		// around a written one needs a look.
-		if i > 0 && (written || afterWritten) && compareAllocs(o.list[i-1], a) >= 0 {
+	for _, a := range o.added {
+		if c, written := w.lookup(AttachmentOf(*a)); !written || c == nil || *c != *a {
 			return false
 		}
-		afterWritten = written
-		if written {
-			if c == nil || *c != *a {
-				return false
-			}
-			seen++
-			continue
-		}
-		skip()
-		if j == len(listed) || listed[j] != a {
-			return false
-		}
-		j++
 	}
-	skip()
-	return j == len(listed) && seen == put
-}
-
-// has tells whether w writes the attachment's record.
-func (w *allocWrites) has(at Attachment) bool {
-	_, ok := w.lookup(at)
-	return ok
+	return true
 }
 
 // sameList tells whether two lists are the same slice.

@@ -241,6 +241,9 @@ func (t *txn) unindex(a spec.Allocation, k []byte) error {
 		}
 	}
 	if ip, err := netip.ParseAddr(a.Spec.IP); err == nil && bytes.Equal(t.ips.Get(ipKey(ip)), k) {
+		// Before the delete, so that no walk can start above a free
+		// address even if this transaction goes on to commit.
+		t.s.floor.lower(ip.Unmap())
 		if err := t.ips.Delete(ipKey(ip)); err != nil {
 			return err
 		}
@@ -302,6 +305,15 @@ func (s *Store) ByPod(podKey string) (spec.Allocation, bool, error) {
 func (s *Store) Count() (int, error) {
 	n := 0
 	err := s.view(func(tx *bolt.Tx) error {
+		// List's last answer, when it is this transaction's: the agent
+		// counts after every ADD, and bbolt's count reads every page.
+		s.listMu.Lock()
+		listed, same := s.listed, s.listed != nil && s.listedAt == tx.ID()
+		s.listMu.Unlock()
+		if same {
+			n = len(listed)
+			return nil
+		}
 		t, err := s.txn(tx)
 		if err != nil {
 			return err

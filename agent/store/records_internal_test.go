@@ -128,11 +128,6 @@ func TestOfferedListKept(t *testing.T) {
 		}
 		return a, commit
 	}
-	withExtra := func(based []*spec.Allocation, a spec.Allocation) []*spec.Allocation {
-		out := slices.Clone(based)
-		i, _ := slices.BinarySearchFunc(out, &a, CompareAllocations)
-		return slices.Insert(out, i, &a)
-	}
 	names := func(as []*spec.Allocation) []string {
 		var out []string
 		for _, a := range as {
@@ -143,8 +138,7 @@ func TestOfferedListKept(t *testing.T) {
 
 	base := list()
 	a3, commit := allocate("default/p3", "c3")
-	offer := withExtra(base, a3)
-	s.Offer(base, offer)
+	offer := s.Merge(base, []*spec.Allocation{&a3})
 	if err := commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -155,8 +149,7 @@ func TestOfferedListKept(t *testing.T) {
 
 	// An offer of another allocation than the commit's.
 	a1, commit := allocate("default/p1", "c1")
-	wrong := withExtra(got, spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "default", Name: "p5"}, Spec: a1.Spec})
-	s.Offer(got, wrong)
+	wrong := s.Merge(got, []*spec.Allocation{{Metadata: spec.ObjectMeta{Namespace: "default", Name: "p5"}, Spec: a1.Spec}})
 	if err := commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -167,10 +160,12 @@ func TestOfferedListKept(t *testing.T) {
 
 	// An offer kept, then a release: List follows the release from it.
 	a5, commit := allocate("default/p5", "c5")
-	late := withExtra(after, a5)
-	s.Offer(after, late)
+	late := s.Merge(after, []*spec.Allocation{&a5})
 	if err := commit(); err != nil {
 		t.Fatal(err)
+	}
+	if kept := list(); &kept[0] != &late[0] {
+		t.Fatalf("after the offered commit of p5: %v, not the offer", names(kept))
 	}
 	if _, _, err := s.Release("c0", "eth0"); err != nil {
 		t.Fatal(err)
@@ -180,11 +175,10 @@ func TestOfferedListKept(t *testing.T) {
 		t.Fatalf("after the offered commit and a release: %v", names(final))
 	}
 	a7, commit := allocate("default/p7", "c7")
-	stale := withExtra(final, a7)
 	if _, _, err := s.Release("c2", "eth0"); err != nil {
 		t.Fatal(err)
 	}
-	s.Offer(final, stale) // based on a list no longer List's: ignored
+	stale := s.Merge(final, []*spec.Allocation{&a7}) // based on a list no longer List's: not offered
 	if err := commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -237,5 +231,37 @@ func TestAllocWritesLookup(t *testing.T) {
 				t.Errorf("%d writes: lookup(%v) = %v, true for an attachment never written", n, at, got)
 			}
 		}
+	}
+}
+
+// TestMergeOffersOnlyNewAttachments: a merge that puts in an allocation
+// of an attachment the list has already (which would then be in it twice)
+// answers the list but offers nothing; so does one based on another list
+// than List's.
+func TestMergeOffersOnlyNewAttachments(t *testing.T) {
+	s := openTemp(t)
+	for i := range 3 {
+		mustAlloc(t, s, vpcReq(cidr24, fmt.Sprintf("default/p%d", i), fmt.Sprintf("c%d", i)))
+	}
+	offered := func() bool {
+		s.listMu.Lock()
+		defer s.listMu.Unlock()
+		o := s.offer
+		s.offer = nil
+		return o != nil
+	}
+	base := mustList(t, s)
+	again := *base[1]
+	again.Spec.Netns = "/var/run/netns/elsewhere"
+	if got := s.Merge(base, []*spec.Allocation{&again}); len(got) != 4 || offered() {
+		t.Fatalf("a merge of a listed attachment: %d allocations, or offered", len(got))
+	}
+	fresh := spec.Allocation{Metadata: spec.ObjectMeta{Namespace: "default", Name: "p9"}, Spec: spec.AllocationSpec{ContainerID: "c9", IfName: "eth0", IP: "10.0.0.9"}}
+	if got := s.Merge(slices.Clone(base), []*spec.Allocation{&fresh}); len(got) != 4 || offered() {
+		t.Fatal("a merge based on a copy of List's answer was offered")
+	}
+	got := s.Merge(base, []*spec.Allocation{&fresh})
+	if !offered() || len(got) != 4 || got[3] != &fresh || &got[0] == &base[0] {
+		t.Fatalf("a merge of a new attachment into List's answer: offered no list, or not a new list in order: %+v", values(got))
 	}
 }

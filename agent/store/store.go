@@ -124,6 +124,9 @@ type Store struct {
 	// answer follows them (followWrites) rather than being read again, as
 	// every CNI ADD writes its allocation and then renders.
 	writes *allocWrites
+	// floor is where a walk for the pool's lowest free address starts
+	// (floor.go).
+	floor freeFloor
 	// mutations counts the writes transactions began (txn.put, remove,
 	// usePodCIDR), for a shared transaction to tell a member that failed
 	// before writing from one that failed half way (updateGrouped).
@@ -384,6 +387,9 @@ func (s *Store) commitTx(tx *bolt.Tx, w *allocWrites) (err error) {
 	}
 	if len(w.changed) > 0 {
 		s.followWrites(w)
+	}
+	for _, r := range w.raises {
+		s.floor.raise(r)
 	}
 	return nil
 }

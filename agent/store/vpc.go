@@ -103,6 +103,7 @@ func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, repl
 		return alloc, nil, true, nil, nil
 	}
 	pool := newPool(cidr, req.Reserved)
+	floorKey := poolKey(pool)
 	commit, err = s.updateGrouped(func(tx *bolt.Tx) error {
 		replaced, existing = nil, false // a retried closure starts over
 		t, err := s.txn(tx)
@@ -140,7 +141,12 @@ func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, repl
 			replaced = &old
 			oldIP, _ = netip.ParseAddr(old.Spec.IP)
 		}
-		ip, ok := pool.lowestFree(t.ips)
+		from, seen := s.floor.start(floorKey)
+		ip, ok := pool.lowestFree(t.ips, from)
+		if !ok && from.IsValid() {
+			ip, ok = pool.lowestFree(t.ips, netip.Addr{}) // the floor was wrong: every address
+		}
+		walked := ok
 		if !ok && replaced != nil && pool.usable(oldIP.Unmap()) && !pool.reserved[oldIP.Unmap()] {
 			ip, ok = oldIP.Unmap(), true // the old sandbox's address is the only one left
 		}
@@ -160,7 +166,16 @@ func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, repl
 				IfName: req.IfName, UID: req.UID,
 			},
 		}
-		return t.put(&alloc, ip)
+		if err := t.put(&alloc, ip); err != nil {
+			return err
+		}
+		if walked {
+			// Every usable address below ip was allocated or reserved,
+			// and ip is now (freeFloor; a removal since, as of the old
+			// sandbox above, drops the raise).
+			s.writes.raiseFloor(floorRaise{key: floorKey, to: ip.Next(), seen: seen})
+		}
+		return nil
 	})
 	if err != nil {
 		return fail(err)
@@ -319,11 +334,17 @@ func (p pool) skipReserved(a netip.Addr) netip.Addr {
 	return a
 }
 
-// lowestFree walks the IP index from the pool's first address: the first
-// gap (after skipping reserved addresses) is the answer. The cost is the
-// number of allocated addresses below it, not the size of the CIDR.
-func (p pool) lowestFree(ips *bolt.Bucket) (netip.Addr, bool) {
-	cand := p.skipReserved(p.first)
+// lowestFree walks the IP index from the pool's first address, or from
+// from when that is a later one of the pool (the store's floor, floor.go):
+// the first gap (after skipping reserved addresses) is the answer. The
+// cost is the number of allocated addresses between the start and it, not
+// the size of the CIDR.
+func (p pool) lowestFree(ips *bolt.Bucket, from netip.Addr) (netip.Addr, bool) {
+	cand := p.first
+	if p.usable(from) && p.first.Compare(from) < 0 {
+		cand = from
+	}
+	cand = p.skipReserved(cand)
 	c := ips.Cursor()
 	for k, _ := c.Seek(ipKey(cand)); k != nil && p.usable(cand); k, _ = c.Next() {
 		a, ok := addrOfKey(k)
