@@ -174,8 +174,8 @@ func (b *patchBase) scanAllocations(in Inputs, gen uint64, note func(string) *po
 	last := b.allocEntries
 	entries := make([]*patchPod, len(in.Allocations))
 	samePod := func(pp *patchPod, a *spec.Allocation) bool {
-		return pp != nil && !pp.dropped && pp.alloc != nil &&
-			pp.alloc.Metadata.Name == a.Metadata.Name && pp.alloc.Metadata.Namespace == a.Metadata.Namespace
+		return pp != nil && !pp.dropped && pp.alloc != nil && (pp.alloc == a ||
+			pp.alloc.Metadata.Name == a.Metadata.Name && pp.alloc.Metadata.Namespace == a.Metadata.Namespace)
 	}
 	j := 0 // the place in the last list
 	for i, a := range in.Allocations {
