@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestAllocationWalksFromTheFloor: allocations keep the lowest free
@@ -83,5 +84,42 @@ func TestWrongFloorNeverExhaustsThePool(t *testing.T) {
 	s.floor.mu.Unlock()
 	if a, _ := mustAlloc(t, s, vpcReq(small, "default/q", "cq")); a.Spec.IP != "10.0.0.2" {
 		t.Fatalf("with the floor wrongly above the free 10.0.0.2: %s", a.Spec.IP)
+	}
+}
+
+// TestGroupedAllocationsRaiseTheFloorOnce: allocations sharing one write
+// transaction (updateGrouped) each walk from the floor as it was before
+// the transaction, seeing the others' writes; once it commits the floor is
+// past them all.
+func TestGroupedAllocationsRaiseTheFloorOnce(t *testing.T) {
+	s := openTemp(t)
+	// Open until the first commit: the later allocations join the first's
+	// transaction rather than wait for its writer lock.
+	was := groupMaxOpen
+	groupMaxOpen = time.Minute
+	t.Cleanup(func() { groupMaxOpen = was })
+	var commits []func() error
+	var ips []string
+	for i := range 3 {
+		a, _, _, commit, err := s.AllocateVPCDeferred(vpcReq(cidr24, fmt.Sprintf("default/g%d", i), fmt.Sprintf("g%d", i)))
+		if err != nil || commit == nil {
+			t.Fatalf("allocation %d: %v", i, err)
+		}
+		commits = append(commits, commit)
+		ips = append(ips, a.Spec.IP)
+	}
+	for _, commit := range commits {
+		if err := commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}; fmt.Sprint(ips) != fmt.Sprint(want) {
+		t.Fatalf("grouped allocations got %v, want %v", ips, want)
+	}
+	s.floor.mu.Lock()
+	got := s.floor.addr
+	s.floor.mu.Unlock()
+	if want := netip.MustParseAddr("10.0.0.4"); got != want {
+		t.Fatalf("after the group's commit the floor is %v, want %v", got, want)
 	}
 }

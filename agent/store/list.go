@@ -20,7 +20,7 @@ import (
 // makes a copy. (A copy of it on every CNI request was a tenth of what the
 // request allocated at 250 pods, and so of its garbage collection. Its
 // items are pointers, the records decoded once and kept, so that a list
-// made from it, the agent's with a pending ADD's allocation (Offer), copies
+// made from it, the agent's with a pending ADD's allocation (Merge), copies
 // 8 bytes per allocation rather than the allocation.)
 func (s *Store) List() ([]*spec.Allocation, error) {
 	var out []*spec.Allocation
@@ -134,6 +134,9 @@ type allocWrites struct {
 	// raises are what the transaction's walks for a free address learned
 	// (freeFloor), for the floor once it commits.
 	raises []floorRaise
+	// replaced says a put replaced a record of its attachment, which a
+	// list may have under another pod (offeredList.follows).
+	replaced bool
 }
 
 // raiseFloor notes r for the floor once w's transaction commits; w is nil
@@ -246,9 +249,11 @@ func (s *Store) Merge(based, adding []*spec.Allocation) []*spec.Allocation {
 }
 
 // follows tells whether w's writes turn o.based into o.list: w wrote o's
-// added allocations, as they are, and nothing else.
+// added allocations, as they are, and nothing else, and none of them
+// replaced a record of its attachment (Merge checks that based has none of
+// the same pod; one of another pod would be in the list twice).
 func (o *offeredList) follows(w *allocWrites) bool {
-	if len(w.keys) != len(o.added) {
+	if len(w.keys) != len(o.added) || w.replaced {
 		return false
 	}
 	for _, a := range o.added {

@@ -206,6 +206,7 @@ func (t *txn) put(a *spec.Allocation, ip netip.Addr) error {
 			return err
 		}
 		a.Spec.Seq = old.Spec.Seq // the attachment's place in the order stays
+		t.s.writes.replaced = true
 	} else if a.Spec.Seq, err = t.allocs.NextSequence(); err != nil {
 		return fmt.Errorf("pod %s: number allocation %s: %w", pod, id, err)
 	}

@@ -264,4 +264,18 @@ func TestMergeOffersOnlyNewAttachments(t *testing.T) {
 	if !offered() || len(got) != 4 || got[3] != &fresh || &got[0] == &base[0] {
 		t.Fatalf("a merge of a new attachment into List's answer: offered no list, or not a new list in order: %+v", values(got))
 	}
+
+	// An attachment of the list put in for another pod: Put moves it in
+	// one write, which the offer must not take for the merge (the list
+	// would hold it twice).
+	moved := *base[0]
+	moved.Metadata.Name = "p9"
+	s.Merge(base, []*spec.Allocation{&moved})
+	if err := s.Put(moved); err != nil {
+		t.Fatal(err)
+	}
+	after := mustList(t, s)
+	if n, err := s.Count(); err != nil || len(after) != 3 || n != 3 {
+		t.Fatalf("after moving c0 to pod p9: List %+v, Count %d %v; want 3 allocations", values(after), n, err)
+	}
 }

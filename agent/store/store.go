@@ -115,8 +115,8 @@ type Store struct {
 	listMu   sync.Mutex
 	listed   []*spec.Allocation
 	listedAt int
-	// offer is a list a caller made from listed by the writes it is
-	// committing (Offer), for followWrites to keep rather than make the
+	// offer is a list Merge made from listed with the allocations a
+	// caller is committing, for followWrites to keep rather than make the
 	// same list again.
 	offer *offeredList
 	// writes are the allocations the write transaction under way put or

@@ -143,7 +143,7 @@ func (s *Store) AllocateVPCDeferred(req VPCRequest) (alloc spec.Allocation, repl
 		}
 		from, seen := s.floor.start(floorKey)
 		ip, ok := pool.lowestFree(t.ips, from)
-		if !ok && from.IsValid() {
+		if !ok && pool.startsAfterFirst(from) {
 			ip, ok = pool.lowestFree(t.ips, netip.Addr{}) // the floor was wrong: every address
 		}
 		walked := ok
@@ -326,6 +326,12 @@ func (p pool) usable(a netip.Addr) bool {
 	return a.IsValid() && p.cidr.Contains(a) && p.first.Compare(a) <= 0 && a.Compare(p.last) <= 0
 }
 
+// startsAfterFirst tells whether a walk from from (lowestFree) starts
+// later than the pool's first address.
+func (p pool) startsAfterFirst(from netip.Addr) bool {
+	return p.usable(from) && p.first.Compare(from) < 0
+}
+
 // skipReserved returns the first address from a on that is not reserved.
 func (p pool) skipReserved(a netip.Addr) netip.Addr {
 	for p.reserved[a] {
@@ -341,7 +347,7 @@ func (p pool) skipReserved(a netip.Addr) netip.Addr {
 // the size of the CIDR.
 func (p pool) lowestFree(ips *bolt.Bucket, from netip.Addr) (netip.Addr, bool) {
 	cand := p.first
-	if p.usable(from) && p.first.Compare(from) < 0 {
+	if p.startsAfterFirst(from) {
 		cand = from
 	}
 	cand = p.skipReserved(cand)
