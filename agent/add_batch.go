@@ -170,7 +170,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 			refused = true
 			continue
 		}
-		if podEntry(state, w.key) == nil {
+		if state.PodEntry(w.key) == nil {
 			a.rollback(w.req)
 			if w.persisted != nil {
 				// A commit that failed before the render left the pod out:
@@ -247,7 +247,7 @@ func (a *Agent) setUpBatch(ctx context.Context, batch []*addWaiter) {
 			continue
 		}
 		a.log.Info("pod added", "pod", w.key, "ip", w.alloc.Spec.IP, "container", w.req.ContainerID, "batch", len(live), "writes", rep.Writes)
-		succeeded = append(succeeded, success{w, result(podEntry(state, w.key))})
+		succeeded = append(succeeded, success{w, result(state.PodEntry(w.key))})
 	}
 	if len(undo) > 0 {
 		// Take out what was made: render without those pods, apply their scope.

@@ -415,7 +415,7 @@ func (a *Agent) admit(ctx context.Context, by string, keys []string, keep ...str
 		switch {
 		case pendingPod(pending, k):
 			delete(held, k)
-		case podEntry(state, k) != nil:
+		case state.PodEntry(k) != nil:
 			live = append(live, k)
 		}
 	}

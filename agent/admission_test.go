@@ -123,7 +123,7 @@ func newAdmissionNode(t *testing.T, cfg func(*Config)) *admissionNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.server = podEntry(st, "x/server").IngressChain + "-ports"
+	n.server = st.PodEntry("x/server").IngressChain + "-ports"
 	s, err := traffic.Serve(n.netns["server"], n.ips["server"]+":80", "tcp")
 	if err != nil {
 		t.Fatal(err)

@@ -359,12 +359,12 @@ func (a *Agent) settledAllocations(keep ...string) ([]*spec.Allocation, map[stri
 		a.listed()
 	}
 	pending := a.pending.snapshot()
-	var uncommitted []spec.Allocation
+	var uncommitted []*spec.Allocation
 	for _, p := range committing {
 		// By pod and attachment, List's order: the store holds an
 		// attachment for one pod only (store.Put).
 		if _, listed := slices.BinarySearchFunc(allocs, &p, store.CompareAllocations); !listed {
-			uncommitted = append(uncommitted, p)
+			uncommitted = append(uncommitted, &p)
 		}
 	}
 	for _, id := range keep {
@@ -372,14 +372,10 @@ func (a *Agent) settledAllocations(keep ...string) ([]*spec.Allocation, map[stri
 	}
 	allocs = without(allocs, pending)
 	if len(uncommitted) > 0 {
-		adding := make([]*spec.Allocation, len(uncommitted))
-		for i := range uncommitted {
-			adding[i] = &uncommitted[i]
-		}
 		// When allocs is List's answer (no ADD pending), this is what
 		// List answers once these commit, unless another write comes
 		// first: the store keeps it then, rather than making it again.
-		allocs = a.store.Merge(allocs, adding)
+		allocs = a.store.Merge(allocs, uncommitted)
 	}
 	return allocs, pending, nil
 }

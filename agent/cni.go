@@ -244,10 +244,6 @@ func problemsOf(state *spec.NodeState, key string) string {
 	return strings.Join(msgs, "; ")
 }
 
-// podEntry is pod key's entry in state, a rendered document: nil when
-// it has none.
-func podEntry(state *spec.NodeState, key string) *spec.Pod { return state.PodEntry(key) }
-
 func (a *Agent) rollback(req *wire.Request) {
 	a.held.release(req.Args.Key())
 	released, found, err := a.store.Release(req.ContainerID, req.IfName)

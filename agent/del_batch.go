@@ -203,7 +203,7 @@ func (a *Agent) remove(ctx context.Context, round []*departure) {
 	opts := engine.PlanOptions{PodIPs: map[string]string{}}
 	var gone []*departure
 	for _, d := range round {
-		if podEntry(state, d.key) != nil || pendingPod(pending, d.key) {
+		if state.PodEntry(d.key) != nil || pendingPod(pending, d.key) {
 			// Another attachment of the pod (a newer sandbox) is live, or
 			// its ADD is under way (a retried ADD of a live one, say): its
 			// items stay.

@@ -102,9 +102,9 @@ func adjacentPeers(t *testing.T, ports []networkingv1.NetworkPolicyPort) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	peerSet = podEntry(st, "x/server").IngressChain + "-all"
+	peerSet = st.PodEntry("x/server").IngressChain + "-all"
 	if ports != nil {
-		peerSet = podEntry(st, "x/server").IngressChain + "-ports"
+		peerSet = st.PodEntry("x/server").IngressChain + "-ports"
 	}
 	// Three peers in a row: addresses next to each other.
 	for _, name := range []string{"p1", "p2", "p3"} {

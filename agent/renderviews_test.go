@@ -80,7 +80,7 @@ func TestCNIRendersPinnedPolicies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	peers := podEntry(st, "x/w1").IngressChain + "-ports"
+	peers := st.PodEntry("x/w1").IngressChain + "-ports"
 
 	admittedOn := func(name, port string) {
 		t.Helper()

@@ -91,7 +91,7 @@ func (w *writeTracker) note(state *spec.NodeState, opts engine.PlanOptions) {
 		if state == nil {
 			continue
 		}
-		if p := podEntry(state, key); p != nil {
+		if p := state.PodEntry(key); p != nil {
 			w.ips = append(w.ips, p.IP+"/32")
 			w.netns[p.Netns] = true
 		}

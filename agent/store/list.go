@@ -26,10 +26,7 @@ func (s *Store) List() ([]*spec.Allocation, error) {
 	var out []*spec.Allocation
 	var keep map[string]bool // set when the decoded records need pruning
 	err := s.view(func(tx *bolt.Tx) error {
-		s.listMu.Lock()
-		listed, same := s.listed, s.listed != nil && s.listedAt == tx.ID()
-		s.listMu.Unlock()
-		if same {
+		if listed, ok := s.listedIn(tx); ok {
 			out = listed
 			return nil
 		}
@@ -72,6 +69,14 @@ func (s *Store) List() ([]*spec.Allocation, error) {
 		s.forgetDecoded(keep)
 	}
 	return out, nil
+}
+
+// listedIn returns List's last answer when it is that of tx, a read
+// transaction.
+func (s *Store) listedIn(tx *bolt.Tx) ([]*spec.Allocation, bool) {
+	s.listMu.Lock()
+	defer s.listMu.Unlock()
+	return s.listed, s.listed != nil && s.listedAt == tx.ID()
 }
 
 // sortAllocs orders allocations as List does.
@@ -137,6 +142,14 @@ type allocWrites struct {
 	// replaced says a put replaced a record of its attachment, which a
 	// list may have under another pod (offeredList.follows).
 	replaced bool
+}
+
+// noteReplaced notes that a put replaced a record of its attachment; w is
+// nil outside Store.update.
+func (w *allocWrites) noteReplaced() {
+	if w != nil {
+		w.replaced = true
+	}
 }
 
 // raiseFloor notes r for the floor once w's transaction commits; w is nil

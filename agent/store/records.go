@@ -206,7 +206,7 @@ func (t *txn) put(a *spec.Allocation, ip netip.Addr) error {
 			return err
 		}
 		a.Spec.Seq = old.Spec.Seq // the attachment's place in the order stays
-		t.s.writes.replaced = true
+		t.s.writes.noteReplaced()
 	} else if a.Spec.Seq, err = t.allocs.NextSequence(); err != nil {
 		return fmt.Errorf("pod %s: number allocation %s: %w", pod, id, err)
 	}
@@ -308,10 +308,7 @@ func (s *Store) Count() (int, error) {
 	err := s.view(func(tx *bolt.Tx) error {
 		// List's last answer, when it is this transaction's: the agent
 		// counts after every ADD, and bbolt's count reads every page.
-		s.listMu.Lock()
-		listed, same := s.listed, s.listed != nil && s.listedAt == tx.ID()
-		s.listMu.Unlock()
-		if same {
+		if listed, ok := s.listedIn(tx); ok {
 			n = len(listed)
 			return nil
 		}

@@ -109,10 +109,10 @@ func prepare(desired *spec.NodeState, opts PlanOptions) (*work, error) {
 		return &work{desired: desired}, validate(desired)
 	}
 	// The scope reads every pod entry before the validation of its part:
-	// a null one (JSON's null in a document not from the render) is
-	// refused here, as Validate refuses it.
-	if i := slices.Index(desired.Pods, nil); i >= 0 {
-		return nil, fmt.Errorf("desired state is invalid: pods[%d]: null where a pod belongs", i)
+	// a document with a null one (JSON's null, not from the render) is
+	// validated whole, which names it.
+	if slices.Contains(desired.Pods, nil) {
+		return nil, validate(desired)
 	}
 	scope := newPodScope(desired, opts)
 	reduced := scope.reduce(desired)
